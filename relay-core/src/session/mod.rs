@@ -1,0 +1,652 @@
+//! Two-leg media sessions: latching, verification, limits, statistics.
+//!
+//! A [`Session`] is pure state. The shard hands it a datagram with the time,
+//! the leg and port it arrived on and its source; the session answers where to
+//! send it or why to drop it.
+#![forbid(unsafe_code)]
+
+pub mod limits;
+pub mod peer;
+pub mod quality;
+pub mod replay;
+pub mod spec;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::quota::QuotaPermit;
+use crate::wire::rtcp::RtcpHeader;
+use crate::wire::rtp::RtpHeader;
+use crate::wire::srtp_auth::AuthVerifier;
+use crate::wire::stun::{StunClass, StunMessage};
+use crate::wire::{classify, PacketClass};
+use limits::{LegLimits, TokenBucket};
+use peer::PeerPolicy;
+use quality::{QualityTracker, StreamQuality};
+use replay::{ReplayGuard, StunReplay};
+use spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify};
+use stats::{DropReason, LegStats};
+
+/// Identifies a session across the whole relay (shard, slot and generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    pub(crate) fn new(shard: u8, slot: u32, generation: u32) -> Self {
+        Self((u64::from(shard) << 56) | (u64::from(slot & 0x00ff_ffff) << 32) | u64::from(generation))
+    }
+    /// The shard that owns the session.
+    pub fn shard(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+    pub(crate) fn slot(self) -> usize {
+        ((self.0 >> 32) & 0x00ff_ffff) as usize
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for SessionId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(SessionId)
+    }
+}
+
+/// RTP or RTCP component of a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Component {
+    /// RTP (or everything, with rtcp-mux).
+    Rtp,
+    /// RTCP on its own port.
+    Rtcp,
+}
+
+impl Component {
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Component::Rtp => 0,
+            Component::Rtcp => 1,
+        }
+    }
+}
+
+/// An invalid session specification or update.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid session spec: {field}: {reason}")]
+pub struct InvalidSpec {
+    /// The field at fault (e.g. `endpoint.hint`).
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// A latched remote address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Latched {
+    addr: SocketAddr,
+    rank: u8,
+}
+
+#[derive(Debug, Clone)]
+struct LegAuth {
+    rtp: AuthVerifier,
+    rtcp: AuthVerifier,
+}
+
+/// One leg: its relay ports, what it latched to, its credentials and counters.
+#[derive(Debug)]
+pub(crate) struct Leg {
+    pub(crate) rtp_port: u16,
+    pub(crate) rtcp_port: Option<u16>,
+    hint: Option<SocketAddr>,
+    remote: [Option<Latched>; 2],
+    auth: Option<LegAuth>,
+    stun_key: Option<Vec<u8>>,
+    replay: ReplayGuard,
+    stun_replay: StunReplay,
+    pps: Option<TokenBucket>,
+    bps: Option<TokenBucket>,
+    pub(crate) stats: LegStats,
+    quality: Option<QualityTracker>,
+}
+
+impl Leg {
+    fn new(spec: &LegSpec, rtp_port: u16, rtcp_port: Option<u16>, defaults: &SessionDefaults, quality: Option<QualityTracker>, now: Instant) -> Self {
+        let mut leg = Self {
+            rtp_port,
+            rtcp_port,
+            hint: spec.hint.map(peer::canonical),
+            remote: [None, None],
+            auth: spec.srtp_auth.as_ref().map(leg_auth),
+            stun_key: spec.stun_password.clone(),
+            replay: ReplayGuard::default(),
+            stun_replay: StunReplay::default(),
+            pps: None,
+            bps: None,
+            stats: LegStats::default(),
+            quality,
+        };
+        leg.set_limits(spec.limits.unwrap_or(defaults.limits), now);
+        leg
+    }
+
+    fn set_limits(&mut self, limits: LegLimits, now: Instant) {
+        self.pps = limits.max_pps.map(|r| TokenBucket::new(u64::from(r), now));
+        self.bps = limits.max_bytes_per_sec.map(|r| TokenBucket::new(r, now));
+    }
+
+    fn slot(&self, component: Component) -> usize {
+        if self.rtcp_port.is_some() {
+            component.index()
+        } else {
+            0
+        }
+    }
+
+    /// The address the hint stands for on a slot (RTCP = RTP port + 1).
+    fn hint_for(&self, slot: usize) -> Option<SocketAddr> {
+        let h = self.hint?;
+        if h.port() == 0 {
+            return None;
+        }
+        let mut a = h;
+        if slot == 1 {
+            a.set_port(h.port().checked_add(1)?);
+        }
+        Some(a)
+    }
+
+    /// Hint rank of a source: 3 exact, 2 same IP, 1 other.
+    fn rank(&self, slot: usize, src: SocketAddr) -> u8 {
+        match self.hint {
+            Some(h) if h.ip() == src.ip() => {
+                if self.hint_for(slot) == Some(src) {
+                    3
+                } else {
+                    2
+                }
+            }
+            _ => 1,
+        }
+    }
+
+    /// Where to send a packet destined to this leg's remote on `slot`.
+    fn destination(&self, slot: usize) -> Option<SocketAddr> {
+        if let Some(l) = self.remote[slot] {
+            return Some(l.addr);
+        }
+        if slot == 1 {
+            if let Some(rtp) = self.remote[0] {
+                let mut a = rtp.addr;
+                a.set_port(rtp.addr.port().checked_add(1)?);
+                return Some(a);
+            }
+        }
+        self.hint_for(slot)
+    }
+
+    fn out_port(&self, component: Component) -> u16 {
+        match (component, self.rtcp_port) {
+            (Component::Rtcp, Some(p)) => p,
+            _ => self.rtp_port,
+        }
+    }
+}
+
+fn leg_auth(a: &SrtpAuth) -> LegAuth {
+    LegAuth { rtp: AuthVerifier::new(&a.rtp_key, a.rtp_tag), rtcp: AuthVerifier::new(&a.rtcp_key, a.rtcp_tag) }
+}
+
+/// Outcome of checking a packet's proof of origin.
+enum Proof {
+    Valid,
+    Stale,
+    Invalid,
+}
+
+/// A two-leg media session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) id: SessionId,
+    pub(crate) tenant: String,
+    pub(crate) legs: [Leg; 2],
+    latch: LatchPolicy,
+    verify: Verify,
+    window: Duration,
+    window_end: Instant,
+    pub(crate) created: Instant,
+    pub(crate) last_activity: Instant,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_duration: Duration,
+    _permit: Option<QuotaPermit>,
+}
+
+/// Relay ports given to one leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegPorts {
+    /// RTP port (or the only port with rtcp-mux).
+    pub rtp: u16,
+    /// RTCP port, without rtcp-mux.
+    pub rtcp: Option<u16>,
+}
+
+/// Validates a spec against the policy (before any port is taken).
+pub(crate) fn validate_spec(spec: &SessionSpec, defaults: &SessionDefaults, policy: &PeerPolicy) -> Result<(), InvalidSpec> {
+    if spec.tenant.is_empty() || spec.tenant.len() > 128 {
+        return Err(InvalidSpec { field: "tenant", reason: "must be 1 to 128 bytes" });
+    }
+    validate_leg(&spec.pbx, "pbx.hint", policy)?;
+    validate_leg(&spec.endpoint, "endpoint.hint", policy)?;
+    let latch = spec.latch.unwrap_or(defaults.latch);
+    let verify = spec.verify.unwrap_or(defaults.verify);
+    check_credentials(
+        latch,
+        verify,
+        [spec.pbx.srtp_auth.is_some(), spec.endpoint.srtp_auth.is_some()],
+        [spec.pbx.stun_password.is_some(), spec.endpoint.stun_password.is_some()],
+    )?;
+    if spec.idle_timeout.is_some_and(|d| d.is_zero()) {
+        return Err(InvalidSpec { field: "idle_timeout", reason: "must be positive" });
+    }
+    if spec.max_duration.is_some_and(|d| d.is_zero()) {
+        return Err(InvalidSpec { field: "max_duration", reason: "must be positive" });
+    }
+    if spec.clock_rate == Some(0) {
+        return Err(InvalidSpec { field: "clock_rate", reason: "must be positive" });
+    }
+    Ok(())
+}
+
+fn validate_leg(leg: &LegSpec, field: &'static str, policy: &PeerPolicy) -> Result<(), InvalidSpec> {
+    if let Some(h) = leg.hint {
+        let mut probe = peer::canonical(h);
+        if probe.port() == 0 {
+            probe.set_port(9);
+        }
+        if !policy.allows(probe) {
+            return Err(InvalidSpec { field, reason: "address refused by the peer policy" });
+        }
+    }
+    if leg.stun_password.as_ref().is_some_and(|p| p.is_empty()) {
+        return Err(InvalidSpec { field: "stun_password", reason: "must not be empty" });
+    }
+    Ok(())
+}
+
+fn check_credentials(latch: LatchPolicy, verify: Verify, auth: [bool; 2], stun: [bool; 2]) -> Result<(), InvalidSpec> {
+    if latch == LatchPolicy::Authenticated {
+        for (i, field) in [(0, "pbx.srtp_auth"), (1, "endpoint.srtp_auth")] {
+            if !auth[i] && !stun[i] {
+                return Err(InvalidSpec { field, reason: "authenticated latching needs SRTP auth keys or a STUN password on every leg" });
+            }
+        }
+    }
+    if verify == Verify::All && !auth[0] && !auth[1] {
+        return Err(InvalidSpec { field: "verify", reason: "verify = all needs SRTP auth keys on at least one leg" });
+    }
+    Ok(())
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: SessionId,
+        spec: &SessionSpec,
+        ports: [LegPorts; 2],
+        defaults: &SessionDefaults,
+        permit: Option<QuotaPermit>,
+        now: Instant,
+    ) -> Self {
+        let quality = spec.quality.unwrap_or(defaults.quality);
+        let clock = spec.clock_rate.unwrap_or(8000);
+        let q = || quality.then(|| QualityTracker::new(clock, now));
+        let window = spec.learning_window.unwrap_or(defaults.learning_window);
+        Self {
+            id,
+            tenant: spec.tenant.clone(),
+            legs: [
+                Leg::new(&spec.pbx, ports[0].rtp, ports[0].rtcp, defaults, q(), now),
+                Leg::new(&spec.endpoint, ports[1].rtp, ports[1].rtcp, defaults, q(), now),
+            ],
+            latch: spec.latch.unwrap_or(defaults.latch),
+            verify: spec.verify.unwrap_or(defaults.verify),
+            window,
+            window_end: now + window,
+            created: now,
+            last_activity: now,
+            idle_timeout: spec.idle_timeout.unwrap_or(defaults.idle_timeout),
+            max_duration: spec.max_duration.unwrap_or(defaults.max_duration),
+            _permit: permit,
+        }
+    }
+
+    /// The instant at which the session ends unless traffic moves it.
+    pub(crate) fn deadline(&self) -> Instant {
+        (self.last_activity + self.idle_timeout).min(self.created + self.max_duration)
+    }
+
+    pub(crate) fn ports(&self, side: Side) -> LegPorts {
+        let l = &self.legs[side.index()];
+        LegPorts { rtp: l.rtp_port, rtcp: l.rtcp_port }
+    }
+
+    /// Applies an update and re-opens the learning window.
+    pub(crate) fn update(&mut self, now: Instant, u: &SessionUpdate, policy: &PeerPolicy) -> Result<(), InvalidSpec> {
+        let latch = u.latch.unwrap_or(self.latch);
+        let verify = u.verify.unwrap_or(self.verify);
+        for (lu, field) in [(&u.pbx, "pbx.hint"), (&u.endpoint, "endpoint.hint")] {
+            let probe = LegSpec { hint: lu.hint, stun_password: lu.stun_password.clone(), ..LegSpec::default() };
+            validate_leg(&probe, field, policy)?;
+        }
+        let has_auth = |i: usize, lu: &LegUpdate| lu.srtp_auth.is_some() || self.legs[i].auth.is_some();
+        let has_stun = |i: usize, lu: &LegUpdate| lu.stun_password.is_some() || self.legs[i].stun_key.is_some();
+        check_credentials(
+            latch,
+            verify,
+            [has_auth(0, &u.pbx), has_auth(1, &u.endpoint)],
+            [has_stun(0, &u.pbx), has_stun(1, &u.endpoint)],
+        )?;
+        for (i, lu) in [(0, &u.pbx), (1, &u.endpoint)] {
+            let leg = &mut self.legs[i];
+            if let Some(h) = lu.hint {
+                leg.hint = Some(peer::canonical(h));
+            }
+            if let Some(a) = &lu.srtp_auth {
+                leg.auth = Some(leg_auth(a));
+            }
+            if let Some(p) = &lu.stun_password {
+                leg.stun_key = Some(p.clone());
+            }
+            if let Some(l) = lu.limits {
+                leg.set_limits(l, now);
+            }
+        }
+        self.latch = latch;
+        self.verify = verify;
+        self.window_end = now + self.window;
+        Ok(())
+    }
+
+    /// Decides what to do with a datagram that arrived on `side`'s
+    /// `component` port from `src` (already canonical).
+    pub(crate) fn handle_datagram(
+        &mut self,
+        now: Instant,
+        side: Side,
+        component: Component,
+        src: SocketAddr,
+        bytes: &[u8],
+        policy: &PeerPolicy,
+    ) -> Result<(u16, SocketAddr), DropReason> {
+        let (latch, verify, in_window) = (self.latch, self.verify, now < self.window_end);
+        let [a, b] = &mut self.legs;
+        let (leg, other) = if side == Side::Pbx { (a, b) } else { (b, a) };
+        leg.stats.packets_received += 1;
+        leg.stats.bytes_received += bytes.len() as u64;
+        let verdict = Self::decide(leg, other, now, latch, verify, in_window, component, src, bytes, policy);
+        match verdict {
+            Ok(_) => {
+                leg.stats.packets_forwarded += 1;
+                leg.stats.bytes_forwarded += bytes.len() as u64;
+                self.last_activity = now;
+            }
+            Err(reason) => leg.stats.drops.add(reason),
+        }
+        verdict
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        leg: &mut Leg,
+        other: &Leg,
+        now: Instant,
+        latch: LatchPolicy,
+        verify: Verify,
+        in_window: bool,
+        component: Component,
+        src: SocketAddr,
+        bytes: &[u8],
+        policy: &PeerPolicy,
+    ) -> Result<(u16, SocketAddr), DropReason> {
+        if bytes.is_empty() {
+            return Err(DropReason::Empty);
+        }
+        if !policy.allows(src) {
+            return Err(DropReason::SourcePolicy);
+        }
+        let class = classify(bytes);
+        let slot = leg.slot(component);
+        let mut verified = false;
+
+        // 1. May this source send on this leg (and latch)?
+        let current = leg.remote[slot];
+        if current.map(|c| c.addr) != Some(src) {
+            let rank = leg.rank(slot, src);
+            match latch {
+                LatchPolicy::Open => {}
+                LatchPolicy::Window => match current {
+                    None => {}
+                    Some(c) if in_window && rank >= c.rank => {}
+                    Some(_) => return Err(DropReason::SourceMismatch),
+                },
+                LatchPolicy::Authenticated => match prove(leg, class, bytes) {
+                    Proof::Valid => verified = true,
+                    Proof::Stale => return Err(DropReason::Replay),
+                    Proof::Invalid => return Err(DropReason::Unauthenticated),
+                },
+            }
+            // Latching happens only once the packet is fully accepted (step 5).
+        }
+
+        // 2. verify = all: every SRTP/SRTCP packet must carry a valid tag.
+        if verify == Verify::All && !verified && leg.auth.is_some() && matches!(class, PacketClass::Rtp | PacketClass::Rtcp) {
+            if !verify_tag(leg, class, bytes) {
+                return Err(DropReason::AuthFailed);
+            }
+        }
+
+        // 3. Where does it go?
+        let out_component = match (leg.rtcp_port, class) {
+            (Some(_), _) => component,
+            (None, PacketClass::Rtcp) => Component::Rtcp,
+            (None, _) => Component::Rtp,
+        };
+        let out_slot = other.slot(out_component);
+        let to = other.destination(out_slot).ok_or(DropReason::NoDestination)?;
+        let via = other.out_port(out_component);
+
+        // 4. Rate limits (only for packets that passed the source checks, so
+        //    spoofed floods cannot starve the genuine stream).
+        if let Some(b) = leg.pps.as_mut() {
+            if !b.try_take(now, 1) {
+                return Err(DropReason::RateLimited);
+            }
+        }
+        if let Some(b) = leg.bps.as_mut() {
+            if !b.try_take(now, bytes.len() as u64) {
+                return Err(DropReason::ByteRateLimited);
+            }
+        }
+
+        // 5. Accepted: latch, and track indexes and quality.
+        if current.map(|c| c.addr) != Some(src) {
+            let rank = leg.rank(slot, src);
+            if current.is_some() {
+                leg.stats.relatches += 1;
+            } else {
+                leg.stats.latches += 1;
+            }
+            leg.remote[slot] = Some(Latched { addr: src, rank });
+        }
+        match class {
+            PacketClass::Rtp => {
+                if let Ok(h) = RtpHeader::parse(bytes) {
+                    if leg.auth.is_some() {
+                        leg.replay.record_srtp_seq(h.ssrc(), h.sequence());
+                    }
+                    if let Some(q) = leg.quality.as_mut() {
+                        q.handle_rtp(now, h.ssrc(), h.sequence(), h.timestamp());
+                    }
+                }
+            }
+            PacketClass::Rtcp => {
+                if let Some(auth) = &leg.auth {
+                    if let Ok(h) = RtcpHeader::parse(bytes) {
+                        if let Ok((_, index)) = h.srtcp_index(auth.rtcp.tag_len().bytes()) {
+                            leg.replay.record_srtcp(h.ssrc(), index);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok((via, to))
+    }
+
+    /// Read-only view for queries.
+    pub(crate) fn info(&self, now: Instant) -> SessionInfo {
+        let leg_info = |side: Side| {
+            let l = &self.legs[side.index()];
+            LegInfo {
+                side,
+                ports: LegPorts { rtp: l.rtp_port, rtcp: l.rtcp_port },
+                hint: l.hint,
+                remote_rtp: l.remote[0].map(|r| r.addr),
+                remote_rtcp: if l.rtcp_port.is_some() { l.remote[1].map(|r| r.addr) } else { None },
+                stats: l.stats,
+                quality: l.quality.as_ref().map(|q| q.snapshot()).unwrap_or_default(),
+                has_srtp_auth: l.auth.is_some(),
+                has_stun_password: l.stun_key.is_some(),
+            }
+        };
+        SessionInfo {
+            id: self.id,
+            tenant: self.tenant.clone(),
+            latch: self.latch,
+            verify: self.verify,
+            age: now.saturating_duration_since(self.created),
+            idle: now.saturating_duration_since(self.last_activity),
+            learning: now < self.window_end,
+            pbx: leg_info(Side::Pbx),
+            endpoint: leg_info(Side::Endpoint),
+        }
+    }
+}
+
+/// Checks whether a packet from a new source proves it belongs to the leg.
+fn prove(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> Proof {
+    match class {
+        PacketClass::Rtp => {
+            let (Some(auth), Ok(h)) = (&leg.auth, RtpHeader::parse(bytes)) else {
+                return Proof::Invalid;
+            };
+            for index in leg.replay.srtp_candidates(h.ssrc(), h.sequence()).into_iter().flatten() {
+                if auth.rtp.verify_srtp(bytes, (index >> 16) as u32) {
+                    if !leg.replay.srtp_is_fresh(h.ssrc(), index) {
+                        return Proof::Stale;
+                    }
+                    leg.replay.record_srtp_index(h.ssrc(), index);
+                    return Proof::Valid;
+                }
+            }
+            Proof::Invalid
+        }
+        PacketClass::Rtcp => {
+            let Some(auth) = &leg.auth else {
+                return Proof::Invalid;
+            };
+            let Some(index) = auth.rtcp.verify_srtcp(bytes) else {
+                return Proof::Invalid;
+            };
+            let ssrc = RtcpHeader::parse(bytes).map(|h| h.ssrc()).unwrap_or_default();
+            if !leg.replay.srtcp_is_fresh(ssrc, index) {
+                return Proof::Stale;
+            }
+            leg.replay.record_srtcp(ssrc, index);
+            Proof::Valid
+        }
+        PacketClass::Stun => {
+            let (Some(key), Ok(m)) = (&leg.stun_key, StunMessage::parse(bytes)) else {
+                return Proof::Invalid;
+            };
+            if m.class() != StunClass::Request || !m.verify_integrity(key) {
+                return Proof::Invalid;
+            }
+            if leg.stun_replay.check_and_insert(m.transaction_id()) {
+                return Proof::Stale;
+            }
+            Proof::Valid
+        }
+        _ => Proof::Invalid,
+    }
+}
+
+/// `verify = all` check of a packet from the latched source.
+fn verify_tag(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> bool {
+    let Some(auth) = &leg.auth else {
+        return true;
+    };
+    match class {
+        PacketClass::Rtp => {
+            let Ok(h) = RtpHeader::parse(bytes) else {
+                return false;
+            };
+            let candidates = leg.replay.srtp_candidates(h.ssrc(), h.sequence());
+            candidates.into_iter().flatten().any(|i| auth.rtp.verify_srtp(bytes, (i >> 16) as u32))
+        }
+        PacketClass::Rtcp => auth.rtcp.verify_srtcp(bytes).is_some(),
+        _ => true,
+    }
+}
+
+/// A leg as seen by a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LegInfo {
+    /// Which side.
+    pub side: Side,
+    /// Its relay ports.
+    pub ports: LegPorts,
+    /// Its hint.
+    pub hint: Option<SocketAddr>,
+    /// Latched remote for RTP (or both with rtcp-mux).
+    pub remote_rtp: Option<SocketAddr>,
+    /// Latched remote for RTCP, without rtcp-mux.
+    pub remote_rtcp: Option<SocketAddr>,
+    /// Counters of packets received from this leg's remote.
+    pub stats: LegStats,
+    /// Per-SSRC quality, when enabled.
+    pub quality: Vec<StreamQuality>,
+    /// Whether SRTP authentication keys are set.
+    pub has_srtp_auth: bool,
+    /// Whether a STUN password is set.
+    pub has_stun_password: bool,
+}
+
+/// A session as seen by a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// Id.
+    pub id: SessionId,
+    /// Tenant.
+    pub tenant: String,
+    /// Latching policy.
+    pub latch: LatchPolicy,
+    /// Verification option.
+    pub verify: Verify,
+    /// Time since allocation.
+    pub age: Duration,
+    /// Time since the last accepted packet.
+    pub idle: Duration,
+    /// Whether the learning window is open.
+    pub learning: bool,
+    /// The PBX leg.
+    pub pbx: LegInfo,
+    /// The endpoint leg.
+    pub endpoint: LegInfo,
+}

@@ -1,0 +1,232 @@
+//! What a caller asks for: session and leg specifications and updates.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::limits::LegLimits;
+use crate::wire::srtp_auth::{TagLen, AUTH_KEY_LEN};
+
+/// One side of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The PBX (customer site) leg.
+    Pbx,
+    /// The remote endpoint (phone, softphone, browser) leg.
+    Endpoint,
+}
+
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Pbx => Side::Endpoint,
+            Side::Endpoint => Side::Pbx,
+        }
+    }
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Pbx => "pbx",
+            Side::Endpoint => "endpoint",
+        }
+    }
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Side::Pbx => 0,
+            Side::Endpoint => 1,
+        }
+    }
+}
+
+/// How a leg learns (latches) its remote address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LatchPolicy {
+    /// During a learning window after allocation or update, packets may
+    /// (re)latch, ranked by the hint (exact address > same IP > other). After
+    /// the window the source is strict. The first latch may happen at any time.
+    #[default]
+    Window,
+    /// A new source latches only with proof: an SRTP/SRTCP tag that verifies
+    /// with the leg's authentication key and a packet index newer than any
+    /// seen, or a STUN request whose MESSAGE-INTEGRITY verifies with the leg's
+    /// password (and whose transaction id is new). Survives NAT rebinding and
+    /// roaming securely at any time. Needs credentials on every leg.
+    Authenticated,
+    /// Every packet may re-latch (legacy, insecure; explicit opt-in only).
+    Open,
+}
+
+impl LatchPolicy {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatchPolicy::Window => "window",
+            LatchPolicy::Authenticated => "authenticated",
+            LatchPolicy::Open => "open",
+        }
+    }
+}
+
+/// Which packets must carry a valid SRTP/SRTCP tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Verify {
+    /// Only packets that try to latch (per the policy).
+    #[default]
+    Latch,
+    /// Every SRTP/SRTCP packet of a leg with an authentication key (one HMAC
+    /// per packet; anti-injection).
+    All,
+}
+
+/// SRTP authentication keys for the packets a leg's remote *sends*.
+///
+/// Derive them from the SDES master key with
+/// [`derive_auth_keys`](crate::srtp_keys::derive_auth_keys). Only HMAC-SHA1
+/// profiles can be verified by the relay (AEAD/GCM tags need the cipher key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpAuth {
+    /// SRTP authentication key (KDF label 0x01).
+    pub rtp_key: [u8; AUTH_KEY_LEN],
+    /// SRTCP authentication key (KDF label 0x04).
+    pub rtcp_key: [u8; AUTH_KEY_LEN],
+    /// SRTP tag length (80 or 32 bits).
+    pub rtp_tag: TagLen,
+    /// SRTCP tag length (80 bits for both standard profiles).
+    pub rtcp_tag: TagLen,
+}
+
+impl SrtpAuth {
+    /// Keys for an `AES_CM_128_HMAC_SHA1_80` (or `AES_256_CM_HMAC_SHA1_80`) stream.
+    pub fn sha1_80(keys: &crate::srtp_keys::AuthKeys) -> Self {
+        Self { rtp_key: keys.srtp, rtcp_key: keys.srtcp, rtp_tag: TagLen::Bits80, rtcp_tag: TagLen::Bits80 }
+    }
+    /// Keys for an `AES_CM_128_HMAC_SHA1_32` stream (SRTCP keeps 80 bits).
+    pub fn sha1_32(keys: &crate::srtp_keys::AuthKeys) -> Self {
+        Self { rtp_key: keys.srtp, rtcp_key: keys.srtcp, rtp_tag: TagLen::Bits32, rtcp_tag: TagLen::Bits80 }
+    }
+}
+
+impl std::fmt::Debug for SrtpAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SrtpAuth")
+            .field("rtp_key", &"<redacted>")
+            .field("rtcp_key", &"<redacted>")
+            .field("rtp_tag", &self.rtp_tag)
+            .field("rtcp_tag", &self.rtcp_tag)
+            .finish()
+    }
+}
+
+/// One leg of a session to allocate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct LegSpec {
+    /// One port for RTP and RTCP (RFC 5761). Otherwise an even/odd pair.
+    pub rtcp_mux: bool,
+    /// Where the remote says it is (SDP `c=`/`m=`): ranks latching sources
+    /// and, when it has a port, is the destination until the leg latches.
+    /// A port of 0 means "this IP, any port".
+    pub hint: Option<SocketAddr>,
+    /// Authentication keys of the SRTP the remote sends (SDES).
+    pub srtp_auth: Option<SrtpAuth>,
+    /// Short-term ICE password that verifies MESSAGE-INTEGRITY of STUN
+    /// requests *sent by* this leg's remote (the other side's `a=ice-pwd`).
+    pub stun_password: Option<Vec<u8>>,
+    /// Rate limits for packets from this leg (overrides the relay default).
+    pub limits: Option<LegLimits>,
+}
+
+impl std::fmt::Debug for LegSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegSpec")
+            .field("rtcp_mux", &self.rtcp_mux)
+            .field("hint", &self.hint)
+            .field("srtp_auth", &self.srtp_auth)
+            .field("stun_password", &self.stun_password.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// A media session to allocate. Unset options take the relay's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSpec {
+    /// Tenant the session belongs to (quota accounting).
+    pub tenant: String,
+    /// The PBX leg.
+    pub pbx: LegSpec,
+    /// The endpoint leg.
+    pub endpoint: LegSpec,
+    /// Latching policy.
+    pub latch: Option<LatchPolicy>,
+    /// Verification option.
+    pub verify: Option<Verify>,
+    /// Learning window for [`LatchPolicy::Window`].
+    pub learning_window: Option<Duration>,
+    /// End the session after this long without a packet on either leg.
+    pub idle_timeout: Option<Duration>,
+    /// End the session after this long regardless.
+    pub max_duration: Option<Duration>,
+    /// Collect RTP quality figures.
+    pub quality: Option<bool>,
+    /// RTP clock rate for jitter (Hz); default 8000.
+    pub clock_rate: Option<u32>,
+}
+
+/// Changes to one leg. `None` fields keep their value.
+#[derive(Debug, Clone, Default)]
+pub struct LegUpdate {
+    /// New hint.
+    pub hint: Option<SocketAddr>,
+    /// New SRTP authentication keys (e.g. after a re-INVITE or DTLS).
+    pub srtp_auth: Option<SrtpAuth>,
+    /// New STUN password.
+    pub stun_password: Option<Vec<u8>>,
+    /// New limits.
+    pub limits: Option<LegLimits>,
+}
+
+/// Changes to a session; any update re-opens the learning window.
+#[derive(Debug, Clone, Default)]
+pub struct SessionUpdate {
+    /// PBX-leg changes.
+    pub pbx: LegUpdate,
+    /// Endpoint-leg changes.
+    pub endpoint: LegUpdate,
+    /// New latching policy.
+    pub latch: Option<LatchPolicy>,
+    /// New verification option.
+    pub verify: Option<Verify>,
+}
+
+/// Relay-wide defaults for sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionDefaults {
+    /// Default latching policy.
+    pub latch: LatchPolicy,
+    /// Default verification option.
+    pub verify: Verify,
+    /// Learning window (default 3 s).
+    pub learning_window: Duration,
+    /// Idle timeout (default 60 s).
+    pub idle_timeout: Duration,
+    /// Maximum duration (default 12 h).
+    pub max_duration: Duration,
+    /// Per-leg limits (default 1 000 pps, 2 MB/s).
+    pub limits: LegLimits,
+    /// Quality collection (default off).
+    pub quality: bool,
+}
+
+impl Default for SessionDefaults {
+    fn default() -> Self {
+        Self {
+            latch: LatchPolicy::Window,
+            verify: Verify::Latch,
+            learning_window: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(60),
+            max_duration: Duration::from_secs(12 * 3600),
+            limits: LegLimits { max_pps: Some(1000), max_bytes_per_sec: Some(2_000_000) },
+            quality: false,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Pure, allocation-free wire views.
+//!
+//! Every parser here takes a byte slice, checks it, and returns a borrowed
+//! *view* (or a typed error). None of them allocates, and none of them can
+//! panic on any input: the property tests in this module and the fuzz targets
+//! feed them arbitrary bytes.
+//!
+//! The relay never decrypts. These views only read the clear parts of packets:
+//! RTP/RTCP headers, STUN headers and attributes, and the SRTP/SRTCP
+//! authentication tag (verified with an authentication key only).
+#![forbid(unsafe_code)]
+
+pub mod demux;
+pub mod rtcp;
+pub mod rtp;
+pub mod srtp_auth;
+pub mod stun;
+
+pub use demux::{classify, PacketClass};
+
+/// Why a wire view refused a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The buffer ends before the structure it announces.
+    #[error("truncated: need {needed} bytes, have {have}")]
+    Truncated {
+        /// Bytes the structure needs.
+        needed: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// A fixed field has a value the format does not allow.
+    #[error("invalid {field}")]
+    Invalid {
+        /// The field that is wrong.
+        field: &'static str,
+    },
+}
+
+/// Checks that `buf` holds at least `needed` bytes.
+pub(crate) fn need(buf: &[u8], needed: usize) -> Result<(), WireError> {
+    if buf.len() < needed {
+        Err(WireError::Truncated { needed, have: buf.len() })
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads a big-endian `u16` at `at`; the caller has checked the length.
+pub(crate) fn be16(buf: &[u8], at: usize) -> u16 {
+    match buf.get(at..at + 2) {
+        Some(b) => u16::from_be_bytes([b[0], b[1]]),
+        None => 0,
+    }
+}
+
+/// Reads a big-endian `u32` at `at`; the caller has checked the length.
+pub(crate) fn be32(buf: &[u8], at: usize) -> u32 {
+    match buf.get(at..at + 4) {
+        Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        None => 0,
+    }
+}
+
+/// Constant-time equality of two byte slices (lengths are public).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
