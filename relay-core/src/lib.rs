@@ -5,3 +5,5 @@ pub mod session;
 pub mod shard;
 pub mod srtp_keys;
 pub mod wire;
+pub mod io;
+pub mod relay;

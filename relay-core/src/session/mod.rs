@@ -441,7 +441,7 @@ impl Session {
                     Proof::Invalid => return Err(DropReason::Unauthenticated),
                 },
             }
-            // Latching happens only once the packet is fully accepted (step 5).
+            // Latching happens once every source check has passed (step 3).
         }
 
         // 2. verify = all: every SRTP/SRTCP packet must carry a valid tag.
@@ -451,30 +451,8 @@ impl Session {
             }
         }
 
-        // 3. Where does it go?
-        let out_component = match (leg.rtcp_port, class) {
-            (Some(_), _) => component,
-            (None, PacketClass::Rtcp) => Component::Rtcp,
-            (None, _) => Component::Rtp,
-        };
-        let out_slot = other.slot(out_component);
-        let to = other.destination(out_slot).ok_or(DropReason::NoDestination)?;
-        let via = other.out_port(out_component);
-
-        // 4. Rate limits (only for packets that passed the source checks, so
-        //    spoofed floods cannot starve the genuine stream).
-        if let Some(b) = leg.pps.as_mut() {
-            if !b.try_take(now, 1) {
-                return Err(DropReason::RateLimited);
-            }
-        }
-        if let Some(b) = leg.bps.as_mut() {
-            if !b.try_take(now, bytes.len() as u64) {
-                return Err(DropReason::ByteRateLimited);
-            }
-        }
-
-        // 5. Accepted: latch, and track indexes and quality.
+        // 3. The source is accepted: latch, and track indexes and quality
+        //    (even if the packet cannot be delivered yet).
         if current.map(|c| c.addr) != Some(src) {
             let rank = leg.rank(slot, src);
             if current.is_some() {
@@ -506,6 +484,29 @@ impl Session {
             }
             _ => {}
         }
+        // 4. Where does it go?
+        let out_component = match (leg.rtcp_port, class) {
+            (Some(_), _) => component,
+            (None, PacketClass::Rtcp) => Component::Rtcp,
+            (None, _) => Component::Rtp,
+        };
+        let out_slot = other.slot(out_component);
+        let to = other.destination(out_slot).ok_or(DropReason::NoDestination)?;
+        let via = other.out_port(out_component);
+
+        // 5. Rate limits (only for packets that passed the source checks, so
+        //    spoofed floods cannot starve the genuine stream).
+        if let Some(b) = leg.pps.as_mut() {
+            if !b.try_take(now, 1) {
+                return Err(DropReason::RateLimited);
+            }
+        }
+        if let Some(b) = leg.bps.as_mut() {
+            if !b.try_take(now, bytes.len() as u64) {
+                return Err(DropReason::ByteRateLimited);
+            }
+        }
+
         Ok((via, to))
     }
 

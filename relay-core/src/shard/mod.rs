@@ -347,6 +347,12 @@ impl Shard {
         }
     }
 
+    /// Size of the session table (live and reusable slots); it grows only
+    /// when more sessions are live at once than ever before.
+    pub fn session_slots(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Ids of every live session (for drains and tests).
     pub fn session_ids(&self) -> Vec<SessionId> {
         self.sessions.iter().flatten().map(|s| s.id).collect()
@@ -386,15 +392,6 @@ impl Shard {
         sockets: &mut impl PortSockets,
     ) -> Result<Allocation, ShardError> {
         sess::validate_spec(spec, &self.config.defaults, &self.config.peer_policy)?;
-        let slot = match self.free_slots.pop() {
-            Some(s) => s,
-            None if self.sessions.len() < MAX_SLOTS => {
-                self.sessions.push(None);
-                self.generations.push(0);
-                (self.sessions.len() - 1) as u32
-            }
-            None => return Err(ShardError::TableFull),
-        };
         let mut taken: Vec<u16> = Vec::with_capacity(4);
         let mut legs = [LegPorts { rtp: 0, rtcp: None }; 2];
         for (i, leg_spec) in [&spec.pbx, &spec.endpoint].into_iter().enumerate() {
@@ -405,15 +402,23 @@ impl Shard {
                     legs[i] = ports;
                 }
                 None => {
-                    for p in taken {
-                        sockets.close(p);
-                        self.pool.release(p);
-                    }
-                    self.free_slots.push(slot);
+                    self.give_back(&taken, sockets);
                     return Err(ShardError::PortsExhausted);
                 }
             }
         }
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None if self.sessions.len() < MAX_SLOTS => {
+                self.sessions.push(None);
+                self.generations.push(0);
+                (self.sessions.len() - 1) as u32
+            }
+            None => {
+                self.give_back(&taken, sockets);
+                return Err(ShardError::TableFull);
+            }
+        };
         let generation = self.generations[slot as usize].wrapping_add(1);
         self.generations[slot as usize] = generation;
         let id = SessionId::new(self.config.index, slot, generation);
@@ -462,6 +467,13 @@ impl Shard {
             }
         }
         None
+    }
+
+    fn give_back(&mut self, ports: &[u16], sockets: &mut impl PortSockets) {
+        for &p in ports {
+            sockets.close(p);
+            self.pool.release(p);
+        }
     }
 
     fn quarantine_port(&mut self, now: Instant, port: u16) {

@@ -1,0 +1,139 @@
+//! I/O backends: they move bytes between sockets and a sans-IO [`Shard`].
+//!
+//! Each shard runs on its own thread with its own sockets, poller and
+//! buffers (thread-per-core, shared nothing). The control plane reaches a
+//! shard only through its [`Mailbox`]: a bounded queue plus an eventfd wake-up.
+//! This is the only module of the crate allowed to use `unsafe`.
+#![allow(unsafe_code)]
+
+pub mod portable;
+pub(crate) mod sys;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use crate::shard::{Command, Response, Shard};
+
+/// Which datapath implementation runs the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// epoll + `recvmmsg`/`sendmmsg`; works everywhere Linux runs,
+    /// including containers whose seccomp profile blocks io_uring.
+    #[default]
+    Portable,
+}
+
+impl BackendKind {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Portable => "portable",
+        }
+    }
+}
+
+/// Socket settings for relay ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// Receive buffer per socket (tries `SO_RCVBUFFORCE`, then `SO_RCVBUF`).
+    pub recv_buffer: usize,
+    /// Send buffer per socket (0: kernel default).
+    pub send_buffer: usize,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self { recv_buffer: 4 << 20, send_buffer: 0 }
+    }
+}
+
+/// A reply callback, run on the shard thread with the command's response.
+pub type Reply = Box<dyn FnOnce(Response) + Send>;
+
+/// What travels to a shard.
+pub enum Envelope {
+    /// A command and where its answer goes.
+    Command(Command, Reply),
+    /// Release every session and stop the thread.
+    Stop,
+}
+
+/// The control plane's end of a shard's queue.
+#[derive(Clone)]
+pub struct Mailbox {
+    tx: SyncSender<Envelope>,
+    wake: Arc<sys::EventFd>,
+    free_ports: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").field("free_ports", &self.free_ports()).finish()
+    }
+}
+
+/// The shard's queue is full (back-pressure) or the shard has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxError {
+    /// Queue full.
+    Full,
+    /// Shard thread gone.
+    Closed,
+}
+
+impl Mailbox {
+    /// Queues an envelope and wakes the shard.
+    pub fn send(&self, env: Envelope) -> Result<(), MailboxError> {
+        match self.tx.try_send(env) {
+            Ok(()) => {
+                self.wake.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(MailboxError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(MailboxError::Closed),
+        }
+    }
+
+    /// Free ports the shard reported last (updated after each command/timer).
+    pub fn free_ports(&self) -> usize {
+        self.free_ports.load(Ordering::Relaxed)
+    }
+}
+
+/// The shard thread's end of its queue.
+pub struct Inbox {
+    rx: Receiver<Envelope>,
+    wake: Arc<sys::EventFd>,
+    free_ports: Arc<AtomicUsize>,
+}
+
+/// Creates a mailbox/inbox pair with `capacity` queued envelopes.
+pub fn mailbox(capacity: usize, free_ports: usize) -> std::io::Result<(Mailbox, Inbox)> {
+    let (tx, rx) = sync_channel(capacity.max(1));
+    let wake = Arc::new(sys::EventFd::new()?);
+    let free = Arc::new(AtomicUsize::new(free_ports));
+    Ok((
+        Mailbox { tx, wake: wake.clone(), free_ports: free.clone() },
+        Inbox { rx, wake, free_ports: free },
+    ))
+}
+
+/// Everything a backend needs to run one shard on the current thread.
+pub struct ShardRun {
+    /// The state machine.
+    pub shard: Shard,
+    /// Its command queue.
+    pub inbox: Inbox,
+    /// Local IP to bind relay ports on.
+    pub bind_ip: IpAddr,
+    /// Socket options.
+    pub sockets: SocketOptions,
+}
+
+impl Inbox {
+    fn publish_free_ports(&self, shard: &Shard) {
+        self.free_ports.store(shard.free_ports(), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,201 @@
+//! The portable backend: epoll (level-triggered) + `recvmmsg`/`sendmmsg`.
+//!
+//! One thread per shard. Each wake-up reads up to [`RECV_BATCH`] datagrams
+//! from every ready socket (so one busy port cannot starve the others),
+//! asks the shard for each verdict, then sends all forwards grouped by
+//! outgoing socket with `sendmmsg`, straight from the receive buffers.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::sys::{self, Epoll, MsgBatch, Received};
+use super::{Envelope, ShardRun, SocketOptions};
+use crate::session::stats::DropReason;
+use crate::shard::{PortSockets, Shard, Verdict};
+
+/// Datagrams read per socket per wake-up.
+pub const RECV_BATCH: usize = 32;
+/// Datagram slots per shard (buffers reused every loop).
+pub const BATCH_SLOTS: usize = 512;
+/// Events per `epoll_wait`.
+const EVENTS: usize = 256;
+/// Longest sleep, so a lost wake-up can never stall a shard.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// epoll token of the wake-up eventfd (ports are < 65536).
+const WAKE_TOKEN: u64 = u64::MAX;
+
+/// Relay-port sockets of one shard, registered with its epoll.
+struct Sockets {
+    epoll: Epoll,
+    bind_ip: IpAddr,
+    base: u16,
+    socks: Vec<Option<Socket>>,
+    options: SocketOptions,
+    v6: bool,
+}
+
+impl Sockets {
+    fn get(&self, port: u16) -> Option<&Socket> {
+        let i = usize::from(port.checked_sub(self.base)?);
+        self.socks.get(i)?.as_ref()
+    }
+}
+
+impl PortSockets for Sockets {
+    fn open(&mut self, port: u16) -> io::Result<()> {
+        let i = usize::from(port - self.base);
+        let domain = if self.v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+        if self.v6 && self.bind_ip.is_unspecified() {
+            sock.set_only_v6(false)?;
+        }
+        sock.set_nonblocking(true)?;
+        if self.options.recv_buffer > 0 {
+            sys::set_large_recv_buffer(&sock, self.options.recv_buffer)?;
+        }
+        if self.options.send_buffer > 0 {
+            sock.set_send_buffer_size(self.options.send_buffer)?;
+        }
+        sock.bind(&SocketAddr::new(self.bind_ip, port).into())?;
+        self.epoll.add(sock.as_raw_fd(), u64::from(port))?;
+        self.socks[i] = Some(sock);
+        Ok(())
+    }
+
+    fn close(&mut self, port: u16) {
+        let Some(i) = port.checked_sub(self.base).map(usize::from) else {
+            return;
+        };
+        if let Some(sock) = self.socks.get_mut(i).and_then(Option::take) {
+            let _ = self.epoll.delete(sock.as_raw_fd());
+        }
+    }
+}
+
+/// Runs one shard until it receives [`Envelope::Stop`] or its mailbox closes.
+pub fn run(run: ShardRun) -> io::Result<()> {
+    let ShardRun { mut shard, inbox, bind_ip, sockets: options } = run;
+    let epoll = Epoll::new()?;
+    epoll.add(inbox.wake.raw(), WAKE_TOKEN)?;
+    let cfg = shard.config();
+    let mut sockets = Sockets {
+        epoll,
+        bind_ip,
+        base: cfg.port_base,
+        socks: (0..cfg.port_count).map(|_| None).collect(),
+        options,
+        v6: bind_ip.is_ipv6(),
+    };
+    let mut batch = MsgBatch::new(BATCH_SLOTS);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+    let mut received: Vec<Received> = Vec::with_capacity(RECV_BATCH);
+    let mut sends: Vec<(u16, usize, usize, SocketAddr)> = Vec::with_capacity(BATCH_SLOTS);
+    let mut group: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(BATCH_SLOTS);
+
+    loop {
+        let timeout = sleep_ms(shard.poll_timeout(), Instant::now());
+        let n = sockets.epoll.wait(&mut events, timeout)?;
+        let now = Instant::now();
+        let mut used = 0;
+        let mut commands = false;
+        for ev in &events[..n] {
+            if ev.u64 == WAKE_TOKEN {
+                commands = true;
+                continue;
+            }
+            let port = ev.u64 as u16;
+            if used + RECV_BATCH > batch.capacity() {
+                flush(&mut shard, &sockets, &mut batch, &mut sends, &mut group);
+                used = 0;
+            }
+            let Some(fd) = sockets.get(port).map(|s| s.as_raw_fd()) else {
+                continue;
+            };
+            received.clear();
+            match batch.recv(fd, used, RECV_BATCH, &mut received) {
+                Ok(_) => {}
+                Err(_) => shard.record_recv_error(),
+            }
+            for r in &received {
+                if r.truncated {
+                    shard.record_backend_drop(r.len, DropReason::Truncated);
+                    continue;
+                }
+                let Some(src) = r.src else {
+                    shard.record_backend_drop(r.len, DropReason::SourcePolicy);
+                    continue;
+                };
+                if let Verdict::Forward { via_port, to } = shard.handle_datagram(now, port, src, batch.slot(r.slot, r.len)) {
+                    sends.push((via_port, r.slot, r.len, to));
+                }
+            }
+            used += received.len();
+        }
+        flush(&mut shard, &sockets, &mut batch, &mut sends, &mut group);
+
+        if commands {
+            inbox.wake.drain();
+            loop {
+                match inbox.rx.try_recv() {
+                    Ok(Envelope::Command(cmd, reply)) => {
+                        let resp = shard.handle_command(Instant::now(), cmd, &mut sockets);
+                        inbox.publish_free_ports(&shard);
+                        reply(resp);
+                    }
+                    Ok(Envelope::Stop) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        shard.release_all(&mut sockets);
+                        inbox.publish_free_ports(&shard);
+                        return Ok(());
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                }
+            }
+        }
+        if shard.poll_timeout().is_some_and(|t| t <= now) {
+            shard.handle_timeout(now, &mut sockets);
+            inbox.publish_free_ports(&shard);
+        }
+    }
+}
+
+/// Sends queued forwards grouped by outgoing port (one `sendmmsg` per group).
+fn flush(
+    shard: &mut Shard,
+    sockets: &Sockets,
+    batch: &mut MsgBatch,
+    sends: &mut Vec<(u16, usize, usize, SocketAddr)>,
+    group: &mut Vec<(usize, usize, SocketAddr)>,
+) {
+    if sends.is_empty() {
+        return;
+    }
+    // Stable: keeps per-socket order, hence per-stream order.
+    sends.sort_by_key(|s| s.0);
+    let mut i = 0;
+    while i < sends.len() {
+        let port = sends[i].0;
+        group.clear();
+        while i < sends.len() && sends[i].0 == port {
+            group.push((sends[i].1, sends[i].2, sends[i].3));
+            i += 1;
+        }
+        let failed = match sockets.get(port) {
+            Some(s) => batch.send(s.as_raw_fd(), sockets.v6, group).1,
+            None => group.len(),
+        };
+        for _ in 0..failed {
+            shard.record_send_error();
+        }
+    }
+    sends.clear();
+}
+
+fn sleep_ms(deadline: Option<Instant>, now: Instant) -> i32 {
+    let wait = deadline.map_or(MAX_SLEEP, |d| d.saturating_duration_since(now)).min(MAX_SLEEP);
+    // Round up so we never spin just before a deadline.
+    wait.as_micros().div_ceil(1000) as i32
+}

@@ -1,0 +1,571 @@
+//! Building, running and controlling a relay: configuration, the shard
+//! threads, and the cloneable [`RelayHandle`] used from tokio or plain threads.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::io::{self, BackendKind, Envelope, Mailbox, MailboxError, ShardRun, SocketOptions};
+use crate::quota::{QuotaExceeded, TenantQuotas};
+use crate::session::peer::PeerPolicy;
+use crate::session::spec::{SessionDefaults, SessionSpec, SessionUpdate};
+use crate::session::stats::ShardCounters;
+use crate::session::{InvalidSpec, LegPorts, SessionId, SessionInfo};
+use crate::shard::{Command, Response, Shard, ShardConfig, ShardError};
+
+/// Everything needed to start a relay. `Default` is a loopback-only relay on
+/// ports 30000–39999 with one worker per CPU.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// IP to bind relay ports on (`::` binds dual-stack).
+    pub bind_ip: IpAddr,
+    /// IP to put into SDP; required when `bind_ip` is unspecified.
+    pub advertised_ip: Option<IpAddr>,
+    /// First relay port.
+    pub port_min: u16,
+    /// Last relay port (inclusive).
+    pub port_max: u16,
+    /// Shard threads (0: one per available CPU).
+    pub workers: usize,
+    /// Datapath backend.
+    pub backend: BackendKind,
+    /// Socket options for relay ports.
+    pub sockets: SocketOptions,
+    /// Session defaults.
+    pub defaults: SessionDefaults,
+    /// Which remote addresses are allowed.
+    pub peer_policy: PeerPolicy,
+    /// Default sessions per tenant (`None`: unlimited).
+    pub tenant_quota: Option<usize>,
+    /// Queued control commands per shard before callers see `Busy`.
+    pub command_queue: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertised_ip: None,
+            port_min: 30000,
+            port_max: 39999,
+            workers: 0,
+            backend: BackendKind::default(),
+            sockets: SocketOptions::default(),
+            defaults: SessionDefaults::default(),
+            peer_policy: PeerPolicy::permissive_local(),
+            tenant_quota: None,
+            command_queue: 1024,
+        }
+    }
+}
+
+/// A configuration value the relay cannot start with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid relay config: {field}: {reason}")]
+pub struct ConfigError {
+    /// Offending field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A system call failed while setting up a shard.
+    #[error("shard setup failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    /// No free ports in any shard.
+    #[error("port range exhausted")]
+    PortsExhausted,
+    /// The tenant's session quota is full.
+    #[error(transparent)]
+    QuotaExceeded(#[from] QuotaExceeded),
+    /// No such session.
+    #[error("unknown session {0}")]
+    UnknownSession(SessionId),
+    /// The spec or update is invalid.
+    #[error(transparent)]
+    InvalidSpec(#[from] InvalidSpec),
+    /// A shard's command queue is full; retry later.
+    #[error("relay busy")]
+    Busy,
+    /// The relay is draining and takes no new sessions.
+    #[error("relay is draining")]
+    Draining,
+    /// The relay has stopped.
+    #[error("relay stopped")]
+    Stopped,
+}
+
+impl From<ShardError> for RelayError {
+    fn from(e: ShardError) -> Self {
+        match e {
+            ShardError::PortsExhausted | ShardError::TableFull => RelayError::PortsExhausted,
+            ShardError::UnknownSession(id) => RelayError::UnknownSession(id),
+            ShardError::InvalidSpec(s) => RelayError::InvalidSpec(s),
+        }
+    }
+}
+
+impl From<MailboxError> for RelayError {
+    fn from(e: MailboxError) -> Self {
+        match e {
+            MailboxError::Full => RelayError::Busy,
+            MailboxError::Closed => RelayError::Stopped,
+        }
+    }
+}
+
+/// Relay addresses of one leg, to put into SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegAddrs {
+    /// RTP address (RTP and RTCP with rtcp-mux).
+    pub rtp: SocketAddr,
+    /// RTCP address, without rtcp-mux.
+    pub rtcp: Option<SocketAddr>,
+}
+
+/// A newly allocated session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocatedSession {
+    /// Session id.
+    pub id: SessionId,
+    /// Where the PBX must send (the PBX leg's relay ports).
+    pub pbx: LegAddrs,
+    /// Where the endpoint must send (the endpoint leg's relay ports).
+    pub endpoint: LegAddrs,
+}
+
+/// Relay-wide counters: the sum over shards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayCounters {
+    /// Sum of every shard.
+    pub total: ShardCounters,
+    /// Each shard's own counters, by shard index.
+    pub shards: Vec<ShardCounters>,
+}
+
+/// A page of sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionPage {
+    /// Sessions, ordered by id.
+    pub sessions: Vec<SessionInfo>,
+    /// Pass as `after` to get the next page; `None` at the end.
+    pub next: Option<SessionId>,
+}
+
+/// The answer to a request, to `.wait()` for on a plain thread or `.await`
+/// in async code.
+#[must_use = "a pending request does nothing unless waited for"]
+pub struct Pending<T> {
+    inner: PendingInner<T>,
+}
+
+enum PendingInner<T> {
+    Ready(Option<Result<T, RelayError>>),
+    Waiting(oneshot::Receiver<Result<T, RelayError>>),
+}
+
+impl<T> Pending<T> {
+    fn ready(r: Result<T, RelayError>) -> Self {
+        Self { inner: PendingInner::Ready(Some(r)) }
+    }
+
+    /// Blocks the current thread until the answer arrives.
+    ///
+    /// Do not call this from inside an async runtime; `.await` instead.
+    pub fn wait(self) -> Result<T, RelayError> {
+        match self.inner {
+            PendingInner::Ready(r) => r.unwrap_or(Err(RelayError::Stopped)),
+            PendingInner::Waiting(rx) => rx.blocking_recv().unwrap_or(Err(RelayError::Stopped)),
+        }
+    }
+}
+
+impl<T> Future for Pending<T> {
+    type Output = Result<T, RelayError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.inner {
+            PendingInner::Ready(r) => Poll::Ready(r.take().unwrap_or(Err(RelayError::Stopped))),
+            PendingInner::Waiting(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(RelayError::Stopped))),
+        }
+    }
+}
+
+impl<T> Unpin for Pending<T> {}
+
+struct Inner {
+    mailboxes: Vec<Mailbox>,
+    quotas: TenantQuotas,
+    advertised_ip: IpAddr,
+    draining: AtomicBool,
+    next_shard: AtomicUsize,
+    backend: BackendKind,
+}
+
+/// A cloneable, `Send + Sync` handle to a running relay.
+#[derive(Clone)]
+pub struct RelayHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RelayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayHandle").field("shards", &self.inner.mailboxes.len()).finish()
+    }
+}
+
+/// A running relay: its shard threads and a handle. Dropping it stops it.
+pub struct Relay {
+    handle: RelayHandle,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("handle", &self.handle).finish()
+    }
+}
+
+impl RelayConfig {
+    /// Checks the configuration and returns the effective worker count.
+    pub fn validate(&self) -> Result<usize, ConfigError> {
+        if self.port_min == 0 || self.port_min > self.port_max {
+            return Err(ConfigError { field: "port_min", reason: "need 0 < port_min <= port_max".into() });
+        }
+        let ports = usize::from(self.port_max - self.port_min) + 1;
+        let workers = if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        };
+        if workers > 255 {
+            return Err(ConfigError { field: "workers", reason: "at most 255".into() });
+        }
+        let workers = workers.min(ports / 4).max(1);
+        if ports < 4 {
+            return Err(ConfigError { field: "port_max", reason: "the range needs at least 4 ports".into() });
+        }
+        if self.bind_ip.is_unspecified() && self.advertised_ip.is_none() {
+            return Err(ConfigError {
+                field: "advertised_ip",
+                reason: "required when bind_ip is unspecified (0.0.0.0 or ::)".into(),
+            });
+        }
+        if self.advertised_ip.is_some_and(|ip| ip.is_unspecified() || ip.is_multicast()) {
+            return Err(ConfigError { field: "advertised_ip", reason: "must be a unicast address".into() });
+        }
+        if self.defaults.idle_timeout.is_zero() {
+            return Err(ConfigError { field: "defaults.idle_timeout", reason: "must be positive".into() });
+        }
+        Ok(workers)
+    }
+
+    /// Splits the port range into one slice per shard (even-aligned sizes).
+    fn slices(&self, workers: usize) -> Vec<(u16, usize)> {
+        let total = usize::from(self.port_max - self.port_min) + 1;
+        let per = (total / workers) & !1;
+        (0..workers)
+            .map(|i| {
+                let base = usize::from(self.port_min) + i * per;
+                let count = if i + 1 == workers { total - i * per } else { per };
+                (base as u16, count)
+            })
+            .collect()
+    }
+}
+
+impl Relay {
+    /// Starts the shard threads. Returns once every shard is running.
+    pub fn start(config: RelayConfig) -> Result<Relay, StartError> {
+        let workers = config.validate()?;
+        let now = Instant::now();
+        let mut mailboxes = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers);
+        for (index, (base, count)) in config.slices(workers).into_iter().enumerate() {
+            let shard = Shard::new(
+                ShardConfig {
+                    index: index as u8,
+                    port_base: base,
+                    port_count: count,
+                    defaults: config.defaults.clone(),
+                    peer_policy: config.peer_policy,
+                    seed: fastrand::u64(..),
+                    bind_quarantine: Duration::from_secs(30),
+                },
+                now,
+            );
+            let (mailbox, inbox) = io::mailbox(config.command_queue, count)?;
+            let run = ShardRun { shard, inbox, bind_ip: config.bind_ip, sockets: config.sockets };
+            let backend = config.backend;
+            let thread = std::thread::Builder::new()
+                .name(format!("ucmrc-shard-{index}"))
+                .spawn(move || {
+                    let result = match backend {
+                        BackendKind::Portable => io::portable::run(run),
+                    };
+                    if let Err(e) = result {
+                        // The shard cannot continue; its mailbox closes and
+                        // requests to it fail with `Stopped`.
+                        eprintln!("ucmrc shard {index} stopped: {e}");
+                    }
+                })?;
+            mailboxes.push(mailbox);
+            threads.push(thread);
+        }
+        let handle = RelayHandle {
+            inner: Arc::new(Inner {
+                mailboxes,
+                quotas: TenantQuotas::new(config.tenant_quota),
+                advertised_ip: config.advertised_ip.unwrap_or(config.bind_ip),
+                draining: AtomicBool::new(false),
+                next_shard: AtomicUsize::new(0),
+                backend: config.backend,
+            }),
+        };
+        Ok(Relay { handle, threads: Mutex::new(threads) })
+    }
+
+    /// A handle for control calls.
+    pub fn handle(&self) -> RelayHandle {
+        self.handle.clone()
+    }
+
+    /// Stops taking new sessions, waits up to `drain` for existing sessions
+    /// to end (released or timed out), then releases the rest and stops.
+    pub fn shutdown(self, drain: Duration) {
+        self.handle.inner.draining.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + drain;
+        while Instant::now() < deadline {
+            match self.handle.counters().wait() {
+                Ok(c) if c.total.sessions_active > 0 => std::thread::sleep(Duration::from_millis(50)),
+                _ => break,
+            }
+        }
+        self.stop();
+    }
+
+    fn stop(&self) {
+        for m in &self.handle.inner.mailboxes {
+            // A full queue still gets the stop once it drains: retry briefly.
+            for _ in 0..100 {
+                match m.send(Envelope::Stop) {
+                    Err(MailboxError::Full) => std::thread::sleep(Duration::from_millis(10)),
+                    _ => break,
+                }
+            }
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl RelayHandle {
+    /// The datapath backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.inner.backend
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.inner.mailboxes.len()
+    }
+
+    /// Tenant quota table (to set per-tenant limits).
+    pub fn quotas(&self) -> &TenantQuotas {
+        &self.inner.quotas
+    }
+
+    /// Whether the relay is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        shard: usize,
+        cmd: Command,
+        map: impl FnOnce(Response) -> Result<T, RelayError> + Send + 'static,
+    ) -> Pending<T> {
+        let Some(mailbox) = self.inner.mailboxes.get(shard) else {
+            return Pending::ready(Err(RelayError::Stopped));
+        };
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |resp: Response| {
+            let _ = tx.send(map(resp));
+        });
+        match mailbox.send(Envelope::Command(cmd, reply)) {
+            Ok(()) => Pending { inner: PendingInner::Waiting(rx) },
+            Err(e) => Pending::ready(Err(e.into())),
+        }
+    }
+
+    fn addrs(&self, ports: LegPorts) -> LegAddrs {
+        let ip = self.inner.advertised_ip;
+        LegAddrs { rtp: SocketAddr::new(ip, ports.rtp), rtcp: ports.rtcp.map(|p| SocketAddr::new(ip, p)) }
+    }
+
+    /// Allocates a session on the shard with the most free ports.
+    pub fn allocate(&self, spec: SessionSpec) -> Pending<AllocatedSession> {
+        if self.is_draining() {
+            return Pending::ready(Err(RelayError::Draining));
+        }
+        let permit = match self.inner.quotas.acquire(&spec.tenant) {
+            Ok(p) => p,
+            Err(e) => return Pending::ready(Err(e.into())),
+        };
+        let n = self.inner.mailboxes.len();
+        let start = self.inner.next_shard.fetch_add(1, Ordering::Relaxed);
+        let shard = (0..n)
+            .map(|k| (start + k) % n)
+            .max_by_key(|&i| self.inner.mailboxes[i].free_ports())
+            .unwrap_or(0);
+        let me = self.clone();
+        self.call(shard, Command::Allocate { spec: Box::new(spec), permit: Some(permit) }, move |r| match r {
+            Response::Allocated(Ok(a)) => {
+                Ok(AllocatedSession { id: a.id, pbx: me.addrs(a.pbx), endpoint: me.addrs(a.endpoint) })
+            }
+            Response::Allocated(Err(e)) => Err(e.into()),
+            _ => Err(RelayError::Stopped),
+        })
+    }
+
+    /// Updates hints, keys, limits or policy; re-opens the learning window.
+    pub fn update(&self, id: SessionId, update: SessionUpdate) -> Pending<()> {
+        self.call(usize::from(id.shard()), Command::Update { id, update: Box::new(update) }, |r| match r {
+            Response::Updated(r) => r.map_err(Into::into),
+            _ => Err(RelayError::Stopped),
+        })
+    }
+
+    /// Releases a session; returns its final state and counters.
+    pub fn release(&self, id: SessionId) -> Pending<SessionInfo> {
+        self.call(usize::from(id.shard()), Command::Release { id }, |r| match r {
+            Response::Released(r) => r.map_err(Into::into),
+            _ => Err(RelayError::Stopped),
+        })
+    }
+
+    /// Describes one session (latched addresses, counters, quality).
+    pub fn session(&self, id: SessionId) -> Pending<SessionInfo> {
+        self.call(usize::from(id.shard()), Command::Query { id }, |r| match r {
+            Response::Session(r) => r.map_err(Into::into),
+            _ => Err(RelayError::Stopped),
+        })
+    }
+
+    /// Lists up to `limit` sessions with ids after `after`, in id order.
+    pub fn list(&self, after: Option<SessionId>, limit: usize) -> Pending<SessionPage> {
+        let limit = limit.clamp(1, 10_000);
+        self.gather(
+            move || Command::List { after, limit },
+            |r| match r {
+                Response::List(v) => Some(v),
+                _ => None,
+            },
+            move |parts: Vec<Vec<SessionInfo>>| {
+                let mut all: Vec<SessionInfo> = parts.into_iter().flatten().collect();
+                all.sort_by_key(|s| s.id);
+                let more = all.len() > limit;
+                all.truncate(limit);
+                let next = if more { all.last().map(|s| s.id) } else { None };
+                SessionPage { sessions: all, next }
+            },
+        )
+    }
+
+    /// Sums every shard's counters.
+    pub fn counters(&self) -> Pending<RelayCounters> {
+        self.gather(
+            || Command::Snapshot,
+            |r| match r {
+                Response::Snapshot(c) => Some(c),
+                _ => None,
+            },
+            |parts: Vec<ShardCounters>| {
+                let mut total = ShardCounters::default();
+                for p in &parts {
+                    total.merge(p);
+                }
+                RelayCounters { total, shards: parts }
+            },
+        )
+    }
+
+    /// Sends a command to every shard and combines the answers (in shard order).
+    fn gather<P: Send + 'static, T: Send + 'static>(
+        &self,
+        make: impl Fn() -> Command,
+        pick: fn(Response) -> Option<P>,
+        combine: impl FnOnce(Vec<P>) -> T + Send + 'static,
+    ) -> Pending<T> {
+        let n = self.inner.mailboxes.len();
+        let (tx, rx) = oneshot::channel();
+        struct Gather<P, T> {
+            parts: Vec<Option<P>>,
+            left: usize,
+            failed: bool,
+            done: Option<(oneshot::Sender<Result<T, RelayError>>, Box<dyn FnOnce(Vec<P>) -> T + Send>)>,
+        }
+        impl<P, T> Gather<P, T> {
+            fn finish_one(&mut self, i: usize, p: Option<P>) {
+                match p {
+                    Some(p) => self.parts[i] = Some(p),
+                    None => self.failed = true,
+                }
+                self.left -= 1;
+                if self.left == 0 {
+                    if let Some((tx, combine)) = self.done.take() {
+                        let parts: Option<Vec<P>> = std::mem::take(&mut self.parts).into_iter().collect();
+                        let r = match parts {
+                            Some(p) if !self.failed => Ok(combine(p)),
+                            _ => Err(RelayError::Stopped),
+                        };
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+        }
+        let state = Arc::new(Mutex::new(Gather {
+            parts: (0..n).map(|_| None).collect(),
+            left: n,
+            failed: false,
+            done: Some((tx, Box::new(combine))),
+        }));
+        for (i, m) in self.inner.mailboxes.iter().enumerate() {
+            let st = state.clone();
+            let reply = Box::new(move |resp: Response| {
+                st.lock().unwrap_or_else(|p| p.into_inner()).finish_one(i, pick(resp));
+            });
+            if m.send(Envelope::Command(make(), reply)).is_err() {
+                state.lock().unwrap_or_else(|p| p.into_inner()).finish_one(i, None);
+            }
+        }
+        Pending { inner: PendingInner::Waiting(rx) }
+    }
+}

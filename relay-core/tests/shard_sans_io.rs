@@ -1,0 +1,438 @@
+//! Sans-IO tests of the shard in virtual time: latching policies, learning
+//! window and hint ranking, strict source, authenticated re-latching with
+//! replay guard, `verify = all`, timeouts, token buckets and quotas.
+//! Packets are real SRTP from libsrtp; the relay verifies them with auth keys
+//! derived by `relay_core::srtp_keys`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use relay_core::quota::TenantQuotas;
+use relay_core::session::limits::LegLimits;
+use relay_core::session::peer::PeerPolicy;
+use relay_core::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Verify};
+use relay_core::session::stats::DropReason;
+use relay_core::shard::{Allocation, Command, Response, Shard, ShardConfig, ShardError, Verdict};
+use support::*;
+
+struct Lab {
+    shard: Shard,
+    sockets: FakeSockets,
+    t0: Instant,
+}
+
+impl Lab {
+    fn new() -> Self {
+        Self::with(SessionDefaults::default(), 1000)
+    }
+
+    fn with(defaults: SessionDefaults, ports: usize) -> Self {
+        let t0 = Instant::now();
+        let shard = Shard::new(
+            ShardConfig {
+                index: 3,
+                port_base: 40000,
+                port_count: ports,
+                defaults,
+                peer_policy: PeerPolicy::default(),
+                seed: 42,
+                bind_quarantine: Duration::from_secs(30),
+            },
+            t0,
+        );
+        Self { shard, sockets: FakeSockets::default(), t0 }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    fn allocate(&mut self, spec: SessionSpec) -> Result<Allocation, ShardError> {
+        self.allocate_with(spec, None)
+    }
+
+    fn allocate_with(&mut self, spec: SessionSpec, permit: Option<relay_core::quota::QuotaPermit>) -> Result<Allocation, ShardError> {
+        match self.shard.handle_command(self.t0, Command::Allocate { spec: Box::new(spec), permit }, &mut self.sockets) {
+            Response::Allocated(r) => r,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn send(&mut self, ms: u64, port: u16, src: SocketAddr, bytes: &[u8]) -> Verdict {
+        self.shard.handle_datagram(self.at(ms), port, src, bytes)
+    }
+
+    fn assert_counters_add_up(&self) {
+        let c = self.shard.counters();
+        assert_eq!(c.packets_received, c.packets_forwarded + c.drops.total());
+    }
+}
+
+fn spec(latch: LatchPolicy) -> SessionSpec {
+    SessionSpec {
+        tenant: "acme".into(),
+        pbx: LegSpec { rtcp_mux: true, ..LegSpec::default() },
+        endpoint: LegSpec { rtcp_mux: true, ..LegSpec::default() },
+        latch: Some(latch),
+        ..SessionSpec::default()
+    }
+}
+
+const PBX: &str = "198.51.100.10:4000";
+const PHONE: &str = "203.0.113.20:5004";
+const ATTACKER: &str = "192.0.2.66:6666";
+
+fn fwd(via_port: u16, to: &str) -> Verdict {
+    Verdict::Forward { via_port, to: sa(to) }
+}
+
+#[test]
+fn window_latches_both_legs_and_forwards_unchanged_both_ways() {
+    let mut lab = Lab::new();
+    let a = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    let (p, e) = (a.pbx.rtp, a.endpoint.rtp);
+    let mut pbx_tx = SrtpTx::new(&master(1), 0x1111, 100);
+    let mut phone_tx = SrtpTx::new(&master(2), 0x2222, 200);
+
+    // Nobody latched on the endpoint leg yet and no hint: nowhere to send.
+    assert_eq!(lab.send(0, p, sa(PBX), &pbx_tx.next_rtp()), Verdict::Drop(DropReason::NoDestination));
+    // The phone's first packet latches the endpoint leg and goes to the PBX.
+    assert_eq!(lab.send(10, e, sa(PHONE), &phone_tx.next_rtp()), fwd(p, PBX), "pbx latched by its first packet");
+    assert_eq!(lab.send(20, p, sa(PBX), &pbx_tx.next_rtp()), fwd(e, PHONE));
+    // RTCP on the mux port takes the same path.
+    assert_eq!(lab.send(30, e, sa(PHONE), &phone_tx.next_rtcp()), fwd(p, PBX));
+    let info = match lab.shard.handle_command(lab.at(40), Command::Query { id: a.id }, &mut lab.sockets) {
+        Response::Session(Ok(i)) => i,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(info.endpoint.remote_rtp, Some(sa(PHONE)));
+    assert_eq!(info.pbx.remote_rtp, Some(sa(PBX)));
+    assert_eq!(info.endpoint.stats.packets_forwarded, 2);
+    assert_eq!(info.pbx.stats.drops.get(DropReason::NoDestination), 1);
+    lab.assert_counters_add_up();
+}
+
+#[test]
+fn learning_window_ranks_sources_by_hint_then_turns_strict() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Window);
+    s.endpoint.hint = Some(sa(PHONE));
+    s.pbx.hint = Some(sa(PBX));
+    let a = lab.allocate(s).expect("allocate");
+    let (p, e) = (a.pbx.rtp, a.endpoint.rtp);
+    let mut phone = SrtpTx::new(&master(2), 2, 1);
+
+    // With an exact hint, media flows to the hint before any latch.
+    assert_eq!(lab.send(0, p, sa(PBX), &phone.next_rtp()), fwd(e, PHONE));
+    // An attacker (rank "other") latches first while nothing better is seen...
+    assert_eq!(lab.send(5, e, sa(ATTACKER), b"\x80\x00junk-rtp-ish-bytes"), fwd(p, PBX));
+    // ...the real phone (exact hint, rank 3) takes over...
+    assert_eq!(lab.send(10, e, sa(PHONE), &phone.next_rtp()), fwd(p, PBX));
+    assert_eq!(lab.send(11, p, sa(PBX), &phone.next_rtp()), fwd(e, PHONE));
+    // ...and neither the attacker nor a same-IP other port (rank 2) can take it back.
+    assert_eq!(lab.send(20, e, sa(ATTACKER), &phone.next_rtp()), Verdict::Drop(DropReason::SourceMismatch));
+    assert_eq!(lab.send(21, e, sa("203.0.113.20:7000"), &phone.next_rtp()), Verdict::Drop(DropReason::SourceMismatch));
+
+    // Without an exact match, equal ranks may move within the window (NAT rebinding during setup).
+    let mut lab2 = Lab::new();
+    let mut s2 = spec(LatchPolicy::Window);
+    s2.endpoint.hint = Some(sa("203.0.113.20:0"));
+    let a2 = lab2.allocate(s2).expect("allocate");
+    let e2 = a2.endpoint.rtp;
+    assert!(matches!(lab2.send(0, e2, sa("203.0.113.20:1111"), &phone.next_rtp()), Verdict::Drop(DropReason::NoDestination)));
+    assert!(matches!(lab2.send(1, e2, sa(ATTACKER), &phone.next_rtp()), Verdict::Drop(DropReason::SourceMismatch)), "rank 1 < rank 2");
+    assert!(matches!(lab2.send(2, e2, sa("203.0.113.20:2222"), &phone.next_rtp()), Verdict::Drop(DropReason::NoDestination)), "rank 2 == rank 2 re-latches");
+
+    // After the 3 s window: strict source, even for a better-ranked address.
+    let mut lab3 = Lab::new();
+    let mut s3 = spec(LatchPolicy::Window);
+    s3.pbx.hint = Some(sa(PBX));
+    let a3 = lab3.allocate(s3).expect("allocate");
+    let e3 = a3.endpoint.rtp;
+    assert_eq!(lab3.send(100, e3, sa(PHONE), &phone.next_rtp()), fwd(a3.pbx.rtp, PBX));
+    assert_eq!(lab3.send(3_100, e3, sa("203.0.113.21:5004"), &phone.next_rtp()), Verdict::Drop(DropReason::SourceMismatch));
+    assert_eq!(lab3.send(3_200, e3, sa(PHONE), &phone.next_rtp()), fwd(a3.pbx.rtp, PBX));
+    // An update re-opens the window: the new address may latch again.
+    let upd = SessionUpdate { endpoint: LegUpdate { hint: Some(sa("203.0.113.21:5004")), ..LegUpdate::default() }, ..SessionUpdate::default() };
+    assert!(matches!(lab3.shard.handle_command(lab3.at(4_000), Command::Update { id: a3.id, update: Box::new(upd) }, &mut lab3.sockets), Response::Updated(Ok(()))));
+    assert_eq!(lab3.send(4_100, e3, sa("203.0.113.21:5004"), &phone.next_rtp()), fwd(a3.pbx.rtp, PBX));
+    lab3.assert_counters_add_up();
+}
+
+fn authenticated_spec() -> SessionSpec {
+    let mut s = spec(LatchPolicy::Authenticated);
+    s.pbx.srtp_auth = Some(auth_for(&master(1)));
+    s.endpoint.srtp_auth = Some(auth_for(&master(2)));
+    s.endpoint.stun_password = Some(b"pbx-ice-password".to_vec());
+    s.pbx.hint = Some(sa(PBX));
+    s
+}
+
+#[test]
+fn authenticated_latching_needs_a_valid_tag_and_a_fresh_index() {
+    let mut lab = Lab::new();
+    let a = lab.allocate(authenticated_spec()).expect("allocate");
+    let (p, e) = (a.pbx.rtp, a.endpoint.rtp);
+    let mut phone = SrtpTx::new(&master(2), 0xabc, 65530);
+    let mut forger = SrtpTx::new(&master(9), 0xabc, 65530);
+
+    // Forged SRTP (wrong key) and junk cannot latch, not even first.
+    assert_eq!(lab.send(0, e, sa(ATTACKER), &forger.next_rtp()), Verdict::Drop(DropReason::Unauthenticated));
+    assert_eq!(lab.send(1, e, sa(ATTACKER), b"\x16\xfe\xfd dtls-looking"), Verdict::Drop(DropReason::Unauthenticated));
+    // A genuine packet latches.
+    let first = phone.next_rtp();
+    assert_eq!(lab.send(2, e, sa(PHONE), &first), fwd(p, PBX));
+    let mut captured = Vec::new();
+    for i in 0..10 {
+        let pkt = phone.next_rtp(); // crosses the 16-bit sequence wrap
+        captured.push(pkt.clone());
+        assert_eq!(lab.send(3 + i, e, sa(PHONE), &pkt), fwd(p, PBX));
+    }
+    // Long after any window: a replayed genuine packet from a new source is refused.
+    assert_eq!(lab.send(60_000, e, sa(ATTACKER), &captured[9]), Verdict::Drop(DropReason::Replay));
+    assert_eq!(lab.send(60_001, e, sa(ATTACKER), &captured[0]), Verdict::Drop(DropReason::Replay));
+    // The phone roams (NAT rebinding): a fresh, valid packet re-latches at once.
+    let roamed = sa("203.0.113.99:40000");
+    assert_eq!(lab.send(60_002, e, roamed, &phone.next_rtp()), fwd(p, PBX));
+    assert_eq!(lab.send(60_003, p, sa(PBX), &SrtpTx::new(&master(1), 7, 1).next_rtp()), fwd(e, "203.0.113.99:40000"));
+    // The old address is now a stranger.
+    assert_eq!(lab.send(60_004, e, sa(PHONE), &forger.next_rtp()), Verdict::Drop(DropReason::Unauthenticated));
+    // SRTCP proves itself too (its index is authenticated).
+    let rtcp = phone.next_rtcp();
+    assert_eq!(lab.send(60_005, e, sa(PHONE), &rtcp), fwd(p, PBX));
+    assert_eq!(lab.send(60_006, e, sa(ATTACKER), &rtcp), Verdict::Drop(DropReason::Replay));
+    // STUN with MESSAGE-INTEGRITY (ICE consent) latches; a replayed transaction does not.
+    let stun = stun_request(b"pbx-ice-password", [7; 12]);
+    assert_eq!(lab.send(60_007, e, sa("203.0.113.50:1"), &stun), fwd(p, PBX));
+    assert_eq!(lab.send(60_008, e, sa(ATTACKER), &stun), Verdict::Drop(DropReason::Replay));
+    let wrong = stun_request(b"guessed", [8; 12]);
+    assert_eq!(lab.send(60_009, e, sa(ATTACKER), &wrong), Verdict::Drop(DropReason::Unauthenticated));
+    lab.assert_counters_add_up();
+}
+
+#[test]
+fn authenticated_policy_refuses_specs_without_credentials() {
+    let mut lab = Lab::new();
+    let err = lab.allocate(spec(LatchPolicy::Authenticated)).expect_err("no keys");
+    assert!(matches!(err, ShardError::InvalidSpec(ref s) if s.field == "pbx.srtp_auth"), "{err:?}");
+    assert!(lab.sockets.open.is_empty(), "no port taken by a refused spec");
+}
+
+#[test]
+fn verify_all_drops_forged_packets_from_the_latched_source() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Window);
+    s.verify = Some(Verify::All);
+    s.endpoint.srtp_auth = Some(auth_for(&master(2)));
+    s.pbx.hint = Some(sa(PBX));
+    let a = lab.allocate(s).expect("allocate");
+    let e = a.endpoint.rtp;
+    let mut phone = SrtpTx::new(&master(2), 5, 10);
+    assert_eq!(lab.send(0, e, sa(PHONE), &phone.next_rtp()), fwd(a.pbx.rtp, PBX));
+    // Spoofed from the phone's own address: valid header, wrong tag.
+    let mut forged = phone.next_rtp();
+    let n = forged.len();
+    forged[n - 1] ^= 0x55;
+    assert_eq!(lab.send(1, e, sa(PHONE), &forged), Verdict::Drop(DropReason::AuthFailed));
+    let mut bad_rtcp = phone.next_rtcp();
+    bad_rtcp[9] ^= 1;
+    assert_eq!(lab.send(2, e, sa(PHONE), &bad_rtcp), Verdict::Drop(DropReason::AuthFailed));
+    assert_eq!(lab.send(3, e, sa(PHONE), &phone.next_rtp()), fwd(a.pbx.rtp, PBX));
+    assert_eq!(lab.send(4, e, sa(PHONE), &phone.next_rtcp()), fwd(a.pbx.rtp, PBX));
+    // STUN and DTLS are not SRTP: they pass from the latched source.
+    assert_eq!(lab.send(5, e, sa(PHONE), b"\x16\xfe\xfd\x00"), fwd(a.pbx.rtp, PBX));
+}
+
+#[test]
+fn open_policy_follows_every_source() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Open);
+    s.pbx.hint = Some(sa(PBX));
+    let a = lab.allocate(s).expect("allocate");
+    let e = a.endpoint.rtp;
+    for (i, src) in [PHONE, ATTACKER, "203.0.113.7:9"].iter().enumerate() {
+        assert_eq!(lab.send(10_000 * i as u64, e, sa(src), b"\x80\x00abcdefghijkl"), fwd(a.pbx.rtp, PBX));
+        assert_eq!(lab.send(10_000 * i as u64 + 1, a.pbx.rtp, sa(PBX), b"\x80\x00abcdefghijkl"), fwd(e, src));
+    }
+}
+
+#[test]
+fn rtcp_pairs_use_their_own_ports_and_mux_bridges_to_pairs() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Window);
+    s.pbx.rtcp_mux = false;
+    s.pbx.hint = Some(sa(PBX));
+    let a = lab.allocate(s).expect("allocate");
+    let pbx_rtcp = a.pbx.rtcp.expect("pair");
+    assert_eq!(a.pbx.rtp % 2, 0);
+    assert_eq!(pbx_rtcp, a.pbx.rtp + 1);
+    let e = a.endpoint.rtp;
+    let mut phone = SrtpTx::new(&master(2), 5, 10);
+    // Endpoint (mux) RTP goes to the PBX RTP port, its RTCP to the PBX RTCP port (hint port + 1).
+    assert_eq!(lab.send(0, e, sa(PHONE), &phone.next_rtp()), fwd(a.pbx.rtp, PBX));
+    assert_eq!(lab.send(1, e, sa(PHONE), &phone.next_rtcp()), fwd(pbx_rtcp, "198.51.100.10:4001"));
+    // The PBX's RTCP port latches separately; replies go to the mux port.
+    assert_eq!(lab.send(2, pbx_rtcp, sa("198.51.100.10:4999"), &phone.next_rtcp()), fwd(e, PHONE));
+    assert_eq!(lab.send(3, e, sa(PHONE), &phone.next_rtcp()), fwd(pbx_rtcp, "198.51.100.10:4999"));
+}
+
+#[test]
+fn peer_policy_refuses_dangerous_sources_and_canonicalizes_mapped_ones() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Window);
+    s.pbx.hint = Some(sa(PBX));
+    let a = lab.allocate(s).expect("allocate");
+    let e = a.endpoint.rtp;
+    for bad in ["127.0.0.1:5000", "169.254.169.254:80", "[::ffff:10.0.0.1]:5000", "224.0.0.5:5000", "[fe80::1]:5000"] {
+        assert_eq!(lab.send(0, e, sa(bad), b"\x80\x00abcdefghij"), Verdict::Drop(DropReason::SourcePolicy), "{bad}");
+    }
+    assert_eq!(lab.send(1, e, sa("[::ffff:203.0.113.20]:5004"), b"\x80\x00abcdefghij"), fwd(a.pbx.rtp, PBX));
+    assert_eq!(lab.send(2, a.pbx.rtp, sa(PBX), b"\x80\x00abcdefghij"), fwd(e, PHONE), "latched in canonical form");
+    // Hints are checked too.
+    let mut bad = spec(LatchPolicy::Window);
+    bad.endpoint.hint = Some(sa("[::ffff:169.254.169.254]:80"));
+    assert!(matches!(lab.allocate(bad), Err(ShardError::InvalidSpec(_))));
+}
+
+#[test]
+fn idle_timeout_and_max_duration_end_sessions_and_free_ports() {
+    let mut lab = Lab::new();
+    let quotas = TenantQuotas::new(Some(10));
+    let mut s = spec(LatchPolicy::Window);
+    s.idle_timeout = Some(Duration::from_secs(10));
+    s.pbx.hint = Some(sa(PBX));
+    let idle = lab.allocate_with(s, Some(quotas.acquire("acme").expect("quota"))).expect("allocate");
+    let mut s2 = spec(LatchPolicy::Window);
+    s2.max_duration = Some(Duration::from_secs(31));
+    s2.pbx.hint = Some(sa(PBX));
+    let long = lab.allocate_with(s2, Some(quotas.acquire("acme").expect("quota"))).expect("allocate");
+    assert_eq!(quotas.in_use("acme"), 2);
+    assert_eq!(lab.sockets.open.len(), 4);
+
+    // Traffic every 5 s keeps `idle` alive past its 10 s timeout...
+    for t in (0..=20_000).step_by(5_000) {
+        lab.send(t, idle.endpoint.rtp, sa(PHONE), b"\x80\x00keepalive!!");
+        lab.send(t, long.endpoint.rtp, sa(PHONE), b"\x80\x00keepalive!!");
+        lab.shard.handle_timeout(lab.at(t), &mut lab.sockets);
+    }
+    assert_eq!(lab.shard.counters().sessions_active, 2);
+    // ...then it goes silent and ends ~10 s later, within one timer tick.
+    lab.shard.handle_timeout(lab.at(29_000), &mut lab.sockets);
+    assert_eq!(lab.shard.counters().sessions_active, 2);
+    lab.shard.handle_timeout(lab.at(30_200), &mut lab.sockets);
+    let c = lab.shard.counters();
+    assert_eq!((c.sessions_expired_idle, c.sessions_expired_max_duration), (1, 0));
+    // `long` keeps sending but its 31 s maximum is reached.
+    assert!(matches!(lab.send(30_300, long.endpoint.rtp, sa(PHONE), b"\x80\x00keepalive!!"), Verdict::Forward { .. }));
+    let next = lab.shard.poll_timeout().expect("a timer is pending");
+    assert!(next <= lab.at(30_400));
+    lab.shard.handle_timeout(lab.at(31_100), &mut lab.sockets);
+    let c = lab.shard.counters();
+    assert_eq!((c.sessions_active, c.sessions_expired_max_duration), (0, 1));
+    assert!(lab.sockets.open.is_empty(), "every port closed");
+    assert_eq!(lab.shard.free_ports(), 1000, "every port back in the pool");
+    assert_eq!(quotas.in_use("acme"), 0, "quota permits returned with the sessions");
+    assert_eq!(lab.send(31_000, idle.endpoint.rtp, sa(PHONE), b"\x80\x00late"), Verdict::Drop(DropReason::NoSession));
+}
+
+#[test]
+fn token_buckets_limit_packets_and_bytes_per_leg() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Window);
+    s.pbx.hint = Some(sa(PBX));
+    s.endpoint.limits = Some(LegLimits { max_pps: Some(50), max_bytes_per_sec: None });
+    s.pbx.limits = Some(LegLimits { max_pps: None, max_bytes_per_sec: Some(10_000) });
+    let a = lab.allocate(s).expect("allocate");
+    let pkt = [0x80u8; 200];
+    let ok = (0..200).filter(|_| matches!(lab.send(0, a.endpoint.rtp, sa(PHONE), &pkt), Verdict::Forward { .. })).count();
+    assert_eq!(ok, 50, "one second of burst");
+    assert_eq!(lab.send(0, a.endpoint.rtp, sa(PHONE), &pkt), Verdict::Drop(DropReason::RateLimited));
+    // 100 ms later, 5 more.
+    let ok = (0..20).filter(|_| matches!(lab.send(100, a.endpoint.rtp, sa(PHONE), &pkt), Verdict::Forward { .. })).count();
+    assert_eq!(ok, 5);
+    // Bytes: 10 000 B/s = 50 packets of 200 B.
+    let ok = (0..100).filter(|_| matches!(lab.send(100, a.pbx.rtp, sa(PBX), &pkt), Verdict::Forward { .. })).count();
+    assert_eq!(ok, 50);
+    assert_eq!(lab.send(100, a.pbx.rtp, sa(PBX), &pkt), Verdict::Drop(DropReason::ByteRateLimited));
+    // A spoofed flood does not eat the genuine leg's budget.
+    let mut lab2 = Lab::new();
+    let mut s2 = spec(LatchPolicy::Window);
+    s2.pbx.hint = Some(sa(PBX));
+    s2.endpoint.limits = Some(LegLimits { max_pps: Some(50), max_bytes_per_sec: None });
+    let b = lab2.allocate(s2).expect("allocate");
+    assert!(matches!(lab2.send(0, b.endpoint.rtp, sa(PHONE), &pkt), Verdict::Forward { .. }));
+    for _ in 0..1000 {
+        assert_eq!(lab2.send(5000, b.endpoint.rtp, sa(ATTACKER), &pkt), Verdict::Drop(DropReason::SourceMismatch));
+    }
+    assert!(matches!(lab2.send(5000, b.endpoint.rtp, sa(PHONE), &pkt), Verdict::Forward { .. }));
+    lab.assert_counters_add_up();
+    lab2.assert_counters_add_up();
+}
+
+#[test]
+fn quota_limits_sessions_per_tenant() {
+    let quotas = TenantQuotas::new(Some(2));
+    let mut lab = Lab::new();
+    let mut ids = vec![];
+    for _ in 0..2 {
+        let permit = quotas.acquire("acme").expect("within quota");
+        ids.push(lab.allocate_with(spec(LatchPolicy::Window), Some(permit)).expect("allocate").id);
+    }
+    assert!(quotas.acquire("acme").is_err(), "third session refused");
+    assert!(quotas.acquire("other").is_ok(), "other tenants unaffected");
+    assert!(matches!(lab.shard.handle_command(lab.t0, Command::Release { id: ids[0] }, &mut lab.sockets), Response::Released(Ok(_))));
+    assert!(quotas.acquire("acme").is_ok(), "a release frees a slot");
+}
+
+#[test]
+fn ports_that_fail_to_bind_are_skipped_and_retried_later() {
+    let mut lab = Lab::with(SessionDefaults::default(), 4);
+    lab.sockets.refuse.extend([40000, 40001]);
+    let a = lab.allocate(spec(LatchPolicy::Window)).expect("two free ports remain");
+    let mut got = [a.pbx.rtp, a.endpoint.rtp];
+    got.sort();
+    assert_eq!(got, [40002, 40003]);
+    assert_eq!(lab.allocate(spec(LatchPolicy::Window)), Err(ShardError::PortsExhausted));
+    assert_eq!(lab.shard.counters().port_bind_failures, 2);
+    // After the quarantine the ports come back.
+    lab.sockets.refuse.clear();
+    lab.shard.handle_timeout(lab.at(31_000), &mut lab.sockets);
+    assert!(lab.allocate(spec(LatchPolicy::Window)).is_ok());
+}
+
+#[test]
+fn ten_thousand_sessions_allocate_and_release_without_leaks() {
+    let mut lab = Lab::with(SessionDefaults::default(), 20_000);
+    for round in 0..3 {
+        let mut ids = Vec::new();
+        for _ in 0..10_000 {
+            ids.push(lab.allocate(spec(LatchPolicy::Window)).expect("allocate").id);
+        }
+        assert_eq!(lab.allocate(spec(LatchPolicy::Window)), Err(ShardError::PortsExhausted), "round {round}");
+        assert_eq!(lab.sockets.open.len(), 20_000);
+        assert_eq!(lab.shard.counters().sessions_active, 10_000);
+        for id in ids {
+            assert!(matches!(lab.shard.handle_command(lab.t0, Command::Release { id }, &mut lab.sockets), Response::Released(Ok(_))));
+        }
+        assert!(lab.sockets.open.is_empty());
+        assert_eq!(lab.shard.free_ports(), 20_000);
+        assert_eq!(lab.shard.counters().sessions_active, 0);
+        assert_eq!(lab.shard.session_slots(), 10_000, "session slots are reused, not grown");
+    }
+}
+
+#[test]
+fn stale_ids_do_not_reach_new_sessions() {
+    let mut lab = Lab::new();
+    let a = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    assert!(matches!(lab.shard.handle_command(lab.t0, Command::Release { id: a.id }, &mut lab.sockets), Response::Released(Ok(_))));
+    let b = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    assert_ne!(a.id, b.id);
+    assert!(matches!(
+        lab.shard.handle_command(lab.t0, Command::Release { id: a.id }, &mut lab.sockets),
+        Response::Released(Err(ShardError::UnknownSession(_)))
+    ));
+    assert!(matches!(lab.shard.handle_command(lab.t0, Command::Query { id: b.id }, &mut lab.sockets), Response::Session(Ok(_))));
+}

@@ -1,0 +1,173 @@
+//! Shared test helpers: real SRTP endpoints (libsrtp through the `srtp`
+//! crate), STUN requests with MESSAGE-INTEGRITY, and a fake socket table for
+//! sans-IO shard tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::SocketAddr;
+
+use hmac::Mac;
+use relay_core::session::spec::SrtpAuth;
+use relay_core::shard::PortSockets;
+use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
+
+/// Records which relay ports a shard has open; can refuse some binds.
+#[derive(Debug, Default)]
+pub struct FakeSockets {
+    pub open: BTreeSet<u16>,
+    pub refuse: BTreeSet<u16>,
+    pub opened_total: usize,
+}
+
+impl PortSockets for FakeSockets {
+    fn open(&mut self, port: u16) -> io::Result<()> {
+        if self.refuse.contains(&port) {
+            return Err(io::Error::from(io::ErrorKind::AddrInUse));
+        }
+        assert!(self.open.insert(port), "port {port} opened twice");
+        self.opened_total += 1;
+        Ok(())
+    }
+    fn close(&mut self, port: u16) {
+        assert!(self.open.remove(&port), "port {port} closed but not open");
+    }
+}
+
+/// 30 bytes of SDES master key ‖ salt derived from a seed.
+pub fn master(seed: u8) -> Vec<u8> {
+    (0..30u8).map(|i| i.wrapping_mul(31).wrapping_add(seed.wrapping_mul(7)).wrapping_add(1)).collect()
+}
+
+/// The relay-side authentication keys for packets protected with `master`.
+pub fn auth_for(master: &[u8]) -> SrtpAuth {
+    let m = SrtpMasterKey::from_concatenated(master).expect("30-byte master");
+    SrtpAuth::sha1_80(&derive_auth_keys(&m))
+}
+
+/// A plain RTP packet with room for libsrtp's trailer.
+pub fn rtp(ssrc: u32, seq: u16, ts: u32, payload_len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + payload_len + 160);
+    p.extend_from_slice(&[0x80, 0]);
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend((0..payload_len).map(|i| (i as u8) ^ (seq as u8)));
+    p
+}
+
+/// A plain RTCP receiver report (no report blocks).
+pub fn rtcp_rr(ssrc: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + 160);
+    p.extend_from_slice(&[0x80, 201, 0, 1]);
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
+/// An SRTP sender (libsrtp, AES_CM_128_HMAC_SHA1_80).
+pub struct SrtpTx {
+    session: srtp::Session,
+    pub ssrc: u32,
+    pub seq: u16,
+    pub ts: u32,
+}
+
+impl SrtpTx {
+    pub fn new(master: &[u8], ssrc: u32, first_seq: u16) -> Self {
+        let policy = srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80();
+        let session = srtp::Session::with_outbound_template(srtp::StreamPolicy {
+            rtp: policy,
+            rtcp: policy,
+            key: master,
+            ..Default::default()
+        })
+        .expect("libsrtp outbound session");
+        Self { session, ssrc, seq: first_seq, ts: 0 }
+    }
+
+    /// Protects the next RTP packet (160-byte payload, 20 ms of PCMU).
+    pub fn next_rtp(&mut self) -> Vec<u8> {
+        let mut p = rtp(self.ssrc, self.seq, self.ts, 160);
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(160);
+        self.session.protect(&mut p).expect("protect");
+        p
+    }
+
+    /// Protects an RTCP receiver report.
+    pub fn next_rtcp(&mut self) -> Vec<u8> {
+        let mut p = rtcp_rr(self.ssrc);
+        self.session.protect_rtcp(&mut p).expect("protect rtcp");
+        p
+    }
+}
+
+/// An SRTP receiver (libsrtp) that counts authentication failures.
+pub struct SrtpRx {
+    session: srtp::Session,
+    pub ok: u64,
+    pub auth_failures: u64,
+}
+
+impl SrtpRx {
+    pub fn new(master: &[u8]) -> Self {
+        let policy = srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80();
+        let session = srtp::Session::with_inbound_template(srtp::StreamPolicy {
+            rtp: policy,
+            rtcp: policy,
+            key: master,
+            ..Default::default()
+        })
+        .expect("libsrtp inbound session");
+        Self { session, ok: 0, auth_failures: 0 }
+    }
+
+    /// Unprotects an SRTP or SRTCP datagram; returns the clear packet.
+    pub fn accept(&mut self, datagram: &[u8]) -> Option<Vec<u8>> {
+        let mut buf = Vec::with_capacity(datagram.len() + 160);
+        buf.extend_from_slice(datagram);
+        let r = if datagram.len() > 1 && (192..=223).contains(&datagram[1]) {
+            self.session.unprotect_rtcp(&mut buf)
+        } else {
+            self.session.unprotect(&mut buf)
+        };
+        match r {
+            Ok(()) => {
+                self.ok += 1;
+                Some(buf)
+            }
+            Err(_) => {
+                self.auth_failures += 1;
+                None
+            }
+        }
+    }
+}
+
+/// A STUN Binding request with USERNAME, MESSAGE-INTEGRITY and FINGERPRINT.
+pub fn stun_request(password: &[u8], txid: [u8; 12]) -> Vec<u8> {
+    let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+    m.extend_from_slice(&txid);
+    // USERNAME "relay:test" (10 bytes + 2 padding)
+    m.extend_from_slice(&[0x00, 0x06, 0x00, 0x0a]);
+    m.extend_from_slice(b"relay:test\0\0");
+    // MESSAGE-INTEGRITY over the message with length covering MI.
+    let len_with_mi = (m.len() - 20 + 24) as u16;
+    m[2..4].copy_from_slice(&len_with_mi.to_be_bytes());
+    let mut mac = <hmac::Hmac<sha1::Sha1> as Mac>::new_from_slice(password).expect("hmac");
+    mac.update(&m);
+    let tag = mac.finalize().into_bytes();
+    m.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+    m.extend_from_slice(&tag);
+    // FINGERPRINT
+    let len_with_fp = (m.len() - 20 + 8) as u16;
+    m[2..4].copy_from_slice(&len_with_fp.to_be_bytes());
+    let crc = crc32fast::hash(&m) ^ 0x5354_554e;
+    m.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
+    m.extend_from_slice(&crc.to_be_bytes());
+    m
+}
+
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
