@@ -160,6 +160,9 @@ pub struct ShardCounters {
     pub ports_in_use: u64,
     /// Ports skipped because binding them failed (in use by another program).
     pub port_bind_failures: u64,
+    /// Ports out of rotation right now after a failed bind (counted in
+    /// `ports_in_use`; they return after the quarantine).
+    pub ports_quarantined: u64,
     /// Allocations refused (ports exhausted, quota, invalid spec).
     pub allocations_refused: u64,
     /// Sends the backend failed to perform (counted by the I/O backend).
@@ -186,6 +189,7 @@ impl ShardCounters {
         self.ports_total += o.ports_total;
         self.ports_in_use += o.ports_in_use;
         self.port_bind_failures += o.port_bind_failures;
+        self.ports_quarantined += o.ports_quarantined;
         self.allocations_refused += o.allocations_refused;
         self.send_errors += o.send_errors;
         self.recv_errors += o.recv_errors;

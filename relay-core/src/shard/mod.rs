@@ -202,6 +202,7 @@ impl Shard {
     pub fn counters(&self) -> ShardCounters {
         let mut c = self.counters;
         c.ports_in_use = (self.pool.len() - self.pool.free_count()) as u64;
+        c.ports_quarantined = self.quarantine.len() as u64;
         c
     }
 
