@@ -1,9 +1,81 @@
-//! placeholder
+//! # relay-core: the UCMRC media relay engine
+//!
+//! `relay_core` forwards SRTP, SRTCP, DTLS and STUN between a PBX behind NAT
+//! and its remote endpoints through a public relay, **without decrypting,
+//! storing or inspecting payloads**. A Rust service embeds it; the `ucmrc`
+//! binary wraps it for operators.
+//!
+//! ## Architecture
+//!
+//! - [`wire`]: pure, allocation-free, never-panicking views of RTP, RTCP,
+//!   STUN and the SRTP/SRTCP authentication tag.
+//! - [`session`]: a two-leg session (PBX leg, endpoint leg) and its latching
+//!   policies (`window`, `authenticated`, `open`), `verify = all`, peer
+//!   policy, token buckets, timeouts, counters and optional RTP quality.
+//! - [`shard`]: the sans-IO state machine owning one slice of the port range:
+//!   `handle_datagram(now, local_port, src, bytes) -> Verdict`,
+//!   `handle_command`, `poll_timeout`/`handle_timeout`. No clock, no socket.
+//! - [`io`]: the only `unsafe` code; backends that move bytes for a shard on
+//!   its own thread (the portable epoll + `recvmmsg`/`sendmmsg` backend).
+//! - [`relay`]: configuration, shard threads and the cloneable
+//!   [`RelayHandle`] used from tokio (`.await`) or plain threads (`.wait()`).
+//! - [`srtp_keys`]: derive the SRTP/SRTCP *authentication* keys a PBX hands
+//!   to the relay for authenticated latching (RFC 3711 §4.3).
+//!
+//! ## Example: forward a packet between two loopback "endpoints"
+//!
+//! ```
+//! use std::net::UdpSocket;
+//! use relay_core::{LegSpec, Relay, RelayConfig, SessionSpec};
+//!
+//! let relay = Relay::start(RelayConfig {
+//!     port_min: 21000,
+//!     port_max: 21999,
+//!     workers: 1,
+//!     ..RelayConfig::default() // loopback only
+//! })?;
+//! let relay_handle = relay.handle();
+//!
+//! let pbx = UdpSocket::bind("127.0.0.1:0")?;
+//! let phone = UdpSocket::bind("127.0.0.1:0")?;
+//! let session = relay_handle
+//!     .allocate(SessionSpec {
+//!         tenant: "acme".into(),
+//!         // The PBX told us where it listens: media can flow to it at once.
+//!         pbx: LegSpec { rtcp_mux: true, hint: Some(pbx.local_addr()?), ..LegSpec::default() },
+//!         endpoint: LegSpec { rtcp_mux: true, ..LegSpec::default() },
+//!         ..SessionSpec::default()
+//!     })
+//!     .wait()?;
+//!
+//! // The phone sends to the address the PBX put into its SDP...
+//! let rtp = [0x80, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0xca, 0xfe, 0xba, 0xbe, 1, 2, 3];
+//! phone.send_to(&rtp, session.endpoint.rtp)?;
+//! // ...and the PBX receives it, byte for byte, from its own relay port.
+//! let mut buf = [0u8; 1500];
+//! let (n, from) = pbx.recv_from(&mut buf)?;
+//! assert_eq!(&buf[..n], &rtp);
+//! assert_eq!(from, session.pbx.rtp);
+//!
+//! let info = relay_handle.release(session.id).wait()?;
+//! assert_eq!(info.endpoint.stats.packets_forwarded, 1);
+//! relay.shutdown(std::time::Duration::ZERO);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(unsafe_code)]
+
+pub mod io;
 pub mod quota;
+pub mod relay;
 pub mod session;
 pub mod shard;
 pub mod srtp_keys;
 pub mod wire;
-pub mod io;
-pub mod relay;
+
+pub use io::{BackendKind, SocketOptions};
+pub use relay::{AllocatedSession, LegAddrs, Pending, Relay, RelayConfig, RelayCounters, RelayError, RelayHandle, SessionPage};
+pub use session::limits::LegLimits;
+pub use session::peer::PeerPolicy;
+pub use session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify};
+pub use session::stats::{DropReason, LegStats, ShardCounters};
+pub use session::{SessionId, SessionInfo};

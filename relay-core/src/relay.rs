@@ -526,11 +526,13 @@ impl RelayHandle {
     ) -> Pending<T> {
         let n = self.inner.mailboxes.len();
         let (tx, rx) = oneshot::channel();
+        type Combine<P, T> = Box<dyn FnOnce(Vec<P>) -> T + Send>;
+        type Done<P, T> = (oneshot::Sender<Result<T, RelayError>>, Combine<P, T>);
         struct Gather<P, T> {
             parts: Vec<Option<P>>,
             left: usize,
             failed: bool,
-            done: Option<(oneshot::Sender<Result<T, RelayError>>, Box<dyn FnOnce(Vec<P>) -> T + Send>)>,
+            done: Option<Done<P, T>>,
         }
         impl<P, T> Gather<P, T> {
             fn finish_one(&mut self, i: usize, p: Option<P>) {

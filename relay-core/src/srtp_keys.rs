@@ -48,6 +48,7 @@ pub struct SrtpMasterKey {
 }
 
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // short-lived, never stored in bulk
 enum MasterCipher {
     Aes128(aes::Aes128),
     Aes256(aes::Aes256),

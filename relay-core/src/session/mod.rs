@@ -445,10 +445,13 @@ impl Session {
         }
 
         // 2. verify = all: every SRTP/SRTCP packet must carry a valid tag.
-        if verify == Verify::All && !verified && leg.auth.is_some() && matches!(class, PacketClass::Rtp | PacketClass::Rtcp) {
-            if !verify_tag(leg, class, bytes) {
-                return Err(DropReason::AuthFailed);
-            }
+        if verify == Verify::All
+            && !verified
+            && leg.auth.is_some()
+            && matches!(class, PacketClass::Rtp | PacketClass::Rtcp)
+            && !verify_tag(leg, class, bytes)
+        {
+            return Err(DropReason::AuthFailed);
         }
 
         // 3. The source is accepted: latch, and track indexes and quality

@@ -30,19 +30,14 @@ pub enum AddressClass {
     Reserved,
 }
 
-/// The configurable part of the peer policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The configurable part of the peer policy. The default refuses loopback
+/// and private peers (production on a public host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PeerPolicy {
     /// Allow 127.0.0.0/8 and ::1 (tests, same-host PBX). Default `false`.
     pub allow_loopback: bool,
     /// Allow private ranges (RFC 1918, CGNAT, ULA). Default `false`.
     pub allow_private: bool,
-}
-
-impl Default for PeerPolicy {
-    fn default() -> Self {
-        Self { allow_loopback: false, allow_private: false }
-    }
 }
 
 impl PeerPolicy {

@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn parses_fixed_csrc_and_extension() {
-        let mut p = vec![0x80u8, 0x80 | 0, 0x12, 0x34, 0, 0, 0x01, 0x00, 0xde, 0xad, 0xbe, 0xef];
+        let mut p = vec![0x80u8, 0x80, 0x12, 0x34, 0, 0, 0x01, 0x00, 0xde, 0xad, 0xbe, 0xef];
         p.extend_from_slice(&[9; 160]);
         let h = RtpHeader::parse(&p).expect("valid");
         assert_eq!((h.version(), h.marker(), h.payload_type()), (2, true, 0));
