@@ -83,8 +83,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .allocate(SessionSpec {
                 tenant: "demo".into(),
                 // Hints: where each side said (in SDP) it receives media.
-                pbx: LegSpec { rtcp_mux: true, hint: Some(pbx.local_addr()?), srtp_auth: Some(auth(&pbx_key)), ..LegSpec::default() },
-                endpoint: LegSpec { rtcp_mux: true, hint: Some(phone.local_addr()?), srtp_auth: Some(auth(&phone_key)), ..LegSpec::default() },
+                pbx: LegSpec {
+                    rtcp_mux: true,
+                    hint: Some(pbx.local_addr()?),
+                    srtp_auth: Some(auth(&pbx_key)),
+                    ..LegSpec::default()
+                },
+                endpoint: LegSpec {
+                    rtcp_mux: true,
+                    hint: Some(phone.local_addr()?),
+                    srtp_auth: Some(auth(&phone_key)),
+                    ..LegSpec::default()
+                },
                 latch: Some(LatchPolicy::Authenticated),
                 ..SessionSpec::default()
             })

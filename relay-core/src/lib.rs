@@ -73,9 +73,13 @@ pub mod srtp_keys;
 pub mod wire;
 
 pub use io::{BackendKind, SocketOptions};
-pub use relay::{AllocatedSession, LegAddrs, Pending, Relay, RelayConfig, RelayCounters, RelayError, RelayHandle, SessionPage};
+pub use relay::{
+    AllocatedSession, LegAddrs, Pending, Relay, RelayConfig, RelayCounters, RelayError, RelayHandle, SessionPage,
+};
 pub use session::limits::LegLimits;
 pub use session::peer::PeerPolicy;
-pub use session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify};
+pub use session::spec::{
+    LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify,
+};
 pub use session::stats::{DropReason, LegStats, ShardCounters};
 pub use session::{SessionId, SessionInfo};

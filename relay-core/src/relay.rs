@@ -251,11 +251,8 @@ impl RelayConfig {
             return Err(ConfigError { field: "port_min", reason: "need 0 < port_min <= port_max".into() });
         }
         let ports = usize::from(self.port_max - self.port_min) + 1;
-        let workers = if self.workers == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            self.workers
-        };
+        let workers =
+            if self.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.workers };
         if workers > 255 {
             return Err(ConfigError { field: "workers", reason: "at most 255".into() });
         }
@@ -315,18 +312,16 @@ impl Relay {
             let (mailbox, inbox) = io::mailbox(config.command_queue, count)?;
             let run = ShardRun { shard, inbox, bind_ip: config.bind_ip, sockets: config.sockets };
             let backend = config.backend;
-            let thread = std::thread::Builder::new()
-                .name(format!("ucmrc-shard-{index}"))
-                .spawn(move || {
-                    let result = match backend {
-                        BackendKind::Portable => io::portable::run(run),
-                    };
-                    if let Err(e) = result {
-                        // The shard cannot continue; its mailbox closes and
-                        // requests to it fail with `Stopped`.
-                        eprintln!("ucmrc shard {index} stopped: {e}");
-                    }
-                })?;
+            let thread = std::thread::Builder::new().name(format!("ucmrc-shard-{index}")).spawn(move || {
+                let result = match backend {
+                    BackendKind::Portable => io::portable::run(run),
+                };
+                if let Err(e) = result {
+                    // The shard cannot continue; its mailbox closes and
+                    // requests to it fail with `Stopped`.
+                    eprintln!("ucmrc shard {index} stopped: {e}");
+                }
+            })?;
             mailboxes.push(mailbox);
             threads.push(thread);
         }
@@ -441,10 +436,7 @@ impl RelayHandle {
         };
         let n = self.inner.mailboxes.len();
         let start = self.inner.next_shard.fetch_add(1, Ordering::Relaxed);
-        let shard = (0..n)
-            .map(|k| (start + k) % n)
-            .max_by_key(|&i| self.inner.mailboxes[i].free_ports())
-            .unwrap_or(0);
+        let shard = (0..n).map(|k| (start + k) % n).max_by_key(|&i| self.inner.mailboxes[i].free_ports()).unwrap_or(0);
         let me = self.clone();
         self.call(shard, Command::Allocate { spec: Box::new(spec), permit: Some(permit) }, move |r| match r {
             Response::Allocated(Ok(a)) => {

@@ -137,11 +137,8 @@ mod tests {
     /// RFC 3711 Appendix B.3 key-derivation test vectors.
     #[test]
     fn rfc3711_b3_vectors() {
-        let master = SrtpMasterKey::new(
-            &hex("E1F97A0D3E018BE0D64FA32C06DE4139"),
-            &hex("0EC675AD498AFEEBB6960B3AABE6"),
-        )
-        .expect("valid");
+        let master = SrtpMasterKey::new(&hex("E1F97A0D3E018BE0D64FA32C06DE4139"), &hex("0EC675AD498AFEEBB6960B3AABE6"))
+            .expect("valid");
         let mut cipher_key = [0u8; 16];
         master.derive(LABEL_SRTP_ENCRYPTION, &mut cipher_key);
         assert_eq!(cipher_key.to_vec(), hex("C61E7A93744F39EE10734AFE3FF7A087"));

@@ -25,14 +25,8 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(3);
 
 fn relay(defaults: SessionDefaults) -> Relay {
-    Relay::start(RelayConfig {
-        port_min: 20000,
-        port_max: 29999,
-        workers: 2,
-        defaults,
-        ..RelayConfig::default()
-    })
-    .expect("relay starts")
+    Relay::start(RelayConfig { port_min: 20000, port_max: 29999, workers: 2, defaults, ..RelayConfig::default() })
+        .expect("relay starts")
 }
 
 fn socket(ip: &str) -> UdpSocket {
@@ -130,10 +124,12 @@ fn srtp_and_srtcp_flow_both_ways_unchanged_and_authentic() {
     let (mk_pbx, mk_phone) = (master(11), master(22));
     let mut pbx_tx = SrtpTx::new(&mk_pbx, 0x5bc0_0001, 1000);
     let mut phone_tx = SrtpTx::new(&mk_phone, 0x9400_0002, 64000); // crosses the 16-bit wrap
-    let mut up = Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx_rtp, rx: SrtpRx::new(&mk_phone), sent: 0, lost: 0 };
+    let mut up =
+        Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx_rtp, rx: SrtpRx::new(&mk_phone), sent: 0, lost: 0 };
     let mut down = Flow { from: &pbx_rtp, to_relay: a.pbx.rtp, at: &phone, rx: SrtpRx::new(&mk_pbx), sent: 0, lost: 0 };
     // The PBX's RTCP socket latches the PBX leg's RTCP port.
-    let mut rtcp_down = Flow { from: &pbx_rtcp, to_relay: pbx_relay_rtcp, at: &phone, rx: SrtpRx::new(&mk_pbx), sent: 0, lost: 0 };
+    let mut rtcp_down =
+        Flow { from: &pbx_rtcp, to_relay: pbx_relay_rtcp, at: &phone, rx: SrtpRx::new(&mk_pbx), sent: 0, lost: 0 };
 
     for i in 0..2000 {
         up.pass(&phone_tx.next_rtp());
@@ -142,7 +138,14 @@ fn srtp_and_srtcp_flow_both_ways_unchanged_and_authentic() {
             rtcp_down.pass(&pbx_tx.next_rtcp());
             // The phone's RTCP shares its mux port and must reach the PBX's RTCP socket.
             let rtcp = phone_tx.next_rtcp();
-            let mut rtcp_up = Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx_rtcp, rx: SrtpRx::new(&mk_phone), sent: 0, lost: 0 };
+            let mut rtcp_up = Flow {
+                from: &phone,
+                to_relay: a.endpoint.rtp,
+                at: &pbx_rtcp,
+                rx: SrtpRx::new(&mk_phone),
+                sent: 0,
+                lost: 0,
+            };
             rtcp_up.pass(&rtcp);
             rtcp_up.check("rtcp up");
         }
@@ -173,7 +176,11 @@ fn attacker_spraying_in_window_mode_receives_and_injects_nothing() {
             tenant: "acme".into(),
             pbx: LegSpec { rtcp_mux: true, hint: Some(pbx.local_addr().expect("addr")), ..LegSpec::default() },
             // SDP told us the phone's IP but its NAT picks the port.
-            endpoint: LegSpec { rtcp_mux: true, hint: Some("127.0.0.1:0".parse().expect("addr")), ..LegSpec::default() },
+            endpoint: LegSpec {
+                rtcp_mux: true,
+                hint: Some("127.0.0.1:0".parse().expect("addr")),
+                ..LegSpec::default()
+            },
             ..SessionSpec::default()
         })
         .wait()
@@ -182,14 +189,16 @@ fn attacker_spraying_in_window_mode_receives_and_injects_nothing() {
     let mut pbx_tx = SrtpTx::new(&mk_pbx, 1, 1);
     let mut phone_tx = SrtpTx::new(&mk_phone, 2, 1);
     let mut forger = SrtpTx::new(&master(66), 2, 500);
-    let mut up = Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&mk_phone), sent: 0, lost: 0 };
+    let mut up =
+        Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&mk_phone), sent: 0, lost: 0 };
     let mut down = Flow { from: &pbx, to_relay: a.pbx.rtp, at: &phone, rx: SrtpRx::new(&mk_pbx), sent: 0, lost: 0 };
     up.pass(&phone_tx.next_rtp());
     down.pass(&pbx_tx.next_rtp());
 
     let spray = |n: usize, forger: &mut SrtpTx| {
         for k in 0..n {
-            let junk: Vec<u8> = if k % 2 == 0 { forger.next_rtp() } else { vec![0x80, 0, (k >> 8) as u8, k as u8, 1, 2, 3, 4] };
+            let junk: Vec<u8> =
+                if k % 2 == 0 { forger.next_rtp() } else { vec![0x80, 0, (k >> 8) as u8, k as u8, 1, 2, 3, 4] };
             for port in [a.pbx.rtp, a.endpoint.rtp] {
                 attacker.send_to(&junk, port).expect("spray");
             }
@@ -221,7 +230,8 @@ fn attacker_spraying_in_window_mode_receives_and_injects_nothing() {
     up.check("up");
     down.check("down");
     let info = h.session(a.id).wait().expect("query");
-    let refused = info.pbx.stats.drops.get(DropReason::SourceMismatch) + info.endpoint.stats.drops.get(DropReason::SourceMismatch);
+    let refused = info.pbx.stats.drops.get(DropReason::SourceMismatch)
+        + info.endpoint.stats.drops.get(DropReason::SourceMismatch);
     assert_eq!(refused, sprayed, "every attacker datagram refused as a strict-source mismatch");
     assert_eq!(info.endpoint.remote_rtp, Some(phone.local_addr().expect("addr")));
 }
@@ -256,7 +266,8 @@ fn authenticated_latching_survives_rebinding_and_refuses_attackers_from_the_star
     pbx.send_to(&pbx_tx.next_rtp(), a.pbx.rtp).expect("send");
     let mut sent = 101;
     wait_received(&h, sent);
-    let mut up = Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&mk_phone), sent: 0, lost: 0 };
+    let mut up =
+        Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&mk_phone), sent: 0, lost: 0 };
     let mut captured = Vec::new();
     for _ in 0..100 {
         let p = phone_tx.next_rtp();
@@ -278,7 +289,8 @@ fn authenticated_latching_survives_rebinding_and_refuses_attackers_from_the_star
 
     // The phone roams to a new socket (new NAT binding) mid-call.
     let roamed = socket("127.0.0.1");
-    let mut up2 = Flow { from: &roamed, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&mk_phone), sent: 0, lost: 0 };
+    let mut up2 =
+        Flow { from: &roamed, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&mk_phone), sent: 0, lost: 0 };
     up2.rx = up.rx; // same SRTP context continues
     up2.rx.ok = 0;
     for _ in 0..100 {
@@ -366,10 +378,7 @@ fn handle_works_from_tokio_and_shutdown_releases_everything() {
     let h = relay.handle();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (id, port) = rt.block_on(async {
-        let a = h
-            .allocate(SessionSpec { tenant: "acme".into(), ..SessionSpec::default() })
-            .await
-            .expect("allocate");
+        let a = h.allocate(SessionSpec { tenant: "acme".into(), ..SessionSpec::default() }).await.expect("allocate");
         let page = h.list(None, 10).await.expect("list");
         assert!(page.sessions.iter().any(|s| s.id == a.id));
         (a.id, a.endpoint.rtp)

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use relay_core::session::peer::PeerPolicy;
-use relay_core::session::spec::{LatchPolicy, LegSpec, SessionDefaults, SessionSpec, SessionUpdate, LegUpdate, Side, Verify};
+use relay_core::session::spec::{
+    LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, Verify,
+};
 use relay_core::session::stats::DropReason;
 use relay_core::session::SessionId;
 use relay_core::shard::{Command, Response, Shard, ShardConfig, Verdict};
@@ -38,9 +40,18 @@ enum Payload {
 
 fn sources() -> Vec<SocketAddr> {
     [
-        "198.51.100.1:4000", "198.51.100.1:4001", "198.51.100.1:5000", "203.0.113.9:6000",
-        "203.0.113.9:6001", "192.0.2.66:666", "[2001:db8:1::5]:7000", "[::ffff:198.51.100.1]:4000",
-        "127.0.0.1:9", "224.0.0.9:9", "169.254.169.254:80", "10.0.0.1:1234",
+        "198.51.100.1:4000",
+        "198.51.100.1:4001",
+        "198.51.100.1:5000",
+        "203.0.113.9:6000",
+        "203.0.113.9:6001",
+        "192.0.2.66:666",
+        "[2001:db8:1::5]:7000",
+        "[::ffff:198.51.100.1]:4000",
+        "127.0.0.1:9",
+        "224.0.0.9:9",
+        "169.254.169.254:80",
+        "10.0.0.1:1234",
     ]
     .iter()
     .map(|s| sa(s))
@@ -109,14 +120,26 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let latch = [LatchPolicy::Window, LatchPolicy::Authenticated, LatchPolicy::Open][policy as usize];
                 let spec = SessionSpec {
                     tenant: "t".into(),
-                    pbx: LegSpec { rtcp_mux: pbx_mux, hint: hint.map(|h| srcs[h]), srtp_auth: Some(auth_for(&master(0))), ..LegSpec::default() },
-                    endpoint: LegSpec { rtcp_mux: ep_mux, srtp_auth: Some(auth_for(&master(1))), stun_password: Some(b"pw".to_vec()), ..LegSpec::default() },
+                    pbx: LegSpec {
+                        rtcp_mux: pbx_mux,
+                        hint: hint.map(|h| srcs[h]),
+                        srtp_auth: Some(auth_for(&master(0))),
+                        ..LegSpec::default()
+                    },
+                    endpoint: LegSpec {
+                        rtcp_mux: ep_mux,
+                        srtp_auth: Some(auth_for(&master(1))),
+                        stun_password: Some(b"pw".to_vec()),
+                        ..LegSpec::default()
+                    },
                     latch: Some(latch),
                     verify: Some(if verify_all { Verify::All } else { Verify::Latch }),
                     ..SessionSpec::default()
                 };
                 let hint_addr = spec.pbx.hint;
-                if let Response::Allocated(Ok(a)) = shard.handle_command(now, Command::Allocate { spec: Box::new(spec), permit: None }, &mut sockets) {
+                if let Response::Allocated(Ok(a)) =
+                    shard.handle_command(now, Command::Allocate { spec: Box::new(spec), permit: None }, &mut sockets)
+                {
                     for (side, lp) in [(Side::Pbx, a.pbx), (Side::Endpoint, a.endpoint)] {
                         let ports: Vec<u16> = std::iter::once(lp.rtp).chain(lp.rtcp).collect();
                         for p in &ports {
@@ -147,8 +170,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Update(i, hint) => {
                 let id = m.live[i % m.live.len()];
-                let update = SessionUpdate { pbx: LegUpdate { hint: hint.map(|h| srcs[h]), ..LegUpdate::default() }, ..SessionUpdate::default() };
-                if let Response::Updated(Ok(())) = shard.handle_command(now, Command::Update { id, update: Box::new(update) }, &mut sockets) {
+                let update = SessionUpdate {
+                    pbx: LegUpdate { hint: hint.map(|h| srcs[h]), ..LegUpdate::default() },
+                    ..SessionUpdate::default()
+                };
+                if let Response::Updated(Ok(())) =
+                    shard.handle_command(now, Command::Update { id, update: Box::new(update) }, &mut sockets)
+                {
                     if let Some(h) = hint.map(|h| relay_core::session::peer::canonical(srcs[h])) {
                         let set = m.senders.get_mut(&(id, Side::Pbx)).expect("leg");
                         set.insert(h);
@@ -174,10 +202,17 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 match shard.handle_datagram(now, port, src, &bytes) {
                     Verdict::Forward { via_port, to } => {
-                        let (id, side) = *m.owner.get(&port).ok_or_else(|| TestCaseError::fail("forwarded from a port without session"))?;
+                        let (id, side) = *m
+                            .owner
+                            .get(&port)
+                            .ok_or_else(|| TestCaseError::fail("forwarded from a port without session"))?;
                         let peer = (id, side.other());
                         prop_assert!(m.ports[&peer].contains(&via_port), "via {} is not the peer leg's port", via_port);
-                        prop_assert!(m.senders[&peer].contains(&to), "{} never sent to the peer leg nor was hinted", to);
+                        prop_assert!(
+                            m.senders[&peer].contains(&to),
+                            "{} never sent to the peer leg nor was hinted",
+                            to
+                        );
                     }
                     Verdict::Drop(DropReason::NoSession) => prop_assert!(!m.owner.contains_key(&port)),
                     Verdict::Drop(_) => prop_assert!(m.owner.contains_key(&port)),

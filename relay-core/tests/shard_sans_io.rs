@@ -53,8 +53,13 @@ impl Lab {
         self.allocate_with(spec, None)
     }
 
-    fn allocate_with(&mut self, spec: SessionSpec, permit: Option<relay_core::quota::QuotaPermit>) -> Result<Allocation, ShardError> {
-        match self.shard.handle_command(self.t0, Command::Allocate { spec: Box::new(spec), permit }, &mut self.sockets) {
+    fn allocate_with(
+        &mut self,
+        spec: SessionSpec,
+        permit: Option<relay_core::quota::QuotaPermit>,
+    ) -> Result<Allocation, ShardError> {
+        match self.shard.handle_command(self.t0, Command::Allocate { spec: Box::new(spec), permit }, &mut self.sockets)
+        {
             Response::Allocated(r) => r,
             other => panic!("unexpected {other:?}"),
         }
@@ -141,9 +146,21 @@ fn learning_window_ranks_sources_by_hint_then_turns_strict() {
     s2.endpoint.hint = Some(sa("203.0.113.20:0"));
     let a2 = lab2.allocate(s2).expect("allocate");
     let e2 = a2.endpoint.rtp;
-    assert!(matches!(lab2.send(0, e2, sa("203.0.113.20:1111"), &phone.next_rtp()), Verdict::Drop(DropReason::NoDestination)));
-    assert!(matches!(lab2.send(1, e2, sa(ATTACKER), &phone.next_rtp()), Verdict::Drop(DropReason::SourceMismatch)), "rank 1 < rank 2");
-    assert!(matches!(lab2.send(2, e2, sa("203.0.113.20:2222"), &phone.next_rtp()), Verdict::Drop(DropReason::NoDestination)), "rank 2 == rank 2 re-latches");
+    assert!(matches!(
+        lab2.send(0, e2, sa("203.0.113.20:1111"), &phone.next_rtp()),
+        Verdict::Drop(DropReason::NoDestination)
+    ));
+    assert!(
+        matches!(lab2.send(1, e2, sa(ATTACKER), &phone.next_rtp()), Verdict::Drop(DropReason::SourceMismatch)),
+        "rank 1 < rank 2"
+    );
+    assert!(
+        matches!(
+            lab2.send(2, e2, sa("203.0.113.20:2222"), &phone.next_rtp()),
+            Verdict::Drop(DropReason::NoDestination)
+        ),
+        "rank 2 == rank 2 re-latches"
+    );
 
     // After the 3 s window: strict source, even for a better-ranked address.
     let mut lab3 = Lab::new();
@@ -152,11 +169,24 @@ fn learning_window_ranks_sources_by_hint_then_turns_strict() {
     let a3 = lab3.allocate(s3).expect("allocate");
     let e3 = a3.endpoint.rtp;
     assert_eq!(lab3.send(100, e3, sa(PHONE), &phone.next_rtp()), fwd(a3.pbx.rtp, PBX));
-    assert_eq!(lab3.send(3_100, e3, sa("203.0.113.21:5004"), &phone.next_rtp()), Verdict::Drop(DropReason::SourceMismatch));
+    assert_eq!(
+        lab3.send(3_100, e3, sa("203.0.113.21:5004"), &phone.next_rtp()),
+        Verdict::Drop(DropReason::SourceMismatch)
+    );
     assert_eq!(lab3.send(3_200, e3, sa(PHONE), &phone.next_rtp()), fwd(a3.pbx.rtp, PBX));
     // An update re-opens the window: the new address may latch again.
-    let upd = SessionUpdate { endpoint: LegUpdate { hint: Some(sa("203.0.113.21:5004")), ..LegUpdate::default() }, ..SessionUpdate::default() };
-    assert!(matches!(lab3.shard.handle_command(lab3.at(4_000), Command::Update { id: a3.id, update: Box::new(upd) }, &mut lab3.sockets), Response::Updated(Ok(()))));
+    let upd = SessionUpdate {
+        endpoint: LegUpdate { hint: Some(sa("203.0.113.21:5004")), ..LegUpdate::default() },
+        ..SessionUpdate::default()
+    };
+    assert!(matches!(
+        lab3.shard.handle_command(
+            lab3.at(4_000),
+            Command::Update { id: a3.id, update: Box::new(upd) },
+            &mut lab3.sockets
+        ),
+        Response::Updated(Ok(()))
+    ));
     assert_eq!(lab3.send(4_100, e3, sa("203.0.113.21:5004"), &phone.next_rtp()), fwd(a3.pbx.rtp, PBX));
     lab3.assert_counters_add_up();
 }
@@ -346,11 +376,13 @@ fn token_buckets_limit_packets_and_bytes_per_leg() {
     s.pbx.limits = Some(LegLimits { max_pps: None, max_bytes_per_sec: Some(10_000) });
     let a = lab.allocate(s).expect("allocate");
     let pkt = [0x80u8; 200];
-    let ok = (0..200).filter(|_| matches!(lab.send(0, a.endpoint.rtp, sa(PHONE), &pkt), Verdict::Forward { .. })).count();
+    let ok =
+        (0..200).filter(|_| matches!(lab.send(0, a.endpoint.rtp, sa(PHONE), &pkt), Verdict::Forward { .. })).count();
     assert_eq!(ok, 50, "one second of burst");
     assert_eq!(lab.send(0, a.endpoint.rtp, sa(PHONE), &pkt), Verdict::Drop(DropReason::RateLimited));
     // 100 ms later, 5 more.
-    let ok = (0..20).filter(|_| matches!(lab.send(100, a.endpoint.rtp, sa(PHONE), &pkt), Verdict::Forward { .. })).count();
+    let ok =
+        (0..20).filter(|_| matches!(lab.send(100, a.endpoint.rtp, sa(PHONE), &pkt), Verdict::Forward { .. })).count();
     assert_eq!(ok, 5);
     // Bytes: 10 000 B/s = 50 packets of 200 B.
     let ok = (0..100).filter(|_| matches!(lab.send(100, a.pbx.rtp, sa(PBX), &pkt), Verdict::Forward { .. })).count();
@@ -382,7 +414,10 @@ fn quota_limits_sessions_per_tenant() {
     }
     assert!(quotas.acquire("acme").is_err(), "third session refused");
     assert!(quotas.acquire("other").is_ok(), "other tenants unaffected");
-    assert!(matches!(lab.shard.handle_command(lab.t0, Command::Release { id: ids[0] }, &mut lab.sockets), Response::Released(Ok(_))));
+    assert!(matches!(
+        lab.shard.handle_command(lab.t0, Command::Release { id: ids[0] }, &mut lab.sockets),
+        Response::Released(Ok(_))
+    ));
     assert!(quotas.acquire("acme").is_ok(), "a release frees a slot");
 }
 
@@ -414,7 +449,10 @@ fn ten_thousand_sessions_allocate_and_release_without_leaks() {
         assert_eq!(lab.sockets.open.len(), 20_000);
         assert_eq!(lab.shard.counters().sessions_active, 10_000);
         for id in ids {
-            assert!(matches!(lab.shard.handle_command(lab.t0, Command::Release { id }, &mut lab.sockets), Response::Released(Ok(_))));
+            assert!(matches!(
+                lab.shard.handle_command(lab.t0, Command::Release { id }, &mut lab.sockets),
+                Response::Released(Ok(_))
+            ));
         }
         assert!(lab.sockets.open.is_empty());
         assert_eq!(lab.shard.free_ports(), 20_000);
@@ -427,12 +465,18 @@ fn ten_thousand_sessions_allocate_and_release_without_leaks() {
 fn stale_ids_do_not_reach_new_sessions() {
     let mut lab = Lab::new();
     let a = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
-    assert!(matches!(lab.shard.handle_command(lab.t0, Command::Release { id: a.id }, &mut lab.sockets), Response::Released(Ok(_))));
+    assert!(matches!(
+        lab.shard.handle_command(lab.t0, Command::Release { id: a.id }, &mut lab.sockets),
+        Response::Released(Ok(_))
+    ));
     let b = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
     assert_ne!(a.id, b.id);
     assert!(matches!(
         lab.shard.handle_command(lab.t0, Command::Release { id: a.id }, &mut lab.sockets),
         Response::Released(Err(ShardError::UnknownSession(_)))
     ));
-    assert!(matches!(lab.shard.handle_command(lab.t0, Command::Query { id: b.id }, &mut lab.sockets), Response::Session(Ok(_))));
+    assert!(matches!(
+        lab.shard.handle_command(lab.t0, Command::Query { id: b.id }, &mut lab.sockets),
+        Response::Session(Ok(_))
+    ));
 }

@@ -114,10 +114,7 @@ pub fn mailbox(capacity: usize, free_ports: usize) -> std::io::Result<(Mailbox, 
     let (tx, rx) = sync_channel(capacity.max(1));
     let wake = Arc::new(sys::EventFd::new()?);
     let free = Arc::new(AtomicUsize::new(free_ports));
-    Ok((
-        Mailbox { tx, wake: wake.clone(), free_ports: free.clone() },
-        Inbox { rx, wake, free_ports: free },
-    ))
+    Ok((Mailbox { tx, wake: wake.clone(), free_ports: free.clone() }, Inbox { rx, wake, free_ports: free }))
 }
 
 /// Everything a backend needs to run one shard on the current thread.

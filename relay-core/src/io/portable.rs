@@ -129,7 +129,9 @@ pub fn run(run: ShardRun) -> io::Result<()> {
                     shard.record_backend_drop(r.len, DropReason::SourcePolicy);
                     continue;
                 };
-                if let Verdict::Forward { via_port, to } = shard.handle_datagram(now, port, src, batch.slot(r.slot, r.len)) {
+                if let Verdict::Forward { via_port, to } =
+                    shard.handle_datagram(now, port, src, batch.slot(r.slot, r.len))
+                {
                     sends.push((via_port, r.slot, r.len, to));
                 }
             }

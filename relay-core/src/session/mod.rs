@@ -117,7 +117,14 @@ pub(crate) struct Leg {
 }
 
 impl Leg {
-    fn new(spec: &LegSpec, rtp_port: u16, rtcp_port: Option<u16>, defaults: &SessionDefaults, quality: Option<QualityTracker>, now: Instant) -> Self {
+    fn new(
+        spec: &LegSpec,
+        rtp_port: u16,
+        rtcp_port: Option<u16>,
+        defaults: &SessionDefaults,
+        quality: Option<QualityTracker>,
+        now: Instant,
+    ) -> Self {
         let mut leg = Self {
             rtp_port,
             rtcp_port,
@@ -237,7 +244,11 @@ pub struct LegPorts {
 }
 
 /// Validates a spec against the policy (before any port is taken).
-pub(crate) fn validate_spec(spec: &SessionSpec, defaults: &SessionDefaults, policy: &PeerPolicy) -> Result<(), InvalidSpec> {
+pub(crate) fn validate_spec(
+    spec: &SessionSpec,
+    defaults: &SessionDefaults,
+    policy: &PeerPolicy,
+) -> Result<(), InvalidSpec> {
     if spec.tenant.is_empty() || spec.tenant.len() > 128 {
         return Err(InvalidSpec { field: "tenant", reason: "must be 1 to 128 bytes" });
     }
@@ -283,7 +294,10 @@ fn check_credentials(latch: LatchPolicy, verify: Verify, auth: [bool; 2], stun: 
     if latch == LatchPolicy::Authenticated {
         for (i, field) in [(0, "pbx.srtp_auth"), (1, "endpoint.srtp_auth")] {
             if !auth[i] && !stun[i] {
-                return Err(InvalidSpec { field, reason: "authenticated latching needs SRTP auth keys or a STUN password on every leg" });
+                return Err(InvalidSpec {
+                    field,
+                    reason: "authenticated latching needs SRTP auth keys or a STUN password on every leg",
+                });
             }
         }
     }

@@ -73,9 +73,7 @@ impl QualityTracker {
                 };
                 if self.streams.len() < MAX_TRACKED_SSRCS {
                     self.streams.push(fresh);
-                } else if let Some(oldest) =
-                    self.streams.iter_mut().min_by_key(|s| s.last_seen)
-                {
+                } else if let Some(oldest) = self.streams.iter_mut().min_by_key(|s| s.last_seen) {
                     *oldest = fresh;
                 }
                 return;

@@ -32,12 +32,8 @@ impl ReplayGuard {
                 self.entries.len() - 1
             }
             None => {
-                let (p, _) = self
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, e)| e.used)
-                    .unwrap_or((0, &Entry::default()));
+                let (p, _) =
+                    self.entries.iter().enumerate().min_by_key(|(_, e)| e.used).unwrap_or((0, &Entry::default()));
                 self.entries[p] = Entry { ssrc, ..Entry::default() };
                 p
             }

@@ -239,11 +239,8 @@ impl Shard {
     pub fn handle_datagram(&mut self, now: Instant, local_port: u16, src: SocketAddr, bytes: &[u8]) -> Verdict {
         self.counters.packets_received += 1;
         self.counters.bytes_received += bytes.len() as u64;
-        let owner = if self.pool.contains(local_port) {
-            self.owners[usize::from(local_port - self.pool.base())]
-        } else {
-            None
-        };
+        let owner =
+            if self.pool.contains(local_port) { self.owners[usize::from(local_port - self.pool.base())] } else { None };
         let Some(owner) = owner else {
             self.counters.drops.add(DropReason::NoSession);
             return Verdict::Drop(DropReason::NoSession);

@@ -29,7 +29,13 @@ pub struct TimerWheel {
 impl TimerWheel {
     /// A wheel starting at `epoch`.
     pub fn new(epoch: Instant, tick: Duration, slots: usize) -> Self {
-        Self { epoch, tick: tick.max(Duration::from_millis(1)), buckets: vec![Vec::new(); slots.max(1)], cursor: 0, len: 0 }
+        Self {
+            epoch,
+            tick: tick.max(Duration::from_millis(1)),
+            buckets: vec![Vec::new(); slots.max(1)],
+            cursor: 0,
+            len: 0,
+        }
     }
 
     /// Pending entries.

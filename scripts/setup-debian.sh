@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the workspace needs to build and test.
+# Idempotent: does nothing when everything is already present.
+#   libclang1-14  bindgen (srtp2-sys) finds libclang-14.so.1 through it
+#   libssl-dev, pkg-config, make, gcc, g++  build libsrtp with OpenSSL crypto
+set -euo pipefail
+packages=(libclang1-14 libssl-dev pkg-config make gcc g++)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
