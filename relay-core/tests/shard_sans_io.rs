@@ -480,3 +480,30 @@ fn stale_ids_do_not_reach_new_sessions() {
         Response::Session(Ok(_))
     ));
 }
+
+#[test]
+fn opt_in_quality_reads_clear_rtp_headers_of_srtp() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Window);
+    s.pbx.hint = Some(sa(PBX));
+    s.quality = Some(true);
+    let a = lab.allocate(s).expect("allocate");
+    let mut off = spec(LatchPolicy::Window);
+    off.pbx.hint = Some(sa(PBX));
+    let b = lab.allocate(off).expect("allocate");
+    let mut phone = SrtpTx::new(&master(2), 0x77, 1);
+    let packets: Vec<Vec<u8>> = (0..10).map(|_| phone.next_rtp()).collect();
+    // Packet 4 is lost, packet 6 arrives twice, 8 and 9 swap.
+    for (t, i) in [0usize, 1, 2, 3, 5, 6, 6, 7, 9, 8].iter().enumerate() {
+        assert!(matches!(lab.send(20 * t as u64, a.endpoint.rtp, sa(PHONE), &packets[*i]), Verdict::Forward { .. }));
+        lab.send(20 * t as u64, b.endpoint.rtp, sa(PHONE), &packets[*i]);
+    }
+    let query = |lab: &mut Lab, id| match lab.shard.handle_command(lab.at(500), Command::Query { id }, &mut lab.sockets) {
+        Response::Session(Ok(i)) => i,
+        other => panic!("{other:?}"),
+    };
+    let q = query(&mut lab, a.id).endpoint.quality;
+    assert_eq!(q.len(), 1);
+    assert_eq!((q[0].ssrc, q[0].packets, q[0].lost, q[0].duplicates, q[0].reordered), (0x77, 9, 1, 1, 1));
+    assert!(query(&mut lab, b.id).endpoint.quality.is_empty(), "off by default");
+}

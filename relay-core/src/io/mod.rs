@@ -134,3 +134,24 @@ impl Inbox {
         self.free_ports.store(shard.free_ports(), Ordering::Relaxed);
     }
 }
+
+/// A datapath backend: runs one shard's event loop on the calling thread
+/// until it receives [`Envelope::Stop`] or its mailbox closes.
+///
+/// A backend only moves bytes: it binds and closes sockets when the shard
+/// asks (through [`PortSockets`](crate::shard::PortSockets)), feeds received
+/// datagrams to [`Shard::handle_datagram`], sends what the verdicts say,
+/// runs commands and timers. All policy lives in the shard.
+pub trait Datapath {
+    /// Which backend this is.
+    const KIND: BackendKind;
+    /// Runs the shard loop.
+    fn run(run: ShardRun) -> std::io::Result<()>;
+}
+
+/// Runs a shard with the backend of `kind`.
+pub fn run_shard(kind: BackendKind, run: ShardRun) -> std::io::Result<()> {
+    match kind {
+        BackendKind::Portable => portable::Portable::run(run),
+    }
+}

@@ -76,8 +76,19 @@ impl PortSockets for Sockets {
     }
 }
 
+/// The portable backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Portable;
+
+impl super::Datapath for Portable {
+    const KIND: super::BackendKind = super::BackendKind::Portable;
+    fn run(run: ShardRun) -> io::Result<()> {
+        run_loop(run)
+    }
+}
+
 /// Runs one shard until it receives [`Envelope::Stop`] or its mailbox closes.
-pub fn run(run: ShardRun) -> io::Result<()> {
+fn run_loop(run: ShardRun) -> io::Result<()> {
     let ShardRun { mut shard, inbox, bind_ip, sockets: options } = run;
     let epoll = Epoll::new()?;
     epoll.add(inbox.wake.raw(), WAKE_TOKEN)?;
