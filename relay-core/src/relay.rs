@@ -313,9 +313,7 @@ impl Relay {
             let run = ShardRun { shard, inbox, bind_ip: config.bind_ip, sockets: config.sockets };
             let backend = config.backend;
             let thread = std::thread::Builder::new().name(format!("ucmrc-shard-{index}")).spawn(move || {
-                let result = match backend {
-                    BackendKind::Portable => io::portable::run(run),
-                };
+                let result = io::run_shard(backend, run);
                 if let Err(e) = result {
                     // The shard cannot continue; its mailbox closes and
                     // requests to it fail with `Stopped`.
