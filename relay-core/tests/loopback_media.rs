@@ -391,3 +391,51 @@ fn handle_works_from_tokio_and_shutdown_releases_everything() {
     assert!(UdpSocket::bind(addr).is_ok(), "shutdown closes every socket");
     assert!(h.session(id).wait().is_err(), "a stopped relay answers with an error");
 }
+
+#[test]
+fn ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses() {
+    // IPv6 only, on ::1.
+    let v6 = Relay::start(RelayConfig {
+        bind_ip: "::1".parse().expect("ip"),
+        port_min: 20000,
+        port_max: 29999,
+        workers: 1,
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
+    // Dual-stack (::) reached by IPv4 clients: sources arrive IPv4-mapped and
+    // are latched, compared and answered as plain IPv4.
+    let dual = Relay::start(RelayConfig {
+        bind_ip: "::".parse().expect("ip"),
+        advertised_ip: Some("127.0.0.1".parse().expect("ip")),
+        port_min: 20000,
+        port_max: 29999,
+        workers: 1,
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
+    for (relay, ip) in [(&v6, "[::1]"), (&dual, "127.0.0.1")] {
+        let h = relay.handle();
+        let (pbx, phone) = (socket(ip), socket(ip));
+        let a = h
+            .allocate(SessionSpec {
+                tenant: "acme".into(),
+                pbx: LegSpec { rtcp_mux: true, hint: Some(pbx.local_addr().expect("addr")), ..LegSpec::default() },
+                endpoint: LegSpec { rtcp_mux: true, ..LegSpec::default() },
+                ..SessionSpec::default()
+            })
+            .wait()
+            .expect("allocate");
+        let mut up = Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&master(5)), sent: 0, lost: 0 };
+        let mut down = Flow { from: &pbx, to_relay: a.pbx.rtp, at: &phone, rx: SrtpRx::new(&master(6)), sent: 0, lost: 0 };
+        let (mut tx_up, mut tx_down) = (SrtpTx::new(&master(5), 1, 1), SrtpTx::new(&master(6), 2, 1));
+        for _ in 0..50 {
+            up.pass(&tx_up.next_rtp());
+            down.pass(&tx_down.next_rtp());
+        }
+        up.check(ip);
+        down.check(ip);
+        let info = h.session(a.id).wait().expect("query");
+        assert_eq!(info.endpoint.remote_rtp, Some(phone.local_addr().expect("addr")), "{ip}");
+    }
+}
