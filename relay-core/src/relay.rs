@@ -35,6 +35,8 @@ pub struct RelayConfig {
     pub port_max: u16,
     /// Shard threads (0: one per available CPU).
     pub workers: usize,
+    /// Pin shard thread *i* to CPU `cpus[i % len]` (empty: no pinning).
+    pub pin_cpus: Vec<usize>,
     /// Datapath backend.
     pub backend: BackendKind,
     /// Socket options for relay ports.
@@ -57,6 +59,7 @@ impl Default for RelayConfig {
             port_min: 30000,
             port_max: 39999,
             workers: 0,
+            pin_cpus: Vec::new(),
             backend: BackendKind::default(),
             sockets: SocketOptions::default(),
             defaults: SessionDefaults::default(),
@@ -86,6 +89,20 @@ pub enum StartError {
     /// A system call failed while setting up a shard.
     #[error("shard setup failed: {0}")]
     Io(#[from] std::io::Error),
+    /// `datapath = "uring"` was asked for and io_uring is not usable here.
+    #[error("io_uring datapath unavailable: {0}")]
+    Datapath(String),
+}
+
+/// The datapath the relay runs and, when `auto` fell back, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatapathInfo {
+    /// What was configured.
+    pub configured: BackendKind,
+    /// What runs (`Uring` or `Portable`).
+    pub running: BackendKind,
+    /// Why `auto` did not pick io_uring.
+    pub fallback_reason: Option<String>,
 }
 
 /// Why a request failed.
@@ -235,6 +252,7 @@ impl std::fmt::Debug for RelayHandle {
 /// A running relay: its shard threads and a handle. Dropping it stops it.
 pub struct Relay {
     handle: RelayHandle,
+    datapath: DatapathInfo,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -293,6 +311,11 @@ impl Relay {
     /// Starts the shard threads. Returns once every shard is running.
     pub fn start(config: RelayConfig) -> Result<Relay, StartError> {
         let workers = config.validate()?;
+        let (running, fallback_reason) = config.backend.resolve().map_err(StartError::Datapath)?;
+        if let Some(reason) = &fallback_reason {
+            tracing::warn!(%reason, "io_uring unavailable, using the portable datapath");
+        }
+        let datapath = DatapathInfo { configured: config.backend, running, fallback_reason };
         let now = Instant::now();
         let mut mailboxes = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
@@ -317,7 +340,7 @@ impl Relay {
                 if let Err(e) = result {
                     // The shard cannot continue; its mailbox closes and
                     // requests to it fail with `Stopped`.
-                    eprintln!("ucmrc shard {index} stopped: {e}");
+                    tracing::error!(shard = index, error = %e, "shard stopped");
                 }
             })?;
             mailboxes.push(mailbox);
@@ -330,10 +353,15 @@ impl Relay {
                 advertised_ip: config.advertised_ip.unwrap_or(config.bind_ip),
                 draining: AtomicBool::new(false),
                 next_shard: AtomicUsize::new(0),
-                backend: config.backend,
+                backend: running,
             }),
         };
-        Ok(Relay { handle, threads: Mutex::new(threads) })
+        Ok(Relay { handle, datapath, threads: Mutex::new(threads) })
+    }
+
+    /// The datapath in use and, if `auto` fell back, why.
+    pub fn datapath(&self) -> &DatapathInfo {
+        &self.datapath
     }
 
     /// A handle for control calls.
@@ -379,7 +407,7 @@ impl Drop for Relay {
 }
 
 impl RelayHandle {
-    /// The datapath backend in use.
+    /// The datapath backend running (`Uring` or `Portable`).
     pub fn backend(&self) -> BackendKind {
         self.inner.backend
     }

@@ -20,13 +20,23 @@ use relay_core::relay::{Relay, RelayConfig, RelayHandle};
 use relay_core::session::limits::LegLimits;
 use relay_core::session::spec::{LatchPolicy, LegSpec, SessionDefaults, SessionSpec};
 use relay_core::session::stats::DropReason;
+use relay_core::BackendKind;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(3);
 
-fn relay(defaults: SessionDefaults) -> Relay {
-    Relay::start(RelayConfig { port_min: 20000, port_max: 29999, workers: 2, defaults, ..RelayConfig::default() })
-        .expect("relay starts")
+fn relay(backend: BackendKind, defaults: SessionDefaults) -> Relay {
+    let relay = Relay::start(RelayConfig {
+        backend,
+        port_min: 20000,
+        port_max: 29999,
+        workers: 2,
+        defaults,
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
+    assert_eq!(relay.datapath().running, backend, "the backend under test runs");
+    relay
 }
 
 fn socket(ip: &str) -> UdpSocket {
@@ -38,13 +48,16 @@ fn socket(ip: &str) -> UdpSocket {
 /// Receives one datagram or `None` after the timeout (counted as lost).
 fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
     let mut buf = vec![0u8; 2048];
-    match s.recv_from(&mut buf) {
-        Ok((n, from)) => {
-            buf.truncate(n);
-            Some((buf, from))
+    loop {
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                buf.truncate(n);
+                return Some((buf, from));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return None,
+            Err(e) => panic!("recv: {e}"),
         }
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-        Err(e) => panic!("recv: {e}"),
     }
 }
 
@@ -104,10 +117,9 @@ impl Flow<'_> {
     }
 }
 
-#[test]
-fn srtp_and_srtcp_flow_both_ways_unchanged_and_authentic() {
+fn srtp_and_srtcp_flow_both_ways_unchanged_and_authentic(backend: BackendKind) {
     // Lockstep sends far faster than a real call: lift the default rate limits.
-    let relay = relay(SessionDefaults { limits: LegLimits::default(), ..SessionDefaults::default() });
+    let relay = relay(backend, SessionDefaults { limits: LegLimits::default(), ..SessionDefaults::default() });
     let h = relay.handle();
     let (pbx_rtp, pbx_rtcp, phone) = (socket("127.0.0.1"), socket("127.0.0.1"), socket("127.0.0.1"));
     let a = h
@@ -166,9 +178,9 @@ fn srtp_and_srtcp_flow_both_ways_unchanged_and_authentic() {
     assert!(h.session(a.id).wait().is_err(), "released session is gone");
 }
 
-#[test]
-fn attacker_spraying_in_window_mode_receives_and_injects_nothing() {
-    let relay = relay(SessionDefaults { learning_window: Duration::from_millis(300), ..SessionDefaults::default() });
+fn attacker_spraying_in_window_mode_receives_and_injects_nothing(backend: BackendKind) {
+    let relay =
+        relay(backend, SessionDefaults { learning_window: Duration::from_millis(300), ..SessionDefaults::default() });
     let h = relay.handle();
     let (pbx, phone, attacker) = (socket("127.0.0.1"), socket("127.0.0.1"), socket("127.0.0.2"));
     let a = h
@@ -236,9 +248,8 @@ fn attacker_spraying_in_window_mode_receives_and_injects_nothing() {
     assert_eq!(info.endpoint.remote_rtp, Some(phone.local_addr().expect("addr")));
 }
 
-#[test]
-fn authenticated_latching_survives_rebinding_and_refuses_attackers_from_the_start() {
-    let relay = relay(SessionDefaults::default());
+fn authenticated_latching_survives_rebinding_and_refuses_attackers_from_the_start(backend: BackendKind) {
+    let relay = relay(backend, SessionDefaults::default());
     let h = relay.handle();
     let (pbx, phone, attacker) = (socket("127.0.0.1"), socket("127.0.0.1"), socket("127.0.0.2"));
     let (mk_pbx, mk_phone) = (master(3), master(4));
@@ -328,17 +339,37 @@ fn raise_fd_limit() {
     }
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+/// UDP sockets on this host bound to a port in `range` (from /proc/net/udp{,6}).
+fn udp_sockets_in(range: std::ops::RangeInclusive<u16>) -> usize {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(1)?.rsplit(':').next().map(str::to_owned))
+                .filter_map(|port| u16::from_str_radix(&port, 16).ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| range.contains(p))
+        .count()
 }
 
-#[test]
-fn ten_thousand_sessions_come_and_go_without_leaking_ports_or_descriptors() {
+fn ten_thousand_sessions_come_and_go_without_leaking_ports_or_descriptors(backend: BackendKind) {
     raise_fd_limit();
-    let relay = relay(SessionDefaults::default());
+    // A range of its own (below the kernel's ephemeral ports, apart from the
+    // other tests), so every socket in it is this relay's.
+    let range = if backend == BackendKind::Uring { 15000..=19999 } else { 10000..=14999 };
+    let relay = Relay::start(RelayConfig {
+        backend,
+        port_min: *range.start(),
+        port_max: *range.end(),
+        workers: 2,
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
     let h = relay.handle();
     let baseline = h.counters().wait().expect("counters").total;
-    let fds_before = open_fds();
     let mut total = 0;
     for _round in 0..10 {
         let pending: Vec<_> = (0..1000)
@@ -356,25 +387,33 @@ fn ten_thousand_sessions_come_and_go_without_leaking_ports_or_descriptors() {
         let mid = h.counters().wait().expect("counters").total;
         assert_eq!(mid.sessions_active, 1000);
         // Ports another program holds are skipped and quarantined for a while.
-        assert_eq!(mid.ports_in_use, 2000 + mid.ports_quarantined);
+        assert_eq!(mid.ports_in_use, 2000 + mid.ports_quarantined + mid.ports_closing);
         assert_eq!(h.quotas().in_use("load"), 1000);
         for p in ids.into_iter().map(|id| h.release(id)).collect::<Vec<_>>() {
             p.wait().expect("release");
         }
     }
     assert_eq!(total, 10_000);
-    let end = h.counters().wait().expect("counters").total;
+    // io_uring closes a socket once its cancelled receive completes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let end = loop {
+        let c = h.counters().wait().expect("counters").total;
+        if c.ports_closing == 0 || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::yield_now();
+    };
     assert_eq!(end.sessions_active, 0);
     assert_eq!(end.ports_in_use, end.ports_quarantined);
     assert_eq!(end.ports_total, baseline.ports_total);
     assert_eq!(end.sessions_created - baseline.sessions_created, 10_000);
     assert_eq!(h.quotas().in_use("load"), 0);
-    assert!(open_fds() <= fds_before, "descriptors leaked: {} > {fds_before}", open_fds());
+    assert_eq!(end.ports_quarantined, 0, "nothing else binds this range");
+    assert_eq!(udp_sockets_in(range), 0, "every socket closed");
 }
 
-#[test]
-fn handle_works_from_tokio_and_shutdown_releases_everything() {
-    let relay = relay(SessionDefaults::default());
+fn handle_works_from_tokio_and_shutdown_releases_everything(backend: BackendKind) {
+    let relay = relay(backend, SessionDefaults::default());
     let h = relay.handle();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (id, port) = rt.block_on(async {
@@ -392,10 +431,10 @@ fn handle_works_from_tokio_and_shutdown_releases_everything() {
     assert!(h.session(id).wait().is_err(), "a stopped relay answers with an error");
 }
 
-#[test]
-fn ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses() {
+fn ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses(backend: BackendKind) {
     // IPv6 only, on ::1.
     let v6 = Relay::start(RelayConfig {
+        backend,
         bind_ip: "::1".parse().expect("ip"),
         port_min: 20000,
         port_max: 29999,
@@ -406,6 +445,7 @@ fn ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses() {
     // Dual-stack (::) reached by IPv4 clients: sources arrive IPv4-mapped and
     // are latched, compared and answered as plain IPv4.
     let dual = Relay::start(RelayConfig {
+        backend,
         bind_ip: "::".parse().expect("ip"),
         advertised_ip: Some("127.0.0.1".parse().expect("ip")),
         port_min: 20000,
@@ -426,8 +466,10 @@ fn ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses() {
             })
             .wait()
             .expect("allocate");
-        let mut up = Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&master(5)), sent: 0, lost: 0 };
-        let mut down = Flow { from: &pbx, to_relay: a.pbx.rtp, at: &phone, rx: SrtpRx::new(&master(6)), sent: 0, lost: 0 };
+        let mut up =
+            Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&master(5)), sent: 0, lost: 0 };
+        let mut down =
+            Flow { from: &pbx, to_relay: a.pbx.rtp, at: &phone, rx: SrtpRx::new(&master(6)), sent: 0, lost: 0 };
         let (mut tx_up, mut tx_down) = (SrtpTx::new(&master(5), 1, 1), SrtpTx::new(&master(6), 2, 1));
         for _ in 0..50 {
             up.pass(&tx_up.next_rtp());
@@ -439,3 +481,34 @@ fn ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses() {
         assert_eq!(info.endpoint.remote_rtp, Some(phone.local_addr().expect("addr")), "{ip}");
     }
 }
+
+/// Runs every test above on each datapath backend. The io_uring variants
+/// need io_uring (present on the project's machines); where the kernel or a
+/// seccomp profile blocks it they fail with the reason, unless
+/// `UCMRC_ALLOW_NO_URING=1` says that is expected.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod portable {
+            $( #[test] fn $name() { super::$name(relay_core::BackendKind::Portable) } )*
+        }
+        mod uring {
+            $( #[test] fn $name() {
+                if let Err(reason) = relay_core::io::uring::probe() {
+                    assert!(std::env::var("UCMRC_ALLOW_NO_URING").is_ok_and(|v| v == "1"), "io_uring unavailable: {reason}");
+                    eprintln!("skipping io_uring variant: {reason}");
+                    return;
+                }
+                super::$name(relay_core::BackendKind::Uring)
+            } )*
+        }
+    };
+}
+
+on_every_backend!(
+    srtp_and_srtcp_flow_both_ways_unchanged_and_authentic,
+    attacker_spraying_in_window_mode_receives_and_injects_nothing,
+    authenticated_latching_survives_rebinding_and_refuses_attackers_from_the_start,
+    ten_thousand_sessions_come_and_go_without_leaking_ports_or_descriptors,
+    handle_works_from_tokio_and_shutdown_releases_everything,
+    ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses,
+);

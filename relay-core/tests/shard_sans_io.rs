@@ -498,7 +498,8 @@ fn opt_in_quality_reads_clear_rtp_headers_of_srtp() {
         assert!(matches!(lab.send(20 * t as u64, a.endpoint.rtp, sa(PHONE), &packets[*i]), Verdict::Forward { .. }));
         lab.send(20 * t as u64, b.endpoint.rtp, sa(PHONE), &packets[*i]);
     }
-    let query = |lab: &mut Lab, id| match lab.shard.handle_command(lab.at(500), Command::Query { id }, &mut lab.sockets) {
+    let query = |lab: &mut Lab, id| match lab.shard.handle_command(lab.at(500), Command::Query { id }, &mut lab.sockets)
+    {
         Response::Session(Ok(i)) => i,
         other => panic!("{other:?}"),
     };
@@ -506,4 +507,22 @@ fn opt_in_quality_reads_clear_rtp_headers_of_srtp() {
     assert_eq!(q.len(), 1);
     assert_eq!((q[0].ssrc, q[0].packets, q[0].lost, q[0].duplicates, q[0].reordered), (0x77, 9, 1, 1, 1));
     assert!(query(&mut lab, b.id).endpoint.quality.is_empty(), "off by default");
+}
+
+#[test]
+fn ports_still_closing_stay_out_of_the_pool_until_the_backend_says_so() {
+    let mut lab = Lab::with(SessionDefaults::default(), 2);
+    lab.sockets.defer_close = true;
+    let a = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    assert!(matches!(
+        lab.shard.handle_command(lab.t0, Command::Release { id: a.id }, &mut lab.sockets),
+        Response::Released(Ok(_))
+    ));
+    assert_eq!(lab.shard.counters().ports_closing, 2);
+    assert_eq!(lab.allocate(spec(LatchPolicy::Window)), Err(ShardError::PortsExhausted));
+    lab.shard.handle_port_closed(a.pbx.rtp);
+    lab.shard.handle_port_closed(a.endpoint.rtp);
+    lab.shard.handle_port_closed(a.endpoint.rtp); // duplicate reports are harmless
+    assert_eq!(lab.shard.counters().ports_closing, 0);
+    assert!(lab.allocate(spec(LatchPolicy::Window)).is_ok());
 }

@@ -8,6 +8,7 @@
 
 pub mod portable;
 pub(crate) mod sys;
+pub mod uring;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,9 +20,15 @@ use crate::shard::{Command, Response, Shard};
 /// Which datapath implementation runs the shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
+    /// io_uring when the probe succeeds, otherwise portable (the reason is
+    /// logged and reported by [`Relay::datapath`](crate::relay::Relay::datapath)).
+    #[default]
+    Auto,
+    /// io_uring: multishot receive into a provided-buffer ring, zero-copy
+    /// forwarding from the receive buffer. Fails to start when unavailable.
+    Uring,
     /// epoll + `recvmmsg`/`sendmmsg`; works everywhere Linux runs,
     /// including containers whose seccomp profile blocks io_uring.
-    #[default]
     Portable,
 }
 
@@ -29,7 +36,34 @@ impl BackendKind {
     /// Stable lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Uring => "uring",
             BackendKind::Portable => "portable",
+        }
+    }
+
+    /// Resolves `Auto` by probing io_uring. Returns the backend to run and,
+    /// for `Auto` falling back, why io_uring was not used.
+    pub fn resolve(self) -> Result<(BackendKind, Option<String>), String> {
+        match self {
+            BackendKind::Portable => Ok((BackendKind::Portable, None)),
+            BackendKind::Uring => uring::probe().map(|()| (BackendKind::Uring, None)),
+            BackendKind::Auto => match uring::probe() {
+                Ok(()) => Ok((BackendKind::Uring, None)),
+                Err(reason) => Ok((BackendKind::Portable, Some(reason))),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendKind::Auto),
+            "uring" => Ok(BackendKind::Uring),
+            "portable" => Ok(BackendKind::Portable),
+            other => Err(format!("unknown datapath {other:?} (expected auto, uring or portable)")),
         }
     }
 }
@@ -46,6 +80,44 @@ pub struct SocketOptions {
 impl Default for SocketOptions {
     fn default() -> Self {
         Self { recv_buffer: 4 << 20, send_buffer: 0 }
+    }
+}
+
+/// Creates a non-blocking UDP socket bound to `ip:port` with the configured
+/// buffer sizes (dual-stack when `ip` is `::`).
+pub fn bind_udp(ip: IpAddr, port: u16, options: &SocketOptions) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if ip.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    if ip.is_ipv6() && ip.is_unspecified() {
+        sock.set_only_v6(false)?;
+    }
+    sock.set_nonblocking(true)?;
+    if options.recv_buffer > 0 {
+        sys::set_large_recv_buffer(&sock, options.recv_buffer)?;
+    }
+    if options.send_buffer > 0 {
+        sock.set_send_buffer_size(options.send_buffer)?;
+    }
+    sock.bind(&std::net::SocketAddr::new(ip, port).into())?;
+    Ok(sock)
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "cpu index too large"));
+    }
+    // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes inside `set` for an index below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: passes a valid cpu_set_t and its size for the calling thread (0).
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -153,5 +225,10 @@ pub trait Datapath {
 pub fn run_shard(kind: BackendKind, run: ShardRun) -> std::io::Result<()> {
     match kind {
         BackendKind::Portable => portable::Portable::run(run),
+        BackendKind::Uring => uring::Uring::run(run),
+        BackendKind::Auto => match uring::probe() {
+            Ok(()) => uring::Uring::run(run),
+            Err(_) => portable::Portable::run(run),
+        },
     }
 }

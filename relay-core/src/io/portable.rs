@@ -10,12 +10,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 
-use super::sys::{self, Epoll, MsgBatch, Received};
+use super::sys::{Epoll, MsgBatch, Received};
 use super::{Envelope, ShardRun, SocketOptions};
 use crate::session::stats::DropReason;
-use crate::shard::{PortSockets, Shard, Verdict};
+use crate::shard::{PortClose, PortSockets, Shard, Verdict};
 
 /// Datagrams read per socket per wake-up.
 pub const RECV_BATCH: usize = 32;
@@ -48,31 +48,20 @@ impl Sockets {
 impl PortSockets for Sockets {
     fn open(&mut self, port: u16) -> io::Result<()> {
         let i = usize::from(port - self.base);
-        let domain = if self.v6 { Domain::IPV6 } else { Domain::IPV4 };
-        let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
-        if self.v6 && self.bind_ip.is_unspecified() {
-            sock.set_only_v6(false)?;
-        }
-        sock.set_nonblocking(true)?;
-        if self.options.recv_buffer > 0 {
-            sys::set_large_recv_buffer(&sock, self.options.recv_buffer)?;
-        }
-        if self.options.send_buffer > 0 {
-            sock.set_send_buffer_size(self.options.send_buffer)?;
-        }
-        sock.bind(&SocketAddr::new(self.bind_ip, port).into())?;
+        let sock = super::bind_udp(self.bind_ip, port, &self.options)?;
         self.epoll.add(sock.as_raw_fd(), u64::from(port))?;
         self.socks[i] = Some(sock);
         Ok(())
     }
 
-    fn close(&mut self, port: u16) {
+    fn close(&mut self, port: u16) -> PortClose {
         let Some(i) = port.checked_sub(self.base).map(usize::from) else {
-            return;
+            return PortClose::Closed;
         };
         if let Some(sock) = self.socks.get_mut(i).and_then(Option::take) {
             let _ = self.epoll.delete(sock.as_raw_fd());
         }
+        PortClose::Closed
     }
 }
 

@@ -163,12 +163,19 @@ pub struct ShardCounters {
     /// Ports out of rotation right now after a failed bind (counted in
     /// `ports_in_use`; they return after the quarantine).
     pub ports_quarantined: u64,
+    /// Ports whose socket is still being closed by the backend (counted in
+    /// `ports_in_use`).
+    pub ports_closing: u64,
     /// Allocations refused (ports exhausted, quota, invalid spec).
     pub allocations_refused: u64,
     /// Sends the backend failed to perform (counted by the I/O backend).
     pub send_errors: u64,
     /// Receive errors other than "would block" (counted by the I/O backend).
     pub recv_errors: u64,
+    /// io_uring: multishot receives that ended for lack of buffers.
+    pub backend_enobufs: u64,
+    /// io_uring: multishot receives re-armed after they ended.
+    pub backend_rearms: u64,
 }
 
 impl ShardCounters {
@@ -190,8 +197,11 @@ impl ShardCounters {
         self.ports_in_use += o.ports_in_use;
         self.port_bind_failures += o.port_bind_failures;
         self.ports_quarantined += o.ports_quarantined;
+        self.ports_closing += o.ports_closing;
         self.allocations_refused += o.allocations_refused;
         self.send_errors += o.send_errors;
         self.recv_errors += o.recv_errors;
+        self.backend_enobufs += o.backend_enobufs;
+        self.backend_rearms += o.backend_rearms;
     }
 }

@@ -41,8 +41,19 @@ pub enum Verdict {
 pub trait PortSockets {
     /// Binds `port`. An error makes the shard try another port.
     fn open(&mut self, port: u16) -> std::io::Result<()>;
-    /// Closes `port`'s socket.
-    fn close(&mut self, port: u16);
+    /// Closes `port`'s socket. [`PortClose::Closing`] means the socket is
+    /// still held by in-flight I/O: the shard keeps the port out of the pool
+    /// until the backend calls [`Shard::handle_port_closed`].
+    fn close(&mut self, port: u16) -> PortClose;
+}
+
+/// Whether a closed port can be bound again at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortClose {
+    /// The socket is gone; the port is reusable.
+    Closed,
+    /// The socket goes away when in-flight I/O completes.
+    Closing,
 }
 
 /// Static configuration of one shard.
@@ -166,6 +177,7 @@ pub struct Shard {
     free_slots: Vec<u32>,
     wheel: TimerWheel,
     quarantine: Vec<(Instant, u16)>,
+    closing: usize,
     rng: fastrand::Rng,
     counters: ShardCounters,
     expired: Vec<TimerEntry>,
@@ -186,6 +198,7 @@ impl Shard {
             free_slots: Vec::new(),
             wheel: TimerWheel::new(now, Duration::from_millis(100), 1024),
             quarantine: Vec::new(),
+            closing: 0,
             rng: fastrand::Rng::with_seed(config.seed),
             counters,
             expired: Vec::new(),
@@ -203,6 +216,7 @@ impl Shard {
         let mut c = self.counters;
         c.ports_in_use = (self.pool.len() - self.pool.free_count()) as u64;
         c.ports_quarantined = self.quarantine.len() as u64;
+        c.ports_closing = self.closing as u64;
         c
     }
 
@@ -228,6 +242,16 @@ impl Shard {
     /// Counts a send the backend could not perform.
     pub fn record_send_error(&mut self) {
         self.counters.send_errors += 1;
+    }
+
+    /// Counts an io_uring multishot receive that ended with `ENOBUFS`.
+    pub fn record_enobufs(&mut self) {
+        self.counters.backend_enobufs += 1;
+    }
+
+    /// Counts a re-armed io_uring multishot receive.
+    pub fn record_rearm(&mut self) {
+        self.counters.backend_rearms += 1;
     }
 
     /// Counts a receive error.
@@ -469,8 +493,23 @@ impl Shard {
 
     fn give_back(&mut self, ports: &[u16], sockets: &mut impl PortSockets) {
         for &p in ports {
-            sockets.close(p);
-            self.pool.release(p);
+            self.close_port(p, sockets);
+        }
+    }
+
+    fn close_port(&mut self, port: u16, sockets: &mut impl PortSockets) {
+        match sockets.close(port) {
+            PortClose::Closed => self.pool.release(port),
+            PortClose::Closing => self.closing += 1,
+        }
+    }
+
+    /// The backend reports that a port it answered [`PortClose::Closing`]
+    /// for is now closed; it returns to the pool.
+    pub fn handle_port_closed(&mut self, port: u16) {
+        if self.pool.contains(port) && !self.pool.is_free(port) {
+            self.closing = self.closing.saturating_sub(1);
+            self.pool.release(port);
         }
     }
 
@@ -493,11 +532,10 @@ impl Shard {
         for side in [Side::Pbx, Side::Endpoint] {
             let ports = session.ports(side);
             for p in std::iter::once(ports.rtp).chain(ports.rtcp) {
-                sockets.close(p);
                 if self.pool.contains(p) {
                     self.owners[usize::from(p - self.pool.base())] = None;
                 }
-                self.pool.release(p);
+                self.close_port(p, sockets);
             }
         }
         self.free_slots.push(slot as u32);

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use hmac::Mac;
 use relay_core::session::spec::SrtpAuth;
-use relay_core::shard::PortSockets;
+use relay_core::shard::{PortClose, PortSockets};
 use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
 
 /// Records which relay ports a shard has open; can refuse some binds.
@@ -18,6 +18,8 @@ pub struct FakeSockets {
     pub open: BTreeSet<u16>,
     pub refuse: BTreeSet<u16>,
     pub opened_total: usize,
+    /// Answer `Closing` (like io_uring with an armed receive).
+    pub defer_close: bool,
 }
 
 impl PortSockets for FakeSockets {
@@ -29,8 +31,13 @@ impl PortSockets for FakeSockets {
         self.opened_total += 1;
         Ok(())
     }
-    fn close(&mut self, port: u16) {
+    fn close(&mut self, port: u16) -> PortClose {
         assert!(self.open.remove(&port), "port {port} closed but not open");
+        if self.defer_close {
+            PortClose::Closing
+        } else {
+            PortClose::Closed
+        }
     }
 }
 

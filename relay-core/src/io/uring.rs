@@ -1,0 +1,601 @@
+//! The io_uring backend: one ring per shard thread, multishot `RECVMSG` on a
+//! provided-buffer ring, and each datagram sent from the very buffer it
+//! arrived in.
+//!
+//! Recipe (see `docs/relay-core.md` and `docs/PERFORMANCE.md`):
+//! - ring created on the shard thread with `SINGLE_ISSUER | DEFER_TASKRUN`,
+//!   CQ four times the buffer count so bursts never overflow;
+//! - relay sockets are fixed files in a sparse table indexed by
+//!   `port - base`, added and removed as sessions come and go;
+//! - one multishot `RecvMsgMulti` per socket, buffers from one provided
+//!   buffer ring (≥ 4096 × 2 KiB, sized from the port count);
+//! - a forward is an `IORING_OP_SEND` with a destination address pointing
+//!   into the receive buffer; the buffer returns to the ring on the send's
+//!   completion;
+//! - a multishot that ends (no `F_MORE`, e.g. `ENOBUFS`) is re-armed only
+//!   after recycled buffers are published, and only while enough buffers are
+//!   free, so buffer exhaustion never turns into a re-arm storm;
+//! - the command eventfd is watched by a multishot poll; every wait has a
+//!   timeout so timers run.
+#![allow(unsafe_code)]
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use socket2::Socket;
+
+use super::sys::{decode_addr, encode_addr};
+use super::{Envelope, ShardRun, SocketOptions};
+use crate::session::stats::DropReason;
+use crate::shard::{PortClose, PortSockets, Shard, Verdict};
+
+/// Size of each provided buffer.
+pub const BUFFER_SIZE: usize = 2048;
+/// Minimum provided buffers per shard.
+pub const MIN_BUFFERS: usize = 4096;
+/// Maximum provided buffers per shard (the kernel caps a ring at 32 768).
+pub const MAX_BUFFERS: usize = 32768;
+/// The kernel's largest completion queue.
+const MAX_CQ_ENTRIES: usize = 65536;
+/// Free buffers required before ended multishot receives are re-armed.
+const REARM_MIN_FREE: usize = 64;
+/// Longest wait, so a lost wake-up can never stall a shard.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// Buffer group id of the provided-buffer ring.
+const BGID: u16 = 0;
+/// Room for an IPv6 socket address in each received buffer.
+const NAME_LEN: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+
+const KIND_SHIFT: u32 = 62;
+const KIND_RECV: u64 = 1;
+const KIND_SEND: u64 = 2;
+const KIND_WAKE: u64 = 3;
+/// Cancellations complete with user data 0 and are ignored.
+const CANCEL_UD: u64 = 0;
+
+fn recv_ud(generation: u32, slot: u16) -> u64 {
+    (KIND_RECV << KIND_SHIFT) | (u64::from(generation) << 16) | u64::from(slot)
+}
+
+/// The provided-buffer ring: page-aligned ring of `BufRingEntry` plus the
+/// buffers themselves.
+struct BufRing {
+    ring: *mut types::BufRingEntry,
+    layout: Layout,
+    bufs: Box<[u8]>,
+    count: u16,
+    tail: u16,
+    free: usize,
+}
+
+impl BufRing {
+    fn new(count: usize) -> io::Result<Self> {
+        let layout = Layout::from_size_align(count * std::mem::size_of::<types::BufRingEntry>(), 4096)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer ring layout"))?;
+        // SAFETY: the layout has a non-zero size (count >= 4096 entries).
+        let ring = unsafe { alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+        if ring.is_null() {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring"));
+        }
+        let mut me = Self {
+            ring,
+            layout,
+            bufs: vec![0u8; count * BUFFER_SIZE].into_boxed_slice(),
+            count: count as u16,
+            tail: 0,
+            free: 0,
+        };
+        for bid in 0..count {
+            me.recycle(bid as u16);
+        }
+        me.publish();
+        Ok(me)
+    }
+
+    /// Gives buffer `bid` back to the kernel (visible after `publish`).
+    fn recycle(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & (self.count.wrapping_sub(1)));
+        let addr = self.bufs[usize::from(bid) * BUFFER_SIZE..].as_ptr() as u64;
+        // SAFETY: idx < count, so the entry lies inside the ring allocation;
+        // the kernel reads entries only up to the published tail, and this
+        // one is past it until `publish`.
+        let entry = unsafe { &mut *self.ring.add(idx) };
+        entry.set_addr(addr);
+        entry.set_len(BUFFER_SIZE as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        self.free += 1;
+    }
+
+    fn publish(&self) {
+        // SAFETY: `tail` points at the ring's tail field inside our
+        // allocation; the kernel reads it with acquire semantics.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.ring).cast::<AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn buf(&self, bid: u16) -> &[u8] {
+        let start = usize::from(bid) * BUFFER_SIZE;
+        &self.bufs[start..start + BUFFER_SIZE]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the ring is
+        // unregistered (or the io_uring dropped) before this runs.
+        unsafe { dealloc(self.ring.cast(), self.layout) };
+    }
+}
+
+/// A ring and everything its in-flight operations point into.
+struct Ring {
+    ring: IoUring,
+    bufs: BufRing,
+    /// Template for multishot receives; must outlive every armed receive.
+    msghdr: Box<libc::msghdr>,
+    /// Destination address of the send in flight for each buffer.
+    dests: Box<[libc::sockaddr_storage]>,
+    socks: Vec<Option<Socket>>,
+    generations: Vec<u32>,
+    /// Whether a multishot receive is armed on each slot.
+    armed_slot: Vec<bool>,
+    /// Slots whose cancelled receive has not ended yet.
+    closing: Vec<bool>,
+    armed: usize,
+    base: u16,
+    bind_ip: IpAddr,
+    v6: bool,
+    options: SocketOptions,
+    wake_fd: i32,
+}
+
+impl Ring {
+    fn new(run: &ShardRun) -> io::Result<Self> {
+        let cfg = run.shard.config();
+        let count = cfg.port_count.saturating_mul(2).next_power_of_two().clamp(MIN_BUFFERS, MAX_BUFFERS);
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize((count * 4).min(MAX_CQ_ENTRIES) as u32)
+            .build(4096)?;
+        ring.submitter().register_files_sparse(cfg.port_count.max(1) as u32)?;
+        let bufs = BufRing::new(count)?;
+        // SAFETY: the ring memory is page-aligned, holds `count` entries and
+        // lives (in `Ring`) until after the ring is dropped or the group is
+        // unregistered.
+        unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring as u64, bufs.count, BGID, 0)? };
+        // SAFETY: all-zero msghdr is valid; only the name length matters.
+        let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msghdr.msg_namelen = NAME_LEN;
+        // SAFETY: all-zero sockaddr_storage is valid.
+        let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        Ok(Self {
+            ring,
+            bufs,
+            msghdr,
+            dests: vec![zero; count].into_boxed_slice(),
+            socks: (0..cfg.port_count).map(|_| None).collect(),
+            generations: vec![0; cfg.port_count],
+            armed_slot: vec![false; cfg.port_count],
+            closing: vec![false; cfg.port_count],
+            armed: 0,
+            base: cfg.port_base,
+            bind_ip: run.bind_ip,
+            v6: run.bind_ip.is_ipv6(),
+            options: run.sockets,
+            wake_fd: run.inbox.wake.raw(),
+        })
+    }
+
+    /// Queues an SQE, submitting first if the queue is full.
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every pointer in our SQEs refers to memory owned by
+            // `self` (msghdr, buffers, destination addresses) that stays
+            // valid and untouched until the operation's completion.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm_recv(&mut self, slot: u16) -> io::Result<()> {
+        let ud = recv_ud(self.generations[usize::from(slot)], slot);
+        let e = opcode::RecvMsgMulti::new(types::Fixed(u32::from(slot)), &*self.msghdr, BGID).build().user_data(ud);
+        self.push(&e)?;
+        self.armed += 1;
+        self.armed_slot[usize::from(slot)] = true;
+        Ok(())
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let e = opcode::PollAdd::new(types::Fd(self.wake_fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(KIND_WAKE << KIND_SHIFT);
+        self.push(&e)
+    }
+
+    fn slot(&self, port: u16) -> Option<u16> {
+        let s = port.checked_sub(self.base)?;
+        (usize::from(s) < self.socks.len()).then_some(s)
+    }
+}
+
+impl PortSockets for Ring {
+    fn open(&mut self, port: u16) -> io::Result<()> {
+        let slot = self.slot(port).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "port outside shard"))?;
+        let sock = super::bind_udp(self.bind_ip, port, &self.options)?;
+        self.ring.submitter().register_files_update(u32::from(slot), &[sock.as_raw_fd()])?;
+        self.socks[usize::from(slot)] = Some(sock);
+        self.arm_recv(slot)
+    }
+
+    fn close(&mut self, port: u16) -> PortClose {
+        let Some(slot) = self.slot(port) else { return PortClose::Closed };
+        let i = usize::from(slot);
+        if self.socks[i].take().is_none() {
+            return PortClose::Closed;
+        }
+        let old = recv_ud(self.generations[i], slot);
+        self.generations[i] = self.generations[i].wrapping_add(1);
+        let _ = self.ring.submitter().register_files_update(u32::from(slot), &[-1]);
+        if !self.armed_slot[i] {
+            return PortClose::Closed;
+        }
+        // The armed receive holds a reference to the socket: cancel it; the
+        // port is reusable once its final completion arrives.
+        let cancel = opcode::AsyncCancel::new(old).build().user_data(CANCEL_UD);
+        match self.push(&cancel) {
+            Ok(()) => {
+                self.closing[i] = true;
+                PortClose::Closing
+            }
+            Err(_) => PortClose::Closed,
+        }
+    }
+}
+
+/// The io_uring backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Uring;
+
+/// Runs one shard on an io_uring until stopped.
+fn run_loop(run: ShardRun) -> io::Result<()> {
+    let mut u = Ring::new(&run)?;
+    let ShardRun { mut shard, inbox, .. } = run;
+    u.arm_wake()?;
+    let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(4096);
+    let mut rearm: Vec<u16> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let wait = shard.poll_timeout().map_or(MAX_SLEEP, |d| d.saturating_duration_since(now)).min(MAX_SLEEP);
+        wait_for_events(&u.ring, wait)?;
+        let now = Instant::now();
+        cqes.clear();
+        cqes.extend(u.ring.completion());
+        let mut woken = false;
+        for cqe in &cqes {
+            let ud = cqe.user_data();
+            let flags = cqe.flags();
+            match ud >> KIND_SHIFT {
+                KIND_RECV => handle_recv(&mut u, &mut shard, now, cqe.result(), ud, flags, &mut rearm)?,
+                KIND_SEND => {
+                    if cqe.result() < 0 {
+                        shard.record_send_error();
+                    }
+                    u.bufs.recycle((ud & 0xffff) as u16);
+                }
+                KIND_WAKE => {
+                    woken = true;
+                    if !cqueue::more(flags) {
+                        u.arm_wake()?;
+                    }
+                }
+                _ => {} // cancellations
+            }
+        }
+        // Recycled buffers first, then the re-arms (never the other way).
+        u.bufs.publish();
+        if !rearm.is_empty() && u.bufs.free >= REARM_MIN_FREE {
+            for slot in rearm.drain(..) {
+                if u.socks[usize::from(slot)].is_some() {
+                    shard.record_rearm();
+                    u.arm_recv(slot)?;
+                }
+            }
+        }
+        if woken {
+            inbox.wake.drain();
+            loop {
+                match inbox.rx.try_recv() {
+                    Ok(Envelope::Command(cmd, reply)) => {
+                        let resp = shard.handle_command(Instant::now(), cmd, &mut u);
+                        inbox.publish_free_ports(&shard);
+                        reply(resp);
+                    }
+                    Ok(Envelope::Stop) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        shard.release_all(&mut u);
+                        inbox.publish_free_ports(&shard);
+                        return shutdown(u);
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                }
+            }
+        }
+        if shard.poll_timeout().is_some_and(|t| t <= now) {
+            shard.handle_timeout(now, &mut u);
+            inbox.publish_free_ports(&shard);
+        }
+    }
+}
+
+/// Submits queued SQEs and waits for at least one completion or `wait`.
+fn wait_for_events(ring: &IoUring, wait: Duration) -> io::Result<()> {
+    let ts = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
+    let args = types::SubmitArgs::new().timespec(&ts);
+    match ring.submitter().submit_with_args(1, &args) {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle_recv(
+    u: &mut Ring,
+    shard: &mut Shard,
+    now: Instant,
+    res: i32,
+    ud: u64,
+    flags: u32,
+    rearm: &mut Vec<u16>,
+) -> io::Result<()> {
+    let slot = (ud & 0xffff) as u16;
+    let generation = ((ud >> 16) & 0xffff_ffff) as u32;
+    let bid = cqueue::buffer_select(flags);
+    if bid.is_some() {
+        u.bufs.free = u.bufs.free.saturating_sub(1);
+    }
+    let more = cqueue::more(flags);
+    let i = usize::from(slot);
+    if i >= u.socks.len() {
+        return Ok(());
+    }
+    if !more {
+        u.armed = u.armed.saturating_sub(1);
+        u.armed_slot[i] = false;
+        if u.closing[i] && u.generations[i] != generation {
+            u.closing[i] = false;
+            shard.handle_port_closed(u.base + slot);
+        }
+    }
+    let current = u.generations[i] == generation && u.socks[i].is_some();
+    if !current {
+        if let Some(b) = bid {
+            u.bufs.recycle(b);
+        }
+        return Ok(());
+    }
+    if !more {
+        rearm.push(slot);
+    }
+    if res < 0 {
+        if res == -libc::ENOBUFS {
+            shard.record_enobufs();
+        } else if res != -libc::ECANCELED {
+            shard.record_recv_error();
+        }
+        if let Some(b) = bid {
+            u.bufs.recycle(b);
+        }
+        return Ok(());
+    }
+    let Some(bid) = bid else { return Ok(()) };
+    let port = u.base + slot;
+    let forward = {
+        let data = &u.bufs.buf(bid)[..(res as usize).min(BUFFER_SIZE)];
+        match types::RecvMsgOut::parse(data, &u.msghdr) {
+            Err(()) => {
+                shard.record_backend_drop(data.len(), DropReason::Truncated);
+                None
+            }
+            Ok(out) if out.is_payload_truncated() => {
+                shard.record_backend_drop(out.payload_data().len(), DropReason::Truncated);
+                None
+            }
+            Ok(out) => {
+                let src = name_to_addr(out.name_data());
+                let payload = out.payload_data();
+                let offset = payload.as_ptr() as usize - data.as_ptr() as usize;
+                match src {
+                    None => {
+                        shard.record_backend_drop(payload.len(), DropReason::SourcePolicy);
+                        None
+                    }
+                    Some(src) => match shard.handle_datagram(now, port, src, payload) {
+                        Verdict::Forward { via_port, to } => Some((via_port, to, offset, payload.len())),
+                        Verdict::Drop(_) => None,
+                    },
+                }
+            }
+        }
+    };
+    let Some((via_port, to, offset, len)) = forward else {
+        u.bufs.recycle(bid);
+        return Ok(());
+    };
+    let via = u.slot(via_port).filter(|s| u.socks[usize::from(*s)].is_some());
+    let dest = &mut u.dests[usize::from(bid)];
+    let (Some(via), Some(dest_len)) = (via, encode_addr(to, u.v6, dest)) else {
+        shard.record_send_error();
+        u.bufs.recycle(bid);
+        return Ok(());
+    };
+    let ptr = u.bufs.buf(bid)[offset..].as_ptr();
+    let dest_ptr = (&u.dests[usize::from(bid)] as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
+    let e = opcode::Send::new(types::Fixed(u32::from(via)), ptr, len as u32)
+        .dest_addr(dest_ptr)
+        .dest_addr_len(dest_len)
+        .build()
+        .user_data((KIND_SEND << KIND_SHIFT) | u64::from(bid));
+    u.push(&e)
+}
+
+fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
+    // SAFETY: all-zero sockaddr_storage is valid; we copy at most its size.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = name.len().min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: copies `n` bytes into the storage, which is at least `n` long.
+    unsafe {
+        std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(), n)
+    };
+    decode_addr(&storage, n as libc::socklen_t)
+}
+
+/// Waits (bounded) for cancelled receives to complete, then unregisters
+/// files and buffers so every socket is closed when the thread returns.
+fn shutdown(mut u: Ring) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while u.armed > 0 && Instant::now() < deadline {
+        wait_for_events(&u.ring, Duration::from_millis(20))?;
+        let done: Vec<cqueue::Entry> = u.ring.completion().collect();
+        for cqe in done {
+            if cqe.user_data() >> KIND_SHIFT == KIND_RECV && !cqueue::more(cqe.flags()) {
+                u.armed = u.armed.saturating_sub(1);
+            }
+        }
+    }
+    let _ = u.ring.submitter().unregister_files();
+    let _ = u.ring.submitter().unregister_buf_ring(BGID);
+    Ok(())
+}
+
+/// Why io_uring cannot be used here, or `Ok` if it can. Probed once per
+/// process: sets up a ring with the flags the backend uses, checks the
+/// opcodes, then receives a datagram with a multishot `RECVMSG` on a
+/// provided buffer ring after sending it with `SEND` + destination address.
+pub fn probe() -> Result<(), String> {
+    static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
+    // On a thread of its own: a ring's teardown queues work to the thread
+    // that created it, which could interrupt the caller's own system calls.
+    RESULT
+        .get_or_init(|| {
+            std::thread::Builder::new()
+                .name("ucmrc-uring-probe".into())
+                .spawn(probe_uncached)
+                .map_err(|e| format!("cannot spawn the io_uring probe: {e}"))
+                .and_then(|t| t.join().unwrap_or_else(|_| Err("io_uring probe panicked".into())))
+        })
+        .clone()
+}
+
+fn probe_uncached() -> Result<(), String> {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();
+    let hint = match disabled.as_deref().map(str::trim) {
+        Some("1") | Some("2") => " (kernel.io_uring_disabled is set)",
+        _ => " (blocked by seccomp, e.g. Docker's default profile, or an old kernel)",
+    };
+    let ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(8)
+        .map_err(|e| format!("io_uring setup failed: {e}{hint}"))?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(|e| format!("io_uring probe failed: {e}"))?;
+    for (code, name) in [
+        (opcode::RecvMsgMulti::CODE, "RECVMSG"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(format!("io_uring lacks {name}"));
+        }
+    }
+    functional_probe(ring).map_err(|e| format!("io_uring datagram check failed: {e}"))
+}
+
+fn functional_probe(mut ring: IoUring) -> io::Result<()> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_nonblocking(true)?;
+    let addr = sock.local_addr()?;
+    let bufs = BufRing::new(8)?;
+    // SAFETY: page-aligned ring of 8 entries, alive until after unregister.
+    unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring as u64, bufs.count, BGID, 0)? };
+    // SAFETY: zeroed msghdr is valid.
+    let mut msghdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    msghdr.msg_namelen = NAME_LEN;
+    // SAFETY: zeroed sockaddr_storage is valid.
+    let mut dest: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let dest_len = encode_addr(addr, false, &mut dest).ok_or_else(|| io::Error::other("address"))?;
+    let payload = *b"ucmrc-probe";
+    let recv = opcode::RecvMsgMulti::new(types::Fd(sock.as_raw_fd()), &msghdr, BGID).build().user_data(1);
+    let send = opcode::Send::new(types::Fd(sock.as_raw_fd()), payload.as_ptr(), payload.len() as u32)
+        .dest_addr((&dest as *const libc::sockaddr_storage).cast())
+        .dest_addr_len(dest_len)
+        .build()
+        .user_data(2);
+    // SAFETY: msghdr, payload, dest and the buffers outlive the operations:
+    // we wait for their completions (or drop the ring, cancelling them)
+    // before any of them goes out of scope.
+    unsafe {
+        ring.submission().push(&recv).map_err(|_| io::Error::other("sq full"))?;
+        ring.submission().push(&send).map_err(|_| io::Error::other("sq full"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (mut sent, mut received) = (false, false);
+    while !(sent && received) {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no completion"));
+        }
+        wait_for_events(&ring, Duration::from_millis(100))?;
+        for cqe in ring.completion() {
+            match cqe.user_data() {
+                2 if cqe.result() >= 0 => sent = true,
+                1 if cqe.result() > 0 => {
+                    let bid = cqueue::buffer_select(cqe.flags()).ok_or_else(|| io::Error::other("no buffer"))?;
+                    let data = &bufs.buf(bid)[..cqe.result() as usize];
+                    let out = types::RecvMsgOut::parse(data, &msghdr).map_err(|()| io::Error::other("parse"))?;
+                    if out.payload_data() != payload || name_to_addr(out.name_data()) != Some(addr) {
+                        return Err(io::Error::other("datagram mismatch"));
+                    }
+                    received = true;
+                }
+                _ => return Err(io::Error::from_raw_os_error(-cqe.result())),
+            }
+        }
+    }
+    // Cancel the multishot receive and wait for its end before the
+    // buffers it may write into go away.
+    let cancel = opcode::AsyncCancel::new(1).build().user_data(CANCEL_UD);
+    // SAFETY: a cancel SQE carries no pointers.
+    unsafe { ring.submission().push(&cancel).map_err(|_| io::Error::other("sq full"))? };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut ended = false;
+    while !ended && Instant::now() < deadline {
+        wait_for_events(&ring, Duration::from_millis(50))?;
+        ended = ring.completion().any(|c| c.user_data() == 1 && !cqueue::more(c.flags()));
+    }
+    let _ = ring.submitter().unregister_buf_ring(BGID);
+    drop(ring);
+    drop(bufs);
+    Ok(())
+}
+
+impl super::Datapath for Uring {
+    const KIND: super::BackendKind = super::BackendKind::Uring;
+    fn run(run: ShardRun) -> io::Result<()> {
+        run_loop(run)
+    }
+}
