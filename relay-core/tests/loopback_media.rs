@@ -420,6 +420,15 @@ fn handle_works_from_tokio_and_shutdown_releases_everything(backend: BackendKind
         let a = h.allocate(SessionSpec { tenant: "acme".into(), ..SessionSpec::default() }).await.expect("allocate");
         let page = h.list(None, 10).await.expect("list");
         assert!(page.sessions.iter().any(|s| s.id == a.id));
+        // Quotas are enforced through the handle with a typed error.
+        h.quotas().set_limit("tiny", Some(1));
+        let one = h.allocate(SessionSpec { tenant: "tiny".into(), ..SessionSpec::default() }).await.expect("first");
+        let two = h.allocate(SessionSpec { tenant: "tiny".into(), ..SessionSpec::default() }).await;
+        assert!(matches!(two, Err(relay_core::RelayError::QuotaExceeded(_))), "{two:?}");
+        h.release(one.id).await.expect("release");
+        assert!(h.allocate(SessionSpec { tenant: "tiny".into(), ..SessionSpec::default() }).await.is_ok());
+        let bad = h.allocate(SessionSpec { tenant: String::new(), ..SessionSpec::default() }).await;
+        assert!(matches!(bad, Err(relay_core::RelayError::InvalidSpec(_))), "{bad:?}");
         (a.id, a.endpoint.rtp)
     });
     let addr = port;
