@@ -89,6 +89,14 @@ pub enum StartError {
     /// A system call failed while setting up a shard.
     #[error("shard setup failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A shard's backend could not be set up.
+    #[error("shard {index} could not start: {reason}")]
+    Shard {
+        /// Shard index.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
     /// `datapath = "uring"` was asked for and io_uring is not usable here.
     #[error("io_uring datapath unavailable: {0}")]
     Datapath(String),
@@ -333,7 +341,9 @@ impl Relay {
                 now,
             );
             let (mailbox, inbox) = io::mailbox(config.command_queue, count)?;
-            let run = ShardRun { shard, inbox, bind_ip: config.bind_ip, sockets: config.sockets };
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+            let run =
+                ShardRun { shard, inbox, bind_ip: config.bind_ip, sockets: config.sockets, ready: Some(ready_tx) };
             let backend = config.backend;
             let thread = std::thread::Builder::new().name(format!("ucmrc-shard-{index}")).spawn(move || {
                 let result = io::run_shard(backend, run);
@@ -345,6 +355,18 @@ impl Relay {
             })?;
             mailboxes.push(mailbox);
             threads.push(thread);
+            // Wait for the shard's backend to be set up: a relay that starts
+            // has every shard running.
+            let setup = ready_rx.recv().unwrap_or_else(|_| Err("shard thread ended during setup".into()));
+            if let Err(reason) = setup {
+                for m in &mailboxes {
+                    let _ = m.send(Envelope::Stop);
+                }
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(StartError::Shard { index, reason });
+            }
         }
         let handle = RelayHandle {
             inner: Arc::new(Inner {

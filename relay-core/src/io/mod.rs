@@ -199,6 +199,17 @@ pub struct ShardRun {
     pub bind_ip: IpAddr,
     /// Socket options.
     pub sockets: SocketOptions,
+    /// Told once the backend is set up (or why it could not be).
+    pub ready: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+}
+
+impl ShardRun {
+    /// Reports the outcome of the backend's setup to whoever started it.
+    pub fn report_ready(&mut self, result: Result<(), String>) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(result);
+        }
+    }
 }
 
 impl Inbox {

@@ -77,10 +77,16 @@ impl super::Datapath for Portable {
 }
 
 /// Runs one shard until it receives [`Envelope::Stop`] or its mailbox closes.
-fn run_loop(run: ShardRun) -> io::Result<()> {
-    let ShardRun { mut shard, inbox, bind_ip, sockets: options } = run;
-    let epoll = Epoll::new()?;
-    epoll.add(inbox.wake.raw(), WAKE_TOKEN)?;
+fn run_loop(mut run: ShardRun) -> io::Result<()> {
+    let epoll = match Epoll::new().and_then(|e| e.add(run.inbox.wake.raw(), WAKE_TOKEN).map(|()| e)) {
+        Ok(e) => e,
+        Err(e) => {
+            run.report_ready(Err(format!("epoll setup: {e}")));
+            return Err(e);
+        }
+    };
+    run.report_ready(Ok(()));
+    let ShardRun { mut shard, inbox, bind_ip, sockets: options, .. } = run;
     let cfg = shard.config();
     let mut sockets = Sockets {
         epoll,

@@ -161,13 +161,24 @@ struct Ring {
 impl Ring {
     fn new(run: &ShardRun) -> io::Result<Self> {
         let cfg = run.shard.config();
-        let count = cfg.port_count.saturating_mul(2).next_power_of_two().clamp(MIN_BUFFERS, MAX_BUFFERS);
+        // Buffers are held only from a receive to its send's completion; half
+        // a buffer per port (at least 4096) absorbs every socket of the shard
+        // becoming readable in one loop turn with room to spare.
+        let count = (cfg.port_count / 2).next_power_of_two().clamp(MIN_BUFFERS, MAX_BUFFERS);
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_cqsize((count * 4).min(MAX_CQ_ENTRIES) as u32)
             .build(4096)?;
-        ring.submitter().register_files_sparse(cfg.port_count.max(1) as u32)?;
+        ring.submitter().register_files_sparse(cfg.port_count.max(1) as u32).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot register {} fixed files ({e}); the table may not exceed RLIMIT_NOFILE: raise it or use more workers",
+                    cfg.port_count
+                ),
+            )
+        })?;
         let bufs = BufRing::new(count)?;
         // SAFETY: the ring memory is page-aligned, holds `count` entries and
         // lives (in `Ring`) until after the ring is dropped or the group is
@@ -271,10 +282,16 @@ impl PortSockets for Ring {
 pub struct Uring;
 
 /// Runs one shard on an io_uring until stopped.
-fn run_loop(run: ShardRun) -> io::Result<()> {
-    let mut u = Ring::new(&run)?;
+fn run_loop(mut run: ShardRun) -> io::Result<()> {
+    let mut u = match Ring::new(&run).and_then(|mut u| u.arm_wake().map(|()| u)) {
+        Ok(u) => u,
+        Err(e) => {
+            run.report_ready(Err(format!("io_uring setup: {e}")));
+            return Err(e);
+        }
+    };
+    run.report_ready(Ok(()));
     let ShardRun { mut shard, inbox, .. } = run;
-    u.arm_wake()?;
     let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(4096);
     let mut rearm: Vec<u16> = Vec::new();
     loop {

@@ -106,7 +106,8 @@ pub(crate) struct Leg {
     pub(crate) rtcp_port: Option<u16>,
     hint: Option<SocketAddr>,
     remote: [Option<Latched>; 2],
-    auth: Option<LegAuth>,
+    /// Boxed: most legs have no keys, and an HMAC state is ~200 bytes.
+    auth: Option<Box<LegAuth>>,
     stun_key: Option<Vec<u8>>,
     replay: ReplayGuard,
     stun_replay: StunReplay,
@@ -206,8 +207,11 @@ impl Leg {
     }
 }
 
-fn leg_auth(a: &SrtpAuth) -> LegAuth {
-    LegAuth { rtp: AuthVerifier::new(&a.rtp_key, a.rtp_tag), rtcp: AuthVerifier::new(&a.rtcp_key, a.rtcp_tag) }
+fn leg_auth(a: &SrtpAuth) -> Box<LegAuth> {
+    Box::new(LegAuth {
+        rtp: AuthVerifier::new(&a.rtp_key, a.rtp_tag),
+        rtcp: AuthVerifier::new(&a.rtcp_key, a.rtcp_tag),
+    })
 }
 
 /// Outcome of checking a packet's proof of origin.

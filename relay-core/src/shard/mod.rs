@@ -172,7 +172,8 @@ pub struct Shard {
     config: ShardConfig,
     pool: PortPool,
     owners: Vec<Option<PortOwner>>,
-    sessions: Vec<Option<Session>>,
+    /// Boxed sessions: the table's growth slack costs a pointer per slot.
+    sessions: Vec<Option<Box<Session>>>,
     generations: Vec<u32>,
     free_slots: Vec<u32>,
     wheel: TimerWheel,
@@ -361,7 +362,7 @@ impl Shard {
             }
             Command::List { after, limit } => {
                 let mut v: Vec<&Session> =
-                    self.sessions.iter().flatten().filter(|s| after.is_none_or(|a| s.id > a)).collect();
+                    self.sessions.iter().flatten().map(|b| &**b).filter(|s| after.is_none_or(|a| s.id > a)).collect();
                 v.sort_by_key(|s| s.id);
                 Response::List(v.into_iter().take(limit).map(|s| s.info(now)).collect())
             }
@@ -392,7 +393,7 @@ impl Shard {
         if id.shard() != self.config.index {
             return None;
         }
-        self.sessions.get(id.slot())?.as_ref().filter(|s| s.id == id)
+        self.sessions.get(id.slot())?.as_deref().filter(|s| s.id == id)
     }
 
     fn update(&mut self, now: Instant, id: SessionId, update: &SessionUpdate) -> Result<(), ShardError> {
@@ -452,7 +453,7 @@ impl Shard {
             }
         }
         self.wheel.schedule(session.deadline(), id.0);
-        self.sessions[slot as usize] = Some(session);
+        self.sessions[slot as usize] = Some(Box::new(session));
         self.counters.sessions_active += 1;
         self.counters.sessions_created += 1;
         Ok(Allocation { id, pbx: legs[0], endpoint: legs[1] })

@@ -15,7 +15,7 @@ impl PortPool {
     pub fn new(base: u16, count: usize) -> Self {
         let words = count.div_ceil(64);
         let mut free = vec![u64::MAX; words];
-        if count % 64 != 0 {
+        if !count.is_multiple_of(64) {
             if let Some(last) = free.last_mut() {
                 *last = (1u64 << (count % 64)) - 1;
             }
@@ -61,7 +61,7 @@ impl PortPool {
     /// Takes a random free pair `(even, even + 1)` (even relative to port 0).
     pub fn take_pair(&mut self, rng: &mut fastrand::Rng) -> Option<u16> {
         // Bit positions in the word whose port number is even.
-        let even_bits = if self.base % 2 == 0 { 0x5555_5555_5555_5555u64 } else { 0xaaaa_aaaa_aaaa_aaaau64 };
+        let even_bits = if self.base.is_multiple_of(2) { 0x5555_5555_5555_5555u64 } else { 0xaaaa_aaaa_aaaa_aaaau64 };
         let i = self.find(rng, |w| w & (w >> 1) & even_bits)?;
         // Bit 63 pairs with bit 0 of the next word; the mask above never
         // selects it because `w >> 1` clears bit 63; check the neighbour anyway.

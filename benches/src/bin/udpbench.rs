@@ -1,0 +1,757 @@
+//! `udpbench`: the loopback forwarding benchmark behind docs/PERFORMANCE.md.
+//!
+//! ```text
+//! udpbench capacity --target uring|portable|floor [--sessions 1000] [--step-secs 4]
+//! udpbench fixed    --target uring|portable|floor --rate 50000 [--sessions 1000] [--secs 5]
+//! udpbench compare  [--targets portable,uring,floor] [--repeat 3] [--ladder 100000,...] [--cpu-rate 50000]
+//! udpbench overload --target uring --capacity PPS [--factor 1.5] [--secs 10]
+//! udpbench memory   [--sessions 32000]
+//! ```
+//! The generator (this process, pinned to CPU 0) drives two sockets, A (the
+//! "phones") and B (the "PBXs"), and spawns the forwarder under test as a
+//! child process pinned to CPU 1: `relay` (relay-core with the chosen
+//! backend, N sessions, 2 N sockets) or `floor` (a minimal io_uring
+//! forwarder that does nothing but forward between the same 2 N sockets).
+//! Each session gets 200-byte packets in both directions (A → endpoint port
+//! → B, and B → PBX port → A); every payload carries its send time, so the
+//! sink measures one-way latency. Relay CPU comes from the child's
+//! /proc/PID/schedstat. Every run is bounded in time; children exit when the
+//! parent's pipe closes or their own deadline passes.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Counts heap bytes in use (for `memory`).
+struct Counting;
+static HEAP: AtomicUsize = AtomicUsize::new(0);
+// SAFETY: forwards to the system allocator and only counts sizes.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        HEAP.fetch_add(l.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        HEAP.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const PKT: usize = 200;
+
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)) {
+        Some(v) => v.parse().unwrap_or_else(|_| panic!("bad value for {name}: {v}")),
+        None => default,
+    }
+}
+
+fn pin(cpu: usize, pid: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays inside it; the call
+    // reads the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!("warning: could not pin pid {pid} to cpu {cpu}");
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    #[allow(unsafe_code)]
+    // SAFETY: valid rlimit pointers.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn main() {
+    raise_fd_limit();
+    let cmd = std::env::args().nth(1).unwrap_or_default();
+    match cmd.as_str() {
+        "relay" => child_relay(),
+        "floor" => child_floor(),
+        "capacity" => capacity(),
+        "fixed" => {
+            let r = run_once(
+                &arg("--target", "uring".to_string()),
+                arg("--sessions", 1000),
+                arg("--rate", 50_000),
+                arg("--secs", 5),
+            );
+            println!("{}", r.line());
+        }
+        "memory" => memory(arg("--sessions", 32_000)),
+        "compare" => compare(),
+        "overload" => overload(),
+        _ => {
+            eprintln!("usage: udpbench capacity|fixed|memory --target uring|portable|floor ...");
+            std::process::exit(2);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- children
+
+/// Exits when stdin closes (the parent is gone) or after `--max-secs`.
+fn watch_parent() {
+    let max = Duration::from_secs(arg("--max-secs", 600));
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        std::process::exit(0);
+    });
+    std::thread::spawn(move || {
+        std::thread::sleep(max);
+        std::process::exit(0);
+    });
+}
+
+fn child_relay() {
+    use relay_core::*;
+    watch_parent();
+    let n: usize = arg("--sessions", 1000);
+    let a: SocketAddr = arg("--a", "127.0.0.1:1".parse().expect("addr"));
+    let b: SocketAddr = arg("--b", "127.0.0.1:1".parse().expect("addr"));
+    let backend: BackendKind = arg("--backend", "uring".to_string()).parse().expect("backend");
+    let relay = Relay::start(RelayConfig {
+        backend,
+        port_min: arg("--base", 10000u16),
+        port_max: arg("--base", 10000u16) + (4 * n as u16).max(1000),
+        workers: 1,
+        defaults: SessionDefaults { limits: LegLimits::default(), ..SessionDefaults::default() },
+        ..RelayConfig::default()
+    })
+    .expect("relay");
+    let h = relay.handle();
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = h
+            .allocate(SessionSpec {
+                tenant: "bench".into(),
+                pbx: LegSpec { rtcp_mux: true, hint: Some(b), ..LegSpec::default() },
+                endpoint: LegSpec { rtcp_mux: true, hint: Some(a), ..LegSpec::default() },
+                ..SessionSpec::default()
+            })
+            .wait()
+            .expect("allocate");
+        ports.push(format!("{},{}", s.endpoint.rtp.port(), s.pbx.rtp.port()));
+    }
+    println!("PORTS {}", ports.join(" "));
+    println!("READY {}", relay.datapath().running.as_str());
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let c = h.counters().wait().expect("counters").total;
+        eprintln!(
+            "relay: forwarded {} dropped {} enobufs {} rearms {} send_errors {}",
+            c.packets_forwarded,
+            c.drops.total(),
+            c.backend_enobufs,
+            c.backend_rearms,
+            c.send_errors
+        );
+    }
+}
+
+/// The floor: a minimal io_uring forwarder (same recipe, no relay logic).
+fn child_floor() {
+    use io_uring::{cqueue, opcode, types, IoUring};
+    watch_parent();
+    let n: usize = arg("--sessions", 1000);
+    let a: SocketAddr = arg("--a", "127.0.0.1:1".parse().expect("addr"));
+    let b: SocketAddr = arg("--b", "127.0.0.1:1".parse().expect("addr"));
+    let socks: Vec<socket2::Socket> = (0..2 * n)
+        .map(|_| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).expect("socket");
+            s.set_recv_buffer_size(4 << 20).expect("rcvbuf");
+            s.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into()).expect("bind");
+            s
+        })
+        .collect();
+    let port = |s: &socket2::Socket| s.local_addr().expect("addr").as_socket().expect("inet").port();
+    let ports: Vec<String> = (0..n).map(|i| format!("{},{}", port(&socks[2 * i]), port(&socks[2 * i + 1]))).collect();
+    println!("PORTS {}", ports.join(" "));
+    println!("READY floor");
+    let _ = std::io::stdout().flush();
+
+    const BUFS: usize = 4096;
+    const BSZ: usize = 2048;
+    let mut ring =
+        IoUring::builder().setup_single_issuer().setup_defer_taskrun().setup_cqsize(16384).build(4096).expect("ring");
+    let fds: Vec<i32> = socks.iter().map(|s| s.as_raw_fd()).collect();
+    ring.submitter().register_files(&fds).expect("files");
+    let layout = Layout::from_size_align(BUFS * 16, 4096).expect("layout");
+    #[allow(unsafe_code)]
+    // SAFETY: non-zero layout; memory lives until the process exits.
+    let br = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+    let mut bufs = vec![0u8; BUFS * BSZ];
+    let mut tail: u16 = 0;
+    let recycle = |bid: u16, tail: &mut u16, bufs: &mut [u8]| {
+        #[allow(unsafe_code)]
+        // SAFETY: index masked into the ring; entry past the published tail.
+        unsafe {
+            let e = &mut *br.add(usize::from(*tail) & (BUFS - 1));
+            e.set_addr(bufs[usize::from(bid) * BSZ..].as_mut_ptr() as u64);
+            e.set_len(BSZ as u32);
+            e.set_bid(bid);
+        }
+        *tail = tail.wrapping_add(1);
+    };
+    for bid in 0..BUFS as u16 {
+        recycle(bid, &mut tail, &mut bufs);
+    }
+    let publish = |tail: u16| {
+        #[allow(unsafe_code)]
+        // SAFETY: the tail field lies inside the ring allocation.
+        unsafe {
+            (*types::BufRingEntry::tail(br).cast::<std::sync::atomic::AtomicU16>()).store(tail, Ordering::Release)
+        };
+    };
+    publish(tail);
+    #[allow(unsafe_code)]
+    // SAFETY: page-aligned ring of BUFS entries that outlives the ring.
+    unsafe {
+        ring.submitter().register_buf_ring_with_flags(br as u64, BUFS as u16, 0, 0).expect("buf ring")
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: zeroed msghdr is valid.
+    let mut msghdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    msghdr.msg_namelen = 16;
+    let dst = |to: SocketAddr| -> libc::sockaddr_in {
+        let SocketAddr::V4(v4) = to else { panic!("ipv4 only") };
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+            sin_zero: [0; 8],
+        }
+    };
+    let (dst_a, dst_b) = (dst(a), dst(b));
+    let arm = |ring: &mut IoUring, slot: u32| {
+        let e = opcode::RecvMsgMulti::new(types::Fixed(slot), &msghdr, 0).build().user_data(1 << 32 | u64::from(slot));
+        #[allow(unsafe_code)]
+        // SAFETY: msghdr lives for the whole process.
+        while unsafe { ring.submission().push(&e) }.is_err() {
+            ring.submit().expect("submit");
+        }
+    };
+    for slot in 0..2 * n as u32 {
+        arm(&mut ring, slot);
+    }
+    let mut cqes = Vec::with_capacity(16384);
+    let mut rearm = Vec::new();
+    loop {
+        let ts = types::Timespec::new().nsec(50_000_000);
+        let _ = ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts));
+        cqes.clear();
+        cqes.extend(ring.completion());
+        for c in &cqes {
+            let ud = c.user_data();
+            if ud >> 32 == 2 {
+                recycle((ud & 0xffff) as u16, &mut tail, &mut bufs);
+                continue;
+            }
+            let slot = (ud & 0xffff_ffff) as u32;
+            if !cqueue::more(c.flags()) {
+                rearm.push(slot);
+            }
+            let Some(bid) = cqueue::buffer_select(c.flags()) else { continue };
+            if c.result() <= 0 {
+                recycle(bid, &mut tail, &mut bufs);
+                continue;
+            }
+            let data = &bufs[usize::from(bid) * BSZ..usize::from(bid) * BSZ + c.result() as usize];
+            let Ok(out) = types::RecvMsgOut::parse(data, &msghdr) else {
+                recycle(bid, &mut tail, &mut bufs);
+                continue;
+            };
+            let payload = out.payload_data();
+            // Endpoint sockets are even: forward out of the partner socket.
+            let (via, to) = if slot.is_multiple_of(2) { (slot + 1, &dst_b) } else { (slot - 1, &dst_a) };
+            let e = opcode::Send::new(types::Fixed(via), payload.as_ptr(), payload.len() as u32)
+                .dest_addr((to as *const libc::sockaddr_in).cast())
+                .dest_addr_len(16)
+                .build()
+                .user_data(2 << 32 | u64::from(bid));
+            #[allow(unsafe_code)]
+            // SAFETY: the buffer stays untouched until this send completes.
+            while unsafe { ring.submission().push(&e) }.is_err() {
+                ring.submit().expect("submit");
+            }
+        }
+        publish(tail);
+        for slot in rearm.drain(..) {
+            arm(&mut ring, slot);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- generator
+
+struct Spawned {
+    child: Child,
+    _stdin: ChildStdin,
+    ports: Vec<(u16, u16)>,
+}
+
+fn spawn(target: &str, n: usize, a: SocketAddr, b: SocketAddr) -> Spawned {
+    let exe = std::env::current_exe().expect("exe");
+    let mut cmd = Command::new(exe);
+    match target {
+        "floor" => cmd.arg("floor"),
+        backend => cmd.args(["relay", "--backend", backend]),
+    };
+    // A fresh port range for each run: a killed relay's sockets may take a
+    // moment to disappear (io_uring tears down asynchronously).
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let base = 10000 + (RUN.fetch_add(1, Ordering::Relaxed) % 4) * 5000;
+    cmd.args(["--sessions", &n.to_string(), "--a", &a.to_string(), "--b", &b.to_string(), "--base", &base.to_string()]);
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    pin(1, child.id() as i32);
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut ports = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("child output");
+        if let Some(rest) = line.strip_prefix("PORTS ") {
+            ports = rest
+                .split(' ')
+                .map(|p| {
+                    let (e, q) = p.split_once(',').expect("pair");
+                    (e.parse().expect("port"), q.parse().expect("port"))
+                })
+                .collect();
+        }
+        if let Some(kind) = line.strip_prefix("READY ") {
+            if kind != target {
+                eprintln!("warning: asked for {target}, running {kind}");
+            }
+            break;
+        }
+    }
+    if ports.is_empty() {
+        eprintln!("the {target} child did not start (see its stderr by running it directly)");
+        std::process::exit(1);
+    }
+    // Let the child's threads settle on their CPU.
+    for tid in std::fs::read_dir(format!("/proc/{}/task", child.id())).into_iter().flatten().flatten() {
+        if let Ok(t) = tid.file_name().to_string_lossy().parse::<i32>() {
+            pin(1, t);
+        }
+    }
+    Spawned { child, _stdin: stdin, ports }
+}
+
+/// On-CPU nanoseconds of every thread of `pid` (includes the softirq work
+/// its own sends trigger on loopback; see docs/PERFORMANCE.md).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One measured run's results.
+struct RunResult {
+    target: String,
+    sessions: usize,
+    offered_pps: f64,
+    delivered_pps: f64,
+    loss: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    relay_cpu: f64,
+    ns_per_pkt: f64,
+    gen_lag_ms: f64,
+}
+
+impl RunResult {
+    fn good(&self) -> bool {
+        self.loss < 0.001 && self.p50_us <= 2000.0
+    }
+    fn line(&self) -> String {
+        format!(
+            "target={} sessions={} offered_pps={:.0} delivered_pps={:.0} loss={:.5} p50_us={:.0} p99_us={:.0} p999_us={:.0} relay_cpu={:.1}% ns_per_pkt={:.0} gen_lag_ms={:.1}",
+            self.target, self.sessions, self.offered_pps, self.delivered_pps, self.loss, self.p50_us, self.p99_us, self.p999_us,
+            self.relay_cpu * 100.0, self.ns_per_pkt, self.gen_lag_ms
+        )
+    }
+}
+
+fn socket() -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).expect("socket");
+    s.set_recv_buffer_size(8 << 20).expect("rcvbuf");
+    s.set_send_buffer_size(8 << 20).expect("sndbuf");
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into()).expect("bind");
+    s.set_nonblocking(true).expect("nonblocking");
+    s.into()
+}
+
+/// Runs one paced load at `rate` packets/s (both directions together)
+/// after a one-second warm-up.
+fn run_once(target: &str, n: usize, rate: u64, secs: u64) -> RunResult {
+    run_phases(target, n, &[(rate, Duration::from_secs(1)), (rate, Duration::from_secs(secs))]).remove(1)
+}
+
+/// Runs consecutive phases `(rate, duration)` against one forwarder process
+/// and reports each phase (packets are attributed by their send time).
+fn run_phases(target: &str, n: usize, phases: &[(u64, Duration)]) -> Vec<RunResult> {
+    pin(0, 0);
+    let (a, b) = (socket(), socket());
+    let sp = spawn(target, n, a.local_addr().expect("a"), b.local_addr().expect("b"));
+    let res = drive(target, &sp, &a, &b, phases);
+    let mut child = sp.child;
+    let _ = child.kill();
+    let _ = child.wait();
+    res
+}
+
+#[derive(Default, Clone)]
+struct PhaseStats {
+    sent: u64,
+    received: u64,
+    cpu_start: u64,
+    cpu_end: u64,
+    max_lag: Duration,
+}
+
+fn drive(target: &str, sp: &Spawned, a: &UdpSocket, b: &UdpSocket, phases: &[(u64, Duration)]) -> Vec<RunResult> {
+    let start = Instant::now();
+    let mut bounds = Vec::with_capacity(phases.len());
+    let mut t = start;
+    for (_, d) in phases {
+        bounds.push((t, t + *d));
+        t += *d;
+    }
+    let stop_send = t;
+    let stop_all = stop_send + Duration::from_millis(300);
+    let dests: Vec<(bool, SocketAddr)> = sp
+        .ports
+        .iter()
+        .flat_map(|(e, p)| {
+            [(true, SocketAddr::from(([127, 0, 0, 1], *e))), (false, SocketAddr::from(([127, 0, 0, 1], *p)))]
+        })
+        .collect();
+    let mut hists: Vec<Histogram<u64>> =
+        phases.iter().map(|_| Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram")).collect();
+    let mut stats = vec![PhaseStats::default(); phases.len()];
+    let pid = sp.child.id();
+    let mut pkt = [0u8; PKT];
+    pkt[0] = 0x80;
+    let mut buf = [0u8; 2048];
+    let mut phase = 0usize;
+    let mut phase_start_k = 0u64;
+    let mut k = 0u64;
+    stats[0].cpu_start = cpu_ns(pid);
+    loop {
+        let now = Instant::now();
+        while phase < phases.len() && now >= bounds[phase].1 {
+            stats[phase].cpu_end = cpu_ns(pid);
+            phase += 1;
+            phase_start_k = k;
+            if phase < phases.len() {
+                stats[phase].cpu_start = stats[phase - 1].cpu_end;
+            }
+        }
+        if phase < phases.len() {
+            let (rate, _) = phases[phase];
+            let since = (now - bounds[phase].0).as_nanos() as u64;
+            let due = phase_start_k + since * rate / 1_000_000_000;
+            if due > k {
+                let lag = Duration::from_nanos((due - k) * 1_000_000_000 / rate.max(1));
+                stats[phase].max_lag = stats[phase].max_lag.max(lag);
+            }
+            let mut burst = 0;
+            while k < due && burst < 256 {
+                let (from_a, to) = dests[(k % dests.len() as u64) as usize];
+                let t = (Instant::now() - start).as_nanos() as u64;
+                pkt[12..20].copy_from_slice(&t.to_le_bytes());
+                pkt[20..28].copy_from_slice(&k.to_le_bytes());
+                let sock = if from_a { a } else { b };
+                if sock.send_to(&pkt, to).is_ok() {
+                    stats[phase].sent += 1;
+                }
+                k += 1;
+                burst += 1;
+            }
+        }
+        for s in [a, b] {
+            for _ in 0..64 {
+                match s.recv(&mut buf) {
+                    Ok(len) if len >= 28 => {
+                        let t = u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes"));
+                        let sent_at = start + Duration::from_nanos(t);
+                        if let Some(p) = bounds.iter().position(|(s0, s1)| sent_at >= *s0 && sent_at < *s1) {
+                            stats[p].received += 1;
+                            let lat = Instant::now().saturating_duration_since(sent_at).as_micros() as u64;
+                            let _ = hists[p].record(lat.max(1));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        if Instant::now() >= stop_all {
+            break;
+        }
+    }
+    stats
+        .iter()
+        .zip(&hists)
+        .zip(phases)
+        .map(|((st, h), (_, d))| {
+            let cpu = st.cpu_end.saturating_sub(st.cpu_start) as f64;
+            RunResult {
+                target: target.to_string(),
+                sessions: sp.ports.len(),
+                offered_pps: st.sent as f64 / d.as_secs_f64(),
+                delivered_pps: st.received as f64 / d.as_secs_f64(),
+                loss: 1.0 - st.received as f64 / st.sent.max(1) as f64,
+                p50_us: h.value_at_quantile(0.5) as f64,
+                p99_us: h.value_at_quantile(0.99) as f64,
+                p999_us: h.value_at_quantile(0.999) as f64,
+                relay_cpu: cpu / d.as_nanos() as f64,
+                ns_per_pkt: cpu / st.received.max(1) as f64,
+                gen_lag_ms: st.max_lag.as_secs_f64() * 1000.0,
+            }
+        })
+        .collect()
+}
+
+/// Interleaves the targets at each rate of a ladder (so every target sees
+/// the same machine conditions), `--repeat` times; reports per target the
+/// highest rate that passed in the majority of repeats, and the median CPU
+/// per packet at `--cpu-rate`.
+fn compare() {
+    let targets: Vec<String> =
+        arg("--targets", "portable,uring,floor".to_string()).split(',').map(str::to_owned).collect();
+    let n: usize = arg("--sessions", 1000);
+    let secs: u64 = arg("--step-secs", 3);
+    let repeat: usize = arg("--repeat", 3);
+    let cpu_rate: u64 = arg("--cpu-rate", 50_000);
+    let ladder: Vec<u64> = arg("--ladder", "100000,125000,150000,175000,200000,225000,250000".to_string())
+        .split(',')
+        .map(|r| r.parse().expect("rate"))
+        .collect();
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 0..repeat {
+        for (i, t) in targets.iter().enumerate() {
+            let r = run_once(t, n, cpu_rate, secs);
+            println!("round {round} fixed {}", r.line());
+            cpu[i].push(r.ns_per_pkt);
+        }
+    }
+    let mut passes = vec![vec![0usize; ladder.len()]; targets.len()];
+    for round in 0..repeat {
+        for (j, rate) in ladder.iter().enumerate() {
+            for (i, t) in targets.iter().enumerate() {
+                let r = run_once(t, n, *rate, secs);
+                println!("round {round} ladder {} -> {}", r.line(), if r.good() { "ok" } else { "FAIL" });
+                if r.good() {
+                    passes[i][j] += 1;
+                }
+            }
+        }
+    }
+    println!("SUMMARY sessions={n} step_secs={secs} repeat={repeat}");
+    for (i, t) in targets.iter().enumerate() {
+        let mut c = cpu[i].clone();
+        c.sort_by(|a, b| a.total_cmp(b));
+        let median = c[c.len() / 2];
+        let cap = ladder.iter().zip(&passes[i]).filter(|(_, p)| **p * 2 > repeat).map(|(r, _)| *r).max().unwrap_or(0);
+        println!(
+            "SUMMARY target={t} capacity_pps={cap} (passed majority of {repeat}) ns_per_pkt_at_{cpu_rate}={median:.0}"
+        );
+    }
+}
+
+/// Offers `--factor` × `--capacity` for `--secs`, then drops to a third of
+/// the capacity: delivered during overload and loss/latency right after.
+fn overload() {
+    let target: String = arg("--target", "uring".to_string());
+    let n: usize = arg("--sessions", 1000);
+    let capacity: u64 = arg("--capacity", 150_000);
+    let factor: f64 = arg("--factor", 1.5);
+    let secs: u64 = arg("--secs", 10);
+    let over = (capacity as f64 * factor) as u64;
+    let phases = [
+        (capacity / 2, Duration::from_secs(1)),
+        (over, Duration::from_secs(secs)),
+        (capacity / 3, Duration::from_secs(1)),
+        (capacity / 3, Duration::from_secs(3)),
+    ];
+    let r = run_phases(&target, n, &phases);
+    println!("overload  {}", r[1].line());
+    println!("recovery first second {}", r[2].line());
+    println!("recovery after        {}", r[3].line());
+    println!(
+        "OVERLOAD target={target} offered={over} delivered={:.0} = {:.1}% of capacity {capacity}; recovery loss={:.5} p50_us={:.0}",
+        r[1].delivered_pps,
+        100.0 * r[1].delivered_pps / capacity as f64,
+        r[3].loss,
+        r[3].p50_us
+    );
+}
+
+/// Steps the rate up until a run fails (loss ≥ 0.1 % or p50 > 2 ms), then
+/// bisects between the last good and the first bad rate.
+fn capacity() {
+    let target: String = arg("--target", "uring".to_string());
+    let n: usize = arg("--sessions", 1000);
+    let secs: u64 = arg("--step-secs", 4);
+    let mut good = 0u64;
+    let mut bad = 0u64;
+    let mut rate: u64 = arg("--start", 40_000);
+    let mut best: Option<RunResult> = None;
+    for _ in 0..12 {
+        let r = run_once(&target, n, rate, secs);
+        println!("{} -> {}", r.line(), if r.good() { "ok" } else { "FAIL" });
+        if r.good() {
+            good = rate;
+            best = Some(r);
+            rate = rate * 5 / 4;
+        } else {
+            bad = rate;
+            break;
+        }
+    }
+    for _ in 0..3 {
+        if bad == 0 || good == 0 || bad - good < good / 20 {
+            break;
+        }
+        let mid = (good + bad) / 2;
+        let r = run_once(&target, n, mid, secs);
+        println!("{} -> {}", r.line(), if r.good() { "ok" } else { "FAIL" });
+        if r.good() {
+            good = mid;
+            best = Some(r);
+        } else {
+            bad = mid;
+        }
+    }
+    match best {
+        Some(r) => println!("CAPACITY {} {:.0} pps ({})", target, r.delivered_pps, r.line()),
+        None => println!("CAPACITY {target} below the start rate"),
+    }
+}
+
+// ---------------------------------------------------------------- memory
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn memory(n: usize) {
+    use relay_core::*;
+    // Sans-IO: heap bytes per session of the shard (the port-indexed tables
+    // are allocated when the shard is created and counted separately).
+    for (label, latch, verify, keys) in [
+        ("window, no keys", LatchPolicy::Window, Verify::Latch, false),
+        ("authenticated + verify=all, keys on both legs", LatchPolicy::Authenticated, Verify::All, true),
+    ] {
+        let master: Vec<u8> = (1..=30).collect();
+        let auth = keys.then(|| {
+            SrtpAuth::sha1_80(&srtp_keys::derive_auth_keys(
+                &srtp_keys::SrtpMasterKey::from_concatenated(&master).expect("key"),
+            ))
+        });
+        let m = n.min(32_000);
+        let (shard0, _, _, _) = ucmrc_benches::established_shard(0, latch, verify, auth.clone());
+        let empty = HEAP.load(Ordering::Relaxed);
+        drop(shard0);
+        let empty = empty - HEAP.load(Ordering::Relaxed);
+        let before = HEAP.load(Ordering::Relaxed);
+        let (shard, sockets, legs, _) = ucmrc_benches::established_shard(m, latch, verify, auth);
+        let total = HEAP.load(Ordering::Relaxed) - before;
+        let fixed = empty + 65534 * 16; // port tables of a full 64 k slice, approximately
+        let sockets_set = sockets.open.len() * 40; // the bench's own BTreeSet of open ports
+        let legs_vec = legs.capacity() * std::mem::size_of_val(&legs[0]);
+        println!(
+            "sans-io shard, {m} sessions ({label}): {:.0} bytes/session of heap (total {:.1} MiB, of which ~{:.1} MiB port tables)",
+            (total.saturating_sub(fixed + sockets_set + legs_vec)) as f64 / m as f64,
+            total as f64 / 1048576.0,
+            fixed as f64 / 1048576.0
+        );
+        drop((shard, sockets, legs));
+    }
+    // Whole relay per backend: heap and RSS with sockets bound (kernel
+    // socket memory is in neither figure). Limited by RLIMIT_NOFILE.
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    #[allow(unsafe_code)]
+    // SAFETY: valid pointer.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim)
+    };
+    let sessions = n.min((lim.rlim_cur as usize).saturating_sub(200) / 2);
+    let ports = (2 * sessions + 2).min(60_000) as u16;
+    for backend in [BackendKind::Portable, BackendKind::Uring] {
+        let heap0 = HEAP.load(Ordering::Relaxed);
+        let relay = match Relay::start(RelayConfig {
+            backend,
+            port_min: 2000,
+            port_max: 2000 + ports,
+            workers: 1,
+            ..RelayConfig::default()
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("{}: {e}", backend.as_str());
+                continue;
+            }
+        };
+        let h = relay.handle();
+        let heap1 = HEAP.load(Ordering::Relaxed);
+        let rss1 = rss_kib();
+        let mut ok = 0;
+        for _ in 0..sessions {
+            if h.allocate(SessionSpec {
+                tenant: "mem".into(),
+                pbx: LegSpec { rtcp_mux: true, ..LegSpec::default() },
+                endpoint: LegSpec { rtcp_mux: true, ..LegSpec::default() },
+                ..SessionSpec::default()
+            })
+            .wait()
+            .is_ok()
+            {
+                ok += 1;
+            }
+        }
+        let heap2 = HEAP.load(Ordering::Relaxed);
+        let rss2 = rss_kib();
+        println!(
+            "relay {}: fixed per shard {:.1} MiB heap; {ok} sessions: {:.0} bytes/session heap, {:.0} bytes/session RSS",
+            backend.as_str(),
+            (heap1 - heap0) as f64 / 1048576.0,
+            heap2.saturating_sub(heap1) as f64 / ok.max(1) as f64,
+            (rss2.saturating_sub(rss1) * 1024) as f64 / ok.max(1) as f64
+        );
+        relay.shutdown(Duration::ZERO);
+    }
+}
