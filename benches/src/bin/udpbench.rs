@@ -158,9 +158,16 @@ fn child_relay() {
     println!("PORTS {}", ports.join(" "));
     println!("READY {}", relay.datapath().running.as_str());
     let _ = std::io::stdout().flush();
+    let mut tick = 0u64;
     loop {
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(100));
         let c = h.counters().wait().expect("counters").total;
+        println!("FWD {}", c.packets_forwarded);
+        let _ = std::io::stdout().flush();
+        tick += 1;
+        if tick % 10 != 0 {
+            continue;
+        }
         eprintln!(
             "relay: forwarded {} dropped {} enobufs {} rearms {} send_errors {}",
             c.packets_forwarded,
@@ -259,7 +266,14 @@ fn child_floor() {
     }
     let mut cqes = Vec::with_capacity(16384);
     let mut rearm = Vec::new();
+    let mut forwarded = 0u64;
+    let mut last_print = Instant::now();
     loop {
+        if last_print.elapsed() >= Duration::from_millis(100) {
+            println!("FWD {forwarded}");
+            let _ = std::io::stdout().flush();
+            last_print = Instant::now();
+        }
         let ts = types::Timespec::new().nsec(50_000_000);
         let _ = ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts));
         cqes.clear();
@@ -285,6 +299,7 @@ fn child_floor() {
                 continue;
             };
             let payload = out.payload_data();
+            forwarded += 1;
             // Endpoint sockets are even: forward out of the partner socket.
             let (via, to) = if slot.is_multiple_of(2) { (slot + 1, &dst_b) } else { (slot - 1, &dst_a) };
             let e = opcode::Send::new(types::Fixed(via), payload.as_ptr(), payload.len() as u32)
@@ -311,6 +326,8 @@ struct Spawned {
     child: Child,
     _stdin: ChildStdin,
     ports: Vec<(u16, u16)>,
+    /// The forwarder's own count of forwarded packets (updated every 100 ms).
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn spawn(target: &str, n: usize, a: SocketAddr, b: SocketAddr) -> Spawned {
@@ -325,7 +342,12 @@ fn spawn(target: &str, n: usize, a: SocketAddr, b: SocketAddr) -> Spawned {
     static RUN: AtomicUsize = AtomicUsize::new(0);
     let base = 10000 + (RUN.fetch_add(1, Ordering::Relaxed) % 4) * 5000;
     cmd.args(["--sessions", &n.to_string(), "--a", &a.to_string(), "--b", &b.to_string(), "--base", &base.to_string()]);
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    // UDPBENCH_CHILD_LOG=FILE keeps the child's per-second counters.
+    let stderr = match std::env::var("UDPBENCH_CHILD_LOG") {
+        Ok(path) => Stdio::from(std::fs::File::create(path).expect("child log")),
+        Err(_) => Stdio::null(),
+    };
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn");
     pin(1, child.id() as i32);
     let stdin = child.stdin.take().expect("stdin");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -358,7 +380,16 @@ fn spawn(target: &str, n: usize, a: SocketAddr, b: SocketAddr) -> Spawned {
             pin(1, t);
         }
     }
-    Spawned { child, _stdin: stdin, ports }
+    let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let fwd = forwarded.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(n) = line.strip_prefix("FWD ").and_then(|n| n.parse().ok()) {
+                fwd.store(n, Ordering::Relaxed);
+            }
+        }
+    });
+    Spawned { child, _stdin: stdin, ports, forwarded }
 }
 
 /// On-CPU nanoseconds of every thread of `pid` (includes the softirq work
@@ -384,6 +415,8 @@ struct RunResult {
     p99_us: f64,
     p999_us: f64,
     relay_cpu: f64,
+    /// The forwarder's own count (independent of the generator's receive side).
+    forwarded_pps: f64,
     ns_per_pkt: f64,
     gen_lag_ms: f64,
 }
@@ -394,8 +427,8 @@ impl RunResult {
     }
     fn line(&self) -> String {
         format!(
-            "target={} sessions={} offered_pps={:.0} delivered_pps={:.0} loss={:.5} p50_us={:.0} p99_us={:.0} p999_us={:.0} relay_cpu={:.1}% ns_per_pkt={:.0} gen_lag_ms={:.1}",
-            self.target, self.sessions, self.offered_pps, self.delivered_pps, self.loss, self.p50_us, self.p99_us, self.p999_us,
+            "target={} sessions={} offered_pps={:.0} forwarded_pps={:.0} delivered_pps={:.0} loss={:.5} p50_us={:.0} p99_us={:.0} p999_us={:.0} relay_cpu={:.1}% ns_per_pkt={:.0} gen_lag_ms={:.1}",
+            self.target, self.sessions, self.offered_pps, self.forwarded_pps, self.delivered_pps, self.loss, self.p50_us, self.p99_us, self.p999_us,
             self.relay_cpu * 100.0, self.ns_per_pkt, self.gen_lag_ms
         )
     }
@@ -435,6 +468,8 @@ struct PhaseStats {
     received: u64,
     cpu_start: u64,
     cpu_end: u64,
+    fwd_start: u64,
+    fwd_end: u64,
     max_lag: Duration,
 }
 
@@ -466,14 +501,17 @@ fn drive(target: &str, sp: &Spawned, a: &UdpSocket, b: &UdpSocket, phases: &[(u6
     let mut phase_start_k = 0u64;
     let mut k = 0u64;
     stats[0].cpu_start = cpu_ns(pid);
+    stats[0].fwd_start = sp.forwarded.load(Ordering::Relaxed);
     loop {
         let now = Instant::now();
         while phase < phases.len() && now >= bounds[phase].1 {
             stats[phase].cpu_end = cpu_ns(pid);
+            stats[phase].fwd_end = sp.forwarded.load(Ordering::Relaxed);
             phase += 1;
             phase_start_k = k;
             if phase < phases.len() {
                 stats[phase].cpu_start = stats[phase - 1].cpu_end;
+                stats[phase].fwd_start = stats[phase - 1].fwd_end;
             }
         }
         if phase < phases.len() {
@@ -535,6 +573,7 @@ fn drive(target: &str, sp: &Spawned, a: &UdpSocket, b: &UdpSocket, phases: &[(u6
                 p99_us: h.value_at_quantile(0.99) as f64,
                 p999_us: h.value_at_quantile(0.999) as f64,
                 relay_cpu: cpu / d.as_nanos() as f64,
+                forwarded_pps: st.fwd_end.saturating_sub(st.fwd_start) as f64 / d.as_secs_f64(),
                 ns_per_pkt: cpu / st.received.max(1) as f64,
                 gen_lag_ms: st.max_lag.as_secs_f64() * 1000.0,
             }
@@ -609,9 +648,10 @@ fn overload() {
     println!("recovery first second {}", r[2].line());
     println!("recovery after        {}", r[3].line());
     println!(
-        "OVERLOAD target={target} offered={over} delivered={:.0} = {:.1}% of capacity {capacity}; recovery loss={:.5} p50_us={:.0}",
+        "OVERLOAD target={target} offered={over} forwarded={:.0} = {:.1}% of capacity {capacity} (generator received {:.0}); recovery loss={:.5} p50_us={:.0}",
+        r[1].forwarded_pps,
+        100.0 * r[1].forwarded_pps / capacity as f64,
         r[1].delivered_pps,
-        100.0 * r[1].delivered_pps / capacity as f64,
         r[3].loss,
         r[3].p50_us
     );

@@ -1,0 +1,104 @@
+//! Backend selection when io_uring is blocked. The test re-runs itself in a
+//! child process under a seccomp filter that makes `io_uring_setup`,
+//! `io_uring_enter` and `io_uring_register` fail with EPERM, exactly as
+//! Docker's default profile does. There, `auto` must fall back to the
+//! portable backend (saying why) and still forward, and `uring` must refuse
+//! to start.
+
+use std::net::UdpSocket;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use relay_core::relay::StartError;
+use relay_core::{BackendKind, LegSpec, Relay, RelayConfig, SessionSpec};
+
+const TEST: &str = "auto_falls_back_and_uring_fails_loudly_when_io_uring_is_blocked";
+
+#[test]
+fn auto_falls_back_and_uring_fails_loudly_when_io_uring_is_blocked() {
+    if std::env::var_os("UCMRC_SECCOMP_CHILD").is_some() {
+        return under_seccomp();
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", TEST, "--nocapture", "--test-threads=1"]).env("UCMRC_SECCOMP_CHILD", "1");
+    // SAFETY (test harness): the closure runs in the forked child before
+    // exec and only makes two prctl/seccomp calls on stack data.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(block_io_uring);
+    }
+    let out = cmd.output().expect("run child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("SECCOMP-CHILD-OK"), "child did not run the scenario:\n{stdout}");
+    assert!(!stdout.contains("0 passed"), "child ran no test:\n{stdout}");
+}
+
+fn under_seccomp() {
+    let config =
+        |backend| RelayConfig { backend, port_min: 20000, port_max: 29999, workers: 1, ..RelayConfig::default() };
+    match Relay::start(config(BackendKind::Uring)) {
+        Err(StartError::Datapath(reason)) => assert!(reason.contains("io_uring"), "{reason}"),
+        other => panic!("uring must fail loudly, got {other:?}"),
+    }
+    let relay = Relay::start(config(BackendKind::Auto)).expect("auto starts");
+    let dp = relay.datapath();
+    assert_eq!(dp.running, BackendKind::Portable);
+    let reason = dp.fallback_reason.clone().expect("a reason");
+    assert!(reason.contains("seccomp") || reason.contains("io_uring_disabled"), "{reason}");
+    // And it forwards.
+    let (pbx, phone) = (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+    pbx.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let s = relay
+        .handle()
+        .allocate(SessionSpec {
+            tenant: "t".into(),
+            pbx: LegSpec { rtcp_mux: true, hint: Some(pbx.local_addr().expect("addr")), ..LegSpec::default() },
+            endpoint: LegSpec { rtcp_mux: true, ..LegSpec::default() },
+            ..SessionSpec::default()
+        })
+        .wait()
+        .expect("allocate");
+    let pkt = [0x80u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 42];
+    phone.send_to(&pkt, s.endpoint.rtp).expect("send");
+    let mut buf = [0u8; 64];
+    let n = pbx.recv(&mut buf).expect("forwarded on the portable backend");
+    assert_eq!(&buf[..n], &pkt);
+    println!("SECCOMP-CHILD-OK");
+}
+
+/// Installs a seccomp filter returning EPERM for the three io_uring calls.
+fn block_io_uring() -> std::io::Result<()> {
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let errno = SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    // io_uring_setup/enter/register are 425/426/427 on every architecture.
+    let mut prog = [
+        f(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        f(BPF_JEQ_K, 3, 0, 425),
+        f(BPF_JEQ_K, 2, 0, 426),
+        f(BPF_JEQ_K, 1, 0, 427),
+        f(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        f(BPF_RET_K, 0, 0, errno),
+    ];
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY (test harness): plain prctl calls with a valid filter program
+    // that outlives them.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_SECCOMP, 2 /* SECCOMP_MODE_FILTER */, &fprog as *const libc::sock_fprog) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
