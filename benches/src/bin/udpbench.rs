@@ -165,7 +165,7 @@ fn child_relay() {
         println!("FWD {}", c.packets_forwarded);
         let _ = std::io::stdout().flush();
         tick += 1;
-        if tick % 10 != 0 {
+        if !tick.is_multiple_of(10) {
             continue;
         }
         eprintln!(
