@@ -82,4 +82,4 @@ pub use session::spec::{
     LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify,
 };
 pub use session::stats::{DropReason, LegStats, ShardCounters};
-pub use session::{SessionId, SessionInfo};
+pub use session::{LegInfo, LegPorts, SessionId, SessionInfo};

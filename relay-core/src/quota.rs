@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 /// Quota table: a default limit and per-tenant overrides.
 #[derive(Debug, Default)]
 pub struct TenantQuotas {
-    default_limit: Option<usize>,
+    default_limit: Mutex<Option<usize>>,
     overrides: Mutex<HashMap<String, Option<usize>>>,
     in_use: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
@@ -43,7 +43,7 @@ pub struct QuotaExceeded {
 impl TenantQuotas {
     /// A table where every tenant gets `default_limit` sessions (`None`: unlimited).
     pub fn new(default_limit: Option<usize>) -> Self {
-        Self { default_limit, ..Self::default() }
+        Self { default_limit: Mutex::new(default_limit), ..Self::default() }
     }
 
     /// Sets (or with `None` removes the limit of) one tenant.
@@ -53,7 +53,16 @@ impl TenantQuotas {
 
     /// The limit that applies to a tenant.
     pub fn limit(&self, tenant: &str) -> Option<usize> {
-        lock(&self.overrides).get(tenant).copied().unwrap_or(self.default_limit)
+        let default = *lock(&self.default_limit);
+        lock(&self.overrides).get(tenant).copied().unwrap_or(default)
+    }
+
+    /// Replaces the default limit and every per-tenant override at once
+    /// (configuration reload). Sessions already held are kept; a lowered
+    /// limit only refuses new ones.
+    pub fn replace(&self, default_limit: Option<usize>, overrides: impl IntoIterator<Item = (String, Option<usize>)>) {
+        *lock(&self.default_limit) = default_limit;
+        *lock(&self.overrides) = overrides.into_iter().collect();
     }
 
     /// Sessions a tenant holds now.

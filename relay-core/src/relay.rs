@@ -449,6 +449,25 @@ impl RelayHandle {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
+    /// Starts (or cancels) draining: while draining, `allocate` fails with
+    /// [`RelayError::Draining`]; existing sessions are untouched.
+    pub fn set_draining(&self, draining: bool) {
+        self.inner.draining.store(draining, Ordering::SeqCst);
+    }
+
+    /// Replaces, on every shard, the defaults for new sessions and the peer
+    /// policy (configuration reload). Existing sessions keep theirs.
+    pub fn reconfigure(&self, defaults: SessionDefaults, peer_policy: PeerPolicy) -> Pending<()> {
+        self.gather(
+            move || Command::Reconfigure { defaults: Box::new(defaults.clone()), peer_policy },
+            |r| match r {
+                Response::Reconfigured => Some(()),
+                _ => None,
+            },
+            |_| (),
+        )
+    }
+
     fn call<T: Send + 'static>(
         &self,
         shard: usize,

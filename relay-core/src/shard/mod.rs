@@ -139,6 +139,14 @@ pub enum Command {
     },
     /// Counters snapshot.
     Snapshot,
+    /// Replace the defaults for new sessions and the peer policy (reload).
+    /// Existing sessions keep what they were allocated with.
+    Reconfigure {
+        /// New session defaults.
+        defaults: Box<SessionDefaults>,
+        /// New peer policy.
+        peer_policy: PeerPolicy,
+    },
 }
 
 /// The answer to a [`Command`].
@@ -156,6 +164,8 @@ pub enum Response {
     List(Vec<SessionInfo>),
     /// Answer to `Snapshot`.
     Snapshot(ShardCounters),
+    /// Answer to `Reconfigure`.
+    Reconfigured,
 }
 
 /// Which session leg and component a port belongs to.
@@ -367,6 +377,11 @@ impl Shard {
                 Response::List(v.into_iter().take(limit).map(|s| s.info(now)).collect())
             }
             Command::Snapshot => Response::Snapshot(self.counters()),
+            Command::Reconfigure { defaults, peer_policy } => {
+                self.config.defaults = *defaults;
+                self.config.peer_policy = peer_policy;
+                Response::Reconfigured
+            }
         }
     }
 

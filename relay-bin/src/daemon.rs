@@ -1,0 +1,186 @@
+//! Running the relay as a daemon: start, admin API, signals, drain.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use relay_core::Relay;
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::metrics::ControlStats;
+
+/// A fresh 256-bit token (hex) and its SHA-256 (hex).
+pub fn new_token() -> std::io::Result<(String, String)> {
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+    let token = hex::encode(raw);
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    Ok((token, hash))
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.file.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if cfg.file.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs until SIGTERM (after draining) or SIGINT.
+pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
+    init_logging(&cfg);
+    let relay = Relay::start(cfg.relay.clone()).map_err(|e| e.to_string())?;
+    let dp = relay.datapath().clone();
+    if let Some(reason) = &dp.fallback_reason {
+        tracing::warn!(%reason, "io_uring unavailable, running the portable datapath");
+    }
+    let handle = relay.handle();
+    apply_quotas(&handle, &cfg);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ucmrc-control")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    let state = Arc::new(AdminState {
+        handle: handle.clone(),
+        token_sha256: RwLock::new(cfg.admin_token_sha256),
+        stats: ControlStats::default(),
+        backend: dp.running.as_str().to_string(),
+        started: Instant::now(),
+        ready: AtomicBool::new(false),
+    });
+    let result = runtime.block_on(control(cfg, path, state));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    relay.shutdown(Duration::ZERO);
+    tracing::info!("stopped");
+    result
+}
+
+async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>) -> Result<(), String> {
+    let listen = cfg.file.admin.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on admin.listen {listen}: {e}"))?;
+    let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(admin::serve(listener, state.clone(), async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    state.ready.store(true, Ordering::SeqCst);
+    let r = &cfg.relay;
+    println!(
+        "ucmrc relay {}: media on {} ports {}-{} (datapath {}), admin API on http://{admin_addr}",
+        env!("CARGO_PKG_VERSION"),
+        r.advertised_ip.unwrap_or(r.bind_ip),
+        r.port_min,
+        r.port_max,
+        state.backend
+    );
+    let auth = if cfg.admin_token_sha256.is_some() { " -H 'Authorization: Bearer TOKEN'" } else { "" };
+    println!(
+        "allocate a session: curl -s{auth} -X POST http://{admin_addr}/v1/sessions -d '{{\"tenant\":\"demo\"}}' -H 'content-type: application/json'"
+    );
+    tracing::info!(%admin_addr, datapath = %state.backend, "relay running");
+
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match &path {
+                None => tracing::warn!("SIGHUP: no configuration file to reload (embedded defaults)"),
+                Some(p) => match Config::load(p) {
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration rejected, keeping the running one"),
+                    Ok(new) => {
+                        reload(&cfg, &new, &state).await;
+                        cfg = new;
+                    }
+                },
+            },
+            _ = term.recv() => {
+                drain(&cfg, &state).await;
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                break;
+            }
+        }
+    }
+    state.ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    Ok(())
+}
+
+fn apply_quotas(handle: &relay_core::RelayHandle, cfg: &Config) {
+    handle
+        .quotas()
+        .replace(cfg.relay.tenant_quota, cfg.tenant_limits().map(|(t, l)| (t.to_string(), l)).collect::<Vec<_>>());
+}
+
+/// Applies what can change without a restart: session defaults, peer
+/// policy, tenant quotas, the admin token. Reports what needs a restart.
+async fn reload(old: &Config, new: &Config, state: &AdminState) {
+    let (o, n) = (&old.relay, &new.relay);
+    let mut restart = Vec::new();
+    if o.bind_ip != n.bind_ip || o.advertised_ip != n.advertised_ip {
+        restart.push("relay.bind_ip/advertised_ip");
+    }
+    if o.port_min != n.port_min || o.port_max != n.port_max {
+        restart.push("relay.port_min/port_max");
+    }
+    if o.workers != n.workers || o.backend != n.backend || o.pin_cpus != n.pin_cpus || o.sockets != n.sockets {
+        restart.push("relay.workers/datapath/pin_cpus/recv_buffer_bytes");
+    }
+    if old.file.admin.listen != new.file.admin.listen {
+        restart.push("admin.listen");
+    }
+    if old.file.log.format != new.file.log.format || old.file.log.level != new.file.log.level {
+        restart.push("log");
+    }
+    if let Err(e) = state.handle.reconfigure(n.defaults.clone(), n.peer_policy).await {
+        tracing::error!(error = %e, "SIGHUP: could not apply session defaults");
+        return;
+    }
+    apply_quotas(&state.handle, new);
+    *state.token_sha256.write().unwrap_or_else(|p| p.into_inner()) = new.admin_token_sha256;
+    if !restart.is_empty() {
+        tracing::warn!(keys = ?restart, "SIGHUP: these settings changed but need a restart; keeping the running values");
+    }
+    tracing::info!(file = %new.source, "SIGHUP: configuration reloaded (limits, policies, tenants, token)");
+}
+
+/// SIGTERM: refuse new sessions, fail /readyz, wait for sessions to end or
+/// the drain timeout.
+async fn drain(cfg: &Config, state: &AdminState) {
+    state.handle.set_draining(true);
+    state.ready.store(false, Ordering::SeqCst);
+    let timeout = Duration::from_secs(cfg.file.relay.drain_timeout_secs);
+    tracing::info!(timeout_secs = timeout.as_secs(), "SIGTERM: draining");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match state.handle.counters().await {
+            Ok(c) if c.total.sessions_active == 0 => {
+                tracing::info!("drained: no session left");
+                return;
+            }
+            Ok(c) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(sessions = c.total.sessions_active, "drain timeout: releasing the remaining sessions");
+                return;
+            }
+            Err(_) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `ucmrc`: the UCMRC standalone media relay.
+//!
+//! ```text
+//! ucmrc relay [--config FILE]     run the relay (embedded loopback defaults without a file)
+//! ucmrc check-config FILE         validate a configuration file
+//! ucmrc token new                 print a fresh admin token and its hash line
+//! ```
+
+mod admin;
+mod config;
+mod daemon;
+mod metrics;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// UCMRC media relay: forwards SRTP/DTLS/STUN between PBXs behind NAT and
+/// their endpoints without ever decrypting them.
+#[derive(Debug, Parser)]
+#[command(name = "ucmrc", version, about, long_about = None, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the relay. Without --config it uses embedded loopback-only defaults:
+    /// media on 127.0.0.1 ports 30000-39999, admin API on http://127.0.0.1:9180
+    /// without a token.
+    Relay {
+        /// TOML configuration file (see docs/ucmrc.example.toml).
+        #[arg(long, short, env = "UCMRC_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and print the effective settings (secrets masked).
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+    /// Admin token helpers.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Print a fresh random token (give it to API clients) and the line to put
+    /// into the relay's config (only its SHA-256 is stored).
+    New,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Relay { config } => {
+            let cfg = match &config {
+                Some(path) => match config::Config::load(path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("ucmrc: invalid configuration: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => config::Config::embedded(),
+            };
+            match daemon::run(cfg, config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ucmrc: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::CheckConfig { file } => match config::Config::load(&file) {
+            Ok(c) => {
+                println!("{}: ok", file.display());
+                println!("{:#?}", c.file);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Token { command: TokenCmd::New } => match daemon::new_token() {
+            Ok((token, hash)) => {
+                println!("token (give to API clients, store it safely): {token}");
+                println!("config line for [admin]:\ntoken_sha256 = \"{hash}\"");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ucmrc: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,143 @@
+//! Prometheus text exposition of the relay's counters.
+//!
+//! Data-plane figures come from a snapshot of every shard's plain counters
+//! (one command round trip per scrape; the packet path never touches an
+//! atomic or a lock). Control-plane figures (admin requests by result and
+//! their latency) are atomics updated per request.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use relay_core::{RelayCounters, ShardCounters};
+
+/// Latency buckets for control requests, seconds.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// Control operations counted separately.
+pub const OPERATIONS: [&str; 5] = ["allocate", "query", "list", "release", "other"];
+/// Results of a control operation.
+pub const RESULTS: [&str; 3] = ["ok", "client_error", "server_error"];
+
+/// Admin API request counters and latency histograms.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    counts: [[AtomicU64; RESULTS.len()]; OPERATIONS.len()],
+    buckets: [[AtomicU64; BUCKETS.len()]; OPERATIONS.len()],
+    sum_us: [AtomicU64; OPERATIONS.len()],
+    total: [AtomicU64; OPERATIONS.len()],
+}
+
+impl ControlStats {
+    /// Records one request.
+    pub fn record(&self, op: usize, status: u16, elapsed: Duration) {
+        let op = op.min(OPERATIONS.len() - 1);
+        let result = match status {
+            0..=399 => 0,
+            400..=499 => 1,
+            _ => 2,
+        };
+        self.counts[op][result].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[op][i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_us[op].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.total[op].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads one figure from a shard's counters.
+type Field = fn(&ShardCounters) -> u64;
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders every metric in the Prometheus text format (version 0.0.4).
+pub fn render(
+    counters: &RelayCounters,
+    control: &ControlStats,
+    backend: &str,
+    draining: bool,
+    uptime: Duration,
+) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let t = &counters.total;
+    let simple: [(&str, &str, &str, Field); 15] = [
+        ("ucmrc_packets_received_total", "counter", "Datagrams received on relay ports.", |c| c.packets_received),
+        ("ucmrc_received_bytes_total", "counter", "Bytes received on relay ports.", |c| c.bytes_received),
+        ("ucmrc_packets_forwarded_total", "counter", "Datagrams forwarded to the other leg.", |c| c.packets_forwarded),
+        ("ucmrc_forwarded_bytes_total", "counter", "Bytes forwarded to the other leg.", |c| c.bytes_forwarded),
+        ("ucmrc_sessions_active", "gauge", "Sessions allocated now.", |c| c.sessions_active),
+        ("ucmrc_sessions_created_total", "counter", "Sessions allocated.", |c| c.sessions_created),
+        ("ucmrc_sessions_released_total", "counter", "Sessions released by a request.", |c| c.sessions_released),
+        ("ucmrc_latches_total", "counter", "Legs that latched to a first address.", |c| c.latches),
+        ("ucmrc_relatches_total", "counter", "Legs that moved to a new address.", |c| c.relatches),
+        ("ucmrc_ports", "gauge", "Relay ports owned by the shards.", |c| c.ports_total),
+        ("ucmrc_ports_in_use", "gauge", "Relay ports in use (including closing and quarantined).", |c| c.ports_in_use),
+        ("ucmrc_port_bind_failures_total", "counter", "Ports skipped because another program holds them.", |c| {
+            c.port_bind_failures
+        }),
+        ("ucmrc_allocations_refused_total", "counter", "Allocations refused by a shard.", |c| c.allocations_refused),
+        ("ucmrc_send_errors_total", "counter", "Sends the datapath could not perform.", |c| c.send_errors),
+        ("ucmrc_recv_errors_total", "counter", "Receive errors other than would-block.", |c| c.recv_errors),
+    ];
+    for (name, kind, help, get) in simple {
+        family(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {}", get(t));
+    }
+    family(&mut o, "ucmrc_ports_free", "gauge", "Relay ports free for new sessions.");
+    let _ = writeln!(o, "ucmrc_ports_free {}", t.ports_total.saturating_sub(t.ports_in_use));
+    family(&mut o, "ucmrc_sessions_expired_total", "counter", "Sessions ended by a timer, by reason.");
+    let _ = writeln!(o, "ucmrc_sessions_expired_total{{reason=\"idle\"}} {}", t.sessions_expired_idle);
+    let _ = writeln!(o, "ucmrc_sessions_expired_total{{reason=\"max_duration\"}} {}", t.sessions_expired_max_duration);
+    family(&mut o, "ucmrc_packets_dropped_total", "counter", "Datagrams dropped, by reason.");
+    for (reason, n) in t.drops.iter() {
+        let _ = writeln!(o, "ucmrc_packets_dropped_total{{reason=\"{}\"}} {n}", reason.as_str());
+    }
+    let per_shard: [(&str, &str, Field); 4] = [
+        ("ucmrc_shard_packets_forwarded_total", "Datagrams forwarded, per shard.", |c| c.packets_forwarded),
+        ("ucmrc_shard_sessions_active", "Sessions allocated now, per shard.", |c| c.sessions_active),
+        ("ucmrc_shard_uring_enobufs_total", "io_uring multishot receives ended for lack of buffers, per shard.", |c| {
+            c.backend_enobufs
+        }),
+        ("ucmrc_shard_uring_rearms_total", "io_uring multishot receives re-armed, per shard.", |c| c.backend_rearms),
+    ];
+    for (name, help, get) in per_shard {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        family(&mut o, name, kind, help);
+        for (i, c) in counters.shards.iter().enumerate() {
+            let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", get(c));
+        }
+    }
+    family(&mut o, "ucmrc_control_requests_total", "counter", "Admin API requests, by operation and result.");
+    for (i, op) in OPERATIONS.iter().enumerate() {
+        for (j, res) in RESULTS.iter().enumerate() {
+            let n = control.counts[i][j].load(Ordering::Relaxed);
+            let _ = writeln!(o, "ucmrc_control_requests_total{{operation=\"{op}\",result=\"{res}\"}} {n}");
+        }
+    }
+    family(&mut o, "ucmrc_control_request_duration_seconds", "histogram", "Admin API request latency, by operation.");
+    for (i, op) in OPERATIONS.iter().enumerate() {
+        for (j, b) in BUCKETS.iter().enumerate() {
+            let n = control.buckets[i][j].load(Ordering::Relaxed);
+            let _ = writeln!(o, "ucmrc_control_request_duration_seconds_bucket{{operation=\"{op}\",le=\"{b}\"}} {n}");
+        }
+        let total = control.total[i].load(Ordering::Relaxed);
+        let _ = writeln!(o, "ucmrc_control_request_duration_seconds_bucket{{operation=\"{op}\",le=\"+Inf\"}} {total}");
+        let sum = control.sum_us[i].load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(o, "ucmrc_control_request_duration_seconds_sum{{operation=\"{op}\"}} {sum}");
+        let _ = writeln!(o, "ucmrc_control_request_duration_seconds_count{{operation=\"{op}\"}} {total}");
+    }
+    family(&mut o, "ucmrc_draining", "gauge", "1 while the relay drains (SIGTERM).");
+    let _ = writeln!(o, "ucmrc_draining {}", u8::from(draining));
+    family(&mut o, "ucmrc_uptime_seconds", "gauge", "Seconds since the relay started.");
+    let _ = writeln!(o, "ucmrc_uptime_seconds {}", uptime.as_secs_f64());
+    family(&mut o, "ucmrc_build_info", "gauge", "Build information.");
+    let _ = writeln!(o, "ucmrc_build_info{{version=\"{}\",datapath=\"{backend}\"}} 1", env!("CARGO_PKG_VERSION"));
+    o
+}

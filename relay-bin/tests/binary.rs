@@ -1,0 +1,460 @@
+//! Integration tests that start the real `ucmrc` binary: no-config start,
+//! `check-config` errors, the session lifecycle over HTTP with real SRTP,
+//! authentication, Prometheus metrics, SIGHUP reload (good and broken) and
+//! SIGTERM drain.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ucmrc");
+const TOKEN: &str = "test-token-0123456789";
+
+fn token_hash() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(TOKEN.as_bytes()))
+}
+
+struct Relay {
+    child: Child,
+    admin: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+    dir: PathBuf,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ucmrc-test-{tag}-{}-{}", std::process::id(), fastrand_u64()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn fastrand_u64() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// A config with the admin API on a kernel-chosen port and a token.
+fn config(extra: &str) -> String {
+    format!(
+        "[relay]\nport_min = 20000\nport_max = 29999\nworkers = 1\n{extra}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_sha256 = \"{}\"\n",
+        token_hash()
+    )
+}
+
+fn start(config_text: Option<&str>) -> Relay {
+    let dir = temp_dir("relay");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("relay").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("UCMRC_CONFIG");
+    if let Some(text) = config_text {
+        let path = dir.join("ucmrc.toml");
+        std::fs::write(&path, text).expect("write config");
+        cmd.args(["--config", path.to_str().expect("utf-8 path")]);
+    }
+    let mut child = cmd.spawn().expect("spawn ucmrc");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a banner line").expect("utf-8");
+    let admin = first
+        .split("admin API on http://")
+        .nth(1)
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {first:?}"));
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Relay { child, admin, stderr: rx, dir }
+}
+
+fn config_path(r: &Relay) -> PathBuf {
+    r.dir.join("ucmrc.toml")
+}
+
+/// A minimal HTTP/1.1 client: returns (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    if let Some(b) = body {
+        req += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len());
+    } else {
+        req += "\r\n";
+    }
+    s.write_all(req.as_bytes()).expect("send request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out += &rest[..n];
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn signal(r: &Relay, sig: i32) {
+    // SAFETY (test harness): sends a signal to our own child process.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(r.child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill");
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr_contains(r: &Relay, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(line) = r.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(needle) {
+            return true;
+        }
+    }
+    false
+}
+
+/// SRTP endpoints for one call, with the relay-side auth keys.
+struct Call {
+    pbx: UdpSocket,
+    phone: UdpSocket,
+    pbx_tx: srtp::Session,
+    phone_tx: srtp::Session,
+    pbx_rx: srtp::Session,
+    phone_rx: srtp::Session,
+    to_pbx_leg: SocketAddr,
+    to_endpoint_leg: SocketAddr,
+    seq: u16,
+    pub id: String,
+}
+
+fn master(seed: u8) -> Vec<u8> {
+    (0..30u8).map(|i| i.wrapping_mul(13).wrapping_add(seed)).collect()
+}
+
+fn auth_json(m: &[u8]) -> String {
+    let k = derive_auth_keys(&SrtpMasterKey::from_concatenated(m).expect("master"));
+    format!(r#"{{"rtp_key":"{}","rtcp_key":"{}"}}"#, hex::encode(k.srtp), hex::encode(k.srtcp))
+}
+
+fn session(policy: srtp::StreamPolicy<'_>, outbound: bool) -> srtp::Session {
+    if outbound {
+        srtp::Session::with_outbound_template(policy).expect("srtp")
+    } else {
+        srtp::Session::with_inbound_template(policy).expect("srtp")
+    }
+}
+
+impl Call {
+    fn allocate(r: &Relay, tenant: &str) -> Result<Call, (u16, String)> {
+        let (pbx, phone) =
+            (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+        for s in [&pbx, &phone] {
+            s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        }
+        let (mp, me) = (master(1), master(2));
+        let body = format!(
+            r#"{{"tenant":"{tenant}","latch":"authenticated","quality":true,
+                "pbx":{{"hint":"{}","srtp_auth":{}}},
+                "endpoint":{{"hint":"{}","srtp_auth":{}}}}}"#,
+            pbx.local_addr().expect("addr"),
+            auth_json(&mp),
+            phone.local_addr().expect("addr"),
+            auth_json(&me)
+        );
+        let (status, text) = http(r.admin, "POST", "/v1/sessions", Some(TOKEN), Some(&body));
+        if status != 201 {
+            return Err((status, text));
+        }
+        let v = json(&text);
+        let p = srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80();
+        fn pol(p: srtp::CryptoPolicy, k: &[u8]) -> srtp::StreamPolicy<'_> {
+            srtp::StreamPolicy { rtp: p, rtcp: p, key: k, ..Default::default() }
+        }
+        let pol_p = pol(p, &mp);
+        let pol_e = pol(p, &me);
+        Ok(Call {
+            pbx_tx: session(pol_p, true),
+            phone_rx: session(pol_p, false),
+            phone_tx: session(pol_e, true),
+            pbx_rx: session(pol_e, false),
+            pbx,
+            phone,
+            to_pbx_leg: v["pbx"]["rtp"].as_str().expect("pbx addr").parse().expect("addr"),
+            to_endpoint_leg: v["endpoint"]["rtp"].as_str().expect("endpoint addr").parse().expect("addr"),
+            seq: 1,
+            id: v["id"].as_str().expect("id").to_string(),
+        })
+    }
+
+    /// One SRTP packet each way; returns how many arrived authentic.
+    fn exchange(&mut self) -> usize {
+        let mut ok = 0;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let legs: [(bool, SocketAddr); 2] = [(true, self.to_endpoint_leg), (false, self.to_pbx_leg)];
+        for (from_phone, to) in legs {
+            let mut pkt = Vec::with_capacity(400);
+            pkt.extend_from_slice(&[0x80, 0]);
+            pkt.extend_from_slice(&seq.to_be_bytes());
+            pkt.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            pkt.extend_from_slice(&(if from_phone { 2u32 } else { 1u32 }).to_be_bytes());
+            pkt.resize(172, 0xd5);
+            let (tx, sock, rx_sock, rx) = if from_phone {
+                (&mut self.phone_tx, &self.phone, &self.pbx, &mut self.pbx_rx)
+            } else {
+                (&mut self.pbx_tx, &self.pbx, &self.phone, &mut self.phone_rx)
+            };
+            tx.protect(&mut pkt).expect("protect");
+            sock.send_to(&pkt, to).expect("send");
+            let mut buf = vec![0u8; 2048];
+            if let Ok(n) = rx_sock.recv(&mut buf) {
+                let mut got = Vec::with_capacity(n + 160);
+                got.extend_from_slice(&buf[..n]);
+                assert_eq!(got, pkt, "the relay must not alter a byte");
+                rx.unprotect(&mut got).expect("authentic SRTP");
+                ok += 1;
+            }
+        }
+        ok
+    }
+}
+
+#[test]
+fn runs_with_no_config_on_loopback() {
+    let r = start(None);
+    assert_eq!(r.admin, "127.0.0.1:9180".parse().expect("addr"), "documented default admin address");
+    assert_eq!(http(r.admin, "GET", "/healthz", None, None).0, 200);
+    let (status, body) = http(r.admin, "POST", "/v1/sessions", None, Some(r#"{"tenant":"demo"}"#));
+    assert_eq!(status, 201, "{body}");
+    let v = json(&body);
+    let ep: SocketAddr = v["endpoint"]["rtp"].as_str().expect("addr").parse().expect("addr");
+    assert!(ep.ip().is_loopback());
+    assert!((30000..=39999).contains(&ep.port()));
+}
+
+#[test]
+fn check_config_names_key_and_line() {
+    let dir = temp_dir("check");
+    let cases = [
+        ("[relay]\nport_min = 30000\nprot_max = 5\n", "3", "prot_max"),
+        (
+            "[admin]\nallow_unauthenticated = true\n\n[relay]\nport_min = 40000\nport_max = 30000\n",
+            "5",
+            "relay.port_min",
+        ),
+        ("[admin]\nallow_unauthenticated = true\n[sessions]\nlatch = \"sticky\"\n", "4", "sessions.latch"),
+        ("[admin]\nallow_unauthenticated = true\n[relay]\ndatapath = \"fast\"\n", "4", "relay.datapath"),
+        ("[admin]\nlisten = \"0.0.0.0:9180\"\nallow_unauthenticated = true\n", "3", "admin.allow_unauthenticated"),
+    ];
+    for (text, line, key) in cases {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(BIN).args(["check-config", path.to_str().expect("path")]).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(&format!("bad.toml:{line}:")), "line {line} missing in {err:?}");
+        assert!(err.contains(key), "key {key} missing in {err:?}");
+    }
+    let good = dir.join("good.toml");
+    std::fs::write(&good, config("")).expect("write");
+    let out = Command::new(BIN).args(["check-config", good.to_str().expect("path")]).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains(&token_hash()), "secrets are masked");
+    // The example config in the repo is valid.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ucmrc.example.toml");
+    let out = Command::new(BIN).args(["check-config", example]).output().expect("run");
+    assert!(out.status.success(), "example config: {}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn session_lifecycle_over_http_with_real_srtp_and_metrics() {
+    let r = start(Some(&config("")));
+    // Authentication.
+    assert_eq!(http(r.admin, "GET", "/healthz", None, None).0, 200, "probes need no token");
+    for token in [None, Some("wrong")] {
+        let (status, body) = http(r.admin, "GET", "/v1/sessions", token, None);
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(json(&body)["code"], "unauthorized");
+        assert_eq!(http(r.admin, "POST", "/v1/sessions", token, Some(r#"{"tenant":"x"}"#)).0, 401);
+        assert_eq!(http(r.admin, "GET", "/metrics", token, None).0, 401);
+    }
+    // Bad input is a 4xx with a stable code, never a 500.
+    for (body, code) in [
+        ("not json", "invalid_json"),
+        (r#"{"tenant":"t","bogus":1}"#, "invalid_json"),
+        (r#"{"tenant":""}"#, "invalid_spec"),
+        (r#"{"tenant":"t","latch":"sticky"}"#, "invalid_field"),
+        (r#"{"tenant":"t","pbx":{"hint":"not-an-ip"}}"#, "invalid_field"),
+        (r#"{"tenant":"t","pbx":{"srtp_auth":{"rtp_key":"zz","rtcp_key":"00"}}}"#, "invalid_field"),
+        (r#"{"tenant":"t","latch":"authenticated"}"#, "invalid_spec"),
+        (r#"{"tenant":"t","pbx":{"hint":"169.254.169.254:80"}}"#, "invalid_spec"),
+    ] {
+        let (status, text) = http(r.admin, "POST", "/v1/sessions", Some(TOKEN), Some(body));
+        assert_eq!(status, 400, "{body} -> {text}");
+        assert_eq!(json(&text)["code"], code, "{body} -> {text}");
+    }
+    assert_eq!(json(&http(r.admin, "GET", "/v1/sessions/xyz", Some(TOKEN), None).1)["code"], "invalid_id");
+    assert_eq!(http(r.admin, "GET", "/v1/sessions/0000000000000000", Some(TOKEN), None).0, 404);
+
+    let before = scrape(&r);
+    let mut call = Call::allocate(&r, "acme").expect("allocate");
+    let delivered: usize = (0..200).map(|_| call.exchange()).sum();
+    assert!(delivered >= 396, "delivered {delivered} of 400");
+    let (status, body) = http(r.admin, "GET", &format!("/v1/sessions/{}", call.id), Some(TOKEN), None);
+    assert_eq!(status, 200);
+    let s = json(&body);
+    assert_eq!(s["latch"], "authenticated");
+    assert_eq!(s["endpoint"]["remote_rtp"], call.phone.local_addr().expect("addr").to_string());
+    assert!(s["endpoint"]["packets_forwarded"].as_u64().expect("n") >= 198);
+    assert_eq!(s["endpoint"]["quality"][0]["ssrc"], 2);
+    let listed = json(&http(r.admin, "GET", "/v1/sessions?limit=10", Some(TOKEN), None).1);
+    assert!(listed["sessions"].as_array().expect("array").iter().any(|x| x["id"] == call.id.as_str()));
+
+    let after = scrape(&r);
+    let moved = after["ucmrc_packets_forwarded_total"] - before["ucmrc_packets_forwarded_total"];
+    assert!(moved >= delivered as f64, "forwarded counter moved by {moved}");
+    assert_eq!(after["ucmrc_sessions_active"], 1.0);
+    assert!(after["ucmrc_control_requests_total{operation=\"allocate\",result=\"ok\"}"] >= 1.0);
+    assert!(after["ucmrc_control_requests_total{operation=\"allocate\",result=\"client_error\"}"] >= 8.0);
+
+    let (status, body) = http(r.admin, "DELETE", &format!("/v1/sessions/{}", call.id), Some(TOKEN), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http(r.admin, "GET", &format!("/v1/sessions/{}", call.id), Some(TOKEN), None).0, 404);
+    assert_eq!(scrape(&r)["ucmrc_sessions_active"], 0.0);
+    let openapi = json(&http(r.admin, "GET", "/v1/openapi.json", Some(TOKEN), None).1);
+    assert_eq!(openapi["openapi"], "3.0.3");
+}
+
+/// Scrapes /metrics and parses the Prometheus text format strictly.
+fn scrape(r: &Relay) -> std::collections::HashMap<String, f64> {
+    let (status, text) = http(r.admin, "GET", "/metrics", Some(TOKEN), None);
+    assert_eq!(status, 200);
+    let mut out = std::collections::HashMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let name = it.next().expect("name");
+            assert!(matches!(it.next(), Some("counter" | "gauge" | "histogram")), "{line}");
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().expect("name");
+        assert!(name.starts_with("ucmrc_") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+        let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(typed.contains(name) || typed.contains(family), "sample before its TYPE: {line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            }
+        }
+        out.insert(series.to_string(), value);
+    }
+    out
+}
+
+#[test]
+fn sighup_applies_a_new_limit_while_the_call_flows_and_rejects_a_broken_file() {
+    let r = start(Some(&config("[tenants.acme]\nmax_sessions = 1\n")));
+    let mut call = Call::allocate(&r, "acme").expect("first session");
+    assert!(call.exchange() == 2);
+    let (status, body) = Call::allocate(&r, "acme").err().expect("quota of 1");
+    assert_eq!((status, json(&body)["code"].as_str()), (409, Some("quota_exceeded")));
+
+    // A broken file is rejected and the running config stays.
+    std::fs::write(config_path(&r), "[relay\nthis is not toml").expect("write");
+    signal(&r, libc::SIGHUP);
+    assert!(stderr_contains(&r, "rejected"), "the rejection is logged");
+    assert!(call.exchange() == 2, "media unaffected");
+    assert_eq!(Call::allocate(&r, "acme").err().map(|e| e.0), Some(409), "old limit still applies");
+
+    // A good file with a higher limit applies while the call keeps flowing.
+    std::fs::write(config_path(&r), config("[tenants.acme]\nmax_sessions = 2\n")).expect("write");
+    signal(&r, libc::SIGHUP);
+    let mut second = None;
+    wait_for("the new limit", || {
+        assert_eq!(call.exchange(), 2, "call keeps flowing during the reload");
+        second = Call::allocate(&r, "acme").ok();
+        second.is_some()
+    });
+    let mut second = second.expect("second session");
+    assert_eq!(second.exchange(), 2);
+    for _ in 0..50 {
+        assert_eq!(call.exchange(), 2);
+    }
+    let m = scrape(&r);
+    assert_eq!(m["ucmrc_sessions_active"], 2.0, "0 lost sessions");
+    assert_eq!(m["ucmrc_sessions_expired_total{reason=\"idle\"}"], 0.0);
+}
+
+#[test]
+fn sigterm_drains_keeping_the_active_call_until_it_is_released() {
+    let mut r = start(Some(&config("drain_timeout_secs = 60\n")));
+    let mut call = Call::allocate(&r, "acme").expect("session");
+    assert_eq!(call.exchange(), 2);
+    signal(&r, libc::SIGTERM);
+    wait_for("/readyz to fail", || http(r.admin, "GET", "/readyz", None, None).0 == 503);
+    let (status, body) = http(r.admin, "POST", "/v1/sessions", Some(TOKEN), Some(r#"{"tenant":"acme"}"#));
+    assert_eq!((status, json(&body)["code"].as_str()), (503, Some("draining")));
+    for _ in 0..100 {
+        assert_eq!(call.exchange(), 2, "the active call keeps flowing while draining");
+    }
+    assert!(r.child.try_wait().expect("wait").is_none(), "still running while a call is up");
+    assert_eq!(http(r.admin, "DELETE", &format!("/v1/sessions/{}", call.id), Some(TOKEN), None).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = r.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "relay did not exit after the last session");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "clean exit after draining: {status:?}");
+}
