@@ -458,3 +458,21 @@ fn sigterm_drains_keeping_the_active_call_until_it_is_released() {
     };
     assert!(status.success(), "clean exit after draining: {status:?}");
 }
+
+#[test]
+fn demo_pushes_real_srtp_through_a_relay_and_summarizes() {
+    let out = Command::new(BIN).args(["demo", "--calls", "4", "--seconds", "2"]).output().expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary =
+        stdout.lines().find(|l| l.starts_with("summary:")).unwrap_or_else(|| panic!("no summary in {stdout}"));
+    assert!(summary.contains(" 0 auth failures"), "{summary}");
+    assert!(stdout.lines().any(|l| l.starts_with("t=")), "a live line each second: {stdout}");
+    let received: u64 = summary
+        .split("received ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no received count in {summary}"));
+    assert!(received >= 600, "4 calls × 2 directions × 50 pps × 2 s should mostly arrive: {summary}");
+}
