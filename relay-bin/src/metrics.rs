@@ -137,7 +137,47 @@ pub fn render(
     let _ = writeln!(o, "ucmrc_draining {}", u8::from(draining));
     family(&mut o, "ucmrc_uptime_seconds", "gauge", "Seconds since the relay started.");
     let _ = writeln!(o, "ucmrc_uptime_seconds {}", uptime.as_secs_f64());
+    process_metrics(&mut o);
     family(&mut o, "ucmrc_build_info", "gauge", "Build information.");
     let _ = writeln!(o, "ucmrc_build_info{{version=\"{}\",datapath=\"{backend}\"}} 1", env!("CARGO_PKG_VERSION"));
     o
+}
+
+/// Conventional `process_*` metrics from /proc/self.
+fn process_metrics(o: &mut String) {
+    let ticks = 100.0; // USER_HZ on Linux
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may contain spaces) start at ") ".
+        if let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split(' ').collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // utime = field 14, stime = 15, starttime = 22 (1-based, from the pid).
+            family(o, "process_cpu_seconds_total", "counter", "User and system CPU time spent, seconds.");
+            let _ = writeln!(o, "process_cpu_seconds_total {}", (num(11) + num(12)) / ticks);
+            let boot = std::fs::read_to_string("/proc/stat")
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with("btime "))?.split(' ').nth(1)?.parse::<f64>().ok());
+            if let Some(boot) = boot {
+                family(o, "process_start_time_seconds", "gauge", "Start time since the Unix epoch, seconds.");
+                let _ = writeln!(o, "process_start_time_seconds {}", boot + num(19) / ticks);
+            }
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let kib = |key: &str| {
+            status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        };
+        if let Some(rss) = kib("VmRSS:") {
+            family(o, "process_resident_memory_bytes", "gauge", "Resident memory, bytes.");
+            let _ = writeln!(o, "process_resident_memory_bytes {}", rss * 1024.0);
+        }
+        if let Some(vsz) = kib("VmSize:") {
+            family(o, "process_virtual_memory_bytes", "gauge", "Virtual memory, bytes.");
+            let _ = writeln!(o, "process_virtual_memory_bytes {}", vsz * 1024.0);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        family(o, "process_open_fds", "gauge", "Open file descriptors.");
+        let _ = writeln!(o, "process_open_fds {}", fds.count());
+    }
 }

@@ -356,6 +356,7 @@ fn session_lifecycle_over_http_with_real_srtp_and_metrics() {
     let moved = after["ucmrc_packets_forwarded_total"] - before["ucmrc_packets_forwarded_total"];
     assert!(moved >= delivered as f64, "forwarded counter moved by {moved}");
     assert_eq!(after["ucmrc_sessions_active"], 1.0);
+    assert!(after["process_resident_memory_bytes"] > 0.0 && after["process_open_fds"] > 0.0);
     assert!(after["ucmrc_control_requests_total{operation=\"allocate\",result=\"ok\"}"] >= 1.0);
     assert!(after["ucmrc_control_requests_total{operation=\"allocate\",result=\"client_error\"}"] >= 8.0);
 
@@ -387,7 +388,11 @@ fn scrape(r: &Relay) -> std::collections::HashMap<String, f64> {
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let name = series.split('{').next().expect("name");
-        assert!(name.starts_with("ucmrc_") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+        assert!(
+            (name.starts_with("ucmrc_") || name.starts_with("process_"))
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
         let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
         assert!(typed.contains(name) || typed.contains(family), "sample before its TYPE: {line}");
         if let Some(labels) = series.strip_prefix(name) {
