@@ -239,6 +239,11 @@ fn authenticated_latching_needs_a_valid_tag_and_a_fresh_index() {
     assert_eq!(lab.send(60_008, e, sa(ATTACKER), &stun), Verdict::Drop(DropReason::Replay));
     let wrong = stun_request(b"guessed", [8; 12]);
     assert_eq!(lab.send(60_009, e, sa(ATTACKER), &wrong), Verdict::Drop(DropReason::Unauthenticated));
+    // A consent check sent from the latched address, captured and replayed
+    // from elsewhere, cannot move the leg either.
+    let consent = stun_request(b"pbx-ice-password", [9; 12]);
+    assert_eq!(lab.send(60_010, e, sa("203.0.113.50:1"), &consent), fwd(p, PBX));
+    assert_eq!(lab.send(60_011, e, sa(ATTACKER), &consent), Verdict::Drop(DropReason::Replay));
     lab.assert_counters_add_up();
 }
 

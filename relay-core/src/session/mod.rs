@@ -503,6 +503,15 @@ impl Session {
                     }
                 }
             }
+            PacketClass::Stun if leg.stun_key.is_some() => {
+                // Remember every request's transaction id, so a request
+                // captured from the latched address cannot re-latch elsewhere.
+                if let Ok(m) = StunMessage::parse(bytes) {
+                    if m.class() == StunClass::Request {
+                        leg.stun_replay.check_and_insert(m.transaction_id());
+                    }
+                }
+            }
             _ => {}
         }
         // 4. Where does it go?
