@@ -326,7 +326,8 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
         u.bufs.publish();
         if !rearm.is_empty() && u.bufs.free >= REARM_MIN_FREE {
             for slot in rearm.drain(..) {
-                if u.socks[usize::from(slot)].is_some() {
+                // Skip ports closed since, or re-opened (and armed) since.
+                if u.socks[usize::from(slot)].is_some() && !u.armed_slot[usize::from(slot)] {
                     shard.record_rearm();
                     u.arm_recv(slot)?;
                 }
