@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README.md): installs what it needs, then
-# checks formatting and lints and runs every test of the workspace.
+# checks formatting and lints, runs every test of the workspace and a short
+# run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
@@ -10,6 +11,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+# Every fuzz target for a short, bounded time (fuzz/smoke.sh installs cargo-fuzz).
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}" fuzz/smoke.sh
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -491,6 +491,64 @@ fn ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses(backend: Bac
     }
 }
 
+fn a_flooded_leg_is_rate_limited_and_other_sessions_are_unaffected(backend: BackendKind) {
+    let relay = Relay::start(RelayConfig {
+        backend,
+        port_min: 20000,
+        port_max: 29999,
+        workers: 1, // both sessions on the same shard and thread
+        defaults: SessionDefaults { limits: LegLimits::default(), ..SessionDefaults::default() },
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
+    let h = relay.handle();
+    let (a_pbx, a_phone, b_pbx, b_phone) =
+        (socket("127.0.0.1"), socket("127.0.0.1"), socket("127.0.0.1"), socket("127.0.0.1"));
+    let spec = |pbx: &UdpSocket, limits| SessionSpec {
+        tenant: "acme".into(),
+        pbx: LegSpec { rtcp_mux: true, hint: Some(pbx.local_addr().expect("addr")), ..LegSpec::default() },
+        endpoint: LegSpec { rtcp_mux: true, limits, ..LegSpec::default() },
+        ..SessionSpec::default()
+    };
+    let limit = 200u32;
+    let a = h
+        .allocate(spec(&a_pbx, Some(LegLimits { max_pps: Some(limit), max_bytes_per_sec: None })))
+        .wait()
+        .expect("allocate a");
+    let b = h.allocate(spec(&b_pbx, None)).wait().expect("allocate b");
+    let started = Instant::now();
+    // Session A's phone floods its leg at full speed, far above 200 pps.
+    let mut flood = SrtpTx::new(&master(7), 7, 1);
+    let flood_pkt = flood.next_rtp();
+    for _ in 0..20_000 {
+        let _ = a_phone.send_to(&flood_pkt, a.endpoint.rtp);
+    }
+    // Session B's call is untouched.
+    let mut up =
+        Flow { from: &b_phone, to_relay: b.endpoint.rtp, at: &b_pbx, rx: SrtpRx::new(&master(8)), sent: 0, lost: 0 };
+    let mut tx = SrtpTx::new(&master(8), 8, 1);
+    for _ in 0..300 {
+        up.pass(&tx.next_rtp());
+    }
+    up.check("session b during the flood");
+    let elapsed = started.elapsed().as_secs_f64();
+    let info = h.session(a.id).wait().expect("query a");
+    let leg = info.endpoint.stats;
+    let limited = leg.drops.get(DropReason::RateLimited);
+    assert_eq!(leg.packets_received, leg.packets_forwarded + limited, "every drop counted with its reason");
+    assert!(leg.packets_received > 5_000, "the flood reached the relay ({})", leg.packets_received);
+    let allowed = f64::from(limit) * (1.0 + elapsed) + 5.0;
+    assert!(
+        (leg.packets_forwarded as f64) <= allowed,
+        "forwarded {} > bucket allows {allowed:.0}",
+        leg.packets_forwarded
+    );
+    assert!(limited > 4_000, "rate-limited drops counted: {limited}");
+    // Session B saw no drops at all.
+    let b_info = h.session(b.id).wait().expect("query b");
+    assert_eq!(b_info.endpoint.stats.drops.total(), 0);
+}
+
 /// Runs every test above on each datapath backend. The io_uring variants
 /// need io_uring (present on the project's machines); where the kernel or a
 /// seccomp profile blocks it they fail with the reason, unless
@@ -520,4 +578,5 @@ on_every_backend!(
     ten_thousand_sessions_come_and_go_without_leaking_ports_or_descriptors,
     handle_works_from_tokio_and_shutdown_releases_everything,
     ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses,
+    a_flooded_leg_is_rate_limited_and_other_sessions_are_unaffected,
 );
