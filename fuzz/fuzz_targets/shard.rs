@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use relay_core::shard::{Command, PortClose, PortSockets, Response, Shard, ShardConfig, Verdict};
-use relay_core::{DropReason, LatchPolicy, LegSpec, PeerPolicy, SessionDefaults, SessionId, SessionSpec, Side, SrtpAuth};
+use relay_core::{
+    DropReason, LatchPolicy, LegSpec, PeerPolicy, SessionDefaults, SessionId, SessionSpec, Side, SrtpAuth,
+};
 
 #[derive(Default)]
 struct Fake(BTreeSet<u16>);
@@ -28,8 +30,14 @@ impl PortSockets for Fake {
 const BASE: u16 = 50000;
 const PORTS: usize = 16;
 const SOURCES: [&str; 8] = [
-    "198.51.100.1:4000", "198.51.100.1:4001", "203.0.113.9:6000", "192.0.2.66:666",
-    "[2001:db8::5]:7000", "[::ffff:198.51.100.1]:4000", "169.254.169.254:80", "127.0.0.1:9",
+    "198.51.100.1:4000",
+    "198.51.100.1:4001",
+    "203.0.113.9:6000",
+    "192.0.2.66:666",
+    "[2001:db8::5]:7000",
+    "[::ffff:198.51.100.1]:4000",
+    "169.254.169.254:80",
+    "127.0.0.1:9",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -63,15 +71,27 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let flags = data.get(i).copied().unwrap_or(0);
                 i += 1;
-                let latch = [LatchPolicy::Window, LatchPolicy::Authenticated, LatchPolicy::Open][usize::from(flags >> 2) % 3];
+                let latch =
+                    [LatchPolicy::Window, LatchPolicy::Authenticated, LatchPolicy::Open][usize::from(flags >> 2) % 3];
                 let spec = SessionSpec {
                     tenant: "t".into(),
-                    pbx: LegSpec { rtcp_mux: flags & 1 != 0, hint: Some(srcs[usize::from(flags >> 5)]), srtp_auth: Some(auth.clone()), ..LegSpec::default() },
-                    endpoint: LegSpec { rtcp_mux: flags & 2 != 0, stun_password: Some(b"pw".to_vec()), ..LegSpec::default() },
+                    pbx: LegSpec {
+                        rtcp_mux: flags & 1 != 0,
+                        hint: Some(srcs[usize::from(flags >> 5)]),
+                        srtp_auth: Some(auth.clone()),
+                        ..LegSpec::default()
+                    },
+                    endpoint: LegSpec {
+                        rtcp_mux: flags & 2 != 0,
+                        stun_password: Some(b"pw".to_vec()),
+                        ..LegSpec::default()
+                    },
                     latch: Some(latch),
                     ..SessionSpec::default()
                 };
-                if let Response::Allocated(Ok(a)) = shard.handle_command(now, Command::Allocate { spec: Box::new(spec), permit: None }, &mut sockets) {
+                if let Response::Allocated(Ok(a)) =
+                    shard.handle_command(now, Command::Allocate { spec: Box::new(spec), permit: None }, &mut sockets)
+                {
                     for (side, lp) in [(Side::Pbx, a.pbx), (Side::Endpoint, a.endpoint)] {
                         let ps: Vec<u16> = std::iter::once(lp.rtp).chain(lp.rtcp).collect();
                         for p in &ps {
@@ -86,11 +106,18 @@ fuzz_target!(|data: &[u8]| {
                 let k = usize::from(data.get(i).copied().unwrap_or(0)) % live.len();
                 i += 1;
                 let id = live.remove(k);
-                assert!(matches!(shard.handle_command(now, Command::Release { id }, &mut sockets), Response::Released(Ok(_))));
+                assert!(matches!(
+                    shard.handle_command(now, Command::Release { id }, &mut sockets),
+                    Response::Released(Ok(_))
+                ));
                 forget(&mut owner, &mut ports, id);
             }
             2 => {
-                let (p, s, len) = (data.get(i).copied().unwrap_or(0), data.get(i + 1).copied().unwrap_or(0), data.get(i + 2).copied().unwrap_or(0));
+                let (p, s, len) = (
+                    data.get(i).copied().unwrap_or(0),
+                    data.get(i + 1).copied().unwrap_or(0),
+                    data.get(i + 2).copied().unwrap_or(0),
+                );
                 i = (i + 3).min(data.len());
                 let end = (i + usize::from(len % 64)).min(data.len());
                 let payload = &data[i..end];
@@ -106,7 +133,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             3 => {
-                let ms = u64::from(u16::from_be_bytes([data.get(i).copied().unwrap_or(0), data.get(i + 1).copied().unwrap_or(0)]));
+                let ms = u64::from(u16::from_be_bytes([
+                    data.get(i).copied().unwrap_or(0),
+                    data.get(i + 1).copied().unwrap_or(0),
+                ]));
                 i += 2;
                 now += Duration::from_millis(ms * 8);
                 shard.handle_timeout(now, &mut sockets);
@@ -128,7 +158,11 @@ fuzz_target!(|data: &[u8]| {
     assert!(sockets.0.is_empty());
 });
 
-fn forget(owner: &mut HashMap<u16, (SessionId, Side)>, ports: &mut HashMap<(SessionId, Side), Vec<u16>>, id: SessionId) {
+fn forget(
+    owner: &mut HashMap<u16, (SessionId, Side)>,
+    ports: &mut HashMap<(SessionId, Side), Vec<u16>>,
+    id: SessionId,
+) {
     for side in [Side::Pbx, Side::Endpoint] {
         for p in ports.remove(&(id, side)).unwrap_or_default() {
             owner.remove(&p);

@@ -28,6 +28,9 @@ pub struct FileConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// rtpengine ng protocol listener.
+    #[serde(default)]
+    pub ng: NgSection,
     /// Per-tenant settings, by tenant id.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSection>,
@@ -164,6 +167,24 @@ impl Default for LogSection {
     }
 }
 
+/// `[ng]`: the rtpengine ng control protocol (Kamailio/OpenSIPS rtpengine modules).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NgSection {
+    /// Serve the ng protocol.
+    pub enabled: bool,
+    /// UDP and TCP listen address (rtpengine's customary port is 22222).
+    pub listen: SocketAddr,
+    /// Tenant charged for sessions created over ng.
+    pub tenant: String,
+}
+
+impl Default for NgSection {
+    fn default() -> Self {
+        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 22222)), tenant: "ng".into() }
+    }
+}
+
 /// `[tenants.NAME]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -297,6 +318,9 @@ impl Config {
                 "admin.allow_unauthenticated",
                 "only allowed when admin.listen is a loopback address".into(),
             ));
+        }
+        if file.ng.tenant.is_empty() || file.ng.tenant.len() > 128 {
+            return Err(err("ng.tenant", "must be 1 to 128 bytes".into()));
         }
         for (tenant, _) in file.tenants.iter() {
             if tenant.is_empty() || tenant.len() > 128 {

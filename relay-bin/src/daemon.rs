@@ -76,6 +76,18 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     let server = tokio::spawn(admin::serve(listener, state.clone(), async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
+    let ng_line = if cfg.file.ng.enabled {
+        let engine = relay_core::ng::NgEngine::new(
+            state.handle.clone(),
+            relay_core::ng::NgConfig { tenant: cfg.file.ng.tenant.clone() },
+        );
+        let (udp, tcp) = crate::ng::start(cfg.file.ng.listen, engine)
+            .await
+            .map_err(|e| format!("cannot listen on ng.listen {}: {e}", cfg.file.ng.listen))?;
+        format!("ng protocol on udp:{udp} tcp:{tcp}")
+    } else {
+        "ng protocol disabled".to_string()
+    };
     state.ready.store(true, Ordering::SeqCst);
     let r = &cfg.relay;
     println!(
@@ -90,6 +102,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     println!(
         "allocate a session: curl -s{auth} -X POST http://{admin_addr}/v1/sessions -d '{{\"tenant\":\"demo\"}}' -H 'content-type: application/json'"
     );
+    println!("{ng_line}");
     tracing::info!(%admin_addr, datapath = %state.backend, "relay running");
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -145,6 +158,12 @@ async fn reload(old: &Config, new: &Config, state: &AdminState) {
     }
     if old.file.admin.listen != new.file.admin.listen {
         restart.push("admin.listen");
+    }
+    if old.file.ng.listen != new.file.ng.listen
+        || old.file.ng.enabled != new.file.ng.enabled
+        || old.file.ng.tenant != new.file.ng.tenant
+    {
+        restart.push("ng");
     }
     if old.file.log.format != new.file.log.format || old.file.log.level != new.file.log.level {
         restart.push("log");

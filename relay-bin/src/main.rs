@@ -12,6 +12,7 @@ mod config;
 mod daemon;
 mod demo;
 mod metrics;
+mod ng;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -24,6 +24,8 @@ fn token_hash() -> String {
 struct Relay {
     child: Child,
     admin: SocketAddr,
+    /// ng protocol (UDP, TCP) when enabled.
+    ng: Option<(SocketAddr, SocketAddr)>,
     stderr: mpsc::Receiver<String>,
     dir: PathBuf,
 }
@@ -49,7 +51,7 @@ fn fastrand_u64() -> u64 {
 /// A config with the admin API on a kernel-chosen port and a token.
 fn config(extra: &str) -> String {
     format!(
-        "[relay]\nport_min = 20000\nport_max = 29999\nworkers = 1\n{extra}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_sha256 = \"{}\"\n",
+        "[relay]\nport_min = 20000\nport_max = 29999\nworkers = 1\n{extra}\n[ng]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_sha256 = \"{}\"\n",
         token_hash()
     )
 }
@@ -79,8 +81,16 @@ fn start(config_text: Option<&str>) -> Relay {
         .nth(1)
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no admin address in {first:?}"));
+    let mut ng = None;
+    for _ in 0..2 {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.strip_prefix("ng protocol on udp:") {
+            let (udp, tcp) = rest.split_once(" tcp:").expect("udp and tcp");
+            ng = Some((udp.parse().expect("udp addr"), tcp.parse().expect("tcp addr")));
+        }
+    }
     std::thread::spawn(move || for _ in lines.by_ref() {});
-    Relay { child, admin, stderr: rx, dir }
+    Relay { child, admin, ng, stderr: rx, dir }
 }
 
 fn config_path(r: &Relay) -> PathBuf {
@@ -480,4 +490,161 @@ fn demo_pushes_real_srtp_through_a_relay_and_summarizes() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no received count in {summary}"));
     assert!(received >= 600, "4 calls × 2 directions × 50 pps × 2 s should mostly arrive: {summary}");
+}
+
+/// One ng request over UDP; returns the reply without the cookie.
+fn ng_udp(sock: &UdpSocket, to: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    sock.send_to(msg, to).expect("send ng");
+    let mut buf = vec![0u8; 65536];
+    let n = sock.recv(&mut buf).expect("ng reply");
+    buf.truncate(n);
+    buf
+}
+
+fn bstr(s: &str) -> String {
+    format!("{}:{s}", s.len())
+}
+
+fn sdp_of(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply).to_string();
+    let at = text.find("3:sdp").expect("sdp in reply") + 5;
+    let (len, rest) = text[at..].split_once(':').expect("length");
+    rest[..len.parse::<usize>().expect("len")].to_string()
+}
+
+fn sdp_port(sdp: &str) -> u16 {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .expect("m= port")
+}
+
+#[test]
+fn ng_protocol_offer_answer_media_query_delete_cache_and_garbage() {
+    use base64::Engine as _;
+    let r = start(Some(&config("")));
+    let (ng, ng_tcp) = r.ng.expect("ng enabled");
+    let ctl = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    ctl.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    assert_eq!(ng_udp(&ctl, ng, b"c0 d7:command4:pinge"), b"c0 d6:result4:ponge");
+
+    // Garbage gets error replies, never silence or a crash.
+    for bad in [&b"hello"[..], b"c1 d7:command4:nopee", b"c2 i1e", b"c3 d7:command5:offere", b"c4 d3:sdp"] {
+        let reply = String::from_utf8_lossy(&ng_udp(&ctl, ng, bad)).to_string();
+        assert!(reply.contains("6:result5:error") && reply.contains("error-reason"), "{bad:?} -> {reply}");
+    }
+
+    let (caller, callee) =
+        (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+    for s in [&caller, &callee] {
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    }
+    let (mk_caller, mk_callee) = (master(31), master(32));
+    let b64 = |m: &[u8]| base64::engine::general_purpose::STANDARD.encode(m);
+    let sdp = |port: u16, key: &[u8]| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/SAVP 0\r\na=rtcp-mux\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=ice-ufrag:u\r\na=ice-pwd:p\r\n",
+            b64(key)
+        )
+    };
+    let offer_sdp = sdp(caller.local_addr().expect("addr").port(), &mk_caller);
+    let offer = format!(
+        "o1 d7:call-id{}5:flagsl{}e8:from-tag{}3:ICE{}7:command5:offer3:sdp{}e",
+        bstr("call-1"),
+        bstr("authenticated"),
+        bstr("tag-a"),
+        bstr("remove"),
+        bstr(&offer_sdp)
+    );
+    let reply = ng_udp(&ctl, ng, offer.as_bytes());
+    let offered = sdp_of(&reply);
+    assert!(!offered.contains("ice-ufrag") && offered.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80"), "{offered}");
+    assert!(offered.contains("c=IN IP4 127.0.0.1\r\n"));
+    let to_callee_leg = sdp_port(&offered);
+    // A retransmission gets the cached reply and allocates nothing new.
+    assert_eq!(ng_udp(&ctl, ng, offer.as_bytes()), reply);
+    assert_eq!(scrape(&r)["ucmrc_sessions_active"], 1.0);
+
+    let answer_sdp = sdp(callee.local_addr().expect("addr").port(), &mk_callee);
+    let answer = format!(
+        "a1 d7:call-id{}5:flagsl{}e8:from-tag{}6:to-tag{}7:command6:answer3:sdp{}e",
+        bstr("call-1"),
+        bstr("authenticated"),
+        bstr("tag-a"),
+        bstr("tag-b"),
+        bstr(&answer_sdp)
+    );
+    let answered = sdp_of(&ng_udp(&ctl, ng, answer.as_bytes()));
+    let to_caller_leg = sdp_port(&answered);
+    assert_ne!(to_caller_leg, to_callee_leg);
+
+    // Real SRTP both ways through the rewritten ports.
+    let p = srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80();
+    fn pol(p: srtp::CryptoPolicy, k: &[u8]) -> srtp::StreamPolicy<'_> {
+        srtp::StreamPolicy { rtp: p, rtcp: p, key: k, ..Default::default() }
+    }
+    let (mut caller_tx, mut callee_rx) = (session(pol(p, &mk_caller), true), session(pol(p, &mk_caller), false));
+    let (mut callee_tx, mut caller_rx) = (session(pol(p, &mk_callee), true), session(pol(p, &mk_callee), false));
+    let mut buf = vec![0u8; 2048];
+    for seq in 1..=100u16 {
+        for (tx, from, to_port, rx, at) in [
+            (&mut caller_tx, &caller, to_caller_leg, &mut callee_rx, &callee),
+            (&mut callee_tx, &callee, to_callee_leg, &mut caller_rx, &caller),
+        ] {
+            let mut pkt = Vec::with_capacity(400);
+            pkt.extend_from_slice(&[0x80, 0]);
+            pkt.extend_from_slice(&seq.to_be_bytes());
+            pkt.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9]);
+            pkt.resize(172, 7);
+            tx.protect(&mut pkt).expect("protect");
+            from.send_to(&pkt, SocketAddr::from(([127, 0, 0, 1], to_port))).expect("send");
+            let n = at.recv(&mut buf).expect("media through the relay");
+            let mut got = buf[..n].to_vec();
+            assert_eq!(got, pkt);
+            rx.unprotect(&mut got).expect("authentic");
+        }
+    }
+
+    // SDES: the relay derived only the auth keys from a=crypto and latches with proof.
+    let listed = json(&http(r.admin, "GET", "/v1/sessions", Some(TOKEN), None).1);
+    let s0 = &listed["sessions"][0];
+    assert_eq!(s0["latch"], "authenticated", "{s0}");
+    assert_eq!(
+        (s0["pbx"]["has_srtp_auth"].as_bool(), s0["endpoint"]["has_srtp_auth"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let q = String::from_utf8_lossy(&ng_udp(
+        &ctl,
+        ng,
+        format!("q1 d7:call-id{}7:command5:querye", bstr("call-1")).as_bytes(),
+    ))
+    .to_string();
+    assert!(
+        q.contains("6:result2:ok") && q.contains("5:tag-a") && q.contains("5:tag-b") && q.contains("10:local port"),
+        "{q}"
+    );
+    assert!(q.contains("7:packetsi100e"), "per-stream packet counts: {q}");
+
+    // TCP transport.
+    let mut t = TcpStream::connect(ng_tcp).expect("tcp");
+    t.write_all(b"t1 d7:command4:pinge").expect("write");
+    let mut got = [0u8; 19];
+    t.read_exact(&mut got).expect("tcp reply");
+    assert_eq!(&got, b"t1 d6:result4:ponge");
+
+    let del = String::from_utf8_lossy(&ng_udp(
+        &ctl,
+        ng,
+        format!("d1 d7:call-id{}8:from-tag{}7:command6:deletee", bstr("call-1"), bstr("tag-a")).as_bytes(),
+    ))
+    .to_string();
+    assert!(del.contains("6:result2:ok"), "{del}");
+    wait_for("ports freed", || scrape(&r)["ucmrc_sessions_active"] == 0.0);
+    let q = String::from_utf8_lossy(&ng_udp(
+        &ctl,
+        ng,
+        format!("q2 d7:call-id{}7:command5:querye", bstr("call-1")).as_bytes(),
+    ))
+    .to_string();
+    assert!(q.contains("error"), "{q}");
 }

@@ -65,6 +65,7 @@
 #![deny(unsafe_code)]
 
 pub mod io;
+pub mod ng;
 pub mod quota;
 pub mod relay;
 pub mod session;

@@ -434,6 +434,11 @@ impl RelayHandle {
         self.inner.backend
     }
 
+    /// The IP written into SDP for relay ports.
+    pub fn advertised_ip(&self) -> IpAddr {
+        self.inner.advertised_ip
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.inner.mailboxes.len()

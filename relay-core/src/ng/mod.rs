@@ -1,0 +1,464 @@
+//! rtpengine's *ng* control protocol, so Kamailio's and OpenSIPS's rtpengine
+//! modules can drive UCMRC unchanged.
+//!
+//! A message is `COOKIE SP BENCODED-DICT`; the reply is `COOKIE SP DICT`.
+//! [`NgEngine::handle_message`] takes one message and returns the reply;
+//! transports (UDP, TCP) live in the binary. Replies are cached by cookie,
+//! so a retransmitted request is answered without being executed twice.
+//!
+//! Mapping: one UCMRC session per media line of a call; the session's `pbx`
+//! leg faces the offerer (`from-tag`), its `endpoint` leg the answerer
+//! (`to-tag`). A re-offer or re-answer reuses the call's sessions (and ports)
+//! and re-opens their learning window; `delete` releases them.
+#![forbid(unsafe_code)]
+
+pub mod bencode;
+pub mod sdp;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use bencode::{dict, Value};
+use tokio::sync::Mutex;
+
+use crate::relay::{AllocatedSession, RelayHandle};
+use crate::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionSpec, SessionUpdate, SrtpAuth};
+use crate::session::SessionId;
+use crate::srtp_keys::{derive_auth_keys, SrtpMasterKey};
+
+/// How long a reply stays cached for retransmissions.
+pub const REPLY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Cached replies at most.
+pub const REPLY_CACHE_MAX: usize = 10_000;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct NgConfig {
+    /// Tenant charged for ng sessions.
+    pub tenant: String,
+}
+
+impl Default for NgConfig {
+    fn default() -> Self {
+        Self { tenant: "ng".into() }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Media {
+    id: SessionId,
+    alloc: AllocatedSession,
+    kind: String,
+    proto: String,
+    mux: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Call {
+    from_tag: String,
+    to_tag: Option<String>,
+    created: u64,
+    media: Vec<Media>,
+}
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<Vec<u8>, Call>,
+    cache: HashMap<Vec<u8>, (Instant, Vec<u8>)>,
+    order: VecDeque<(Instant, Vec<u8>)>,
+    calls_total: u64,
+}
+
+/// The ng protocol engine.
+pub struct NgEngine {
+    handle: RelayHandle,
+    config: NgConfig,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for NgEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NgEngine").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn error(reason: impl Into<String>) -> Value {
+    dict([("result", Value::str("error")), ("error-reason", Value::Bytes(reason.into().into_bytes()))])
+}
+
+fn ok(mut pairs: Vec<(&str, Value)>) -> Value {
+    pairs.push(("result", Value::str("ok")));
+    dict(pairs)
+}
+
+fn flag(msg: &Value, name: &str) -> bool {
+    msg.get("flags").map(|f| f.items().iter().any(|v| v.as_str() == Some(name))).unwrap_or(false)
+}
+
+fn list_contains(msg: &Value, key: &str, name: &str) -> bool {
+    msg.get(key)
+        .map(|f| f.items().iter().any(|v| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(name))))
+        .unwrap_or(false)
+}
+
+/// SRTP auth keys from the first usable `a=crypto` line (SDES, RFC 4568).
+fn sdes_auth(crypto: &[String]) -> Option<SrtpAuth> {
+    for line in crypto {
+        let mut it = line.split_whitespace();
+        let (_tag, suite, params) = (it.next()?, it.next()?, it.next()?);
+        let b64 = params.strip_prefix("inline:")?.split('|').next()?;
+        let material = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+        let keys = derive_auth_keys(&SrtpMasterKey::from_concatenated(&material).ok()?);
+        match suite {
+            "AES_CM_128_HMAC_SHA1_80" | "AES_256_CM_HMAC_SHA1_80" => return Some(SrtpAuth::sha1_80(&keys)),
+            "AES_CM_128_HMAC_SHA1_32" | "AES_256_CM_HMAC_SHA1_32" => return Some(SrtpAuth::sha1_32(&keys)),
+            _ => continue,
+        }
+    }
+    None
+}
+
+impl NgEngine {
+    /// An engine driving `handle`.
+    pub fn new(handle: RelayHandle, config: NgConfig) -> Arc<Self> {
+        Arc::new(Self { handle, config, state: Mutex::new(State::default()) })
+    }
+
+    /// Handles one message (`cookie SP bencode`) and returns the reply.
+    pub async fn handle_message(&self, msg: &[u8]) -> Vec<u8> {
+        let Some(space) = msg.iter().position(|b| *b == b' ') else {
+            return [b"? ".as_slice(), &error("message must be: cookie, space, bencoded dictionary").encode()].concat();
+        };
+        let (cookie, body) = (&msg[..space], &msg[space + 1..]);
+        let now = Instant::now();
+        {
+            let st = self.state.lock().await;
+            if let Some((at, reply)) = st.cache.get(cookie) {
+                if now.duration_since(*at) < REPLY_CACHE_TTL {
+                    return reply.clone();
+                }
+            }
+        }
+        let reply = match bencode::decode(body) {
+            Ok(v @ Value::Dict(_)) => self.command(&v).await,
+            Ok(_) => error("the message must be a dictionary"),
+            Err(e) => error(format!("malformed bencode: {e}")),
+        };
+        let out = [cookie, b" ", &reply.encode()].concat();
+        let mut st = self.state.lock().await;
+        st.cache.insert(cookie.to_vec(), (now, out.clone()));
+        st.order.push_back((now, cookie.to_vec()));
+        while st.order.len() > REPLY_CACHE_MAX
+            || st.order.front().is_some_and(|(t, _)| now.duration_since(*t) >= REPLY_CACHE_TTL)
+        {
+            if let Some((_, c)) = st.order.pop_front() {
+                st.cache.remove(&c);
+            }
+        }
+        out
+    }
+
+    async fn command(&self, msg: &Value) -> Value {
+        let Some(cmd) = msg.get("command").and_then(Value::as_str) else {
+            return error("missing command");
+        };
+        match cmd {
+            "ping" => dict([("result", Value::str("pong"))]),
+            "offer" => self.offer_answer(msg, true).await,
+            "answer" => self.offer_answer(msg, false).await,
+            "delete" => self.delete(msg).await,
+            "query" => self.query(msg).await,
+            "list" => self.list(msg).await,
+            "statistics" => self.statistics().await,
+            other => error(format!("unknown command {other:?}")),
+        }
+    }
+
+    async fn offer_answer(&self, msg: &Value, offer: bool) -> Value {
+        let (Some(call_id), Some(sdp_text), Some(from_tag)) = (
+            msg.get("call-id").and_then(Value::as_bytes),
+            msg.get("sdp").and_then(Value::as_str),
+            msg.get("from-tag").and_then(Value::as_str),
+        ) else {
+            return error("offer and answer need sdp, call-id and from-tag");
+        };
+        let to_tag = msg.get("to-tag").and_then(Value::as_str);
+        if !offer && to_tag.is_none() {
+            return error("answer needs to-tag");
+        }
+        let medias = match sdp::parse(sdp_text) {
+            Ok(m) => m,
+            Err(e) => return error(e.to_string()),
+        };
+        let override_ip = msg.get("media-address").and_then(Value::as_str).and_then(|a| a.parse::<IpAddr>().ok());
+        let received_from = msg
+            .get("received-from")
+            .map(|r| r.items())
+            .and_then(|items| items.get(1).and_then(|v| v.as_str()).and_then(|a| a.parse::<IpAddr>().ok()));
+        let authenticated = flag(msg, "authenticated");
+        let mut st = self.state.lock().await;
+        let existing = st.calls.get(call_id).cloned();
+        if !offer && existing.is_none() {
+            return error("unknown call-id");
+        }
+        let mut call = existing.unwrap_or(Call {
+            from_tag: from_tag.into(),
+            to_tag: None,
+            created: unix_now(),
+            media: Vec::new(),
+        });
+        if let Some(t) = to_tag {
+            call.to_tag = Some(t.into());
+        }
+        // Which party sent this SDP: an offer comes from the `from-tag`
+        // party, an answer from the other one. The original caller's side is
+        // the session's pbx leg.
+        let sender_is_offerer = if offer { from_tag == call.from_tag } else { from_tag != call.from_tag };
+        let mut ports = Vec::with_capacity(medias.len());
+        for (k, m) in medias.iter().enumerate() {
+            if m.port == 0 {
+                ports.push(None);
+                continue;
+            }
+            let ip = override_ip.or(m.addr).map(|ip| match (received_from, ip) {
+                (Some(rf), ip) if is_private(ip) && !is_private(rf) => rf,
+                _ => ip,
+            });
+            let hint = ip.map(|ip| SocketAddr::new(ip, m.port));
+            let keys = if authenticated { sdes_auth(&m.crypto) } else { None };
+            let leg_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };
+            let media = match call.media.get(k) {
+                Some(existing) => {
+                    let mut update = if sender_is_offerer {
+                        SessionUpdate { pbx: leg_update, ..SessionUpdate::default() }
+                    } else {
+                        SessionUpdate { endpoint: leg_update, ..SessionUpdate::default() }
+                    };
+                    if authenticated && !offer {
+                        update.latch = Some(LatchPolicy::Authenticated);
+                    }
+                    let r = self.handle.update(existing.id, update).await;
+                    if let Err(e) = r {
+                        // e.g. authenticated latching without keys on both legs
+                        let fallback = if sender_is_offerer {
+                            SessionUpdate {
+                                pbx: LegUpdate { hint, ..LegUpdate::default() },
+                                ..SessionUpdate::default()
+                            }
+                        } else {
+                            SessionUpdate {
+                                endpoint: LegUpdate { hint, ..LegUpdate::default() },
+                                ..SessionUpdate::default()
+                            }
+                        };
+                        if self.handle.update(existing.id, fallback).await.is_err() {
+                            return error(format!("update failed: {e}"));
+                        }
+                    }
+                    existing.clone()
+                }
+                None => {
+                    let mux = m.rtcp_mux && !flag(msg, "rtcp-mux-demux");
+                    let leg = |hint, keys| LegSpec { rtcp_mux: mux, hint, srtp_auth: keys, ..LegSpec::default() };
+                    let spec = SessionSpec {
+                        tenant: self.config.tenant.clone(),
+                        pbx: leg(hint, keys),
+                        endpoint: leg(None, None),
+                        latch: Some(LatchPolicy::Window),
+                        ..SessionSpec::default()
+                    };
+                    match self.handle.allocate(spec).await {
+                        Ok(alloc) => {
+                            let media =
+                                Media { id: alloc.id, alloc, kind: m.kind.clone(), proto: m.proto.clone(), mux };
+                            call.media.push(media.clone());
+                            media
+                        }
+                        Err(e) => {
+                            for old in call.media.drain(..) {
+                                let _ = self.handle.release(old.id).await;
+                            }
+                            return error(format!("allocation failed: {e}"));
+                        }
+                    }
+                }
+            };
+            // The rewritten SDP goes to the *other* party: it must send to the
+            // leg facing the SDP's sender's peer.
+            let toward = if sender_is_offerer { media.alloc.endpoint } else { media.alloc.pbx };
+            ports.push(Some(sdp::MediaPorts { rtp: toward.rtp.port(), rtcp: toward.rtcp.map(|a| a.port()) }));
+        }
+        let rewrite = sdp::Rewrite {
+            addr: self.handle.advertised_ip(),
+            media: ports,
+            remove_ice: list_contains(msg, "ICE", "remove"),
+            replace_origin: list_contains(msg, "replace", "origin"),
+            proto: msg.get("transport-protocol").and_then(Value::as_str).map(str::to_string),
+        };
+        let out = match sdp::rewrite(sdp_text, &rewrite) {
+            Ok(s) => s,
+            Err(e) => return error(e.to_string()),
+        };
+        if offer && !st.calls.contains_key(call_id) {
+            st.calls_total += 1;
+        }
+        st.calls.insert(call_id.to_vec(), call);
+        ok(vec![("sdp", Value::Bytes(out.into_bytes()))])
+    }
+
+    async fn delete(&self, msg: &Value) -> Value {
+        let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else {
+            return error("delete needs call-id");
+        };
+        let delay = msg.get("delete delay").or_else(|| msg.get("delete-delay")).and_then(Value::as_int).unwrap_or(0);
+        let mut st = self.state.lock().await;
+        let Some(call) = st.calls.remove(call_id) else {
+            return error("unknown call-id");
+        };
+        drop(st);
+        let stats = self.call_stats(&call).await;
+        let ids: Vec<SessionId> = call.media.iter().map(|m| m.id).collect();
+        let handle = self.handle.clone();
+        if delay > 0 {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(delay.unsigned_abs().min(3600))).await;
+                for id in ids {
+                    let _ = handle.release(id).await;
+                }
+            });
+        } else {
+            for id in ids {
+                let _ = handle.release(id).await;
+            }
+        }
+        stats
+    }
+
+    async fn query(&self, msg: &Value) -> Value {
+        let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else {
+            return error("query needs call-id");
+        };
+        let call = self.state.lock().await.calls.get(call_id).cloned();
+        match call {
+            Some(c) => self.call_stats(&c).await,
+            None => error("unknown call-id"),
+        }
+    }
+
+    /// rtpengine-shaped statistics of one call.
+    async fn call_stats(&self, call: &Call) -> Value {
+        let (mut rtp_p, mut rtp_b, mut errors) = (0u64, 0u64, 0u64);
+        let mut offerer_medias = Vec::new();
+        let mut answerer_medias = Vec::new();
+        for (k, m) in call.media.iter().enumerate() {
+            let Ok(info) = self.handle.session(m.id).await else { continue };
+            for (leg, list) in [(&info.pbx, &mut offerer_medias), (&info.endpoint, &mut answerer_medias)] {
+                rtp_p += leg.stats.packets_received;
+                rtp_b += leg.stats.bytes_received;
+                errors += leg.stats.drops.total();
+                let endpoint = match leg.remote_rtp {
+                    Some(a) => dict([
+                        ("family", Value::str(if a.is_ipv4() { "IPv4" } else { "IPv6" })),
+                        ("address", Value::Bytes(a.ip().to_string().into_bytes())),
+                        ("port", Value::Int(i64::from(a.port()))),
+                    ]),
+                    None => dict([]),
+                };
+                let stream = dict([
+                    ("local port", Value::Int(i64::from(leg.ports.rtp))),
+                    ("endpoint", endpoint),
+                    (
+                        "stats",
+                        dict([
+                            ("packets", Value::Int(leg.stats.packets_received as i64)),
+                            ("bytes", Value::Int(leg.stats.bytes_received as i64)),
+                            ("errors", Value::Int(leg.stats.drops.total() as i64)),
+                        ]),
+                    ),
+                ]);
+                list.push(dict([
+                    ("index", Value::Int(k as i64 + 1)),
+                    ("type", Value::Bytes(m.kind.clone().into_bytes())),
+                    ("protocol", Value::Bytes(m.proto.clone().into_bytes())),
+                    ("rtcp-mux", Value::str(if m.mux { "yes" } else { "no" })),
+                    ("streams", Value::List(vec![stream])),
+                ]));
+            }
+        }
+        let mut tags = vec![(
+            call.from_tag.clone(),
+            dict([("tag", Value::Bytes(call.from_tag.clone().into_bytes())), ("medias", Value::List(offerer_medias))]),
+        )];
+        if let Some(t) = &call.to_tag {
+            tags.push((
+                t.clone(),
+                dict([("tag", Value::Bytes(t.clone().into_bytes())), ("medias", Value::List(answerer_medias))]),
+            ));
+        }
+        let tags = Value::Dict(tags.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect());
+        ok(vec![
+            ("created", Value::Int(call.created as i64)),
+            (
+                "totals",
+                dict([(
+                    "RTP",
+                    dict([
+                        ("packets", Value::Int(rtp_p as i64)),
+                        ("bytes", Value::Int(rtp_b as i64)),
+                        ("errors", Value::Int(errors as i64)),
+                    ]),
+                )]),
+            ),
+            ("tags", tags),
+        ])
+    }
+
+    async fn list(&self, msg: &Value) -> Value {
+        let limit = msg.get("limit").and_then(Value::as_int).unwrap_or(32).clamp(1, 10_000) as usize;
+        let st = self.state.lock().await;
+        let calls: Vec<Value> = st.calls.keys().take(limit).map(|k| Value::Bytes(k.clone())).collect();
+        ok(vec![("calls", Value::List(calls))])
+    }
+
+    async fn statistics(&self) -> Value {
+        let (own, total) = {
+            let st = self.state.lock().await;
+            (st.calls.len(), st.calls_total)
+        };
+        let counters = self.handle.counters().await.map(|c| c.total).unwrap_or_default();
+        ok(vec![(
+            "statistics",
+            dict([
+                (
+                    "currentstatistics",
+                    dict([
+                        ("sessionsown", Value::Int(own as i64)),
+                        ("sessionsforeign", Value::Int(0)),
+                        ("sessionstotal", Value::Int(own as i64)),
+                        ("transcodedmedia", Value::Int(0)),
+                    ]),
+                ),
+                (
+                    "totalstatistics",
+                    dict([
+                        ("managedsessions", Value::Int(total as i64)),
+                        ("packetsrelayed", Value::Int(counters.packets_forwarded as i64)),
+                        ("bytesrelayed", Value::Int(counters.bytes_forwarded as i64)),
+                        ("packetsdropped", Value::Int(counters.drops.total() as i64)),
+                    ]),
+                ),
+            ]),
+        )])
+    }
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    matches!(crate::session::peer::classify(ip), crate::session::peer::AddressClass::Private)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
