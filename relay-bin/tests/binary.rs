@@ -527,6 +527,7 @@ fn ng_protocol_offer_answer_media_query_delete_cache_and_garbage() {
     let ctl = UdpSocket::bind("127.0.0.1:0").expect("bind");
     ctl.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     assert_eq!(ng_udp(&ctl, ng, b"c0 d7:command4:pinge"), b"c0 d6:result4:ponge");
+    assert_eq!(ng_udp(&ctl, ng, br#"j0 {"command":"ping"}"#), br#"j0 {"result":"pong"}"#, "JSON dictionaries too");
 
     // Garbage gets error replies, never silence or a crash.
     for bad in [&b"hello"[..], b"c1 d7:command4:nopee", b"c2 i1e", b"c3 d7:command5:offere", b"c4 d3:sdp"] {

@@ -142,12 +142,21 @@ impl NgEngine {
                 }
             }
         }
-        let reply = match bencode::decode(body) {
+        let json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let request = if json {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .map_err(|e| format!("malformed JSON: {e}"))
+                .map(|j| from_json(&j))
+        } else {
+            bencode::decode(body).map_err(|e| format!("malformed bencode: {e}"))
+        };
+        let reply = match request {
             Ok(v @ Value::Dict(_)) => self.command(&v).await,
             Ok(_) => error("the message must be a dictionary"),
-            Err(e) => error(format!("malformed bencode: {e}")),
+            Err(e) => error(e),
         };
-        let out = [cookie, b" ", &reply.encode()].concat();
+        let encoded = if json { to_json(&reply).to_string().into_bytes() } else { reply.encode() };
+        let out = [cookie, b" ", &encoded].concat();
         let mut st = self.state.lock().await;
         st.cache.insert(cookie.to_vec(), (now, out.clone()));
         st.order.push_back((now, cookie.to_vec()));
@@ -452,6 +461,33 @@ impl NgEngine {
                 ),
             ]),
         )])
+    }
+}
+
+/// A JSON request as the equivalent bencode value (numbers become integers,
+/// booleans `yes`/`no`, null an empty string).
+fn from_json(j: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match j {
+        J::Null => Value::str(""),
+        J::Bool(b) => Value::str(if *b { "yes" } else { "no" }),
+        J::Number(n) => n.as_i64().map(Value::Int).unwrap_or_else(|| Value::Bytes(n.to_string().into_bytes())),
+        J::String(s) => Value::Bytes(s.clone().into_bytes()),
+        J::Array(a) => Value::List(a.iter().map(from_json).collect()),
+        J::Object(o) => Value::Dict(o.iter().map(|(k, v)| (k.clone().into_bytes(), from_json(v))).collect()),
+    }
+}
+
+/// A reply for a JSON request.
+fn to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Int(i) => J::from(*i),
+        Value::Bytes(b) => J::String(String::from_utf8_lossy(b).into_owned()),
+        Value::List(l) => J::Array(l.iter().map(to_json).collect()),
+        Value::Dict(d) => {
+            J::Object(d.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), to_json(v))).collect())
+        }
     }
 }
 

@@ -71,7 +71,8 @@ pub fn parse(sdp: &str) -> Result<Vec<MediaInfo>, SdpError> {
                 }
             }
             "m" => {
-                let mut it = value.split_whitespace();
+                // Single spaces, as RFC 4566 says, and as `rewrite` splits.
+                let mut it = value.split(' ');
                 let kind = it.next().ok_or(SdpError { line: n, reason: "bad m= line" })?;
                 let port = it
                     .next()
@@ -245,6 +246,8 @@ m=video 51372 RTP/AVP 96\r\nc=IN IP4 10.0.0.6\r\na=rtcp:51373\r\na=rtpmap:96 VP8
         assert_eq!((m[1].port, m[1].addr, m[1].rtcp_port), (51372, Some("10.0.0.6".parse().expect("ip")), Some(51373)));
         assert!(parse("garbage").is_err());
         assert!(parse("v=0\nm=audio x RTP/AVP 0\n").is_err());
+        // Found by the ng fuzz target: a stray CR inside the m= line.
+        assert!(parse("v=0\r\nm=audio 0\r3:x\r\n").is_err());
     }
 
     /// Table: (input, rewrite, expected output).
