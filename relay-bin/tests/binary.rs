@@ -606,6 +606,10 @@ fn ng_protocol_offer_answer_media_query_delete_cache_and_garbage() {
         }
     }
 
+    // A re-offer (new cookie) reuses the call's relay ports.
+    let reoffer = offer.replacen("o1 ", "o2 ", 1);
+    assert_eq!(sdp_port(&sdp_of(&ng_udp(&ctl, ng, reoffer.as_bytes()))), to_callee_leg);
+    assert_eq!(scrape(&r)["ucmrc_sessions_active"], 1.0);
     // SDES: the relay derived only the auth keys from a=crypto and latches with proof.
     let listed = json(&http(r.admin, "GET", "/v1/sessions", Some(TOKEN), None).1);
     let s0 = &listed["sessions"][0];
