@@ -21,6 +21,9 @@
 //!   [`RelayHandle`] used from tokio (`.await`) or plain threads (`.wait()`).
 //! - [`srtp_keys`]: derive the SRTP/SRTCP *authentication* keys a PBX hands
 //!   to the relay for authenticated latching (RFC 3711 §4.3).
+//! - [`ng`]: rtpengine's ng control protocol (bencode, SDP rewriting, the
+//!   offer/answer/delete/query engine) for Kamailio and OpenSIPS.
+//! - [`quota`]: per-tenant session quotas.
 //!
 //! ## Example: forward a packet between two loopback "endpoints"
 //!
