@@ -1,6 +1,6 @@
 //! Two-leg media sessions: latching, verification, limits, statistics.
 //!
-//! A [`Session`] is pure state. The shard hands it a datagram with the time,
+//! A session (crate-private `Session`) is pure state. The shard hands it a datagram with the time,
 //! the leg and port it arrived on and its source; the session answers where to
 //! send it or why to drop it.
 #![forbid(unsafe_code)]
