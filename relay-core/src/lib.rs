@@ -67,6 +67,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod control;
 pub mod io;
 pub mod ng;
 pub mod quota;
