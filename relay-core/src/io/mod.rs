@@ -216,6 +216,28 @@ impl Inbox {
     fn publish_free_ports(&self, shard: &Shard) {
         self.free_ports.store(shard.free_ports(), Ordering::Relaxed);
     }
+
+    /// Runs every queued command. Returns `true` when the shard must stop
+    /// (a `Stop` envelope or a closed mailbox); every session is then
+    /// already released.
+    fn run_commands(&self, shard: &mut Shard, sockets: &mut impl crate::shard::PortSockets) -> bool {
+        self.wake.drain();
+        loop {
+            match self.rx.try_recv() {
+                Ok(Envelope::Command(cmd, reply)) => {
+                    let resp = shard.handle_command(std::time::Instant::now(), cmd, sockets);
+                    self.publish_free_ports(shard);
+                    reply(resp);
+                }
+                Ok(Envelope::Stop) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    shard.release_all(sockets);
+                    self.publish_free_ports(shard);
+                    return true;
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+            }
+        }
+    }
 }
 
 /// A datapath backend: runs one shard's event loop on the calling thread

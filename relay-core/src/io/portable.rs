@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use socket2::Socket;
 
 use super::sys::{Epoll, MsgBatch, Received};
-use super::{Envelope, ShardRun, SocketOptions};
+use super::{ShardRun, SocketOptions};
 use crate::session::stats::DropReason;
 use crate::shard::{PortClose, PortSockets, Shard, Verdict};
 
@@ -145,23 +145,8 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
         }
         flush(&mut shard, &sockets, &mut batch, &mut sends, &mut group);
 
-        if commands {
-            inbox.wake.drain();
-            loop {
-                match inbox.rx.try_recv() {
-                    Ok(Envelope::Command(cmd, reply)) => {
-                        let resp = shard.handle_command(Instant::now(), cmd, &mut sockets);
-                        inbox.publish_free_ports(&shard);
-                        reply(resp);
-                    }
-                    Ok(Envelope::Stop) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                        shard.release_all(&mut sockets);
-                        inbox.publish_free_ports(&shard);
-                        return Ok(());
-                    }
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                }
-            }
+        if commands && inbox.run_commands(&mut shard, &mut sockets) {
+            return Ok(());
         }
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now, &mut sockets);

@@ -31,7 +31,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use socket2::Socket;
 
 use super::sys::{decode_addr, encode_addr};
-use super::{Envelope, ShardRun, SocketOptions};
+use super::{ShardRun, SocketOptions};
 use crate::session::stats::DropReason;
 use crate::shard::{PortClose, PortSockets, Shard, Verdict};
 
@@ -333,23 +333,8 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
                 }
             }
         }
-        if woken {
-            inbox.wake.drain();
-            loop {
-                match inbox.rx.try_recv() {
-                    Ok(Envelope::Command(cmd, reply)) => {
-                        let resp = shard.handle_command(Instant::now(), cmd, &mut u);
-                        inbox.publish_free_ports(&shard);
-                        reply(resp);
-                    }
-                    Ok(Envelope::Stop) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                        shard.release_all(&mut u);
-                        inbox.publish_free_ports(&shard);
-                        return shutdown(u);
-                    }
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                }
-            }
+        if woken && inbox.run_commands(&mut shard, &mut u) {
+            return shutdown(u);
         }
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now, &mut u);
