@@ -72,6 +72,8 @@ struct BufRing {
     count: u16,
     tail: u16,
     free: usize,
+    /// Set when the kernel might still use the memory: never free it.
+    leak: bool,
 }
 
 impl BufRing {
@@ -90,6 +92,7 @@ impl BufRing {
             count: count as u16,
             tail: 0,
             free: 0,
+            leak: false,
         };
         for bid in 0..count {
             me.recycle(bid as u16);
@@ -130,6 +133,10 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
+        if self.leak {
+            std::mem::forget(std::mem::take(&mut self.bufs));
+            return;
+        }
         // SAFETY: allocated in `new` with this layout; the ring is
         // unregistered (or the io_uring dropped) before this runs.
         unsafe { dealloc(self.ring.cast(), self.layout) };
@@ -292,6 +299,17 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
     };
     run.report_ready(Ok(()));
     let ShardRun { mut shard, inbox, .. } = run;
+    let result = event_loop(&mut u, &mut shard, &inbox);
+    // On every exit path, errors included: release the sessions (cancelling
+    // their receives) and wait for the cancellations before the buffers the
+    // kernel may still write into are freed.
+    shard.release_all(&mut u);
+    inbox.publish_free_ports(&shard);
+    let drained = shutdown(&mut u);
+    result.and(drained)
+}
+
+fn event_loop(u: &mut Ring, shard: &mut Shard, inbox: &super::Inbox) -> io::Result<()> {
     let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(4096);
     let mut rearm: Vec<u16> = Vec::new();
     loop {
@@ -306,7 +324,7 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
             let ud = cqe.user_data();
             let flags = cqe.flags();
             match ud >> KIND_SHIFT {
-                KIND_RECV => handle_recv(&mut u, &mut shard, now, cqe.result(), ud, flags, &mut rearm)?,
+                KIND_RECV => handle_recv(u, shard, now, cqe.result(), ud, flags, &mut rearm)?,
                 KIND_SEND => {
                     if cqe.result() < 0 {
                         shard.record_send_error();
@@ -333,12 +351,12 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
                 }
             }
         }
-        if woken && inbox.run_commands(&mut shard, &mut u) {
-            return shutdown(u);
+        if woken && inbox.run_commands(shard, u) {
+            return Ok(());
         }
         if shard.poll_timeout().is_some_and(|t| t <= now) {
-            shard.handle_timeout(now, &mut u);
-            inbox.publish_free_ports(&shard);
+            shard.handle_timeout(now, u);
+            inbox.publish_free_ports(shard);
         }
     }
 }
@@ -468,7 +486,7 @@ fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
 
 /// Waits (bounded) for cancelled receives to complete, then unregisters
 /// files and buffers so every socket is closed when the thread returns.
-fn shutdown(mut u: Ring) -> io::Result<()> {
+fn shutdown(u: &mut Ring) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
     while u.armed > 0 && Instant::now() < deadline {
         wait_for_events(&u.ring, Duration::from_millis(20))?;
@@ -478,6 +496,11 @@ fn shutdown(mut u: Ring) -> io::Result<()> {
                 u.armed = u.armed.saturating_sub(1);
             }
         }
+    }
+    if u.armed > 0 {
+        // Receives still armed after the deadline could write into the
+        // buffers: never free them (leak them rather than risk it).
+        u.bufs.leak = true;
     }
     let _ = u.ring.submitter().unregister_files();
     let _ = u.ring.submitter().unregister_buf_ring(BGID);
