@@ -3,5 +3,6 @@
 //! The TLS listener, authentication and the connector library build on it.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod frame;
 pub mod messages;
