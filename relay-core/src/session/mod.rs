@@ -444,8 +444,9 @@ impl Session {
 
         // 1. May this source send on this leg (and latch)?
         let current = leg.remote[slot];
-        if current.map(|c| c.addr) != Some(src) {
-            let rank = leg.rank(slot, src);
+        let new_source = current.map(|c| c.addr) != Some(src);
+        let rank = if new_source { leg.rank(slot, src) } else { 0 };
+        if new_source {
             match latch {
                 LatchPolicy::Open => {}
                 LatchPolicy::Window => match current {
@@ -474,8 +475,7 @@ impl Session {
 
         // 3. The source is accepted: latch, and track indexes and quality
         //    (even if the packet cannot be delivered yet).
-        if current.map(|c| c.addr) != Some(src) {
-            let rank = leg.rank(slot, src);
+        if new_source {
             if current.is_some() {
                 leg.stats.relatches += 1;
             } else {

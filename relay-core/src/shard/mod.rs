@@ -284,12 +284,12 @@ impl Shard {
             self.counters.drops.add(DropReason::NoSession);
             return Verdict::Drop(DropReason::NoSession);
         };
-        let leg_before = session.legs[owner.side.index()].stats;
+        let leg = owner.side.index();
+        let before = (session.legs[leg].stats.latches, session.legs[leg].stats.relatches);
         let src = peer::canonical(src);
         let verdict = session.handle_datagram(now, owner.side, owner.component, src, bytes, &self.config.peer_policy);
-        let leg_after = session.legs[owner.side.index()].stats;
-        self.counters.latches += leg_after.latches - leg_before.latches;
-        self.counters.relatches += leg_after.relatches - leg_before.relatches;
+        self.counters.latches += session.legs[leg].stats.latches - before.0;
+        self.counters.relatches += session.legs[leg].stats.relatches - before.1;
         match verdict {
             Ok((via_port, to)) => {
                 self.counters.packets_forwarded += 1;
