@@ -241,28 +241,14 @@ impl NgEngine {
             let leg_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };
             let media = match call.media.get(k) {
                 Some(existing) => {
-                    let mut update = if sender_is_offerer {
-                        SessionUpdate { pbx: leg_update, ..SessionUpdate::default() }
-                    } else {
-                        SessionUpdate { endpoint: leg_update, ..SessionUpdate::default() }
-                    };
+                    let mut update = side_update(sender_is_offerer, leg_update);
                     if authenticated && !offer {
                         update.latch = Some(LatchPolicy::Authenticated);
                     }
                     let r = self.handle.update(existing.id, update).await;
                     if let Err(e) = r {
                         // e.g. authenticated latching without keys on both legs
-                        let fallback = if sender_is_offerer {
-                            SessionUpdate {
-                                pbx: LegUpdate { hint, ..LegUpdate::default() },
-                                ..SessionUpdate::default()
-                            }
-                        } else {
-                            SessionUpdate {
-                                endpoint: LegUpdate { hint, ..LegUpdate::default() },
-                                ..SessionUpdate::default()
-                            }
-                        };
+                        let fallback = side_update(sender_is_offerer, LegUpdate { hint, ..LegUpdate::default() });
                         if self.handle.update(existing.id, fallback).await.is_err() {
                             return error(format!("update failed: {e}"));
                         }
@@ -488,6 +474,16 @@ fn to_json(v: &Value) -> serde_json::Value {
         Value::Dict(d) => {
             J::Object(d.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), to_json(v))).collect())
         }
+    }
+}
+
+/// An update of the leg facing the SDP's sender: the pbx leg for the
+/// original caller, the endpoint leg for the other party.
+fn side_update(sender_is_offerer: bool, leg: LegUpdate) -> SessionUpdate {
+    if sender_is_offerer {
+        SessionUpdate { pbx: leg, ..SessionUpdate::default() }
+    } else {
+        SessionUpdate { endpoint: leg, ..SessionUpdate::default() }
     }
 }
 
