@@ -463,14 +463,8 @@ fn sigterm_drains_keeping_the_active_call_until_it_is_released() {
     }
     assert!(r.child.try_wait().expect("wait").is_none(), "still running while a call is up");
     assert_eq!(http(r.admin, "DELETE", &format!("/v1/sessions/{}", call.id), Some(TOKEN), None).0, 200);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = r.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "relay did not exit after the last session");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    wait_for("the relay to exit after the last session", || r.child.try_wait().expect("wait").is_some());
+    let status = r.child.try_wait().expect("wait").expect("exited");
     assert!(status.success(), "clean exit after draining: {status:?}");
 }
 

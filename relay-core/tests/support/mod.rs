@@ -71,6 +71,12 @@ pub fn rtcp_rr(ssrc: u32) -> Vec<u8> {
     p
 }
 
+/// libsrtp stream policy for AES_CM_128_HMAC_SHA1_80 with a 30-byte master key ‖ salt.
+fn cm80(master: &[u8]) -> srtp::StreamPolicy<'_> {
+    let policy = srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80();
+    srtp::StreamPolicy { rtp: policy, rtcp: policy, key: master, ..Default::default() }
+}
+
 /// An SRTP sender (libsrtp, AES_CM_128_HMAC_SHA1_80).
 pub struct SrtpTx {
     session: srtp::Session,
@@ -81,14 +87,7 @@ pub struct SrtpTx {
 
 impl SrtpTx {
     pub fn new(master: &[u8], ssrc: u32, first_seq: u16) -> Self {
-        let policy = srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80();
-        let session = srtp::Session::with_outbound_template(srtp::StreamPolicy {
-            rtp: policy,
-            rtcp: policy,
-            key: master,
-            ..Default::default()
-        })
-        .expect("libsrtp outbound session");
+        let session = srtp::Session::with_outbound_template(cm80(master)).expect("libsrtp outbound session");
         Self { session, ssrc, seq: first_seq, ts: 0 }
     }
 
@@ -118,14 +117,7 @@ pub struct SrtpRx {
 
 impl SrtpRx {
     pub fn new(master: &[u8]) -> Self {
-        let policy = srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80();
-        let session = srtp::Session::with_inbound_template(srtp::StreamPolicy {
-            rtp: policy,
-            rtcp: policy,
-            key: master,
-            ..Default::default()
-        })
-        .expect("libsrtp inbound session");
+        let session = srtp::Session::with_inbound_template(cm80(master)).expect("libsrtp inbound session");
         Self { session, ok: 0, auth_failures: 0 }
     }
 
