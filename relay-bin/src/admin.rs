@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -15,11 +15,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use relay_core::wire::srtp_auth::TagLen;
-use relay_core::{
-    LatchPolicy, LegInfo, LegLimits, LegSpec, RelayError, RelayHandle, SessionId, SessionInfo, SessionSpec, SrtpAuth,
-    Verify,
-};
+use relay_core::api::{Allocation, FieldError, SessionRequest, UpdateRequest};
+use relay_core::{LegInfo, RelayError, RelayHandle, SessionId, SessionInfo, Verify};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -69,16 +66,21 @@ impl IntoResponse for ApiError {
 
 impl From<RelayError> for ApiError {
     fn from(e: RelayError) -> Self {
-        let msg = e.to_string();
-        match e {
-            RelayError::PortsExhausted => Self::new(StatusCode::SERVICE_UNAVAILABLE, "ports_exhausted", msg),
-            RelayError::QuotaExceeded(_) => Self::new(StatusCode::CONFLICT, "quota_exceeded", msg),
-            RelayError::UnknownSession(_) => Self::new(StatusCode::NOT_FOUND, "unknown_session", msg),
-            RelayError::InvalidSpec(_) => Self::bad("invalid_spec", msg),
-            RelayError::Busy => Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", msg),
-            RelayError::Draining => Self::new(StatusCode::SERVICE_UNAVAILABLE, "draining", msg),
-            RelayError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", msg),
-        }
+        let status = match e {
+            RelayError::PortsExhausted | RelayError::Busy | RelayError::Draining | RelayError::Stopped => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RelayError::QuotaExceeded(_) => StatusCode::CONFLICT,
+            RelayError::UnknownSession(_) => StatusCode::NOT_FOUND,
+            RelayError::InvalidSpec(_) => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, relay_core::api::relay_error_code(&e), e.to_string())
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self::bad(e.code, e.message)
     }
 }
 
@@ -87,7 +89,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/v1/sessions", get(list_sessions).post(create_session))
-        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .route("/v1/sessions/{id}", get(get_session).patch(update_session).delete(delete_session))
         .route("/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -135,6 +137,7 @@ async fn count_requests(State(st): State<Arc<AdminState>>, req: Request, next: N
         ("GET", p) if p.starts_with("/v1/sessions/") => 1,
         ("GET", "/v1/sessions") => 2,
         ("DELETE", _) => 3,
+        ("PATCH", _) => 5,
         _ => 4,
     };
     let t0 = Instant::now();
@@ -159,151 +162,6 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
-/// `POST /v1/sessions` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSession {
-    tenant: String,
-    #[serde(default)]
-    pbx: LegBody,
-    #[serde(default)]
-    endpoint: LegBody,
-    latch: Option<String>,
-    verify: Option<String>,
-    learning_window_ms: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-    max_duration_secs: Option<u64>,
-    quality: Option<bool>,
-    clock_rate: Option<u32>,
-}
-
-/// One leg in `POST /v1/sessions`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LegBody {
-    rtcp_mux: bool,
-    hint: Option<String>,
-    srtp_auth: Option<SrtpAuthBody>,
-    stun_password: Option<String>,
-    max_pps: Option<u32>,
-    max_bytes_per_sec: Option<u64>,
-}
-
-impl Default for LegBody {
-    fn default() -> Self {
-        Self {
-            rtcp_mux: true,
-            hint: None,
-            srtp_auth: None,
-            stun_password: None,
-            max_pps: None,
-            max_bytes_per_sec: None,
-        }
-    }
-}
-
-/// SRTP authentication keys of a leg (never the master key).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SrtpAuthBody {
-    rtp_key: String,
-    rtcp_key: String,
-    #[serde(default)]
-    tag_bits: Option<u16>,
-}
-
-impl std::fmt::Debug for SrtpAuthBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SrtpAuthBody(<masked>)")
-    }
-}
-
-fn key20(hex_key: &str, field: &'static str) -> Result<[u8; 20], ApiError> {
-    hex::decode(hex_key.trim()).ok().and_then(|b| <[u8; 20]>::try_from(b).ok()).ok_or_else(|| {
-        ApiError::bad("invalid_field", format!("{field}: expected 40 hex digits (a 20-byte HMAC-SHA1 key)"))
-    })
-}
-
-fn leg_spec(body: LegBody, side: &'static str) -> Result<LegSpec, ApiError> {
-    let hint = match body.hint {
-        None => None,
-        Some(h) => Some(
-            h.parse::<SocketAddr>()
-                .or_else(|_| h.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
-                .map_err(|_| ApiError::bad("invalid_field", format!("{side}.hint: {h:?} is not an IP or IP:port")))?,
-        ),
-    };
-    let srtp_auth = match body.srtp_auth {
-        None => None,
-        Some(a) => {
-            let rtp_tag = match a.tag_bits.unwrap_or(80) {
-                80 => TagLen::Bits80,
-                32 => TagLen::Bits32,
-                other => {
-                    return Err(ApiError::bad(
-                        "invalid_field",
-                        format!("{side}.srtp_auth.tag_bits: {other} is not 80 or 32"),
-                    ))
-                }
-            };
-            Some(SrtpAuth {
-                rtp_key: key20(
-                    &a.rtp_key,
-                    if side == "pbx" { "pbx.srtp_auth.rtp_key" } else { "endpoint.srtp_auth.rtp_key" },
-                )?,
-                rtcp_key: key20(
-                    &a.rtcp_key,
-                    if side == "pbx" { "pbx.srtp_auth.rtcp_key" } else { "endpoint.srtp_auth.rtcp_key" },
-                )?,
-                rtp_tag,
-                rtcp_tag: TagLen::Bits80,
-            })
-        }
-    };
-    let limits = (body.max_pps.is_some() || body.max_bytes_per_sec.is_some())
-        .then_some(LegLimits { max_pps: body.max_pps, max_bytes_per_sec: body.max_bytes_per_sec });
-    Ok(LegSpec {
-        rtcp_mux: body.rtcp_mux,
-        hint,
-        srtp_auth,
-        stun_password: body.stun_password.map(String::into_bytes),
-        limits,
-    })
-}
-
-fn session_spec(b: CreateSession) -> Result<SessionSpec, ApiError> {
-    let latch = match b.latch.as_deref() {
-        None => None,
-        Some("window") => Some(LatchPolicy::Window),
-        Some("authenticated") => Some(LatchPolicy::Authenticated),
-        Some("open") => Some(LatchPolicy::Open),
-        Some(other) => {
-            return Err(ApiError::bad(
-                "invalid_field",
-                format!("latch: {other:?} is not window, authenticated or open"),
-            ))
-        }
-    };
-    let verify = match b.verify.as_deref() {
-        None => None,
-        Some("latch") => Some(Verify::Latch),
-        Some("all") => Some(Verify::All),
-        Some(other) => return Err(ApiError::bad("invalid_field", format!("verify: {other:?} is not latch or all"))),
-    };
-    Ok(SessionSpec {
-        tenant: b.tenant,
-        pbx: leg_spec(b.pbx, "pbx")?,
-        endpoint: leg_spec(b.endpoint, "endpoint")?,
-        latch,
-        verify,
-        learning_window: b.learning_window_ms.map(Duration::from_millis),
-        idle_timeout: b.idle_timeout_secs.map(Duration::from_secs),
-        max_duration: b.max_duration_secs.map(Duration::from_secs),
-        quality: b.quality,
-        clock_rate: b.clock_rate,
-    })
 }
 
 fn leg_json(l: &LegInfo) -> Value {
@@ -345,22 +203,31 @@ fn session_json(s: &SessionInfo) -> Value {
 }
 
 fn parse_id(id: &str) -> Result<SessionId, ApiError> {
-    if id.len() != 16 {
-        return Err(ApiError::bad("invalid_id", "session ids are 16 hex digits"));
-    }
-    id.parse().map_err(|_| ApiError::bad("invalid_id", "session ids are 16 hex digits"))
+    relay_core::api::parse_session_id(id).map_err(ApiError::from)
 }
 
 async fn create_session(
     State(st): State<Arc<AdminState>>,
-    body: Result<Json<CreateSession>, JsonRejection>,
+    body: Result<Json<SessionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad("invalid_json", e.body_text()))?;
-    let spec = session_spec(body)?;
+    let tenant = body.tenant.clone().ok_or_else(|| ApiError::bad("invalid_field", "tenant: required"))?;
+    let spec = body.to_spec(&tenant)?;
     let a = st.handle.allocate(spec).await?;
-    let legs = |l: relay_core::LegAddrs| json!({ "rtp": l.rtp.to_string(), "rtcp": l.rtcp.map(|a| a.to_string()) });
-    let body = json!({ "id": a.id.to_string(), "pbx": legs(a.pbx), "endpoint": legs(a.endpoint) });
+    let body = serde_json::to_value(Allocation::of(&a)).unwrap_or_default();
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/sessions/{}", a.id))], Json(body)).into_response())
+}
+
+async fn update_session(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let Json(body) = body.map_err(|e| ApiError::bad("invalid_json", e.body_text()))?;
+    st.handle.update(id, body.to_update()?).await?;
+    let info = st.handle.session(id).await?;
+    Ok(Json(session_json(&info)))
 }
 
 async fn get_session(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

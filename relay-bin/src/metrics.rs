@@ -15,7 +15,7 @@ use relay_core::{RelayCounters, ShardCounters};
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 /// Control operations counted separately.
-pub const OPERATIONS: [&str; 5] = ["allocate", "query", "list", "release", "other"];
+pub const OPERATIONS: [&str; 6] = ["allocate", "query", "list", "release", "other", "update"];
 /// Results of a control operation.
 pub const RESULTS: [&str; 3] = ["ok", "client_error", "server_error"];
 

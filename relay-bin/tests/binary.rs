@@ -370,7 +370,14 @@ fn session_lifecycle_over_http_with_real_srtp_and_metrics() {
     assert!(after["ucmrc_control_requests_total{operation=\"allocate\",result=\"ok\"}"] >= 1.0);
     assert!(after["ucmrc_control_requests_total{operation=\"allocate\",result=\"client_error\"}"] >= 8.0);
 
-    let (status, body) = http(r.admin, "DELETE", &format!("/v1/sessions/{}", call.id), Some(TOKEN), None);
+    // PATCH changes a running session: the new hint shows in its state.
+    let path = format!("/v1/sessions/{}", call.id);
+    let (status, body) = http(r.admin, "PATCH", &path, Some(TOKEN), Some(r#"{"endpoint":{"hint":"127.0.0.9"}}"#));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["endpoint"]["hint"], "127.0.0.9:0");
+    let (status, body) = http(r.admin, "PATCH", &path, Some(TOKEN), Some(r#"{"latch":"never"}"#));
+    assert_eq!((status, json(&body)["code"].as_str()), (400, Some("invalid_field")), "{body}");
+    let (status, body) = http(r.admin, "DELETE", &path, Some(TOKEN), None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(http(r.admin, "GET", &format!("/v1/sessions/{}", call.id), Some(TOKEN), None).0, 404);
     assert_eq!(scrape(&r)["ucmrc_sessions_active"], 0.0);

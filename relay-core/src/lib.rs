@@ -24,6 +24,8 @@
 //! - [`ng`]: rtpengine's ng control protocol (bencode, SDP rewriting, the
 //!   offer/answer/delete/query engine) for Kamailio and OpenSIPS.
 //! - [`quota`]: per-tenant session quotas.
+//! - [`api`]: the JSON session requests shared by the admin API and the
+//!   control channel.
 //!
 //! ## Example: forward a packet between two loopback "endpoints"
 //!
@@ -67,6 +69,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod control;
 pub mod io;
 pub mod ng;

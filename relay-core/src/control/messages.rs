@@ -57,15 +57,7 @@ pub struct Heartbeat {
     pub seq: u64,
 }
 
-/// Relay addresses of one leg.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LegAddresses {
-    /// RTP (or RTP+RTCP with rtcp-mux).
-    pub rtp: String,
-    /// RTCP without rtcp-mux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rtcp: Option<String>,
-}
+pub use crate::api::LegAddresses;
 
 /// `allocate` (connector → relay). `session` has the admin API's
 /// `POST /v1/sessions` body shape (tenant implied by the channel).

@@ -1,0 +1,458 @@
+//! JSON request shapes shared by every control surface: the admin HTTP API
+//! (`POST /v1/sessions`, `PATCH /v1/sessions/{id}`) and the connector's
+//! control channel (`allocate`, `update`). One parser, one set of error
+//! codes, so a session request means the same thing wherever it arrives.
+//!
+//! Parsing never echoes secret values in errors, and `Debug` masks keys.
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::srtp_keys::{derive_auth_keys, SrtpMasterKey};
+use crate::wire::srtp_auth::TagLen;
+use crate::{
+    AllocatedSession, LatchPolicy, LegLimits, LegSpec, LegUpdate, RelayError, SessionSpec, SessionUpdate, SrtpAuth,
+    Verify,
+};
+
+/// A request that names a field it cannot accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FieldError {
+    /// Stable code (`invalid_field`, `invalid_id`, `forbidden_tenant`, ...).
+    pub code: &'static str,
+    /// Human message naming the field (never its secret value).
+    pub message: String,
+}
+
+impl FieldError {
+    fn invalid(message: String) -> Self {
+        Self { code: "invalid_field", message }
+    }
+}
+
+/// The stable code of a [`RelayError`], as the admin API and the control
+/// channel report it.
+pub fn relay_error_code(e: &RelayError) -> &'static str {
+    match e {
+        RelayError::PortsExhausted => "ports_exhausted",
+        RelayError::QuotaExceeded(_) => "quota_exceeded",
+        RelayError::UnknownSession(_) => "unknown_session",
+        RelayError::InvalidSpec(_) => "invalid_spec",
+        RelayError::Busy => "busy",
+        RelayError::Draining => "draining",
+        RelayError::Stopped => "stopped",
+    }
+}
+
+/// SRTP authentication keys of one leg, hex (never the master key).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SrtpAuthKeys {
+    /// SRTP authentication key, 40 hex digits.
+    pub rtp_key: String,
+    /// SRTCP authentication key, 40 hex digits.
+    pub rtcp_key: String,
+    /// SRTP tag length: 80 (default) or 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_bits: Option<u16>,
+}
+
+impl std::fmt::Debug for SrtpAuthKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SrtpAuthKeys").field("keys", &"<masked>").field("tag_bits", &self.tag_bits).finish()
+    }
+}
+
+impl SrtpAuthKeys {
+    /// The authentication keys for SRTP sent with this SDES master key and
+    /// salt (`AES_CM_128_HMAC_SHA1_80`, or `_32` with `tag_bits = 32`). Only
+    /// the derived authentication keys leave this function: the relay can
+    /// check packets but never decrypt them.
+    pub fn from_master(key: &[u8], salt: &[u8], tag_bits: u16) -> Result<Self, FieldError> {
+        let master = SrtpMasterKey::new(key, salt).map_err(|e| FieldError::invalid(format!("srtp master key: {e}")))?;
+        if tag_bits != 80 && tag_bits != 32 {
+            return Err(FieldError::invalid(format!("tag_bits: {tag_bits} is not 80 or 32")));
+        }
+        let keys = derive_auth_keys(&master);
+        Ok(Self { rtp_key: to_hex(&keys.srtp), rtcp_key: to_hex(&keys.srtcp), tag_bits: Some(tag_bits) })
+    }
+
+    fn to_spec(&self, side: &str) -> Result<SrtpAuth, FieldError> {
+        let rtp_tag = match self.tag_bits.unwrap_or(80) {
+            80 => TagLen::Bits80,
+            32 => TagLen::Bits32,
+            other => return Err(FieldError::invalid(format!("{side}.srtp_auth.tag_bits: {other} is not 80 or 32"))),
+        };
+        Ok(SrtpAuth {
+            rtp_key: key20(&self.rtp_key, side, "rtp_key")?,
+            rtcp_key: key20(&self.rtcp_key, side, "rtcp_key")?,
+            rtp_tag,
+            rtcp_tag: TagLen::Bits80,
+        })
+    }
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn key20(hex_key: &str, side: &str, field: &str) -> Result<[u8; 20], FieldError> {
+    let s = hex_key.trim().as_bytes();
+    let mut out = [0u8; 20];
+    let ok = s.len() == 40
+        && s.chunks(2).zip(out.iter_mut()).all(|(pair, o)| {
+            let hi = (pair[0] as char).to_digit(16);
+            let lo = (pair[1] as char).to_digit(16);
+            match (hi, lo) {
+                (Some(h), Some(l)) => {
+                    *o = (h * 16 + l) as u8;
+                    true
+                }
+                _ => false,
+            }
+        });
+    if ok {
+        Ok(out)
+    } else {
+        Err(FieldError::invalid(format!("{side}.srtp_auth.{field}: expected 40 hex digits (a 20-byte HMAC-SHA1 key)")))
+    }
+}
+
+fn parse_hint(h: &str, side: &str) -> Result<SocketAddr, FieldError> {
+    h.parse::<SocketAddr>()
+        .or_else(|_| h.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
+        .map_err(|_| FieldError::invalid(format!("{side}.hint: {h:?} is not an IP or IP:port")))
+}
+
+fn limits(max_pps: Option<u32>, max_bytes_per_sec: Option<u64>) -> Option<LegLimits> {
+    (max_pps.is_some() || max_bytes_per_sec.is_some()).then_some(LegLimits { max_pps, max_bytes_per_sec })
+}
+
+/// One leg of a [`SessionRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LegRequest {
+    /// One port for RTP and RTCP (default true).
+    pub rtcp_mux: bool,
+    /// Where the remote says it is: `IP:port` or `IP`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// SRTP authentication keys of what this leg's remote sends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srtp_auth: Option<SrtpAuthKeys>,
+    /// ICE password that verifies STUN from this leg's remote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stun_password: Option<String>,
+    /// Packet-rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pps: Option<u32>,
+    /// Byte-rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+impl Default for LegRequest {
+    fn default() -> Self {
+        Self {
+            rtcp_mux: true,
+            hint: None,
+            srtp_auth: None,
+            stun_password: None,
+            max_pps: None,
+            max_bytes_per_sec: None,
+        }
+    }
+}
+
+impl LegRequest {
+    fn to_spec(&self, side: &str) -> Result<LegSpec, FieldError> {
+        Ok(LegSpec {
+            rtcp_mux: self.rtcp_mux,
+            hint: self.hint.as_deref().map(|h| parse_hint(h, side)).transpose()?,
+            srtp_auth: self.srtp_auth.as_ref().map(|a| a.to_spec(side)).transpose()?,
+            stun_password: self.stun_password.clone().map(String::into_bytes),
+            limits: limits(self.max_pps, self.max_bytes_per_sec),
+        })
+    }
+}
+
+/// A media session to allocate (`POST /v1/sessions`, control `allocate`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    /// Tenant. Required on the admin API; on a control channel the channel's
+    /// tenant is implied and any other value is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The PBX leg.
+    #[serde(default)]
+    pub pbx: LegRequest,
+    /// The endpoint leg.
+    #[serde(default)]
+    pub endpoint: LegRequest,
+    /// `window`, `authenticated` or `open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latch: Option<String>,
+    /// `latch` or `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    /// Learning window, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_window_ms: Option<u64>,
+    /// Idle timeout, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Maximum duration, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_secs: Option<u64>,
+    /// Collect RTP quality figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<bool>,
+    /// RTP clock rate (Hz) for jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_rate: Option<u32>,
+}
+
+fn parse_latch(v: Option<&str>) -> Result<Option<LatchPolicy>, FieldError> {
+    match v {
+        None => Ok(None),
+        Some("window") => Ok(Some(LatchPolicy::Window)),
+        Some("authenticated") => Ok(Some(LatchPolicy::Authenticated)),
+        Some("open") => Ok(Some(LatchPolicy::Open)),
+        Some(other) => Err(FieldError::invalid(format!("latch: {other:?} is not window, authenticated or open"))),
+    }
+}
+
+fn parse_verify(v: Option<&str>) -> Result<Option<Verify>, FieldError> {
+    match v {
+        None => Ok(None),
+        Some("latch") => Ok(Some(Verify::Latch)),
+        Some("all") => Ok(Some(Verify::All)),
+        Some(other) => Err(FieldError::invalid(format!("verify: {other:?} is not latch or all"))),
+    }
+}
+
+impl SessionRequest {
+    /// Authenticated latching on both legs in one call: each leg gets the
+    /// authentication keys of the SRTP its remote sends, and `latch` becomes
+    /// `authenticated` (a source must prove it holds the key before it can
+    /// take over a leg).
+    pub fn with_srtp_auth(mut self, pbx_sends: SrtpAuthKeys, endpoint_sends: SrtpAuthKeys) -> Self {
+        self.pbx.srtp_auth = Some(pbx_sends);
+        self.endpoint.srtp_auth = Some(endpoint_sends);
+        self.latch = Some("authenticated".into());
+        self
+    }
+
+    /// Validates the request into a [`SessionSpec`] for `tenant`.
+    pub fn to_spec(&self, tenant: &str) -> Result<SessionSpec, FieldError> {
+        Ok(SessionSpec {
+            tenant: tenant.to_string(),
+            pbx: self.pbx.to_spec("pbx")?,
+            endpoint: self.endpoint.to_spec("endpoint")?,
+            latch: parse_latch(self.latch.as_deref())?,
+            verify: parse_verify(self.verify.as_deref())?,
+            learning_window: self.learning_window_ms.map(Duration::from_millis),
+            idle_timeout: self.idle_timeout_secs.map(Duration::from_secs),
+            max_duration: self.max_duration_secs.map(Duration::from_secs),
+            quality: self.quality,
+            clock_rate: self.clock_rate,
+        })
+    }
+
+    /// The spec for a request arriving on `channel_tenant`'s control
+    /// channel: a `tenant` field, if present, must name the same tenant.
+    pub fn to_spec_for_channel(&self, channel_tenant: &str) -> Result<SessionSpec, FieldError> {
+        match &self.tenant {
+            Some(t) if t != channel_tenant => Err(FieldError {
+                code: "forbidden_tenant",
+                message: "a connector may only allocate sessions for its own tenant".into(),
+            }),
+            _ => self.to_spec(channel_tenant),
+        }
+    }
+}
+
+/// Changes to one leg (`None` keeps the value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LegUpdateRequest {
+    /// New hint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// New SRTP authentication keys (re-INVITE, DTLS keying).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srtp_auth: Option<SrtpAuthKeys>,
+    /// New STUN password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stun_password: Option<String>,
+    /// New packet-rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pps: Option<u32>,
+    /// New byte-rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+/// Changes to a session (`PATCH /v1/sessions/{id}`, control `update`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateRequest {
+    /// PBX-leg changes.
+    pub pbx: LegUpdateRequest,
+    /// Endpoint-leg changes.
+    pub endpoint: LegUpdateRequest,
+    /// New latching policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latch: Option<String>,
+    /// New verification option.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+}
+
+impl UpdateRequest {
+    /// Switches a running session to authenticated latching with these keys.
+    pub fn srtp_auth(pbx_sends: SrtpAuthKeys, endpoint_sends: SrtpAuthKeys) -> Self {
+        Self {
+            pbx: LegUpdateRequest { srtp_auth: Some(pbx_sends), ..LegUpdateRequest::default() },
+            endpoint: LegUpdateRequest { srtp_auth: Some(endpoint_sends), ..LegUpdateRequest::default() },
+            latch: Some("authenticated".into()),
+            verify: None,
+        }
+    }
+
+    /// Validates the request into a [`SessionUpdate`].
+    pub fn to_update(&self) -> Result<SessionUpdate, FieldError> {
+        let leg = |l: &LegUpdateRequest, side: &str| -> Result<LegUpdate, FieldError> {
+            Ok(LegUpdate {
+                hint: l.hint.as_deref().map(|h| parse_hint(h, side)).transpose()?,
+                srtp_auth: l.srtp_auth.as_ref().map(|a| a.to_spec(side)).transpose()?,
+                stun_password: l.stun_password.clone().map(String::into_bytes),
+                limits: limits(l.max_pps, l.max_bytes_per_sec),
+            })
+        };
+        Ok(SessionUpdate {
+            pbx: leg(&self.pbx, "pbx")?,
+            endpoint: leg(&self.endpoint, "endpoint")?,
+            latch: parse_latch(self.latch.as_deref())?,
+            verify: parse_verify(self.verify.as_deref())?,
+        })
+    }
+}
+
+/// Relay addresses of one leg in a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegAddresses {
+    /// RTP (and RTCP with rtcp-mux).
+    pub rtp: String,
+    /// RTCP without rtcp-mux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtcp: Option<String>,
+}
+
+impl LegAddresses {
+    /// The addresses of an allocated leg.
+    pub fn of(l: crate::LegAddrs) -> Self {
+        Self { rtp: l.rtp.to_string(), rtcp: l.rtcp.map(|a| a.to_string()) }
+    }
+}
+
+/// The reply to an allocation: what goes into SDP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Session id (16 hex digits).
+    pub id: String,
+    /// Where the PBX sends.
+    pub pbx: LegAddresses,
+    /// Where the endpoint sends.
+    pub endpoint: LegAddresses,
+}
+
+impl Allocation {
+    /// The reply for an allocated session.
+    pub fn of(a: &AllocatedSession) -> Self {
+        Self { id: a.id.to_string(), pbx: LegAddresses::of(a.pbx), endpoint: LegAddresses::of(a.endpoint) }
+    }
+}
+
+/// Parses a session id (16 hex digits).
+pub fn parse_session_id(id: &str) -> Result<crate::SessionId, FieldError> {
+    let bad = || FieldError { code: "invalid_id", message: "session ids are 16 hex digits".into() };
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    id.parse().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_becomes_a_spec_and_bad_fields_are_named() {
+        let r: SessionRequest = serde_json::from_str(
+            r#"{"tenant":"acme","pbx":{"hint":"10.0.0.5:4000","max_pps":80},"endpoint":{"rtcp_mux":false,"hint":"192.0.2.1"},"latch":"open"}"#,
+        )
+        .expect("parse");
+        let spec = r.to_spec("acme").expect("valid");
+        assert_eq!(spec.pbx.hint, Some("10.0.0.5:4000".parse().expect("addr")));
+        assert_eq!(spec.pbx.limits, Some(LegLimits { max_pps: Some(80), max_bytes_per_sec: None }));
+        assert_eq!(spec.endpoint.hint, Some("192.0.2.1:0".parse().expect("addr")));
+        assert!(spec.pbx.rtcp_mux && !spec.endpoint.rtcp_mux);
+        assert_eq!(spec.latch, Some(LatchPolicy::Open));
+
+        let bad = SessionRequest { latch: Some("sometimes".into()), ..SessionRequest::default() };
+        assert!(bad.to_spec("acme").expect_err("refused").message.starts_with("latch:"));
+        let secret = "zz".repeat(20);
+        let bad = SessionRequest {
+            endpoint: LegRequest {
+                srtp_auth: Some(SrtpAuthKeys { rtp_key: secret.clone(), rtcp_key: secret.clone(), tag_bits: None }),
+                ..LegRequest::default()
+            },
+            ..SessionRequest::default()
+        };
+        let e = bad.to_spec("acme").expect_err("refused");
+        assert!(e.message.starts_with("endpoint.srtp_auth.rtp_key") && !e.message.contains(&secret));
+        assert!(serde_json::from_str::<SessionRequest>(r#"{"pbx":{"bogus":1}}"#).is_err());
+    }
+
+    #[test]
+    fn channel_requests_cannot_name_another_tenant() {
+        let own = SessionRequest { tenant: Some("acme".into()), ..SessionRequest::default() };
+        assert_eq!(own.to_spec_for_channel("acme").expect("own tenant").tenant, "acme");
+        let implied = SessionRequest::default();
+        assert_eq!(implied.to_spec_for_channel("acme").expect("implied").tenant, "acme");
+        let other = SessionRequest { tenant: Some("globex".into()), ..SessionRequest::default() };
+        assert_eq!(other.to_spec_for_channel("acme").expect_err("refused").code, "forbidden_tenant");
+    }
+
+    #[test]
+    fn the_srtp_helper_derives_the_rfc3711_auth_keys_and_switches_latching() {
+        // RFC 3711 B.3 test vector.
+        let key = [0xE1, 0xF9, 0x7A, 0x0D, 0x3E, 0x01, 0x8B, 0xE0, 0xD6, 0x4F, 0xA3, 0x2C, 0x06, 0xDE, 0x41, 0x39];
+        let salt = [0x0E, 0xC6, 0x75, 0xAD, 0x49, 0x8A, 0xFE, 0xEB, 0xB6, 0x96, 0x0B, 0x3A, 0xAB, 0xE6];
+        let k = SrtpAuthKeys::from_master(&key, &salt, 80).expect("keys");
+        assert_eq!(k.rtp_key, "cebe321f6ff7716b6fd4ab49af256a156d38baa4");
+        let req = SessionRequest::default().with_srtp_auth(k.clone(), k.clone());
+        let spec = req.to_spec("acme").expect("valid");
+        assert_eq!(spec.latch, Some(LatchPolicy::Authenticated));
+        assert_eq!(spec.pbx.srtp_auth.expect("keys").rtp_key[0], 0xce);
+        assert!(!format!("{k:?}").contains("cebe"));
+        let upd = UpdateRequest::srtp_auth(k.clone(), k).to_update().expect("valid");
+        assert_eq!(upd.latch, Some(LatchPolicy::Authenticated));
+        assert!(SrtpAuthKeys::from_master(&key, &salt, 64).is_err());
+        assert!(SrtpAuthKeys::from_master(&key[..3], &salt, 80).is_err());
+    }
+
+    #[test]
+    fn session_ids_are_sixteen_hex_digits() {
+        assert!(parse_session_id("0100000000000001").is_ok());
+        for bad in ["", "01", "+100000000000001", "010000000000000g", "01000000000000011"] {
+            assert_eq!(parse_session_id(bad).expect_err(bad).code, "invalid_id");
+        }
+    }
+}
