@@ -359,6 +359,12 @@ impl LegAddresses {
     pub fn of(l: crate::LegAddrs) -> Self {
         Self { rtp: l.rtp.to_string(), rtcp: l.rtcp.map(|a| a.to_string()) }
     }
+
+    /// The RTP address as a socket address (`None` if the relay sent
+    /// something else).
+    pub fn rtp_socket_addr(&self) -> Option<SocketAddr> {
+        self.rtp.parse().ok()
+    }
 }
 
 /// The reply to an allocation: what goes into SDP.

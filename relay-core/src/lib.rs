@@ -24,6 +24,8 @@
 //! - [`ng`]: rtpengine's ng control protocol (bencode, SDP rewriting, the
 //!   offer/answer/delete/query engine) for Kamailio and OpenSIPS.
 //! - [`quota`]: per-tenant session quotas.
+//! - [`control`] and [`connector`]: the authenticated TLS control channel
+//!   between the relay and a connector beside the PBX.
 //! - [`api`]: the JSON session requests shared by the admin API and the
 //!   control channel.
 //!
@@ -70,6 +72,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod connector;
 pub mod control;
 pub mod io;
 pub mod ng;

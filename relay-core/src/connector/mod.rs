@@ -1,0 +1,546 @@
+//! The PBX-side connector (tokio): keeps one authenticated TLS control
+//! channel to the relay, reconnects with exponential backoff and jitter,
+//! re-registers, and lets the PBX allocate, update and release media
+//! sessions through it.
+//!
+//! Media never passes through the connector: sessions forward on the relay
+//! whether the channel is up or not. If the connector stays away longer than
+//! the relay's grace period, the relay releases the tenant's sessions.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use relay_core::api::{SessionRequest, SrtpAuthKeys};
+//! use relay_core::connector::{Connector, ConnectorConfig};
+//! use relay_core::control::tls::ClientTrust;
+//!
+//! let connector = Connector::start(ConnectorConfig::new(
+//!     "relay.example.net:7443",
+//!     "relay.example.net",
+//!     ClientTrust::CaPem(std::fs::read("/etc/ssl/certs/ca-certificates.crt")?),
+//!     "acme",
+//!     std::fs::read_to_string("/etc/ucmrc/acme.token")?.trim(),
+//! ))?;
+//! let handle = connector.handle();
+//! // SDES keys from the PBX's and the phone's SDP: the relay only gets the
+//! // derived *authentication* keys and latches on packets that prove them.
+//! let (pbx_key, pbx_salt) = ([1u8; 16], [2u8; 14]);
+//! let (phone_key, phone_salt) = ([3u8; 16], [4u8; 14]);
+//! let session = handle
+//!     .allocate(SessionRequest::default().with_srtp_auth(
+//!         SrtpAuthKeys::from_master(&pbx_key, &pbx_salt, 80)?,
+//!         SrtpAuthKeys::from_master(&phone_key, &phone_salt, 80)?,
+//!     ))
+//!     .await?;
+//! println!("put {} into the phone's SDP", session.endpoint.rtp);
+//! handle.release(&session.id).await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::TlsConnector;
+
+use crate::api::{Allocation, SessionRequest, SrtpAuthKeys, UpdateRequest};
+use crate::control::frame::{FrameDecoder, VERSION};
+use crate::control::messages::{
+    Allocate, ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Release, Reply, Update,
+};
+use crate::control::tls::{client_config, ClientTrust, TlsError};
+pub use backoff::Backoff;
+
+/// Connector settings.
+#[derive(Clone)]
+pub struct ConnectorConfig {
+    /// The relay's control listener, `host:port`.
+    pub relay: String,
+    /// The name the relay's certificate is checked against (and sent as SNI).
+    pub server_name: String,
+    /// How the relay's certificate is trusted.
+    pub trust: ClientTrust,
+    /// Tenant id.
+    pub tenant: String,
+    /// The tenant's token.
+    pub token: String,
+    /// A stable id of this connector instance.
+    pub connector_id: String,
+    /// Services this connector exposes (tunnels).
+    pub services: Vec<String>,
+    /// Time allowed for TCP connect + TLS + hello.
+    pub connect_timeout: Duration,
+    /// Time a request waits for a channel and its reply.
+    pub request_timeout: Duration,
+    /// Heartbeat interval until the relay announces its own.
+    pub heartbeat: Duration,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+}
+
+impl std::fmt::Debug for ConnectorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorConfig")
+            .field("relay", &self.relay)
+            .field("server_name", &self.server_name)
+            .field("trust", &self.trust)
+            .field("tenant", &self.tenant)
+            .field("token", &"<masked>")
+            .field("connector_id", &self.connector_id)
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectorConfig {
+    /// Settings with defaults for everything but the essentials; the
+    /// connector id defaults to the host name.
+    pub fn new(relay: &str, server_name: &str, trust: ClientTrust, tenant: &str, token: &str) -> Self {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        Self {
+            relay: relay.into(),
+            server_name: server_name.into(),
+            trust,
+            tenant: tenant.into(),
+            token: token.into(),
+            connector_id: if host.is_empty() { "connector".into() } else { host },
+            services: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Why a connector request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectorError {
+    /// No channel came up within the request timeout.
+    #[error("not connected to the relay")]
+    NotConnected,
+    /// The channel dropped after the request was sent: it may or may not
+    /// have been applied.
+    #[error("control channel lost before the reply")]
+    ChannelLost,
+    /// The relay refused the request.
+    #[error("relay refused: {code}: {message}")]
+    Refused {
+        /// Stable code (the admin API's codes).
+        code: String,
+        /// Human message.
+        message: String,
+    },
+    /// The relay answered something this connector cannot read.
+    #[error("malformed reply from the relay")]
+    BadReply,
+    /// The connector has been stopped.
+    #[error("connector stopped")]
+    Stopped,
+    /// The TLS settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The server name is not a valid DNS name or IP address.
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+}
+
+/// What the connector is doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectorStatus {
+    /// Whether a channel is authenticated now.
+    pub connected: bool,
+    /// Channels authenticated so far (1 + reconnects).
+    pub connects: u64,
+    /// The last connect failure (`bad_credentials`, `locked_out`,
+    /// `duplicate`, an I/O or TLS error).
+    pub last_error: Option<String>,
+}
+
+struct Request {
+    msg: Message,
+    reply: oneshot::Sender<Result<Reply, ConnectorError>>,
+}
+
+/// A cloneable handle to a running connector.
+#[derive(Clone)]
+pub struct ConnectorHandle {
+    requests: mpsc::Sender<Request>,
+    status: watch::Receiver<ConnectorStatus>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+    request_timeout: Duration,
+}
+
+/// A running connector: the background task and its handle.
+pub struct Connector {
+    handle: ConnectorHandle,
+    stop: watch::Sender<bool>,
+    open_streams: Mutex<Option<mpsc::Receiver<OpenStream>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const QUEUE: usize = 1024;
+
+impl Connector {
+    /// Starts the connector on the current tokio runtime. Fails only on
+    /// unusable settings; connection problems are retried forever.
+    pub fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError> {
+        let tls = TlsConnector::from(client_config(&config.trust)?);
+        let server_name = ServerName::try_from(config.server_name.clone())
+            .map_err(|_| ConnectorError::ServerName(config.server_name.clone()))?;
+        let (req_tx, req_rx) = mpsc::channel(QUEUE);
+        let (status_tx, status_rx) = watch::channel(ConnectorStatus::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (open_tx, open_rx) = mpsc::channel(QUEUE);
+        let handle = ConnectorHandle {
+            requests: req_tx,
+            status: status_rx,
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            request_timeout: config.request_timeout,
+        };
+        let worker = Worker { config, tls, server_name, status: status_tx, stop: stop_rx, open_streams: open_tx };
+        let task = tokio::spawn(worker.run(req_rx));
+        Ok(Connector { handle, stop: stop_tx, open_streams: Mutex::new(Some(open_rx)), task })
+    }
+
+    /// A handle for requests and status.
+    pub fn handle(&self) -> ConnectorHandle {
+        self.handle.clone()
+    }
+
+    /// The relay's open-stream requests (tunnels). Returns `None` after the
+    /// first call: there is one consumer.
+    pub fn take_open_streams(&self) -> Option<mpsc::Receiver<OpenStream>> {
+        self.open_streams.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Closes the channel and stops reconnecting.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+impl ConnectorHandle {
+    /// The current status.
+    pub fn status(&self) -> ConnectorStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until a channel is authenticated with at least `connects`
+    /// connects so far (1 = the first), or `timeout` passes.
+    pub async fn wait_connected(&self, connects: u64, timeout: Duration) -> Result<(), ConnectorError> {
+        let mut rx = self.status.clone();
+        let reached = async move { rx.wait_for(|s| s.connected && s.connects >= connects).await.is_ok() };
+        match tokio::time::timeout(timeout, reached).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ConnectorError::Stopped),
+            Err(_) => Err(ConnectorError::NotConnected),
+        }
+    }
+
+    /// Allocates a media session; the reply holds the relay addresses to
+    /// put into SDP (`pbx` for the PBX, `endpoint` for the phone).
+    pub async fn allocate(&self, request: SessionRequest) -> Result<Allocation, ConnectorError> {
+        let session = serde_json::to_value(&request).map_err(|_| ConnectorError::BadReply)?;
+        let reply = self.call(|request_id| Message::Allocate(Allocate { request_id, session })).await?;
+        match (reply.id, reply.pbx, reply.endpoint) {
+            (Some(id), Some(pbx), Some(endpoint)) => Ok(Allocation { id, pbx, endpoint }),
+            _ => Err(ConnectorError::BadReply),
+        }
+    }
+
+    /// Changes a session (hints, keys, limits, latching).
+    pub async fn update(&self, id: &str, update: UpdateRequest) -> Result<(), ConnectorError> {
+        let update = serde_json::to_value(&update).map_err(|_| ConnectorError::BadReply)?;
+        let id = id.to_string();
+        self.call(|request_id| Message::Update(Update { request_id, id, update })).await.map(drop)
+    }
+
+    /// Switches a running session to authenticated latching: the relay gets
+    /// the authentication keys of what each side sends (derive them with
+    /// [`SrtpAuthKeys::from_master`]), never a master key.
+    pub async fn enable_authenticated_latching(
+        &self,
+        id: &str,
+        pbx_sends: SrtpAuthKeys,
+        endpoint_sends: SrtpAuthKeys,
+    ) -> Result<(), ConnectorError> {
+        self.update(id, UpdateRequest::srtp_auth(pbx_sends, endpoint_sends)).await
+    }
+
+    /// Releases a session.
+    pub async fn release(&self, id: &str) -> Result<(), ConnectorError> {
+        let id = id.to_string();
+        self.call(|request_id| Message::Release(Release { request_id, id })).await.map(drop)
+    }
+
+    async fn call(&self, build: impl FnOnce(u64) -> Message) -> Result<Reply, ConnectorError> {
+        let request_id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let queued =
+            tokio::time::timeout_at(deadline, self.requests.send(Request { msg: build(request_id), reply: tx }));
+        match queued.await {
+            Err(_) => return Err(ConnectorError::NotConnected),
+            Ok(Err(_)) => return Err(ConnectorError::Stopped),
+            Ok(Ok(())) => {}
+        }
+        let reply = match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => return Err(ConnectorError::NotConnected),
+            Ok(Err(_)) => return Err(ConnectorError::Stopped),
+            Ok(Ok(r)) => r?,
+        };
+        if reply.ok {
+            Ok(reply)
+        } else {
+            Err(ConnectorError::Refused {
+                code: reply.code.unwrap_or_else(|| "unknown".into()),
+                message: reply.message.unwrap_or_default(),
+            })
+        }
+    }
+}
+
+struct Worker {
+    config: ConnectorConfig,
+    tls: TlsConnector,
+    server_name: ServerName<'static>,
+    status: watch::Sender<ConnectorStatus>,
+    stop: watch::Receiver<bool>,
+    open_streams: mpsc::Sender<OpenStream>,
+}
+
+type Channel = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Why a connect attempt failed.
+struct ConnectFailure {
+    reason: String,
+    /// The relay refused our credentials or our presence: back off fully.
+    refused: bool,
+}
+
+impl Worker {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        let mut backoff = self.config.backoff.clone();
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let mut stop = self.stop.clone();
+            let attempt = tokio::select! {
+                r = tokio::time::timeout(self.config.connect_timeout, self.connect()) => r,
+                _ = stopped(&mut stop) => return,
+            };
+            match attempt {
+                Ok(Ok((channel, decoder, heartbeat))) => {
+                    backoff.reset();
+                    self.status.send_modify(|s| {
+                        s.connected = true;
+                        s.connects += 1;
+                        s.last_error = None;
+                    });
+                    tracing::info!(relay = %self.config.relay, "connector: channel up");
+                    let why = self.serve(channel, decoder, heartbeat, &mut requests).await;
+                    self.status.send_modify(|s| {
+                        s.connected = false;
+                        s.last_error = Some(why.clone());
+                    });
+                    tracing::warn!(relay = %self.config.relay, reason = %why, "connector: channel down");
+                    if *self.stop.borrow() {
+                        return;
+                    }
+                }
+                Ok(Err(failure)) => {
+                    if failure.refused {
+                        backoff.saturate();
+                    }
+                    tracing::warn!(relay = %self.config.relay, reason = %failure.reason, "connector: connect failed");
+                    self.status.send_modify(|s| s.last_error = Some(failure.reason));
+                }
+                Err(_) => {
+                    self.status.send_modify(|s| s.last_error = Some("connect timed out".into()));
+                }
+            }
+            let delay = backoff.next_delay(fastrand::f64());
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopped(&mut self.stop) => return,
+            }
+        }
+    }
+
+    /// TCP, TLS, hello; returns the authenticated channel.
+    async fn connect(&self) -> Result<(Channel, FrameDecoder, Duration), ConnectFailure> {
+        let io = |e: std::io::Error| ConnectFailure { reason: e.to_string(), refused: false };
+        let tcp = TcpStream::connect(&self.config.relay).await.map_err(io)?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = self.tls.connect(self.server_name.clone(), tcp).await.map_err(io)?;
+        let hello = Message::Hello(Hello {
+            version: u32::from(VERSION),
+            tenant: self.config.tenant.clone(),
+            token: self.config.token.clone(),
+            connector_id: self.config.connector_id.clone(),
+            services: self.config.services.clone(),
+        });
+        tls.write_all(&hello.encode().encode()).await.map_err(io)?;
+        let mut decoder = FrameDecoder::new();
+        let mut buf = [0u8; 4096];
+        let frame = loop {
+            match decoder.poll_frame() {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => return Err(ConnectFailure { reason: e.to_string(), refused: false }),
+            }
+            let n = tls.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                return Err(ConnectFailure { reason: "relay closed the channel".into(), refused: false });
+            }
+            decoder.handle_bytes(&buf[..n]);
+        };
+        match Message::decode(&frame) {
+            Ok(Message::HelloResult(HelloResult { ok: true, heartbeat_secs, .. })) => {
+                let hb = heartbeat_secs.map_or(self.config.heartbeat, |s| Duration::from_secs(u64::from(s.max(1))));
+                Ok((tls, decoder, hb))
+            }
+            Ok(Message::HelloResult(HelloResult { code, .. })) => Err(ConnectFailure {
+                reason: format!("relay refused the connector: {}", code.as_deref().unwrap_or("unknown")),
+                refused: true,
+            }),
+            Ok(Message::Error(ErrorMessage { code, .. })) => {
+                Err(ConnectFailure { reason: format!("relay error: {code}"), refused: false })
+            }
+            _ => Err(ConnectFailure { reason: "unexpected first frame from the relay".into(), refused: false }),
+        }
+    }
+
+    /// Runs one authenticated channel until it ends; returns why.
+    async fn serve(
+        &mut self,
+        channel: Channel,
+        mut decoder: FrameDecoder,
+        hb: Duration,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> String {
+        let (mut reader, mut writer) = tokio::io::split(channel);
+        let mut in_flight: HashMap<u64, oneshot::Sender<Result<Reply, ConnectorError>>> = HashMap::new();
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+        let mut last_rx = Instant::now();
+        let mut seq = 0u64;
+        let mut buf = vec![0u8; 16 * 1024];
+        let why = loop {
+            match decoder.poll_frame() {
+                Ok(Some(frame)) => {
+                    last_rx = Instant::now();
+                    let msg = match Message::decode(&frame) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let _ = send(&mut writer, &protocol_error("bad_message", &e.to_string())).await;
+                            break format!("bad message from relay: {e}");
+                        }
+                    };
+                    match msg {
+                        Message::Heartbeat(h) => {
+                            if send(&mut writer, &Message::HeartbeatAck(h)).await.is_err() {
+                                break "write failed".into();
+                            }
+                        }
+                        Message::HeartbeatAck(_) => {}
+                        Message::Allocated(r) | Message::Updated(r) | Message::Released(r) => {
+                            if let Some(tx) = in_flight.remove(&r.request_id) {
+                                let _ = tx.send(Ok(r));
+                            }
+                        }
+                        Message::OpenStream(o) => {
+                            if self.open_streams.try_send(o).is_err() {
+                                tracing::warn!("connector: open_stream dropped (no consumer or queue full)");
+                            }
+                        }
+                        Message::Error(e) => break format!("relay closed the channel: {}", e.code),
+                        other => {
+                            let kind = other.encode().kind.as_str();
+                            let _ = send(&mut writer, &protocol_error("unexpected_frame", kind)).await;
+                            break format!("unexpected {kind} from relay");
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = send(&mut writer, &protocol_error(e.code(), &e.to_string())).await;
+                    break format!("framing error from relay: {e}");
+                }
+            }
+            tokio::select! {
+                n = reader.read(&mut buf) => match n {
+                    Ok(0) => break "relay closed the connection".into(),
+                    Ok(n) => decoder.handle_bytes(&buf[..n]),
+                    Err(e) => break e.to_string(),
+                },
+                req = requests.recv() => {
+                    let Some(req) = req else { break "connector stopped".into() };
+                    if req.reply.is_closed() {
+                        continue; // the caller gave up while we were disconnected
+                    }
+                    let id = request_id(&req.msg);
+                    if send(&mut writer, &req.msg).await.is_err() {
+                        let _ = req.reply.send(Err(ConnectorError::ChannelLost));
+                        break "write failed".into();
+                    }
+                    in_flight.insert(id, req.reply);
+                }
+                _ = ticker.tick() => {
+                    if last_rx.elapsed() >= 3 * hb {
+                        break "relay silent for three heartbeat intervals".into();
+                    }
+                    seq += 1;
+                    if send(&mut writer, &Message::Heartbeat(Heartbeat { seq })).await.is_err() {
+                        break "write failed".into();
+                    }
+                }
+                _ = stopped(&mut self.stop) => {
+                    let _ = writer.shutdown().await;
+                    break "connector stopped".into();
+                }
+            }
+        };
+        for (_, tx) in in_flight.drain() {
+            let _ = tx.send(Err(ConnectorError::ChannelLost));
+        }
+        why
+    }
+}
+
+fn request_id(m: &Message) -> u64 {
+    match m {
+        Message::Allocate(a) => a.request_id,
+        Message::Update(u) => u.request_id,
+        Message::Release(r) => r.request_id,
+        _ => 0,
+    }
+}
+
+fn protocol_error(code: &str, message: &str) -> Message {
+    Message::Error(ErrorMessage { code: code.into(), message: message.into(), request_id: None })
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> std::io::Result<()> {
+    let write = async {
+        w.write_all(&m.encode().encode()).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), write).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

@@ -1,0 +1,859 @@
+//! The relay side of the control channel: a TLS 1.2/1.3 listener that
+//! authenticates connectors and serves their requests against a
+//! [`RelayHandle`].
+//!
+//! Per connection: accept only within the unauthenticated caps (per source
+//! IP and total); TLS handshake within `handshake_timeout`; a `hello` within
+//! `auth_timeout`, checked by the [`Authenticator`] (constant-time, lockouts
+//! per source, a delay after each failure); then the second-connector policy;
+//! then requests until the channel closes or falls silent for three
+//! heartbeat intervals. A tenant whose connector stays away longer than
+//! `grace` has its sessions released. Every refusal is counted by reason.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::auth::{AuthOutcome, AuthPolicy, Authenticator};
+use super::caps::{CapGuard, ConnCaps};
+use super::frame::{Frame, FrameDecoder, FrameError};
+use super::messages::{ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Reply};
+use super::tls::{server_config, ReloadableCert, TlsError};
+use crate::api::{parse_session_id, relay_error_code, Allocation, FieldError, SessionRequest, UpdateRequest};
+use crate::{RelayError, RelayHandle, SessionId};
+
+/// What to do when a second connector authenticates for a tenant that
+/// already has one (a reconnect of the *same* `connector_id` always
+/// replaces: the old channel is presumed dead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondConnector {
+    /// The newcomer replaces the current connector (its channel is closed
+    /// with `replaced`).
+    Replace,
+    /// The newcomer is refused with `duplicate`.
+    Reject,
+}
+
+/// Control listener settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed, after TLS, for the `hello`.
+    pub auth_timeout: Duration,
+    /// Heartbeat interval; a channel silent for three is closed.
+    pub heartbeat: Duration,
+    /// Time allowed for one frame to be written (a peer that does not read
+    /// is dropped).
+    pub write_timeout: Duration,
+    /// Connections not yet authenticated, per source IP.
+    pub max_unauthenticated_per_ip: usize,
+    /// Connections not yet authenticated, in total.
+    pub max_unauthenticated: usize,
+    /// Second-connector policy.
+    pub second_connector: SecondConnector,
+    /// How long a tenant's sessions outlive its connector.
+    pub grace: Duration,
+    /// Lockout policy.
+    pub auth: AuthPolicy,
+    /// Write `redacted` instead of peer addresses in logs.
+    pub redact_addresses: bool,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_unauthenticated_per_ip: 8,
+            max_unauthenticated: 1024,
+            second_connector: SecondConnector::Replace,
+            grace: Duration::from_secs(120),
+            auth: AuthPolicy::default(),
+            redact_addresses: false,
+        }
+    }
+}
+
+/// A tenant as the control listener knows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TenantCredentials {
+    /// Tenant id.
+    pub id: String,
+    /// SHA-256 of its token (the token itself is never stored).
+    pub token_sha256: [u8; 32],
+    /// Services its connector may expose (tunnel service names).
+    pub services: Vec<String>,
+}
+
+impl std::fmt::Debug for TenantCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantCredentials")
+            .field("id", &self.id)
+            .field("token_sha256", &"<masked>")
+            .field("services", &self.services)
+            .finish()
+    }
+}
+
+macro_rules! counters {
+    ($(#[doc = $doc:literal] $name:ident,)*) => {
+        #[derive(Debug, Default)]
+        struct Counters { $($name: AtomicU64,)* }
+
+        /// Control-listener counters (totals since start, plus two gauges).
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct ControlStats {
+            $(#[doc = $doc] pub $name: u64,)*
+            /// Connectors authenticated now.
+            pub connectors_active: u64,
+            /// Connections not yet authenticated now.
+            pub unauthenticated: u64,
+        }
+
+        impl Counters {
+            fn snapshot(&self) -> ControlStats {
+                ControlStats { $($name: self.$name.load(Ordering::Relaxed),)* ..ControlStats::default() }
+            }
+        }
+
+        impl ControlStats {
+            /// Every counter as (name, value), for exporters.
+            pub fn counters(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// TCP connections accepted.
+    connections_accepted,
+    /// Refused at accept: the source's unauthenticated cap was full.
+    rejected_per_ip_cap,
+    /// Refused at accept: the total unauthenticated cap was full.
+    rejected_total_cap,
+    /// TLS handshakes that failed (plaintext, TLS ≤ 1.1, bad records).
+    tls_failures,
+    /// TLS handshakes that did not finish in time (stalled clients).
+    handshake_timeouts,
+    /// Channels that sent no `hello` in time.
+    auth_timeouts,
+    /// Channels whose first frame was not a valid `hello`.
+    hello_protocol_errors,
+    /// Successful authentications.
+    auth_ok,
+    /// Wrong token or unknown tenant.
+    auth_bad_credentials,
+    /// Refused because the source is locked out.
+    auth_locked_out,
+    /// Refused: hello asked for a service the tenant may not expose.
+    auth_unknown_service,
+    /// Refused: unsupported protocol version in hello.
+    auth_unsupported_version,
+    /// Second connectors refused (policy `reject`).
+    duplicates_rejected,
+    /// Connectors replaced by a newcomer.
+    replaced,
+    /// Channels closed for a protocol error after authentication.
+    protocol_errors,
+    /// Channels closed after three silent heartbeat intervals.
+    heartbeat_timeouts,
+    /// Requests served (allocate, update, release).
+    requests,
+    /// Requests that failed (bad body, foreign session, relay error).
+    request_errors,
+    /// Sessions released because their tenant's connector stayed away past the grace period.
+    grace_released_sessions,
+}
+
+/// One authenticated connector, as listed by [`ControlServer::connectors`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorInfo {
+    /// Tenant.
+    pub tenant: String,
+    /// The connector's own id.
+    pub connector_id: String,
+    /// Its address.
+    pub peer: SocketAddr,
+    /// Services it exposes.
+    pub services: Vec<String>,
+    /// How long it has been connected.
+    pub connected_for: Duration,
+}
+
+struct Active {
+    connector_id: String,
+    peer: SocketAddr,
+    services: Vec<String>,
+    since: Instant,
+    epoch: u64,
+    kill: Option<oneshot::Sender<&'static str>>,
+    outbox: mpsc::Sender<Message>,
+}
+
+#[derive(Default)]
+struct Registry {
+    active: HashMap<String, Active>,
+    /// Tenants whose connector left, with the epoch of the channel that left.
+    away: HashMap<String, u64>,
+    next_epoch: u64,
+}
+
+struct Inner {
+    config: ControlConfig,
+    acceptor: TlsAcceptor,
+    cert: Arc<ReloadableCert>,
+    auth: Mutex<Authenticator>,
+    tenants: RwLock<HashMap<String, TenantCredentials>>,
+    relay: RelayHandle,
+    caps: ConnCaps,
+    registry: Mutex<Registry>,
+    counters: Counters,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The control listener. Cheap to clone; every clone is the same server.
+#[derive(Clone)]
+pub struct ControlServer {
+    inner: Arc<Inner>,
+}
+
+/// Why a connector could not be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReachError {
+    /// The tenant has no connector now.
+    #[error("tenant has no connector")]
+    NoConnector,
+    /// The connector does not expose this service.
+    #[error("connector does not expose this service")]
+    NoService,
+    /// Its outbound queue is full.
+    #[error("connector busy")]
+    Busy,
+}
+
+const OUTBOX: usize = 256;
+
+impl ControlServer {
+    /// A server for `tenants`, presenting `cert`, acting on `relay`.
+    pub fn new(
+        config: ControlConfig,
+        cert: Arc<ReloadableCert>,
+        tenants: Vec<TenantCredentials>,
+        relay: RelayHandle,
+    ) -> Result<Self, TlsError> {
+        let acceptor = TlsAcceptor::from(server_config(cert.clone())?);
+        let auth = Authenticator::new(config.auth, tenants.iter().map(|t| (t.id.clone(), t.token_sha256)));
+        let caps = ConnCaps::new(config.max_unauthenticated_per_ip, config.max_unauthenticated);
+        let tenants = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                acceptor,
+                cert,
+                auth: Mutex::new(auth),
+                tenants: RwLock::new(tenants),
+                relay,
+                caps,
+                registry: Mutex::default(),
+                counters: Counters::default(),
+                shutdown: watch::channel(false).0,
+            }),
+        })
+    }
+
+    /// Replaces the tenant list (configuration reload). Connectors of
+    /// removed tenants are closed; connectors whose token changed stay
+    /// connected (rotation without an outage) and use the new token on their
+    /// next connect. Failure history is kept.
+    pub fn replace_tenants(&self, tenants: Vec<TenantCredentials>) {
+        self.inner.auth_lock().replace_tenants(tenants.iter().map(|t| (t.id.clone(), t.token_sha256)));
+        let ids: HashMap<String, TenantCredentials> = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
+        let mut reg = self.inner.registry_lock();
+        for (tenant, active) in reg.active.iter_mut() {
+            if !ids.contains_key(tenant) {
+                if let Some(kill) = active.kill.take() {
+                    let _ = kill.send("tenant_removed");
+                }
+            }
+        }
+        drop(reg);
+        *self.inner.tenants.write().unwrap_or_else(|p| p.into_inner()) = ids;
+    }
+
+    /// The certificate holder (swap it to reload the certificate).
+    pub fn certificate(&self) -> &Arc<ReloadableCert> {
+        &self.inner.cert
+    }
+
+    /// Counter snapshot.
+    pub fn stats(&self) -> ControlStats {
+        let mut s = self.inner.counters.snapshot();
+        s.connectors_active = self.inner.registry_lock().active.len() as u64;
+        s.unauthenticated = self.inner.caps.pending() as u64;
+        s
+    }
+
+    /// Connectors authenticated now, by tenant.
+    pub fn connectors(&self) -> Vec<ConnectorInfo> {
+        let reg = self.inner.registry_lock();
+        let mut v: Vec<ConnectorInfo> = reg
+            .active
+            .iter()
+            .map(|(tenant, a)| ConnectorInfo {
+                tenant: tenant.clone(),
+                connector_id: a.connector_id.clone(),
+                peer: a.peer,
+                services: a.services.clone(),
+                connected_for: a.since.elapsed(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        v
+    }
+
+    /// Asks `tenant`'s connector to open a stream for `service` (tunnels).
+    pub fn send_open_stream(&self, tenant: &str, open: OpenStream) -> Result<(), ReachError> {
+        let reg = self.inner.registry_lock();
+        let a = reg.active.get(tenant).ok_or(ReachError::NoConnector)?;
+        if !a.services.contains(&open.service) {
+            return Err(ReachError::NoService);
+        }
+        a.outbox.try_send(Message::OpenStream(open)).map_err(|_| ReachError::Busy)
+    }
+
+    /// Closes every channel and stops [`serve`](Self::serve).
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Accepts connections on `listener` until [`shutdown`](Self::shutdown)
+    /// or `stop` resolves.
+    pub async fn serve(&self, listener: TcpListener, stop: impl Future<Output = ()>) -> std::io::Result<()> {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(30));
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = stopped(&mut shutdown) => break,
+                _ = housekeeping.tick() => self.inner.auth_lock().handle_timeout(Instant::now()),
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        // EMFILE and friends: keep serving, back off a little.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "control listener accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    self.inner.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+                    match self.inner.caps.try_acquire(peer.ip()) {
+                        Ok(guard) => {
+                            let inner = self.inner.clone();
+                            tokio::spawn(async move { inner.handle_connection(tcp, peer, guard).await });
+                        }
+                        Err(reason) => {
+                            let c = match reason {
+                                super::caps::CapRejection::PerIp => &self.inner.counters.rejected_per_ip_cap,
+                                super::caps::CapRejection::Total => &self.inner.counters.rejected_total_cap,
+                            };
+                            c.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(peer = %self.inner.shown(peer), reason = reason.as_str(), "control connection refused");
+                        }
+                    }
+                }
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+}
+
+/// How a channel ended (for logs).
+enum Ending {
+    Closed,
+    Killed(&'static str),
+    Protocol(&'static str),
+    Silent,
+    Io,
+    Shutdown,
+}
+
+impl Inner {
+    fn auth_lock(&self) -> std::sync::MutexGuard<'_, Authenticator> {
+        self.auth.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn registry_lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shown(&self, addr: SocketAddr) -> String {
+        if self.config.redact_addresses {
+            "redacted".into()
+        } else {
+            addr.to_string()
+        }
+    }
+
+    async fn handle_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, guard: CapGuard) {
+        let _ = tcp.set_nodelay(true);
+        let tls = match tokio::time::timeout(self.config.handshake_timeout, self.acceptor.accept(tcp)).await {
+            Err(_) => {
+                self.counters.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(peer = %self.shown(peer), "control: TLS handshake timed out");
+                return;
+            }
+            Ok(Err(e)) => {
+                self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(peer = %self.shown(peer), error = %e, "control: TLS handshake failed");
+                return;
+            }
+            Ok(Ok(s)) => s,
+        };
+        let (mut reader, mut writer) = tokio::io::split(tls);
+        let mut decoder = FrameDecoder::new();
+        let first = tokio::time::timeout(self.config.auth_timeout, read_frame(&mut reader, &mut decoder)).await;
+        let hello = match first {
+            Err(_) => {
+                self.counters.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+                let _ = self.send_error(&mut writer, "timeout", "no hello within the auth timeout").await;
+                return;
+            }
+            Ok(Err(ReadError::Frame(e))) => {
+                self.counters.hello_protocol_errors.fetch_add(1, Ordering::Relaxed);
+                let _ = self.send_error(&mut writer, e.code(), &e.to_string()).await;
+                return;
+            }
+            Ok(Err(ReadError::Closed | ReadError::Io)) => return,
+            Ok(Ok(frame)) => match Message::decode(&frame) {
+                Ok(Message::Hello(h)) => h,
+                Ok(_) => {
+                    self.counters.hello_protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.send_error(&mut writer, "not_authenticated", "the first frame must be hello").await;
+                    return;
+                }
+                Err(e) => {
+                    self.counters.hello_protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.send_error(&mut writer, "bad_message", &e.to_string()).await;
+                    return;
+                }
+            },
+        };
+        let Some(registration) = self.authenticate(&mut writer, peer, &hello).await else {
+            let _ = writer.shutdown().await;
+            return;
+        };
+        drop(guard);
+        let epoch = registration.epoch;
+        let ending = self.run_channel(reader, writer, decoder, &hello.tenant, registration).await;
+        let why = match ending {
+            Ending::Closed => "closed by connector",
+            Ending::Killed(r) => r,
+            Ending::Protocol(code) => code,
+            Ending::Silent => "heartbeat timeout",
+            Ending::Io => "connection error",
+            Ending::Shutdown => "relay shutting down",
+        };
+        tracing::info!(tenant = %hello.tenant, peer = %self.shown(peer), reason = why, "control: connector disconnected");
+        self.unregister(&hello.tenant, epoch);
+    }
+
+    /// Checks the hello; on success registers the connector and answers ok.
+    async fn authenticate<W: AsyncWrite + Unpin>(
+        self: &Arc<Self>,
+        writer: &mut W,
+        peer: SocketAddr,
+        hello: &Hello,
+    ) -> Option<Registration> {
+        let refuse = |code: &str, message: &str| {
+            Message::HelloResult(HelloResult {
+                ok: false,
+                code: Some(code.into()),
+                message: Some(message.into()),
+                heartbeat_secs: None,
+            })
+        };
+        if hello.version != u32::from(super::frame::VERSION) {
+            self.counters.auth_unsupported_version.fetch_add(1, Ordering::Relaxed);
+            let _ = self.write(writer, &refuse("unsupported_version", "this relay speaks protocol version 1")).await;
+            return None;
+        }
+        let outcome = self.auth_lock().handle_hello(Instant::now(), peer.ip(), &hello.tenant, &hello.token);
+        if let AuthOutcome::Rejected { code, delay } = outcome {
+            let counter =
+                if code == "locked_out" { &self.counters.auth_locked_out } else { &self.counters.auth_bad_credentials };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tenant = %hello.tenant, peer = %self.shown(peer), code, "control: authentication refused");
+            tokio::time::sleep(delay).await;
+            let message = if code == "locked_out" {
+                "too many failed attempts from this address; try later"
+            } else {
+                "unknown tenant or wrong token"
+            };
+            let _ = self.write(writer, &refuse(code, message)).await;
+            return None;
+        }
+        let allowed = self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(&hello.tenant).cloned();
+        let Some(tenant) = allowed else {
+            return None; // removed by a reload between the two checks
+        };
+        if let Some(bad) = hello.services.iter().find(|s| !tenant.services.contains(s)) {
+            self.counters.auth_unknown_service.fetch_add(1, Ordering::Relaxed);
+            let _ = self.write(writer, &refuse("unknown_service", &format!("service {bad:?} is not allowed"))).await;
+            return None;
+        }
+        let registration = match self.register(hello, peer) {
+            Ok(r) => r,
+            Err(()) => {
+                self.counters.duplicates_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tenant = %hello.tenant, peer = %self.shown(peer), "control: second connector refused");
+                let _ = self.write(writer, &refuse("duplicate", "this tenant already has a connector")).await;
+                return None;
+            }
+        };
+        self.counters.auth_ok.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(tenant = %hello.tenant, connector = %hello.connector_id, peer = %self.shown(peer), "control: connector authenticated");
+        let ok = Message::HelloResult(HelloResult {
+            ok: true,
+            code: None,
+            message: None,
+            heartbeat_secs: Some(self.config.heartbeat.as_secs().max(1) as u32),
+        });
+        if self.write(writer, &ok).await.is_err() {
+            self.unregister(&hello.tenant, registration.epoch);
+            return None;
+        }
+        Some(registration)
+    }
+
+    fn register(&self, hello: &Hello, peer: SocketAddr) -> Result<Registration, ()> {
+        let mut reg = self.registry_lock();
+        if let Some(current) = reg.active.get_mut(&hello.tenant) {
+            let same_instance = current.connector_id == hello.connector_id;
+            if !same_instance && self.config.second_connector == SecondConnector::Reject {
+                return Err(());
+            }
+            if let Some(kill) = current.kill.take() {
+                let _ = kill.send("replaced");
+            }
+            self.counters.replaced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tenant = %hello.tenant, old = %self.shown(current.peer), new = %self.shown(peer), "control: connector replaced");
+        }
+        reg.next_epoch += 1;
+        let epoch = reg.next_epoch;
+        let (kill_tx, kill_rx) = oneshot::channel();
+        let (out_tx, out_rx) = mpsc::channel(OUTBOX);
+        reg.away.remove(&hello.tenant);
+        reg.active.insert(
+            hello.tenant.clone(),
+            Active {
+                connector_id: hello.connector_id.clone(),
+                peer,
+                services: hello.services.clone(),
+                since: Instant::now(),
+                epoch,
+                kill: Some(kill_tx),
+                outbox: out_tx,
+            },
+        );
+        Ok(Registration { epoch, kill: kill_rx, outbox: out_rx })
+    }
+
+    fn unregister(self: &Arc<Self>, tenant: &str, epoch: u64) {
+        let mut reg = self.registry_lock();
+        if reg.active.get(tenant).is_none_or(|a| a.epoch != epoch) {
+            return; // replaced: the tenant still has a connector
+        }
+        reg.active.remove(tenant);
+        reg.away.insert(tenant.to_string(), epoch);
+        drop(reg);
+        let inner = self.clone();
+        let tenant = tenant.to_string();
+        tokio::spawn(async move {
+            let mut shutdown = inner.shutdown.subscribe();
+            tokio::select! {
+                _ = tokio::time::sleep(inner.config.grace) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+            let expired = {
+                let mut reg = inner.registry_lock();
+                let expired = reg.away.get(&tenant) == Some(&epoch);
+                if expired {
+                    reg.away.remove(&tenant);
+                }
+                expired
+            };
+            if expired {
+                let n = inner.release_tenant_sessions(&tenant).await;
+                inner.counters.grace_released_sessions.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(tenant = %tenant, sessions = n, "control: connector away past the grace period; sessions released");
+            }
+        });
+    }
+
+    async fn release_tenant_sessions(&self, tenant: &str) -> u64 {
+        let mut ids = Vec::new();
+        let mut after = None;
+        loop {
+            let Ok(page) = self.relay.list(after, 1000).await else { break };
+            ids.extend(page.sessions.iter().filter(|s| s.tenant == tenant).map(|s| s.id));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let mut released = 0;
+        for id in ids {
+            if self.relay.release(id).await.is_ok() {
+                released += 1;
+            }
+        }
+        released
+    }
+
+    async fn run_channel<R, W>(
+        &self,
+        mut reader: R,
+        mut writer: W,
+        mut decoder: FrameDecoder,
+        tenant: &str,
+        mut registration: Registration,
+    ) -> Ending
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let hb = self.config.heartbeat;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+        let mut last_rx = Instant::now();
+        let mut seq = 0u64;
+        let mut shutdown = self.shutdown.subscribe();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            // Frames already buffered first (several may arrive in one read).
+            match decoder.poll_frame() {
+                Ok(Some(frame)) => {
+                    last_rx = Instant::now();
+                    match self.handle_frame(tenant, &frame).await {
+                        Ok(Some(reply)) => {
+                            if self.write(&mut writer, &reply).await.is_err() {
+                                return Ending::Io;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err((code, message)) => {
+                            self.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                            let _ = self.send_error(&mut writer, code, &message).await;
+                            return Ending::Protocol(code);
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.send_error(&mut writer, e.code(), &e.to_string()).await;
+                    return Ending::Protocol(e.code());
+                }
+            }
+            tokio::select! {
+                n = reader.read(&mut buf) => match n {
+                    Ok(0) => return Ending::Closed,
+                    Ok(n) => decoder.handle_bytes(&buf[..n]),
+                    Err(_) => return Ending::Io,
+                },
+                _ = ticker.tick() => {
+                    if last_rx.elapsed() >= 3 * hb {
+                        self.counters.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.send_error(&mut writer, "timeout", "no frame for three heartbeat intervals").await;
+                        return Ending::Silent;
+                    }
+                    seq += 1;
+                    if self.write(&mut writer, &Message::Heartbeat(Heartbeat { seq })).await.is_err() {
+                        return Ending::Io;
+                    }
+                }
+                Some(out) = registration.outbox.recv() => {
+                    if self.write(&mut writer, &out).await.is_err() {
+                        return Ending::Io;
+                    }
+                }
+                reason = &mut registration.kill => {
+                    let reason = reason.unwrap_or("replaced");
+                    let _ = self.send_error(&mut writer, reason, "another connector took over this tenant").await;
+                    let _ = writer.shutdown().await;
+                    return Ending::Killed(reason);
+                }
+                _ = stopped(&mut shutdown) => {
+                    let _ = self.send_error(&mut writer, "shutdown", "the relay is shutting down").await;
+                    let _ = writer.shutdown().await;
+                    return Ending::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Serves one frame: `Ok(Some(reply))`, `Ok(None)` (nothing to answer),
+    /// or a protocol error that closes the channel.
+    async fn handle_frame(&self, tenant: &str, frame: &Frame) -> Result<Option<Message>, (&'static str, String)> {
+        let msg = Message::decode(frame).map_err(|e| ("bad_message", e.to_string()))?;
+        Ok(match msg {
+            Message::Heartbeat(h) => Some(Message::HeartbeatAck(h)),
+            Message::HeartbeatAck(_) => None,
+            Message::Error(e) => {
+                tracing::info!(tenant, code = %e.code, "control: connector reported an error");
+                None
+            }
+            Message::Allocate(a) => {
+                let reply = self.allocate(tenant, a.session).await;
+                Some(Message::Allocated(self.finish(a.request_id, reply)))
+            }
+            Message::Update(u) => {
+                let reply = self.update(tenant, &u.id, u.update).await;
+                Some(Message::Updated(self.finish(u.request_id, reply)))
+            }
+            Message::Release(r) => {
+                let reply = self.release(tenant, &r.id).await;
+                Some(Message::Released(self.finish(r.request_id, reply)))
+            }
+            other => {
+                return Err(("unexpected_frame", format!("a connector does not send {}", other.encode().kind.as_str())))
+            }
+        })
+    }
+
+    fn finish(&self, request_id: u64, r: Result<Reply, FieldError>) -> Reply {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok(mut reply) => {
+                reply.request_id = request_id;
+                reply
+            }
+            Err(e) => {
+                self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
+                Reply {
+                    request_id,
+                    ok: false,
+                    id: None,
+                    pbx: None,
+                    endpoint: None,
+                    code: Some(e.code.into()),
+                    message: Some(e.message),
+                }
+            }
+        }
+    }
+
+    async fn allocate(&self, tenant: &str, body: serde_json::Value) -> Result<Reply, FieldError> {
+        let req: SessionRequest = serde_json::from_value(body).map_err(body_error)?;
+        let spec = req.to_spec_for_channel(tenant)?;
+        let a = self.relay.allocate(spec).await.map_err(relay_error)?;
+        let a = Allocation::of(&a);
+        Ok(Reply { id: Some(a.id), pbx: Some(a.pbx), endpoint: Some(a.endpoint), ..ok_reply() })
+    }
+
+    async fn update(&self, tenant: &str, id: &str, body: serde_json::Value) -> Result<Reply, FieldError> {
+        let id = self.owned(tenant, id).await?;
+        let req: UpdateRequest = serde_json::from_value(body).map_err(body_error)?;
+        self.relay.update(id, req.to_update()?).await.map_err(relay_error)?;
+        Ok(ok_reply())
+    }
+
+    async fn release(&self, tenant: &str, id: &str) -> Result<Reply, FieldError> {
+        let id = self.owned(tenant, id).await?;
+        self.relay.release(id).await.map_err(relay_error)?;
+        Ok(ok_reply())
+    }
+
+    /// The session id, if the session exists and belongs to `tenant`. A
+    /// session of another tenant is reported exactly like a missing one.
+    async fn owned(&self, tenant: &str, id: &str) -> Result<SessionId, FieldError> {
+        let id = parse_session_id(id)?;
+        match self.relay.session(id).await {
+            Ok(info) if info.tenant == tenant => Ok(id),
+            Ok(_) => Err(relay_error(RelayError::UnknownSession(id))),
+            Err(e) => Err(relay_error(e)),
+        }
+    }
+
+    async fn write<W: AsyncWrite + Unpin>(&self, writer: &mut W, msg: &Message) -> std::io::Result<()> {
+        let bytes = msg.encode().encode();
+        match tokio::time::timeout(self.config.write_timeout, async {
+            writer.write_all(&bytes).await?;
+            writer.flush().await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    async fn send_error<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+        code: &str,
+        message: &str,
+    ) -> std::io::Result<()> {
+        let e = Message::Error(ErrorMessage { code: code.into(), message: message.into(), request_id: None });
+        self.write(writer, &e).await?;
+        writer.shutdown().await
+    }
+}
+
+struct Registration {
+    epoch: u64,
+    kill: oneshot::Receiver<&'static str>,
+    outbox: mpsc::Receiver<Message>,
+}
+
+fn ok_reply() -> Reply {
+    Reply { request_id: 0, ok: true, id: None, pbx: None, endpoint: None, code: None, message: None }
+}
+
+fn body_error(e: serde_json::Error) -> FieldError {
+    FieldError { code: "invalid_json", message: format!("{:?} error at column {}", e.classify(), e.column()) }
+}
+
+fn relay_error(e: RelayError) -> FieldError {
+    FieldError { code: relay_error_code(&e), message: e.to_string() }
+}
+
+enum ReadError {
+    Closed,
+    Io,
+    Frame(FrameError),
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, decoder: &mut FrameDecoder) -> Result<Frame, ReadError> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(f) = decoder.poll_frame().map_err(ReadError::Frame)? {
+            return Ok(f);
+        }
+        match reader.read(&mut buf).await {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(n) => decoder.handle_bytes(&buf[..n]),
+            Err(_) => return Err(ReadError::Io),
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
