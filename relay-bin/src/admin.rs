@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use relay_core::api::{Allocation, FieldError, SessionRequest, UpdateRequest};
+use relay_core::control::server::ControlServer;
 use relay_core::{LegInfo, RelayError, RelayHandle, SessionId, SessionInfo, Verify};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -40,6 +41,8 @@ pub struct AdminState {
     pub started: Instant,
     /// Cleared while draining.
     pub ready: AtomicBool,
+    /// The connectors' control listener, when configured.
+    pub control: Option<ControlServer>,
 }
 
 /// A JSON error response.
@@ -90,6 +93,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/sessions", get(list_sessions).post(create_session))
         .route("/v1/sessions/{id}", get(get_session).patch(update_session).delete(delete_session))
+        .route("/v1/connectors", get(list_connectors))
         .route("/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -156,7 +160,15 @@ async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
 
 async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
     let counters = st.handle.counters().await?;
-    let body = metrics::render(&counters, &st.stats, &st.backend, st.handle.is_draining(), st.started.elapsed());
+    let connectors = st.control.as_ref().map(ControlServer::stats);
+    let body = metrics::render(
+        &counters,
+        &st.stats,
+        connectors.as_ref(),
+        &st.backend,
+        st.handle.is_draining(),
+        st.started.elapsed(),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
 
@@ -263,4 +275,18 @@ async fn list_sessions(
         "sessions": page.sessions.iter().map(session_json).collect::<Vec<_>>(),
         "next": page.next.map(|n| n.to_string()),
     })))
+}
+
+async fn list_connectors(State(st): State<Arc<AdminState>>) -> Json<Value> {
+    let list = st.control.as_ref().map(ControlServer::connectors).unwrap_or_default();
+    Json(json!({
+        "enabled": st.control.is_some(),
+        "connectors": list.iter().map(|c| json!({
+            "tenant": c.tenant,
+            "connector_id": c.connector_id,
+            "peer": c.peer.to_string(),
+            "services": c.services,
+            "connected_secs": c.connected_for.as_secs(),
+        })).collect::<Vec<_>>(),
+    }))
 }

@@ -3,9 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use relay_core::control::auth::AuthPolicy;
+use relay_core::control::server::{ControlConfig, SecondConnector, TenantCredentials};
+use relay_core::control::tls::TlsError;
 use relay_core::{
     BackendKind, LatchPolicy, LegLimits, PeerPolicy, RelayConfig, SessionDefaults, SocketOptions, Verify,
 };
@@ -31,6 +34,9 @@ pub struct FileConfig {
     /// rtpengine ng protocol listener.
     #[serde(default)]
     pub ng: NgSection,
+    /// The connectors' TLS control listener (absent: disabled).
+    #[serde(default)]
+    pub control: Option<ControlSection>,
     /// Per-tenant settings, by tenant id.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSection>,
@@ -152,18 +158,20 @@ impl std::fmt::Debug for AdminSection {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// `human` or `json`.
     pub format: String,
     /// A `tracing` filter, e.g. `info` or `ucmrc=debug,info`.
     pub level: String,
+    /// Write `redacted` instead of client addresses in logs.
+    pub redact_addresses: bool,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self { format: "human".into(), level: "info".into() }
+        Self { format: "human".into(), level: "info".into(), redact_addresses: false }
     }
 }
 
@@ -185,12 +193,95 @@ impl Default for NgSection {
     }
 }
 
+/// `[control]`: where connectors beside the PBXs log in (TLS 1.2/1.3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// PEM certificate chain (reloaded on SIGHUP).
+    pub cert: PathBuf,
+    /// PEM private key (reloaded on SIGHUP).
+    pub key: PathBuf,
+    /// Time allowed for the TLS handshake, seconds.
+    pub handshake_timeout_secs: u64,
+    /// Time allowed for the hello after TLS, seconds.
+    pub auth_timeout_secs: u64,
+    /// Heartbeat interval, seconds (silent for three: closed).
+    pub heartbeat_secs: u64,
+    /// Connections not yet authenticated, per source IP.
+    pub max_unauthenticated_per_ip: usize,
+    /// Connections not yet authenticated, in total.
+    pub max_unauthenticated: usize,
+    /// `replace` or `reject` a second connector of a tenant.
+    pub second_connector: String,
+    /// Seconds a tenant's sessions outlive its absent connector.
+    pub grace_secs: u64,
+    /// Failed logins from one address within `attempt_window_secs` that lock it out.
+    pub max_attempts: u32,
+    /// Window for counting failed logins, seconds.
+    pub attempt_window_secs: u64,
+    /// How long a locked-out address is refused, seconds.
+    pub lockout_secs: u64,
+    /// Delay before answering a failed login, milliseconds.
+    pub failure_delay_ms: u64,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        let d = ControlConfig::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            handshake_timeout_secs: d.handshake_timeout.as_secs(),
+            auth_timeout_secs: d.auth_timeout.as_secs(),
+            heartbeat_secs: d.heartbeat.as_secs(),
+            max_unauthenticated_per_ip: d.max_unauthenticated_per_ip,
+            max_unauthenticated: d.max_unauthenticated,
+            second_connector: "replace".into(),
+            grace_secs: d.grace.as_secs(),
+            max_attempts: d.auth.max_attempts,
+            attempt_window_secs: d.auth.window.as_secs(),
+            lockout_secs: d.auth.lockout.as_secs(),
+            failure_delay_ms: d.auth.failure_delay.as_millis() as u64,
+        }
+    }
+}
+
 /// `[tenants.NAME]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantSection {
     /// Maximum concurrent sessions (0: unlimited).
     pub max_sessions: usize,
+    /// SHA-256 (hex) of the tenant's connector token (`ucmrc token new --tenant NAME`).
+    pub token_sha256: Option<String>,
+    /// Services the tenant's connector may expose (tunnel service names).
+    pub services: Vec<String>,
+}
+
+impl std::fmt::Debug for TenantSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantSection")
+            .field("max_sessions", &self.max_sessions)
+            .field("token_sha256", &self.token_sha256.as_ref().map(|_| "<set, masked>"))
+            .field("services", &self.services)
+            .finish()
+    }
+}
+
+/// The validated control listener settings.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Certificate file.
+    pub cert: PathBuf,
+    /// Key file.
+    pub key: PathBuf,
+    /// Listener behaviour.
+    pub config: ControlConfig,
 }
 
 /// A configuration error: which key, on which line, and why.
@@ -228,6 +319,10 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Parsed token hash.
     pub admin_token_sha256: Option<[u8; 32]>,
+    /// The control listener, when configured.
+    pub control: Option<ControlSettings>,
+    /// Tenants that may log in over the control channel.
+    pub tenant_credentials: Vec<TenantCredentials>,
 }
 
 impl Config {
@@ -248,12 +343,20 @@ impl Config {
             key: "-".into(),
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&name, &text)
+        Config::parse_in(&name, &text, path.parent())
     }
 
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text; relative file names are taken from
+    /// the working directory.
+    #[cfg(test)]
     pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
+        Config::parse_in(name, text, None)
+    }
+
+    /// Parses and validates TOML text; relative file names (certificates)
+    /// are resolved against `base_dir`, the configuration file's directory.
+    pub fn parse_in(name: &str, text: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut file: FileConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of_offset(text, s.start));
             ConfigError {
                 file: name.into(),
@@ -262,6 +365,13 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
+        if let (Some(dir), Some(c)) = (base_dir, file.control.as_mut()) {
+            for p in [&mut c.cert, &mut c.key] {
+                if p.is_relative() && !p.as_os_str().is_empty() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
         Config::validate(name, text, file)
     }
 
@@ -297,16 +407,16 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
             return Err(err("log.level", format!("{:?} is not a valid filter", file.log.level)));
         }
-        let admin_token_sha256 =
-            match &file.admin.token_sha256 {
-                None => None,
+        let sha256 = |key: &str, h: &Option<String>| -> Result<Option<[u8; 32]>, ConfigError> {
+            match h {
+                None => Ok(None),
                 Some(h) => {
                     let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
-                    Some(bytes.ok_or_else(|| {
-                        err("admin.token_sha256", "must be 64 hex digits (SHA-256); value masked".into())
-                    })?)
+                    bytes.map(Some).ok_or_else(|| err(key, "must be 64 hex digits (SHA-256); value masked".into()))
                 }
-            };
+            }
+        };
+        let admin_token_sha256 = sha256("admin.token_sha256", &file.admin.token_sha256)?;
         if admin_token_sha256.is_none() && !file.admin.allow_unauthenticated {
             return Err(err(
                 "admin.token_sha256",
@@ -322,11 +432,23 @@ impl Config {
         if file.ng.tenant.is_empty() || file.ng.tenant.len() > 128 {
             return Err(err("ng.tenant", "must be 1 to 128 bytes".into()));
         }
-        for (tenant, _) in file.tenants.iter() {
+        let mut tenant_credentials = Vec::new();
+        for (tenant, t) in file.tenants.iter() {
             if tenant.is_empty() || tenant.len() > 128 {
                 return Err(err("tenants", format!("tenant id {tenant:?} must be 1 to 128 bytes")));
             }
+            if let Some(hash) = sha256(&format!("tenants.{tenant}.token_sha256"), &t.token_sha256)? {
+                tenant_credentials.push(TenantCredentials {
+                    id: tenant.clone(),
+                    token_sha256: hash,
+                    services: t.services.clone(),
+                });
+            }
         }
+        let control = match &file.control {
+            None => None,
+            Some(c) => Some(control_settings(c, &file.log).map_err(|(key, message)| err(key, message))?),
+        };
         let relay = RelayConfig {
             bind_ip: r.bind_ip,
             advertised_ip: r.advertised_ip,
@@ -359,7 +481,7 @@ impl Config {
             };
             err(&key, e.reason)
         })?;
-        Ok(Config { source: name.into(), file, relay, admin_token_sha256 })
+        Ok(Config { source: name.into(), file, relay, admin_token_sha256, control, tenant_credentials })
     }
 
     /// Per-tenant session limits (`None`: unlimited).
@@ -368,13 +490,67 @@ impl Config {
     }
 }
 
+/// Validates `[control]`; errors are (key, reason).
+fn control_settings(c: &ControlSection, log: &LogSection) -> Result<ControlSettings, (&'static str, String)> {
+    let at_least_one =
+        |key: &'static str, v: u64| if v == 0 { Err((key, "must be at least 1".to_string())) } else { Ok(()) };
+    at_least_one("control.handshake_timeout_secs", c.handshake_timeout_secs)?;
+    at_least_one("control.auth_timeout_secs", c.auth_timeout_secs)?;
+    at_least_one("control.heartbeat_secs", c.heartbeat_secs)?;
+    at_least_one("control.max_unauthenticated_per_ip", c.max_unauthenticated_per_ip as u64)?;
+    at_least_one("control.max_unauthenticated", c.max_unauthenticated as u64)?;
+    at_least_one("control.max_attempts", u64::from(c.max_attempts))?;
+    at_least_one("control.attempt_window_secs", c.attempt_window_secs)?;
+    let second_connector = match c.second_connector.as_str() {
+        "replace" => SecondConnector::Replace,
+        "reject" => SecondConnector::Reject,
+        other => return Err(("control.second_connector", format!("{other:?} is not one of replace, reject"))),
+    };
+    if c.cert.as_os_str().is_empty() {
+        return Err(("control.cert", "required: a PEM certificate chain".into()));
+    }
+    if c.key.as_os_str().is_empty() {
+        return Err(("control.key", "required: the certificate's PEM private key".into()));
+    }
+    let cert =
+        std::fs::read(&c.cert).map_err(|e| ("control.cert", format!("cannot read {}: {e}", c.cert.display())))?;
+    let key = std::fs::read(&c.key).map_err(|e| ("control.key", format!("cannot read {}: {e}", c.key.display())))?;
+    relay_core::control::tls::load_certified_key(&cert, &key).map_err(|e| match e {
+        TlsError::Certificate(m) => ("control.cert", m),
+        other => ("control.key", other.to_string()),
+    })?;
+    Ok(ControlSettings {
+        listen: c.listen,
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+        config: ControlConfig {
+            handshake_timeout: Duration::from_secs(c.handshake_timeout_secs),
+            auth_timeout: Duration::from_secs(c.auth_timeout_secs),
+            heartbeat: Duration::from_secs(c.heartbeat_secs),
+            max_unauthenticated_per_ip: c.max_unauthenticated_per_ip,
+            max_unauthenticated: c.max_unauthenticated,
+            second_connector,
+            grace: Duration::from_secs(c.grace_secs),
+            auth: AuthPolicy {
+                max_attempts: c.max_attempts,
+                window: Duration::from_secs(c.attempt_window_secs),
+                lockout: Duration::from_secs(c.lockout_secs),
+                failure_delay: Duration::from_millis(c.failure_delay_ms),
+                ..AuthPolicy::default()
+            },
+            redact_addresses: log.redact_addresses,
+            ..ControlConfig::default()
+        },
+    })
+}
+
 /// 1-based line of a byte offset.
-fn line_of_offset(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
 /// The dotted key at a byte offset (section header before it + key on its line).
-fn key_at(text: &str, offset: Option<usize>) -> String {
+pub(crate) fn key_at(text: &str, offset: Option<usize>) -> String {
     let Some(offset) = offset else { return "-".into() };
     let offset = offset.min(text.len());
     let mut section = String::new();
@@ -395,7 +571,7 @@ fn key_at(text: &str, offset: Option<usize>) -> String {
 }
 
 /// The line where `key` is set inside `[section]`, if it is written.
-fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+pub(crate) fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
     let mut current = String::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();

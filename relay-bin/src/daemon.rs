@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use relay_core::Relay;
+use relay_core::control::server::ControlServer;
+use relay_core::control::tls::{load_certified_key, ReloadableCert};
+use relay_core::{Relay, RelayHandle};
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{Config, ControlSettings};
 use crate::metrics::ControlStats;
 
 /// A fresh 256-bit token (hex) and its SHA-256 (hex).
@@ -51,7 +53,12 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    let control_listener = match &cfg.control {
+        None => None,
+        Some(c) => Some(control_server(c, &cfg, &handle)?),
+    };
     let state = Arc::new(AdminState {
+        control: control_listener,
         handle: handle.clone(),
         token_sha256: RwLock::new(cfg.admin_token_sha256),
         stats: ControlStats::default(),
@@ -88,6 +95,22 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     } else {
         "ng protocol disabled".to_string()
     };
+    let control_line = match (&state.control, &cfg.control) {
+        (Some(server), Some(c)) => {
+            let listener = tokio::net::TcpListener::bind(c.listen)
+                .await
+                .map_err(|e| format!("cannot listen on control.listen {}: {e}", c.listen))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let server = server.clone();
+            tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+            format!(
+                "control channel on tls://{addr} ({} tenants with a token, certificate sha256 {})",
+                cfg.tenant_credentials.len(),
+                state.control.as_ref().map(|s| s.certificate().fingerprint()).unwrap_or_default()
+            )
+        }
+        _ => "control channel disabled (no [control] section)".to_string(),
+    };
     state.ready.store(true, Ordering::SeqCst);
     let r = &cfg.relay;
     println!(
@@ -103,6 +126,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         "allocate a session: curl -s{auth} -X POST http://{admin_addr}/v1/sessions -d '{{\"tenant\":\"demo\"}}' -H 'content-type: application/json'"
     );
     println!("{ng_line}");
+    println!("{control_line}");
     tracing::info!(%admin_addr, datapath = %state.backend, "relay running");
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -131,9 +155,25 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         }
     }
     state.ready.store(false, Ordering::SeqCst);
+    if let Some(c) = &state.control {
+        c.shutdown();
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     Ok(())
+}
+
+/// Builds the connectors' control listener (it serves once the runtime runs).
+fn control_server(c: &ControlSettings, cfg: &Config, handle: &RelayHandle) -> Result<ControlServer, String> {
+    let key = load_control_cert(c)?;
+    ControlServer::new(c.config.clone(), ReloadableCert::new(key), cfg.tenant_credentials.clone(), handle.clone())
+        .map_err(|e| format!("control: {e}"))
+}
+
+fn load_control_cert(c: &ControlSettings) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let cert = std::fs::read(&c.cert).map_err(|e| format!("control.cert {}: {e}", c.cert.display()))?;
+    let key = std::fs::read(&c.key).map_err(|e| format!("control.key {}: {e}", c.key.display()))?;
+    load_certified_key(&cert, &key).map_err(|e| format!("control: {e}"))
 }
 
 fn apply_quotas(handle: &relay_core::RelayHandle, cfg: &Config) {
@@ -165,8 +205,15 @@ async fn reload(old: &Config, new: &Config, state: &AdminState) {
     {
         restart.push("ng");
     }
-    if old.file.log.format != new.file.log.format || old.file.log.level != new.file.log.level {
+    if old.file.log.format != new.file.log.format
+        || old.file.log.level != new.file.log.level
+        || old.file.log.redact_addresses != new.file.log.redact_addresses
+    {
         restart.push("log");
+    }
+    let listener_settings = |c: &Option<ControlSettings>| c.as_ref().map(|c| (c.listen, c.config.clone()));
+    if listener_settings(&old.control) != listener_settings(&new.control) {
+        restart.push("control (listen, timeouts, caps, lockout policy)");
     }
     if let Err(e) = state.handle.reconfigure(n.defaults.clone(), n.peer_policy).await {
         tracing::error!(error = %e, "SIGHUP: could not apply session defaults");
@@ -174,10 +221,20 @@ async fn reload(old: &Config, new: &Config, state: &AdminState) {
     }
     apply_quotas(&state.handle, new);
     *state.token_sha256.write().unwrap_or_else(|p| p.into_inner()) = new.admin_token_sha256;
+    if let (Some(server), Some(c)) = (&state.control, &new.control) {
+        server.replace_tenants(new.tenant_credentials.clone());
+        match load_control_cert(c) {
+            Ok(key) => {
+                server.certificate().replace(key);
+                tracing::info!(sha256 = %server.certificate().fingerprint(), "SIGHUP: control certificate loaded");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: control certificate rejected, keeping the running one"),
+        }
+    }
     if !restart.is_empty() {
         tracing::warn!(keys = ?restart, "SIGHUP: these settings changed but need a restart; keeping the running values");
     }
-    tracing::info!(file = %new.source, "SIGHUP: configuration reloaded (limits, policies, tenants, token)");
+    tracing::info!(file = %new.source, "SIGHUP: configuration reloaded (limits, policies, tenants, tokens, certificate)");
 }
 
 /// SIGTERM: refuse new sessions, fail /readyz, wait for sessions to end or

@@ -4,11 +4,13 @@
 //! ucmrc relay [--config FILE]     run the relay (embedded loopback defaults without a file)
 //! ucmrc check-config FILE         validate a configuration file
 //! ucmrc demo [--calls N]          relay + simulated PBX and phones with real SRTP
-//! ucmrc token new                 print a fresh admin token and its hash line
+//! ucmrc connect --config FILE     run a connector beside a PBX (--check: validate only)
+//! ucmrc token new [--tenant NAME]  print a fresh token and its hash line
 //! ```
 
 mod admin;
 mod config;
+mod connect;
 mod daemon;
 mod demo;
 mod metrics;
@@ -59,7 +61,18 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         pps: u32,
     },
-    /// Admin token helpers.
+    /// Run a connector beside a PBX: keeps the authenticated TLS control
+    /// channel to the relay up and exposes the configured services.
+    Connect {
+        /// TOML connector configuration (relay, ca_file or pinned_sha256,
+        /// tenant, token_file, services).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Token helpers (admin API and tenant connectors).
     Token {
         #[command(subcommand)]
         command: TokenCmd,
@@ -68,9 +81,14 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum TokenCmd {
-    /// Print a fresh random token (give it to API clients) and the line to put
-    /// into the relay's config (only its SHA-256 is stored).
-    New,
+    /// Print a fresh random token and the line to put into the relay's
+    /// config (only its SHA-256 is stored).
+    New {
+        /// Print the `[tenants.NAME]` block for a connector instead of the
+        /// admin API line.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,10 +131,36 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Token { command: TokenCmd::New } => match daemon::new_token() {
+        Cmd::Connect { config, check } => match connect::ConnectConfig::load(&config) {
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+            Ok(c) if check => {
+                println!("{}: ok", config.display());
+                println!("{:#?}", c.connector);
+                ExitCode::SUCCESS
+            }
+            Ok(c) => match connect::run(c) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ucmrc connect: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
+        Cmd::Token { command: TokenCmd::New { tenant } } => match daemon::new_token() {
             Ok((token, hash)) => {
-                println!("token (give to API clients, store it safely): {token}");
-                println!("config line for [admin]:\ntoken_sha256 = \"{hash}\"");
+                match tenant {
+                    None => {
+                        println!("token (give to API clients, store it safely): {token}");
+                        println!("config line for [admin]:\ntoken_sha256 = \"{hash}\"");
+                    }
+                    Some(t) => {
+                        println!("token (put it alone in the connector's token_file, chmod 600): {token}");
+                        println!("relay config:\n[tenants.{t}]\ntoken_sha256 = \"{hash}\"");
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -61,6 +61,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render(
     counters: &RelayCounters,
     control: &ControlStats,
+    connectors: Option<&relay_core::control::server::ControlStats>,
     backend: &str,
     draining: bool,
     uptime: Duration,
@@ -132,6 +133,16 @@ pub fn render(
         let sum = control.sum_us[i].load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(o, "ucmrc_control_request_duration_seconds_sum{{operation=\"{op}\"}} {sum}");
         let _ = writeln!(o, "ucmrc_control_request_duration_seconds_count{{operation=\"{op}\"}} {total}");
+    }
+    if let Some(c) = connectors {
+        family(&mut o, "ucmrc_connector_events_total", "counter", "Control-channel (connector) events, by kind.");
+        for (event, n) in c.counters() {
+            let _ = writeln!(o, "ucmrc_connector_events_total{{event=\"{event}\"}} {n}");
+        }
+        family(&mut o, "ucmrc_connectors_active", "gauge", "Connectors authenticated now.");
+        let _ = writeln!(o, "ucmrc_connectors_active {}", c.connectors_active);
+        family(&mut o, "ucmrc_connector_unauthenticated", "gauge", "Control connections not yet authenticated.");
+        let _ = writeln!(o, "ucmrc_connector_unauthenticated {}", c.unauthenticated);
     }
     family(&mut o, "ucmrc_draining", "gauge", "1 while the relay drains (SIGTERM).");
     let _ = writeln!(o, "ucmrc_draining {}", u8::from(draining));

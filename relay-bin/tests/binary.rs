@@ -26,6 +26,8 @@ struct Relay {
     admin: SocketAddr,
     /// ng protocol (UDP, TCP) when enabled.
     ng: Option<(SocketAddr, SocketAddr)>,
+    /// The connectors' control listener when configured.
+    control: Option<SocketAddr>,
     stderr: mpsc::Receiver<String>,
     dir: PathBuf,
 }
@@ -81,16 +83,19 @@ fn start(config_text: Option<&str>) -> Relay {
         .nth(1)
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no admin address in {first:?}"));
-    let mut ng = None;
-    for _ in 0..2 {
+    let (mut ng, mut control) = (None, None);
+    for _ in 0..3 {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(rest) = line.strip_prefix("ng protocol on udp:") {
             let (udp, tcp) = rest.split_once(" tcp:").expect("udp and tcp");
             ng = Some((udp.parse().expect("udp addr"), tcp.parse().expect("tcp addr")));
         }
+        if let Some(rest) = line.strip_prefix("control channel on tls://") {
+            control = Some(rest.split(' ').next().and_then(|a| a.parse().ok()).expect("control address"));
+        }
     }
     std::thread::spawn(move || for _ in lines.by_ref() {});
-    Relay { child, admin, ng, stderr: rx, dir }
+    Relay { child, admin, ng, control, stderr: rx, dir }
 }
 
 fn config_path(r: &Relay) -> PathBuf {
@@ -653,4 +658,110 @@ fn ng_protocol_offer_answer_media_query_delete_cache_and_garbage() {
     ))
     .to_string();
     assert!(q.contains("error"), "{q}");
+}
+
+/// A CA, and a certificate for `relay.test` it signed, written to `dir`.
+fn write_pki(dir: &std::path::Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["relay.test".to_string()])
+        .expect("params")
+        .signed_by(&key, &Issuer::new(ca_params, ca_key))
+        .expect("leaf");
+    let paths = (dir.join(format!("{tag}-ca.pem")), dir.join(format!("{tag}.crt")), dir.join(format!("{tag}.key")));
+    std::fs::write(&paths.0, ca.pem()).expect("ca");
+    std::fs::write(&paths.1, cert.pem()).expect("cert");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("key");
+    (paths.0, paths.1, paths.2)
+}
+
+#[test]
+fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
+    let dir = temp_dir("connect");
+    let (ca, cert, key) = write_pki(&dir, "relay");
+    // `token new --tenant` prints the token and the block for the relay config.
+    let out = Command::new(BIN).args(["token", "new", "--tenant", "acme"]).output().expect("token new");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let token = text.lines().next().and_then(|l| l.rsplit(' ').next()).expect("token").to_string();
+    let block = text.split_once("relay config:\n").expect("config block").1.trim().to_string();
+    assert!(block.starts_with("[tenants.acme]\ntoken_sha256 = \"") && !block.contains(&token), "{block}");
+    let token_file = dir.join("acme.token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+
+    let control = format!(
+        "[control]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat_secs = 1\n{block}\nservices = [\"sip-tls\"]\n",
+        cert.display(),
+        key.display()
+    );
+    let r = start(Some(&config(&control)));
+    let control_addr = r.control.expect("control listener in the banner");
+
+    let connect_toml = dir.join("connect.toml");
+    std::fs::write(
+        &connect_toml,
+        format!(
+            "relay = \"{control_addr}\"\nserver_name = \"relay.test\"\nca_file = \"{}\"\ntenant = \"acme\"\ntoken_file = \"acme.token\"\nconnector_id = \"pbx-bin\"\n[services]\nsip-tls = \"127.0.0.1:5061\"\n",
+            ca.display()
+        ),
+    )
+    .expect("connect config");
+    let check = Command::new(BIN).args(["connect", "--check", "--config"]).arg(&connect_toml).output().expect("check");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(!String::from_utf8_lossy(&check.stdout).contains(&token), "the token is masked");
+
+    let mut connector = Command::new(BIN)
+        .args(["connect", "--config"])
+        .arg(&connect_toml)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn connect");
+    let (tx, rx) = mpsc::channel();
+    let stdout = connector.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let connected = rx.iter().take(5).any(|l| l.starts_with("connected to"));
+    assert!(connected, "the connector reports its channel");
+
+    let listed = json(&http(r.admin, "GET", "/v1/connectors", Some(TOKEN), None).1);
+    assert_eq!(listed["enabled"], true);
+    assert_eq!(listed["connectors"][0]["tenant"], "acme");
+    assert_eq!(listed["connectors"][0]["connector_id"], "pbx-bin");
+    assert_eq!(listed["connectors"][0]["services"][0], "sip-tls");
+    let m = scrape(&r);
+    assert_eq!(m["ucmrc_connectors_active"], 1.0);
+    assert_eq!(m["ucmrc_connector_events_total{event=\"auth_ok\"}"], 1.0);
+
+    // SIGHUP loads a new certificate for new connections.
+    let (_, cert2, key2) = write_pki(&dir, "relay2");
+    std::fs::copy(&cert2, &cert).expect("swap cert");
+    std::fs::copy(&key2, &key).expect("swap key");
+    signal(&r, libc::SIGHUP);
+    assert!(stderr_contains(&r, "control certificate loaded"));
+
+    // SIGTERM stops the connector cleanly; the relay sees it leave.
+    // SAFETY (test harness): signals our own child process.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(connector.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    assert!(connector.wait().expect("connector exits").success());
+    wait_for("connector gone", || scrape(&r)["ucmrc_connectors_active"] == 0.0);
+
+    // A broken [control] section names the key and its line.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, config("[control]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n"))
+        .expect("write");
+    let out = Command::new(BIN).arg("check-config").arg(&bad).output().expect("check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("bad.toml:6: control.cert: cannot read /nonexistent.crt"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,282 @@
+//! `ucmrc connect --config FILE`: the connector beside a PBX. It keeps the
+//! authenticated control channel to the relay up (reconnecting with backoff
+//! and jitter) and announces the services it exposes.
+//!
+//! ```toml
+//! relay = "relay.example.net:7443"
+//! server_name = "relay.example.net"      # default: the host part of `relay`
+//! ca_file = "/etc/ssl/certs/ca-certificates.crt"   # or: pinned_sha256 = "ab:cd:..."
+//! tenant = "acme"
+//! token_file = "/etc/ucmrc/acme.token"
+//! connector_id = "pbx-01"                # default: the host name
+//!
+//! [services]
+//! sip-tls = "127.0.0.1:5061"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use relay_core::connector::{Connector, ConnectorConfig};
+use relay_core::control::tls::ClientTrust;
+use serde::Deserialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{find_key_line, key_at, line_of_offset, ConfigError, LogSection};
+
+/// The connector's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectFile {
+    /// The relay's control listener, `host:port`.
+    pub relay: String,
+    /// Name checked against the relay's certificate.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// CA bundle (PEM) that signed the relay's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the relay's certificate (instead of a CA).
+    #[serde(default)]
+    pub pinned_sha256: Option<String>,
+    /// Tenant id.
+    pub tenant: String,
+    /// File holding the tenant's token (one line).
+    pub token_file: PathBuf,
+    /// Stable id of this connector.
+    #[serde(default)]
+    pub connector_id: Option<String>,
+    /// Services to expose: name → local address of the PBX service.
+    #[serde(default)]
+    pub services: BTreeMap<String, SocketAddr>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// A validated connector configuration.
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    /// As written.
+    pub file: ConnectFile,
+    /// What the connector library runs with.
+    pub connector: ConnectorConfig,
+}
+
+impl ConnectConfig {
+    /// Reads and validates a file; relative paths are taken from its directory.
+    pub fn load(path: &Path) -> Result<ConnectConfig, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            line: None,
+            key: "-".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&name, &text, path.parent())
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(name: &str, text: &str, base_dir: Option<&Path>) -> Result<ConnectConfig, ConfigError> {
+        let mut file: ConnectFile = toml::from_str(text).map_err(|e| ConfigError {
+            file: name.into(),
+            line: e.span().map(|s| line_of_offset(text, s.start)),
+            key: key_at(text, e.span().map(|s| s.start)),
+            message: e.message().trim().to_string(),
+        })?;
+        let err = |key: &str, message: String| {
+            let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+            ConfigError { file: name.into(), line: find_key_line(text, section, leaf), key: key.into(), message }
+        };
+        if let Some(dir) = base_dir {
+            for p in [file.ca_file.as_mut(), Some(&mut file.token_file)].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        let Some((host, port)) = file.relay.rsplit_once(':') else {
+            return Err(err("relay", format!("{:?} is not host:port", file.relay)));
+        };
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(err("relay", format!("{:?} is not host:port", file.relay)));
+        }
+        let server_name = file.server_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+        if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
+            return Err(err("server_name", format!("{server_name:?} is not a DNS name or IP address")));
+        }
+        let trust = match (&file.ca_file, &file.pinned_sha256) {
+            (Some(_), Some(_)) => return Err(err("pinned_sha256", "set ca_file or pinned_sha256, not both".into())),
+            (None, None) => {
+                return Err(err(
+                    "ca_file",
+                    "set ca_file (a PEM CA bundle) or pinned_sha256 (the relay's certificate)".into(),
+                ))
+            }
+            (Some(ca), None) => {
+                let pem =
+                    std::fs::read(ca).map_err(|e| err("ca_file", format!("cannot read {}: {e}", ca.display())))?;
+                let trust = ClientTrust::CaPem(pem);
+                relay_core::control::tls::client_config(&trust).map_err(|e| err("ca_file", e.to_string()))?;
+                trust
+            }
+            (None, Some(pin)) => ClientTrust::pinned_hex(pin).map_err(|e| err("pinned_sha256", e.to_string()))?,
+        };
+        if file.tenant.is_empty() || file.tenant.len() > 128 {
+            return Err(err("tenant", "must be 1 to 128 bytes".into()));
+        }
+        let token = std::fs::read_to_string(&file.token_file)
+            .map_err(|e| err("token_file", format!("cannot read {}: {e}", file.token_file.display())))?;
+        let token = token.trim();
+        if token.is_empty() || token.lines().count() != 1 {
+            return Err(err("token_file", "must hold the token on one line".into()));
+        }
+        warn_if_world_readable(&file.token_file);
+        if file.log.format != "human" && file.log.format != "json" {
+            return Err(err("log.format", format!("{:?} is not one of human, json", file.log.format)));
+        }
+        let mut connector = ConnectorConfig::new(&file.relay, &server_name, trust, &file.tenant, token);
+        if let Some(id) = &file.connector_id {
+            if id.is_empty() || id.len() > 128 {
+                return Err(err("connector_id", "must be 1 to 128 bytes".into()));
+            }
+            connector.connector_id = id.clone();
+        }
+        connector.services = file.services.keys().cloned().collect();
+        Ok(ConnectConfig { file, connector })
+    }
+}
+
+fn warn_if_world_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o004 != 0 {
+            eprintln!("ucmrc connect: warning: {} is readable by every user; chmod 600 it", path.display());
+        }
+    }
+}
+
+/// Runs the connector until SIGTERM or SIGINT.
+pub fn run(cfg: ConnectConfig) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.file.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.file.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ucmrc-connect")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let connector = Connector::start(cfg.connector.clone()).map_err(|e| e.to_string())?;
+        let handle = connector.handle();
+        let mut open_streams = connector.take_open_streams();
+        println!(
+            "ucmrc connect {}: tenant {} to {} (server name {}), services: {}",
+            env!("CARGO_PKG_VERSION"),
+            cfg.connector.tenant,
+            cfg.connector.relay,
+            cfg.connector.server_name,
+            if cfg.connector.services.is_empty() { "none".to_string() } else { cfg.connector.services.join(", ") }
+        );
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut status = tokio::time::interval(Duration::from_millis(200));
+        let mut was_connected = false;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                Some(open) = async { match open_streams.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    tracing::warn!(service = %open.service, "open_stream received: tunnels are not served by this connector version");
+                }
+                _ = status.tick() => {
+                    let s = handle.status();
+                    if s.connected != was_connected {
+                        was_connected = s.connected;
+                        if s.connected {
+                            println!("connected to {} (connect #{})", cfg.connector.relay, s.connects);
+                        } else {
+                            println!("disconnected: {}", s.last_error.unwrap_or_default());
+                        }
+                    }
+                }
+            }
+        }
+        connector.stop().await;
+        Ok::<(), String>(())
+    })?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ucmrc-connect-test-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    #[test]
+    fn a_valid_file_becomes_a_connector_config() {
+        let d = dir();
+        std::fs::write(d.join("acme.token"), "tok-123\n").expect("token");
+        let text = format!(
+            "relay = \"relay.example.net:7443\"\npinned_sha256 = \"{}\"\ntenant = \"acme\"\ntoken_file = \"acme.token\"\n[services]\nsip-tls = \"127.0.0.1:5061\"\n",
+            "ab".repeat(32)
+        );
+        let c = ConnectConfig::parse("c.toml", &text, Some(&d)).expect("valid");
+        assert_eq!(c.connector.server_name, "relay.example.net");
+        assert_eq!(c.connector.token, "tok-123");
+        assert_eq!(c.connector.services, ["sip-tls"]);
+        assert!(!format!("{:?}", c.connector).contains("tok-123"));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let d = dir();
+        std::fs::write(d.join("t"), "x\n").expect("token");
+        let base = "tenant = \"acme\"\ntoken_file = \"t\"\n";
+        let cases = [
+            (format!("{base}relay = \"nohost\"\npinned_sha256 = \"00\"\n"), "relay", Some(3)),
+            (format!("{base}relay = \"r:1\"\n"), "ca_file", None),
+            (format!("{base}relay = \"r:1\"\npinned_sha256 = \"zz\"\n"), "pinned_sha256", Some(4)),
+            (format!("{base}relay = \"r:1\"\nca_file = \"missing.pem\"\n"), "ca_file", Some(4)),
+            (format!("{base}relay = \"r:1\"\npinned_sha256 = \"{}\"\nbogus = 1\n", "00".repeat(32)), "bogus", Some(5)),
+            (
+                format!(
+                    "{base}relay = \"r:1\"\npinned_sha256 = \"{}\"\n[services]\nweb = \"nowhere\"\n",
+                    "00".repeat(32)
+                ),
+                "services.web",
+                Some(6),
+            ),
+        ];
+        for (text, key, line) in cases {
+            let e = ConnectConfig::parse("c.toml", &text, Some(&d)).expect_err(key);
+            assert_eq!((e.key.as_str(), e.line), (key, line), "{e}");
+        }
+        let e = ConnectConfig::parse(
+            "c.toml",
+            &format!(
+                "tenant = \"acme\"\ntoken_file = \"absent\"\nrelay = \"r:1\"\npinned_sha256 = \"{}\"\n",
+                "00".repeat(32)
+            ),
+            Some(&d),
+        )
+        .expect_err("token file");
+        assert_eq!((e.key.as_str(), e.line), ("token_file", Some(2)), "{e}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
