@@ -136,8 +136,19 @@ struct RawClient {
 
 impl RawClient {
     async fn connect(env: &Env) -> RawClient {
-        let tcp = TcpStream::connect(env.addr).await.expect("tcp");
-        let connector = tokio_rustls::TlsConnector::from(client_config(&env.pinned()).expect("client config"));
+        Self::connect_from(env, "127.0.0.1").await
+    }
+
+    /// Connects from a chosen loopback source address (127.0.0.0/8).
+    async fn connect_from(env: &Env, source: &str) -> RawClient {
+        Self::connect_to(env.addr, &env.pinned(), source).await
+    }
+
+    async fn connect_to(addr: SocketAddr, trust: &ClientTrust, source: &str) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(format!("{source}:0").parse().expect("source")).expect("bind source");
+        let tcp = socket.connect(addr).await.expect("tcp");
+        let connector = tokio_rustls::TlsConnector::from(client_config(trust).expect("client config"));
         let name = rustls::pki_types::ServerName::try_from("relay.test").expect("name");
         let tls = connector.connect(name, tcp).await.expect("TLS handshake");
         RawClient { tls, decoder: FrameDecoder::new() }
@@ -348,6 +359,52 @@ async fn wrong_tokens_are_refused_and_repeated_failures_lock_the_source_out() {
     let s = env.server.stats();
     assert_eq!((s.auth_ok, s.auth_bad_credentials), (0, 2), "{s:?}");
     assert!(s.auth_locked_out >= 3, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_wrong_tokens_from_twenty_sources_get_nowhere_while_the_real_connector_works() {
+    let env = env(ControlConfig {
+        auth: AuthPolicy { max_attempts: 5, failure_delay: Duration::from_millis(1), ..AuthPolicy::default() },
+        ..quick()
+    })
+    .await;
+    let pbx = Connector::start(env.connector("acme", ACME_TOKEN, "pbx-1")).expect("start");
+    pbx.handle().wait_connected(1, WAIT).await.expect("connected");
+    let mut attackers = Vec::new();
+    for n in 0..20u8 {
+        let env_addr = (env.addr, env.pinned());
+        attackers.push(tokio::spawn(async move {
+            let source = format!("127.0.1.{}", n + 1);
+            let mut outcomes = (0u32, 0u32, 0u32); // accepted, bad_credentials, locked_out
+            for i in 0..50 {
+                let mut c = RawClient::connect_to(env_addr.0, &env_addr.1, &source).await;
+                // Guess tokens for both tenants and for tenants that do not exist.
+                let tenant = ["acme", "globex", "nobody"][i % 3];
+                match result_code(&c.hello(tenant, &format!("guess-{n}-{i}")).await) {
+                    (true, _) => outcomes.0 += 1,
+                    (false, Some(code)) if code == "bad_credentials" => outcomes.1 += 1,
+                    (false, Some(code)) if code == "locked_out" => outcomes.2 += 1,
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+            outcomes
+        }));
+    }
+    let mut totals = (0, 0, 0);
+    for a in attackers {
+        let (ok, bad, locked) = a.await.expect("attacker");
+        assert_eq!((ok, bad, locked), (0, 4, 46), "each source is locked out at its fifth failure");
+        totals = (totals.0 + ok, totals.1 + bad, totals.2 + locked);
+    }
+    assert_eq!(totals, (0, 80, 920));
+    // The PBX, on another address, never noticed.
+    let h = pbx.handle();
+    assert_eq!(h.status().connects, 1, "{:?}", h.status());
+    let a = h.allocate(SessionRequest::default()).await.expect("the real connector still works");
+    h.release(&a.id).await.expect("release");
+    let s = env.server.stats();
+    assert_eq!((s.auth_ok, s.auth_bad_credentials, s.auth_locked_out), (1, 80, 920), "{s:?}");
+    pbx.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! docs/connector-protocol.md decodes to a message of its frame type, and
 //! re-encoding that message gives the same bytes.
 
+use relay_core::api::{SessionRequest, UpdateRequest};
 use relay_core::control::frame::FrameDecoder;
 use relay_core::control::messages::Message;
 
@@ -25,7 +26,7 @@ fn every_example_in_the_protocol_doc_decodes() {
             _ => {}
         }
     }
-    assert!(blocks.len() >= 10, "examples found: {}", blocks.len());
+    assert!(blocks.len() >= 15, "examples found: {}", blocks.len());
     for block in blocks {
         let bytes: Vec<u8> = block.split_whitespace().map(|h| u8::from_str_radix(h, 16).expect("hex byte")).collect();
         let mut d = FrameDecoder::new();
@@ -34,5 +35,17 @@ fn every_example_in_the_protocol_doc_decodes() {
         assert_eq!(d.buffered(), 0, "one frame per example");
         let msg = Message::decode(&frame).unwrap_or_else(|e| panic!("{e} in {block}"));
         assert_eq!(msg.encode().encode(), bytes, "canonical encoding of {:?}", frame.kind);
+        // Request bodies are what the relay accepts.
+        match msg {
+            Message::Allocate(a) => {
+                let req: SessionRequest = serde_json::from_value(a.session).expect("allocate body");
+                req.to_spec_for_channel("acme").expect("valid session request");
+            }
+            Message::Update(u) => {
+                let req: UpdateRequest = serde_json::from_value(u.update).expect("update body");
+                req.to_update().expect("valid update");
+            }
+            _ => {}
+        }
     }
 }
