@@ -626,4 +626,31 @@ mod tests {
         let e = Config::parse("x.toml", "[admin]\ntoken_sha256 = \"secret-token-oops\"\n").expect_err("hash");
         assert!(!e.to_string().contains("secret-token-oops"), "secrets are masked: {e}");
     }
+
+    #[test]
+    fn control_and_tenant_credentials_are_validated_with_key_and_line() {
+        let base = "[admin]\nallow_unauthenticated = true\n";
+        let e = Config::parse("x.toml", &format!("{base}[tenants.acme]\nmax_sessions = 3\ntoken_sha256 = \"abc\"\n"))
+            .expect_err("short hash");
+        assert_eq!((e.key.as_str(), e.line), ("tenants.acme.token_sha256", Some(5)), "{e}");
+        let hash = "ab".repeat(32);
+        let c = Config::parse(
+            "x.toml",
+            &format!("{base}[tenants.acme]\ntoken_sha256 = \"{hash}\"\nservices = [\"sip-tls\"]\n[tenants.noauth]\n"),
+        )
+        .expect("valid");
+        assert_eq!(c.tenant_credentials.len(), 1, "only tenants with a token can log in");
+        assert_eq!(c.tenant_credentials[0].services, ["sip-tls"]);
+        assert!(!format!("{c:?}").contains(&hash), "hashes are masked");
+        let e = Config::parse("x.toml", &format!("{base}[control]\nlisten = \"127.0.0.1:0\"\n")).expect_err("no cert");
+        assert_eq!(e.key, "control.cert");
+        let e = Config::parse(
+            "x.toml",
+            &format!("{base}[control]\ncert = \"a\"\nkey = \"b\"\nsecond_connector = \"both\"\n"),
+        )
+        .expect_err("policy");
+        assert_eq!((e.key.as_str(), e.line), ("control.second_connector", Some(6)), "{e}");
+        let e = Config::parse("x.toml", &format!("{base}[control]\nheartbeat_secs = 0\n")).expect_err("zero");
+        assert_eq!((e.key.as_str(), e.line), ("control.heartbeat_secs", Some(4)), "{e}");
+    }
 }

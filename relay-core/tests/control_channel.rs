@@ -690,7 +690,9 @@ async fn a_second_connector_is_rejected_under_the_reject_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_connector_replaces_the_first_under_the_replace_policy() {
     let env = env(ControlConfig { second_connector: SecondConnector::Replace, ..quick() }).await;
-    let first = Connector::start(env.connector("acme", ACME_TOKEN, "pbx-a")).expect("start");
+    let mut cfg = env.connector("acme", ACME_TOKEN, "pbx-a");
+    cfg.backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(20));
+    let first = Connector::start(cfg).expect("start");
     let h1 = first.handle();
     h1.wait_connected(1, WAIT).await.expect("first connected");
     let second = Connector::start(env.connector("acme", ACME_TOKEN, "pbx-b")).expect("start");
@@ -700,10 +702,14 @@ async fn a_second_connector_replaces_the_first_under_the_replace_policy() {
         assert!(tokio::time::Instant::now() < deadline, "{:?}", h1.status());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The replaced connector backs off fully (≥ 10 s here) instead of
+    // fighting back after its 50 ms initial delay: give it 20 of those.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.server.stats().replaced, 1);
+    assert!(!h1.status().connected);
     first.stop().await;
     let listed = env.server.connectors();
     assert_eq!(listed.iter().map(|c| c.connector_id.as_str()).collect::<Vec<_>>(), ["pbx-b"]);
-    assert!(env.server.stats().replaced >= 1);
     second.stop().await;
 }
 

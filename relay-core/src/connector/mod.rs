@@ -347,7 +347,12 @@ impl Worker {
                         s.last_error = None;
                     });
                     tracing::info!(relay = %self.config.relay, "connector: channel up");
-                    let why = self.serve(channel, decoder, heartbeat, &mut requests).await;
+                    let (why, refused) = self.serve(channel, decoder, heartbeat, &mut requests).await;
+                    if refused {
+                        // Replaced by another connector or removed: coming
+                        // straight back would only fight over the tenant.
+                        backoff.saturate();
+                    }
                     self.status.send_modify(|s| {
                         s.connected = false;
                         s.last_error = Some(why.clone());
@@ -420,20 +425,23 @@ impl Worker {
         }
     }
 
-    /// Runs one authenticated channel until it ends; returns why.
+    /// Runs one authenticated channel until it ends; returns why, and
+    /// whether the relay sent this connector away (`replaced`,
+    /// `tenant_removed`).
     async fn serve(
         &mut self,
         channel: Channel,
         mut decoder: FrameDecoder,
         hb: Duration,
         requests: &mut mpsc::Receiver<Request>,
-    ) -> String {
+    ) -> (String, bool) {
         let (mut reader, mut writer) = tokio::io::split(channel);
         let mut in_flight: HashMap<u64, oneshot::Sender<Result<Reply, ConnectorError>>> = HashMap::new();
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
         let mut last_rx = Instant::now();
         let mut seq = 0u64;
         let mut buf = vec![0u8; 16 * 1024];
+        let mut sent_away = false;
         let why = loop {
             match decoder.poll_frame() {
                 Ok(Some(frame)) => {
@@ -462,7 +470,10 @@ impl Worker {
                                 tracing::warn!("connector: open_stream dropped (no consumer or queue full)");
                             }
                         }
-                        Message::Error(e) => break format!("relay closed the channel: {}", e.code),
+                        Message::Error(e) => {
+                            sent_away = matches!(e.code.as_str(), "replaced" | "tenant_removed");
+                            break format!("relay closed the channel: {}", e.code);
+                        }
                         other => {
                             let kind = other.encode().kind.as_str();
                             let _ = send(&mut writer, &protocol_error("unexpected_frame", kind)).await;
@@ -513,7 +524,7 @@ impl Worker {
         for (_, tx) in in_flight.drain() {
             let _ = tx.send(Err(ConnectorError::ChannelLost));
         }
-        why
+        (why, sent_away)
     }
 }
 

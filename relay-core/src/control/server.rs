@@ -694,7 +694,11 @@ impl Inner {
                 }
                 reason = &mut registration.kill => {
                     let reason = reason.unwrap_or("replaced");
-                    let _ = self.send_error(&mut writer, reason, "another connector took over this tenant").await;
+                    let message = match reason {
+                        "tenant_removed" => "the tenant was removed from the relay's configuration",
+                        _ => "another connector took over this tenant",
+                    };
+                    let _ = self.send_error(&mut writer, reason, message).await;
                     let _ = writer.shutdown().await;
                     return Ending::Killed(reason);
                 }
