@@ -10,6 +10,7 @@
 //! authentication tag (verified with an authentication key only).
 #![forbid(unsafe_code)]
 
+pub mod client_hello;
 pub mod demux;
 pub mod rtcp;
 pub mod rtp;
