@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 pub mod portable;
+pub mod splice;
 pub(crate) mod sys;
 pub mod uring;
 
