@@ -26,6 +26,8 @@
 //! - [`quota`]: per-tenant session quotas.
 //! - [`control`] and [`connector`]: the authenticated TLS control channel
 //!   between the relay and a connector beside the PBX.
+//! - [`tunnel`]: TLS pass-through tunnels routed by SNI, spliced without a
+//!   userspace copy.
 //! - [`api`]: the JSON session requests shared by the admin API and the
 //!   control channel.
 //!
@@ -81,6 +83,7 @@ pub mod relay;
 pub mod session;
 pub mod shard;
 pub mod srtp_keys;
+pub mod tunnel;
 pub mod wire;
 
 pub use io::{BackendKind, SocketOptions};

@@ -52,7 +52,7 @@ use tokio_rustls::TlsConnector;
 use crate::api::{Allocation, SessionRequest, SrtpAuthKeys, UpdateRequest};
 use crate::control::frame::{FrameDecoder, VERSION};
 use crate::control::messages::{
-    Allocate, ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Release, Reply, Update,
+    Allocate, Attach, ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Release, Reply, Update,
 };
 use crate::control::tls::{client_config, ClientTrust, TlsError};
 pub use backoff::Backoff;
@@ -72,8 +72,13 @@ pub struct ConnectorConfig {
     pub token: String,
     /// A stable id of this connector instance.
     pub connector_id: String,
-    /// Services this connector exposes (tunnels).
+    /// Services this connector announces without serving them itself
+    /// (their `open_stream` requests go to [`Connector::take_open_streams`]).
     pub services: Vec<String>,
+    /// Services this connector serves itself: name → local PBX address.
+    /// For each `open_stream` it dials the PBX service and the relay's data
+    /// listener and pumps bytes both ways.
+    pub tunnels: HashMap<String, TunnelTarget>,
     /// Time allowed for TCP connect + TLS + hello.
     pub connect_timeout: Duration,
     /// Time a request waits for a channel and its reply.
@@ -94,6 +99,7 @@ impl std::fmt::Debug for ConnectorConfig {
             .field("token", &"<masked>")
             .field("connector_id", &self.connector_id)
             .field("services", &self.services)
+            .field("tunnels", &self.tunnels)
             .finish_non_exhaustive()
     }
 }
@@ -111,12 +117,22 @@ impl ConnectorConfig {
             token: token.into(),
             connector_id: if host.is_empty() { "connector".into() } else { host },
             services: Vec::new(),
+            tunnels: HashMap::new(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(10),
             backoff: Backoff::default(),
         }
     }
+}
+
+/// Where a tunnelled service lives beside the PBX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelTarget {
+    /// The PBX service's address (e.g. its SIP-TLS port).
+    pub addr: std::net::SocketAddr,
+    /// Send a PROXY protocol v2 header with the endpoint's address first.
+    pub proxy_protocol: bool,
 }
 
 /// Why a connector request failed.
@@ -161,6 +177,10 @@ pub struct ConnectorStatus {
     /// The last connect failure (`bad_credentials`, `locked_out`,
     /// `duplicate`, an I/O or TLS error).
     pub last_error: Option<String>,
+    /// Tunnel streams joined (PBX service and relay data connection up).
+    pub streams_opened: u64,
+    /// Tunnel streams that could not be joined.
+    pub streams_failed: u64,
 }
 
 struct Request {
@@ -392,7 +412,7 @@ impl Worker {
             tenant: self.config.tenant.clone(),
             token: self.config.token.clone(),
             connector_id: self.config.connector_id.clone(),
-            services: self.config.services.clone(),
+            services: self.announced_services(),
         });
         tls.write_all(&hello.encode().encode()).await.map_err(io)?;
         let mut decoder = FrameDecoder::new();
@@ -465,11 +485,27 @@ impl Worker {
                                 let _ = tx.send(Ok(r));
                             }
                         }
-                        Message::OpenStream(o) => {
-                            if self.open_streams.try_send(o).is_err() {
-                                tracing::warn!("connector: open_stream dropped (no consumer or queue full)");
+                        Message::OpenStream(o) => match self.config.tunnels.get(&o.service) {
+                            Some(target) => {
+                                let relay_host = relay_host(&self.config.relay).to_string();
+                                let (target, status) = (*target, self.status.clone());
+                                tokio::spawn(async move {
+                                    let r = join_stream(&relay_host, target, o).await;
+                                    status.send_modify(|s| match &r {
+                                        Ok(()) => s.streams_opened += 1,
+                                        Err(_) => s.streams_failed += 1,
+                                    });
+                                    if let Err(e) = r {
+                                        tracing::warn!(error = %e, "connector: tunnel stream failed");
+                                    }
+                                });
                             }
-                        }
+                            None => {
+                                if self.open_streams.try_send(o).is_err() {
+                                    tracing::warn!("connector: open_stream dropped (no consumer or queue full)");
+                                }
+                            }
+                        },
                         Message::Error(e) => {
                             sent_away = matches!(e.code.as_str(), "replaced" | "tenant_removed");
                             break format!("relay closed the channel: {}", e.code);
@@ -526,6 +562,47 @@ impl Worker {
         }
         (why, sent_away)
     }
+}
+
+impl Worker {
+    fn announced_services(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.config.services.iter().chain(self.config.tunnels.keys()).cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The host part of `host:port` (`[v6]` keeps its brackets).
+fn relay_host(relay: &str) -> &str {
+    relay.rsplit_once(':').map_or(relay, |(h, _)| h)
+}
+
+/// One tunnel stream: dial the PBX service, then the relay's data listener
+/// with the ticket, optionally tell the PBX the endpoint's address (PROXY
+/// v2), then pump bytes until both sides close.
+async fn join_stream(relay_host: &str, target: TunnelTarget, open: OpenStream) -> std::io::Result<()> {
+    let dial = |addr: String| async move {
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    };
+    let mut pbx = dial(target.addr.to_string()).await?;
+    let mut data = dial(format!("{relay_host}:{}", open.data_port)).await?;
+    let _ = pbx.set_nodelay(true);
+    let _ = data.set_nodelay(true);
+    data.write_all(&Message::Attach(Attach { ticket: open.ticket.clone() }).encode().encode()).await?;
+    if target.proxy_protocol {
+        let bad = |_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad address in open_stream");
+        let src: std::net::SocketAddr = open.client_addr.parse().map_err(bad)?;
+        let dst = match &open.relay_addr {
+            Some(a) => a.parse().map_err(bad)?,
+            None => data.peer_addr()?,
+        };
+        pbx.write_all(&crate::tunnel::proxy::header(src, dst)).await?;
+    }
+    tokio::io::copy_bidirectional(&mut pbx, &mut data).await.map(drop)
 }
 
 fn request_id(m: &Message) -> u64 {

@@ -48,11 +48,14 @@ pub enum FrameType {
     OpenStream = 11,
     /// Either way: an error; fatal ones are followed by closing the channel.
     Error = 12,
+    /// Connector → relay, first frame on a *data* connection: the ticket of
+    /// an `open_stream`; the tunnel's bytes follow.
+    Attach = 13,
 }
 
 impl FrameType {
     /// Every type, in code order.
-    pub const ALL: [FrameType; 12] = [
+    pub const ALL: [FrameType; 13] = [
         FrameType::Hello,
         FrameType::HelloResult,
         FrameType::Heartbeat,
@@ -65,6 +68,7 @@ impl FrameType {
         FrameType::Released,
         FrameType::OpenStream,
         FrameType::Error,
+        FrameType::Attach,
     ];
 
     /// The type with this code.
@@ -87,6 +91,7 @@ impl FrameType {
             FrameType::Released => "released",
             FrameType::OpenStream => "open_stream",
             FrameType::Error => "error",
+            FrameType::Attach => "attach",
         }
     }
 }

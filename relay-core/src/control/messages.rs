@@ -113,8 +113,9 @@ pub struct Release {
     pub id: String,
 }
 
-/// `open_stream` (relay → connector): dial the relay's data listener and
-/// present `ticket` (single use, short-lived), then connect `service`.
+/// `open_stream` (relay → connector): dial the relay's data listener (the
+/// control channel's host, port `data_port`), present `ticket` (single use,
+/// short-lived) in an `attach` frame, connect `service` and pump bytes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenStream {
     /// Single-use ticket.
@@ -123,6 +124,12 @@ pub struct OpenStream {
     pub service: String,
     /// The endpoint's address (for PROXY protocol v2 towards the PBX).
     pub client_addr: String,
+    /// The relay address the endpoint connected to (PROXY v2 destination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_addr: Option<String>,
+    /// Port of the relay's data listener.
+    #[serde(default)]
+    pub data_port: u16,
 }
 
 impl std::fmt::Debug for OpenStream {
@@ -131,7 +138,22 @@ impl std::fmt::Debug for OpenStream {
             .field("ticket", &"<masked>")
             .field("service", &self.service)
             .field("client_addr", &self.client_addr)
+            .field("relay_addr", &self.relay_addr)
+            .field("data_port", &self.data_port)
             .finish()
+    }
+}
+
+/// `attach` (connector → relay, on a data connection): the ticket.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attach {
+    /// The `open_stream` ticket.
+    pub ticket: String,
+}
+
+impl std::fmt::Debug for Attach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attach { ticket: <masked> }")
     }
 }
 
@@ -175,6 +197,8 @@ pub enum Message {
     OpenStream(OpenStream),
     /// `error`
     Error(ErrorMessage),
+    /// `attach`
+    Attach(Attach),
 }
 
 /// A payload that is not the message its frame type announces.
@@ -210,6 +234,7 @@ impl Message {
             FrameType::Released => Message::Released(parse(f)?),
             FrameType::OpenStream => Message::OpenStream(parse(f)?),
             FrameType::Error => Message::Error(parse(f)?),
+            FrameType::Attach => Message::Attach(parse(f)?),
         })
     }
 
@@ -232,6 +257,7 @@ impl Message {
             Message::Released(m) => json(FrameType::Released, m),
             Message::OpenStream(m) => json(FrameType::OpenStream, m),
             Message::Error(m) => json(FrameType::Error, m),
+            Message::Attach(m) => json(FrameType::Attach, m),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! sans-IO shard tests.
 #![allow(dead_code)]
 
+pub mod control;
+
 use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;

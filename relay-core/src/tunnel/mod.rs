@@ -1,0 +1,17 @@
+//! TLS pass-through tunnels routed by SNI (issue #6): endpoints reach the
+//! PBX's SIP-over-TLS and HTTPS services through the relay, which reads only
+//! the ClientHello's server name and never holds a key.
+//!
+//! - [`route`]: SNI → tenant (explicit names, `{tenant}.domain` patterns,
+//!   a default tenant for hellos without SNI).
+//! - [`tickets`]: single-use, short-lived tickets pairing a connector's data
+//!   connection with the waiting endpoint.
+//! - [`proxy`]: the PROXY protocol v2 header the connector can send to the PBX.
+//! - [`server`]: the tunnel and data listeners (tokio), splicing bytes with
+//!   [`crate::io::splice`].
+#![forbid(unsafe_code)]
+
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod tickets;

@@ -1,0 +1,537 @@
+//! The relay side of TLS pass-through tunnels.
+//!
+//! A tunnel listener (one per service, e.g. `sip-tls` on :5061) reads the
+//! endpoint's ClientHello into a bounded buffer (never decrypting it: the
+//! relay has no key), routes its SNI to a tenant, and asks that tenant's
+//! connector over the control channel to open a stream with a single-use
+//! ticket. The connector dials the data listener, presents the ticket in an
+//! `attach` frame, and the relay writes the buffered hello to it verbatim,
+//! then splices bytes both ways until both sides close or the tunnel idles.
+//!
+//! Every refusal is counted by reason; connections still in the hello phase
+//! are capped per source IP and in total, and so are data connections that
+//! have not presented a ticket yet.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+use super::route::SniRouter;
+use super::tickets::Tickets;
+use crate::control::caps::{CapGuard, CapRejection, ConnCaps};
+use crate::control::frame::{FrameDecoder, FrameType, HEADER_LEN};
+use crate::control::messages::{Message, OpenStream};
+use crate::control::server::{ControlServer, ReachError};
+use crate::io::splice::{pump, PumpCounters, PumpEnd, PumpMode};
+use crate::wire::client_hello::{inspect, HelloError, DEFAULT_MAX_HELLO};
+
+/// Tunnel settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Time allowed for the complete ClientHello.
+    pub hello_timeout: Duration,
+    /// Largest ClientHello accepted.
+    pub max_hello: usize,
+    /// Connections in the hello phase per source IP.
+    pub max_pending_per_ip: usize,
+    /// Connections in the hello phase in total.
+    pub max_pending: usize,
+    /// How long a ticket waits for the connector's data connection.
+    pub ticket_ttl: Duration,
+    /// Close a tunnel after this long without a byte either way.
+    pub idle_timeout: Duration,
+    /// Zero-copy splice or plain copy.
+    pub pump: PumpMode,
+    /// Tunnels per tenant (pending and open) unless set per tenant.
+    pub tenant_max_connections: usize,
+    /// Data-listener port announced to connectors (0: the bound port).
+    pub data_port: u16,
+    /// Data connections that have not presented a ticket, per source IP.
+    pub max_unattached_per_ip: usize,
+    /// Write `redacted` instead of endpoint addresses in logs.
+    pub redact_addresses: bool,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            hello_timeout: Duration::from_secs(10),
+            max_hello: DEFAULT_MAX_HELLO,
+            max_pending_per_ip: 16,
+            max_pending: 4096,
+            ticket_ttl: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            pump: PumpMode::Splice,
+            tenant_max_connections: 1000,
+            data_port: 0,
+            max_unattached_per_ip: 256,
+            redact_addresses: false,
+        }
+    }
+}
+
+/// Every reason a tunnel or data connection is refused or ends early.
+pub const REJECT_REASONS: [&str; 21] = [
+    "per_ip_cap",
+    "total_cap",
+    "hello_timeout",
+    "client_closed",
+    "not_tls",
+    "malformed_hello",
+    "oversize_hello",
+    "bad_sni",
+    "no_sni",
+    "unknown_sni",
+    "no_connector",
+    "service_not_exposed",
+    "connector_busy",
+    "tenant_limit",
+    "connector_timeout",
+    "data_cap",
+    "data_timeout",
+    "data_bad_frame",
+    "ticket_unknown",
+    "ticket_expired",
+    "ticket_reused",
+];
+
+fn reason_index(reason: &str) -> usize {
+    REJECT_REASONS.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+/// A counter snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelStats {
+    /// Endpoint connections accepted on tunnel listeners.
+    pub accepted: u64,
+    /// Tunnels joined to a connector's data connection.
+    pub opened: u64,
+    /// Tunnels open now.
+    pub active: u64,
+    /// Bytes endpoint → PBX (including the ClientHello).
+    pub bytes_to_pbx: u64,
+    /// Bytes PBX → endpoint.
+    pub bytes_to_endpoint: u64,
+    /// Tunnels that ended with both sides closed / idle / on an error.
+    pub ended_closed: u64,
+    /// Tunnels closed by the idle timeout.
+    pub ended_idle: u64,
+    /// Tunnels ended by a socket error.
+    pub ended_error: u64,
+    /// Refusals by reason (every reason of [`REJECT_REASONS`], in order).
+    pub rejected: Vec<(&'static str, u64)>,
+}
+
+impl TunnelStats {
+    /// Refusals for one reason.
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.rejected.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    opened: AtomicU64,
+    active: AtomicU64,
+    ended: [AtomicU64; 3],
+    rejected: [AtomicU64; REJECT_REASONS.len()],
+    bytes: PumpCounters,
+}
+
+struct Inner {
+    config: TunnelConfig,
+    router: RwLock<SniRouter>,
+    control: ControlServer,
+    caps: ConnCaps,
+    data_caps: ConnCaps,
+    tickets: Mutex<Tickets>,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<TcpStream>>>,
+    tenant_active: Mutex<HashMap<String, usize>>,
+    tenant_limits: RwLock<HashMap<String, usize>>,
+    counters: Counters,
+    data_port: AtomicU16,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The tunnel listeners and the data listener. Cheap to clone.
+#[derive(Clone)]
+pub struct TunnelServer {
+    inner: Arc<Inner>,
+}
+
+/// Fatal TLS alert `unrecognized_name` (RFC 6066): no tenant for this SNI.
+const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
+/// Fatal TLS alert `internal_error`: the PBX cannot be reached now.
+const ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
+/// Largest `attach` payload (a 22-character ticket in JSON needs ~40).
+const MAX_ATTACH: usize = 1024;
+
+struct TenantSlot {
+    inner: Arc<Inner>,
+    tenant: String,
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut m = self.inner.tenant_active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+fn random_ticket_bytes() -> Option<[u8; 16]> {
+    let mut b = [0u8; 16];
+    rustls::crypto::ring::default_provider().secure_random.fill(&mut b).ok()?;
+    Some(b)
+}
+
+impl TunnelServer {
+    /// A tunnel server routing with `router` through `control`'s connectors.
+    pub fn new(config: TunnelConfig, router: SniRouter, control: ControlServer) -> Self {
+        let caps = ConnCaps::new(config.max_pending_per_ip, config.max_pending);
+        let data_caps = ConnCaps::new(config.max_unattached_per_ip, config.max_pending);
+        let tickets = Tickets::new(config.ticket_ttl, config.max_pending);
+        Self {
+            inner: Arc::new(Inner {
+                data_port: AtomicU16::new(config.data_port),
+                config,
+                router: RwLock::new(router),
+                control,
+                caps,
+                data_caps,
+                tickets: Mutex::new(tickets),
+                waiters: Mutex::default(),
+                tenant_active: Mutex::default(),
+                tenant_limits: RwLock::default(),
+                counters: Counters::default(),
+                shutdown: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// Replaces the routing table (configuration reload).
+    pub fn replace_router(&self, router: SniRouter) {
+        *self.inner.router.write().unwrap_or_else(|p| p.into_inner()) = router;
+    }
+
+    /// Sets per-tenant tunnel limits (others use `tenant_max_connections`).
+    pub fn set_tenant_limits(&self, limits: HashMap<String, usize>) {
+        *self.inner.tenant_limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    /// Counter snapshot.
+    pub fn stats(&self) -> TunnelStats {
+        let c = &self.inner.counters;
+        TunnelStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            opened: c.opened.load(Ordering::Relaxed),
+            active: c.active.load(Ordering::Relaxed),
+            bytes_to_pbx: c.bytes.a_to_b.load(Ordering::Relaxed),
+            bytes_to_endpoint: c.bytes.b_to_a.load(Ordering::Relaxed),
+            ended_closed: c.ended[0].load(Ordering::Relaxed),
+            ended_idle: c.ended[1].load(Ordering::Relaxed),
+            ended_error: c.ended[2].load(Ordering::Relaxed),
+            rejected: REJECT_REASONS.iter().zip(&c.rejected).map(|(r, n)| (*r, n.load(Ordering::Relaxed))).collect(),
+        }
+    }
+
+    /// Stops every listener loop.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Serves endpoints of `service` on `listener` until shutdown or `stop`.
+    pub async fn serve_tunnel(&self, listener: TcpListener, service: String, stop: impl Future<Output = ()>) {
+        let local = listener.local_addr().ok();
+        let service: Arc<str> = service.into();
+        self.accept_loop(listener, stop, false, move |inner, tcp, peer, guard| {
+            let service = service.clone();
+            tokio::spawn(async move { inner.handle_endpoint(tcp, peer, local, &service, guard).await });
+        })
+        .await;
+    }
+
+    /// Serves connectors' data connections on `listener`.
+    pub async fn serve_data(&self, listener: TcpListener, stop: impl Future<Output = ()>) {
+        if self.inner.config.data_port == 0 {
+            if let Ok(a) = listener.local_addr() {
+                self.inner.data_port.store(a.port(), Ordering::Relaxed);
+            }
+        }
+        self.accept_loop(listener, stop, true, |inner, tcp, peer, guard| {
+            tokio::spawn(async move { inner.handle_data(tcp, peer, guard).await });
+        })
+        .await;
+    }
+
+    async fn accept_loop(
+        &self,
+        listener: TcpListener,
+        stop: impl Future<Output = ()>,
+        data: bool,
+        spawn: impl Fn(Arc<Inner>, TcpStream, SocketAddr, CapGuard),
+    ) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = stopped(&mut shutdown) => break,
+                _ = housekeeping.tick() => self.inner.tickets_lock().handle_timeout(Instant::now()),
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "tunnel listener accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let caps = if data { &self.inner.data_caps } else { &self.inner.caps };
+                    if !data {
+                        self.inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match caps.try_acquire(peer.ip()) {
+                        Ok(guard) => spawn(self.inner.clone(), tcp, peer, guard),
+                        Err(_) if data => self.inner.reject("data_cap"),
+                        Err(CapRejection::PerIp) => self.inner.reject("per_ip_cap"),
+                        Err(CapRejection::Total) => self.inner.reject("total_cap"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn reject(&self, reason: &'static str) {
+        self.counters.rejected[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn tickets_lock(&self) -> std::sync::MutexGuard<'_, Tickets> {
+        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shown(&self, addr: SocketAddr) -> String {
+        if self.config.redact_addresses {
+            "redacted".into()
+        } else {
+            addr.to_string()
+        }
+    }
+
+    /// Reads until the ClientHello is complete, refused, or times out.
+    async fn read_hello(&self, tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<String>, &'static str> {
+        // A hello cut into 1-byte records costs 6 bytes per byte.
+        let limit = 6 * self.config.max_hello + 5;
+        let read = async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = tcp.read(&mut chunk).await.map_err(|_| "client_closed")?;
+                if n == 0 {
+                    return Err("client_closed");
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                match inspect(buf, self.config.max_hello) {
+                    Ok(Some(info)) => return Ok(info.server_name),
+                    Ok(None) if buf.len() > limit => return Err(HelloError::TooLarge.as_str()),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.as_str()),
+                }
+            }
+        };
+        tokio::time::timeout(self.config.hello_timeout, read).await.unwrap_or(Err("hello_timeout"))
+    }
+
+    fn take_tenant_slot(self: &Arc<Self>, tenant: &str) -> Option<TenantSlot> {
+        let limit = self
+            .tenant_limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.config.tenant_max_connections);
+        let mut m = self.tenant_active.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(tenant.to_string()).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(TenantSlot { inner: self.clone(), tenant: tenant.to_string() })
+    }
+
+    async fn handle_endpoint(
+        self: Arc<Self>,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        service: &str,
+        guard: CapGuard,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let mut hello = Vec::with_capacity(2048);
+        let sni = match self.read_hello(&mut tcp, &mut hello).await {
+            Ok(sni) => sni,
+            Err(reason) => {
+                self.reject(reason);
+                tracing::debug!(peer = %self.shown(peer), reason, "tunnel: hello refused");
+                return;
+            }
+        };
+        drop(guard); // the hello phase is over
+        let routed = self.router.read().unwrap_or_else(|p| p.into_inner()).route(sni.as_deref());
+        let tenant = match routed {
+            Ok(t) => t,
+            Err(r) => {
+                self.reject(r.as_str());
+                let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
+                return;
+            }
+        };
+        let Some(_slot) = self.take_tenant_slot(&tenant) else {
+            self.reject("tenant_limit");
+            let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+            return;
+        };
+        let Some(data) = self.open_stream(&tenant, service, peer, local).await else {
+            let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+            return;
+        };
+        self.run_tunnel(tcp, data, &hello, &tenant, peer).await;
+    }
+
+    /// Asks the tenant's connector for a data connection; waits for it.
+    async fn open_stream(
+        &self,
+        tenant: &str,
+        service: &str,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Option<TcpStream> {
+        let Some(random) = random_ticket_bytes() else {
+            self.reject("connector_busy");
+            return None;
+        };
+        let Some((ticket, id)) = self.tickets_lock().issue(Instant::now(), random) else {
+            self.reject("connector_busy");
+            return None;
+        };
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        let open = OpenStream {
+            ticket: ticket.clone(),
+            service: service.to_string(),
+            client_addr: peer.to_string(),
+            relay_addr: local.map(|a| a.to_string()),
+            data_port: self.data_port.load(Ordering::Relaxed),
+        };
+        let sent = self.control.send_open_stream(tenant, open);
+        let data = match sent {
+            Err(e) => Err(match e {
+                ReachError::NoConnector => "no_connector",
+                ReachError::NoService => "service_not_exposed",
+                ReachError::Busy => "connector_busy",
+            }),
+            Ok(()) => match tokio::time::timeout(self.config.ticket_ttl, rx).await {
+                Ok(Ok(data)) => Ok(data),
+                _ => Err("connector_timeout"),
+            },
+        };
+        if data.is_err() {
+            self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.tickets_lock().cancel(Instant::now(), &ticket);
+        }
+        match data {
+            Ok(d) => Some(d),
+            Err(reason) => {
+                self.reject(reason);
+                tracing::info!(tenant, service, reason, "tunnel: no stream from the connector");
+                None
+            }
+        }
+    }
+
+    async fn run_tunnel(&self, client: TcpStream, mut data: TcpStream, hello: &[u8], tenant: &str, peer: SocketAddr) {
+        let _ = data.set_nodelay(true);
+        if data.write_all(hello).await.is_err() {
+            self.counters.ended[2].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.counters.bytes.a_to_b.fetch_add(hello.len() as u64, Ordering::Relaxed);
+        self.counters.opened.fetch_add(1, Ordering::Relaxed);
+        self.counters.active.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(tenant, peer = %self.shown(peer), "tunnel: open");
+        let end = pump(client, data, self.config.pump, self.config.idle_timeout, &self.counters.bytes).await;
+        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+        let i = match end {
+            PumpEnd::Closed => 0,
+            PumpEnd::Idle => 1,
+            PumpEnd::Error => 2,
+        };
+        self.counters.ended[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn handle_data(self: Arc<Self>, mut tcp: TcpStream, peer: SocketAddr, guard: CapGuard) {
+        let _ = tcp.set_nodelay(true);
+        let attach = tokio::time::timeout(self.config.hello_timeout, read_attach(&mut tcp)).await;
+        let ticket = match attach {
+            Err(_) => Err("data_timeout"),
+            Ok(r) => r,
+        };
+        let redeemed = ticket.and_then(|t| self.tickets_lock().redeem(Instant::now(), &t).map_err(|e| e.as_str()));
+        let id = match redeemed {
+            Ok(id) => id,
+            Err(reason) => {
+                self.reject(reason);
+                tracing::info!(peer = %self.shown(peer), reason, "tunnel: data connection refused");
+                return;
+            }
+        };
+        drop(guard);
+        let waiter = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if let Some(w) = waiter {
+            let _ = w.send(tcp); // the endpoint may have gone: then the stream closes
+        }
+    }
+}
+
+/// Reads exactly one `attach` frame (nothing after it: the tunnel's bytes follow).
+async fn read_attach(tcp: &mut TcpStream) -> Result<String, &'static str> {
+    let mut header = [0u8; HEADER_LEN];
+    tcp.read_exact(&mut header).await.map_err(|_| "data_bad_frame")?;
+    let mut d = FrameDecoder::new();
+    d.handle_bytes(&header);
+    // The decoder validates magic, version and type from the header alone.
+    if d.poll_frame().is_err() || header[3] != FrameType::Attach as u8 {
+        return Err("data_bad_frame");
+    }
+    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if len > MAX_ATTACH {
+        return Err("data_bad_frame");
+    }
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.map_err(|_| "data_bad_frame")?;
+    d.handle_bytes(&payload);
+    match d.poll_frame().ok().flatten().map(|f| Message::decode(&f)) {
+        Some(Ok(Message::Attach(a))) => Ok(a.ticket),
+        _ => Err("data_bad_frame"),
+    }
+}
+
+/// Resolves once the shutdown flag is set.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

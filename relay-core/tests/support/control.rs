@@ -1,0 +1,123 @@
+//! A relay with its TLS control listener on loopback, certificates made
+//! with rcgen, and connector settings for it (control-channel and tunnel
+//! tests).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relay_core::connector::{Backoff, ConnectorConfig};
+use relay_core::control::auth::{token_hash, AuthPolicy};
+use relay_core::control::server::{ControlConfig, ControlServer, ControlStats, TenantCredentials};
+use relay_core::control::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
+use relay_core::{BackendKind, Relay, RelayConfig};
+use tokio::net::TcpListener;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+pub const ACME_TOKEN: &str = "acme-token-0123456789";
+pub const GLOBEX_TOKEN: &str = "globex-token-9876543210";
+
+/// A CA and a certificate it signed.
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A CA and a relay certificate it signed for `relay.test`.
+pub fn pki() -> Pki {
+    pki_for("relay.test")
+}
+
+/// A CA and a certificate it signed for `name`.
+pub fn pki_for(name: &str) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec![name.to_string()])
+        .expect("params")
+        .signed_by(&key, &rcgen::Issuer::new(ca_params, ca_key))
+        .expect("leaf");
+    Pki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+}
+
+pub struct Env {
+    pub relay: Relay,
+    pub server: ControlServer,
+    pub addr: SocketAddr,
+    pub pki: Pki,
+}
+
+pub fn tenants() -> Vec<TenantCredentials> {
+    vec![
+        TenantCredentials { id: "acme".into(), token_sha256: token_hash(ACME_TOKEN), services: vec!["sip-tls".into()] },
+        TenantCredentials { id: "globex".into(), token_sha256: token_hash(GLOBEX_TOKEN), services: vec![] },
+    ]
+}
+
+pub fn quick() -> ControlConfig {
+    ControlConfig {
+        heartbeat: Duration::from_secs(1),
+        auth: AuthPolicy { failure_delay: Duration::from_millis(20), ..AuthPolicy::default() },
+        ..ControlConfig::default()
+    }
+}
+
+pub async fn env(config: ControlConfig) -> Env {
+    let relay = Relay::start(RelayConfig {
+        backend: BackendKind::Portable,
+        port_min: 40000,
+        port_max: 44999,
+        workers: 1,
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
+    let pki = pki();
+    let cert = ReloadableCert::new(load_certified_key(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).expect("key"));
+    let server = ControlServer::new(config, cert, tenants(), relay.handle()).expect("server");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let s = server.clone();
+    tokio::spawn(async move { s.serve(listener, std::future::pending()).await });
+    Env { relay, server, addr, pki }
+}
+
+impl Env {
+    pub fn connector(&self, tenant: &str, token: &str, id: &str) -> ConnectorConfig {
+        self.connector_to(self.addr, tenant, token, id)
+    }
+
+    pub fn connector_to(&self, addr: SocketAddr, tenant: &str, token: &str, id: &str) -> ConnectorConfig {
+        let mut c = ConnectorConfig::new(
+            &addr.to_string(),
+            "relay.test",
+            ClientTrust::CaPem(self.pki.ca_pem.clone().into_bytes()),
+            tenant,
+            token,
+        );
+        c.connector_id = id.into();
+        c.heartbeat = Duration::from_secs(1);
+        c.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
+        c.request_timeout = Duration::from_secs(5);
+        c
+    }
+
+    pub fn pinned(&self) -> ClientTrust {
+        ClientTrust::pinned_hex(&pem_fingerprint(self.pki.cert_pem.as_bytes()).expect("fp")).expect("pin")
+    }
+
+    /// Waits until the server's counters satisfy `f`.
+    pub async fn stats_until(&self, what: &str, f: impl Fn(&ControlStats) -> bool) -> ControlStats {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = self.server.stats();
+            if f(&s) {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
