@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use relay_core::api::{Allocation, FieldError, SessionRequest, UpdateRequest};
 use relay_core::control::server::ControlServer;
+use relay_core::tunnel::server::TunnelServer;
 use relay_core::{LegInfo, RelayError, RelayHandle, SessionId, SessionInfo, Verify};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -43,6 +44,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// The connectors' control listener, when configured.
     pub control: Option<ControlServer>,
+    /// The tunnel listeners, when configured.
+    pub tunnels: Option<TunnelServer>,
 }
 
 /// A JSON error response.
@@ -161,10 +164,12 @@ async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
 async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
     let counters = st.handle.counters().await?;
     let connectors = st.control.as_ref().map(ControlServer::stats);
+    let tunnels = st.tunnels.as_ref().map(TunnelServer::stats);
     let body = metrics::render(
         &counters,
         &st.stats,
         connectors.as_ref(),
+        tunnels.as_ref(),
         &st.backend,
         st.handle.is_draining(),
         st.started.elapsed(),

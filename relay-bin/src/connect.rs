@@ -12,6 +12,7 @@
 //!
 //! [services]
 //! sip-tls = "127.0.0.1:5061"
+//! web = { address = "127.0.0.1:443", proxy_protocol = true }   # PROXY v2 header first
 //! ```
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use relay_core::connector::{Connector, ConnectorConfig};
+use relay_core::connector::{Connector, ConnectorConfig, TunnelTarget};
 use relay_core::control::tls::ClientTrust;
 use serde::Deserialize;
 use tokio::signal::unix::{signal, SignalKind};
@@ -50,10 +51,40 @@ pub struct ConnectFile {
     pub connector_id: Option<String>,
     /// Services to expose: name → local address of the PBX service.
     #[serde(default)]
-    pub services: BTreeMap<String, SocketAddr>,
+    pub services: BTreeMap<String, ServiceEntry>,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+}
+
+/// One exposed service: an address, or a table with options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ServiceEntry {
+    /// `sip-tls = "127.0.0.1:5061"`
+    Address(SocketAddr),
+    /// `web = { address = "127.0.0.1:443", proxy_protocol = true }`
+    Options(ServiceOptions),
+}
+
+/// A service with options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceOptions {
+    /// The PBX service's address.
+    pub address: SocketAddr,
+    /// Send a PROXY protocol v2 header with the endpoint's address first.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl ServiceEntry {
+    fn target(&self) -> TunnelTarget {
+        match self {
+            ServiceEntry::Address(addr) => TunnelTarget { addr: *addr, proxy_protocol: false },
+            ServiceEntry::Options(o) => TunnelTarget { addr: o.address, proxy_protocol: o.proxy_protocol },
+        }
+    }
 }
 
 /// A validated connector configuration.
@@ -144,7 +175,7 @@ impl ConnectConfig {
             }
             connector.connector_id = id.clone();
         }
-        connector.services = file.services.keys().cloned().collect();
+        connector.tunnels = file.services.iter().map(|(name, e)| (name.clone(), e.target())).collect();
         Ok(ConnectConfig { file, connector })
     }
 }
@@ -177,14 +208,17 @@ pub fn run(cfg: ConnectConfig) -> Result<(), String> {
     runtime.block_on(async move {
         let connector = Connector::start(cfg.connector.clone()).map_err(|e| e.to_string())?;
         let handle = connector.handle();
-        let mut open_streams = connector.take_open_streams();
         println!(
             "ucmrc connect {}: tenant {} to {} (server name {}), services: {}",
             env!("CARGO_PKG_VERSION"),
             cfg.connector.tenant,
             cfg.connector.relay,
             cfg.connector.server_name,
-            if cfg.connector.services.is_empty() { "none".to_string() } else { cfg.connector.services.join(", ") }
+            if cfg.connector.tunnels.is_empty() {
+                "none".to_string()
+            } else {
+                cfg.file.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
         );
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -194,9 +228,6 @@ pub fn run(cfg: ConnectConfig) -> Result<(), String> {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                Some(open) = async { match open_streams.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
-                    tracing::warn!(service = %open.service, "open_stream received: tunnels are not served by this connector version");
-                }
                 _ = status.tick() => {
                     let s = handle.status();
                     if s.connected != was_connected {
@@ -232,13 +263,14 @@ mod tests {
         let d = dir();
         std::fs::write(d.join("acme.token"), "tok-123\n").expect("token");
         let text = format!(
-            "relay = \"relay.example.net:7443\"\npinned_sha256 = \"{}\"\ntenant = \"acme\"\ntoken_file = \"acme.token\"\n[services]\nsip-tls = \"127.0.0.1:5061\"\n",
+            "relay = \"relay.example.net:7443\"\npinned_sha256 = \"{}\"\ntenant = \"acme\"\ntoken_file = \"acme.token\"\n[services]\nsip-tls = \"127.0.0.1:5061\"\nweb = {{ address = \"127.0.0.1:443\", proxy_protocol = true }}\n",
             "ab".repeat(32)
         );
         let c = ConnectConfig::parse("c.toml", &text, Some(&d)).expect("valid");
         assert_eq!(c.connector.server_name, "relay.example.net");
         assert_eq!(c.connector.token, "tok-123");
-        assert_eq!(c.connector.services, ["sip-tls"]);
+        assert_eq!(c.connector.tunnels["sip-tls"].addr, "127.0.0.1:5061".parse().expect("addr"));
+        assert!(c.connector.tunnels["web"].proxy_protocol);
         assert!(!format!("{:?}", c.connector).contains("tok-123"));
         let _ = std::fs::remove_dir_all(d);
     }

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use relay_core::control::server::ControlServer;
 use relay_core::control::tls::{load_certified_key, ReloadableCert};
+use relay_core::tunnel::server::TunnelServer;
 use relay_core::{Relay, RelayHandle};
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, ControlSettings};
+use crate::config::{Config, ControlSettings, TunnelSettings};
 use crate::metrics::ControlStats;
 
 /// A fresh 256-bit token (hex) and its SHA-256 (hex).
@@ -57,7 +58,16 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         None => None,
         Some(c) => Some(control_server(c, &cfg, &handle)?),
     };
+    let tunnels = match (&cfg.tunnels, &control_listener) {
+        (Some(t), Some(control)) => {
+            let server = TunnelServer::new(t.config.clone(), t.router.clone(), control.clone());
+            server.set_tenant_limits(t.tenant_limits.clone());
+            Some(server)
+        }
+        _ => None,
+    };
     let state = Arc::new(AdminState {
+        tunnels,
         control: control_listener,
         handle: handle.clone(),
         token_sha256: RwLock::new(cfg.admin_token_sha256),
@@ -111,6 +121,27 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         }
         _ => "control channel disabled (no [control] section)".to_string(),
     };
+    let tunnels_line = match (&state.tunnels, &cfg.tunnels) {
+        (Some(server), Some(t)) => {
+            let data = tokio::net::TcpListener::bind(t.data_listen)
+                .await
+                .map_err(|e| format!("cannot listen on tunnels.data_listen {}: {e}", t.data_listen))?;
+            let data_addr = data.local_addr().map_err(|e| e.to_string())?;
+            let mut shown = Vec::new();
+            for (addr, service) in &t.listeners {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on tunnels.listeners {addr} ({service}): {e}"))?;
+                shown.push(format!("{service}=tcp://{}", l.local_addr().map_err(|e| e.to_string())?));
+                let (server, service) = (server.clone(), service.clone());
+                tokio::spawn(async move { server.serve_tunnel(l, service, std::future::pending()).await });
+            }
+            let server = server.clone();
+            tokio::spawn(async move { server.serve_data(data, std::future::pending()).await });
+            format!("tunnels: {} data=tcp://{data_addr}", shown.join(" "))
+        }
+        _ => "tunnels disabled (no [tunnels] section)".to_string(),
+    };
     state.ready.store(true, Ordering::SeqCst);
     let r = &cfg.relay;
     println!(
@@ -127,6 +158,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     );
     println!("{ng_line}");
     println!("{control_line}");
+    println!("{tunnels_line}");
     tracing::info!(%admin_addr, datapath = %state.backend, "relay running");
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -157,6 +189,9 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     state.ready.store(false, Ordering::SeqCst);
     if let Some(c) = &state.control {
         c.shutdown();
+    }
+    if let Some(t) = &state.tunnels {
+        t.shutdown();
     }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
@@ -212,6 +247,11 @@ async fn reload(old: &Config, new: &Config, state: &AdminState) {
         restart.push("log");
     }
     let listener_settings = |c: &Option<ControlSettings>| c.as_ref().map(|c| (c.listen, c.config.clone()));
+    let tunnel_listeners =
+        |t: &Option<TunnelSettings>| t.as_ref().map(|t| (t.data_listen, t.listeners.clone(), t.config.clone()));
+    if tunnel_listeners(&old.tunnels) != tunnel_listeners(&new.tunnels) {
+        restart.push("tunnels (listeners, timeouts, caps)");
+    }
     if listener_settings(&old.control) != listener_settings(&new.control) {
         restart.push("control (listen, timeouts, caps, lockout policy)");
     }
@@ -221,6 +261,10 @@ async fn reload(old: &Config, new: &Config, state: &AdminState) {
     }
     apply_quotas(&state.handle, new);
     *state.token_sha256.write().unwrap_or_else(|p| p.into_inner()) = new.admin_token_sha256;
+    if let (Some(server), Some(t)) = (&state.tunnels, &new.tunnels) {
+        server.replace_router(t.router.clone());
+        server.set_tenant_limits(t.tenant_limits.clone());
+    }
     if let (Some(server), Some(c)) = (&state.control, &new.control) {
         server.replace_tenants(new.tenant_credentials.clone());
         match load_control_cert(c) {

@@ -62,6 +62,7 @@ pub fn render(
     counters: &RelayCounters,
     control: &ControlStats,
     connectors: Option<&relay_core::control::server::ControlStats>,
+    tunnels: Option<&relay_core::tunnel::server::TunnelStats>,
     backend: &str,
     draining: bool,
     uptime: Duration,
@@ -143,6 +144,30 @@ pub fn render(
         let _ = writeln!(o, "ucmrc_connectors_active {}", c.connectors_active);
         family(&mut o, "ucmrc_connector_unauthenticated", "gauge", "Control connections not yet authenticated.");
         let _ = writeln!(o, "ucmrc_connector_unauthenticated {}", c.unauthenticated);
+    }
+    if let Some(t) = tunnels {
+        family(
+            &mut o,
+            "ucmrc_tunnel_connections_total",
+            "counter",
+            "Endpoint connections accepted on tunnel listeners.",
+        );
+        let _ = writeln!(o, "ucmrc_tunnel_connections_total {}", t.accepted);
+        family(&mut o, "ucmrc_tunnels_opened_total", "counter", "Tunnels joined to a connector's data connection.");
+        let _ = writeln!(o, "ucmrc_tunnels_opened_total {}", t.opened);
+        family(&mut o, "ucmrc_tunnels_active", "gauge", "Tunnels open now.");
+        let _ = writeln!(o, "ucmrc_tunnels_active {}", t.active);
+        family(&mut o, "ucmrc_tunnel_bytes_total", "counter", "Bytes moved through tunnels, by direction.");
+        let _ = writeln!(o, "ucmrc_tunnel_bytes_total{{direction=\"to_pbx\"}} {}", t.bytes_to_pbx);
+        let _ = writeln!(o, "ucmrc_tunnel_bytes_total{{direction=\"to_endpoint\"}} {}", t.bytes_to_endpoint);
+        family(&mut o, "ucmrc_tunnels_ended_total", "counter", "Tunnels ended, by how.");
+        for (how, n) in [("closed", t.ended_closed), ("idle", t.ended_idle), ("error", t.ended_error)] {
+            let _ = writeln!(o, "ucmrc_tunnels_ended_total{{how=\"{how}\"}} {n}");
+        }
+        family(&mut o, "ucmrc_tunnel_rejections_total", "counter", "Tunnel and data connections refused, by reason.");
+        for (reason, n) in &t.rejected {
+            let _ = writeln!(o, "ucmrc_tunnel_rejections_total{{reason=\"{reason}\"}} {n}");
+        }
     }
     family(&mut o, "ucmrc_draining", "gauge", "1 while the relay drains (SIGTERM).");
     let _ = writeln!(o, "ucmrc_draining {}", u8::from(draining));

@@ -28,6 +28,8 @@ struct Relay {
     ng: Option<(SocketAddr, SocketAddr)>,
     /// The connectors' control listener when configured.
     control: Option<SocketAddr>,
+    /// Tunnel listeners by service, when configured.
+    tunnels: Vec<(String, SocketAddr)>,
     stderr: mpsc::Receiver<String>,
     dir: PathBuf,
 }
@@ -83,8 +85,8 @@ fn start(config_text: Option<&str>) -> Relay {
         .nth(1)
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no admin address in {first:?}"));
-    let (mut ng, mut control) = (None, None);
-    for _ in 0..3 {
+    let (mut ng, mut control, mut tunnels) = (None, None, Vec::new());
+    for _ in 0..4 {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(rest) = line.strip_prefix("ng protocol on udp:") {
             let (udp, tcp) = rest.split_once(" tcp:").expect("udp and tcp");
@@ -93,9 +95,15 @@ fn start(config_text: Option<&str>) -> Relay {
         if let Some(rest) = line.strip_prefix("control channel on tls://") {
             control = Some(rest.split(' ').next().and_then(|a| a.parse().ok()).expect("control address"));
         }
+        if let Some(rest) = line.strip_prefix("tunnels: ") {
+            for item in rest.split(' ') {
+                let (service, addr) = item.split_once("=tcp://").expect("service=tcp://addr");
+                tunnels.push((service.to_string(), addr.parse().expect("tunnel address")));
+            }
+        }
     }
     std::thread::spawn(move || for _ in lines.by_ref() {});
-    Relay { child, admin, ng, control, stderr: rx, dir }
+    Relay { child, admin, ng, control, tunnels, stderr: rx, dir }
 }
 
 fn config_path(r: &Relay) -> PathBuf {
@@ -694,18 +702,32 @@ fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
     std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
 
     let control = format!(
-        "[control]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat_secs = 1\n{block}\nservices = [\"sip-tls\"]\n",
+        "[control]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat_secs = 1\n[tunnels]\ndata_listen = \"127.0.0.1:0\"\ndomain_patterns = [\"{{tenant}}.relay.test\"]\n[[tunnels.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"sip-tls\"\n{block}\nservices = [\"sip-tls\"]\n",
         cert.display(),
         key.display()
     );
     let r = start(Some(&config(&control)));
     let control_addr = r.control.expect("control listener in the banner");
+    let (service, tunnel_addr) = r.tunnels.first().cloned().expect("a tunnel listener in the banner");
+    assert_eq!(service, "sip-tls");
+    // The PBX's TLS service (here: a TCP server that checks the hello arrives verbatim).
+    let hello = relay_core::wire::client_hello::build_client_hello(Some("acme.relay.test"), 0, 64);
+    let pbx = std::net::TcpListener::bind("127.0.0.1:0").expect("pbx");
+    let pbx_addr = pbx.local_addr().expect("pbx addr");
+    let expected = hello.clone();
+    let pbx_thread = std::thread::spawn(move || {
+        let (mut s, _) = pbx.accept().expect("the connector dials the PBX");
+        let mut got = vec![0u8; expected.len()];
+        s.read_exact(&mut got).expect("hello");
+        assert_eq!(got, expected, "the hello reaches the PBX verbatim");
+        s.write_all(b"routed").expect("answer");
+    });
 
     let connect_toml = dir.join("connect.toml");
     std::fs::write(
         &connect_toml,
         format!(
-            "relay = \"{control_addr}\"\nserver_name = \"relay.test\"\nca_file = \"{}\"\ntenant = \"acme\"\ntoken_file = \"acme.token\"\nconnector_id = \"pbx-bin\"\n[services]\nsip-tls = \"127.0.0.1:5061\"\n",
+            "relay = \"{control_addr}\"\nserver_name = \"relay.test\"\nca_file = \"{}\"\ntenant = \"acme\"\ntoken_file = \"acme.token\"\nconnector_id = \"pbx-bin\"\n[services]\nsip-tls = \"{pbx_addr}\"\n",
             ca.display()
         ),
     )
@@ -739,6 +761,27 @@ fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
     let m = scrape(&r);
     assert_eq!(m["ucmrc_connectors_active"], 1.0);
     assert_eq!(m["ucmrc_connector_events_total{event=\"auth_ok\"}"], 1.0);
+
+    // An endpoint's TLS connection reaches the PBX through the tunnel.
+    let mut endpoint = TcpStream::connect(tunnel_addr).expect("tunnel");
+    endpoint.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    endpoint.write_all(&hello).expect("hello");
+    let mut answer = [0u8; 6];
+    endpoint.read_exact(&mut answer).expect("answer through the tunnel");
+    assert_eq!(&answer, b"routed");
+    pbx_thread.join().expect("pbx");
+    drop(endpoint);
+    wait_for("tunnel closed", || scrape(&r)["ucmrc_tunnels_active"] == 0.0);
+    let m = scrape(&r);
+    assert_eq!(m["ucmrc_tunnels_opened_total"], 1.0);
+    assert!(m["ucmrc_tunnel_bytes_total{direction=\"to_pbx\"}"] >= hello.len() as f64);
+    assert_eq!(m["ucmrc_tunnel_bytes_total{direction=\"to_endpoint\"}"], 6.0);
+    // An unknown name is refused and counted.
+    let mut stranger = TcpStream::connect(tunnel_addr).expect("tunnel");
+    stranger.write_all(&relay_core::wire::client_hello::build_client_hello(Some("x.example"), 0, 512)).expect("hello");
+    let mut sink = Vec::new();
+    let _ = stranger.read_to_end(&mut sink);
+    wait_for("refusal counted", || scrape(&r)["ucmrc_tunnel_rejections_total{reason=\"unknown_sni\"}"] == 1.0);
 
     // SIGHUP loads a new certificate for new connections.
     let (_, cert2, key2) = write_pki(&dir, "relay2");
