@@ -812,4 +812,34 @@ mod tests {
         let e = Config::parse("x.toml", &format!("{base}[control]\nheartbeat_secs = 0\n")).expect_err("zero");
         assert_eq!((e.key.as_str(), e.line), ("control.heartbeat_secs", Some(4)), "{e}");
     }
+
+    #[test]
+    fn tunnels_are_validated_with_key_and_line() {
+        let dir = std::env::temp_dir().join(format!("ucmrc-cfg-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let c = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).expect("cert");
+        std::fs::write(dir.join("c.pem"), c.cert.pem()).expect("cert");
+        std::fs::write(dir.join("k.pem"), c.signing_key.serialize_pem()).expect("key");
+        let base = "[admin]\nallow_unauthenticated = true\n";
+        let control = "[control]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let listener = "[[tunnels.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"sip-tls\"\n";
+        let e =
+            Config::parse_in("x.toml", &format!("{base}[tunnels]\n{listener}"), Some(&dir)).expect_err("no control");
+        assert_eq!(e.key, "tunnels");
+        let text = format!("{base}{control}[tunnels]\ndomain_patterns = [\"relay.example\"]\n{listener}");
+        let e = Config::parse_in("x.toml", &text, Some(&dir)).expect_err("pattern");
+        assert_eq!((e.key.as_str(), e.line), ("tunnels.domain_patterns", Some(7)), "{e}");
+        let e = Config::parse_in("x.toml", &format!("{base}{control}[tunnels]\n"), Some(&dir)).expect_err("listeners");
+        assert_eq!(e.key, "tunnels.listeners");
+        let text = format!(
+            "{base}{control}[tunnels]\ndomain_patterns = [\"{{tenant}}.relay.example\"]\nsplice = false\n{listener}[tenants.acme]\nmax_tunnel_connections = 3\n"
+        );
+        let c = Config::parse_in("x.toml", &text, Some(&dir)).expect("valid");
+        let t = c.tunnels.expect("tunnels");
+        assert_eq!(t.router.route(Some("acme.relay.example")), Ok("acme".into()));
+        assert_eq!(t.config.pump, PumpMode::Copy);
+        assert_eq!(t.tenant_limits["acme"], 3);
+        assert_eq!(t.listeners[0].1, "sip-tls");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
