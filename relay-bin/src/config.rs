@@ -429,7 +429,7 @@ impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_text(path).map_err(|e| ConfigError {
             file: name.clone(),
             line: None,
             key: "-".into(),
@@ -448,15 +448,7 @@ impl Config {
     /// Parses and validates TOML text; relative file names (certificates)
     /// are resolved against `base_dir`, the configuration file's directory.
     pub fn parse_in(name: &str, text: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut file: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of_offset(text, s.start));
-            ConfigError {
-                file: name.into(),
-                line,
-                key: key_at(text, e.span().map(|s| s.start)),
-                message: e.message().trim().to_string(),
-            }
-        })?;
+        let mut file: FileConfig = toml::from_str(text).map_err(|e| toml_error(name, text, &e))?;
         if let (Some(dir), Some(c)) = (base_dir, file.control.as_mut()) {
             for p in [&mut c.cert, &mut c.key] {
                 if p.is_relative() && !p.as_os_str().is_empty() {
@@ -611,9 +603,8 @@ fn control_settings(c: &ControlSection, log: &LogSection) -> Result<ControlSetti
     if c.key.as_os_str().is_empty() {
         return Err(("control.key", "required: the certificate's PEM private key".into()));
     }
-    let cert =
-        std::fs::read(&c.cert).map_err(|e| ("control.cert", format!("cannot read {}: {e}", c.cert.display())))?;
-    let key = std::fs::read(&c.key).map_err(|e| ("control.key", format!("cannot read {}: {e}", c.key.display())))?;
+    let cert = read_file(&c.cert).map_err(|e| ("control.cert", format!("cannot read {}: {e}", c.cert.display())))?;
+    let key = read_file(&c.key).map_err(|e| ("control.key", format!("cannot read {}: {e}", c.key.display())))?;
     relay_core::control::tls::load_certified_key(&cert, &key).map_err(|e| match e {
         TlsError::Certificate(m) => ("control.cert", m),
         other => ("control.key", other.to_string()),
@@ -703,29 +694,91 @@ fn tunnel_settings(t: &TunnelsSection, file: &FileConfig) -> Result<TunnelSettin
     })
 }
 
-/// 1-based line of a byte offset.
-pub(crate) fn line_of_offset(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+/// Largest configuration, certificate, key, CA bundle or token file read.
+pub const MAX_FILE: u64 = 4 << 20;
+
+/// Reads a regular file of at most [`MAX_FILE`] bytes (a path to a device
+/// such as `/dev/zero` or a huge file is refused instead of read forever).
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut out = Vec::new();
+    file.take(MAX_FILE + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "larger than 4 MiB"));
+    }
+    Ok(out)
 }
 
-/// The dotted key at a byte offset (section header before it + key on its line).
-pub(crate) fn key_at(text: &str, offset: Option<usize>) -> String {
-    let Some(offset) = offset else { return "-".into() };
-    let offset = offset.min(text.len());
+/// [`read_file`] as UTF-8 text.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_file(path)?).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
+/// The largest char boundary at or before `offset`.
+fn boundary(text: &str, offset: usize) -> usize {
+    let mut o = offset.min(text.len());
+    while !text.is_char_boundary(o) {
+        o -= 1;
+    }
+    o
+}
+
+/// 1-based line of a byte offset.
+pub(crate) fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..boundary(text, offset)].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// A TOML syntax or type error as a [`ConfigError`]: the key (for a
+/// missing field, the field inside the table the error points at) and line.
+pub(crate) fn toml_error(name: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_string();
+    let offset = e.span().map(|s| s.start);
+    let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+    let key = match (missing, offset) {
+        (Some(field), Some(o)) => match section_at(text, o) {
+            s if s.is_empty() => field.to_string(),
+            s => format!("{s}.{field}"),
+        },
+        (Some(field), None) => field.to_string(),
+        (None, o) => key_at(text, o),
+    };
+    ConfigError { file: name.into(), line: offset.map(|o| line_of_offset(text, o)), key, message }
+}
+
+/// The `[section]` (or `[[array]]`) header in force at `offset`.
+fn section_at(text: &str, offset: usize) -> String {
     let mut section = String::new();
-    for line in text[..offset].lines() {
+    for line in text[..boundary(text, offset)].lines() {
         let t = line.trim();
         if t.starts_with('[') && t.ends_with(']') {
             section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
         }
     }
+    section
+}
+
+/// The dotted key at a byte offset (section header before it + key on its line).
+pub(crate) fn key_at(text: &str, offset: Option<usize>) -> String {
+    let Some(offset) = offset else { return "-".into() };
+    let offset = boundary(text, offset);
+    let section = section_at(text, offset);
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split('=').next().unwrap_or("").trim();
-    match (section.is_empty(), key.is_empty() || key.starts_with('[')) {
+    let key = match (section.is_empty(), key.is_empty() || key.starts_with('[')) {
         (_, true) if !section.is_empty() => section,
         (true, _) => key.to_string(),
         _ => format!("{section}.{key}"),
+    };
+    if key.is_empty() {
+        "-".into()
+    } else {
+        key
     }
 }
 
@@ -841,5 +894,17 @@ mod tests {
         assert_eq!(t.tenant_limits["acme"], 3);
         assert_eq!(t.listeners[0].1, "sip-tls");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn devices_and_missing_files_are_refused_not_read_forever() {
+        let e = Config::load(Path::new("/dev/zero")).expect_err("device");
+        assert!(e.message.contains("not a regular file"), "{e}");
+        let e = Config::parse(
+            "x.toml",
+            "[admin]\nallow_unauthenticated = true\n[control]\ncert = \"/dev/zero\"\nkey = \"/dev/zero\"\n",
+        )
+        .expect_err("device cert");
+        assert_eq!((e.key.as_str(), e.line), ("control.cert", Some(4)), "{e}");
     }
 }

@@ -25,7 +25,7 @@ use relay_core::control::tls::ClientTrust;
 use serde::Deserialize;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{find_key_line, key_at, line_of_offset, ConfigError, LogSection};
+use crate::config::{find_key_line, read_file, read_text, toml_error, ConfigError, LogSection};
 
 /// The connector's configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,7 +100,7 @@ impl ConnectConfig {
     /// Reads and validates a file; relative paths are taken from its directory.
     pub fn load(path: &Path) -> Result<ConnectConfig, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_text(path).map_err(|e| ConfigError {
             file: name.clone(),
             line: None,
             key: "-".into(),
@@ -111,12 +111,7 @@ impl ConnectConfig {
 
     /// Parses and validates TOML text.
     pub fn parse(name: &str, text: &str, base_dir: Option<&Path>) -> Result<ConnectConfig, ConfigError> {
-        let mut file: ConnectFile = toml::from_str(text).map_err(|e| ConfigError {
-            file: name.into(),
-            line: e.span().map(|s| line_of_offset(text, s.start)),
-            key: key_at(text, e.span().map(|s| s.start)),
-            message: e.message().trim().to_string(),
-        })?;
+        let mut file: ConnectFile = toml::from_str(text).map_err(|e| toml_error(name, text, &e))?;
         let err = |key: &str, message: String| {
             let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
             ConfigError { file: name.into(), line: find_key_line(text, section, leaf), key: key.into(), message }
@@ -147,8 +142,7 @@ impl ConnectConfig {
                 ))
             }
             (Some(ca), None) => {
-                let pem =
-                    std::fs::read(ca).map_err(|e| err("ca_file", format!("cannot read {}: {e}", ca.display())))?;
+                let pem = read_file(ca).map_err(|e| err("ca_file", format!("cannot read {}: {e}", ca.display())))?;
                 let trust = ClientTrust::CaPem(pem);
                 relay_core::control::tls::client_config(&trust).map_err(|e| err("ca_file", e.to_string()))?;
                 trust
@@ -158,7 +152,7 @@ impl ConnectConfig {
         if file.tenant.is_empty() || file.tenant.len() > 128 {
             return Err(err("tenant", "must be 1 to 128 bytes".into()));
         }
-        let token = std::fs::read_to_string(&file.token_file)
+        let token = read_text(&file.token_file)
             .map_err(|e| err("token_file", format!("cannot read {}: {e}", file.token_file.display())))?;
         let token = token.trim();
         if token.is_empty() || token.lines().count() != 1 {
@@ -295,6 +289,8 @@ mod tests {
                 Some(6),
             ),
         ];
+        let missing = ConnectConfig::parse("c.toml", "tenant = \"acme\"\n", Some(&d)).expect_err("missing");
+        assert_eq!(missing.key, "relay", "{missing}");
         for (text, key, line) in cases {
             let e = ConnectConfig::parse("c.toml", &text, Some(&d)).expect_err(key);
             assert_eq!((e.key.as_str(), e.line), (key, line), "{e}");

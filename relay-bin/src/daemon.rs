@@ -206,8 +206,8 @@ fn control_server(c: &ControlSettings, cfg: &Config, handle: &RelayHandle) -> Re
 }
 
 fn load_control_cert(c: &ControlSettings) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
-    let cert = std::fs::read(&c.cert).map_err(|e| format!("control.cert {}: {e}", c.cert.display()))?;
-    let key = std::fs::read(&c.key).map_err(|e| format!("control.key {}: {e}", c.key.display()))?;
+    let cert = crate::config::read_file(&c.cert).map_err(|e| format!("control.cert {}: {e}", c.cert.display()))?;
+    let key = crate::config::read_file(&c.key).map_err(|e| format!("control.key {}: {e}", c.key.display()))?;
     load_certified_key(&cert, &key).map_err(|e| format!("control: {e}"))
 }
 

@@ -8,13 +8,7 @@
 //! ucmrc token new [--tenant NAME]  print a fresh token and its hash line
 //! ```
 
-mod admin;
-mod config;
-mod connect;
-mod daemon;
-mod demo;
-mod metrics;
-mod ng;
+use ucmrc::{config, connect, daemon, demo};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
