@@ -578,20 +578,25 @@ fn relay_host(relay: &str) -> &str {
     relay.rsplit_once(':').map_or(relay, |(h, _)| h)
 }
 
-/// One tunnel stream: dial the PBX service, then the relay's data listener
-/// with the ticket, optionally tell the PBX the endpoint's address (PROXY
-/// v2), then pump bytes until both sides close.
+/// How long a tunnel stream may sit idle on the connector's side (the relay
+/// enforces its own, shorter, idle timeout; this one only catches a relay
+/// that vanished without closing).
+const STREAM_IDLE: Duration = Duration::from_secs(3600);
+
+/// One tunnel stream: dial the PBX service and the relay's data listener
+/// (at the same time), present the ticket, optionally tell the PBX the
+/// endpoint's address (PROXY v2), then splice bytes until both sides close.
 async fn join_stream(relay_host: &str, target: TunnelTarget, open: OpenStream) -> std::io::Result<()> {
-    let dial = |addr: String| async move {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-            Ok(r) => r,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
-    };
-    let mut pbx = dial(target.addr.to_string()).await?;
-    let mut data = dial(format!("{relay_host}:{}", open.data_port)).await?;
-    let _ = pbx.set_nodelay(true);
-    let _ = data.set_nodelay(true);
+    async fn dial(addr: String) -> std::io::Result<TcpStream> {
+        let s = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        };
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+    let (pbx, data) = tokio::join!(dial(target.addr.to_string()), dial(format!("{relay_host}:{}", open.data_port)));
+    let (mut pbx, mut data) = (pbx?, data?);
     data.write_all(&Message::Attach(Attach { ticket: open.ticket.clone() }).encode().encode()).await?;
     if target.proxy_protocol {
         let bad = |_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad address in open_stream");
@@ -602,7 +607,11 @@ async fn join_stream(relay_host: &str, target: TunnelTarget, open: OpenStream) -
         };
         pbx.write_all(&crate::tunnel::proxy::header(src, dst)).await?;
     }
-    tokio::io::copy_bidirectional(&mut pbx, &mut data).await.map(drop)
+    let counters = crate::io::splice::PumpCounters::default();
+    match crate::io::splice::pump(pbx, data, crate::io::splice::PumpMode::Splice, STREAM_IDLE, &counters).await {
+        crate::io::splice::PumpEnd::Error => Err(std::io::ErrorKind::ConnectionReset.into()),
+        _ => Ok(()),
+    }
 }
 
 fn request_id(m: &Message) -> u64 {
