@@ -352,3 +352,32 @@ async fn ten_thousand_half_open_connections_do_not_stop_a_legitimate_client() {
     drop(held);
     connector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_tunnel_limit_is_refused_until_a_tunnel_closes() {
+    let t = tunnels(TunnelConfig::default()).await;
+    t.tunnels.set_tenant_limits(HashMap::from([("acme".to_string(), 1)]));
+    let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
+    let (pbx_addr, pbx_task) = raw_pbx(hello.clone()).await;
+    let connector = t.connector(pbx_addr, false).await;
+    let mut first = TcpStream::connect(t.sip).await.expect("first");
+    first.write_all(&hello).await.expect("hello");
+    let mut answer = [0u8; 6];
+    first.read_exact(&mut answer).await.expect("first tunnel open");
+    pbx_task.await.expect("pbx");
+    // The second concurrent tunnel of the tenant is refused with an alert.
+    let alert_internal_error = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
+    assert_eq!(refused(t.sip, &hello).await, alert_internal_error);
+    assert_eq!(t.tunnels.stats().rejected("tenant_limit"), 1);
+    // Closing the first frees the place.
+    drop(first);
+    t.until("first tunnel closed", |s| s.active == 0).await;
+    let (pbx_addr, pbx_task) = raw_pbx(hello.clone()).await;
+    connector.stop().await;
+    let connector = t.connector(pbx_addr, false).await;
+    let mut again = TcpStream::connect(t.sip).await.expect("again");
+    again.write_all(&hello).await.expect("hello");
+    again.read_exact(&mut answer).await.expect("a new tunnel opens");
+    pbx_task.await.expect("pbx");
+    connector.stop().await;
+}
