@@ -24,6 +24,8 @@
 //! - [`ng`]: rtpengine's ng control protocol (bencode, SDP rewriting, the
 //!   offer/answer/delete/query engine) for Kamailio and OpenSIPS.
 //! - [`quota`]: per-tenant session quotas.
+//! - [`testkit`]: simulated endpoints' SRTP for the demo and the load
+//!   generator (never used by the relay).
 //! - [`control`] and [`connector`]: the authenticated TLS control channel
 //!   between the relay and a connector beside the PBX.
 //! - [`tunnel`]: TLS pass-through tunnels routed by SNI, spliced without a
@@ -83,6 +85,7 @@ pub mod relay;
 pub mod session;
 pub mod shard;
 pub mod srtp_keys;
+pub mod testkit;
 pub mod tunnel;
 pub mod wire;
 

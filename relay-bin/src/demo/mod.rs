@@ -2,8 +2,6 @@
 //! loopback, exchanging real SRTP through the relay, with a live line of
 //! figures and a summary.
 
-pub mod srtp;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +12,7 @@ use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
 use relay_core::{LatchPolicy, LegSpec, Relay, RelayConfig, SessionSpec, SrtpAuth};
 use tokio::net::UdpSocket;
 
-use srtp::SrtpStream;
+use relay_core::testkit::srtp::SrtpStream;
 
 /// Demo options.
 #[derive(Debug, Clone, Copy)]

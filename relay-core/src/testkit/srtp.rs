@@ -1,12 +1,13 @@
 //! A small RustCrypto SRTP implementation (AES_CM_128_HMAC_SHA1_80, RFC 3711)
-//! for the demo's simulated PBX and phones. The relay never uses it: it only
-//! forwards ciphertext. Checked byte for byte against libsrtp in the tests.
+//! for simulated PBXs and phones (`ucmrc demo`, `ucmrc-loadtest`). The relay
+//! never uses it: it only forwards ciphertext. Checked byte for byte against
+//! libsrtp in the tests.
 
+use crate::srtp_keys::{SrtpMasterKey, LABEL_SRTP_AUTH, LABEL_SRTP_ENCRYPTION, LABEL_SRTP_SALT};
+use crate::wire::rtp::RtpHeader;
+use crate::wire::srtp_auth::estimate_index;
 use aes::cipher::{KeyIvInit, StreamCipher};
 use hmac::{Hmac, Mac};
-use relay_core::srtp_keys::{SrtpMasterKey, LABEL_SRTP_AUTH, LABEL_SRTP_ENCRYPTION, LABEL_SRTP_SALT};
-use relay_core::wire::rtp::RtpHeader;
-use relay_core::wire::srtp_auth::estimate_index;
 use sha1::Sha1;
 
 type Aes128Ctr = ctr::Ctr128BE<aes::Aes128>;
@@ -96,7 +97,7 @@ impl SrtpStream {
             Some(h) => estimate_index(h, seq).ok_or(SrtpError::Malformed)?,
         };
         let expected = self.tag(&pkt[..body_len], (index >> 16) as u32);
-        if !relay_core::wire::ct_eq(&expected, &pkt[body_len..]) {
+        if !crate::wire::ct_eq(&expected, &pkt[body_len..]) {
             return Err(SrtpError::AuthFailed);
         }
         pkt.truncate(body_len);
