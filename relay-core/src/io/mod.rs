@@ -8,7 +8,7 @@
 
 pub mod portable;
 pub mod splice;
-pub(crate) mod sys;
+pub mod sys;
 pub mod uring;
 
 use std::net::IpAddr;

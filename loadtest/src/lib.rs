@@ -1,0 +1,11 @@
+//! `ucmrc-loadtest`: load that performance engineers can trust, through a
+//! UCMRC relay. `media` sends real SRTP (RustCrypto) on a global schedule
+//! and verifies every packet with libsrtp, so corruption is counted apart
+//! from loss; see `src/main.rs` for the command line.
+#![forbid(unsafe_code)]
+
+pub mod cpu;
+pub mod media;
+pub mod packet;
+pub mod stats;
+pub mod target;

@@ -1,0 +1,196 @@
+//! Where the load's sessions come from: an in-process relay (default), or
+//! an external one through its admin API. A test can supply its own target
+//! (e.g. one that puts a corrupting proxy in front of the relay).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use relay_core::api::{SessionRequest, SrtpAuthKeys};
+use relay_core::{BackendKind, Relay, RelayConfig, SessionDefaults};
+
+/// The relay addresses of one allocated call.
+#[derive(Debug, Clone)]
+pub struct CallLegs {
+    /// Session id (for release).
+    pub id: String,
+    /// Where the PBX side sends.
+    pub to_pbx_leg: SocketAddr,
+    /// Where the endpoint side sends.
+    pub to_endpoint_leg: SocketAddr,
+}
+
+/// A source of sessions.
+pub trait Target: Send {
+    /// Allocates one call; `request` already carries hints and keys.
+    fn allocate(&mut self, request: &SessionRequest) -> Result<CallLegs, String>;
+    /// Releases every call allocated (best effort).
+    fn release(&mut self, legs: &[CallLegs]);
+    /// Relay CPU time so far (ns), when the relay runs in this process.
+    fn relay_cpu_ns(&self) -> Option<u64> {
+        None
+    }
+    /// Packets the relay has forwarded so far, when it can tell.
+    fn relay_forwarded(&self) -> Option<u64> {
+        None
+    }
+    /// What this target is, for the report.
+    fn describe(&self) -> String;
+}
+
+/// A relay started inside the load generator.
+pub struct InProcess {
+    relay: Option<Relay>,
+}
+
+impl InProcess {
+    /// Starts a loopback relay with `backend` and `workers` shards, with
+    /// ports for `calls` calls (two rtcp-mux legs each) and some slack.
+    pub fn start(backend: BackendKind, workers: usize, calls: usize) -> Result<Self, String> {
+        let ports = (calls * 2 + 256).next_multiple_of(2 * workers.max(1)).min(30_000) as u16;
+        let relay = Relay::start(RelayConfig {
+            backend,
+            workers,
+            port_min: 30000,
+            port_max: 30000 + ports - 1,
+            defaults: SessionDefaults {
+                limits: relay_core::LegLimits { max_pps: Some(100_000), max_bytes_per_sec: None },
+                ..SessionDefaults::default()
+            },
+            ..RelayConfig::default()
+        })
+        .map_err(|e| format!("relay: {e}"))?;
+        Ok(Self { relay: Some(relay) })
+    }
+
+    fn relay(&self) -> Result<&Relay, String> {
+        self.relay.as_ref().ok_or_else(|| "relay stopped".to_string())
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(r) = self.relay.take() {
+            r.shutdown(Duration::ZERO);
+        }
+    }
+}
+
+impl Target for InProcess {
+    fn allocate(&mut self, request: &SessionRequest) -> Result<CallLegs, String> {
+        let spec = request.to_spec("loadtest").map_err(|e| e.message)?;
+        let a = self.relay()?.handle().allocate(spec).wait().map_err(|e| e.to_string())?;
+        Ok(CallLegs { id: a.id.to_string(), to_pbx_leg: a.pbx.rtp, to_endpoint_leg: a.endpoint.rtp })
+    }
+
+    fn release(&mut self, legs: &[CallLegs]) {
+        if let Ok(r) = self.relay() {
+            for l in legs {
+                if let Ok(id) = l.id.parse() {
+                    let _ = r.handle().release(id).wait();
+                }
+            }
+        }
+    }
+
+    fn relay_cpu_ns(&self) -> Option<u64> {
+        Some(crate::cpu::threads_cpu_ns("ucmrc-shard-"))
+    }
+
+    fn relay_forwarded(&self) -> Option<u64> {
+        let c = self.relay().ok()?.handle().counters().wait().ok()?;
+        Some(c.total.packets_forwarded)
+    }
+
+    fn describe(&self) -> String {
+        match self.relay() {
+            Ok(r) => format!("in-process relay ({} datapath)", r.datapath().running.as_str()),
+            Err(_) => "in-process relay".into(),
+        }
+    }
+}
+
+/// An external relay driven through its admin API.
+pub struct Admin {
+    addr: SocketAddr,
+    token: Option<String>,
+    tenant: String,
+}
+
+impl Admin {
+    /// `url` is `http://HOST:PORT` (loopback or a host you own).
+    pub fn new(url: &str, token: Option<String>, tenant: &str) -> Result<Self, String> {
+        let hostport = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+            .map_err(|e| format!("admin URL {url}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("admin URL {url}: no address"))?;
+        Ok(Self { addr, token, tenant: tenant.into() })
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), String> {
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        if let Some(t) = &self.token {
+            req += &format!("Authorization: Bearer {t}\r\n");
+        }
+        match body {
+            Some(b) => req += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()),
+            None => req += "\r\n",
+        }
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or("bad HTTP response")?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((status, body))
+    }
+}
+
+impl Target for Admin {
+    fn allocate(&mut self, request: &SessionRequest) -> Result<CallLegs, String> {
+        let mut req = request.clone();
+        req.tenant = Some(self.tenant.clone());
+        let body = serde_json::to_string(&req).map_err(|e| e.to_string())?;
+        let (status, text) = self.request("POST", "/v1/sessions", Some(&body))?;
+        if status != 201 {
+            return Err(format!("allocate: HTTP {status}: {text}"));
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("allocate reply: {e}"))?;
+        let addr = |leg: &str| -> Result<SocketAddr, String> {
+            v[leg]["rtp"].as_str().and_then(|a| a.parse().ok()).ok_or_else(|| format!("allocate reply: no {leg}.rtp"))
+        };
+        Ok(CallLegs {
+            id: v["id"].as_str().unwrap_or_default().to_string(),
+            to_pbx_leg: addr("pbx")?,
+            to_endpoint_leg: addr("endpoint")?,
+        })
+    }
+
+    fn release(&mut self, legs: &[CallLegs]) {
+        for l in legs {
+            let _ = self.request("DELETE", &format!("/v1/sessions/{}", l.id), None);
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("external relay, admin API http://{}", self.addr)
+    }
+}
+
+/// The session request for one call: the PBX's address as its hint,
+/// authentication keys of both directions, the latching policy.
+pub fn call_request(
+    pbx: SocketAddr,
+    pbx_sends: SrtpAuthKeys,
+    endpoint_sends: SrtpAuthKeys,
+    latch: &str,
+) -> SessionRequest {
+    let mut r = SessionRequest::default().with_srtp_auth(pbx_sends, endpoint_sends);
+    r.pbx.hint = Some(pbx.to_string());
+    r.latch = Some(latch.to_string());
+    r.idle_timeout_secs = Some(300);
+    r
+}
