@@ -4,6 +4,7 @@
 //! ucmrc-loadtest media [--calls 100] [--pps 50] [--duration 10] [--json FILE|-]
 //!                      [--admin http://127.0.0.1:9180 --admin-token T] [--latch authenticated]
 //!                      [--rebind-every SECS] [--junk-pps N] [--find-capacity]
+//! ucmrc-loadtest tunnel [--connections 10] [--duration 8] [--bulk-mib 256] [--json FILE|-]
 //! ```
 
 use std::path::PathBuf;
@@ -27,6 +28,63 @@ struct Cli {
 enum Cmd {
     /// K calls of real SRTP both ways, verified with libsrtp.
     Media(MediaArgs),
+    /// TLS connections through SNI-routed tunnels (in-process relay,
+    /// connector and TLS server): handshake rate, time to first byte, bulk
+    /// throughput, against the same server reached directly.
+    Tunnel(TunnelArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TunnelArgs {
+    /// Concurrent clients opening connections back to back.
+    #[arg(long, default_value_t = 10)]
+    connections: usize,
+    /// Seconds of connection opening.
+    #[arg(long, default_value_t = 8)]
+    duration: u64,
+    /// MiB over one connection for the throughput figure (0: skip).
+    #[arg(long, default_value_t = 256)]
+    bulk_mib: usize,
+    /// Skip the direct comparison.
+    #[arg(long)]
+    no_direct: bool,
+    /// Move tunnel bytes with a userspace copy instead of splice(2).
+    #[arg(long)]
+    copy: bool,
+    /// Write the JSON report to FILE (`-`: stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn tunnel(a: TunnelArgs) -> Result<(), String> {
+    let opts = loadtest::tunnel::TunnelOptions {
+        connections: a.connections.max(1),
+        duration: Duration::from_secs(a.duration.max(1)),
+        bulk_mib: a.bulk_mib,
+        compare_direct: !a.no_direct,
+        pump: if a.copy { relay_core::io::splice::PumpMode::Copy } else { relay_core::io::splice::PumpMode::Splice },
+    };
+    let r = loadtest::tunnel::run(&opts)?;
+    let quiet = a.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
+    if !quiet {
+        println!("tunnels: {} concurrent clients, {} s", r.connections, opts.duration.as_secs());
+        println!(
+            "  relay : {:.0} handshakes/s, TTFB p50 {} µs p99 {} µs, failures {}",
+            r.handshake_rate, r.ttfb_p50_us, r.ttfb_p99_us, r.failures
+        );
+        if let (Some(rate), Some(p50), Some(added)) =
+            (r.direct_handshake_rate, r.direct_ttfb_p50_us, r.added_ttfb_p50_us)
+        {
+            println!("  direct: {rate:.0} handshakes/s, TTFB p50 {p50} µs (the relay adds {added} µs)");
+        }
+        if let Some(b) = r.bulk_mib_s {
+            let direct =
+                r.direct_bulk_mib_s.map(|d| format!(", direct {d:.0} MiB/s ({:.2}x)", b / d)).unwrap_or_default();
+            let cpu = r.relay_cpu_ms_per_gib.map(|c| format!(", relay CPU {c:.0} ms/GiB")).unwrap_or_default();
+            println!("  bulk  : {b:.0} MiB/s through the relay{direct}{cpu}");
+        }
+    }
+    write_json(&a.json, &serde_json::to_value(&r).map_err(|e| e.to_string())?)
 }
 
 #[derive(Debug, clap::Args)]
@@ -178,6 +236,13 @@ fn media(a: MediaArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Media(a) => match media(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ucmrc-loadtest: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Tunnel(a) => match tunnel(a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ucmrc-loadtest: {e}");

@@ -162,6 +162,9 @@ impl ConnectConfig {
         if file.log.format != "human" && file.log.format != "json" {
             return Err(err("log.format", format!("{:?} is not one of human, json", file.log.format)));
         }
+        if !crate::config::valid_log_filter(&file.log.level) {
+            return Err(err("log.level", format!("{:?} is not a valid filter", file.log.level)));
+        }
         let mut connector = ConnectorConfig::new(&file.relay, &server_name, trust, &file.tenant, token);
         if let Some(id) = &file.connector_id {
             if id.is_empty() || id.len() > 128 {
