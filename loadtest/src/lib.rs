@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cpu;
+pub mod dtls;
 pub mod media;
 pub mod packet;
 pub mod stats;

@@ -3,7 +3,7 @@
 //! ```text
 //! ucmrc-loadtest media [--calls 100] [--pps 50] [--duration 10] [--json FILE|-]
 //!                      [--admin http://127.0.0.1:9180 --admin-token T] [--latch authenticated]
-//!                      [--rebind-every SECS] [--junk-pps N] [--find-capacity]
+//!                      [--dtls] [--rebind-every SECS] [--junk-pps N] [--find-capacity]
 //! ucmrc-loadtest tunnel [--connections 10] [--duration 8] [--bulk-mib 256] [--json FILE|-]
 //! ```
 
@@ -101,9 +101,13 @@ struct MediaArgs {
     /// Seconds of sending (the run always stops by itself).
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Latching policy for the sessions: window, authenticated or open.
-    #[arg(long, default_value = "authenticated")]
-    latch: String,
+    /// Latching policy for the sessions: window, authenticated or open
+    /// (default: authenticated, window with --dtls).
+    #[arg(long)]
+    latch: Option<String>,
+    /// Key SRTP from a webrtc-dtls handshake per call, through the relay.
+    #[arg(long)]
+    dtls: bool,
     /// Move one call's endpoint to a new port every SECS seconds (NAT rebinding).
     #[arg(long)]
     rebind_every: Option<f64>,
@@ -162,6 +166,9 @@ fn summary(r: &MediaReport) {
         "  generator send lag p99 {} µs, max {} µs; send errors {}",
         r.send_lag_p99_us, r.send_lag_max_us, r.send_errors
     );
+    if r.dtls_handshakes > 0 {
+        println!("  DTLS-SRTP handshakes through the relay: {}", r.dtls_handshakes);
+    }
     if r.rebinds > 0 || r.junk_sent > 0 {
         println!("  rebinds {}, junk sent {}, junk leaked {}", r.rebinds, r.junk_sent, r.junk_leaked);
     }
@@ -184,7 +191,8 @@ fn media(a: MediaArgs) -> Result<(), String> {
         pps: a.pps,
         payload: a.payload.max(loadtest::packet::MIN_PAYLOAD),
         duration: Duration::from_secs(a.duration.max(1)),
-        latch: a.latch.clone(),
+        latch: a.latch.clone().unwrap_or_else(|| if a.dtls { "window" } else { "authenticated" }.to_string()),
+        dtls: a.dtls,
         rebind_every: a.rebind_every.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
         junk_pps: a.junk_pps,
         progress: a.json.as_deref().is_none_or(|p| p.as_os_str() != "-"),

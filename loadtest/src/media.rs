@@ -50,6 +50,8 @@ pub struct MediaOptions {
     pub drain: Duration,
     /// Print a progress line every second (stderr).
     pub progress: bool,
+    /// Key SRTP with a DTLS handshake per call, end to end through the relay.
+    pub dtls: bool,
 }
 
 impl Default for MediaOptions {
@@ -64,6 +66,7 @@ impl Default for MediaOptions {
             junk_pps: 0,
             drain: Duration::from_millis(500),
             progress: false,
+            dtls: false,
         }
     }
 }
@@ -140,6 +143,10 @@ pub struct MediaReport {
     pub junk_sent: u64,
     /// Datagrams the junk socket received back (leaks; must be 0).
     pub junk_leaked: u64,
+    /// DTLS-SRTP handshakes completed through the relay (`--dtls`).
+    pub dtls_handshakes: u64,
+    /// Datagrams received that are not RTP/RTCP (late DTLS records, STUN).
+    pub non_media: u64,
     /// Per-second figures.
     pub per_second: Vec<SecondReport>,
 }
@@ -184,8 +191,11 @@ pub fn run(opts: &MediaOptions, target: &mut dyn Target) -> Result<MediaReport, 
     if opts.calls == 0 || opts.pps == 0 {
         return Err("calls and pps must be at least 1".into());
     }
+    if opts.dtls && opts.latch == "authenticated" {
+        return Err("authenticated latching needs the SRTP keys at allocation; DTLS keys exist only after the handshake (use window)".into());
+    }
     let streams = opts.calls * 2;
-    let masters: Vec<Vec<u8>> = (0..streams).map(|_| master()).collect();
+    let mut masters: Vec<Vec<u8>> = (0..streams).map(|_| master()).collect();
     let mut sockets = Vec::with_capacity(streams);
     for _ in 0..streams {
         sockets.push(Arc::new(bind()?));
@@ -193,12 +203,29 @@ pub fn run(opts: &MediaOptions, target: &mut dyn Target) -> Result<MediaReport, 
     let mut legs: Vec<CallLegs> = Vec::with_capacity(opts.calls);
     for c in 0..opts.calls {
         let pbx = sockets[2 * c].local_addr().map_err(|e| e.to_string())?;
-        let req = call_request(pbx, auth_keys(&masters[2 * c + 1])?, auth_keys(&masters[2 * c])?, &opts.latch);
+        let keys = if opts.dtls { None } else { Some((auth_keys(&masters[2 * c + 1])?, auth_keys(&masters[2 * c])?)) };
+        let req = call_request(pbx, keys, &opts.latch);
         match target.allocate(&req) {
             Ok(l) => legs.push(l),
             Err(e) => {
                 target.release(&legs);
                 return Err(format!("allocating call {c}: {e}"));
+            }
+        }
+    }
+    let mut dtls_handshakes = 0;
+    if opts.dtls {
+        match dtls_keys(&sockets, &legs) {
+            Ok(keys) => {
+                for (c, (endpoint_sends, pbx_sends)) in keys.into_iter().enumerate() {
+                    masters[2 * c] = endpoint_sends;
+                    masters[2 * c + 1] = pbx_sends;
+                    dtls_handshakes += 1;
+                }
+            }
+            Err(e) => {
+                target.release(&legs);
+                return Err(e);
             }
         }
     }
@@ -319,8 +346,44 @@ pub fn run(opts: &MediaOptions, target: &mut dyn Target) -> Result<MediaReport, 
         rebinds,
         junk_sent,
         junk_leaked,
+        dtls_handshakes,
+        non_media: rx.non_media,
         per_second,
     })
+}
+
+/// SRTP master keys of one call: (what the endpoint sends with, what the PBX sends with).
+type CallMasters = (Vec<u8>, Vec<u8>);
+
+/// DTLS handshakes for every call (16 at a time), on the calls' own sockets.
+fn dtls_keys(sockets: &[Arc<UdpSocket>], legs: &[CallLegs]) -> Result<Vec<CallMasters>, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lt-dtls")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ids = Arc::new(crate::dtls::Identities::generate()?);
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    let result = rt.block_on(async {
+        let mut tasks = Vec::with_capacity(legs.len());
+        for (c, leg) in legs.iter().enumerate() {
+            let (ids, limit, leg) = (ids.clone(), limit.clone(), leg.clone());
+            let (endpoint, pbx) = (sockets[2 * c + 1].clone(), sockets[2 * c].clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
+                crate::dtls::handshake(&ids, &endpoint, leg.to_endpoint_leg, &pbx, leg.to_pbx_leg).await
+            }));
+        }
+        let mut keys = Vec::with_capacity(tasks.len());
+        for (c, t) in tasks.into_iter().enumerate() {
+            keys.push(t.await.map_err(|e| e.to_string())?.map_err(|e| format!("call {c}: {e}"))?);
+        }
+        Ok::<_, String>(keys)
+    });
+    // Dropping the runtime ends every DTLS task and closes the duplicated sockets.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// The sender: every stream on one global schedule.
@@ -412,6 +475,7 @@ struct ReceiverResult {
     latency: Histogram<u64>,
     auth_failures: u64,
     misrouted: u64,
+    non_media: u64,
 }
 
 fn libsrtp_inbound(master: &[u8]) -> Option<srtp::Session> {
@@ -429,6 +493,7 @@ fn receive(shared: &Shared, masters: &[Vec<u8>], start: Instant) -> ReceiverResu
         latency: histogram(),
         auth_failures: 0,
         misrouted: 0,
+        non_media: 0,
     };
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut batch = MsgBatch::new(64);
@@ -452,8 +517,15 @@ fn receive(shared: &Shared, masters: &[Vec<u8>], start: Instant) -> ReceiverResu
                 }
                 let now_ns = start.elapsed().as_nanos() as u64;
                 for d in &got {
+                    let bytes = batch.slot(d.slot, d.len);
+                    // RFC 7983: only 128..=191 is RTP/RTCP; DTLS (e.g. a late
+                    // close_notify) and STUN are not media and not failures.
+                    if !matches!(bytes.first(), Some(128..=191)) {
+                        r.non_media += 1;
+                        continue;
+                    }
                     clear.clear();
-                    clear.extend_from_slice(batch.slot(d.slot, d.len));
+                    clear.extend_from_slice(bytes);
                     let Some(Some(session)) = sessions.get_mut(stream) else { continue };
                     if session.unprotect(&mut clear).is_err() {
                         r.auth_failures += 1;

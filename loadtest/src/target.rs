@@ -180,15 +180,14 @@ impl Target for Admin {
     }
 }
 
-/// The session request for one call: the PBX's address as its hint,
-/// authentication keys of both directions, the latching policy.
-pub fn call_request(
-    pbx: SocketAddr,
-    pbx_sends: SrtpAuthKeys,
-    endpoint_sends: SrtpAuthKeys,
-    latch: &str,
-) -> SessionRequest {
-    let mut r = SessionRequest::default().with_srtp_auth(pbx_sends, endpoint_sends);
+/// The session request for one call: the PBX's address as its hint, the
+/// authentication keys of both directions when known (SDES; not with DTLS,
+/// whose keys exist only after the handshake), the latching policy.
+pub fn call_request(pbx: SocketAddr, keys: Option<(SrtpAuthKeys, SrtpAuthKeys)>, latch: &str) -> SessionRequest {
+    let mut r = match keys {
+        Some((pbx_sends, endpoint_sends)) => SessionRequest::default().with_srtp_auth(pbx_sends, endpoint_sends),
+        None => SessionRequest::default(),
+    };
     r.pbx.hint = Some(pbx.to_string());
     r.latch = Some(latch.to_string());
     r.idle_timeout_secs = Some(300);

@@ -149,3 +149,17 @@ fn nat_rebinding_and_a_junk_sprayer_neither_break_calls_nor_leak_media() {
     // packets already in flight to the old port can be lost.
     assert!(r.loss_ratio < 0.01, "{r:?}");
 }
+
+#[test]
+fn dtls_handshakes_through_the_relay_key_the_srtp_that_follows() {
+    let mut target = InProcess::start(BackendKind::Auto, 1, 4).expect("relay");
+    let o = MediaOptions { dtls: true, latch: "window".into(), ..opts(4, 2) };
+    let r = run(&o, &mut target).expect("run");
+    assert_eq!(r.dtls_handshakes, 4, "one real webrtc-dtls handshake per call, through the relay");
+    assert_eq!((r.auth_failures, r.misrouted), (0, 0), "libsrtp verifies with the DTLS-exported keys: {r:?}");
+    assert!(r.loss_ratio < 0.01, "{r:?}");
+    assert_eq!(r.offered, 4 * 2 * 50 * 2);
+    // Authenticated latching cannot be asked for: its keys would not exist yet.
+    let refused = run(&MediaOptions { dtls: true, latch: "authenticated".into(), ..opts(1, 1) }, &mut target);
+    assert!(refused.is_err());
+}
