@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! ucmrc-loadtest media [--calls 100] [--pps 50] [--duration 10] [--json FILE|-]
-//!                      [--admin http://127.0.0.1:9180 --admin-token T] [--latch authenticated]
+//!                      [--admin http://127.0.0.1:9180 --admin-token T | --connector connect.toml]
+//!                      [--latch authenticated]
 //!                      [--dtls] [--rebind-every SECS] [--junk-pps N] [--find-capacity]
 //! ucmrc-loadtest tunnel [--connections 10] [--duration 8] [--bulk-mib 256] [--json FILE|-]
 //! ```
@@ -120,6 +121,10 @@ struct MediaArgs {
     /// Bearer token for --admin.
     #[arg(long, env = "UCMRC_ADMIN_TOKEN")]
     admin_token: Option<String>,
+    /// Drive an external relay through a connector: a `ucmrc connect`
+    /// configuration file (relay, trust, tenant, token_file).
+    #[arg(long, conflicts_with = "admin")]
+    connector: Option<PathBuf>,
     /// Datapath of the in-process relay: auto, uring or portable.
     #[arg(long, default_value = "auto")]
     datapath: String,
@@ -136,6 +141,10 @@ struct MediaArgs {
 }
 
 fn target(a: &MediaArgs) -> Result<Box<dyn Target>, String> {
+    if let Some(path) = &a.connector {
+        let cfg = ucmrc::connect::ConnectConfig::load(path).map_err(|e| e.to_string())?;
+        return Ok(Box::new(loadtest::target::ViaConnector::connect(cfg.connector)?));
+    }
     match &a.admin {
         Some(url) => Ok(Box::new(Admin::new(url, a.admin_token.clone(), "loadtest")?)),
         None => {
@@ -206,39 +215,22 @@ fn media(a: MediaArgs) -> Result<(), String> {
         }
         return write_json(&a.json, &serde_json::to_value(&r).map_err(|e| e.to_string())?);
     }
-    let mut pps = f64::from(a.pps);
-    let mut best: Option<MediaReport> = None;
-    let mut steps = Vec::new();
-    loop {
-        let step = MediaOptions { pps: pps.round() as u32, ..opts.clone() };
-        let mut t = target(&a)?;
-        let r = media::run(&step, t.as_mut())?;
-        let pass = r.loss_ratio < 0.001 && r.p50_us <= 2000 && r.auth_failures == 0;
+    let report = media::find_capacity(&opts, || target(&a), 40)?;
+    for st in &report.steps {
         eprintln!(
             "step {:>8.0} pps offered: delivered {:.0}, loss {:.4} %, p50 {} µs -> {}",
-            r.offered_pps,
-            r.delivered_pps,
-            r.loss_ratio * 100.0,
-            r.p50_us,
-            if pass { "pass" } else { "fail" }
+            st.offered_pps,
+            st.delivered_pps,
+            st.loss_ratio * 100.0,
+            st.p50_us,
+            if st.pass { "pass" } else { "fail" }
         );
-        steps.push(serde_json::json!({
-            "offered_pps": r.offered_pps, "delivered_pps": r.delivered_pps, "loss_ratio": r.loss_ratio,
-            "p50_us": r.p50_us, "pass": pass,
-        }));
-        if !pass || steps.len() >= 40 {
-            break;
-        }
-        best = Some(r);
-        pps *= 1.25;
     }
-    match &best {
-        Some(b) => println!("capacity: {:.0} pps (highest step with < 0.1 % loss and p50 ≤ 2 ms)", b.offered_pps),
+    match report.capacity_pps {
+        Some(c) => println!("capacity: {c:.0} pps (highest step with < 0.1 % loss and p50 ≤ 2 ms)"),
         None => println!("capacity: below the first step"),
     }
-    let value =
-        serde_json::json!({ "capacity_pps": best.as_ref().map(|b| b.offered_pps), "best": best, "steps": steps });
-    write_json(&a.json, &value)
+    write_json(&a.json, &serde_json::to_value(&report).map_err(|e| e.to_string())?)
 }
 
 fn main() -> ExitCode {

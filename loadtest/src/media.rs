@@ -592,3 +592,65 @@ fn spray(shared: &Shared, legs: &[CallLegs], pps: u32) -> (u64, u64) {
     }
     (sent, leaked)
 }
+
+/// One step of a capacity search.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityStep {
+    /// Offered packets per second.
+    pub offered_pps: f64,
+    /// Delivered packets per second.
+    pub delivered_pps: f64,
+    /// Loss ratio.
+    pub loss_ratio: f64,
+    /// One-way latency p50, µs.
+    pub p50_us: u64,
+    /// Whether the step passed.
+    pub pass: bool,
+}
+
+/// The result of `--find-capacity`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityReport {
+    /// The highest offered rate that passed (`null`: not even the first step).
+    pub capacity_pps: Option<f64>,
+    /// The full report of that step.
+    pub best: Option<MediaReport>,
+    /// Every step in order.
+    pub steps: Vec<CapacityStep>,
+}
+
+/// A step passes with < 0.1 % loss, p50 ≤ 2 ms and no altered packet.
+pub fn passes(r: &MediaReport) -> bool {
+    r.loss_ratio < 0.001 && r.p50_us <= 2000 && r.auth_failures == 0 && r.misrouted == 0
+}
+
+/// Steps the per-stream rate up ×1.25 from `opts.pps` (a fresh target per
+/// step) until a step fails or `max_steps` ran; reports the highest pass.
+pub fn find_capacity(
+    opts: &MediaOptions,
+    mut target: impl FnMut() -> Result<Box<dyn Target>, String>,
+    max_steps: usize,
+) -> Result<CapacityReport, String> {
+    let mut pps = f64::from(opts.pps);
+    let mut out = CapacityReport { capacity_pps: None, best: None, steps: Vec::new() };
+    for _ in 0..max_steps {
+        let step = MediaOptions { pps: pps.round() as u32, ..opts.clone() };
+        let mut t = target()?;
+        let r = run(&step, t.as_mut())?;
+        let pass = passes(&r);
+        out.steps.push(CapacityStep {
+            offered_pps: r.offered_pps,
+            delivered_pps: r.delivered_pps,
+            loss_ratio: r.loss_ratio,
+            p50_us: r.p50_us,
+            pass,
+        });
+        if !pass {
+            break;
+        }
+        out.capacity_pps = Some(r.offered_pps);
+        out.best = Some(r);
+        pps *= 1.25;
+    }
+    Ok(out)
+}

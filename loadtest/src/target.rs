@@ -193,3 +193,68 @@ pub fn call_request(pbx: SocketAddr, keys: Option<(SrtpAuthKeys, SrtpAuthKeys)>,
     r.idle_timeout_secs = Some(300);
     r
 }
+
+/// An external relay driven through a connector's control channel (as a
+/// PBX would), with a tokio runtime of its own.
+pub struct ViaConnector {
+    runtime: tokio::runtime::Runtime,
+    connector: Option<relay_core::connector::Connector>,
+    relay: String,
+}
+
+impl ViaConnector {
+    /// Connects and authenticates (waits up to 10 s).
+    pub fn connect(config: relay_core::connector::ConnectorConfig) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("lt-connector")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let relay = config.relay.clone();
+        let connector = runtime.block_on(async {
+            let c = relay_core::connector::Connector::start(config).map_err(|e| e.to_string())?;
+            let h = c.handle();
+            if let Err(e) = h.wait_connected(1, Duration::from_secs(10)).await {
+                let why = h.status().last_error.unwrap_or_default();
+                c.stop().await;
+                return Err(format!("connector: {e} ({why})"));
+            }
+            Ok(c)
+        })?;
+        Ok(Self { runtime, connector: Some(connector), relay })
+    }
+
+    fn handle(&self) -> Result<relay_core::connector::ConnectorHandle, String> {
+        self.connector.as_ref().map(|c| c.handle()).ok_or_else(|| "connector stopped".to_string())
+    }
+}
+
+impl Drop for ViaConnector {
+    fn drop(&mut self) {
+        if let Some(c) = self.connector.take() {
+            self.runtime.block_on(c.stop());
+        }
+    }
+}
+
+impl Target for ViaConnector {
+    fn allocate(&mut self, request: &SessionRequest) -> Result<CallLegs, String> {
+        let h = self.handle()?;
+        let a = self.runtime.block_on(h.allocate(request.clone())).map_err(|e| e.to_string())?;
+        let addr = |l: &relay_core::api::LegAddresses| l.rtp_socket_addr().ok_or("bad address in reply".to_string());
+        Ok(CallLegs { to_pbx_leg: addr(&a.pbx)?, to_endpoint_leg: addr(&a.endpoint)?, id: a.id })
+    }
+
+    fn release(&mut self, legs: &[CallLegs]) {
+        if let Ok(h) = self.handle() {
+            for l in legs {
+                let _ = self.runtime.block_on(h.release(&l.id));
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("external relay through a connector ({})", self.relay)
+    }
+}

@@ -163,3 +163,65 @@ fn dtls_handshakes_through_the_relay_key_the_srtp_that_follows() {
     let refused = run(&MediaOptions { dtls: true, latch: "authenticated".into(), ..opts(1, 1) }, &mut target);
     assert!(refused.is_err());
 }
+
+#[test]
+fn media_through_sessions_allocated_over_a_connector_channel() {
+    use relay_core::connector::ConnectorConfig;
+    use relay_core::control::auth::token_hash;
+    use relay_core::control::server::{ControlConfig, ControlServer, TenantCredentials};
+    use relay_core::control::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
+
+    let relay = relay_core::Relay::start(relay_core::RelayConfig {
+        port_min: 47000,
+        port_max: 47099,
+        workers: 1,
+        ..relay_core::RelayConfig::default()
+    })
+    .expect("relay");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cert = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).expect("cert");
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let addr = rt.block_on(async {
+        let key = load_certified_key(cert_pem.as_bytes(), key_pem.as_bytes()).expect("key");
+        let tenants = vec![TenantCredentials { id: "pbx".into(), token_sha256: token_hash("tok"), services: vec![] }];
+        let server = ControlServer::new(ControlConfig::default(), ReloadableCert::new(key), tenants, relay.handle())
+            .expect("server");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { server.serve(l, std::future::pending()).await });
+        addr
+    });
+    let trust = ClientTrust::pinned_hex(&pem_fingerprint(cert_pem.as_bytes()).expect("fp")).expect("pin");
+    let mut target = loadtest::target::ViaConnector::connect(ConnectorConfig::new(
+        &addr.to_string(),
+        "relay.test",
+        trust,
+        "pbx",
+        "tok",
+    ))
+    .expect("connector");
+    let r = run(&opts(3, 2), &mut target).expect("run");
+    assert_eq!((r.auth_failures, r.misrouted), (0, 0));
+    assert!(r.loss_ratio < 0.01, "{r:?}");
+    assert_eq!(r.relay_cpu_us_per_pkt, None, "not a local relay from the tool's point of view");
+    assert!(r.target.contains("connector"));
+    drop(target);
+    relay.shutdown(Duration::ZERO);
+}
+
+#[test]
+fn find_capacity_steps_up_and_reports_the_highest_passing_rate() {
+    let report = loadtest::media::find_capacity(
+        &opts(5, 1),
+        || Ok(Box::new(InProcess::start(BackendKind::Auto, 1, 5)?) as Box<dyn Target>),
+        2,
+    )
+    .expect("search");
+    assert_eq!(report.steps.len(), 2);
+    assert!(report.steps.iter().all(|s| s.pass), "{report:?}");
+    // 5 calls × 2 streams × 50 pps, then × 1.25.
+    assert!((report.steps[0].offered_pps - 500.0).abs() < 30.0, "{report:?}");
+    assert!(report.steps[1].offered_pps > report.steps[0].offered_pps * 1.15);
+    assert_eq!(report.capacity_pps, Some(report.steps[1].offered_pps));
+    assert!(report.best.is_some());
+}
