@@ -109,6 +109,9 @@ struct MediaArgs {
     /// Key SRTP from a webrtc-dtls handshake per call, through the relay.
     #[arg(long)]
     dtls: bool,
+    /// One sendto per datagram instead of io_uring batches.
+    #[arg(long)]
+    no_batch: bool,
     /// Move one call's endpoint to a new port every SECS seconds (NAT rebinding).
     #[arg(long)]
     rebind_every: Option<f64>,
@@ -202,6 +205,7 @@ fn media(a: MediaArgs) -> Result<(), String> {
         duration: Duration::from_secs(a.duration.max(1)),
         latch: a.latch.clone().unwrap_or_else(|| if a.dtls { "window" } else { "authenticated" }.to_string()),
         dtls: a.dtls,
+        batch_sends: !a.no_batch,
         rebind_every: a.rebind_every.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
         junk_pps: a.junk_pps,
         progress: a.json.as_deref().is_none_or(|p| p.as_os_str() != "-"),

@@ -6,6 +6,7 @@
 //! This is the only module of the crate allowed to use `unsafe`.
 #![allow(unsafe_code)]
 
+pub mod batch_send;
 pub mod portable;
 pub mod splice;
 pub mod sys;
