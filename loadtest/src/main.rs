@@ -175,8 +175,8 @@ fn summary(r: &MediaReport) {
         None => println!("  relay CPU: not measured (external relay)"),
     }
     println!(
-        "  generator send lag p99 {} µs, max {} µs; send errors {}",
-        r.send_lag_p99_us, r.send_lag_max_us, r.send_errors
+        "  generator ({} sends) lag p99 {} µs, max {} µs; send errors {}",
+        r.send_batching, r.send_lag_p99_us, r.send_lag_max_us, r.send_errors
     );
     if r.dtls_handshakes > 0 {
         println!("  DTLS-SRTP handshakes through the relay: {}", r.dtls_handshakes);
