@@ -285,6 +285,8 @@ pub struct TunnelsSection {
     pub splice: bool,
     /// Tunnels per tenant unless `[tenants.X] max_tunnel_connections` says otherwise.
     pub tenant_max_connections: usize,
+    /// Standby data connections kept per tenant (0: none); saves a dial per tunnel.
+    pub pool_size: usize,
     /// One listener per service.
     pub listeners: Vec<TunnelListenerSection>,
 }
@@ -306,6 +308,7 @@ impl Default for TunnelsSection {
             idle_timeout_secs: d.idle_timeout.as_secs(),
             splice: true,
             tenant_max_connections: d.tenant_max_connections,
+            pool_size: d.pool_size,
             listeners: Vec::new(),
         }
     }
@@ -687,6 +690,7 @@ fn tunnel_settings(t: &TunnelsSection, file: &FileConfig) -> Result<TunnelSettin
             pump: if t.splice { PumpMode::Splice } else { PumpMode::Copy },
             tenant_max_connections: t.tenant_max_connections,
             data_port: t.data_port,
+            pool_size: t.pool_size.min(64),
             redact_addresses: file.log.redact_addresses,
             ..TunnelConfig::default()
         },

@@ -381,3 +381,62 @@ async fn a_tenant_at_its_tunnel_limit_is_refused_until_a_tunnel_closes() {
     pbx_task.await.expect("pbx");
     connector.stop().await;
 }
+
+/// A PBX accepting any number of connections: each must start with a PROXY
+/// v2 header and then `hello`; it reports the header's source and answers.
+async fn pooled_pbx(hello: Vec<u8>) -> (SocketAddr, tokio::sync::mpsc::Receiver<SocketAddr>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let (hello, tx) = (hello.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut head = [0u8; 16];
+                tcp.read_exact(&mut head).await.expect("proxy header");
+                let mut rest = vec![0u8; usize::from(u16::from_be_bytes([head[14], head[15]]))];
+                tcp.read_exact(&mut rest).await.expect("proxy body");
+                let whole: Vec<u8> = head.iter().chain(&rest).copied().collect();
+                let (src, _, _) = proxy::parse(&whole).expect("PROXY v2");
+                let mut got = vec![0u8; hello.len()];
+                tcp.read_exact(&mut got).await.expect("hello");
+                assert_eq!(got, hello);
+                tcp.write_all(b"routed").await.expect("answer");
+                let _ = tx.send(src).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_data_connections_serve_later_tunnels_without_a_dial() {
+    let t = tunnels(TunnelConfig { pool_size: 2, ..TunnelConfig::default() }).await;
+    let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
+    let (pbx_addr, mut seen) = pooled_pbx(hello.clone()).await;
+    let connector = t.connector(pbx_addr, true).await;
+    for i in 0..4u64 {
+        let mut tcp = TcpStream::connect(t.sip).await.expect("connect");
+        tcp.write_all(&hello).await.expect("hello");
+        let mut answer = [0u8; 6];
+        tcp.read_exact(&mut answer).await.expect("answer");
+        assert_eq!(&answer, b"routed");
+        let src = tokio::time::timeout(WAIT, seen.recv()).await.expect("pbx saw it").expect("src");
+        assert_eq!(src, tcp.local_addr().expect("addr"), "PROXY v2 names the endpoint on pooled streams too");
+        // The first tunnel asks for standby connections; later ones use them.
+        t.until("pool refilled", |s| s.standby == 2).await;
+        assert_eq!(t.tunnels.stats().pooled, i, "tunnel {i}");
+    }
+    assert_eq!(connector.handle().status().streams_opened, 4);
+    connector.stop().await;
+    // A new connector channel: the old channel's standbys are not used.
+    let (pbx_addr, mut seen) = pooled_pbx(hello.clone()).await;
+    let connector = t.connector(pbx_addr, true).await;
+    let mut tcp = TcpStream::connect(t.sip).await.expect("connect");
+    tcp.write_all(&hello).await.expect("hello");
+    let mut answer = [0u8; 6];
+    tcp.read_exact(&mut answer).await.expect("answer through the new connector");
+    tokio::time::timeout(WAIT, seen.recv()).await.expect("the new PBX target saw it").expect("src");
+    assert_eq!(t.tunnels.stats().pooled, 3, "served by a fresh dial, not a dead standby");
+    connector.stop().await;
+}

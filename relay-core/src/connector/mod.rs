@@ -485,16 +485,35 @@ impl Worker {
                                 let _ = tx.send(Ok(r));
                             }
                         }
+                        Message::OpenStream(o) if o.standby => {
+                            if !self.config.tunnels.is_empty() {
+                                let relay_host = relay_host(&self.config.relay).to_string();
+                                let (tunnels, status) = (self.config.tunnels.clone(), self.status.clone());
+                                let mut stop = self.stop.clone();
+                                tokio::spawn(async move {
+                                    // A stopped connector takes its idle standby streams with it.
+                                    let r = tokio::select! {
+                                        r = standby_stream(&relay_host, &tunnels, o, &status) => r,
+                                        _ = stopped(&mut stop) => Ok(()),
+                                    };
+                                    if r.is_err() {
+                                        status.send_modify(|s| s.streams_failed += 1);
+                                    }
+                                    if let Err(e) = r {
+                                        tracing::debug!(error = %e, "connector: standby stream ended");
+                                    }
+                                });
+                            }
+                        }
                         Message::OpenStream(o) => match self.config.tunnels.get(&o.service) {
                             Some(target) => {
                                 let relay_host = relay_host(&self.config.relay).to_string();
                                 let (target, status) = (*target, self.status.clone());
                                 tokio::spawn(async move {
-                                    let r = join_stream(&relay_host, target, o).await;
-                                    status.send_modify(|s| match &r {
-                                        Ok(()) => s.streams_opened += 1,
-                                        Err(_) => s.streams_failed += 1,
-                                    });
+                                    let r = join_stream(&relay_host, target, o, &status).await;
+                                    if r.is_err() {
+                                        status.send_modify(|s| s.streams_failed += 1);
+                                    }
                                     if let Err(e) = r {
                                         tracing::warn!(error = %e, "connector: tunnel stream failed");
                                     }
@@ -586,7 +605,12 @@ const STREAM_IDLE: Duration = Duration::from_secs(3600);
 /// One tunnel stream: dial the PBX service and the relay's data listener
 /// (at the same time), present the ticket, optionally tell the PBX the
 /// endpoint's address (PROXY v2), then splice bytes until both sides close.
-async fn join_stream(relay_host: &str, target: TunnelTarget, open: OpenStream) -> std::io::Result<()> {
+async fn join_stream(
+    relay_host: &str,
+    target: TunnelTarget,
+    open: OpenStream,
+    status: &watch::Sender<ConnectorStatus>,
+) -> std::io::Result<()> {
     async fn dial(addr: String) -> std::io::Result<TcpStream> {
         let s = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
             Ok(r) => r?,
@@ -607,11 +631,69 @@ async fn join_stream(relay_host: &str, target: TunnelTarget, open: OpenStream) -
         };
         pbx.write_all(&crate::tunnel::proxy::header(src, dst)).await?;
     }
+    pump_joined(pbx, data, status).await;
+    Ok(())
+}
+
+/// Counts a joined stream, then moves its bytes until both sides close.
+async fn pump_joined(pbx: TcpStream, data: TcpStream, status: &watch::Sender<ConnectorStatus>) {
+    status.send_modify(|s| s.streams_opened += 1);
     let counters = crate::io::splice::PumpCounters::default();
-    match crate::io::splice::pump(pbx, data, crate::io::splice::PumpMode::Splice, STREAM_IDLE, &counters).await {
-        crate::io::splice::PumpEnd::Error => Err(std::io::ErrorKind::ConnectionReset.into()),
-        _ => Ok(()),
+    let _ = crate::io::splice::pump(pbx, data, crate::io::splice::PumpMode::Splice, STREAM_IDLE, &counters).await;
+}
+
+/// A standby stream: attach to the relay now, wait for its `bind`, then
+/// dial the named PBX service and splice. The relay closing it unused
+/// (idle expiry, shutdown) is not an error.
+async fn standby_stream(
+    relay_host: &str,
+    tunnels: &HashMap<String, TunnelTarget>,
+    open: OpenStream,
+    status: &watch::Sender<ConnectorStatus>,
+) -> std::io::Result<()> {
+    let addr = format!("{relay_host}:{}", open.data_port);
+    let mut data = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    };
+    let _ = data.set_nodelay(true);
+    data.write_all(&Message::Attach(Attach { ticket: open.ticket.clone() }).encode().encode()).await?;
+    // Wait (as long as the relay keeps it) for exactly one bind frame.
+    let mut header = [0u8; crate::control::frame::HEADER_LEN];
+    match data.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return Err(e),
     }
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not a bind frame");
+    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if header[3] != crate::control::frame::FrameType::Bind as u8 || len > 4096 {
+        return Err(bad());
+    }
+    let mut payload = vec![0u8; len];
+    data.read_exact(&mut payload).await?;
+    let mut d = FrameDecoder::new();
+    d.handle_bytes(&header);
+    d.handle_bytes(&payload);
+    let Some(Ok(Message::Bind(bind))) = d.poll_frame().ok().flatten().map(|f| Message::decode(&f)) else {
+        return Err(bad());
+    };
+    let target = *tunnels.get(&bind.service).ok_or_else(bad)?;
+    let mut pbx = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target.addr)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    };
+    let _ = pbx.set_nodelay(true);
+    if target.proxy_protocol {
+        let parse = |a: &str| a.parse::<std::net::SocketAddr>().map_err(|_| bad());
+        let dst = match &bind.relay_addr {
+            Some(a) => parse(a)?,
+            None => data.peer_addr()?,
+        };
+        pbx.write_all(&crate::tunnel::proxy::header(parse(&bind.client_addr)?, dst)).await?;
+    }
+    pump_joined(pbx, data, status).await;
+    Ok(())
 }
 
 fn request_id(m: &Message) -> u64 {

@@ -51,11 +51,14 @@ pub enum FrameType {
     /// Connector → relay, first frame on a *data* connection: the ticket of
     /// an `open_stream`; the tunnel's bytes follow.
     Attach = 13,
+    /// Relay → connector, on a *standby* data connection: which service
+    /// the endpoint wants; the tunnel's bytes follow.
+    Bind = 14,
 }
 
 impl FrameType {
     /// Every type, in code order.
-    pub const ALL: [FrameType; 13] = [
+    pub const ALL: [FrameType; 14] = [
         FrameType::Hello,
         FrameType::HelloResult,
         FrameType::Heartbeat,
@@ -69,6 +72,7 @@ impl FrameType {
         FrameType::OpenStream,
         FrameType::Error,
         FrameType::Attach,
+        FrameType::Bind,
     ];
 
     /// The type with this code.
@@ -92,6 +96,7 @@ impl FrameType {
             FrameType::OpenStream => "open_stream",
             FrameType::Error => "error",
             FrameType::Attach => "attach",
+            FrameType::Bind => "bind",
         }
     }
 }

@@ -130,6 +130,10 @@ pub struct OpenStream {
     /// Port of the relay's data listener.
     #[serde(default)]
     pub data_port: u16,
+    /// A *standby* stream: attach now and wait on the data connection for a
+    /// `bind` frame naming the service (saves a dial when an endpoint comes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 impl std::fmt::Debug for OpenStream {
@@ -140,6 +144,7 @@ impl std::fmt::Debug for OpenStream {
             .field("client_addr", &self.client_addr)
             .field("relay_addr", &self.relay_addr)
             .field("data_port", &self.data_port)
+            .field("standby", &self.standby)
             .finish()
     }
 }
@@ -168,6 +173,19 @@ pub struct ErrorMessage {
     /// The request it answers, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<u64>,
+}
+
+/// `bind` (relay → connector, on a standby data connection): the service
+/// and endpoint of the tunnel whose bytes follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    /// Service name.
+    pub service: String,
+    /// The endpoint's address (for PROXY protocol v2 towards the PBX).
+    pub client_addr: String,
+    /// The relay address the endpoint connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_addr: Option<String>,
 }
 
 /// A decoded message of any type.
@@ -199,6 +217,8 @@ pub enum Message {
     Error(ErrorMessage),
     /// `attach`
     Attach(Attach),
+    /// `bind`
+    Bind(Bind),
 }
 
 /// A payload that is not the message its frame type announces.
@@ -235,6 +255,7 @@ impl Message {
             FrameType::OpenStream => Message::OpenStream(parse(f)?),
             FrameType::Error => Message::Error(parse(f)?),
             FrameType::Attach => Message::Attach(parse(f)?),
+            FrameType::Bind => Message::Bind(parse(f)?),
         })
     }
 
@@ -258,6 +279,7 @@ impl Message {
             Message::OpenStream(m) => json(FrameType::OpenStream, m),
             Message::Error(m) => json(FrameType::Error, m),
             Message::Attach(m) => json(FrameType::Attach, m),
+            Message::Bind(m) => json(FrameType::Bind, m),
         }
     }
 }

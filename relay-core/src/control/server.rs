@@ -323,14 +323,32 @@ impl ControlServer {
         v
     }
 
-    /// Asks `tenant`'s connector to open a stream for `service` (tunnels).
+    /// Asks `tenant`'s connector to open a stream for `service` (tunnels),
+    /// or a standby stream (`open.standby`, any service the connector has).
     pub fn send_open_stream(&self, tenant: &str, open: OpenStream) -> Result<(), ReachError> {
         let reg = self.inner.registry_lock();
         let a = reg.active.get(tenant).ok_or(ReachError::NoConnector)?;
-        if !a.services.contains(&open.service) {
+        if !open.standby && !a.services.contains(&open.service) {
             return Err(ReachError::NoService);
         }
         a.outbox.try_send(Message::OpenStream(open)).map_err(|_| ReachError::Busy)
+    }
+
+    /// An id of `tenant`'s current connector channel (changes on every
+    /// reconnect or replacement), if it has one.
+    pub fn connector_epoch(&self, tenant: &str) -> Option<u64> {
+        self.inner.registry_lock().active.get(tenant).map(|a| a.epoch)
+    }
+
+    /// Whether `tenant`'s connector is here and exposes `service`.
+    pub fn exposes(&self, tenant: &str, service: &str) -> Result<(), ReachError> {
+        let reg = self.inner.registry_lock();
+        let a = reg.active.get(tenant).ok_or(ReachError::NoConnector)?;
+        if a.services.iter().any(|s| s == service) {
+            Ok(())
+        } else {
+            Err(ReachError::NoService)
+        }
     }
 
     /// Closes every channel and stops [`serve`](Self::serve).

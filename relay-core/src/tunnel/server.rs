@@ -27,7 +27,7 @@ use super::route::SniRouter;
 use super::tickets::Tickets;
 use crate::control::caps::{CapGuard, CapRejection, ConnCaps};
 use crate::control::frame::{FrameDecoder, FrameType, HEADER_LEN};
-use crate::control::messages::{Message, OpenStream};
+use crate::control::messages::{Bind, Message, OpenStream};
 use crate::control::server::{ControlServer, ReachError};
 use crate::io::splice::{pump, PumpCounters, PumpEnd, PumpMode};
 use crate::wire::client_hello::{inspect, HelloError, DEFAULT_MAX_HELLO};
@@ -55,6 +55,11 @@ pub struct TunnelConfig {
     pub data_port: u16,
     /// Data connections that have not presented a ticket, per source IP.
     pub max_unattached_per_ip: usize,
+    /// Standby data connections kept per tenant (0: none). An endpoint
+    /// served from the pool skips the connector's dial to the relay.
+    pub pool_size: usize,
+    /// How long a standby connection may wait unused.
+    pub pool_idle: Duration,
     /// Write `redacted` instead of endpoint addresses in logs.
     pub redact_addresses: bool,
 }
@@ -72,6 +77,8 @@ impl Default for TunnelConfig {
             tenant_max_connections: 1000,
             data_port: 0,
             max_unattached_per_ip: 256,
+            pool_size: 2,
+            pool_idle: Duration::from_secs(120),
             redact_addresses: false,
         }
     }
@@ -115,6 +122,10 @@ pub struct TunnelStats {
     pub opened: u64,
     /// Tunnels open now.
     pub active: u64,
+    /// Tunnels served over a standby data connection (no dial at open time).
+    pub pooled: u64,
+    /// Standby data connections waiting now.
+    pub standby: u64,
     /// Bytes endpoint → PBX (including the ClientHello).
     pub bytes_to_pbx: u64,
     /// Bytes PBX → endpoint.
@@ -141,6 +152,7 @@ struct Counters {
     accepted: AtomicU64,
     opened: AtomicU64,
     active: AtomicU64,
+    pooled: AtomicU64,
     ended: [AtomicU64; 3],
     rejected: [AtomicU64; REJECT_REASONS.len()],
     bytes: PumpCounters,
@@ -153,12 +165,31 @@ struct Inner {
     caps: ConnCaps,
     data_caps: ConnCaps,
     tickets: Mutex<Tickets>,
-    waiters: Mutex<HashMap<u64, oneshot::Sender<TcpStream>>>,
+    waiters: Mutex<HashMap<u64, Waiter>>,
+    pools: Mutex<HashMap<String, Pool>>,
     tenant_active: Mutex<HashMap<String, usize>>,
     tenant_limits: RwLock<HashMap<String, usize>>,
     counters: Counters,
     data_port: AtomicU16,
     shutdown: watch::Sender<bool>,
+}
+
+/// Who waits for a ticket's data connection.
+enum Waiter {
+    /// An endpoint connection, now.
+    Endpoint(oneshot::Sender<TcpStream>),
+    /// The tenant's standby pool, requested from this connector channel.
+    Standby(String, u64),
+}
+
+/// A tenant's standby data connections.
+#[derive(Default)]
+struct Pool {
+    /// Attached standby connections: (connection, since, connector channel).
+    ready: std::collections::VecDeque<(TcpStream, Instant, u64)>,
+    /// When each standby ticket not yet attached was sent (forgotten after
+    /// the ticket TTL, so a connector that never attaches is asked again).
+    requested: std::collections::VecDeque<Instant>,
 }
 
 /// The tunnel listeners and the data listener. Cheap to clone.
@@ -213,6 +244,7 @@ impl TunnelServer {
                 data_caps,
                 tickets: Mutex::new(tickets),
                 waiters: Mutex::default(),
+                pools: Mutex::default(),
                 tenant_active: Mutex::default(),
                 tenant_limits: RwLock::default(),
                 counters: Counters::default(),
@@ -238,6 +270,15 @@ impl TunnelServer {
             accepted: c.accepted.load(Ordering::Relaxed),
             opened: c.opened.load(Ordering::Relaxed),
             active: c.active.load(Ordering::Relaxed),
+            pooled: c.pooled.load(Ordering::Relaxed),
+            standby: self
+                .inner
+                .pools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .map(|p| p.ready.len() as u64)
+                .sum(),
             bytes_to_pbx: c.bytes.a_to_b.load(Ordering::Relaxed),
             bytes_to_endpoint: c.bytes.b_to_a.load(Ordering::Relaxed),
             ended_closed: c.ended[0].load(Ordering::Relaxed),
@@ -406,11 +447,93 @@ impl Inner {
             let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
             return;
         };
-        let Some(data) = self.open_stream(&tenant, service, peer, local).await else {
+        let pooled = match self.control.exposes(&tenant, service) {
+            Ok(()) => self.take_standby(&tenant, service, peer, local).await,
+            Err(_) => None,
+        };
+        let data = match pooled {
+            Some(d) => {
+                self.counters.pooled.fetch_add(1, Ordering::Relaxed);
+                Some(d)
+            }
+            None => self.open_stream(&tenant, service, peer, local).await,
+        };
+        self.refill_standby(&tenant);
+        let Some(data) = data else {
             let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
             return;
         };
         self.run_tunnel(tcp, data, &hello, &tenant, peer).await;
+    }
+
+    /// A standby data connection of `tenant`, bound to `service` (the `bind`
+    /// frame is written; the tunnel's bytes may follow at once).
+    async fn take_standby(
+        &self,
+        tenant: &str,
+        service: &str,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Option<TcpStream> {
+        let bind = Message::Bind(Bind {
+            service: service.to_string(),
+            client_addr: peer.to_string(),
+            relay_addr: local.map(|a| a.to_string()),
+        })
+        .encode()
+        .encode();
+        let epoch = self.control.connector_epoch(tenant)?;
+        loop {
+            let next = {
+                let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+                pools.get_mut(tenant).and_then(|p| p.ready.pop_front())
+            };
+            let (mut data, since, from) = next?;
+            // Stale, from an earlier connector channel, or closed by the
+            // connector: dropping it closes it; try the next one.
+            if since.elapsed() >= self.config.pool_idle || from != epoch || closed(&data) {
+                continue;
+            }
+            // A standby whose connector went away fails here: try the next.
+            if data.write_all(&bind).await.is_ok() {
+                return Some(data);
+            }
+        }
+    }
+
+    /// Asks the tenant's connector for standby connections up to `pool_size`.
+    fn refill_standby(&self, tenant: &str) {
+        if self.config.pool_size == 0 {
+            return;
+        }
+        let Some(epoch) = self.control.connector_epoch(tenant) else { return };
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = pools.entry(tenant.to_string()).or_default();
+        pool.ready.retain(|(_, since, from)| since.elapsed() < self.config.pool_idle && *from == epoch);
+        let ttl = self.config.ticket_ttl;
+        pool.requested.retain(|sent| sent.elapsed() < ttl);
+        while pool.ready.len() + pool.requested.len() < self.config.pool_size {
+            let Some(random) = random_ticket_bytes() else { return };
+            let Some((ticket, id)) = self.tickets_lock().issue(Instant::now(), random) else { return };
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, Waiter::Standby(tenant.to_string(), epoch));
+            let open = OpenStream {
+                ticket: ticket.clone(),
+                service: String::new(),
+                client_addr: String::new(),
+                relay_addr: None,
+                data_port: self.data_port.load(Ordering::Relaxed),
+                standby: true,
+            };
+            if self.control.send_open_stream(tenant, open).is_err() {
+                self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                self.tickets_lock().cancel(Instant::now(), &ticket);
+                return;
+            }
+            pool.requested.push_back(Instant::now());
+        }
     }
 
     /// Asks the tenant's connector for a data connection; waits for it.
@@ -430,13 +553,14 @@ impl Inner {
             return None;
         };
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Waiter::Endpoint(tx));
         let open = OpenStream {
             ticket: ticket.clone(),
             service: service.to_string(),
             client_addr: peer.to_string(),
             relay_addr: local.map(|a| a.to_string()),
             data_port: self.data_port.load(Ordering::Relaxed),
+            standby: false,
         };
         let sent = self.control.send_open_stream(tenant, open);
         let data = match sent {
@@ -502,10 +626,26 @@ impl Inner {
         };
         drop(guard);
         let waiter = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        if let Some(w) = waiter {
-            let _ = w.send(tcp); // the endpoint may have gone: then the stream closes
+        match waiter {
+            Some(Waiter::Endpoint(w)) => {
+                let _ = w.send(tcp); // the endpoint may have gone: then the stream closes
+            }
+            Some(Waiter::Standby(tenant, epoch)) => {
+                let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+                let pool = pools.entry(tenant).or_default();
+                pool.requested.pop_front();
+                pool.ready.push_back((tcp, Instant::now(), epoch));
+            }
+            None => {}
         }
     }
+}
+
+/// Whether the peer has closed (or sent something unexpected on) an idle
+/// standby connection.
+fn closed(s: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    !matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Reads exactly one `attach` frame (nothing after it: the tunnel's bytes follow).
