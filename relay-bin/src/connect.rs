@@ -188,14 +188,7 @@ fn warn_if_world_readable(path: &Path) {
 
 /// Runs the connector until SIGTERM or SIGINT.
 pub fn run(cfg: ConnectConfig) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.file.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if cfg.file.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    crate::daemon::init_logging(&cfg.file.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ucmrc-connect")

@@ -26,12 +26,13 @@ pub fn new_token() -> std::io::Result<(String, String)> {
     Ok((token, hash))
 }
 
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.file.log.level)
+/// Sets up `tracing` from a `[log]` section (stderr; human or JSON).
+pub fn init_logging(log: &crate::config::LogSection) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if cfg.file.log.format == "json" {
+    if log.format == "json" {
         builder.json().init();
     } else {
         builder.init();
@@ -40,7 +41,7 @@ fn init_logging(cfg: &Config) {
 
 /// Runs until SIGTERM (after draining) or SIGINT.
 pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
-    init_logging(&cfg);
+    init_logging(&cfg.file.log);
     let relay = Relay::start(cfg.relay.clone()).map_err(|e| e.to_string())?;
     let dp = relay.datapath().clone();
     if let Some(reason) = &dp.fallback_reason {

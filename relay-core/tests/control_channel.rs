@@ -25,6 +25,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
+/// Waits until the connector's last error mentions `code`.
+async fn error_reported(h: &relay_core::connector::ConnectorHandle, code: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !h.status().last_error.is_some_and(|e| e.contains(code)) {
+        assert!(tokio::time::Instant::now() < deadline, "connector reports {code}: {:?}", h.status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A raw TLS client speaking frames by hand.
 struct RawClient {
     tls: tokio_rustls::client::TlsStream<TcpStream>,
@@ -246,11 +255,7 @@ async fn wrong_tokens_are_refused_and_repeated_failures_lock_the_source_out() {
     // A connector with the right token from that source cannot get in either.
     let locked = Connector::start(env.connector("acme", ACME_TOKEN, "pbx-1")).expect("start");
     let h = locked.handle();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !h.status().last_error.is_some_and(|e| e.contains("locked_out")) {
-        assert!(tokio::time::Instant::now() < deadline, "connector reports the lockout: {:?}", h.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    error_reported(&h, "locked_out").await;
     assert!(!h.status().connected && h.status().connects == 0);
     locked.stop().await;
     let s = env.server.stats();
@@ -312,11 +317,7 @@ async fn a_connector_with_a_wrong_token_never_connects_and_says_why() {
     cfg.request_timeout = Duration::from_millis(200);
     let c = Connector::start(cfg).expect("start");
     let h = c.handle();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !h.status().last_error.is_some_and(|e| e.contains("bad_credentials")) {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", h.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    error_reported(&h, "bad_credentials").await;
     assert_eq!(h.allocate(SessionRequest::default()).await.expect_err("no channel"), ConnectorError::NotConnected);
     c.stop().await;
     // A refusal backs off fully (≥ 10 s here), not 50 ms: one attempt so
@@ -559,11 +560,7 @@ async fn a_second_connector_is_rejected_under_the_reject_policy() {
     first.handle().wait_connected(1, WAIT).await.expect("first connected");
     let second = Connector::start(env.connector("acme", ACME_TOKEN, "pbx-b")).expect("start");
     let h2 = second.handle();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !h2.status().last_error.is_some_and(|e| e.contains("duplicate")) {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", h2.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    error_reported(&h2, "duplicate").await;
     assert!(first.handle().status().connected);
     let listed = env.server.connectors();
     assert_eq!(listed.len(), 1);
@@ -594,11 +591,7 @@ async fn a_second_connector_replaces_the_first_under_the_replace_policy() {
     h1.wait_connected(1, WAIT).await.expect("first connected");
     let second = Connector::start(env.connector("acme", ACME_TOKEN, "pbx-b")).expect("start");
     second.handle().wait_connected(1, WAIT).await.expect("second connected");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !h1.status().last_error.is_some_and(|e| e.contains("replaced")) {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", h1.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    error_reported(&h1, "replaced").await;
     // The replaced connector backs off fully (≥ 10 s here) instead of
     // fighting back after its 50 ms initial delay: give it 20 of those.
     tokio::time::sleep(Duration::from_secs(1)).await;
