@@ -497,6 +497,10 @@ fn demo_pushes_real_srtp_through_a_relay_and_summarizes() {
         stdout.lines().find(|l| l.starts_with("summary:")).unwrap_or_else(|| panic!("no summary in {stdout}"));
     assert!(summary.contains(" 0 auth failures"), "{summary}");
     assert!(stdout.lines().any(|l| l.starts_with("t=")), "a live line each second: {stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("connector: logged in to the relay's control channel (TLS)")),
+        "calls are allocated through a connector: {stdout}"
+    );
     let received: u64 = summary
         .split("received ")
         .nth(1)

@@ -1,6 +1,8 @@
-//! `ucmrc demo`: a relay, a simulated PBX and N phones in one process on
-//! loopback, exchanging real SRTP through the relay, with a live line of
-//! figures and a summary.
+//! `ucmrc demo`: a relay, a connector, a simulated PBX and N phones in one
+//! process on loopback. The PBX allocates every call through the connector's
+//! authenticated TLS control channel (as a PBX behind NAT does), then PBX and
+//! phones exchange real SRTP through the relay, with a live line of figures
+//! and a summary.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,8 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
-use relay_core::{LatchPolicy, LegSpec, Relay, RelayConfig, SessionSpec, SrtpAuth};
+use relay_core::api::{SessionRequest, SrtpAuthKeys};
+use relay_core::connector::{Connector, ConnectorConfig};
+use relay_core::control::auth::token_hash;
+use relay_core::control::server::{ControlConfig, ControlServer, TenantCredentials};
+use relay_core::control::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
+use relay_core::{Relay, RelayConfig};
 use tokio::net::UdpSocket;
 
 use relay_core::testkit::srtp::SrtpStream;
@@ -36,8 +42,32 @@ fn master(rng: &mut fastrand::Rng) -> Vec<u8> {
     (0..30).map(|_| rng.u8(..)).collect()
 }
 
-fn auth(master: &[u8]) -> Option<SrtpAuth> {
-    Some(SrtpAuth::sha1_80(&derive_auth_keys(&SrtpMasterKey::from_concatenated(master).ok()?)))
+fn auth(master: &[u8]) -> Result<SrtpAuthKeys, String> {
+    SrtpAuthKeys::from_master(&master[..16], &master[16..], 80).map_err(|e| e.message)
+}
+
+const DEMO_TOKEN_LEN: usize = 32;
+
+/// The relay's control listener (self-signed certificate, pinned by the
+/// connector) and a connector logged in as tenant `demo`.
+async fn control_and_connector(relay: &Relay) -> Result<(ControlServer, Connector, SocketAddr), String> {
+    let cert = rcgen::generate_simple_self_signed(vec!["relay.demo".into()]).map_err(|e| e.to_string())?;
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let key = load_certified_key(cert_pem.as_bytes(), key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let token: String = (0..DEMO_TOKEN_LEN).map(|_| fastrand::alphanumeric()).collect();
+    let tenants = vec![TenantCredentials { id: "demo".into(), token_sha256: token_hash(&token), services: vec![] }];
+    let server = ControlServer::new(ControlConfig::default(), ReloadableCert::new(key), tenants, relay.handle())
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let s = server.clone();
+    tokio::spawn(async move { s.serve(listener, std::future::pending()).await });
+    let trust = ClientTrust::pinned_hex(&pem_fingerprint(cert_pem.as_bytes()).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let connector = Connector::start(ConnectorConfig::new(&addr.to_string(), "relay.demo", trust, "demo", &token))
+        .map_err(|e| e.to_string())?;
+    connector.handle().wait_connected(1, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+    Ok((server, connector, addr))
 }
 
 /// Runs the demo; returns an error if any packet failed authentication.
@@ -73,7 +103,9 @@ struct Direction {
 }
 
 async fn drive(relay: &Relay, opts: DemoOptions) -> Result<(), String> {
-    let handle = relay.handle();
+    let (control, connector, control_addr) = control_and_connector(relay).await?;
+    println!("connector: logged in to the relay's control channel (TLS) at {control_addr} as tenant demo");
+    let handle = connector.handle();
     let tally = Arc::new(Tally::default());
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?));
     let stop = Arc::new(AtomicBool::new(false));
@@ -85,35 +117,21 @@ async fn drive(relay: &Relay, opts: DemoOptions) -> Result<(), String> {
         let pbx = Arc::new(UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?);
         let phone = Arc::new(UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?);
         let (pbx_key, phone_key) = (master(&mut rng), master(&mut rng));
-        let s = handle
-            .allocate(SessionSpec {
-                tenant: "demo".into(),
-                pbx: LegSpec {
-                    rtcp_mux: true,
-                    hint: pbx.local_addr().ok(),
-                    srtp_auth: auth(&pbx_key),
-                    ..LegSpec::default()
-                },
-                endpoint: LegSpec {
-                    rtcp_mux: true,
-                    hint: phone.local_addr().ok(),
-                    srtp_auth: auth(&phone_key),
-                    ..LegSpec::default()
-                },
-                latch: Some(LatchPolicy::Authenticated),
-                quality: Some(true),
-                ..SessionSpec::default()
-            })
-            .await
-            .map_err(|e| format!("allocate: {e}"))?;
+        let mut request = SessionRequest::default().with_srtp_auth(auth(&pbx_key)?, auth(&phone_key)?);
+        request.pbx.hint = pbx.local_addr().ok().map(|a| a.to_string());
+        request.endpoint.hint = phone.local_addr().ok().map(|a| a.to_string());
+        request.quality = Some(true);
+        let s = handle.allocate(request).await.map_err(|e| format!("allocate through the connector: {e}"))?;
+        let addr = |l: &relay_core::api::LegAddresses| l.rtp_socket_addr().ok_or("bad address".to_string());
+        let (to_pbx_leg, to_endpoint_leg) = (addr(&s.pbx)?, addr(&s.endpoint)?);
         if c == 0 {
             println!("call 0: session {}, PBX sends to {}, phone sends to {}", s.id, s.pbx.rtp, s.endpoint.rtp);
         }
         let stream = |k: &[u8]| SrtpStream::new(k).ok_or_else(|| "srtp keys".to_string());
-        senders.push(Direction { socket: pbx.clone(), to: s.pbx.rtp, tx: stream(&pbx_key)?, ssrc: 2 * c as u32 + 1 });
+        senders.push(Direction { socket: pbx.clone(), to: to_pbx_leg, tx: stream(&pbx_key)?, ssrc: 2 * c as u32 + 1 });
         senders.push(Direction {
             socket: phone.clone(),
-            to: s.endpoint.rtp,
+            to: to_endpoint_leg,
             tx: stream(&phone_key)?,
             ssrc: 2 * c as u32 + 2,
         });
@@ -199,7 +217,9 @@ async fn drive(relay: &Relay, opts: DemoOptions) -> Result<(), String> {
         tally.received.load(Ordering::Relaxed),
         tally.auth_failures.load(Ordering::Relaxed),
     );
-    let counters = handle.counters().await.map_err(|e| e.to_string())?.total;
+    let counters = relay.handle().counters().await.map_err(|e| e.to_string())?.total;
+    connector.stop().await;
+    control.shutdown();
     let (p50, p99, p999) = hist
         .lock()
         .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999)))
