@@ -3,7 +3,7 @@
 //! ```text
 //! ucmrc relay [--config FILE]     run the relay (embedded loopback defaults without a file)
 //! ucmrc check-config FILE         validate a configuration file
-//! ucmrc demo [--calls N]          relay + simulated PBX and phones with real SRTP
+//! ucmrc demo [--calls N]          relay + connector + simulated PBX and phones, real SRTP
 //! ucmrc connect --config FILE     run a connector beside a PBX (--check: validate only)
 //! ucmrc token new [--tenant NAME]  print a fresh token and its hash line
 //! ```
@@ -42,7 +42,7 @@ enum Cmd {
         /// TOML configuration file.
         file: PathBuf,
     },
-    /// Run a relay, a simulated PBX and N phones in one process on loopback,
+    /// Run a relay, a connector, a simulated PBX and N phones in one process on loopback,
     /// exchanging real SRTP through the relay; prints live figures, then a summary.
     Demo {
         /// Simulated calls.

@@ -15,8 +15,19 @@ use std::sync::{Arc, Mutex};
 pub struct TenantQuotas {
     default_limit: Mutex<Option<usize>>,
     overrides: Mutex<HashMap<String, Option<usize>>>,
-    in_use: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    in_use: Mutex<InUse>,
 }
+
+/// Per-tenant session counters. A tenant's entry is forgotten once it holds
+/// no session (tenant ids come from requests, so the table must not grow
+/// with every id ever seen); pruning is amortized.
+#[derive(Debug, Default)]
+struct InUse {
+    counters: HashMap<String, Arc<AtomicUsize>>,
+    prune_at: usize,
+}
+
+const MIN_PRUNE_AT: usize = 1024;
 
 /// A session slot held against a tenant's quota; released on drop.
 #[derive(Debug)]
@@ -67,13 +78,21 @@ impl TenantQuotas {
 
     /// Sessions a tenant holds now.
     pub fn in_use(&self, tenant: &str) -> usize {
-        lock(&self.in_use).get(tenant).map_or(0, |c| c.load(Ordering::Acquire))
+        lock(&self.in_use).counters.get(tenant).map_or(0, |c| c.load(Ordering::Acquire))
     }
 
     /// Takes a permit, or says which quota is full.
     pub fn acquire(&self, tenant: &str) -> Result<QuotaPermit, QuotaExceeded> {
         let limit = self.limit(tenant);
-        let counter = lock(&self.in_use).entry(tenant.to_owned()).or_default().clone();
+        let counter = {
+            let mut in_use = lock(&self.in_use);
+            if in_use.counters.len() >= in_use.prune_at.max(MIN_PRUNE_AT) {
+                // Only the table holds a counter nobody has a permit on.
+                in_use.counters.retain(|_, c| Arc::strong_count(c) > 1);
+                in_use.prune_at = 2 * in_use.counters.len();
+            }
+            in_use.counters.entry(tenant.to_owned()).or_default().clone()
+        };
         let mut current = counter.load(Ordering::Acquire);
         loop {
             if let Some(limit) = limit {
@@ -111,5 +130,19 @@ mod tests {
         assert!(q.acquire("t").is_ok());
         let many: Vec<_> = (0..10).map(|_| q.acquire("big").expect("unlimited")).collect();
         assert_eq!(q.in_use("big"), many.len());
+    }
+
+    #[test]
+    fn tenants_without_sessions_are_forgotten() {
+        let q = TenantQuotas::new(Some(1));
+        let held = q.acquire("kept").expect("permit");
+        for i in 0..10_000 {
+            drop(q.acquire(&format!("tenant-{i}")).expect("permit"));
+        }
+        assert!(lock(&q.in_use).counters.len() <= 2 * MIN_PRUNE_AT, "bounded table");
+        assert_eq!(q.in_use("kept"), 1, "a tenant holding a session keeps its count");
+        assert!(q.acquire("kept").is_err());
+        drop(held);
+        assert!(q.acquire("kept").is_ok());
     }
 }
