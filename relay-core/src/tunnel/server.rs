@@ -447,10 +447,14 @@ impl Inner {
             let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
             return;
         };
-        let pooled = match self.control.exposes(&tenant, service) {
-            Ok(()) => self.take_standby(&tenant, service, peer, local).await,
-            Err(_) => None,
-        };
+        // No connector, or one that does not serve this service: refuse
+        // before any ticket is issued.
+        if let Err(e) = self.control.exposes(&tenant, service) {
+            self.reject(reach_reason(e));
+            let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+            return;
+        }
+        let pooled = self.take_standby(&tenant, service, peer, local).await;
         let data = match pooled {
             Some(d) => {
                 self.counters.pooled.fetch_add(1, Ordering::Relaxed);
@@ -564,11 +568,7 @@ impl Inner {
         };
         let sent = self.control.send_open_stream(tenant, open);
         let data = match sent {
-            Err(e) => Err(match e {
-                ReachError::NoConnector => "no_connector",
-                ReachError::NoService => "service_not_exposed",
-                ReachError::Busy => "connector_busy",
-            }),
+            Err(e) => Err(reach_reason(e)),
             Ok(()) => match tokio::time::timeout(self.config.ticket_ttl, rx).await {
                 Ok(Ok(data)) => Ok(data),
                 _ => Err("connector_timeout"),
@@ -638,6 +638,15 @@ impl Inner {
             }
             None => {}
         }
+    }
+}
+
+/// The counted reason for a connector that cannot take a stream.
+fn reach_reason(e: ReachError) -> &'static str {
+    match e {
+        ReachError::NoConnector => "no_connector",
+        ReachError::NoService => "service_not_exposed",
+        ReachError::Busy => "connector_busy",
     }
 }
 
