@@ -765,6 +765,23 @@ fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
     let m = scrape(&r);
     assert_eq!(m["ucmrc_connectors_active"], 1.0);
     assert_eq!(m["ucmrc_connector_events_total{event=\"auth_ok\"}"], 1.0);
+    // Every metric the shipped Grafana dashboard queries exists (this relay has every feature on).
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana-dashboard.json"))
+        .expect("dashboard");
+    let families: std::collections::HashSet<String> =
+        m.keys().map(|k| k.split('{').next().unwrap_or(k).to_string()).collect();
+    let mut queried = 0;
+    for piece in dashboard.split("ucmrc_").skip(1) {
+        let name: String = piece.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let name = format!("ucmrc_{name}");
+        let base = ["_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(
+            families.contains(&name) || families.iter().any(|f| f.starts_with(base)),
+            "the dashboard queries {name}, which /metrics does not have"
+        );
+        queried += 1;
+    }
+    assert!(queried >= 20, "dashboard queries found: {queried}");
 
     // An endpoint's TLS connection reaches the PBX through the tunnel.
     let mut endpoint = TcpStream::connect(tunnel_addr).expect("tunnel");
