@@ -225,3 +225,49 @@ fn find_capacity_steps_up_and_reports_the_highest_passing_rate() {
     assert_eq!(report.capacity_pps, Some(report.steps[1].offered_pps));
     assert!(report.best.is_some());
 }
+
+#[test]
+fn media_through_an_external_relay_driven_by_its_admin_api() {
+    use sha2::Digest;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::RwLock;
+    use ucmrc::admin::{serve, AdminState};
+
+    let relay = relay_core::Relay::start(relay_core::RelayConfig {
+        port_min: 47200,
+        port_max: 47299,
+        workers: 1,
+        ..relay_core::RelayConfig::default()
+    })
+    .expect("relay");
+    let token = "admin-token-for-the-test";
+    let state = Arc::new(AdminState {
+        handle: relay.handle(),
+        token_sha256: RwLock::new(Some(sha2::Sha256::digest(token.as_bytes()).into())),
+        stats: ucmrc::metrics::ControlStats::default(),
+        backend: relay.datapath().running.as_str().to_string(),
+        started: std::time::Instant::now(),
+        ready: AtomicBool::new(true),
+        control: None,
+        tunnels: None,
+    });
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let addr = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(serve(l, state, std::future::pending()));
+        addr
+    });
+    let mut wrong =
+        loadtest::target::Admin::new(&format!("http://{addr}"), Some("nope".into()), "loadtest").expect("url");
+    assert!(run(&opts(1, 1), &mut wrong).is_err(), "a wrong admin token is refused");
+    let mut target =
+        loadtest::target::Admin::new(&format!("http://{addr}"), Some(token.into()), "loadtest").expect("url");
+    let r = run(&opts(3, 2), &mut target).expect("run");
+    assert_eq!((r.auth_failures, r.misrouted), (0, 0));
+    assert!(r.loss_ratio < 0.01, "{r:?}");
+    assert_eq!(r.relay_cpu_us_per_pkt, None);
+    let left = relay.handle().list(None, 10).wait().expect("list");
+    assert!(left.sessions.is_empty(), "the tool releases what it allocated");
+    relay.shutdown(Duration::ZERO);
+}
