@@ -213,8 +213,9 @@ pub fn run(opts: &MediaOptions, target: &mut dyn Target) -> Result<MediaReport, 
     let mut legs: Vec<CallLegs> = Vec::with_capacity(opts.calls);
     for c in 0..opts.calls {
         let pbx = sockets[2 * c].local_addr().map_err(|e| e.to_string())?;
+        let endpoint = sockets[2 * c + 1].local_addr().map_err(|e| e.to_string())?;
         let keys = if opts.dtls { None } else { Some((auth_keys(&masters[2 * c + 1])?, auth_keys(&masters[2 * c])?)) };
-        let req = call_request(pbx, keys, &opts.latch);
+        let req = call_request(pbx, endpoint, keys, &opts.latch);
         match target.allocate(&req) {
             Ok(l) => legs.push(l),
             Err(e) => {
@@ -321,7 +322,9 @@ pub fn run(opts: &MediaOptions, target: &mut dyn Target) -> Result<MediaReport, 
         None => (0, 0),
     };
     let relay_cpu_us_per_pkt = match (cpu0, target.relay_cpu_ns(), fwd0, target.relay_forwarded()) {
-        (Some(c0), Some(c1), Some(f0), Some(f1)) if f1 > f0 => Some((c1 - c0) as f64 / 1000.0 / (f1 - f0) as f64),
+        (Some(c0), Some(c1), Some(f0), Some(f1)) if f1 > f0 => {
+            Some(c1.saturating_sub(c0) as f64 / 1000.0 / (f1 - f0) as f64)
+        }
         _ => None,
     };
     target.release(&legs);

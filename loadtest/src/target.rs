@@ -41,14 +41,21 @@ pub trait Target: Send {
 /// A relay started inside the load generator.
 pub struct InProcess {
     relay: Option<Relay>,
+    /// Its shard threads' name prefix (unique in this process).
+    threads: String,
 }
+
+static RELAYS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl InProcess {
     /// Starts a loopback relay with `backend` and `workers` shards, with
     /// ports for `calls` calls (two rtcp-mux legs each) and some slack.
     pub fn start(backend: BackendKind, workers: usize, calls: usize) -> Result<Self, String> {
         let ports = (calls * 2 + 256).next_multiple_of(2 * workers.max(1)).min(30_000) as u16;
+        // Unique thread names: the CPU figure must count this relay's threads only.
+        let threads = format!("ltr{}", RELAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let relay = Relay::start(RelayConfig {
+            thread_name: threads.clone(),
             backend,
             workers,
             port_min: 30000,
@@ -60,7 +67,7 @@ impl InProcess {
             ..RelayConfig::default()
         })
         .map_err(|e| format!("relay: {e}"))?;
-        Ok(Self { relay: Some(relay) })
+        Ok(Self { relay: Some(relay), threads })
     }
 
     fn relay(&self) -> Result<&Relay, String> {
@@ -94,7 +101,7 @@ impl Target for InProcess {
     }
 
     fn relay_cpu_ns(&self) -> Option<u64> {
-        Some(crate::cpu::threads_cpu_ns("ucmrc-shard-"))
+        Some(crate::cpu::threads_cpu_ns(&format!("{}-", self.threads)))
     }
 
     fn relay_forwarded(&self) -> Option<u64> {
@@ -180,15 +187,23 @@ impl Target for Admin {
     }
 }
 
-/// The session request for one call: the PBX's address as its hint, the
-/// authentication keys of both directions when known (SDES; not with DTLS,
-/// whose keys exist only after the handshake), the latching policy.
-pub fn call_request(pbx: SocketAddr, keys: Option<(SrtpAuthKeys, SrtpAuthKeys)>, latch: &str) -> SessionRequest {
+/// The session request for one call: both sides' addresses as hints (what
+/// the SDP offer and answer say, so media flows both ways from the first
+/// packet), the authentication keys of both directions when known (SDES;
+/// not with DTLS, whose keys exist only after the handshake), the latching
+/// policy.
+pub fn call_request(
+    pbx: SocketAddr,
+    endpoint: SocketAddr,
+    keys: Option<(SrtpAuthKeys, SrtpAuthKeys)>,
+    latch: &str,
+) -> SessionRequest {
     let mut r = match keys {
         Some((pbx_sends, endpoint_sends)) => SessionRequest::default().with_srtp_auth(pbx_sends, endpoint_sends),
         None => SessionRequest::default(),
     };
     r.pbx.hint = Some(pbx.to_string());
+    r.endpoint.hint = Some(endpoint.to_string());
     r.latch = Some(latch.to_string());
     r.idle_timeout_secs = Some(300);
     r

@@ -560,6 +560,7 @@ impl Config {
             peer_policy: PeerPolicy { allow_loopback: r.allow_loopback_peers, allow_private: r.allow_private_peers },
             tenant_quota: (r.tenant_max_sessions > 0).then_some(r.tenant_max_sessions),
             command_queue: 1024,
+            thread_name: "ucmrc-shard".into(),
         };
         relay.validate().map_err(|e| {
             let key = match e.field {

@@ -49,6 +49,9 @@ pub struct RelayConfig {
     pub tenant_quota: Option<usize>,
     /// Queued control commands per shard before callers see `Busy`.
     pub command_queue: usize,
+    /// Shard threads are named `{thread_name}-{index}` (Linux keeps the
+    /// first 15 bytes): lets tools tell this relay's threads from others'.
+    pub thread_name: String,
 }
 
 impl Default for RelayConfig {
@@ -66,6 +69,7 @@ impl Default for RelayConfig {
             peer_policy: PeerPolicy::permissive_local(),
             tenant_quota: None,
             command_queue: 1024,
+            thread_name: "ucmrc-shard".into(),
         }
     }
 }
@@ -345,14 +349,15 @@ impl Relay {
             let run =
                 ShardRun { shard, inbox, bind_ip: config.bind_ip, sockets: config.sockets, ready: Some(ready_tx) };
             let backend = config.backend;
-            let thread = std::thread::Builder::new().name(format!("ucmrc-shard-{index}")).spawn(move || {
-                let result = io::run_shard(backend, run);
-                if let Err(e) = result {
-                    // The shard cannot continue; its mailbox closes and
-                    // requests to it fail with `Stopped`.
-                    tracing::error!(shard = index, error = %e, "shard stopped");
-                }
-            })?;
+            let thread =
+                std::thread::Builder::new().name(format!("{}-{index}", config.thread_name)).spawn(move || {
+                    let result = io::run_shard(backend, run);
+                    if let Err(e) = result {
+                        // The shard cannot continue; its mailbox closes and
+                        // requests to it fail with `Stopped`.
+                        tracing::error!(shard = index, error = %e, "shard stopped");
+                    }
+                })?;
             mailboxes.push(mailbox);
             threads.push(thread);
             // Wait for the shard's backend to be set up: a relay that starts
