@@ -289,19 +289,10 @@ async fn drain(cfg: &Config, state: &AdminState) {
     state.ready.store(false, Ordering::SeqCst);
     let timeout = Duration::from_secs(cfg.file.relay.drain_timeout_secs);
     tracing::info!(timeout_secs = timeout.as_secs(), "SIGTERM: draining");
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match state.handle.counters().await {
-            Ok(c) if c.total.sessions_active == 0 => {
-                tracing::info!("drained: no session left");
-                return;
-            }
-            Ok(c) if tokio::time::Instant::now() >= deadline => {
-                tracing::warn!(sessions = c.total.sessions_active, "drain timeout: releasing the remaining sessions");
-                return;
-            }
-            Err(_) => return,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
+    let handle = state.handle.clone();
+    match tokio::task::spawn_blocking(move || handle.wait_drained(timeout)).await {
+        Ok(Ok(0)) => tracing::info!("drained: no session left"),
+        Ok(Ok(left)) => tracing::warn!(sessions = left, "drain timeout: releasing the remaining sessions"),
+        _ => {}
     }
 }

@@ -400,13 +400,7 @@ impl Relay {
     /// to end (released or timed out), then releases the rest and stops.
     pub fn shutdown(self, drain: Duration) {
         self.handle.inner.draining.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + drain;
-        while Instant::now() < deadline {
-            match self.handle.counters().wait() {
-                Ok(c) if c.total.sessions_active > 0 => std::thread::sleep(Duration::from_millis(50)),
-                _ => break,
-            }
-        }
+        let _ = self.handle.wait_drained(drain);
         self.stop();
     }
 
@@ -463,6 +457,20 @@ impl RelayHandle {
     /// [`RelayError::Draining`]; existing sessions are untouched.
     pub fn set_draining(&self, draining: bool) {
         self.inner.draining.store(draining, Ordering::SeqCst);
+    }
+
+    /// Blocks until no session is left or `timeout` passes (polling every
+    /// 50 ms); returns the sessions still active. Call it on a thread (from
+    /// async code: `spawn_blocking`).
+    pub fn wait_drained(&self, timeout: Duration) -> Result<u64, RelayError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.counters().wait()?.total.sessions_active;
+            if left == 0 || Instant::now() >= deadline {
+                return Ok(left);
+            }
+            std::thread::sleep(Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())));
+        }
     }
 
     /// Replaces, on every shard, the defaults for new sessions and the peer
