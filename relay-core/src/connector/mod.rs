@@ -50,10 +50,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsConnector;
 
 use crate::api::{Allocation, SessionRequest, SrtpAuthKeys, UpdateRequest};
-use crate::control::frame::{FrameDecoder, VERSION};
+use crate::control::frame::{FrameDecoder, FrameType, VERSION};
 use crate::control::messages::{
     Allocate, Attach, ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Release, Reply, Update,
 };
+use crate::control::stream::{dial, read_single_frame, stopped, SingleFrameError};
 use crate::control::tls::{client_config, ClientTrust, TlsError};
 pub use backoff::Backoff;
 
@@ -597,6 +598,9 @@ fn relay_host(relay: &str) -> &str {
     relay.rsplit_once(':').map_or(relay, |(h, _)| h)
 }
 
+/// Largest `bind` payload accepted on a standby connection.
+const MAX_BIND: usize = 4096;
+
 /// How long a tunnel stream may sit idle on the connector's side (the relay
 /// enforces its own, shorter, idle timeout; this one only catches a relay
 /// that vanished without closing).
@@ -611,28 +615,34 @@ async fn join_stream(
     open: OpenStream,
     status: &watch::Sender<ConnectorStatus>,
 ) -> std::io::Result<()> {
-    async fn dial(addr: String) -> std::io::Result<TcpStream> {
-        let s = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        };
-        let _ = s.set_nodelay(true);
-        Ok(s)
-    }
-    let (pbx, data) = tokio::join!(dial(target.addr.to_string()), dial(format!("{relay_host}:{}", open.data_port)));
+    let (pbx, data) = tokio::join!(dial(target.addr), dial(format!("{relay_host}:{}", open.data_port)));
     let (mut pbx, mut data) = (pbx?, data?);
     data.write_all(&Message::Attach(Attach { ticket: open.ticket.clone() }).encode().encode()).await?;
     if target.proxy_protocol {
-        let bad = |_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad address in open_stream");
-        let src: std::net::SocketAddr = open.client_addr.parse().map_err(bad)?;
-        let dst = match &open.relay_addr {
-            Some(a) => a.parse().map_err(bad)?,
-            None => data.peer_addr()?,
-        };
-        pbx.write_all(&crate::tunnel::proxy::header(src, dst)).await?;
+        send_proxy_header(&mut pbx, &open.client_addr, open.relay_addr.as_deref(), &data).await?;
     }
     pump_joined(pbx, data, status).await;
     Ok(())
+}
+
+/// Tells the PBX (PROXY protocol v2) which endpoint the stream comes from
+/// and which relay address it reached; without the latter, the data
+/// connection's relay side stands in.
+async fn send_proxy_header(
+    pbx: &mut TcpStream,
+    client_addr: &str,
+    relay_addr: Option<&str>,
+    data: &TcpStream,
+) -> std::io::Result<()> {
+    let parse = |a: &str| {
+        a.parse::<std::net::SocketAddr>()
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad address from the relay"))
+    };
+    let dst = match relay_addr {
+        Some(a) => parse(a)?,
+        None => data.peer_addr()?,
+    };
+    pbx.write_all(&crate::tunnel::proxy::header(parse(client_addr)?, dst)).await
 }
 
 /// Counts a joined stream, then moves its bytes until both sides close.
@@ -651,46 +661,19 @@ async fn standby_stream(
     open: OpenStream,
     status: &watch::Sender<ConnectorStatus>,
 ) -> std::io::Result<()> {
-    let addr = format!("{relay_host}:{}", open.data_port);
-    let mut data = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-    };
-    let _ = data.set_nodelay(true);
+    let mut data = dial(format!("{relay_host}:{}", open.data_port)).await?;
     data.write_all(&Message::Attach(Attach { ticket: open.ticket.clone() }).encode().encode()).await?;
     // Wait (as long as the relay keeps it) for exactly one bind frame.
-    let mut header = [0u8; crate::control::frame::HEADER_LEN];
-    match data.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-        Err(e) => return Err(e),
-    }
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not a bind frame");
-    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
-    if header[3] != crate::control::frame::FrameType::Bind as u8 || len > 4096 {
-        return Err(bad());
-    }
-    let mut payload = vec![0u8; len];
-    data.read_exact(&mut payload).await?;
-    let mut d = FrameDecoder::new();
-    d.handle_bytes(&header);
-    d.handle_bytes(&payload);
-    let Some(Ok(Message::Bind(bind))) = d.poll_frame().ok().flatten().map(|f| Message::decode(&f)) else {
-        return Err(bad());
+    let bind = match read_single_frame(&mut data, FrameType::Bind, MAX_BIND).await {
+        Ok(Message::Bind(b)) => b,
+        Err(SingleFrameError::Closed) => return Ok(()),
+        _ => return Err(bad()),
     };
     let target = *tunnels.get(&bind.service).ok_or_else(bad)?;
-    let mut pbx = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target.addr)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-    };
-    let _ = pbx.set_nodelay(true);
+    let mut pbx = dial(target.addr).await?;
     if target.proxy_protocol {
-        let parse = |a: &str| a.parse::<std::net::SocketAddr>().map_err(|_| bad());
-        let dst = match &bind.relay_addr {
-            Some(a) => parse(a)?,
-            None => data.peer_addr()?,
-        };
-        pbx.write_all(&crate::tunnel::proxy::header(parse(&bind.client_addr)?, dst)).await?;
+        send_proxy_header(&mut pbx, &bind.client_addr, bind.relay_addr.as_deref(), &data).await?;
     }
     pump_joined(pbx, data, status).await;
     Ok(())
@@ -718,8 +701,4 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> std::io::Result<
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
-}
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }

@@ -9,4 +9,5 @@ pub mod caps;
 pub mod frame;
 pub mod messages;
 pub mod server;
+pub(crate) mod stream;
 pub mod tls;

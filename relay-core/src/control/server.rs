@@ -26,6 +26,7 @@ use super::auth::{AuthOutcome, AuthPolicy, Authenticator};
 use super::caps::{CapGuard, ConnCaps};
 use super::frame::{Frame, FrameDecoder, FrameError};
 use super::messages::{ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Reply};
+use super::stream::{accept_or_back_off, stopped};
 use super::tls::{server_config, ReloadableCert, TlsError};
 use crate::api::{parse_session_id, relay_error_code, Allocation, FieldError, SessionRequest, UpdateRequest};
 use crate::{RelayError, RelayHandle, SessionId};
@@ -367,16 +368,8 @@ impl ControlServer {
                 _ = &mut stop => break,
                 _ = stopped(&mut shutdown) => break,
                 _ = housekeeping.tick() => self.inner.auth_lock().handle_timeout(Instant::now()),
-                accepted = listener.accept() => {
-                    let (tcp, peer) = match accepted {
-                        Ok(a) => a,
-                        // EMFILE and friends: keep serving, back off a little.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "control listener accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
+                accepted = accept_or_back_off(&listener, "control") => {
+                    let Some((tcp, peer)) = accepted else { continue };
                     self.inner.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
                     match self.inner.caps.try_acquire(peer.ip()) {
                         Ok(guard) => {
@@ -873,9 +866,4 @@ async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, decoder: &mut FrameDec
             Err(_) => return Err(ReadError::Io),
         }
     }
-}
-
-/// Resolves once the shutdown flag is set (or its sender is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }

@@ -26,9 +26,10 @@ use tokio::sync::{oneshot, watch};
 use super::route::SniRouter;
 use super::tickets::Tickets;
 use crate::control::caps::{CapGuard, CapRejection, ConnCaps};
-use crate::control::frame::{FrameDecoder, FrameType, HEADER_LEN};
+use crate::control::frame::FrameType;
 use crate::control::messages::{Bind, Message, OpenStream};
 use crate::control::server::{ControlServer, ReachError};
+use crate::control::stream::{accept_or_back_off, read_single_frame, stopped};
 use crate::io::splice::{pump, PumpCounters, PumpEnd, PumpMode};
 use crate::wire::client_hello::{inspect, HelloError, DEFAULT_MAX_HELLO};
 
@@ -332,15 +333,8 @@ impl TunnelServer {
                 _ = &mut stop => break,
                 _ = stopped(&mut shutdown) => break,
                 _ = housekeeping.tick() => self.inner.tickets_lock().handle_timeout(Instant::now()),
-                accepted = listener.accept() => {
-                    let (tcp, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "tunnel listener accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
+                accepted = accept_or_back_off(&listener, if data { "tunnel data" } else { "tunnel" }) => {
+                    let Some((tcp, peer)) = accepted else { continue };
                     let caps = if data { &self.inner.data_caps } else { &self.inner.caps };
                     if !data {
                         self.inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -610,10 +604,11 @@ impl Inner {
 
     async fn handle_data(self: Arc<Self>, mut tcp: TcpStream, peer: SocketAddr, guard: CapGuard) {
         let _ = tcp.set_nodelay(true);
-        let attach = tokio::time::timeout(self.config.hello_timeout, read_attach(&mut tcp)).await;
-        let ticket = match attach {
+        let attach = read_single_frame(&mut tcp, FrameType::Attach, MAX_ATTACH);
+        let ticket = match tokio::time::timeout(self.config.hello_timeout, attach).await {
             Err(_) => Err("data_timeout"),
-            Ok(r) => r,
+            Ok(Ok(Message::Attach(a))) => Ok(a.ticket),
+            Ok(_) => Err("data_bad_frame"),
         };
         let redeemed = ticket.and_then(|t| self.tickets_lock().redeem(Instant::now(), &t).map_err(|e| e.as_str()));
         let id = match redeemed {
@@ -655,32 +650,4 @@ fn reach_reason(e: ReachError) -> &'static str {
 fn closed(s: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
     !matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
-/// Reads exactly one `attach` frame (nothing after it: the tunnel's bytes follow).
-async fn read_attach(tcp: &mut TcpStream) -> Result<String, &'static str> {
-    let mut header = [0u8; HEADER_LEN];
-    tcp.read_exact(&mut header).await.map_err(|_| "data_bad_frame")?;
-    let mut d = FrameDecoder::new();
-    d.handle_bytes(&header);
-    // The decoder validates magic, version and type from the header alone.
-    if d.poll_frame().is_err() || header[3] != FrameType::Attach as u8 {
-        return Err("data_bad_frame");
-    }
-    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
-    if len > MAX_ATTACH {
-        return Err("data_bad_frame");
-    }
-    let mut payload = vec![0u8; len];
-    tcp.read_exact(&mut payload).await.map_err(|_| "data_bad_frame")?;
-    d.handle_bytes(&payload);
-    match d.poll_frame().ok().flatten().map(|f| Message::decode(&f)) {
-        Some(Ok(Message::Attach(a))) => Ok(a.ticket),
-        _ => Err("data_bad_frame"),
-    }
-}
-
-/// Resolves once the shutdown flag is set.
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }

@@ -1,0 +1,82 @@
+//! Small async pieces shared by the control listener, the tunnel listeners
+//! and the connector: waiting for a shutdown flag, accepting with a back-off
+//! on errors, dialling with a timeout, and reading exactly one frame from a
+//! stream whose bytes after that frame belong to someone else (tunnels).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::watch;
+
+use super::frame::{FrameDecoder, FrameType, HEADER_LEN};
+use super::messages::Message;
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The next connection, or `None` after an accept error (EMFILE and the
+/// like), logged and followed by a short pause so the loop keeps serving
+/// without spinning.
+pub(crate) async fn accept_or_back_off(listener: &TcpListener, what: &str) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!(error = %e, listener = what, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// TCP connect within 5 s, with `TCP_NODELAY`.
+pub(crate) async fn dial(addr: impl ToSocketAddrs) -> std::io::Result<TcpStream> {
+    let s = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    };
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// Why [`read_single_frame`] returned no message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SingleFrameError {
+    /// The peer closed before sending a byte of the header.
+    Closed,
+    /// Anything else: a foreign header, another frame type, a payload over
+    /// the limit or one that is not that message, a read error.
+    Bad,
+}
+
+/// Reads exactly one frame of type `kind` with a payload of at most `max`
+/// bytes — and not a byte more, since what follows is a tunnel's stream.
+pub(crate) async fn read_single_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    kind: FrameType,
+    max: usize,
+) -> Result<Message, SingleFrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(SingleFrameError::Closed),
+        Err(_) => return Err(SingleFrameError::Bad),
+    }
+    let mut d = FrameDecoder::new();
+    d.handle_bytes(&header);
+    // The decoder checks magic, version and type from the header alone.
+    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if d.poll_frame().is_err() || header[3] != kind as u8 || len > max {
+        return Err(SingleFrameError::Bad);
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await.map_err(|_| SingleFrameError::Bad)?;
+    d.handle_bytes(&payload);
+    match d.poll_frame() {
+        Ok(Some(f)) => Message::decode(&f).map_err(|_| SingleFrameError::Bad),
+        _ => Err(SingleFrameError::Bad),
+    }
+}
