@@ -168,14 +168,40 @@ impl Default for LegRequest {
     }
 }
 
+/// The leg fields a create and an update share, validated (`side` names
+/// them in errors).
+fn leg_fields(
+    side: &str,
+    hint: Option<&str>,
+    srtp_auth: Option<&SrtpAuthKeys>,
+    stun_password: Option<&String>,
+    max_pps: Option<u32>,
+    max_bytes_per_sec: Option<u64>,
+) -> Result<LegUpdate, FieldError> {
+    Ok(LegUpdate {
+        hint: hint.map(|h| parse_hint(h, side)).transpose()?,
+        srtp_auth: srtp_auth.map(|a| a.to_spec(side)).transpose()?,
+        stun_password: stun_password.cloned().map(String::into_bytes),
+        limits: limits(max_pps, max_bytes_per_sec),
+    })
+}
+
 impl LegRequest {
     fn to_spec(&self, side: &str) -> Result<LegSpec, FieldError> {
+        let f = leg_fields(
+            side,
+            self.hint.as_deref(),
+            self.srtp_auth.as_ref(),
+            self.stun_password.as_ref(),
+            self.max_pps,
+            self.max_bytes_per_sec,
+        )?;
         Ok(LegSpec {
             rtcp_mux: self.rtcp_mux,
-            hint: self.hint.as_deref().map(|h| parse_hint(h, side)).transpose()?,
-            srtp_auth: self.srtp_auth.as_ref().map(|a| a.to_spec(side)).transpose()?,
-            stun_password: self.stun_password.clone().map(String::into_bytes),
-            limits: limits(self.max_pps, self.max_bytes_per_sec),
+            hint: f.hint,
+            srtp_auth: f.srtp_auth,
+            stun_password: f.stun_password,
+            limits: f.limits,
         })
     }
 }
@@ -327,13 +353,15 @@ impl UpdateRequest {
 
     /// Validates the request into a [`SessionUpdate`].
     pub fn to_update(&self) -> Result<SessionUpdate, FieldError> {
-        let leg = |l: &LegUpdateRequest, side: &str| -> Result<LegUpdate, FieldError> {
-            Ok(LegUpdate {
-                hint: l.hint.as_deref().map(|h| parse_hint(h, side)).transpose()?,
-                srtp_auth: l.srtp_auth.as_ref().map(|a| a.to_spec(side)).transpose()?,
-                stun_password: l.stun_password.clone().map(String::into_bytes),
-                limits: limits(l.max_pps, l.max_bytes_per_sec),
-            })
+        let leg = |l: &LegUpdateRequest, side: &str| {
+            leg_fields(
+                side,
+                l.hint.as_deref(),
+                l.srtp_auth.as_ref(),
+                l.stun_password.as_ref(),
+                l.max_pps,
+                l.max_bytes_per_sec,
+            )
         };
         Ok(SessionUpdate {
             pbx: leg(&self.pbx, "pbx")?,
