@@ -592,9 +592,15 @@ async fn a_second_connector_replaces_the_first_under_the_replace_policy() {
     let second = Connector::start(env.connector("acme", ACME_TOKEN, "pbx-b")).expect("start");
     second.handle().wait_connected(1, WAIT).await.expect("second connected");
     error_reported(&h1, "replaced").await;
-    // The replaced connector backs off fully (≥ 10 s here) instead of
-    // fighting back after its 50 ms initial delay: give it 20 of those.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The replaced connector backs off fully (10–20 s with this backoff)
+    // instead of fighting back after its 50 ms initial delay.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h1.status().retry_in.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", h1.status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wait = h1.status().retry_in.expect("retry delay");
+    assert!(wait >= Duration::from_secs(10), "full backoff after being replaced, not {wait:?}");
     assert_eq!(env.server.stats().replaced, 1);
     assert!(!h1.status().connected);
     first.stop().await;

@@ -182,6 +182,9 @@ pub struct ConnectorStatus {
     pub streams_opened: u64,
     /// Tunnel streams that could not be joined.
     pub streams_failed: u64,
+    /// While disconnected: how long the connector waits before its next
+    /// attempt (full backoff after a refusal or being replaced).
+    pub retry_in: Option<Duration>,
 }
 
 struct Request {
@@ -366,6 +369,7 @@ impl Worker {
                         s.connected = true;
                         s.connects += 1;
                         s.last_error = None;
+                        s.retry_in = None;
                     });
                     tracing::info!(relay = %self.config.relay, "connector: channel up");
                     let (why, refused) = self.serve(channel, decoder, heartbeat, &mut requests).await;
@@ -395,6 +399,7 @@ impl Worker {
                 }
             }
             let delay = backoff.next_delay(fastrand::f64());
+            self.status.send_modify(|s| s.retry_in = Some(delay));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stopped(&mut self.stop) => return,
