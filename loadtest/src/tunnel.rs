@@ -20,6 +20,7 @@ use relay_core::control::auth::token_hash;
 use relay_core::control::server::{ControlConfig, ControlServer, TenantCredentials};
 use relay_core::control::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
 use relay_core::io::splice::PumpMode;
+use relay_core::testkit::pki::issue;
 use relay_core::tunnel::route::SniRouter;
 use relay_core::tunnel::server::{TunnelConfig, TunnelServer};
 use relay_core::wire::client_hello::build_client_hello;
@@ -101,21 +102,6 @@ fn runtime(name: &str) -> Result<Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
-}
-
-fn pki(name: &str) -> Result<(String, String, String), String> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let e = |e: rcgen::Error| e.to_string();
-    let ca_key = KeyPair::generate().map_err(e)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).map_err(e)?;
-    let key = KeyPair::generate().map_err(e)?;
-    let cert = CertificateParams::new(vec![name.to_string()])
-        .map_err(e)?
-        .signed_by(&key, &Issuer::new(ca_params, ca_key))
-        .map_err(e)?;
-    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -245,8 +231,10 @@ pub fn run(opts: &TunnelOptions) -> Result<TunnelReport, String> {
     let connector_rt = runtime("lt-connector")?;
     let server_rt = runtime("lt-server")?;
     let client_rt = runtime("lt-client")?;
-    let (_, ctl_cert, ctl_key) = pki("relay.test")?;
-    let (srv_ca, srv_cert, srv_key) = pki(SNI)?;
+    let ctl = issue("relay.test")?;
+    let (ctl_cert, ctl_key) = (ctl.cert_pem, ctl.key_pem);
+    let srv = issue(SNI)?;
+    let (srv_ca, srv_cert, srv_key) = (srv.ca_pem, srv.cert_pem, srv.key_pem);
 
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(srv_cert.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;

@@ -179,8 +179,8 @@ fn media_through_sessions_allocated_over_a_connector_channel() {
     })
     .expect("relay");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let cert = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).expect("cert");
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let pki = relay_core::testkit::pki::issue("relay.test").expect("cert");
+    let (cert_pem, key_pem) = (pki.cert_pem, pki.key_pem);
     let addr = rt.block_on(async {
         let key = load_certified_key(cert_pem.as_bytes(), key_pem.as_bytes()).expect("key");
         let tenants = vec![TenantCredentials { id: "pbx".into(), token_sha256: token_hash("tok"), services: vec![] }];

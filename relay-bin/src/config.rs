@@ -882,9 +882,9 @@ mod tests {
     fn tunnels_are_validated_with_key_and_line() {
         let dir = std::env::temp_dir().join(format!("ucmrc-cfg-{}-{}", std::process::id(), fastrand::u64(..)));
         std::fs::create_dir_all(&dir).expect("dir");
-        let c = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).expect("cert");
-        std::fs::write(dir.join("c.pem"), c.cert.pem()).expect("cert");
-        std::fs::write(dir.join("k.pem"), c.signing_key.serialize_pem()).expect("key");
+        let c = relay_core::testkit::pki::issue("relay.test").expect("cert");
+        std::fs::write(dir.join("c.pem"), c.cert_pem).expect("cert");
+        std::fs::write(dir.join("k.pem"), c.key_pem).expect("key");
         let base = "[admin]\nallow_unauthenticated = true\n";
         let control = "[control]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
         let listener = "[[tunnels.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"sip-tls\"\n";

@@ -674,20 +674,11 @@ fn ng_protocol_offer_answer_media_query_delete_cache_and_garbage() {
 
 /// A CA, and a certificate for `relay.test` it signed, written to `dir`.
 fn write_pki(dir: &std::path::Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec!["relay.test".to_string()])
-        .expect("params")
-        .signed_by(&key, &Issuer::new(ca_params, ca_key))
-        .expect("leaf");
+    let pki = relay_core::testkit::pki::issue("relay.test").expect("test certificates");
     let paths = (dir.join(format!("{tag}-ca.pem")), dir.join(format!("{tag}.crt")), dir.join(format!("{tag}.key")));
-    std::fs::write(&paths.0, ca.pem()).expect("ca");
-    std::fs::write(&paths.1, cert.pem()).expect("cert");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("key");
+    std::fs::write(&paths.0, pki.ca_pem).expect("ca");
+    std::fs::write(&paths.1, pki.cert_pem).expect("cert");
+    std::fs::write(&paths.2, pki.key_pem).expect("key");
     (paths.0, paths.1, paths.2)
 }
 

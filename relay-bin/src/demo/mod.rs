@@ -48,11 +48,11 @@ fn auth(master: &[u8]) -> Result<SrtpAuthKeys, String> {
 
 const DEMO_TOKEN_LEN: usize = 32;
 
-/// The relay's control listener (self-signed certificate, pinned by the
+/// The relay's control listener (a throwaway certificate, pinned by the
 /// connector) and a connector logged in as tenant `demo`.
 async fn control_and_connector(relay: &Relay) -> Result<(ControlServer, Connector, SocketAddr), String> {
-    let cert = rcgen::generate_simple_self_signed(vec!["relay.demo".into()]).map_err(|e| e.to_string())?;
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let pki = relay_core::testkit::pki::issue("relay.demo")?;
+    let (cert_pem, key_pem) = (pki.cert_pem, pki.key_pem);
     let key = load_certified_key(cert_pem.as_bytes(), key_pem.as_bytes()).map_err(|e| e.to_string())?;
     let token: String = (0..DEMO_TOKEN_LEN).map(|_| fastrand::alphanumeric()).collect();
     let tenants = vec![TenantCredentials { id: "demo".into(), token_sha256: token_hash(&token), services: vec![] }];

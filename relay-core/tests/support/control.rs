@@ -16,12 +16,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const ACME_TOKEN: &str = "acme-token-0123456789";
 pub const GLOBEX_TOKEN: &str = "globex-token-9876543210";
 
-/// A CA and a certificate it signed.
-pub struct Pki {
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+pub use relay_core::testkit::pki::TestPki as Pki;
 
 /// A CA and a relay certificate it signed for `relay.test`.
 pub fn pki() -> Pki {
@@ -30,17 +25,7 @@ pub fn pki() -> Pki {
 
 /// A CA and a certificate it signed for `name`.
 pub fn pki_for(name: &str) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec![name.to_string()])
-        .expect("params")
-        .signed_by(&key, &rcgen::Issuer::new(ca_params, ca_key))
-        .expect("leaf");
-    Pki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    relay_core::testkit::pki::issue(name).expect("test certificates")
 }
 
 pub struct Env {
