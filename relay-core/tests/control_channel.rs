@@ -27,11 +27,7 @@ use tokio::sync::broadcast;
 
 /// Waits until the connector's last error mentions `code`.
 async fn error_reported(h: &relay_core::connector::ConnectorHandle, code: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !h.status().last_error.is_some_and(|e| e.contains(code)) {
-        assert!(tokio::time::Instant::now() < deadline, "connector reports {code}: {:?}", h.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(code, || h.status(), |s| s.last_error.as_ref().is_some_and(|e| e.contains(code))).await;
 }
 
 /// A raw TLS client speaking frames by hand.
@@ -515,24 +511,14 @@ async fn killing_the_channel_mid_call_keeps_media_flowing_and_the_connector_re_r
     };
     let wait_rounds = |n: u64| {
         let rounds = rounds.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while rounds.load(Ordering::SeqCst) < n {
-                assert!(tokio::time::Instant::now() < deadline, "media stalled at {}", rounds.load(Ordering::SeqCst));
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
+        async move { eventually("media rounds", || rounds.load(Ordering::SeqCst), |r| *r >= n).await }
     };
     wait_rounds(20).await;
 
     // Cut the channel and keep the way to the relay closed for a while.
     proxy.up.store(false, Ordering::SeqCst);
     proxy.cut.send(()).expect("cut");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while h.status().connected {
-        assert!(tokio::time::Instant::now() < deadline, "connector notices the cut");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the connector notices the cut", || h.status(), |s| !s.connected).await;
     let at_cut = rounds.load(Ordering::SeqCst);
     wait_rounds(at_cut + 100).await; // media flows while the channel is down
     assert_eq!(h.allocate(SessionRequest::default()).await.expect_err("no channel now"), ConnectorError::NotConnected);
@@ -594,12 +580,8 @@ async fn a_second_connector_replaces_the_first_under_the_replace_policy() {
     error_reported(&h1, "replaced").await;
     // The replaced connector backs off fully (10–20 s with this backoff)
     // instead of fighting back after its 50 ms initial delay.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while h1.status().retry_in.is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", h1.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let wait = h1.status().retry_in.expect("retry delay");
+    let status = eventually("a retry delay", || h1.status(), |s| s.retry_in.is_some()).await;
+    let wait = status.retry_in.expect("retry delay");
     assert!(wait >= Duration::from_secs(10), "full backoff after being replaced, not {wait:?}");
     assert_eq!(env.server.stats().replaced, 1);
     assert!(!h1.status().connected);
@@ -671,11 +653,7 @@ async fn a_reloaded_certificate_is_presented_to_new_connections() {
     cfg.trust = env.pinned();
     let c = Connector::start(cfg).expect("start");
     let h = c.handle();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while h.status().last_error.is_none() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(h.status().connects, 0, "old pin refused: {:?}", h.status());
+    let status = eventually("a connect failure", || h.status(), |s| s.last_error.is_some()).await;
+    assert_eq!(status.connects, 0, "old pin refused: {status:?}");
     c.stop().await;
 }

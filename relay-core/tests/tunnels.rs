@@ -52,15 +52,7 @@ async fn tunnels(config: TunnelConfig) -> Tunnels {
 
 impl Tunnels {
     async fn until(&self, what: &str, f: impl Fn(&TunnelStats) -> bool) -> TunnelStats {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let s = self.tunnels.stats();
-            if f(&s) {
-                return s;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {s:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(what, || self.tunnels.stats(), f).await
     }
 
     /// acme's connector serving `sip-tls` from `pbx`.

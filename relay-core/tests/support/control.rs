@@ -95,14 +95,20 @@ impl Env {
 
     /// Waits until the server's counters satisfy `f`.
     pub async fn stats_until(&self, what: &str, f: impl Fn(&ControlStats) -> bool) -> ControlStats {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let s = self.server.stats();
-            if f(&s) {
-                return s;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {s:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        eventually(what, || self.server.stats(), f).await
+    }
+}
+
+/// Polls `get` until `done` holds and returns that value; fails the test
+/// (showing the last value) if it does not within [`WAIT`].
+pub async fn eventually<T: std::fmt::Debug>(what: &str, mut get: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = get();
+        if done(&v) {
+            return v;
         }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {v:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
