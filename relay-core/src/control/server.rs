@@ -341,12 +341,13 @@ impl ControlServer {
         self.inner.registry_lock().active.get(tenant).map(|a| a.epoch)
     }
 
-    /// Whether `tenant`'s connector is here and exposes `service`.
-    pub fn exposes(&self, tenant: &str, service: &str) -> Result<(), ReachError> {
+    /// Whether `tenant`'s connector is here and exposes `service`; if so,
+    /// the id of its channel (as [`connector_epoch`](Self::connector_epoch)).
+    pub fn exposes(&self, tenant: &str, service: &str) -> Result<u64, ReachError> {
         let reg = self.inner.registry_lock();
         let a = reg.active.get(tenant).ok_or(ReachError::NoConnector)?;
         if a.services.iter().any(|s| s == service) {
-            Ok(())
+            Ok(a.epoch)
         } else {
             Err(ReachError::NoService)
         }

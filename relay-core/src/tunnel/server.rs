@@ -443,12 +443,15 @@ impl Inner {
         };
         // No connector, or one that does not serve this service: refuse
         // before any ticket is issued.
-        if let Err(e) = self.control.exposes(&tenant, service) {
-            self.reject(reach_reason(e));
-            let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
-            return;
-        }
-        let pooled = self.take_standby(&tenant, service, peer, local).await;
+        let epoch = match self.control.exposes(&tenant, service) {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                self.reject(reach_reason(e));
+                let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+                return;
+            }
+        };
+        let pooled = self.take_standby(&tenant, epoch, service, peer, local).await;
         let data = match pooled {
             Some(d) => {
                 self.counters.pooled.fetch_add(1, Ordering::Relaxed);
@@ -464,11 +467,13 @@ impl Inner {
         self.run_tunnel(tcp, data, &hello, &tenant, peer).await;
     }
 
-    /// A standby data connection of `tenant`, bound to `service` (the `bind`
-    /// frame is written; the tunnel's bytes may follow at once).
+    /// A standby data connection of `tenant`'s connector channel `epoch`,
+    /// bound to `service` (the `bind` frame is written; the tunnel's bytes
+    /// may follow at once).
     async fn take_standby(
         &self,
         tenant: &str,
+        epoch: u64,
         service: &str,
         peer: SocketAddr,
         local: Option<SocketAddr>,
@@ -480,7 +485,6 @@ impl Inner {
         })
         .encode()
         .encode();
-        let epoch = self.control.connector_epoch(tenant)?;
         loop {
             let next = {
                 let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
