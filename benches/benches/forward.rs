@@ -21,8 +21,8 @@ fn forward(c: &mut Criterion) {
         }
         let relay = Relay::start(RelayConfig {
             backend,
-            port_min: 41000,
-            port_max: 41999,
+            port_min: 22000,
+            port_max: 22999,
             workers: 1,
             defaults: SessionDefaults { limits: LegLimits::default(), ..SessionDefaults::default() },
             ..RelayConfig::default()

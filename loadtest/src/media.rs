@@ -165,9 +165,13 @@ pub struct MediaReport {
 /// `2 * call + 1` is PBX → endpoint (received on the endpoint socket).
 /// Sockets: `2 * call` is the PBX socket, `2 * call + 1` the endpoint's.
 fn bind() -> Result<UdpSocket, String> {
+    bind_on([127, 0, 0, 1])
+}
+
+fn bind_on(ip: [u8; 4]) -> Result<UdpSocket, String> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).map_err(|e| e.to_string())?;
     let _ = relay_core::io::sys::set_large_recv_buffer(&s, 4 << 20);
-    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).map_err(|e| e.to_string())?;
+    s.bind(&SocketAddr::from((ip, 0)).into()).map_err(|e| e.to_string())?;
     s.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok(s.into())
 }
@@ -592,10 +596,11 @@ fn receive(shared: &Shared, masters: &[Vec<u8>], start: Instant) -> ReceiverResu
     r
 }
 
-/// Sprays junk at the calls' relay ports from a stranger's socket; returns
-/// (sent, datagrams received back).
+/// Sprays junk at the calls' relay ports from a stranger's socket (on
+/// 127.0.0.2, another address than the calls', as a stranger on the
+/// internet would be); returns (sent, datagrams received back).
 fn spray(shared: &Shared, legs: &[CallLegs], pps: u32) -> (u64, u64) {
-    let Ok(sock) = bind() else { return (0, 0) };
+    let Ok(sock) = bind_on([127, 0, 0, 2]) else { return (0, 0) };
     let interval = Duration::from_secs_f64(1.0 / f64::from(pps));
     let (mut sent, mut leaked) = (0u64, 0u64);
     let mut buf = [0u8; 2048];

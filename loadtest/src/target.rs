@@ -51,6 +51,8 @@ impl InProcess {
     /// Starts a loopback relay with `backend` and `workers` shards, with
     /// ports for `calls` calls (two rtcp-mux legs each) and some slack.
     pub fn start(backend: BackendKind, workers: usize, calls: usize) -> Result<Self, String> {
+        // Below Linux's ephemeral ports (32768+), where the generator's own
+        // sockets live: a relay never takes its own port range for a peer.
         let ports = (calls * 2 + 256).next_multiple_of(2 * workers.max(1)).min(30_000) as u16;
         // Unique thread names: the CPU figure must count this relay's threads only.
         let threads = format!("ltr{}", RELAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
@@ -58,10 +60,17 @@ impl InProcess {
             thread_name: threads.clone(),
             backend,
             workers,
-            port_min: 30000,
-            port_max: 30000 + ports - 1,
+            port_min: 2000,
+            port_max: 2000 + ports - 1,
+            // One tenant runs every call, at rates above a production relay's ceilings.
+            tenant_port_share_percent: 100,
             defaults: SessionDefaults {
                 limits: relay_core::LegLimits { max_pps: Some(100_000), max_bytes_per_sec: None },
+                ceilings: relay_core::session::spec::Ceilings {
+                    max_pps: None,
+                    max_bytes_per_sec: None,
+                    ..Default::default()
+                },
                 ..SessionDefaults::default()
             },
             ..RelayConfig::default()

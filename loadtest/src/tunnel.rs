@@ -257,8 +257,8 @@ pub fn run(opts: &TunnelOptions) -> Result<TunnelReport, String> {
 
     let relay = Relay::start(RelayConfig {
         backend: BackendKind::Portable,
-        port_min: 45000,
-        port_max: 45063,
+        port_min: 24000,
+        port_max: 24063,
         workers: 1,
         ..RelayConfig::default()
     })

@@ -172,8 +172,8 @@ fn media_through_sessions_allocated_over_a_connector_channel() {
     use relay_core::control::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
 
     let relay = relay_core::Relay::start(relay_core::RelayConfig {
-        port_min: 47000,
-        port_max: 47099,
+        port_min: 25000,
+        port_max: 25099,
         workers: 1,
         ..relay_core::RelayConfig::default()
     })
@@ -235,8 +235,8 @@ fn media_through_an_external_relay_driven_by_its_admin_api() {
     use ucmrc::admin::{serve, AdminState};
 
     let relay = relay_core::Relay::start(relay_core::RelayConfig {
-        port_min: 47200,
-        port_max: 47299,
+        port_min: 25200,
+        port_max: 25299,
         workers: 1,
         ..relay_core::RelayConfig::default()
     })

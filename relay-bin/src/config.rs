@@ -10,6 +10,9 @@ use relay_core::control::auth::AuthPolicy;
 use relay_core::control::server::{ControlConfig, SecondConnector, TenantCredentials};
 use relay_core::control::tls::TlsError;
 use relay_core::io::splice::PumpMode;
+use relay_core::quota::TenantLimit;
+use relay_core::session::peer::{OwnAddresses, OwnEndpoint};
+use relay_core::session::spec::Ceilings;
 use relay_core::tunnel::route::SniRouter;
 use relay_core::tunnel::server::TunnelConfig;
 use relay_core::{
@@ -48,6 +51,26 @@ pub struct FileConfig {
     pub tenants: BTreeMap<String, TenantSection>,
 }
 
+impl FileConfig {
+    /// Every listener this file configures (admin, ng, control, tunnels):
+    /// the relay's own addresses, never a peer. Port 0 (kernel-chosen) is
+    /// added once bound.
+    pub fn listener_endpoints(&self) -> Vec<OwnEndpoint> {
+        let mut v = vec![self.admin.listen];
+        if self.ng.enabled {
+            v.push(self.ng.listen);
+        }
+        if let Some(c) = &self.control {
+            v.push(c.listen);
+        }
+        if let Some(t) = &self.tunnels {
+            v.push(t.data_listen);
+            v.extend(t.listeners.iter().map(|l| l.listen));
+        }
+        v.into_iter().filter(|a| a.port() != 0).map(OwnEndpoint::socket).collect()
+    }
+}
+
 /// `[relay]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,14 +91,20 @@ pub struct RelaySection {
     pub pin_cpus: Vec<usize>,
     /// Receive buffer per relay socket, bytes.
     pub recv_buffer_bytes: usize,
-    /// Allow loopback peers (127.0.0.0/8, ::1).
-    pub allow_loopback_peers: bool,
-    /// Allow private-range peers (RFC 1918, CGNAT, ULA).
+    /// Allow loopback peers (127.0.0.0/8, ::1). Default: only when
+    /// `bind_ip` is loopback (a lab relay can reach nothing else).
+    pub allow_loopback_peers: Option<bool>,
+    /// Allow private-range peers (RFC 1918, CGNAT, ULA). Default false.
     pub allow_private_peers: bool,
-    /// Sessions per tenant unless `[tenants.X]` says otherwise (0: unlimited).
+    /// Sessions per tenant unless `[tenants.X]` says otherwise (0: no session limit).
     pub tenant_max_sessions: usize,
+    /// Share of the port range one tenant may hold, percent (1–100).
+    pub tenant_port_share_percent: u8,
     /// How long SIGTERM waits for sessions to end, seconds.
     pub drain_timeout_secs: u64,
+    /// Exit (non-zero) when a shard thread fails, so a supervisor restarts
+    /// the relay; false keeps serving the other shards' sessions.
+    pub exit_on_shard_failure: bool,
 }
 
 impl Default for RelaySection {
@@ -83,16 +112,18 @@ impl Default for RelaySection {
         Self {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             advertised_ip: None,
-            port_min: 30000,
-            port_max: 39999,
+            port_min: 20000,
+            port_max: 29999,
             workers: 0,
             datapath: "auto".into(),
             pin_cpus: Vec::new(),
             recv_buffer_bytes: 4 << 20,
-            allow_loopback_peers: true,
-            allow_private_peers: true,
+            allow_loopback_peers: None,
+            allow_private_peers: false,
             tenant_max_sessions: 0,
+            tenant_port_share_percent: relay_core::quota::DEFAULT_PORT_SHARE_PERCENT,
             drain_timeout_secs: 30,
+            exit_on_shard_failure: true,
         }
     }
 }
@@ -117,11 +148,20 @@ pub struct SessionsSection {
     pub max_bytes_per_sec: u64,
     /// Collect RTP quality figures.
     pub quality: bool,
+    /// Highest `max_pps` a request may set (0: no ceiling).
+    pub max_pps_ceiling: u32,
+    /// Highest `max_bytes_per_sec` a request may set (0: no ceiling).
+    pub max_bytes_per_sec_ceiling: u64,
+    /// Longest idle timeout a request may set, seconds.
+    pub idle_timeout_ceiling_secs: u64,
+    /// Longest maximum duration a request may set, seconds.
+    pub max_duration_ceiling_secs: u64,
 }
 
 impl Default for SessionsSection {
     fn default() -> Self {
         let d = SessionDefaults::default();
+        let c = d.ceilings;
         Self {
             latch: "window".into(),
             verify: "latch".into(),
@@ -131,6 +171,10 @@ impl Default for SessionsSection {
             max_pps: d.limits.max_pps.unwrap_or(0),
             max_bytes_per_sec: d.limits.max_bytes_per_sec.unwrap_or(0),
             quality: d.quality,
+            max_pps_ceiling: c.max_pps.unwrap_or(0),
+            max_bytes_per_sec_ceiling: c.max_bytes_per_sec.unwrap_or(0),
+            idle_timeout_ceiling_secs: c.idle_timeout.as_secs(),
+            max_duration_ceiling_secs: c.max_duration.as_secs(),
         }
     }
 }
@@ -351,6 +395,8 @@ pub struct TenantSection {
     pub services: Vec<String>,
     /// Tunnels (pending and open) for this tenant (0: `[tunnels] tenant_max_connections`).
     pub max_tunnel_connections: usize,
+    /// Share of the port range this tenant may hold, percent (0: `[relay] tenant_port_share_percent`).
+    pub port_share_percent: u8,
 }
 
 impl std::fmt::Debug for TenantSection {
@@ -360,6 +406,7 @@ impl std::fmt::Debug for TenantSection {
             .field("token_sha256", &self.token_sha256.as_ref().map(|_| "<set, masked>"))
             .field("services", &self.services)
             .field("max_tunnel_connections", &self.max_tunnel_connections)
+            .field("port_share_percent", &self.port_share_percent)
             .finish()
     }
 }
@@ -516,13 +563,19 @@ impl Config {
                 "only allowed when admin.listen is a loopback address".into(),
             ));
         }
-        if file.ng.tenant.is_empty() || file.ng.tenant.len() > 128 {
-            return Err(err("ng.tenant", "must be 1 to 128 bytes".into()));
+        if file.ng.tenant.is_empty()
+            || file.ng.tenant.len() > 128
+            || !file.ng.tenant.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(err("ng.tenant", "must be 1 to 128 visible ASCII characters".into()));
         }
         let mut tenant_credentials = Vec::new();
         for (tenant, t) in file.tenants.iter() {
-            if tenant.is_empty() || tenant.len() > 128 {
-                return Err(err("tenants", format!("tenant id {tenant:?} must be 1 to 128 bytes")));
+            if tenant.is_empty() || tenant.len() > 128 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(err("tenants", format!("tenant id {tenant:?} must be 1 to 128 visible ASCII characters")));
+            }
+            if t.port_share_percent > 100 {
+                return Err(err(&format!("tenants.{tenant}.port_share_percent"), "must be 0 to 100".into()));
             }
             if let Some(hash) = sha256(&format!("tenants.{tenant}.token_sha256"), &t.token_sha256)? {
                 tenant_credentials.push(TenantCredentials {
@@ -556,18 +609,36 @@ impl Config {
                     max_bytes_per_sec: (s.max_bytes_per_sec > 0).then_some(s.max_bytes_per_sec),
                 },
                 quality: s.quality,
+                ceilings: Ceilings {
+                    max_pps: (s.max_pps_ceiling > 0).then_some(s.max_pps_ceiling),
+                    max_bytes_per_sec: (s.max_bytes_per_sec_ceiling > 0).then_some(s.max_bytes_per_sec_ceiling),
+                    idle_timeout: Duration::from_secs(s.idle_timeout_ceiling_secs),
+                    max_duration: Duration::from_secs(s.max_duration_ceiling_secs),
+                },
             },
-            peer_policy: PeerPolicy { allow_loopback: r.allow_loopback_peers, allow_private: r.allow_private_peers },
-            tenant_quota: (r.tenant_max_sessions > 0).then_some(r.tenant_max_sessions),
+            peer_policy: PeerPolicy {
+                allow_loopback: r.allow_loopback_peers.unwrap_or(r.bind_ip.is_loopback()),
+                allow_private: r.allow_private_peers,
+                own: OwnAddresses::new(file.listener_endpoints(), Vec::new()),
+            },
+            tenant_max_sessions: (r.tenant_max_sessions > 0).then_some(r.tenant_max_sessions),
+            tenant_port_share_percent: r.tenant_port_share_percent,
             command_queue: 1024,
             thread_name: "ucmrc-shard".into(),
         };
         relay.validate().map_err(|e| {
             let key = match e.field {
-                "defaults.idle_timeout" => "sessions.idle_timeout_secs".to_string(),
-                f => format!("relay.{f}"),
+                "defaults.idle_timeout" => "sessions.idle_timeout_secs",
+                "defaults.max_duration" => "sessions.max_duration_secs",
+                "defaults.learning_window" => "sessions.learning_window_ms",
+                "defaults.limits.max_pps" => "sessions.max_pps",
+                "defaults.limits.max_bytes_per_sec" => "sessions.max_bytes_per_sec",
+                "ceilings.idle_timeout" => "sessions.idle_timeout_ceiling_secs",
+                "ceilings.max_duration" => "sessions.max_duration_ceiling_secs",
+                "ceilings.max_pps" => "sessions.max_pps_ceiling",
+                f => return err(&format!("relay.{f}"), e.reason.clone()),
             };
-            err(&key, e.reason)
+            err(key, e.reason)
         })?;
         let tunnels = match &file.tunnels {
             None => None,
@@ -579,10 +650,65 @@ impl Config {
         Ok(Config { source: name.into(), file, relay, admin_token_sha256, control, tenant_credentials, tunnels })
     }
 
-    /// Per-tenant session limits (`None`: unlimited).
-    pub fn tenant_limits(&self) -> impl Iterator<Item = (&str, Option<usize>)> {
-        self.file.tenants.iter().map(|(k, t)| (k.as_str(), (t.max_sessions > 0).then_some(t.max_sessions)))
+    /// Per-tenant limits of the tenants the file names (others get
+    /// [`RelayConfig::default_tenant_limit`]).
+    pub fn tenant_limits(&self) -> Vec<(String, TenantLimit)> {
+        let default = self.relay.default_tenant_limit();
+        let total = self.relay.ports_total();
+        self.file
+            .tenants
+            .iter()
+            .map(|(k, t)| {
+                let limit = TenantLimit {
+                    sessions: if t.max_sessions > 0 { Some(t.max_sessions) } else { default.sessions },
+                    ports: if t.port_share_percent > 0 {
+                        Some((total * usize::from(t.port_share_percent) / 100).max(2))
+                    } else {
+                        default.ports
+                    },
+                };
+                (k.clone(), limit)
+            })
+            .collect()
     }
+
+    /// Settings that work but are risky on a public relay, one sentence each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let r = &self.relay;
+        let public = !r.bind_ip.is_loopback();
+        if public && r.peer_policy.allow_loopback {
+            w.push(format!(
+                "relay.allow_loopback_peers is on with a non-loopback bind_ip ({}): sessions may reach services on this host's loopback",
+                r.bind_ip
+            ));
+        }
+        if public && r.peer_policy.allow_private {
+            w.push(format!(
+                "relay.allow_private_peers is on with a non-loopback bind_ip ({}): sessions may reach private networks behind the relay",
+                r.bind_ip
+            ));
+        }
+        if r.defaults.latch == LatchPolicy::Open {
+            w.push("sessions.latch = \"open\": any stranger can take over any leg at any time".into());
+        }
+        if let Some((lo, hi)) = ephemeral_port_range() {
+            if r.port_min <= hi && r.port_max >= lo {
+                w.push(format!(
+                    "the media range {}-{} overlaps the kernel's ephemeral ports {lo}-{hi}: outgoing connections can take relay ports (reserve them with net.ipv4.ip_local_reserved_ports, or move the range)",
+                    r.port_min, r.port_max
+                ));
+            }
+        }
+        w
+    }
+}
+
+/// The kernel's ephemeral port range, if readable.
+fn ephemeral_port_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
 }
 
 /// Validates `[control]`; errors are (key, reason).

@@ -213,9 +213,7 @@ fn load_control_cert(c: &ControlSettings) -> Result<Arc<rustls::sign::CertifiedK
 }
 
 fn apply_quotas(handle: &relay_core::RelayHandle, cfg: &Config) {
-    handle
-        .quotas()
-        .replace(cfg.relay.tenant_quota, cfg.tenant_limits().map(|(t, l)| (t.to_string(), l)).collect::<Vec<_>>());
+    handle.quotas().replace(cfg.relay.default_tenant_limit(), cfg.tenant_limits());
 }
 
 /// Applies what can change without a restart: session defaults, peer
@@ -256,7 +254,7 @@ async fn reload(old: &Config, new: &Config, state: &AdminState) {
     if listener_settings(&old.control) != listener_settings(&new.control) {
         restart.push("control (listen, timeouts, caps, lockout policy)");
     }
-    if let Err(e) = state.handle.reconfigure(n.defaults.clone(), n.peer_policy).await {
+    if let Err(e) = state.handle.reconfigure(n.defaults.clone(), n.peer_policy.clone()).await {
         tracing::error!(error = %e, "SIGHUP: could not apply session defaults");
         return;
     }

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the relay. Without --config it uses embedded loopback-only defaults:
-    /// media on 127.0.0.1 ports 30000-39999, admin API on http://127.0.0.1:9180
+    /// media on 127.0.0.1 ports 20000-29999, admin API on http://127.0.0.1:9180
     /// without a token.
     Relay {
         /// TOML configuration file (see docs/ucmrc.example.toml).

@@ -153,6 +153,10 @@ pub struct LegRequest {
     /// Byte-rate limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_bytes_per_sec: Option<u64>,
+    /// Latch nothing until a hint arrives (by an update): the remote's
+    /// address is not known from signalling yet.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub await_hint: bool,
 }
 
 impl Default for LegRequest {
@@ -164,6 +168,7 @@ impl Default for LegRequest {
             stun_password: None,
             max_pps: None,
             max_bytes_per_sec: None,
+            await_hint: false,
         }
     }
 }
@@ -202,6 +207,7 @@ impl LegRequest {
             srtp_auth: f.srtp_auth,
             stun_password: f.stun_password,
             limits: f.limits,
+            await_hint: self.await_hint,
         })
     }
 }

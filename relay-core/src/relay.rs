@@ -14,15 +14,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::io::{self, BackendKind, Envelope, Mailbox, MailboxError, ShardRun, SocketOptions};
-use crate::quota::{QuotaExceeded, TenantQuotas};
-use crate::session::peer::PeerPolicy;
+use crate::quota::{QuotaExceeded, TenantLimit, TenantQuotas, DEFAULT_PORT_SHARE_PERCENT};
+use crate::session::peer::{OwnAddresses, OwnEndpoint, PeerPolicy};
 use crate::session::spec::{SessionDefaults, SessionSpec, SessionUpdate};
 use crate::session::stats::ShardCounters;
 use crate::session::{InvalidSpec, LegPorts, SessionId, SessionInfo};
 use crate::shard::{Command, Response, Shard, ShardConfig, ShardError};
 
 /// Everything needed to start a relay. `Default` is a loopback-only relay on
-/// ports 30000–39999 with one worker per CPU.
+/// ports 20000–29999 (below Linux's ephemeral ports, so local test
+/// sockets never collide with relay ports) with one worker per CPU.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// IP to bind relay ports on (`::` binds dual-stack).
@@ -43,10 +44,16 @@ pub struct RelayConfig {
     pub sockets: SocketOptions,
     /// Session defaults.
     pub defaults: SessionDefaults,
-    /// Which remote addresses are allowed.
+    /// Which remote addresses are allowed. Its `own` addresses should list
+    /// every listener of the process (admin, ng, control, tunnels); the
+    /// relay adds its media port range on its bind and advertised IPs.
     pub peer_policy: PeerPolicy,
-    /// Default sessions per tenant (`None`: unlimited).
-    pub tenant_quota: Option<usize>,
+    /// Sessions per tenant unless set per tenant (`None`: no session limit).
+    pub tenant_max_sessions: Option<usize>,
+    /// Share of the port range (percent, 1–100) one tenant may hold unless
+    /// set per tenant; default [`DEFAULT_PORT_SHARE_PERCENT`] so that no
+    /// tenant (ng included) can take every port.
+    pub tenant_port_share_percent: u8,
     /// Queued control commands per shard before callers see `Busy`.
     pub command_queue: usize,
     /// Shard threads are named `{thread_name}-{index}` (Linux keeps the
@@ -59,15 +66,16 @@ impl Default for RelayConfig {
         Self {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             advertised_ip: None,
-            port_min: 30000,
-            port_max: 39999,
+            port_min: 20000,
+            port_max: 29999,
             workers: 0,
             pin_cpus: Vec::new(),
             backend: BackendKind::default(),
             sockets: SocketOptions::default(),
             defaults: SessionDefaults::default(),
-            peer_policy: PeerPolicy::permissive_local(),
-            tenant_quota: None,
+            peer_policy: PeerPolicy::loopback_lab(),
+            tenant_max_sessions: None,
+            tenant_port_share_percent: DEFAULT_PORT_SHARE_PERCENT,
             command_queue: 1024,
             thread_name: "ucmrc-shard".into(),
         }
@@ -115,6 +123,15 @@ pub struct DatapathInfo {
     pub running: BackendKind,
     /// Why `auto` did not pick io_uring.
     pub fallback_reason: Option<String>,
+}
+
+/// A shard thread that ended without being asked to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardFailure {
+    /// Shard index.
+    pub shard: usize,
+    /// What ended it (a panic message or an I/O error).
+    pub reason: String,
 }
 
 /// Why a request failed.
@@ -247,6 +264,9 @@ struct Inner {
     draining: AtomicBool,
     next_shard: AtomicUsize,
     backend: BackendKind,
+    /// The relay's media ranges, added to every peer policy it is given.
+    media_own: Vec<OwnEndpoint>,
+    failures: Arc<tokio::sync::watch::Sender<Vec<ShardFailure>>>,
 }
 
 /// A cloneable, `Send + Sync` handle to a running relay.
@@ -299,10 +319,34 @@ impl RelayConfig {
         if self.advertised_ip.is_some_and(|ip| ip.is_unspecified() || ip.is_multicast()) {
             return Err(ConfigError { field: "advertised_ip", reason: "must be a unicast address".into() });
         }
-        if self.defaults.idle_timeout.is_zero() {
-            return Err(ConfigError { field: "defaults.idle_timeout", reason: "must be positive".into() });
+        if !(1..=100).contains(&self.tenant_port_share_percent) {
+            return Err(ConfigError { field: "tenant_port_share_percent", reason: "must be 1 to 100".into() });
         }
+        self.defaults.validate()?;
         Ok(workers)
+    }
+
+    /// Ports in the media range.
+    pub fn ports_total(&self) -> usize {
+        usize::from(self.port_max.saturating_sub(self.port_min)) + 1
+    }
+
+    /// The limit every tenant gets unless set per tenant.
+    pub fn default_tenant_limit(&self) -> TenantLimit {
+        TenantLimit {
+            sessions: self.tenant_max_sessions,
+            ports: Some((self.ports_total() * usize::from(self.tenant_port_share_percent) / 100).max(2)),
+        }
+    }
+
+    /// The relay's media port range on its bind IP and advertised IP: its
+    /// own addresses, never a peer.
+    pub fn media_endpoints(&self) -> Vec<OwnEndpoint> {
+        let mut v = vec![OwnEndpoint::range(self.bind_ip, self.port_min, self.port_max)];
+        if let Some(ip) = self.advertised_ip {
+            v.push(OwnEndpoint::range(ip, self.port_min, self.port_max));
+        }
+        v
     }
 
     /// Splits the port range into one slice per shard (even-aligned sizes).
@@ -328,6 +372,9 @@ impl Relay {
             tracing::warn!(%reason, "io_uring unavailable, using the portable datapath");
         }
         let datapath = DatapathInfo { configured: config.backend, running, fallback_reason };
+        let media_own = config.media_endpoints();
+        let peer_policy = with_own_addresses(&config.peer_policy, &media_own);
+        let failures = Arc::new(tokio::sync::watch::channel(Vec::new()).0);
         let now = Instant::now();
         let mut mailboxes = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
@@ -338,7 +385,7 @@ impl Relay {
                     port_base: base,
                     port_count: count,
                     defaults: config.defaults.clone(),
-                    peer_policy: config.peer_policy,
+                    peer_policy: peer_policy.clone(),
                     seed: fastrand::u64(..),
                     bind_quarantine: Duration::from_secs(30),
                 },
@@ -349,14 +396,24 @@ impl Relay {
             let run =
                 ShardRun { shard, inbox, bind_ip: config.bind_ip, sockets: config.sockets, ready: Some(ready_tx) };
             let backend = config.backend;
+            let failed = failures.clone();
             let thread =
                 std::thread::Builder::new().name(format!("{}-{index}", config.thread_name)).spawn(move || {
-                    let result = io::run_shard(backend, run);
-                    if let Err(e) = result {
-                        // The shard cannot continue; its mailbox closes and
-                        // requests to it fail with `Stopped`.
-                        tracing::error!(shard = index, error = %e, "shard stopped");
-                    }
+                    // A shard that ends for any reason but `Stop` is a failure:
+                    // its mailbox closes (requests to it fail with `Stopped`),
+                    // and whoever watches `RelayHandle::shard_failures` acts.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| io::run_shard(backend, run)));
+                    let reason = match result {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => format!("I/O error: {e}"),
+                        Err(panic) => match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                            (Some(m), _) => format!("panic: {m}"),
+                            (_, Some(m)) => format!("panic: {m}"),
+                            _ => "panic".to_string(),
+                        },
+                    };
+                    tracing::error!(shard = index, %reason, "shard failed: its sessions are lost");
+                    failed.send_modify(|v| v.push(ShardFailure { shard: index, reason }));
                 })?;
             mailboxes.push(mailbox);
             threads.push(thread);
@@ -376,11 +433,13 @@ impl Relay {
         let handle = RelayHandle {
             inner: Arc::new(Inner {
                 mailboxes,
-                quotas: TenantQuotas::new(config.tenant_quota),
+                quotas: TenantQuotas::new(config.default_tenant_limit()),
                 advertised_ip: config.advertised_ip.unwrap_or(config.bind_ip),
                 draining: AtomicBool::new(false),
                 next_shard: AtomicUsize::new(0),
                 backend: running,
+                media_own,
+                failures,
             }),
         };
         Ok(Relay { handle, datapath, threads: Mutex::new(threads) })
@@ -473,11 +532,24 @@ impl RelayHandle {
         }
     }
 
+    /// Shards that have failed (panicked or hit a fatal I/O error) so far.
+    pub fn shard_failures(&self) -> Vec<ShardFailure> {
+        self.inner.failures.borrow().clone()
+    }
+
+    /// A receiver that changes whenever a shard fails (for supervisors:
+    /// fail readiness, exit so the process is restarted).
+    pub fn watch_shard_failures(&self) -> tokio::sync::watch::Receiver<Vec<ShardFailure>> {
+        self.inner.failures.subscribe()
+    }
+
     /// Replaces, on every shard, the defaults for new sessions and the peer
-    /// policy (configuration reload). Existing sessions keep theirs.
+    /// policy (configuration reload). Existing sessions keep theirs. The
+    /// relay's media ranges are added to the policy's own addresses.
     pub fn reconfigure(&self, defaults: SessionDefaults, peer_policy: PeerPolicy) -> Pending<()> {
+        let peer_policy = with_own_addresses(&peer_policy, &self.inner.media_own);
         self.gather(
-            move || Command::Reconfigure { defaults: Box::new(defaults.clone()), peer_policy },
+            move || Command::Reconfigure { defaults: Box::new(defaults.clone()), peer_policy: peer_policy.clone() },
             |r| match r {
                 Response::Reconfigured => Some(()),
                 _ => None,
@@ -505,6 +577,21 @@ impl RelayHandle {
         }
     }
 
+    /// A command about session `id`: an id naming a shard this relay does
+    /// not have is an unknown session (not a stopped relay).
+    fn call_session<T: Send + 'static>(
+        &self,
+        id: SessionId,
+        cmd: Command,
+        map: impl FnOnce(Response) -> Result<T, RelayError> + Send + 'static,
+    ) -> Pending<T> {
+        let shard = usize::from(id.shard());
+        if shard >= self.inner.mailboxes.len() {
+            return Pending::ready(Err(RelayError::UnknownSession(id)));
+        }
+        self.call(shard, cmd, map)
+    }
+
     fn addrs(&self, ports: LegPorts) -> LegAddrs {
         let ip = self.inner.advertised_ip;
         LegAddrs { rtp: SocketAddr::new(ip, ports.rtp), rtcp: ports.rtcp.map(|p| SocketAddr::new(ip, p)) }
@@ -515,7 +602,8 @@ impl RelayHandle {
         if self.is_draining() {
             return Pending::ready(Err(RelayError::Draining));
         }
-        let permit = match self.inner.quotas.acquire(&spec.tenant) {
+        let ports = 2 + usize::from(!spec.pbx.rtcp_mux) + usize::from(!spec.endpoint.rtcp_mux);
+        let permit = match self.inner.quotas.acquire(&spec.tenant, ports) {
             Ok(p) => p,
             Err(e) => return Pending::ready(Err(e.into())),
         };
@@ -534,7 +622,7 @@ impl RelayHandle {
 
     /// Updates hints, keys, limits or policy; re-opens the learning window.
     pub fn update(&self, id: SessionId, update: SessionUpdate) -> Pending<()> {
-        self.call(usize::from(id.shard()), Command::Update { id, update: Box::new(update) }, |r| match r {
+        self.call_session(id, Command::Update { id, update: Box::new(update) }, |r| match r {
             Response::Updated(r) => r.map_err(Into::into),
             _ => Err(RelayError::Stopped),
         })
@@ -542,7 +630,7 @@ impl RelayHandle {
 
     /// Releases a session; returns its final state and counters.
     pub fn release(&self, id: SessionId) -> Pending<SessionInfo> {
-        self.call(usize::from(id.shard()), Command::Release { id }, |r| match r {
+        self.call_session(id, Command::Release { id }, |r| match r {
             Response::Released(r) => r.map_err(Into::into),
             _ => Err(RelayError::Stopped),
         })
@@ -550,7 +638,7 @@ impl RelayHandle {
 
     /// Describes one session (latched addresses, counters, quality).
     pub fn session(&self, id: SessionId) -> Pending<SessionInfo> {
-        self.call(usize::from(id.shard()), Command::Query { id }, |r| match r {
+        self.call_session(id, Command::Query { id }, |r| match r {
             Response::Session(r) => r.map_err(Into::into),
             _ => Err(RelayError::Stopped),
         })
@@ -647,4 +735,20 @@ impl RelayHandle {
         }
         Pending { inner: PendingInner::Waiting(rx) }
     }
+}
+
+/// `policy` with the relay's media ranges added to its own addresses, and
+/// the host's interface addresses read when any own address is a wildcard.
+fn with_own_addresses(policy: &PeerPolicy, media: &[OwnEndpoint]) -> PeerPolicy {
+    let endpoints: Vec<OwnEndpoint> = policy.own.endpoints().iter().chain(media).copied().collect();
+    let wildcard = endpoints.iter().any(|e| e.ip.is_unspecified());
+    let local_ips = if wildcard {
+        io::sys::local_addresses().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list this host's addresses; only loopback counts as local");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    policy.clone().with_own(OwnAddresses::new(endpoints, local_ips))
 }

@@ -242,9 +242,13 @@ fn attacker_spraying_in_window_mode_receives_and_injects_nothing(backend: Backen
     up.check("up");
     down.check("down");
     let info = h.session(a.id).wait().expect("query");
-    let refused = info.pbx.stats.drops.get(DropReason::SourceMismatch)
-        + info.endpoint.stats.drops.get(DropReason::SourceMismatch);
-    assert_eq!(refused, sprayed, "every attacker datagram refused as a strict-source mismatch");
+    let refused = |r| info.pbx.stats.drops.get(r) + info.endpoint.stats.drops.get(r);
+    assert_eq!(
+        refused(DropReason::SourceMismatch) + refused(DropReason::NotMedia),
+        sprayed,
+        "every attacker datagram refused: forged SRTP as a strict-source mismatch, 8-byte junk as not media"
+    );
+    assert_eq!(refused(DropReason::NotMedia), sprayed / 2, "the junk half is not media");
     assert_eq!(info.endpoint.remote_rtp, Some(phone.local_addr().expect("addr")));
 }
 
@@ -289,13 +293,16 @@ fn authenticated_latching_survives_rebinding_and_refuses_attackers_from_the_star
     for _ in 0..100 {
         down.pass(&pbx_tx.next_rtp());
     }
-    // A replay of captured genuine packets from the attacker gets nowhere.
+    // A replay of captured genuine packets (from another stranger, whose
+    // proof budget is untouched) gets nowhere.
+    let replayer = socket("127.0.0.3");
     for p in &captured {
-        attacker.send_to(p, a.endpoint.rtp).expect("replay");
+        replayer.send_to(p, a.endpoint.rtp).expect("replay");
     }
     sent += up.sent + down.sent + captured.len() as u64;
     wait_received(&h, sent);
     assert_nothing_queued(&attacker, "attacker");
+    assert_nothing_queued(&replayer, "replayer");
     assert_nothing_queued(&pbx, "pbx");
 
     // The phone roams to a new socket (new NAT binding) mid-call.
@@ -321,9 +328,15 @@ fn authenticated_latching_survives_rebinding_and_refuses_attackers_from_the_star
     assert_eq!(info.endpoint.remote_rtp, Some(roamed.local_addr().expect("addr")));
     assert_eq!(info.endpoint.stats.relatches, 1);
     let d = info.endpoint.stats.drops;
-    assert_eq!(d.get(DropReason::Unauthenticated), 50);
+    // The attacker's first forgeries cost an HMAC each until its own budget
+    // is spent; the rest are refused without one.
+    let budget = u64::from(relay_core::session::replay::SOURCE_PROOF_BURST) + 1;
+    for (leg, d) in [("endpoint", d), ("pbx", info.pbx.stats.drops)] {
+        let (checked, refused) = (d.get(DropReason::Unauthenticated), d.get(DropReason::ProofBackoff));
+        assert_eq!(checked + refused, 50, "{leg}: every forgery refused");
+        assert!(checked >= budget && refused > 0, "{leg}: {checked} checked, {refused} refused without an HMAC");
+    }
     assert_eq!(d.get(DropReason::Replay), 100);
-    assert_eq!(info.pbx.stats.drops.get(DropReason::Unauthenticated), 50);
 }
 
 /// Raises the soft descriptor limit to the hard limit.
@@ -421,7 +434,7 @@ fn handle_works_from_tokio_and_shutdown_releases_everything(backend: BackendKind
         let page = h.list(None, 10).await.expect("list");
         assert!(page.sessions.iter().any(|s| s.id == a.id));
         // Quotas are enforced through the handle with a typed error.
-        h.quotas().set_limit("tiny", Some(1));
+        h.quotas().set_limit("tiny", relay_core::quota::TenantLimit { sessions: Some(1), ports: None });
         let one = h.allocate(SessionSpec { tenant: "tiny".into(), ..SessionSpec::default() }).await.expect("first");
         let two = h.allocate(SessionSpec { tenant: "tiny".into(), ..SessionSpec::default() }).await;
         assert!(matches!(two, Err(relay_core::RelayError::QuotaExceeded(_))), "{two:?}");

@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use relay_core::quota::TenantQuotas;
+use relay_core::quota::{TenantLimit, TenantQuotas};
 use relay_core::session::limits::LegLimits;
 use relay_core::session::peer::PeerPolicy;
 use relay_core::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Verify};
@@ -88,6 +88,9 @@ fn spec(latch: LatchPolicy) -> SessionSpec {
 const PBX: &str = "198.51.100.10:4000";
 const PHONE: &str = "203.0.113.20:5004";
 const ATTACKER: &str = "192.0.2.66:6666";
+
+/// A minimal, well-formed DTLS 1.2 handshake record header with one byte.
+const DTLS_RECORD: [u8; 14] = [22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1];
 
 fn fwd(via_port: u16, to: &str) -> Verdict {
     Verdict::Forward { via_port, to: sa(to) }
@@ -208,9 +211,11 @@ fn authenticated_latching_needs_a_valid_tag_and_a_fresh_index() {
     let mut phone = SrtpTx::new(&master(2), 0xabc, 65530);
     let mut forger = SrtpTx::new(&master(9), 0xabc, 65530);
 
-    // Forged SRTP (wrong key) and junk cannot latch, not even first.
+    // Forged SRTP (wrong key) and junk cannot latch, not even first: a
+    // DTLS record proves nothing, and bytes that only start like one are not media.
     assert_eq!(lab.send(0, e, sa(ATTACKER), &forger.next_rtp()), Verdict::Drop(DropReason::Unauthenticated));
-    assert_eq!(lab.send(1, e, sa(ATTACKER), b"\x16\xfe\xfd dtls-looking"), Verdict::Drop(DropReason::Unauthenticated));
+    assert_eq!(lab.send(1, e, sa(ATTACKER), &DTLS_RECORD), Verdict::Drop(DropReason::Unauthenticated));
+    assert_eq!(lab.send(1, e, sa(ATTACKER), b"\x16\xfe\xfd dtls-looking"), Verdict::Drop(DropReason::NotMedia));
     // A genuine packet latches.
     let first = phone.next_rtp();
     assert_eq!(lab.send(2, e, sa(PHONE), &first), fwd(p, PBX));
@@ -277,7 +282,7 @@ fn verify_all_drops_forged_packets_from_the_latched_source() {
     assert_eq!(lab.send(3, e, sa(PHONE), &phone.next_rtp()), fwd(a.pbx.rtp, PBX));
     assert_eq!(lab.send(4, e, sa(PHONE), &phone.next_rtcp()), fwd(a.pbx.rtp, PBX));
     // STUN and DTLS are not SRTP: they pass from the latched source.
-    assert_eq!(lab.send(5, e, sa(PHONE), b"\x16\xfe\xfd\x00"), fwd(a.pbx.rtp, PBX));
+    assert_eq!(lab.send(5, e, sa(PHONE), &DTLS_RECORD), fwd(a.pbx.rtp, PBX));
 }
 
 #[test]
@@ -334,15 +339,15 @@ fn peer_policy_refuses_dangerous_sources_and_canonicalizes_mapped_ones() {
 #[test]
 fn idle_timeout_and_max_duration_end_sessions_and_free_ports() {
     let mut lab = Lab::new();
-    let quotas = TenantQuotas::new(Some(10));
+    let quotas = TenantQuotas::new(TenantLimit { sessions: Some(10), ports: None });
     let mut s = spec(LatchPolicy::Window);
     s.idle_timeout = Some(Duration::from_secs(10));
     s.pbx.hint = Some(sa(PBX));
-    let idle = lab.allocate_with(s, Some(quotas.acquire("acme").expect("quota"))).expect("allocate");
+    let idle = lab.allocate_with(s, Some(quotas.acquire("acme", 2).expect("quota"))).expect("allocate");
     let mut s2 = spec(LatchPolicy::Window);
     s2.max_duration = Some(Duration::from_secs(31));
     s2.pbx.hint = Some(sa(PBX));
-    let long = lab.allocate_with(s2, Some(quotas.acquire("acme").expect("quota"))).expect("allocate");
+    let long = lab.allocate_with(s2, Some(quotas.acquire("acme", 2).expect("quota"))).expect("allocate");
     assert_eq!(quotas.in_use("acme"), 2);
     assert_eq!(lab.sockets.open.len(), 4);
 
@@ -410,20 +415,20 @@ fn token_buckets_limit_packets_and_bytes_per_leg() {
 
 #[test]
 fn quota_limits_sessions_per_tenant() {
-    let quotas = TenantQuotas::new(Some(2));
+    let quotas = TenantQuotas::new(TenantLimit { sessions: Some(2), ports: None });
     let mut lab = Lab::new();
     let mut ids = vec![];
     for _ in 0..2 {
-        let permit = quotas.acquire("acme").expect("within quota");
+        let permit = quotas.acquire("acme", 2).expect("within quota");
         ids.push(lab.allocate_with(spec(LatchPolicy::Window), Some(permit)).expect("allocate").id);
     }
-    assert!(quotas.acquire("acme").is_err(), "third session refused");
-    assert!(quotas.acquire("other").is_ok(), "other tenants unaffected");
+    assert!(quotas.acquire("acme", 2).is_err(), "third session refused");
+    assert!(quotas.acquire("other", 2).is_ok(), "other tenants unaffected");
     assert!(matches!(
         lab.shard.handle_command(lab.t0, Command::Release { id: ids[0] }, &mut lab.sockets),
         Response::Released(Ok(_))
     ));
-    assert!(quotas.acquire("acme").is_ok(), "a release frees a slot");
+    assert!(quotas.acquire("acme", 2).is_ok(), "a release frees a slot");
 }
 
 #[test]

@@ -346,3 +346,41 @@ impl MsgBatch {
         (sent, failed)
     }
 }
+
+/// Every IP address configured on this host's interfaces right now
+/// (`getifaddrs`), loopback included. The peer policy uses it to recognize
+/// the relay's own addresses when a socket is bound to a wildcard address.
+pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid out-pointer; on success the list it receives
+    // is owned by us until `freeifaddrs`.
+    cvt(unsafe { libc::getifaddrs(&mut head) })?;
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned,
+        // valid until freeifaddrs below.
+        let ifa = unsafe { &*cur };
+        let addr = ifa.ifa_addr;
+        if !addr.is_null() {
+            // SAFETY: a non-null ifa_addr points at a sockaddr whose family
+            // field is always readable.
+            let family = i32::from(unsafe { (*addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: AF_INET entries carry a full sockaddr_in.
+                let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
+                out.push(std::net::IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: AF_INET6 entries carry a full sockaddr_in6.
+                let sin6 = unsafe { &*(addr as *const libc::sockaddr_in6) };
+                out.push(std::net::IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

@@ -21,6 +21,7 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
+use std::mem::ManuallyDrop;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -144,13 +145,24 @@ impl Drop for BufRing {
 }
 
 /// A ring and everything its in-flight operations point into.
+///
+/// The memory the kernel reads or writes (buffers, their ring, the
+/// receive template, send destinations) is freed only after [`shutdown`]
+/// saw every receive and send complete; on any other way out — an error
+/// that skipped it, a panic unwinding through the shard — it is leaked
+/// rather than risk the kernel writing into freed memory.
 struct Ring {
     ring: IoUring,
-    bufs: BufRing,
+    bufs: ManuallyDrop<BufRing>,
     /// Template for multishot receives; must outlive every armed receive.
-    msghdr: Box<libc::msghdr>,
+    msghdr: ManuallyDrop<Box<libc::msghdr>>,
     /// Destination address of the send in flight for each buffer.
-    dests: Box<[libc::sockaddr_storage]>,
+    dests: ManuallyDrop<Box<[libc::sockaddr_storage]>>,
+    /// Sends submitted and not completed yet.
+    sends_in_flight: usize,
+    /// Set by `shutdown` once nothing is in flight and the buffer ring is
+    /// unregistered: only then is the memory above freed.
+    quiesced: bool,
     socks: Vec<Option<Socket>>,
     generations: Vec<u32>,
     /// Whether a multishot receive is armed on each slot.
@@ -198,9 +210,11 @@ impl Ring {
         let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         Ok(Self {
             ring,
-            bufs,
-            msghdr,
-            dests: vec![zero; count].into_boxed_slice(),
+            bufs: ManuallyDrop::new(bufs),
+            msghdr: ManuallyDrop::new(msghdr),
+            dests: ManuallyDrop::new(vec![zero; count].into_boxed_slice()),
+            sends_in_flight: 0,
+            quiesced: false,
             socks: (0..cfg.port_count).map(|_| None).collect(),
             generations: vec![0; cfg.port_count],
             armed_slot: vec![false; cfg.port_count],
@@ -229,7 +243,7 @@ impl Ring {
 
     fn arm_recv(&mut self, slot: u16) -> io::Result<()> {
         let ud = recv_ud(self.generations[usize::from(slot)], slot);
-        let e = opcode::RecvMsgMulti::new(types::Fixed(u32::from(slot)), &*self.msghdr, BGID).build().user_data(ud);
+        let e = opcode::RecvMsgMulti::new(types::Fixed(u32::from(slot)), &**self.msghdr, BGID).build().user_data(ud);
         self.push(&e)?;
         self.armed += 1;
         self.armed_slot[usize::from(slot)] = true;
@@ -247,6 +261,24 @@ impl Ring {
     fn slot(&self, port: u16) -> Option<u16> {
         let s = port.checked_sub(self.base)?;
         (usize::from(s) < self.socks.len()).then_some(s)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if !self.quiesced {
+            // Operations may still be in flight (an error or a panic skipped
+            // `shutdown`): keep their memory forever, close only the ring.
+            return;
+        }
+        // SAFETY: `shutdown` saw every receive and send complete and
+        // unregistered the buffer ring: the kernel holds no pointer into
+        // these any more, and each is dropped exactly once (here).
+        unsafe {
+            ManuallyDrop::drop(&mut self.bufs);
+            ManuallyDrop::drop(&mut self.msghdr);
+            ManuallyDrop::drop(&mut self.dests);
+        }
     }
 }
 
@@ -326,6 +358,7 @@ fn event_loop(u: &mut Ring, shard: &mut Shard, inbox: &super::Inbox) -> io::Resu
             match ud >> KIND_SHIFT {
                 KIND_RECV => handle_recv(u, shard, now, cqe.result(), ud, flags, &mut rearm)?,
                 KIND_SEND => {
+                    u.sends_in_flight = u.sends_in_flight.saturating_sub(1);
                     if cqe.result() < 0 {
                         shard.record_send_error();
                     }
@@ -470,7 +503,9 @@ fn handle_recv(
         .dest_addr_len(dest_len)
         .build()
         .user_data((KIND_SEND << KIND_SHIFT) | u64::from(bid));
-    u.push(&e)
+    u.push(&e)?;
+    u.sends_in_flight += 1;
+    Ok(())
 }
 
 fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
@@ -484,26 +519,27 @@ fn name_to_addr(name: &[u8]) -> Option<SocketAddr> {
     decode_addr(&storage, n as libc::socklen_t)
 }
 
-/// Waits (bounded) for cancelled receives to complete, then unregisters
-/// files and buffers so every socket is closed when the thread returns.
+/// Waits (bounded) for cancelled receives and sends in flight to complete,
+/// then unregisters files and buffers so every socket is closed when the
+/// thread returns. Only then may the ring's memory be freed.
 fn shutdown(u: &mut Ring) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
-    while u.armed > 0 && Instant::now() < deadline {
+    while (u.armed > 0 || u.sends_in_flight > 0) && Instant::now() < deadline {
         wait_for_events(&u.ring, Duration::from_millis(20))?;
         let done: Vec<cqueue::Entry> = u.ring.completion().collect();
         for cqe in done {
-            if cqe.user_data() >> KIND_SHIFT == KIND_RECV && !cqueue::more(cqe.flags()) {
-                u.armed = u.armed.saturating_sub(1);
+            match cqe.user_data() >> KIND_SHIFT {
+                KIND_RECV if !cqueue::more(cqe.flags()) => u.armed = u.armed.saturating_sub(1),
+                KIND_SEND => u.sends_in_flight = u.sends_in_flight.saturating_sub(1),
+                _ => {}
             }
         }
     }
-    if u.armed > 0 {
-        // Receives still armed after the deadline could write into the
-        // buffers: never free them (leak them rather than risk it).
-        u.bufs.leak = true;
-    }
     let _ = u.ring.submitter().unregister_files();
-    let _ = u.ring.submitter().unregister_buf_ring(BGID);
+    let unregistered = u.ring.submitter().unregister_buf_ring(BGID).is_ok();
+    // Anything still in flight after the deadline could touch the memory:
+    // then it is never freed (leaked rather than risked).
+    u.quiesced = u.armed == 0 && u.sends_in_flight == 0 && unregistered;
     Ok(())
 }
 
@@ -552,29 +588,50 @@ fn probe_uncached() -> Result<(), String> {
     functional_probe(ring).map_err(|e| format!("io_uring datagram check failed: {e}"))
 }
 
+/// The memory the probe's operations point into.
+struct ProbeMemory {
+    bufs: BufRing,
+    msghdr: Box<libc::msghdr>,
+    dest: Box<libc::sockaddr_storage>,
+    payload: [u8; 11],
+}
+
 fn functional_probe(mut ring: IoUring) -> io::Result<()> {
+    // SAFETY: zeroed msghdr and sockaddr_storage are valid values.
+    let (msghdr, dest) = unsafe { (Box::new(std::mem::zeroed::<libc::msghdr>()), Box::new(std::mem::zeroed())) };
+    // Leaked unless the probe proves nothing is in flight any more: an error
+    // (or a panic) on the way must never free memory the kernel may use.
+    let mut mem = ManuallyDrop::new(ProbeMemory { bufs: BufRing::new(8)?, msghdr, dest, payload: *b"ucmrc-probe" });
+    let quiesced = probe_datagram(&mut ring, &mut mem)?;
+    // Close the ring first: nothing can reach the memory after that.
+    drop(ring);
+    if quiesced {
+        drop(ManuallyDrop::into_inner(mem));
+    }
+    Ok(())
+}
+
+/// Sends and receives one datagram; returns whether the multishot receive
+/// was seen to end and the buffer ring was unregistered.
+fn probe_datagram(ring: &mut IoUring, mem: &mut ProbeMemory) -> io::Result<bool> {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
     sock.set_nonblocking(true)?;
     let addr = sock.local_addr()?;
-    let bufs = BufRing::new(8)?;
-    // SAFETY: page-aligned ring of 8 entries, alive until after unregister.
-    unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring as u64, bufs.count, BGID, 0)? };
-    // SAFETY: zeroed msghdr is valid.
-    let mut msghdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    msghdr.msg_namelen = NAME_LEN;
-    // SAFETY: zeroed sockaddr_storage is valid.
-    let mut dest: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let dest_len = encode_addr(addr, false, &mut dest).ok_or_else(|| io::Error::other("address"))?;
-    let payload = *b"ucmrc-probe";
-    let recv = opcode::RecvMsgMulti::new(types::Fd(sock.as_raw_fd()), &msghdr, BGID).build().user_data(1);
-    let send = opcode::Send::new(types::Fd(sock.as_raw_fd()), payload.as_ptr(), payload.len() as u32)
-        .dest_addr((&dest as *const libc::sockaddr_storage).cast())
+    // SAFETY: page-aligned ring of 8 entries; its memory is leaked unless
+    // the receive is seen to end and the ring is unregistered.
+    unsafe { ring.submitter().register_buf_ring_with_flags(mem.bufs.ring as u64, mem.bufs.count, BGID, 0)? };
+    mem.msghdr.msg_namelen = NAME_LEN;
+    let dest_len = encode_addr(addr, false, &mut mem.dest).ok_or_else(|| io::Error::other("address"))?;
+    let payload = mem.payload;
+    let recv = opcode::RecvMsgMulti::new(types::Fd(sock.as_raw_fd()), &*mem.msghdr, BGID).build().user_data(1);
+    let send = opcode::Send::new(types::Fd(sock.as_raw_fd()), mem.payload.as_ptr(), payload.len() as u32)
+        .dest_addr((&*mem.dest as *const libc::sockaddr_storage).cast())
         .dest_addr_len(dest_len)
         .build()
         .user_data(2);
-    // SAFETY: msghdr, payload, dest and the buffers outlive the operations:
-    // we wait for their completions (or drop the ring, cancelling them)
-    // before any of them goes out of scope.
+    // SAFETY: msghdr, dest, the payload and the buffers live in `mem`,
+    // which is freed only after the ring is closed and the receive was seen
+    // to end (otherwise never) — see `functional_probe`.
     unsafe {
         ring.submission().push(&recv).map_err(|_| io::Error::other("sq full"))?;
         ring.submission().push(&send).map_err(|_| io::Error::other("sq full"))?;
@@ -585,14 +642,14 @@ fn functional_probe(mut ring: IoUring) -> io::Result<()> {
         if Instant::now() > deadline {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "no completion"));
         }
-        wait_for_events(&ring, Duration::from_millis(100))?;
+        wait_for_events(ring, Duration::from_millis(100))?;
         for cqe in ring.completion() {
             match cqe.user_data() {
                 2 if cqe.result() >= 0 => sent = true,
                 1 if cqe.result() > 0 => {
                     let bid = cqueue::buffer_select(cqe.flags()).ok_or_else(|| io::Error::other("no buffer"))?;
-                    let data = &bufs.buf(bid)[..cqe.result() as usize];
-                    let out = types::RecvMsgOut::parse(data, &msghdr).map_err(|()| io::Error::other("parse"))?;
+                    let data = &mem.bufs.buf(bid)[..cqe.result() as usize];
+                    let out = types::RecvMsgOut::parse(data, &mem.msghdr).map_err(|()| io::Error::other("parse"))?;
                     if out.payload_data() != payload || name_to_addr(out.name_data()) != Some(addr) {
                         return Err(io::Error::other("datagram mismatch"));
                     }
@@ -610,13 +667,11 @@ fn functional_probe(mut ring: IoUring) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut ended = false;
     while !ended && Instant::now() < deadline {
-        wait_for_events(&ring, Duration::from_millis(50))?;
+        wait_for_events(ring, Duration::from_millis(50))?;
         ended = ring.completion().any(|c| c.user_data() == 1 && !cqueue::more(c.flags()));
     }
-    let _ = ring.submitter().unregister_buf_ring(BGID);
-    drop(ring);
-    drop(bufs);
-    Ok(())
+    let unregistered = ring.submitter().unregister_buf_ring(BGID).is_ok();
+    Ok(ended && unregistered)
 }
 
 impl super::Datapath for Uring {

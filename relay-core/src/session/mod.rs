@@ -20,12 +20,15 @@ use crate::wire::rtcp::RtcpHeader;
 use crate::wire::rtp::RtpHeader;
 use crate::wire::srtp_auth::AuthVerifier;
 use crate::wire::stun::{StunClass, StunMessage};
-use crate::wire::{classify, PacketClass};
+use crate::wire::{classify_media, PacketClass};
 use limits::{LegLimits, TokenBucket};
 use peer::PeerPolicy;
 use quality::{QualityTracker, StreamQuality};
-use replay::{ReplayGuard, StunReplay};
-use spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify};
+use replay::{ProofBudget, ReplayGuard, StunReplay};
+use spec::{
+    Ceilings, LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify,
+    MAX_CLOCK_RATE, MAX_LEARNING_WINDOW,
+};
 use stats::{DropReason, LegStats};
 
 /// Identifies a session across the whole relay (shard, slot and generation).
@@ -95,8 +98,17 @@ struct Latched {
 
 #[derive(Debug, Clone)]
 struct LegAuth {
+    keys: SrtpAuth,
     rtp: AuthVerifier,
     rtcp: AuthVerifier,
+}
+
+/// Longest STUN password accepted (ICE passwords are 22 to 256 characters).
+pub const MAX_STUN_PASSWORD: usize = 256;
+
+/// `t + d`, saturating far in the future instead of overflowing.
+pub(crate) fn instant_after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).or_else(|| t.checked_add(spec::MAX_MAX_DURATION)).unwrap_or(t)
 }
 
 /// One leg: its relay ports, what it latched to, its credentials and counters.
@@ -111,6 +123,9 @@ pub(crate) struct Leg {
     stun_key: Option<Vec<u8>>,
     replay: ReplayGuard,
     stun_replay: StunReplay,
+    budget: ProofBudget,
+    await_hint: bool,
+    limits: LegLimits,
     pps: Option<TokenBucket>,
     bps: Option<TokenBucket>,
     pub(crate) stats: LegStats,
@@ -135,18 +150,44 @@ impl Leg {
             stun_key: spec.stun_password.clone(),
             replay: ReplayGuard::default(),
             stun_replay: StunReplay::default(),
+            budget: ProofBudget::new(now),
+            await_hint: spec.await_hint,
+            limits: LegLimits::default(),
             pps: None,
             bps: None,
             stats: LegStats::default(),
             quality,
         };
-        leg.set_limits(spec.limits.unwrap_or(defaults.limits), now);
+        leg.set_limits(effective_limits(spec.limits, defaults.limits), now);
         leg
     }
 
     fn set_limits(&mut self, limits: LegLimits, now: Instant) {
+        self.limits = limits;
         self.pps = limits.max_pps.map(|r| TokenBucket::new(u64::from(r), now));
         self.bps = limits.max_bytes_per_sec.map(|r| TokenBucket::new(r, now));
+    }
+
+    /// New SRTP keys. Indexes seen under other keys say nothing about the
+    /// new stream (a sender with new keys usually restarts its index), so
+    /// they are forgotten — unless the keys are the same ones again, when
+    /// forgetting would let captured packets replay.
+    fn set_auth(&mut self, keys: &SrtpAuth) {
+        if self.auth.as_ref().is_some_and(|a| a.keys == *keys) {
+            return;
+        }
+        self.auth = Some(leg_auth(keys));
+        self.replay = ReplayGuard::default();
+    }
+
+    /// A new STUN password; a different one starts a new id memory (requests
+    /// signed with the old password no longer verify).
+    fn set_stun_key(&mut self, password: &[u8]) {
+        if self.stun_key.as_deref() == Some(password) {
+            return;
+        }
+        self.stun_key = Some(password.to_vec());
+        self.stun_replay = StunReplay::default();
     }
 
     fn slot(&self, component: Component) -> usize {
@@ -207,8 +248,18 @@ impl Leg {
     }
 }
 
+/// A leg's limits: each field the spec sets overrides the default.
+fn effective_limits(spec: Option<LegLimits>, defaults: LegLimits) -> LegLimits {
+    let spec = spec.unwrap_or_default();
+    LegLimits {
+        max_pps: spec.max_pps.or(defaults.max_pps),
+        max_bytes_per_sec: spec.max_bytes_per_sec.or(defaults.max_bytes_per_sec),
+    }
+}
+
 fn leg_auth(a: &SrtpAuth) -> Box<LegAuth> {
     Box::new(LegAuth {
+        keys: a.clone(),
         rtp: AuthVerifier::new(&a.rtp_key, a.rtp_tag),
         rtcp: AuthVerifier::new(&a.rtcp_key, a.rtcp_tag),
     })
@@ -218,7 +269,11 @@ fn leg_auth(a: &SrtpAuth) -> Box<LegAuth> {
 enum Proof {
     Valid,
     Stale,
-    Invalid,
+    /// No valid proof; `checked` when an HMAC was computed (a guess that
+    /// costs the leg's budget).
+    Invalid {
+        checked: bool,
+    },
 }
 
 /// A two-leg media session.
@@ -247,17 +302,23 @@ pub struct LegPorts {
     pub rtcp: Option<u16>,
 }
 
-/// Validates a spec against the policy (before any port is taken).
+/// Validates a spec against the policy and the bounds (before any port is
+/// taken): every number has a range, every address is checked.
 pub(crate) fn validate_spec(
     spec: &SessionSpec,
     defaults: &SessionDefaults,
     policy: &PeerPolicy,
 ) -> Result<(), InvalidSpec> {
-    if spec.tenant.is_empty() || spec.tenant.len() > 128 {
-        return Err(InvalidSpec { field: "tenant", reason: "must be 1 to 128 bytes" });
-    }
-    validate_leg(&spec.pbx, "pbx.hint", policy)?;
-    validate_leg(&spec.endpoint, "endpoint.hint", policy)?;
+    validate_tenant(&spec.tenant)?;
+    validate_leg_fields(spec.pbx.hint, spec.pbx.stun_password.as_deref(), spec.pbx.limits, "pbx", defaults, policy)?;
+    validate_leg_fields(
+        spec.endpoint.hint,
+        spec.endpoint.stun_password.as_deref(),
+        spec.endpoint.limits,
+        "endpoint",
+        defaults,
+        policy,
+    )?;
     let latch = spec.latch.unwrap_or(defaults.latch);
     let verify = spec.verify.unwrap_or(defaults.verify);
     check_credentials(
@@ -266,30 +327,114 @@ pub(crate) fn validate_spec(
         [spec.pbx.srtp_auth.is_some(), spec.endpoint.srtp_auth.is_some()],
         [spec.pbx.stun_password.is_some(), spec.endpoint.stun_password.is_some()],
     )?;
-    if spec.idle_timeout.is_some_and(|d| d.is_zero()) {
-        return Err(InvalidSpec { field: "idle_timeout", reason: "must be positive" });
+    if spec.learning_window.is_some_and(|d| d > MAX_LEARNING_WINDOW) {
+        return Err(InvalidSpec { field: "learning_window", reason: "must be at most 60 s" });
     }
-    if spec.max_duration.is_some_and(|d| d.is_zero()) {
-        return Err(InvalidSpec { field: "max_duration", reason: "must be positive" });
+    let ceilings = &defaults.ceilings;
+    if let Some(d) = spec.idle_timeout {
+        if d.is_zero() {
+            return Err(InvalidSpec { field: "idle_timeout", reason: "must be positive" });
+        }
+        if d > ceilings.idle_timeout {
+            return Err(InvalidSpec { field: "idle_timeout", reason: "above the relay's ceiling" });
+        }
     }
-    if spec.clock_rate == Some(0) {
-        return Err(InvalidSpec { field: "clock_rate", reason: "must be positive" });
+    if let Some(d) = spec.max_duration {
+        if d.is_zero() {
+            return Err(InvalidSpec { field: "max_duration", reason: "must be positive" });
+        }
+        if d > ceilings.max_duration {
+            return Err(InvalidSpec { field: "max_duration", reason: "above the relay's ceiling" });
+        }
+    }
+    if spec.clock_rate.is_some_and(|r| r == 0 || r > MAX_CLOCK_RATE) {
+        return Err(InvalidSpec { field: "clock_rate", reason: "must be 1 to 1000000 Hz" });
     }
     Ok(())
 }
 
-fn validate_leg(leg: &LegSpec, field: &'static str, policy: &PeerPolicy) -> Result<(), InvalidSpec> {
-    if let Some(h) = leg.hint {
-        let mut probe = peer::canonical(h);
-        if probe.port() == 0 {
-            probe.set_port(9);
+/// Tenant ids: 1 to 128 visible ASCII characters (no spaces, control
+/// characters or NUL: they end up in logs, metrics labels and Redis keys).
+pub(crate) fn validate_tenant(tenant: &str) -> Result<(), InvalidSpec> {
+    if tenant.is_empty() || tenant.len() > 128 {
+        return Err(InvalidSpec { field: "tenant", reason: "must be 1 to 128 bytes" });
+    }
+    if !tenant.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InvalidSpec { field: "tenant", reason: "must be visible ASCII (no spaces or control characters)" });
+    }
+    Ok(())
+}
+
+/// The leg fields a spec and an update share.
+fn validate_leg_fields(
+    hint: Option<SocketAddr>,
+    stun_password: Option<&[u8]>,
+    limits: Option<LegLimits>,
+    side: &'static str,
+    defaults: &SessionDefaults,
+    policy: &PeerPolicy,
+) -> Result<(), InvalidSpec> {
+    let field = |name: &'static str| match (side, name) {
+        ("pbx", "hint") => "pbx.hint",
+        ("pbx", "stun_password") => "pbx.stun_password",
+        ("pbx", "max_pps") => "pbx.max_pps",
+        ("pbx", _) => "pbx.max_bytes_per_sec",
+        (_, "hint") => "endpoint.hint",
+        (_, "stun_password") => "endpoint.stun_password",
+        (_, "max_pps") => "endpoint.max_pps",
+        _ => "endpoint.max_bytes_per_sec",
+    };
+    if let Some(h) = hint {
+        validate_hint(h, policy).map_err(|reason| InvalidSpec { field: field("hint"), reason })?;
+    }
+    match stun_password {
+        Some(p) if p.is_empty() || p.len() > MAX_STUN_PASSWORD => {
+            return Err(InvalidSpec { field: field("stun_password"), reason: "must be 1 to 256 bytes" })
         }
-        if !policy.allows(probe) {
-            return Err(InvalidSpec { field, reason: "address refused by the peer policy" });
+        _ => {}
+    }
+    if let Some(l) = limits {
+        check_limits(l, &defaults.ceilings).map_err(|(which, reason)| InvalidSpec { field: field(which), reason })?;
+    }
+    Ok(())
+}
+
+/// A hint must be an allowed peer and never the relay itself (its RTCP
+/// neighbour, port + 1, included). Port 0 means "this IP, any port".
+fn validate_hint(h: SocketAddr, policy: &PeerPolicy) -> Result<(), &'static str> {
+    let h = peer::canonical(h);
+    let mut probe = h;
+    if probe.port() == 0 {
+        probe.set_port(9);
+    }
+    if !policy.allows(probe) {
+        return Err("address refused by the peer policy");
+    }
+    if h.port() != 0 {
+        let rtcp = h.port().checked_add(1).map(|p| SocketAddr::new(h.ip(), p));
+        if policy.is_own(h) || rtcp.is_some_and(|a| policy.is_own(a)) {
+            return Err("address is one of the relay's own (media ports or listeners)");
         }
     }
-    if leg.stun_password.as_ref().is_some_and(|p| p.is_empty()) {
-        return Err(InvalidSpec { field: "stun_password", reason: "must not be empty" });
+    Ok(())
+}
+
+fn check_limits(l: LegLimits, ceilings: &Ceilings) -> Result<(), (&'static str, &'static str)> {
+    if let Some(pps) = l.max_pps {
+        if pps == 0 {
+            return Err(("max_pps", "must be at least 1"));
+        }
+        if ceilings.max_pps.is_some_and(|c| pps > c) {
+            return Err(("max_pps", "above the relay's ceiling"));
+        }
+    }
+    if let Some(bps) = l.max_bytes_per_sec {
+        if bps == 0 {
+            return Err(("max_bytes_per_sec", "must be at least 1"));
+        }
+        if ceilings.max_bytes_per_sec.is_some_and(|c| bps > c) {
+            return Err(("max_bytes_per_sec", "above the relay's ceiling"));
+        }
     }
     Ok(())
 }
@@ -335,7 +480,7 @@ impl Session {
             latch: spec.latch.unwrap_or(defaults.latch),
             verify: spec.verify.unwrap_or(defaults.verify),
             window,
-            window_end: now + window,
+            window_end: instant_after(now, window),
             created: now,
             last_activity: now,
             idle_timeout: spec.idle_timeout.unwrap_or(defaults.idle_timeout),
@@ -346,7 +491,7 @@ impl Session {
 
     /// The instant at which the session ends unless traffic moves it.
     pub(crate) fn deadline(&self) -> Instant {
-        (self.last_activity + self.idle_timeout).min(self.created + self.max_duration)
+        instant_after(self.last_activity, self.idle_timeout).min(instant_after(self.created, self.max_duration))
     }
 
     pub(crate) fn ports(&self, side: Side) -> LegPorts {
@@ -355,12 +500,17 @@ impl Session {
     }
 
     /// Applies an update and re-opens the learning window.
-    pub(crate) fn update(&mut self, now: Instant, u: &SessionUpdate, policy: &PeerPolicy) -> Result<(), InvalidSpec> {
+    pub(crate) fn update(
+        &mut self,
+        now: Instant,
+        u: &SessionUpdate,
+        defaults: &SessionDefaults,
+        policy: &PeerPolicy,
+    ) -> Result<(), InvalidSpec> {
         let latch = u.latch.unwrap_or(self.latch);
         let verify = u.verify.unwrap_or(self.verify);
-        for (lu, field) in [(&u.pbx, "pbx.hint"), (&u.endpoint, "endpoint.hint")] {
-            let probe = LegSpec { hint: lu.hint, stun_password: lu.stun_password.clone(), ..LegSpec::default() };
-            validate_leg(&probe, field, policy)?;
+        for (lu, side) in [(&u.pbx, "pbx"), (&u.endpoint, "endpoint")] {
+            validate_leg_fields(lu.hint, lu.stun_password.as_deref(), lu.limits, side, defaults, policy)?;
         }
         let has_auth = |i: usize, lu: &LegUpdate| lu.srtp_auth.is_some() || self.legs[i].auth.is_some();
         let has_stun = |i: usize, lu: &LegUpdate| lu.stun_password.is_some() || self.legs[i].stun_key.is_some();
@@ -376,18 +526,19 @@ impl Session {
                 leg.hint = Some(peer::canonical(h));
             }
             if let Some(a) = &lu.srtp_auth {
-                leg.auth = Some(leg_auth(a));
+                leg.set_auth(a);
             }
             if let Some(p) = &lu.stun_password {
-                leg.stun_key = Some(p.clone());
+                leg.set_stun_key(p);
             }
             if let Some(l) = lu.limits {
-                leg.set_limits(l, now);
+                let current = leg.limits;
+                leg.set_limits(effective_limits(Some(l), current), now);
             }
         }
         self.latch = latch;
         self.verify = verify;
-        self.window_end = now + self.window;
+        self.window_end = instant_after(now, self.window);
         Ok(())
     }
 
@@ -438,7 +589,11 @@ impl Session {
         if !policy.allows(src) {
             return Err(DropReason::SourcePolicy);
         }
-        let class = classify(bytes);
+        // Only media crosses the relay (RFC 7983 classes with a plausible header).
+        let class = classify_media(bytes);
+        if class == PacketClass::Other {
+            return Err(DropReason::NotMedia);
+        }
         let slot = leg.slot(component);
         let mut verified = false;
 
@@ -447,18 +602,46 @@ impl Session {
         let new_source = current.map(|c| c.addr) != Some(src);
         let rank = if new_source { leg.rank(slot, src) } else { 0 };
         if new_source {
+            if leg.await_hint && leg.hint.is_none() {
+                return Err(DropReason::NoHint);
+            }
+            // Never the relay itself — nor its RTCP neighbour, where the
+            // other leg's RTCP would go (RTP port + 1).
+            let rtcp_neighbour = (slot == 0 && leg.rtcp_port.is_some())
+                .then(|| src.port().checked_add(1).map(|p| SocketAddr::new(src.ip(), p)))
+                .flatten();
+            if policy.is_own(src) || rtcp_neighbour.is_some_and(|a| policy.is_own(a)) {
+                return Err(DropReason::RelayAddress);
+            }
             match latch {
                 LatchPolicy::Open => {}
                 LatchPolicy::Window => match current {
                     None => {}
-                    Some(c) if in_window && rank >= c.rank => {}
+                    // A source ranked above the holder (the hinted phone after a
+                    // stranger) takes the leg back at any time...
+                    Some(c) if rank > c.rank => {}
+                    // ...equal ranks may move only while the window is open.
+                    Some(c) if in_window && rank == c.rank => {}
                     Some(_) => return Err(DropReason::SourceMismatch),
                 },
-                LatchPolicy::Authenticated => match prove(leg, class, bytes) {
-                    Proof::Valid => verified = true,
-                    Proof::Stale => return Err(DropReason::Replay),
-                    Proof::Invalid => return Err(DropReason::Unauthenticated),
-                },
+                LatchPolicy::Authenticated => {
+                    if !leg.budget.may_try(now, src.ip()) {
+                        return Err(DropReason::ProofBackoff);
+                    }
+                    match prove(leg, class, bytes) {
+                        Proof::Valid => {
+                            leg.budget.handle_success(src.ip());
+                            verified = true;
+                        }
+                        Proof::Stale => return Err(DropReason::Replay),
+                        Proof::Invalid { checked } => {
+                            if checked {
+                                leg.budget.handle_failure(now, src.ip());
+                            }
+                            return Err(DropReason::Unauthenticated);
+                        }
+                    }
+                }
             }
             // Latching happens once every source check has passed (step 3).
         }
@@ -503,12 +686,13 @@ impl Session {
                     }
                 }
             }
-            PacketClass::Stun if leg.stun_key.is_some() => {
-                // Remember every request's transaction id, so a request
-                // captured from the latched address cannot re-latch elsewhere.
-                if let Ok(m) = StunMessage::parse(bytes) {
-                    if m.class() == StunClass::Request {
-                        leg.stun_replay.check_and_insert(m.transaction_id());
+            PacketClass::Stun if !verified => {
+                // Remember the ids of *verified* requests from the latched
+                // address, so one captured there can never re-latch elsewhere;
+                // unverified requests are never stored (they could flush nothing).
+                if let (Some(key), Ok(m)) = (&leg.stun_key, StunMessage::parse(bytes)) {
+                    if m.class() == StunClass::Request && m.verify_integrity(key) {
+                        leg.stun_replay.remember(m.transaction_id());
                     }
                 }
             }
@@ -572,10 +756,12 @@ impl Session {
 
 /// Checks whether a packet from a new source proves it belongs to the leg.
 fn prove(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> Proof {
+    const UNCHECKED: Proof = Proof::Invalid { checked: false };
+    const CHECKED: Proof = Proof::Invalid { checked: true };
     match class {
         PacketClass::Rtp => {
             let (Some(auth), Ok(h)) = (&leg.auth, RtpHeader::parse(bytes)) else {
-                return Proof::Invalid;
+                return UNCHECKED;
             };
             for index in leg.replay.srtp_candidates(h.ssrc(), h.sequence()).into_iter().flatten() {
                 if auth.rtp.verify_srtp(bytes, (index >> 16) as u32) {
@@ -586,14 +772,14 @@ fn prove(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> Proof {
                     return Proof::Valid;
                 }
             }
-            Proof::Invalid
+            CHECKED
         }
         PacketClass::Rtcp => {
             let Some(auth) = &leg.auth else {
-                return Proof::Invalid;
+                return UNCHECKED;
             };
             let Some(index) = auth.rtcp.verify_srtcp(bytes) else {
-                return Proof::Invalid;
+                return CHECKED;
             };
             let ssrc = RtcpHeader::parse(bytes).map(|h| h.ssrc()).unwrap_or_default();
             if !leg.replay.srtcp_is_fresh(ssrc, index) {
@@ -604,17 +790,20 @@ fn prove(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> Proof {
         }
         PacketClass::Stun => {
             let (Some(key), Ok(m)) = (&leg.stun_key, StunMessage::parse(bytes)) else {
-                return Proof::Invalid;
+                return UNCHECKED;
             };
-            if m.class() != StunClass::Request || !m.verify_integrity(key) {
-                return Proof::Invalid;
+            if m.class() != StunClass::Request {
+                return UNCHECKED;
             }
-            if leg.stun_replay.check_and_insert(m.transaction_id()) {
+            if !m.verify_integrity(key) {
+                return CHECKED;
+            }
+            if !leg.stun_replay.check_and_insert(m.transaction_id()) {
                 return Proof::Stale;
             }
             Proof::Valid
         }
-        _ => Proof::Invalid,
+        _ => UNCHECKED,
     }
 }
 

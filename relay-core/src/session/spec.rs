@@ -131,8 +131,14 @@ pub struct LegSpec {
     /// Short-term ICE password that verifies MESSAGE-INTEGRITY of STUN
     /// requests *sent by* this leg's remote (the other side's `a=ice-pwd`).
     pub stun_password: Option<Vec<u8>>,
-    /// Rate limits for packets from this leg (overrides the relay default).
+    /// Rate limits for packets from this leg: each `Some` field overrides
+    /// the relay default (a `None` field keeps the default). Refused above
+    /// the relay's [`Ceilings`].
     pub limits: Option<LegLimits>,
+    /// Latch nothing on this leg until it has a hint: the remote's address
+    /// is not known from signalling yet (e.g. the answerer before the SDP
+    /// answer). Packets are dropped as `no_hint` until an update gives one.
+    pub await_hint: bool,
 }
 
 impl std::fmt::Debug for LegSpec {
@@ -143,6 +149,7 @@ impl std::fmt::Debug for LegSpec {
             .field("srtp_auth", &self.srtp_auth)
             .field("stun_password", &self.stun_password.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
+            .field("await_hint", &self.await_hint)
             .finish()
     }
 }
@@ -198,6 +205,40 @@ pub struct SessionUpdate {
     pub verify: Option<Verify>,
 }
 
+/// Longest learning window anyone may ask for (a long window is open latching).
+pub const MAX_LEARNING_WINDOW: Duration = Duration::from_secs(60);
+/// Longest idle timeout anyone may configure.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest maximum duration anyone may configure.
+pub const MAX_MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Highest RTP clock rate accepted (Hz).
+pub const MAX_CLOCK_RATE: u32 = 1_000_000;
+
+/// Operator ceilings: what a request may ask for at most. A request above a
+/// ceiling is refused (not clamped), naming the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceilings {
+    /// Highest per-leg packet rate a request may set (`None`: no ceiling).
+    pub max_pps: Option<u32>,
+    /// Highest per-leg byte rate a request may set (`None`: no ceiling).
+    pub max_bytes_per_sec: Option<u64>,
+    /// Longest idle timeout a request may set.
+    pub idle_timeout: Duration,
+    /// Longest maximum duration a request may set.
+    pub max_duration: Duration,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        Self {
+            max_pps: Some(10_000),
+            max_bytes_per_sec: Some(12_500_000),
+            idle_timeout: Duration::from_secs(3600),
+            max_duration: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 /// Relay-wide defaults for sessions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionDefaults {
@@ -215,6 +256,45 @@ pub struct SessionDefaults {
     pub limits: LegLimits,
     /// Quality collection (default off).
     pub quality: bool,
+    /// What requests may ask for at most.
+    pub ceilings: Ceilings,
+}
+
+impl SessionDefaults {
+    /// Checks every default and ceiling against the hard bounds.
+    pub fn validate(&self) -> Result<(), crate::relay::ConfigError> {
+        let bad = |field: &'static str, reason: &str| Err(crate::relay::ConfigError { field, reason: reason.into() });
+        let c = &self.ceilings;
+        if self.learning_window > MAX_LEARNING_WINDOW {
+            return bad("defaults.learning_window", "must be at most 60 s");
+        }
+        if c.idle_timeout.is_zero() || c.idle_timeout > MAX_IDLE_TIMEOUT {
+            return bad("ceilings.idle_timeout", "must be 1 s to 7 days");
+        }
+        if c.max_duration.is_zero() || c.max_duration > MAX_MAX_DURATION {
+            return bad("ceilings.max_duration", "must be 1 s to 30 days");
+        }
+        if self.idle_timeout.is_zero() || self.idle_timeout > c.idle_timeout {
+            return bad("defaults.idle_timeout", "must be positive and at most its ceiling");
+        }
+        if self.max_duration.is_zero() || self.max_duration > c.max_duration {
+            return bad("defaults.max_duration", "must be positive and at most its ceiling");
+        }
+        if c.max_pps == Some(0) || c.max_bytes_per_sec == Some(0) {
+            return bad("ceilings.max_pps", "rate ceilings must be at least 1");
+        }
+        if let (Some(v), Some(c)) = (self.limits.max_pps, c.max_pps) {
+            if v > c || v == 0 {
+                return bad("defaults.limits.max_pps", "must be 1 to its ceiling");
+            }
+        }
+        if let (Some(v), Some(c)) = (self.limits.max_bytes_per_sec, c.max_bytes_per_sec) {
+            if v > c || v == 0 {
+                return bad("defaults.limits.max_bytes_per_sec", "must be 1 to its ceiling");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for SessionDefaults {
@@ -227,6 +307,7 @@ impl Default for SessionDefaults {
             max_duration: Duration::from_secs(12 * 3600),
             limits: LegLimits { max_pps: Some(1000), max_bytes_per_sec: Some(2_000_000) },
             quality: false,
+            ceilings: Ceilings::default(),
         }
     }
 }

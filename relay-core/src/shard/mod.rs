@@ -196,6 +196,13 @@ pub struct Shard {
 
 const MAX_SLOTS: usize = 1 << 24;
 
+/// With the `fault-injection` feature (tests only), allocating a session
+/// for this tenant panics the shard thread, to prove what a shard failure
+/// does to the relay and the process.
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub const FAULT_PANIC_TENANT: &str = "fault-injection-shard-panic";
+
 impl Shard {
     /// A shard with every port free; `now` is the epoch of its timer wheel.
     pub fn new(config: ShardConfig, now: Instant) -> Self {
@@ -351,6 +358,10 @@ impl Shard {
     pub fn handle_command(&mut self, now: Instant, cmd: Command, sockets: &mut impl PortSockets) -> Response {
         match cmd {
             Command::Allocate { spec, permit } => {
+                #[cfg(feature = "fault-injection")]
+                if spec.tenant == FAULT_PANIC_TENANT {
+                    panic!("fault injection: shard {} told to panic", self.config.index);
+                }
                 let r = self.allocate(now, &spec, permit, sockets);
                 if r.is_err() {
                     self.counters.allocations_refused += 1;
@@ -415,9 +426,9 @@ impl Shard {
         if self.session_ref(id).is_none() {
             return Err(ShardError::UnknownSession(id));
         }
-        let policy = self.config.peer_policy;
+        let (defaults, policy) = (&self.config.defaults, &self.config.peer_policy);
         match self.sessions.get_mut(id.slot()) {
-            Some(Some(s)) => Ok(s.update(now, update, &policy)?),
+            Some(Some(s)) => Ok(s.update(now, update, defaults, policy)?),
             _ => Err(ShardError::UnknownSession(id)),
         }
     }

@@ -17,7 +17,7 @@ pub mod rtp;
 pub mod srtp_auth;
 pub mod stun;
 
-pub use demux::{classify, PacketClass};
+pub use demux::{classify, classify_media, PacketClass};
 
 /// Why a wire view refused a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -53,8 +53,8 @@ pub fn quick() -> ControlConfig {
 pub async fn env(config: ControlConfig) -> Env {
     let relay = Relay::start(RelayConfig {
         backend: BackendKind::Portable,
-        port_min: 40000,
-        port_max: 44999,
+        port_min: 23000,
+        port_max: 27999,
         workers: 1,
         ..RelayConfig::default()
     })
