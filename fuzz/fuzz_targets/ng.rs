@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
                         })
                     })
                     .collect(),
-                remove_ice: data.len() % 2 == 0,
+                ice: if data.len() % 2 == 0 { sdp::IceRewrite::Remove } else { sdp::IceRewrite::RelayCandidates },
                 replace_origin: data.len() % 3 == 0,
                 proto: None,
             };

@@ -119,8 +119,43 @@ pub async fn serve(
         .await
 }
 
+/// Whether a `Host` header names this machine's loopback (`localhost`,
+/// `127.x.y.z`, `[::1]`, with or without a port). Without a token, the API
+/// answers only such requests: a web page that rebinds its own DNS name to
+/// 127.0.0.1 still sends its own name, so a browser cannot be turned
+/// against a tokenless admin API (DNS rebinding).
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, tail)) if tail.is_empty() || tail.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok()) => {
+                ip
+            }
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn authenticate(State(st): State<Arc<AdminState>>, headers: HeaderMap, req: Request, next: Next) -> Response {
     let expected = *st.token_sha256.read().unwrap_or_else(|p| p.into_inner());
+    if expected.is_none() {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !is_loopback_host(host) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                "without a token the admin API answers only requests for localhost (Host header)",
+            )
+            .into_response();
+        }
+    }
     if let Some(expected) = expected {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -154,7 +189,10 @@ async fn count_requests(State(st): State<Arc<AdminState>>, req: Request, next: N
 }
 
 async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
-    if st.ready.load(Ordering::SeqCst) && !st.handle.is_draining() {
+    if !st.handle.shard_failures().is_empty() {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shard_failed", "a shard thread failed; sessions were lost")
+            .into_response()
+    } else if st.ready.load(Ordering::SeqCst) && !st.handle.is_draining() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "draining or not started").into_response()
@@ -165,20 +203,45 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
     let counters = st.handle.counters().await?;
     let connectors = st.control.as_ref().map(ControlServer::stats);
     let tunnels = st.tunnels.as_ref().map(TunnelServer::stats);
-    let body = metrics::render(
-        &counters,
-        &st.stats,
-        connectors.as_ref(),
-        tunnels.as_ref(),
-        &st.backend,
-        st.handle.is_draining(),
-        st.started.elapsed(),
-    );
+    let body = metrics::render(&metrics::Figures {
+        counters: &counters,
+        control: &st.stats,
+        connectors: connectors.as_ref(),
+        tunnels: tunnels.as_ref(),
+        backend: &st.backend,
+        draining: st.handle.is_draining(),
+        uptime: st.started.elapsed(),
+        shard_failures: st.handle.shard_failures().len(),
+    });
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_hosts_pass_without_a_token() {
+        for ok in ["localhost", "LOCALHOST:9180", "127.0.0.1", "127.0.0.1:9180", "127.9.9.9:1", "[::1]", "[::1]:9180"] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:9180",
+            "10.0.0.1",
+            "[::2]:80",
+            "127.0.0.1:x",
+            "localhost.evil.example",
+            "[::1]x",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
 }
 
 fn leg_json(l: &LegInfo) -> Value {

@@ -235,12 +235,57 @@ pub struct NgSection {
     pub listen: SocketAddr,
     /// Tenant charged for sessions created over ng.
     pub tenant: String,
+    /// Networks (CIDR) requests are taken from; required when `listen` is
+    /// not loopback (ng has no authentication: its peers are the SIP proxies).
+    pub allow_from: Vec<String>,
+    /// Switch calls to authenticated latching when both SDPs give keys.
+    pub authenticated_latching: bool,
+    /// Most calls known at once.
+    pub max_calls: usize,
+    /// Most media sections in one SDP.
+    pub max_media_per_call: usize,
+    /// Largest SDP body, bytes.
+    pub max_sdp_bytes: usize,
+    /// Largest message, bytes.
+    pub max_message_bytes: usize,
+    /// UDP requests handled at once (more are dropped and counted).
+    pub udp_max_in_flight: usize,
+    /// TCP connections at once.
+    pub tcp_max_connections: usize,
+    /// Close a TCP connection silent this long, seconds.
+    pub tcp_idle_timeout_secs: u64,
+    /// Forget a call with no live session after this long, seconds.
+    pub orphan_call_ttl_secs: u64,
 }
 
 impl Default for NgSection {
     fn default() -> Self {
-        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 22222)), tenant: "ng".into() }
+        let l = relay_core::ng::NgLimits::default();
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 22222)),
+            tenant: "ng".into(),
+            allow_from: Vec::new(),
+            authenticated_latching: true,
+            max_calls: l.max_calls,
+            max_media_per_call: l.max_media_per_call,
+            max_sdp_bytes: l.max_sdp_bytes,
+            max_message_bytes: l.max_message_bytes,
+            udp_max_in_flight: 256,
+            tcp_max_connections: 64,
+            tcp_idle_timeout_secs: 300,
+            orphan_call_ttl_secs: l.orphan_call_ttl.as_secs(),
+        }
     }
+}
+
+/// The validated ng settings.
+#[derive(Debug, Clone)]
+pub struct NgSettings {
+    /// The engine.
+    pub engine: relay_core::ng::NgConfig,
+    /// The transports.
+    pub transport: crate::ng::NgTransport,
 }
 
 /// `[control]`: where connectors beside the PBXs log in (TLS 1.2/1.3).
@@ -329,6 +374,8 @@ pub struct TunnelsSection {
     pub splice: bool,
     /// Tunnels per tenant unless `[tenants.X] max_tunnel_connections` says otherwise.
     pub tenant_max_connections: usize,
+    /// A tenant's tunnels one source (IPv4 address or IPv6 /64) may hold.
+    pub tenant_max_per_source: usize,
     /// Standby data connections kept per tenant (0: none); saves a dial per tunnel.
     pub pool_size: usize,
     /// One listener per service.
@@ -352,6 +399,7 @@ impl Default for TunnelsSection {
             idle_timeout_secs: d.idle_timeout.as_secs(),
             splice: true,
             tenant_max_connections: d.tenant_max_connections,
+            tenant_max_per_source: d.tenant_max_per_source,
             pool_size: d.pool_size,
             listeners: Vec::new(),
         }
@@ -465,6 +513,8 @@ pub struct Config {
     pub tenant_credentials: Vec<TenantCredentials>,
     /// Tunnels, when configured.
     pub tunnels: Option<TunnelSettings>,
+    /// The ng protocol, when enabled.
+    pub ng: Option<NgSettings>,
 }
 
 impl Config {
@@ -563,12 +613,10 @@ impl Config {
                 "only allowed when admin.listen is a loopback address".into(),
             ));
         }
-        if file.ng.tenant.is_empty()
-            || file.ng.tenant.len() > 128
-            || !file.ng.tenant.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(err("ng.tenant", "must be 1 to 128 visible ASCII characters".into()));
-        }
+        let ng = match file.ng.enabled {
+            true => Some(ng_settings(&file.ng).map_err(|(key, message)| err(key, message))?),
+            false => None,
+        };
         let mut tenant_credentials = Vec::new();
         for (tenant, t) in file.tenants.iter() {
             if tenant.is_empty() || tenant.len() > 128 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
@@ -647,7 +695,7 @@ impl Config {
             }
             Some(t) => Some(tunnel_settings(t, &file).map_err(|(key, message)| err(&key, message))?),
         };
-        Ok(Config { source: name.into(), file, relay, admin_token_sha256, control, tenant_credentials, tunnels })
+        Ok(Config { source: name.into(), file, relay, admin_token_sha256, control, tenant_credentials, tunnels, ng })
     }
 
     /// Per-tenant limits of the tenants the file names (others get
@@ -709,6 +757,72 @@ fn ephemeral_port_range() -> Option<(u16, u16)> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
     let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
     Some((it.next()??, it.next()??))
+}
+
+/// Validates `[ng]`; errors are (key, reason).
+fn ng_settings(n: &NgSection) -> Result<NgSettings, (&'static str, String)> {
+    if n.tenant.is_empty() || n.tenant.len() > 128 || !n.tenant.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(("ng.tenant", "must be 1 to 128 visible ASCII characters".into()));
+    }
+    let mut allow_from = Vec::new();
+    for cidr in &n.allow_from {
+        let net = cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| ("ng.allow_from", format!("{cidr:?} is not an address or CIDR network")))?;
+        allow_from.push(net);
+    }
+    if !n.listen.ip().is_loopback() && allow_from.is_empty() {
+        return Err((
+            "ng.allow_from",
+            format!("required when ng.listen ({}) is not loopback: ng has no authentication, list the SIP proxies' networks", n.listen),
+        ));
+    }
+    for (key, v, lo, hi) in [
+        ("ng.max_calls", n.max_calls, 1, 10_000_000),
+        ("ng.max_media_per_call", n.max_media_per_call, 1, 64),
+        ("ng.max_sdp_bytes", n.max_sdp_bytes, 1024, 1 << 20),
+        ("ng.max_message_bytes", n.max_message_bytes, 4096, 4 << 20),
+        ("ng.udp_max_in_flight", n.udp_max_in_flight, 1, 65_536),
+        ("ng.tcp_max_connections", n.tcp_max_connections, 1, 65_536),
+    ] {
+        if v < lo || v > hi {
+            return Err((key, format!("must be {lo} to {hi}")));
+        }
+    }
+    if n.max_message_bytes < n.max_sdp_bytes {
+        return Err(("ng.max_message_bytes", "must be at least ng.max_sdp_bytes".into()));
+    }
+    if !(1..=86_400).contains(&n.tcp_idle_timeout_secs) {
+        return Err(("ng.tcp_idle_timeout_secs", "must be 1 to 86400".into()));
+    }
+    if !(1..=86_400).contains(&n.orphan_call_ttl_secs) {
+        return Err(("ng.orphan_call_ttl_secs", "must be 1 to 86400".into()));
+    }
+    let limits = relay_core::ng::NgLimits {
+        max_message_bytes: n.max_message_bytes,
+        max_sdp_bytes: n.max_sdp_bytes,
+        max_media_per_call: n.max_media_per_call,
+        max_calls: n.max_calls,
+        orphan_call_ttl: Duration::from_secs(n.orphan_call_ttl_secs),
+        ..relay_core::ng::NgLimits::default()
+    };
+    Ok(NgSettings {
+        transport: crate::ng::NgTransport {
+            listen: n.listen,
+            allow_from,
+            udp_max_in_flight: n.udp_max_in_flight,
+            tcp_max_connections: n.tcp_max_connections,
+            tcp_idle_timeout: Duration::from_secs(n.tcp_idle_timeout_secs),
+            max_message_bytes: limits.max_message_bytes,
+            max_cookie_bytes: limits.max_cookie_bytes,
+        },
+        engine: relay_core::ng::NgConfig {
+            tenant: n.tenant.clone(),
+            limits,
+            authenticated_latching: n.authenticated_latching,
+        },
+    })
 }
 
 /// Validates `[control]`; errors are (key, reason).
@@ -789,6 +903,7 @@ fn tunnel_settings(t: &TunnelsSection, file: &FileConfig) -> Result<TunnelSettin
         ("idle_timeout_secs", t.idle_timeout_secs),
         ("max_pending_per_ip", t.max_pending_per_ip as u64),
         ("max_pending", t.max_pending as u64),
+        ("tenant_max_per_source", t.tenant_max_per_source as u64),
     ] {
         if v == 0 {
             return Err(bad(key, "must be at least 1".into()));
@@ -816,6 +931,7 @@ fn tunnel_settings(t: &TunnelsSection, file: &FileConfig) -> Result<TunnelSettin
             idle_timeout: Duration::from_secs(t.idle_timeout_secs),
             pump: if t.splice { PumpMode::Splice } else { PumpMode::Copy },
             tenant_max_connections: t.tenant_max_connections,
+            tenant_max_per_source: t.tenant_max_per_source,
             data_port: t.data_port,
             pool_size: t.pool_size.min(64),
             redact_addresses: file.log.redact_addresses,

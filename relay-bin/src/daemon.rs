@@ -16,6 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ControlSettings, TunnelSettings};
 use crate::metrics::ControlStats;
+use relay_core::session::peer::OwnEndpoint;
+use std::net::SocketAddr;
 
 /// A fresh 256-bit token (hex) and its SHA-256 (hex).
 pub fn new_token() -> std::io::Result<(String, String)> {
@@ -42,6 +44,9 @@ pub fn init_logging(log: &crate::config::LogSection) {
 /// Runs until SIGTERM (after draining) or SIGINT.
 pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     init_logging(&cfg.file.log);
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     let relay = Relay::start(cfg.relay.clone()).map_err(|e| e.to_string())?;
     let dp = relay.datapath().clone();
     if let Some(reason) = &dp.fallback_reason {
@@ -94,17 +99,19 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     let server = tokio::spawn(admin::serve(listener, state.clone(), async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
-    let ng_line = if cfg.file.ng.enabled {
-        let engine = relay_core::ng::NgEngine::new(
-            state.handle.clone(),
-            relay_core::ng::NgConfig { tenant: cfg.file.ng.tenant.clone() },
-        );
-        let (udp, tcp) = crate::ng::start(cfg.file.ng.listen, engine)
-            .await
-            .map_err(|e| format!("cannot listen on ng.listen {}: {e}", cfg.file.ng.listen))?;
-        format!("ng protocol on udp:{udp} tcp:{tcp}")
-    } else {
-        "ng protocol disabled".to_string()
+    let mut bound: Vec<SocketAddr> = Vec::new();
+    let ng_stats = Arc::new(crate::ng::NgTransportStats::default());
+    let ng_line = match &cfg.ng {
+        Some(ng) => {
+            let engine = relay_core::ng::NgEngine::new(state.handle.clone(), ng.engine.clone());
+            let listen = ng.transport.listen;
+            let (udp, tcp) = crate::ng::start(ng.transport.clone(), engine, ng_stats.clone())
+                .await
+                .map_err(|e| format!("cannot listen on ng.listen {listen}: {e}"))?;
+            bound.extend([udp, tcp]);
+            format!("ng protocol on udp:{udp} tcp:{tcp}")
+        }
+        None => "ng protocol disabled".to_string(),
     };
     let control_line = match (&state.control, &cfg.control) {
         (Some(server), Some(c)) => {
@@ -112,6 +119,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
                 .await
                 .map_err(|e| format!("cannot listen on control.listen {}: {e}", c.listen))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            bound.push(addr);
             let server = server.clone();
             tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
             format!(
@@ -128,12 +136,15 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
                 .await
                 .map_err(|e| format!("cannot listen on tunnels.data_listen {}: {e}", t.data_listen))?;
             let data_addr = data.local_addr().map_err(|e| e.to_string())?;
+            bound.push(data_addr);
             let mut shown = Vec::new();
             for (addr, service) in &t.listeners {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| format!("cannot listen on tunnels.listeners {addr} ({service}): {e}"))?;
-                shown.push(format!("{service}=tcp://{}", l.local_addr().map_err(|e| e.to_string())?));
+                let local = l.local_addr().map_err(|e| e.to_string())?;
+                bound.push(local);
+                shown.push(format!("{service}=tcp://{local}"));
                 let (server, service) = (server.clone(), service.clone());
                 tokio::spawn(async move { server.serve_tunnel(l, service, std::future::pending()).await });
             }
@@ -143,6 +154,15 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         }
         _ => "tunnels disabled (no [tunnels] section)".to_string(),
     };
+    // Every bound listener (kernel-chosen ports included) is one of the
+    // relay's own addresses: never a hint, latched source or destination.
+    let mut listeners = vec![admin_addr];
+    listeners.extend(bound.iter().copied());
+    state
+        .handle
+        .reconfigure(cfg.relay.defaults.clone(), peer_policy(&cfg, &listeners))
+        .await
+        .map_err(|e| e.to_string())?;
     state.ready.store(true, Ordering::SeqCst);
     let r = &cfg.relay;
     println!(
@@ -165,6 +185,8 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut failures = state.handle.watch_shard_failures();
+    let mut outcome = Ok(());
     loop {
         tokio::select! {
             _ = hup.recv() => match &path {
@@ -172,18 +194,32 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
                 Some(p) => match Config::load(p) {
                     Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration rejected, keeping the running one"),
                     Ok(new) => {
-                        reload(&cfg, &new, &state).await;
+                        reload(&cfg, &new, &state, &listeners).await;
                         cfg = new;
                     }
                 },
             },
             _ = term.recv() => {
-                drain(&cfg, &state).await;
+                drain(&cfg, &state, &mut term, &mut int).await;
                 break;
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: exiting now");
                 break;
+            }
+            changed = failures.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let failed = failures.borrow_and_update().clone();
+                state.ready.store(false, Ordering::SeqCst);
+                let shards: Vec<String> = failed.iter().map(|f| format!("shard {}: {}", f.shard, f.reason)).collect();
+                if cfg.file.relay.exit_on_shard_failure {
+                    tracing::error!(failed = ?shards, "a shard failed: exiting so the supervisor restarts the relay (relay.exit_on_shard_failure)");
+                    outcome = Err(format!("shard failure: {}", shards.join("; ")));
+                    break;
+                }
+                tracing::error!(failed = ?shards, "a shard failed: /readyz fails; the other shards keep serving (relay.exit_on_shard_failure = false)");
             }
         }
     }
@@ -196,7 +232,14 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    Ok(())
+    outcome
+}
+
+/// The configured peer policy with every bound listener among the relay's
+/// own addresses.
+fn peer_policy(cfg: &Config, listeners: &[SocketAddr]) -> relay_core::PeerPolicy {
+    let own = cfg.relay.peer_policy.own.with(listeners.iter().map(|a| OwnEndpoint::socket(*a)));
+    cfg.relay.peer_policy.clone().with_own(own)
 }
 
 /// Builds the connectors' control listener (it serves once the runtime runs).
@@ -218,7 +261,7 @@ fn apply_quotas(handle: &relay_core::RelayHandle, cfg: &Config) {
 
 /// Applies what can change without a restart: session defaults, peer
 /// policy, tenant quotas, the admin token. Reports what needs a restart.
-async fn reload(old: &Config, new: &Config, state: &AdminState) {
+async fn reload(old: &Config, new: &Config, state: &AdminState, listeners: &[SocketAddr]) {
     let (o, n) = (&old.relay, &new.relay);
     let mut restart = Vec::new();
     if o.bind_ip != n.bind_ip || o.advertised_ip != n.advertised_ip {
@@ -254,7 +297,7 @@ async fn reload(old: &Config, new: &Config, state: &AdminState) {
     if listener_settings(&old.control) != listener_settings(&new.control) {
         restart.push("control (listen, timeouts, caps, lockout policy)");
     }
-    if let Err(e) = state.handle.reconfigure(n.defaults.clone(), n.peer_policy.clone()).await {
+    if let Err(e) = state.handle.reconfigure(n.defaults.clone(), peer_policy(new, listeners)).await {
         tracing::error!(error = %e, "SIGHUP: could not apply session defaults");
         return;
     }
@@ -281,16 +324,26 @@ async fn reload(old: &Config, new: &Config, state: &AdminState) {
 }
 
 /// SIGTERM: refuse new sessions, fail /readyz, wait for sessions to end or
-/// the drain timeout.
-async fn drain(cfg: &Config, state: &AdminState) {
+/// the drain timeout. SIGINT or a second SIGTERM ends the drain at once.
+async fn drain(
+    cfg: &Config,
+    state: &AdminState,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
     state.handle.set_draining(true);
     state.ready.store(false, Ordering::SeqCst);
     let timeout = Duration::from_secs(cfg.file.relay.drain_timeout_secs);
-    tracing::info!(timeout_secs = timeout.as_secs(), "SIGTERM: draining");
+    tracing::info!(timeout_secs = timeout.as_secs(), "SIGTERM: draining (SIGINT or a second SIGTERM exits at once)");
     let handle = state.handle.clone();
-    match tokio::task::spawn_blocking(move || handle.wait_drained(timeout)).await {
-        Ok(Ok(0)) => tracing::info!("drained: no session left"),
-        Ok(Ok(left)) => tracing::warn!(sessions = left, "drain timeout: releasing the remaining sessions"),
-        _ => {}
+    let wait = tokio::task::spawn_blocking(move || handle.wait_drained(timeout));
+    tokio::select! {
+        r = wait => match r {
+            Ok(Ok(0)) => tracing::info!("drained: no session left"),
+            Ok(Ok(left)) => tracing::warn!(sessions = left, "drain timeout: releasing the remaining sessions"),
+            _ => {}
+        },
+        _ = term.recv() => tracing::warn!("second SIGTERM during the drain: exiting now"),
+        _ = int.recv() => tracing::warn!("SIGINT during the drain: exiting now"),
     }
 }

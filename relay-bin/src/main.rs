@@ -110,6 +110,9 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { file } => match config::Config::load(&file) {
             Ok(c) => {
                 println!("{}: ok", file.display());
+                for w in c.warnings() {
+                    println!("warning: {w}");
+                }
                 println!("{:#?}", c.file);
                 ExitCode::SUCCESS
             }

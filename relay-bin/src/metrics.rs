@@ -57,16 +57,29 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// Everything one scrape renders.
+pub struct Figures<'a> {
+    /// Every shard's counters.
+    pub counters: &'a RelayCounters,
+    /// Admin API requests.
+    pub control: &'a ControlStats,
+    /// The connectors' control listener, when configured.
+    pub connectors: Option<&'a relay_core::control::server::ControlStats>,
+    /// The tunnel listeners, when configured.
+    pub tunnels: Option<&'a relay_core::tunnel::server::TunnelStats>,
+    /// The running datapath.
+    pub backend: &'a str,
+    /// Whether the relay drains.
+    pub draining: bool,
+    /// Time since start.
+    pub uptime: Duration,
+    /// Shard threads that failed.
+    pub shard_failures: usize,
+}
+
 /// Renders every metric in the Prometheus text format (version 0.0.4).
-pub fn render(
-    counters: &RelayCounters,
-    control: &ControlStats,
-    connectors: Option<&relay_core::control::server::ControlStats>,
-    tunnels: Option<&relay_core::tunnel::server::TunnelStats>,
-    backend: &str,
-    draining: bool,
-    uptime: Duration,
-) -> String {
+pub fn render(f: &Figures<'_>) -> String {
+    let Figures { counters, control, connectors, tunnels, backend, draining, uptime, shard_failures } = *f;
     let mut o = String::with_capacity(16 * 1024);
     let t = &counters.total;
     let simple: [(&str, &str, &str, Field); 15] = [
@@ -166,9 +179,11 @@ pub fn render(
         }
         family(&mut o, "ucmrc_tunnel_rejections_total", "counter", "Tunnel and data connections refused, by reason.");
         for (reason, n) in &t.rejected {
-            let _ = writeln!(o, "ucmrc_tunnel_rejections_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(o, "ucmrc_tunnel_rejections_total{{reason=\"{}\"}} {n}", reason.as_str());
         }
     }
+    family(&mut o, "ucmrc_shard_failures_total", "counter", "Shard threads that failed (their sessions are lost).");
+    let _ = writeln!(o, "ucmrc_shard_failures_total {shard_failures}");
     family(&mut o, "ucmrc_draining", "gauge", "1 while the relay drains (SIGTERM).");
     let _ = writeln!(o, "ucmrc_draining {}", u8::from(draining));
     family(&mut o, "ucmrc_uptime_seconds", "gauge", "Seconds since the relay started.");

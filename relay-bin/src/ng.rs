@@ -1,80 +1,187 @@
 //! UDP and TCP transports for the rtpengine ng protocol.
+//!
+//! Both are bounded: requests are taken only from `allow_from` networks,
+//! UDP requests in flight are capped (beyond it datagrams are dropped and
+//! counted: Kamailio retransmits), TCP connections are capped and closed
+//! when idle, and a TCP stream is framed incrementally (each byte is looked
+//! at once, however slowly it arrives).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use relay_core::ng::bencode::{decode_prefix, BencodeError};
+use ipnet::IpNet;
+use relay_core::ng::bencode::{FrameError, MessageFramer};
 use relay_core::ng::NgEngine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
 
-/// Largest message accepted (UDP datagram or one TCP message).
-const MAX_MESSAGE: usize = 1 << 20;
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct NgTransport {
+    /// Listen address (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Networks requests are taken from (empty: loopback only).
+    pub allow_from: Vec<IpNet>,
+    /// UDP requests being handled at once.
+    pub udp_max_in_flight: usize,
+    /// TCP connections at once.
+    pub tcp_max_connections: usize,
+    /// A TCP connection silent this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Largest message, bytes.
+    pub max_message_bytes: usize,
+    /// Longest cookie, bytes.
+    pub max_cookie_bytes: usize,
+}
+
+/// Transport counters.
+#[derive(Debug, Default)]
+pub struct NgTransportStats {
+    /// Requests refused because their source is not in `allow_from`.
+    pub refused_source: AtomicU64,
+    /// UDP requests dropped because `udp_max_in_flight` were being handled.
+    pub dropped_overload: AtomicU64,
+    /// TCP connections refused at `tcp_max_connections`.
+    pub refused_connections: AtomicU64,
+    /// TCP connections closed for silence.
+    pub idle_closed: AtomicU64,
+    /// TCP connections closed for a stream that is not ng messages.
+    pub bad_streams: AtomicU64,
+}
+
+impl NgTransport {
+    /// Whether requests from `ip` are taken.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        if self.allow_from.is_empty() {
+            return ip.is_loopback();
+        }
+        self.allow_from.iter().any(|n| n.contains(&ip))
+    }
+}
 
 /// Binds UDP and TCP on `listen` (same port when the port is fixed) and
 /// serves them; returns the bound addresses.
-pub async fn start(listen: SocketAddr, engine: Arc<NgEngine>) -> std::io::Result<(SocketAddr, SocketAddr)> {
-    let udp = Arc::new(UdpSocket::bind(listen).await?);
+pub async fn start(
+    t: NgTransport,
+    engine: Arc<NgEngine>,
+    stats: Arc<NgTransportStats>,
+) -> std::io::Result<(SocketAddr, SocketAddr)> {
+    let udp = Arc::new(UdpSocket::bind(t.listen).await?);
     let udp_addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(if listen.port() == 0 { listen } else { udp_addr }).await?;
+    let tcp = TcpListener::bind(if t.listen.port() == 0 { t.listen } else { udp_addr }).await?;
     let tcp_addr = tcp.local_addr()?;
-    let e = engine.clone();
+    let t = Arc::new(t);
+    // Calls whose sessions all ended are forgotten.
+    let sweeper = engine.clone();
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
-            let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
-            let msg = buf[..n].to_vec();
-            let (udp, e) = (udp.clone(), e.clone());
-            tokio::spawn(async move {
-                let reply = e.handle_message(&msg).await;
-                let _ = udp.send_to(&reply, from).await;
-            });
+            tick.tick().await;
+            sweeper.sweep().await;
         }
     });
+    let (e, tt, st) = (engine.clone(), t.clone(), stats.clone());
+    tokio::spawn(async move { serve_udp(udp, e, tt, st).await });
     tokio::spawn(async move {
+        let connections = Arc::new(Semaphore::new(t.tcp_max_connections));
         loop {
-            let Ok((stream, _)) = tcp.accept().await else { continue };
-            tokio::spawn(serve_tcp(stream, engine.clone()));
+            let Ok((stream, peer)) = tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            if !t.allows(peer.ip()) {
+                stats.refused_source.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let (engine, t, stats) = (engine.clone(), t.clone(), stats.clone());
+            tokio::spawn(async move {
+                serve_tcp(stream, engine, &t, &stats).await;
+                drop(permit);
+            });
         }
     });
     Ok((udp_addr, tcp_addr))
 }
 
+async fn serve_udp(udp: Arc<UdpSocket>, engine: Arc<NgEngine>, t: Arc<NgTransport>, stats: Arc<NgTransportStats>) {
+    let in_flight = Arc::new(Semaphore::new(t.udp_max_in_flight));
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
+        if !t.allows(from.ip()) {
+            stats.refused_source.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            stats.dropped_overload.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let msg = buf[..n].to_vec();
+        let (udp, e) = (udp.clone(), engine.clone());
+        tokio::spawn(async move {
+            let reply = e.handle_message(&msg).await;
+            let _ = udp.send_to(&reply, from).await;
+            drop(permit);
+        });
+    }
+}
+
 /// One TCP connection: messages are `cookie SP bencode`, back to back
 /// (bencode delimits itself).
-async fn serve_tcp(mut stream: tokio::net::TcpStream, engine: Arc<NgEngine>) {
+async fn serve_tcp(
+    mut stream: tokio::net::TcpStream,
+    engine: Arc<NgEngine>,
+    t: &NgTransport,
+    stats: &NgTransportStats,
+) {
+    let mut framer = MessageFramer::new(t.max_cookie_bytes, t.max_message_bytes);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16384];
     loop {
-        // Take every complete message in the buffer.
         loop {
-            let start = buf.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(buf.len());
-            buf.drain(..start);
-            let Some(space) = buf.iter().position(|b| *b == b' ') else { break };
-            match decode_prefix(&buf[space + 1..]) {
-                Ok((_, used)) => {
-                    let end = space + 1 + used;
-                    let reply = engine.handle_message(&buf[..end]).await;
-                    buf.drain(..end);
+            match framer.next_message(&buf) {
+                Ok(Some(range)) => {
+                    let reply = engine.handle_message(&buf[range.clone()]).await;
+                    buf.drain(..range.end);
                     if stream.write_all(&reply).await.is_err() {
                         return;
                     }
                 }
-                Err(BencodeError::Truncated) => break,
-                Err(_) => {
-                    // Not bencode: answer once through the engine (error reply) and close.
-                    let reply = engine.handle_message(&buf).await;
-                    let _ = stream.write_all(&reply).await;
+                Ok(None) => break,
+                Err(e) => {
+                    stats.bad_streams.fetch_add(1, Ordering::Relaxed);
+                    let reason = match e {
+                        FrameError::Invalid => "not an ng message (cookie, space, bencoded dictionary)",
+                        FrameError::CookieTooLong => "cookie too long",
+                        FrameError::TooLarge => "message too large",
+                    };
+                    let reply = relay_core::ng::bencode::dict([
+                        ("result", relay_core::ng::bencode::Value::str("error")),
+                        ("error-reason", relay_core::ng::bencode::Value::str(reason)),
+                    ]);
+                    let _ = stream.write_all(&[b"? ".as_slice(), &reply.encode()].concat()).await;
                     return;
                 }
             }
         }
-        if buf.len() > MAX_MESSAGE {
-            return;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        match tokio::time::timeout(t.tcp_idle_timeout, stream.read(&mut chunk)).await {
+            Err(_) => {
+                stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }

@@ -17,7 +17,7 @@ use relay_core::control::tls::load_certified_key;
 use relay_core::io::splice::PumpMode;
 use relay_core::tunnel::proxy;
 use relay_core::tunnel::route::SniRouter;
-use relay_core::tunnel::server::{TunnelConfig, TunnelServer, TunnelStats};
+use relay_core::tunnel::server::{Rejection, TunnelConfig, TunnelServer, TunnelStats};
 use relay_core::wire::client_hello::build_client_hello;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -225,9 +225,11 @@ async fn bad_hellos_and_unroutable_connections_are_refused_with_counted_reasons(
     // Routable, but the tenant's connector is not there.
     let alert_internal_error = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
     assert_eq!(refused(t.sip, &build_client_hello(Some("globex.relay.test"), 0, 16384)).await, alert_internal_error);
-    let s = t.until("all refusals counted", |s| s.rejected("hello_timeout") == 2).await;
-    for reason in ["unknown_sni", "no_sni", "not_tls", "oversize_hello", "no_connector"] {
-        assert_eq!(s.rejected(reason), 1, "{reason}: {s:?}");
+    let s = t.until("all refusals counted", |s| s.rejected(Rejection::HelloTimeout) == 2).await;
+    for reason in
+        [Rejection::UnknownSni, Rejection::NoSni, Rejection::NotTls, Rejection::OversizeHello, Rejection::NoConnector]
+    {
+        assert_eq!(s.rejected(reason), 1, "{}: {s:?}", reason.as_str());
     }
     assert_eq!(s.opened, 0);
 }
@@ -284,11 +286,11 @@ async fn tickets_are_single_use_and_short_lived() {
     assert!(attach(data_addr, &open.ticket, 1).await.is_empty(), "an expired ticket is refused");
     let s = t
         .until("ticket refusals", |s| {
-            s.rejected("ticket_reused") == 1
-                && s.rejected("ticket_unknown") == 1
-                && s.rejected("ticket_expired") == 1
-                && s.rejected("data_bad_frame") == 1
-                && s.rejected("connector_timeout") == 1
+            s.rejected(Rejection::TicketReused) == 1
+                && s.rejected(Rejection::TicketUnknown) == 1
+                && s.rejected(Rejection::TicketExpired) == 1
+                && s.rejected(Rejection::DataBadFrame) == 1
+                && s.rejected(Rejection::ConnectorTimeout) == 1
         })
         .await;
     assert_eq!(s.opened, 1);
@@ -329,8 +331,8 @@ async fn ten_thousand_half_open_connections_do_not_stop_a_legitimate_client() {
         });
     }
     assert!(connected >= 9_000, "the kernel accepted {connected} of 10 000 connections");
-    let s = t.until("caps applied", |s| s.rejected("per_ip_cap") == connected - 400).await;
-    assert_eq!(s.rejected("total_cap"), 0);
+    let s = t.until("caps applied", |s| s.rejected(Rejection::PerSourceCap) == connected - 400).await;
+    assert_eq!(s.rejected(Rejection::TotalCap), 0);
     // A legitimate client is served meanwhile.
     let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
     let (pbx_addr, pbx_task) = raw_pbx(hello.clone()).await;
@@ -360,7 +362,7 @@ async fn a_tenant_at_its_tunnel_limit_is_refused_until_a_tunnel_closes() {
     // The second concurrent tunnel of the tenant is refused with an alert.
     let alert_internal_error = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
     assert_eq!(refused(t.sip, &hello).await, alert_internal_error);
-    assert_eq!(t.tunnels.stats().rejected("tenant_limit"), 1);
+    assert_eq!(t.tunnels.stats().rejected(Rejection::TenantLimit), 1);
     // Closing the first frees the place.
     drop(first);
     t.until("first tunnel closed", |s| s.active == 0).await;

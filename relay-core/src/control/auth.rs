@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::session::peer::source_prefix;
+
 /// Lockout settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthPolicy {
@@ -90,13 +92,16 @@ impl Authenticator {
         self.tenant_failures.get(tenant).copied().unwrap_or(0)
     }
 
-    /// Whether `source` is locked out at `now`.
+    /// Whether `source` (its IPv4 address or IPv6 /64) is locked out at `now`.
     pub fn is_locked(&self, now: Instant, source: IpAddr) -> bool {
+        let source = source_prefix(source);
         self.sources.get(&source).and_then(|f| f.locked_until).is_some_and(|t| now < t)
     }
 
-    /// Checks a `hello`.
+    /// Checks a `hello`. Failures are counted per source: an IPv4 address,
+    /// or an IPv6 /64 (one host usually holds a whole /64).
     pub fn handle_hello(&mut self, now: Instant, source: IpAddr, tenant: &str, token: &str) -> AuthOutcome {
+        let source = source_prefix(source);
         let delay = self.policy.failure_delay;
         if self.is_locked(now, source) {
             return AuthOutcome::Rejected { code: "locked_out", delay };
@@ -235,5 +240,21 @@ mod tests {
         assert!(a.tracked_sources() <= 100);
         a.handle_timeout(t0 + Duration::from_secs(3600));
         assert_eq!(a.tracked_sources(), 0);
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_source_for_lockouts() {
+        let mut a = auth();
+        let t0 = Instant::now();
+        for i in 0..5u16 {
+            let src = IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, 7, i, 0, 0, 1));
+            a.handle_hello(t0, src, "acme", "guess");
+        }
+        let other_host_same_64 = ip("2001:db8:7:7:ffff::2");
+        assert!(matches!(
+            a.handle_hello(t0, other_host_same_64, "acme", "right-token"),
+            AuthOutcome::Rejected { code: "locked_out", .. }
+        ));
+        assert_eq!(a.handle_hello(t0, ip("2001:db8:7:8::1"), "acme", "right-token"), AuthOutcome::Accepted);
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::{AuthOutcome, AuthPolicy, Authenticator};
-use super::caps::{CapGuard, ConnCaps};
+use super::caps::{CapGuard, ConnCaps, KnownSources};
 use super::frame::{Frame, FrameDecoder, FrameError};
 use super::messages::{ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Reply};
 use super::stream::{accept_or_back_off, stopped};
@@ -219,6 +219,10 @@ struct Inner {
     tenants: RwLock<HashMap<String, TenantCredentials>>,
     relay: RelayHandle,
     caps: ConnCaps,
+    /// Sources whose connector logged in recently: they may use the
+    /// capacity reserved for known sources, here and on the tunnels' data
+    /// listener.
+    known: KnownSources,
     registry: Mutex<Registry>,
     counters: Counters,
     shutdown: watch::Sender<bool>,
@@ -245,6 +249,8 @@ pub enum ReachError {
 }
 
 const OUTBOX: usize = 256;
+/// How long a source whose connector logged in stays known.
+const KNOWN_SOURCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl ControlServer {
     /// A server for `tenants`, presenting `cert`, acting on `relay`.
@@ -267,6 +273,7 @@ impl ControlServer {
                 tenants: RwLock::new(tenants),
                 relay,
                 caps,
+                known: KnownSources::new(KNOWN_SOURCE_TTL, 65_536),
                 registry: Mutex::default(),
                 counters: Counters::default(),
                 shutdown: watch::channel(false).0,
@@ -291,6 +298,12 @@ impl ControlServer {
         }
         drop(reg);
         *self.inner.tenants.write().unwrap_or_else(|p| p.into_inner()) = ids;
+    }
+
+    /// Whether a connector logged in from `ip` (its IPv4 address or IPv6
+    /// /64) within the last day: such sources may use reserved capacity.
+    pub fn is_known_source(&self, ip: std::net::IpAddr) -> bool {
+        self.inner.known.knows(Instant::now(), ip)
     }
 
     /// The certificate holder (swap it to reload the certificate).
@@ -372,7 +385,8 @@ impl ControlServer {
                 accepted = accept_or_back_off(&listener, "control") => {
                     let Some((tcp, peer)) = accepted else { continue };
                     self.inner.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
-                    match self.inner.caps.try_acquire(peer.ip()) {
+                    let known = self.inner.known.knows(Instant::now(), peer.ip());
+                    match self.inner.caps.try_acquire(peer.ip(), known) {
                         Ok(guard) => {
                             let inner = self.inner.clone();
                             tokio::spawn(async move { inner.handle_connection(tcp, peer, guard).await });
@@ -519,6 +533,7 @@ impl Inner {
             let _ = self.write(writer, &refuse(code, message)).await;
             return None;
         }
+        self.known.remember(Instant::now(), peer.ip());
         let allowed = self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(&hello.tenant).cloned();
         let Some(tenant) = allowed else {
             return None; // removed by a reload between the two checks

@@ -220,6 +220,167 @@ pub fn dict<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
     Value::Dict(pairs.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect())
 }
 
+/// Why a stream of ng messages cannot be framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A byte that cannot start or continue a message here.
+    #[error("not an ng message (cookie, space, bencoded value)")]
+    Invalid,
+    /// The cookie is longer than allowed.
+    #[error("cookie too long")]
+    CookieTooLong,
+    /// The message is longer than allowed, or nested too deeply.
+    #[error("message too large")]
+    TooLarge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameState {
+    /// Before the cookie (whitespace between messages is skipped).
+    Start,
+    /// Inside the cookie, which ends at a space.
+    Cookie,
+    /// Where a value must start (or, inside a list or dict, `e` may end it).
+    Value,
+    /// Digits of an integer, up to `e`.
+    Int,
+    /// Digits of a string length, up to `:`.
+    StrLen,
+    /// The string's bytes.
+    StrBody,
+}
+
+/// Finds where each `cookie SP bencoded-value` message ends in a byte
+/// stream (ng over TCP), resuming where it stopped: every byte is looked
+/// at once, however the stream is split into reads — a message that
+/// arrives a byte at a time costs linear, not quadratic, time.
+#[derive(Debug, Clone)]
+pub struct MessageFramer {
+    max_cookie: usize,
+    max_message: usize,
+    /// Bytes of the buffer already scanned.
+    pos: usize,
+    /// Where the current message starts (after leading whitespace).
+    start: usize,
+    state: FrameState,
+    depth: usize,
+    /// Digits or bytes left in the current token.
+    count: u64,
+}
+
+impl MessageFramer {
+    /// A framer refusing cookies over `max_cookie` bytes and messages over
+    /// `max_message` bytes.
+    pub fn new(max_cookie: usize, max_message: usize) -> Self {
+        Self { max_cookie, max_message, pos: 0, start: 0, state: FrameState::Start, depth: 0, count: 0 }
+    }
+
+    /// Scans `buf` (the bytes received so far, starting with the current
+    /// message) from where the last call stopped. Returns the range of the
+    /// first complete message; the caller removes `..range.end` from `buf`
+    /// and calls again for the next one.
+    pub fn next_message(&mut self, buf: &[u8]) -> Result<Option<std::ops::Range<usize>>, FrameError> {
+        while self.pos < buf.len() {
+            let b = buf[self.pos];
+            self.pos += 1;
+            if self.state != FrameState::Start && self.pos - self.start > self.max_message {
+                return Err(FrameError::TooLarge);
+            }
+            match self.state {
+                FrameState::Start => {
+                    if !b.is_ascii_whitespace() {
+                        self.start = self.pos - 1;
+                        self.count = 1;
+                        self.state = FrameState::Cookie;
+                    }
+                }
+                FrameState::Cookie => {
+                    if b == b' ' {
+                        self.state = FrameState::Value;
+                    } else {
+                        self.count += 1;
+                        if self.count > self.max_cookie as u64 {
+                            return Err(FrameError::CookieTooLong);
+                        }
+                    }
+                }
+                FrameState::Value => match b {
+                    b'd' | b'l' => {
+                        self.depth += 1;
+                        if self.depth > MAX_DEPTH {
+                            return Err(FrameError::TooLarge);
+                        }
+                    }
+                    b'e' if self.depth > 0 => {
+                        self.depth -= 1;
+                        if self.depth == 0 {
+                            return Ok(Some(self.finish()));
+                        }
+                    }
+                    b'i' => {
+                        self.count = 0;
+                        self.state = FrameState::Int;
+                    }
+                    b'0'..=b'9' => {
+                        self.count = u64::from(b - b'0');
+                        self.state = FrameState::StrLen;
+                    }
+                    _ => return Err(FrameError::Invalid),
+                },
+                FrameState::Int => match b {
+                    b'-' | b'0'..=b'9' if self.count < 20 => self.count += 1,
+                    b'e' if self.count > 0 => {
+                        self.state = FrameState::Value;
+                        if self.depth == 0 {
+                            return Ok(Some(self.finish()));
+                        }
+                    }
+                    _ => return Err(FrameError::Invalid),
+                },
+                FrameState::StrLen => match b {
+                    b'0'..=b'9' => {
+                        self.count = self.count * 10 + u64::from(b - b'0');
+                        if self.count > self.max_message as u64 {
+                            return Err(FrameError::TooLarge);
+                        }
+                    }
+                    b':' if self.count == 0 => {
+                        self.state = FrameState::Value;
+                        if self.depth == 0 {
+                            return Ok(Some(self.finish()));
+                        }
+                    }
+                    b':' => self.state = FrameState::StrBody,
+                    _ => return Err(FrameError::Invalid),
+                },
+                FrameState::StrBody => {
+                    // Skip the rest of the string at once.
+                    let take = (self.count - 1).min((buf.len() - self.pos) as u64) as usize;
+                    self.pos += take;
+                    self.count -= 1 + take as u64;
+                    if self.count == 0 {
+                        self.state = FrameState::Value;
+                        if self.depth == 0 {
+                            return Ok(Some(self.finish()));
+                        }
+                    }
+                    if self.pos - self.start > self.max_message {
+                        return Err(FrameError::TooLarge);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends the current message: returns its range and starts over.
+    fn finish(&mut self) -> std::ops::Range<usize> {
+        let range = self.start..self.pos;
+        *self = Self::new(self.max_cookie, self.max_message);
+        range
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +422,57 @@ mod tests {
         let deep = [b"l".repeat(100), b"e".repeat(100)].concat();
         assert_eq!(decode(&deep), Err(BencodeError::TooDeep));
         assert!(decode(b"i1e trailing").is_err());
+    }
+
+    /// Feeds `stream` in pieces of `step` bytes; returns the messages framed.
+    fn frame(stream: &[u8], step: usize) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut f = MessageFramer::new(64, 4096);
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        for chunk in stream.chunks(step) {
+            buf.extend_from_slice(chunk);
+            while let Some(r) = f.next_message(&buf)? {
+                out.push(buf[r.clone()].to_vec());
+                buf.drain(..r.end);
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn the_framer_finds_messages_however_the_stream_is_split() {
+        let a = b"c1 d7:command4:pinge".to_vec();
+        let b = b"c2 d7:command5:offer5:flagsl3:abc0:e3:sdp10:v=0\r\ns=-\r\ne".to_vec();
+        let c = b"c3 i-42e".to_vec();
+        let stream = [&b"\r\n"[..], &a, b"\n ", &b, &c, b"c4 0:"].concat();
+        for step in [1, 2, 3, 7, 64, 4096] {
+            let got = frame(&stream, step).expect("frames");
+            assert_eq!(got, vec![a.clone(), b.clone(), c.clone(), b"c4 0:".to_vec()], "step {step}");
+            for m in &got[..3] {
+                let space = m.iter().position(|x| *x == b' ').expect("cookie");
+                assert!(decode(&m[space + 1..]).is_ok(), "a framed message decodes");
+            }
+        }
+        assert_eq!(frame(b"c1 x", 1), Err(FrameError::Invalid));
+        assert_eq!(frame(&[b"c".repeat(65), b" i1e".to_vec()].concat(), 5), Err(FrameError::CookieTooLong));
+        assert_eq!(frame(b"c 99999:abc", 2), Err(FrameError::TooLarge));
+        assert_eq!(frame(&[b"c ".to_vec(), b"l".repeat(40)].concat(), 3), Err(FrameError::TooLarge));
+        let long = [b"c 5000:".to_vec(), vec![b'x'; 5000]].concat();
+        assert_eq!(frame(&long, 100), Err(FrameError::TooLarge));
+    }
+
+    #[test]
+    fn the_framer_looks_at_each_byte_once() {
+        // A 100 KB string sent a byte at a time: scanning restarts where it stopped.
+        let mut f = MessageFramer::new(64, 1 << 20);
+        let msg = [b"k 100000:".to_vec(), vec![b'y'; 100_000]].concat();
+        let mut buf = Vec::new();
+        let mut found = None;
+        for b in &msg {
+            buf.push(*b);
+            if let Some(r) = f.next_message(&buf).expect("ok") {
+                found = Some(r);
+            }
+        }
+        assert_eq!(found, Some(0..msg.len()));
     }
 }

@@ -10,6 +10,14 @@
 //! leg faces the offerer (`from-tag`), its `endpoint` leg the answerer
 //! (`to-tag`). A re-offer or re-answer reuses the call's sessions (and ports)
 //! and re-opens their learning window; `delete` releases them.
+//!
+//! Security: the answerer's leg latches nothing until the answer gives its
+//! address (`no_hint` drops before that); once both SDPs carry keys — SDES
+//! `a=crypto` with an HMAC-SHA1 suite, or ICE credentials (checks then run
+//! through the relay, whose candidates replace the endpoints') — the
+//! sessions switch to `authenticated` latching, so a stranger cannot take a
+//! leg even before the real endpoint speaks. Every input is bounded
+//! ([`NgLimits`]).
 #![forbid(unsafe_code)]
 
 pub mod bencode;
@@ -28,22 +36,68 @@ use crate::relay::{AllocatedSession, RelayHandle};
 use crate::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionSpec, SessionUpdate, SrtpAuth};
 use crate::session::SessionId;
 use crate::srtp_keys::{derive_auth_keys, SrtpMasterKey};
+use sdp::IceRewrite;
 
 /// How long a reply stays cached for retransmissions.
 pub const REPLY_CACHE_TTL: Duration = Duration::from_secs(30);
-/// Cached replies at most.
-pub const REPLY_CACHE_MAX: usize = 10_000;
+
+/// Bounds on what one ng client can make the relay hold. Every field has a
+/// production default; a request beyond a bound gets an `error` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NgLimits {
+    /// Largest message (UDP datagram or one TCP message), bytes.
+    pub max_message_bytes: usize,
+    /// Longest cookie, bytes.
+    pub max_cookie_bytes: usize,
+    /// Longest call-id, from-tag or to-tag, bytes.
+    pub max_id_bytes: usize,
+    /// Largest SDP body, bytes.
+    pub max_sdp_bytes: usize,
+    /// Most `m=` lines in one SDP (each takes a session and ports).
+    pub max_media_per_call: usize,
+    /// Most calls known at once.
+    pub max_calls: usize,
+    /// Replies cached for retransmissions, at most.
+    pub max_cached_replies: usize,
+    /// Bytes of cached replies (cookies included), at most.
+    pub max_cache_bytes: usize,
+    /// A call none of whose sessions is alive (never had media, or all
+    /// ended by their timers) is forgotten after this long.
+    pub orphan_call_ttl: Duration,
+}
+
+impl Default for NgLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 256 * 1024,
+            max_cookie_bytes: 128,
+            max_id_bytes: 256,
+            max_sdp_bytes: 64 * 1024,
+            max_media_per_call: 16,
+            max_calls: 100_000,
+            max_cached_replies: 10_000,
+            max_cache_bytes: 16 << 20,
+            orphan_call_ttl: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct NgConfig {
     /// Tenant charged for ng sessions.
     pub tenant: String,
+    /// Bounds on what requests can make the relay hold.
+    pub limits: NgLimits,
+    /// Switch a call's sessions to `authenticated` latching as soon as both
+    /// SDPs give keys (SDES `a=crypto` with HMAC-SHA1, or ICE credentials);
+    /// a request opts out with the flag `no-authenticated-latching`.
+    pub authenticated_latching: bool,
 }
 
 impl Default for NgConfig {
     fn default() -> Self {
-        Self { tenant: "ng".into() }
+        Self { tenant: "ng".into(), limits: NgLimits::default(), authenticated_latching: true }
     }
 }
 
@@ -54,6 +108,8 @@ struct Media {
     kind: String,
     proto: String,
     mux: bool,
+    /// Whether each leg (pbx, endpoint) has a key that can prove its source.
+    keyed: [bool; 2],
 }
 
 #[derive(Debug, Clone)]
@@ -62,13 +118,51 @@ struct Call {
     to_tag: Option<String>,
     created: u64,
     media: Vec<Media>,
+    /// When the call last had a live session (or was created).
+    seen_alive: Instant,
+}
+
+/// Replies kept for retransmitted requests, bounded in count and bytes.
+#[derive(Default)]
+struct ReplyCache {
+    replies: HashMap<Vec<u8>, (Instant, Vec<u8>)>,
+    order: VecDeque<(Instant, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl ReplyCache {
+    fn get(&self, now: Instant, cookie: &[u8]) -> Option<Vec<u8>> {
+        let (at, reply) = self.replies.get(cookie)?;
+        (now.saturating_duration_since(*at) < REPLY_CACHE_TTL).then(|| reply.clone())
+    }
+
+    fn insert(&mut self, now: Instant, cookie: &[u8], reply: &[u8], limits: &NgLimits) {
+        let size = cookie.len() + reply.len();
+        if size > limits.max_cache_bytes / 4 {
+            return; // one reply never crowds out the others
+        }
+        if let Some((_, old)) = self.replies.insert(cookie.to_vec(), (now, reply.to_vec())) {
+            self.bytes -= cookie.len() + old.len();
+        } else {
+            self.order.push_back((now, cookie.to_vec()));
+        }
+        self.bytes += size;
+        while self.order.len() > limits.max_cached_replies
+            || self.bytes > limits.max_cache_bytes
+            || self.order.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) >= REPLY_CACHE_TTL)
+        {
+            let Some((_, c)) = self.order.pop_front() else { break };
+            if let Some((_, r)) = self.replies.remove(&c) {
+                self.bytes -= c.len() + r.len();
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     calls: HashMap<Vec<u8>, Call>,
-    cache: HashMap<Vec<u8>, (Instant, Vec<u8>)>,
-    order: VecDeque<(Instant, Vec<u8>)>,
+    cache: ReplyCache,
     calls_total: u64,
 }
 
@@ -127,23 +221,24 @@ impl NgEngine {
         Arc::new(Self { handle, config, state: Mutex::new(State::default()) })
     }
 
-    /// Handles one message (`cookie SP bencode`) and returns the reply.
+    /// Handles one message (`cookie SP bencode`, or JSON) and returns the reply.
     pub async fn handle_message(&self, msg: &[u8]) -> Vec<u8> {
+        let limits = &self.config.limits;
         let Some(space) = msg.iter().position(|b| *b == b' ') else {
             return [b"? ".as_slice(), &error("message must be: cookie, space, bencoded dictionary").encode()].concat();
         };
         let (cookie, body) = (&msg[..space], &msg[space + 1..]);
+        if cookie.is_empty() || cookie.len() > limits.max_cookie_bytes {
+            return [b"? ".as_slice(), &error("cookie must be 1 to max_cookie_bytes bytes").encode()].concat();
+        }
         let now = Instant::now();
-        {
-            let st = self.state.lock().await;
-            if let Some((at, reply)) = st.cache.get(cookie) {
-                if now.duration_since(*at) < REPLY_CACHE_TTL {
-                    return reply.clone();
-                }
-            }
+        if let Some(reply) = self.state.lock().await.cache.get(now, cookie) {
+            return reply;
         }
         let json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let request = if json {
+        let request = if msg.len() > limits.max_message_bytes {
+            Err("message larger than max_message_bytes".to_string())
+        } else if json {
             serde_json::from_slice::<serde_json::Value>(body)
                 .map_err(|e| format!("malformed JSON: {e}"))
                 .map(|j| from_json(&j))
@@ -157,17 +252,45 @@ impl NgEngine {
         };
         let encoded = if json { to_json(&reply).to_string().into_bytes() } else { reply.encode() };
         let out = [cookie, b" ", &encoded].concat();
-        let mut st = self.state.lock().await;
-        st.cache.insert(cookie.to_vec(), (now, out.clone()));
-        st.order.push_back((now, cookie.to_vec()));
-        while st.order.len() > REPLY_CACHE_MAX
-            || st.order.front().is_some_and(|(t, _)| now.duration_since(*t) >= REPLY_CACHE_TTL)
-        {
-            if let Some((_, c)) = st.order.pop_front() {
-                st.cache.remove(&c);
+        self.state.lock().await.cache.insert(now, cookie, &out, limits);
+        out
+    }
+
+    /// Forgets calls with no live session for `orphan_call_ttl`: offers whose
+    /// media are all disabled, calls whose sessions ended by their timers.
+    /// Call it periodically (the `ucmrc` binary does, every few seconds).
+    pub async fn sweep(&self) {
+        let now = Instant::now();
+        let ttl = self.config.limits.orphan_call_ttl;
+        let calls: Vec<(Vec<u8>, Vec<SessionId>, Instant)> = {
+            let st = self.state.lock().await;
+            st.calls.iter().map(|(k, c)| (k.clone(), c.media.iter().map(|m| m.id).collect(), c.seen_alive)).collect()
+        };
+        for (call_id, ids, seen) in calls {
+            let mut alive = false;
+            for id in ids {
+                if self.handle.session(id).await.is_ok() {
+                    alive = true;
+                    break;
+                }
+            }
+            let mut st = self.state.lock().await;
+            if alive {
+                if let Some(c) = st.calls.get_mut(&call_id) {
+                    c.seen_alive = now;
+                }
+            } else if now.saturating_duration_since(seen) >= ttl {
+                // Only if nothing touched it meanwhile (a re-offer updates `seen_alive`).
+                if st.calls.get(&call_id).is_some_and(|c| c.seen_alive == seen) {
+                    st.calls.remove(&call_id);
+                }
             }
         }
-        out
+    }
+
+    /// Calls known now.
+    pub async fn calls(&self) -> usize {
+        self.state.lock().await.calls.len()
     }
 
     async fn command(&self, msg: &Value) -> Value {
@@ -187,6 +310,7 @@ impl NgEngine {
     }
 
     async fn offer_answer(&self, msg: &Value, offer: bool) -> Value {
+        let limits = &self.config.limits;
         let (Some(call_id), Some(sdp_text), Some(from_tag)) = (
             msg.get("call-id").and_then(Value::as_bytes),
             msg.get("sdp").and_then(Value::as_str),
@@ -198,27 +322,42 @@ impl NgEngine {
         if !offer && to_tag.is_none() {
             return error("answer needs to-tag");
         }
+        if [call_id.len(), from_tag.len(), to_tag.map_or(0, str::len)].iter().any(|n| *n > limits.max_id_bytes) {
+            return error("call-id, from-tag and to-tag must be at most max_id_bytes");
+        }
+        if sdp_text.len() > limits.max_sdp_bytes {
+            return error("SDP larger than max_sdp_bytes");
+        }
         let medias = match sdp::parse(sdp_text) {
             Ok(m) => m,
             Err(e) => return error(e.to_string()),
         };
+        if medias.len() > limits.max_media_per_call {
+            return error(format!("more than {} media sections (max_media_per_call)", limits.max_media_per_call));
+        }
         let override_ip = msg.get("media-address").and_then(Value::as_str).and_then(|a| a.parse::<IpAddr>().ok());
         let received_from = msg
             .get("received-from")
             .map(|r| r.items())
             .and_then(|items| items.get(1).and_then(|v| v.as_str()).and_then(|a| a.parse::<IpAddr>().ok()));
-        let authenticated = flag(msg, "authenticated");
+        let ice = if list_contains(msg, "ICE", "remove") { IceRewrite::Remove } else { IceRewrite::RelayCandidates };
+        let use_keys = self.config.authenticated_latching && !flag(msg, "no-authenticated-latching");
         let mut st = self.state.lock().await;
         let existing = st.calls.get(call_id).cloned();
         if !offer && existing.is_none() {
             return error("unknown call-id");
+        }
+        if existing.is_none() && st.calls.len() >= limits.max_calls {
+            return error("too many calls (max_calls)");
         }
         let mut call = existing.unwrap_or(Call {
             from_tag: from_tag.into(),
             to_tag: None,
             created: unix_now(),
             media: Vec::new(),
+            seen_alive: Instant::now(),
         });
+        call.seen_alive = Instant::now();
         if let Some(t) = to_tag {
             call.to_tag = Some(t.into());
         }
@@ -226,6 +365,7 @@ impl NgEngine {
         // party, an answer from the other one. The original caller's side is
         // the session's pbx leg.
         let sender_is_offerer = if offer { from_tag == call.from_tag } else { from_tag != call.from_tag };
+        let (sender, other) = if sender_is_offerer { (0, 1) } else { (1, 0) };
         let mut ports = Vec::with_capacity(medias.len());
         for (k, m) in medias.iter().enumerate() {
             if m.port == 0 {
@@ -236,47 +376,67 @@ impl NgEngine {
                 (Some(rf), ip) if is_private(ip) && !is_private(rf) => rf,
                 _ => ip,
             });
-            let hint = ip.map(|ip| SocketAddr::new(ip, m.port));
-            let keys = if authenticated { sdes_auth(&m.crypto) } else { None };
-            let leg_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };
-            let media = match call.media.get(k) {
+            // c=0.0.0.0 (hold, RFC 2543) names no address: keep the last one.
+            let hint = ip.filter(|ip| !ip.is_unspecified()).map(|ip| SocketAddr::new(ip, m.port));
+            // Keys that prove the *sender's* packets: its SDES key, and its ICE
+            // password, which signs the other side's connectivity checks.
+            let keys = sdes_auth(&m.crypto);
+            let ice_pwd = match ice {
+                IceRewrite::RelayCandidates => m.ice_pwd.clone().filter(|p| !p.is_empty() && p.len() <= 256),
+                IceRewrite::Remove => None,
+            };
+            let sender_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };
+            let other_update =
+                LegUpdate { stun_password: ice_pwd.clone().map(String::into_bytes), ..LegUpdate::default() };
+            let media = match call.media.get_mut(k) {
                 Some(existing) => {
-                    let mut update = side_update(sender_is_offerer, leg_update);
-                    if authenticated && !offer {
+                    existing.keyed[sender] |= keys.is_some();
+                    existing.keyed[other] |= ice_pwd.is_some();
+                    let mut update = leg_updates(sender, sender_update, other_update);
+                    if use_keys && existing.keyed == [true, true] {
                         update.latch = Some(LatchPolicy::Authenticated);
                     }
-                    let r = self.handle.update(existing.id, update).await;
-                    if let Err(e) = r {
-                        // e.g. authenticated latching without keys on both legs
-                        let fallback = side_update(sender_is_offerer, LegUpdate { hint, ..LegUpdate::default() });
-                        if self.handle.update(existing.id, fallback).await.is_err() {
-                            return error(format!("update failed: {e}"));
-                        }
+                    if let Err(e) = self.handle.update(existing.id, update).await {
+                        return error(format!("media section {}: {e}", k + 1));
                     }
                     existing.clone()
                 }
                 None => {
                     let mux = m.rtcp_mux && !flag(msg, "rtcp-mux-demux");
-                    let leg = |hint, keys| LegSpec { rtcp_mux: mux, hint, srtp_auth: keys, ..LegSpec::default() };
+                    let mut legs = [
+                        LegSpec { rtcp_mux: mux, ..LegSpec::default() },
+                        // The answerer's address is unknown until its SDP:
+                        // its leg latches nothing before that.
+                        LegSpec { rtcp_mux: mux, await_hint: true, ..LegSpec::default() },
+                    ];
+                    legs[sender].hint = hint;
+                    legs[sender].srtp_auth = keys.clone();
+                    legs[other].stun_password = ice_pwd.clone().map(String::into_bytes);
+                    let [pbx, endpoint] = legs;
                     let spec = SessionSpec {
                         tenant: self.config.tenant.clone(),
-                        pbx: leg(hint, keys),
-                        endpoint: leg(None, None),
+                        pbx,
+                        endpoint,
                         latch: Some(LatchPolicy::Window),
                         ..SessionSpec::default()
                     };
                     match self.handle.allocate(spec).await {
                         Ok(alloc) => {
+                            let mut keyed = [false; 2];
+                            keyed[sender] = keys.is_some();
+                            keyed[other] = ice_pwd.is_some();
                             let media =
-                                Media { id: alloc.id, alloc, kind: m.kind.clone(), proto: m.proto.clone(), mux };
+                                Media { id: alloc.id, alloc, kind: m.kind.clone(), proto: m.proto.clone(), mux, keyed };
                             call.media.push(media.clone());
                             media
                         }
                         Err(e) => {
-                            for old in call.media.drain(..) {
-                                let _ = self.handle.release(old.id).await;
+                            if !st.calls.contains_key(call_id) {
+                                for old in call.media.drain(..) {
+                                    let _ = self.handle.release(old.id).await;
+                                }
                             }
-                            return error(format!("allocation failed: {e}"));
+                            return error(format!("media section {}: allocation failed: {e}", k + 1));
                         }
                     }
                 }
@@ -289,7 +449,7 @@ impl NgEngine {
         let rewrite = sdp::Rewrite {
             addr: self.handle.advertised_ip(),
             media: ports,
-            remove_ice: list_contains(msg, "ICE", "remove"),
+            ice,
             replace_origin: list_contains(msg, "replace", "origin"),
             proto: msg.get("transport-protocol").and_then(Value::as_str).map(str::to_string),
         };
@@ -477,13 +637,13 @@ fn to_json(v: &Value) -> serde_json::Value {
     }
 }
 
-/// An update of the leg facing the SDP's sender: the pbx leg for the
-/// original caller, the endpoint leg for the other party.
-fn side_update(sender_is_offerer: bool, leg: LegUpdate) -> SessionUpdate {
-    if sender_is_offerer {
-        SessionUpdate { pbx: leg, ..SessionUpdate::default() }
+/// An update of the leg facing the SDP's sender (index `sender`: 0 the pbx
+/// leg, the original caller's; 1 the endpoint leg) and of the other leg.
+fn leg_updates(sender: usize, sender_leg: LegUpdate, other_leg: LegUpdate) -> SessionUpdate {
+    if sender == 0 {
+        SessionUpdate { pbx: sender_leg, endpoint: other_leg, ..SessionUpdate::default() }
     } else {
-        SessionUpdate { endpoint: leg, ..SessionUpdate::default() }
+        SessionUpdate { pbx: other_leg, endpoint: sender_leg, ..SessionUpdate::default() }
     }
 }
 

@@ -103,6 +103,12 @@ struct LegAuth {
     rtcp: AuthVerifier,
 }
 
+/// How long a source that proved itself with a verified, fresh STUN request
+/// may latch with any media (ICE consent checks renew it every ~5 s).
+pub const STUN_PROOF_LIFETIME: Duration = Duration::from_secs(30);
+/// Proven sources remembered per leg (an ICE agent's candidates).
+pub const MAX_PROVEN_SOURCES: usize = 4;
+
 /// Longest STUN password accepted (ICE passwords are 22 to 256 characters).
 pub const MAX_STUN_PASSWORD: usize = 256;
 
@@ -124,6 +130,10 @@ pub(crate) struct Leg {
     replay: ReplayGuard,
     stun_replay: StunReplay,
     budget: ProofBudget,
+    /// Sources that proved themselves with a fresh, verified STUN request
+    /// recently (an ICE agent checks from each of its candidates before
+    /// media flows from the nominated one): media from them may re-latch.
+    proven: Vec<(SocketAddr, Instant)>,
     await_hint: bool,
     limits: LegLimits,
     pps: Option<TokenBucket>,
@@ -151,6 +161,7 @@ impl Leg {
             replay: ReplayGuard::default(),
             stun_replay: StunReplay::default(),
             budget: ProofBudget::new(now),
+            proven: Vec::new(),
             await_hint: spec.await_hint,
             limits: LegLimits::default(),
             pps: None,
@@ -181,13 +192,34 @@ impl Leg {
     }
 
     /// A new STUN password; a different one starts a new id memory (requests
-    /// signed with the old password no longer verify).
+    /// signed with the old password no longer verify) and forgets the
+    /// sources proven with the old one.
     fn set_stun_key(&mut self, password: &[u8]) {
         if self.stun_key.as_deref() == Some(password) {
             return;
         }
         self.stun_key = Some(password.to_vec());
         self.stun_replay = StunReplay::default();
+        self.proven.clear();
+    }
+
+    /// Remembers that `src` proved itself with STUN at `now`.
+    fn handle_stun_proof(&mut self, now: Instant, src: SocketAddr) {
+        let until = instant_after(now, STUN_PROOF_LIFETIME);
+        if let Some(e) = self.proven.iter_mut().find(|(a, _)| *a == src) {
+            e.1 = until;
+            return;
+        }
+        if self.proven.len() >= MAX_PROVEN_SOURCES {
+            let oldest = (0..self.proven.len()).min_by_key(|&i| self.proven[i].1).unwrap_or(0);
+            self.proven.swap_remove(oldest);
+        }
+        self.proven.push((src, until));
+    }
+
+    /// Whether `src` proved itself with STUN recently.
+    fn is_proven(&self, now: Instant, src: SocketAddr) -> bool {
+        self.proven.iter().any(|(a, until)| *a == src && now < *until)
     }
 
     fn slot(&self, component: Component) -> usize {
@@ -625,20 +657,26 @@ impl Session {
                     Some(_) => return Err(DropReason::SourceMismatch),
                 },
                 LatchPolicy::Authenticated => {
-                    if !leg.budget.may_try(now, src.ip()) {
+                    if leg.is_proven(now, src) {
+                        // Proved itself with STUN moments ago (ICE): no HMAC needed.
+                    } else if !leg.budget.may_try(now, src.ip()) {
                         return Err(DropReason::ProofBackoff);
-                    }
-                    match prove(leg, class, bytes) {
-                        Proof::Valid => {
-                            leg.budget.handle_success(src.ip());
-                            verified = true;
-                        }
-                        Proof::Stale => return Err(DropReason::Replay),
-                        Proof::Invalid { checked } => {
-                            if checked {
-                                leg.budget.handle_failure(now, src.ip());
+                    } else {
+                        match prove(leg, class, bytes) {
+                            Proof::Valid => {
+                                leg.budget.handle_success(src.ip());
+                                if class == PacketClass::Stun {
+                                    leg.handle_stun_proof(now, src);
+                                }
+                                verified = true;
                             }
-                            return Err(DropReason::Unauthenticated);
+                            Proof::Stale => return Err(DropReason::Replay),
+                            Proof::Invalid { checked } => {
+                                if checked {
+                                    leg.budget.handle_failure(now, src.ip());
+                                }
+                                return Err(DropReason::Unauthenticated);
+                            }
                         }
                     }
                 }
@@ -691,8 +729,12 @@ impl Session {
                 // address, so one captured there can never re-latch elsewhere;
                 // unverified requests are never stored (they could flush nothing).
                 if let (Some(key), Ok(m)) = (&leg.stun_key, StunMessage::parse(bytes)) {
-                    if m.class() == StunClass::Request && m.verify_integrity(key) {
-                        leg.stun_replay.remember(m.transaction_id());
+                    // A fresh consent check renews the source's proof.
+                    if m.class() == StunClass::Request
+                        && m.verify_integrity(key)
+                        && leg.stun_replay.check_and_insert(m.transaction_id())
+                    {
+                        leg.handle_stun_proof(now, src);
                     }
                 }
             }

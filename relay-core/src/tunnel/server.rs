@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -23,15 +23,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
+use super::route::RouteReject;
 use super::route::SniRouter;
+use super::tickets::TicketError;
 use super::tickets::Tickets;
-use crate::control::caps::{CapGuard, CapRejection, ConnCaps};
+use crate::control::caps::{CapGuard, CapRejection, ConnCaps, KnownSources};
 use crate::control::frame::FrameType;
 use crate::control::messages::{Bind, Message, OpenStream};
 use crate::control::server::{ControlServer, ReachError};
 use crate::control::stream::{accept_or_back_off, read_single_frame, stopped};
 use crate::io::splice::{pump, PumpCounters, PumpEnd, PumpMode};
-use crate::wire::client_hello::{inspect, HelloError, DEFAULT_MAX_HELLO};
+use crate::session::peer::source_prefix;
+use crate::wire::client_hello::{HelloError, HelloReader, DEFAULT_MAX_HELLO};
 
 /// Tunnel settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,8 @@ pub struct TunnelConfig {
     pub pump: PumpMode,
     /// Tunnels per tenant (pending and open) unless set per tenant.
     pub tenant_max_connections: usize,
+    /// A tenant's tunnels one source (IPv4 address or IPv6 /64) may hold.
+    pub tenant_max_per_source: usize,
     /// Data-listener port announced to connectors (0: the bound port).
     pub data_port: u16,
     /// Data connections that have not presented a ticket, per source IP.
@@ -76,6 +81,7 @@ impl Default for TunnelConfig {
             idle_timeout: Duration::from_secs(600),
             pump: PumpMode::Splice,
             tenant_max_connections: 1000,
+            tenant_max_per_source: 128,
             data_port: 0,
             max_unattached_per_ip: 256,
             pool_size: 2,
@@ -85,33 +91,116 @@ impl Default for TunnelConfig {
     }
 }
 
-/// Every reason a tunnel or data connection is refused or ends early.
-pub const REJECT_REASONS: [&str; 21] = [
-    "per_ip_cap",
-    "total_cap",
-    "hello_timeout",
-    "client_closed",
-    "not_tls",
-    "malformed_hello",
-    "oversize_hello",
-    "bad_sni",
-    "no_sni",
-    "unknown_sni",
-    "no_connector",
-    "service_not_exposed",
-    "connector_busy",
-    "tenant_limit",
-    "connector_timeout",
-    "data_cap",
-    "data_timeout",
-    "data_bad_frame",
-    "ticket_unknown",
-    "ticket_expired",
-    "ticket_reused",
-];
+/// Declares [`Rejection`] from one list: the enum, every variant in order
+/// (which sizes the counter array) and the stable names can never disagree.
+macro_rules! rejections {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, )+) => {
+        /// Why a tunnel or data connection is refused or ends early. Every
+        /// refusal is counted with one of these.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Rejection {
+            $( $(#[$doc])* $variant, )+
+        }
 
-fn reason_index(reason: &str) -> usize {
-    REJECT_REASONS.iter().position(|r| *r == reason).unwrap_or(0)
+        impl Rejection {
+            /// Every reason, in declaration order.
+            pub const ALL: [Rejection; [$($name),+].len()] = [$(Rejection::$variant),+];
+
+            /// Stable snake_case name (metrics label).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Rejection::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+rejections! {
+    /// The source (IPv4 address or IPv6 /64) has `max_pending_per_ip` hellos pending.
+    PerSourceCap => "per_ip_cap",
+    /// `max_pending` hellos are pending (for strangers: the unreserved part).
+    TotalCap => "total_cap",
+    /// The ClientHello did not arrive within `hello_timeout`.
+    HelloTimeout => "hello_timeout",
+    /// The client closed before its hello was complete.
+    ClientClosed => "client_closed",
+    /// Not TLS.
+    NotTls => "not_tls",
+    /// A malformed record or ClientHello.
+    MalformedHello => "malformed_hello",
+    /// A ClientHello larger than `max_hello_bytes`.
+    OversizeHello => "oversize_hello",
+    /// An invalid server name.
+    BadSni => "bad_sni",
+    /// No SNI and no default tenant.
+    NoSni => "no_sni",
+    /// No tenant for this SNI.
+    UnknownSni => "unknown_sni",
+    /// The tenant has no connector.
+    NoConnector => "no_connector",
+    /// The tenant's connector does not expose this service.
+    ServiceNotExposed => "service_not_exposed",
+    /// The connector's queue is full, or no ticket could be issued.
+    ConnectorBusy => "connector_busy",
+    /// The tenant has its maximum of tunnels.
+    TenantLimit => "tenant_limit",
+    /// This source holds its maximum of the tenant's tunnels.
+    SourceLimit => "source_limit",
+    /// The connector did not attach a data connection within the ticket TTL.
+    ConnectorTimeout => "connector_timeout",
+    /// Data connections without a ticket are capped (per source and in total).
+    DataCap => "data_cap",
+    /// A data connection sent no `attach` in time.
+    DataTimeout => "data_timeout",
+    /// A data connection sent something else than an `attach` frame.
+    DataBadFrame => "data_bad_frame",
+    /// An unknown ticket.
+    TicketUnknown => "ticket_unknown",
+    /// An expired (or cancelled) ticket.
+    TicketExpired => "ticket_expired",
+    /// A ticket presented twice.
+    TicketReused => "ticket_reused",
+}
+
+impl From<HelloError> for Rejection {
+    fn from(e: HelloError) -> Self {
+        match e {
+            HelloError::NotTls => Rejection::NotTls,
+            HelloError::BadRecord | HelloError::NotClientHello | HelloError::Malformed(_) => Rejection::MalformedHello,
+            HelloError::TooLarge => Rejection::OversizeHello,
+            HelloError::BadServerName => Rejection::BadSni,
+        }
+    }
+}
+
+impl From<RouteReject> for Rejection {
+    fn from(e: RouteReject) -> Self {
+        match e {
+            RouteReject::NoSni => Rejection::NoSni,
+            RouteReject::UnknownSni => Rejection::UnknownSni,
+        }
+    }
+}
+
+impl From<TicketError> for Rejection {
+    fn from(e: TicketError) -> Self {
+        match e {
+            TicketError::Unknown => Rejection::TicketUnknown,
+            TicketError::Expired => Rejection::TicketExpired,
+            TicketError::Reused => Rejection::TicketReused,
+        }
+    }
+}
+
+impl From<ReachError> for Rejection {
+    fn from(e: ReachError) -> Self {
+        match e {
+            ReachError::NoConnector => Rejection::NoConnector,
+            ReachError::NoService => Rejection::ServiceNotExposed,
+            ReachError::Busy => Rejection::ConnectorBusy,
+        }
+    }
 }
 
 /// A counter snapshot.
@@ -137,13 +226,13 @@ pub struct TunnelStats {
     pub ended_idle: u64,
     /// Tunnels ended by a socket error.
     pub ended_error: u64,
-    /// Refusals by reason (every reason of [`REJECT_REASONS`], in order).
-    pub rejected: Vec<(&'static str, u64)>,
+    /// Refusals by reason (every [`Rejection`], in order).
+    pub rejected: Vec<(Rejection, u64)>,
 }
 
 impl TunnelStats {
     /// Refusals for one reason.
-    pub fn rejected(&self, reason: &str) -> u64 {
+    pub fn rejected(&self, reason: Rejection) -> u64 {
         self.rejected.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
     }
 }
@@ -155,7 +244,7 @@ struct Counters {
     active: AtomicU64,
     pooled: AtomicU64,
     ended: [AtomicU64; 3],
-    rejected: [AtomicU64; REJECT_REASONS.len()],
+    rejected: [AtomicU64; Rejection::ALL.len()],
     bytes: PumpCounters,
 }
 
@@ -168,7 +257,10 @@ struct Inner {
     tickets: Mutex<Tickets>,
     waiters: Mutex<HashMap<u64, Waiter>>,
     pools: Mutex<HashMap<String, Pool>>,
-    tenant_active: Mutex<HashMap<String, usize>>,
+    tenant_active: Mutex<HashMap<String, TenantTunnels>>,
+    /// Endpoints whose hello was routed recently: they may use the reserved
+    /// share of the hello caps.
+    known_endpoints: KnownSources,
     tenant_limits: RwLock<HashMap<String, usize>>,
     counters: Counters,
     data_port: AtomicU16,
@@ -209,14 +301,28 @@ const MAX_ATTACH: usize = 1024;
 struct TenantSlot {
     inner: Arc<Inner>,
     tenant: String,
+    source: IpAddr,
+}
+
+/// A tenant's tunnels now: in total and per source.
+#[derive(Debug, Default)]
+struct TenantTunnels {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
 }
 
 impl Drop for TenantSlot {
     fn drop(&mut self) {
         let mut m = self.inner.tenant_active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(t) = m.get_mut(&self.tenant) {
+            t.total -= 1;
+            if let Some(n) = t.per_source.get_mut(&self.source) {
+                *n -= 1;
+                if *n == 0 {
+                    t.per_source.remove(&self.source);
+                }
+            }
+            if t.total == 0 {
                 m.remove(&self.tenant);
             }
         }
@@ -247,6 +353,7 @@ impl TunnelServer {
                 waiters: Mutex::default(),
                 pools: Mutex::default(),
                 tenant_active: Mutex::default(),
+                known_endpoints: KnownSources::new(Duration::from_secs(3600), 65_536),
                 tenant_limits: RwLock::default(),
                 counters: Counters::default(),
                 shutdown: watch::channel(false).0,
@@ -285,7 +392,7 @@ impl TunnelServer {
             ended_closed: c.ended[0].load(Ordering::Relaxed),
             ended_idle: c.ended[1].load(Ordering::Relaxed),
             ended_error: c.ended[2].load(Ordering::Relaxed),
-            rejected: REJECT_REASONS.iter().zip(&c.rejected).map(|(r, n)| (*r, n.load(Ordering::Relaxed))).collect(),
+            rejected: Rejection::ALL.iter().zip(&c.rejected).map(|(r, n)| (*r, n.load(Ordering::Relaxed))).collect(),
         }
     }
 
@@ -332,18 +439,26 @@ impl TunnelServer {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = stopped(&mut shutdown) => break,
-                _ = housekeeping.tick() => self.inner.tickets_lock().handle_timeout(Instant::now()),
+                _ = housekeeping.tick() => self.inner.handle_timeout(Instant::now()),
                 accepted = accept_or_back_off(&listener, if data { "tunnel data" } else { "tunnel" }) => {
                     let Some((tcp, peer)) = accepted else { continue };
                     let caps = if data { &self.inner.data_caps } else { &self.inner.caps };
                     if !data {
                         self.inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
                     }
-                    match caps.try_acquire(peer.ip()) {
+                    // Known sources may use the reserved share: for data
+                    // connections, hosts whose connector logged in; for
+                    // endpoints, sources whose hello was routed recently.
+                    let known = if data {
+                        self.inner.control.is_known_source(peer.ip())
+                    } else {
+                        self.inner.known_endpoints.knows(Instant::now(), peer.ip())
+                    };
+                    match caps.try_acquire(peer.ip(), known) {
                         Ok(guard) => spawn(self.inner.clone(), tcp, peer, guard),
-                        Err(_) if data => self.inner.reject("data_cap"),
-                        Err(CapRejection::PerIp) => self.inner.reject("per_ip_cap"),
-                        Err(CapRejection::Total) => self.inner.reject("total_cap"),
+                        Err(_) if data => self.inner.reject(Rejection::DataCap),
+                        Err(CapRejection::PerIp) => self.inner.reject(Rejection::PerSourceCap),
+                        Err(CapRejection::Total) => self.inner.reject(Rejection::TotalCap),
                     }
                 }
             }
@@ -352,8 +467,20 @@ impl TunnelServer {
 }
 
 impl Inner {
-    fn reject(&self, reason: &'static str) {
-        self.counters.rejected[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+    fn reject(&self, reason: Rejection) {
+        self.counters.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Expires tickets and forgets the waiters of expired ones (standby
+    /// requests a connector never attached).
+    fn handle_timeout(&self, now: Instant) {
+        let expired = self.tickets_lock().handle_timeout(now);
+        if !expired.is_empty() {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            for id in expired {
+                waiters.remove(&id);
+            }
+        }
     }
 
     fn tickets_lock(&self) -> std::sync::MutexGuard<'_, Tickets> {
@@ -369,29 +496,35 @@ impl Inner {
     }
 
     /// Reads until the ClientHello is complete, refused, or times out.
-    async fn read_hello(&self, tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<String>, &'static str> {
+    /// Each read is parsed from where the last one stopped.
+    async fn read_hello(&self, tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<String>, Rejection> {
         // A hello cut into 1-byte records costs 6 bytes per byte.
         let limit = 6 * self.config.max_hello + 5;
         let read = async {
+            let mut reader = HelloReader::new(self.config.max_hello);
             let mut chunk = [0u8; 4096];
             loop {
-                let n = tcp.read(&mut chunk).await.map_err(|_| "client_closed")?;
+                let n = tcp.read(&mut chunk).await.map_err(|_| Rejection::ClientClosed)?;
                 if n == 0 {
-                    return Err("client_closed");
+                    return Err(Rejection::ClientClosed);
                 }
                 buf.extend_from_slice(&chunk[..n]);
-                match inspect(buf, self.config.max_hello) {
+                match reader.feed(buf) {
                     Ok(Some(info)) => return Ok(info.server_name),
-                    Ok(None) if buf.len() > limit => return Err(HelloError::TooLarge.as_str()),
+                    Ok(None) if buf.len() > limit => return Err(Rejection::OversizeHello),
                     Ok(None) => {}
-                    Err(e) => return Err(e.as_str()),
+                    Err(e) => return Err(e.into()),
                 }
             }
         };
-        tokio::time::timeout(self.config.hello_timeout, read).await.unwrap_or(Err("hello_timeout"))
+        tokio::time::timeout(self.config.hello_timeout, read).await.unwrap_or(Err(Rejection::HelloTimeout))
     }
 
-    fn take_tenant_slot(self: &Arc<Self>, tenant: &str) -> Option<TenantSlot> {
+    /// Takes one of the tenant's tunnel places for a connection from
+    /// `peer`: refused at the tenant's limit, or when this source (its IPv4
+    /// address or IPv6 /64) already holds `tenant_max_per_source` of them —
+    /// one address cannot hold a tenant's whole quota.
+    fn take_tenant_slot(self: &Arc<Self>, tenant: &str, peer: IpAddr) -> Result<TenantSlot, Rejection> {
         let limit = self
             .tenant_limits
             .read()
@@ -399,13 +532,22 @@ impl Inner {
             .get(tenant)
             .copied()
             .unwrap_or(self.config.tenant_max_connections);
+        let source = source_prefix(peer);
         let mut m = self.tenant_active.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(tenant.to_string()).or_default();
-        if *n >= limit {
-            return None;
+        let active = m.entry(tenant.to_string()).or_default();
+        if active.total >= limit {
+            return Err(Rejection::TenantLimit);
         }
-        *n += 1;
-        Some(TenantSlot { inner: self.clone(), tenant: tenant.to_string() })
+        let from_source = active.per_source.entry(source).or_default();
+        if *from_source >= self.config.tenant_max_per_source {
+            if *from_source == 0 {
+                active.per_source.remove(&source);
+            }
+            return Err(Rejection::SourceLimit);
+        }
+        *from_source += 1;
+        active.total += 1;
+        Ok(TenantSlot { inner: self.clone(), tenant: tenant.to_string(), source })
     }
 
     async fn handle_endpoint(
@@ -422,7 +564,7 @@ impl Inner {
             Ok(sni) => sni,
             Err(reason) => {
                 self.reject(reason);
-                tracing::debug!(peer = %self.shown(peer), reason, "tunnel: hello refused");
+                tracing::debug!(peer = %self.shown(peer), reason = reason.as_str(), "tunnel: hello refused");
                 return;
             }
         };
@@ -431,22 +573,26 @@ impl Inner {
         let tenant = match routed {
             Ok(t) => t,
             Err(r) => {
-                self.reject(r.as_str());
+                self.reject(r.into());
                 let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
                 return;
             }
         };
-        let Some(_slot) = self.take_tenant_slot(&tenant) else {
-            self.reject("tenant_limit");
-            let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
-            return;
+        self.known_endpoints.remember(Instant::now(), peer.ip());
+        let _slot = match self.take_tenant_slot(&tenant, peer.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                self.reject(reason);
+                let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+                return;
+            }
         };
         // No connector, or one that does not serve this service: refuse
         // before any ticket is issued.
         let epoch = match self.control.exposes(&tenant, service) {
             Ok(epoch) => epoch,
             Err(e) => {
-                self.reject(reach_reason(e));
+                self.reject(e.into());
                 let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
                 return;
             }
@@ -547,11 +693,11 @@ impl Inner {
         local: Option<SocketAddr>,
     ) -> Option<TcpStream> {
         let Some(random) = random_ticket_bytes() else {
-            self.reject("connector_busy");
+            self.reject(Rejection::ConnectorBusy);
             return None;
         };
         let Some((ticket, id)) = self.tickets_lock().issue(Instant::now(), random) else {
-            self.reject("connector_busy");
+            self.reject(Rejection::ConnectorBusy);
             return None;
         };
         let (tx, rx) = oneshot::channel();
@@ -566,10 +712,10 @@ impl Inner {
         };
         let sent = self.control.send_open_stream(tenant, open);
         let data = match sent {
-            Err(e) => Err(reach_reason(e)),
+            Err(e) => Err(Rejection::from(e)),
             Ok(()) => match tokio::time::timeout(self.config.ticket_ttl, rx).await {
                 Ok(Ok(data)) => Ok(data),
-                _ => Err("connector_timeout"),
+                _ => Err(Rejection::ConnectorTimeout),
             },
         };
         if data.is_err() {
@@ -580,7 +726,7 @@ impl Inner {
             Ok(d) => Some(d),
             Err(reason) => {
                 self.reject(reason);
-                tracing::info!(tenant, service, reason, "tunnel: no stream from the connector");
+                tracing::info!(tenant, service, reason = reason.as_str(), "tunnel: no stream from the connector");
                 None
             }
         }
@@ -610,16 +756,16 @@ impl Inner {
         let _ = tcp.set_nodelay(true);
         let attach = read_single_frame(&mut tcp, FrameType::Attach, MAX_ATTACH);
         let ticket = match tokio::time::timeout(self.config.hello_timeout, attach).await {
-            Err(_) => Err("data_timeout"),
+            Err(_) => Err(Rejection::DataTimeout),
             Ok(Ok(Message::Attach(a))) => Ok(a.ticket),
-            Ok(_) => Err("data_bad_frame"),
+            Ok(_) => Err(Rejection::DataBadFrame),
         };
-        let redeemed = ticket.and_then(|t| self.tickets_lock().redeem(Instant::now(), &t).map_err(|e| e.as_str()));
+        let redeemed = ticket.and_then(|t| self.tickets_lock().redeem(Instant::now(), &t).map_err(Rejection::from));
         let id = match redeemed {
             Ok(id) => id,
             Err(reason) => {
                 self.reject(reason);
-                tracing::info!(peer = %self.shown(peer), reason, "tunnel: data connection refused");
+                tracing::info!(peer = %self.shown(peer), reason = reason.as_str(), "tunnel: data connection refused");
                 return;
             }
         };
@@ -637,15 +783,6 @@ impl Inner {
             }
             None => {}
         }
-    }
-}
-
-/// The counted reason for a connector that cannot take a stream.
-fn reach_reason(e: ReachError) -> &'static str {
-    match e {
-        ReachError::NoConnector => "no_connector",
-        ReachError::NoService => "service_not_exposed",
-        ReachError::Busy => "connector_busy",
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Tickets {
     spent: HashMap<[u8; 32], (Instant, Spent)>,
     spent_order: VecDeque<[u8; 32]>,
     next_id: u64,
+    /// Waiter ids of tickets expired since `handle_timeout` last returned them.
+    expired_ids: Vec<u64>,
 }
 
 fn hash(ticket: &str) -> [u8; 32] {
@@ -82,13 +84,16 @@ impl Tickets {
             spent: HashMap::new(),
             spent_order: VecDeque::new(),
             next_id: 1,
+            expired_ids: Vec::new(),
         }
     }
 
     /// Issues a ticket from 128 random bits; returns it and the waiter id it
     /// redeems to. `None` when `max_pending` tickets are outstanding.
     pub fn issue(&mut self, now: Instant, random: [u8; 16]) -> Option<(String, u64)> {
-        self.handle_timeout(now);
+        if self.pending.len() >= self.max_pending {
+            self.expire(now);
+        }
         if self.pending.len() >= self.max_pending {
             return None;
         }
@@ -136,11 +141,20 @@ impl Tickets {
         }
     }
 
-    /// Expires pending tickets and forgets old spent ones.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// Expires pending tickets and forgets old spent ones; returns the
+    /// waiter ids of every ticket that expired since the last call (their
+    /// waiters can go).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<u64> {
+        self.expire(now);
+        std::mem::take(&mut self.expired_ids)
+    }
+
+    fn expire(&mut self, now: Instant) {
         let expired: Vec<[u8; 32]> = self.pending.iter().filter(|(_, (exp, _))| now >= *exp).map(|(h, _)| *h).collect();
         for h in expired {
-            self.pending.remove(&h);
+            if let Some((_, id)) = self.pending.remove(&h) {
+                self.expired_ids.push(id);
+            }
             self.remember(now, h, Spent::Expired);
         }
         while let Some(h) = self.spent_order.front().copied() {

@@ -86,58 +86,71 @@ pub struct ClientHelloInfo {
 /// Inspects the bytes a client sent so far. `Ok(None)`: the hello is not
 /// complete yet, read more (the caller bounds how long and how much:
 /// `buf.len()` never needs to exceed `max_hello` plus 5 bytes of header per
-/// record).
+/// record). For a connection read piece by piece, keep a [`HelloReader`]
+/// instead: it resumes where it stopped.
 pub fn inspect(buf: &[u8], max_hello: usize) -> Result<Option<ClientHelloInfo>, HelloError> {
-    if buf.is_empty() {
-        return Ok(None);
+    HelloReader::new(max_hello).feed(buf)
+}
+
+/// Reads a ClientHello from the bytes of a connection as they arrive,
+/// resuming where it stopped: every record is taken once, however the
+/// hello is split into TCP segments and TLS records (a hello cut into
+/// one-byte records costs linear, not quadratic, time).
+#[derive(Debug, Clone)]
+pub struct HelloReader {
+    max_hello: usize,
+    /// Bytes of the connection consumed as whole records.
+    pos: usize,
+    records: usize,
+    /// The handshake bytes of those records.
+    handshake: Vec<u8>,
+}
+
+impl HelloReader {
+    /// A reader refusing hellos over `max_hello` bytes.
+    pub fn new(max_hello: usize) -> Self {
+        Self { max_hello, pos: 0, records: 0, handshake: Vec::new() }
     }
-    if buf[0] != HANDSHAKE {
-        return Err(HelloError::NotTls);
-    }
-    // Walk records, collecting handshake bytes until the hello is whole. A
-    // hello in one record is parsed in place; only split hellos are copied.
-    let mut pos = 0;
-    let mut records = 0;
-    let mut single: &[u8] = &[];
-    let mut joined: Vec<u8> = Vec::new();
-    loop {
-        let so_far: &[u8] = if records <= 1 { single } else { &joined };
-        let Some(header) = buf.get(pos..pos + 5) else { return Ok(None) };
-        let version_ok = header[1] == 3 && header[2] <= 4;
-        if header[0] != HANDSHAKE || !version_ok {
-            return Err(if pos == 0 { HelloError::NotTls } else { HelloError::BadRecord });
-        }
-        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-        if len == 0 || len > MAX_RECORD {
-            return Err(HelloError::BadRecord);
-        }
-        let Some(fragment) = buf.get(pos + 5..pos + 5 + len) else {
-            // Refuse early what the partial record already shows.
-            let partial = &buf[pos + 5..];
-            let mut have = Vec::with_capacity(so_far.len().min(8) + partial.len().min(8));
-            have.extend_from_slice(&so_far[..so_far.len().min(8)]);
-            have.extend_from_slice(&partial[..partial.len().min(8)]);
-            check_header(&have, max_hello)?;
+
+    /// Looks at `buf`, every byte the client sent so far (the same buffer,
+    /// grown, on each call). `Ok(None)`: not complete yet.
+    pub fn feed(&mut self, buf: &[u8]) -> Result<Option<ClientHelloInfo>, HelloError> {
+        if buf.is_empty() {
             return Ok(None);
-        };
-        records += 1;
-        pos += 5 + len;
-        let handshake: &[u8] = if records == 1 {
-            single = fragment;
-            single
-        } else {
-            if records == 2 {
-                joined.extend_from_slice(single);
+        }
+        if buf[0] != HANDSHAKE {
+            return Err(HelloError::NotTls);
+        }
+        loop {
+            let Some(header) = buf.get(self.pos..self.pos + 5) else { return Ok(None) };
+            let version_ok = header[1] == 3 && header[2] <= 4;
+            if header[0] != HANDSHAKE || !version_ok {
+                return Err(if self.pos == 0 { HelloError::NotTls } else { HelloError::BadRecord });
             }
-            joined.extend_from_slice(fragment);
-            &joined
-        };
-        let Some(total) = check_header(handshake, max_hello)? else { continue };
-        if handshake.len() >= total {
-            let mut info = parse_body(&handshake[4..total])?;
-            info.hello_len = total;
-            info.records = records;
-            return Ok(Some(info));
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            if len == 0 || len > MAX_RECORD {
+                return Err(HelloError::BadRecord);
+            }
+            let Some(fragment) = buf.get(self.pos + 5..self.pos + 5 + len) else {
+                // Refuse early what the partial record already shows.
+                let partial = &buf[self.pos + 5..];
+                let so_far = &self.handshake;
+                let mut have = Vec::with_capacity(8);
+                have.extend_from_slice(&so_far[..so_far.len().min(8)]);
+                have.extend_from_slice(&partial[..partial.len().min(8 - have.len().min(8))]);
+                check_header(&have, self.max_hello)?;
+                return Ok(None);
+            };
+            self.records += 1;
+            self.pos += 5 + len;
+            self.handshake.extend_from_slice(fragment);
+            let Some(total) = check_header(&self.handshake, self.max_hello)? else { continue };
+            if self.handshake.len() >= total {
+                let mut info = parse_body(&self.handshake[4..total])?;
+                info.hello_len = total;
+                info.records = self.records;
+                return Ok(Some(info));
+            }
         }
     }
 }
