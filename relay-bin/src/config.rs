@@ -185,15 +185,17 @@ impl Default for SessionsSection {
 pub struct AdminSection {
     /// Listen address of the admin HTTP API.
     pub listen: SocketAddr,
-    /// SHA-256 (hex) of the bearer token (`ucmrc token-hash` prints it).
+    /// SHA-256 (hex) of the bearer token (`ucmrc token new` prints it).
     pub token_sha256: Option<String>,
-    /// Serve without a token (only allowed on a loopback listener).
-    pub allow_unauthenticated: bool,
+    /// Serve without a token. Default: only when no token is set and
+    /// `listen` is loopback (then requests must name localhost in `Host`);
+    /// refused on any other listener.
+    pub allow_unauthenticated: Option<bool>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9180)), token_sha256: None, allow_unauthenticated: false }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9180)), token_sha256: None, allow_unauthenticated: None }
     }
 }
 
@@ -521,9 +523,8 @@ impl Config {
     /// The embedded defaults: a loopback-only relay, admin API on
     /// 127.0.0.1:9180 without a token.
     pub fn embedded() -> Config {
-        let mut file = FileConfig::default();
-        file.admin.allow_unauthenticated = true;
-        Config::validate("<embedded>", "", file).unwrap_or_else(|e| panic!("embedded config is valid: {e}"))
+        Config::validate("<embedded>", "", FileConfig::default())
+            .unwrap_or_else(|e| panic!("embedded config is valid: {e}"))
     }
 
     /// Reads and validates a file.
@@ -601,17 +602,32 @@ impl Config {
             }
         };
         let admin_token_sha256 = sha256("admin.token_sha256", &file.admin.token_sha256)?;
-        if admin_token_sha256.is_none() && !file.admin.allow_unauthenticated {
-            return Err(err(
-                "admin.token_sha256",
-                "set a token hash, or allow_unauthenticated = true on a loopback listener".into(),
-            ));
-        }
-        if admin_token_sha256.is_none() && !file.admin.listen.ip().is_loopback() {
-            return Err(err(
-                "admin.allow_unauthenticated",
-                "only allowed when admin.listen is a loopback address".into(),
-            ));
+        let loopback_admin = file.admin.listen.ip().is_loopback();
+        if admin_token_sha256.is_none() {
+            match file.admin.allow_unauthenticated {
+                Some(true) if !loopback_admin => {
+                    return Err(err(
+                        "admin.allow_unauthenticated",
+                        "only allowed when admin.listen is a loopback address".into(),
+                    ))
+                }
+                None if !loopback_admin => {
+                    return Err(err(
+                        "admin.token_sha256",
+                        format!(
+                            "required: admin.listen ({}) is not loopback (ucmrc token new prints one)",
+                            file.admin.listen
+                        ),
+                    ))
+                }
+                Some(false) => {
+                    return Err(err(
+                        "admin.token_sha256",
+                        "required: allow_unauthenticated is false (ucmrc token new prints one)".into(),
+                    ))
+                }
+                _ => {}
+            }
         }
         let ng = match file.ng.enabled {
             true => Some(ng_settings(&file.ng).map_err(|(key, message)| err(key, message))?),

@@ -80,8 +80,9 @@ pub async fn start(
     let t = Arc::new(t);
     // Calls whose sessions all ended are forgotten.
     let sweeper = engine.clone();
+    let every = (engine.config().limits.orphan_call_ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             sweeper.sweep().await;

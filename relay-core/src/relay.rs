@@ -609,7 +609,13 @@ impl RelayHandle {
         };
         let n = self.inner.mailboxes.len();
         let start = self.inner.next_shard.fetch_add(1, Ordering::Relaxed);
-        let shard = (0..n).map(|k| (start + k) % n).max_by_key(|&i| self.inner.mailboxes[i].free_ports()).unwrap_or(0);
+        // A failed shard's last free-port figure stays frozen: never pick it.
+        let failed: Vec<usize> = self.inner.failures.borrow().iter().map(|f| f.shard).collect();
+        let shard = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| !failed.contains(i))
+            .max_by_key(|&i| self.inner.mailboxes[i].free_ports())
+            .unwrap_or(0);
         let me = self.clone();
         self.call(shard, Command::Allocate { spec: Box::new(spec), permit: Some(permit) }, move |r| match r {
             Response::Allocated(Ok(a)) => {
@@ -682,8 +688,10 @@ impl RelayHandle {
         )
     }
 
-    /// Sends a command to every shard and combines the answers (in shard order).
-    fn gather<P: Send + 'static, T: Send + 'static>(
+    /// Sends a command to every shard and combines the answers (in shard
+    /// order). A shard that has failed contributes `P::default()` (no
+    /// sessions, zero counters), so the rest of the relay stays observable.
+    fn gather<P: Send + Default + 'static, T: Send + 'static>(
         &self,
         make: impl Fn() -> Command,
         pick: fn(Response) -> Option<P>,
@@ -696,42 +704,47 @@ impl RelayHandle {
         struct Gather<P, T> {
             parts: Vec<Option<P>>,
             left: usize,
-            failed: bool,
             done: Option<Done<P, T>>,
         }
-        impl<P, T> Gather<P, T> {
+        impl<P: Default, T> Gather<P, T> {
             fn finish_one(&mut self, i: usize, p: Option<P>) {
-                match p {
-                    Some(p) => self.parts[i] = Some(p),
-                    None => self.failed = true,
-                }
+                self.parts[i] = Some(p.unwrap_or_default());
                 self.left -= 1;
                 if self.left == 0 {
                     if let Some((tx, combine)) = self.done.take() {
-                        let parts: Option<Vec<P>> = std::mem::take(&mut self.parts).into_iter().collect();
-                        let r = match parts {
-                            Some(p) if !self.failed => Ok(combine(p)),
-                            _ => Err(RelayError::Stopped),
-                        };
-                        let _ = tx.send(r);
+                        let parts: Vec<P> = std::mem::take(&mut self.parts).into_iter().flatten().collect();
+                        let _ = tx.send(Ok(combine(parts)));
                     }
+                }
+            }
+        }
+        /// Settles a shard's part if its reply never comes (a shard that
+        /// panics drops the command unanswered).
+        struct Part<P: Default, T> {
+            state: Arc<Mutex<Gather<P, T>>>,
+            index: usize,
+            answered: bool,
+        }
+        impl<P: Default, T> Drop for Part<P, T> {
+            fn drop(&mut self) {
+                if !self.answered {
+                    self.state.lock().unwrap_or_else(|p| p.into_inner()).finish_one(self.index, None);
                 }
             }
         }
         let state = Arc::new(Mutex::new(Gather {
             parts: (0..n).map(|_| None).collect(),
             left: n,
-            failed: false,
             done: Some((tx, Box::new(combine))),
         }));
         for (i, m) in self.inner.mailboxes.iter().enumerate() {
-            let st = state.clone();
+            let mut part = Part { state: state.clone(), index: i, answered: false };
             let reply = Box::new(move |resp: Response| {
-                st.lock().unwrap_or_else(|p| p.into_inner()).finish_one(i, pick(resp));
+                part.answered = true;
+                part.state.lock().unwrap_or_else(|p| p.into_inner()).finish_one(part.index, pick(resp));
             });
-            if m.send(Envelope::Command(make(), reply)).is_err() {
-                state.lock().unwrap_or_else(|p| p.into_inner()).finish_one(i, None);
-            }
+            // A failed send drops `reply`, and with it `part`, which settles it.
+            let _ = m.send(Envelope::Command(make(), reply));
         }
         Pending { inner: PendingInner::Waiting(rx) }
     }

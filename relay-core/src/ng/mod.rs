@@ -288,6 +288,11 @@ impl NgEngine {
         }
     }
 
+    /// The engine's settings.
+    pub fn config(&self) -> &NgConfig {
+        &self.config
+    }
+
     /// Calls known now.
     pub async fn calls(&self) -> usize {
         self.state.lock().await.calls.len()

@@ -69,7 +69,14 @@ pub fn classify_media(datagram: &[u8]) -> PacketClass {
         PacketClass::Zrtp => d.len() >= 12 && d[4..8] == ZRTP_MAGIC,
         PacketClass::Dtls => match d[0] {
             20..=25 => d.len() >= 13 && d[1] == 0xfe && (d[2] == 0xff || d[2] == 0xfd) && 13 + be16(11) <= d.len(),
-            32..=63 => d.len() >= 12,
+            // DTLS 1.3 unified header 0b001CSLEE (RFC 9147 §4): without a
+            // connection id (C = 0; media never negotiates one, and every
+            // ASCII digit has that bit set), with its length when L = 1.
+            32..=63 => {
+                let seq_len = if d[0] & 0x08 != 0 { 2 } else { 1 };
+                let header = 1 + seq_len + if d[0] & 0x04 != 0 { 2 } else { 0 };
+                d[0] & 0x10 == 0 && d.len() >= 12 && (d[0] & 0x04 == 0 || header + be16(1 + seq_len) <= d.len())
+            }
             _ => false,
         },
         PacketClass::TurnChannel => d.len() >= 4 && 4 + be16(2) <= d.len(),
@@ -130,7 +137,14 @@ mod tests {
         assert_eq!(classify_media(&[26; 20]), PacketClass::Other);
         assert_eq!(classify_media(&[0x40, 0, 0, 2, 9, 9]), PacketClass::TurnChannel);
         assert_eq!(classify_media(&[0x40, 0, 0, 9, 9, 9]), PacketClass::Other);
-        // An rtpengine ng reply, a DNS answer and HTTP are not media.
+        // DTLS 1.3: no connection id, a length that fits.
+        let mut dtls13 = vec![0x2c, 0, 1, 0, 16];
+        dtls13.extend_from_slice(&[7; 16]);
+        assert_eq!(classify_media(&dtls13), PacketClass::Dtls);
+        dtls13[4] = 99;
+        assert_eq!(classify_media(&dtls13), PacketClass::Other);
+        // An rtpengine ng message or reply, a DNS answer and HTTP are not media.
+        assert_eq!(classify_media(b"12 d7:command4:liste"), PacketClass::Other);
         assert_eq!(classify_media(b"d6:result4:ponge"), PacketClass::Other);
         assert_eq!(classify_media(b"GET / HTTP/1.1\r\n"), PacketClass::Other);
         assert_eq!(classify_media(&[0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]), PacketClass::Other);

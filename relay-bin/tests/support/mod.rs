@@ -1,0 +1,360 @@
+//! The harness shared by the binary's integration tests: start the real
+//! `ucmrc` (or the one `UCMRC_BIN` names, to replay a test against another
+//! build), talk HTTP and ng to it, SRTP calls, Prometheus scrapes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
+use serde_json::Value;
+
+/// The binary under test: this build's, unless `UCMRC_BIN` names another.
+pub fn bin() -> String {
+    std::env::var("UCMRC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ucmrc").to_string())
+}
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub fn token_hash() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(TOKEN.as_bytes()))
+}
+
+pub struct Relay {
+    pub child: Child,
+    pub admin: SocketAddr,
+    /// ng protocol (UDP, TCP) when enabled.
+    pub ng: Option<(SocketAddr, SocketAddr)>,
+    /// The connectors' control listener when configured.
+    pub control: Option<SocketAddr>,
+    /// Tunnel listeners by service, when configured.
+    pub tunnels: Vec<(String, SocketAddr)>,
+    pub stderr: mpsc::Receiver<String>,
+    pub dir: PathBuf,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ucmrc-test-{tag}-{}-{}", std::process::id(), fastrand_u64()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+pub fn fastrand_u64() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// A config with the admin API on a kernel-chosen port and a token.
+pub fn config(extra: &str) -> String {
+    format!(
+        "[relay]\nport_min = 20000\nport_max = 29999\nworkers = 1\n{extra}\n[ng]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_sha256 = \"{}\"\n",
+        token_hash()
+    )
+}
+
+pub fn start(config_text: Option<&str>) -> Relay {
+    let dir = temp_dir("relay");
+    let mut cmd = Command::new(bin());
+    cmd.arg("relay").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("UCMRC_CONFIG");
+    if let Some(text) = config_text {
+        let path = dir.join("ucmrc.toml");
+        std::fs::write(&path, text).expect("write config");
+        cmd.args(["--config", path.to_str().expect("utf-8 path")]);
+    }
+    let mut child = cmd.spawn().expect("spawn ucmrc");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a banner line").expect("utf-8");
+    let admin = first
+        .split("admin API on http://")
+        .nth(1)
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {first:?}"));
+    let (mut ng, mut control, mut tunnels) = (None, None, Vec::new());
+    for _ in 0..4 {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.strip_prefix("ng protocol on udp:") {
+            let (udp, tcp) = rest.split_once(" tcp:").expect("udp and tcp");
+            ng = Some((udp.parse().expect("udp addr"), tcp.parse().expect("tcp addr")));
+        }
+        if let Some(rest) = line.strip_prefix("control channel on tls://") {
+            control = Some(rest.split(' ').next().and_then(|a| a.parse().ok()).expect("control address"));
+        }
+        if let Some(rest) = line.strip_prefix("tunnels: ") {
+            for item in rest.split(' ') {
+                let (service, addr) = item.split_once("=tcp://").expect("service=tcp://addr");
+                tunnels.push((service.to_string(), addr.parse().expect("tunnel address")));
+            }
+        }
+    }
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Relay { child, admin, ng, control, tunnels, stderr: rx, dir }
+}
+
+pub fn config_path(r: &Relay) -> PathBuf {
+    r.dir.join("ucmrc.toml")
+}
+
+/// A minimal HTTP/1.1 client: returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    if let Some(b) = body {
+        req += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len());
+    } else {
+        req += "\r\n";
+    }
+    s.write_all(req.as_bytes()).expect("send request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+pub fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out += &rest[..n];
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Sends signal number `sig` to the relay (with kill(1): no `unsafe` here).
+pub fn signal(r: &Relay, sig: i32) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(r.child.id().to_string()).status().expect("kill");
+    assert!(status.success(), "kill -{sig}");
+}
+
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stderr_contains(r: &Relay, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(line) = r.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(needle) {
+            return true;
+        }
+    }
+    false
+}
+
+/// SRTP endpoints for one call, with the relay-side auth keys.
+pub struct Call {
+    pub pbx: UdpSocket,
+    pub phone: UdpSocket,
+    pub pbx_tx: srtp::Session,
+    pub phone_tx: srtp::Session,
+    pub pbx_rx: srtp::Session,
+    pub phone_rx: srtp::Session,
+    pub to_pbx_leg: SocketAddr,
+    pub to_endpoint_leg: SocketAddr,
+    pub seq: u16,
+    pub id: String,
+}
+
+pub fn master(seed: u8) -> Vec<u8> {
+    (0..30u8).map(|i| i.wrapping_mul(13).wrapping_add(seed)).collect()
+}
+
+pub fn auth_json(m: &[u8]) -> String {
+    let k = derive_auth_keys(&SrtpMasterKey::from_concatenated(m).expect("master"));
+    format!(r#"{{"rtp_key":"{}","rtcp_key":"{}"}}"#, hex::encode(k.srtp), hex::encode(k.srtcp))
+}
+
+pub fn session(policy: srtp::StreamPolicy<'_>, outbound: bool) -> srtp::Session {
+    if outbound {
+        srtp::Session::with_outbound_template(policy).expect("srtp")
+    } else {
+        srtp::Session::with_inbound_template(policy).expect("srtp")
+    }
+}
+
+impl Call {
+    pub fn allocate(r: &Relay, tenant: &str) -> Result<Call, (u16, String)> {
+        let (pbx, phone) =
+            (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+        for s in [&pbx, &phone] {
+            s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        }
+        let (mp, me) = (master(1), master(2));
+        let body = format!(
+            r#"{{"tenant":"{tenant}","latch":"authenticated","quality":true,
+                "pbx":{{"hint":"{}","srtp_auth":{}}},
+                "endpoint":{{"hint":"{}","srtp_auth":{}}}}}"#,
+            pbx.local_addr().expect("addr"),
+            auth_json(&mp),
+            phone.local_addr().expect("addr"),
+            auth_json(&me)
+        );
+        let (status, text) = http(r.admin, "POST", "/v1/sessions", Some(TOKEN), Some(&body));
+        if status != 201 {
+            return Err((status, text));
+        }
+        let v = json(&text);
+        let p = srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80();
+        fn pol(p: srtp::CryptoPolicy, k: &[u8]) -> srtp::StreamPolicy<'_> {
+            srtp::StreamPolicy { rtp: p, rtcp: p, key: k, ..Default::default() }
+        }
+        let pol_p = pol(p, &mp);
+        let pol_e = pol(p, &me);
+        Ok(Call {
+            pbx_tx: session(pol_p, true),
+            phone_rx: session(pol_p, false),
+            phone_tx: session(pol_e, true),
+            pbx_rx: session(pol_e, false),
+            pbx,
+            phone,
+            to_pbx_leg: v["pbx"]["rtp"].as_str().expect("pbx addr").parse().expect("addr"),
+            to_endpoint_leg: v["endpoint"]["rtp"].as_str().expect("endpoint addr").parse().expect("addr"),
+            seq: 1,
+            id: v["id"].as_str().expect("id").to_string(),
+        })
+    }
+
+    /// One SRTP packet each way; returns how many arrived authentic.
+    pub fn exchange(&mut self) -> usize {
+        let mut ok = 0;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let legs: [(bool, SocketAddr); 2] = [(true, self.to_endpoint_leg), (false, self.to_pbx_leg)];
+        for (from_phone, to) in legs {
+            let mut pkt = Vec::with_capacity(400);
+            pkt.extend_from_slice(&[0x80, 0]);
+            pkt.extend_from_slice(&seq.to_be_bytes());
+            pkt.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            pkt.extend_from_slice(&(if from_phone { 2u32 } else { 1u32 }).to_be_bytes());
+            pkt.resize(172, 0xd5);
+            let (tx, sock, rx_sock, rx) = if from_phone {
+                (&mut self.phone_tx, &self.phone, &self.pbx, &mut self.pbx_rx)
+            } else {
+                (&mut self.pbx_tx, &self.pbx, &self.phone, &mut self.phone_rx)
+            };
+            tx.protect(&mut pkt).expect("protect");
+            sock.send_to(&pkt, to).expect("send");
+            let mut buf = vec![0u8; 2048];
+            if let Ok(n) = rx_sock.recv(&mut buf) {
+                let mut got = Vec::with_capacity(n + 160);
+                got.extend_from_slice(&buf[..n]);
+                assert_eq!(got, pkt, "the relay must not alter a byte");
+                rx.unprotect(&mut got).expect("authentic SRTP");
+                ok += 1;
+            }
+        }
+        ok
+    }
+}
+
+/// Scrapes /metrics and parses the Prometheus text format strictly.
+pub fn scrape(r: &Relay) -> std::collections::HashMap<String, f64> {
+    let (status, text) = http(r.admin, "GET", "/metrics", Some(TOKEN), None);
+    assert_eq!(status, 200);
+    let mut out = std::collections::HashMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let name = it.next().expect("name");
+            assert!(matches!(it.next(), Some("counter" | "gauge" | "histogram")), "{line}");
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().expect("name");
+        assert!(
+            (name.starts_with("ucmrc_") || name.starts_with("process_"))
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(typed.contains(name) || typed.contains(family), "sample before its TYPE: {line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            }
+        }
+        out.insert(series.to_string(), value);
+    }
+    out
+}
+
+/// One ng request over UDP; returns the reply without the cookie.
+pub fn ng_udp(sock: &UdpSocket, to: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    sock.send_to(msg, to).expect("send ng");
+    let mut buf = vec![0u8; 65536];
+    let n = sock.recv(&mut buf).expect("ng reply");
+    buf.truncate(n);
+    buf
+}
+
+pub fn bstr(s: &str) -> String {
+    format!("{}:{s}", s.len())
+}
+
+pub fn sdp_of(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply).to_string();
+    let at = text.find("3:sdp").expect("sdp in reply") + 5;
+    let (len, rest) = text[at..].split_once(':').expect("length");
+    rest[..len.parse::<usize>().expect("len")].to_string()
+}
+
+pub fn sdp_port(sdp: &str) -> u16 {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .expect("m= port")
+}
+
+/// A CA, and a certificate for `relay.test` it signed, written to `dir`.
+pub fn write_pki(dir: &std::path::Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let pki = relay_core::testkit::pki::issue("relay.test").expect("test certificates");
+    let paths = (dir.join(format!("{tag}-ca.pem")), dir.join(format!("{tag}.crt")), dir.join(format!("{tag}.key")));
+    std::fs::write(&paths.0, pki.ca_pem).expect("ca");
+    std::fs::write(&paths.1, pki.cert_pem).expect("cert");
+    std::fs::write(&paths.2, pki.key_pem).expect("key");
+    (paths.0, paths.1, paths.2)
+}
