@@ -1083,6 +1083,37 @@ mod tests {
     }
 
     #[test]
+    fn peer_defaults_are_safe_on_a_public_bind_and_risky_settings_warn() {
+        let hash = "ab".repeat(32);
+        let public = format!(
+            "[relay]\nbind_ip = \"0.0.0.0\"\nadvertised_ip = \"203.0.113.10\"\n[admin]\ntoken_sha256 = \"{hash}\"\n"
+        );
+        let c = Config::parse("x.toml", &public).expect("valid");
+        assert!(!c.relay.peer_policy.allow_loopback && !c.relay.peer_policy.allow_private, "closed by default");
+        assert!(c.warnings().iter().all(|w| !w.contains("peers")), "{:?}", c.warnings());
+        let risky = public.replace("[admin]", "allow_loopback_peers = true\nallow_private_peers = true\n[admin]");
+        let w = Config::parse("x.toml", &risky).expect("valid").warnings();
+        assert!(
+            w.iter().any(|w| w.contains("allow_loopback_peers")) && w.iter().any(|w| w.contains("allow_private_peers"))
+        );
+        // A loopback lab relay may only reach loopback, and does by default.
+        let lab = Config::parse("x.toml", "").expect("an empty file is the loopback lab");
+        assert!(lab.relay.peer_policy.allow_loopback && !lab.relay.peer_policy.allow_private);
+        assert!(lab.admin_token_sha256.is_none(), "tokenless admin on loopback");
+        // Off loopback, the admin API needs a token; ng needs allow_from.
+        let e = Config::parse("x.toml", "[admin]\nlisten = \"0.0.0.0:9180\"\n").expect_err("token");
+        assert_eq!(e.key, "admin.token_sha256");
+        let e = Config::parse("x.toml", "[ng]\nlisten = \"0.0.0.0:22222\"\n").expect_err("allow_from");
+        assert_eq!((e.key.as_str(), e.line), ("ng.allow_from", None));
+        let ok = Config::parse(
+            "x.toml",
+            "[ng]\nlisten = \"0.0.0.0:22222\"\nallow_from = [\"10.0.0.0/24\", \"192.0.2.7\"]\n",
+        )
+        .expect("valid");
+        assert!(ok.ng.expect("ng").transport.allows("10.0.0.9".parse().expect("ip")));
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_line() {
         let e = Config::parse("x.toml", "[relay]\nport_min = 30000\nprot_max = 5\n").expect_err("unknown key");
         assert_eq!(e.line, Some(3), "{e}");

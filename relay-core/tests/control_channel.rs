@@ -403,6 +403,35 @@ async fn stalled_clients_are_dropped_and_half_open_connections_are_capped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_filling_the_unauthenticated_caps_cannot_lock_a_known_connector_out() {
+    let env = env(ControlConfig {
+        handshake_timeout: Duration::from_secs(30),
+        max_unauthenticated_per_ip: 2,
+        max_unauthenticated: 8,
+        ..quick()
+    })
+    .await;
+    // The PBX's connector has logged in from this host before.
+    let mut c = RawClient::connect(&env).await;
+    assert_eq!(result_code(&c.hello("acme", ACME_TOKEN).await), (true, None));
+    drop(c);
+    // A handful of strangers open silent connections from four addresses.
+    let mut held = Vec::new();
+    for ip in 20..24u8 {
+        for _ in 0..2 {
+            let s = tokio::net::TcpSocket::new_v4().expect("socket");
+            s.bind(SocketAddr::from(([127, 0, 0, ip], 0))).expect("bind");
+            held.push(s.connect(env.addr).await.expect("tcp"));
+        }
+    }
+    env.stats_until("strangers stopped at their share", |s| s.rejected_total_cap == 2 && s.unauthenticated == 6).await;
+    // The connector reconnects (a restart, a network blip): the reserved places are its.
+    let mut c = RawClient::connect(&env).await;
+    assert_eq!(result_code(&c.hello("acme", ACME_TOKEN).await), (true, None));
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_and_silence_close_an_authenticated_channel_with_a_reason() {
     let env = env(quick()).await;
     let cases: [(&[u8], &str); 4] = [

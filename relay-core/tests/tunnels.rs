@@ -434,3 +434,93 @@ async fn standby_data_connections_serve_later_tunnels_without_a_dial() {
     assert_eq!(t.tunnels.stats().pooled, 3, "served by a fresh dial, not a dead standby");
     connector.stop().await;
 }
+
+/// Connects to `to` from a chosen loopback source address.
+async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(SocketAddr::from((source, 0))).expect("bind source");
+    s.connect(to).await.expect("connect")
+}
+
+/// Opens a tunnel from `source` and waits for the PBX's answer.
+async fn open_tunnel(t: &Tunnels, source: [u8; 4], hello: &[u8]) -> TcpStream {
+    let mut tcp = connect_from(source, t.sip).await;
+    tcp.write_all(hello).await.expect("hello");
+    let mut answer = [0u8; 6];
+    tcp.read_exact(&mut answer).await.expect("served");
+    assert_eq!(&answer, b"routed");
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_hold_a_tenants_whole_tunnel_quota() {
+    let t = tunnels(TunnelConfig { tenant_max_per_source: 2, pool_size: 0, ..TunnelConfig::default() }).await;
+    let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
+    let (pbx_addr, _seen) = pooled_pbx(hello.clone()).await;
+    let connector = t.connector(pbx_addr, true).await;
+    let held = [open_tunnel(&t, [127, 0, 0, 1], &hello).await, open_tunnel(&t, [127, 0, 0, 1], &hello).await];
+    // A third from the same address is refused; the tenant still has room.
+    let mut third = connect_from([127, 0, 0, 1], t.sip).await;
+    third.write_all(&hello).await.expect("hello");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, third.read_to_end(&mut out)).await.expect("closed").ok();
+    assert_eq!(out, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80], "an internal_error alert");
+    assert_eq!(t.tunnels.stats().rejected(Rejection::SourceLimit), 1);
+    // Everyone else is served.
+    let other = open_tunnel(&t, [127, 0, 0, 2], &hello).await;
+    drop((held, other));
+    connector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_filling_the_hello_caps_cannot_lock_out_an_endpoint_already_seen() {
+    let t = tunnels(TunnelConfig {
+        max_pending: 8,
+        max_pending_per_ip: 2,
+        hello_timeout: Duration::from_secs(30),
+        pool_size: 0,
+        ..TunnelConfig::default()
+    })
+    .await;
+    let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
+    let (pbx_addr, _seen) = pooled_pbx(hello.clone()).await;
+    let connector = t.connector(pbx_addr, true).await;
+    // A phone's tunnel is routed once: its address is known from then on.
+    drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
+    // A handful of strangers hold every place they may take with silent connections.
+    let mut silent = Vec::new();
+    for ip in 20..24u8 {
+        for _ in 0..2 {
+            silent.push(connect_from([127, 0, 0, ip], t.sip).await);
+        }
+    }
+    t.until("strangers stopped at their share", |s| s.rejected(Rejection::TotalCap) == 2).await;
+    // The phone comes back (a re-registration): the reserved places are its.
+    drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
+    drop(silent);
+    connector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_requests_a_connector_never_attaches_are_forgotten() {
+    // The connector is told a data port nothing listens on: it never attaches.
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
+    let t = tunnels(TunnelConfig {
+        pool_size: 2,
+        ticket_ttl: Duration::from_millis(300),
+        data_port: closed,
+        ..TunnelConfig::default()
+    })
+    .await;
+    let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
+    let (pbx_addr, _seen) = pooled_pbx(hello.clone()).await;
+    let connector = t.connector(pbx_addr, true).await;
+    for i in 1..=3u64 {
+        assert_eq!(refused(t.sip, &hello).await, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80]);
+        t.until("the endpoint's ticket timed out", |s| s.rejected(Rejection::ConnectorTimeout) == i).await;
+    }
+    // Each endpoint asked for standby connections that never came: every
+    // waiter is forgotten once its ticket expires.
+    t.until("no waiter left", |s| s.awaited == 0).await;
+    connector.stop().await;
+}

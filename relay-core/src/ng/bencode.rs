@@ -266,13 +266,21 @@ pub struct MessageFramer {
     depth: usize,
     /// Digits or bytes left in the current token.
     count: u64,
+    /// Bytes looked at since the framer was made (each once).
+    examined: u64,
 }
 
 impl MessageFramer {
     /// A framer refusing cookies over `max_cookie` bytes and messages over
     /// `max_message` bytes.
     pub fn new(max_cookie: usize, max_message: usize) -> Self {
-        Self { max_cookie, max_message, pos: 0, start: 0, state: FrameState::Start, depth: 0, count: 0 }
+        Self { max_cookie, max_message, pos: 0, start: 0, state: FrameState::Start, depth: 0, count: 0, examined: 0 }
+    }
+
+    /// Bytes looked at so far, over every message: each byte of the stream
+    /// once, however it was split into reads.
+    pub fn bytes_examined(&self) -> u64 {
+        self.examined
     }
 
     /// Scans `buf` (the bytes received so far, starting with the current
@@ -283,6 +291,7 @@ impl MessageFramer {
         while self.pos < buf.len() {
             let b = buf[self.pos];
             self.pos += 1;
+            self.examined += 1;
             if self.state != FrameState::Start && self.pos - self.start > self.max_message {
                 return Err(FrameError::TooLarge);
             }
@@ -357,6 +366,7 @@ impl MessageFramer {
                     // Skip the rest of the string at once.
                     let take = (self.count - 1).min((buf.len() - self.pos) as u64) as usize;
                     self.pos += take;
+                    self.examined += take as u64;
                     self.count -= 1 + take as u64;
                     if self.count == 0 {
                         self.state = FrameState::Value;
@@ -376,7 +386,9 @@ impl MessageFramer {
     /// Ends the current message: returns its range and starts over.
     fn finish(&mut self) -> std::ops::Range<usize> {
         let range = self.start..self.pos;
+        let examined = self.examined;
         *self = Self::new(self.max_cookie, self.max_message);
+        self.examined = examined;
         range
     }
 }
@@ -474,5 +486,6 @@ mod tests {
             }
         }
         assert_eq!(found, Some(0..msg.len()));
+        assert_eq!(f.bytes_examined(), msg.len() as u64, "linear: {} calls, each byte examined once", msg.len());
     }
 }

@@ -216,6 +216,9 @@ pub struct TunnelStats {
     pub pooled: u64,
     /// Standby data connections waiting now.
     pub standby: u64,
+    /// Tickets whose data connection is awaited now (endpoints and standby
+    /// requests); expired ones are forgotten.
+    pub awaited: u64,
     /// Bytes endpoint → PBX (including the ClientHello).
     pub bytes_to_pbx: u64,
     /// Bytes PBX → endpoint.
@@ -387,6 +390,7 @@ impl TunnelServer {
                 .values()
                 .map(|p| p.ready.len() as u64)
                 .sum(),
+            awaited: self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
             bytes_to_pbx: c.bytes.a_to_b.load(Ordering::Relaxed),
             bytes_to_endpoint: c.bytes.b_to_a.load(Ordering::Relaxed),
             ended_closed: c.ended[0].load(Ordering::Relaxed),
@@ -433,7 +437,8 @@ impl TunnelServer {
         spawn: impl Fn(Arc<Inner>, TcpStream, SocketAddr, CapGuard),
     ) {
         let mut shutdown = self.inner.shutdown.subscribe();
-        let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
+        let every = self.inner.config.ticket_ttl.clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut housekeeping = tokio::time::interval(every);
         tokio::pin!(stop);
         loop {
             tokio::select! {

@@ -329,6 +329,27 @@ pub fn build_client_hello(sni: Option<&str>, padding: usize, record_size: usize)
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reader_fed_byte_by_byte_sees_what_a_whole_buffer_shows() {
+        for record in [1usize, 5, 300, 16384] {
+            let hello = build_client_hello(Some("acme.relay.test"), 700, record);
+            let whole = inspect(&hello, DEFAULT_MAX_HELLO).expect("valid").expect("complete");
+            let mut reader = HelloReader::new(DEFAULT_MAX_HELLO);
+            let mut got = None;
+            for n in 1..=hello.len() {
+                match reader.feed(&hello[..n]).expect("valid so far") {
+                    Some(info) => {
+                        assert_eq!(n, hello.len(), "complete only at the last byte");
+                        got = Some(info);
+                    }
+                    None => assert!(n < hello.len()),
+                }
+            }
+            assert_eq!(got, Some(whole), "records of {record} bytes");
+            assert_eq!(reader.pos, hello.len(), "every record consumed once");
+        }
+    }
+
     use super::*;
 
     fn sni(buf: &[u8]) -> Result<Option<ClientHelloInfo>, HelloError> {

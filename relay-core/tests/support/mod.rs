@@ -79,6 +79,22 @@ fn cm80(master: &[u8]) -> srtp::StreamPolicy<'_> {
     srtp::StreamPolicy { rtp: policy, rtcp: policy, key: master, ..Default::default() }
 }
 
+/// AES_CM_128_HMAC_SHA1_32: 32-bit SRTP tags (SRTCP keeps 80 bits).
+fn cm32(master: &[u8]) -> srtp::StreamPolicy<'_> {
+    srtp::StreamPolicy {
+        rtp: srtp::CryptoPolicy::aes_cm_128_hmac_sha1_32(),
+        rtcp: srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80(),
+        key: master,
+        ..Default::default()
+    }
+}
+
+/// The relay-side authentication keys for `AES_CM_128_HMAC_SHA1_32` streams.
+pub fn auth32_for(master: &[u8]) -> SrtpAuth {
+    let m = SrtpMasterKey::from_concatenated(master).expect("30-byte master");
+    SrtpAuth::sha1_32(&derive_auth_keys(&m))
+}
+
 /// An SRTP sender (libsrtp, AES_CM_128_HMAC_SHA1_80).
 pub struct SrtpTx {
     session: srtp::Session,
@@ -91,6 +107,21 @@ impl SrtpTx {
     pub fn new(master: &[u8], ssrc: u32, first_seq: u16) -> Self {
         let session = srtp::Session::with_outbound_template(cm80(master)).expect("libsrtp outbound session");
         Self { session, ssrc, seq: first_seq, ts: 0 }
+    }
+
+    /// A sender with 32-bit SRTP tags.
+    pub fn new_32(master: &[u8], ssrc: u32, first_seq: u16) -> Self {
+        let session = srtp::Session::with_outbound_template(cm32(master)).expect("libsrtp outbound session");
+        Self { session, ssrc, seq: first_seq, ts: 0 }
+    }
+
+    /// Protects the next RTP packet of another SSRC of the same session (a bundle).
+    pub fn next_rtp_of(&mut self, ssrc: u32) -> Vec<u8> {
+        let own = self.ssrc;
+        self.ssrc = ssrc;
+        let p = self.next_rtp();
+        self.ssrc = own;
+        p
     }
 
     /// Protects the next RTP packet (160-byte payload, 20 ms of PCMU).
@@ -143,6 +174,13 @@ impl SrtpRx {
             }
         }
     }
+}
+
+/// A STUN Binding request without MESSAGE-INTEGRITY (a keepalive-style check).
+pub fn stun_request_unsigned(txid: [u8; 12]) -> Vec<u8> {
+    let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+    m.extend_from_slice(&txid);
+    m
 }
 
 /// A STUN Binding request with USERNAME, MESSAGE-INTEGRITY and FINGERPRINT.
