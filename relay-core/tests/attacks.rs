@@ -10,6 +10,7 @@ mod support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use relay_core::ng::bencode::{dict, Value};
 use relay_core::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionSpec, SessionUpdate};
 use relay_core::session::stats::DropReason;
 use relay_core::{AllocatedSession, BackendKind, Relay, RelayConfig, RelayHandle};
@@ -208,4 +209,87 @@ fn new_keys_start_a_new_index_history_so_the_phone_can_roam_after_a_re_invite() 
     socket("127.0.0.2").send_to(&replayer.next_rtp(), a.endpoint.rtp).expect("replay");
     wait_received(&h, 52);
     assert_eq!(drops(&h, &a, DropReason::Replay), 1);
+}
+
+/// One ng request to `engine` (a fresh cookie each: replies are cached by
+/// cookie); returns the reply dictionary.
+fn ng(engine: &relay_core::ng::NgEngine, rt: &tokio::runtime::Runtime, pairs: Vec<(&str, Value)>) -> Value {
+    static COOKIE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let cookie = COOKIE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let msg = [format!("c{cookie} ").into_bytes(), dict(pairs).encode()].concat();
+    let reply = rt.block_on(engine.handle_message(&msg));
+    let space = reply.iter().position(|b| *b == b' ').expect("cookie");
+    relay_core::ng::bencode::decode(&reply[space + 1..]).expect("bencode reply")
+}
+
+fn ice_sdp(at: SocketAddr, ufrag: &str, pwd: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtcp-mux\r\n\
+         a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n\
+         a=candidate:1 1 udp 2130706431 {ip} {port} typ host\r\n\
+         a=candidate:2 1 udp 2130706431 10.9.9.9 {port} typ host\r\n",
+        ip = at.ip(),
+        port = at.port()
+    )
+}
+
+#[test]
+fn ng_calls_with_ice_hide_the_endpoints_candidates_and_latch_only_on_verified_checks() {
+    let relay = relay();
+    let h = relay.handle();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let engine = relay_core::ng::NgEngine::new(h.clone(), relay_core::ng::NgConfig::default());
+    let (caller, callee, stranger) = (socket("127.0.0.1"), socket("127.0.0.1"), socket("127.0.0.2"));
+    let (caller_pwd, callee_pwd) = ("caller-ice-password-000000", "callee-ice-password-111111");
+    let sdp_text = |v: &Value| v.get("sdp").and_then(Value::as_str).expect("sdp").to_string();
+    let offer = ng(
+        &engine,
+        &rt,
+        vec![
+            ("command", Value::str("offer")),
+            ("call-id", Value::str("ice-1")),
+            ("from-tag", Value::str("a")),
+            ("sdp", Value::str(&ice_sdp(caller.local_addr().expect("addr"), "ca", caller_pwd))),
+        ],
+    );
+    let offer_sdp = sdp_text(&offer);
+    // The callee sees the relay's candidate only, and the caller's credentials.
+    assert!(!offer_sdp.contains("10.9.9.9") && offer_sdp.contains("a=ice-pwd:caller-ice-password"), "{offer_sdp}");
+    let to_callee_leg: SocketAddr = {
+        let c = offer_sdp.lines().find(|l| l.starts_with("a=candidate:")).expect("a relay candidate");
+        let f: Vec<&str> = c.split(' ').collect();
+        format!("{}:{}", f[4], f[5]).parse().expect("candidate address")
+    };
+    let answer = ng(
+        &engine,
+        &rt,
+        vec![
+            ("command", Value::str("answer")),
+            ("call-id", Value::str("ice-1")),
+            ("from-tag", Value::str("a")),
+            ("to-tag", Value::str("b")),
+            ("sdp", Value::str(&ice_sdp(callee.local_addr().expect("addr"), "cb", callee_pwd))),
+        ],
+    );
+    let answer_sdp = sdp_text(&answer);
+    assert!(!answer_sdp.contains("10.9.9.9") && answer_sdp.contains("typ host"), "{answer_sdp}");
+    let session = h.list(None, 10).wait().expect("list").sessions.remove(0);
+    assert_eq!(session.latch, LatchPolicy::Authenticated, "ICE credentials on both sides switch latching");
+    // A stranger's checks (a guessed password) latch nothing.
+    stranger.send_to(&stun_request(b"guessed-password", [5; 12]), to_callee_leg).expect("send");
+    // The callee's check is signed with the caller's password (it is the
+    // caller's agent that must answer it): it latches the callee's leg...
+    let check = stun_request(caller_pwd.as_bytes(), [6; 12]);
+    callee.send_to(&check, to_callee_leg).expect("send");
+    let mut buf = [0u8; 2048];
+    let n = caller.recv(&mut buf).expect("the check reaches the caller");
+    assert_eq!(&buf[..n], &check[..]);
+    // ...and the same check replayed by the stranger moves nothing.
+    stranger.send_to(&check, to_callee_leg).expect("replay");
+    wait_received(&h, 3);
+    let info = h.session(session.id).wait().expect("query");
+    assert_eq!(info.endpoint.remote_rtp, Some(callee.local_addr().expect("addr")));
+    let d = info.endpoint.stats.drops;
+    assert_eq!((d.get(DropReason::Unauthenticated), d.get(DropReason::Replay)), (1, 1));
+    assert_eq!(drain(&stranger), 0);
 }
