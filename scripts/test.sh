@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README.md): installs what it needs, then
-# checks formatting and lints, runs every test of the workspace and a short
-# run of every fuzz target.
+# checks formatting and lints, runs every test of the workspace, Schemathesis
+# against live relays, and a short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
@@ -11,6 +11,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+# The admin API against its own OpenAPI document (Schemathesis, every check).
+scripts/schemathesis.sh
 # Every fuzz target for a short, bounded time (fuzz/smoke.sh installs cargo-fuzz).
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}" fuzz/smoke.sh
 # One closing line for the whole run (cargo prints one per test binary).

@@ -245,7 +245,8 @@ fn media_through_an_external_relay_driven_by_its_admin_api() {
     let state = Arc::new(AdminState {
         handle: relay.handle(),
         token_sha256: RwLock::new(Some(sha2::Sha256::digest(token.as_bytes()).into())),
-        stats: ucmrc::metrics::ControlStats::default(),
+        defaults: RwLock::new(relay_core::SessionDefaults::default()),
+        stats: ucmrc::metrics::AdminStats::default(),
         backend: relay.datapath().running.as_str().to_string(),
         started: std::time::Instant::now(),
         ready: AtomicBool::new(true),

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,16 +17,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use relay_core::api::{Allocation, FieldError, SessionRequest, UpdateRequest};
 use relay_core::control::server::ControlServer;
+use relay_core::session::SpecErrorKind;
 use relay_core::tunnel::server::TunnelServer;
 use relay_core::{LegInfo, RelayError, RelayHandle, SessionId, SessionInfo, Verify};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::metrics::{self, ControlStats};
+use crate::metrics::{self, AdminStats};
 
-/// The OpenAPI document served at `/v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// Largest request body accepted (a session request is a few hundred bytes).
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// Shared state of the admin server.
 pub struct AdminState {
@@ -34,8 +35,10 @@ pub struct AdminState {
     pub handle: RelayHandle,
     /// SHA-256 of the bearer token; `None` = unauthenticated (loopback only).
     pub token_sha256: RwLock<Option<[u8; 32]>>,
+    /// Session defaults and ceilings (for the OpenAPI document; reloaded).
+    pub defaults: RwLock<relay_core::SessionDefaults>,
     /// Request counters.
-    pub stats: ControlStats,
+    pub stats: AdminStats,
     /// Datapath name for build info.
     pub backend: String,
     /// Start time.
@@ -72,15 +75,41 @@ impl IntoResponse for ApiError {
 
 impl From<RelayError> for ApiError {
     fn from(e: RelayError) -> Self {
-        let status = match e {
+        let status = match &e {
             RelayError::PortsExhausted | RelayError::Busy | RelayError::Draining | RelayError::Stopped => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             RelayError::QuotaExceeded(_) => StatusCode::CONFLICT,
             RelayError::UnknownSession(_) => StatusCode::NOT_FOUND,
-            RelayError::InvalidSpec(_) => StatusCode::BAD_REQUEST,
+            RelayError::InvalidSpec(s) => match s.kind {
+                SpecErrorKind::AddressRefused => {
+                    return Self::new(StatusCode::FORBIDDEN, "forbidden_address", e.to_string())
+                }
+                SpecErrorKind::MissingCredentials => {
+                    return Self::bad("missing_credentials", e.to_string());
+                }
+                SpecErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            },
         };
         Self::new(status, relay_core::api::relay_error_code(&e), e.to_string())
+    }
+}
+
+/// A JSON body the extractor refused: too large (413), not JSON (415), or
+/// not the expected shape (400).
+fn body_error(e: JsonRejection) -> ApiError {
+    match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("bodies are at most {MAX_BODY} bytes"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ),
+        _ => ApiError::bad("invalid_json", e.body_text()),
     }
 }
 
@@ -104,6 +133,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
@@ -205,7 +238,7 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
     let tunnels = st.tunnels.as_ref().map(TunnelServer::stats);
     let body = metrics::render(&metrics::Figures {
         counters: &counters,
-        control: &st.stats,
+        admin: &st.stats,
         connectors: connectors.as_ref(),
         tunnels: tunnels.as_ref(),
         backend: &st.backend,
@@ -216,8 +249,10 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+async fn openapi(State(st): State<Arc<AdminState>>) -> Response {
+    let tokenless = st.token_sha256.read().unwrap_or_else(|p| p.into_inner()).is_none();
+    let defaults = st.defaults.read().unwrap_or_else(|p| p.into_inner()).clone();
+    Json(crate::openapi::document(&defaults, tokenless)).into_response()
 }
 
 #[cfg(test)]
@@ -290,7 +325,7 @@ async fn create_session(
     State(st): State<Arc<AdminState>>,
     body: Result<Json<SessionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::bad("invalid_json", e.body_text()))?;
+    let Json(body) = body.map_err(body_error)?;
     let tenant = body.tenant.clone().ok_or_else(|| ApiError::bad("invalid_field", "tenant: required"))?;
     let spec = body.to_spec(&tenant)?;
     let a = st.handle.allocate(spec).await?;
@@ -304,8 +339,14 @@ async fn update_session(
     body: Result<Json<UpdateRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let Json(body) = body.map_err(|e| ApiError::bad("invalid_json", e.body_text()))?;
-    st.handle.update(id, body.to_update()?).await?;
+    let Json(body) = body.map_err(body_error)?;
+    st.handle.update(id, body.to_update()?).await.map_err(|e| match &e {
+        // The rule depends on what the session already holds: a conflict with its state.
+        RelayError::InvalidSpec(s) if s.kind == SpecErrorKind::MissingCredentials => {
+            ApiError::new(StatusCode::CONFLICT, "missing_credentials", e.to_string())
+        }
+        _ => ApiError::from(e),
+    })?;
     let info = st.handle.session(id).await?;
     Ok(Json(session_json(&info)))
 }

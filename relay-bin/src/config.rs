@@ -18,11 +18,11 @@ use relay_core::tunnel::server::TunnelConfig;
 use relay_core::{
     BackendKind, LatchPolicy, LegLimits, PeerPolicy, RelayConfig, SessionDefaults, SocketOptions, Verify,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole file. Every section is optional; missing values take the
 /// embedded defaults (a loopback-only relay).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Media relay settings.
@@ -72,7 +72,7 @@ impl FileConfig {
 }
 
 /// `[relay]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelaySection {
     /// IP the relay ports bind to (`::` for dual-stack).
@@ -112,8 +112,8 @@ impl Default for RelaySection {
         Self {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             advertised_ip: None,
-            port_min: 20000,
-            port_max: 29999,
+            port_min: 10000,
+            port_max: 19999,
             workers: 0,
             datapath: "auto".into(),
             pin_cpus: Vec::new(),
@@ -129,7 +129,7 @@ impl Default for RelaySection {
 }
 
 /// `[sessions]`: defaults for new sessions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsSection {
     /// `window`, `authenticated` or `open`.
@@ -180,7 +180,7 @@ impl Default for SessionsSection {
 }
 
 /// `[admin]`
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     /// Listen address of the admin HTTP API.
@@ -210,7 +210,7 @@ impl std::fmt::Debug for AdminSection {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// `human` or `json`.
@@ -228,7 +228,7 @@ impl Default for LogSection {
 }
 
 /// `[ng]`: the rtpengine ng control protocol (Kamailio/OpenSIPS rtpengine modules).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NgSection {
     /// Serve the ng protocol.
@@ -291,7 +291,7 @@ pub struct NgSettings {
 }
 
 /// `[control]`: where connectors beside the PBXs log in (TLS 1.2/1.3).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlSection {
     /// Listen address.
@@ -347,7 +347,7 @@ impl Default for ControlSection {
 }
 
 /// `[tunnels]`: endpoints reach the PBXs' TLS services through the relay.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TunnelsSection {
     /// Where connectors dial in with a ticket for each tunnel.
@@ -409,7 +409,7 @@ impl Default for TunnelsSection {
 }
 
 /// `[[tunnels.listeners]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelListenerSection {
     /// Listen address (e.g. `0.0.0.0:5061`).
@@ -434,7 +434,7 @@ pub struct TunnelSettings {
 }
 
 /// `[tenants.NAME]`
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantSection {
     /// Maximum concurrent sessions (0: unlimited).
@@ -489,11 +489,34 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{}:{}: {}: {}", self.file, l, self.key, self.message),
-            None => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+        match (self.line, self.key.is_empty()) {
+            (Some(l), false) => write!(f, "{}:{}: {}: {}", self.file, l, self.key, self.message),
+            (None, false) => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+            (_, true) => write!(f, "{}: {}", self.file, self.message),
         }
     }
+}
+
+/// A serde/toml message in an operator's words: "expected u16" becomes
+/// "expected a whole number from 0 to 65535", and so on.
+pub(crate) fn humanize(message: &str) -> String {
+    const TYPES: [(&str, &str); 10] = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        ("expected u64", "expected a whole number from 0 to 18446744073709551615"),
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected IP address", "expected an IP address such as 192.0.2.10 or 2001:db8::10"),
+        ("expected socket address", "expected an address and port such as 127.0.0.1:9180 or [::1]:9180"),
+        ("expected a string", "expected a quoted string"),
+    ];
+    let mut out = message.to_string();
+    for (from, to) in TYPES {
+        out = out.replace(from, to);
+    }
+    out
 }
 
 impl std::error::Error for ConfigError {}
@@ -503,6 +526,8 @@ impl std::error::Error for ConfigError {}
 pub struct Config {
     /// Where it came from.
     pub source: String,
+    /// The text it was parsed from (to name lines in later checks).
+    pub text: String,
     /// As written.
     pub file: FileConfig,
     /// The relay-core configuration it validates into.
@@ -533,8 +558,8 @@ impl Config {
         let text = read_text(path).map_err(|e| ConfigError {
             file: name.clone(),
             line: None,
-            key: "-".into(),
-            message: format!("cannot read: {e}"),
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
         })?;
         Config::parse_in(&name, &text, path.parent())
     }
@@ -590,7 +615,13 @@ impl Config {
             other => return Err(err("log.format", format!("{other:?} is not one of human, json"))),
         }
         if !valid_log_filter(&file.log.level) {
-            return Err(err("log.level", format!("{:?} is not a valid filter", file.log.level)));
+            return Err(err(
+                "log.level",
+                format!(
+                    "{:?} is not a level (error, warn, info, debug, trace, off) or a list of target=level directives",
+                    file.log.level
+                ),
+            ));
         }
         let sha256 = |key: &str, h: &Option<String>| -> Result<Option<[u8; 32]>, ConfigError> {
             match h {
@@ -711,7 +742,17 @@ impl Config {
             }
             Some(t) => Some(tunnel_settings(t, &file).map_err(|(key, message)| err(&key, message))?),
         };
-        Ok(Config { source: name.into(), file, relay, admin_token_sha256, control, tenant_credentials, tunnels, ng })
+        Ok(Config {
+            source: name.into(),
+            text: text.into(),
+            file,
+            relay,
+            admin_token_sha256,
+            control,
+            tenant_credentials,
+            tunnels,
+            ng,
+        })
     }
 
     /// Per-tenant limits of the tenants the file names (others get
@@ -734,6 +775,95 @@ impl Config {
                 (k.clone(), limit)
             })
             .collect()
+    }
+
+    /// The effective configuration as TOML: every key with the value the
+    /// relay runs with (defaults filled in), secrets masked.
+    pub fn effective_toml(&self) -> String {
+        let mut file = self.file.clone();
+        file.relay.allow_loopback_peers = Some(self.relay.peer_policy.allow_loopback);
+        file.admin.allow_unauthenticated = Some(self.admin_token_sha256.is_none());
+        if file.admin.token_sha256.is_some() {
+            file.admin.token_sha256 = Some("<masked>".into());
+        }
+        for t in file.tenants.values_mut() {
+            if t.token_sha256.is_some() {
+                t.token_sha256 = Some("<masked>".into());
+            }
+        }
+        toml::to_string(&file).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
+    }
+
+    /// What the file asks for that this process cannot do here — checked at
+    /// start and by `check-config` (parsing alone cannot know the host):
+    /// listeners on the same address, ports below 1024 without the
+    /// capability to bind them, CPUs that do not exist.
+    pub fn check_runtime(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, message: String| {
+            let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+            ConfigError {
+                file: self.source.clone(),
+                line: find_key_line(&self.text, section, leaf),
+                key: key.into(),
+                message,
+            }
+        };
+        let f = &self.file;
+        let mut tcp: Vec<(&str, SocketAddr)> = vec![("admin.listen", f.admin.listen)];
+        if f.ng.enabled {
+            tcp.push(("ng.listen", f.ng.listen));
+        }
+        if let Some(c) = &f.control {
+            tcp.push(("control.listen", c.listen));
+        }
+        if let Some(t) = &f.tunnels {
+            tcp.push(("tunnels.data_listen", t.data_listen));
+            tcp.extend(t.listeners.iter().map(|l| ("tunnels.listeners", l.listen)));
+        }
+        let overlaps = |a: SocketAddr, b: SocketAddr| {
+            a.port() == b.port()
+                && a.port() != 0
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        for (i, (ka, a)) in tcp.iter().enumerate() {
+            if let Some((kb, _)) = tcp[..i].iter().find(|(_, b)| overlaps(*a, *b)) {
+                return Err(err(ka, format!("{a} is also {kb}: two listeners cannot share an address")));
+            }
+        }
+        let r = &self.relay;
+        let media_ip = |ip: IpAddr| ip == r.bind_ip || ip.is_unspecified() || r.bind_ip.is_unspecified();
+        if f.ng.enabled && media_ip(f.ng.listen.ip()) && (r.port_min..=r.port_max).contains(&f.ng.listen.port()) {
+            return Err(err(
+                "ng.listen",
+                format!("port {} is inside the media range {}-{}", f.ng.listen.port(), r.port_min, r.port_max),
+            ));
+        }
+        let unprivileged = unprivileged_port_start();
+        if !can_bind_privileged() {
+            if r.port_min < unprivileged {
+                return Err(err(
+                    "relay.port_min",
+                    "ports below 1024 need root or CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit)".into(),
+                ));
+            }
+            if let Some((k, a)) = tcp.iter().find(|(_, a)| a.port() != 0 && a.port() < unprivileged) {
+                return Err(err(
+                    k,
+                    format!(
+                        "{a}: ports below 1024 need root or CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit)"
+                    ),
+                ));
+            }
+        }
+        if let Ok(allowed) = relay_core::io::sys::allowed_cpus() {
+            if let Some(c) = r.pin_cpus.iter().find(|c| !allowed.contains(c)) {
+                return Err(err(
+                    "relay.pin_cpus",
+                    format!("CPU {c} is not available to this process (it may use {allowed:?})"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Settings that work but are risky on a public relay, one sentence each.
@@ -766,6 +896,25 @@ impl Config {
         }
         w
     }
+}
+
+/// Whether this process may bind ports below 1024: root, or
+/// CAP_NET_BIND_SERVICE (bit 10) among its effective capabilities.
+fn can_bind_privileged() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return true };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << 10) != 0)
+}
+
+/// The first port anyone may bind (`net.ipv4.ip_unprivileged_port_start`, 1024 by default).
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1024)
 }
 
 /// The kernel's ephemeral port range, if readable.
@@ -959,9 +1108,19 @@ fn tunnel_settings(t: &TunnelsSection, file: &FileConfig) -> Result<TunnelSettin
 
 /// Whether `level` is a usable `tracing` filter. Non-ASCII text is refused
 /// before the parser sees it: tracing-subscriber 0.3 panics on some
-/// multi-byte input (found by the `config` fuzz target).
+/// multi-byte input (found by the `config` fuzz target). Every directive must
+/// be a level or `target=level`: a bare word such as `verbose` parses as "the
+/// target `verbose` at every level", which silences everything else.
 pub fn valid_log_filter(level: &str) -> bool {
-    level.is_ascii() && tracing_subscriber::EnvFilter::try_new(level).is_ok()
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let directives_ok = level.split(',').map(str::trim).all(|d| {
+        !d.is_empty()
+            && match d.rsplit_once('=') {
+                Some((target, lvl)) => !target.is_empty() && LEVELS.contains(&lvl.to_ascii_lowercase().as_str()),
+                None => LEVELS.contains(&d.to_ascii_lowercase().as_str()),
+            }
+    });
+    level.is_ascii() && directives_ok && tracing_subscriber::EnvFilter::try_new(level).is_ok()
 }
 
 /// Largest configuration, certificate, key, CA bundle or token file read.
@@ -1006,7 +1165,7 @@ pub(crate) fn line_of_offset(text: &str, offset: usize) -> usize {
 /// A TOML syntax or type error as a [`ConfigError`]: the key (for a
 /// missing field, the field inside the table the error points at) and line.
 pub(crate) fn toml_error(name: &str, text: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e.message().trim().to_string();
+    let message = humanize(e.message().trim());
     let offset = e.span().map(|s| s.start);
     let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
     let key = match (missing, offset) {
@@ -1207,6 +1366,78 @@ mod tests {
         )
         .expect_err("device cert");
         assert_eq!((e.key.as_str(), e.line), ("control.cert", Some(4)), "{e}");
+    }
+
+    /// Every `key = value` of the example file (commented out or not), by section.
+    fn example_values() -> Vec<(String, String, toml::Value, bool)> {
+        let text = include_str!("../../docs/ucmrc.example.toml");
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let (body, commented) = match line.trim().strip_prefix('#') {
+                Some(rest) => (rest.trim(), true),
+                None => (line.trim(), false),
+            };
+            if body.starts_with('[') {
+                section = body.trim_matches(|c| c == '[' || c == ']').to_string();
+                continue;
+            }
+            if let Ok(t) = toml::from_str::<toml::Table>(body) {
+                for (k, v) in t {
+                    out.push((section.clone(), k, v, commented));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_example_file_states_every_default_exactly() {
+        let defaults: toml::Table = toml::Table::try_from(FileConfig::default()).expect("serializes");
+        let mut sections: Vec<(String, toml::Table)> = defaults
+            .iter()
+            .filter_map(|(k, v)| v.as_table().map(|t| (k.clone(), t.clone())))
+            .filter(|(k, _)| k != "tenants")
+            .collect();
+        sections.push(("control".into(), toml::Table::try_from(ControlSection::default()).expect("control")));
+        sections.push(("tunnels".into(), toml::Table::try_from(TunnelsSection::default()).expect("tunnels")));
+        let example = example_values();
+        let mut wrong = Vec::new();
+        for (section, table) in &sections {
+            for (key, default) in table {
+                if default.as_str() == Some("") {
+                    continue; // required, no default (control.cert, control.key)
+                }
+                let written: Vec<&toml::Value> =
+                    example.iter().filter(|(s, k, _, _)| s == section && k == key).map(|(_, _, v, _)| v).collect();
+                if written.is_empty() {
+                    wrong.push(format!("{section}.{key} is not mentioned (default {default})"));
+                }
+                for v in written.into_iter().filter(|v| *v != default) {
+                    wrong.push(format!("{section}.{key} = {v}, the default is {default}"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "docs/ucmrc.example.toml must state every default:\n{}", wrong.join("\n"));
+        // Keys without a fixed default (they depend on other keys) are shown commented out.
+        for key in ["advertised_ip", "allow_loopback_peers"] {
+            assert!(example.iter().any(|(s, k, _, c)| s == "relay" && k == key && *c), "relay.{key}");
+        }
+        assert!(example.iter().any(|(s, k, _, c)| s == "admin" && k == "allow_unauthenticated" && *c));
+        // And the file itself is a valid configuration.
+        Config::parse("ucmrc.example.toml", include_str!("../../docs/ucmrc.example.toml")).expect("valid");
+    }
+
+    #[test]
+    fn log_filters_that_would_silence_the_relay_are_refused() {
+        for good in ["info", "DEBUG", "ucmrc=debug,info", "relay_core=trace, warn", "off"] {
+            assert!(valid_log_filter(good), "{good}");
+        }
+        for bad in ["verbose", "nonsense", "info,", "ucmrc=loud", "=info", ""] {
+            assert!(!valid_log_filter(bad), "{bad}");
+        }
+        let e = Config::parse("x.toml", "[log]\nlevel = \"verbose\"\n").expect_err("refused");
+        assert_eq!((e.key.as_str(), e.line), ("log.level", Some(2)), "{e}");
     }
 
     #[test]

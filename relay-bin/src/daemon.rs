@@ -15,7 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ControlSettings, TunnelSettings};
-use crate::metrics::ControlStats;
+use crate::metrics::AdminStats;
 use relay_core::session::peer::OwnEndpoint;
 use std::net::SocketAddr;
 
@@ -77,7 +77,8 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         control: control_listener,
         handle: handle.clone(),
         token_sha256: RwLock::new(cfg.admin_token_sha256),
-        stats: ControlStats::default(),
+        defaults: RwLock::new(cfg.relay.defaults.clone()),
+        stats: AdminStats::default(),
         backend: dp.running.as_str().to_string(),
         started: Instant::now(),
         ready: AtomicBool::new(false),
@@ -122,9 +123,10 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
             bound.push(addr);
             let server = server.clone();
             tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+            let n = cfg.tenant_credentials.len();
             format!(
-                "control channel on tls://{addr} ({} tenants with a token, certificate sha256 {})",
-                cfg.tenant_credentials.len(),
+                "control channel on tls://{addr} ({n} {} with a token, certificate sha256 {})",
+                if n == 1 { "tenant" } else { "tenants" },
                 state.control.as_ref().map(|s| s.certificate().fingerprint()).unwrap_or_default()
             )
         }
@@ -303,6 +305,7 @@ async fn reload(old: &Config, new: &Config, state: &AdminState, listeners: &[Soc
     }
     apply_quotas(&state.handle, new);
     *state.token_sha256.write().unwrap_or_else(|p| p.into_inner()) = new.admin_token_sha256;
+    *state.defaults.write().unwrap_or_else(|p| p.into_inner()) = n.defaults.clone();
     if let (Some(server), Some(t)) = (&state.tunnels, &new.tunnels) {
         server.replace_router(t.router.clone());
         server.set_tenant_limits(t.tenant_limits.clone());

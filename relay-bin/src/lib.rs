@@ -11,3 +11,4 @@ pub mod daemon;
 pub mod demo;
 pub mod metrics;
 pub mod ng;
+pub mod openapi;

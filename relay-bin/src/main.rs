@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the relay. Without --config it uses embedded loopback-only defaults:
-    /// media on 127.0.0.1 ports 20000-29999, admin API on http://127.0.0.1:9180
+    /// media on 127.0.0.1 ports 10000-19999, admin API on http://127.0.0.1:9180
     /// without a token.
     Relay {
         /// TOML configuration file (see docs/ucmrc.example.toml).
@@ -85,12 +85,25 @@ enum TokenCmd {
     },
 }
 
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ucmrc: cannot write: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Relay { config } => {
             let cfg = match &config {
-                Some(path) => match config::Config::load(path) {
+                Some(path) => match config::Config::load(path).and_then(|c| c.check_runtime().map(|()| c)) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("ucmrc: invalid configuration: {e}");
@@ -107,14 +120,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::CheckConfig { file } => match config::Config::load(&file) {
+        Cmd::CheckConfig { file } => match config::Config::load(&file).and_then(|c| c.check_runtime().map(|()| c)) {
             Ok(c) => {
-                println!("{}: ok", file.display());
+                let mut text = format!("# {}: ok\n", file.display());
                 for w in c.warnings() {
-                    println!("warning: {w}");
+                    text += &format!("# warning: {w}\n");
                 }
-                println!("{:#?}", c.file);
-                ExitCode::SUCCESS
+                text += "# effective configuration (defaults filled in, secrets masked):\n";
+                text += &c.effective_toml();
+                print_out(&text)
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -133,11 +147,7 @@ fn main() -> ExitCode {
                 eprintln!("{e}");
                 ExitCode::from(2)
             }
-            Ok(c) if check => {
-                println!("{}: ok", config.display());
-                println!("{:#?}", c.connector);
-                ExitCode::SUCCESS
-            }
+            Ok(c) if check => print_out(&format!("{}: ok\n{:#?}\n", config.display(), c.connector)),
             Ok(c) => match connect::run(c) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -147,19 +157,14 @@ fn main() -> ExitCode {
             },
         },
         Cmd::Token { command: TokenCmd::New { tenant } } => match daemon::new_token() {
-            Ok((token, hash)) => {
-                match tenant {
-                    None => {
-                        println!("token (give to API clients, store it safely): {token}");
-                        println!("config line for [admin]:\ntoken_sha256 = \"{hash}\"");
-                    }
-                    Some(t) => {
-                        println!("token (put it alone in the connector's token_file, chmod 600): {token}");
-                        println!("relay config:\n[tenants.{t}]\ntoken_sha256 = \"{hash}\"");
-                    }
-                }
-                ExitCode::SUCCESS
-            }
+            Ok((token, hash)) => print_out(&match tenant {
+                None => format!(
+                    "token (give to API clients, store it safely): {token}\nconfig line for [admin]:\ntoken_sha256 = \"{hash}\"\n"
+                ),
+                Some(t) => format!(
+                    "token (put it alone in the connector's token_file, chmod 600): {token}\nrelay config:\n[tenants.{t}]\ntoken_sha256 = \"{hash}\"\n"
+                ),
+            }),
             Err(e) => {
                 eprintln!("ucmrc: {e}");
                 ExitCode::FAILURE

@@ -2,8 +2,9 @@
 //!
 //! Data-plane figures come from a snapshot of every shard's plain counters
 //! (one command round trip per scrape; the packet path never touches an
-//! atomic or a lock). Control-plane figures (admin requests by result and
-//! their latency) are atomics updated per request.
+//! atomic or a lock). Admin API figures (`ucmrc_admin_*`: requests by result
+//! and their latency) are atomics updated per request; `ucmrc_connector_*`
+//! are the connectors' control channel.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,24 +12,24 @@ use std::time::Duration;
 
 use relay_core::{RelayCounters, ShardCounters};
 
-/// Latency buckets for control requests, seconds.
+/// Latency buckets for admin API requests, seconds.
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
-/// Control operations counted separately.
+/// Admin API operations counted separately.
 pub const OPERATIONS: [&str; 6] = ["allocate", "query", "list", "release", "other", "update"];
-/// Results of a control operation.
+/// Results of an admin API operation.
 pub const RESULTS: [&str; 3] = ["ok", "client_error", "server_error"];
 
 /// Admin API request counters and latency histograms.
 #[derive(Debug, Default)]
-pub struct ControlStats {
+pub struct AdminStats {
     counts: [[AtomicU64; RESULTS.len()]; OPERATIONS.len()],
     buckets: [[AtomicU64; BUCKETS.len()]; OPERATIONS.len()],
     sum_us: [AtomicU64; OPERATIONS.len()],
     total: [AtomicU64; OPERATIONS.len()],
 }
 
-impl ControlStats {
+impl AdminStats {
     /// Records one request.
     pub fn record(&self, op: usize, status: u16, elapsed: Duration) {
         let op = op.min(OPERATIONS.len() - 1);
@@ -62,7 +63,7 @@ pub struct Figures<'a> {
     /// Every shard's counters.
     pub counters: &'a RelayCounters,
     /// Admin API requests.
-    pub control: &'a ControlStats,
+    pub admin: &'a AdminStats,
     /// The connectors' control listener, when configured.
     pub connectors: Option<&'a relay_core::control::server::ControlStats>,
     /// The tunnel listeners, when configured.
@@ -79,14 +80,14 @@ pub struct Figures<'a> {
 
 /// Renders every metric in the Prometheus text format (version 0.0.4).
 pub fn render(f: &Figures<'_>) -> String {
-    let Figures { counters, control, connectors, tunnels, backend, draining, uptime, shard_failures } = *f;
+    let Figures { counters, admin, connectors, tunnels, backend, draining, uptime, shard_failures } = *f;
     let mut o = String::with_capacity(16 * 1024);
     let t = &counters.total;
     let simple: [(&str, &str, &str, Field); 15] = [
         ("ucmrc_packets_received_total", "counter", "Datagrams received on relay ports.", |c| c.packets_received),
-        ("ucmrc_received_bytes_total", "counter", "Bytes received on relay ports.", |c| c.bytes_received),
+        ("ucmrc_bytes_received_total", "counter", "Bytes received on relay ports.", |c| c.bytes_received),
         ("ucmrc_packets_forwarded_total", "counter", "Datagrams forwarded to the other leg.", |c| c.packets_forwarded),
-        ("ucmrc_forwarded_bytes_total", "counter", "Bytes forwarded to the other leg.", |c| c.bytes_forwarded),
+        ("ucmrc_bytes_forwarded_total", "counter", "Bytes forwarded to the other leg.", |c| c.bytes_forwarded),
         ("ucmrc_sessions_active", "gauge", "Sessions allocated now.", |c| c.sessions_active),
         ("ucmrc_sessions_created_total", "counter", "Sessions allocated.", |c| c.sessions_created),
         ("ucmrc_sessions_released_total", "counter", "Sessions released by a request.", |c| c.sessions_released),
@@ -129,24 +130,24 @@ pub fn render(f: &Figures<'_>) -> String {
             let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", get(c));
         }
     }
-    family(&mut o, "ucmrc_control_requests_total", "counter", "Admin API requests, by operation and result.");
+    family(&mut o, "ucmrc_admin_requests_total", "counter", "Admin API requests, by operation and result.");
     for (i, op) in OPERATIONS.iter().enumerate() {
         for (j, res) in RESULTS.iter().enumerate() {
-            let n = control.counts[i][j].load(Ordering::Relaxed);
-            let _ = writeln!(o, "ucmrc_control_requests_total{{operation=\"{op}\",result=\"{res}\"}} {n}");
+            let n = admin.counts[i][j].load(Ordering::Relaxed);
+            let _ = writeln!(o, "ucmrc_admin_requests_total{{operation=\"{op}\",result=\"{res}\"}} {n}");
         }
     }
-    family(&mut o, "ucmrc_control_request_duration_seconds", "histogram", "Admin API request latency, by operation.");
+    family(&mut o, "ucmrc_admin_request_duration_seconds", "histogram", "Admin API request latency, by operation.");
     for (i, op) in OPERATIONS.iter().enumerate() {
         for (j, b) in BUCKETS.iter().enumerate() {
-            let n = control.buckets[i][j].load(Ordering::Relaxed);
-            let _ = writeln!(o, "ucmrc_control_request_duration_seconds_bucket{{operation=\"{op}\",le=\"{b}\"}} {n}");
+            let n = admin.buckets[i][j].load(Ordering::Relaxed);
+            let _ = writeln!(o, "ucmrc_admin_request_duration_seconds_bucket{{operation=\"{op}\",le=\"{b}\"}} {n}");
         }
-        let total = control.total[i].load(Ordering::Relaxed);
-        let _ = writeln!(o, "ucmrc_control_request_duration_seconds_bucket{{operation=\"{op}\",le=\"+Inf\"}} {total}");
-        let sum = control.sum_us[i].load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(o, "ucmrc_control_request_duration_seconds_sum{{operation=\"{op}\"}} {sum}");
-        let _ = writeln!(o, "ucmrc_control_request_duration_seconds_count{{operation=\"{op}\"}} {total}");
+        let total = admin.total[i].load(Ordering::Relaxed);
+        let _ = writeln!(o, "ucmrc_admin_request_duration_seconds_bucket{{operation=\"{op}\",le=\"+Inf\"}} {total}");
+        let sum = admin.sum_us[i].load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(o, "ucmrc_admin_request_duration_seconds_sum{{operation=\"{op}\"}} {sum}");
+        let _ = writeln!(o, "ucmrc_admin_request_duration_seconds_count{{operation=\"{op}\"}} {total}");
     }
     if let Some(c) = connectors {
         family(&mut o, "ucmrc_connector_events_total", "counter", "Control-channel (connector) events, by kind.");
@@ -230,5 +231,13 @@ fn process_metrics(o: &mut String) {
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         family(o, "process_open_fds", "gauge", "Open file descriptors.");
         let _ = writeln!(o, "process_open_fds {}", fds.count());
+    }
+    let max_fds = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| {
+        let line = l.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse::<f64>().ok()
+    });
+    if let Some(max) = max_fds {
+        family(o, "process_max_fds", "gauge", "Maximum number of open file descriptors (soft limit).");
+        let _ = writeln!(o, "process_max_fds {max}");
     }
 }

@@ -23,7 +23,7 @@ fn runs_with_no_config_on_loopback() {
     let v = json(&body);
     let ep: SocketAddr = v["endpoint"]["rtp"].as_str().expect("addr").parse().expect("addr");
     assert!(ep.ip().is_loopback());
-    assert!((20000..=29999).contains(&ep.port()));
+    assert!((10000..=19999).contains(&ep.port()));
 }
 
 #[test]
@@ -111,8 +111,8 @@ fn session_lifecycle_over_http_with_real_srtp_and_metrics() {
     assert!(moved >= delivered as f64, "forwarded counter moved by {moved}");
     assert_eq!(after["ucmrc_sessions_active"], 1.0);
     assert!(after["process_resident_memory_bytes"] > 0.0 && after["process_open_fds"] > 0.0);
-    assert!(after["ucmrc_control_requests_total{operation=\"allocate\",result=\"ok\"}"] >= 1.0);
-    assert!(after["ucmrc_control_requests_total{operation=\"allocate\",result=\"client_error\"}"] >= 8.0);
+    assert!(after["ucmrc_admin_requests_total{operation=\"allocate\",result=\"ok\"}"] >= 1.0);
+    assert!(after["ucmrc_admin_requests_total{operation=\"allocate\",result=\"client_error\"}"] >= 8.0);
 
     // PATCH changes a running session: the new hint shows in its state.
     let path = format!("/v1/sessions/{}", call.id);
@@ -431,6 +431,18 @@ fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
         queried += 1;
     }
     assert!(queried >= 20, "dashboard queries found: {queried}");
+    // Every panel query is scoped by the job and instance selectors: a fleet is never summed blindly.
+    let board = json(&dashboard);
+    let panels = board["panels"].as_array().expect("panels");
+    for expr in
+        panels.iter().flat_map(|p| p["targets"].as_array().into_iter().flatten()).filter_map(|t| t["expr"].as_str())
+    {
+        let series = expr.matches("ucmrc_").count();
+        assert_eq!(expr.matches(r#"{job=~"$job",instance=~"$instance"}"#).count(), series, "{expr}");
+    }
+    let variables: Vec<&str> =
+        board["templating"]["list"].as_array().expect("variables").iter().filter_map(|v| v["name"].as_str()).collect();
+    assert!(variables.contains(&"job") && variables.contains(&"instance"), "{variables:?}");
 
     // An endpoint's TLS connection reaches the PBX through the tunnel.
     let mut endpoint = TcpStream::connect(tunnel_addr).expect("tunnel");

@@ -22,8 +22,9 @@ use crate::session::{InvalidSpec, LegPorts, SessionId, SessionInfo};
 use crate::shard::{Command, Response, Shard, ShardConfig, ShardError};
 
 /// Everything needed to start a relay. `Default` is a loopback-only relay on
-/// ports 20000–29999 (below Linux's ephemeral ports, so local test
-/// sockets never collide with relay ports) with one worker per CPU.
+/// ports 10000–19999 (below Linux's ephemeral ports, so local sockets never
+/// collide with relay ports, and clear of ng's customary 22222) with one
+/// worker per CPU.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// IP to bind relay ports on (`::` binds dual-stack).
@@ -66,8 +67,8 @@ impl Default for RelayConfig {
         Self {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             advertised_ip: None,
-            port_min: 20000,
-            port_max: 29999,
+            port_min: 10000,
+            port_max: 19999,
             workers: 0,
             pin_cpus: Vec::new(),
             backend: BackendKind::default(),

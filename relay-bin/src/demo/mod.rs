@@ -72,7 +72,7 @@ async fn control_and_connector(relay: &Relay) -> Result<(ControlServer, Connecto
 
 /// Runs the demo; returns an error if any packet failed authentication.
 pub fn run(opts: DemoOptions) -> Result<(), String> {
-    let config = RelayConfig { port_min: 20000, port_max: 29999, ..RelayConfig::default() };
+    let config = RelayConfig { port_min: 10000, port_max: 19999, ..RelayConfig::default() };
     let relay = Relay::start(config.clone()).map_err(|e| e.to_string())?;
     println!(
         "ucmrc demo: relay on {} ports {}-{} (datapath {}), {} calls of SRTP (AES_CM_128_HMAC_SHA1_80) at {} pps each way, {} s",

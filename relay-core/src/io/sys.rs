@@ -384,3 +384,13 @@ pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     out.dedup();
     Ok(out)
 }
+
+/// The CPUs this process may run on (its affinity mask), by index.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { zeroed() };
+    // SAFETY: passes a valid cpu_set_t and its size for the calling process (0).
+    cvt(unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) })?;
+    // SAFETY: CPU_ISSET reads inside `set` for indexes below CPU_SETSIZE.
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}

@@ -387,7 +387,10 @@ impl NgEngine {
             // password, which signs the other side's connectivity checks.
             let keys = sdes_auth(&m.crypto);
             let ice_pwd = match ice {
-                IceRewrite::RelayCandidates => m.ice_pwd.clone().filter(|p| !p.is_empty() && p.len() <= 256),
+                IceRewrite::RelayCandidates => m
+                    .ice_pwd
+                    .clone()
+                    .filter(|p| !p.is_empty() && p.len() <= 256 && p.bytes().all(|b| b.is_ascii_graphic())),
                 IceRewrite::Remove => None,
             };
             let sender_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };

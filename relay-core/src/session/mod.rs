@@ -79,6 +79,19 @@ impl Component {
     }
 }
 
+/// What kind of refusal an [`InvalidSpec`] is (the admin API maps it to
+/// its HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpecErrorKind {
+    /// A value outside its range or format.
+    Invalid,
+    /// A well-formed address the peer policy refuses (a relay address, a
+    /// private network, metadata...).
+    AddressRefused,
+    /// A latching or verification mode without the credentials it needs.
+    MissingCredentials,
+}
+
 /// An invalid session specification or update.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid session spec: {field}: {reason}")]
@@ -87,6 +100,23 @@ pub struct InvalidSpec {
     pub field: &'static str,
     /// What is wrong.
     pub reason: &'static str,
+    /// Which kind of refusal.
+    pub kind: SpecErrorKind,
+}
+
+impl InvalidSpec {
+    /// A value outside its range or format.
+    pub fn invalid(field: &'static str, reason: &'static str) -> Self {
+        Self { field, reason, kind: SpecErrorKind::Invalid }
+    }
+    /// An address the peer policy refuses.
+    pub fn address_refused(field: &'static str, reason: &'static str) -> Self {
+        Self { field, reason, kind: SpecErrorKind::AddressRefused }
+    }
+    /// A mode without the credentials it needs.
+    pub fn missing_credentials(field: &'static str, reason: &'static str) -> Self {
+        Self { field, reason, kind: SpecErrorKind::MissingCredentials }
+    }
 }
 
 /// A latched remote address.
@@ -360,27 +390,27 @@ pub(crate) fn validate_spec(
         [spec.pbx.stun_password.is_some(), spec.endpoint.stun_password.is_some()],
     )?;
     if spec.learning_window.is_some_and(|d| d > MAX_LEARNING_WINDOW) {
-        return Err(InvalidSpec { field: "learning_window", reason: "must be at most 60 s" });
+        return Err(InvalidSpec::invalid("learning_window", "must be at most 60 s"));
     }
     let ceilings = &defaults.ceilings;
     if let Some(d) = spec.idle_timeout {
         if d.is_zero() {
-            return Err(InvalidSpec { field: "idle_timeout", reason: "must be positive" });
+            return Err(InvalidSpec::invalid("idle_timeout", "must be positive"));
         }
         if d > ceilings.idle_timeout {
-            return Err(InvalidSpec { field: "idle_timeout", reason: "above the relay's ceiling" });
+            return Err(InvalidSpec::invalid("idle_timeout", "above the relay's ceiling"));
         }
     }
     if let Some(d) = spec.max_duration {
         if d.is_zero() {
-            return Err(InvalidSpec { field: "max_duration", reason: "must be positive" });
+            return Err(InvalidSpec::invalid("max_duration", "must be positive"));
         }
         if d > ceilings.max_duration {
-            return Err(InvalidSpec { field: "max_duration", reason: "above the relay's ceiling" });
+            return Err(InvalidSpec::invalid("max_duration", "above the relay's ceiling"));
         }
     }
     if spec.clock_rate.is_some_and(|r| r == 0 || r > MAX_CLOCK_RATE) {
-        return Err(InvalidSpec { field: "clock_rate", reason: "must be 1 to 1000000 Hz" });
+        return Err(InvalidSpec::invalid("clock_rate", "must be 1 to 1000000 Hz"));
     }
     Ok(())
 }
@@ -389,10 +419,10 @@ pub(crate) fn validate_spec(
 /// characters or NUL: they end up in logs, metrics labels and Redis keys).
 pub(crate) fn validate_tenant(tenant: &str) -> Result<(), InvalidSpec> {
     if tenant.is_empty() || tenant.len() > 128 {
-        return Err(InvalidSpec { field: "tenant", reason: "must be 1 to 128 bytes" });
+        return Err(InvalidSpec::invalid("tenant", "must be 1 to 128 bytes"));
     }
     if !tenant.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(InvalidSpec { field: "tenant", reason: "must be visible ASCII (no spaces or control characters)" });
+        return Err(InvalidSpec::invalid("tenant", "must be visible ASCII (no spaces or control characters)"));
     }
     Ok(())
 }
@@ -417,16 +447,19 @@ fn validate_leg_fields(
         _ => "endpoint.max_bytes_per_sec",
     };
     if let Some(h) = hint {
-        validate_hint(h, policy).map_err(|reason| InvalidSpec { field: field("hint"), reason })?;
+        validate_hint(h, policy).map_err(|reason| InvalidSpec::address_refused(field("hint"), reason))?;
     }
     match stun_password {
-        Some(p) if p.is_empty() || p.len() > MAX_STUN_PASSWORD => {
-            return Err(InvalidSpec { field: field("stun_password"), reason: "must be 1 to 256 bytes" })
+        Some(p) if p.is_empty() || p.len() > MAX_STUN_PASSWORD || !p.iter().all(u8::is_ascii_graphic) => {
+            return Err(InvalidSpec::invalid(
+                field("stun_password"),
+                "must be 1 to 256 visible ASCII characters (ICE passwords are)",
+            ))
         }
         _ => {}
     }
     if let Some(l) = limits {
-        check_limits(l, &defaults.ceilings).map_err(|(which, reason)| InvalidSpec { field: field(which), reason })?;
+        check_limits(l, &defaults.ceilings).map_err(|(which, reason)| InvalidSpec::invalid(field(which), reason))?;
     }
     Ok(())
 }
@@ -475,15 +508,18 @@ fn check_credentials(latch: LatchPolicy, verify: Verify, auth: [bool; 2], stun: 
     if latch == LatchPolicy::Authenticated {
         for (i, field) in [(0, "pbx.srtp_auth"), (1, "endpoint.srtp_auth")] {
             if !auth[i] && !stun[i] {
-                return Err(InvalidSpec {
+                return Err(InvalidSpec::missing_credentials(
                     field,
-                    reason: "authenticated latching needs SRTP auth keys or a STUN password on every leg",
-                });
+                    "authenticated latching needs SRTP auth keys or a STUN password on every leg",
+                ));
             }
         }
     }
     if verify == Verify::All && !auth[0] && !auth[1] {
-        return Err(InvalidSpec { field: "verify", reason: "verify = all needs SRTP auth keys on at least one leg" });
+        return Err(InvalidSpec::missing_credentials(
+            "verify",
+            "verify = all needs SRTP auth keys on at least one leg",
+        ));
     }
     Ok(())
 }

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Runs Schemathesis (from PyPI, in a venv under target/) against live relays
+# built from this tree: once with a bearer token, once tokenless on loopback.
+# Every check is on; the seed and the number of examples are fixed, so a run
+# is reproducible and bounded. Called by scripts/test.sh.
+#   ST_EXAMPLES=500 scripts/schemathesis.sh     # a longer run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version="4.32.5"
+venv="target/schemathesis-venv"
+examples="${ST_EXAMPLES:-100}"
+if [ ! -x "$venv/bin/st" ] || ! "$venv/bin/st" --version 2>/dev/null | grep -q "$version"; then
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    # Debian's own python3 needs python3-venv for this.
+    SUDO=""; if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get install -y -q --no-install-recommends python3-venv
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q "schemathesis==$version"
+fi
+cargo build -q -p ucmrc --locked
+bin="target/debug/ucmrc"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts a relay with config $1; prints its admin address once it serves.
+start_relay() {
+  local config="$1" out="$work/$(basename "$1").out"
+  "$bin" relay --config "$config" >"$out" 2>"$out.err" &
+  pids+=("$!")
+  for _ in $(seq 1 200); do
+    local addr
+    addr="$(sed -n 's/.*admin API on http:\/\/\([0-9.:]*\).*/\1/p' "$out" | head -1)"
+    if [ -n "$addr" ]; then echo "$addr"; return 0; fi
+    sleep 0.05
+  done
+  echo "relay did not start: $(cat "$out.err")" >&2
+  return 1
+}
+
+token="schemathesis-$(date +%s%N)"
+hash="$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)"
+cat >"$work/token.toml" <<TOML
+[relay]
+port_min = 20000
+port_max = 24999
+workers = 2
+[ng]
+enabled = false
+[admin]
+listen = "127.0.0.1:0"
+token_sha256 = "$hash"
+TOML
+cat >"$work/tokenless.toml" <<TOML
+[relay]
+port_min = 25000
+port_max = 29999
+workers = 2
+[ng]
+enabled = false
+[admin]
+listen = "127.0.0.1:0"
+TOML
+
+run() {
+  local label="$1" addr="$2"; shift 2
+  echo "schemathesis: $label relay at $addr ($examples examples per operation, every check)"
+  (cd "$work" && "$OLDPWD/$venv/bin/st" run "http://$addr/v1/openapi.json" --checks all \
+      --max-examples "$examples" --seed 20261130 --no-color "$@")
+}
+run token "$(start_relay "$work/token.toml")" -H "Authorization: Bearer $token"
+run tokenless "$(start_relay "$work/tokenless.toml")"
+echo "schemathesis: both runs passed"
