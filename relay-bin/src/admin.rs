@@ -85,10 +85,9 @@ impl From<RelayError> for ApiError {
                 SpecErrorKind::AddressRefused => {
                     return Self::new(StatusCode::FORBIDDEN, "forbidden_address", e.to_string())
                 }
-                SpecErrorKind::MissingCredentials => {
-                    return Self::bad("missing_credentials", e.to_string());
-                }
-                SpecErrorKind::Invalid => StatusCode::BAD_REQUEST,
+                // In a create, the rule is part of the request's schema: 400
+                // `invalid_spec`; an update gets 409 (see `update_session`).
+                SpecErrorKind::MissingCredentials | SpecErrorKind::Invalid => StatusCode::BAD_REQUEST,
             },
         };
         Self::new(status, relay_core::api::relay_error_code(&e), e.to_string())

@@ -522,7 +522,7 @@ pub(crate) fn humanize(message: &str) -> String {
 impl std::error::Error for ConfigError {}
 
 /// A loaded, validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Where it came from.
     pub source: String,
@@ -542,6 +542,22 @@ pub struct Config {
     pub tunnels: Option<TunnelSettings>,
     /// The ng protocol, when enabled.
     pub ng: Option<NgSettings>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the text: it holds token hashes as written.
+        f.debug_struct("Config")
+            .field("source", &self.source)
+            .field("file", &self.file)
+            .field("relay", &self.relay)
+            .field("admin_token", &self.admin_token_sha256.map(|_| "<set, masked>"))
+            .field("control", &self.control)
+            .field("tenants_with_tokens", &self.tenant_credentials.len())
+            .field("tunnels", &self.tunnels)
+            .field("ng", &self.ng)
+            .finish()
+    }
 }
 
 impl Config {

@@ -200,18 +200,18 @@ fn hints_naming_the_relay_itself_are_refused_on_every_surface() {
     for own in [media_port.clone(), r.admin.to_string(), ng_udp_addr.to_string(), ng_tcp_addr.to_string()] {
         let req = format!(r#"{{"tenant":"acme","pbx":{{"hint":"{own}"}}}}"#);
         let (status, body) = http(r.admin, "POST", "/v1/sessions", Some(TOKEN), Some(&req));
-        assert_eq!(status, 400, "a hint of {own} (the relay itself) must be refused: {body}");
-        assert!(body.contains("relay's own"), "{body}");
+        assert_eq!(status, 403, "a hint of {own} (the relay itself) must be refused: {body}");
+        assert!(body.contains("forbidden_address") && body.contains("relay's own"), "{body}");
         // Nor can an update point a live session at it.
         let id = first["id"].as_str().expect("id");
         let patch = format!(r#"{{"endpoint":{{"hint":"{own}"}}}}"#);
         let (status, body) = http(r.admin, "PATCH", &format!("/v1/sessions/{id}"), Some(TOKEN), Some(&patch));
-        assert_eq!(status, 400, "{body}");
+        assert_eq!(status, 403, "{body}");
     }
     // The RTCP neighbour (port + 1) of a relay port is the relay too.
     let port: u16 = media_port.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
     let req = format!(r#"{{"tenant":"acme","pbx":{{"hint":"127.0.0.1:{}"}}}}"#, port - 1);
-    assert_eq!(http(r.admin, "POST", "/v1/sessions", Some(TOKEN), Some(&req)).0, 400);
+    assert_eq!(http(r.admin, "POST", "/v1/sessions", Some(TOKEN), Some(&req)).0, 403);
 }
 
 #[test]
