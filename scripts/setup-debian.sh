@@ -3,8 +3,10 @@
 # Idempotent: does nothing when everything is already present.
 #   libclang1-14  bindgen (srtp2-sys) finds libclang-14.so.1 through it
 #   libssl-dev, pkg-config, make, gcc, g++  build libsrtp with OpenSSL crypto
+#   systemd, curl  deploy/test-install.sh (systemd-analyze verify/security; /readyz)
+#   python3-venv   scripts/schemathesis.sh (Schemathesis from PyPI in a venv)
 set -euo pipefail
-packages=(libclang1-14 libssl-dev pkg-config make gcc g++)
+packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

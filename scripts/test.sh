@@ -13,6 +13,14 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 # The admin API against its own OpenAPI document (Schemathesis, every check).
 scripts/schemathesis.sh
+# The systemd install steps, followed literally in a private mount namespace.
+deploy/test-install.sh target/debug/ucmrc
+# What `cargo build --release` and `cargo install --path relay-bin` build needs
+# nothing but the Rust toolchain: no libclang (bindgen), no libsrtp.
+if cargo tree -e normal,build --prefix none | grep -qE '^(bindgen|clang-sys|srtp|srtp2-sys) '; then
+  echo "the default build pulls bindgen/libsrtp: it would need libclang" >&2
+  exit 1
+fi
 # Every fuzz target for a short, bounded time (fuzz/smoke.sh installs cargo-fuzz).
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}" fuzz/smoke.sh
 # One closing line for the whole run (cargo prints one per test binary).

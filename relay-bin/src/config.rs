@@ -608,6 +608,12 @@ impl Config {
         };
         let r = &file.relay;
         let backend: BackendKind = r.datapath.parse().map_err(|e: String| err("relay.datapath", e))?;
+        if r.drain_timeout_secs > 300 {
+            return Err(err(
+                "relay.drain_timeout_secs",
+                "must be at most 300 (the systemd unit's TimeoutStopSec is 330)".into(),
+            ));
+        }
         let s = &file.sessions;
         let latch = match s.latch.as_str() {
             "window" => LatchPolicy::Window,

@@ -37,10 +37,13 @@ enum Cmd {
         #[arg(long, short, env = "UCMRC_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file and print the effective settings (secrets masked).
+    /// Check a configuration file and print the effective settings as TOML (secrets masked).
     CheckConfig {
         /// TOML configuration file.
         file: PathBuf,
+        /// Print only warnings and errors (for ExecStartPre: the journal gets no config dump).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Run a relay, a connector, a simulated PBX and N phones in one process on loopback,
     /// exchanging real SRTP through the relay; prints live figures, then a summary.
@@ -120,7 +123,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::CheckConfig { file } => match config::Config::load(&file).and_then(|c| c.check_runtime().map(|()| c)) {
+        Cmd::CheckConfig { file, quiet } => match config::Config::load(&file).and_then(|c| c.check_runtime().map(|()| c)) {
+            Ok(c) if quiet => {
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
+                ExitCode::SUCCESS
+            }
             Ok(c) => {
                 let mut text = format!("# {}: ok\n", file.display());
                 for w in c.warnings() {

@@ -89,8 +89,13 @@ fn session_lifecycle_over_http_with_real_srtp_and_metrics() {
         assert_eq!(json(&text)["code"], code, "{body} -> {text}");
     }
     // A well-formed address the peer policy refuses is a 403, not malformed input.
-    let (status, text) =
-        http(r.admin, "POST", "/v1/sessions", Some(TOKEN), Some(r#"{"tenant":"t","pbx":{"hint":"169.254.169.254:80"}}"#));
+    let (status, text) = http(
+        r.admin,
+        "POST",
+        "/v1/sessions",
+        Some(TOKEN),
+        Some(r#"{"tenant":"t","pbx":{"hint":"169.254.169.254:80"}}"#),
+    );
     assert_eq!((status, json(&text)["code"].as_str()), (403, Some("forbidden_address")), "{text}");
     assert_eq!(json(&http(r.admin, "GET", "/v1/sessions/xyz", Some(TOKEN), None).1)["code"], "invalid_id");
     assert_eq!(http(r.admin, "GET", "/v1/sessions/0000000000000000", Some(TOKEN), None).0, 404);
