@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use relay_core::api::{Allocation, FieldError, SessionRequest, UpdateRequest};
+use relay_core::codes::ErrorCode;
 use relay_core::control::server::ControlServer;
 use relay_core::session::SpecErrorKind;
 use relay_core::tunnel::server::TunnelServer;
@@ -54,22 +55,22 @@ pub struct AdminState {
 /// A JSON error response.
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+    fn bad(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "code": self.code, "message": self.message }))).into_response()
+        (self.status, Json(json!({ "code": self.code.as_str(), "message": self.message }))).into_response()
     }
 }
 
@@ -83,14 +84,14 @@ impl From<RelayError> for ApiError {
             RelayError::UnknownSession(_) => StatusCode::NOT_FOUND,
             RelayError::InvalidSpec(s) => match s.kind {
                 SpecErrorKind::AddressRefused => {
-                    return Self::new(StatusCode::FORBIDDEN, "forbidden_address", e.to_string())
+                    return Self::new(StatusCode::FORBIDDEN, ErrorCode::ForbiddenAddress, e.to_string())
                 }
                 // In a create, the rule is part of the request's schema: 400
                 // `invalid_spec`; an update gets 409 (see `update_session`).
                 SpecErrorKind::MissingCredentials | SpecErrorKind::Invalid => StatusCode::BAD_REQUEST,
             },
         };
-        Self::new(status, relay_core::api::relay_error_code(&e), e.to_string())
+        Self::new(status, e.code(), e.to_string())
     }
 }
 
@@ -100,15 +101,15 @@ fn body_error(e: JsonRejection) -> ApiError {
     match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("bodies are at most {MAX_BODY} bytes"),
         ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send the body as Content-Type: application/json",
         ),
-        _ => ApiError::bad("invalid_json", e.body_text()),
+        _ => ApiError::bad(ErrorCode::InvalidJson, e.body_text()),
     }
 }
 
@@ -131,9 +132,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
         .merge(api)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::MethodNotAllowed,
+                "this route does not take that method",
+            )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -182,7 +187,7 @@ async fn authenticate(State(st): State<Arc<AdminState>>, headers: HeaderMap, req
         if !is_loopback_host(host) {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden_host",
+                ErrorCode::ForbiddenHost,
                 "without a token the admin API answers only requests for localhost (Host header)",
             )
             .into_response();
@@ -196,8 +201,9 @@ async fn authenticate(State(st): State<Arc<AdminState>>, headers: HeaderMap, req
             .map(|t| Sha256::digest(t.trim().as_bytes()));
         let ok = presented.is_some_and(|p| relay_core::wire::ct_eq(&p, &expected));
         if !ok {
-            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
-                .into_response();
+            let mut r =
+                ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "a valid bearer token is required")
+                    .into_response();
             r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             return r;
         }
@@ -222,12 +228,16 @@ async fn count_requests(State(st): State<Arc<AdminState>>, req: Request, next: N
 
 async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
     if !st.handle.shard_failures().is_empty() {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shard_failed", "a shard thread failed; sessions were lost")
-            .into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShardFailed,
+            "a shard thread failed; sessions were lost",
+        )
+        .into_response()
     } else if st.ready.load(Ordering::SeqCst) && !st.handle.is_draining() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "draining or not started").into_response()
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, "draining or not started").into_response()
     }
 }
 
@@ -325,7 +335,7 @@ async fn create_session(
     body: Result<Json<SessionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(body_error)?;
-    let tenant = body.tenant.clone().ok_or_else(|| ApiError::bad("invalid_field", "tenant: required"))?;
+    let tenant = body.tenant.clone().ok_or_else(|| ApiError::bad(ErrorCode::InvalidField, "tenant: required"))?;
     let spec = body.to_spec(&tenant)?;
     let a = st.handle.allocate(spec).await?;
     let body = serde_json::to_value(Allocation::of(&a)).unwrap_or_default();
@@ -342,7 +352,7 @@ async fn update_session(
     st.handle.update(id, body.to_update()?).await.map_err(|e| match &e {
         // The rule depends on what the session already holds: a conflict with its state.
         RelayError::InvalidSpec(s) if s.kind == SpecErrorKind::MissingCredentials => {
-            ApiError::new(StatusCode::CONFLICT, "missing_credentials", e.to_string())
+            ApiError::new(StatusCode::CONFLICT, ErrorCode::MissingCredentials, e.to_string())
         }
         _ => ApiError::from(e),
     })?;
@@ -372,11 +382,11 @@ async fn list_sessions(
     State(st): State<Arc<AdminState>>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad("invalid_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad(ErrorCode::InvalidQuery, e.body_text()))?;
     let after = q.after.as_deref().map(parse_id).transpose()?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad("invalid_query", "limit must be 1 to 1000"));
+        return Err(ApiError::bad(ErrorCode::InvalidQuery, "limit must be 1 to 1000"));
     }
     let page = st.handle.list(after, limit).await?;
     Ok(Json(json!({

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod config;
 pub mod connect;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod metrics;
 pub mod ng;

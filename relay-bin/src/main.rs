@@ -8,7 +8,7 @@
 //! ucmrc token new [--tenant NAME]  print a fresh token and its hash line
 //! ```
 
-use ucmrc::{config, connect, daemon, demo};
+use ucmrc::{config, connect, daemon};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,7 @@ enum Cmd {
     },
     /// Run a relay, a connector, a simulated PBX and N phones in one process on loopback,
     /// exchanging real SRTP through the relay; prints live figures, then a summary.
+    #[cfg(feature = "demo")]
     Demo {
         /// Simulated calls.
         #[arg(long, default_value_t = 20)]
@@ -144,7 +145,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Demo { calls, seconds, pps } => match demo::run(demo::DemoOptions { calls, seconds, pps }) {
+        #[cfg(feature = "demo")]
+        Cmd::Demo { calls, seconds, pps } => match ucmrc::demo::run(ucmrc::demo::DemoOptions { calls, seconds, pps }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ucmrc demo: {e}");

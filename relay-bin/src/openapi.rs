@@ -64,6 +64,23 @@ mod tests {
     }
 
     #[test]
+    fn the_error_codes_are_exactly_the_admin_apis() {
+        let template: Value = serde_json::from_str(TEMPLATE).expect("valid JSON");
+        let listed: Vec<&str> = template["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+            .as_array()
+            .expect("enum")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort_unstable();
+        let mut codes: Vec<&str> =
+            relay_core::codes::ErrorCode::ALL.iter().filter(|c| c.on_admin_api()).map(|c| c.as_str()).collect();
+        codes.sort_unstable();
+        assert_eq!(listed_sorted, codes, "openapi.json's Error.code enum must list every admin API code");
+    }
+
+    #[test]
     fn the_served_document_follows_the_relay() {
         let mut d = SessionDefaults { latch: LatchPolicy::Authenticated, ..SessionDefaults::default() };
         d.ceilings.max_pps = Some(77);

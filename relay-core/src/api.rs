@@ -6,16 +6,22 @@
 //! Parsing never echoes secret values in errors, and `Debug` masks keys.
 #![forbid(unsafe_code)]
 
-use std::net::{IpAddr, SocketAddr};
+#[cfg(feature = "engine")]
+use std::net::IpAddr;
+use std::net::SocketAddr;
+#[cfg(feature = "engine")]
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codes::ErrorCode;
+
 use crate::srtp_keys::{derive_auth_keys, SrtpMasterKey};
+#[cfg(feature = "engine")]
 use crate::wire::srtp_auth::TagLen;
+#[cfg(feature = "engine")]
 use crate::{
-    AllocatedSession, LatchPolicy, LegLimits, LegSpec, LegUpdate, RelayError, SessionSpec, SessionUpdate, SrtpAuth,
-    Verify,
+    AllocatedSession, LatchPolicy, LegLimits, LegSpec, LegUpdate, SessionSpec, SessionUpdate, SrtpAuth, Verify,
 };
 
 /// A request that names a field it cannot accept.
@@ -23,28 +29,14 @@ use crate::{
 #[error("{message}")]
 pub struct FieldError {
     /// Stable code (`invalid_field`, `invalid_id`, `forbidden_tenant`, ...).
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human message naming the field (never its secret value).
     pub message: String,
 }
 
 impl FieldError {
     fn invalid(message: String) -> Self {
-        Self { code: "invalid_field", message }
-    }
-}
-
-/// The stable code of a [`RelayError`], as the admin API and the control
-/// channel report it.
-pub fn relay_error_code(e: &RelayError) -> &'static str {
-    match e {
-        RelayError::PortsExhausted => "ports_exhausted",
-        RelayError::QuotaExceeded(_) => "quota_exceeded",
-        RelayError::UnknownSession(_) => "unknown_session",
-        RelayError::InvalidSpec(_) => "invalid_spec",
-        RelayError::Busy => "busy",
-        RelayError::Draining => "draining",
-        RelayError::Stopped => "stopped",
+        Self { code: ErrorCode::InvalidField, message }
     }
 }
 
@@ -81,6 +73,7 @@ impl SrtpAuthKeys {
         Ok(Self { rtp_key: to_hex(&keys.srtp), rtcp_key: to_hex(&keys.srtcp), tag_bits: Some(tag_bits) })
     }
 
+    #[cfg(feature = "engine")]
     fn to_spec(&self, side: &str) -> Result<SrtpAuth, FieldError> {
         let rtp_tag = match self.tag_bits.unwrap_or(80) {
             80 => TagLen::Bits80,
@@ -100,6 +93,7 @@ fn to_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+#[cfg(feature = "engine")]
 fn key20(hex_key: &str, side: &str, field: &str) -> Result<[u8; 20], FieldError> {
     let s = hex_key.trim().as_bytes();
     let mut out = [0u8; 20];
@@ -122,12 +116,14 @@ fn key20(hex_key: &str, side: &str, field: &str) -> Result<[u8; 20], FieldError>
     }
 }
 
+#[cfg(feature = "engine")]
 fn parse_hint(h: &str, side: &str) -> Result<SocketAddr, FieldError> {
     h.parse::<SocketAddr>()
         .or_else(|_| h.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
         .map_err(|_| FieldError::invalid(format!("{side}.hint: {h:?} is not an IP or IP:port")))
 }
 
+#[cfg(feature = "engine")]
 fn limits(max_pps: Option<u32>, max_bytes_per_sec: Option<u64>) -> Option<LegLimits> {
     (max_pps.is_some() || max_bytes_per_sec.is_some()).then_some(LegLimits { max_pps, max_bytes_per_sec })
 }
@@ -173,6 +169,7 @@ impl Default for LegRequest {
     }
 }
 
+#[cfg(feature = "engine")]
 /// The leg fields a create and an update share, validated (`side` names
 /// them in errors).
 fn leg_fields(
@@ -191,6 +188,7 @@ fn leg_fields(
     })
 }
 
+#[cfg(feature = "engine")]
 impl LegRequest {
     fn to_spec(&self, side: &str) -> Result<LegSpec, FieldError> {
         let f = leg_fields(
@@ -249,6 +247,7 @@ pub struct SessionRequest {
     pub clock_rate: Option<u32>,
 }
 
+#[cfg(feature = "engine")]
 fn parse_latch(v: Option<&str>) -> Result<Option<LatchPolicy>, FieldError> {
     match v {
         None => Ok(None),
@@ -259,6 +258,7 @@ fn parse_latch(v: Option<&str>) -> Result<Option<LatchPolicy>, FieldError> {
     }
 }
 
+#[cfg(feature = "engine")]
 fn parse_verify(v: Option<&str>) -> Result<Option<Verify>, FieldError> {
     match v {
         None => Ok(None),
@@ -280,7 +280,8 @@ impl SessionRequest {
         self
     }
 
-    /// Validates the request into a [`SessionSpec`] for `tenant`.
+    #[cfg(feature = "engine")]
+    /// Validates the request into a [`SessionSpec`](crate::SessionSpec) for `tenant`.
     pub fn to_spec(&self, tenant: &str) -> Result<SessionSpec, FieldError> {
         Ok(SessionSpec {
             tenant: tenant.to_string(),
@@ -296,12 +297,13 @@ impl SessionRequest {
         })
     }
 
+    #[cfg(feature = "engine")]
     /// The spec for a request arriving on `channel_tenant`'s control
     /// channel: a `tenant` field, if present, must name the same tenant.
     pub fn to_spec_for_channel(&self, channel_tenant: &str) -> Result<SessionSpec, FieldError> {
         match &self.tenant {
             Some(t) if t != channel_tenant => Err(FieldError {
-                code: "forbidden_tenant",
+                code: ErrorCode::ForbiddenTenant,
                 message: "a connector may only allocate sessions for its own tenant".into(),
             }),
             _ => self.to_spec(channel_tenant),
@@ -357,7 +359,8 @@ impl UpdateRequest {
         }
     }
 
-    /// Validates the request into a [`SessionUpdate`].
+    #[cfg(feature = "engine")]
+    /// Validates the request into a [`SessionUpdate`](crate::SessionUpdate).
     pub fn to_update(&self) -> Result<SessionUpdate, FieldError> {
         let leg = |l: &LegUpdateRequest, side: &str| {
             leg_fields(
@@ -389,6 +392,7 @@ pub struct LegAddresses {
 }
 
 impl LegAddresses {
+    #[cfg(feature = "engine")]
     /// The addresses of an allocated leg.
     pub fn of(l: crate::LegAddrs) -> Self {
         Self { rtp: l.rtp.to_string(), rtcp: l.rtcp.map(|a| a.to_string()) }
@@ -413,22 +417,24 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    #[cfg(feature = "engine")]
     /// The reply for an allocated session.
     pub fn of(a: &AllocatedSession) -> Self {
         Self { id: a.id.to_string(), pbx: LegAddresses::of(a.pbx), endpoint: LegAddresses::of(a.endpoint) }
     }
 }
 
+#[cfg(feature = "engine")]
 /// Parses a session id (16 hex digits).
 pub fn parse_session_id(id: &str) -> Result<crate::SessionId, FieldError> {
-    let bad = || FieldError { code: "invalid_id", message: "session ids are 16 hex digits".into() };
+    let bad = || FieldError { code: ErrorCode::InvalidId, message: "session ids are 16 hex digits".into() };
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     id.parse().map_err(|_| bad())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "engine"))]
 mod tests {
     use super::*;
 
@@ -467,7 +473,7 @@ mod tests {
         let implied = SessionRequest::default();
         assert_eq!(implied.to_spec_for_channel("acme").expect("implied").tenant, "acme");
         let other = SessionRequest { tenant: Some("globex".into()), ..SessionRequest::default() };
-        assert_eq!(other.to_spec_for_channel("acme").expect_err("refused").code, "forbidden_tenant");
+        assert_eq!(other.to_spec_for_channel("acme").expect_err("refused").code, ErrorCode::ForbiddenTenant);
     }
 
     #[test]
@@ -492,7 +498,7 @@ mod tests {
     fn session_ids_are_sixteen_hex_digits() {
         assert!(parse_session_id("0100000000000001").is_ok());
         for bad in ["", "01", "+100000000000001", "010000000000000g", "01000000000000011"] {
-            assert_eq!(parse_session_id(bad).expect_err(bad).code, "invalid_id");
+            assert_eq!(parse_session_id(bad).expect_err(bad).code, ErrorCode::InvalidId);
         }
     }
 }

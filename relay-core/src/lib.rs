@@ -74,29 +74,51 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "api")]
 pub mod api;
+pub mod codes;
+#[cfg(feature = "connector")]
 pub mod connector;
+#[cfg(any(feature = "control", feature = "connector"))]
 pub mod control;
 pub mod io;
+#[cfg(feature = "ng")]
 pub mod ng;
+pub mod peer;
+#[cfg(feature = "engine")]
 pub mod quota;
+#[cfg(feature = "engine")]
 pub mod relay;
+#[cfg(feature = "engine")]
 pub mod session;
+#[cfg(feature = "engine")]
 pub mod shard;
+#[cfg(feature = "srtp-keys")]
 pub mod srtp_keys;
+#[cfg(feature = "testkit")]
 pub mod testkit;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(any(feature = "tunnels", feature = "connector"))]
 pub mod tunnel;
 pub mod wire;
 
+#[cfg(feature = "engine")]
 pub use io::{BackendKind, SocketOptions};
+pub use peer::PeerPolicy;
+#[cfg(feature = "engine")]
 pub use relay::{
     AllocatedSession, LegAddrs, Pending, Relay, RelayConfig, RelayCounters, RelayError, RelayHandle, SessionPage,
 };
+#[cfg(feature = "engine")]
 pub use session::limits::LegLimits;
-pub use session::peer::PeerPolicy;
+#[cfg(feature = "engine")]
 pub use session::spec::{
     LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify,
 };
+#[cfg(feature = "engine")]
 pub use session::stats::{DropReason, LegStats, ShardCounters};
+#[cfg(feature = "engine")]
 pub use session::{LegInfo, LegPorts, SessionId, SessionInfo};

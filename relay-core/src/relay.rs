@@ -161,6 +161,26 @@ pub enum RelayError {
     Stopped,
 }
 
+impl RelayError {
+    /// Its stable code, as the admin API and the control channel report it.
+    pub fn code(&self) -> crate::codes::ErrorCode {
+        use crate::codes::ErrorCode;
+        use crate::session::SpecErrorKind;
+        match self {
+            RelayError::PortsExhausted => ErrorCode::PortsExhausted,
+            RelayError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            RelayError::UnknownSession(_) => ErrorCode::UnknownSession,
+            RelayError::InvalidSpec(s) => match s.kind {
+                SpecErrorKind::AddressRefused => ErrorCode::ForbiddenAddress,
+                SpecErrorKind::Invalid | SpecErrorKind::MissingCredentials => ErrorCode::InvalidSpec,
+            },
+            RelayError::Busy => ErrorCode::Busy,
+            RelayError::Draining => ErrorCode::Draining,
+            RelayError::Stopped => ErrorCode::Stopped,
+        }
+    }
+}
+
 impl From<ShardError> for RelayError {
     fn from(e: ShardError) -> Self {
         match e {

@@ -49,3 +49,17 @@ fn every_example_in_the_protocol_doc_decodes() {
         }
     }
 }
+
+/// Every code the control channel can send is documented, in backquotes.
+#[test]
+fn every_channel_error_code_is_in_the_protocol_doc() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/connector-protocol.md")).expect("doc");
+    let missing: Vec<&str> = relay_core::codes::ErrorCode::ALL
+        .iter()
+        .filter(|c| c.on_control_channel())
+        .map(|c| c.as_str())
+        .filter(|name| !doc.contains(&format!("`{name}`")))
+        .collect();
+    assert!(missing.is_empty(), "docs/connector-protocol.md does not document {missing:?}");
+}

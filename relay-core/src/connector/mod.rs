@@ -41,7 +41,7 @@ pub mod backoff;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -50,12 +50,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsConnector;
 
 use crate::api::{Allocation, SessionRequest, SrtpAuthKeys, UpdateRequest};
+use crate::codes::ErrorCode;
 use crate::control::frame::{FrameDecoder, FrameType, VERSION};
+use crate::control::heartbeat::{Heartbeat as HeartbeatTimer, HeartbeatAction};
 use crate::control::messages::{
     Allocate, Attach, ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Release, Reply, Update,
 };
 use crate::control::stream::{dial, read_single_frame, stopped, SingleFrameError};
-use crate::control::tls::{client_config, ClientTrust, TlsError};
+use crate::tls::{client_config, ClientTrust, TlsError};
 pub use backoff::Backoff;
 
 /// Connector settings.
@@ -149,7 +151,8 @@ pub enum ConnectorError {
     /// The relay refused the request.
     #[error("relay refused: {code}: {message}")]
     Refused {
-        /// Stable code (the admin API's codes).
+        /// Stable code as sent (see [`ConnectorError::code`]; a newer relay
+        /// may send a code this build does not know).
         code: String,
         /// Human message.
         message: String,
@@ -166,6 +169,16 @@ pub enum ConnectorError {
     /// The server name is not a valid DNS name or IP address.
     #[error("invalid server name {0:?}")]
     ServerName(String),
+}
+
+impl ConnectorError {
+    /// The relay's code for a refusal, when this build knows it.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ConnectorError::Refused { code, .. } => code.parse().ok(),
+            _ => None,
+        }
+    }
 }
 
 /// What the connector is doing.
@@ -463,19 +476,17 @@ impl Worker {
     ) -> (String, bool) {
         let (mut reader, mut writer) = tokio::io::split(channel);
         let mut in_flight: HashMap<u64, oneshot::Sender<Result<Reply, ConnectorError>>> = HashMap::new();
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
-        let mut last_rx = Instant::now();
-        let mut seq = 0u64;
+        let mut heartbeat = HeartbeatTimer::new(tokio::time::Instant::now().into_std(), hb);
         let mut buf = vec![0u8; 16 * 1024];
         let mut sent_away = false;
         let why = loop {
             match decoder.poll_frame() {
                 Ok(Some(frame)) => {
-                    last_rx = Instant::now();
+                    heartbeat.handle_received(tokio::time::Instant::now().into_std());
                     let msg = match Message::decode(&frame) {
                         Ok(m) => m,
                         Err(e) => {
-                            let _ = send(&mut writer, &protocol_error("bad_message", &e.to_string())).await;
+                            let _ = send(&mut writer, &protocol_error(ErrorCode::BadMessage, &e.to_string())).await;
                             break format!("bad message from relay: {e}");
                         }
                     };
@@ -532,12 +543,12 @@ impl Worker {
                             }
                         },
                         Message::Error(e) => {
-                            sent_away = matches!(e.code.as_str(), "replaced" | "tenant_removed");
+                            sent_away = matches!(e.code.parse(), Ok(ErrorCode::Replaced | ErrorCode::TenantRemoved));
                             break format!("relay closed the channel: {}", e.code);
                         }
                         other => {
                             let kind = other.encode().kind.as_str();
-                            let _ = send(&mut writer, &protocol_error("unexpected_frame", kind)).await;
+                            let _ = send(&mut writer, &protocol_error(ErrorCode::UnexpectedFrame, kind)).await;
                             break format!("unexpected {kind} from relay");
                         }
                     }
@@ -567,13 +578,15 @@ impl Worker {
                     }
                     in_flight.insert(id, req.reply);
                 }
-                _ = ticker.tick() => {
-                    if last_rx.elapsed() >= 3 * hb {
-                        break "relay silent for three heartbeat intervals".into();
-                    }
-                    seq += 1;
-                    if send(&mut writer, &Message::Heartbeat(Heartbeat { seq })).await.is_err() {
-                        break "write failed".into();
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(heartbeat.poll_timeout())) => {
+                    match heartbeat.handle_timeout(tokio::time::Instant::now().into_std()) {
+                        HeartbeatAction::Dead => break "relay silent for three heartbeat intervals".into(),
+                        HeartbeatAction::Send(seq) => {
+                            if send(&mut writer, &Message::Heartbeat(Heartbeat { seq })).await.is_err() {
+                                break "write failed".into();
+                            }
+                        }
+                        HeartbeatAction::Wait => {}
                     }
                 }
                 _ = stopped(&mut self.stop) => {
@@ -693,8 +706,8 @@ fn request_id(m: &Message) -> u64 {
     }
 }
 
-fn protocol_error(code: &str, message: &str) -> Message {
-    Message::Error(ErrorMessage { code: code.into(), message: message.into(), request_id: None })
+fn protocol_error(code: ErrorCode, message: &str) -> Message {
+    Message::Error(ErrorMessage { code: code.as_str().into(), message: message.into(), request_id: None })
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> std::io::Result<()> {

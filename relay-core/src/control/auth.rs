@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::session::peer::source_prefix;
+use crate::codes::ErrorCode;
+use crate::peer::source_prefix;
 
 /// Lockout settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +50,7 @@ pub enum AuthOutcome {
     /// Refused; answer after `delay` with `code`, then close.
     Rejected {
         /// `bad_credentials` or `locked_out`.
-        code: &'static str,
+        code: ErrorCode,
         /// How long to wait before answering.
         delay: Duration,
     },
@@ -104,7 +105,7 @@ impl Authenticator {
         let source = source_prefix(source);
         let delay = self.policy.failure_delay;
         if self.is_locked(now, source) {
-            return AuthOutcome::Rejected { code: "locked_out", delay };
+            return AuthOutcome::Rejected { code: ErrorCode::LockedOut, delay };
         }
         let presented = token_hash(token);
         // Compare against a dummy hash for unknown tenants so timing does not
@@ -125,7 +126,7 @@ impl Authenticator {
         }
         self.record_failure(now, source);
         AuthOutcome::Rejected {
-            code: if self.is_locked(now, source) { "locked_out" } else { "bad_credentials" },
+            code: if self.is_locked(now, source) { ErrorCode::LockedOut } else { ErrorCode::BadCredentials },
             delay,
         }
     }
@@ -187,7 +188,7 @@ mod tests {
         assert_eq!(a.handle_hello(t0, ip("198.51.100.1"), "acme", "right-token"), AuthOutcome::Accepted);
         assert_eq!(
             a.handle_hello(t0, ip("198.51.100.1"), "acme", "wrong"),
-            AuthOutcome::Rejected { code: "bad_credentials", delay: Duration::from_secs(1) }
+            AuthOutcome::Rejected { code: ErrorCode::BadCredentials, delay: Duration::from_secs(1) }
         );
         assert!(matches!(
             a.handle_hello(t0, ip("198.51.100.1"), "nobody", "right-token"),
@@ -204,14 +205,14 @@ mod tests {
         let attacker = ip("203.0.113.66");
         for i in 0..4 {
             let r = a.handle_hello(t0 + Duration::from_secs(i), attacker, "acme", "guess");
-            assert_eq!(r, AuthOutcome::Rejected { code: "bad_credentials", delay: Duration::from_secs(1) });
+            assert_eq!(r, AuthOutcome::Rejected { code: ErrorCode::BadCredentials, delay: Duration::from_secs(1) });
         }
         let fifth = a.handle_hello(t0 + Duration::from_secs(4), attacker, "acme", "guess");
-        assert!(matches!(fifth, AuthOutcome::Rejected { code: "locked_out", .. }));
+        assert!(matches!(fifth, AuthOutcome::Rejected { code: ErrorCode::LockedOut, .. }));
         let t = t0 + Duration::from_secs(60);
         assert!(matches!(
             a.handle_hello(t, attacker, "acme", "right-token"),
-            AuthOutcome::Rejected { code: "locked_out", .. }
+            AuthOutcome::Rejected { code: ErrorCode::LockedOut, .. }
         ));
         // Other sources (the real PBX) are unaffected: only sources are locked.
         assert_eq!(a.handle_hello(t, ip("198.51.100.1"), "acme", "right-token"), AuthOutcome::Accepted);
@@ -231,7 +232,7 @@ mod tests {
         for i in 0..10u64 {
             // one failure every 20 s: never 5 within 60 s
             let r = a.handle_hello(t0 + Duration::from_secs(20 * i), src, "acme", "bad");
-            assert!(matches!(r, AuthOutcome::Rejected { code: "bad_credentials", .. }), "attempt {i}");
+            assert!(matches!(r, AuthOutcome::Rejected { code: ErrorCode::BadCredentials, .. }), "attempt {i}");
         }
         for i in 0..1000u32 {
             let s = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
@@ -253,7 +254,7 @@ mod tests {
         let other_host_same_64 = ip("2001:db8:7:7:ffff::2");
         assert!(matches!(
             a.handle_hello(t0, other_host_same_64, "acme", "right-token"),
-            AuthOutcome::Rejected { code: "locked_out", .. }
+            AuthOutcome::Rejected { code: ErrorCode::LockedOut, .. }
         ));
         assert_eq!(a.handle_hello(t0, ip("2001:db8:7:8::1"), "acme", "right-token"), AuthOutcome::Accepted);
     }

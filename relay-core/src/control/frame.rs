@@ -129,12 +129,13 @@ pub enum FrameError {
 
 impl FrameError {
     /// Stable error code for the `error` frame sent before closing.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> crate::codes::ErrorCode {
+        use crate::codes::ErrorCode;
         match self {
-            FrameError::BadMagic => "bad_magic",
-            FrameError::UnsupportedVersion(_) => "unsupported_version",
-            FrameError::UnknownType(_) => "unknown_frame_type",
-            FrameError::TooLarge(_) => "frame_too_large",
+            FrameError::BadMagic => ErrorCode::BadMagic,
+            FrameError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            FrameError::UnknownType(_) => ErrorCode::UnknownFrameType,
+            FrameError::TooLarge(_) => ErrorCode::FrameTooLarge,
         }
     }
 }

@@ -4,10 +4,17 @@
 //! The connector side is [`crate::connector`].
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "control")]
 pub mod auth;
+#[cfg(feature = "control")]
 pub mod caps;
 pub mod frame;
+pub mod heartbeat;
 pub mod messages;
+#[cfg(feature = "control")]
+pub mod registry;
+#[cfg(feature = "control")]
 pub mod server;
 pub(crate) mod stream;
-pub mod tls;
+/// TLS settings (moved to [`crate::tls`]; kept here for existing paths).
+pub use crate::tls;

@@ -19,29 +19,25 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::{AuthOutcome, AuthPolicy, Authenticator};
 use super::caps::{CapGuard, ConnCaps, KnownSources};
 use super::frame::{Frame, FrameDecoder, FrameError};
-use super::messages::{ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Reply};
+use super::heartbeat::{Heartbeat, HeartbeatAction};
+use super::messages::{ErrorMessage, Heartbeat as HeartbeatMessage, Hello, HelloResult, Message, OpenStream, Reply};
+use super::registry::Registry;
 use super::stream::{accept_or_back_off, stopped};
-use super::tls::{server_config, ReloadableCert, TlsError};
-use crate::api::{parse_session_id, relay_error_code, Allocation, FieldError, SessionRequest, UpdateRequest};
+use crate::api::{parse_session_id, Allocation, FieldError, SessionRequest, UpdateRequest};
+use crate::codes::ErrorCode;
+use crate::tls::{server_config, ReloadableCert, TlsError};
 use crate::{RelayError, RelayHandle, SessionId};
 
 /// What to do when a second connector authenticates for a tenant that
 /// already has one (a reconnect of the *same* `connector_id` always
 /// replaces: the old channel is presumed dead).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecondConnector {
-    /// The newcomer replaces the current connector (its channel is closed
-    /// with `replaced`).
-    Replace,
-    /// The newcomer is refused with `duplicate`.
-    Reject,
-}
+pub use super::registry::SecondConnector;
 
 /// Control listener settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,22 +189,19 @@ pub struct ConnectorInfo {
     pub connected_for: Duration,
 }
 
-struct Active {
-    connector_id: String,
-    peer: SocketAddr,
-    services: Vec<String>,
-    since: Instant,
-    epoch: u64,
-    kill: Option<oneshot::Sender<&'static str>>,
+/// The server's handle on one connector's channel.
+struct Channel {
+    /// Closes the channel with a code (`replaced`, `tenant_removed`).
+    kill: Option<oneshot::Sender<ErrorCode>>,
     outbox: mpsc::Sender<Message>,
 }
 
-#[derive(Default)]
-struct Registry {
-    active: HashMap<String, Active>,
-    /// Tenants whose connector left, with the epoch of the channel that left.
-    away: HashMap<String, u64>,
-    next_epoch: u64,
+impl Channel {
+    fn kill(&mut self, code: ErrorCode) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(code);
+        }
+    }
 }
 
 struct Inner {
@@ -223,7 +216,11 @@ struct Inner {
     /// capacity reserved for known sources, here and on the tunnels' data
     /// listener.
     known: KnownSources,
-    registry: Mutex<Registry>,
+    registry: Mutex<Registry<Channel>>,
+    /// Wakes the grace task when a tenant's connector leaves.
+    grace_changed: Notify,
+    /// Whether the grace task runs (started by the first `serve`).
+    grace_running: std::sync::atomic::AtomicBool,
     counters: Counters,
     shutdown: watch::Sender<bool>,
 }
@@ -264,7 +261,8 @@ impl ControlServer {
         let auth = Authenticator::new(config.auth, tenants.iter().map(|t| (t.id.clone(), t.token_sha256)));
         let caps = ConnCaps::new(config.max_unauthenticated_per_ip, config.max_unauthenticated);
         let tenants = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
-        Ok(Self {
+        let registry = Registry::new(config.grace, config.second_connector);
+        let server = Self {
             inner: Arc::new(Inner {
                 config,
                 acceptor,
@@ -274,11 +272,14 @@ impl ControlServer {
                 relay,
                 caps,
                 known: KnownSources::new(KNOWN_SOURCE_TTL, 65_536),
-                registry: Mutex::default(),
+                registry: Mutex::new(registry),
+                grace_changed: Notify::new(),
+                grace_running: std::sync::atomic::AtomicBool::new(false),
                 counters: Counters::default(),
                 shutdown: watch::channel(false).0,
             }),
-        })
+        };
+        Ok(server)
     }
 
     /// Replaces the tenant list (configuration reload). Connectors of
@@ -289,11 +290,10 @@ impl ControlServer {
         self.inner.auth_lock().replace_tenants(tenants.iter().map(|t| (t.id.clone(), t.token_sha256)));
         let ids: HashMap<String, TenantCredentials> = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
         let mut reg = self.inner.registry_lock();
-        for (tenant, active) in reg.active.iter_mut() {
-            if !ids.contains_key(tenant) {
-                if let Some(kill) = active.kill.take() {
-                    let _ = kill.send("tenant_removed");
-                }
+        let removed: Vec<String> = reg.iter().map(|(t, _)| t.clone()).filter(|t| !ids.contains_key(t)).collect();
+        for tenant in removed {
+            if let Some(mut entry) = reg.remove_tenant(&tenant) {
+                entry.handle.kill(ErrorCode::TenantRemoved);
             }
         }
         drop(reg);
@@ -303,7 +303,7 @@ impl ControlServer {
     /// Whether a connector logged in from `ip` (its IPv4 address or IPv6
     /// /64) within the last day: such sources may use reserved capacity.
     pub fn is_known_source(&self, ip: std::net::IpAddr) -> bool {
-        self.inner.known.knows(Instant::now(), ip)
+        self.inner.known.knows(tokio_now(), ip)
     }
 
     /// The certificate holder (swap it to reload the certificate).
@@ -314,7 +314,7 @@ impl ControlServer {
     /// Counter snapshot.
     pub fn stats(&self) -> ControlStats {
         let mut s = self.inner.counters.snapshot();
-        s.connectors_active = self.inner.registry_lock().active.len() as u64;
+        s.connectors_active = self.inner.registry_lock().len() as u64;
         s.unauthenticated = self.inner.caps.pending() as u64;
         s
     }
@@ -323,7 +323,6 @@ impl ControlServer {
     pub fn connectors(&self) -> Vec<ConnectorInfo> {
         let reg = self.inner.registry_lock();
         let mut v: Vec<ConnectorInfo> = reg
-            .active
             .iter()
             .map(|(tenant, a)| ConnectorInfo {
                 tenant: tenant.clone(),
@@ -341,24 +340,24 @@ impl ControlServer {
     /// or a standby stream (`open.standby`, any service the connector has).
     pub fn send_open_stream(&self, tenant: &str, open: OpenStream) -> Result<(), ReachError> {
         let reg = self.inner.registry_lock();
-        let a = reg.active.get(tenant).ok_or(ReachError::NoConnector)?;
+        let a = reg.get(tenant).ok_or(ReachError::NoConnector)?;
         if !open.standby && !a.services.contains(&open.service) {
             return Err(ReachError::NoService);
         }
-        a.outbox.try_send(Message::OpenStream(open)).map_err(|_| ReachError::Busy)
+        a.handle.outbox.try_send(Message::OpenStream(open)).map_err(|_| ReachError::Busy)
     }
 
     /// An id of `tenant`'s current connector channel (changes on every
     /// reconnect or replacement), if it has one.
     pub fn connector_epoch(&self, tenant: &str) -> Option<u64> {
-        self.inner.registry_lock().active.get(tenant).map(|a| a.epoch)
+        self.inner.registry_lock().get(tenant).map(|a| a.epoch)
     }
 
     /// Whether `tenant`'s connector is here and exposes `service`; if so,
     /// the id of its channel (as [`connector_epoch`](Self::connector_epoch)).
     pub fn exposes(&self, tenant: &str, service: &str) -> Result<u64, ReachError> {
         let reg = self.inner.registry_lock();
-        let a = reg.active.get(tenant).ok_or(ReachError::NoConnector)?;
+        let a = reg.get(tenant).ok_or(ReachError::NoConnector)?;
         if a.services.iter().any(|s| s == service) {
             Ok(a.epoch)
         } else {
@@ -374,6 +373,9 @@ impl ControlServer {
     /// Accepts connections on `listener` until [`shutdown`](Self::shutdown)
     /// or `stop` resolves.
     pub async fn serve(&self, listener: TcpListener, stop: impl Future<Output = ()>) -> std::io::Result<()> {
+        if !self.inner.grace_running.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.inner.clone().run_grace());
+        }
         let mut shutdown = self.inner.shutdown.subscribe();
         let mut housekeeping = tokio::time::interval(Duration::from_secs(30));
         tokio::pin!(stop);
@@ -381,11 +383,11 @@ impl ControlServer {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = stopped(&mut shutdown) => break,
-                _ = housekeeping.tick() => self.inner.auth_lock().handle_timeout(Instant::now()),
+                _ = housekeeping.tick() => self.inner.auth_lock().handle_timeout(tokio_now()),
                 accepted = accept_or_back_off(&listener, "control") => {
                     let Some((tcp, peer)) = accepted else { continue };
                     self.inner.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
-                    let known = self.inner.known.knows(Instant::now(), peer.ip());
+                    let known = self.inner.known.knows(tokio_now(), peer.ip());
                     match self.inner.caps.try_acquire(peer.ip(), known) {
                         Ok(guard) => {
                             let inner = self.inner.clone();
@@ -411,8 +413,8 @@ impl ControlServer {
 /// How a channel ended (for logs).
 enum Ending {
     Closed,
-    Killed(&'static str),
-    Protocol(&'static str),
+    Killed(ErrorCode),
+    Protocol(ErrorCode),
     Silent,
     Io,
     Shutdown,
@@ -423,7 +425,7 @@ impl Inner {
         self.auth.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn registry_lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+    fn registry_lock(&self) -> std::sync::MutexGuard<'_, Registry<Channel>> {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -456,7 +458,7 @@ impl Inner {
         let hello = match first {
             Err(_) => {
                 self.counters.auth_timeouts.fetch_add(1, Ordering::Relaxed);
-                let _ = self.send_error(&mut writer, "timeout", "no hello within the auth timeout").await;
+                let _ = self.send_error(&mut writer, ErrorCode::Timeout, "no hello within the auth timeout").await;
                 return;
             }
             Ok(Err(ReadError::Frame(e))) => {
@@ -469,12 +471,14 @@ impl Inner {
                 Ok(Message::Hello(h)) => h,
                 Ok(_) => {
                     self.counters.hello_protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.send_error(&mut writer, "not_authenticated", "the first frame must be hello").await;
+                    let _ = self
+                        .send_error(&mut writer, ErrorCode::NotAuthenticated, "the first frame must be hello")
+                        .await;
                     return;
                 }
                 Err(e) => {
                     self.counters.hello_protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.send_error(&mut writer, "bad_message", &e.to_string()).await;
+                    let _ = self.send_error(&mut writer, ErrorCode::BadMessage, &e.to_string()).await;
                     return;
                 }
             },
@@ -488,8 +492,8 @@ impl Inner {
         let ending = self.run_channel(reader, writer, decoder, &hello.tenant, registration).await;
         let why = match ending {
             Ending::Closed => "closed by connector",
-            Ending::Killed(r) => r,
-            Ending::Protocol(code) => code,
+            Ending::Killed(r) => r.as_str(),
+            Ending::Protocol(code) => code.as_str(),
             Ending::Silent => "heartbeat timeout",
             Ending::Io => "connection error",
             Ending::Shutdown => "relay shutting down",
@@ -505,27 +509,32 @@ impl Inner {
         peer: SocketAddr,
         hello: &Hello,
     ) -> Option<Registration> {
-        let refuse = |code: &str, message: &str| {
+        let refuse = |code: ErrorCode, message: &str| {
             Message::HelloResult(HelloResult {
                 ok: false,
-                code: Some(code.into()),
+                code: Some(code.as_str().into()),
                 message: Some(message.into()),
                 heartbeat_secs: None,
             })
         };
         if hello.version != u32::from(super::frame::VERSION) {
             self.counters.auth_unsupported_version.fetch_add(1, Ordering::Relaxed);
-            let _ = self.write(writer, &refuse("unsupported_version", "this relay speaks protocol version 1")).await;
+            let _ = self
+                .write(writer, &refuse(ErrorCode::UnsupportedVersion, "this relay speaks protocol version 1"))
+                .await;
             return None;
         }
-        let outcome = self.auth_lock().handle_hello(Instant::now(), peer.ip(), &hello.tenant, &hello.token);
+        let outcome = self.auth_lock().handle_hello(tokio_now(), peer.ip(), &hello.tenant, &hello.token);
         if let AuthOutcome::Rejected { code, delay } = outcome {
-            let counter =
-                if code == "locked_out" { &self.counters.auth_locked_out } else { &self.counters.auth_bad_credentials };
+            let counter = if code == ErrorCode::LockedOut {
+                &self.counters.auth_locked_out
+            } else {
+                &self.counters.auth_bad_credentials
+            };
             counter.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(tenant = %hello.tenant, peer = %self.shown(peer), code, "control: authentication refused");
+            tracing::warn!(tenant = %hello.tenant, peer = %self.shown(peer), code = code.as_str(), "control: authentication refused");
             tokio::time::sleep(delay).await;
-            let message = if code == "locked_out" {
+            let message = if code == ErrorCode::LockedOut {
                 "too many failed attempts from this address; try later"
             } else {
                 "unknown tenant or wrong token"
@@ -533,14 +542,16 @@ impl Inner {
             let _ = self.write(writer, &refuse(code, message)).await;
             return None;
         }
-        self.known.remember(Instant::now(), peer.ip());
+        self.known.remember(tokio_now(), peer.ip());
         let allowed = self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(&hello.tenant).cloned();
         let Some(tenant) = allowed else {
             return None; // removed by a reload between the two checks
         };
         if let Some(bad) = hello.services.iter().find(|s| !tenant.services.contains(s)) {
             self.counters.auth_unknown_service.fetch_add(1, Ordering::Relaxed);
-            let _ = self.write(writer, &refuse("unknown_service", &format!("service {bad:?} is not allowed"))).await;
+            let _ = self
+                .write(writer, &refuse(ErrorCode::UnknownService, &format!("service {bad:?} is not allowed")))
+                .await;
             return None;
         }
         let registration = match self.register(hello, peer) {
@@ -548,7 +559,7 @@ impl Inner {
             Err(()) => {
                 self.counters.duplicates_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(tenant = %hello.tenant, peer = %self.shown(peer), "control: second connector refused");
-                let _ = self.write(writer, &refuse("duplicate", "this tenant already has a connector")).await;
+                let _ = self.write(writer, &refuse(ErrorCode::Duplicate, "this tenant already has a connector")).await;
                 return None;
             }
         };
@@ -568,68 +579,51 @@ impl Inner {
     }
 
     fn register(&self, hello: &Hello, peer: SocketAddr) -> Result<Registration, ()> {
-        let mut reg = self.registry_lock();
-        if let Some(current) = reg.active.get_mut(&hello.tenant) {
-            let same_instance = current.connector_id == hello.connector_id;
-            if !same_instance && self.config.second_connector == SecondConnector::Reject {
-                return Err(());
-            }
-            if let Some(kill) = current.kill.take() {
-                let _ = kill.send("replaced");
-            }
-            self.counters.replaced.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(tenant = %hello.tenant, old = %self.shown(current.peer), new = %self.shown(peer), "control: connector replaced");
-        }
-        reg.next_epoch += 1;
-        let epoch = reg.next_epoch;
         let (kill_tx, kill_rx) = oneshot::channel();
         let (out_tx, out_rx) = mpsc::channel(OUTBOX);
-        reg.away.remove(&hello.tenant);
-        reg.active.insert(
-            hello.tenant.clone(),
-            Active {
-                connector_id: hello.connector_id.clone(),
-                peer,
-                services: hello.services.clone(),
-                since: Instant::now(),
-                epoch,
-                kill: Some(kill_tx),
-                outbox: out_tx,
-            },
-        );
-        Ok(Registration { epoch, kill: kill_rx, outbox: out_rx })
+        let channel = Channel { kill: Some(kill_tx), outbox: out_tx };
+        let registered = self
+            .registry_lock()
+            .handle_register(tokio_now(), &hello.tenant, &hello.connector_id, peer, hello.services.clone(), channel)
+            .map_err(|_| ())?;
+        if let Some(mut old) = registered.replaced {
+            old.handle.kill(ErrorCode::Replaced);
+            self.counters.replaced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tenant = %hello.tenant, old = %self.shown(old.peer), new = %self.shown(peer), "control: connector replaced");
+        }
+        Ok(Registration { epoch: registered.epoch, kill: kill_rx, outbox: out_rx })
     }
 
-    fn unregister(self: &Arc<Self>, tenant: &str, epoch: u64) {
-        let mut reg = self.registry_lock();
-        if reg.active.get(tenant).is_none_or(|a| a.epoch != epoch) {
-            return; // replaced: the tenant still has a connector
+    fn unregister(&self, tenant: &str, epoch: u64) {
+        if self.registry_lock().handle_leave(tokio_now(), tenant, epoch) {
+            self.grace_changed.notify_one();
         }
-        reg.active.remove(tenant);
-        reg.away.insert(tenant.to_string(), epoch);
-        drop(reg);
-        let inner = self.clone();
-        let tenant = tenant.to_string();
-        tokio::spawn(async move {
-            let mut shutdown = inner.shutdown.subscribe();
+    }
+
+    /// Releases the sessions of tenants whose connector stayed away past the
+    /// grace period (the registry says when), until shutdown.
+    async fn run_grace(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            let next = self.registry_lock().poll_timeout();
+            let wait = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(inner.config.grace) => {}
+                _ = wait => {}
+                _ = self.grace_changed.notified() => continue,
                 _ = stopped(&mut shutdown) => return,
             }
-            let expired = {
-                let mut reg = inner.registry_lock();
-                let expired = reg.away.get(&tenant) == Some(&epoch);
-                if expired {
-                    reg.away.remove(&tenant);
-                }
-                expired
-            };
-            if expired {
-                let n = inner.release_tenant_sessions(&tenant).await;
-                inner.counters.grace_released_sessions.fetch_add(n, Ordering::Relaxed);
+            let due = self.registry_lock().handle_timeout(tokio_now());
+            for tenant in due {
+                let n = self.release_tenant_sessions(&tenant).await;
+                self.counters.grace_released_sessions.fetch_add(n, Ordering::Relaxed);
                 tracing::warn!(tenant = %tenant, sessions = n, "control: connector away past the grace period; sessions released");
             }
-        });
+        }
     }
 
     async fn release_tenant_sessions(&self, tenant: &str) -> u64 {
@@ -664,17 +658,14 @@ impl Inner {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let hb = self.config.heartbeat;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
-        let mut last_rx = Instant::now();
-        let mut seq = 0u64;
+        let mut heartbeat = Heartbeat::new(tokio_now(), self.config.heartbeat);
         let mut shutdown = self.shutdown.subscribe();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             // Frames already buffered first (several may arrive in one read).
             match decoder.poll_frame() {
                 Ok(Some(frame)) => {
-                    last_rx = Instant::now();
+                    heartbeat.handle_received(tokio_now());
                     match self.handle_frame(tenant, &frame).await {
                         Ok(Some(reply)) => {
                             if self.write(&mut writer, &reply).await.is_err() {
@@ -703,15 +694,19 @@ impl Inner {
                     Ok(n) => decoder.handle_bytes(&buf[..n]),
                     Err(_) => return Ending::Io,
                 },
-                _ = ticker.tick() => {
-                    if last_rx.elapsed() >= 3 * hb {
-                        self.counters.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
-                        let _ = self.send_error(&mut writer, "timeout", "no frame for three heartbeat intervals").await;
-                        return Ending::Silent;
-                    }
-                    seq += 1;
-                    if self.write(&mut writer, &Message::Heartbeat(Heartbeat { seq })).await.is_err() {
-                        return Ending::Io;
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(heartbeat.poll_timeout())) => {
+                    match heartbeat.handle_timeout(tokio_now()) {
+                        HeartbeatAction::Dead => {
+                            self.counters.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
+                            let _ = self.send_error(&mut writer, ErrorCode::Timeout, "no frame for three heartbeat intervals").await;
+                            return Ending::Silent;
+                        }
+                        HeartbeatAction::Send(seq) => {
+                            if self.write(&mut writer, &Message::Heartbeat(HeartbeatMessage { seq })).await.is_err() {
+                                return Ending::Io;
+                            }
+                        }
+                        HeartbeatAction::Wait => {}
                     }
                 }
                 Some(out) = registration.outbox.recv() => {
@@ -720,9 +715,9 @@ impl Inner {
                     }
                 }
                 reason = &mut registration.kill => {
-                    let reason = reason.unwrap_or("replaced");
+                    let reason = reason.unwrap_or(ErrorCode::Replaced);
                     let message = match reason {
-                        "tenant_removed" => "the tenant was removed from the relay's configuration",
+                        ErrorCode::TenantRemoved => "the tenant was removed from the relay's configuration",
                         _ => "another connector took over this tenant",
                     };
                     let _ = self.send_error(&mut writer, reason, message).await;
@@ -730,7 +725,7 @@ impl Inner {
                     return Ending::Killed(reason);
                 }
                 _ = stopped(&mut shutdown) => {
-                    let _ = self.send_error(&mut writer, "shutdown", "the relay is shutting down").await;
+                    let _ = self.send_error(&mut writer, ErrorCode::Shutdown, "the relay is shutting down").await;
                     let _ = writer.shutdown().await;
                     return Ending::Shutdown;
                 }
@@ -740,8 +735,8 @@ impl Inner {
 
     /// Serves one frame: `Ok(Some(reply))`, `Ok(None)` (nothing to answer),
     /// or a protocol error that closes the channel.
-    async fn handle_frame(&self, tenant: &str, frame: &Frame) -> Result<Option<Message>, (&'static str, String)> {
-        let msg = Message::decode(frame).map_err(|e| ("bad_message", e.to_string()))?;
+    async fn handle_frame(&self, tenant: &str, frame: &Frame) -> Result<Option<Message>, (ErrorCode, String)> {
+        let msg = Message::decode(frame).map_err(|e| (ErrorCode::BadMessage, e.to_string()))?;
         Ok(match msg {
             Message::Heartbeat(h) => Some(Message::HeartbeatAck(h)),
             Message::HeartbeatAck(_) => None,
@@ -762,7 +757,10 @@ impl Inner {
                 Some(Message::Released(self.finish(r.request_id, reply)))
             }
             other => {
-                return Err(("unexpected_frame", format!("a connector does not send {}", other.encode().kind.as_str())))
+                return Err((
+                    ErrorCode::UnexpectedFrame,
+                    format!("a connector does not send {}", other.encode().kind.as_str()),
+                ))
             }
         })
     }
@@ -782,7 +780,7 @@ impl Inner {
                     id: None,
                     pbx: None,
                     endpoint: None,
-                    code: Some(e.code.into()),
+                    code: Some(e.code.as_str().into()),
                     message: Some(e.message),
                 }
             }
@@ -837,10 +835,10 @@ impl Inner {
     async fn send_error<W: AsyncWrite + Unpin>(
         &self,
         writer: &mut W,
-        code: &str,
+        code: ErrorCode,
         message: &str,
     ) -> std::io::Result<()> {
-        let e = Message::Error(ErrorMessage { code: code.into(), message: message.into(), request_id: None });
+        let e = Message::Error(ErrorMessage { code: code.as_str().into(), message: message.into(), request_id: None });
         self.write(writer, &e).await?;
         writer.shutdown().await
     }
@@ -848,7 +846,7 @@ impl Inner {
 
 struct Registration {
     epoch: u64,
-    kill: oneshot::Receiver<&'static str>,
+    kill: oneshot::Receiver<ErrorCode>,
     outbox: mpsc::Receiver<Message>,
 }
 
@@ -857,11 +855,11 @@ fn ok_reply() -> Reply {
 }
 
 fn body_error(e: serde_json::Error) -> FieldError {
-    FieldError { code: "invalid_json", message: format!("{:?} error at column {}", e.classify(), e.column()) }
+    FieldError { code: ErrorCode::InvalidJson, message: format!("{:?} error at column {}", e.classify(), e.column()) }
 }
 
 fn relay_error(e: RelayError) -> FieldError {
-    FieldError { code: relay_error_code(&e), message: e.to_string() }
+    FieldError { code: e.code(), message: e.to_string() }
 }
 
 enum ReadError {
@@ -882,4 +880,10 @@ async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, decoder: &mut FrameDec
             Err(_) => return Err(ReadError::Io),
         }
     }
+}
+
+/// Now, on tokio's clock: the registry's grace timers and the heartbeat
+/// follow tokio's paused time in tests, like the timers that wake them.
+fn tokio_now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }

@@ -3,14 +3,11 @@
 //! on errors, dialling with a timeout, and reading exactly one frame from a
 //! stream whose bytes after that frame belong to someone else (tunnels).
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::watch;
 
-use super::frame::{FrameDecoder, FrameType, HEADER_LEN};
+#[cfg(any(feature = "connector", feature = "tunnels"))]
+use super::frame::FrameType;
+#[cfg(any(feature = "connector", feature = "tunnels"))]
 use super::messages::Message;
 
 /// Resolves once the shutdown flag is set (or its sender is gone).
@@ -21,20 +18,25 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// The next connection, or `None` after an accept error (EMFILE and the
 /// like), logged and followed by a short pause so the loop keeps serving
 /// without spinning.
-pub(crate) async fn accept_or_back_off(listener: &TcpListener, what: &str) -> Option<(TcpStream, SocketAddr)> {
+#[cfg(feature = "control")]
+pub(crate) async fn accept_or_back_off(
+    listener: &tokio::net::TcpListener,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
     match listener.accept().await {
         Ok(a) => Some(a),
         Err(e) => {
             tracing::warn!(error = %e, listener = what, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             None
         }
     }
 }
 
 /// TCP connect within 5 s, with `TCP_NODELAY`.
-pub(crate) async fn dial(addr: impl ToSocketAddrs) -> std::io::Result<TcpStream> {
-    let s = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+#[cfg(feature = "connector")]
+pub(crate) async fn dial(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<tokio::net::TcpStream> {
+    let s = match tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
         Ok(r) => r?,
         Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
     };
@@ -44,6 +46,7 @@ pub(crate) async fn dial(addr: impl ToSocketAddrs) -> std::io::Result<TcpStream>
 
 /// Why [`read_single_frame`] returned no message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg(any(feature = "connector", feature = "tunnels"))]
 pub(crate) enum SingleFrameError {
     /// The peer closed before sending a byte of the header.
     Closed,
@@ -54,11 +57,14 @@ pub(crate) enum SingleFrameError {
 
 /// Reads exactly one frame of type `kind` with a payload of at most `max`
 /// bytes — and not a byte more, since what follows is a tunnel's stream.
-pub(crate) async fn read_single_frame<R: AsyncRead + Unpin>(
+#[cfg(any(feature = "connector", feature = "tunnels"))]
+pub(crate) async fn read_single_frame<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
     kind: FrameType,
     max: usize,
 ) -> Result<Message, SingleFrameError> {
+    use super::frame::{FrameDecoder, HEADER_LEN};
+    use tokio::io::AsyncReadExt;
     let mut header = [0u8; HEADER_LEN];
     match r.read_exact(&mut header).await {
         Ok(_) => {}

@@ -6,7 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod limits;
-pub mod peer;
+/// Peer policy (moved to [`crate::peer`]; kept here for existing paths).
+pub use crate::peer;
 pub mod quality;
 pub mod replay;
 pub mod spec;

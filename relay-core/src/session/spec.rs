@@ -97,10 +97,12 @@ pub struct SrtpAuth {
 
 impl SrtpAuth {
     /// Keys for an `AES_CM_128_HMAC_SHA1_80` (or `AES_256_CM_HMAC_SHA1_80`) stream.
+    #[cfg(feature = "srtp-keys")]
     pub fn sha1_80(keys: &crate::srtp_keys::AuthKeys) -> Self {
         Self { rtp_key: keys.srtp, rtcp_key: keys.srtcp, rtp_tag: TagLen::Bits80, rtcp_tag: TagLen::Bits80 }
     }
     /// Keys for an `AES_CM_128_HMAC_SHA1_32` stream (SRTCP keeps 80 bits).
+    #[cfg(feature = "srtp-keys")]
     pub fn sha1_32(keys: &crate::srtp_keys::AuthKeys) -> Self {
         Self { rtp_key: keys.srtp, rtcp_key: keys.srtcp, rtp_tag: TagLen::Bits32, rtcp_tag: TagLen::Bits80 }
     }

@@ -42,9 +42,9 @@ mod tests {
     #[test]
     fn the_certificate_chains_to_the_ca_and_matches_its_key() {
         let p = issue("pbx.example").expect("pki");
-        assert!(crate::control::tls::load_certified_key(p.cert_pem.as_bytes(), p.key_pem.as_bytes()).is_ok());
-        let trust = crate::control::tls::ClientTrust::CaPem(p.ca_pem.clone().into_bytes());
-        assert!(crate::control::tls::client_config(&trust).is_ok());
+        assert!(crate::tls::load_certified_key(p.cert_pem.as_bytes(), p.key_pem.as_bytes()).is_ok());
+        let trust = crate::tls::ClientTrust::CaPem(p.ca_pem.clone().into_bytes());
+        assert!(crate::tls::client_config(&trust).is_ok());
         assert!(!format!("{p:?}").contains("PRIVATE KEY"));
     }
 }

@@ -12,6 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod proxy;
+#[cfg(feature = "tunnels")]
 pub mod route;
+#[cfg(feature = "tunnels")]
 pub mod server;
+#[cfg(feature = "tunnels")]
 pub mod tickets;

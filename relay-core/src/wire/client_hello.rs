@@ -383,9 +383,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tls")]
     fn reads_the_hello_of_a_real_rustls_client_split_anywhere() {
-        let trust = crate::control::tls::ClientTrust::Pinned([0; 32]);
-        let cfg = crate::control::tls::client_config(&trust).expect("config");
+        let trust = crate::tls::ClientTrust::Pinned([0; 32]);
+        let cfg = crate::tls::client_config(&trust).expect("config");
         let name = rustls::pki_types::ServerName::try_from("pbx.acme.example").expect("name");
         let mut conn = rustls::ClientConnection::new(cfg, name).expect("client");
         let mut wire = Vec::new();

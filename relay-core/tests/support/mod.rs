@@ -3,6 +3,7 @@
 //! sans-IO shard tests.
 #![allow(dead_code)]
 
+#[cfg(all(feature = "control", feature = "testkit"))]
 pub mod control;
 
 use std::collections::BTreeSet;

@@ -78,7 +78,7 @@ pub struct OwnAddresses {
 
 impl OwnAddresses {
     /// A set of endpoints. `local_ips` are the host's interface addresses
-    /// (see [`crate::io::sys::local_addresses`]); loopback always counts as
+    /// (`io::sys::local_addresses` lists them); loopback always counts as
     /// local.
     pub fn new(endpoints: impl IntoIterator<Item = OwnEndpoint>, local_ips: Vec<IpAddr>) -> Self {
         let mut endpoints: Vec<OwnEndpoint> = endpoints.into_iter().collect();
