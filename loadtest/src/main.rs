@@ -151,7 +151,7 @@ fn target(a: &MediaArgs) -> Result<Box<dyn Target>, String> {
     match &a.admin {
         Some(url) => Ok(Box::new(Admin::new(url, a.admin_token.clone(), "loadtest")?)),
         None => {
-            let backend: BackendKind = a.datapath.parse()?;
+            let backend: BackendKind = a.datapath.parse().map_err(|e| format!("--datapath: {e}"))?;
             Ok(Box::new(InProcess::start(backend, a.workers, a.calls)?))
         }
     }

@@ -20,7 +20,7 @@ use relay_core::codes::ErrorCode;
 use relay_core::control::server::ControlServer;
 use relay_core::session::SpecErrorKind;
 use relay_core::tunnel::server::TunnelServer;
-use relay_core::{LegInfo, RelayError, RelayHandle, SessionId, SessionInfo, Verify};
+use relay_core::{LegInfo, RelayError, RelayHandle, SessionId, SessionInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -317,7 +317,7 @@ fn session_json(s: &SessionInfo) -> Value {
         "id": s.id.to_string(),
         "tenant": s.tenant,
         "latch": s.latch.as_str(),
-        "verify": match s.verify { Verify::Latch => "latch", Verify::All => "all" },
+        "verify": s.verify.as_str(),
         "age_ms": s.age.as_millis() as u64,
         "idle_ms": s.idle.as_millis() as u64,
         "learning": s.learning,

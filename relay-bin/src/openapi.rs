@@ -81,6 +81,17 @@ mod tests {
     }
 
     #[test]
+    fn the_named_settings_are_exactly_the_cores() {
+        let template: Value = serde_json::from_str(TEMPLATE).expect("valid JSON");
+        let schemas = &template["components"]["schemas"];
+        for schema in ["SessionRequest", "UpdateRequest", "Session"] {
+            for (field, names) in [("latch", LatchPolicy::NAMES), ("verify", Verify::NAMES)] {
+                assert_eq!(schemas[schema]["properties"][field]["enum"], json!(names), "{schema}.{field}");
+            }
+        }
+    }
+
+    #[test]
     fn the_served_document_follows_the_relay() {
         let mut d = SessionDefaults { latch: LatchPolicy::Authenticated, ..SessionDefaults::default() };
         d.ceilings.max_pps = Some(77);

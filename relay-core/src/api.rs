@@ -20,9 +20,7 @@ use crate::srtp_keys::{derive_auth_keys, SrtpMasterKey};
 #[cfg(feature = "engine")]
 use crate::wire::srtp_auth::TagLen;
 #[cfg(feature = "engine")]
-use crate::{
-    AllocatedSession, LatchPolicy, LegLimits, LegSpec, LegUpdate, SessionSpec, SessionUpdate, SrtpAuth, Verify,
-};
+use crate::{AllocatedSession, LegLimits, LegSpec, LegUpdate, SessionSpec, SessionUpdate, SrtpAuth};
 
 /// A request that names a field it cannot accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -247,25 +245,14 @@ pub struct SessionRequest {
     pub clock_rate: Option<u32>,
 }
 
+/// A named setting of a request (`latch`, `verify`), parsed by the core's
+/// one parser.
 #[cfg(feature = "engine")]
-fn parse_latch(v: Option<&str>) -> Result<Option<LatchPolicy>, FieldError> {
-    match v {
-        None => Ok(None),
-        Some("window") => Ok(Some(LatchPolicy::Window)),
-        Some("authenticated") => Ok(Some(LatchPolicy::Authenticated)),
-        Some("open") => Ok(Some(LatchPolicy::Open)),
-        Some(other) => Err(FieldError::invalid(format!("latch: {other:?} is not window, authenticated or open"))),
-    }
-}
-
-#[cfg(feature = "engine")]
-fn parse_verify(v: Option<&str>) -> Result<Option<Verify>, FieldError> {
-    match v {
-        None => Ok(None),
-        Some("latch") => Ok(Some(Verify::Latch)),
-        Some("all") => Ok(Some(Verify::All)),
-        Some(other) => Err(FieldError::invalid(format!("verify: {other:?} is not latch or all"))),
-    }
+fn parse_named<T>(field: &str, v: Option<&str>) -> Result<Option<T>, FieldError>
+where
+    T: std::str::FromStr<Err = crate::names::UnknownName>,
+{
+    v.map(|v| v.parse().map_err(|e| FieldError::invalid(format!("{field}: {e}")))).transpose()
 }
 
 impl SessionRequest {
@@ -287,8 +274,8 @@ impl SessionRequest {
             tenant: tenant.to_string(),
             pbx: self.pbx.to_spec("pbx")?,
             endpoint: self.endpoint.to_spec("endpoint")?,
-            latch: parse_latch(self.latch.as_deref())?,
-            verify: parse_verify(self.verify.as_deref())?,
+            latch: parse_named("latch", self.latch.as_deref())?,
+            verify: parse_named("verify", self.verify.as_deref())?,
             learning_window: self.learning_window_ms.map(Duration::from_millis),
             idle_timeout: self.idle_timeout_secs.map(Duration::from_secs),
             max_duration: self.max_duration_secs.map(Duration::from_secs),
@@ -375,8 +362,8 @@ impl UpdateRequest {
         Ok(SessionUpdate {
             pbx: leg(&self.pbx, "pbx")?,
             endpoint: leg(&self.endpoint, "endpoint")?,
-            latch: parse_latch(self.latch.as_deref())?,
-            verify: parse_verify(self.verify.as_deref())?,
+            latch: parse_named("latch", self.latch.as_deref())?,
+            verify: parse_named("verify", self.verify.as_deref())?,
         })
     }
 }
@@ -437,6 +424,7 @@ pub fn parse_session_id(id: &str) -> Result<crate::SessionId, FieldError> {
 #[cfg(all(test, feature = "engine"))]
 mod tests {
     use super::*;
+    use crate::LatchPolicy;
 
     #[test]
     fn a_request_becomes_a_spec_and_bad_fields_are_named() {

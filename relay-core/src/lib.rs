@@ -84,6 +84,7 @@ pub mod connector;
 #[cfg(any(feature = "control", feature = "connector"))]
 pub mod control;
 pub mod io;
+pub mod names;
 #[cfg(feature = "ng")]
 pub mod ng;
 pub mod peer;

@@ -17,26 +17,7 @@ pub enum SecondConnector {
     Reject,
 }
 
-impl std::str::FromStr for SecondConnector {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "replace" => Ok(SecondConnector::Replace),
-            "reject" => Ok(SecondConnector::Reject),
-            other => Err(format!("{other:?} is not one of replace, reject")),
-        }
-    }
-}
-
-impl SecondConnector {
-    /// Its name in configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SecondConnector::Replace => "replace",
-            SecondConnector::Reject => "reject",
-        }
-    }
-}
+crate::names::named!(SecondConnector { Replace => "replace", Reject => "reject" });
 
 /// One tenant's current connector.
 #[derive(Debug)]

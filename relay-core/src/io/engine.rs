@@ -27,15 +27,6 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    /// Stable lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Auto => "auto",
-            BackendKind::Uring => "uring",
-            BackendKind::Portable => "portable",
-        }
-    }
-
     /// Resolves `Auto` by probing io_uring. Returns the backend to run and,
     /// for `Auto` falling back, why io_uring was not used.
     pub fn resolve(self) -> Result<(BackendKind, Option<String>), String> {
@@ -50,17 +41,7 @@ impl BackendKind {
     }
 }
 
-impl std::str::FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(BackendKind::Auto),
-            "uring" => Ok(BackendKind::Uring),
-            "portable" => Ok(BackendKind::Portable),
-            other => Err(format!("unknown datapath {other:?} (expected auto, uring or portable)")),
-        }
-    }
-}
+crate::names::named!(BackendKind { Auto => "auto", Uring => "uring", Portable => "portable" });
 
 /// Socket settings for relay ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

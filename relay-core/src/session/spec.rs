@@ -56,16 +56,7 @@ pub enum LatchPolicy {
     Open,
 }
 
-impl LatchPolicy {
-    /// Stable lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LatchPolicy::Window => "window",
-            LatchPolicy::Authenticated => "authenticated",
-            LatchPolicy::Open => "open",
-        }
-    }
-}
+crate::names::named!(LatchPolicy { Window => "window", Authenticated => "authenticated", Open => "open" });
 
 /// Which packets must carry a valid SRTP/SRTCP tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -77,6 +68,8 @@ pub enum Verify {
     /// per packet; anti-injection).
     All,
 }
+
+crate::names::named!(Verify { Latch => "latch", All => "all" });
 
 /// SRTP authentication keys for the packets a leg's remote *sends*.
 ///
