@@ -23,20 +23,23 @@ bin="target/debug/ucmrc"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
+  # drain_timeout_secs = 0: the relays leave at once, sessions or not.
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-# Starts a relay with config $1; prints its admin address once it serves.
+# Starts a relay with config $1 in this shell (so cleanup can stop it) and
+# sets $addr to its admin address once it serves.
+addr=""
 start_relay() {
   local config="$1" out="$work/$(basename "$1").out"
   "$bin" relay --config "$config" >"$out" 2>"$out.err" &
   pids+=("$!")
   for _ in $(seq 1 200); do
-    local addr
     addr="$(sed -n 's/.*admin API on http:\/\/\([0-9.:]*\).*/\1/p' "$out" | head -1)"
-    if [ -n "$addr" ]; then echo "$addr"; return 0; fi
+    if [ -n "$addr" ]; then return 0; fi
     sleep 0.05
   done
   echo "relay did not start: $(cat "$out.err")" >&2
@@ -50,6 +53,7 @@ cat >"$work/token.toml" <<TOML
 port_min = 20000
 port_max = 24999
 workers = 2
+drain_timeout_secs = 0
 [ng]
 enabled = false
 [admin]
@@ -61,6 +65,7 @@ cat >"$work/tokenless.toml" <<TOML
 port_min = 25000
 port_max = 29999
 workers = 2
+drain_timeout_secs = 0
 [ng]
 enabled = false
 [admin]
@@ -73,6 +78,8 @@ run() {
   (cd "$work" && "$OLDPWD/$venv/bin/st" run "http://$addr/v1/openapi.json" --checks all \
       --max-examples "$examples" --seed 20261130 --no-color "$@")
 }
-run token "$(start_relay "$work/token.toml")" -H "Authorization: Bearer $token"
-run tokenless "$(start_relay "$work/tokenless.toml")"
+start_relay "$work/token.toml"
+run token "$addr" -H "Authorization: Bearer $token"
+start_relay "$work/tokenless.toml"
+run tokenless "$addr"
 echo "schemathesis: both runs passed"
