@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README.md): installs what it needs, then
 # checks formatting and lints, runs every test of the workspace, Schemathesis
-# against live relays, and a short run of every fuzz target.
+# against live relays, relay-core's crate checks (each feature alone, the
+# examples, rustdoc, MSRV, cargo-deny), and a short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
@@ -21,6 +22,8 @@ if cargo tree -e normal,build --prefix none | grep -qE '^(bindgen|clang-sys|srtp
   echo "the default build pulls bindgen/libsrtp: it would need libclang" >&2
   exit 1
 fi
+# relay-core's features one by one, the examples, rustdoc, MSRV, cargo-deny.
+scripts/check-crates.sh
 # Every fuzz target for a short, bounded time (fuzz/smoke.sh installs cargo-fuzz).
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}" fuzz/smoke.sh
 # One closing line for the whole run (cargo prints one per test binary).

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The crate boundary embedders rely on (part of the test command):
+#  - relay-core builds, lints, tests and documents with each feature alone
+#    and with none (the feature list is read from Cargo.toml, so a new
+#    feature is covered without editing this script);
+#  - the engine and the connector pull in only what they use;
+#  - the examples run;
+#  - rustdoc is warning-free; the declared MSRV builds the crates;
+#  - cargo-deny accepts every licence, ban and source (offline checks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+features=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+core = next(p for p in d["packages"] if p["name"] == "relay-core")
+print(" ".join(sorted(f for f in core["features"] if f != "default")))')
+
+for f in "" $features; do
+  args=(-p relay-core --no-default-features --locked)
+  [ -n "$f" ] && args+=(--features "$f")
+  step "relay-core ${f:-(no features)}"
+  cargo clippy "${args[@]}" --lib -- -D warnings
+  cargo test "${args[@]}" --lib -q
+  RUSTDOCFLAGS="-D warnings" cargo doc "${args[@]}" --no-deps -q
+done
+
+step "rustdoc with every feature, and the binary's"
+RUSTDOCFLAGS="-D warnings" cargo doc -p relay-core --all-features --no-deps --locked -q
+RUSTDOCFLAGS="-D warnings" cargo doc -p ucmrc --no-deps --locked -q
+
+step "what an embedder pays for"
+# crates that must not appear: name, and the builds that must not have it.
+refuse() { # <description> <pattern> <cargo tree args...>
+  local what="$1" pattern="$2"
+  shift 2
+  local found
+  found=$(cargo tree --locked -e normal --prefix none "$@" | grep -E "$pattern" | sort -u || true)
+  if [ -n "$found" ]; then
+    echo "cargo tree $*: $what:" >&2
+    echo "$found" >&2
+    exit 1
+  fi
+}
+heavy='^(rustls|ring|rcgen|serde_json|tokio-rustls|aws-lc-rs) '
+refuse "the media engine pulls TLS, certificates or JSON" "$heavy" -p relay-core
+refuse "relay-core without features pulls TLS, certificates or JSON" "$heavy" -p relay-core --no-default-features
+refuse "the connector pulls io_uring or certificate generation" '^(io-uring|rcgen) ' \
+  -p relay-core --no-default-features --features connector
+refuse "ucmrc without its demo links the testkit" '^(rcgen|ctr) ' -p ucmrc --no-default-features
+for build in "" "--no-default-features"; do
+  # tokio's runtime (feature "rt") must not be enabled for the engine.
+  # shellcheck disable=SC2086
+  if cargo tree --locked -p relay-core $build -e normal,features --prefix none -i tokio 2>/dev/null |
+    grep -qE '^tokio feature "(rt|rt-multi-thread|net|time)"'; then
+    echo "relay-core $build enables tokio's runtime" >&2
+    exit 1
+  fi
+done
+for build in "" "--no-default-features"; do
+  # shellcheck disable=SC2086
+  echo "relay-core ${build:-(default)}: $(cargo tree --locked -p relay-core $build -e normal --prefix none | sed 's/ (\*)$//' | sort -u | wc -l) crates"
+done
+
+step "examples"
+cargo run --locked -q -p relay-core --example embed_in_tokio
+cargo run --locked -q -p relay-core --example drive_a_shard
+cargo run --locked -q -p relay-core --features control,connector,testkit --example pbx_connector
+
+step "MSRV"
+msrv=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c '
+import json, sys
+print(next(p["rust_version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "relay-core"))')
+rustup toolchain list | grep -q "^$msrv" || rustup toolchain install "$msrv" --profile minimal
+CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --locked -p relay-core --all-features
+CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --locked -p relay-core --no-default-features
+CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --locked -p ucmrc -p loadtest
+
+step "cargo deny (licences, bans, sources)"
+command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --version 0.20.2
+cargo deny --locked check --hide-inclusion-graph licenses bans sources
