@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use relay_core::shard::{Allocation, Command, PortClose, PortSockets, Response, Shard, ShardConfig};
+use relay_core::shard::{AllocatedPorts, Command, PortClose, PortSockets, Response, Shard, ShardConfig};
 use relay_core::{LatchPolicy, LegSpec, PeerPolicy, SessionDefaults, SessionSpec, SrtpAuth, Verify};
 
 /// A socket table that only records ports (for sans-IO benches).
@@ -74,7 +74,7 @@ pub fn established_shard(
             verify: Some(verify),
             ..SessionSpec::default()
         };
-        let a: Allocation =
+        let a: AllocatedPorts =
             match shard.handle_command(t0, Command::Allocate { spec: Box::new(spec), permit: None }, &mut sockets) {
                 Response::Allocated(Ok(a)) => a,
                 other => panic!("allocation failed: {other:?}"),

@@ -266,7 +266,7 @@ impl Target for ViaConnector {
     fn allocate(&mut self, request: &SessionRequest) -> Result<CallLegs, String> {
         let h = self.handle()?;
         let a = self.runtime.block_on(h.allocate(request.clone())).map_err(|e| e.to_string())?;
-        let addr = |l: &relay_core::api::LegAddresses| l.rtp_socket_addr().ok_or("bad address in reply".to_string());
+        let addr = |l: &relay_core::api::LegAddressReply| l.rtp_socket_addr().ok_or("bad address in reply".to_string());
         Ok(CallLegs { to_pbx_leg: addr(&a.pbx)?, to_endpoint_leg: addr(&a.endpoint)?, id: a.id })
     }
 

@@ -169,7 +169,7 @@ fn media_through_sessions_allocated_over_a_connector_channel() {
     use relay_core::connector::ConnectorConfig;
     use relay_core::control::auth::token_hash;
     use relay_core::control::server::{ControlConfig, ControlServer, TenantCredentials};
-    use relay_core::control::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
+    use relay_core::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
 
     let relay = relay_core::Relay::start(relay_core::RelayConfig {
         port_min: 25000,

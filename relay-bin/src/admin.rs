@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use relay_core::api::{Allocation, FieldError, SessionRequest, UpdateRequest};
+use relay_core::api::{AllocationReply, FieldError, SessionRequest, UpdateRequest};
 use relay_core::codes::ErrorCode;
 use relay_core::control::server::ControlServer;
 use relay_core::session::SpecErrorKind;
@@ -338,7 +338,7 @@ async fn create_session(
     let tenant = body.tenant.clone().ok_or_else(|| ApiError::bad(ErrorCode::InvalidField, "tenant: required"))?;
     let spec = body.to_spec(&tenant)?;
     let a = st.handle.allocate(spec).await?;
-    let body = serde_json::to_value(Allocation::of(&a)).unwrap_or_default();
+    let body = serde_json::to_value(AllocationReply::of(&a)).unwrap_or_default();
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/sessions/{}", a.id))], Json(body)).into_response())
 }
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use relay_core::connector::{Connector, ConnectorConfig, TunnelTarget};
-use relay_core::control::tls::ClientTrust;
+use relay_core::tls::ClientTrust;
 use serde::Deserialize;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -144,7 +144,7 @@ impl ConnectConfig {
             (Some(ca), None) => {
                 let pem = read_file(ca).map_err(|e| err("ca_file", format!("cannot read {}: {e}", ca.display())))?;
                 let trust = ClientTrust::CaPem(pem);
-                relay_core::control::tls::client_config(&trust).map_err(|e| err("ca_file", e.to_string()))?;
+                relay_core::tls::client_config(&trust).map_err(|e| err("ca_file", e.to_string()))?;
                 trust
             }
             (None, Some(pin)) => ClientTrust::pinned_hex(pin).map_err(|e| err("pinned_sha256", e.to_string()))?,

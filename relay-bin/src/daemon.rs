@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use relay_core::control::server::ControlServer;
-use relay_core::control::tls::{load_certified_key, ReloadableCert};
+use relay_core::tls::{load_certified_key, ReloadableCert};
 use relay_core::tunnel::server::TunnelServer;
 use relay_core::{Relay, RelayHandle};
 use sha2::{Digest, Sha256};
@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ControlSettings, TunnelSettings};
 use crate::metrics::AdminStats;
-use relay_core::session::peer::OwnEndpoint;
+use relay_core::peer::OwnEndpoint;
 use std::net::SocketAddr;
 
 /// A fresh 256-bit token (hex) and its SHA-256 (hex).

@@ -268,7 +268,7 @@ impl SessionRequest {
     }
 
     #[cfg(feature = "engine")]
-    /// Validates the request into a [`SessionSpec`](crate::SessionSpec) for `tenant`.
+    /// Validates the request into a [`SessionSpec`] for `tenant`.
     pub fn to_spec(&self, tenant: &str) -> Result<SessionSpec, FieldError> {
         Ok(SessionSpec {
             tenant: tenant.to_string(),
@@ -347,7 +347,7 @@ impl UpdateRequest {
     }
 
     #[cfg(feature = "engine")]
-    /// Validates the request into a [`SessionUpdate`](crate::SessionUpdate).
+    /// Validates the request into a [`SessionUpdate`].
     pub fn to_update(&self) -> Result<SessionUpdate, FieldError> {
         let leg = |l: &LegUpdateRequest, side: &str| {
             leg_fields(
@@ -370,7 +370,7 @@ impl UpdateRequest {
 
 /// Relay addresses of one leg in a reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LegAddresses {
+pub struct LegAddressReply {
     /// RTP (and RTCP with rtcp-mux).
     pub rtp: String,
     /// RTCP without rtcp-mux.
@@ -378,10 +378,10 @@ pub struct LegAddresses {
     pub rtcp: Option<String>,
 }
 
-impl LegAddresses {
+impl LegAddressReply {
     #[cfg(feature = "engine")]
     /// The addresses of an allocated leg.
-    pub fn of(l: crate::LegAddrs) -> Self {
+    pub fn of(l: crate::LegAddresses) -> Self {
         Self { rtp: l.rtp.to_string(), rtcp: l.rtcp.map(|a| a.to_string()) }
     }
 
@@ -394,20 +394,20 @@ impl LegAddresses {
 
 /// The reply to an allocation: what goes into SDP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocation {
+pub struct AllocationReply {
     /// Session id (16 hex digits).
     pub id: String,
     /// Where the PBX sends.
-    pub pbx: LegAddresses,
+    pub pbx: LegAddressReply,
     /// Where the endpoint sends.
-    pub endpoint: LegAddresses,
+    pub endpoint: LegAddressReply,
 }
 
-impl Allocation {
+impl AllocationReply {
     #[cfg(feature = "engine")]
     /// The reply for an allocated session.
     pub fn of(a: &AllocatedSession) -> Self {
-        Self { id: a.id.to_string(), pbx: LegAddresses::of(a.pbx), endpoint: LegAddresses::of(a.endpoint) }
+        Self { id: a.id.to_string(), pbx: LegAddressReply::of(a.pbx), endpoint: LegAddressReply::of(a.endpoint) }
     }
 }
 

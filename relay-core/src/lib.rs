@@ -5,33 +5,49 @@
 //! storing or inspecting payloads**. A Rust service embeds it; the `ucmrc`
 //! binary wraps it for operators.
 //!
+//! ## Features
+//!
+//! A plain dependency is the media engine (`default = ["engine"]`): no TLS,
+//! no JSON, no tokio runtime. The rest is opt-in, so an embedder pays only
+//! for what it uses:
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `engine` (default) | `Relay`, `RelayHandle`, `session`, `shard`, the `io` datapaths, `quota` |
+//! | `srtp-keys` | `srtp_keys`: SRTP/SRTCP auth keys from SDES master keys |
+//! | `serde` | the named settings ([`names`]) as their names |
+//! | `api` | `api`: the JSON session requests of the admin API and the control channel |
+//! | `tls` | `tls`: rustls settings, reloadable certificates, pinning |
+//! | `control` | `control::server`: the relay's TLS listener for connectors |
+//! | `connector` | `connector`: the PBX-side client (no shard, no io_uring) |
+//! | `tunnels` | `tunnel::server`: TLS pass-through routed by SNI |
+//! | `ng` | `ng`: rtpengine's ng protocol for Kamailio/OpenSIPS |
+//! | `testkit` | throwaway certificates and an SRTP sender (demos, tests) |
+//! | `batch-send` | io_uring `SENDMSG` batches (the load generator) |
+//!
+//! Examples (`relay-core/examples/`): `embed_in_tokio` (allocate, forward,
+//! read counters, drain), `drive_a_shard` (the sans-IO shard on your own
+//! sockets) and `pbx_connector` (a connector beside a PBX).
+//!
 //! ## Architecture
 //!
 //! - [`wire`]: pure, allocation-free, never-panicking views of RTP, RTCP,
 //!   STUN and the SRTP/SRTCP authentication tag.
-//! - [`session`]: a two-leg session (PBX leg, endpoint leg) and its latching
-//!   policies (`window`, `authenticated`, `open`), `verify = all`, peer
-//!   policy, token buckets, timeouts, counters and optional RTP quality.
-//! - [`shard`]: the sans-IO state machine owning one slice of the port range:
+//! - `session`: a two-leg session (PBX leg, endpoint leg) and its latching
+//!   policies (`window`, `authenticated`, `open`), `verify = all`, token
+//!   buckets, timeouts, counters and optional RTP quality; [`peer`]: which
+//!   addresses may be peers.
+//! - `shard`: the sans-IO state machine owning one slice of the port range:
 //!   `handle_datagram(now, local_port, src, bytes) -> Verdict`,
 //!   `handle_command`, `poll_timeout`/`handle_timeout`. No clock, no socket.
 //! - [`io`]: the only `unsafe` code; backends that move bytes for a shard on
-//!   its own thread (the portable epoll + `recvmmsg`/`sendmmsg` backend).
-//! - [`relay`]: configuration, shard threads and the cloneable
-//!   [`RelayHandle`] used from tokio (`.await`) or plain threads (`.wait()`).
-//! - [`srtp_keys`]: derive the SRTP/SRTCP *authentication* keys a PBX hands
-//!   to the relay for authenticated latching (RFC 3711 §4.3).
-//! - [`ng`]: rtpengine's ng control protocol (bencode, SDP rewriting, the
-//!   offer/answer/delete/query engine) for Kamailio and OpenSIPS.
-//! - [`quota`]: per-tenant session quotas.
-//! - [`testkit`]: simulated endpoints' SRTP for the demo and the load
-//!   generator (never used by the relay).
-//! - [`control`] and [`connector`]: the authenticated TLS control channel
-//!   between the relay and a connector beside the PBX.
-//! - [`tunnel`]: TLS pass-through tunnels routed by SNI, spliced without a
-//!   userspace copy.
-//! - [`api`]: the JSON session requests shared by the admin API and the
-//!   control channel.
+//!   its own thread (io_uring, and the portable epoll + `recvmmsg`/`sendmmsg`).
+//! - `relay`: configuration, shard threads and the cloneable `RelayHandle`
+//!   used from tokio (`.await`) or plain threads (`.wait()`).
+//! - `control` and `connector`: the authenticated TLS control channel
+//!   between the relay and a connector beside the PBX; `tunnel`: TLS
+//!   pass-through tunnels routed by SNI, spliced without a userspace copy.
+//! - [`codes`]: every stable error code, one enum.
 //!
 //! ## Example: forward a packet between two loopback "endpoints"
 //!
@@ -111,7 +127,7 @@ pub use io::{BackendKind, SocketOptions};
 pub use peer::PeerPolicy;
 #[cfg(feature = "engine")]
 pub use relay::{
-    AllocatedSession, LegAddrs, Pending, Relay, RelayConfig, RelayCounters, RelayError, RelayHandle, SessionPage,
+    AllocatedSession, LegAddresses, Pending, Relay, RelayConfig, RelayCounters, RelayError, RelayHandle, SessionPage,
 };
 #[cfg(feature = "engine")]
 pub use session::limits::LegLimits;

@@ -20,6 +20,7 @@ pub struct UnknownName {
 
 /// Implements names for an existing enum whose variants carry no data:
 /// `named!(Verify { Latch => "latch", All => "all" });`
+#[allow(unused_macros)] // without `engine` or `control`, no enum uses it
 macro_rules! named {
     ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
         impl $ty {
@@ -56,6 +57,7 @@ macro_rules! named {
 
 /// `Serialize`/`Deserialize` as the name (the `serde` feature).
 #[cfg(feature = "serde")]
+#[allow(unused_macros)]
 macro_rules! named_serde {
     ($ty:ident) => {
         impl ::serde::Serialize for $ty {
@@ -75,11 +77,14 @@ macro_rules! named_serde {
 
 /// Without the `serde` feature: nothing.
 #[cfg(not(feature = "serde"))]
+#[allow(unused_macros)]
 macro_rules! named_serde {
     ($ty:ident) => {};
 }
 
+#[allow(unused_imports)]
 pub(crate) use named;
+#[allow(unused_imports)]
 pub(crate) use named_serde;
 
 #[cfg(test)]
@@ -96,7 +101,7 @@ mod tests {
         assert_eq!("green".parse::<Colour>(), Ok(Colour::Green));
         assert_eq!(Colour::Red.to_string(), "red");
         assert_eq!(Colour::NAMES, ["red", "green"]);
-        let e = "Green".parse::<Colour>().unwrap_err();
+        let e = "Green".parse::<Colour>().expect_err("names are case-sensitive");
         assert_eq!(e.to_string(), "\"Green\" is not one of red, green");
     }
 }

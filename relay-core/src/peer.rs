@@ -134,7 +134,7 @@ impl OwnAddresses {
 
 /// Which remote addresses a leg may latch to or send to. The default
 /// refuses loopback and private peers (production on a public host) and
-/// knows no own address; [`Relay::start`](crate::Relay::start) adds the
+/// knows no own address; `Relay::start` adds the
 /// relay's media ranges to whatever it is given.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerPolicy {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::io::{self, BackendKind, Envelope, Mailbox, MailboxError, ShardRun, SocketOptions};
+use crate::peer::{OwnAddresses, OwnEndpoint, PeerPolicy};
 use crate::quota::{QuotaExceeded, TenantLimit, TenantQuotas, DEFAULT_PORT_SHARE_PERCENT};
-use crate::session::peer::{OwnAddresses, OwnEndpoint, PeerPolicy};
 use crate::session::spec::{SessionDefaults, SessionSpec, SessionUpdate};
 use crate::session::stats::ShardCounters;
 use crate::session::{InvalidSpec, LegPorts, SessionId, SessionInfo};
@@ -86,7 +86,7 @@ impl Default for RelayConfig {
 /// A configuration value the relay cannot start with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid relay config: {field}: {reason}")]
-pub struct ConfigError {
+pub struct InvalidConfig {
     /// Offending field.
     pub field: &'static str,
     /// What is wrong.
@@ -98,7 +98,7 @@ pub struct ConfigError {
 pub enum StartError {
     /// Bad configuration.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] InvalidConfig),
     /// A system call failed while setting up a shard.
     #[error("shard setup failed: {0}")]
     Io(#[from] std::io::Error),
@@ -202,7 +202,7 @@ impl From<MailboxError> for RelayError {
 
 /// Relay addresses of one leg, to put into SDP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LegAddrs {
+pub struct LegAddresses {
     /// RTP address (RTP and RTCP with rtcp-mux).
     pub rtp: SocketAddr,
     /// RTCP address, without rtcp-mux.
@@ -215,9 +215,9 @@ pub struct AllocatedSession {
     /// Session id.
     pub id: SessionId,
     /// Where the PBX must send (the PBX leg's relay ports).
-    pub pbx: LegAddrs,
+    pub pbx: LegAddresses,
     /// Where the endpoint must send (the endpoint leg's relay ports).
-    pub endpoint: LegAddrs,
+    pub endpoint: LegAddresses,
 }
 
 /// Relay-wide counters: the sum over shards.
@@ -317,31 +317,31 @@ impl std::fmt::Debug for Relay {
 
 impl RelayConfig {
     /// Checks the configuration and returns the effective worker count.
-    pub fn validate(&self) -> Result<usize, ConfigError> {
+    pub fn validate(&self) -> Result<usize, InvalidConfig> {
         if self.port_min == 0 || self.port_min > self.port_max {
-            return Err(ConfigError { field: "port_min", reason: "need 0 < port_min <= port_max".into() });
+            return Err(InvalidConfig { field: "port_min", reason: "need 0 < port_min <= port_max".into() });
         }
         let ports = usize::from(self.port_max - self.port_min) + 1;
         let workers =
             if self.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.workers };
         if workers > 255 {
-            return Err(ConfigError { field: "workers", reason: "at most 255".into() });
+            return Err(InvalidConfig { field: "workers", reason: "at most 255".into() });
         }
         let workers = workers.min(ports / 4).max(1);
         if ports < 4 {
-            return Err(ConfigError { field: "port_max", reason: "the range needs at least 4 ports".into() });
+            return Err(InvalidConfig { field: "port_max", reason: "the range needs at least 4 ports".into() });
         }
         if self.bind_ip.is_unspecified() && self.advertised_ip.is_none() {
-            return Err(ConfigError {
+            return Err(InvalidConfig {
                 field: "advertised_ip",
                 reason: "required when bind_ip is unspecified (0.0.0.0 or ::)".into(),
             });
         }
         if self.advertised_ip.is_some_and(|ip| ip.is_unspecified() || ip.is_multicast()) {
-            return Err(ConfigError { field: "advertised_ip", reason: "must be a unicast address".into() });
+            return Err(InvalidConfig { field: "advertised_ip", reason: "must be a unicast address".into() });
         }
         if !(1..=100).contains(&self.tenant_port_share_percent) {
-            return Err(ConfigError { field: "tenant_port_share_percent", reason: "must be 1 to 100".into() });
+            return Err(InvalidConfig { field: "tenant_port_share_percent", reason: "must be 1 to 100".into() });
         }
         self.defaults.validate()?;
         Ok(workers)
@@ -613,9 +613,9 @@ impl RelayHandle {
         self.call(shard, cmd, map)
     }
 
-    fn addrs(&self, ports: LegPorts) -> LegAddrs {
+    fn addrs(&self, ports: LegPorts) -> LegAddresses {
         let ip = self.inner.advertised_ip;
-        LegAddrs { rtp: SocketAddr::new(ip, ports.rtp), rtcp: ports.rtcp.map(|p| SocketAddr::new(ip, p)) }
+        LegAddresses { rtp: SocketAddr::new(ip, ports.rtp), rtcp: ports.rtcp.map(|p| SocketAddr::new(ip, p)) }
     }
 
     /// Allocates a session on the shard with the most free ports.

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_core::api::{Allocation, LegRequest, SessionRequest, SrtpAuthKeys, UpdateRequest};
+use relay_core::api::{AllocationReply, LegRequest, SessionRequest, SrtpAuthKeys, UpdateRequest};
 use relay_core::connector::{Backoff, Connector, ConnectorError};
 use relay_core::control::auth::AuthPolicy;
 use relay_core::control::frame::{Frame, FrameDecoder, FrameType};
 use relay_core::control::messages::{Hello, Message};
 use relay_core::control::server::{ControlConfig, SecondConnector};
-use relay_core::control::tls::{client_config, load_certified_key, pem_fingerprint, ClientTrust};
+use relay_core::tls::{client_config, load_certified_key, pem_fingerprint, ClientTrust};
 use relay_core::RelayError;
 use support::control::*;
 use support::*;
@@ -144,7 +144,7 @@ impl Call {
         .with_srtp_auth(keys(PBX_MASTER), keys(PHONE_MASTER))
     }
 
-    fn new((pbx, phone): (UdpSocket, UdpSocket), a: &Allocation) -> Call {
+    fn new((pbx, phone): (UdpSocket, UdpSocket), a: &AllocationReply) -> Call {
         Call {
             pbx,
             phone,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use relay_core::session::peer::PeerPolicy;
+use relay_core::peer::PeerPolicy;
 use relay_core::session::spec::{
     LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, Verify,
 };
@@ -150,7 +150,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                     if let Some(h) = hint_addr {
                         let set = m.senders.get_mut(&(a.id, Side::Pbx)).expect("leg");
-                        let h = relay_core::session::peer::canonical(h);
+                        let h = relay_core::peer::canonical(h);
                         set.insert(h);
                         let mut h1 = h;
                         h1.set_port(h.port().wrapping_add(1));
@@ -177,7 +177,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Response::Updated(Ok(())) =
                     shard.handle_command(now, Command::Update { id, update: Box::new(update) }, &mut sockets)
                 {
-                    if let Some(h) = hint.map(|h| relay_core::session::peer::canonical(srcs[h])) {
+                    if let Some(h) = hint.map(|h| relay_core::peer::canonical(srcs[h])) {
                         let set = m.senders.get_mut(&(id, Side::Pbx)).expect("leg");
                         set.insert(h);
                         let mut h1 = h;
@@ -193,7 +193,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some(&(id, side)) = m.owner.get(&port) {
                     // A latched RTP source also stands for its RTCP (port + 1)
                     // until the RTCP port latches on its own.
-                    let c = relay_core::session::peer::canonical(src);
+                    let c = relay_core::peer::canonical(src);
                     let mut c1 = c;
                     c1.set_port(c.port().wrapping_add(1));
                     let set = m.senders.get_mut(&(id, side)).expect("leg");

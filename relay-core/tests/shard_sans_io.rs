@@ -9,12 +9,12 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use relay_core::peer::PeerPolicy;
 use relay_core::quota::{TenantLimit, TenantQuotas};
 use relay_core::session::limits::LegLimits;
-use relay_core::session::peer::PeerPolicy;
 use relay_core::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Verify};
 use relay_core::session::stats::DropReason;
-use relay_core::shard::{Allocation, Command, Response, Shard, ShardConfig, ShardError, Verdict};
+use relay_core::shard::{AllocatedPorts, Command, Response, Shard, ShardConfig, ShardError, Verdict};
 use support::*;
 
 struct Lab {
@@ -49,7 +49,7 @@ impl Lab {
         self.t0 + Duration::from_millis(ms)
     }
 
-    fn allocate(&mut self, spec: SessionSpec) -> Result<Allocation, ShardError> {
+    fn allocate(&mut self, spec: SessionSpec) -> Result<AllocatedPorts, ShardError> {
         self.allocate_with(spec, None)
     }
 
@@ -57,7 +57,7 @@ impl Lab {
         &mut self,
         spec: SessionSpec,
         permit: Option<relay_core::quota::QuotaPermit>,
-    ) -> Result<Allocation, ShardError> {
+    ) -> Result<AllocatedPorts, ShardError> {
         match self.shard.handle_command(self.t0, Command::Allocate { spec: Box::new(spec), permit }, &mut self.sockets)
         {
             Response::Allocated(r) => r,

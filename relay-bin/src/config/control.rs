@@ -105,7 +105,7 @@ pub(super) fn control_settings(
     }
     let cert = read_file(&c.cert).map_err(|e| ("control.cert", format!("cannot read {}: {e}", c.cert.display())))?;
     let key = read_file(&c.key).map_err(|e| ("control.key", format!("cannot read {}: {e}", c.key.display())))?;
-    relay_core::control::tls::load_certified_key(&cert, &key).map_err(|e| match e {
+    relay_core::tls::load_certified_key(&cert, &key).map_err(|e| match e {
         TlsError::Certificate(m) => ("control.cert", m),
         other => ("control.key", other.to_string()),
     })?;

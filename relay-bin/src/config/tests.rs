@@ -1,4 +1,3 @@
-
 use super::*;
 use relay_core::io::splice::PumpMode;
 

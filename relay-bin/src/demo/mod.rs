@@ -14,7 +14,7 @@ use relay_core::api::{SessionRequest, SrtpAuthKeys};
 use relay_core::connector::{Connector, ConnectorConfig};
 use relay_core::control::auth::token_hash;
 use relay_core::control::server::{ControlConfig, ControlServer, TenantCredentials};
-use relay_core::control::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
+use relay_core::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
 use relay_core::{Relay, RelayConfig};
 use tokio::net::UdpSocket;
 
@@ -122,7 +122,7 @@ async fn drive(relay: &Relay, opts: DemoOptions) -> Result<(), String> {
         request.endpoint.hint = phone.local_addr().ok().map(|a| a.to_string());
         request.quality = Some(true);
         let s = handle.allocate(request).await.map_err(|e| format!("allocate through the connector: {e}"))?;
-        let addr = |l: &relay_core::api::LegAddresses| l.rtp_socket_addr().ok_or("bad address".to_string());
+        let addr = |l: &relay_core::api::LegAddressReply| l.rtp_socket_addr().ok_or("bad address".to_string());
         let (to_pbx_leg, to_endpoint_leg) = (addr(&s.pbx)?, addr(&s.endpoint)?);
         if c == 0 {
             println!("call 0: session {}, PBX sends to {}, phone sends to {}", s.id, s.pbx.rtp, s.endpoint.rtp);

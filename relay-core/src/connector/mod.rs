@@ -11,7 +11,7 @@
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use relay_core::api::{SessionRequest, SrtpAuthKeys};
 //! use relay_core::connector::{Connector, ConnectorConfig};
-//! use relay_core::control::tls::ClientTrust;
+//! use relay_core::tls::ClientTrust;
 //!
 //! let connector = Connector::start(ConnectorConfig::new(
 //!     "relay.example.net:7443",
@@ -37,7 +37,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod backoff;
+mod backoff;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,7 +49,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsConnector;
 
-use crate::api::{Allocation, SessionRequest, SrtpAuthKeys, UpdateRequest};
+use crate::api::{AllocationReply, SessionRequest, SrtpAuthKeys, UpdateRequest};
 use crate::codes::ErrorCode;
 use crate::control::frame::{FrameDecoder, FrameType, VERSION};
 use crate::control::heartbeat::{Heartbeat as HeartbeatTimer, HeartbeatAction};
@@ -284,11 +284,11 @@ impl ConnectorHandle {
 
     /// Allocates a media session; the reply holds the relay addresses to
     /// put into SDP (`pbx` for the PBX, `endpoint` for the phone).
-    pub async fn allocate(&self, request: SessionRequest) -> Result<Allocation, ConnectorError> {
+    pub async fn allocate(&self, request: SessionRequest) -> Result<AllocationReply, ConnectorError> {
         let session = serde_json::to_value(&request).map_err(|_| ConnectorError::BadReply)?;
         let reply = self.call(|request_id| Message::Allocate(Allocate { request_id, session })).await?;
         match (reply.id, reply.pbx, reply.endpoint) {
-            (Some(id), Some(pbx), Some(endpoint)) => Ok(Allocation { id, pbx, endpoint }),
+            (Some(id), Some(pbx), Some(endpoint)) => Ok(AllocationReply { id, pbx, endpoint }),
             _ => Err(ConnectorError::BadReply),
         }
     }

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::session::peer::source_prefix;
+use crate::peer::source_prefix;
 
 /// Share of a total cap only known sources may use, percent.
 pub const RESERVED_PERCENT: usize = 25;

@@ -57,7 +57,7 @@ pub struct Heartbeat {
     pub seq: u64,
 }
 
-pub use crate::api::LegAddresses;
+pub use crate::api::LegAddressReply;
 
 /// `allocate` (connector → relay). `session` has the admin API's
 /// `POST /v1/sessions` body shape (tenant implied by the channel).
@@ -81,10 +81,10 @@ pub struct Reply {
     pub id: Option<String>,
     /// PBX-leg addresses (allocate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pbx: Option<LegAddresses>,
+    pub pbx: Option<LegAddressReply>,
     /// Endpoint-leg addresses (allocate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<LegAddresses>,
+    pub endpoint: Option<LegAddressReply>,
     /// Error code when not ok (same codes as the admin API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,

@@ -29,7 +29,7 @@ use super::heartbeat::{Heartbeat, HeartbeatAction};
 use super::messages::{ErrorMessage, Heartbeat as HeartbeatMessage, Hello, HelloResult, Message, OpenStream, Reply};
 use super::registry::Registry;
 use super::stream::{accept_or_back_off, stopped};
-use crate::api::{parse_session_id, Allocation, FieldError, SessionRequest, UpdateRequest};
+use crate::api::{parse_session_id, AllocationReply, FieldError, SessionRequest, UpdateRequest};
 use crate::codes::ErrorCode;
 use crate::tls::{server_config, ReloadableCert, TlsError};
 use crate::{RelayError, RelayHandle, SessionId};
@@ -791,7 +791,7 @@ impl Inner {
         let req: SessionRequest = serde_json::from_value(body).map_err(body_error)?;
         let spec = req.to_spec_for_channel(tenant)?;
         let a = self.relay.allocate(spec).await.map_err(relay_error)?;
-        let a = Allocation::of(&a);
+        let a = AllocationReply::of(&a);
         Ok(Reply { id: Some(a.id), pbx: Some(a.pbx), endpoint: Some(a.endpoint), ..ok_reply() })
     }
 

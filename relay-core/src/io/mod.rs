@@ -8,15 +8,18 @@
 #![allow(unsafe_code)]
 
 #[cfg(feature = "batch-send")]
+#[doc(hidden)] // the load generator's sender
 pub mod batch_send;
 #[cfg(feature = "engine")]
 mod engine;
 #[cfg(feature = "engine")]
-pub mod portable;
+pub(crate) mod portable;
 #[cfg(feature = "async")]
 pub mod splice;
+#[doc(hidden)] // system-call wrappers, for the workspace's tools
 pub mod sys;
 #[cfg(feature = "engine")]
+#[doc(hidden)] // the io_uring backend (probe and internals), for the workspace's benches and tests
 pub mod uring;
 
 #[cfg(feature = "engine")]

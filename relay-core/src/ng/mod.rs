@@ -656,7 +656,7 @@ fn leg_updates(sender: usize, sender_leg: LegUpdate, other_leg: LegUpdate) -> Se
 }
 
 fn is_private(ip: IpAddr) -> bool {
-    matches!(crate::session::peer::classify(ip), crate::session::peer::AddressClass::Private)
+    matches!(crate::peer::classify(ip), crate::peer::AddressClass::Private)
 }
 
 fn unix_now() -> u64 {

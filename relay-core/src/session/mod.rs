@@ -6,9 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod limits;
-/// Peer policy (moved to [`crate::peer`]; kept here for existing paths).
-pub use crate::peer;
 pub mod quality;
+#[doc(hidden)] // replay-memory bounds, for the workspace's tests
 pub mod replay;
 pub mod spec;
 pub mod stats;
@@ -16,6 +15,7 @@ pub mod stats;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::peer::{self, PeerPolicy};
 use crate::quota::QuotaPermit;
 use crate::wire::rtcp::RtcpHeader;
 use crate::wire::rtp::RtpHeader;
@@ -23,7 +23,6 @@ use crate::wire::srtp_auth::AuthVerifier;
 use crate::wire::stun::{StunClass, StunMessage};
 use crate::wire::{classify_media, PacketClass};
 use limits::{LegLimits, TokenBucket};
-use peer::PeerPolicy;
 use quality::{QualityTracker, StreamQuality};
 use replay::{ProofBudget, ReplayGuard, StunReplay};
 use spec::{

@@ -271,13 +271,13 @@ impl ProofBudget {
 
     /// Whether `source` may try a proof now.
     pub fn may_try(&self, now: Instant, source: std::net::IpAddr) -> bool {
-        let prefix = super::peer::source_prefix(source);
+        let prefix = crate::peer::source_prefix(source);
         self.leg.may_try(now) && self.sources.iter().find(|(p, _)| *p == prefix).is_none_or(|(_, b)| b.may_try(now))
     }
 
     /// Counts one failed proof from `source`.
     pub fn handle_failure(&mut self, now: Instant, source: std::net::IpAddr) {
-        let prefix = super::peer::source_prefix(source);
+        let prefix = crate::peer::source_prefix(source);
         self.leg.handle_failure(now);
         let pos = match self.sources.iter().position(|(p, _)| *p == prefix) {
             Some(p) => p,
@@ -299,7 +299,7 @@ impl ProofBudget {
     /// A valid proof from `source`: its back-off (and the leg's) start again
     /// from the first step.
     pub fn handle_success(&mut self, source: std::net::IpAddr) {
-        let prefix = super::peer::source_prefix(source);
+        let prefix = crate::peer::source_prefix(source);
         self.leg.handle_success();
         self.sources.retain(|(p, _)| *p != prefix);
     }

@@ -74,7 +74,7 @@ crate::names::named!(Verify { Latch => "latch", All => "all" });
 /// SRTP authentication keys for the packets a leg's remote *sends*.
 ///
 /// Derive them from the SDES master key with
-/// [`derive_auth_keys`](crate::srtp_keys::derive_auth_keys). Only HMAC-SHA1
+/// `srtp_keys::derive_auth_keys` (the `srtp-keys` feature). Only HMAC-SHA1
 /// profiles can be verified by the relay (AEAD/GCM tags need the cipher key).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SrtpAuth {
@@ -257,8 +257,8 @@ pub struct SessionDefaults {
 
 impl SessionDefaults {
     /// Checks every default and ceiling against the hard bounds.
-    pub fn validate(&self) -> Result<(), crate::relay::ConfigError> {
-        let bad = |field: &'static str, reason: &str| Err(crate::relay::ConfigError { field, reason: reason.into() });
+    pub fn validate(&self) -> Result<(), crate::relay::InvalidConfig> {
+        let bad = |field: &'static str, reason: &str| Err(crate::relay::InvalidConfig { field, reason: reason.into() });
         let c = &self.ceilings;
         if self.learning_window > MAX_LEARNING_WINDOW {
             return bad("defaults.learning_window", "must be at most 60 s");

@@ -209,3 +209,18 @@ impl ShardCounters {
         self.backend_rearms += o.backend_rearms;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_doc_names_every_drop_reason() {
+        let doc = include_str!("../../../docs/relay-core.md");
+        let section = doc.split("## Every drop has a reason").nth(1).expect("section");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        for r in DropReason::ALL {
+            assert!(section.contains(&format!("`{}`", r.as_str())), "docs/relay-core.md misses `{}`", r.as_str());
+        }
+    }
+}

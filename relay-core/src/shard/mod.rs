@@ -8,14 +8,15 @@
 //! in. Everything here is therefore testable in virtual time.
 #![forbid(unsafe_code)]
 
-pub mod ports;
+pub(crate) mod ports;
+#[doc(hidden)] // the timer wheel, for the workspace's benches
 pub mod timer;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::peer::{self, PeerPolicy};
 use crate::quota::QuotaPermit;
-use crate::session::peer::{self, PeerPolicy};
 use crate::session::spec::{SessionDefaults, SessionSpec, SessionUpdate, Side};
 use crate::session::stats::{DropReason, ShardCounters};
 use crate::session::{self as sess, Component, InvalidSpec, LegPorts, Session, SessionId, SessionInfo};
@@ -77,7 +78,7 @@ pub struct ShardConfig {
 
 /// The ports and id of a new session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allocation {
+pub struct AllocatedPorts {
     /// Session id.
     pub id: SessionId,
     /// PBX-leg relay ports.
@@ -153,7 +154,7 @@ pub enum Command {
 #[derive(Debug)]
 pub enum Response {
     /// Answer to `Allocate`.
-    Allocated(Result<Allocation, ShardError>),
+    Allocated(Result<AllocatedPorts, ShardError>),
     /// Answer to `Update`.
     Updated(Result<(), ShardError>),
     /// Answer to `Release`: the final state.
@@ -439,7 +440,7 @@ impl Shard {
         spec: &SessionSpec,
         permit: Option<QuotaPermit>,
         sockets: &mut impl PortSockets,
-    ) -> Result<Allocation, ShardError> {
+    ) -> Result<AllocatedPorts, ShardError> {
         sess::validate_spec(spec, &self.config.defaults, &self.config.peer_policy)?;
         let mut taken: Vec<u16> = Vec::with_capacity(4);
         let mut legs = [LegPorts { rtp: 0, rtcp: None }; 2];
@@ -482,7 +483,7 @@ impl Shard {
         self.sessions[slot as usize] = Some(Box::new(session));
         self.counters.sessions_active += 1;
         self.counters.sessions_created += 1;
-        Ok(Allocation { id, pbx: legs[0], endpoint: legs[1] })
+        Ok(AllocatedPorts { id, pbx: legs[0], endpoint: legs[1] })
     }
 
     /// Takes and binds one port (rtcp-mux) or one even/odd pair.

@@ -31,10 +31,6 @@ impl PortPool {
     pub fn len(&self) -> usize {
         self.count
     }
-    /// Whether the pool has no ports at all.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
     /// Ports free now.
     pub fn free_count(&self) -> usize {
         self.free_count
@@ -72,15 +68,6 @@ impl PortPool {
         self.mark_used(i);
         self.mark_used(i + 1);
         Some(port)
-    }
-
-    /// Marks a port used (e.g. one that could not be bound, or for tests).
-    pub fn reserve(&mut self, port: u16) -> bool {
-        if !self.is_free(port) {
-            return false;
-        }
-        self.mark_used(usize::from(port - self.base));
-        true
     }
 
     /// Returns a port to the pool.

@@ -33,7 +33,7 @@ use crate::control::messages::{Bind, Message, OpenStream};
 use crate::control::server::{ControlServer, ReachError};
 use crate::control::stream::{accept_or_back_off, read_single_frame, stopped};
 use crate::io::splice::{pump, PumpCounters, PumpEnd, PumpMode};
-use crate::session::peer::source_prefix;
+use crate::peer::source_prefix;
 use crate::wire::client_hello::{HelloError, HelloReader, DEFAULT_MAX_HELLO};
 
 /// Tunnel settings.

@@ -169,6 +169,7 @@ impl Tickets {
     }
 
     /// Outstanding tickets.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.pending.len()
     }

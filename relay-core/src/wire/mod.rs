@@ -2,8 +2,9 @@
 //!
 //! Every parser here takes a byte slice, checks it, and returns a borrowed
 //! *view* (or a typed error). None of them allocates, and none of them can
-//! panic on any input: the property tests in this module and the fuzz targets
-//! feed them arbitrary bytes.
+//! panic on any input: the fuzz targets in `fuzz/` (`wire`, `stun`,
+//! `srtp_tag`, `client_hello`) and the shard's property tests feed them
+//! arbitrary bytes; the unit tests here pin the formats.
 //!
 //! The relay never decrypts. These views only read the clear parts of packets:
 //! RTP/RTCP headers, STUN headers and attributes, and the SRTP/SRTCP

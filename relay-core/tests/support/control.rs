@@ -8,7 +8,7 @@ use std::time::Duration;
 use relay_core::connector::{Backoff, ConnectorConfig};
 use relay_core::control::auth::{token_hash, AuthPolicy};
 use relay_core::control::server::{ControlConfig, ControlServer, ControlStats, TenantCredentials};
-use relay_core::control::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
+use relay_core::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
 use relay_core::{BackendKind, Relay, RelayConfig};
 use tokio::net::TcpListener;
 
