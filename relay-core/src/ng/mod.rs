@@ -20,7 +20,9 @@
 //! ([`NgLimits`]).
 #![forbid(unsafe_code)]
 
+#[doc(hidden)] // the wire format, for ucmrc's ng transport and the fuzz targets
 pub mod bencode;
+#[doc(hidden)] // SDP rewriting internals, for the fuzz targets
 pub mod sdp;
 
 use std::collections::{HashMap, VecDeque};
