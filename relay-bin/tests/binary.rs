@@ -345,6 +345,22 @@ fn ng_protocol_offer_answer_media_query_delete_cache_and_garbage() {
     ))
     .to_string();
     assert!(q.contains("error"), "{q}");
+    // A second delete is ok with rtpengine's warning (Kamailio's
+    // rtpengine_delete() must not fail); with the `fatal` flag it is an error.
+    let again = String::from_utf8_lossy(&ng_udp(
+        &ctl,
+        ng,
+        format!("d3 d7:call-id{}7:command6:deletee", bstr("call-1")).as_bytes(),
+    ))
+    .to_string();
+    assert!(again.contains("6:result2:ok") && again.contains("7:warning"), "{again}");
+    let fatal = String::from_utf8_lossy(&ng_udp(
+        &ctl,
+        ng,
+        format!("d4 d7:call-id{}5:flagsl5:fatale7:command6:deletee", bstr("call-1")).as_bytes(),
+    ))
+    .to_string();
+    assert!(fatal.contains("6:result5:error"), "{fatal}");
 }
 
 #[test]

@@ -481,7 +481,14 @@ impl NgEngine {
         let delay = msg.get("delete delay").or_else(|| msg.get("delete-delay")).and_then(Value::as_int).unwrap_or(0);
         let mut st = self.state.lock().await;
         let Some(call) = st.calls.remove(call_id) else {
-            return error("unknown call-id");
+            // rtpengine's answer: a repeated or late delete (Kamailio's
+            // rtpengine_delete() after a failed call, a retransmitted BYE) is
+            // not a failure unless the caller asks with the `fatal` flag.
+            const NOT_FOUND: &str = "Call-ID not found or tags didn't match";
+            if list_contains(msg, "flags", "fatal") {
+                return error(NOT_FOUND);
+            }
+            return ok(vec![("warning", Value::Bytes(NOT_FOUND.as_bytes().to_vec()))]);
         };
         drop(st);
         let stats = self.call_stats(&call).await;
