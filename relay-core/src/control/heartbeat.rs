@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 /// Intervals of silence after which a channel is dead.
 pub const SILENT_INTERVALS: u32 = 3;
 
+/// Longest interval honoured (a day): longer settings are clamped, so the
+/// deadline arithmetic cannot overflow an `Instant` whatever a
+/// configuration or a relay's `hello_result` says.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+
 /// What to do when [`Heartbeat::poll_timeout`] is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeartbeatAction {
@@ -29,9 +34,9 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Starts at `now` with `interval` (at least a millisecond).
+    /// Starts at `now` with `interval` (a millisecond to [`MAX_INTERVAL`]).
     pub fn new(now: Instant, interval: Duration) -> Self {
-        let interval = interval.max(Duration::from_millis(1));
+        let interval = interval.clamp(Duration::from_millis(1), MAX_INTERVAL);
         Self { interval, last_rx: now, next_tx: now + interval, seq: 0 }
     }
 
@@ -78,6 +83,15 @@ mod tests {
         // The last frame came at 15 s: at 45 s, three intervals of silence.
         assert_eq!(hb.poll_timeout(), t0 + Duration::from_secs(45));
         assert_eq!(hb.handle_timeout(t0 + Duration::from_secs(45)), HeartbeatAction::Dead);
+    }
+
+    #[test]
+    fn an_absurd_interval_is_clamped_instead_of_overflowing_the_clock() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(t0, Duration::from_secs(u64::MAX));
+        assert_eq!(hb.poll_timeout(), t0 + MAX_INTERVAL);
+        assert_eq!(hb.handle_timeout(t0 + MAX_INTERVAL), HeartbeatAction::Send(1));
+        assert_eq!(hb.handle_timeout(t0 + MAX_INTERVAL * SILENT_INTERVALS), HeartbeatAction::Dead);
     }
 
     #[test]

@@ -8,6 +8,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// Longest grace period honoured (a year); longer settings are clamped.
+pub const MAX_GRACE: Duration = Duration::from_secs(365 * 86_400);
+
 /// What to do with a second connector of a tenant that already has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecondConnector {
@@ -65,6 +68,8 @@ pub struct Registered<H> {
 impl<H> Registry<H> {
     /// An empty registry: sessions of an absent tenant live `grace`.
     pub fn new(grace: Duration, second: SecondConnector) -> Self {
+        // Clamped so `now + grace` cannot overflow an `Instant`.
+        let grace = grace.min(MAX_GRACE);
         Self { grace, second, active: HashMap::new(), away: HashMap::new(), next_epoch: 0 }
     }
 
@@ -169,6 +174,15 @@ mod tests {
         assert!(r.handle_timeout(t0 + Duration::from_secs(319)).is_empty());
         assert_eq!(r.handle_timeout(t0 + Duration::from_secs(320)), ["acme"]);
         assert!(r.handle_timeout(t0 + Duration::from_secs(321)).is_empty(), "released once");
+    }
+
+    #[test]
+    fn an_absurd_grace_is_clamped_instead_of_overflowing_the_clock() {
+        let t0 = Instant::now();
+        let mut r: Registry<u8> = Registry::new(Duration::from_secs(u64::MAX), SecondConnector::Replace);
+        let a = r.handle_register(t0, "acme", "pbx-1", peer(), vec![], 1).expect("registered");
+        assert!(r.handle_leave(t0, "acme", a.epoch));
+        assert_eq!(r.poll_timeout(), Some(t0 + MAX_GRACE));
     }
 
     #[test]
