@@ -48,29 +48,23 @@ start_relay() {
 
 token="schemathesis-$(date +%s%N)"
 hash="$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)"
-cat >"$work/token.toml" <<TOML
+# A loopback relay config: media range $1-$2, then any extra [admin] lines.
+relay_config() {
+  cat <<TOML
 [relay]
-port_min = 20000
-port_max = 24999
+port_min = $1
+port_max = $2
 workers = 2
 drain_timeout_secs = 0
 [ng]
 enabled = false
 [admin]
 listen = "127.0.0.1:0"
-token_sha256 = "$hash"
+${3:-}
 TOML
-cat >"$work/tokenless.toml" <<TOML
-[relay]
-port_min = 25000
-port_max = 29999
-workers = 2
-drain_timeout_secs = 0
-[ng]
-enabled = false
-[admin]
-listen = "127.0.0.1:0"
-TOML
+}
+relay_config 20000 24999 "token_sha256 = \"$hash\"" >"$work/token.toml"
+relay_config 25000 29999 >"$work/tokenless.toml"
 
 run() {
   local label="$1" addr="$2"; shift 2
