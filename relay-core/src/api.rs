@@ -183,6 +183,7 @@ fn leg_fields(
         srtp_auth: srtp_auth.map(|a| a.to_spec(side)).transpose()?,
         stun_password: stun_password.cloned().map(String::into_bytes),
         limits: limits(max_pps, max_bytes_per_sec),
+        ..LegUpdate::default()
     })
 }
 

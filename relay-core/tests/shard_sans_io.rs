@@ -318,6 +318,84 @@ fn rtcp_pairs_use_their_own_ports_and_mux_bridges_to_pairs() {
     assert_eq!(lab.send(3, e, sa(PHONE), &phone.next_rtcp()), fwd(pbx_rtcp, "198.51.100.10:4999"));
 }
 
+/// rtpengine's shape for "rtcp-mux offered, callee declines": both legs
+/// have an even/odd pair; the caller multiplexes (its leg is told so), the
+/// callee does not. The caller's RTCP, sent on the RTP port, must reach the
+/// callee's RTCP port from the relay's RTCP port, and the callee's RTCP
+/// must reach the caller's RTP address from the relay's RTP port.
+#[test]
+fn a_multiplexing_remote_and_a_demultiplexing_one_exchange_rtcp_on_the_right_ports() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Window);
+    s.pbx = LegSpec { rtcp_mux: false, hint: Some(sa(PBX)), ..LegSpec::default() };
+    s.endpoint = LegSpec { rtcp_mux: false, hint: Some(sa(PHONE)), ..LegSpec::default() };
+    let a = lab.allocate(s).expect("allocate");
+    let (pbx_rtcp, phone_rtcp) = (a.pbx.rtcp.expect("pair"), a.endpoint.rtcp.expect("pair"));
+    assert!(a.pbx.rtp % 2 == 0 && a.endpoint.rtp % 2 == 0, "RTP ports are even");
+    let update =
+        SessionUpdate { pbx: LegUpdate { rtcp_mux: Some(true), ..LegUpdate::default() }, ..SessionUpdate::default() };
+    assert!(matches!(
+        lab.shard.handle_command(lab.t0, Command::Update { id: a.id, update: Box::new(update) }, &mut lab.sockets),
+        Response::Updated(Ok(()))
+    ));
+    let mut caller = SrtpTx::new(&master(1), 7, 10);
+    let mut callee = SrtpTx::new(&master(2), 8, 10);
+    // Caller RTP and muxed RTCP both arrive on the pbx leg's RTP port.
+    assert_eq!(lab.send(0, a.pbx.rtp, sa(PBX), &caller.next_rtp()), fwd(a.endpoint.rtp, PHONE));
+    assert_eq!(lab.send(1, a.pbx.rtp, sa(PBX), &caller.next_rtcp()), fwd(phone_rtcp, "203.0.113.20:5005"));
+    // Callee RTP from its RTP port, RTCP from port + 1 to the relay's RTCP port.
+    assert_eq!(lab.send(2, a.endpoint.rtp, sa(PHONE), &callee.next_rtp()), fwd(a.pbx.rtp, PBX));
+    assert_eq!(lab.send(3, phone_rtcp, sa("203.0.113.20:5005"), &callee.next_rtcp()), fwd(a.pbx.rtp, PBX));
+    // The caller's own RTCP port stays served (an endpoint may still use it).
+    assert_eq!(
+        lab.send(4, pbx_rtcp, sa("198.51.100.10:4001"), &caller.next_rtcp()),
+        fwd(phone_rtcp, "203.0.113.20:5005")
+    );
+    let info = match lab.shard.handle_command(lab.at(5), Command::Query { id: a.id }, &mut lab.sockets) {
+        Response::Session(Ok(i)) => i,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(info.pbx.remote_rtcp_mux && !info.endpoint.remote_rtcp_mux);
+    assert_eq!((info.pbx.stats.rtcp_packets_received, info.endpoint.stats.rtcp_packets_received), (2, 1));
+    assert_eq!(info.pbx.last_ssrc, Some(7));
+    assert!(info.pbx.last_rtcp_ago.is_some() && info.endpoint.last_rtp_ago.is_some());
+    lab.assert_counters_add_up();
+}
+
+/// `block media` drops (and counts) what one side sends, without touching
+/// the other direction or the latch; unblocking resumes the same flow.
+#[test]
+fn blocked_legs_drop_their_media_and_resume_when_unblocked() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Window);
+    s.pbx.hint = Some(sa(PBX));
+    s.endpoint.hint = Some(sa(PHONE));
+    let a = lab.allocate(s).expect("allocate");
+    let mut caller = SrtpTx::new(&master(1), 7, 10);
+    let mut callee = SrtpTx::new(&master(2), 8, 10);
+    let block = |b: bool| SessionUpdate {
+        pbx: LegUpdate { blocked: Some(b), ..LegUpdate::default() },
+        ..SessionUpdate::default()
+    };
+    let Response::Updated(Ok(())) =
+        lab.shard.handle_command(lab.t0, Command::Update { id: a.id, update: Box::new(block(true)) }, &mut lab.sockets)
+    else {
+        panic!("update refused")
+    };
+    assert_eq!(lab.send(0, a.pbx.rtp, sa(PBX), &caller.next_rtp()), Verdict::Drop(DropReason::Blocked));
+    assert_eq!(lab.send(1, a.endpoint.rtp, sa(PHONE), &callee.next_rtp()), fwd(a.pbx.rtp, PBX));
+    let Response::Updated(Ok(())) = lab.shard.handle_command(
+        lab.t0,
+        Command::Update { id: a.id, update: Box::new(block(false)) },
+        &mut lab.sockets,
+    ) else {
+        panic!("update refused")
+    };
+    assert_eq!(lab.send(2, a.pbx.rtp, sa(PBX), &caller.next_rtp()), fwd(a.endpoint.rtp, PHONE));
+    assert_eq!(lab.shard.counters().drops.get(DropReason::Blocked), 1);
+    lab.assert_counters_add_up();
+}
+
 #[test]
 fn peer_policy_refuses_dangerous_sources_and_canonicalizes_mapped_ones() {
     let mut lab = Lab::new();

@@ -165,6 +165,16 @@ pub(crate) struct Leg {
     /// media flows from the nominated one): media from them may re-latch.
     proven: Vec<(SocketAddr, Instant)>,
     await_hint: bool,
+    /// The remote multiplexes RTCP on the RTP port although the leg has an
+    /// RTCP port (always true in effect for a one-port leg).
+    remote_mux: bool,
+    /// Media from the remote is dropped as `blocked`.
+    blocked: bool,
+    /// Last accepted RTP (or other non-RTCP media) and RTCP datagram.
+    last_rtp: Option<Instant>,
+    last_rtcp: Option<Instant>,
+    /// SSRC of the last accepted RTP packet.
+    last_ssrc: Option<u32>,
     limits: LegLimits,
     pps: Option<TokenBucket>,
     bps: Option<TokenBucket>,
@@ -193,6 +203,11 @@ impl Leg {
             budget: ProofBudget::new(now),
             proven: Vec::new(),
             await_hint: spec.await_hint,
+            remote_mux: false,
+            blocked: false,
+            last_rtp: None,
+            last_rtcp: None,
+            last_ssrc: None,
             limits: LegLimits::default(),
             pps: None,
             bps: None,
@@ -252,11 +267,22 @@ impl Leg {
         self.proven.iter().any(|(a, until)| *a == src && now < *until)
     }
 
+    /// The latch slot of a datagram that arrived on `component`'s port.
     fn slot(&self, component: Component) -> usize {
         if self.rtcp_port.is_some() {
             component.index()
         } else {
             0
+        }
+    }
+
+    /// The slot a datagram of `component` goes out on toward this leg's
+    /// remote: RTCP has its own only if the remote does not multiplex.
+    fn out_slot(&self, component: Component) -> usize {
+        if self.remote_mux {
+            0
+        } else {
+            self.slot(component)
         }
     }
 
@@ -304,7 +330,7 @@ impl Leg {
 
     fn out_port(&self, component: Component) -> u16 {
         match (component, self.rtcp_port) {
-            (Component::Rtcp, Some(p)) => p,
+            (Component::Rtcp, Some(p)) if !self.remote_mux => p,
             _ => self.rtp_port,
         }
     }
@@ -599,6 +625,12 @@ impl Session {
             if let Some(p) = &lu.stun_password {
                 leg.set_stun_key(p);
             }
+            if let Some(m) = lu.rtcp_mux {
+                leg.remote_mux = m;
+            }
+            if let Some(b) = lu.blocked {
+                leg.blocked = b;
+            }
             if let Some(l) = lu.limits {
                 let current = leg.limits;
                 leg.set_limits(effective_limits(Some(l), current), now);
@@ -661,6 +693,10 @@ impl Session {
         let class = classify_media(bytes);
         if class == PacketClass::Other {
             return Err(DropReason::NotMedia);
+        }
+        if class == PacketClass::Rtcp {
+            leg.stats.rtcp_packets_received += 1;
+            leg.stats.rtcp_bytes_received += bytes.len() as u64;
         }
         let slot = leg.slot(component);
         let mut verified = false;
@@ -740,9 +776,15 @@ impl Session {
             }
             leg.remote[slot] = Some(Latched { addr: src, rank });
         }
+        if class == PacketClass::Rtcp {
+            leg.last_rtcp = Some(now);
+        } else {
+            leg.last_rtp = Some(now);
+        }
         match class {
             PacketClass::Rtp => {
                 if let Ok(h) = RtpHeader::parse(bytes) {
+                    leg.last_ssrc = Some(h.ssrc());
                     if leg.auth.is_some() {
                         leg.replay.record_srtp_seq(h.ssrc(), h.sequence());
                     }
@@ -776,13 +818,14 @@ impl Session {
             }
             _ => {}
         }
-        // 4. Where does it go?
-        let out_component = match (leg.rtcp_port, class) {
-            (Some(_), _) => component,
-            (None, PacketClass::Rtcp) => Component::Rtcp,
-            (None, _) => Component::Rtp,
-        };
-        let out_slot = other.slot(out_component);
+        // 4. Where does it go? RTCP is RTCP whichever port it came in on (a
+        //    multiplexing remote sends it on the RTP port); everything else
+        //    keeps its component (STUN for ICE component 2, say).
+        if leg.blocked {
+            return Err(DropReason::Blocked);
+        }
+        let out_component = if class == PacketClass::Rtcp { Component::Rtcp } else { component };
+        let out_slot = other.out_slot(out_component);
         let to = other.destination(out_slot).ok_or(DropReason::NoDestination)?;
         let via = other.out_port(out_component);
 
@@ -816,6 +859,11 @@ impl Session {
                 quality: l.quality.as_ref().map(|q| q.snapshot()).unwrap_or_default(),
                 has_srtp_auth: l.auth.is_some(),
                 has_stun_password: l.stun_key.is_some(),
+                remote_rtcp_mux: l.rtcp_port.is_none() || l.remote_mux,
+                blocked: l.blocked,
+                last_rtp_ago: l.last_rtp.map(|t| now.saturating_duration_since(t)),
+                last_rtcp_ago: l.last_rtcp.map(|t| now.saturating_duration_since(t)),
+                last_ssrc: l.last_ssrc,
             }
         };
         SessionInfo {
@@ -924,6 +972,16 @@ pub struct LegInfo {
     pub has_srtp_auth: bool,
     /// Whether a STUN password is set.
     pub has_stun_password: bool,
+    /// Whether RTCP to and from the remote shares the RTP port.
+    pub remote_rtcp_mux: bool,
+    /// Whether media from the remote is blocked.
+    pub blocked: bool,
+    /// Time since the last accepted non-RTCP datagram (RTP, STUN, DTLS).
+    pub last_rtp_ago: Option<Duration>,
+    /// Time since the last accepted RTCP datagram.
+    pub last_rtcp_ago: Option<Duration>,
+    /// SSRC of the last accepted RTP packet.
+    pub last_ssrc: Option<u32>,
 }
 
 /// A session as seen by a query.

@@ -185,6 +185,14 @@ pub struct LegUpdate {
     pub stun_password: Option<Vec<u8>>,
     /// New limits.
     pub limits: Option<LegLimits>,
+    /// Whether the remote multiplexes RTCP on the RTP port (RFC 5761),
+    /// for a leg that has an RTCP port of its own: RTCP for it then leaves
+    /// from the RTP port to its RTP address. (A leg allocated with
+    /// [`LegSpec::rtcp_mux`] has one port and always multiplexes.)
+    pub rtcp_mux: Option<bool>,
+    /// Drop (and count as `blocked`) every packet this leg's remote sends,
+    /// or forward them again (`Some(false)`).
+    pub blocked: Option<bool>,
 }
 
 /// Changes to a session; any update re-opens the learning window.

@@ -67,6 +67,8 @@ drop_reasons! {
     ByteRateLimited => "byte_rate_limited",
     /// The other leg has neither a latched address nor an exact hint yet.
     NoDestination => "no_destination",
+    /// Media from this leg is blocked by a command (ng `block media`).
+    Blocked => "blocked",
 }
 
 impl DropReason {
@@ -119,6 +121,10 @@ pub struct LegStats {
     pub packets_received: u64,
     /// Bytes received on this leg's ports.
     pub bytes_received: u64,
+    /// Of the datagrams received, those that were RTCP (on either port).
+    pub rtcp_packets_received: u64,
+    /// Of the bytes received, those of RTCP datagrams.
+    pub rtcp_bytes_received: u64,
     /// Datagrams forwarded to the other leg.
     pub packets_forwarded: u64,
     /// Bytes forwarded to the other leg.
