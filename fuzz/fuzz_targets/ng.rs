@@ -10,21 +10,27 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(media) = sdp::parse(text) {
+            let ice = if data.len() % 2 == 0 { sdp::IceRewrite::Remove } else { sdp::IceRewrite::RelayCandidates };
             let rw = sdp::Rewrite {
                 addr: "203.0.113.1".parse().unwrap(),
                 media: media
                     .iter()
                     .enumerate()
-                    .map(|(i, _)| {
-                        Some(sdp::MediaPorts {
+                    .map(|(i, m)| {
+                        Some(sdp::MediaRewrite {
                             rtp: 30000 + 2 * i as u16,
                             rtcp: (i % 2 == 1).then_some(30001 + 2 * i as u16),
+                            mux: i % 3 == 0,
+                            ice,
+                            proto: (i % 4 == 1).then(|| "RTP/AVPF".to_string()),
+                            // Strip every other format, with their attributes.
+                            strip_formats: m.formats.iter().step_by(2).cloned().collect(),
+                            strip_crypto: data.len() % 5 == 0,
+                            strip_dtls: data.len() % 7 == 0,
                         })
                     })
                     .collect(),
-                ice: if data.len() % 2 == 0 { sdp::IceRewrite::Remove } else { sdp::IceRewrite::RelayCandidates },
                 replace_origin: data.len() % 3 == 0,
-                proto: None,
             };
             let out = sdp::rewrite(text, &rw).expect("a parsed SDP rewrites");
             let again = sdp::parse(&out).expect("the rewrite parses");

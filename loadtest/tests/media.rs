@@ -252,6 +252,8 @@ fn media_through_an_external_relay_driven_by_its_admin_api() {
         ready: AtomicBool::new(true),
         control: None,
         tunnels: None,
+        ng: None,
+        ng_transport: Default::default(),
     });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let addr = rt.block_on(async {

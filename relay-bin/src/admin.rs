@@ -50,6 +50,10 @@ pub struct AdminState {
     pub control: Option<ControlServer>,
     /// The tunnel listeners, when configured.
     pub tunnels: Option<TunnelServer>,
+    /// The ng protocol engine, when enabled.
+    pub ng: Option<Arc<relay_core::ng::NgEngine>>,
+    /// The ng transports' counters.
+    pub ng_transport: Arc<crate::ng::NgTransportStats>,
 }
 
 /// A JSON error response.
@@ -245,7 +249,9 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
     let counters = st.handle.counters().await?;
     let connectors = st.control.as_ref().map(ControlServer::stats);
     let tunnels = st.tunnels.as_ref().map(TunnelServer::stats);
+    let ng = st.ng.as_ref().map(|e| e.stats().snapshot());
     let body = metrics::render(&metrics::Figures {
+        ng: ng.as_ref().map(|s| (s, st.ng_transport.as_ref())),
         counters: &counters,
         admin: &st.stats,
         connectors: connectors.as_ref(),

@@ -72,7 +72,10 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         }
         _ => None,
     };
+    let ng = cfg.ng.as_ref().map(|ng| relay_core::ng::NgEngine::new(handle.clone(), ng.engine.clone()));
     let state = Arc::new(AdminState {
+        ng,
+        ng_transport: Arc::new(crate::ng::NgTransportStats::default()),
         tunnels,
         control: control_listener,
         handle: handle.clone(),
@@ -101,18 +104,16 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     let mut bound: Vec<SocketAddr> = Vec::new();
-    let ng_stats = Arc::new(crate::ng::NgTransportStats::default());
-    let ng_line = match &cfg.ng {
-        Some(ng) => {
-            let engine = relay_core::ng::NgEngine::new(state.handle.clone(), ng.engine.clone());
+    let ng_line = match (&cfg.ng, &state.ng) {
+        (Some(ng), Some(engine)) => {
             let listen = ng.transport.listen;
-            let (udp, tcp) = crate::ng::start(ng.transport.clone(), engine, ng_stats.clone())
+            let (udp, tcp) = crate::ng::start(ng.transport.clone(), engine.clone(), state.ng_transport.clone())
                 .await
                 .map_err(|e| format!("cannot listen on ng.listen {listen}: {e}"))?;
             bound.extend([udp, tcp]);
             format!("ng protocol on udp:{udp} tcp:{tcp}")
         }
-        None => "ng protocol disabled".to_string(),
+        _ => "ng protocol disabled".to_string(),
     };
     let control_line = match (&state.control, &cfg.control) {
         (Some(server), Some(c)) => {

@@ -10,6 +10,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use relay_core::ng::stats::{NgStatsSnapshot, BUCKETS as NG_BUCKETS, COMMANDS as NG_COMMANDS, RESULTS as NG_RESULTS};
 use relay_core::{RelayCounters, ShardCounters};
 
 /// Latency buckets for admin API requests, seconds.
@@ -76,11 +77,13 @@ pub struct Figures<'a> {
     pub uptime: Duration,
     /// Shard threads that failed.
     pub shard_failures: usize,
+    /// The ng protocol (commands, transports), when enabled.
+    pub ng: Option<(&'a NgStatsSnapshot, &'a crate::ng::NgTransportStats)>,
 }
 
 /// Renders every metric in the Prometheus text format (version 0.0.4).
 pub fn render(f: &Figures<'_>) -> String {
-    let Figures { counters, admin, connectors, tunnels, backend, draining, uptime, shard_failures } = *f;
+    let Figures { counters, admin, connectors, tunnels, backend, draining, uptime, shard_failures, ng } = *f;
     let mut o = String::with_capacity(16 * 1024);
     let t = &counters.total;
     let simple: [(&str, &str, &str, Field); 15] = [
@@ -183,6 +186,9 @@ pub fn render(f: &Figures<'_>) -> String {
             let _ = writeln!(o, "ucmrc_tunnel_rejections_total{{reason=\"{}\"}} {n}", reason.as_str());
         }
     }
+    if let Some((s, transport)) = ng {
+        ng_metrics(&mut o, s, transport);
+    }
     family(&mut o, "ucmrc_shard_failures_total", "counter", "Shard threads that failed (their sessions are lost).");
     let _ = writeln!(o, "ucmrc_shard_failures_total {shard_failures}");
     family(&mut o, "ucmrc_draining", "gauge", "1 while the relay drains (SIGTERM).");
@@ -193,6 +199,47 @@ pub fn render(f: &Figures<'_>) -> String {
     family(&mut o, "ucmrc_build_info", "gauge", "Build information.");
     let _ = writeln!(o, "ucmrc_build_info{{version=\"{}\",datapath=\"{backend}\"}} 1", env!("CARGO_PKG_VERSION"));
     o
+}
+
+/// `ucmrc_ng_*`: commands by type and result, their latency, and what the
+/// transports refused.
+fn ng_metrics(o: &mut String, s: &NgStatsSnapshot, t: &crate::ng::NgTransportStats) {
+    family(o, "ucmrc_ng_commands_total", "counter", "ng commands handled, by command and result.");
+    for (i, cmd) in NG_COMMANDS.iter().enumerate() {
+        for (j, res) in NG_RESULTS.iter().enumerate() {
+            let label = cmd.replace(' ', "_");
+            let _ = writeln!(o, "ucmrc_ng_commands_total{{command=\"{label}\",result=\"{res}\"}} {}", s.counts[i][j]);
+        }
+    }
+    family(
+        o,
+        "ucmrc_ng_command_duration_seconds",
+        "histogram",
+        "ng command latency (request parsed to reply encoded).",
+    );
+    for (b, n) in NG_BUCKETS.iter().zip(s.buckets) {
+        let _ = writeln!(o, "ucmrc_ng_command_duration_seconds_bucket{{le=\"{b}\"}} {n}");
+    }
+    let _ = writeln!(o, "ucmrc_ng_command_duration_seconds_bucket{{le=\"+Inf\"}} {}", s.total);
+    let _ = writeln!(o, "ucmrc_ng_command_duration_seconds_sum {}", s.sum_seconds);
+    let _ = writeln!(o, "ucmrc_ng_command_duration_seconds_count {}", s.total);
+    family(o, "ucmrc_ng_rejected_offers_total", "counter", "ng offers answered with an error (no call set up).");
+    let _ = writeln!(o, "ucmrc_ng_rejected_offers_total {}", s.rejected_offers);
+    family(
+        o,
+        "ucmrc_ng_transport_refused_total",
+        "counter",
+        "ng requests and connections refused by the transports, by reason.",
+    );
+    for (reason, n) in [
+        ("source", &t.refused_source),
+        ("udp_overload", &t.dropped_overload),
+        ("tcp_connections", &t.refused_connections),
+        ("tcp_idle", &t.idle_closed),
+        ("bad_stream", &t.bad_streams),
+    ] {
+        let _ = writeln!(o, "ucmrc_ng_transport_refused_total{{reason=\"{reason}\"}} {}", n.load(Ordering::Relaxed));
+    }
 }
 
 /// Conventional `process_*` metrics from /proc/self.

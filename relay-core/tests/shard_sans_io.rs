@@ -331,7 +331,7 @@ fn a_multiplexing_remote_and_a_demultiplexing_one_exchange_rtcp_on_the_right_por
     s.endpoint = LegSpec { rtcp_mux: false, hint: Some(sa(PHONE)), ..LegSpec::default() };
     let a = lab.allocate(s).expect("allocate");
     let (pbx_rtcp, phone_rtcp) = (a.pbx.rtcp.expect("pair"), a.endpoint.rtcp.expect("pair"));
-    assert!(a.pbx.rtp % 2 == 0 && a.endpoint.rtp % 2 == 0, "RTP ports are even");
+    assert!(a.pbx.rtp.is_multiple_of(2) && a.endpoint.rtp.is_multiple_of(2), "RTP ports are even");
     let update =
         SessionUpdate { pbx: LegUpdate { rtcp_mux: Some(true), ..LegUpdate::default() }, ..SessionUpdate::default() };
     assert!(matches!(

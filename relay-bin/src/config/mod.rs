@@ -242,7 +242,7 @@ impl Config {
             }
         }
         let ng = match file.ng.enabled {
-            true => Some(ng_settings(&file.ng).map_err(|(key, message)| err(key, message))?),
+            true => Some(ng_settings(&file.ng, file.log.redact_addresses).map_err(|(key, message)| err(key, message))?),
             false => None,
         };
         let mut tenant_credentials = Vec::new();

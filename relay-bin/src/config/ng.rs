@@ -37,6 +37,9 @@ pub struct NgSection {
     pub tcp_idle_timeout_secs: u64,
     /// Forget a call with no live session after this long, seconds.
     pub orphan_call_ttl_secs: u64,
+    /// How long a deleted call's media keeps flowing when `delete` gives
+    /// no `delete-delay`, seconds (rtpengine's `delete-delay`; 0 = at once).
+    pub delete_delay_secs: u64,
 }
 
 impl Default for NgSection {
@@ -56,6 +59,7 @@ impl Default for NgSection {
             tcp_max_connections: 64,
             tcp_idle_timeout_secs: 300,
             orphan_call_ttl_secs: l.orphan_call_ttl.as_secs(),
+            delete_delay_secs: relay_core::ng::NgConfig::default().delete_delay.as_secs(),
         }
     }
 }
@@ -70,7 +74,7 @@ pub struct NgSettings {
 }
 
 /// Validates `[ng]`; errors are (key, reason).
-pub(super) fn ng_settings(n: &NgSection) -> Result<NgSettings, (&'static str, String)> {
+pub(super) fn ng_settings(n: &NgSection, redact: bool) -> Result<NgSettings, (&'static str, String)> {
     if n.tenant.is_empty() || n.tenant.len() > 128 || !n.tenant.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(("ng.tenant", "must be 1 to 128 visible ASCII characters".into()));
     }
@@ -109,6 +113,10 @@ pub(super) fn ng_settings(n: &NgSection) -> Result<NgSettings, (&'static str, St
     if !(1..=86_400).contains(&n.orphan_call_ttl_secs) {
         return Err(("ng.orphan_call_ttl_secs", "must be 1 to 86400".into()));
     }
+    let max_delay = relay_core::ng::MAX_DELETE_DELAY.as_secs();
+    if n.delete_delay_secs > max_delay {
+        return Err(("ng.delete_delay_secs", format!("must be 0 to {max_delay}")));
+    }
     let limits = relay_core::ng::NgLimits {
         max_message_bytes: n.max_message_bytes,
         max_sdp_bytes: n.max_sdp_bytes,
@@ -131,6 +139,8 @@ pub(super) fn ng_settings(n: &NgSection) -> Result<NgSettings, (&'static str, St
             tenant: n.tenant.clone(),
             limits,
             authenticated_latching: n.authenticated_latching,
+            delete_delay: Duration::from_secs(n.delete_delay_secs),
+            redact_call_ids: redact,
         },
     })
 }

@@ -22,8 +22,10 @@
 
 #[doc(hidden)] // the wire format, for ucmrc's ng transport and the fuzz targets
 pub mod bencode;
+pub mod options;
 #[doc(hidden)] // SDP rewriting internals, for the fuzz targets
 pub mod sdp;
+pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +40,9 @@ use crate::relay::{AllocatedSession, RelayHandle};
 use crate::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionSpec, SessionUpdate, SrtpAuth};
 use crate::session::SessionId;
 use crate::srtp_keys::{derive_auth_keys, SrtpMasterKey};
-use sdp::IceRewrite;
+use options::{security, Family, IceMode, Options, Security};
+use sdp::{IceRewrite, MediaRewrite};
+use stats::{command_index, NgStats};
 
 /// How long a reply stays cached for retransmissions.
 pub const REPLY_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -95,12 +99,40 @@ pub struct NgConfig {
     /// SDPs give keys (SDES `a=crypto` with HMAC-SHA1, or ICE credentials);
     /// a request opts out with the flag `no-authenticated-latching`.
     pub authenticated_latching: bool,
+    /// How long `delete` keeps a call's media flowing when the request
+    /// gives no `delete-delay` (rtpengine's `delete-delay`; 0 = at once).
+    pub delete_delay: Duration,
+    /// Log call-ids hashed (they often carry a host address).
+    pub redact_call_ids: bool,
 }
+
+/// Longest `delete-delay` honoured.
+pub const MAX_DELETE_DELAY: Duration = Duration::from_secs(3600);
 
 impl Default for NgConfig {
     fn default() -> Self {
-        Self { tenant: "ng".into(), limits: NgLimits::default(), authenticated_latching: true }
+        Self {
+            tenant: "ng".into(),
+            limits: NgLimits::default(),
+            authenticated_latching: true,
+            delete_delay: Duration::ZERO,
+            redact_call_ids: false,
+        }
     }
+}
+
+/// rtcp-mux negotiation of one media section's current offer/answer.
+#[derive(Debug, Clone, Copy, Default)]
+struct MuxNegotiation {
+    /// The offerer put `a=rtcp-mux` in its offer.
+    offered_by_sender: bool,
+    /// The relay offered rtcp-mux to the answerer.
+    offered_on: bool,
+    /// Only rtcp-mux was offered on (no RTCP fallback port).
+    require: bool,
+    /// What to answer the offerer regardless of the answerer (`accept`,
+    /// `demux`: yes; `reject`: no); `None` follows the answerer.
+    forced: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,9 +141,13 @@ struct Media {
     alloc: AllocatedSession,
     kind: String,
     proto: String,
-    mux: bool,
+    /// Whether each leg's remote (pbx, endpoint) multiplexes RTCP.
+    remote_mux: [bool; 2],
+    mux: MuxNegotiation,
     /// Whether each leg (pbx, endpoint) has a key that can prove its source.
     keyed: [bool; 2],
+    /// Whether media from each leg's remote is blocked.
+    blocked: [bool; 2],
 }
 
 #[derive(Debug, Clone)]
@@ -120,8 +156,23 @@ struct Call {
     to_tag: Option<String>,
     created: u64,
     media: Vec<Media>,
+    /// `label` given by each party (by tag).
+    labels: Vec<(String, String)>,
     /// When the call last had a live session (or was created).
     seen_alive: Instant,
+}
+
+impl Call {
+    /// The leg facing the party with `tag` (0: pbx, the original caller's).
+    fn leg_of(&self, tag: &str) -> Option<usize> {
+        if tag == self.from_tag {
+            Some(0)
+        } else if self.to_tag.as_deref() == Some(tag) {
+            Some(1)
+        } else {
+            None
+        }
+    }
 }
 
 /// Replies kept for retransmitted requests, bounded in count and bytes.
@@ -173,6 +224,8 @@ pub struct NgEngine {
     handle: RelayHandle,
     config: NgConfig,
     state: Mutex<State>,
+    stats: NgStats,
+    started: Instant,
 }
 
 impl std::fmt::Debug for NgEngine {
@@ -188,10 +241,6 @@ fn error(reason: impl Into<String>) -> Value {
 fn ok(mut pairs: Vec<(&str, Value)>) -> Value {
     pairs.push(("result", Value::str("ok")));
     dict(pairs)
-}
-
-fn flag(msg: &Value, name: &str) -> bool {
-    msg.get("flags").map(|f| f.items().iter().any(|v| v.as_str() == Some(name))).unwrap_or(false)
 }
 
 fn list_contains(msg: &Value, key: &str, name: &str) -> bool {
@@ -220,7 +269,13 @@ fn sdes_auth(crypto: &[String]) -> Option<SrtpAuth> {
 impl NgEngine {
     /// An engine driving `handle`.
     pub fn new(handle: RelayHandle, config: NgConfig) -> Arc<Self> {
-        Arc::new(Self { handle, config, state: Mutex::new(State::default()) })
+        Arc::new(Self {
+            handle,
+            config,
+            state: Mutex::new(State::default()),
+            stats: NgStats::default(),
+            started: Instant::now(),
+        })
     }
 
     /// Handles one message (`cookie SP bencode`, or JSON) and returns the reply.
@@ -300,11 +355,16 @@ impl NgEngine {
         self.state.lock().await.calls.len()
     }
 
+    /// Command counters and latency (for `statistics` and metrics).
+    pub fn stats(&self) -> &NgStats {
+        &self.stats
+    }
+
     async fn command(&self, msg: &Value) -> Value {
-        let Some(cmd) = msg.get("command").and_then(Value::as_str) else {
-            return error("missing command");
-        };
-        match cmd {
+        let started = Instant::now();
+        let cmd = msg.get("command").and_then(Value::as_str).unwrap_or("");
+        let reply = match cmd {
+            "" => error("missing command"),
             "ping" => dict([("result", Value::str("pong"))]),
             "offer" => self.offer_answer(msg, true).await,
             "answer" => self.offer_answer(msg, false).await,
@@ -312,7 +372,42 @@ impl NgEngine {
             "query" => self.query(msg).await,
             "list" => self.list(msg).await,
             "statistics" => self.statistics().await,
-            other => error(format!("unknown command {other:?}")),
+            "block media" => self.block(msg, true).await,
+            "unblock media" => self.block(msg, false).await,
+            other => refused_command(other),
+        };
+        let ok = reply.get("result").and_then(Value::as_str) != Some("error");
+        let counted = if REFUSED_COMMANDS.contains(&cmd) { "refused" } else { cmd };
+        self.stats.record(command_index(counted), ok, started.elapsed());
+        if cmd == "offer" && !ok {
+            self.stats.rejected_offers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let call_id = msg.get("call-id").and_then(Value::as_bytes).map(|c| self.loggable_call_id(c));
+            let reason = reply.get("error-reason").or_else(|| reply.get("warning")).and_then(Value::as_str);
+            let from_tag = msg.get("from-tag").and_then(Value::as_str);
+            tracing::debug!(
+                command = cmd,
+                call_id = call_id.as_deref().unwrap_or("-"),
+                from_tag = from_tag.unwrap_or("-"),
+                result = if ok { "ok" } else { "error" },
+                reason = reason.unwrap_or(""),
+                micros = started.elapsed().as_micros() as u64,
+                "ng command"
+            );
+        }
+        reply
+    }
+
+    /// A call-id for logs: as is, or a short hash when redacted.
+    fn loggable_call_id(&self, call_id: &[u8]) -> String {
+        if self.config.redact_call_ids {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            call_id.hash(&mut h);
+            format!("#{:016x}", h.finish())
+        } else {
+            String::from_utf8_lossy(call_id).chars().take(64).collect()
         }
     }
 
@@ -335,6 +430,10 @@ impl NgEngine {
         if sdp_text.len() > limits.max_sdp_bytes {
             return error("SDP larger than max_sdp_bytes");
         }
+        let opts = match Options::parse(msg) {
+            Ok(o) => o,
+            Err(e) => return error(e.0),
+        };
         let medias = match sdp::parse(sdp_text) {
             Ok(m) => m,
             Err(e) => return error(e.to_string()),
@@ -342,13 +441,27 @@ impl NgEngine {
         if medias.len() > limits.max_media_per_call {
             return error(format!("more than {} media sections (max_media_per_call)", limits.max_media_per_call));
         }
-        let override_ip = msg.get("media-address").and_then(Value::as_str).and_then(|a| a.parse::<IpAddr>().ok());
-        let received_from = msg
-            .get("received-from")
-            .map(|r| r.items())
-            .and_then(|items| items.get(1).and_then(|v| v.as_str()).and_then(|a| a.parse::<IpAddr>().ok()));
-        let ice = if list_contains(msg, "ICE", "remove") { IceRewrite::Remove } else { IceRewrite::RelayCandidates };
-        let use_keys = self.config.authenticated_latching && !flag(msg, "no-authenticated-latching");
+        // The address written into the SDP: rtpengine's `media-address`, or
+        // the relay's advertised one; it must be the family asked for.
+        let sdp_addr = opts.media_address.unwrap_or_else(|| self.handle.advertised_ip());
+        match (opts.family, sdp_addr) {
+            (Some(Family::V6), IpAddr::V4(_)) | (Some(Family::V4), IpAddr::V6(_)) => {
+                return error(format!(
+                    "address family {} asked for, but the relay's media address {sdp_addr} is not",
+                    if opts.family == Some(Family::V6) { "IP6" } else { "IP4" }
+                ))
+            }
+            _ => {}
+        }
+        // Everything the SDP asks for is checked before anything is allocated.
+        let mut plans = Vec::with_capacity(medias.len());
+        for (k, m) in medias.iter().enumerate() {
+            match plan_media(&opts, m) {
+                Ok(p) => plans.push(p),
+                Err(e) => return error(format!("media section {}: {e}", k + 1)),
+            }
+        }
+        let use_keys = self.config.authenticated_latching && !opts.no_authenticated_latching;
         let mut st = self.state.lock().await;
         let existing = st.calls.get(call_id).cloned();
         if !offer && existing.is_none() {
@@ -362,6 +475,7 @@ impl NgEngine {
             to_tag: None,
             created: unix_now(),
             media: Vec::new(),
+            labels: Vec::new(),
             seen_alive: Instant::now(),
         });
         call.seen_alive = Instant::now();
@@ -373,51 +487,50 @@ impl NgEngine {
         // the session's pbx leg.
         let sender_is_offerer = if offer { from_tag == call.from_tag } else { from_tag != call.from_tag };
         let (sender, other) = if sender_is_offerer { (0, 1) } else { (1, 0) };
-        let mut ports = Vec::with_capacity(medias.len());
-        for (k, m) in medias.iter().enumerate() {
+        if let Some(label) = &opts.label {
+            let tag = if offer { from_tag } else { to_tag.unwrap_or(from_tag) };
+            call.labels.retain(|(t, _)| t != tag);
+            if call.labels.len() < 2 {
+                call.labels.push((tag.to_string(), label.clone()));
+            }
+        }
+        let mut rewrites = Vec::with_capacity(medias.len());
+        for (k, (m, plan)) in medias.iter().zip(&plans).enumerate() {
             if m.port == 0 {
-                ports.push(None);
+                rewrites.push(None);
                 continue;
             }
-            let ip = override_ip.or(m.addr).map(|ip| match (received_from, ip) {
+            let ip = m.addr.map(|ip| match (opts.received_from, ip) {
                 (Some(rf), ip) if is_private(ip) && !is_private(rf) => rf,
                 _ => ip,
             });
             // c=0.0.0.0 (hold, RFC 2543) names no address: keep the last one.
             let hint = ip.filter(|ip| !ip.is_unspecified()).map(|ip| SocketAddr::new(ip, m.port));
-            // Keys that prove the *sender's* packets: its SDES key, and its ICE
-            // password, which signs the other side's connectivity checks.
-            let keys = sdes_auth(&m.crypto);
-            let ice_pwd = match ice {
+            // Keys that prove the *sender's* packets: its SDES key (unless
+            // SDES is removed toward the other side, which then cannot use
+            // it), and its ICE password, which signs the other side's checks.
+            let keys = if plan.strip_crypto { None } else { sdes_auth(&m.crypto) };
+            let ice_pwd = match plan.ice {
                 IceRewrite::RelayCandidates => m
                     .ice_pwd
                     .clone()
                     .filter(|p| !p.is_empty() && p.len() <= 256 && p.bytes().all(|b| b.is_ascii_graphic())),
                 IceRewrite::Remove => None,
             };
-            let sender_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };
-            let other_update =
+            let mut sender_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };
+            let mut other_update =
                 LegUpdate { stun_password: ice_pwd.clone().map(String::into_bytes), ..LegUpdate::default() };
             let media = match call.media.get_mut(k) {
-                Some(existing) => {
-                    existing.keyed[sender] |= keys.is_some();
-                    existing.keyed[other] |= ice_pwd.is_some();
-                    let mut update = leg_updates(sender, sender_update, other_update);
-                    if use_keys && existing.keyed == [true, true] {
-                        update.latch = Some(LatchPolicy::Authenticated);
-                    }
-                    if let Err(e) = self.handle.update(existing.id, update).await {
-                        return error(format!("media section {}: {e}", k + 1));
-                    }
-                    existing.clone()
-                }
+                Some(existing) => existing,
                 None => {
-                    let mux = m.rtcp_mux && !flag(msg, "rtcp-mux-demux");
+                    // Every leg gets an even/odd pair, as with rtpengine: a
+                    // mux offer carries an RTCP fallback port that is really
+                    // reserved, so an answerer without rtcp-mux still works.
                     let mut legs = [
-                        LegSpec { rtcp_mux: mux, ..LegSpec::default() },
+                        LegSpec::default(),
                         // The answerer's address is unknown until its SDP:
                         // its leg latches nothing before that.
-                        LegSpec { rtcp_mux: mux, await_hint: true, ..LegSpec::default() },
+                        LegSpec { await_hint: true, ..LegSpec::default() },
                     ];
                     legs[sender].hint = hint;
                     legs[sender].srtp_auth = keys.clone();
@@ -432,13 +545,17 @@ impl NgEngine {
                     };
                     match self.handle.allocate(spec).await {
                         Ok(alloc) => {
-                            let mut keyed = [false; 2];
-                            keyed[sender] = keys.is_some();
-                            keyed[other] = ice_pwd.is_some();
-                            let media =
-                                Media { id: alloc.id, alloc, kind: m.kind.clone(), proto: m.proto.clone(), mux, keyed };
-                            call.media.push(media.clone());
-                            media
+                            call.media.push(Media {
+                                id: alloc.id,
+                                alloc,
+                                kind: m.kind.clone(),
+                                proto: m.proto.clone(),
+                                remote_mux: [false; 2],
+                                mux: MuxNegotiation::default(),
+                                keyed: [false; 2],
+                                blocked: [false; 2],
+                            });
+                            call.media.last_mut().expect("just pushed")
                         }
                         Err(e) => {
                             if !st.calls.contains_key(call_id) {
@@ -451,18 +568,64 @@ impl NgEngine {
                     }
                 }
             };
+            media.keyed[sender] |= keys.is_some();
+            media.keyed[other] |= ice_pwd.is_some();
+            // rtcp-mux (RFC 5761), rtpengine's way.
+            let mux_opts = opts.rtcp_mux;
+            let toward = if sender_is_offerer { media.alloc.endpoint } else { media.alloc.pbx };
+            let (mux_out, rtcp_out) = if offer {
+                let n = MuxNegotiation {
+                    offered_by_sender: m.rtcp_mux,
+                    offered_on: (m.rtcp_mux && !mux_opts.demux) || mux_opts.offer || mux_opts.require,
+                    require: mux_opts.require,
+                    forced: if !m.rtcp_mux {
+                        None
+                    } else if mux_opts.reject {
+                        Some(false)
+                    } else if mux_opts.demux || mux_opts.accept {
+                        Some(true)
+                    } else {
+                        None
+                    },
+                };
+                media.mux = n;
+                if n.require {
+                    // The recipient is taken to multiplex from the start.
+                    media.remote_mux[other] = true;
+                    other_update.rtcp_mux = Some(true);
+                }
+                (n.offered_on, if n.require { None } else { toward.rtcp.map(|a| a.port()) })
+            } else {
+                let n = media.mux;
+                let answerer_mux = (m.rtcp_mux && n.offered_on) || n.require;
+                let to_offerer = n.offered_by_sender && n.forced.unwrap_or(answerer_mux);
+                media.remote_mux[sender] = answerer_mux;
+                media.remote_mux[other] = to_offerer;
+                sender_update.rtcp_mux = Some(answerer_mux);
+                other_update.rtcp_mux = Some(to_offerer);
+                (to_offerer, if to_offerer { None } else { toward.rtcp.map(|a| a.port()) })
+            };
+            let mut update = leg_updates(sender, sender_update, other_update);
+            if use_keys && media.keyed == [true, true] {
+                update.latch = Some(LatchPolicy::Authenticated);
+            }
+            if let Err(e) = self.handle.update(media.id, update).await {
+                return error(format!("media section {}: {e}", k + 1));
+            }
             // The rewritten SDP goes to the *other* party: it must send to the
             // leg facing the SDP's sender's peer.
-            let toward = if sender_is_offerer { media.alloc.endpoint } else { media.alloc.pbx };
-            ports.push(Some(sdp::MediaPorts { rtp: toward.rtp.port(), rtcp: toward.rtcp.map(|a| a.port()) }));
+            rewrites.push(Some(MediaRewrite {
+                rtp: toward.rtp.port(),
+                rtcp: rtcp_out,
+                mux: mux_out,
+                ice: plan.ice,
+                proto: plan.proto.clone(),
+                strip_formats: plan.strip_formats.clone(),
+                strip_crypto: plan.strip_crypto,
+                strip_dtls: plan.strip_dtls,
+            }));
         }
-        let rewrite = sdp::Rewrite {
-            addr: self.handle.advertised_ip(),
-            media: ports,
-            ice,
-            replace_origin: list_contains(msg, "replace", "origin"),
-            proto: msg.get("transport-protocol").and_then(Value::as_str).map(str::to_string),
-        };
+        let rewrite = sdp::Rewrite { addr: sdp_addr, media: rewrites, replace_origin: opts.replace_origin };
         let out = match sdp::rewrite(sdp_text, &rewrite) {
             Ok(s) => s,
             Err(e) => return error(e.to_string()),
@@ -474,39 +637,87 @@ impl NgEngine {
         ok(vec![("sdp", Value::Bytes(out.into_bytes()))])
     }
 
+    /// `delete`: the whole call, or — with a `from-tag` (and `to-tag`) that
+    /// does not match this call's dialog — nothing, like rtpengine (a
+    /// delete for another branch must not end this one).
     async fn delete(&self, msg: &Value) -> Value {
+        const NOT_FOUND: &str = "Call-ID not found or tags didn't match";
         let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else {
             return error("delete needs call-id");
         };
-        let delay = msg.get("delete delay").or_else(|| msg.get("delete-delay")).and_then(Value::as_int).unwrap_or(0);
+        let delay = match msg.get("delete-delay").or_else(|| msg.get("delete delay")).and_then(Value::as_int) {
+            Some(secs) => Duration::from_secs(secs.max(0).unsigned_abs()),
+            None => self.config.delete_delay,
+        }
+        .min(MAX_DELETE_DELAY);
+        let from_tag = msg.get("from-tag").and_then(Value::as_str);
+        let to_tag = msg.get("to-tag").and_then(Value::as_str);
         let mut st = self.state.lock().await;
-        let Some(call) = st.calls.remove(call_id) else {
+        let matches = st.calls.get(call_id).is_some_and(|c| {
+            from_tag.is_none_or(|t| c.leg_of(t).is_some())
+                && to_tag.is_none_or(|t| c.to_tag.is_none() || c.leg_of(t).is_some())
+        });
+        let call = if matches { st.calls.remove(call_id) } else { None };
+        let Some(call) = call else {
             // rtpengine's answer: a repeated or late delete (Kamailio's
             // rtpengine_delete() after a failed call, a retransmitted BYE) is
             // not a failure unless the caller asks with the `fatal` flag.
-            const NOT_FOUND: &str = "Call-ID not found or tags didn't match";
             if list_contains(msg, "flags", "fatal") {
                 return error(NOT_FOUND);
             }
-            return ok(vec![("warning", Value::Bytes(NOT_FOUND.as_bytes().to_vec()))]);
+            return ok(vec![("warning", Value::str(NOT_FOUND))]);
         };
         drop(st);
+        self.stats.deleted_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stats = self.call_stats(&call).await;
         let ids: Vec<SessionId> = call.media.iter().map(|m| m.id).collect();
         let handle = self.handle.clone();
-        if delay > 0 {
+        if delay.is_zero() {
+            for id in ids {
+                let _ = handle.release(id).await;
+            }
+        } else {
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(delay.unsigned_abs().min(3600))).await;
+                tokio::time::sleep(delay).await;
                 for id in ids {
                     let _ = handle.release(id).await;
                 }
             });
-        } else {
-            for id in ids {
-                let _ = handle.release(id).await;
-            }
         }
         stats
+    }
+
+    /// `block media` / `unblock media`: drop (or forward again) what one
+    /// party sends (`from-tag`), or everyone (no tag, or the `all` flag).
+    /// Nothing is decrypted: blocked packets are dropped and counted.
+    async fn block(&self, msg: &Value, blocked: bool) -> Value {
+        let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else {
+            return error("block media needs call-id");
+        };
+        let mut st = self.state.lock().await;
+        let Some(call) = st.calls.get_mut(call_id) else {
+            return error("Unknown call-id");
+        };
+        let legs: Vec<usize> = match msg.get("from-tag").and_then(Value::as_str) {
+            Some(_) if list_contains(msg, "flags", "all") => vec![0, 1],
+            Some(tag) => match call.leg_of(tag) {
+                Some(l) => vec![l],
+                None => return error("Unknown from-tag"),
+            },
+            None => vec![0, 1],
+        };
+        for media in &mut call.media {
+            let mut update = SessionUpdate::default();
+            for &l in &legs {
+                media.blocked[l] = blocked;
+                let leg = if l == 0 { &mut update.pbx } else { &mut update.endpoint };
+                leg.blocked = Some(blocked);
+            }
+            if let Err(e) = self.handle.update(media.id, update).await {
+                return error(e.to_string());
+            }
+        }
+        ok(vec![])
     }
 
     async fn query(&self, msg: &Value) -> Value {
@@ -516,75 +727,125 @@ impl NgEngine {
         let call = self.state.lock().await.calls.get(call_id).cloned();
         match call {
             Some(c) => self.call_stats(&c).await,
-            None => error("unknown call-id"),
+            None => error("Unknown call-id"),
         }
     }
 
-    /// rtpengine-shaped statistics of one call.
+    /// rtpengine-shaped statistics of one call: per tag, per media, one
+    /// stream for RTP and one for RTCP.
     async fn call_stats(&self, call: &Call) -> Value {
-        let (mut rtp_p, mut rtp_b, mut errors) = (0u64, 0u64, 0u64);
-        let mut offerer_medias = Vec::new();
-        let mut answerer_medias = Vec::new();
+        let advertised = self.handle.advertised_ip();
+        let now_unix = unix_now();
+        let (mut rtp_p, mut rtp_b, mut rtcp_p, mut rtcp_b, mut errors) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut per_tag: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
         for (k, m) in call.media.iter().enumerate() {
             let Ok(info) = self.handle.session(m.id).await else { continue };
-            for (leg, list) in [(&info.pbx, &mut offerer_medias), (&info.endpoint, &mut answerer_medias)] {
-                rtp_p += leg.stats.packets_received;
-                rtp_b += leg.stats.bytes_received;
-                errors += leg.stats.drops.total();
-                let endpoint = match leg.remote_rtp {
-                    Some(a) => dict([
-                        ("family", Value::str(if a.is_ipv4() { "IPv4" } else { "IPv6" })),
-                        ("address", Value::Bytes(a.ip().to_string().into_bytes())),
-                        ("port", Value::Int(i64::from(a.port()))),
-                    ]),
-                    None => dict([]),
+            for (i, leg) in [&info.pbx, &info.endpoint].into_iter().enumerate() {
+                let s = &leg.stats;
+                let rtp_packets = s.packets_received - s.rtcp_packets_received;
+                let rtp_bytes = s.bytes_received - s.rtcp_bytes_received;
+                rtp_p += rtp_packets;
+                rtp_b += rtp_bytes;
+                rtcp_p += s.rtcp_packets_received;
+                rtcp_b += s.rtcp_bytes_received;
+                errors += s.drops.total();
+                let last =
+                    |ago: Option<Duration>| Value::Int(ago.map_or(0, |a| now_unix.saturating_sub(a.as_secs())) as i64);
+                let rtcp_remote = if leg.remote_rtcp_mux { leg.remote_rtp } else { leg.remote_rtcp };
+                let stream = |port: u16,
+                              remote: Option<SocketAddr>,
+                              packets: u64,
+                              bytes: u64,
+                              last_packet: Value,
+                              rtcp: bool| {
+                    let mut flags = vec![Value::str(if rtcp { "RTCP" } else { "RTP" })];
+                    if leg.remote_rtcp_mux {
+                        flags.push(Value::str("RTCP-mux"));
+                    }
+                    if leg.blocked {
+                        flags.push(Value::str("blocked"));
+                    }
+                    let mut pairs = vec![
+                        ("local port", Value::Int(i64::from(port))),
+                        ("local address", Value::Bytes(advertised.to_string().into_bytes())),
+                        ("endpoint", endpoint_value(remote)),
+                        (
+                            "advertised endpoint",
+                            endpoint_value(leg.hint.map(|h| {
+                                if rtcp && !leg.remote_rtcp_mux {
+                                    SocketAddr::new(h.ip(), h.port().saturating_add(1))
+                                } else {
+                                    h
+                                }
+                            })),
+                        ),
+                        ("last packet", last_packet),
+                        ("flags", Value::List(flags)),
+                        (
+                            "stats",
+                            dict([
+                                ("packets", Value::Int(packets as i64)),
+                                ("bytes", Value::Int(bytes as i64)),
+                                ("errors", Value::Int(if rtcp { 0 } else { s.drops.total() as i64 })),
+                            ]),
+                        ),
+                    ];
+                    if let (false, Some(ssrc)) = (rtcp, leg.last_ssrc) {
+                        pairs.push(("SSRC", Value::Int(i64::from(ssrc))));
+                    }
+                    dict(pairs)
                 };
-                let stream = dict([
-                    ("local port", Value::Int(i64::from(leg.ports.rtp))),
-                    ("endpoint", endpoint),
-                    (
-                        "stats",
-                        dict([
-                            ("packets", Value::Int(leg.stats.packets_received as i64)),
-                            ("bytes", Value::Int(leg.stats.bytes_received as i64)),
-                            ("errors", Value::Int(leg.stats.drops.total() as i64)),
-                        ]),
-                    ),
-                ]);
-                list.push(dict([
+                let rtcp_port =
+                    if leg.remote_rtcp_mux { leg.ports.rtp } else { leg.ports.rtcp.unwrap_or(leg.ports.rtp) };
+                per_tag[i].push(dict([
                     ("index", Value::Int(k as i64 + 1)),
                     ("type", Value::Bytes(m.kind.clone().into_bytes())),
                     ("protocol", Value::Bytes(m.proto.clone().into_bytes())),
-                    ("rtcp-mux", Value::str(if m.mux { "yes" } else { "no" })),
-                    ("streams", Value::List(vec![stream])),
+                    ("rtcp-mux", Value::str(if leg.remote_rtcp_mux { "yes" } else { "no" })),
+                    (
+                        "streams",
+                        Value::List(vec![
+                            stream(
+                                leg.ports.rtp,
+                                leg.remote_rtp,
+                                rtp_packets,
+                                rtp_bytes,
+                                last(leg.last_rtp_ago),
+                                false,
+                            ),
+                            stream(
+                                rtcp_port,
+                                rtcp_remote,
+                                s.rtcp_packets_received,
+                                s.rtcp_bytes_received,
+                                last(leg.last_rtcp_ago),
+                                true,
+                            ),
+                        ]),
+                    ),
                 ]));
             }
         }
-        let mut tags = vec![(
-            call.from_tag.clone(),
-            dict([("tag", Value::Bytes(call.from_tag.clone().into_bytes())), ("medias", Value::List(offerer_medias))]),
-        )];
+        let [offerer, answerer] = per_tag;
+        let tag_entry = |tag: &str, medias: Vec<Value>| {
+            let mut pairs = vec![("tag", Value::Bytes(tag.as_bytes().to_vec())), ("medias", Value::List(medias))];
+            if let Some((_, l)) = call.labels.iter().find(|(t, _)| t == tag) {
+                pairs.push(("label", Value::Bytes(l.clone().into_bytes())));
+            }
+            (tag.as_bytes().to_vec(), dict(pairs))
+        };
+        let mut tags = vec![tag_entry(&call.from_tag, offerer)];
         if let Some(t) = &call.to_tag {
-            tags.push((
-                t.clone(),
-                dict([("tag", Value::Bytes(t.clone().into_bytes())), ("medias", Value::List(answerer_medias))]),
-            ));
+            tags.push(tag_entry(t, answerer));
         }
-        let tags = Value::Dict(tags.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect());
+        let totals = |p: u64, b: u64, e: u64| {
+            dict([("packets", Value::Int(p as i64)), ("bytes", Value::Int(b as i64)), ("errors", Value::Int(e as i64))])
+        };
         ok(vec![
             ("created", Value::Int(call.created as i64)),
-            (
-                "totals",
-                dict([(
-                    "RTP",
-                    dict([
-                        ("packets", Value::Int(rtp_p as i64)),
-                        ("bytes", Value::Int(rtp_b as i64)),
-                        ("errors", Value::Int(errors as i64)),
-                    ]),
-                )]),
-            ),
-            ("tags", tags),
+            ("last signal", Value::Int(call.created as i64)),
+            ("totals", dict([("RTP", totals(rtp_p, rtp_b, errors)), ("RTCP", totals(rtcp_p, rtcp_b, 0))])),
+            ("tags", Value::Dict(tags.into_iter().collect())),
         ])
     }
 
@@ -595,31 +856,72 @@ impl NgEngine {
         ok(vec![("calls", Value::List(calls))])
     }
 
+    /// rtpengine's `statistics`: current and total figures, control
+    /// statistics per command, and UCMRC's drops by reason.
     async fn statistics(&self) -> Value {
         let (own, total) = {
             let st = self.state.lock().await;
             (st.calls.len(), st.calls_total)
         };
-        let counters = self.handle.counters().await.map(|c| c.total).unwrap_or_default();
+        let c = self.handle.counters().await.map(|c| c.total).unwrap_or_default();
+        let s = self.stats.snapshot();
+        let int = |n: u64| Value::Int(n.min(i64::MAX as u64) as i64);
+        let drops: Vec<(&str, Value)> = c.drops.iter().map(|(r, n)| (r.as_str(), int(n))).collect();
+        let mut control: Vec<(String, Value)> = stats::COMMANDS
+            .iter()
+            .map(|cmd| (format!("total{}count", cmd.replace(' ', "")), int(s.count(cmd))))
+            .collect();
+        control.push(("errorcount".into(), int(s.errors())));
+        let control = Value::Dict(control.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect());
+        let avg_micros = if s.total > 0 { (s.sum_seconds * 1e6 / s.total as f64) as u64 } else { 0 };
         ok(vec![(
             "statistics",
             dict([
                 (
                     "currentstatistics",
                     dict([
-                        ("sessionsown", Value::Int(own as i64)),
+                        ("sessionsown", int(own as u64)),
                         ("sessionsforeign", Value::Int(0)),
-                        ("sessionstotal", Value::Int(own as i64)),
+                        ("sessionstotal", int(own as u64)),
                         ("transcodedmedia", Value::Int(0)),
+                        ("mediasessions", int(c.sessions_active)),
+                        ("portsinuse", int(c.ports_in_use)),
+                        ("portsfree", int(c.ports_total.saturating_sub(c.ports_in_use))),
                     ]),
                 ),
                 (
                     "totalstatistics",
                     dict([
-                        ("managedsessions", Value::Int(total as i64)),
-                        ("packetsrelayed", Value::Int(counters.packets_forwarded as i64)),
-                        ("bytesrelayed", Value::Int(counters.bytes_forwarded as i64)),
-                        ("packetsdropped", Value::Int(counters.drops.total() as i64)),
+                        ("uptime", int(self.started.elapsed().as_secs())),
+                        ("managedsessions", int(total)),
+                        ("rejectedsessions", int(s.rejected_offers)),
+                        ("timeoutsessions", int(c.sessions_expired_idle)),
+                        ("finaltimeoutsessions", int(c.sessions_expired_max_duration)),
+                        ("regularterminatedsessions", int(s.deleted_calls)),
+                        ("forcedterminatedsessions", Value::Int(0)),
+                        ("relayedpackets", int(c.packets_forwarded)),
+                        ("relayedbytes", int(c.bytes_forwarded)),
+                        ("relayedpacketerrors", int(c.drops.total())),
+                        ("packetsreceived", int(c.packets_received)),
+                        ("bytesreceived", int(c.bytes_received)),
+                        ("latches", int(c.latches)),
+                        ("relatches", int(c.relatches)),
+                        ("allocationsrefused", int(c.allocations_refused)),
+                        ("senderrors", int(c.send_errors)),
+                        ("droppedbyreason", dict(drops)),
+                        // Kept for clients of the previous names.
+                        ("packetsrelayed", int(c.packets_forwarded)),
+                        ("bytesrelayed", int(c.bytes_forwarded)),
+                        ("packetsdropped", int(c.drops.total())),
+                    ]),
+                ),
+                (
+                    "controlstatistics",
+                    dict([
+                        ("proxies", Value::List(Vec::new())),
+                        ("totalcommands", int(s.total)),
+                        ("averagecommandmicros", int(avg_micros)),
+                        ("commands", control),
                     ]),
                 ),
             ]),
@@ -627,9 +929,111 @@ impl NgEngine {
     }
 }
 
+/// rtpengine commands UCMRC refuses, with why.
+const REFUSED_COMMANDS: [&str; 16] = [
+    "start recording",
+    "stop recording",
+    "pause recording",
+    "start forwarding",
+    "stop forwarding",
+    "silence media",
+    "unsilence media",
+    "play media",
+    "stop media",
+    "play DTMF",
+    "block DTMF",
+    "unblock DTMF",
+    "subscribe request",
+    "subscribe answer",
+    "unsubscribe",
+    "publish",
+];
+
+fn refused_command(cmd: &str) -> Value {
+    let why = match cmd {
+        "start recording" | "stop recording" | "pause recording" | "start forwarding" | "stop forwarding" => {
+            "UCMRC never records, stores or copies media"
+        }
+        "silence media" | "unsilence media" | "play media" | "stop media" | "play DTMF" => {
+            "UCMRC relays media without decrypting or generating it"
+        }
+        "block DTMF" | "unblock DTMF" => "UCMRC does not inspect media payloads (block media works)",
+        "subscribe request" | "subscribe answer" | "unsubscribe" | "publish" => {
+            "UCMRC relays each call between its two parties only (no media subscriptions)"
+        }
+        _ => return error(format!("unknown command {cmd:?}")),
+    };
+    error(format!("{cmd} is not supported: {why}"))
+}
+
+fn endpoint_value(addr: Option<SocketAddr>) -> Value {
+    match addr {
+        Some(a) => dict([
+            ("family", Value::str(if a.is_ipv4() { "IPv4" } else { "IPv6" })),
+            ("address", Value::Bytes(a.ip().to_string().into_bytes())),
+            ("port", Value::Int(i64::from(a.port()))),
+        ]),
+        None => dict([]),
+    }
+}
+
+/// What an offer or answer does to one media section, checked before
+/// anything is allocated.
+#[derive(Debug, Clone)]
+struct MediaPlan {
+    ice: IceRewrite,
+    proto: Option<String>,
+    strip_formats: Vec<String>,
+    strip_crypto: bool,
+    strip_dtls: bool,
+}
+
+/// Plans one media section, refusing what would break the call: a change
+/// between plain RTP, SDES-SRTP and DTLS-SRTP needs the relay to decrypt.
+fn plan_media(opts: &Options, m: &sdp::MediaInfo) -> Result<MediaPlan, String> {
+    let mut proto = opts.transport.clone();
+    let current = security(&m.proto);
+    let mut effective = current;
+    let strip_dtls = opts.dtls_off && (m.fingerprint || current == Security::Dtls);
+    if opts.dtls_off && current == Security::Dtls {
+        if m.crypto.is_empty() {
+            return Err(format!("DTLS: off would leave this {} section without keys", m.proto));
+        }
+        // SDES remains: the same SRTP, keyed in the SDP.
+        effective = Security::Srtp;
+        if proto.is_none() {
+            proto = Some(m.proto.trim_start_matches("UDP/TLS/").to_string());
+        }
+    }
+    let strip_crypto = opts.sdes_off && !m.crypto.is_empty();
+    if strip_crypto && effective == Security::Srtp && !m.fingerprint {
+        return Err(format!("SDES: off would leave this {} section without keys", m.proto));
+    }
+    if let Some(t) = &proto {
+        let target = security(t);
+        if current != Security::Other && target != effective {
+            return Err(format!(
+                "transport-protocol {t} on a {} section needs SRTP encryption or decryption: UCMRC relays media without decrypting it",
+                m.proto
+            ));
+        }
+    }
+    let mut strip_formats = sdp::matching_formats(m, &opts.codec.strip);
+    let keep = sdp::matching_formats(m, &opts.codec.except);
+    strip_formats.retain(|f| !keep.contains(f));
+    if !m.formats.is_empty() && m.port != 0 && strip_formats.len() == m.formats.len() {
+        return Err("the codec options leave no codec (UCMRC does not transcode)".into());
+    }
+    let ice = match opts.ice {
+        IceMode::Remove => IceRewrite::Remove,
+        IceMode::Default => IceRewrite::RelayCandidates,
+    };
+    Ok(MediaPlan { ice, proto, strip_formats, strip_crypto, strip_dtls })
+}
+
 /// A JSON request as the equivalent bencode value (numbers become integers,
 /// booleans `yes`/`no`, null an empty string).
-fn from_json(j: &serde_json::Value) -> Value {
+pub(crate) fn from_json(j: &serde_json::Value) -> Value {
     use serde_json::Value as J;
     match j {
         J::Null => Value::str(""),

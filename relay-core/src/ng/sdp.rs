@@ -26,7 +26,16 @@ pub struct MediaInfo {
     pub ice_ufrag: Option<String>,
     /// ICE password (media-level, else session-level).
     pub ice_pwd: Option<String>,
+    /// Payload types (formats) of the `m=` line, in order.
+    pub formats: Vec<String>,
+    /// `a=rtpmap:` entries: (payload type, `encoding/rate[/channels]`).
+    pub rtpmap: Vec<(String, String)>,
+    /// DTLS-SRTP `a=fingerprint` present (media-level, else session-level).
+    pub fingerprint: bool,
 }
+
+/// Most payload types in one `m=` line.
+const MAX_FORMATS: usize = 64;
 
 /// Why an SDP body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +66,7 @@ fn parse_c(value: &str) -> Option<IpAddr> {
 pub fn parse(sdp: &str) -> Result<Vec<MediaInfo>, SdpError> {
     let mut session_addr = None;
     let (mut session_ufrag, mut session_pwd) = (None, None);
+    let mut session_fingerprint = false;
     let mut media: Vec<MediaInfo> = Vec::new();
     let mut saw_v = false;
     for (n, line, _) in lines(sdp) {
@@ -84,6 +94,10 @@ pub fn parse(sdp: &str) -> Result<Vec<MediaInfo>, SdpError> {
                     .and_then(|p| p.split('/').next()?.parse().ok())
                     .ok_or(SdpError { line: n, reason: "bad m= port" })?;
                 let proto = it.next().ok_or(SdpError { line: n, reason: "bad m= proto" })?;
+                let formats: Vec<String> = it.filter(|f| !f.is_empty()).map(str::to_string).collect();
+                if formats.len() > MAX_FORMATS {
+                    return Err(SdpError { line: n, reason: "more than 64 formats" });
+                }
                 media.push(MediaInfo {
                     kind: kind.into(),
                     port,
@@ -94,19 +108,25 @@ pub fn parse(sdp: &str) -> Result<Vec<MediaInfo>, SdpError> {
                     crypto: Vec::new(),
                     ice_ufrag: session_ufrag.clone(),
                     ice_pwd: session_pwd.clone(),
+                    formats,
+                    rtpmap: Vec::new(),
+                    fingerprint: session_fingerprint,
                 });
             }
             "a" => {
                 let ufrag = value.strip_prefix("ice-ufrag:").map(|v| v.trim().to_string());
                 let pwd = value.strip_prefix("ice-pwd:").map(|v| v.trim().to_string());
+                let fingerprint = value.starts_with("fingerprint:");
                 match media.last_mut() {
                     None => {
                         session_ufrag = ufrag.or(session_ufrag);
                         session_pwd = pwd.or(session_pwd);
+                        session_fingerprint |= fingerprint;
                     }
                     Some(m) => {
                         m.ice_ufrag = ufrag.or(m.ice_ufrag.take());
                         m.ice_pwd = pwd.or(m.ice_pwd.take());
+                        m.fingerprint |= fingerprint;
                     }
                 }
                 if let Some(m) = media.last_mut() {
@@ -116,6 +136,12 @@ pub fn parse(sdp: &str) -> Result<Vec<MediaInfo>, SdpError> {
                         m.rtcp_port = r.split_whitespace().next().and_then(|p| p.parse().ok());
                     } else if let Some(c) = value.strip_prefix("crypto:") {
                         m.crypto.push(c.to_string());
+                    } else if let Some(r) = value.strip_prefix("rtpmap:") {
+                        if let Some((pt, encoding)) = r.split_once(' ') {
+                            if m.rtpmap.len() < MAX_FORMATS {
+                                m.rtpmap.push((pt.to_string(), encoding.trim().to_string()));
+                            }
+                        }
                     }
                 }
             }
@@ -128,18 +154,9 @@ pub fn parse(sdp: &str) -> Result<Vec<MediaInfo>, SdpError> {
     Ok(media)
 }
 
-/// New ports for one media section (`None` leaves a section alone).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MediaPorts {
-    /// Relay RTP port.
-    pub rtp: u16,
-    /// Relay RTCP port (`None` with rtcp-mux).
-    pub rtcp: Option<u16>,
-}
-
-/// What happens to ICE attributes. An endpoint's own candidates never pass
-/// the relay: they would let the other side bypass it and reveal private
-/// addresses.
+/// What happens to ICE attributes of one media section. An endpoint's own
+/// candidates never pass the relay, whatever the mode: they would let the
+/// other side bypass it and reveal private addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IceRewrite {
     /// Remove every ICE attribute (`ICE: remove`): plain RTP to `c=`/`m=`.
@@ -151,19 +168,38 @@ pub enum IceRewrite {
     RelayCandidates,
 }
 
+/// How to rewrite one media section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRewrite {
+    /// Relay RTP port written into `m=`.
+    pub rtp: u16,
+    /// Relay RTCP port announced with `a=rtcp:` (RFC 3605); `None` writes
+    /// no `a=rtcp:` line (rtcp-mux only).
+    pub rtcp: Option<u16>,
+    /// Whether `a=rtcp-mux` is in the output.
+    pub mux: bool,
+    /// ICE handling.
+    pub ice: IceRewrite,
+    /// New `m=` protocol.
+    pub proto: Option<String>,
+    /// Payload types removed (from `m=`, with their `a=rtpmap`, `a=fmtp`,
+    /// `a=rtcp-fb` lines).
+    pub strip_formats: Vec<String>,
+    /// Remove `a=crypto` lines (`SDES: off`).
+    pub strip_crypto: bool,
+    /// Remove DTLS-SRTP attributes (`DTLS: off`).
+    pub strip_dtls: bool,
+}
+
 /// How to rewrite an SDP body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewrite {
-    /// The relay's advertised address.
+    /// The address written into `c=` (and `o=`, candidates).
     pub addr: IpAddr,
-    /// Ports per media section, in order.
-    pub media: Vec<Option<MediaPorts>>,
-    /// What happens to ICE attributes.
-    pub ice: IceRewrite,
+    /// One entry per media section, in order (`None` leaves a section alone).
+    pub media: Vec<Option<MediaRewrite>>,
     /// Rewrite the `o=` address too (`replace: origin`).
     pub replace_origin: bool,
-    /// Replace the transport protocol of every media line.
-    pub proto: Option<String>,
 }
 
 /// Attributes that carry an endpoint's addresses (replaced by the relay's).
@@ -180,6 +216,12 @@ const ICE_ATTRS: [&str; 8] = [
     "ice-mismatch",
 ];
 
+/// DTLS-SRTP attributes (RFC 5763, 8842).
+const DTLS_ATTRS: [&str; 3] = ["fingerprint", "setup", "tls-id"];
+
+/// Attributes tied to one payload type (`a=rtpmap:96 ...`).
+const FORMAT_ATTRS: [&str; 3] = ["rtpmap", "fmtp", "rtcp-fb"];
+
 fn family(addr: IpAddr) -> &'static str {
     if addr.is_ipv4() {
         "IP4"
@@ -189,26 +231,68 @@ fn family(addr: IpAddr) -> &'static str {
 }
 
 /// The relay's candidates for one media section (RFC 8839 syntax).
-fn relay_candidates(addr: IpAddr, p: MediaPorts, eol: &str) -> String {
-    let mut out = format!("a=candidate:ucmrc1 1 udp 2130706431 {addr} {} typ host{eol}", p.rtp);
-    if let Some(rtcp) = p.rtcp {
+fn relay_candidates(addr: IpAddr, m: &MediaRewrite, eol: &str) -> String {
+    let mut out = format!("a=candidate:ucmrc1 1 udp 2130706431 {addr} {} typ host{eol}", m.rtp);
+    if let (Some(rtcp), false) = (m.rtcp, m.mux) {
         out.push_str(&format!("a=candidate:ucmrc1 2 udp 2130706430 {addr} {rtcp} typ host{eol}"));
     }
     out.push_str(&format!("a=end-of-candidates{eol}"));
     out
 }
 
-/// Rewrites `c=`, `m=` ports, `a=rtcp:` (inserted when RTCP has its own
-/// port), optionally `o=`, and ICE attributes; everything else is unchanged.
+/// Static payload types by encoding name (RFC 3551), for codec options.
+const STATIC_FORMATS: [(&str, &str); 8] = [
+    ("0", "PCMU"),
+    ("3", "GSM"),
+    ("4", "G723"),
+    ("8", "PCMA"),
+    ("9", "G722"),
+    ("13", "CN"),
+    ("18", "G729"),
+    ("34", "H263"),
+];
+
+/// Payload types of `m` whose codec matches one of `names` (an encoding
+/// name like `PCMA`, `name/rate` like `opus/48000`, a payload type number,
+/// or `all`).
+pub fn matching_formats(m: &MediaInfo, names: &[String]) -> Vec<String> {
+    m.formats
+        .iter()
+        .filter(|pt| {
+            let encoding = m
+                .rtpmap
+                .iter()
+                .find(|(p, _)| p == *pt)
+                .map(|(_, e)| e.clone())
+                .or_else(|| STATIC_FORMATS.iter().find(|(p, _)| p == pt).map(|(_, n)| (*n).to_string()));
+            names.iter().any(|n| {
+                n.eq_ignore_ascii_case("all")
+                    || n == *pt
+                    || encoding.as_deref().is_some_and(|e| {
+                        let name = e.split('/').next().unwrap_or(e);
+                        name.eq_ignore_ascii_case(n)
+                            || e.eq_ignore_ascii_case(n)
+                            || e.to_ascii_lowercase().starts_with(&format!("{}/", n.to_ascii_lowercase()))
+                    })
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Rewrites `c=`, `m=` (port, protocol, formats), `a=rtcp:` and
+/// `a=rtcp-mux` (written right after `m=`), optionally `o=`, ICE, SDES and
+/// DTLS attributes and the attributes of stripped formats; every other line
+/// and every line ending is unchanged.
 pub fn rewrite(sdp: &str, rw: &Rewrite) -> Result<String, SdpError> {
     let infos = parse(sdp)?;
-    let mut out = String::with_capacity(sdp.len() + 64);
+    let mut out = String::with_capacity(sdp.len() + 128);
     let mut index: Option<usize> = None;
     // The relay's candidates, written at the end of their media section.
     let mut pending: Option<String> = None;
     let fam = family(rw.addr);
     for (_, line, eol) in lines(sdp) {
-        let ports = index.and_then(|i| rw.media.get(i).copied().flatten());
+        let current = index.and_then(|i| rw.media.get(i).and_then(Option::as_ref));
         if let Some((key, value)) = line.split_once('=') {
             match key {
                 "m" => {
@@ -217,37 +301,39 @@ pub fn rewrite(sdp: &str, rw: &Rewrite) -> Result<String, SdpError> {
                     }
                     index = Some(index.map_or(0, |i| i + 1));
                     let info = index.and_then(|i| infos.get(i));
-                    let ports = index.and_then(|i| rw.media.get(i).copied().flatten());
+                    let media = index.and_then(|i| rw.media.get(i).and_then(Option::as_ref));
                     let mut parts: Vec<&str> = value.split(' ').collect();
                     let disabled = parts.get(1).is_some_and(|p| *p == "0");
-                    let port_text;
-                    let mut insert_rtcp = None;
-                    if let (Some(p), false) = (ports, disabled) {
-                        port_text = p.rtp.to_string();
-                        if parts.len() > 1 {
-                            parts[1] = &port_text;
-                        }
-                        if let (Some(proto), true) = (&rw.proto, parts.len() > 2) {
-                            parts[2] = proto;
-                        }
-                        // Without rtcp-mux, announce the RTCP port (RFC 3605)
-                        // unless the section has an a=rtcp line to rewrite.
-                        let has_rtcp_line = info.is_some_and(|m| m.rtcp_port.is_some());
-                        insert_rtcp = p.rtcp.filter(|_| !has_rtcp_line);
-                        let has_ice = info.is_some_and(|m| m.ice_ufrag.is_some() && m.ice_pwd.is_some());
-                        if rw.ice == IceRewrite::RelayCandidates && has_ice {
-                            pending = Some(relay_candidates(rw.addr, p, eol));
-                        }
+                    let (Some(m), false) = (media, disabled) else {
+                        out.push_str(line);
+                        out.push_str(eol);
+                        continue;
+                    };
+                    let port_text = m.rtp.to_string();
+                    if parts.len() > 1 {
+                        parts[1] = &port_text;
                     }
+                    if let (Some(proto), true) = (&m.proto, parts.len() > 2) {
+                        parts[2] = proto;
+                    }
+                    let mut kept: Vec<&str> = parts.iter().take(3).copied().collect();
+                    kept.extend(parts.iter().skip(3).filter(|f| !m.strip_formats.iter().any(|s| s == *f)));
                     out.push_str("m=");
-                    out.push_str(&parts.join(" "));
+                    out.push_str(&kept.join(" "));
                     out.push_str(eol);
-                    if let Some(r) = insert_rtcp {
+                    if let Some(r) = m.rtcp {
                         out.push_str(&format!("a=rtcp:{r}{eol}"));
+                    }
+                    if m.mux {
+                        out.push_str(&format!("a=rtcp-mux{eol}"));
+                    }
+                    let has_ice = info.is_some_and(|i| i.ice_ufrag.is_some() && i.ice_pwd.is_some());
+                    if m.ice == IceRewrite::RelayCandidates && has_ice {
+                        pending = Some(relay_candidates(rw.addr, m, eol));
                     }
                     continue;
                 }
-                "c" if index.is_none() || ports.is_some() => {
+                "c" if index.is_none() || current.is_some() => {
                     out.push_str(&format!("c=IN {fam} {}{eol}", rw.addr));
                     continue;
                 }
@@ -261,18 +347,37 @@ pub fn rewrite(sdp: &str, rw: &Rewrite) -> Result<String, SdpError> {
                     continue;
                 }
                 "a" => {
-                    let name = value.split(':').next().unwrap_or("");
+                    let (name, rest) = value.split_once(':').unwrap_or((value, ""));
                     // An endpoint's own candidates never pass, whatever the mode.
                     if CANDIDATE_ATTRS.contains(&name) {
                         continue;
                     }
-                    if rw.ice == IceRewrite::Remove && ICE_ATTRS.contains(&name) {
+                    // Session-level attributes apply to every section: drop
+                    // them when any section drops them.
+                    let applies = |f: fn(&MediaRewrite) -> bool| match index {
+                        Some(_) => current.is_some_and(f),
+                        None => rw.media.iter().flatten().any(f),
+                    };
+                    if ICE_ATTRS.contains(&name) && applies(|m| m.ice == IceRewrite::Remove) {
                         continue;
                     }
-                    if let (Some(p), Some(_)) = (ports, value.strip_prefix("rtcp:")) {
-                        let port = p.rtcp.unwrap_or(p.rtp);
-                        out.push_str(&format!("a=rtcp:{port} IN {fam} {}{eol}", rw.addr));
+                    if DTLS_ATTRS.contains(&name) && applies(|m| m.strip_dtls) {
                         continue;
+                    }
+                    if let Some(m) = current {
+                        // Written right after m= (or dropped).
+                        if name == "rtcp" || name == "rtcp-mux" {
+                            continue;
+                        }
+                        if name == "crypto" && m.strip_crypto {
+                            continue;
+                        }
+                        if FORMAT_ATTRS.contains(&name) {
+                            let pt = rest.split([' ', '/']).next().unwrap_or("");
+                            if m.strip_formats.iter().any(|s| s == pt) {
+                                continue;
+                            }
+                        }
                     }
                 }
                 _ => {}
@@ -296,8 +401,17 @@ m=audio 49170 RTP/SAVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=crypto:1 AES_CM_128_HMAC
 a=ice-ufrag:abcd\r\na=ice-pwd:secretpassword\r\na=candidate:1 1 UDP 2130706431 10.0.0.5 49170 typ host\r\n\
 m=video 51372 RTP/AVP 96\r\nc=IN IP4 10.0.0.6\r\na=rtcp:51373\r\na=rtpmap:96 VP8/90000\r\n";
 
-    fn ports(rtp: u16, rtcp: Option<u16>) -> Option<MediaPorts> {
-        Some(MediaPorts { rtp, rtcp })
+    fn media(rtp: u16, rtcp: Option<u16>, mux: bool, ice: IceRewrite) -> Option<MediaRewrite> {
+        Some(MediaRewrite {
+            rtp,
+            rtcp,
+            mux,
+            ice,
+            proto: None,
+            strip_formats: Vec::new(),
+            strip_crypto: false,
+            strip_dtls: false,
+        })
     }
 
     #[test]
@@ -318,40 +432,82 @@ m=video 51372 RTP/AVP 96\r\nc=IN IP4 10.0.0.6\r\na=rtcp:51373\r\na=rtpmap:96 VP8
     /// Table: (input, rewrite, expected output).
     #[test]
     fn rewrites_addresses_ports_rtcp_and_ice_only() {
+        use IceRewrite::{RelayCandidates, Remove};
         let relay: IpAddr = "203.0.113.1".parse().expect("ip");
+        let rw =
+            |media: Vec<Option<MediaRewrite>>, replace_origin: bool| Rewrite { addr: relay, media, replace_origin };
         let cases: Vec<(&str, Rewrite, String)> = vec![
             // Multi m-line, CRLF, SDES passes unchanged, ICE removed, a=rtcp inserted and updated.
             (
                 OFFER,
-                Rewrite { addr: relay, media: vec![ports(30000, Some(30001)), ports(30002, Some(30003))], ice: IceRewrite::Remove, replace_origin: false, proto: None },
+                rw(vec![media(30000, Some(30001), false, Remove), media(30002, Some(30003), false, Remove)], false),
                 "v=0\r\no=alice 2890844526 2890844526 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\n\
 m=audio 30000 RTP/SAVP 0 8\r\na=rtcp:30001\r\na=rtpmap:0 PCMU/8000\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:32\r\n\
-m=video 30002 RTP/AVP 96\r\nc=IN IP4 203.0.113.1\r\na=rtcp:30003 IN IP4 203.0.113.1\r\na=rtpmap:96 VP8/90000\r\n"
+m=video 30002 RTP/AVP 96\r\na=rtcp:30003\r\nc=IN IP4 203.0.113.1\r\na=rtpmap:96 VP8/90000\r\n"
                     .into(),
             ),
-            // rtcp-mux, LF endings, ICE credentials kept end to end with the
-            // endpoint's candidates replaced by the relay's, origin replaced.
+            // rtcp-mux offered with the RTCP fallback port, LF endings, ICE
+            // credentials kept end to end with the endpoint's candidates
+            // replaced by the relay's (one component: mux), origin replaced.
             (
                 "v=0\no=- 1 1 IN IP4 192.168.1.2\ns=-\nc=IN IP4 192.168.1.2\nt=0 0\nm=audio 4000 RTP/AVP 0\na=rtcp-mux\na=ice-ufrag:x\na=ice-pwd:pppppppppppppppppppppp\na=candidate:1 1 udp 2130706431 192.168.1.2 4000 typ host\na=candidate:2 1 udp 1694498815 198.51.100.9 61000 typ srflx raddr 192.168.1.2 rport 4000\na=end-of-candidates\n",
-                Rewrite { addr: relay, media: vec![ports(31000, None)], ice: IceRewrite::RelayCandidates, replace_origin: true, proto: None },
-                "v=0\no=- 1 1 IN IP4 203.0.113.1\ns=-\nc=IN IP4 203.0.113.1\nt=0 0\nm=audio 31000 RTP/AVP 0\na=rtcp-mux\na=ice-ufrag:x\na=ice-pwd:pppppppppppppppppppppp\na=candidate:ucmrc1 1 udp 2130706431 203.0.113.1 31000 typ host\na=end-of-candidates\n".into(),
+                rw(vec![media(31000, Some(31001), true, RelayCandidates)], true),
+                "v=0\no=- 1 1 IN IP4 203.0.113.1\ns=-\nc=IN IP4 203.0.113.1\nt=0 0\nm=audio 31000 RTP/AVP 0\na=rtcp:31001\na=rtcp-mux\na=ice-ufrag:x\na=ice-pwd:pppppppppppppppppppppp\na=candidate:ucmrc1 1 udp 2130706431 203.0.113.1 31000 typ host\na=end-of-candidates\n".into(),
             ),
-            // The same with separate RTCP: a candidate per component, placed
-            // at the end of its own section, before the next one.
+            // Separate RTCP: a candidate per component, placed at the end of
+            // its own section, before the next one; mux declined (removed).
             (
-                "v=0\ns=-\nc=IN IP4 192.168.1.2\nt=0 0\na=ice-ufrag:s\na=ice-pwd:qqqqqqqqqqqqqqqqqqqqqq\nm=audio 4000 RTP/AVP 0\na=candidate:1 1 udp 1 192.168.1.2 4000 typ host\na=candidate:1 2 udp 1 192.168.1.2 4001 typ host\nm=video 0 RTP/AVP 96\na=candidate:1 1 udp 1 192.168.1.2 4002 typ host\n",
-                Rewrite { addr: relay, media: vec![ports(31000, Some(31001)), None], ice: IceRewrite::RelayCandidates, replace_origin: false, proto: None },
+                "v=0\ns=-\nc=IN IP4 192.168.1.2\nt=0 0\na=ice-ufrag:s\na=ice-pwd:qqqqqqqqqqqqqqqqqqqqqq\nm=audio 4000 RTP/AVP 0\na=rtcp-mux\na=candidate:1 1 udp 1 192.168.1.2 4000 typ host\na=candidate:1 2 udp 1 192.168.1.2 4001 typ host\nm=video 0 RTP/AVP 96\na=candidate:1 1 udp 1 192.168.1.2 4002 typ host\n",
+                rw(vec![media(31000, Some(31001), false, RelayCandidates), None], false),
                 "v=0\ns=-\nc=IN IP4 203.0.113.1\nt=0 0\na=ice-ufrag:s\na=ice-pwd:qqqqqqqqqqqqqqqqqqqqqq\nm=audio 31000 RTP/AVP 0\na=rtcp:31001\na=candidate:ucmrc1 1 udp 2130706431 203.0.113.1 31000 typ host\na=candidate:ucmrc1 2 udp 2130706430 203.0.113.1 31001 typ host\na=end-of-candidates\nm=video 0 RTP/AVP 96\n".into(),
             ),
-            // IPv6 relay address, disabled media untouched, protocol rewritten.
+            // IPv6 relay address, rtcp-mux required (no fallback), disabled
+            // media untouched, protocol rewritten.
             (
                 "v=0\r\ns=-\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\nm=video 0 RTP/AVP 96\r\n",
-                Rewrite { addr: "2001:db8::1".parse().expect("ip"), media: vec![ports(32000, None), ports(32002, None)], ice: IceRewrite::RelayCandidates, replace_origin: false, proto: Some("RTP/SAVP".into()) },
-                "v=0\r\ns=-\r\nc=IN IP6 2001:db8::1\r\nt=0 0\r\nm=audio 32000 RTP/SAVP 0\r\nm=video 0 RTP/AVP 96\r\n".into(),
+                Rewrite {
+                    addr: "2001:db8::1".parse().expect("ip"),
+                    media: vec![
+                        Some(MediaRewrite { proto: Some("RTP/AVPF".into()), ..media(32000, None, true, RelayCandidates).expect("some") }),
+                        media(32002, None, true, RelayCandidates),
+                    ],
+                    replace_origin: false,
+                },
+                "v=0\r\ns=-\r\nc=IN IP6 2001:db8::1\r\nt=0 0\r\nm=audio 32000 RTP/AVPF 0\r\na=rtcp-mux\r\nm=video 0 RTP/AVP 96\r\n".into(),
             ),
         ];
         for (input, rw, expected) in cases {
             assert_eq!(rewrite(input, &rw).expect("rewrite"), expected);
         }
+    }
+
+    /// Codec strip, SDES off and DTLS off only remove lines.
+    #[test]
+    fn strips_formats_crypto_and_dtls_with_their_attributes() {
+        let sdp = "v=0\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\na=fingerprint:sha-256 AB:CD\r\n\
+m=audio 4000 UDP/TLS/RTP/SAVPF 111 0 8 101\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10\r\na=rtcp-fb:111 transport-cc\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=setup:actpass\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        let info = &parse(sdp).expect("valid")[0];
+        assert!(info.fingerprint);
+        assert_eq!(info.formats, ["111", "0", "8", "101"]);
+        assert_eq!(matching_formats(info, &["OPUS".into(), "PCMA".into()]), ["111", "8"]);
+        assert_eq!(matching_formats(info, &["all".into()]).len(), 4);
+        assert_eq!(matching_formats(info, &["telephone-event/8000".into()]), ["101"]);
+        let rw = Rewrite {
+            addr: "203.0.113.1".parse().expect("ip"),
+            media: vec![Some(MediaRewrite {
+                proto: Some("RTP/SAVPF".into()),
+                strip_formats: vec!["111".into(), "8".into()],
+                strip_crypto: false,
+                strip_dtls: true,
+                ..media(30000, Some(30001), false, IceRewrite::Remove).expect("some")
+            })],
+            replace_origin: false,
+        };
+        assert_eq!(
+            rewrite(sdp, &rw).expect("rewrite"),
+            "v=0\r\ns=-\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 30000 RTP/SAVPF 0 101\r\na=rtcp:30001\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"
+        );
     }
 }
