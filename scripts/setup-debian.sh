@@ -5,8 +5,10 @@
 #   libssl-dev, pkg-config, make, gcc, g++  build libsrtp with OpenSSL crypto
 #   systemd, curl  deploy/test-install.sh (systemd-analyze verify/security; /readyz)
 #   python3-venv   scripts/schemathesis.sh (Schemathesis from PyPI in a venv)
+#   kamailio       relay-bin/tests/kamailio.rs (a real Kamailio with its rtpengine
+#                  module drives the relay's ng protocol)
 set -euo pipefail
-packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv)
+packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -3,6 +3,8 @@
 //! build), talk HTTP and ng to it, SRTP calls, Prometheus scrapes.
 #![allow(dead_code)]
 
+pub mod sip;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
