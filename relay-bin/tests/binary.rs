@@ -512,3 +512,120 @@ fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
     assert!(err.contains("bad.toml:6: control.cert: cannot read /nonexistent.crt"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// ng: what would need decryption, transcoding or storage is refused with a
+/// reason and allocates nothing; `block media` drops one party's media and
+/// `unblock media` forwards it again; a delete with another dialog's tags
+/// leaves the call alone; `statistics` and the metrics count all of it.
+#[test]
+fn ng_refuses_what_it_cannot_do_and_blocks_media_on_command() {
+    let r = start(Some(&config("")));
+    let (ng, _) = r.ng.expect("ng enabled");
+    let ctl = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    ctl.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut n = 0;
+    let mut call = |req: serde_json::Value| {
+        n += 1;
+        let reply = ng_udp(&ctl, ng, format!("j{n} {req}").as_bytes());
+        let text = String::from_utf8(reply).expect("utf-8");
+        json(text.split_once(' ').expect("cookie").1)
+    };
+    let (caller, callee) =
+        (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+    for s in [&caller, &callee] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    }
+    let sdp = |port: u16, proto: &str, extra: &str| {
+        format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} {proto} 0 8\r\na=rtcp-mux\r\n{extra}")
+    };
+    let crypto = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+    let port = caller.local_addr().expect("addr").port();
+    let offer = |extra: serde_json::Value, body: String| {
+        let mut o = serde_json::json!({"command": "offer", "call-id": "refused", "from-tag": "a", "sdp": body});
+        o.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        o
+    };
+    for (extra, body, needle) in [
+        (serde_json::json!({"transport-protocol": "RTP/AVP"}), sdp(port, "RTP/SAVP", crypto), "without decrypting"),
+        (serde_json::json!({"transport-protocol": "RTP/SAVP"}), sdp(port, "RTP/AVP", ""), "without decrypting"),
+        (serde_json::json!({"SDES": ["off"]}), sdp(port, "RTP/SAVP", crypto), "without keys"),
+        (
+            serde_json::json!({"DTLS": "off"}),
+            sdp(port, "UDP/TLS/RTP/SAVPF", "a=fingerprint:sha-256 AB\r\n"),
+            "without keys",
+        ),
+        (serde_json::json!({"codec": {"transcode": ["opus"]}}), sdp(port, "RTP/AVP", ""), "transcode"),
+        (serde_json::json!({"codec": {"strip": ["all"]}}), sdp(port, "RTP/AVP", ""), "no codec"),
+        (serde_json::json!({"ptime": 30}), sdp(port, "RTP/AVP", ""), "ptime"),
+        (serde_json::json!({"record call": "yes"}), sdp(port, "RTP/AVP", ""), "never records"),
+        (serde_json::json!({"address family": "IP6"}), sdp(port, "RTP/AVP", ""), "address family"),
+    ] {
+        let reply = call(offer(extra.clone(), body));
+        assert_eq!(reply["result"], "error", "{extra}: {reply}");
+        assert!(reply["error-reason"].as_str().unwrap_or("").contains(needle), "{extra}: {reply}");
+    }
+    for cmd in ["start recording", "silence media", "play media", "block DTMF", "subscribe request"] {
+        let reply = call(serde_json::json!({"command": cmd, "call-id": "refused"}));
+        assert_eq!(reply["result"], "error", "{cmd}");
+        assert!(reply["error-reason"].as_str().unwrap_or("").contains("not supported"), "{cmd}: {reply}");
+    }
+    assert_eq!(scrape(&r)["ucmrc_sessions_active"], 0.0, "a refused offer allocates nothing");
+
+    // A plain call; the callee's answer declines rtcp-mux.
+    let offered = call(offer(serde_json::json!({"call-id": "blocky"}), sdp(port, "RTP/AVP", "")));
+    assert_eq!(offered["result"], "ok", "{offered}");
+    let to_callee: u16 = sdp_port(offered["sdp"].as_str().expect("sdp"));
+    let answered = call(serde_json::json!({"command": "answer", "call-id": "blocky", "from-tag": "a", "to-tag": "b",
+        "sdp": sdp(callee.local_addr().expect("addr").port(), "RTP/AVP", "").replace("a=rtcp-mux\r\n", "")}));
+    assert_eq!(answered["result"], "ok", "{answered}");
+    let answer_sdp = answered["sdp"].as_str().expect("sdp");
+    assert!(!answer_sdp.contains("a=rtcp-mux"), "the caller is told the callee declined: {answer_sdp}");
+    let to_caller = sdp_port(answer_sdp);
+    let rtp = |seq: u16| {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 7];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0x55; 40]);
+        p
+    };
+    let relay = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let mut buf = [0u8; 256];
+    let mut deliver = |from: &UdpSocket, to: &UdpSocket, port: u16, seq: u16| {
+        from.send_to(&rtp(seq), relay(port)).expect("send");
+        let n = to.recv(&mut buf).expect("delivered");
+        assert_eq!(&buf[..n], rtp(seq).as_slice());
+    };
+    deliver(&caller, &callee, to_caller, 1);
+    deliver(&callee, &caller, to_callee, 1);
+    let blocked = call(serde_json::json!({"command": "block media", "call-id": "blocky", "from-tag": "a"}));
+    assert_eq!(blocked["result"], "ok", "{blocked}");
+    caller.send_to(&rtp(2), relay(to_caller)).expect("send");
+    wait_for("the blocked packet counted", || scrape(&r)["ucmrc_packets_dropped_total{reason=\"blocked\"}"] == 1.0);
+    deliver(&callee, &caller, to_callee, 2);
+    let q = call(serde_json::json!({"command": "query", "call-id": "blocky"}));
+    let flags = &q["tags"]["a"]["medias"][0]["streams"][0]["flags"];
+    assert!(flags.as_array().is_some_and(|f| f.iter().any(|x| x == "blocked")), "{q}");
+    assert_eq!(call(serde_json::json!({"command": "unblock media", "call-id": "blocky"}))["result"], "ok");
+    // The next packet the callee gets is seq 3: seq 2 never crossed.
+    deliver(&caller, &callee, to_caller, 3);
+
+    // A delete for another dialog's tags does nothing (rtpengine's warning).
+    let other = call(serde_json::json!({"command": "delete", "call-id": "blocky", "from-tag": "x", "to-tag": "y"}));
+    assert_eq!((other["result"].as_str(), other["warning"].is_string()), (Some("ok"), true), "{other}");
+    assert_eq!(call(serde_json::json!({"command": "query", "call-id": "blocky"}))["result"], "ok");
+
+    let stats = call(serde_json::json!({"command": "statistics"}));
+    let s = &stats["statistics"];
+    assert_eq!(s["currentstatistics"]["sessionsown"], 1, "{stats}");
+    assert_eq!(s["totalstatistics"]["rejectedsessions"], 9, "{stats}");
+    assert_eq!(s["totalstatistics"]["droppedbyreason"]["blocked"], 1, "{stats}");
+    assert_eq!(s["controlstatistics"]["commands"]["totalrefusedcount"], 5, "{stats}");
+    assert_eq!(s["totalstatistics"]["relayedpackets"], 4, "four delivered, the blocked one not: {stats}");
+    let m = scrape(&r);
+    assert_eq!(m["ucmrc_ng_commands_total{command=\"offer\",result=\"error\"}"], 9.0);
+    assert_eq!(m["ucmrc_ng_commands_total{command=\"block_media\",result=\"ok\"}"], 1.0);
+    assert_eq!(m["ucmrc_ng_rejected_offers_total"], 9.0);
+
+    let done = call(serde_json::json!({"command": "delete", "call-id": "blocky", "from-tag": "a", "to-tag": "b"}));
+    assert_eq!(done["result"], "ok", "{done}");
+    assert_eq!(call(serde_json::json!({"command": "query", "call-id": "blocky"}))["result"], "error");
+}
