@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use relay_core::shard::{AllocatedPorts, Command, PortClose, PortSockets, Response, Shard, ShardConfig};
+use relay_core::shard::{
+    AddressSlice, AllocatedPorts, Command, PortClose, PortSockets, RelayPort, Response, Shard, ShardConfig,
+};
 use relay_core::{LatchPolicy, LegSpec, PeerPolicy, SessionDefaults, SessionSpec, SrtpAuth, Verify};
 
 /// A socket table that only records ports (for sans-IO benches).
@@ -16,12 +18,12 @@ pub struct NoSockets {
 }
 
 impl PortSockets for NoSockets {
-    fn open(&mut self, port: u16) -> std::io::Result<()> {
-        self.open.insert(port);
+    fn open(&mut self, port: RelayPort) -> std::io::Result<()> {
+        self.open.insert(port.port);
         Ok(())
     }
-    fn close(&mut self, port: u16) -> PortClose {
-        self.open.remove(&port);
+    fn close(&mut self, port: RelayPort) -> PortClose {
+        self.open.remove(&port.port);
         PortClose::Closed
     }
 }
@@ -52,8 +54,7 @@ pub fn established_shard(
     let mut shard = Shard::new(
         ShardConfig {
             index: 0,
-            port_base: 1,
-            port_count: (sessions * 2).min(65534),
+            addresses: vec![AddressSlice::new([127, 0, 0, 1].into(), 1, (sessions * 2).min(65534))],
             defaults: SessionDefaults { limits: relay_core::LegLimits::default(), ..SessionDefaults::default() },
             peer_policy: PeerPolicy::default(),
             seed: 1,

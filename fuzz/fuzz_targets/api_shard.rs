@@ -14,10 +14,10 @@ use relay_core::{PeerPolicy, SessionDefaults};
 struct Sockets;
 
 impl PortSockets for Sockets {
-    fn open(&mut self, _port: u16) -> std::io::Result<()> {
+    fn open(&mut self, _port: relay_core::shard::RelayPort) -> std::io::Result<()> {
         Ok(())
     }
-    fn close(&mut self, _port: u16) -> PortClose {
+    fn close(&mut self, _port: relay_core::shard::RelayPort) -> PortClose {
         PortClose::Closed
     }
 }
@@ -27,8 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let mut shard = Shard::new(
         ShardConfig {
             index: 0,
-            port_base: 20000,
-            port_count: 64,
+            addresses: vec![relay_core::shard::AddressSlice::new([127, 0, 0, 1].into(), 20000, 64)],
             defaults: SessionDefaults::default(),
             peer_policy: PeerPolicy::permissive_local(),
             seed: 1,

@@ -17,11 +17,13 @@ use relay_core::{
 #[derive(Default)]
 struct Fake(BTreeSet<u16>);
 impl PortSockets for Fake {
-    fn open(&mut self, port: u16) -> std::io::Result<()> {
+    fn open(&mut self, port: relay_core::shard::RelayPort) -> std::io::Result<()> {
+        let port = port.port;
         assert!(self.0.insert(port));
         Ok(())
     }
-    fn close(&mut self, port: u16) -> PortClose {
+    fn close(&mut self, port: relay_core::shard::RelayPort) -> PortClose {
+        let port = port.port;
         assert!(self.0.remove(&port));
         PortClose::Closed
     }
@@ -47,8 +49,7 @@ fuzz_target!(|data: &[u8]| {
     let mut shard = Shard::new(
         ShardConfig {
             index: 0,
-            port_base: BASE,
-            port_count: PORTS,
+            addresses: vec![relay_core::shard::AddressSlice::new([127, 0, 0, 1].into(), BASE, PORTS)],
             defaults: SessionDefaults::default(),
             peer_policy: PeerPolicy::default(),
             seed: 1,
@@ -124,7 +125,8 @@ fuzz_target!(|data: &[u8]| {
                 i = end;
                 let port = BASE + u16::from(p) % (PORTS as u16 + 2);
                 match shard.handle_datagram(now, port, srcs[usize::from(s) % srcs.len()], payload) {
-                    Verdict::Forward { via_port, .. } => {
+                    Verdict::Forward { via, .. } => {
+                        let via_port = via.port;
                         let (id, side) = owner[&port];
                         assert!(ports[&(id, side.other())].contains(&via_port), "forwarded outside the session");
                     }

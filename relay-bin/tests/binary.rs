@@ -629,3 +629,76 @@ fn ng_refuses_what_it_cannot_do_and_blocks_media_on_command() {
     assert_eq!(done["result"], "ok", "{done}");
     assert_eq!(call(serde_json::json!({"command": "query", "call-id": "blocky"}))["result"], "error");
 }
+
+/// `[[interfaces]]` and ng's `direction`: the caller's leg sits on the
+/// `lan` interface, the callee's on `wan` (two addresses); each side is
+/// given, and hears from, its own interface's address only.
+#[test]
+fn interfaces_put_each_leg_on_its_own_network() {
+    let text = config("").replace(
+        "[ng]\n",
+        "[[interfaces]]\nname = \"lan\"\naddresses = [\"127.0.0.2\"]\nport_min = 21000\nport_max = 21999\n\
+         [[interfaces]]\nname = \"wan\"\naddresses = [\"127.0.0.3\", \"127.0.0.4\"]\nport_min = 21000\nport_max = 21999\n[ng]\n",
+    );
+    let r = start(Some(&text));
+    let (ng, _) = r.ng.expect("ng enabled");
+    let ctl = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    ctl.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut n = 0;
+    let mut call = |req: serde_json::Value| {
+        n += 1;
+        let reply = ng_udp(&ctl, ng, format!("i{n} {req}").as_bytes());
+        json(String::from_utf8(reply).expect("utf-8").split_once(' ').expect("cookie").1)
+    };
+    let (caller, callee) =
+        (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+    for s in [&caller, &callee] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    }
+    let sdp = |port: u16| {
+        format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtcp-mux\r\n")
+    };
+    let c_line = |sdp: &str| -> std::net::IpAddr {
+        sdp.lines().find_map(|l| l.strip_prefix("c=IN IP4 ")).expect("c=").trim().parse().expect("ip")
+    };
+    let bad = call(serde_json::json!({"command": "offer", "call-id": "x", "from-tag": "a",
+        "direction": ["lan", "dmz"], "sdp": sdp(4000)}));
+    assert!(bad["error-reason"].as_str().unwrap_or("").contains("no interface named \"dmz\""), "{bad}");
+    let mut wan_seen = std::collections::BTreeSet::new();
+    for k in 0..6 {
+        let id = format!("itf-{k}");
+        let offer = call(serde_json::json!({"command": "offer", "call-id": id, "from-tag": "a",
+            "direction": ["lan", "wan"], "sdp": sdp(caller.local_addr().expect("addr").port())}));
+        let to_callee = offer["sdp"].as_str().expect("sdp").to_string();
+        let wan = c_line(&to_callee);
+        let wan_ips: [std::net::IpAddr; 2] = [[127, 0, 0, 3].into(), [127, 0, 0, 4].into()];
+        assert!(wan_ips.contains(&wan), "the callee is sent to WAN: {wan}");
+        wan_seen.insert(wan);
+        let answer = call(serde_json::json!({"command": "answer", "call-id": id, "from-tag": "a", "to-tag": "b",
+            "sdp": sdp(callee.local_addr().expect("addr").port())}));
+        let to_caller = answer["sdp"].as_str().expect("sdp").to_string();
+        assert_eq!(c_line(&to_caller), std::net::IpAddr::from([127, 0, 0, 2]), "the caller is sent to LAN");
+        let pkt = |seq: u8| {
+            let mut p = vec![0x80, 0, 0, seq, 0, 0, 0, 1, 0, 0, 0, 9];
+            p.extend_from_slice(&[seq; 20]);
+            p
+        };
+        let mut buf = [0u8; 128];
+        caller.send_to(&pkt(1), (c_line(&to_caller), sdp_port(&to_caller))).expect("send");
+        let (len, from) = callee.recv_from(&mut buf).expect("caller → callee");
+        assert_eq!((&buf[..len], from), (pkt(1).as_slice(), SocketAddr::new(wan, sdp_port(&to_callee))));
+        callee.send_to(&pkt(2), (wan, sdp_port(&to_callee))).expect("send");
+        let (len, from) = caller.recv_from(&mut buf).expect("callee → caller");
+        assert_eq!((&buf[..len], from), (pkt(2).as_slice(), SocketAddr::new([127, 0, 0, 2].into(), sdp_port(&to_caller))));
+    }
+    assert_eq!(wan_seen.len(), 2, "both WAN addresses carry calls");
+    let m = scrape(&r);
+    assert_eq!(m["ucmrc_ports_free"] + m["ucmrc_ports_in_use"], 3000.0, "1 000 ports on each of three addresses");
+
+    // check-config names the key of a bad address.
+    let path = r.dir.join("bad.toml");
+    std::fs::write(&path, "[[interfaces]]\nname = \"lan\"\naddresses = [\"10.0.0.300\"]\n").expect("write");
+    let out = Command::new(bin()).args(["check-config", path.to_str().expect("path")]).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("interfaces.addresses") && err.contains("10.0.0.300"), "{err}");
+}

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use relay_core::shard::{Command, PortClose, PortSockets, Response, Shard, ShardConfig, Verdict};
+use relay_core::shard::{
+    AddressSlice, Command, PortClose, PortSockets, RelayPort, Response, Shard, ShardConfig, Verdict,
+};
 use relay_core::{LegSpec, PeerPolicy, SessionDefaults, SessionSpec};
 
 /// Relay ports as plain blocking-with-timeout std sockets.
@@ -20,13 +22,15 @@ struct MySockets {
 }
 
 impl PortSockets for MySockets {
-    fn open(&mut self, port: u16) -> std::io::Result<()> {
+    fn open(&mut self, port: RelayPort) -> std::io::Result<()> {
+        let port = port.port;
         let s = UdpSocket::bind(("127.0.0.1", port))?;
         s.set_nonblocking(true)?;
         self.open.insert(port, s);
         Ok(())
     }
-    fn close(&mut self, port: u16) -> PortClose {
+    fn close(&mut self, port: RelayPort) -> PortClose {
+        let port = port.port;
         self.open.remove(&port);
         PortClose::Closed
     }
@@ -38,8 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut shard = Shard::new(
         ShardConfig {
             index: 0,
-            port_base: 16200,
-            port_count: 100,
+            addresses: vec![AddressSlice::new([127, 0, 0, 1].into(), 16200, 100)],
             defaults: SessionDefaults::default(),
             peer_policy: PeerPolicy::loopback_lab(),
             seed: 7,
@@ -78,8 +81,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         };
         match shard.handle_datagram(Instant::now(), alloc.endpoint.rtp, src, &buf[..n]) {
-            Verdict::Forward { via_port, to } => {
-                sockets.open[&via_port].send_to(&buf[..n], to)?;
+            Verdict::Forward { via, to } => {
+                sockets.open[&via.port].send_to(&buf[..n], to)?;
             }
             Verdict::Drop(reason) => println!("dropped: {reason}"),
         }

@@ -205,6 +205,7 @@ impl LegRequest {
             stun_password: f.stun_password,
             limits: f.limits,
             await_hint: self.await_hint,
+            interface: 0,
         })
     }
 }

@@ -127,7 +127,8 @@ pub use io::{BackendKind, SocketOptions};
 pub use peer::PeerPolicy;
 #[cfg(feature = "engine")]
 pub use relay::{
-    AllocatedSession, LegAddresses, Pending, Relay, RelayConfig, RelayCounters, RelayError, RelayHandle, SessionPage,
+    AllocatedSession, InterfaceAddress, InterfaceConfig, LegAddresses, Pending, Relay, RelayConfig, RelayCounters,
+    RelayError, RelayHandle, SessionPage,
 };
 #[cfg(feature = "engine")]
 pub use session::limits::LegLimits;

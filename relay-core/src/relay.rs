@@ -19,7 +19,47 @@ use crate::quota::{QuotaExceeded, TenantLimit, TenantQuotas, DEFAULT_PORT_SHARE_
 use crate::session::spec::{SessionDefaults, SessionSpec, SessionUpdate};
 use crate::session::stats::ShardCounters;
 use crate::session::{InvalidSpec, LegPorts, SessionId, SessionInfo};
-use crate::shard::{Command, Response, Shard, ShardConfig, ShardError};
+use crate::shard::{AddressSlice, Command, Response, Shard, ShardConfig, ShardError};
+
+/// One local address of an interface: where sockets bind and what goes
+/// into SDP (rtpengine's `local!advertised`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    /// IP relay ports bind to (`::` binds dual-stack).
+    pub bind: IpAddr,
+    /// IP written into SDP for ports on `bind` (`None`: `bind` itself;
+    /// required when `bind` is unspecified).
+    pub advertised: Option<IpAddr>,
+}
+
+impl InterfaceAddress {
+    /// The address SDP names.
+    pub fn sdp_ip(&self) -> IpAddr {
+        self.advertised.unwrap_or(self.bind)
+    }
+}
+
+/// A named relay interface (rtpengine's `interface` / ng's `direction`):
+/// one or more local addresses and the port range used on each. A session's
+/// legs may sit on different interfaces (a PBX LAN and the internet), and
+/// several addresses lift the 65 535-ports-per-IP ceiling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    /// Name (1 to 64 visible ASCII characters), as ng's `direction` names it.
+    pub name: String,
+    /// Local addresses; a leg on this interface gets ports on the one with
+    /// the most free ports.
+    pub addresses: Vec<InterfaceAddress>,
+    /// First relay port on each address.
+    pub port_min: u16,
+    /// Last relay port on each address (inclusive).
+    pub port_max: u16,
+}
+
+/// Most interfaces a relay may have.
+pub const MAX_INTERFACES: usize = 64;
+/// Most addresses over all interfaces.
+pub const MAX_ADDRESSES: usize = 1024;
 
 /// Everything needed to start a relay. `Default` is a loopback-only relay on
 /// ports 10000–19999 (below Linux's ephemeral ports, so local sockets never
@@ -57,6 +97,9 @@ pub struct RelayConfig {
     pub tenant_port_share_percent: u8,
     /// Queued control commands per shard before callers see `Busy`.
     pub command_queue: usize,
+    /// Named interfaces. Empty: one interface named `default` made of
+    /// `bind_ip`, `advertised_ip`, `port_min` and `port_max`.
+    pub interfaces: Vec<InterfaceConfig>,
     /// Shard threads are named `{thread_name}-{index}` (Linux keeps the
     /// first 15 bytes): lets tools tell this relay's threads from others'.
     pub thread_name: String,
@@ -78,6 +121,7 @@ impl Default for RelayConfig {
             tenant_max_sessions: None,
             tenant_port_share_percent: DEFAULT_PORT_SHARE_PERCENT,
             command_queue: 1024,
+            interfaces: Vec::new(),
             thread_name: "ucmrc-shard".into(),
         }
     }
@@ -282,6 +326,10 @@ struct Inner {
     mailboxes: Vec<Mailbox>,
     quotas: TenantQuotas,
     advertised_ip: IpAddr,
+    /// The SDP address of each relay address ([`crate::shard::RelayPort::addr`]).
+    sdp_ips: Vec<IpAddr>,
+    /// Interface names, by index.
+    interface_names: Vec<String>,
     draining: AtomicBool,
     next_shard: AtomicUsize,
     backend: BackendKind,
@@ -316,30 +364,86 @@ impl std::fmt::Debug for Relay {
 }
 
 impl RelayConfig {
+    /// The interfaces in use: [`interfaces`](Self::interfaces), or the one
+    /// named `default` built from `bind_ip`, `advertised_ip` and the range.
+    pub fn effective_interfaces(&self) -> Vec<InterfaceConfig> {
+        if !self.interfaces.is_empty() {
+            return self.interfaces.clone();
+        }
+        vec![InterfaceConfig {
+            name: "default".into(),
+            addresses: vec![InterfaceAddress { bind: self.bind_ip, advertised: self.advertised_ip }],
+            port_min: self.port_min,
+            port_max: self.port_max,
+        }]
+    }
+
     /// Checks the configuration and returns the effective worker count.
     pub fn validate(&self) -> Result<usize, InvalidConfig> {
-        if self.port_min == 0 || self.port_min > self.port_max {
-            return Err(InvalidConfig { field: "port_min", reason: "need 0 < port_min <= port_max".into() });
+        let bad = |field: &'static str, reason: String| Err(InvalidConfig { field, reason });
+        let interfaces = self.effective_interfaces();
+        let named = !self.interfaces.is_empty();
+        let (range_field, addr_field) =
+            if named { ("interfaces", "interfaces") } else { ("port_min", "advertised_ip") };
+        if interfaces.len() > MAX_INTERFACES {
+            return bad("interfaces", format!("at most {MAX_INTERFACES}"));
         }
-        let ports = usize::from(self.port_max - self.port_min) + 1;
+        let mut smallest = usize::MAX;
+        let mut seen: Vec<(IpAddr, u16, u16, &str)> = Vec::new();
+        for (i, itf) in interfaces.iter().enumerate() {
+            let name = &itf.name;
+            if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad("interfaces", format!("interface name {name:?} must be 1 to 64 visible ASCII characters"));
+            }
+            if interfaces[..i].iter().any(|o| o.name == *name) {
+                return bad("interfaces", format!("two interfaces are named {name:?}"));
+            }
+            if itf.port_min == 0 || itf.port_min > itf.port_max {
+                let reason = "need 0 < port_min <= port_max".to_string();
+                return if named { bad(range_field, format!("{name}: {reason}")) } else { bad("port_min", reason) };
+            }
+            let ports = usize::from(itf.port_max - itf.port_min) + 1;
+            if ports < 4 {
+                let reason = "the range needs at least 4 ports".to_string();
+                return if named { bad(range_field, format!("{name}: {reason}")) } else { bad("port_max", reason) };
+            }
+            smallest = smallest.min(ports);
+            if itf.addresses.is_empty() {
+                return bad("interfaces", format!("{name}: needs at least one address"));
+            }
+            for a in &itf.addresses {
+                if a.bind.is_unspecified() && a.advertised.is_none() {
+                    let reason = "required when bind_ip is unspecified (0.0.0.0 or ::)".to_string();
+                    return if named {
+                        bad(addr_field, format!("{name}: an advertised address is {reason}"))
+                    } else {
+                        bad("advertised_ip", reason)
+                    };
+                }
+                if a.advertised.is_some_and(|ip| ip.is_unspecified() || ip.is_multicast()) {
+                    return bad(addr_field, "must be a unicast address".into());
+                }
+                // Two interfaces may share an IP only with disjoint ranges.
+                for &(ip, lo, hi, other) in &seen {
+                    let same = ip == a.bind
+                        || (ip.is_unspecified() || a.bind.is_unspecified()) && ip.is_ipv4() == a.bind.is_ipv4();
+                    if same && lo <= itf.port_max && itf.port_min <= hi {
+                        return bad("interfaces", format!("{name} and {other} both use ports {lo}-{hi} on {ip}"));
+                    }
+                }
+                seen.push((a.bind, itf.port_min, itf.port_max, name));
+            }
+        }
+        if seen.len() > MAX_ADDRESSES {
+            return bad("interfaces", format!("at most {MAX_ADDRESSES} addresses in all"));
+        }
         let workers =
             if self.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.workers };
         if workers > 255 {
             return Err(InvalidConfig { field: "workers", reason: "at most 255".into() });
         }
-        let workers = workers.min(ports / 4).max(1);
-        if ports < 4 {
-            return Err(InvalidConfig { field: "port_max", reason: "the range needs at least 4 ports".into() });
-        }
-        if self.bind_ip.is_unspecified() && self.advertised_ip.is_none() {
-            return Err(InvalidConfig {
-                field: "advertised_ip",
-                reason: "required when bind_ip is unspecified (0.0.0.0 or ::)".into(),
-            });
-        }
-        if self.advertised_ip.is_some_and(|ip| ip.is_unspecified() || ip.is_multicast()) {
-            return Err(InvalidConfig { field: "advertised_ip", reason: "must be a unicast address".into() });
-        }
+        // Every shard gets a slice of every address: at least 4 ports each.
+        let workers = workers.min(smallest / 4).max(1);
         if !(1..=100).contains(&self.tenant_port_share_percent) {
             return Err(InvalidConfig { field: "tenant_port_share_percent", reason: "must be 1 to 100".into() });
         }
@@ -347,9 +451,12 @@ impl RelayConfig {
         Ok(workers)
     }
 
-    /// Ports in the media range.
+    /// Ports in the media ranges, over every interface address.
     pub fn ports_total(&self) -> usize {
-        usize::from(self.port_max.saturating_sub(self.port_min)) + 1
+        self.effective_interfaces()
+            .iter()
+            .map(|i| (usize::from(i.port_max.saturating_sub(i.port_min)) + 1) * i.addresses.len())
+            .sum()
     }
 
     /// The limit every tenant gets unless set per tenant.
@@ -360,27 +467,42 @@ impl RelayConfig {
         }
     }
 
-    /// The relay's media port range on its bind IP and advertised IP: its
+    /// The relay's media port ranges on every bind and advertised IP: its
     /// own addresses, never a peer.
     pub fn media_endpoints(&self) -> Vec<OwnEndpoint> {
-        let mut v = vec![OwnEndpoint::range(self.bind_ip, self.port_min, self.port_max)];
-        if let Some(ip) = self.advertised_ip {
-            v.push(OwnEndpoint::range(ip, self.port_min, self.port_max));
+        let mut v = Vec::new();
+        for itf in self.effective_interfaces() {
+            for a in &itf.addresses {
+                v.push(OwnEndpoint::range(a.bind, itf.port_min, itf.port_max));
+                if let Some(ip) = a.advertised {
+                    v.push(OwnEndpoint::range(ip, itf.port_min, itf.port_max));
+                }
+            }
         }
         v
     }
 
-    /// Splits the port range into one slice per shard (even-aligned sizes).
-    fn slices(&self, workers: usize) -> Vec<(u16, usize)> {
-        let total = usize::from(self.port_max - self.port_min) + 1;
-        let per = (total / workers) & !1;
-        (0..workers)
-            .map(|i| {
-                let base = usize::from(self.port_min) + i * per;
-                let count = if i + 1 == workers { total - i * per } else { per };
-                (base as u16, count)
-            })
-            .collect()
+    /// Splits every address's port range into one slice per shard
+    /// (even-aligned sizes): each shard gets ports on every address.
+    fn slices(&self, workers: usize) -> Vec<Vec<AddressSlice>> {
+        let mut shards = vec![Vec::new(); workers];
+        for (n, itf) in self.effective_interfaces().iter().enumerate() {
+            let total = usize::from(itf.port_max - itf.port_min) + 1;
+            let per = (total / workers) & !1;
+            for a in &itf.addresses {
+                for (i, slices) in shards.iter_mut().enumerate() {
+                    let base = usize::from(itf.port_min) + i * per;
+                    let count = if i + 1 == workers { total - i * per } else { per };
+                    slices.push(AddressSlice {
+                        interface: n as u8,
+                        ip: a.bind,
+                        port_base: base as u16,
+                        port_count: count,
+                    });
+                }
+            }
+        }
+        shards
     }
 }
 
@@ -399,12 +521,13 @@ impl Relay {
         let now = Instant::now();
         let mut mailboxes = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
-        for (index, (base, count)) in config.slices(workers).into_iter().enumerate() {
+        let interfaces = config.effective_interfaces();
+        for (index, addresses) in config.slices(workers).into_iter().enumerate() {
+            let count = addresses.iter().map(|a| a.port_count).sum();
             let shard = Shard::new(
                 ShardConfig {
                     index: index as u8,
-                    port_base: base,
-                    port_count: count,
+                    addresses,
                     defaults: config.defaults.clone(),
                     peer_policy: peer_policy.clone(),
                     seed: fastrand::u64(..),
@@ -414,8 +537,7 @@ impl Relay {
             );
             let (mailbox, inbox) = io::mailbox(config.command_queue, count)?;
             let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-            let run =
-                ShardRun { shard, inbox, bind_ip: config.bind_ip, sockets: config.sockets, ready: Some(ready_tx) };
+            let run = ShardRun { shard, inbox, sockets: config.sockets, ready: Some(ready_tx) };
             let backend = config.backend;
             let failed = failures.clone();
             let thread =
@@ -455,7 +577,9 @@ impl Relay {
             inner: Arc::new(Inner {
                 mailboxes,
                 quotas: TenantQuotas::new(config.default_tenant_limit()),
-                advertised_ip: config.advertised_ip.unwrap_or(config.bind_ip),
+                advertised_ip: interfaces[0].addresses[0].sdp_ip(),
+                sdp_ips: interfaces.iter().flat_map(|i| i.addresses.iter().map(InterfaceAddress::sdp_ip)).collect(),
+                interface_names: interfaces.iter().map(|i| i.name.clone()).collect(),
                 draining: AtomicBool::new(false),
                 next_shard: AtomicUsize::new(0),
                 backend: running,
@@ -513,9 +637,20 @@ impl RelayHandle {
         self.inner.backend
     }
 
-    /// The IP written into SDP for relay ports.
+    /// The IP written into SDP for relay ports of the first interface's
+    /// first address ([`LegAddresses`] carry each leg's own).
     pub fn advertised_ip(&self) -> IpAddr {
         self.inner.advertised_ip
+    }
+
+    /// The index of the interface named `name` (for [`LegSpec::interface`](crate::session::spec::LegSpec::interface)).
+    pub fn interface(&self, name: &str) -> Option<u8> {
+        self.inner.interface_names.iter().position(|n| n == name).map(|i| i as u8)
+    }
+
+    /// The interfaces' names, by index.
+    pub fn interface_names(&self) -> &[String] {
+        &self.inner.interface_names
     }
 
     /// Number of shards.
@@ -614,7 +749,7 @@ impl RelayHandle {
     }
 
     fn addrs(&self, ports: LegPorts) -> LegAddresses {
-        let ip = self.inner.advertised_ip;
+        let ip = self.inner.sdp_ips.get(usize::from(ports.addr)).copied().unwrap_or(self.inner.advertised_ip);
         LegAddresses { rtp: SocketAddr::new(ip, ports.rtp), rtcp: ports.rtcp.map(|p| SocketAddr::new(ip, p)) }
     }
 

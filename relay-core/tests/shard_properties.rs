@@ -102,8 +102,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut shard = Shard::new(
         ShardConfig {
             index: 1,
-            port_base: BASE,
-            port_count: PORTS,
+            addresses: vec![relay_core::shard::AddressSlice::new([127, 0, 0, 1].into(), BASE, PORTS)],
             defaults: SessionDefaults { idle_timeout: Duration::from_secs(30), ..SessionDefaults::default() },
             peer_policy: PeerPolicy::default(),
             seed: 7,
@@ -201,7 +200,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     set.insert(c1);
                 }
                 match shard.handle_datagram(now, port, src, &bytes) {
-                    Verdict::Forward { via_port, to } => {
+                    Verdict::Forward { via, to } => {
+                        let via_port = via.port;
                         let (id, side) = *m
                             .owner
                             .get(&port)

@@ -33,8 +33,7 @@ impl Lab {
         let shard = Shard::new(
             ShardConfig {
                 index: 3,
-                port_base: 40000,
-                port_count: ports,
+                addresses: vec![relay_core::shard::AddressSlice::new([127, 0, 0, 1].into(), 40000, ports)],
                 defaults,
                 peer_policy: PeerPolicy::default(),
                 seed: 42,
@@ -93,7 +92,7 @@ const ATTACKER: &str = "192.0.2.66:6666";
 const DTLS_RECORD: [u8; 14] = [22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1];
 
 fn fwd(via_port: u16, to: &str) -> Verdict {
-    Verdict::Forward { via_port, to: sa(to) }
+    Verdict::Forward { via: via_port.into(), to: sa(to) }
 }
 
 #[test]
@@ -608,9 +607,91 @@ fn ports_still_closing_stay_out_of_the_pool_until_the_backend_says_so() {
     ));
     assert_eq!(lab.shard.counters().ports_closing, 2);
     assert_eq!(lab.allocate(spec(LatchPolicy::Window)), Err(ShardError::PortsExhausted));
-    lab.shard.handle_port_closed(a.pbx.rtp);
-    lab.shard.handle_port_closed(a.endpoint.rtp);
-    lab.shard.handle_port_closed(a.endpoint.rtp); // duplicate reports are harmless
+    lab.shard.handle_port_closed(a.pbx.rtp.into());
+    lab.shard.handle_port_closed(a.endpoint.rtp.into());
+    lab.shard.handle_port_closed(a.endpoint.rtp.into()); // duplicate reports are harmless
     assert_eq!(lab.shard.counters().ports_closing, 0);
     assert!(lab.allocate(spec(LatchPolicy::Window)).is_ok());
+}
+
+/// Interfaces: a leg asks for an interface and gets ports on one of its
+/// addresses (the one with the most free ports, so several addresses share
+/// the load); forwarding leaves from the other leg's address.
+#[test]
+fn legs_get_ports_on_their_interface_and_forward_from_its_address() {
+    use relay_core::shard::{AddressSlice, RelayPort};
+    let t0 = Instant::now();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+    let mut shard = Shard::new(
+        ShardConfig {
+            index: 0,
+            addresses: vec![
+                AddressSlice { interface: 0, ip: ip("10.0.0.1"), port_base: 30000, port_count: 8 },
+                AddressSlice { interface: 1, ip: ip("192.0.2.1"), port_base: 30000, port_count: 8 },
+                AddressSlice { interface: 1, ip: ip("192.0.2.2"), port_base: 30000, port_count: 8 },
+            ],
+            defaults: SessionDefaults::default(),
+            peer_policy: PeerPolicy::default(),
+            seed: 7,
+            bind_quarantine: Duration::from_secs(30),
+        },
+        t0,
+    );
+    let index = shard.config().port_index();
+    assert_eq!(index.len(), 24);
+    assert_eq!(index.index(RelayPort::new(2, 30003)), Some(19));
+    assert_eq!(index.port(19), Some(RelayPort::new(2, 30003)));
+    assert_eq!(index.bind_addr(RelayPort::new(1, 30001)), Some(sa("192.0.2.1:30001")));
+    let mut sockets = FakeSockets::default();
+    let mut allocate = |pbx_itf: u8, endpoint_itf: u8| {
+        let mut s = spec(LatchPolicy::Window);
+        s.pbx = LegSpec { rtcp_mux: true, interface: pbx_itf, hint: Some(sa(PBX)), ..LegSpec::default() };
+        s.endpoint = LegSpec { rtcp_mux: true, interface: endpoint_itf, hint: Some(sa(PHONE)), ..LegSpec::default() };
+        match shard.handle_command(t0, Command::Allocate { spec: Box::new(s), permit: None }, &mut sockets) {
+            Response::Allocated(r) => r,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let mut wan_addresses = std::collections::BTreeSet::new();
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let a = allocate(0, 1).expect("allocate");
+        assert_eq!(a.pbx.addr, 0, "the pbx leg is on the LAN interface");
+        assert!(a.endpoint.addr == 1 || a.endpoint.addr == 2, "the endpoint leg is on the WAN interface");
+        wan_addresses.insert(a.endpoint.addr);
+        calls.push(a);
+    }
+    assert_eq!(wan_addresses.len(), 2, "both WAN addresses share the load");
+    // The LAN address (8 ports, one per call) is now full; the WAN has room.
+    assert_eq!(allocate(0, 1), Err(ShardError::PortsExhausted));
+    let e = allocate(1, 5).expect_err("no interface 5");
+    assert!(matches!(e, ShardError::InvalidSpec(_)), "{e:?}");
+    // Same port numbers on different addresses are different sockets.
+    let a = calls[0];
+    let from_phone = shard.handle_datagram(
+        t0,
+        RelayPort::new(a.endpoint.addr, a.endpoint.rtp),
+        sa(PHONE),
+        &SrtpTx::new(&master(1), 1, 1).next_rtp(),
+    );
+    assert_eq!(from_phone, Verdict::Forward { via: RelayPort::new(0, a.pbx.rtp), to: sa(PBX) });
+    let from_pbx =
+        shard.handle_datagram(t0, RelayPort::new(0, a.pbx.rtp), sa(PBX), &SrtpTx::new(&master(2), 2, 1).next_rtp());
+    assert_eq!(from_pbx, Verdict::Forward { via: RelayPort::new(a.endpoint.addr, a.endpoint.rtp), to: sa(PHONE) });
+    // Two calls with the same endpoint port number on the two WAN addresses
+    // (8 calls over 2 × 8 ports, seeded: deterministic) are told apart.
+    let (x, y) = calls
+        .iter()
+        .flat_map(|x| calls.iter().map(move |y| (x, y)))
+        .find(|(x, y)| x.endpoint.rtp == y.endpoint.rtp && x.endpoint.addr != y.endpoint.addr)
+        .expect("a port number used on both WAN addresses");
+    for c in [x, y] {
+        let v = shard.handle_datagram(
+            t0,
+            RelayPort::new(c.endpoint.addr, c.endpoint.rtp),
+            sa(PHONE),
+            &SrtpTx::new(&master(3), 3, 1).next_rtp(),
+        );
+        assert_eq!(v, Verdict::Forward { via: RelayPort::new(0, c.pbx.rtp), to: sa(PBX) }, "each reaches its own call");
+    }
 }

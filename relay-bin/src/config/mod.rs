@@ -9,6 +9,7 @@ mod admin;
 mod control;
 mod errors;
 mod files;
+mod interfaces;
 mod log;
 mod ng;
 mod relay;
@@ -33,6 +34,7 @@ pub use control::{ControlSection, ControlSettings};
 pub use errors::ConfigError;
 pub(crate) use errors::{find_key_line, toml_error};
 pub use files::{read_file, read_text, MAX_FILE};
+pub use interfaces::InterfaceSection;
 pub use log::{valid_log_filter, LogSection};
 use ng::ng_settings;
 pub use ng::{NgSection, NgSettings};
@@ -70,6 +72,9 @@ pub struct FileConfig {
     /// Per-tenant settings, by tenant id.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSection>,
+    /// Named interfaces (absent: one, `default`, from `[relay]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceSection>,
 }
 
 impl FileConfig {
@@ -265,7 +270,16 @@ impl Config {
             None => None,
             Some(c) => Some(control_settings(c, &file.log).map_err(|(key, message)| err(key, message))?),
         };
+        let interfaces =
+            interfaces::interfaces(&file.interfaces).map_err(|(key, message): (String, String)| err(&key, message))?;
+        // Loopback peers by default only when every relay address is loopback.
+        let all_loopback = if interfaces.is_empty() {
+            r.bind_ip.is_loopback()
+        } else {
+            interfaces.iter().flat_map(|i| &i.addresses).all(|a| a.bind.is_loopback())
+        };
         let relay = RelayConfig {
+            interfaces,
             bind_ip: r.bind_ip,
             advertised_ip: r.advertised_ip,
             port_min: r.port_min,
@@ -293,7 +307,7 @@ impl Config {
                 },
             },
             peer_policy: PeerPolicy {
-                allow_loopback: r.allow_loopback_peers.unwrap_or(r.bind_ip.is_loopback()),
+                allow_loopback: r.allow_loopback_peers.unwrap_or(all_loopback),
                 allow_private: r.allow_private_peers,
                 own: OwnAddresses::new(file.listener_endpoints(), Vec::new()),
             },
@@ -312,6 +326,7 @@ impl Config {
                 "ceilings.idle_timeout" => "sessions.idle_timeout_ceiling_secs",
                 "ceilings.max_duration" => "sessions.max_duration_ceiling_secs",
                 "ceilings.max_pps" => "sessions.max_pps_ceiling",
+                "interfaces" => "interfaces.name",
                 f => return err(&format!("relay.{f}"), e.reason.clone()),
             };
             err(key, e.reason)

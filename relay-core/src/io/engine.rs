@@ -170,8 +170,6 @@ pub struct ShardRun {
     pub shard: Shard,
     /// Its command queue.
     pub inbox: Inbox,
-    /// Local IP to bind relay ports on.
-    pub bind_ip: IpAddr,
     /// Socket options.
     pub sockets: SocketOptions,
     /// Told once the backend is set up (or why it could not be).

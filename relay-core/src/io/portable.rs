@@ -6,7 +6,7 @@
 //! outgoing socket with `sendmmsg`, straight from the receive buffers.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use socket2::Socket;
 use super::sys::{Epoll, MsgBatch, Received};
 use super::{ShardRun, SocketOptions};
 use crate::session::stats::DropReason;
-use crate::shard::{PortClose, PortSockets, Shard, Verdict};
+use crate::shard::{PortClose, PortIndex, PortSockets, RelayPort, Shard, Verdict};
 
 /// Datagrams read per socket per wake-up.
 pub const RECV_BATCH: usize = 32;
@@ -25,37 +25,37 @@ pub const BATCH_SLOTS: usize = 512;
 const EVENTS: usize = 256;
 /// Longest sleep, so a lost wake-up can never stall a shard.
 const MAX_SLEEP: Duration = Duration::from_millis(250);
-/// epoll token of the wake-up eventfd (ports are < 65536).
+/// epoll token of the wake-up eventfd (socket tokens are dense indexes).
 const WAKE_TOKEN: u64 = u64::MAX;
 
-/// Relay-port sockets of one shard, registered with its epoll.
+/// Relay-port sockets of one shard, registered with its epoll; the epoll
+/// token of a socket is its [`PortIndex`] index.
 struct Sockets {
     epoll: Epoll,
-    bind_ip: IpAddr,
-    base: u16,
+    index: PortIndex,
     socks: Vec<Option<Socket>>,
     options: SocketOptions,
-    v6: bool,
 }
 
 impl Sockets {
-    fn get(&self, port: u16) -> Option<&Socket> {
-        let i = usize::from(port.checked_sub(self.base)?);
-        self.socks.get(i)?.as_ref()
+    fn get(&self, port: RelayPort) -> Option<&Socket> {
+        self.socks.get(self.index.index(port)?)?.as_ref()
     }
 }
 
 impl PortSockets for Sockets {
-    fn open(&mut self, port: u16) -> io::Result<()> {
-        let i = usize::from(port - self.base);
-        let sock = super::bind_udp(self.bind_ip, port, &self.options)?;
-        self.epoll.add(sock.as_raw_fd(), u64::from(port))?;
+    fn open(&mut self, port: RelayPort) -> io::Result<()> {
+        let (Some(i), Some(addr)) = (self.index.index(port), self.index.bind_addr(port)) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "port outside shard"));
+        };
+        let sock = super::bind_udp(addr.ip(), port.port, &self.options)?;
+        self.epoll.add(sock.as_raw_fd(), i as u64)?;
         self.socks[i] = Some(sock);
         Ok(())
     }
 
-    fn close(&mut self, port: u16) -> PortClose {
-        let Some(i) = port.checked_sub(self.base).map(usize::from) else {
+    fn close(&mut self, port: RelayPort) -> PortClose {
+        let Some(i) = self.index.index(port) else {
             return PortClose::Closed;
         };
         if let Some(sock) = self.socks.get_mut(i).and_then(Option::take) {
@@ -86,20 +86,13 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
         }
     };
     run.report_ready(Ok(()));
-    let ShardRun { mut shard, inbox, bind_ip, sockets: options, .. } = run;
-    let cfg = shard.config();
-    let mut sockets = Sockets {
-        epoll,
-        bind_ip,
-        base: cfg.port_base,
-        socks: (0..cfg.port_count).map(|_| None).collect(),
-        options,
-        v6: bind_ip.is_ipv6(),
-    };
+    let ShardRun { mut shard, inbox, sockets: options, .. } = run;
+    let index = shard.config().port_index();
+    let mut sockets = Sockets { epoll, socks: (0..index.len()).map(|_| None).collect(), index, options };
     let mut batch = MsgBatch::new(BATCH_SLOTS);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     let mut received: Vec<Received> = Vec::with_capacity(RECV_BATCH);
-    let mut sends: Vec<(u16, usize, usize, SocketAddr)> = Vec::with_capacity(BATCH_SLOTS);
+    let mut sends: Vec<(RelayPort, usize, usize, SocketAddr)> = Vec::with_capacity(BATCH_SLOTS);
     let mut group: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(BATCH_SLOTS);
 
     loop {
@@ -113,7 +106,9 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
                 commands = true;
                 continue;
             }
-            let port = ev.u64 as u16;
+            let Some(port) = sockets.index.port(ev.u64 as usize) else {
+                continue;
+            };
             if used + RECV_BATCH > batch.capacity() {
                 flush(&mut shard, &sockets, &mut batch, &mut sends, &mut group);
                 used = 0;
@@ -135,10 +130,8 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
                     shard.record_backend_drop(r.len, DropReason::SourcePolicy);
                     continue;
                 };
-                if let Verdict::Forward { via_port, to } =
-                    shard.handle_datagram(now, port, src, batch.slot(r.slot, r.len))
-                {
-                    sends.push((via_port, r.slot, r.len, to));
+                if let Verdict::Forward { via, to } = shard.handle_datagram(now, port, src, batch.slot(r.slot, r.len)) {
+                    sends.push((via, r.slot, r.len, to));
                 }
             }
             used += received.len();
@@ -160,7 +153,7 @@ fn flush(
     shard: &mut Shard,
     sockets: &Sockets,
     batch: &mut MsgBatch,
-    sends: &mut Vec<(u16, usize, usize, SocketAddr)>,
+    sends: &mut Vec<(RelayPort, usize, usize, SocketAddr)>,
     group: &mut Vec<(usize, usize, SocketAddr)>,
 ) {
     if sends.is_empty() {
@@ -176,8 +169,9 @@ fn flush(
             group.push((sends[i].1, sends[i].2, sends[i].3));
             i += 1;
         }
+        let v6 = sockets.index.bind_addr(port).is_some_and(|a| a.is_ipv6());
         let failed = match sockets.get(port) {
-            Some(s) => batch.send(s.as_raw_fd(), sockets.v6, group).1,
+            Some(s) => batch.send(s.as_raw_fd(), v6, group).1,
             None => group.len(),
         };
         for _ in 0..failed {

@@ -5,8 +5,9 @@
 //! Recipe (see `docs/relay-core.md` and `docs/PERFORMANCE.md`):
 //! - ring created on the shard thread with `SINGLE_ISSUER | DEFER_TASKRUN`,
 //!   CQ four times the buffer count so bursts never overflow;
-//! - relay sockets are fixed files in a sparse table indexed by
-//!   `port - base`, added and removed as sessions come and go;
+//! - relay sockets are fixed files in a sparse table indexed by the
+//!   shard's dense port index (every address's ports, in order), added and
+//!   removed as sessions come and go;
 //! - one multishot `RecvMsgMulti` per socket, buffers from one provided
 //!   buffer ring (≥ 4096 × 2 KiB, sized from the port count);
 //! - a forward is an `IORING_OP_SEND` with a destination address pointing
@@ -22,7 +23,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::mem::ManuallyDrop;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::OnceLock;
@@ -34,7 +35,7 @@ use socket2::Socket;
 use super::sys::{decode_addr, encode_addr};
 use super::{ShardRun, SocketOptions};
 use crate::session::stats::DropReason;
-use crate::shard::{PortClose, PortSockets, Shard, Verdict};
+use crate::shard::{PortClose, PortIndex, PortSockets, RelayPort, Shard, Verdict};
 
 /// Size of each provided buffer.
 pub const BUFFER_SIZE: usize = 2048;
@@ -60,8 +61,12 @@ const KIND_WAKE: u64 = 3;
 /// Cancellations complete with user data 0 and are ignored.
 const CANCEL_UD: u64 = 0;
 
-fn recv_ud(generation: u32, slot: u16) -> u64 {
-    (KIND_RECV << KIND_SHIFT) | (u64::from(generation) << 16) | u64::from(slot)
+/// Bits of a receive's user data that hold the socket slot.
+const SLOT_BITS: u32 = 24;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+
+fn recv_ud(generation: u32, slot: u32) -> u64 {
+    (KIND_RECV << KIND_SHIFT) | (u64::from(generation) << SLOT_BITS) | (u64::from(slot) & SLOT_MASK)
 }
 
 /// The provided-buffer ring: page-aligned ring of `BufRingEntry` plus the
@@ -170,9 +175,7 @@ struct Ring {
     /// Slots whose cancelled receive has not ended yet.
     closing: Vec<bool>,
     armed: usize,
-    base: u16,
-    bind_ip: IpAddr,
-    v6: bool,
+    index: PortIndex,
     options: SocketOptions,
     wake_fd: i32,
 }
@@ -183,18 +186,22 @@ impl Ring {
         // Buffers are held only from a receive to its send's completion; half
         // a buffer per port (at least 4096) absorbs every socket of the shard
         // becoming readable in one loop turn with room to spare.
-        let count = (cfg.port_count / 2).next_power_of_two().clamp(MIN_BUFFERS, MAX_BUFFERS);
+        let index = cfg.port_index();
+        let ports = index.len();
+        if ports as u64 > SLOT_MASK {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "more than 16 777 215 ports in one shard"));
+        }
+        let count = (ports / 2).next_power_of_two().clamp(MIN_BUFFERS, MAX_BUFFERS);
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_cqsize((count * 4).min(MAX_CQ_ENTRIES) as u32)
             .build(4096)?;
-        ring.submitter().register_files_sparse(cfg.port_count.max(1) as u32).map_err(|e| {
+        ring.submitter().register_files_sparse(ports.max(1) as u32).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
-                    "cannot register {} fixed files ({e}); the table may not exceed RLIMIT_NOFILE: raise it or use more workers",
-                    cfg.port_count
+                    "cannot register {ports} fixed files ({e}); the table may not exceed RLIMIT_NOFILE: raise it or use more workers"
                 ),
             )
         })?;
@@ -215,14 +222,12 @@ impl Ring {
             dests: ManuallyDrop::new(vec![zero; count].into_boxed_slice()),
             sends_in_flight: 0,
             quiesced: false,
-            socks: (0..cfg.port_count).map(|_| None).collect(),
-            generations: vec![0; cfg.port_count],
-            armed_slot: vec![false; cfg.port_count],
-            closing: vec![false; cfg.port_count],
+            socks: (0..ports).map(|_| None).collect(),
+            generations: vec![0; ports],
+            armed_slot: vec![false; ports],
+            closing: vec![false; ports],
             armed: 0,
-            base: cfg.port_base,
-            bind_ip: run.bind_ip,
-            v6: run.bind_ip.is_ipv6(),
+            index,
             options: run.sockets,
             wake_fd: run.inbox.wake.raw(),
         })
@@ -241,12 +246,12 @@ impl Ring {
         }
     }
 
-    fn arm_recv(&mut self, slot: u16) -> io::Result<()> {
-        let ud = recv_ud(self.generations[usize::from(slot)], slot);
-        let e = opcode::RecvMsgMulti::new(types::Fixed(u32::from(slot)), &**self.msghdr, BGID).build().user_data(ud);
+    fn arm_recv(&mut self, slot: u32) -> io::Result<()> {
+        let ud = recv_ud(self.generations[slot as usize], slot);
+        let e = opcode::RecvMsgMulti::new(types::Fixed(slot), &**self.msghdr, BGID).build().user_data(ud);
         self.push(&e)?;
         self.armed += 1;
-        self.armed_slot[usize::from(slot)] = true;
+        self.armed_slot[slot as usize] = true;
         Ok(())
     }
 
@@ -258,9 +263,8 @@ impl Ring {
         self.push(&e)
     }
 
-    fn slot(&self, port: u16) -> Option<u16> {
-        let s = port.checked_sub(self.base)?;
-        (usize::from(s) < self.socks.len()).then_some(s)
+    fn slot(&self, port: RelayPort) -> Option<u32> {
+        self.index.index(port).map(|i| i as u32)
     }
 }
 
@@ -283,23 +287,25 @@ impl Drop for Ring {
 }
 
 impl PortSockets for Ring {
-    fn open(&mut self, port: u16) -> io::Result<()> {
-        let slot = self.slot(port).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "port outside shard"))?;
-        let sock = super::bind_udp(self.bind_ip, port, &self.options)?;
-        self.ring.submitter().register_files_update(u32::from(slot), &[sock.as_raw_fd()])?;
-        self.socks[usize::from(slot)] = Some(sock);
+    fn open(&mut self, port: RelayPort) -> io::Result<()> {
+        let (Some(slot), Some(addr)) = (self.slot(port), self.index.bind_addr(port)) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "port outside shard"));
+        };
+        let sock = super::bind_udp(addr.ip(), port.port, &self.options)?;
+        self.ring.submitter().register_files_update(slot, &[sock.as_raw_fd()])?;
+        self.socks[slot as usize] = Some(sock);
         self.arm_recv(slot)
     }
 
-    fn close(&mut self, port: u16) -> PortClose {
+    fn close(&mut self, port: RelayPort) -> PortClose {
         let Some(slot) = self.slot(port) else { return PortClose::Closed };
-        let i = usize::from(slot);
+        let i = slot as usize;
         if self.socks[i].take().is_none() {
             return PortClose::Closed;
         }
         let old = recv_ud(self.generations[i], slot);
         self.generations[i] = self.generations[i].wrapping_add(1);
-        let _ = self.ring.submitter().register_files_update(u32::from(slot), &[-1]);
+        let _ = self.ring.submitter().register_files_update(slot, &[-1]);
         if !self.armed_slot[i] {
             return PortClose::Closed;
         }
@@ -343,7 +349,7 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
 
 fn event_loop(u: &mut Ring, shard: &mut Shard, inbox: &super::Inbox) -> io::Result<()> {
     let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(4096);
-    let mut rearm: Vec<u16> = Vec::new();
+    let mut rearm: Vec<u32> = Vec::new();
     loop {
         let now = Instant::now();
         let wait = shard.poll_timeout().map_or(MAX_SLEEP, |d| d.saturating_duration_since(now)).min(MAX_SLEEP);
@@ -378,7 +384,7 @@ fn event_loop(u: &mut Ring, shard: &mut Shard, inbox: &super::Inbox) -> io::Resu
         if !rearm.is_empty() && u.bufs.free >= REARM_MIN_FREE {
             for slot in rearm.drain(..) {
                 // Skip ports closed since, or re-opened (and armed) since.
-                if u.socks[usize::from(slot)].is_some() && !u.armed_slot[usize::from(slot)] {
+                if u.socks[slot as usize].is_some() && !u.armed_slot[slot as usize] {
                     shard.record_rearm();
                     u.arm_recv(slot)?;
                 }
@@ -413,25 +419,25 @@ fn handle_recv(
     res: i32,
     ud: u64,
     flags: u32,
-    rearm: &mut Vec<u16>,
+    rearm: &mut Vec<u32>,
 ) -> io::Result<()> {
-    let slot = (ud & 0xffff) as u16;
-    let generation = ((ud >> 16) & 0xffff_ffff) as u32;
+    let slot = (ud & SLOT_MASK) as u32;
+    let generation = ((ud >> SLOT_BITS) & 0xffff_ffff) as u32;
     let bid = cqueue::buffer_select(flags);
     if bid.is_some() {
         u.bufs.free = u.bufs.free.saturating_sub(1);
     }
     let more = cqueue::more(flags);
-    let i = usize::from(slot);
-    if i >= u.socks.len() {
+    let i = slot as usize;
+    let Some(port) = u.index.port(i) else {
         return Ok(());
-    }
+    };
     if !more {
         u.armed = u.armed.saturating_sub(1);
         u.armed_slot[i] = false;
         if u.closing[i] && u.generations[i] != generation {
             u.closing[i] = false;
-            shard.handle_port_closed(u.base + slot);
+            shard.handle_port_closed(port);
         }
     }
     let current = u.generations[i] == generation && u.socks[i].is_some();
@@ -456,7 +462,6 @@ fn handle_recv(
         return Ok(());
     }
     let Some(bid) = bid else { return Ok(()) };
-    let port = u.base + slot;
     let forward = {
         let data = &u.bufs.buf(bid)[..(res as usize).min(BUFFER_SIZE)];
         match types::RecvMsgOut::parse(data, &u.msghdr) {
@@ -478,7 +483,7 @@ fn handle_recv(
                         None
                     }
                     Some(src) => match shard.handle_datagram(now, port, src, payload) {
-                        Verdict::Forward { via_port, to } => Some((via_port, to, offset, payload.len())),
+                        Verdict::Forward { via, to } => Some((via, to, offset, payload.len())),
                         Verdict::Drop(_) => None,
                     },
                 }
@@ -489,16 +494,17 @@ fn handle_recv(
         u.bufs.recycle(bid);
         return Ok(());
     };
-    let via = u.slot(via_port).filter(|s| u.socks[usize::from(*s)].is_some());
+    let via = u.slot(via_port).filter(|s| u.socks[*s as usize].is_some());
+    let v6 = u.index.bind_addr(via_port).is_some_and(|a| a.is_ipv6());
     let dest = &mut u.dests[usize::from(bid)];
-    let (Some(via), Some(dest_len)) = (via, encode_addr(to, u.v6, dest)) else {
+    let (Some(via), Some(dest_len)) = (via, encode_addr(to, v6, dest)) else {
         shard.record_send_error();
         u.bufs.recycle(bid);
         return Ok(());
     };
     let ptr = u.bufs.buf(bid)[offset..].as_ptr();
     let dest_ptr = (&u.dests[usize::from(bid)] as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
-    let e = opcode::Send::new(types::Fixed(u32::from(via)), ptr, len as u32)
+    let e = opcode::Send::new(types::Fixed(via), ptr, len as u32)
         .dest_addr(dest_ptr)
         .dest_addr_len(dest_len)
         .build()

@@ -441,17 +441,19 @@ impl NgEngine {
         if medias.len() > limits.max_media_per_call {
             return error(format!("more than {} media sections (max_media_per_call)", limits.max_media_per_call));
         }
-        // The address written into the SDP: rtpengine's `media-address`, or
-        // the relay's advertised one; it must be the family asked for.
-        let sdp_addr = opts.media_address.unwrap_or_else(|| self.handle.advertised_ip());
-        match (opts.family, sdp_addr) {
-            (Some(Family::V6), IpAddr::V4(_)) | (Some(Family::V4), IpAddr::V6(_)) => {
-                return error(format!(
-                    "address family {} asked for, but the relay's media address {sdp_addr} is not",
-                    if opts.family == Some(Family::V6) { "IP6" } else { "IP4" }
-                ))
+        // rtpengine's `direction`: the sender's interface, then the
+        // recipient's (used when the call's sessions are allocated).
+        let mut interfaces = [0u8; 2];
+        for (i, name) in opts.direction.iter().take(2).enumerate() {
+            match self.handle.interface(name) {
+                Some(n) => interfaces[i] = n,
+                None => {
+                    return error(format!(
+                        "direction: no interface named {name:?} (this relay has: {})",
+                        self.handle.interface_names().join(", ")
+                    ))
+                }
             }
-            _ => {}
         }
         // Everything the SDP asks for is checked before anything is allocated.
         let mut plans = Vec::with_capacity(medias.len());
@@ -495,137 +497,166 @@ impl NgEngine {
             }
         }
         let mut rewrites = Vec::with_capacity(medias.len());
-        for (k, (m, plan)) in medias.iter().zip(&plans).enumerate() {
-            if m.port == 0 {
-                rewrites.push(None);
-                continue;
-            }
-            let ip = m.addr.map(|ip| match (opts.received_from, ip) {
-                (Some(rf), ip) if is_private(ip) && !is_private(rf) => rf,
-                _ => ip,
-            });
-            // c=0.0.0.0 (hold, RFC 2543) names no address: keep the last one.
-            let hint = ip.filter(|ip| !ip.is_unspecified()).map(|ip| SocketAddr::new(ip, m.port));
-            // Keys that prove the *sender's* packets: its SDES key (unless
-            // SDES is removed toward the other side, which then cannot use
-            // it), and its ICE password, which signs the other side's checks.
-            let keys = if plan.strip_crypto { None } else { sdes_auth(&m.crypto) };
-            let ice_pwd = match plan.ice {
-                IceRewrite::RelayCandidates => m
-                    .ice_pwd
-                    .clone()
-                    .filter(|p| !p.is_empty() && p.len() <= 256 && p.bytes().all(|b| b.is_ascii_graphic())),
-                IceRewrite::Remove => None,
-            };
-            let mut sender_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };
-            let mut other_update =
-                LegUpdate { stun_password: ice_pwd.clone().map(String::into_bytes), ..LegUpdate::default() };
-            let media = match call.media.get_mut(k) {
-                Some(existing) => existing,
-                None => {
-                    // Every leg gets an even/odd pair, as with rtpengine: a
-                    // mux offer carries an RTCP fallback port that is really
-                    // reserved, so an answerer without rtcp-mux still works.
-                    let mut legs = [
-                        LegSpec::default(),
-                        // The answerer's address is unknown until its SDP:
-                        // its leg latches nothing before that.
-                        LegSpec { await_hint: true, ..LegSpec::default() },
-                    ];
-                    legs[sender].hint = hint;
-                    legs[sender].srtp_auth = keys.clone();
-                    legs[other].stun_password = ice_pwd.clone().map(String::into_bytes);
-                    let [pbx, endpoint] = legs;
-                    let spec = SessionSpec {
-                        tenant: self.config.tenant.clone(),
-                        pbx,
-                        endpoint,
-                        latch: Some(LatchPolicy::Window),
-                        ..SessionSpec::default()
-                    };
-                    match self.handle.allocate(spec).await {
-                        Ok(alloc) => {
-                            call.media.push(Media {
-                                id: alloc.id,
-                                alloc,
-                                kind: m.kind.clone(),
-                                proto: m.proto.clone(),
-                                remote_mux: [false; 2],
-                                mux: MuxNegotiation::default(),
-                                keyed: [false; 2],
-                                blocked: [false; 2],
-                            });
-                            call.media.last_mut().expect("just pushed")
-                        }
-                        Err(e) => {
-                            if !st.calls.contains_key(call_id) {
-                                for old in call.media.drain(..) {
-                                    let _ = self.handle.release(old.id).await;
-                                }
+        let mut sdp_addr: Option<IpAddr> = None;
+        let outcome: Result<(), String> = 'media: {
+            for (k, (m, plan)) in medias.iter().zip(&plans).enumerate() {
+                if m.port == 0 {
+                    rewrites.push(None);
+                    continue;
+                }
+                let ip = m.addr.map(|ip| match (opts.received_from, ip) {
+                    (Some(rf), ip) if is_private(ip) && !is_private(rf) => rf,
+                    _ => ip,
+                });
+                // c=0.0.0.0 (hold, RFC 2543) names no address: keep the last one.
+                let hint = ip.filter(|ip| !ip.is_unspecified()).map(|ip| SocketAddr::new(ip, m.port));
+                // Keys that prove the *sender's* packets: its SDES key (unless
+                // SDES is removed toward the other side, which then cannot use
+                // it), and its ICE password, which signs the other side's checks.
+                let keys = if plan.strip_crypto { None } else { sdes_auth(&m.crypto) };
+                let ice_pwd = match plan.ice {
+                    IceRewrite::RelayCandidates => m
+                        .ice_pwd
+                        .clone()
+                        .filter(|p| !p.is_empty() && p.len() <= 256 && p.bytes().all(|b| b.is_ascii_graphic())),
+                    IceRewrite::Remove => None,
+                };
+                let mut sender_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };
+                let mut other_update =
+                    LegUpdate { stun_password: ice_pwd.clone().map(String::into_bytes), ..LegUpdate::default() };
+                let media = match call.media.get_mut(k) {
+                    Some(existing) => existing,
+                    None => {
+                        // Every leg gets an even/odd pair, as with rtpengine: a
+                        // mux offer carries an RTCP fallback port that is really
+                        // reserved, so an answerer without rtcp-mux still works.
+                        let mut legs = [
+                            LegSpec::default(),
+                            // The answerer's address is unknown until its SDP:
+                            // its leg latches nothing before that.
+                            LegSpec { await_hint: true, ..LegSpec::default() },
+                        ];
+                        legs[sender].hint = hint;
+                        legs[sender].interface = interfaces[0];
+                        legs[other].interface = interfaces[1];
+                        legs[sender].srtp_auth = keys.clone();
+                        legs[other].stun_password = ice_pwd.clone().map(String::into_bytes);
+                        let [pbx, endpoint] = legs;
+                        let spec = SessionSpec {
+                            tenant: self.config.tenant.clone(),
+                            pbx,
+                            endpoint,
+                            latch: Some(LatchPolicy::Window),
+                            ..SessionSpec::default()
+                        };
+                        match self.handle.allocate(spec).await {
+                            Ok(alloc) => {
+                                call.media.push(Media {
+                                    id: alloc.id,
+                                    alloc,
+                                    kind: m.kind.clone(),
+                                    proto: m.proto.clone(),
+                                    remote_mux: [false; 2],
+                                    mux: MuxNegotiation::default(),
+                                    keyed: [false; 2],
+                                    blocked: [false; 2],
+                                });
+                                call.media.last_mut().expect("just pushed")
                             }
-                            return error(format!("media section {}: allocation failed: {e}", k + 1));
+                            Err(e) => break 'media Err(format!("media section {}: allocation failed: {e}", k + 1)),
                         }
                     }
-                }
-            };
-            media.keyed[sender] |= keys.is_some();
-            media.keyed[other] |= ice_pwd.is_some();
-            // rtcp-mux (RFC 5761), rtpengine's way.
-            let mux_opts = opts.rtcp_mux;
-            let toward = if sender_is_offerer { media.alloc.endpoint } else { media.alloc.pbx };
-            let (mux_out, rtcp_out) = if offer {
-                let n = MuxNegotiation {
-                    offered_by_sender: m.rtcp_mux,
-                    offered_on: (m.rtcp_mux && !mux_opts.demux) || mux_opts.offer || mux_opts.require,
-                    require: mux_opts.require,
-                    forced: if !m.rtcp_mux {
-                        None
-                    } else if mux_opts.reject {
-                        Some(false)
-                    } else if mux_opts.demux || mux_opts.accept {
-                        Some(true)
-                    } else {
-                        None
-                    },
                 };
-                media.mux = n;
-                if n.require {
-                    // The recipient is taken to multiplex from the start.
-                    media.remote_mux[other] = true;
-                    other_update.rtcp_mux = Some(true);
+                media.keyed[sender] |= keys.is_some();
+                media.keyed[other] |= ice_pwd.is_some();
+                // rtcp-mux (RFC 5761), rtpengine's way.
+                let mux_opts = opts.rtcp_mux;
+                let toward = if sender_is_offerer { media.alloc.endpoint } else { media.alloc.pbx };
+                let (mux_out, rtcp_out) = if offer {
+                    let n = MuxNegotiation {
+                        offered_by_sender: m.rtcp_mux,
+                        offered_on: (m.rtcp_mux && !mux_opts.demux) || mux_opts.offer || mux_opts.require,
+                        require: mux_opts.require,
+                        forced: if !m.rtcp_mux {
+                            None
+                        } else if mux_opts.reject {
+                            Some(false)
+                        } else if mux_opts.demux || mux_opts.accept {
+                            Some(true)
+                        } else {
+                            None
+                        },
+                    };
+                    media.mux = n;
+                    if n.require {
+                        // The recipient is taken to multiplex from the start.
+                        media.remote_mux[other] = true;
+                        other_update.rtcp_mux = Some(true);
+                    }
+                    (n.offered_on, if n.require { None } else { toward.rtcp.map(|a| a.port()) })
+                } else {
+                    let n = media.mux;
+                    let answerer_mux = (m.rtcp_mux && n.offered_on) || n.require;
+                    let to_offerer = n.offered_by_sender && n.forced.unwrap_or(answerer_mux);
+                    media.remote_mux[sender] = answerer_mux;
+                    media.remote_mux[other] = to_offerer;
+                    sender_update.rtcp_mux = Some(answerer_mux);
+                    other_update.rtcp_mux = Some(to_offerer);
+                    (to_offerer, if to_offerer { None } else { toward.rtcp.map(|a| a.port()) })
+                };
+                // The address written into the SDP: rtpengine's `media-address`,
+                // or the advertised address of the leg the recipient sends to; it
+                // must be the family asked for.
+                let addr = opts.media_address.unwrap_or(toward.rtp.ip());
+                match (opts.family, addr) {
+                    (Some(Family::V6), IpAddr::V4(_)) | (Some(Family::V4), IpAddr::V6(_)) => {
+                        break 'media Err(format!(
+                            "address family {} asked for, but the relay's media address {addr} is not (use an interface of that family: direction)",
+                            if opts.family == Some(Family::V6) { "IP6" } else { "IP4" }
+                        ))
+                    }
+                    _ => {}
                 }
-                (n.offered_on, if n.require { None } else { toward.rtcp.map(|a| a.port()) })
-            } else {
-                let n = media.mux;
-                let answerer_mux = (m.rtcp_mux && n.offered_on) || n.require;
-                let to_offerer = n.offered_by_sender && n.forced.unwrap_or(answerer_mux);
-                media.remote_mux[sender] = answerer_mux;
-                media.remote_mux[other] = to_offerer;
-                sender_update.rtcp_mux = Some(answerer_mux);
-                other_update.rtcp_mux = Some(to_offerer);
-                (to_offerer, if to_offerer { None } else { toward.rtcp.map(|a| a.port()) })
-            };
-            let mut update = leg_updates(sender, sender_update, other_update);
-            if use_keys && media.keyed == [true, true] {
-                update.latch = Some(LatchPolicy::Authenticated);
+                if sdp_addr.is_some_and(|a| a != addr) {
+                    break 'media Err(
+                        "the media sections would need different relay addresses (one interface per call side)".into(),
+                    );
+                }
+                sdp_addr = Some(addr);
+                let mut update = leg_updates(sender, sender_update, other_update);
+                if use_keys && media.keyed == [true, true] {
+                    update.latch = Some(LatchPolicy::Authenticated);
+                }
+                if let Err(e) = self.handle.update(media.id, update).await {
+                    break 'media Err(format!("media section {}: {e}", k + 1));
+                }
+                // The rewritten SDP goes to the *other* party: it must send to the
+                // leg facing the SDP's sender's peer.
+                rewrites.push(Some(MediaRewrite {
+                    rtp: toward.rtp.port(),
+                    rtcp: rtcp_out,
+                    mux: mux_out,
+                    ice: plan.ice,
+                    proto: plan.proto.clone(),
+                    strip_formats: plan.strip_formats.clone(),
+                    strip_crypto: plan.strip_crypto,
+                    strip_dtls: plan.strip_dtls,
+                }));
             }
-            if let Err(e) = self.handle.update(media.id, update).await {
-                return error(format!("media section {}: {e}", k + 1));
+            Ok(())
+        };
+        if let Err(e) = outcome {
+            // A new call that failed half-way keeps nothing.
+            if !st.calls.contains_key(call_id) {
+                for old in call.media.drain(..) {
+                    let _ = self.handle.release(old.id).await;
+                }
             }
-            // The rewritten SDP goes to the *other* party: it must send to the
-            // leg facing the SDP's sender's peer.
-            rewrites.push(Some(MediaRewrite {
-                rtp: toward.rtp.port(),
-                rtcp: rtcp_out,
-                mux: mux_out,
-                ice: plan.ice,
-                proto: plan.proto.clone(),
-                strip_formats: plan.strip_formats.clone(),
-                strip_crypto: plan.strip_crypto,
-                strip_dtls: plan.strip_dtls,
-            }));
+            return error(e);
         }
-        let rewrite = sdp::Rewrite { addr: sdp_addr, media: rewrites, replace_origin: opts.replace_origin };
+
+        let addr = sdp_addr.or(opts.media_address).unwrap_or_else(|| self.handle.advertised_ip());
+        let rewrite = sdp::Rewrite { addr, media: rewrites, replace_origin: opts.replace_origin };
         let out = match sdp::rewrite(sdp_text, &rewrite) {
             Ok(s) => s,
             Err(e) => return error(e.to_string()),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::peer::{self, PeerPolicy};
 use crate::quota::QuotaPermit;
+use crate::shard::RelayPort;
 use crate::wire::rtcp::RtcpHeader;
 use crate::wire::rtp::RtpHeader;
 use crate::wire::srtp_auth::AuthVerifier;
@@ -150,6 +151,8 @@ pub(crate) fn instant_after(t: Instant, d: Duration) -> Instant {
 /// One leg: its relay ports, what it latched to, its credentials and counters.
 #[derive(Debug)]
 pub(crate) struct Leg {
+    /// The relay address of the leg's ports.
+    pub(crate) addr: u16,
     pub(crate) rtp_port: u16,
     pub(crate) rtcp_port: Option<u16>,
     hint: Option<SocketAddr>,
@@ -185,15 +188,15 @@ pub(crate) struct Leg {
 impl Leg {
     fn new(
         spec: &LegSpec,
-        rtp_port: u16,
-        rtcp_port: Option<u16>,
+        ports: LegPorts,
         defaults: &SessionDefaults,
         quality: Option<QualityTracker>,
         now: Instant,
     ) -> Self {
         let mut leg = Self {
-            rtp_port,
-            rtcp_port,
+            addr: ports.addr,
+            rtp_port: ports.rtp,
+            rtcp_port: ports.rtcp,
             hint: spec.hint.map(peer::canonical),
             remote: [None, None],
             auth: spec.srtp_auth.as_ref().map(leg_auth),
@@ -328,11 +331,12 @@ impl Leg {
         self.hint_for(slot)
     }
 
-    fn out_port(&self, component: Component) -> u16 {
-        match (component, self.rtcp_port) {
+    fn out_port(&self, component: Component) -> RelayPort {
+        let port = match (component, self.rtcp_port) {
             (Component::Rtcp, Some(p)) if !self.remote_mux => p,
             _ => self.rtp_port,
-        }
+        };
+        RelayPort::new(self.addr, port)
     }
 }
 
@@ -384,6 +388,8 @@ pub(crate) struct Session {
 /// Relay ports given to one leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegPorts {
+    /// The relay address the ports are on ([`crate::shard::RelayPort::addr`]).
+    pub addr: u16,
     /// RTP port (or the only port with rtcp-mux).
     pub rtp: u16,
     /// RTCP port, without rtcp-mux.
@@ -568,8 +574,8 @@ impl Session {
             id,
             tenant: spec.tenant.clone(),
             legs: [
-                Leg::new(&spec.pbx, ports[0].rtp, ports[0].rtcp, defaults, q(), now),
-                Leg::new(&spec.endpoint, ports[1].rtp, ports[1].rtcp, defaults, q(), now),
+                Leg::new(&spec.pbx, ports[0], defaults, q(), now),
+                Leg::new(&spec.endpoint, ports[1], defaults, q(), now),
             ],
             latch: spec.latch.unwrap_or(defaults.latch),
             verify: spec.verify.unwrap_or(defaults.verify),
@@ -590,7 +596,7 @@ impl Session {
 
     pub(crate) fn ports(&self, side: Side) -> LegPorts {
         let l = &self.legs[side.index()];
-        LegPorts { rtp: l.rtp_port, rtcp: l.rtcp_port }
+        LegPorts { addr: l.addr, rtp: l.rtp_port, rtcp: l.rtcp_port }
     }
 
     /// Applies an update and re-opens the learning window.
@@ -652,7 +658,7 @@ impl Session {
         src: SocketAddr,
         bytes: &[u8],
         policy: &PeerPolicy,
-    ) -> Result<(u16, SocketAddr), DropReason> {
+    ) -> Result<(RelayPort, SocketAddr), DropReason> {
         let (latch, verify, in_window) = (self.latch, self.verify, now < self.window_end);
         let [a, b] = &mut self.legs;
         let (leg, other) = if side == Side::Pbx { (a, b) } else { (b, a) };
@@ -682,7 +688,7 @@ impl Session {
         src: SocketAddr,
         bytes: &[u8],
         policy: &PeerPolicy,
-    ) -> Result<(u16, SocketAddr), DropReason> {
+    ) -> Result<(RelayPort, SocketAddr), DropReason> {
         if bytes.is_empty() {
             return Err(DropReason::Empty);
         }
@@ -851,7 +857,7 @@ impl Session {
             let l = &self.legs[side.index()];
             LegInfo {
                 side,
-                ports: LegPorts { rtp: l.rtp_port, rtcp: l.rtcp_port },
+                ports: LegPorts { addr: l.addr, rtp: l.rtp_port, rtcp: l.rtcp_port },
                 hint: l.hint,
                 remote_rtp: l.remote[0].map(|r| r.addr),
                 remote_rtcp: if l.rtcp_port.is_some() { l.remote[1].map(|r| r.addr) } else { None },

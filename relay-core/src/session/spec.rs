@@ -134,6 +134,12 @@ pub struct LegSpec {
     /// is not known from signalling yet (e.g. the answerer before the SDP
     /// answer). Packets are dropped as `no_hint` until an update gives one.
     pub await_hint: bool,
+    /// The relay interface the leg's ports are on: an index into the
+    /// relay's interfaces ([`crate::RelayConfig::interfaces`] order; 0 is
+    /// the first, the only one of a relay without named interfaces). The
+    /// two legs of a session may sit on different interfaces (LAN ⇄
+    /// internet). [`crate::RelayHandle::interface`] finds one by name.
+    pub interface: u8,
 }
 
 impl std::fmt::Debug for LegSpec {
@@ -145,6 +151,7 @@ impl std::fmt::Debug for LegSpec {
             .field("stun_password", &self.stun_password.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
             .field("await_hint", &self.await_hint)
+            .field("interface", &self.interface)
             .finish()
     }
 }

@@ -12,7 +12,7 @@ pub(crate) mod ports;
 #[doc(hidden)] // the timer wheel, for the workspace's benches
 pub mod timer;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::peer::{self, PeerPolicy};
@@ -23,13 +23,37 @@ use crate::session::{self as sess, Component, InvalidSpec, LegPorts, Session, Se
 use ports::PortPool;
 use timer::{TimerEntry, TimerWheel};
 
+/// One relay socket: a port on one of the relay's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayPort {
+    /// The address: an index into [`ShardConfig::addresses`] (the same
+    /// order in every shard).
+    pub addr: u16,
+    /// The port.
+    pub port: u16,
+}
+
+impl RelayPort {
+    /// `port` on address `addr`.
+    pub const fn new(addr: u16, port: u16) -> Self {
+        Self { addr, port }
+    }
+}
+
+/// A port on the first address (the common one-address relay).
+impl From<u16> for RelayPort {
+    fn from(port: u16) -> Self {
+        Self { addr: 0, port }
+    }
+}
+
 /// What to do with one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send the datagram, unchanged, out of relay port `via_port` to `to`.
+    /// Send the datagram, unchanged, out of relay socket `via` to `to`.
     Forward {
-        /// The relay port to send from.
-        via_port: u16,
+        /// The relay socket to send from.
+        via: RelayPort,
         /// The destination.
         to: SocketAddr,
     },
@@ -40,12 +64,13 @@ pub enum Verdict {
 /// Opens and closes the UDP socket of a relay port. The I/O backend binds
 /// real sockets; tests use a fake.
 pub trait PortSockets {
-    /// Binds `port`. An error makes the shard try another port.
-    fn open(&mut self, port: u16) -> std::io::Result<()>;
+    /// Binds `port` (its address is [`PortIndex::bind_addr`]). An error
+    /// makes the shard try another port.
+    fn open(&mut self, port: RelayPort) -> std::io::Result<()>;
     /// Closes `port`'s socket. [`PortClose::Closing`] means the socket is
     /// still held by in-flight I/O: the shard keeps the port out of the pool
     /// until the backend calls [`Shard::handle_port_closed`].
-    fn close(&mut self, port: u16) -> PortClose;
+    fn close(&mut self, port: RelayPort) -> PortClose;
 }
 
 /// Whether a closed port can be bound again at once.
@@ -57,15 +82,33 @@ pub enum PortClose {
     Closing,
 }
 
+/// The ports one shard owns on one relay address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressSlice {
+    /// The interface the address belongs to (legs ask for an interface).
+    pub interface: u8,
+    /// The IP sockets are bound to.
+    pub ip: IpAddr,
+    /// First port of the slice.
+    pub port_base: u16,
+    /// Number of ports in the slice.
+    pub port_count: usize,
+}
+
+impl AddressSlice {
+    /// Interface 0, `count` ports from `base` on `ip`.
+    pub fn new(ip: IpAddr, base: u16, count: usize) -> Self {
+        Self { interface: 0, ip, port_base: base, port_count: count }
+    }
+}
+
 /// Static configuration of one shard.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
     /// Shard index (0-based), encoded in session ids.
     pub index: u8,
-    /// First port of the slice.
-    pub port_base: u16,
-    /// Number of ports in the slice.
-    pub port_count: usize,
+    /// The shard's ports on each relay address (index = [`RelayPort::addr`]).
+    pub addresses: Vec<AddressSlice>,
     /// Session defaults.
     pub defaults: SessionDefaults,
     /// Which remote addresses are allowed.
@@ -74,6 +117,68 @@ pub struct ShardConfig {
     pub seed: u64,
     /// How long a port that failed to bind stays out of rotation.
     pub bind_quarantine: Duration,
+}
+
+impl ShardConfig {
+    /// Relay sockets this shard may open, over every address.
+    pub fn port_count(&self) -> usize {
+        self.addresses.iter().map(|a| a.port_count).sum()
+    }
+
+    /// The dense numbering of this shard's sockets, for backends' tables.
+    pub fn port_index(&self) -> PortIndex {
+        let mut offset = 0;
+        let slices = self
+            .addresses
+            .iter()
+            .map(|a| {
+                let s = (a.port_base, a.port_count, offset, a.ip);
+                offset += a.port_count;
+                s
+            })
+            .collect();
+        PortIndex { slices, total: offset }
+    }
+}
+
+/// Numbers a shard's relay sockets `0 .. len()`, address by address, so a
+/// backend can keep them in flat tables (fixed files, epoll tokens).
+#[derive(Debug, Clone)]
+pub struct PortIndex {
+    /// Per address: first port, port count, first index, bind IP.
+    slices: Vec<(u16, usize, usize, IpAddr)>,
+    total: usize,
+}
+
+impl PortIndex {
+    /// Sockets in all.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Whether the shard owns no port at all.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The index of `port`, if the shard owns it.
+    pub fn index(&self, port: RelayPort) -> Option<usize> {
+        let &(base, count, offset, _) = self.slices.get(usize::from(port.addr))?;
+        let k = usize::from(port.port.checked_sub(base)?);
+        (k < count).then_some(offset + k)
+    }
+
+    /// The socket at `index`.
+    pub fn port(&self, index: usize) -> Option<RelayPort> {
+        let addr = self.slices.iter().position(|&(_, count, offset, _)| index >= offset && index < offset + count)?;
+        let (base, _, offset, _) = self.slices[addr];
+        Some(RelayPort::new(addr as u16, base + (index - offset) as u16))
+    }
+
+    /// Where `port`'s socket binds.
+    pub fn bind_addr(&self, port: RelayPort) -> Option<SocketAddr> {
+        self.slices.get(usize::from(port.addr)).map(|s| SocketAddr::new(s.3, port.port))
+    }
 }
 
 /// The ports and id of a new session.
@@ -181,14 +286,16 @@ struct PortOwner {
 #[derive(Debug)]
 pub struct Shard {
     config: ShardConfig,
-    pool: PortPool,
-    owners: Vec<Option<PortOwner>>,
+    /// One pool per address (index = [`RelayPort::addr`]).
+    pools: Vec<PortPool>,
+    /// Who owns each port, per address.
+    owners: Vec<Vec<Option<PortOwner>>>,
     /// Boxed sessions: the table's growth slack costs a pointer per slot.
     sessions: Vec<Option<Box<Session>>>,
     generations: Vec<u32>,
     free_slots: Vec<u32>,
     wheel: TimerWheel,
-    quarantine: Vec<(Instant, u16)>,
+    quarantine: Vec<(Instant, RelayPort)>,
     closing: usize,
     rng: fastrand::Rng,
     counters: ShardCounters,
@@ -207,11 +314,11 @@ pub const FAULT_PANIC_TENANT: &str = "fault-injection-shard-panic";
 impl Shard {
     /// A shard with every port free; `now` is the epoch of its timer wheel.
     pub fn new(config: ShardConfig, now: Instant) -> Self {
-        let pool = PortPool::new(config.port_base, config.port_count);
-        let counters = ShardCounters { ports_total: config.port_count as u64, ..ShardCounters::default() };
+        let pools = config.addresses.iter().map(|a| PortPool::new(a.port_base, a.port_count)).collect();
+        let counters = ShardCounters { ports_total: config.port_count() as u64, ..ShardCounters::default() };
         Self {
-            owners: vec![None; config.port_count],
-            pool,
+            owners: config.addresses.iter().map(|a| vec![None; a.port_count]).collect(),
+            pools,
             sessions: Vec::new(),
             generations: Vec::new(),
             free_slots: Vec::new(),
@@ -233,7 +340,7 @@ impl Shard {
     /// Current counters.
     pub fn counters(&self) -> ShardCounters {
         let mut c = self.counters;
-        c.ports_in_use = (self.pool.len() - self.pool.free_count()) as u64;
+        c.ports_in_use = self.pools.iter().map(|p| p.len() - p.free_count()).sum::<usize>() as u64;
         c.ports_quarantined = self.quarantine.len() as u64;
         c.ports_closing = self.closing as u64;
         c
@@ -241,12 +348,20 @@ impl Shard {
 
     /// Free ports right now.
     pub fn free_ports(&self) -> usize {
-        self.pool.free_count()
+        self.pools.iter().map(PortPool::free_count).sum()
     }
 
-    /// Whether `port` belongs to this shard's slice.
-    pub fn owns_port(&self, port: u16) -> bool {
-        self.pool.contains(port)
+    /// Whether `port` belongs to this shard's slices.
+    pub fn owns_port(&self, port: RelayPort) -> bool {
+        self.pools.get(usize::from(port.addr)).is_some_and(|p| p.contains(port.port))
+    }
+
+    fn owner(&self, port: RelayPort) -> Option<PortOwner> {
+        let pool = self.pools.get(usize::from(port.addr))?;
+        if !pool.contains(port.port) {
+            return None;
+        }
+        self.owners[usize::from(port.addr)][usize::from(port.port - pool.base())]
     }
 
     /// Counts a datagram the backend had to drop before the shard saw it
@@ -279,12 +394,19 @@ impl Shard {
     }
 
     /// Decides the fate of a datagram that arrived on `local_port` from `src`.
-    pub fn handle_datagram(&mut self, now: Instant, local_port: u16, src: SocketAddr, bytes: &[u8]) -> Verdict {
+    /// `local` is the relay socket it arrived on (a plain `u16` is a port
+    /// on the first address).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: impl Into<RelayPort>,
+        src: SocketAddr,
+        bytes: &[u8],
+    ) -> Verdict {
+        let local = local.into();
         self.counters.packets_received += 1;
         self.counters.bytes_received += bytes.len() as u64;
-        let owner =
-            if self.pool.contains(local_port) { self.owners[usize::from(local_port - self.pool.base())] } else { None };
-        let Some(owner) = owner else {
+        let Some(owner) = self.owner(local) else {
             self.counters.drops.add(DropReason::NoSession);
             return Verdict::Drop(DropReason::NoSession);
         };
@@ -299,10 +421,10 @@ impl Shard {
         self.counters.latches += session.legs[leg].stats.latches - before.0;
         self.counters.relatches += session.legs[leg].stats.relatches - before.1;
         match verdict {
-            Ok((via_port, to)) => {
+            Ok((via, to)) => {
                 self.counters.packets_forwarded += 1;
                 self.counters.bytes_forwarded += bytes.len() as u64;
-                Verdict::Forward { via_port, to }
+                Verdict::Forward { via, to }
             }
             Err(reason) => {
                 self.counters.drops.add(reason);
@@ -344,10 +466,10 @@ impl Shard {
             self.remove(id, sockets);
         }
         self.expired = expired;
-        let pool = &mut self.pool;
+        let pools = &mut self.pools;
         self.quarantine.retain(|(until, port)| {
             if *until <= now {
-                pool.release(*port);
+                pools[usize::from(port.addr)].release(port.port);
                 false
             } else {
                 true
@@ -442,13 +564,22 @@ impl Shard {
         sockets: &mut impl PortSockets,
     ) -> Result<AllocatedPorts, ShardError> {
         sess::validate_spec(spec, &self.config.defaults, &self.config.peer_policy)?;
-        let mut taken: Vec<u16> = Vec::with_capacity(4);
-        let mut legs = [LegPorts { rtp: 0, rtcp: None }; 2];
+        for (leg, side) in [(&spec.pbx, "pbx"), (&spec.endpoint, "endpoint")] {
+            if !self.config.addresses.iter().any(|a| a.interface == leg.interface) {
+                return Err(InvalidSpec::invalid(
+                    if side == "pbx" { "pbx.interface" } else { "endpoint.interface" },
+                    "no such interface",
+                )
+                .into());
+            }
+        }
+        let mut taken: Vec<RelayPort> = Vec::with_capacity(4);
+        let mut legs = [LegPorts { addr: 0, rtp: 0, rtcp: None }; 2];
         for (i, leg_spec) in [&spec.pbx, &spec.endpoint].into_iter().enumerate() {
-            match self.take_ports(now, leg_spec.rtcp_mux, sockets) {
+            match self.take_ports(now, leg_spec.rtcp_mux, leg_spec.interface, sockets) {
                 Some(ports) => {
-                    taken.push(ports.rtp);
-                    taken.extend(ports.rtcp);
+                    taken.push(RelayPort::new(ports.addr, ports.rtp));
+                    taken.extend(ports.rtcp.map(|p| RelayPort::new(ports.addr, p)));
                     legs[i] = ports;
                 }
                 None => {
@@ -474,9 +605,9 @@ impl Shard {
         let id = SessionId::new(self.config.index, slot, generation);
         let session = Session::new(id, spec, legs, &self.config.defaults, permit, now);
         for (side, ports) in [(Side::Pbx, legs[0]), (Side::Endpoint, legs[1])] {
-            self.own(ports.rtp, PortOwner { slot, side, component: Component::Rtp });
+            self.own(RelayPort::new(ports.addr, ports.rtp), PortOwner { slot, side, component: Component::Rtp });
             if let Some(p) = ports.rtcp {
-                self.own(p, PortOwner { slot, side, component: Component::Rtcp });
+                self.own(RelayPort::new(ports.addr, p), PortOwner { slot, side, component: Component::Rtcp });
             }
         }
         self.wheel.schedule(session.deadline(), id.0);
@@ -486,32 +617,44 @@ impl Shard {
         Ok(AllocatedPorts { id, pbx: legs[0], endpoint: legs[1] })
     }
 
-    /// Takes and binds one port (rtcp-mux) or one even/odd pair.
-    fn take_ports(&mut self, now: Instant, rtcp_mux: bool, sockets: &mut impl PortSockets) -> Option<LegPorts> {
+    /// Takes and binds one port (rtcp-mux) or one even/odd pair on the
+    /// address of `interface` with the most free ports.
+    fn take_ports(
+        &mut self,
+        now: Instant,
+        rtcp_mux: bool,
+        interface: u8,
+        sockets: &mut impl PortSockets,
+    ) -> Option<LegPorts> {
+        let addr = (0..self.pools.len())
+            .filter(|&i| self.config.addresses[i].interface == interface)
+            .max_by_key(|&i| self.pools[i].free_count())?;
+        let a = addr as u16;
         // Ports that fail to bind are quarantined, so each attempt consumes
         // one; bound the attempts so a hostile host cannot make us spin.
         for _ in 0..64 {
+            let pool = &mut self.pools[addr];
             if rtcp_mux {
-                let p = self.pool.take_single(&mut self.rng)?;
-                match sockets.open(p) {
-                    Ok(()) => return Some(LegPorts { rtp: p, rtcp: None }),
-                    Err(_) => self.quarantine_port(now, p),
+                let p = pool.take_single(&mut self.rng)?;
+                match sockets.open(RelayPort::new(a, p)) {
+                    Ok(()) => return Some(LegPorts { addr: a, rtp: p, rtcp: None }),
+                    Err(_) => self.quarantine_port(now, RelayPort::new(a, p)),
                 }
             } else {
-                let p = self.pool.take_pair(&mut self.rng)?;
+                let p = pool.take_pair(&mut self.rng)?;
                 let rtcp = p + 1;
-                match sockets.open(p) {
-                    Ok(()) => match sockets.open(rtcp) {
-                        Ok(()) => return Some(LegPorts { rtp: p, rtcp: Some(rtcp) }),
+                match sockets.open(RelayPort::new(a, p)) {
+                    Ok(()) => match sockets.open(RelayPort::new(a, rtcp)) {
+                        Ok(()) => return Some(LegPorts { addr: a, rtp: p, rtcp: Some(rtcp) }),
                         Err(_) => {
-                            sockets.close(p);
-                            self.pool.release(p);
-                            self.quarantine_port(now, rtcp);
+                            sockets.close(RelayPort::new(a, p));
+                            self.pools[addr].release(p);
+                            self.quarantine_port(now, RelayPort::new(a, rtcp));
                         }
                     },
                     Err(_) => {
-                        self.pool.release(rtcp);
-                        self.quarantine_port(now, p);
+                        pool.release(rtcp);
+                        self.quarantine_port(now, RelayPort::new(a, p));
                     }
                 }
             }
@@ -519,37 +662,39 @@ impl Shard {
         None
     }
 
-    fn give_back(&mut self, ports: &[u16], sockets: &mut impl PortSockets) {
+    fn give_back(&mut self, ports: &[RelayPort], sockets: &mut impl PortSockets) {
         for &p in ports {
             self.close_port(p, sockets);
         }
     }
 
-    fn close_port(&mut self, port: u16, sockets: &mut impl PortSockets) {
+    fn close_port(&mut self, port: RelayPort, sockets: &mut impl PortSockets) {
         match sockets.close(port) {
-            PortClose::Closed => self.pool.release(port),
+            PortClose::Closed => self.pools[usize::from(port.addr)].release(port.port),
             PortClose::Closing => self.closing += 1,
         }
     }
 
     /// The backend reports that a port it answered [`PortClose::Closing`]
     /// for is now closed; it returns to the pool.
-    pub fn handle_port_closed(&mut self, port: u16) {
-        if self.pool.contains(port) && !self.pool.is_free(port) {
+    pub fn handle_port_closed(&mut self, port: RelayPort) {
+        let Some(pool) = self.pools.get_mut(usize::from(port.addr)) else { return };
+        if pool.contains(port.port) && !pool.is_free(port.port) {
             self.closing = self.closing.saturating_sub(1);
-            self.pool.release(port);
+            pool.release(port.port);
         }
     }
 
-    fn quarantine_port(&mut self, now: Instant, port: u16) {
+    fn quarantine_port(&mut self, now: Instant, port: RelayPort) {
         self.counters.port_bind_failures += 1;
         // The port stays marked used in the pool until the quarantine ends.
         self.quarantine.push((now + self.config.bind_quarantine, port));
     }
 
-    fn own(&mut self, port: u16, owner: PortOwner) {
-        let i = usize::from(port - self.pool.base());
-        self.owners[i] = Some(owner);
+    fn own(&mut self, port: RelayPort, owner: PortOwner) {
+        let a = usize::from(port.addr);
+        let i = usize::from(port.port - self.pools[a].base());
+        self.owners[a][i] = Some(owner);
     }
 
     fn remove(&mut self, id: SessionId, sockets: &mut impl PortSockets) {
@@ -560,10 +705,13 @@ impl Shard {
         for side in [Side::Pbx, Side::Endpoint] {
             let ports = session.ports(side);
             for p in std::iter::once(ports.rtp).chain(ports.rtcp) {
-                if self.pool.contains(p) {
-                    self.owners[usize::from(p - self.pool.base())] = None;
+                let port = RelayPort::new(ports.addr, p);
+                let a = usize::from(ports.addr);
+                if self.pools[a].contains(p) {
+                    let i = usize::from(p - self.pools[a].base());
+                    self.owners[a][i] = None;
                 }
-                self.close_port(p, sockets);
+                self.close_port(port, sockets);
             }
         }
         self.free_slots.push(slot as u32);

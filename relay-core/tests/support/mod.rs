@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 
+use relay_core::shard::RelayPort;
+
 use hmac::Mac;
 use relay_core::session::spec::SrtpAuth;
 use relay_core::shard::{PortClose, PortSockets};
@@ -18,7 +20,8 @@ use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
 /// Records which relay ports a shard has open; can refuse some binds.
 #[derive(Debug, Default)]
 pub struct FakeSockets {
-    pub open: BTreeSet<u16>,
+    pub open: BTreeSet<RelayPort>,
+    /// Port numbers that fail to bind (on every address).
     pub refuse: BTreeSet<u16>,
     pub opened_total: usize,
     /// Answer `Closing` (like io_uring with an armed receive).
@@ -26,16 +29,16 @@ pub struct FakeSockets {
 }
 
 impl PortSockets for FakeSockets {
-    fn open(&mut self, port: u16) -> io::Result<()> {
-        if self.refuse.contains(&port) {
+    fn open(&mut self, port: RelayPort) -> io::Result<()> {
+        if self.refuse.contains(&port.port) {
             return Err(io::Error::from(io::ErrorKind::AddrInUse));
         }
-        assert!(self.open.insert(port), "port {port} opened twice");
+        assert!(self.open.insert(port), "port {port:?} opened twice");
         self.opened_total += 1;
         Ok(())
     }
-    fn close(&mut self, port: u16) -> PortClose {
-        assert!(self.open.remove(&port), "port {port} closed but not open");
+    fn close(&mut self, port: RelayPort) -> PortClose {
+        assert!(self.open.remove(&port), "port {port:?} closed but not open");
         if self.defer_close {
             PortClose::Closing
         } else {
