@@ -689,7 +689,10 @@ fn interfaces_put_each_leg_on_its_own_network() {
         assert_eq!((&buf[..len], from), (pkt(1).as_slice(), SocketAddr::new(wan, sdp_port(&to_callee))));
         callee.send_to(&pkt(2), (wan, sdp_port(&to_callee))).expect("send");
         let (len, from) = caller.recv_from(&mut buf).expect("callee → caller");
-        assert_eq!((&buf[..len], from), (pkt(2).as_slice(), SocketAddr::new([127, 0, 0, 2].into(), sdp_port(&to_caller))));
+        assert_eq!(
+            (&buf[..len], from),
+            (pkt(2).as_slice(), SocketAddr::new([127, 0, 0, 2].into(), sdp_port(&to_caller)))
+        );
     }
     assert_eq!(wan_seen.len(), 2, "both WAN addresses carry calls");
     let m = scrape(&r);

@@ -30,7 +30,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use socket2::Socket;
 
 use super::sys::{decode_addr, encode_addr};
 use super::{ShardRun, SocketOptions};
@@ -168,7 +167,11 @@ struct Ring {
     /// Set by `shutdown` once nothing is in flight and the buffer ring is
     /// unregistered: only then is the memory above freed.
     quiesced: bool,
-    socks: Vec<Option<Socket>>,
+    /// Whether each slot holds an open socket. The socket lives only in
+    /// the ring's fixed-file table: its descriptor is closed once
+    /// registered, so relay ports do not count against RLIMIT_NOFILE (each
+    /// shard's table may hold up to RLIMIT_NOFILE sockets).
+    open: Vec<bool>,
     generations: Vec<u32>,
     /// Whether a multishot receive is armed on each slot.
     armed_slot: Vec<bool>,
@@ -222,7 +225,7 @@ impl Ring {
             dests: ManuallyDrop::new(vec![zero; count].into_boxed_slice()),
             sends_in_flight: 0,
             quiesced: false,
-            socks: (0..ports).map(|_| None).collect(),
+            open: vec![false; ports],
             generations: vec![0; ports],
             armed_slot: vec![false; ports],
             closing: vec![false; ports],
@@ -293,14 +296,16 @@ impl PortSockets for Ring {
         };
         let sock = super::bind_udp(addr.ip(), port.port, &self.options)?;
         self.ring.submitter().register_files_update(slot, &[sock.as_raw_fd()])?;
-        self.socks[slot as usize] = Some(sock);
+        // The table holds its own reference: the descriptor can go.
+        drop(sock);
+        self.open[slot as usize] = true;
         self.arm_recv(slot)
     }
 
     fn close(&mut self, port: RelayPort) -> PortClose {
         let Some(slot) = self.slot(port) else { return PortClose::Closed };
         let i = slot as usize;
-        if self.socks[i].take().is_none() {
+        if !std::mem::replace(&mut self.open[i], false) {
             return PortClose::Closed;
         }
         let old = recv_ud(self.generations[i], slot);
@@ -384,7 +389,7 @@ fn event_loop(u: &mut Ring, shard: &mut Shard, inbox: &super::Inbox) -> io::Resu
         if !rearm.is_empty() && u.bufs.free >= REARM_MIN_FREE {
             for slot in rearm.drain(..) {
                 // Skip ports closed since, or re-opened (and armed) since.
-                if u.socks[slot as usize].is_some() && !u.armed_slot[slot as usize] {
+                if u.open[slot as usize] && !u.armed_slot[slot as usize] {
                     shard.record_rearm();
                     u.arm_recv(slot)?;
                 }
@@ -440,7 +445,7 @@ fn handle_recv(
             shard.handle_port_closed(port);
         }
     }
-    let current = u.generations[i] == generation && u.socks[i].is_some();
+    let current = u.generations[i] == generation && u.open[i];
     if !current {
         if let Some(b) = bid {
             u.bufs.recycle(b);
@@ -494,7 +499,7 @@ fn handle_recv(
         u.bufs.recycle(bid);
         return Ok(());
     };
-    let via = u.slot(via_port).filter(|s| u.socks[*s as usize].is_some());
+    let via = u.slot(via_port).filter(|s| u.open[*s as usize]);
     let v6 = u.index.bind_addr(via_port).is_some_and(|a| a.is_ipv6());
     let dest = &mut u.dests[usize::from(bid)];
     let (Some(via), Some(dest_len)) = (via, encode_addr(to, v6, dest)) else {
