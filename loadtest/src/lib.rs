@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod dtls;
 pub mod media;
 pub mod packet;
+pub mod sessions;
 pub mod stats;
 pub mod target;
 pub mod tunnel;

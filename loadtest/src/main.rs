@@ -6,6 +6,7 @@
 //!                      [--latch authenticated]
 //!                      [--dtls] [--rebind-every SECS] [--junk-pps N] [--find-capacity]
 //! ucmrc-loadtest tunnel [--connections 10] [--duration 8] [--bulk-mib 256] [--json FILE|-]
+//! ucmrc-loadtest sessions [--sessions 100000] [--api rust|ng] [--addresses 20] [--sample 1000] [--json FILE|-]
 //! ```
 
 use std::path::PathBuf;
@@ -33,6 +34,76 @@ enum Cmd {
     /// connector and TLS server): handshake rate, time to first byte, bulk
     /// throughput, against the same server reached directly.
     Tunnel(TunnelArgs),
+    /// Session capacity: N concurrent sessions on one in-process relay
+    /// (several loopback addresses), set up over the Rust API or over ng;
+    /// memory per session, setup rate, media on a sample.
+    Sessions(SessionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SessionsArgs {
+    /// Concurrent sessions (ng: calls).
+    #[arg(long, default_value_t = 100_000)]
+    sessions: usize,
+    /// How sessions are set up: rust (RelayHandle::allocate) or ng (offer + answer over UDP).
+    #[arg(long, default_value = "rust")]
+    api: String,
+    /// Loopback addresses on the relay's interface (127.0.1.1, ...).
+    #[arg(long, default_value_t = 20)]
+    addresses: usize,
+    /// First relay port on each address.
+    #[arg(long, default_value_t = 10_000)]
+    port_min: u16,
+    /// Last relay port on each address.
+    #[arg(long, default_value_t = 31_999)]
+    port_max: u16,
+    /// Setup requests in flight.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Sessions that carry media afterwards.
+    #[arg(long, default_value_t = 1000)]
+    sample: usize,
+    /// Shards (0: as many as RLIMIT_NOFILE needs).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Write the JSON report to FILE (`-`: stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn sessions(a: SessionsArgs) -> Result<(), String> {
+    use loadtest::sessions::{run, CapacityOptions, SetupApi};
+    let api = match a.api.as_str() {
+        "rust" => SetupApi::Rust,
+        "ng" => SetupApi::Ng,
+        other => return Err(format!("--api: {other:?} is not rust or ng")),
+    };
+    let r = run(&CapacityOptions {
+        sessions: a.sessions,
+        addresses: a.addresses,
+        ports: (a.port_min, a.port_max),
+        api,
+        concurrency: a.concurrency,
+        sample: a.sample,
+        workers: a.workers,
+    })?;
+    println!(
+        "{} sessions over {:?} ({} relay sockets on {} addresses, {} shards, {}): {:.0} set up per second ({:.1} s)",
+        r.sessions, r.api, r.relay_sockets, r.addresses, r.workers, r.datapath, r.setup_per_sec, r.setup_secs
+    );
+    println!(
+        "  memory: {:.0} bytes per session in the process (RSS {} → {} → {} KiB), {:.0} bytes per session of kernel slab (sockets)",
+        r.user_bytes_per_session, r.rss_kib[0], r.rss_kib[1], r.rss_kib[2], r.kernel_bytes_per_session
+    );
+    println!(
+        "  media on {} sampled sessions: {} of {} packets delivered intact",
+        r.sample, r.media_received, r.media_sent
+    );
+    write_json(&a.json, &serde_json::to_value(&r).map_err(|e| e.to_string())?)?;
+    if r.media_received != r.media_sent {
+        return Err(format!("{} media packets lost or altered", r.media_sent - r.media_received));
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -240,6 +311,13 @@ fn media(a: MediaArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Media(a) => match media(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ucmrc-loadtest: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Sessions(a) => match sessions(a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ucmrc-loadtest: {e}");

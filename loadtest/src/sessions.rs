@@ -1,0 +1,365 @@
+//! Session capacity: how many concurrent sessions one relay holds, what each
+//! costs in memory, and how fast they are set up — over the Rust API
+//! (`RelayHandle::allocate`) or over ng (offer + answer through the
+//! binary's real UDP transport, as Kamailio sends them). Media then flows on
+//! an evenly spread sample of the sessions, every byte compared.
+//!
+//! The relay runs in this process with one interface of several loopback
+//! addresses (127.0.1.1, 127.0.1.2, ...): each address has at most 65 535
+//! ports, so 100 000 sessions need several. Its shards use the io_uring
+//! backend, whose sockets live in fixed-file tables, so a shard may hold up
+//! to RLIMIT_NOFILE sockets and the relay far more.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay_core::ng::bencode::{self, Value};
+use relay_core::ng::{NgConfig, NgEngine, NgLimits};
+use relay_core::{
+    BackendKind, InterfaceAddress, InterfaceConfig, LegSpec, PeerPolicy, Relay, RelayConfig, SessionDefaults,
+    SessionSpec,
+};
+use serde::Serialize;
+
+/// How sessions are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SetupApi {
+    /// `RelayHandle::allocate` (two rtcp-mux legs: two ports a session).
+    Rust,
+    /// ng offer + answer over UDP (rtpengine's shape: an even/odd pair per
+    /// leg, four ports a call).
+    Ng,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct CapacityOptions {
+    /// Concurrent sessions to set up and hold.
+    pub sessions: usize,
+    /// Loopback addresses on the relay's one interface.
+    pub addresses: usize,
+    /// First and last relay port on each address.
+    pub ports: (u16, u16),
+    /// Setup API.
+    pub api: SetupApi,
+    /// Requests in flight during setup.
+    pub concurrency: usize,
+    /// Sessions that carry media afterwards (spread evenly).
+    pub sample: usize,
+    /// Shards (0: enough that each holds at most RLIMIT_NOFILE − 2 048 sockets).
+    pub workers: usize,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityReport {
+    /// Setup API used.
+    pub api: SetupApi,
+    /// Sessions held at once.
+    pub sessions: usize,
+    /// Relay sockets bound for them.
+    pub relay_sockets: u64,
+    /// Loopback addresses used.
+    pub addresses: usize,
+    /// Shards.
+    pub workers: usize,
+    /// Sessions (ng: calls) set up per second.
+    pub setup_per_sec: f64,
+    /// Setup wall time, seconds.
+    pub setup_secs: f64,
+    /// Resident memory of the process: before the relay, with the relay
+    /// idle, with every session (KiB).
+    pub rss_kib: [u64; 3],
+    /// (RSS with sessions − RSS idle) / sessions.
+    pub user_bytes_per_session: f64,
+    /// Kernel slab memory (sockets, their files) per session, bytes
+    /// (machine-wide `Slab:` of /proc/meminfo: run on a quiet machine).
+    pub kernel_bytes_per_session: f64,
+    /// Sampled sessions with media.
+    pub sample: usize,
+    /// Media packets sent (both directions) and received back intact.
+    pub media_sent: u64,
+    /// Media packets received intact.
+    pub media_received: u64,
+    /// Datapath.
+    pub datapath: String,
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Kernel slab memory, bytes (`Slab:` of /proc/meminfo): sockets, their
+/// inodes and io_uring's file references live there. Machine-wide, so a
+/// quiet machine gives the relay's share.
+fn kernel_slab_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Slab:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The soft RLIMIT_NOFILE (from /proc/self/limits).
+fn nofile_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Max open files"))?.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// The relay's addresses: 127.0.1.1, 127.0.1.2, ...
+fn address(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8))
+}
+
+/// Runs one capacity measurement.
+pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
+    let ports_per_session = match o.api {
+        SetupApi::Rust => 2,
+        SetupApi::Ng => 4,
+    };
+    let per_address = usize::from(o.ports.1 - o.ports.0) + 1;
+    let needed = o.sessions * ports_per_session;
+    if per_address * o.addresses < needed + needed / 50 {
+        return Err(format!(
+            "{needed} ports needed, {} addresses × {per_address} ports give {}: add --addresses",
+            o.addresses,
+            per_address * o.addresses
+        ));
+    }
+    let limit = nofile_limit().saturating_sub(2048).max(1024);
+    let workers = if o.workers > 0 { o.workers } else { (per_address * o.addresses).div_ceil(limit).max(1) };
+    let rss0 = rss_kib();
+    let kernel0 = kernel_slab_bytes();
+    let relay = Relay::start(RelayConfig {
+        interfaces: vec![InterfaceConfig {
+            name: "default".into(),
+            addresses: (0..o.addresses).map(|i| InterfaceAddress { bind: address(i), advertised: None }).collect(),
+            port_min: o.ports.0,
+            port_max: o.ports.1,
+        }],
+        workers,
+        backend: BackendKind::Uring,
+        tenant_port_share_percent: 100,
+        command_queue: 4096,
+        thread_name: "capacity".into(),
+        defaults: SessionDefaults {
+            idle_timeout: Duration::from_secs(3600),
+            limits: relay_core::LegLimits::default(),
+            ..SessionDefaults::default()
+        },
+        peer_policy: PeerPolicy::loopback_lab(),
+        ..RelayConfig::default()
+    })
+    .map_err(|e| format!("relay: {e}"))?;
+    let h = relay.handle();
+    let rss1 = rss_kib();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    // The sample's endpoints: a caller and a callee socket per session.
+    let stride = (o.sessions / o.sample.max(1)).max(1);
+    let sampled: Vec<usize> = (0..o.sessions).step_by(stride).take(o.sample).collect();
+    let mut ends: Vec<(UdpSocket, UdpSocket)> = Vec::with_capacity(sampled.len());
+    for _ in &sampled {
+        let a = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let b = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        for s in [&a, &b] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        }
+        ends.push((a, b));
+    }
+    let hint_of = |k: usize| -> (SocketAddr, SocketAddr) {
+        match sampled.binary_search(&k) {
+            Ok(i) => (ends[i].0.local_addr().expect("addr"), ends[i].1.local_addr().expect("addr")),
+            // Sessions outside the sample never see a packet.
+            Err(_) => (SocketAddr::from(([127, 0, 0, 1], 9)), SocketAddr::from(([127, 0, 0, 1], 9))),
+        }
+    };
+
+    let started = Instant::now();
+    // Where each sampled session's caller and callee send: (to caller's leg, to callee's leg).
+    let mut targets: Vec<(SocketAddr, SocketAddr)> =
+        vec![(SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::from(([0, 0, 0, 0], 0))); sampled.len()];
+    match o.api {
+        SetupApi::Rust => {
+            let mut pending = std::collections::VecDeque::with_capacity(o.concurrency);
+            let mut k = 0;
+            while k < o.sessions || !pending.is_empty() {
+                if k < o.sessions && pending.len() < o.concurrency.max(1) {
+                    let (caller, callee) = hint_of(k);
+                    let spec = SessionSpec {
+                        tenant: "capacity".into(),
+                        pbx: LegSpec { rtcp_mux: true, hint: Some(caller), ..LegSpec::default() },
+                        endpoint: LegSpec { rtcp_mux: true, hint: Some(callee), ..LegSpec::default() },
+                        ..SessionSpec::default()
+                    };
+                    pending.push_back((k, h.allocate(spec)));
+                    k += 1;
+                    continue;
+                }
+                let Some((j, p)) = pending.pop_front() else { break };
+                let a = p.wait().map_err(|e| format!("session {j}: {e}"))?;
+                if let Ok(i) = sampled.binary_search(&j) {
+                    targets[i] = (a.pbx.rtp, a.endpoint.rtp);
+                }
+            }
+        }
+        SetupApi::Ng => {
+            let engine = NgEngine::new(
+                h.clone(),
+                NgConfig {
+                    limits: NgLimits { max_calls: o.sessions + 16, ..NgLimits::default() },
+                    authenticated_latching: false,
+                    ..NgConfig::default()
+                },
+            );
+            let transport = ucmrc::ng::NgTransport {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                allow_from: Vec::new(),
+                udp_max_in_flight: o.concurrency.max(1) * 2,
+                tcp_max_connections: 4,
+                tcp_idle_timeout: Duration::from_secs(60),
+                max_message_bytes: 256 * 1024,
+                max_cookie_bytes: 128,
+            };
+            let stats = Arc::new(ucmrc::ng::NgTransportStats::default());
+            let (ng, _) =
+                runtime.block_on(ucmrc::ng::start(transport, engine, stats)).map_err(|e| format!("ng listen: {e}"))?;
+            let results = ng_setup(ng, o, &hint_of)?;
+            for (k, t) in results {
+                if let Ok(i) = sampled.binary_search(&k) {
+                    targets[i] = t;
+                }
+            }
+        }
+    }
+    let setup = started.elapsed();
+    let counters = h.counters().wait().map_err(|e| e.to_string())?.total;
+    let rss2 = rss_kib();
+    let kernel2 = kernel_slab_bytes();
+
+    // Media on the sample: both ways, every byte compared.
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut buf = [0u8; 512];
+    for (i, ((caller, callee), (to_caller_leg, to_callee_leg))) in ends.iter().zip(&targets).enumerate() {
+        for seq in 0..3u16 {
+            for (from, to, dest) in [(caller, callee, *to_caller_leg), (callee, caller, *to_callee_leg)] {
+                let mut pkt = vec![0x80, 0];
+                pkt.extend_from_slice(&seq.to_be_bytes());
+                pkt.extend_from_slice(&[0, 0, 0, 0]);
+                pkt.extend_from_slice(&(i as u32).to_be_bytes());
+                pkt.extend(std::iter::repeat_n(seq as u8, 160));
+                from.send_to(&pkt, dest).map_err(|e| e.to_string())?;
+                sent += 1;
+                if let Ok(n) = to.recv(&mut buf) {
+                    if buf[..n] == pkt[..] {
+                        received += 1;
+                    }
+                }
+            }
+        }
+    }
+    let sessions = counters.sessions_active as usize;
+    drop(relay);
+    Ok(CapacityReport {
+        api: o.api,
+        sessions,
+        relay_sockets: counters.ports_in_use,
+        addresses: o.addresses,
+        workers,
+        setup_per_sec: o.sessions as f64 / setup.as_secs_f64(),
+        setup_secs: setup.as_secs_f64(),
+        rss_kib: [rss0, rss1, rss2],
+        user_bytes_per_session: (rss2.saturating_sub(rss1) * 1024) as f64 / sessions.max(1) as f64,
+        kernel_bytes_per_session: kernel2.saturating_sub(kernel0) as f64 / sessions.max(1) as f64,
+        sample: sampled.len(),
+        media_sent: sent,
+        media_received: received,
+        datapath: format!("{:?}", h.backend()).to_lowercase(),
+    })
+}
+
+/// Sets up `o.sessions` calls over ng (offer, then answer), `o.concurrency`
+/// requests in flight; returns each sampled call's (to caller's leg, to
+/// callee's leg) from the rewritten SDPs.
+#[allow(clippy::type_complexity)]
+fn ng_setup(
+    ng: SocketAddr,
+    o: &CapacityOptions,
+    hint_of: &dyn Fn(usize) -> (SocketAddr, SocketAddr),
+) -> Result<Vec<(usize, (SocketAddr, SocketAddr))>, String> {
+    let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let sdp = |a: SocketAddr| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 8\r\na=rtcp-mux\r\n",
+            ip = a.ip(),
+            port = a.port()
+        )
+    };
+    let message = |k: usize, answer: bool| {
+        let (caller, callee) = hint_of(k);
+        let mut pairs = vec![
+            ("command", Value::str(if answer { "answer" } else { "offer" })),
+            ("call-id", Value::Bytes(format!("cap-{k}").into_bytes())),
+            ("from-tag", Value::str("caller")),
+            ("sdp", Value::Bytes(sdp(if answer { callee } else { caller }).into_bytes())),
+        ];
+        if answer {
+            pairs.push(("to-tag", Value::str("callee")));
+        }
+        [format!("{}{k} ", if answer { 'a' } else { 'o' }).into_bytes(), bencode::dict(pairs).encode()].concat()
+    };
+    let port_of = |reply: &Value| -> Result<SocketAddr, String> {
+        let sdp = reply.get("sdp").and_then(Value::as_str).ok_or_else(|| format!("ng error: {reply:?}"))?;
+        let ip: IpAddr = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("c=IN IP4 "))
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or("no c= in the reply")?;
+        let port = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("m=audio "))
+            .and_then(|r| r.split(' ').next()?.parse().ok())
+            .ok_or("no m= in the reply")?;
+        Ok(SocketAddr::new(ip, port))
+    };
+    // Each call: offer, then answer once the offer is answered.
+    let mut offered: Vec<Option<SocketAddr>> = vec![None; o.sessions];
+    let mut out = Vec::new();
+    let (mut next, mut in_flight, mut done) = (0usize, 0usize, 0usize);
+    let mut buf = vec![0u8; 65536];
+    while done < o.sessions {
+        while in_flight < o.concurrency.max(1) && next < o.sessions {
+            sock.send_to(&message(next, false), ng).map_err(|e| e.to_string())?;
+            next += 1;
+            in_flight += 1;
+        }
+        let n = sock.recv(&mut buf).map_err(|e| format!("ng reply: {e} ({done} calls set up)"))?;
+        let space = buf[..n].iter().position(|b| *b == b' ').ok_or("reply without cookie")?;
+        let cookie = std::str::from_utf8(&buf[..space]).map_err(|e| e.to_string())?.to_string();
+        let reply = bencode::decode(&buf[space + 1..n]).map_err(|e| format!("{e:?}"))?;
+        let k: usize = cookie[1..].parse().map_err(|_| "bad cookie")?;
+        if cookie.starts_with('o') {
+            offered[k] = Some(port_of(&reply)?);
+            sock.send_to(&message(k, true), ng).map_err(|e| e.to_string())?;
+        } else {
+            let to_caller_leg = port_of(&reply)?;
+            let to_callee_leg = offered[k].ok_or("answer before offer")?;
+            out.push((k, (to_caller_leg, to_callee_leg)));
+            in_flight -= 1;
+            done += 1;
+        }
+    }
+    out.sort_by_key(|(k, _)| *k);
+    Ok(out)
+}
