@@ -333,30 +333,60 @@ fn ng_setup(
             .ok_or("no m= in the reply")?;
         Ok(SocketAddr::new(ip, port))
     };
-    // Each call: offer, then answer once the offer is answered.
+    // Each call: offer, then answer once the offer is answered. Like
+    // Kamailio, a request unanswered for 500 ms is sent again with the same
+    // cookie (UDP may drop it; the relay answers a retransmission from its
+    // reply cache).
+    sock.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
     let mut offered: Vec<Option<SocketAddr>> = vec![None; o.sessions];
+    let mut outstanding: std::collections::HashMap<String, (Vec<u8>, Instant, u32)> = std::collections::HashMap::new();
     let mut out = Vec::new();
-    let (mut next, mut in_flight, mut done) = (0usize, 0usize, 0usize);
+    let (mut next, mut done) = (0usize, 0usize);
     let mut buf = vec![0u8; 65536];
+    let send = |msg: Vec<u8>, outstanding: &mut std::collections::HashMap<String, (Vec<u8>, Instant, u32)>| {
+        let cookie = String::from_utf8_lossy(&msg[..msg.iter().position(|b| *b == b' ').unwrap_or(0)]).to_string();
+        let r = sock.send_to(&msg, ng).map_err(|e| e.to_string());
+        outstanding.insert(cookie, (msg, Instant::now(), 0));
+        r
+    };
     while done < o.sessions {
-        while in_flight < o.concurrency.max(1) && next < o.sessions {
-            sock.send_to(&message(next, false), ng).map_err(|e| e.to_string())?;
+        while outstanding.len() < o.concurrency.max(1) && next < o.sessions {
+            send(message(next, false), &mut outstanding)?;
             next += 1;
-            in_flight += 1;
         }
-        let n = sock.recv(&mut buf).map_err(|e| format!("ng reply: {e} ({done} calls set up)"))?;
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                for (cookie, (msg, at, tries)) in outstanding.iter_mut() {
+                    if at.elapsed() >= Duration::from_millis(500) {
+                        *tries += 1;
+                        if *tries > 10 {
+                            return Err(format!(
+                                "no ng reply to {cookie} after 10 retransmissions ({done} calls set up)"
+                            ));
+                        }
+                        sock.send_to(msg, ng).map_err(|e| e.to_string())?;
+                        *at = Instant::now();
+                    }
+                }
+                continue;
+            }
+            Err(e) => return Err(format!("ng reply: {e}")),
+        };
         let space = buf[..n].iter().position(|b| *b == b' ').ok_or("reply without cookie")?;
         let cookie = std::str::from_utf8(&buf[..space]).map_err(|e| e.to_string())?.to_string();
+        if outstanding.remove(&cookie).is_none() {
+            continue; // the answer to a retransmission already handled
+        }
         let reply = bencode::decode(&buf[space + 1..n]).map_err(|e| format!("{e:?}"))?;
         let k: usize = cookie[1..].parse().map_err(|_| "bad cookie")?;
         if cookie.starts_with('o') {
             offered[k] = Some(port_of(&reply)?);
-            sock.send_to(&message(k, true), ng).map_err(|e| e.to_string())?;
+            send(message(k, true), &mut outstanding)?;
         } else {
             let to_caller_leg = port_of(&reply)?;
             let to_callee_leg = offered[k].ok_or("answer before offer")?;
             out.push((k, (to_caller_leg, to_callee_leg)));
-            in_flight -= 1;
             done += 1;
         }
     }

@@ -212,18 +212,34 @@ impl ReplyCache {
     }
 }
 
+/// One call's slot: locked for the whole of a command on that call (so
+/// commands on one call run in order) while commands on other calls run
+/// at the same time. `None` while an offer creates it.
+type CallSlot = Arc<Mutex<Option<Call>>>;
+
+/// The calls by call-id; the map's own lock is held only to look up,
+/// insert or remove a slot, never across an await.
 #[derive(Default)]
-struct State {
-    calls: HashMap<Vec<u8>, Call>,
-    cache: ReplyCache,
-    calls_total: u64,
+struct CallTable {
+    calls: HashMap<Vec<u8>, CallSlot>,
+    total: u64,
+}
+
+impl CallTable {
+    /// Removes `call_id` if it still maps to `slot`.
+    fn remove_if(&mut self, call_id: &[u8], slot: &CallSlot) {
+        if self.calls.get(call_id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            self.calls.remove(call_id);
+        }
+    }
 }
 
 /// The ng protocol engine.
 pub struct NgEngine {
     handle: RelayHandle,
     config: NgConfig,
-    state: Mutex<State>,
+    table: std::sync::Mutex<CallTable>,
+    cache: std::sync::Mutex<ReplyCache>,
     stats: NgStats,
     started: Instant,
 }
@@ -272,7 +288,8 @@ impl NgEngine {
         Arc::new(Self {
             handle,
             config,
-            state: Mutex::new(State::default()),
+            table: std::sync::Mutex::new(CallTable::default()),
+            cache: std::sync::Mutex::new(ReplyCache::default()),
             stats: NgStats::default(),
             started: Instant::now(),
         })
@@ -289,7 +306,7 @@ impl NgEngine {
             return [b"? ".as_slice(), &error("cookie must be 1 to max_cookie_bytes bytes").encode()].concat();
         }
         let now = Instant::now();
-        if let Some(reply) = self.state.lock().await.cache.get(now, cookie) {
+        if let Some(reply) = self.lock_cache().get(now, cookie) {
             return reply;
         }
         let json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
@@ -309,7 +326,7 @@ impl NgEngine {
         };
         let encoded = if json { to_json(&reply).to_string().into_bytes() } else { reply.encode() };
         let out = [cookie, b" ", &encoded].concat();
-        self.state.lock().await.cache.insert(now, cookie, &out, limits);
+        self.lock_cache().insert(now, cookie, &out, limits);
         out
     }
 
@@ -319,28 +336,24 @@ impl NgEngine {
     pub async fn sweep(&self) {
         let now = Instant::now();
         let ttl = self.config.limits.orphan_call_ttl;
-        let calls: Vec<(Vec<u8>, Vec<SessionId>, Instant)> = {
-            let st = self.state.lock().await;
-            st.calls.iter().map(|(k, c)| (k.clone(), c.media.iter().map(|m| m.id).collect(), c.seen_alive)).collect()
-        };
-        for (call_id, ids, seen) in calls {
+        let slots: Vec<(Vec<u8>, CallSlot)> =
+            self.lock_table().calls.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        for (call_id, slot) in slots {
+            // A call busy with a command is alive enough: next sweep.
+            let Ok(mut guard) = slot.try_lock() else { continue };
+            let Some(call) = guard.as_mut() else { continue };
             let mut alive = false;
-            for id in ids {
-                if self.handle.session(id).await.is_ok() {
+            for m in &call.media {
+                if self.handle.session(m.id).await.is_ok() {
                     alive = true;
                     break;
                 }
             }
-            let mut st = self.state.lock().await;
             if alive {
-                if let Some(c) = st.calls.get_mut(&call_id) {
-                    c.seen_alive = now;
-                }
-            } else if now.saturating_duration_since(seen) >= ttl {
-                // Only if nothing touched it meanwhile (a re-offer updates `seen_alive`).
-                if st.calls.get(&call_id).is_some_and(|c| c.seen_alive == seen) {
-                    st.calls.remove(&call_id);
-                }
+                call.seen_alive = now;
+            } else if now.saturating_duration_since(call.seen_alive) >= ttl {
+                *guard = None;
+                self.lock_table().remove_if(&call_id, &slot);
             }
         }
     }
@@ -352,7 +365,23 @@ impl NgEngine {
 
     /// Calls known now.
     pub async fn calls(&self) -> usize {
-        self.state.lock().await.calls.len()
+        self.lock_table().calls.len()
+    }
+
+    fn lock_table(&self) -> std::sync::MutexGuard<'_, CallTable> {
+        // A panic while holding it cannot leave the map half-changed.
+        self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, ReplyCache> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The slot of `call_id`, locked; `None` if there is no such call.
+    async fn lock_call(&self, call_id: &[u8]) -> Option<(CallSlot, tokio::sync::OwnedMutexGuard<Option<Call>>)> {
+        let slot = self.lock_table().calls.get(call_id).cloned()?;
+        let guard = slot.clone().lock_owned().await;
+        guard.is_some().then_some((slot, guard))
     }
 
     /// Command counters and latency (for `statistics` and metrics).
@@ -464,13 +493,37 @@ impl NgEngine {
             }
         }
         let use_keys = self.config.authenticated_latching && !opts.no_authenticated_latching;
-        let mut st = self.state.lock().await;
-        let existing = st.calls.get(call_id).cloned();
-        if !offer && existing.is_none() {
+        // The call's slot (created by an offer), locked for this command. A
+        // slot removed while we waited (a failed offer, a delete) is stale:
+        // look again.
+        let mut attempts = 0;
+        let (slot, mut guard) = loop {
+            attempts += 1;
+            if attempts > 8 {
+                return error("the call changed under this request too often; retry");
+            }
+            let slot = {
+                let mut table = self.lock_table();
+                match table.calls.get(call_id) {
+                    Some(s) => s.clone(),
+                    None if !offer => return error("unknown call-id"),
+                    None if table.calls.len() >= limits.max_calls => return error("too many calls (max_calls)"),
+                    None => {
+                        let s: CallSlot = Arc::new(Mutex::new(None));
+                        table.calls.insert(call_id.to_vec(), s.clone());
+                        s
+                    }
+                }
+            };
+            let guard = slot.clone().lock_owned().await;
+            if self.lock_table().calls.get(call_id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                break (slot, guard);
+            }
+        };
+        let existing = guard.clone();
+        let is_new = existing.is_none();
+        if !offer && is_new {
             return error("unknown call-id");
-        }
-        if existing.is_none() && st.calls.len() >= limits.max_calls {
-            return error("too many calls (max_calls)");
         }
         let mut call = existing.unwrap_or(Call {
             from_tag: from_tag.into(),
@@ -647,10 +700,11 @@ impl NgEngine {
         };
         if let Err(e) = outcome {
             // A new call that failed half-way keeps nothing.
-            if !st.calls.contains_key(call_id) {
+            if is_new {
                 for old in call.media.drain(..) {
                     let _ = self.handle.release(old.id).await;
                 }
+                self.lock_table().remove_if(call_id, &slot);
             }
             return error(e);
         }
@@ -659,12 +713,20 @@ impl NgEngine {
         let rewrite = sdp::Rewrite { addr, media: rewrites, replace_origin: opts.replace_origin };
         let out = match sdp::rewrite(sdp_text, &rewrite) {
             Ok(s) => s,
-            Err(e) => return error(e.to_string()),
+            Err(e) => {
+                if is_new {
+                    for old in call.media.drain(..) {
+                        let _ = self.handle.release(old.id).await;
+                    }
+                    self.lock_table().remove_if(call_id, &slot);
+                }
+                return error(e.to_string());
+            }
         };
-        if offer && !st.calls.contains_key(call_id) {
-            st.calls_total += 1;
+        if is_new {
+            self.lock_table().total += 1;
         }
-        st.calls.insert(call_id.to_vec(), call);
+        *guard = Some(call);
         ok(vec![("sdp", Value::Bytes(out.into_bytes()))])
     }
 
@@ -683,12 +745,20 @@ impl NgEngine {
         .min(MAX_DELETE_DELAY);
         let from_tag = msg.get("from-tag").and_then(Value::as_str);
         let to_tag = msg.get("to-tag").and_then(Value::as_str);
-        let mut st = self.state.lock().await;
-        let matches = st.calls.get(call_id).is_some_and(|c| {
+        let mut found = self.lock_call(call_id).await;
+        let matches = found.as_ref().and_then(|(_, g)| g.as_ref()).is_some_and(|c| {
             from_tag.is_none_or(|t| c.leg_of(t).is_some())
                 && to_tag.is_none_or(|t| c.to_tag.is_none() || c.leg_of(t).is_some())
         });
-        let call = if matches { st.calls.remove(call_id) } else { None };
+        let call = match found.as_mut() {
+            Some((slot, guard)) if matches => {
+                let call = guard.take();
+                self.lock_table().remove_if(call_id, slot);
+                call
+            }
+            _ => None,
+        };
+        drop(found);
         let Some(call) = call else {
             // rtpengine's answer: a repeated or late delete (Kamailio's
             // rtpengine_delete() after a failed call, a retransmitted BYE) is
@@ -698,7 +768,6 @@ impl NgEngine {
             }
             return ok(vec![("warning", Value::str(NOT_FOUND))]);
         };
-        drop(st);
         self.stats.deleted_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stats = self.call_stats(&call).await;
         let ids: Vec<SessionId> = call.media.iter().map(|m| m.id).collect();
@@ -725,8 +794,10 @@ impl NgEngine {
         let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else {
             return error("block media needs call-id");
         };
-        let mut st = self.state.lock().await;
-        let Some(call) = st.calls.get_mut(call_id) else {
+        let Some((_slot, mut guard)) = self.lock_call(call_id).await else {
+            return error("Unknown call-id");
+        };
+        let Some(call) = guard.as_mut() else {
             return error("Unknown call-id");
         };
         let legs: Vec<usize> = match msg.get("from-tag").and_then(Value::as_str) {
@@ -755,7 +826,10 @@ impl NgEngine {
         let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else {
             return error("query needs call-id");
         };
-        let call = self.state.lock().await.calls.get(call_id).cloned();
+        let call = match self.lock_call(call_id).await {
+            Some((_, guard)) => guard.clone(),
+            None => None,
+        };
         match call {
             Some(c) => self.call_stats(&c).await,
             None => error("Unknown call-id"),
@@ -882,8 +956,7 @@ impl NgEngine {
 
     async fn list(&self, msg: &Value) -> Value {
         let limit = msg.get("limit").and_then(Value::as_int).unwrap_or(32).clamp(1, 10_000) as usize;
-        let st = self.state.lock().await;
-        let calls: Vec<Value> = st.calls.keys().take(limit).map(|k| Value::Bytes(k.clone())).collect();
+        let calls: Vec<Value> = self.lock_table().calls.keys().take(limit).map(|k| Value::Bytes(k.clone())).collect();
         ok(vec![("calls", Value::List(calls))])
     }
 
@@ -891,8 +964,8 @@ impl NgEngine {
     /// statistics per command, and UCMRC's drops by reason.
     async fn statistics(&self) -> Value {
         let (own, total) = {
-            let st = self.state.lock().await;
-            (st.calls.len(), st.calls_total)
+            let table = self.lock_table();
+            (table.calls.len(), table.total)
         };
         let c = self.handle.counters().await.map(|c| c.total).unwrap_or_default();
         let s = self.stats.snapshot();
