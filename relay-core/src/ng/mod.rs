@@ -1179,3 +1179,24 @@ fn is_private(ip: IpAddr) -> bool {
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/ng.md lists every command UCMRC refuses, and each gets a reason.
+    #[test]
+    fn every_refused_command_is_documented_and_answered_with_a_reason() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ng.md")).expect("docs/ng.md");
+        for cmd in REFUSED_COMMANDS {
+            assert!(doc.contains(&format!("`{cmd}`")), "docs/ng.md does not list {cmd:?}");
+            let reply = refused_command(cmd);
+            let reason = reply.get("error-reason").and_then(Value::as_str).unwrap_or("");
+            assert!(reason.contains("not supported: "), "{cmd}: {reason}");
+        }
+        for cmd in ["ping", "offer", "answer", "delete", "query", "list", "statistics", "block media", "unblock media"]
+        {
+            assert!(doc.contains(&format!("`{cmd}`")), "docs/ng.md does not list {cmd:?}");
+        }
+    }
+}

@@ -246,6 +246,12 @@ impl Options {
         if msg.get("T.38").is_some() || msg.get("T38").is_some() || !prefixed("T.38").is_empty() {
             return refuse("T.38 gateway", NO_DECRYPT);
         }
+        if msg.get("media echo").is_some() || msg.get("media-echo").is_some() {
+            return refuse("media echo", "UCMRC forwards each side's media to the other side only");
+        }
+        if msg.get("DTMF-security").is_some() {
+            return refuse("DTMF-security", "UCMRC does not inspect payloads (block media works)");
+        }
         for f in ["transcode", "always-transcode", "inject-DTMF", "generate-mid", "generate-RTCP"] {
             if has(&flags, f) {
                 return refuse(f, NO_DECRYPT);
@@ -342,6 +348,8 @@ mod tests {
             (json!({"transport-protocol": "UDPTL"}), "unknown transport-protocol"),
             (json!({"media-address": "none"}), "IP address"),
             (json!({"address family": "IPX"}), "IP4 or IP6"),
+            (json!({"media echo": "forward"}), "media echo"),
+            (json!({"DTMF-security": "drop"}), "DTMF-security"),
         ] {
             let e = parse(req.clone()).expect_err(&req.to_string());
             assert!(e.0.contains(needle), "{req}: {e}");
