@@ -559,6 +559,7 @@ fn ng_refuses_what_it_cannot_do_and_blocks_media_on_command() {
         (serde_json::json!({"ptime": 30}), sdp(port, "RTP/AVP", ""), "ptime"),
         (serde_json::json!({"record call": "yes"}), sdp(port, "RTP/AVP", ""), "never records"),
         (serde_json::json!({"address family": "IP6"}), sdp(port, "RTP/AVP", ""), "address family"),
+        (serde_json::json!({"ICE": "force"}), sdp(port, "RTP/AVP", ""), "terminate ICE"),
     ] {
         let reply = call(offer(extra.clone(), body));
         assert_eq!(reply["result"], "error", "{extra}: {reply}");
@@ -616,14 +617,14 @@ fn ng_refuses_what_it_cannot_do_and_blocks_media_on_command() {
     let stats = call(serde_json::json!({"command": "statistics"}));
     let s = &stats["statistics"];
     assert_eq!(s["currentstatistics"]["sessionsown"], 1, "{stats}");
-    assert_eq!(s["totalstatistics"]["rejectedsessions"], 9, "{stats}");
+    assert_eq!(s["totalstatistics"]["rejectedsessions"], 10, "{stats}");
     assert_eq!(s["totalstatistics"]["droppedbyreason"]["blocked"], 1, "{stats}");
     assert_eq!(s["controlstatistics"]["commands"]["totalrefusedcount"], 5, "{stats}");
     assert_eq!(s["totalstatistics"]["relayedpackets"], 4, "four delivered, the blocked one not: {stats}");
     let m = scrape(&r);
-    assert_eq!(m["ucmrc_ng_commands_total{command=\"offer\",result=\"error\"}"], 9.0);
+    assert_eq!(m["ucmrc_ng_commands_total{command=\"offer\",result=\"error\"}"], 10.0);
     assert_eq!(m["ucmrc_ng_commands_total{command=\"block_media\",result=\"ok\"}"], 1.0);
-    assert_eq!(m["ucmrc_ng_rejected_offers_total"], 9.0);
+    assert_eq!(m["ucmrc_ng_rejected_offers_total"], 10.0);
 
     let done = call(serde_json::json!({"command": "delete", "call-id": "blocky", "from-tag": "a", "to-tag": "b"}));
     assert_eq!(done["result"], "ok", "{done}");

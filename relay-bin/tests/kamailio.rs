@@ -688,6 +688,15 @@ fn kamailio_drives_ucmrc_as_rtpengine() {
             hold_resume: false,
         },
         Scenario {
+            name: "ice-forced",
+            offer_flags: "ICE=force",
+            caller: Side { ice: true, ..sdes },
+            callee: Side { ice: true, ..sdes },
+            video: false,
+            early_media: false,
+            hold_resume: false,
+        },
+        Scenario {
             name: "ice-removed-codec-stripped-origin-replaced",
             offer_flags: "ICE=remove codec-strip-PCMA replace-origin replace-session-connection",
             caller: Side { ice: true, ..plain },

@@ -695,3 +695,38 @@ fn legs_get_ports_on_their_interface_and_forward_from_its_address() {
         assert_eq!(v, Verdict::Forward { via: RelayPort::new(0, c.pbx.rtp), to: sa(PBX) }, "each reaches its own call");
     }
 }
+
+/// RFC 3605: an `a=rtcp:` port that is not the RTP port + 1 is where RTCP
+/// goes until the RTCP port latches; an update can move it back.
+#[test]
+fn an_announced_rtcp_port_is_the_rtcp_destination_until_rtcp_latches() {
+    let mut lab = Lab::new();
+    let mut s = spec(LatchPolicy::Window);
+    s.pbx = LegSpec { rtcp_mux: false, hint: Some(sa(PBX)), ..LegSpec::default() };
+    s.endpoint = LegSpec { rtcp_mux: false, hint: Some(sa(PHONE)), ..LegSpec::default() };
+    let a = lab.allocate(s).expect("allocate");
+    let update = |port: u16| SessionUpdate {
+        endpoint: LegUpdate { rtcp_port: Some(port), ..LegUpdate::default() },
+        ..SessionUpdate::default()
+    };
+    let apply = |lab: &mut Lab, u: SessionUpdate| match lab.shard.handle_command(
+        lab.t0,
+        Command::Update { id: a.id, update: Box::new(u) },
+        &mut lab.sockets,
+    ) {
+        Response::Updated(r) => r,
+        other => panic!("unexpected {other:?}"),
+    };
+    apply(&mut lab, update(6000)).expect("update");
+    let mut caller = SrtpTx::new(&master(1), 7, 10);
+    let rtcp_port = a.pbx.rtcp.expect("pair");
+    assert_eq!(
+        lab.send(0, rtcp_port, sa("198.51.100.10:4001"), &caller.next_rtcp()),
+        fwd(a.endpoint.rtcp.expect("pair"), "203.0.113.20:6000")
+    );
+    apply(&mut lab, update(0)).expect("back to port + 1");
+    assert_eq!(
+        lab.send(1, rtcp_port, sa("198.51.100.10:4001"), &caller.next_rtcp()),
+        fwd(a.endpoint.rtcp.expect("pair"), "203.0.113.20:5005")
+    );
+}

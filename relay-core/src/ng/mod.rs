@@ -574,7 +574,9 @@ impl NgEngine {
                         .filter(|p| !p.is_empty() && p.len() <= 256 && p.bytes().all(|b| b.is_ascii_graphic())),
                     IceRewrite::Remove => None,
                 };
-                let mut sender_update = LegUpdate { hint, srtp_auth: keys.clone(), ..LegUpdate::default() };
+                // RFC 3605: RTCP to the `a=rtcp:` port (0: the RTP port + 1).
+                let rtcp_port = Some(m.rtcp_port.unwrap_or(0));
+                let mut sender_update = LegUpdate { hint, srtp_auth: keys.clone(), rtcp_port, ..LegUpdate::default() };
                 let mut other_update =
                     LegUpdate { stun_password: ice_pwd.clone().map(String::into_bytes), ..LegUpdate::default() };
                 let media = match call.media.get_mut(k) {
@@ -1131,6 +1133,10 @@ fn plan_media(opts: &Options, m: &sdp::MediaInfo) -> Result<MediaPlan, String> {
     let ice = match opts.ice {
         IceMode::Remove => IceRewrite::Remove,
         IceMode::Default => IceRewrite::RelayCandidates,
+        IceMode::Force if m.ice_ufrag.is_some() && m.ice_pwd.is_some() => IceRewrite::RelayCandidates,
+        IceMode::Force => {
+            return Err("ICE: force on a section without ICE would need the relay to terminate ICE, which UCMRC does not (the relay is already the only candidate wherever the endpoints use ICE)".into())
+        }
     };
     Ok(MediaPlan { ice, proto, strip_formats, strip_crypto, strip_dtls })
 }

@@ -20,6 +20,11 @@ pub enum IceMode {
     Default,
     /// Every ICE attribute is removed.
     Remove,
+    /// rtpengine's `force`/`force-relay`: the relay must be the only
+    /// candidate. UCMRC's default already is, with the endpoints'
+    /// credentials end to end; a media section without ICE is refused
+    /// (adding ICE toward the recipient would need ICE termination).
+    Force,
 }
 
 /// rtcp-mux options (RFC 5761), as rtpengine reads them.
@@ -189,12 +194,7 @@ impl Options {
             None => IceMode::Default,
             Some(s) if s == "remove" => IceMode::Remove,
             Some(s) if s == "default" || s == "optional" || s.is_empty() => IceMode::Default,
-            Some(s) if s.starts_with("force") => {
-                return refuse(
-                    &format!("ICE: {s}"),
-                    "UCMRC does not terminate ICE; by default the endpoints' own candidates are replaced by the relay's and their checks run through it (or use ICE: remove)",
-                )
-            }
+            Some(s) if s == "force" || s == "force-relay" => IceMode::Force,
             Some(s) => return Err(Refusal(format!("unknown ICE option {s:?}"))),
         };
 
@@ -342,7 +342,7 @@ mod tests {
             (json!({"record call": "yes"}), "never records"),
             (json!({"codec": {"transcode": ["opus"]}}), "codec transcode"),
             (json!({"flags": ["codec-transcode-opus"]}), "codec transcode"),
-            (json!({"ICE": "force"}), "does not terminate ICE"),
+            (json!({"ICE": "force-all"}), "unknown ICE option"),
             (json!({"T.38": ["decode"]}), "T.38"),
             (json!({"rtcp-mux": ["nope"]}), "unknown rtcp-mux"),
             (json!({"transport-protocol": "UDPTL"}), "unknown transport-protocol"),

@@ -171,6 +171,9 @@ pub(crate) struct Leg {
     /// The remote multiplexes RTCP on the RTP port although the leg has an
     /// RTCP port (always true in effect for a one-port leg).
     remote_mux: bool,
+    /// The remote's RTCP port from signalling (`a=rtcp:`), when it is not
+    /// the hint's port + 1.
+    rtcp_hint_port: Option<u16>,
     /// Media from the remote is dropped as `blocked`.
     blocked: bool,
     /// Last accepted RTP (or other non-RTCP media) and RTCP datagram.
@@ -207,6 +210,7 @@ impl Leg {
             proven: Vec::new(),
             await_hint: spec.await_hint,
             remote_mux: false,
+            rtcp_hint_port: None,
             blocked: false,
             last_rtp: None,
             last_rtcp: None,
@@ -297,7 +301,10 @@ impl Leg {
         }
         let mut a = h;
         if slot == 1 {
-            a.set_port(h.port().checked_add(1)?);
+            a.set_port(match self.rtcp_hint_port {
+                Some(p) => p,
+                None => h.port().checked_add(1)?,
+            });
         }
         Some(a)
     }
@@ -612,6 +619,14 @@ impl Session {
         for (lu, side) in [(&u.pbx, "pbx"), (&u.endpoint, "endpoint")] {
             validate_leg_fields(lu.hint, lu.stun_password.as_deref(), lu.limits, side, defaults, policy)?;
         }
+        // An RTCP port is checked with the address it will go to.
+        for (i, lu, side) in [(0, &u.pbx, "pbx.rtcp_port"), (1, &u.endpoint, "endpoint.rtcp_port")] {
+            let ip = lu.hint.map(|h| h.ip()).or(self.legs[i].hint.map(|h| h.ip()));
+            if let (Some(port), Some(ip)) = (lu.rtcp_port.filter(|p| *p != 0), ip) {
+                validate_hint(SocketAddr::new(ip, port), policy)
+                    .map_err(|reason| InvalidSpec::address_refused(side, reason))?;
+            }
+        }
         let has_auth = |i: usize, lu: &LegUpdate| lu.srtp_auth.is_some() || self.legs[i].auth.is_some();
         let has_stun = |i: usize, lu: &LegUpdate| lu.stun_password.is_some() || self.legs[i].stun_key.is_some();
         check_credentials(
@@ -633,6 +648,9 @@ impl Session {
             }
             if let Some(m) = lu.rtcp_mux {
                 leg.remote_mux = m;
+            }
+            if let Some(p) = lu.rtcp_port {
+                leg.rtcp_hint_port = (p != 0).then_some(p);
             }
             if let Some(b) = lu.blocked {
                 leg.blocked = b;

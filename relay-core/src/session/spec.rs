@@ -200,6 +200,9 @@ pub struct LegUpdate {
     /// Drop (and count as `blocked`) every packet this leg's remote sends,
     /// or forward them again (`Some(false)`).
     pub blocked: Option<bool>,
+    /// The remote's RTCP port when it is not the hint's port + 1 (SDP
+    /// `a=rtcp:`, RFC 3605): where RTCP goes until the RTCP port latches.
+    pub rtcp_port: Option<u16>,
 }
 
 /// Changes to a session; any update re-opens the learning window.
