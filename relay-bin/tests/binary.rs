@@ -706,3 +706,74 @@ fn interfaces_put_each_leg_on_its_own_network() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("interfaces.addresses") && err.contains("10.0.0.300"), "{err}");
 }
+
+/// rtpengine's rtcp-mux options, one call each: what the callee is offered
+/// (mux, RTCP fallback port) and what the caller is answered, for a caller
+/// that offers mux (or not) and a callee that accepts it (or not). Also:
+/// `label` shows in `query`, and a configured delete-delay keeps the
+/// call's media until it passes.
+#[test]
+fn ng_rtcp_mux_options_label_and_delete_delay() {
+    let r = start(Some(&config("").replace("[ng]\n", "[ng]\ndelete_delay_secs = 1\n")));
+    let (ng, _) = r.ng.expect("ng enabled");
+    let ctl = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    ctl.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut n = 0;
+    let mut call = |req: serde_json::Value| {
+        n += 1;
+        let reply = ng_udp(&ctl, ng, format!("m{n} {req}").as_bytes());
+        json(String::from_utf8(reply).expect("utf-8").split_once(' ').expect("cookie").1)
+    };
+    let sdp = |port: u16, mux: bool| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n{}",
+            if mux { "a=rtcp-mux\r\n" } else { "" }
+        )
+    };
+    let view = |sdp: &str| {
+        let port = sdp_port(sdp);
+        let rtcp = sdp.lines().find_map(|l| l.strip_prefix("a=rtcp:")).map(|p| p.trim().parse::<u16>().expect("port"));
+        (sdp.contains("a=rtcp-mux"), rtcp.map(|r| r == port + 1))
+    };
+    // (option, caller offers mux, callee accepts mux) →
+    //   ((callee offered mux, fallback a=rtcp = port + 1), (caller answered mux, its a=rtcp))
+    let cases = [
+        ("", true, true, ((true, Some(true)), (true, None))),
+        ("", true, false, ((true, Some(true)), (false, Some(true)))),
+        ("", false, false, ((false, Some(true)), (false, Some(true)))),
+        ("demux", true, false, ((false, Some(true)), (true, None))),
+        ("accept", true, false, ((true, Some(true)), (true, None))),
+        ("reject", true, true, ((true, Some(true)), (false, Some(true)))),
+        ("offer", false, true, ((true, Some(true)), (false, Some(true)))),
+        ("require", true, true, ((true, None), (true, None))),
+    ];
+    for (k, (option, caller_mux, callee_mux, (offered, answered))) in cases.into_iter().enumerate() {
+        let id = format!("mux-{k}");
+        let mut offer = serde_json::json!({"command": "offer", "call-id": id, "from-tag": "a", "label": "caller-side",
+            "sdp": sdp(4000, caller_mux)});
+        if !option.is_empty() {
+            offer["rtcp-mux"] = serde_json::json!([option]);
+        }
+        let o = call(offer);
+        assert_eq!(view(o["sdp"].as_str().expect("sdp")), offered, "{option:?} offer to the callee: {o}");
+        let a = call(serde_json::json!({"command": "answer", "call-id": id, "from-tag": "a", "to-tag": "b",
+            "sdp": sdp(4002, callee_mux && offered.0)}));
+        assert_eq!(view(a["sdp"].as_str().expect("sdp")), answered, "{option:?} answer to the caller: {a}");
+    }
+    let q = call(serde_json::json!({"command": "query", "call-id": "mux-0"}));
+    assert_eq!(q["tags"]["a"]["label"], "caller-side", "{q}");
+
+    // delete_delay_secs = 1: the deleted call's sessions live one second more.
+    let active = |r: &Relay| scrape(r)["ucmrc_sessions_active"];
+    assert_eq!(active(&r), 8.0);
+    assert_eq!(call(serde_json::json!({"command": "delete", "call-id": "mux-0"}))["result"], "ok");
+    assert_eq!(active(&r), 8.0, "kept for the delete delay");
+    assert_eq!(
+        call(serde_json::json!({"command": "query", "call-id": "mux-0"}))["result"],
+        "error",
+        "the call is gone"
+    );
+    wait_for("released after the delay", || active(&r) == 7.0);
+    assert_eq!(call(serde_json::json!({"command": "delete", "call-id": "mux-1", "delete-delay": 0}))["result"], "ok");
+    assert_eq!(active(&r), 6.0, "delete-delay 0 releases at once");
+}

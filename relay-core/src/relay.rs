@@ -428,7 +428,13 @@ impl RelayConfig {
                     let same = ip == a.bind
                         || (ip.is_unspecified() || a.bind.is_unspecified()) && ip.is_ipv4() == a.bind.is_ipv4();
                     if same && lo <= itf.port_max && itf.port_min <= hi {
-                        return bad("interfaces", format!("{name} and {other} both use ports {lo}-{hi} on {ip}"));
+                        return bad(
+                            "interfaces",
+                            format!(
+                                "{name} ({}) and {other} ({ip}) both use ports {lo}-{hi} (a wildcard address takes those ports on every address of its family)",
+                                a.bind
+                            ),
+                        );
                     }
                 }
                 seen.push((a.bind, itf.port_min, itf.port_max, name));

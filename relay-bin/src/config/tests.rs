@@ -207,3 +207,28 @@ fn a_non_ascii_log_filter_is_refused_not_a_panic() {
     let e = Config::parse("x.toml", text).expect_err("refused");
     assert_eq!((e.key.as_str(), e.line), ("log.level", Some(4)), "{e}");
 }
+
+#[test]
+fn interfaces_and_ng_delay_are_validated_with_key_and_line() {
+    let e = Config::parse("x.toml", "[ng]\ndelete_delay_secs = 3601\n").expect_err("too long");
+    assert_eq!((e.key.as_str(), e.line), ("ng.delete_delay_secs", Some(2)), "{e}");
+    let e = Config::parse("x.toml", "[[interfaces]]\nname = \"lan\"\naddresses = [\"10.0.0.1!x\"]\n").expect_err("bad");
+    assert_eq!((e.key.as_str(), e.line), ("interfaces.addresses", Some(3)), "{e}");
+    let two = "[[interfaces]]\nname = \"a\"\naddresses = [\"127.0.0.2\"]\n[[interfaces]]\nname = \"a\"\naddresses = [\"127.0.0.3\"]\n";
+    let e = Config::parse("x.toml", two).expect_err("same name");
+    assert!(e.to_string().contains("two interfaces are named \"a\""), "{e}");
+    let overlap = "[[interfaces]]\nname = \"a\"\naddresses = [\"127.0.0.2\"]\n[[interfaces]]\nname = \"b\"\naddresses = [\"127.0.0.2\"]\nport_min = 15000\nport_max = 25000\n";
+    let e = Config::parse("x.toml", overlap).expect_err("overlap");
+    assert!(e.to_string().contains("both use ports"), "{e}");
+    let e =
+        Config::parse("x.toml", "[[interfaces]]\nname = \"w\"\naddresses = [\"0.0.0.0!203.0.113.5\", \"127.0.0.3\"]\n")
+            .expect_err("a wildcard overlaps every address");
+    assert!(e.to_string().contains("wildcard"), "{e}");
+    let ok = Config::parse(
+        "x.toml",
+        "[[interfaces]]\nname = \"wan\"\naddresses = [\"192.0.2.9!203.0.113.5\", \"198.51.100.3\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(ok.relay.ports_total(), 20_000, "two addresses of 10 000 ports");
+    assert!(!ok.relay.peer_policy.allow_loopback, "a public address: no loopback peers by default");
+}
