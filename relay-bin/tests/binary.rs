@@ -520,21 +520,9 @@ fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
 #[test]
 fn ng_refuses_what_it_cannot_do_and_blocks_media_on_command() {
     let r = start(Some(&config("")));
-    let (ng, _) = r.ng.expect("ng enabled");
-    let ctl = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    ctl.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let mut n = 0;
-    let mut call = |req: serde_json::Value| {
-        n += 1;
-        let reply = ng_udp(&ctl, ng, format!("j{n} {req}").as_bytes());
-        let text = String::from_utf8(reply).expect("utf-8");
-        json(text.split_once(' ').expect("cookie").1)
-    };
-    let (caller, callee) =
-        (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
-    for s in [&caller, &callee] {
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    }
+    let mut ng = NgJson::new(&r);
+    let mut call = |req: serde_json::Value| ng.call(req);
+    let (caller, callee) = (loopback_udp(), loopback_udp());
     let sdp = |port: u16, proto: &str, extra: &str| {
         format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} {proto} 0 8\r\na=rtcp-mux\r\n{extra}")
     };
@@ -642,20 +630,9 @@ fn interfaces_put_each_leg_on_its_own_network() {
          [[interfaces]]\nname = \"wan\"\naddresses = [\"127.0.0.3\", \"127.0.0.4\"]\nport_min = 21000\nport_max = 21999\n[ng]\n",
     );
     let r = start(Some(&text));
-    let (ng, _) = r.ng.expect("ng enabled");
-    let ctl = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    ctl.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let mut n = 0;
-    let mut call = |req: serde_json::Value| {
-        n += 1;
-        let reply = ng_udp(&ctl, ng, format!("i{n} {req}").as_bytes());
-        json(String::from_utf8(reply).expect("utf-8").split_once(' ').expect("cookie").1)
-    };
-    let (caller, callee) =
-        (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
-    for s in [&caller, &callee] {
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    }
+    let mut ng = NgJson::new(&r);
+    let mut call = |req: serde_json::Value| ng.call(req);
+    let (caller, callee) = (loopback_udp(), loopback_udp());
     let sdp = |port: u16| {
         format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtcp-mux\r\n")
     };
@@ -715,15 +692,8 @@ fn interfaces_put_each_leg_on_its_own_network() {
 #[test]
 fn ng_rtcp_mux_options_label_and_delete_delay() {
     let r = start(Some(&config("").replace("[ng]\n", "[ng]\ndelete_delay_secs = 1\n")));
-    let (ng, _) = r.ng.expect("ng enabled");
-    let ctl = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    ctl.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let mut n = 0;
-    let mut call = |req: serde_json::Value| {
-        n += 1;
-        let reply = ng_udp(&ctl, ng, format!("m{n} {req}").as_bytes());
-        json(String::from_utf8(reply).expect("utf-8").split_once(' ').expect("cookie").1)
-    };
+    let mut ng = NgJson::new(&r);
+    let mut call = |req: serde_json::Value| ng.call(req);
     let sdp = |port: u16, mux: bool| {
         format!(
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n{}",

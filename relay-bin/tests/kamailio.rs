@@ -572,32 +572,6 @@ fn send_ack(caller: &Agent, d: &Dialog, k: &Kamailio, cseq: u32) {
     caller.sip.send(&ack, k.sip);
 }
 
-/// A STUN Binding request with USERNAME, MESSAGE-INTEGRITY (RFC 5389)
-/// and FINGERPRINT, as an ICE agent sends a connectivity check.
-fn stun_check(username: &str, password: &str, txid: [u8; 12]) -> Vec<u8> {
-    use hmac::Mac;
-    let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
-    m.extend_from_slice(&txid);
-    let user = username.as_bytes();
-    m.extend_from_slice(&[0x00, 0x06]);
-    m.extend_from_slice(&(user.len() as u16).to_be_bytes());
-    m.extend_from_slice(user);
-    m.resize(m.len() + (4 - user.len() % 4) % 4, 0);
-    let len_with_mi = (m.len() - 20 + 24) as u16;
-    m[2..4].copy_from_slice(&len_with_mi.to_be_bytes());
-    let mut mac = <hmac::Hmac<sha1::Sha1> as Mac>::new_from_slice(password.as_bytes()).expect("hmac");
-    mac.update(&m);
-    let tag = mac.finalize().into_bytes();
-    m.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
-    m.extend_from_slice(&tag);
-    let len_with_fp = (m.len() - 20 + 8) as u16;
-    m[2..4].copy_from_slice(&len_with_fp.to_be_bytes());
-    let crc = crc32fast::hash(&m) ^ 0x5354_554e;
-    m.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
-    m.extend_from_slice(&crc.to_be_bytes());
-    m
-}
-
 /// ICE through the relay: each side's connectivity check, signed with the
 /// other side's password (which the relay passed on end to end), reaches
 /// the other side unchanged via the relay's candidate — the only candidate
@@ -612,7 +586,8 @@ fn ice_checks_through_relay(caller: &Agent, callee: &Agent, caller_view: &SdpVie
         let candidate = m.candidates.first().expect("a relay candidate");
         let port: u16 = candidate.split(' ').nth(5).and_then(|p| p.parse().ok()).expect("candidate port");
         assert_eq!(port, m.port, "the candidate is the relay's port");
-        let check = stun_check(&format!("{}:{}", to.ufrag, from.ufrag), to_pwd, [n; 12]);
+        let username = format!("{}:{}", to.ufrag, from.ufrag);
+        let check = relay_core::wire::stun::binding_request(username.as_bytes(), to_pwd.as_bytes(), [n; 12]);
         from.media[0].0.send_to(&check, SocketAddr::new(view.addr, port)).expect("send check");
         let len = to.media[0].0.recv(&mut buf).expect("the check crosses the relay");
         assert_eq!(&buf[..len], check.as_slice(), "checks pass unchanged");

@@ -85,7 +85,14 @@ pub fn start(config_text: Option<&str>) -> Relay {
         }
     });
     let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("a banner line").expect("utf-8");
+    let Some(Ok(first)) = lines.next() else {
+        let _ = child.wait();
+        let mut errors = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+            errors.push(line);
+        }
+        panic!("the relay printed no banner; its stderr:\n{}", errors.join("\n"));
+    };
     let admin = first
         .split("admin API on http://")
         .nth(1)
@@ -331,6 +338,36 @@ pub fn ng_udp(sock: &UdpSocket, to: SocketAddr, msg: &[u8]) -> Vec<u8> {
     let n = sock.recv(&mut buf).expect("ng reply");
     buf.truncate(n);
     buf
+}
+
+/// A UDP socket on a kernel-chosen loopback port that waits at most 5 s.
+pub fn loopback_udp() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s
+}
+
+/// ng requests in JSON over UDP (a JSON request gets a JSON reply).
+pub struct NgJson {
+    sock: UdpSocket,
+    to: SocketAddr,
+    sent: u32,
+}
+
+impl NgJson {
+    /// A client of `r`'s ng UDP listener.
+    pub fn new(r: &Relay) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        Self { sock, to: r.ng.expect("ng enabled").0, sent: 0 }
+    }
+
+    /// Sends one request (a fresh cookie) and returns the reply.
+    pub fn call(&mut self, req: serde_json::Value) -> Value {
+        self.sent += 1;
+        let reply = ng_udp(&self.sock, self.to, format!("j{} {req}", self.sent).as_bytes());
+        json(String::from_utf8(reply).expect("utf-8").split_once(' ').expect("cookie").1)
+    }
 }
 
 pub fn bstr(s: &str) -> String {

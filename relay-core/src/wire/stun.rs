@@ -146,6 +146,38 @@ impl<'a> StunMessage<'a> {
     }
 }
 
+/// A STUN Binding request as an ICE agent's connectivity check: USERNAME,
+/// MESSAGE-INTEGRITY keyed with `password` (the short-term credential) and
+/// FINGERPRINT. For endpoints simulated in tests and tools; the relay
+/// itself only verifies checks.
+pub fn binding_request(username: &[u8], password: &[u8], txid: [u8; 12]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HEADER_LEN + 8 + username.len() + 24 + 8);
+    m.extend_from_slice(&[0x00, 0x01, 0, 0]);
+    m.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    m.extend_from_slice(&txid);
+    m.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
+    m.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    m.extend_from_slice(username);
+    m.resize(m.len() + (4 - username.len() % 4) % 4, 0);
+    // The length field covers the message up to the end of MI when the
+    // MAC is computed, then up to the end of FINGERPRINT.
+    let with_mi = (m.len() - HEADER_LEN + 24) as u16;
+    m[2..4].copy_from_slice(&with_mi.to_be_bytes());
+    let mut mac = super::srtp_auth::keyed_hmac(password);
+    mac.update(&m);
+    let tag = mac.finalize().into_bytes();
+    m.extend_from_slice(&ATTR_MESSAGE_INTEGRITY.to_be_bytes());
+    m.extend_from_slice(&20u16.to_be_bytes());
+    m.extend_from_slice(&tag);
+    let with_fp = (m.len() - HEADER_LEN + 8) as u16;
+    m[2..4].copy_from_slice(&with_fp.to_be_bytes());
+    let crc = crc32fast::hash(&m) ^ FINGERPRINT_XOR;
+    m.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
+    m.extend_from_slice(&4u16.to_be_bytes());
+    m.extend_from_slice(&crc.to_be_bytes());
+    m
+}
+
 /// Iterator over a parsed message's attributes.
 #[derive(Debug, Clone)]
 pub struct StunAttributes<'a> {
@@ -169,6 +201,20 @@ impl<'a> Iterator for StunAttributes<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn built_checks_parse_and_verify_with_their_password_only() {
+        let m = binding_request(b"remote:local", b"the-ice-password", [3; 12]);
+        let parsed = StunMessage::parse(&m).expect("parses");
+        assert_eq!(parsed.class(), StunClass::Request);
+        assert_eq!(parsed.transaction_id(), &[3; 12]);
+        assert_eq!(parsed.attribute(ATTR_USERNAME).map(|a| a.value), Some(&b"remote:local"[..]));
+        assert!(parsed.verify_integrity(b"the-ice-password") && parsed.verify_fingerprint());
+        assert!(!parsed.verify_integrity(b"another-password"));
+        // Usernames of any length are padded to 4 bytes.
+        let odd = binding_request(b"abcde", b"pw", [4; 12]);
+        assert!(StunMessage::parse(&odd).expect("parses").verify_integrity(b"pw"));
+    }
+
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {

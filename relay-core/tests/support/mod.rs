@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 
 use relay_core::shard::RelayPort;
 
-use hmac::Mac;
 use relay_core::session::spec::SrtpAuth;
 use relay_core::shard::{PortClose, PortSockets};
 use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
@@ -189,26 +188,7 @@ pub fn stun_request_unsigned(txid: [u8; 12]) -> Vec<u8> {
 
 /// A STUN Binding request with USERNAME, MESSAGE-INTEGRITY and FINGERPRINT.
 pub fn stun_request(password: &[u8], txid: [u8; 12]) -> Vec<u8> {
-    let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
-    m.extend_from_slice(&txid);
-    // USERNAME "relay:test" (10 bytes + 2 padding)
-    m.extend_from_slice(&[0x00, 0x06, 0x00, 0x0a]);
-    m.extend_from_slice(b"relay:test\0\0");
-    // MESSAGE-INTEGRITY over the message with length covering MI.
-    let len_with_mi = (m.len() - 20 + 24) as u16;
-    m[2..4].copy_from_slice(&len_with_mi.to_be_bytes());
-    let mut mac = <hmac::Hmac<sha1::Sha1> as Mac>::new_from_slice(password).expect("hmac");
-    mac.update(&m);
-    let tag = mac.finalize().into_bytes();
-    m.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
-    m.extend_from_slice(&tag);
-    // FINGERPRINT
-    let len_with_fp = (m.len() - 20 + 8) as u16;
-    m[2..4].copy_from_slice(&len_with_fp.to_be_bytes());
-    let crc = crc32fast::hash(&m) ^ 0x5354_554e;
-    m.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
-    m.extend_from_slice(&crc.to_be_bytes());
-    m
+    relay_core::wire::stun::binding_request(b"relay:test", password, txid)
 }
 
 pub fn sa(s: &str) -> SocketAddr {
