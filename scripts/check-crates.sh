@@ -87,4 +87,4 @@ fi
 
 step "cargo deny (licences, bans, sources)"
 command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --version 0.20.2
-cargo deny --locked check --hide-inclusion-graph licenses bans sources
+cargo deny --locked --all-features check --hide-inclusion-graph licenses bans sources

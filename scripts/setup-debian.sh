@@ -7,8 +7,10 @@
 #   python3-venv   scripts/schemathesis.sh (Schemathesis from PyPI in a venv)
 #   kamailio       relay-bin/tests/kamailio.rs (a real Kamailio with its rtpengine
 #                  module drives the relay's ng protocol)
+#   clang, libbpf-dev  scripts/build-bpf.sh (the kernel fast path's tc program)
+#   iproute2       network namespaces for the fast path's tests
 set -euo pipefail
-packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio)
+packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -22,6 +22,10 @@ if cargo tree -e normal,build --prefix none | grep -qE '^(bindgen|clang-sys|srtp
   echo "the default build pulls bindgen/libsrtp: it would need libclang" >&2
   exit 1
 fi
+# The kernel fast path: the committed BPF object is what its source compiles
+# to, and the program forwards in a private network namespace (as root).
+scripts/build-bpf.sh --check
+cargo test -p relay-core --features ebpf --locked --test ebpf_fast_path 2>&1 | tee -a "$log"
 # relay-core's features one by one, the examples, rustdoc, MSRV, cargo-deny.
 scripts/check-crates.sh
 # Every fuzz target for a short, bounded time (fuzz/smoke.sh installs cargo-fuzz).

@@ -10,6 +10,8 @@
 #[cfg(feature = "batch-send")]
 #[doc(hidden)] // the load generator's sender
 pub mod batch_send;
+#[cfg(feature = "ebpf")]
+pub mod ebpf;
 #[cfg(feature = "engine")]
 mod engine;
 #[cfg(feature = "engine")]

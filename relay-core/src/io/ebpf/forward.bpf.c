@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: (MIT OR Apache-2.0)
+//
+// UCMRC's kernel fast path: a tc (tcx) ingress program that forwards the
+// RTP/RTCP of established sessions without waking userspace.
+//
+// Userspace (the shard) keeps every decision: latching, proofs, STUN, DTLS,
+// first packets, policies. Once a leg pair is established it writes one
+// entry per direction into `fwd`: "a datagram to relay address:port from
+// exactly this latched source goes out from relay address:port to that
+// destination". Everything else — a miss, another source (re-latching, a
+// stranger), a non-RTP/RTCP packet (STUN, DTLS), a fragment, IP options,
+// a packet over the entry's rate — is passed up unchanged (TC_ACT_OK) to
+// the relay's socket, and userspace decides as it always did. The program
+// never drops a packet.
+//
+// Counters per entry are per-CPU (`stats`); userspace sums them. IPv4 only
+// in this version: IPv6 packets always go up.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+// Where a datagram arrived: relay IPv4 address and UDP port (network order).
+struct fwd_key {
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+// What to do with it.
+struct fwd_value {
+	__u32 src_addr;   // the only source forwarded in the kernel (latched)
+	__u16 src_port;
+	__u16 out_port;   // relay port it leaves from (the other leg's)
+	__u32 out_addr;   // relay address it leaves from
+	__u32 dst_addr;   // the other side's latched address
+	__u16 dst_port;
+	__u16 flags;      // FLAG_LOCAL: the destination is on this host
+	__u32 slot;       // index into `stats` and `buckets`
+	__u32 max_pps;    // 0: no packet-rate limit
+	__u32 out_ifindex; // interface toward `dst_addr`; 0: the arrival one
+	__u32 pad2;
+	__u64 max_bps;    // bytes per second, 0: no byte-rate limit
+};
+
+// Per-CPU counters of one entry.
+struct fwd_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 passed_over_rate;   // over the entry's rate: passed up to userspace
+	__u64 last_ns;            // bpf_ktime_get_ns() of the last forward
+};
+
+// What happened to each packet the program saw, per CPU: forwarded, or
+// why it went up to userspace (indexes shared with the loader).
+enum outcome {
+	OUT_FORWARDED = 0,
+	OUT_NOT_IPV4_UDP = 1,
+	OUT_FRAGMENT_OR_OPTIONS = 2,
+	OUT_NOT_RTP = 3,
+	OUT_NO_ROUTE = 4,
+	OUT_OTHER_SOURCE = 5,
+	OUT_OVER_RATE = 6,
+	OUT_NO_NEXT_HOP = 7,
+	OUT_COUNT = 8,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, OUT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} outcomes SEC(".maps");
+
+static __always_inline int outcome(__u32 what, int verdict)
+{
+	__u64 *n = bpf_map_lookup_elem(&outcomes, &what);
+	if (n)
+		*n += 1;
+	return verdict;
+}
+
+// A token bucket shared by every CPU (exact rate limiting).
+struct fwd_bucket {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	__u64 pkt_tokens;   // milli-packets
+	__u64 byte_tokens;  // milli-bytes
+	__u64 last_ns;
+};
+
+#define MAX_ENTRIES 1048576
+#define FLAG_LOCAL 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, struct fwd_key);
+	__type(value, struct fwd_value);
+} fwd SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct fwd_stats);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct fwd_bucket);
+} buckets SEC(".maps");
+
+// One second of burst at the entry's rate, like userspace's buckets.
+static __always_inline int take_tokens(struct fwd_value *v, __u64 len, __u64 now)
+{
+	if (!v->max_pps && !v->max_bps)
+		return 1;
+	__u32 slot = v->slot;
+	struct fwd_bucket *b = bpf_map_lookup_elem(&buckets, &slot);
+	if (!b)
+		return 0;
+	int ok = 1;
+	bpf_spin_lock(&b->lock);
+	__u64 elapsed = now - b->last_ns;
+	if (elapsed > 1000000000ULL)
+		elapsed = 1000000000ULL;
+	b->last_ns = now;
+	if (v->max_pps) {
+		__u64 cap = (__u64)v->max_pps * 1000;
+		__u64 t = b->pkt_tokens + (__u64)v->max_pps * elapsed / 1000000;
+		if (t > cap)
+			t = cap;
+		if (t < 1000)
+			ok = 0;
+		else
+			t -= 1000;
+		b->pkt_tokens = t;
+	}
+	if (v->max_bps) {
+		__u64 cap = v->max_bps * 1000;
+		__u64 t = b->byte_tokens + v->max_bps * elapsed / 1000000;
+		if (t > cap)
+			t = cap;
+		if (t < len * 1000)
+			ok = 0;
+		else if (ok)
+			t -= len * 1000;
+		b->byte_tokens = t;
+	}
+	bpf_spin_unlock(&b->lock);
+	return ok;
+}
+
+SEC("classifier")
+int ucmrc_forward(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP)
+		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+	// IP options and fragments (more fragments, or an offset) go up.
+	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
+		return outcome(OUT_FRAGMENT_OR_OPTIONS, TC_ACT_OK);
+	struct udphdr *udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > end)
+		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+	__u8 *payload = (void *)(udp + 1);
+	if ((void *)(payload + 1) > end)
+		return outcome(OUT_NOT_RTP, TC_ACT_OK);
+	// RFC 7983: 128..191 is RTP/RTCP; STUN, DTLS, ZRTP and TURN go up.
+	if (payload[0] < 128 || payload[0] > 191)
+		return outcome(OUT_NOT_RTP, TC_ACT_OK);
+
+	struct fwd_key key = { .addr = ip->daddr, .port = udp->dest, .pad = 0 };
+	struct fwd_value *v = bpf_map_lookup_elem(&fwd, &key);
+	if (!v)
+		return outcome(OUT_NO_ROUTE, TC_ACT_OK);
+	if (ip->saddr != v->src_addr || udp->source != v->src_port)
+		return outcome(OUT_OTHER_SOURCE, TC_ACT_OK);
+
+	__u64 now = bpf_ktime_get_ns();
+	__u32 slot = v->slot;
+	struct fwd_stats *st = bpf_map_lookup_elem(&stats, &slot);
+	// Payload bytes, as userspace counts them.
+	__u64 len = bpf_ntohs(udp->len);
+	len = len > sizeof(struct udphdr) ? len - sizeof(struct udphdr) : 0;
+	if (!take_tokens(v, len, now)) {
+		if (st)
+			st->passed_over_rate += 1;
+		return outcome(OUT_OVER_RATE, TC_ACT_OK);
+	}
+
+	// Rewrite addresses and ports, patching the checksums (UDP's covers
+	// the pseudo-header; 0 = none stays 0 thanks to MARK_MANGLED_0).
+	__u32 old_saddr = ip->saddr, old_daddr = ip->daddr;
+	__u16 old_sport = udp->source, old_dport = udp->dest;
+	__u32 new_saddr = v->out_addr, new_daddr = v->dst_addr;
+	__u16 new_sport = v->out_port, new_dport = v->dst_port;
+	int ip_off = sizeof(struct ethhdr);
+	int udp_off = ip_off + sizeof(struct iphdr);
+	int csum_off = udp_off + offsetof(struct udphdr, check);
+	int flags = BPF_F_MARK_MANGLED_0;
+
+	bpf_l4_csum_replace(skb, csum_off, old_saddr, new_saddr, flags | BPF_F_PSEUDO_HDR | sizeof(new_saddr));
+	bpf_l4_csum_replace(skb, csum_off, old_daddr, new_daddr, flags | BPF_F_PSEUDO_HDR | sizeof(new_daddr));
+	bpf_l4_csum_replace(skb, csum_off, old_sport, new_sport, flags | sizeof(new_sport));
+	bpf_l4_csum_replace(skb, csum_off, old_dport, new_dport, flags | sizeof(new_dport));
+	bpf_l3_csum_replace(skb, ip_off + offsetof(struct iphdr, check), old_saddr, new_saddr, sizeof(new_saddr));
+	bpf_l3_csum_replace(skb, ip_off + offsetof(struct iphdr, check), old_daddr, new_daddr, sizeof(new_daddr));
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, saddr), &new_saddr, sizeof(new_saddr), 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, daddr), &new_daddr, sizeof(new_daddr), 0);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, source), &new_sport, sizeof(new_sport), 0);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, dest), &new_dport, sizeof(new_dport), 0);
+
+	if (st) {
+		st->packets += 1;
+		st->bytes += len;
+		st->last_ns = now;
+	}
+	// A destination on this host (loopback, a local namespace): the stack
+	// delivers the rewritten datagram to its socket.
+	if (v->flags & FLAG_LOCAL)
+		return outcome(OUT_FORWARDED, TC_ACT_OK);
+	// Otherwise out of the interface toward it, the kernel's routing and
+	// neighbour tables choosing the next hop and filling in the MACs, as
+	// for the relay's own sends (no IP forwarding involved).
+	__u32 ifindex = v->out_ifindex ? v->out_ifindex : skb->ingress_ifindex;
+	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
+	return outcome(rc == TC_ACT_REDIRECT ? OUT_FORWARDED : OUT_NO_NEXT_HOP, rc);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
