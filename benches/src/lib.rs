@@ -59,6 +59,7 @@ pub fn established_shard(
             peer_policy: PeerPolicy::default(),
             seed: 1,
             bind_quarantine: Duration::from_secs(30),
+            offload: false,
         },
         t0,
     );

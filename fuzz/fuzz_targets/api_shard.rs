@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
             peer_policy: PeerPolicy::permissive_local(),
             seed: 1,
             bind_quarantine: Duration::from_secs(30),
+            offload: false,
         },
         t0,
     );

@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
             peer_policy: PeerPolicy::default(),
             seed: 1,
             bind_quarantine: Duration::from_secs(5),
+            offload: true,
         },
         t0,
     );

@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             peer_policy: PeerPolicy::loopback_lab(),
             seed: 7,
             bind_quarantine: Duration::from_secs(30),
+            offload: false,
         },
         t0,
     );

@@ -538,6 +538,7 @@ impl Relay {
                     peer_policy: peer_policy.clone(),
                     seed: fastrand::u64(..),
                     bind_quarantine: Duration::from_secs(30),
+                    offload: false,
                 },
                 now,
             );

@@ -107,6 +107,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             peer_policy: PeerPolicy::default(),
             seed: 7,
             bind_quarantine: Duration::from_secs(5),
+            offload: true,
         },
         t0,
     );

@@ -29,6 +29,10 @@ impl Lab {
     }
 
     fn with(defaults: SessionDefaults, ports: usize) -> Self {
+        Self::build(defaults, ports, false)
+    }
+
+    fn build(defaults: SessionDefaults, ports: usize, offload: bool) -> Self {
         let t0 = Instant::now();
         let shard = Shard::new(
             ShardConfig {
@@ -38,6 +42,7 @@ impl Lab {
                 peer_policy: PeerPolicy::default(),
                 seed: 42,
                 bind_quarantine: Duration::from_secs(30),
+                offload,
             },
             t0,
         );
@@ -634,6 +639,7 @@ fn legs_get_ports_on_their_interface_and_forward_from_its_address() {
             peer_policy: PeerPolicy::default(),
             seed: 7,
             bind_quarantine: Duration::from_secs(30),
+            offload: false,
         },
         t0,
     );
@@ -729,4 +735,154 @@ fn an_announced_rtcp_port_is_the_rtcp_destination_until_rtcp_latches() {
         lab.send(1, rtcp_port, sa("198.51.100.10:4001"), &caller.next_rtcp()),
         fwd(a.endpoint.rtcp.expect("pair"), "203.0.113.20:5005")
     );
+}
+
+/// Kernel offload, sans-IO: a route is offered only after userspace itself
+/// forwarded RTP/RTCP from a leg's latched source; the kernel's counters
+/// come back into the leg's and the shard's; a re-latch, an update or the
+/// end of the session withdraws the routes (their last counters still
+/// count); an idle session with routes asks for fresh counters before it
+/// expires; `verify = all` is never offloaded.
+#[test]
+fn offload_routes_follow_userspace_decisions_and_their_counters_come_back() {
+    use relay_core::shard::offload::{Offload, OffloadRoute, OffloadStats};
+    use relay_core::shard::RelayPort;
+    let defaults = SessionDefaults { idle_timeout: Duration::from_secs(10), ..SessionDefaults::default() };
+    let mut lab = Lab::build(defaults.clone(), 1000, true);
+    let mut s = spec(LatchPolicy::Window);
+    s.pbx.hint = Some(sa(PBX));
+    s.endpoint.hint = Some(sa(PHONE));
+    let a = lab.allocate(s).expect("allocate");
+    let (e, p) = (RelayPort::from(a.endpoint.rtp), RelayPort::from(a.pbx.rtp));
+    let mut phone = SrtpTx::new(&master(2), 5, 10);
+    let mut pbx = SrtpTx::new(&master(1), 6, 10);
+    let limits = (defaults.limits.max_pps, defaults.limits.max_bytes_per_sec);
+    let route = |local, from, via, to| OffloadRoute {
+        local,
+        from: sa(from),
+        via,
+        to: sa(to),
+        max_pps: limits.0,
+        max_bytes_per_sec: limits.1,
+    };
+
+    // STUN is never offloaded; RTP from the latched phone is, once.
+    let stun = stun_request(b"pw", [1; 12]);
+    assert_eq!(lab.send(0, e.port, sa(PHONE), &stun), fwd(p.port, PBX));
+    assert_eq!(lab.shard.poll_offload(), None);
+    let (first, second) = (phone.next_rtp(), phone.next_rtp());
+    let userspace_bytes = (stun.len() + first.len() + second.len()) as u64;
+    assert_eq!(lab.send(1, e.port, sa(PHONE), &first), fwd(p.port, PBX));
+    assert_eq!(lab.shard.poll_offload(), Some(Offload::Install(route(e, PHONE, p, PBX))));
+    assert_eq!(lab.send(2, e.port, sa(PHONE), &second), fwd(p.port, PBX));
+    assert_eq!(lab.shard.poll_offload(), None, "installed once");
+    assert_eq!(lab.send(3, p.port, sa(PBX), &pbx.next_rtp()), fwd(e.port, PHONE));
+    assert_eq!(lab.shard.poll_offload(), Some(Offload::Install(route(p, PBX, e, PHONE))));
+
+    // The kernel's counters: forwarded, dropped over the rate, activity.
+    lab.shard.handle_offload_stats(
+        lab.at(4000),
+        e,
+        OffloadStats { packets: 100, bytes: 17_200, rate_limited: 3, last_ago: Some(Duration::ZERO) },
+    );
+    lab.shard.handle_offload_stats(
+        lab.at(4000),
+        e,
+        OffloadStats { packets: 150, bytes: 25_800, rate_limited: 3, last_ago: Some(Duration::ZERO) },
+    );
+    let c = lab.shard.counters();
+    assert_eq!(c.drops.get(DropReason::RateLimited), 3);
+    assert_eq!(c.packets_forwarded, 4 + 150, "userspace's 4, the kernel's 150 (not 250)");
+    lab.assert_counters_add_up();
+    let info = match lab.shard.handle_command(lab.at(4000), Command::Query { id: a.id }, &mut lab.sockets) {
+        Response::Session(Ok(i)) => i,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(
+        (info.endpoint.stats.packets_forwarded, info.endpoint.stats.bytes_forwarded),
+        (153, 25_800 + userspace_bytes)
+    );
+
+    // Idle in userspace but active in the kernel: before expiring, the
+    // shard asks for fresh counters, which keep the session.
+    lab.shard.handle_timeout(lab.at(14_500), &mut lab.sockets);
+    let mut two = [lab.shard.poll_offload(), lab.shard.poll_offload()];
+    two.sort_by_key(|o| format!("{o:?}"));
+    let mut want = [Some(Offload::Refresh(e)), Some(Offload::Refresh(p))];
+    want.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(two, want, "fresh counters for both routes before expiring");
+    lab.shard.handle_offload_stats(
+        lab.at(14_510),
+        e,
+        OffloadStats { packets: 160, bytes: 27_520, rate_limited: 3, last_ago: Some(Duration::from_millis(10)) },
+    );
+    lab.shard.handle_timeout(lab.at(14_800), &mut lab.sockets);
+    assert_eq!(lab.shard.counters().sessions_active, 1, "the kernel's traffic kept it alive");
+
+    // An update (keys, hints, limits, policy, block) withdraws both
+    // routes; their final counters still count.
+    lab.shard.handle_command(
+        lab.at(14_900),
+        Command::Update { id: a.id, update: Box::new(SessionUpdate::default()) },
+        &mut lab.sockets,
+    );
+    let mut two = [lab.shard.poll_offload(), lab.shard.poll_offload()];
+    two.sort_by_key(|o| format!("{o:?}"));
+    let mut want = [Some(Offload::Remove(e)), Some(Offload::Remove(p))];
+    want.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(two, want, "an update withdraws both routes");
+    lab.shard.handle_offload_stats(
+        lab.at(14_950),
+        e,
+        OffloadStats { packets: 161, bytes: 27_692, rate_limited: 3, last_ago: Some(Duration::ZERO) },
+    );
+    assert_eq!(lab.shard.counters().packets_forwarded, 4 + 161);
+    lab.assert_counters_add_up();
+    // Back in userspace; the next packet offers the route again.
+    assert_eq!(lab.send(15_000, e.port, sa(PHONE), &phone.next_rtp()), fwd(p.port, PBX));
+    assert_eq!(lab.shard.poll_offload(), Some(Offload::Install(route(e, PHONE, p, PBX))));
+
+    // Idle everywhere: the refresh brings nothing new, the session ends
+    // and its route is withdrawn.
+    lab.shard.handle_timeout(lab.at(30_000), &mut lab.sockets);
+    assert_eq!(lab.shard.poll_offload(), Some(Offload::Refresh(e)));
+    lab.shard.handle_timeout(lab.at(30_300), &mut lab.sockets);
+    assert_eq!(lab.shard.counters().sessions_active, 0);
+    assert_eq!(lab.shard.poll_offload(), Some(Offload::Remove(e)));
+    assert_eq!(lab.shard.poll_offload(), None);
+
+    // verify = all: every packet needs its HMAC checked in userspace.
+    let mut s = authenticated_spec();
+    s.verify = Some(Verify::All);
+    let b = lab.allocate(s).expect("allocate");
+    let mut tx = SrtpTx::new(&master(2), 9, 10);
+    let v = lab.send(31_000, b.endpoint.rtp, sa(PHONE), &tx.next_rtp());
+    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+    assert_eq!(lab.shard.poll_offload(), None);
+}
+
+/// A re-latch withdraws the kernel's routes at once: the kernel never keeps
+/// forwarding for a source userspace no longer accepts, and the new source
+/// is offered only from its next packet on.
+#[test]
+fn a_relatch_withdraws_the_kernel_routes_before_anything_else() {
+    use relay_core::shard::offload::Offload;
+    use relay_core::shard::RelayPort;
+    let mut lab = Lab::build(SessionDefaults::default(), 1000, true);
+    let mut s = spec(LatchPolicy::Window);
+    s.pbx.hint = Some(sa(PBX));
+    s.endpoint.hint = Some(sa(PHONE));
+    let a = lab.allocate(s).expect("allocate");
+    let e = RelayPort::from(a.endpoint.rtp);
+    let mut tx = SrtpTx::new(&master(2), 5, 10);
+    // A stranger speaks first and latches (ranked below the hinted phone).
+    assert_eq!(lab.send(0, e.port, sa(ATTACKER), &tx.next_rtp()), fwd(a.pbx.rtp, PBX));
+    assert!(matches!(lab.shard.poll_offload(), Some(Offload::Install(r)) if r.from == sa(ATTACKER)));
+    // The hinted phone takes the leg back: the stranger's route goes first.
+    assert_eq!(lab.send(1, e.port, sa(PHONE), &tx.next_rtp()), fwd(a.pbx.rtp, PBX));
+    assert_eq!(lab.shard.poll_offload(), Some(Offload::Remove(e)));
+    assert_eq!(lab.shard.poll_offload(), None, "nothing offered in the re-latching packet");
+    assert_eq!(lab.send(2, e.port, sa(PHONE), &tx.next_rtp()), fwd(a.pbx.rtp, PBX));
+    assert!(matches!(lab.shard.poll_offload(), Some(Offload::Install(r)) if r.from == sa(PHONE)));
+    lab.assert_counters_add_up();
 }

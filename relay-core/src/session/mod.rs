@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::peer::{self, PeerPolicy};
 use crate::quota::QuotaPermit;
+use crate::shard::offload::{OffloadRoute, Offloaded};
 use crate::shard::RelayPort;
 use crate::wire::rtcp::RtcpHeader;
 use crate::wire::rtp::RtpHeader;
@@ -181,6 +182,9 @@ pub(crate) struct Leg {
     last_rtcp: Option<Instant>,
     /// SSRC of the last accepted RTP packet.
     last_ssrc: Option<u32>,
+    /// Routes the kernel fast path holds for this leg, per slot (boxed:
+    /// most legs have none).
+    pub(crate) offloaded: Option<Box<[Option<Offloaded>; 2]>>,
     limits: LegLimits,
     pps: Option<TokenBucket>,
     bps: Option<TokenBucket>,
@@ -215,6 +219,7 @@ impl Leg {
             last_rtp: None,
             last_rtcp: None,
             last_ssrc: None,
+            offloaded: None,
             limits: LegLimits::default(),
             pps: None,
             bps: None,
@@ -387,6 +392,8 @@ pub(crate) struct Session {
     window_end: Instant,
     pub(crate) created: Instant,
     pub(crate) last_activity: Instant,
+    /// When fresh kernel counters were last asked for before expiry.
+    pub(crate) offload_refresh: Option<Instant>,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_duration: Duration,
     _permit: Option<QuotaPermit>,
@@ -590,6 +597,7 @@ impl Session {
             window_end: instant_after(now, window),
             created: now,
             last_activity: now,
+            offload_refresh: None,
             idle_timeout: spec.idle_timeout.unwrap_or(defaults.idle_timeout),
             max_duration: spec.max_duration.unwrap_or(defaults.max_duration),
             _permit: permit,
@@ -692,6 +700,94 @@ impl Session {
             Err(reason) => leg.stats.drops.add(reason),
         }
         verdict
+    }
+
+    /// The kernel route a forwarded datagram establishes, if it may be
+    /// offloaded and is not installed already: RTP/RTCP from the leg's
+    /// latched source, on a leg that is not blocked and not `verify = all`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn offload_route(
+        &mut self,
+        side: Side,
+        component: Component,
+        local: RelayPort,
+        src: SocketAddr,
+        bytes: &[u8],
+        via: RelayPort,
+        to: SocketAddr,
+    ) -> Option<OffloadRoute> {
+        if self.verify == Verify::All || !matches!(bytes.first(), Some(128..=191)) {
+            return None;
+        }
+        let leg = &mut self.legs[side.index()];
+        let slot = leg.slot(component);
+        if leg.blocked || leg.remote[slot].map(|r| r.addr) != Some(src) {
+            return None;
+        }
+        let route = OffloadRoute {
+            local,
+            from: src,
+            via,
+            to,
+            max_pps: leg.limits.max_pps,
+            max_bytes_per_sec: leg.limits.max_bytes_per_sec,
+        };
+        let routes = leg.offloaded.get_or_insert_with(|| Box::new([None, None]));
+        if routes[slot].is_some_and(|o| o.route == route) {
+            return None;
+        }
+        routes[slot] = Some(Offloaded::new(route));
+        Some(route)
+    }
+
+    /// Takes every route of the session (both legs), with its side and slot.
+    pub(crate) fn take_routes(&mut self) -> Vec<(usize, usize, Offloaded)> {
+        let mut out = Vec::new();
+        for (i, leg) in self.legs.iter_mut().enumerate() {
+            if let Some(routes) = leg.offloaded.take() {
+                for (slot, r) in routes.iter().enumerate() {
+                    if let Some(r) = r {
+                        out.push((i, slot, *r));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The relay sockets of the session's routes.
+    pub(crate) fn routes(&self) -> Vec<RelayPort> {
+        self.legs
+            .iter()
+            .filter_map(|l| l.offloaded.as_deref())
+            .flat_map(|r| r.iter().flatten().map(|o| o.route.local))
+            .collect()
+    }
+
+    /// The route of `side`'s `component`, if installed.
+    pub(crate) fn route_mut(&mut self, side: Side, component: Component) -> Option<&mut Offloaded> {
+        let leg = &mut self.legs[side.index()];
+        let slot = leg.slot(component);
+        leg.offloaded.as_deref_mut()?[slot].as_mut()
+    }
+
+    /// Accounts what the kernel forwarded for `side` (already a delta).
+    pub(crate) fn handle_offloaded(&mut self, now: Instant, side: Side, d: &crate::shard::offload::OffloadStats) {
+        let leg = &mut self.legs[side.index()];
+        leg.stats.packets_received += d.packets + d.rate_limited;
+        leg.stats.packets_forwarded += d.packets;
+        leg.stats.bytes_received += d.bytes;
+        leg.stats.bytes_forwarded += d.bytes;
+        leg.stats.drops.add_n(DropReason::RateLimited, d.rate_limited);
+        if let Some(ago) = d.last_ago.filter(|_| d.packets > 0) {
+            let at = now.checked_sub(ago).unwrap_or(now);
+            if at > self.last_activity {
+                self.last_activity = at;
+            }
+            if leg.last_rtp.is_none_or(|t| t < at) {
+                leg.last_rtp = Some(at);
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

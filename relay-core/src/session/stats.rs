@@ -94,6 +94,10 @@ impl DropCounters {
     pub fn add(&mut self, reason: DropReason) {
         self.counts[reason.index()] += 1;
     }
+    /// Counts `n` drops.
+    pub fn add_n(&mut self, reason: DropReason, n: u64) {
+        self.counts[reason.index()] += n;
+    }
     /// Drops for one reason.
     pub fn get(&self, reason: DropReason) -> u64 {
         self.counts[reason.index()]

@@ -8,10 +8,12 @@
 //! in. Everything here is therefore testable in virtual time.
 #![forbid(unsafe_code)]
 
+pub mod offload;
 pub(crate) mod ports;
 #[doc(hidden)] // the timer wheel, for the workspace's benches
 pub mod timer;
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,7 @@ use crate::quota::QuotaPermit;
 use crate::session::spec::{SessionDefaults, SessionSpec, SessionUpdate, Side};
 use crate::session::stats::{DropReason, ShardCounters};
 use crate::session::{self as sess, Component, InvalidSpec, LegPorts, Session, SessionId, SessionInfo};
+use offload::{Offload, OffloadStats, Offloaded};
 use ports::PortPool;
 use timer::{TimerEntry, TimerWheel};
 
@@ -117,6 +120,9 @@ pub struct ShardConfig {
     pub seed: u64,
     /// How long a port that failed to bind stays out of rotation.
     pub bind_quarantine: Duration,
+    /// Offer established leg directions to a kernel fast path
+    /// ([`Shard::poll_offload`]); off: everything stays in userspace.
+    pub offload: bool,
 }
 
 impl ShardConfig {
@@ -300,7 +306,19 @@ pub struct Shard {
     rng: fastrand::Rng,
     counters: ShardCounters,
     expired: Vec<TimerEntry>,
+    /// Kernel fast path actions not yet taken by the driver.
+    offload_queue: VecDeque<Offload>,
+    /// Routes withdrawn whose last counters are still to come:
+    /// (socket, session, side index, route).
+    retiring: Vec<(RelayPort, SessionId, usize, Offloaded)>,
 }
+
+/// Most queued kernel fast path actions (and withdrawn routes awaiting
+/// their last counters).
+const MAX_OFFLOAD_QUEUE: usize = 1 << 20;
+
+/// How long an expiring session with kernel routes waits for fresh counters.
+const OFFLOAD_REFRESH_WAIT: Duration = Duration::from_millis(200);
 
 const MAX_SLOTS: usize = 1 << 24;
 
@@ -328,6 +346,8 @@ impl Shard {
             rng: fastrand::Rng::with_seed(config.seed),
             counters,
             expired: Vec::new(),
+            offload_queue: VecDeque::new(),
+            retiring: Vec::new(),
             config,
         }
     }
@@ -419,7 +439,19 @@ impl Shard {
         let src = peer::canonical(src);
         let verdict = session.handle_datagram(now, owner.side, owner.component, src, bytes, &self.config.peer_policy);
         self.counters.latches += session.legs[leg].stats.latches - before.0;
-        self.counters.relatches += session.legs[leg].stats.relatches - before.1;
+        let relatched = session.legs[leg].stats.relatches - before.1;
+        self.counters.relatches += relatched;
+        if self.config.offload {
+            if relatched > 0 {
+                // A moved leg changes where both directions go: withdraw all.
+                let (id, routes) = (session.id, session.take_routes());
+                self.withdraw(id, routes);
+            } else if let Ok((via, to)) = verdict {
+                if let Some(route) = session.offload_route(owner.side, owner.component, local, src, bytes, via, to) {
+                    self.queue_offload(Offload::Install(route));
+                }
+            }
+        }
         match verdict {
             Ok((via, to)) => {
                 self.counters.packets_forwarded += 1;
@@ -454,9 +486,26 @@ impl Shard {
             };
             let deadline = session.deadline();
             if deadline > now {
+                if let Some(Some(s)) = self.sessions.get_mut(id.slot()) {
+                    s.offload_refresh = None;
+                }
                 self.wheel.schedule(deadline, id.0);
                 continue;
             }
+            // The kernel may have forwarded for it since the last counters:
+            // ask for fresh ones once before ending it.
+            if let Some(Some(s)) = self.sessions.get_mut(id.slot()) {
+                let routes = s.routes();
+                if !routes.is_empty() && s.offload_refresh.is_none() {
+                    s.offload_refresh = Some(now);
+                    for r in routes {
+                        self.queue_offload(Offload::Refresh(r));
+                    }
+                    self.wheel.schedule(now + OFFLOAD_REFRESH_WAIT, id.0);
+                    continue;
+                }
+            }
+            let Some(session) = self.session_ref(id) else { continue };
             let idle = session.last_activity + session.idle_timeout <= now;
             if idle {
                 self.counters.sessions_expired_idle += 1;
@@ -551,9 +600,80 @@ impl Shard {
         }
         let (defaults, policy) = (&self.config.defaults, &self.config.peer_policy);
         match self.sessions.get_mut(id.slot()) {
-            Some(Some(s)) => Ok(s.update(now, update, defaults, policy)?),
+            Some(Some(s)) => {
+                s.update(now, update, defaults, policy)?;
+                // Keys, hints, limits, policy or a block may change what
+                // userspace would decide: the kernel stops deciding for it.
+                let routes = s.take_routes();
+                self.withdraw(id, routes);
+                Ok(())
+            }
             _ => Err(ShardError::UnknownSession(id)),
         }
+    }
+
+    /// Queues removals of `id`'s withdrawn routes, keeping what their
+    /// final counters must be added to.
+    fn withdraw(&mut self, id: SessionId, routes: Vec<(usize, usize, Offloaded)>) {
+        for (side, _, r) in routes {
+            self.queue_offload(Offload::Remove(r.route.local));
+            if self.retiring.len() >= MAX_OFFLOAD_QUEUE {
+                self.retiring.remove(0);
+            }
+            self.retiring.push((r.route.local, id, side, r));
+        }
+    }
+
+    /// Queues an action, bounded: a driver that stopped taking them must
+    /// not make the shard grow without end (the oldest go first).
+    fn queue_offload(&mut self, action: Offload) {
+        if self.offload_queue.len() >= MAX_OFFLOAD_QUEUE {
+            self.offload_queue.pop_front();
+        }
+        self.offload_queue.push_back(action);
+    }
+
+    /// The next kernel fast path action (install, remove, refresh), if any.
+    pub fn poll_offload(&mut self) -> Option<Offload> {
+        self.offload_queue.pop_front()
+    }
+
+    /// The relay sockets of `id`'s kernel routes (a driver refreshes their
+    /// counters before a command about the session, e.g. a release).
+    pub fn routes_of(&self, id: SessionId) -> Vec<RelayPort> {
+        self.session_ref(id).map(Session::routes).unwrap_or_default()
+    }
+
+    /// The kernel's counters of the route on `local` since it was
+    /// installed: what is new is added to the leg's and the shard's counters
+    /// (forwarded, and dropped over the rate as `rate_limited`), and its last
+    /// packet counts as the session's activity. After a
+    /// [`Offload::Remove`], the final counters of the withdrawn route.
+    pub fn handle_offload_stats(&mut self, now: Instant, local: RelayPort, total: OffloadStats) {
+        let delta = if let Some(i) = self.retiring.iter().position(|(p, ..)| *p == local) {
+            let (_, id, side, mut r) = self.retiring.swap_remove(i);
+            let d = r.delta(total);
+            let side = if side == 0 { Side::Pbx } else { Side::Endpoint };
+            if let Some(Some(s)) = self.sessions.get_mut(id.slot()).filter(|s| s.as_ref().is_some_and(|s| s.id == id)) {
+                s.handle_offloaded(now, side, &d);
+            }
+            d
+        } else {
+            let Some(owner) = self.owner(local) else { return };
+            let Some(Some(s)) = self.sessions.get_mut(owner.slot as usize) else { return };
+            let Some(r) = s.route_mut(owner.side, owner.component) else { return };
+            if r.route.local != local {
+                return;
+            }
+            let d = r.delta(total);
+            s.handle_offloaded(now, owner.side, &d);
+            d
+        };
+        self.counters.packets_received += delta.packets + delta.rate_limited;
+        self.counters.packets_forwarded += delta.packets;
+        self.counters.bytes_received += delta.bytes;
+        self.counters.bytes_forwarded += delta.bytes;
+        self.counters.drops.add_n(DropReason::RateLimited, delta.rate_limited);
     }
 
     fn allocate(
@@ -699,9 +819,11 @@ impl Shard {
 
     fn remove(&mut self, id: SessionId, sockets: &mut impl PortSockets) {
         let slot = id.slot();
-        let Some(session) = self.sessions.get_mut(slot).and_then(|s| s.take()) else {
+        let Some(mut session) = self.sessions.get_mut(slot).and_then(|s| s.take()) else {
             return;
         };
+        let routes = session.take_routes();
+        self.withdraw(id, routes);
         for side in [Side::Pbx, Side::Endpoint] {
             let ports = session.ports(side);
             for p in std::iter::once(ports.rtp).chain(ports.rtcp) {
