@@ -86,11 +86,17 @@ pub fn render(f: &Figures<'_>) -> String {
     let Figures { counters, admin, connectors, tunnels, backend, draining, uptime, shard_failures, ng } = *f;
     let mut o = String::with_capacity(16 * 1024);
     let t = &counters.total;
-    let simple: [(&str, &str, &str, Field); 15] = [
+    let simple: [(&str, &str, &str, Field); 16] = [
         ("ucmrc_packets_received_total", "counter", "Datagrams received on relay ports.", |c| c.packets_received),
         ("ucmrc_bytes_received_total", "counter", "Bytes received on relay ports.", |c| c.bytes_received),
         ("ucmrc_packets_forwarded_total", "counter", "Datagrams forwarded to the other leg.", |c| c.packets_forwarded),
         ("ucmrc_bytes_forwarded_total", "counter", "Bytes forwarded to the other leg.", |c| c.bytes_forwarded),
+        (
+            "ucmrc_packets_forwarded_kernel_total",
+            "counter",
+            "Of the datagrams forwarded, those the kernel fast path (datapath ebpf) forwarded.",
+            |c| c.packets_forwarded_kernel,
+        ),
         ("ucmrc_sessions_active", "gauge", "Sessions allocated now.", |c| c.sessions_active),
         ("ucmrc_sessions_created_total", "counter", "Sessions allocated.", |c| c.sessions_created),
         ("ucmrc_sessions_released_total", "counter", "Sessions released by a request.", |c| c.sessions_released),

@@ -168,6 +168,9 @@ pub struct DatapathInfo {
     pub running: BackendKind,
     /// Why `auto` did not pick io_uring.
     pub fallback_reason: Option<String>,
+    /// The kernel fast path (`ebpf`): the interfaces it is attached to, or
+    /// why it is not running; `None` when not asked for.
+    pub fast_path: Option<Result<Vec<String>, String>>,
 }
 
 /// A shard thread that ended without being asked to stop.
@@ -512,6 +515,59 @@ impl RelayConfig {
     }
 }
 
+/// The shared kernel fast path, when one runs.
+#[cfg(feature = "ebpf")]
+type SharedFastPath = Option<Arc<Mutex<io::ebpf::FastPath>>>;
+#[cfg(not(feature = "ebpf"))]
+type SharedFastPath = Option<std::convert::Infallible>;
+
+/// Loads the kernel fast path when `config.backend` asks for it: attached
+/// to the interfaces that hold the relay's (specific, IPv4) addresses.
+fn start_fast_path(config: &RelayConfig) -> (Option<Result<Vec<String>, String>>, SharedFastPath) {
+    if config.backend != BackendKind::Ebpf {
+        return (None, None);
+    }
+    #[cfg(feature = "ebpf")]
+    {
+        let mut names: Vec<String> = Vec::new();
+        for itf in config.effective_interfaces() {
+            for a in &itf.addresses {
+                if let IpAddr::V4(ip) = a.bind {
+                    if let Ok(Some(name)) = io::sys::interface_of(ip) {
+                        if !names.contains(&name) {
+                            names.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        if names.is_empty() {
+            return (Some(Err("no relay address is a specific IPv4 address of an interface".into())), None);
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        match io::ebpf::FastPath::load(&refs) {
+            Ok(f) => (Some(Ok(names)), Some(Arc::new(Mutex::new(f)))),
+            Err(e) => (Some(Err(e.to_string())), None),
+        }
+    }
+    #[cfg(not(feature = "ebpf"))]
+    {
+        (Some(Err("this build has no kernel fast path (relay-core's ebpf feature)".into())), None)
+    }
+}
+
+/// A shard's fast path driver (its counters slots follow the shard before).
+fn shard_offload(_fast: &SharedFastPath, _shard: &Shard, _slot_base: &mut u32) -> io::ShardOffload {
+    #[cfg(feature = "ebpf")]
+    if let Some(f) = _fast {
+        let index = _shard.config().port_index();
+        let base = *_slot_base;
+        *_slot_base = _slot_base.saturating_add(index.len() as u32);
+        return io::ShardOffload { driver: Some(io::ebpf::OffloadDriver::new(f.clone(), index, base)) };
+    }
+    io::ShardOffload::default()
+}
+
 impl Relay {
     /// Starts the shard threads. Returns once every shard is running.
     pub fn start(config: RelayConfig) -> Result<Relay, StartError> {
@@ -520,7 +576,12 @@ impl Relay {
         if let Some(reason) = &fallback_reason {
             tracing::warn!(%reason, "io_uring unavailable, using the portable datapath");
         }
-        let datapath = DatapathInfo { configured: config.backend, running, fallback_reason };
+        let (fast_path, fast) = start_fast_path(&config);
+        if let Some(Err(reason)) = &fast_path {
+            tracing::warn!(%reason, "kernel fast path unavailable, forwarding in userspace only");
+        }
+        let datapath = DatapathInfo { configured: config.backend, running, fallback_reason, fast_path };
+        let mut slot_base = 0u32;
         let media_own = config.media_endpoints();
         let peer_policy = with_own_addresses(&config.peer_policy, &media_own);
         let failures = Arc::new(tokio::sync::watch::channel(Vec::new()).0);
@@ -538,13 +599,14 @@ impl Relay {
                     peer_policy: peer_policy.clone(),
                     seed: fastrand::u64(..),
                     bind_quarantine: Duration::from_secs(30),
-                    offload: false,
+                    offload: fast.is_some(),
                 },
                 now,
             );
             let (mailbox, inbox) = io::mailbox(config.command_queue, count)?;
             let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-            let run = ShardRun { shard, inbox, sockets: config.sockets, ready: Some(ready_tx) };
+            let offload = shard_offload(&fast, &shard, &mut slot_base);
+            let run = ShardRun { shard, inbox, sockets: config.sockets, offload, ready: Some(ready_tx) };
             let backend = config.backend;
             let failed = failures.clone();
             let thread =

@@ -12,21 +12,22 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use relay_core::io::ebpf::{FastPath, NextHop, Route};
+mod support;
 
-const TEST: &str = "the_tc_program_forwards_latched_media_and_passes_everything_else_up";
+use relay_core::io::ebpf::{FastPath, NextHop, Route};
+use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
+use relay_core::{BackendKind, DropReason, Relay, RelayConfig};
+use support::{auth_for, master, SrtpTx};
+
 const CHILD: &str = "UCMRC_EBPF_NETNS_CHILD";
 
-#[test]
-fn the_tc_program_forwards_latched_media_and_passes_everything_else_up() {
-    if std::env::var_os(CHILD).is_some() {
-        return in_namespace();
-    }
+/// Runs `test` of this binary again in a new network namespace (as root).
+fn in_new_namespace(test: &str) {
     let exe = std::env::current_exe().expect("test binary");
     let out = Command::new("unshare")
         .args(["--net", "--"])
         .arg(exe)
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
         .output()
         .expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
@@ -34,6 +35,22 @@ fn the_tc_program_forwards_latched_media_and_passes_everything_else_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "namespace run failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("EBPF-NETNS-OK"), "the scenario did not run:\n{stdout}\n{stderr}");
+}
+
+#[test]
+fn the_tc_program_forwards_latched_media_and_passes_everything_else_up() {
+    if std::env::var_os(CHILD).is_some() {
+        return in_namespace();
+    }
+    in_new_namespace("the_tc_program_forwards_latched_media_and_passes_everything_else_up");
+}
+
+#[test]
+fn a_relay_with_the_ebpf_datapath_forwards_established_srtp_in_the_kernel() {
+    if std::env::var_os(CHILD).is_some() {
+        return relay_in_namespace();
+    }
+    in_new_namespace("a_relay_with_the_ebpf_datapath_forwards_established_srtp_in_the_kernel");
 }
 
 fn v4(s: &UdpSocket) -> SocketAddrV4 {
@@ -159,5 +176,112 @@ fn in_namespace() {
     pbx.send_to(&rtp(100), relay_b.local_addr().expect("addr")).expect("send");
     relay_b.recv_from(&mut buf).expect("up to userspace once detached");
     assert!(!pending(&phone));
+    println!("EBPF-NETNS-OK");
+}
+
+/// A whole relay with `BackendKind::Ebpf`: real SRTP both ways with
+/// authenticated latching; established legs go to the kernel; strangers are
+/// refused by userspace and reach nobody; NAT rebinding re-latches through
+/// userspace and the kernel follows; counters stay exact; a released
+/// session's route is gone.
+fn relay_in_namespace() {
+    assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip").success());
+    let relay = Relay::start(RelayConfig {
+        backend: BackendKind::Ebpf,
+        port_min: 20000,
+        port_max: 20999,
+        workers: 1,
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
+    assert_eq!(relay.datapath().fast_path, Some(Ok(vec!["lo".to_string()])), "attached to the relay's interface");
+    let h = relay.handle();
+    let bind = || {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s
+    };
+    let (phone, pbx) = (bind(), bind());
+    // Another address: proof budgets are per source IP.
+    let stranger = UdpSocket::bind("127.0.0.2:0").expect("bind");
+    let (mp, me) = (master(1), master(2));
+    let a = h
+        .allocate(SessionSpec {
+            tenant: "kernel".into(),
+            pbx: LegSpec {
+                rtcp_mux: true,
+                hint: Some(pbx.local_addr().expect("addr")),
+                srtp_auth: Some(auth_for(&mp)),
+                ..LegSpec::default()
+            },
+            endpoint: LegSpec {
+                rtcp_mux: true,
+                hint: Some(phone.local_addr().expect("addr")),
+                srtp_auth: Some(auth_for(&me)),
+                ..LegSpec::default()
+            },
+            latch: Some(LatchPolicy::Authenticated),
+            ..SessionSpec::default()
+        })
+        .wait()
+        .expect("allocate");
+    let (mut from_phone, mut from_pbx) = (SrtpTx::new(&me, 7, 1), SrtpTx::new(&mp, 8, 1));
+    let mut buf = [0u8; 2048];
+    let mut exchange = |phone: &UdpSocket, from_phone: &mut SrtpTx, n: usize| {
+        for _ in 0..n {
+            let p = from_phone.next_rtp();
+            phone.send_to(&p, a.endpoint.rtp).expect("send");
+            let (len, from) = pbx.recv_from(&mut buf).expect("phone → PBX");
+            assert_eq!((&buf[..len], from), (p.as_slice(), a.pbx.rtp), "unchanged, from the relay's PBX leg");
+            let q = from_pbx.next_rtp();
+            pbx.send_to(&q, a.pbx.rtp).expect("send");
+            let (len, from) = phone.recv_from(&mut buf).expect("PBX → phone");
+            assert_eq!((&buf[..len], from), (q.as_slice(), a.endpoint.rtp));
+        }
+    };
+    exchange(&phone, &mut from_phone, 50);
+    let info = h.session(a.id).wait().expect("query");
+    assert_eq!((info.endpoint.stats.packets_forwarded, info.pbx.stats.packets_forwarded), (50, 50), "exact");
+    let c = h.counters().wait().expect("counters").total;
+    assert_eq!(c.packets_forwarded, 100);
+    assert!(c.packets_forwarded_kernel >= 90, "established legs forwarded in the kernel: {c:?}");
+
+    // A stranger spraying forged SRTP at the phone's leg: up to userspace,
+    // refused there, and nothing reaches the PBX.
+    let mut forger = SrtpTx::new(&master(9), 7, 100);
+    for _ in 0..5 {
+        stranger.send_to(&forger.next_rtp(), a.endpoint.rtp).expect("send");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let refused = |h: &relay_core::RelayHandle| {
+        let d = h.counters().wait().expect("counters").total.drops;
+        d.get(DropReason::Unauthenticated) + d.get(DropReason::ProofBackoff)
+    };
+    while refused(&h) < 5 {
+        assert!(std::time::Instant::now() < deadline, "the forged packets were not all refused");
+        std::thread::yield_now();
+    }
+    assert!(!pending(&pbx), "the stranger injected nothing");
+
+    // NAT rebinding: the phone speaks from a new port; userspace re-latches
+    // (authenticated) and the kernel follows the new address.
+    let moved = bind();
+    exchange(&moved, &mut from_phone, 20);
+    let info = h.session(a.id).wait().expect("query");
+    assert_eq!(info.endpoint.remote_rtp, Some(moved.local_addr().expect("addr")));
+    assert_eq!(info.endpoint.stats.relatches, 1);
+    assert_eq!((info.endpoint.stats.packets_forwarded, info.pbx.stats.packets_forwarded), (70, 70));
+    let before = h.counters().wait().expect("counters").total.packets_forwarded_kernel;
+    exchange(&moved, &mut from_phone, 10);
+    h.session(a.id).wait().expect("query");
+    let after = h.counters().wait().expect("counters").total.packets_forwarded_kernel;
+    assert_eq!(after - before, 20, "the moved phone's media runs in the kernel again");
+
+    // Released: the route is withdrawn before the release answers, so the
+    // kernel forwards nothing more (the port's socket is closed too).
+    h.release(a.id).wait().expect("release");
+    moved.send_to(&from_phone.next_rtp(), a.endpoint.rtp).expect("send");
+    assert!(!pending(&pbx), "nothing forwarded after the release");
+    assert_eq!(h.counters().wait().expect("counters").total.sessions_active, 0);
     println!("EBPF-NETNS-OK");
 }

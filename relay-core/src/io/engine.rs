@@ -24,6 +24,13 @@ pub enum BackendKind {
     /// epoll + `recvmmsg`/`sendmmsg`; works everywhere Linux runs,
     /// including containers whose seccomp profile blocks io_uring.
     Portable,
+    /// `Auto`'s userspace datapath plus the kernel fast path (the `ebpf`
+    /// feature): established legs are forwarded by a tc program. When it
+    /// cannot load (no BPF privileges, an old kernel, no specific IPv4
+    /// relay address, built without the feature) the relay says why in
+    /// [`DatapathInfo::fast_path`](crate::relay::DatapathInfo::fast_path)
+    /// and runs userspace only.
+    Ebpf,
 }
 
 impl BackendKind {
@@ -33,7 +40,7 @@ impl BackendKind {
         match self {
             BackendKind::Portable => Ok((BackendKind::Portable, None)),
             BackendKind::Uring => uring::probe().map(|()| (BackendKind::Uring, None)),
-            BackendKind::Auto => match uring::probe() {
+            BackendKind::Auto | BackendKind::Ebpf => match uring::probe() {
                 Ok(()) => Ok((BackendKind::Uring, None)),
                 Err(reason) => Ok((BackendKind::Portable, Some(reason))),
             },
@@ -41,7 +48,7 @@ impl BackendKind {
     }
 }
 
-crate::names::named!(BackendKind { Auto => "auto", Uring => "uring", Portable => "portable" });
+crate::names::named!(BackendKind { Auto => "auto", Uring => "uring", Portable => "portable", Ebpf => "ebpf" });
 
 /// Socket settings for relay ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,10 +177,38 @@ pub struct ShardRun {
     pub shard: Shard,
     /// Its command queue.
     pub inbox: Inbox,
-    /// Socket options.
+    /// Socket settings.
     pub sockets: SocketOptions,
+    /// The kernel fast path driver, when the relay runs one.
+    pub offload: ShardOffload,
     /// Told once the backend is set up (or why it could not be).
     pub ready: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+}
+
+/// A shard's kernel fast path driver, when the relay runs one (the `ebpf`
+/// feature and `BackendKind::Ebpf`); otherwise nothing.
+#[derive(Debug, Default)]
+pub struct ShardOffload {
+    #[cfg(feature = "ebpf")]
+    pub(crate) driver: Option<super::ebpf::OffloadDriver>,
+}
+
+impl ShardOffload {
+    /// Applies the shard's pending decisions and reads counters back.
+    pub(super) fn run(&mut self, _shard: &mut Shard, _now: std::time::Instant) {
+        #[cfg(feature = "ebpf")]
+        if let Some(d) = self.driver.as_mut() {
+            d.run(_shard, _now);
+        }
+    }
+
+    /// Brings a session's kernel counters up to date before a command on it.
+    fn before_command(&mut self, _shard: &mut Shard, _now: std::time::Instant, _cmd: &Command) {
+        #[cfg(feature = "ebpf")]
+        if let Some(d) = self.driver.as_mut() {
+            d.before_command(_shard, _now, _cmd);
+        }
+    }
 }
 
 impl ShardRun {
@@ -193,12 +228,21 @@ impl Inbox {
     /// Runs every queued command. Returns `true` when the shard must stop
     /// (a `Stop` envelope or a closed mailbox); every session is then
     /// already released.
-    pub(super) fn run_commands(&self, shard: &mut Shard, sockets: &mut impl crate::shard::PortSockets) -> bool {
+    pub(super) fn run_commands(
+        &self,
+        shard: &mut Shard,
+        sockets: &mut impl crate::shard::PortSockets,
+        offload: &mut ShardOffload,
+    ) -> bool {
         self.wake.drain();
         loop {
             match self.rx.try_recv() {
                 Ok(Envelope::Command(cmd, reply)) => {
-                    let resp = shard.handle_command(std::time::Instant::now(), cmd, sockets);
+                    let now = std::time::Instant::now();
+                    offload.before_command(shard, now, &cmd);
+                    let resp = shard.handle_command(now, cmd, sockets);
+                    // Installs and removals the command caused happen at once.
+                    offload.run(shard, now);
                     self.publish_free_ports(shard);
                     reply(resp);
                 }
@@ -232,7 +276,7 @@ pub fn run_shard(kind: BackendKind, run: ShardRun) -> std::io::Result<()> {
     match kind {
         BackendKind::Portable => portable::Portable::run(run),
         BackendKind::Uring => uring::Uring::run(run),
-        BackendKind::Auto => match uring::probe() {
+        BackendKind::Auto | BackendKind::Ebpf => match uring::probe() {
             Ok(()) => uring::Uring::run(run),
             Err(_) => portable::Portable::run(run),
         },

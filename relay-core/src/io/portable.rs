@@ -86,7 +86,7 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
         }
     };
     run.report_ready(Ok(()));
-    let ShardRun { mut shard, inbox, sockets: options, .. } = run;
+    let ShardRun { mut shard, inbox, sockets: options, mut offload, .. } = run;
     let index = shard.config().port_index();
     let mut sockets = Sockets { epoll, socks: (0..index.len()).map(|_| None).collect(), index, options };
     let mut batch = MsgBatch::new(BATCH_SLOTS);
@@ -138,13 +138,14 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
         }
         flush(&mut shard, &sockets, &mut batch, &mut sends, &mut group);
 
-        if commands && inbox.run_commands(&mut shard, &mut sockets) {
+        if commands && inbox.run_commands(&mut shard, &mut sockets, &mut offload) {
             return Ok(());
         }
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now, &mut sockets);
             inbox.publish_free_ports(&shard);
         }
+        offload.run(&mut shard, now);
     }
 }
 

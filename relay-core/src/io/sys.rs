@@ -385,6 +385,38 @@ pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     Ok(out)
 }
 
+/// The name of the interface that holds IPv4 address `ip`, if any
+/// (`getifaddrs`).
+pub fn interface_of(ip: Ipv4Addr) -> io::Result<Option<String>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid out-pointer; on success the list it receives
+    // is owned by us until `freeifaddrs`.
+    cvt(unsafe { libc::getifaddrs(&mut head) })?;
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() && found.is_none() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned,
+        // valid until freeifaddrs below.
+        let ifa = unsafe { &*cur };
+        let addr = ifa.ifa_addr;
+        // SAFETY: a non-null ifa_addr points at a sockaddr whose family
+        // field is always readable.
+        if !addr.is_null() && i32::from(unsafe { (*addr).sa_family }) == libc::AF_INET {
+            // SAFETY: AF_INET entries carry a full sockaddr_in.
+            let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
+            if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == ip && !ifa.ifa_name.is_null() {
+                // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+                found = Some(name.to_string_lossy().into_owned());
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
 /// The CPUs this process may run on (its affinity mask), by index.
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: an all-zero cpu_set_t is the empty set.

@@ -341,8 +341,8 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
         }
     };
     run.report_ready(Ok(()));
-    let ShardRun { mut shard, inbox, .. } = run;
-    let result = event_loop(&mut u, &mut shard, &inbox);
+    let ShardRun { mut shard, inbox, mut offload, .. } = run;
+    let result = event_loop(&mut u, &mut shard, &inbox, &mut offload);
     // On every exit path, errors included: release the sessions (cancelling
     // their receives) and wait for the cancellations before the buffers the
     // kernel may still write into are freed.
@@ -352,7 +352,12 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
     result.and(drained)
 }
 
-fn event_loop(u: &mut Ring, shard: &mut Shard, inbox: &super::Inbox) -> io::Result<()> {
+fn event_loop(
+    u: &mut Ring,
+    shard: &mut Shard,
+    inbox: &super::Inbox,
+    offload: &mut super::ShardOffload,
+) -> io::Result<()> {
     let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(4096);
     let mut rearm: Vec<u32> = Vec::new();
     loop {
@@ -395,13 +400,14 @@ fn event_loop(u: &mut Ring, shard: &mut Shard, inbox: &super::Inbox) -> io::Resu
                 }
             }
         }
-        if woken && inbox.run_commands(shard, u) {
+        if woken && inbox.run_commands(shard, u, offload) {
             return Ok(());
         }
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now, u);
             inbox.publish_free_ports(shard);
         }
+        offload.run(shard, now);
     }
 }
 

@@ -148,8 +148,11 @@ pub struct ShardCounters {
     pub packets_received: u64,
     /// Bytes received on any port.
     pub bytes_received: u64,
-    /// Datagrams forwarded (a `Forward` verdict was returned).
+    /// Datagrams forwarded (a `Forward` verdict was returned, or the
+    /// kernel fast path forwarded them).
     pub packets_forwarded: u64,
+    /// Of those, forwarded by the kernel fast path.
+    pub packets_forwarded_kernel: u64,
     /// Bytes forwarded.
     pub bytes_forwarded: u64,
     /// Datagrams dropped, by reason.
@@ -198,6 +201,7 @@ impl ShardCounters {
         self.packets_received += o.packets_received;
         self.bytes_received += o.bytes_received;
         self.packets_forwarded += o.packets_forwarded;
+        self.packets_forwarded_kernel += o.packets_forwarded_kernel;
         self.bytes_forwarded += o.bytes_forwarded;
         self.drops.merge(&o.drops);
         self.sessions_active += o.sessions_active;

@@ -671,6 +671,7 @@ impl Shard {
         };
         self.counters.packets_received += delta.packets + delta.rate_limited;
         self.counters.packets_forwarded += delta.packets;
+        self.counters.packets_forwarded_kernel += delta.packets;
         self.counters.bytes_received += delta.bytes;
         self.counters.bytes_forwarded += delta.bytes;
         self.counters.drops.add_n(DropReason::RateLimited, delta.rate_limited);

@@ -11,8 +11,12 @@
 //! or the process dies — the kernel detaches the program and frees the
 //! maps, and nothing keeps forwarding.
 
+mod driver;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
+
+pub use driver::{OffloadDriver, SYNC_EVERY};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::tc::{self, SchedClassifier, TcAttachType};

@@ -1,0 +1,171 @@
+//! Applies a shard's offload decisions ([`Shard::poll_offload`]) to the
+//! kernel fast path and brings the kernel's counters back
+//! ([`Shard::handle_offload_stats`]). One driver per shard thread; the
+//! [`FastPath`] (one program, one set of maps) is shared by every shard.
+//!
+//! Routes are IPv4 only in this version; a route the kernel cannot take
+//! (IPv6, a wildcard bind, legs on different addresses' interfaces) simply
+//! stays in userspace.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{FastPath, NextHop, Route, RouteStats, MAX_ROUTES};
+use crate::shard::offload::{Offload, OffloadStats};
+use crate::shard::{PortIndex, RelayPort, Shard};
+
+/// How often every installed route's counters are read back.
+pub const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// One shard's driver.
+pub struct OffloadDriver {
+    fast: Arc<Mutex<FastPath>>,
+    index: PortIndex,
+    /// This shard's first counters slot (shards own disjoint slot ranges).
+    slot_base: u32,
+    /// Installed routes: socket → counters slot.
+    installed: HashMap<RelayPort, u32>,
+    next_sync: Option<Instant>,
+    /// Map operations that failed (the route stayed in userspace).
+    pub errors: u64,
+}
+
+impl std::fmt::Debug for OffloadDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffloadDriver").field("installed", &self.installed.len()).finish_non_exhaustive()
+    }
+}
+
+fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(a),
+        _ => None,
+    }
+}
+
+fn to_offload(s: RouteStats, now_mono: Option<Duration>) -> OffloadStats {
+    OffloadStats {
+        packets: s.packets,
+        bytes: s.bytes,
+        rate_limited: s.passed_over_rate,
+        last_ago: s.last.zip(now_mono).map(|(last, now)| now.saturating_sub(last)),
+    }
+}
+
+/// CLOCK_MONOTONIC now (bpf_ktime_get_ns's clock).
+fn monotonic() -> Option<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the struct we pass.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0;
+    ok.then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+impl OffloadDriver {
+    /// A driver for a shard whose sockets are numbered by `index`, using
+    /// counters slots `slot_base .. slot_base + index.len()`.
+    pub fn new(fast: Arc<Mutex<FastPath>>, index: PortIndex, slot_base: u32) -> Self {
+        Self { fast, index, slot_base, installed: HashMap::new(), next_sync: None, errors: 0 }
+    }
+
+    fn slot(&self, port: RelayPort) -> Option<u32> {
+        let i = u32::try_from(self.index.index(port)?).ok()?;
+        let slot = self.slot_base.checked_add(i)?;
+        (slot < MAX_ROUTES).then_some(slot)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastPath> {
+        self.fast.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads `port`'s counters into the shard.
+    fn sync(&mut self, shard: &mut Shard, now: Instant, port: RelayPort) {
+        let Some(&slot) = self.installed.get(&port) else { return };
+        let stats = self.lock().stats(slot);
+        match stats {
+            Ok(s) => shard.handle_offload_stats(now, port, to_offload(s, monotonic())),
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    /// Takes every pending decision of `shard`, and every [`SYNC_EVERY`]
+    /// reads all routes' counters back.
+    pub fn run(&mut self, shard: &mut Shard, now: Instant) {
+        while let Some(action) = shard.poll_offload() {
+            match action {
+                Offload::Install(r) => {
+                    let (Some(slot), Some(local), Some(via)) = (
+                        self.slot(r.local),
+                        self.index.bind_addr(r.local).and_then(v4),
+                        self.index.bind_addr(r.via).and_then(v4),
+                    ) else {
+                        continue;
+                    };
+                    let (Some(from), Some(to)) = (v4(r.from), v4(r.to)) else { continue };
+                    // Legs on different addresses may sit on different
+                    // interfaces: only same-address and loopback pairs for now.
+                    let local_dst = to.ip().is_loopback() || to.ip() == local.ip() || to.ip() == via.ip();
+                    if local.ip() != via.ip() && !local_dst {
+                        continue;
+                    }
+                    let route = Route {
+                        local,
+                        from,
+                        via,
+                        to,
+                        max_pps: r.max_pps.unwrap_or(0),
+                        max_bytes_per_sec: r.max_bytes_per_sec.unwrap_or(0),
+                        slot,
+                        next_hop: if local_dst { NextHop::Local } else { NextHop::Interface(0) },
+                    };
+                    let result = self.lock().install(&route);
+                    match result {
+                        Ok(()) => {
+                            self.installed.insert(r.local, slot);
+                        }
+                        Err(_) => self.errors += 1,
+                    }
+                }
+                Offload::Refresh(port) => self.sync(shard, now, port),
+                Offload::Remove(port) => {
+                    let Some(slot) = self.installed.remove(&port) else { continue };
+                    let Some(local) = self.index.bind_addr(port).and_then(v4) else { continue };
+                    let result = {
+                        let mut fast = self.lock();
+                        let stats = fast.stats(slot);
+                        fast.remove(local).and(stats)
+                    };
+                    match result {
+                        Ok(s) => shard.handle_offload_stats(now, port, to_offload(s, monotonic())),
+                        Err(_) => self.errors += 1,
+                    }
+                }
+            }
+        }
+        if self.next_sync.is_none_or(|t| now >= t) {
+            self.next_sync = Some(now + SYNC_EVERY);
+            let ports: Vec<RelayPort> = self.installed.keys().copied().collect();
+            for p in ports {
+                self.sync(shard, now, p);
+            }
+        }
+    }
+
+    /// Reads the counters of `id`'s routes before a command about it (a
+    /// query, a release) so its figures include what the kernel forwarded.
+    pub fn before_command(&mut self, shard: &mut Shard, now: Instant, cmd: &crate::shard::Command) {
+        let id = match cmd {
+            crate::shard::Command::Query { id } | crate::shard::Command::Release { id } => *id,
+            _ => return,
+        };
+        for p in shard.routes_of(id) {
+            self.sync(shard, now, p);
+        }
+    }
+
+    /// Routes installed now.
+    pub fn installed(&self) -> usize {
+        self.installed.len()
+    }
+}
