@@ -3,9 +3,10 @@
 //! touches the host's interfaces), attaches the tc program to that
 //! namespace's loopback, installs routes and sends real datagrams:
 //! forwarded bytes arrive unchanged from the relay's socket address;
-//! strangers, STUN and over-rate packets go up to the relay's socket
-//! instead; counters equal what was forwarded; a removed route — or a
-//! dropped `FastPath` — forwards nothing any more.
+//! strangers and STUN go up to the relay's socket instead, packets over a
+//! route's rate are dropped and counted; counters equal what was forwarded;
+//! a removed route — or a dropped `FastPath` — forwards nothing any more.
+//! Then a whole relay with `BackendKind::Ebpf` in the same way.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -151,7 +152,7 @@ fn in_namespace() {
     assert_eq!((o.forwarded, o.other_source, o.not_rtp), (100, 1, 1), "{o:?}");
 
     // Over the route's rate: the first second's burst is forwarded, the
-    // rest goes up to userspace (whose own bucket decides).
+    // rest is dropped and counted, as userspace's own bucket would.
     fast.install(&Route { max_pps: 5, slot: 3, ..to_pbx }).expect("reinstall with a limit");
     let (mut forwarded, mut up) = (0, 0);
     for seq in 0..20u16 {
@@ -163,8 +164,8 @@ fn in_namespace() {
             up += 1;
         }
     }
-    assert_eq!((forwarded, up), (5, 15), "5 pps with a one-second burst");
-    assert_eq!(fast.stats(3).expect("stats").passed_over_rate, 15);
+    assert_eq!((forwarded, up), (5, 0), "5 pps with a one-second burst, nothing more anywhere");
+    assert_eq!(fast.stats(3).expect("stats").dropped_over_rate, 15);
 
     // A removed route forwards nothing: userspace gets the packets again.
     fast.remove(v4(&relay_a)).expect("remove");

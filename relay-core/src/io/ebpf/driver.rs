@@ -49,7 +49,7 @@ fn to_offload(s: RouteStats, now_mono: Option<Duration>) -> OffloadStats {
     OffloadStats {
         packets: s.packets,
         bytes: s.bytes,
-        rate_limited: s.passed_over_rate,
+        rate_limited: s.dropped_over_rate,
         last_ago: s.last.zip(now_mono).map(|(last, now)| now.saturating_sub(last)),
     }
 }

@@ -9,9 +9,10 @@
 // exactly this latched source goes out from relay address:port to that
 // destination". Everything else — a miss, another source (re-latching, a
 // stranger), a non-RTP/RTCP packet (STUN, DTLS), a fragment, IP options,
-// a packet over the entry's rate — is passed up unchanged (TC_ACT_OK) to
-// the relay's socket, and userspace decides as it always did. The program
-// never drops a packet.
+// — is passed up unchanged (TC_ACT_OK) to the relay's socket, and
+// userspace decides as it always did. The one packet the program drops is
+// one over its route's rate (the leg's limits), exactly as userspace's
+// token bucket would, counted per route.
 //
 // Counters per entry are per-CPU (`stats`); userspace sums them. IPv4 only
 // in this version: IPv6 packets always go up.
@@ -52,7 +53,7 @@ struct fwd_value {
 struct fwd_stats {
 	__u64 packets;
 	__u64 bytes;
-	__u64 passed_over_rate;   // over the entry's rate: passed up to userspace
+	__u64 dropped_over_rate;  // over the route's rate: dropped, as userspace would
 	__u64 last_ns;            // bpf_ktime_get_ns() of the last forward
 };
 
@@ -198,8 +199,8 @@ int ucmrc_forward(struct __sk_buff *skb)
 	len = len > sizeof(struct udphdr) ? len - sizeof(struct udphdr) : 0;
 	if (!take_tokens(v, len, now)) {
 		if (st)
-			st->passed_over_rate += 1;
-		return outcome(OUT_OVER_RATE, TC_ACT_OK);
+			st->dropped_over_rate += 1;
+		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
 	}
 
 	// Rewrite addresses and ports, patching the checksums (UDP's covers

@@ -61,7 +61,7 @@ struct FwdValue {
 struct FwdStats {
     packets: u64,
     bytes: u64,
-    passed_over_rate: u64,
+    dropped_over_rate: u64,
     last_ns: u64,
 }
 
@@ -100,7 +100,7 @@ pub struct Route {
     /// The other side's latched address.
     pub to: SocketAddrV4,
     /// Packets per second forwarded in the kernel at most (0: no limit);
-    /// beyond, packets go up to userspace, which applies its own bucket.
+    /// beyond, the kernel drops them, as userspace's bucket would.
     pub max_pps: u32,
     /// Bytes per second likewise (0: no limit).
     pub max_bytes_per_sec: u64,
@@ -128,14 +128,15 @@ pub struct RouteStats {
     pub packets: u64,
     /// Their payload bytes (UDP payload, as userspace counts).
     pub bytes: u64,
-    /// Datagrams over the route's rate, passed up.
-    pub passed_over_rate: u64,
+    /// Datagrams over the route's rate, dropped.
+    pub dropped_over_rate: u64,
     /// Time since boot (CLOCK_MONOTONIC) of the last forward, if any.
     pub last: Option<Duration>,
 }
 
 /// What the program did with the packets it saw, summed over CPUs:
-/// forwarded, or why each went up to userspace.
+/// forwarded, dropped over a route's rate, or why each went up to
+/// userspace.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Outcomes {
     /// Forwarded in the kernel.
@@ -150,7 +151,7 @@ pub struct Outcomes {
     pub no_route: u64,
     /// Another source than the latched one.
     pub other_source: u64,
-    /// Over the route's rate.
+    /// Over the route's rate (dropped).
     pub over_rate: u64,
     /// The redirect out of the interface failed (the packet is dropped by
     /// the kernel, as a failed send would be).
@@ -287,7 +288,7 @@ impl FastPath {
         for s in per_cpu.iter() {
             out.packets += s.packets;
             out.bytes += s.bytes;
-            out.passed_over_rate += s.passed_over_rate;
+            out.dropped_over_rate += s.dropped_over_rate;
             last = last.max(s.last_ns);
         }
         out.last = (last > 0).then(|| Duration::from_nanos(last));
