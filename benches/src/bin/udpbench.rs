@@ -1,7 +1,7 @@
 //! `udpbench`: the loopback forwarding benchmark behind docs/PERFORMANCE.md.
 //!
 //! ```text
-//! udpbench capacity --target uring|portable|floor [--sessions 1000] [--step-secs 4]
+//! udpbench capacity --target uring|portable|floor|ebpf|direct [--sessions 1000] [--step-secs 4]
 //! udpbench fixed    --target uring|portable|floor --rate 50000 [--sessions 1000] [--secs 5]
 //! udpbench compare  [--targets portable,uring,floor] [--repeat 3] [--ladder 100000,...] [--cpu-rate 50000]
 //! udpbench overload --target uring --capacity PPS [--factor 1.5] [--secs 10]
@@ -89,6 +89,7 @@ fn main() {
     match cmd.as_str() {
         "relay" => child_relay(),
         "floor" => child_floor(),
+        "direct" => child_direct(),
         "capacity" => capacity(),
         "fixed" => {
             let r = run_once(
@@ -156,7 +157,15 @@ fn child_relay() {
         ports.push(format!("{},{}", s.endpoint.rtp.port(), s.pbx.rtp.port()));
     }
     println!("PORTS {}", ports.join(" "));
-    println!("READY {}", relay.datapath().running.as_str());
+    let kind = match &relay.datapath().fast_path {
+        Some(Ok(_)) => "ebpf",
+        Some(Err(reason)) => {
+            eprintln!("kernel fast path unavailable: {reason}");
+            relay.datapath().running.as_str()
+        }
+        None => relay.datapath().running.as_str(),
+    };
+    println!("READY {kind}");
     let _ = std::io::stdout().flush();
     let mut tick = 0u64;
     loop {
@@ -176,6 +185,24 @@ fn child_relay() {
             c.backend_rearms,
             c.send_errors
         );
+    }
+}
+
+/// No forwarder at all: the generator's two sockets send to each other
+/// (the baseline the other targets' total CPU is compared with).
+fn child_direct() {
+    watch_parent();
+    let n: usize = arg("--sessions", 1000);
+    let a: SocketAddr = arg("--a", "127.0.0.1:1".parse().expect("addr"));
+    let b: SocketAddr = arg("--b", "127.0.0.1:1".parse().expect("addr"));
+    let ports: Vec<String> = (0..n).map(|_| format!("{},{}", b.port(), a.port())).collect();
+    println!("PORTS {}", ports.join(" "));
+    println!("READY direct");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        println!("FWD 0");
+        let _ = std::io::stdout().flush();
     }
 }
 
@@ -335,6 +362,7 @@ fn spawn(target: &str, n: usize, a: SocketAddr, b: SocketAddr) -> Spawned {
     let mut cmd = Command::new(exe);
     match target {
         "floor" => cmd.arg("floor"),
+        "direct" => cmd.arg("direct"),
         backend => cmd.args(["relay", "--backend", backend]),
     };
     // A fresh port range for each run: a killed relay's sockets may take a
@@ -415,6 +443,10 @@ struct RunResult {
     p99_us: f64,
     p999_us: f64,
     relay_cpu: f64,
+    /// Generator and forwarder CPU together per delivered packet (on
+    /// loopback the kernel's forwarding, in-kernel or not, runs in the
+    /// sender's context: this is the comparable figure across targets).
+    total_ns_per_pkt: f64,
     /// The forwarder's own count (independent of the generator's receive side).
     forwarded_pps: f64,
     ns_per_pkt: f64,
@@ -427,9 +459,9 @@ impl RunResult {
     }
     fn line(&self) -> String {
         format!(
-            "target={} sessions={} offered_pps={:.0} forwarded_pps={:.0} delivered_pps={:.0} loss={:.5} p50_us={:.0} p99_us={:.0} p999_us={:.0} relay_cpu={:.1}% ns_per_pkt={:.0} gen_lag_ms={:.1}",
+            "target={} sessions={} offered_pps={:.0} forwarded_pps={:.0} delivered_pps={:.0} loss={:.5} p50_us={:.0} p99_us={:.0} p999_us={:.0} relay_cpu={:.1}% ns_per_pkt={:.0} total_ns_per_pkt={:.0} gen_lag_ms={:.1}",
             self.target, self.sessions, self.offered_pps, self.forwarded_pps, self.delivered_pps, self.loss, self.p50_us, self.p99_us, self.p999_us,
-            self.relay_cpu * 100.0, self.ns_per_pkt, self.gen_lag_ms
+            self.relay_cpu * 100.0, self.ns_per_pkt, self.total_ns_per_pkt, self.gen_lag_ms
         )
     }
 }
@@ -468,6 +500,8 @@ struct PhaseStats {
     received: u64,
     cpu_start: u64,
     cpu_end: u64,
+    gen_start: u64,
+    gen_end: u64,
     fwd_start: u64,
     fwd_end: u64,
     max_lag: Duration,
@@ -500,17 +534,21 @@ fn drive(target: &str, sp: &Spawned, a: &UdpSocket, b: &UdpSocket, phases: &[(u6
     let mut phase = 0usize;
     let mut phase_start_k = 0u64;
     let mut k = 0u64;
+    let me = std::process::id();
     stats[0].cpu_start = cpu_ns(pid);
+    stats[0].gen_start = cpu_ns(me);
     stats[0].fwd_start = sp.forwarded.load(Ordering::Relaxed);
     loop {
         let now = Instant::now();
         while phase < phases.len() && now >= bounds[phase].1 {
             stats[phase].cpu_end = cpu_ns(pid);
+            stats[phase].gen_end = cpu_ns(me);
             stats[phase].fwd_end = sp.forwarded.load(Ordering::Relaxed);
             phase += 1;
             phase_start_k = k;
             if phase < phases.len() {
                 stats[phase].cpu_start = stats[phase - 1].cpu_end;
+                stats[phase].gen_start = stats[phase - 1].gen_end;
                 stats[phase].fwd_start = stats[phase - 1].fwd_end;
             }
         }
@@ -563,7 +601,9 @@ fn drive(target: &str, sp: &Spawned, a: &UdpSocket, b: &UdpSocket, phases: &[(u6
         .zip(phases)
         .map(|((st, h), (_, d))| {
             let cpu = st.cpu_end.saturating_sub(st.cpu_start) as f64;
+            let gen = st.gen_end.saturating_sub(st.gen_start) as f64;
             RunResult {
+                total_ns_per_pkt: (cpu + gen) / st.received.max(1) as f64,
                 target: target.to_string(),
                 sessions: sp.ports.len(),
                 offered_pps: st.sent as f64 / d.as_secs_f64(),
