@@ -24,14 +24,25 @@ const CHILD: &str = "UCMRC_EBPF_NETNS_CHILD";
 
 /// Runs `test` of this binary again in a new network namespace (as root).
 fn in_new_namespace(test: &str) {
+    run_in_new_namespace(test, false);
+}
+
+/// The same, with the `bpf` system call failing with EPERM (seccomp), as a
+/// container profile or missing privileges would make it.
+fn run_in_new_namespace(test: &str, block_bpf: bool) {
     let exe = std::env::current_exe().expect("test binary");
-    let out = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--"]).arg(exe).args(["--exact", test, "--nocapture", "--test-threads=1"]).env(CHILD, "1");
+    if block_bpf {
+        use std::os::unix::process::CommandExt;
+        // SAFETY (test harness): the closure runs in the forked child before
+        // exec and only makes two prctl calls on a filter it owns.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(block_bpf_syscall);
+        }
+    }
+    let out = cmd.output().expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "namespace run failed:\n{stdout}\n{stderr}");
@@ -44,6 +55,14 @@ fn the_tc_program_forwards_latched_media_and_passes_everything_else_up() {
         return in_namespace();
     }
     in_new_namespace("the_tc_program_forwards_latched_media_and_passes_everything_else_up");
+}
+
+#[test]
+fn without_bpf_the_ebpf_datapath_falls_back_to_userspace_and_says_why() {
+    if std::env::var_os(CHILD).is_some() {
+        return fallback_in_namespace();
+    }
+    run_in_new_namespace("without_bpf_the_ebpf_datapath_falls_back_to_userspace_and_says_why", true);
 }
 
 #[test]
@@ -285,4 +304,72 @@ fn relay_in_namespace() {
     assert!(!pending(&pbx), "nothing forwarded after the release");
     assert_eq!(h.counters().wait().expect("counters").total.sessions_active, 0);
     println!("EBPF-NETNS-OK");
+}
+
+/// `bpf` refused: the relay starts anyway, reports why the fast path is
+/// not running, and forwards in userspace.
+fn fallback_in_namespace() {
+    assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip").success());
+    let relay = Relay::start(RelayConfig {
+        backend: BackendKind::Ebpf,
+        port_min: 20000,
+        port_max: 20999,
+        workers: 1,
+        ..RelayConfig::default()
+    })
+    .expect("the relay starts without its fast path");
+    let reason = match &relay.datapath().fast_path {
+        Some(Err(reason)) => reason.clone(),
+        other => panic!("the fast path must report why it is not running, got {other:?}"),
+    };
+    assert!(reason.contains("BPF") || reason.contains("bpf"), "{reason}");
+    let (pbx, phone) = (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+    pbx.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let s = relay
+        .handle()
+        .allocate(SessionSpec {
+            tenant: "t".into(),
+            pbx: LegSpec { rtcp_mux: true, hint: Some(pbx.local_addr().expect("addr")), ..LegSpec::default() },
+            endpoint: LegSpec { rtcp_mux: true, ..LegSpec::default() },
+            ..SessionSpec::default()
+        })
+        .wait()
+        .expect("allocate");
+    let p = rtp(1);
+    phone.send_to(&p, s.endpoint.rtp).expect("send");
+    let mut buf = [0u8; 2048];
+    let n = pbx.recv(&mut buf).expect("forwarded in userspace");
+    assert_eq!(&buf[..n], p.as_slice());
+    assert_eq!(relay.handle().counters().wait().expect("counters").total.packets_forwarded_kernel, 0);
+    println!("EBPF-NETNS-OK");
+}
+
+/// Installs a seccomp filter returning EPERM for `bpf(2)`.
+fn block_bpf_syscall() -> std::io::Result<()> {
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let errno = SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = [
+        f(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        f(BPF_JEQ_K, 1, 0, libc::SYS_bpf as u32),
+        f(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        f(BPF_RET_K, 0, 0, errno),
+    ];
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY (test harness): plain prctl calls with a valid filter program
+    // that outlives them.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_SECCOMP, 2 /* SECCOMP_MODE_FILTER */, &fprog as *const libc::sock_fprog) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
