@@ -6,6 +6,7 @@
 //! udpbench compare  [--targets portable,uring,floor] [--repeat 3] [--ladder 100000,...] [--cpu-rate 50000]
 //! udpbench overload --target uring --capacity PPS [--factor 1.5] [--secs 10]
 //! udpbench memory   [--sessions 32000]
+//! udpbench kernel-cost [--targets direct,ebpf] [--sessions 1000] [--secs 3] [--repeat 3]
 //! ```
 //! The generator (this process, pinned to CPU 0) drives two sockets, A (the
 //! "phones") and B (the "PBXs"), and spawns the forwarder under test as a
@@ -102,6 +103,7 @@ fn main() {
         }
         "memory" => memory(arg("--sessions", 32_000)),
         "compare" => compare(),
+        "kernel-cost" => kernel_cost(),
         "overload" => overload(),
         _ => {
             eprintln!("usage: udpbench capacity|fixed|memory --target uring|portable|floor ...");
@@ -665,6 +667,78 @@ fn compare() {
         println!(
             "SUMMARY target={t} capacity_pps={cap} (passed majority of {repeat}) ns_per_pkt_at_{cpu_rate}={median:.0}"
         );
+    }
+}
+
+/// The CPU a forwarding hop costs when it happens in the kernel: one core
+/// (CPU 0) sends A → forwarder → B as fast as it can and receives at B; on
+/// loopback the whole path — send, the tc program or the plain delivery,
+/// receive — runs on that core, so the generator's CPU per delivered packet
+/// with `ebpf` minus the same with `direct` is the fast path's own cost.
+/// Targets are interleaved, `--repeat` rounds; medians reported.
+fn kernel_cost() {
+    let targets: Vec<String> = arg("--targets", "direct,ebpf".to_string()).split(',').map(str::to_owned).collect();
+    let n: usize = arg("--sessions", 1000);
+    let secs: u64 = arg("--secs", 3);
+    let repeat: usize = arg("--repeat", 3);
+    pin(0, 0);
+    let me = std::process::id();
+    let mut costs: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 0..repeat {
+        for (i, t) in targets.iter().enumerate() {
+            let (a, b) = (socket(), socket());
+            let sp = spawn(t, n, a.local_addr().expect("a"), b.local_addr().expect("b"));
+            let dests: Vec<SocketAddr> = sp.ports.iter().map(|(e, _)| SocketAddr::from(([127, 0, 0, 1], *e))).collect();
+            let mut pkt = [0u8; PKT];
+            pkt[0] = 0x80;
+            let mut buf = [0u8; 2048];
+            // Warm-up: one packet per session (the fast path installs its
+            // routes on the first one), all received.
+            let mut got = 0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for d in &dests {
+                let _ = a.send_to(&pkt, d);
+            }
+            while got < dests.len() && Instant::now() < deadline {
+                match b.recv(&mut buf) {
+                    Ok(_) => got += 1,
+                    Err(_) => std::thread::yield_now(),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            while b.recv(&mut buf).is_ok() {}
+            let (cpu0, t0) = (cpu_ns(me), Instant::now());
+            let (mut sent, mut received, mut k) = (0u64, 0u64, 0usize);
+            while t0.elapsed() < Duration::from_secs(secs) {
+                for _ in 0..32 {
+                    if a.send_to(&pkt, dests[k % dests.len()]).is_ok() {
+                        sent += 1;
+                    }
+                    k += 1;
+                }
+                while b.recv(&mut buf).is_ok() {
+                    received += 1;
+                }
+            }
+            let cpu = cpu_ns(me) - cpu0;
+            let elapsed = t0.elapsed().as_secs_f64();
+            let ns = cpu as f64 / received.max(1) as f64;
+            println!(
+                "round {round} target={t} sent_pps={:.0} delivered_pps={:.0} loss={:.4} generator_ns_per_delivered={ns:.0}",
+                sent as f64 / elapsed,
+                received as f64 / elapsed,
+                1.0 - received as f64 / sent.max(1) as f64
+            );
+            costs[i].push(ns);
+            let mut child = sp.child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    for (i, t) in targets.iter().enumerate() {
+        let mut c = costs[i].clone();
+        c.sort_by(|a, b| a.total_cmp(b));
+        println!("SUMMARY target={t} sessions={n} generator_ns_per_delivered_median={:.0}", c[c.len() / 2]);
     }
 }
 
