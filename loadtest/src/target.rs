@@ -120,7 +120,18 @@ impl Target for InProcess {
 
     fn describe(&self) -> String {
         match self.relay() {
-            Ok(r) => format!("in-process relay ({} datapath)", r.datapath().running.as_str()),
+            Ok(r) => match &r.datapath().fast_path {
+                Some(Ok(_)) => {
+                    format!("in-process relay ({} datapath + kernel fast path)", r.datapath().running.as_str())
+                }
+                Some(Err(why)) => {
+                    format!(
+                        "in-process relay ({} datapath; kernel fast path unavailable: {why})",
+                        r.datapath().running.as_str()
+                    )
+                }
+                None => format!("in-process relay ({} datapath)", r.datapath().running.as_str()),
+            },
             Err(_) => "in-process relay".into(),
         }
     }
