@@ -6,7 +6,8 @@
 //! strangers and STUN go up to the relay's socket instead, packets over a
 //! route's rate are dropped and counted; counters equal what was forwarded;
 //! a removed route — or a dropped `FastPath` — forwards nothing any more.
-//! Then a whole relay with `BackendKind::Ebpf` in the same way.
+//! Then a whole relay with `BackendKind::Ebpf` in the same way, on loopback
+//! and across veth links between three namespaces (a LAN and a WAN).
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -32,7 +33,11 @@ fn in_new_namespace(test: &str) {
 fn run_in_new_namespace(test: &str, block_bpf: bool) {
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = Command::new("unshare");
-    cmd.args(["--net", "--"]).arg(exe).args(["--exact", test, "--nocapture", "--test-threads=1"]).env(CHILD, "1");
+    // A private mount namespace too: the veth test mounts /run/netns.
+    cmd.args(["--net", "--mount", "--"])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1");
     if block_bpf {
         use std::os::unix::process::CommandExt;
         // SAFETY (test harness): the closure runs in the forked child before
@@ -63,6 +68,14 @@ fn without_bpf_the_ebpf_datapath_falls_back_to_userspace_and_says_why() {
         return fallback_in_namespace();
     }
     run_in_new_namespace("without_bpf_the_ebpf_datapath_falls_back_to_userspace_and_says_why", true);
+}
+
+#[test]
+fn across_veth_links_the_kernel_forwards_between_a_lan_and_a_wan() {
+    if std::env::var_os(CHILD).is_some() {
+        return veth_in_namespace();
+    }
+    in_new_namespace("across_veth_links_the_kernel_forwards_between_a_lan_and_a_wan");
 }
 
 #[test]
@@ -372,4 +385,102 @@ fn block_bpf_syscall() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+fn sh(cmd: &str) {
+    let ok = Command::new("sh").args(["-c", cmd]).status().expect("sh").success();
+    assert!(ok, "{cmd}");
+}
+
+/// A UDP socket created inside network namespace `netns` (a thread joins
+/// it, makes the socket, and ends; the socket stays in that namespace).
+fn socket_in(netns: &str, bind: &str) -> UdpSocket {
+    use std::os::fd::AsRawFd;
+    let (path, bind) = (format!("/run/netns/{netns}"), bind.to_string());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns file");
+        // SAFETY (test harness): setns moves only this short-lived thread
+        // into the namespace, with a valid namespace descriptor.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let s = UdpSocket::bind(bind).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Three namespaces joined by veth links — a phone (10.1.0.2) on the
+/// relay's LAN interface (10.1.0.1), a PBX (10.2.0.2) on its WAN interface
+/// (10.2.0.1): the kernel forwards each leg out of the other interface with
+/// `bpf_redirect_neigh`, MACs from the neighbour table, real SRTP both ways.
+fn veth_in_namespace() {
+    sh("mount --make-rprivate / && mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns");
+    sh("ip link set lo up && ip netns add phone && ip netns add pbx");
+    sh("ip link add vp type veth peer name vp-r && ip link set vp netns phone");
+    sh("ip link add vx type veth peer name vx-r && ip link set vx netns pbx");
+    sh("ip addr add 10.1.0.1/24 dev vp-r && ip link set vp-r up && ip addr add 10.2.0.1/24 dev vx-r && ip link set vx-r up");
+    sh("ip -n phone addr add 10.1.0.2/24 dev vp && ip -n phone link set vp up && ip -n phone link set lo up");
+    sh("ip -n pbx addr add 10.2.0.2/24 dev vx && ip -n pbx link set vx up && ip -n pbx link set lo up");
+    let itf = |name: &str, ip: [u8; 4]| relay_core::InterfaceConfig {
+        name: name.into(),
+        addresses: vec![relay_core::InterfaceAddress { bind: ip.into(), advertised: None }],
+        port_min: 20000,
+        port_max: 20999,
+    };
+    let relay = Relay::start(RelayConfig {
+        backend: BackendKind::Ebpf,
+        interfaces: vec![itf("lan", [10, 1, 0, 1]), itf("wan", [10, 2, 0, 1])],
+        workers: 1,
+        peer_policy: relay_core::PeerPolicy { allow_private: true, ..relay_core::PeerPolicy::loopback_lab() },
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
+    assert_eq!(relay.datapath().fast_path, Some(Ok(vec!["vp-r".to_string(), "vx-r".to_string()])));
+    let h = relay.handle();
+    let phone = socket_in("phone", "10.1.0.2:0");
+    let pbx = socket_in("pbx", "10.2.0.2:0");
+    let (mp, me) = (master(1), master(2));
+    let a = h
+        .allocate(SessionSpec {
+            tenant: "veth".into(),
+            pbx: LegSpec {
+                rtcp_mux: true,
+                interface: 1,
+                hint: Some(pbx.local_addr().expect("addr")),
+                srtp_auth: Some(auth_for(&mp)),
+                ..LegSpec::default()
+            },
+            endpoint: LegSpec {
+                rtcp_mux: true,
+                interface: 0,
+                hint: Some(phone.local_addr().expect("addr")),
+                srtp_auth: Some(auth_for(&me)),
+                ..LegSpec::default()
+            },
+            latch: Some(LatchPolicy::Authenticated),
+            ..SessionSpec::default()
+        })
+        .wait()
+        .expect("allocate");
+    assert_eq!((a.endpoint.rtp.ip(), a.pbx.rtp.ip()), ([10, 1, 0, 1].into(), [10, 2, 0, 1].into()));
+    let (mut from_phone, mut from_pbx) = (SrtpTx::new(&me, 7, 1), SrtpTx::new(&mp, 8, 1));
+    let mut buf = [0u8; 2048];
+    for _ in 0..100 {
+        let p = from_phone.next_rtp();
+        phone.send_to(&p, a.endpoint.rtp).expect("send");
+        let (len, from) = pbx.recv_from(&mut buf).expect("phone → PBX across the relay");
+        assert_eq!((&buf[..len], from), (p.as_slice(), a.pbx.rtp));
+        let q = from_pbx.next_rtp();
+        pbx.send_to(&q, a.pbx.rtp).expect("send");
+        let (len, from) = phone.recv_from(&mut buf).expect("PBX → phone across the relay");
+        assert_eq!((&buf[..len], from), (q.as_slice(), a.endpoint.rtp));
+    }
+    let info = h.session(a.id).wait().expect("query");
+    assert_eq!((info.endpoint.stats.packets_forwarded, info.pbx.stats.packets_forwarded), (100, 100));
+    let c = h.counters().wait().expect("counters").total;
+    assert!(c.packets_forwarded_kernel >= 190, "forwarded across the links in the kernel: {c:?}");
+    println!("EBPF-NETNS-OK");
 }

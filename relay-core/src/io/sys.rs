@@ -417,6 +417,25 @@ pub fn interface_of(ip: Ipv4Addr) -> io::Result<Option<String>> {
     Ok(found)
 }
 
+/// The index of interface `name` (`if_nametoindex`), if it exists.
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// The interface the routing table sends `to` through, as the kernel picks
+/// it for a fresh socket (connect, then the interface that holds the chosen
+/// source address). `None` when unroutable.
+pub fn egress_ifindex(to: std::net::SocketAddrV4) -> Option<u32> {
+    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    s.connect(to).ok()?;
+    let std::net::SocketAddr::V4(local) = s.local_addr().ok()? else { return None };
+    let name = interface_of(*local.ip()).ok()??;
+    ifindex_of(&name)
+}
+
 /// The CPUs this process may run on (its affinity mask), by index.
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: an all-zero cpu_set_t is the empty set.

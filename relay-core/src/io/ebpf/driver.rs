@@ -103,12 +103,20 @@ impl OffloadDriver {
                         continue;
                     };
                     let (Some(from), Some(to)) = (v4(r.from), v4(r.to)) else { continue };
-                    // Legs on different addresses may sit on different
-                    // interfaces: only same-address and loopback pairs for now.
-                    let local_dst = to.ip().is_loopback() || to.ip() == local.ip() || to.ip() == via.ip();
-                    if local.ip() != via.ip() && !local_dst {
-                        continue;
-                    }
+                    // A destination on this host is delivered by the stack;
+                    // any other leaves through the interface the routing
+                    // table picks for it (a LAN leg and an internet leg may
+                    // be on different interfaces). Unroutable: userspace.
+                    let local_dst = to.ip().is_loopback()
+                        || crate::io::sys::local_addresses().is_ok_and(|a| a.contains(&std::net::IpAddr::V4(*to.ip())));
+                    let next_hop = if local_dst {
+                        NextHop::Local
+                    } else {
+                        match crate::io::sys::egress_ifindex(to) {
+                            Some(i) => NextHop::Interface(i),
+                            None => continue,
+                        }
+                    };
                     let route = Route {
                         local,
                         from,
@@ -117,7 +125,7 @@ impl OffloadDriver {
                         max_pps: r.max_pps.unwrap_or(0),
                         max_bytes_per_sec: r.max_bytes_per_sec.unwrap_or(0),
                         slot,
-                        next_hop: if local_dst { NextHop::Local } else { NextHop::Interface(0) },
+                        next_hop,
                     };
                     let result = self.lock().install(&route);
                     match result {
