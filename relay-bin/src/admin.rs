@@ -252,6 +252,7 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
     let ng = st.ng.as_ref().map(|e| e.stats().snapshot());
     let body = metrics::render(&metrics::Figures {
         ng: ng.as_ref().map(|s| (s, st.ng_transport.as_ref())),
+        fast_path: st.handle.fast_path_outcomes(),
         counters: &counters,
         admin: &st.stats,
         connectors: connectors.as_ref(),

@@ -79,11 +79,13 @@ pub struct Figures<'a> {
     pub shard_failures: usize,
     /// The ng protocol (commands, transports), when enabled.
     pub ng: Option<(&'a NgStatsSnapshot, &'a crate::ng::NgTransportStats)>,
+    /// The kernel fast path's outcomes, when it runs (`datapath = "ebpf"`).
+    pub fast_path: Option<relay_core::io::ebpf::Outcomes>,
 }
 
 /// Renders every metric in the Prometheus text format (version 0.0.4).
 pub fn render(f: &Figures<'_>) -> String {
-    let Figures { counters, admin, connectors, tunnels, backend, draining, uptime, shard_failures, ng } = *f;
+    let Figures { counters, admin, connectors, tunnels, backend, draining, uptime, shard_failures, ng, fast_path } = *f;
     let mut o = String::with_capacity(16 * 1024);
     let t = &counters.total;
     let simple: [(&str, &str, &str, Field); 16] = [
@@ -194,6 +196,26 @@ pub fn render(f: &Figures<'_>) -> String {
     }
     if let Some((s, transport)) = ng {
         ng_metrics(&mut o, s, transport);
+    }
+    if let Some(k) = fast_path {
+        family(
+            &mut o,
+            "ucmrc_fast_path_packets_total",
+            "counter",
+            "Packets the kernel fast path saw: forwarded, dropped over a route's rate, or why each went up to userspace.",
+        );
+        for (outcome, n) in [
+            ("forwarded", k.forwarded),
+            ("over_rate", k.over_rate),
+            ("no_route", k.no_route),
+            ("other_source", k.other_source),
+            ("not_rtp", k.not_rtp),
+            ("not_ipv4_udp", k.not_ipv4_udp),
+            ("fragment_or_options", k.fragment_or_options),
+            ("no_next_hop", k.no_next_hop),
+        ] {
+            let _ = writeln!(o, "ucmrc_fast_path_packets_total{{outcome=\"{outcome}\"}} {n}");
+        }
     }
     family(&mut o, "ucmrc_shard_failures_total", "counter", "Shard threads that failed (their sessions are lost).");
     let _ = writeln!(o, "ucmrc_shard_failures_total {shard_failures}");

@@ -333,6 +333,9 @@ struct Inner {
     sdp_ips: Vec<IpAddr>,
     /// Interface names, by index.
     interface_names: Vec<String>,
+    /// The kernel fast path, when it runs.
+    #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
+    fast: SharedFastPath,
     draining: AtomicBool,
     next_shard: AtomicUsize,
     backend: BackendKind,
@@ -649,6 +652,7 @@ impl Relay {
                 advertised_ip: interfaces[0].addresses[0].sdp_ip(),
                 sdp_ips: interfaces.iter().flat_map(|i| i.addresses.iter().map(InterfaceAddress::sdp_ip)).collect(),
                 interface_names: interfaces.iter().map(|i| i.name.clone()).collect(),
+                fast: fast.clone(),
                 draining: AtomicBool::new(false),
                 next_shard: AtomicUsize::new(0),
                 backend: running,
@@ -720,6 +724,15 @@ impl RelayHandle {
     /// The interfaces' names, by index.
     pub fn interface_names(&self) -> &[String] {
         &self.inner.interface_names
+    }
+
+    /// What the kernel fast path did with the packets it saw (forwarded,
+    /// or why each went up), when it runs.
+    #[cfg(feature = "ebpf")]
+    pub fn fast_path_outcomes(&self) -> Option<io::ebpf::Outcomes> {
+        let fast = self.inner.fast.as_ref()?;
+        let guard = fast.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.outcomes().ok()
     }
 
     /// Number of shards.

@@ -295,6 +295,8 @@ fn relay_in_namespace() {
         std::thread::yield_now();
     }
     assert!(!pending(&pbx), "the stranger injected nothing");
+    let o = h.fast_path_outcomes().expect("the fast path runs");
+    assert!(o.forwarded >= 90 && o.other_source >= 5, "{o:?}");
 
     // NAT rebinding: the phone speaks from a new port; userspace re-latches
     // (authenticated) and the kernel follows the new address.
