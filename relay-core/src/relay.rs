@@ -535,17 +535,20 @@ fn start_fast_path(config: &RelayConfig) -> (Option<Result<Vec<String>, String>>
         let mut names: Vec<String> = Vec::new();
         for itf in config.effective_interfaces() {
             for a in &itf.addresses {
-                if let IpAddr::V4(ip) = a.bind {
-                    if let Ok(Some(name)) = io::sys::interface_of(ip) {
-                        if !names.contains(&name) {
-                            names.push(name);
-                        }
+                if let Ok(Some(name)) = io::sys::interface_of(a.bind) {
+                    if !names.contains(&name) {
+                        names.push(name);
                     }
                 }
             }
         }
         if names.is_empty() {
-            return (Some(Err("no relay address is a specific IPv4 address of an interface".into())), None);
+            return (
+                Some(Err(
+                    "no relay address is a specific address of an interface (wildcard binds are not offloaded)".into()
+                )),
+                None,
+            );
         }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         match io::ebpf::FastPath::load(&refs) {

@@ -3,14 +3,14 @@
 //! touches the host's interfaces), attaches the tc program to that
 //! namespace's loopback, installs routes and sends real datagrams:
 //! forwarded bytes arrive unchanged from the relay's socket address;
-//! strangers and STUN go up to the relay's socket instead, packets over a
+//! strangers and STUN go up to the relay's socket instead (IPv4 and IPv6), packets over a
 //! route's rate are dropped and counted; counters equal what was forwarded;
 //! a removed route — or a dropped `FastPath` — forwards nothing any more.
 //! Then a whole relay with `BackendKind::Ebpf` in the same way, on loopback
 //! and across veth links between three namespaces (a LAN and a WAN).
 
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
@@ -86,11 +86,8 @@ fn a_relay_with_the_ebpf_datapath_forwards_established_srtp_in_the_kernel() {
     in_new_namespace("a_relay_with_the_ebpf_datapath_forwards_established_srtp_in_the_kernel");
 }
 
-fn v4(s: &UdpSocket) -> SocketAddrV4 {
-    match s.local_addr().expect("addr") {
-        SocketAddr::V4(a) => a,
-        other => panic!("not IPv4: {other}"),
-    }
+fn v4(s: &UdpSocket) -> SocketAddr {
+    s.local_addr().expect("addr")
 }
 
 fn rtp(seq: u16) -> Vec<u8> {
@@ -198,6 +195,38 @@ fn in_namespace() {
     }
     assert_eq!((forwarded, up), (5, 0), "5 pps with a one-second burst, nothing more anywhere");
     assert_eq!(fast.stats(3).expect("stats").dropped_over_rate, 15);
+
+    // IPv6: the same, with the mandatory UDP checksum patched.
+    let bind6 = || {
+        let s = UdpSocket::bind("[::1]:0").expect("bind ::1");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s
+    };
+    let (relay6_a, relay6_b, phone6, pbx6, stranger6) = (bind6(), bind6(), bind6(), bind6(), bind6());
+    let route6 = Route {
+        local: v4(&relay6_a),
+        from: v4(&phone6),
+        via: v4(&relay6_b),
+        to: v4(&pbx6),
+        max_pps: 0,
+        max_bytes_per_sec: 0,
+        slot: 6,
+        next_hop: NextHop::Local,
+    };
+    fast.install(&route6).expect("install an IPv6 route");
+    for seq in 0..10u16 {
+        let p = rtp(seq);
+        phone6.send_to(&p, relay6_a.local_addr().expect("addr")).expect("send");
+        let (n, from) = pbx6.recv_from(&mut buf).expect("forwarded over IPv6");
+        assert_eq!((&buf[..n], from), (p.as_slice(), relay6_b.local_addr().expect("addr")));
+    }
+    assert!(!pending(&relay6_a));
+    stranger6.send_to(&rtp(1), relay6_a.local_addr().expect("addr")).expect("send");
+    relay6_a.recv_from(&mut buf).expect("an IPv6 stranger goes up");
+    assert!(!pending(&pbx6));
+    assert_eq!(fast.stats(6).expect("stats").packets, 10);
+    // A route mixing families is refused (the kernel does not translate).
+    assert!(fast.install(&Route { to: v4(&pbx), slot: 7, ..route6 }).is_err());
 
     // A removed route forwards nothing: userspace gets the packets again.
     fast.remove(v4(&relay_a)).expect("remove");

@@ -26,8 +26,8 @@ pub enum BackendKind {
     Portable,
     /// `Auto`'s userspace datapath plus the kernel fast path (the `ebpf`
     /// feature): established legs are forwarded by a tc program. When it
-    /// cannot load (no BPF privileges, an old kernel, no specific IPv4
-    /// relay address, built without the feature) the relay says why in
+    /// cannot load (no BPF privileges, an old kernel, only wildcard relay
+    /// addresses, built without the feature) the relay says why in
     /// [`DatapathInfo::fast_path`](crate::relay::DatapathInfo::fast_path)
     /// and runs userspace only.
     Ebpf,

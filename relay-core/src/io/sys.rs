@@ -385,9 +385,9 @@ pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     Ok(out)
 }
 
-/// The name of the interface that holds IPv4 address `ip`, if any
+/// The name of the interface that holds address `ip`, if any
 /// (`getifaddrs`).
-pub fn interface_of(ip: Ipv4Addr) -> io::Result<Option<String>> {
+pub fn interface_of(ip: std::net::IpAddr) -> io::Result<Option<String>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: `head` is a valid out-pointer; on success the list it receives
     // is owned by us until `freeifaddrs`.
@@ -401,14 +401,22 @@ pub fn interface_of(ip: Ipv4Addr) -> io::Result<Option<String>> {
         let addr = ifa.ifa_addr;
         // SAFETY: a non-null ifa_addr points at a sockaddr whose family
         // field is always readable.
-        if !addr.is_null() && i32::from(unsafe { (*addr).sa_family }) == libc::AF_INET {
+        let family = if addr.is_null() { 0 } else { i32::from(unsafe { (*addr).sa_family }) };
+        let this = if family == libc::AF_INET {
             // SAFETY: AF_INET entries carry a full sockaddr_in.
             let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
-            if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == ip && !ifa.ifa_name.is_null() {
-                // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-                found = Some(name.to_string_lossy().into_owned());
-            }
+            Some(std::net::IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+        } else if family == libc::AF_INET6 {
+            // SAFETY: AF_INET6 entries carry a full sockaddr_in6.
+            let sin6 = unsafe { &*(addr as *const libc::sockaddr_in6) };
+            Some(std::net::IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        } else {
+            None
+        };
+        if this == Some(ip) && !ifa.ifa_name.is_null() {
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+            found = Some(name.to_string_lossy().into_owned());
         }
         cur = ifa.ifa_next;
     }
@@ -428,11 +436,11 @@ pub fn ifindex_of(name: &str) -> Option<u32> {
 /// The interface the routing table sends `to` through, as the kernel picks
 /// it for a fresh socket (connect, then the interface that holds the chosen
 /// source address). `None` when unroutable.
-pub fn egress_ifindex(to: std::net::SocketAddrV4) -> Option<u32> {
-    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+pub fn egress_ifindex(to: std::net::SocketAddr) -> Option<u32> {
+    let any: std::net::IpAddr = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let s = std::net::UdpSocket::bind((any, 0)).ok()?;
     s.connect(to).ok()?;
-    let std::net::SocketAddr::V4(local) = s.local_addr().ok()? else { return None };
-    let name = interface_of(*local.ip()).ok()??;
+    let name = interface_of(s.local_addr().ok()?.ip()).ok()??;
     ifindex_of(&name)
 }
 

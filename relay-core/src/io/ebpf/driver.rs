@@ -3,12 +3,11 @@
 //! ([`Shard::handle_offload_stats`]). One driver per shard thread; the
 //! [`FastPath`] (one program, one set of maps) is shared by every shard.
 //!
-//! Routes are IPv4 only in this version; a route the kernel cannot take
-//! (IPv6, a wildcard bind, legs on different addresses' interfaces) simply
-//! stays in userspace.
+//! A route the kernel cannot take (a wildcard bind, legs of different
+//! address families, an unroutable destination) simply stays in userspace.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,11 +37,11 @@ impl std::fmt::Debug for OffloadDriver {
     }
 }
 
-fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(a),
-        _ => None,
-    }
+/// A specific address (the kernel matches real packet addresses, never a
+/// wildcard bind), IPv4-mapped IPv6 as IPv4.
+fn specific(a: SocketAddr) -> Option<SocketAddr> {
+    let a = crate::peer::canonical(a);
+    (!a.ip().is_unspecified()).then_some(a)
 }
 
 fn to_offload(s: RouteStats, now_mono: Option<Duration>) -> OffloadStats {
@@ -97,18 +96,22 @@ impl OffloadDriver {
                 Offload::Install(r) => {
                     let (Some(slot), Some(local), Some(via)) = (
                         self.slot(r.local),
-                        self.index.bind_addr(r.local).and_then(v4),
-                        self.index.bind_addr(r.via).and_then(v4),
+                        self.index.bind_addr(r.local).and_then(specific),
+                        self.index.bind_addr(r.via).and_then(specific),
                     ) else {
                         continue;
                     };
-                    let (Some(from), Some(to)) = (v4(r.from), v4(r.to)) else { continue };
+                    let (Some(from), Some(to)) = (specific(r.from), specific(r.to)) else { continue };
+                    // The kernel does not translate between families.
+                    if [from, via, to].iter().any(|a| a.is_ipv4() != local.is_ipv4()) {
+                        continue;
+                    }
                     // A destination on this host is delivered by the stack;
                     // any other leaves through the interface the routing
                     // table picks for it (a LAN leg and an internet leg may
                     // be on different interfaces). Unroutable: userspace.
-                    let local_dst = to.ip().is_loopback()
-                        || crate::io::sys::local_addresses().is_ok_and(|a| a.contains(&std::net::IpAddr::V4(*to.ip())));
+                    let local_dst =
+                        to.ip().is_loopback() || crate::io::sys::local_addresses().is_ok_and(|a| a.contains(&to.ip()));
                     let next_hop = if local_dst {
                         NextHop::Local
                     } else {
@@ -138,7 +141,7 @@ impl OffloadDriver {
                 Offload::Refresh(port) => self.sync(shard, now, port),
                 Offload::Remove(port) => {
                     let Some(slot) = self.installed.remove(&port) else { continue };
-                    let Some(local) = self.index.bind_addr(port).and_then(v4) else { continue };
+                    let Some(local) = self.index.bind_addr(port).and_then(specific) else { continue };
                     let result = {
                         let mut fast = self.lock();
                         let stats = fast.stats(slot);

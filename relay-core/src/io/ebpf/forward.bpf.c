@@ -14,13 +14,15 @@
 // one over its route's rate (the leg's limits), exactly as userspace's
 // token bucket would, counted per route.
 //
-// Counters per entry are per-CPU (`stats`); userspace sums them. IPv4 only
-// in this version: IPv6 packets always go up.
+// Counters per entry are per-CPU (`stats`); userspace sums them. IPv4
+// routes live in `fwd`, IPv6 routes in `fwd6` (IPv6 packets with extension
+// headers go up).
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
@@ -47,6 +49,28 @@ struct fwd_value {
 	__u32 out_ifindex; // interface toward `dst_addr`; 0: the arrival one
 	__u32 pad2;
 	__u64 max_bps;    // bytes per second, 0: no byte-rate limit
+};
+
+// The same for IPv6 (addresses in network order).
+struct fwd6_key {
+	__u8 addr[16];
+	__u16 port;
+	__u16 pad;
+};
+
+struct fwd6_value {
+	__u8 src_addr[16];
+	__u8 out_addr[16];
+	__u8 dst_addr[16];
+	__u16 src_port;
+	__u16 out_port;
+	__u16 dst_port;
+	__u16 flags;
+	__u32 slot;
+	__u32 max_pps;
+	__u32 out_ifindex;
+	__u32 pad2;
+	__u64 max_bps;
 };
 
 // Per-CPU counters of one entry.
@@ -106,6 +130,13 @@ struct {
 } fwd SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, struct fwd6_key);
+	__type(value, struct fwd6_value);
+} fwd6 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_ENTRIES);
 	__type(key, __u32);
@@ -120,11 +151,10 @@ struct {
 } buckets SEC(".maps");
 
 // One second of burst at the entry's rate, like userspace's buckets.
-static __always_inline int take_tokens(struct fwd_value *v, __u64 len, __u64 now)
+static __always_inline int take_tokens(__u32 slot, __u32 max_pps, __u64 max_bps, __u64 len, __u64 now)
 {
-	if (!v->max_pps && !v->max_bps)
+	if (!max_pps && !max_bps)
 		return 1;
-	__u32 slot = v->slot;
 	struct fwd_bucket *b = bpf_map_lookup_elem(&buckets, &slot);
 	if (!b)
 		return 0;
@@ -134,9 +164,9 @@ static __always_inline int take_tokens(struct fwd_value *v, __u64 len, __u64 now
 	if (elapsed > 1000000000ULL)
 		elapsed = 1000000000ULL;
 	b->last_ns = now;
-	if (v->max_pps) {
-		__u64 cap = (__u64)v->max_pps * 1000;
-		__u64 t = b->pkt_tokens + (__u64)v->max_pps * elapsed / 1000000;
+	if (max_pps) {
+		__u64 cap = (__u64)max_pps * 1000;
+		__u64 t = b->pkt_tokens + (__u64)max_pps * elapsed / 1000000;
 		if (t > cap)
 			t = cap;
 		if (t < 1000)
@@ -145,9 +175,9 @@ static __always_inline int take_tokens(struct fwd_value *v, __u64 len, __u64 now
 			t -= 1000;
 		b->pkt_tokens = t;
 	}
-	if (v->max_bps) {
-		__u64 cap = v->max_bps * 1000;
-		__u64 t = b->byte_tokens + v->max_bps * elapsed / 1000000;
+	if (max_bps) {
+		__u64 cap = max_bps * 1000;
+		__u64 t = b->byte_tokens + max_bps * elapsed / 1000000;
 		if (t > cap)
 			t = cap;
 		if (t < len * 1000)
@@ -160,13 +190,19 @@ static __always_inline int take_tokens(struct fwd_value *v, __u64 len, __u64 now
 	return ok;
 }
 
+static __always_inline int forward_v6(struct __sk_buff *skb);
+
 SEC("classifier")
 int ucmrc_forward(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > end)
+		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return forward_v6(skb);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP)
@@ -197,7 +233,7 @@ int ucmrc_forward(struct __sk_buff *skb)
 	// Payload bytes, as userspace counts them.
 	__u64 len = bpf_ntohs(udp->len);
 	len = len > sizeof(struct udphdr) ? len - sizeof(struct udphdr) : 0;
-	if (!take_tokens(v, len, now)) {
+	if (!take_tokens(v->slot, v->max_pps, v->max_bps, len, now)) {
 		if (st)
 			st->dropped_over_rate += 1;
 		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
@@ -237,6 +273,85 @@ int ucmrc_forward(struct __sk_buff *skb)
 	// Otherwise out of the interface toward it, the kernel's routing and
 	// neighbour tables choosing the next hop and filling in the MACs, as
 	// for the relay's own sends (no IP forwarding involved).
+	__u32 ifindex = v->out_ifindex ? v->out_ifindex : skb->ingress_ifindex;
+	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
+	return outcome(rc == TC_ACT_REDIRECT ? OUT_FORWARDED : OUT_NO_NEXT_HOP, rc);
+}
+
+// IPv6: the same decisions; no IP header checksum, the UDP checksum
+// (mandatory) patched for the new addresses and ports.
+static __always_inline int forward_v6(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > end)
+		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+	// Extension headers (fragments included) go up.
+	if (ip6->nexthdr != IPPROTO_UDP)
+		return outcome(ip6->nexthdr == 44 ? OUT_FRAGMENT_OR_OPTIONS : OUT_NOT_IPV4_UDP, TC_ACT_OK);
+	struct udphdr *udp = (void *)(ip6 + 1);
+	if ((void *)(udp + 1) > end)
+		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+	__u8 *payload = (void *)(udp + 1);
+	if ((void *)(payload + 1) > end)
+		return outcome(OUT_NOT_RTP, TC_ACT_OK);
+	if (payload[0] < 128 || payload[0] > 191)
+		return outcome(OUT_NOT_RTP, TC_ACT_OK);
+
+	struct fwd6_key key = {};
+	__builtin_memcpy(key.addr, &ip6->daddr, 16);
+	key.port = udp->dest;
+	struct fwd6_value *v = bpf_map_lookup_elem(&fwd6, &key);
+	if (!v)
+		return outcome(OUT_NO_ROUTE, TC_ACT_OK);
+	__u32 old_saddr[4], old_daddr[4];
+	__builtin_memcpy(old_saddr, &ip6->saddr, 16);
+	__builtin_memcpy(old_daddr, &ip6->daddr, 16);
+	__u32 want[4];
+	__builtin_memcpy(want, v->src_addr, 16);
+	if ((old_saddr[0] ^ want[0]) | (old_saddr[1] ^ want[1]) | (old_saddr[2] ^ want[2]) | (old_saddr[3] ^ want[3]) ||
+	    udp->source != v->src_port)
+		return outcome(OUT_OTHER_SOURCE, TC_ACT_OK);
+
+	__u64 now = bpf_ktime_get_ns();
+	__u32 slot = v->slot;
+	struct fwd_stats *st = bpf_map_lookup_elem(&stats, &slot);
+	__u64 len = bpf_ntohs(udp->len);
+	len = len > sizeof(struct udphdr) ? len - sizeof(struct udphdr) : 0;
+	if (!take_tokens(v->slot, v->max_pps, v->max_bps, len, now)) {
+		if (st)
+			st->dropped_over_rate += 1;
+		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
+	}
+
+	__u32 new_saddr[4], new_daddr[4];
+	__builtin_memcpy(new_saddr, v->out_addr, 16);
+	__builtin_memcpy(new_daddr, v->dst_addr, 16);
+	__u16 old_sport = udp->source, old_dport = udp->dest;
+	__u16 new_sport = v->out_port, new_dport = v->dst_port;
+	int ip_off = sizeof(struct ethhdr);
+	int udp_off = ip_off + sizeof(struct ipv6hdr);
+	int csum_off = udp_off + offsetof(struct udphdr, check);
+
+	__s64 diff = bpf_csum_diff(old_saddr, 16, new_saddr, 16, 0);
+	diff = bpf_csum_diff(old_daddr, 16, new_daddr, 16, diff);
+	bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR);
+	bpf_l4_csum_replace(skb, csum_off, old_sport, new_sport, sizeof(new_sport));
+	bpf_l4_csum_replace(skb, csum_off, old_dport, new_dport, sizeof(new_dport));
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct ipv6hdr, saddr), new_saddr, 16, 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct ipv6hdr, daddr), new_daddr, 16, 0);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, source), &new_sport, sizeof(new_sport), 0);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, dest), &new_dport, sizeof(new_dport), 0);
+
+	if (st) {
+		st->packets += 1;
+		st->bytes += len;
+		st->last_ns = now;
+	}
+	if (v->flags & FLAG_LOCAL)
+		return outcome(OUT_FORWARDED, TC_ACT_OK);
 	__u32 ifindex = v->out_ifindex ? v->out_ifindex : skb->ingress_ifindex;
 	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
 	return outcome(rc == TC_ACT_REDIRECT ? OUT_FORWARDED : OUT_NO_NEXT_HOP, rc);

@@ -13,7 +13,7 @@
 
 mod driver;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use driver::{OffloadDriver, SYNC_EVERY};
@@ -55,6 +55,33 @@ struct FwdValue {
     max_bps: u64,
 }
 
+/// `struct fwd6_key` of the C program.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fwd6Key {
+    addr: [u8; 16],
+    port: u16,
+    pad: u16,
+}
+
+/// `struct fwd6_value` of the C program.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Fwd6Value {
+    src_addr: [u8; 16],
+    out_addr: [u8; 16],
+    dst_addr: [u8; 16],
+    src_port: u16,
+    out_port: u16,
+    dst_port: u16,
+    flags: u16,
+    slot: u32,
+    max_pps: u32,
+    out_ifindex: u32,
+    pad2: u32,
+    max_bps: u64,
+}
+
 /// `struct fwd_stats` of the C program.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,22 +110,28 @@ unsafe impl aya::Pod for FwdKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FwdValue {}
 // SAFETY: as above.
+unsafe impl aya::Pod for Fwd6Key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Fwd6Value {}
+// SAFETY: as above.
 unsafe impl aya::Pod for FwdStats {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FwdBucket {}
 
 /// One direction of an established leg pair, forwarded in the kernel:
 /// a datagram to `local` from exactly `from` leaves from `via` to `to`.
+/// All four are of one family (IPv4 or IPv6): the kernel does not
+/// translate between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     /// The relay socket it arrives on.
-    pub local: SocketAddrV4,
+    pub local: SocketAddr,
     /// The latched source; any other source goes up to userspace.
-    pub from: SocketAddrV4,
+    pub from: SocketAddr,
     /// The relay socket it leaves from (the other leg's).
-    pub via: SocketAddrV4,
+    pub via: SocketAddr,
     /// The other side's latched address.
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     /// Packets per second forwarded in the kernel at most (0: no limit);
     /// beyond, the kernel drops them, as userspace's bucket would.
     pub max_pps: u32,
@@ -141,7 +174,7 @@ pub struct RouteStats {
 pub struct Outcomes {
     /// Forwarded in the kernel.
     pub forwarded: u64,
-    /// Not IPv4 UDP (IPv6 included, in this version).
+    /// Not UDP over IPv4 or IPv6 (or IPv6 with extension headers).
     pub not_ipv4_udp: u64,
     /// IP options or a fragment.
     pub fragment_or_options: u64,
@@ -187,6 +220,7 @@ pub enum FastPathError {
 pub struct FastPath {
     bpf: Ebpf,
     routes: HashMap<MapData, FwdKey, FwdValue>,
+    routes6: HashMap<MapData, Fwd6Key, Fwd6Value>,
     stats: PerCpuArray<MapData, FwdStats>,
     buckets: Array<MapData, FwdBucket>,
     outcomes: PerCpuArray<MapData, u64>,
@@ -199,8 +233,12 @@ impl std::fmt::Debug for FastPath {
     }
 }
 
-fn key(a: SocketAddrV4) -> FwdKey {
+fn key(a: std::net::SocketAddrV4) -> FwdKey {
     FwdKey { addr: u32::from_ne_bytes(a.ip().octets()), port: a.port().to_be(), pad: 0 }
+}
+
+fn key6(a: std::net::SocketAddrV6) -> Fwd6Key {
+    Fwd6Key { addr: a.ip().octets(), port: a.port().to_be(), pad: 0 }
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastPathError {
@@ -229,12 +267,14 @@ impl FastPath {
             bpf.take_map(name).ok_or_else(|| FastPathError::Load(format!("no {name} map in the object")))
         };
         let routes = HashMap::try_from(take(&mut bpf, "fwd")?).map_err(map_err("fwd"))?;
+        let routes6 = HashMap::try_from(take(&mut bpf, "fwd6")?).map_err(map_err("fwd6"))?;
         let stats = PerCpuArray::try_from(take(&mut bpf, "stats")?).map_err(map_err("stats"))?;
         let buckets = Array::try_from(take(&mut bpf, "buckets")?).map_err(map_err("buckets"))?;
         let outcomes = PerCpuArray::try_from(take(&mut bpf, "outcomes")?).map_err(map_err("outcomes"))?;
         Ok(Self {
             bpf,
             routes,
+            routes6,
             stats,
             buckets,
             outcomes,
@@ -252,29 +292,61 @@ impl FastPath {
         let values = aya::maps::PerCpuValues::try_from(vec![FwdStats::default(); cpus]).map_err(io)?;
         self.stats.set(r.slot, values, 0).map_err(map_err("stats"))?;
         self.buckets.set(r.slot, FwdBucket::default(), 0).map_err(map_err("buckets"))?;
-        let v = FwdValue {
-            src_addr: u32::from_ne_bytes(r.from.ip().octets()),
-            src_port: r.from.port().to_be(),
-            out_port: r.via.port().to_be(),
-            out_addr: u32::from_ne_bytes(r.via.ip().octets()),
-            dst_addr: u32::from_ne_bytes(r.to.ip().octets()),
-            dst_port: r.to.port().to_be(),
-            flags: u16::from(r.next_hop == NextHop::Local),
-            slot: r.slot,
-            max_pps: r.max_pps,
-            out_ifindex: match r.next_hop {
-                NextHop::Local => 0,
-                NextHop::Interface(i) => i,
-            },
-            pad2: 0,
-            max_bps: r.max_bytes_per_sec,
+        let flags = u16::from(r.next_hop == NextHop::Local);
+        let out_ifindex = match r.next_hop {
+            NextHop::Local => 0,
+            NextHop::Interface(i) => i,
         };
-        self.routes.insert(key(r.local), v, 0).map_err(map_err("fwd"))
+        use SocketAddr::{V4, V6};
+        match (r.local, r.from, r.via, r.to) {
+            (V4(local), V4(from), V4(via), V4(to)) => {
+                let v = FwdValue {
+                    src_addr: u32::from_ne_bytes(from.ip().octets()),
+                    src_port: from.port().to_be(),
+                    out_port: via.port().to_be(),
+                    out_addr: u32::from_ne_bytes(via.ip().octets()),
+                    dst_addr: u32::from_ne_bytes(to.ip().octets()),
+                    dst_port: to.port().to_be(),
+                    flags,
+                    slot: r.slot,
+                    max_pps: r.max_pps,
+                    out_ifindex,
+                    pad2: 0,
+                    max_bps: r.max_bytes_per_sec,
+                };
+                self.routes.insert(key(local), v, 0).map_err(map_err("fwd"))
+            }
+            (V6(local), V6(from), V6(via), V6(to)) => {
+                let v = Fwd6Value {
+                    src_addr: from.ip().octets(),
+                    out_addr: via.ip().octets(),
+                    dst_addr: to.ip().octets(),
+                    src_port: from.port().to_be(),
+                    out_port: via.port().to_be(),
+                    dst_port: to.port().to_be(),
+                    flags,
+                    slot: r.slot,
+                    max_pps: r.max_pps,
+                    out_ifindex,
+                    pad2: 0,
+                    max_bps: r.max_bytes_per_sec,
+                };
+                self.routes6.insert(key6(local), v, 0).map_err(map_err("fwd6"))
+            }
+            _ => Err(FastPathError::Map {
+                map: "fwd",
+                reason: "a route's addresses must all be IPv4 or all IPv6".into(),
+            }),
+        }
     }
 
     /// Removes the route of `local` (a missing one is not an error).
-    pub fn remove(&mut self, local: SocketAddrV4) -> Result<(), FastPathError> {
-        match self.routes.remove(&key(local)) {
+    pub fn remove(&mut self, local: SocketAddr) -> Result<(), FastPathError> {
+        let r = match local {
+            SocketAddr::V4(a) => self.routes.remove(&key(a)),
+            SocketAddr::V6(a) => self.routes6.remove(&key6(a)),
+        };
+        match r {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err("fwd")(e)),
         }
@@ -322,9 +394,4 @@ impl FastPath {
     pub fn ebpf(&self) -> &Ebpf {
         &self.bpf
     }
-}
-
-/// The address of an IPv4 socket address, for routes.
-pub fn v4(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
 }
