@@ -341,6 +341,42 @@ fn relay_in_namespace() {
     let after = h.counters().wait().expect("counters").total.packets_forwarded_kernel;
     assert_eq!(after - before, 20, "the moved phone's media runs in the kernel again");
 
+    // Idle timeouts stay exact: a session whose media runs only in the
+    // kernel stays alive past its idle timeout (the driver's counters are
+    // its activity); once the media stops it ends, and its route goes.
+    let b = h
+        .allocate(SessionSpec {
+            tenant: "kernel".into(),
+            pbx: LegSpec { rtcp_mux: true, hint: Some(pbx.local_addr().expect("addr")), ..LegSpec::default() },
+            endpoint: LegSpec { rtcp_mux: true, hint: Some(phone.local_addr().expect("addr")), ..LegSpec::default() },
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..SessionSpec::default()
+        })
+        .wait()
+        .expect("allocate");
+    let kernel_before = h.counters().wait().expect("counters").total.packets_forwarded_kernel;
+    let started = std::time::Instant::now();
+    let mut seq = 0u16;
+    // Paced media for 2.5 s: longer than the idle timeout.
+    while started.elapsed() < Duration::from_millis(2500) {
+        seq = seq.wrapping_add(1);
+        phone.send_to(&rtp(seq), b.endpoint.rtp).expect("send");
+        pbx.recv_from(&mut buf).expect("forwarded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let alive = h.session(b.id).wait().expect("alive after 2.5 s of kernel-only media");
+    assert!(alive.endpoint.stats.packets_forwarded > 100);
+    let kernel = h.counters().wait().expect("counters").total.packets_forwarded_kernel - kernel_before;
+    assert!(kernel > 100, "the media ran in the kernel: {kernel}");
+    // Media stops: the session ends by its idle timeout, and its route with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.session(b.id).wait().is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the idle session did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    phone.send_to(&rtp(9999), b.endpoint.rtp).expect("send");
+    assert!(!pending(&pbx), "nothing forwarded after the idle end");
+
     // Released: the route is withdrawn before the release answers, so the
     // kernel forwards nothing more (the port's socket is closed too).
     h.release(a.id).wait().expect("release");
