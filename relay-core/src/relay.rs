@@ -522,7 +522,7 @@ impl RelayConfig {
 #[cfg(feature = "ebpf")]
 type SharedFastPath = Option<Arc<Mutex<io::ebpf::FastPath>>>;
 #[cfg(not(feature = "ebpf"))]
-type SharedFastPath = Option<std::convert::Infallible>;
+type SharedFastPath = Option<Arc<std::convert::Infallible>>;
 
 /// Loads the kernel fast path when `config.backend` asks for it: attached
 /// to the interfaces that hold the relay's (specific, IPv4) addresses.

@@ -140,7 +140,12 @@ impl OffloadDriver {
                 }
                 Offload::Refresh(port) => self.sync(shard, now, port),
                 Offload::Remove(port) => {
-                    let Some(slot) = self.installed.remove(&port) else { continue };
+                    let Some(slot) = self.installed.remove(&port) else {
+                        // Never installed (the kernel could not take it):
+                        // nothing was forwarded; the shard forgets it.
+                        shard.handle_offload_stats(now, port, OffloadStats::default());
+                        continue;
+                    };
                     let Some(local) = self.index.bind_addr(port).and_then(specific) else { continue };
                     let result = {
                         let mut fast = self.lock();
