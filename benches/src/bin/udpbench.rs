@@ -72,6 +72,17 @@ fn pin(cpu: usize, pid: i32) {
     }
 }
 
+/// `--pairs`: sessions with RTP/RTCP port pairs (rtpengine's shape without
+/// rtcp-mux: four sockets a session, RTP on the even ones).
+fn pairs() -> bool {
+    std::env::args().any(|a| a == "--pairs")
+}
+
+/// Ports a relay child's range needs for `n` sessions (with slack).
+fn range_len(n: usize, pairs: bool) -> usize {
+    ((if pairs { 8 } else { 4 }) * n).clamp(1000, 55_000)
+}
+
 fn raise_fd_limit() {
     #[allow(unsafe_code)]
     // SAFETY: valid rlimit pointers.
@@ -138,8 +149,9 @@ fn child_relay() {
     let relay = Relay::start(RelayConfig {
         backend,
         port_min: arg("--base", 10000u16),
-        port_max: arg("--base", 10000u16) + (4 * n as u16).max(1000),
+        port_max: arg("--base", 10000u16) + range_len(n, pairs()) as u16 - 1,
         workers: 1,
+        tenant_port_share_percent: 100,
         defaults: SessionDefaults { limits: LegLimits::default(), ..SessionDefaults::default() },
         ..RelayConfig::default()
     })
@@ -150,8 +162,8 @@ fn child_relay() {
         let s = h
             .allocate(SessionSpec {
                 tenant: "bench".into(),
-                pbx: LegSpec { rtcp_mux: true, hint: Some(b), ..LegSpec::default() },
-                endpoint: LegSpec { rtcp_mux: true, hint: Some(a), ..LegSpec::default() },
+                pbx: LegSpec { rtcp_mux: !pairs(), hint: Some(b), ..LegSpec::default() },
+                endpoint: LegSpec { rtcp_mux: !pairs(), hint: Some(a), ..LegSpec::default() },
                 ..SessionSpec::default()
             })
             .wait()
@@ -370,8 +382,14 @@ fn spawn(target: &str, n: usize, a: SocketAddr, b: SocketAddr) -> Spawned {
     // A fresh port range for each run: a killed relay's sockets may take a
     // moment to disappear (io_uring tears down asynchronously).
     static RUN: AtomicUsize = AtomicUsize::new(0);
-    let base = 10000 + (RUN.fetch_add(1, Ordering::Relaxed) % 4) * 5000;
+    // Ranges that never overlap between consecutive runs, however large.
+    let span = range_len(n, pairs());
+    let slots = (50_000 / span).max(2);
+    let base = 10000 + (RUN.fetch_add(1, Ordering::Relaxed) % slots) * span;
     cmd.args(["--sessions", &n.to_string(), "--a", &a.to_string(), "--b", &b.to_string(), "--base", &base.to_string()]);
+    if pairs() {
+        cmd.arg("--pairs");
+    }
     // UDPBENCH_CHILD_LOG=FILE keeps the child's per-second counters.
     let stderr = match std::env::var("UDPBENCH_CHILD_LOG") {
         Ok(path) => Stdio::from(std::fs::File::create(path).expect("child log")),
@@ -472,7 +490,9 @@ fn socket() -> UdpSocket {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).expect("socket");
     s.set_recv_buffer_size(8 << 20).expect("rcvbuf");
     s.set_send_buffer_size(8 << 20).expect("sndbuf");
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into()).expect("bind");
+    // 127.0.0.2: the generator's ports can never fall inside a relay's own
+    // range (on 127.0.0.1), however large the range is.
+    s.bind(&"127.0.0.2:0".parse::<SocketAddr>().expect("addr").into()).expect("bind");
     s.set_nonblocking(true).expect("nonblocking");
     s.into()
 }
