@@ -8,6 +8,10 @@
 //! udpbench memory   [--sessions 32000]
 //! udpbench kernel-cost [--targets direct,ebpf] [--sessions 1000] [--secs 3] [--repeat 3]
 //! ```
+//! `--pairs` (any subcommand): sessions with RTP/RTCP port pairs instead of
+//! rtcp-mux (rtpengine's shape: four sockets a session). `ebpf` needs root
+//! and a private network namespace (`unshare --net`, `ip link set lo up`):
+//! the fast path attaches to the namespace's loopback.
 //! The generator (this process, pinned to CPU 0) drives two sockets, A (the
 //! "phones") and B (the "PBXs"), and spawns the forwarder under test as a
 //! child process pinned to CPU 1: `relay` (relay-core with the chosen
