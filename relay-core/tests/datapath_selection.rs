@@ -12,6 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
+#[path = "support/seccomp.rs"]
+mod seccomp;
+
 use relay_core::relay::StartError;
 use relay_core::{BackendKind, LegSpec, Relay, RelayConfig, SessionSpec};
 
@@ -72,37 +75,9 @@ fn under_seccomp() {
     println!("SECCOMP-CHILD-OK");
 }
 
-/// Installs a seccomp filter returning EPERM for the three io_uring calls.
+/// EPERM for the three io_uring calls (425/426/427 on every architecture).
 fn block_io_uring() -> std::io::Result<()> {
-    const BPF_LD_W_ABS: u16 = 0x20;
-    const BPF_JEQ_K: u16 = 0x15;
-    const BPF_RET_K: u16 = 0x06;
-    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-    let errno = SECCOMP_RET_ERRNO | libc::EPERM as u32;
-    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    // io_uring_setup/enter/register are 425/426/427 on every architecture.
-    let mut prog = [
-        f(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
-        f(BPF_JEQ_K, 3, 0, 425),
-        f(BPF_JEQ_K, 2, 0, 426),
-        f(BPF_JEQ_K, 1, 0, 427),
-        f(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
-        f(BPF_RET_K, 0, 0, errno),
-    ];
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
-    // SAFETY (test harness): plain prctl calls with a valid filter program
-    // that outlives them.
-    #[allow(unsafe_code)]
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_SECCOMP, 2 /* SECCOMP_MODE_FILTER */, &fprog as *const libc::sock_fprog) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    seccomp::deny_with_eperm(&[425, 426, 427])
 }
 
 /// With io_uring, relay ports cost no file descriptors: 3 000 sockets

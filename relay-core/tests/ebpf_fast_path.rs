@@ -14,6 +14,8 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
+#[path = "support/seccomp.rs"]
+mod seccomp;
 mod support;
 
 use relay_core::io::ebpf::{FastPath, NextHop, Route};
@@ -241,21 +243,50 @@ fn in_namespace() {
     println!("EBPF-NETNS-OK");
 }
 
-/// A whole relay with `BackendKind::Ebpf`: real SRTP both ways with
-/// authenticated latching; established legs go to the kernel; strangers are
-/// refused by userspace and reach nobody; NAT rebinding re-latches through
-/// userspace and the kernel follows; counters stay exact; a released
-/// session's route is gone.
-fn relay_in_namespace() {
+/// A relay with `BackendKind::Ebpf` on the namespace's loopback (brought up).
+fn ebpf_relay_on_loopback() -> Result<Relay, relay_core::relay::StartError> {
     assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip").success());
-    let relay = Relay::start(RelayConfig {
+    Relay::start(RelayConfig {
         backend: BackendKind::Ebpf,
         port_min: 20000,
         port_max: 20999,
         workers: 1,
         ..RelayConfig::default()
     })
-    .expect("relay starts");
+}
+
+/// An authenticated session with SRTP keys on both legs; each leg is
+/// (its remote's socket, the relay interface, the remote's master key).
+fn srtp_session(
+    h: &relay_core::RelayHandle,
+    pbx: (&UdpSocket, u8, &[u8]),
+    phone: (&UdpSocket, u8, &[u8]),
+) -> relay_core::AllocatedSession {
+    let leg = |(sock, interface, key): (&UdpSocket, u8, &[u8])| LegSpec {
+        rtcp_mux: true,
+        interface,
+        hint: Some(sock.local_addr().expect("addr")),
+        srtp_auth: Some(auth_for(key)),
+        ..LegSpec::default()
+    };
+    h.allocate(SessionSpec {
+        tenant: "kernel".into(),
+        pbx: leg(pbx),
+        endpoint: leg(phone),
+        latch: Some(LatchPolicy::Authenticated),
+        ..SessionSpec::default()
+    })
+    .wait()
+    .expect("allocate")
+}
+
+/// A whole relay with `BackendKind::Ebpf`: real SRTP both ways with
+/// authenticated latching; established legs go to the kernel; strangers are
+/// refused by userspace and reach nobody; NAT rebinding re-latches through
+/// userspace and the kernel follows; counters stay exact; a released
+/// session's route is gone.
+fn relay_in_namespace() {
+    let relay = ebpf_relay_on_loopback().expect("relay starts");
     assert_eq!(relay.datapath().fast_path, Some(Ok(vec!["lo".to_string()])), "attached to the relay's interface");
     let h = relay.handle();
     let bind = || {
@@ -267,26 +298,7 @@ fn relay_in_namespace() {
     // Another address: proof budgets are per source IP.
     let stranger = UdpSocket::bind("127.0.0.2:0").expect("bind");
     let (mp, me) = (master(1), master(2));
-    let a = h
-        .allocate(SessionSpec {
-            tenant: "kernel".into(),
-            pbx: LegSpec {
-                rtcp_mux: true,
-                hint: Some(pbx.local_addr().expect("addr")),
-                srtp_auth: Some(auth_for(&mp)),
-                ..LegSpec::default()
-            },
-            endpoint: LegSpec {
-                rtcp_mux: true,
-                hint: Some(phone.local_addr().expect("addr")),
-                srtp_auth: Some(auth_for(&me)),
-                ..LegSpec::default()
-            },
-            latch: Some(LatchPolicy::Authenticated),
-            ..SessionSpec::default()
-        })
-        .wait()
-        .expect("allocate");
+    let a = srtp_session(&h, (&pbx, 0, &mp), (&phone, 0, &me));
     let (mut from_phone, mut from_pbx) = (SrtpTx::new(&me, 7, 1), SrtpTx::new(&mp, 8, 1));
     let mut buf = [0u8; 2048];
     let mut exchange = |phone: &UdpSocket, from_phone: &mut SrtpTx, n: usize| {
@@ -389,15 +401,7 @@ fn relay_in_namespace() {
 /// `bpf` refused: the relay starts anyway, reports why the fast path is
 /// not running, and forwards in userspace.
 fn fallback_in_namespace() {
-    assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip").success());
-    let relay = Relay::start(RelayConfig {
-        backend: BackendKind::Ebpf,
-        port_min: 20000,
-        port_max: 20999,
-        workers: 1,
-        ..RelayConfig::default()
-    })
-    .expect("the relay starts without its fast path");
+    let relay = ebpf_relay_on_loopback().expect("the relay starts without its fast path");
     let reason = match &relay.datapath().fast_path {
         Some(Err(reason)) => reason.clone(),
         other => panic!("the fast path must report why it is not running, got {other:?}"),
@@ -424,34 +428,9 @@ fn fallback_in_namespace() {
     println!("EBPF-NETNS-OK");
 }
 
-/// Installs a seccomp filter returning EPERM for `bpf(2)`.
+/// EPERM for `bpf(2)`.
 fn block_bpf_syscall() -> std::io::Result<()> {
-    const BPF_LD_W_ABS: u16 = 0x20;
-    const BPF_JEQ_K: u16 = 0x15;
-    const BPF_RET_K: u16 = 0x06;
-    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-    let errno = SECCOMP_RET_ERRNO | libc::EPERM as u32;
-    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let mut prog = [
-        f(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
-        f(BPF_JEQ_K, 1, 0, libc::SYS_bpf as u32),
-        f(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
-        f(BPF_RET_K, 0, 0, errno),
-    ];
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
-    // SAFETY (test harness): plain prctl calls with a valid filter program
-    // that outlives them.
-    #[allow(unsafe_code)]
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_SECCOMP, 2 /* SECCOMP_MODE_FILTER */, &fprog as *const libc::sock_fprog) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    seccomp::deny_with_eperm(&[libc::SYS_bpf as u32])
 }
 
 fn sh(cmd: &str) {
@@ -510,28 +489,7 @@ fn veth_in_namespace() {
     let phone = socket_in("phone", "10.1.0.2:0");
     let pbx = socket_in("pbx", "10.2.0.2:0");
     let (mp, me) = (master(1), master(2));
-    let a = h
-        .allocate(SessionSpec {
-            tenant: "veth".into(),
-            pbx: LegSpec {
-                rtcp_mux: true,
-                interface: 1,
-                hint: Some(pbx.local_addr().expect("addr")),
-                srtp_auth: Some(auth_for(&mp)),
-                ..LegSpec::default()
-            },
-            endpoint: LegSpec {
-                rtcp_mux: true,
-                interface: 0,
-                hint: Some(phone.local_addr().expect("addr")),
-                srtp_auth: Some(auth_for(&me)),
-                ..LegSpec::default()
-            },
-            latch: Some(LatchPolicy::Authenticated),
-            ..SessionSpec::default()
-        })
-        .wait()
-        .expect("allocate");
+    let a = srtp_session(&h, (&pbx, 1, &mp), (&phone, 0, &me));
     assert_eq!((a.endpoint.rtp.ip(), a.pbx.rtp.ip()), ([10, 1, 0, 1].into(), [10, 2, 0, 1].into()));
     let (mut from_phone, mut from_pbx) = (SrtpTx::new(&me, 7, 1), SrtpTx::new(&mp, 8, 1));
     let mut buf = [0u8; 2048];

@@ -347,81 +347,73 @@ impl MsgBatch {
     }
 }
 
-/// Every IP address configured on this host's interfaces right now
-/// (`getifaddrs`), loopback included. The peer policy uses it to recognize
-/// the relay's own addresses when a socket is bound to a wildcard address.
-pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+/// Calls `f` with the name and address of every IPv4/IPv6 address
+/// configured on this host's interfaces (`getifaddrs`), until it returns
+/// `false`.
+fn for_each_interface_address(mut f: impl FnMut(&std::ffi::CStr, std::net::IpAddr) -> bool) -> io::Result<()> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: `head` is a valid out-pointer; on success the list it receives
     // is owned by us until `freeifaddrs`.
     cvt(unsafe { libc::getifaddrs(&mut head) })?;
-    let mut out = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: `cur` is a non-null node of the list getifaddrs returned,
         // valid until freeifaddrs below.
         let ifa = unsafe { &*cur };
-        let addr = ifa.ifa_addr;
-        if !addr.is_null() {
-            // SAFETY: a non-null ifa_addr points at a sockaddr whose family
-            // field is always readable.
-            let family = i32::from(unsafe { (*addr).sa_family });
-            if family == libc::AF_INET {
-                // SAFETY: AF_INET entries carry a full sockaddr_in.
-                let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
-                out.push(std::net::IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
-            } else if family == libc::AF_INET6 {
-                // SAFETY: AF_INET6 entries carry a full sockaddr_in6.
-                let sin6 = unsafe { &*(addr as *const libc::sockaddr_in6) };
-                out.push(std::net::IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-            }
-        }
         cur = ifa.ifa_next;
+        let addr = ifa.ifa_addr;
+        if addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null ifa_addr points at a sockaddr whose family
+        // field is always readable.
+        let family = i32::from(unsafe { (*addr).sa_family });
+        let ip = if family == libc::AF_INET {
+            // SAFETY: AF_INET entries carry a full sockaddr_in.
+            let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
+            std::net::IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+        } else if family == libc::AF_INET6 {
+            // SAFETY: AF_INET6 entries carry a full sockaddr_in6.
+            let sin6 = unsafe { &*(addr as *const libc::sockaddr_in6) };
+            std::net::IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+        } else {
+            continue;
+        };
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list,
+        // valid until freeifaddrs below.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if !f(name, ip) {
+            break;
+        }
     }
     // SAFETY: `head` came from a successful getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
+    Ok(())
+}
+
+/// Every IP address configured on this host's interfaces right now
+/// (`getifaddrs`), loopback included. The peer policy uses it to recognize
+/// the relay's own addresses when a socket is bound to a wildcard address.
+pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut out = Vec::new();
+    for_each_interface_address(|_, ip| {
+        out.push(ip);
+        true
+    })?;
     out.sort();
     out.dedup();
     Ok(out)
 }
 
-/// The name of the interface that holds address `ip`, if any
-/// (`getifaddrs`).
+/// The name of the interface that holds address `ip`, if any.
 pub fn interface_of(ip: std::net::IpAddr) -> io::Result<Option<String>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: `head` is a valid out-pointer; on success the list it receives
-    // is owned by us until `freeifaddrs`.
-    cvt(unsafe { libc::getifaddrs(&mut head) })?;
     let mut found = None;
-    let mut cur = head;
-    while !cur.is_null() && found.is_none() {
-        // SAFETY: `cur` is a non-null node of the list getifaddrs returned,
-        // valid until freeifaddrs below.
-        let ifa = unsafe { &*cur };
-        let addr = ifa.ifa_addr;
-        // SAFETY: a non-null ifa_addr points at a sockaddr whose family
-        // field is always readable.
-        let family = if addr.is_null() { 0 } else { i32::from(unsafe { (*addr).sa_family }) };
-        let this = if family == libc::AF_INET {
-            // SAFETY: AF_INET entries carry a full sockaddr_in.
-            let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
-            Some(std::net::IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
-        } else if family == libc::AF_INET6 {
-            // SAFETY: AF_INET6 entries carry a full sockaddr_in6.
-            let sin6 = unsafe { &*(addr as *const libc::sockaddr_in6) };
-            Some(std::net::IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
-        } else {
-            None
-        };
-        if this == Some(ip) && !ifa.ifa_name.is_null() {
-            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+    for_each_interface_address(|name, a| {
+        if a == ip {
             found = Some(name.to_string_lossy().into_owned());
         }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from a successful getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
+        found.is_none()
+    })?;
     Ok(found)
 }
 

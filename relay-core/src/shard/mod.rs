@@ -501,7 +501,7 @@ impl Shard {
                     for r in routes {
                         self.queue_offload(Offload::Refresh(r));
                     }
-                    self.wheel.schedule(now + OFFLOAD_REFRESH_WAIT, id.0);
+                    self.wheel.schedule(sess::instant_after(now, OFFLOAD_REFRESH_WAIT), id.0);
                     continue;
                 }
             }

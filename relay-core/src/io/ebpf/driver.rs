@@ -27,6 +27,9 @@ pub struct OffloadDriver {
     /// Installed routes: socket → counters slot.
     installed: HashMap<RelayPort, u32>,
     next_sync: Option<Instant>,
+    /// This host's addresses (a destination among them is delivered by the
+    /// stack), read again at every periodic sync rather than per route.
+    local_addrs: Vec<std::net::IpAddr>,
     /// Map operations that failed (the route stayed in userspace).
     pub errors: u64,
 }
@@ -65,7 +68,15 @@ impl OffloadDriver {
     /// A driver for a shard whose sockets are numbered by `index`, using
     /// counters slots `slot_base .. slot_base + index.len()`.
     pub fn new(fast: Arc<Mutex<FastPath>>, index: PortIndex, slot_base: u32) -> Self {
-        Self { fast, index, slot_base, installed: HashMap::new(), next_sync: None, errors: 0 }
+        Self {
+            fast,
+            index,
+            slot_base,
+            installed: HashMap::new(),
+            next_sync: None,
+            local_addrs: crate::io::sys::local_addresses().unwrap_or_default(),
+            errors: 0,
+        }
     }
 
     fn slot(&self, port: RelayPort) -> Option<u32> {
@@ -110,8 +121,7 @@ impl OffloadDriver {
                     // any other leaves through the interface the routing
                     // table picks for it (a LAN leg and an internet leg may
                     // be on different interfaces). Unroutable: userspace.
-                    let local_dst =
-                        to.ip().is_loopback() || crate::io::sys::local_addresses().is_ok_and(|a| a.contains(&to.ip()));
+                    let local_dst = to.ip().is_loopback() || self.local_addrs.contains(&to.ip());
                     let next_hop = if local_dst {
                         NextHop::Local
                     } else {
@@ -160,7 +170,10 @@ impl OffloadDriver {
             }
         }
         if self.next_sync.is_none_or(|t| now >= t) {
-            self.next_sync = Some(now + SYNC_EVERY);
+            self.next_sync = Some(crate::session::instant_after(now, SYNC_EVERY));
+            if let Ok(a) = crate::io::sys::local_addresses() {
+                self.local_addrs = a;
+            }
             let ports: Vec<RelayPort> = self.installed.keys().copied().collect();
             for p in ports {
                 self.sync(shard, now, p);

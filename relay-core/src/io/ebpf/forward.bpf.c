@@ -190,6 +190,34 @@ static __always_inline int take_tokens(__u32 slot, __u32 max_pps, __u64 max_bps,
 	return ok;
 }
 
+// Over the route's rate: dropped and counted, as userspace's bucket would.
+static __always_inline int drop_over_rate(struct fwd_stats *st)
+{
+	if (st)
+		st->dropped_over_rate += 1;
+	return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
+}
+
+// Counts a rewritten datagram and sends it on. A destination on this host
+// (loopback, a local namespace): the stack delivers it to its socket.
+// Otherwise out of the interface toward it, the kernel's routing and
+// neighbour tables choosing the next hop and filling in the MACs, as for
+// the relay's own sends (no IP forwarding involved).
+static __always_inline int send_on(struct __sk_buff *skb, struct fwd_stats *st, __u64 len, __u64 now,
+				   __u16 flags, __u32 out_ifindex)
+{
+	if (st) {
+		st->packets += 1;
+		st->bytes += len;
+		st->last_ns = now;
+	}
+	if (flags & FLAG_LOCAL)
+		return outcome(OUT_FORWARDED, TC_ACT_OK);
+	__u32 ifindex = out_ifindex ? out_ifindex : skb->ingress_ifindex;
+	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
+	return outcome(rc == TC_ACT_REDIRECT ? OUT_FORWARDED : OUT_NO_NEXT_HOP, rc);
+}
+
 static __always_inline int forward_v6(struct __sk_buff *skb);
 
 SEC("classifier")
@@ -233,11 +261,8 @@ int ucmrc_forward(struct __sk_buff *skb)
 	// Payload bytes, as userspace counts them.
 	__u64 len = bpf_ntohs(udp->len);
 	len = len > sizeof(struct udphdr) ? len - sizeof(struct udphdr) : 0;
-	if (!take_tokens(v->slot, v->max_pps, v->max_bps, len, now)) {
-		if (st)
-			st->dropped_over_rate += 1;
-		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
-	}
+	if (!take_tokens(v->slot, v->max_pps, v->max_bps, len, now))
+		return drop_over_rate(st);
 
 	// Rewrite addresses and ports, patching the checksums (UDP's covers
 	// the pseudo-header; 0 = none stays 0 thanks to MARK_MANGLED_0).
@@ -261,21 +286,7 @@ int ucmrc_forward(struct __sk_buff *skb)
 	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, source), &new_sport, sizeof(new_sport), 0);
 	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, dest), &new_dport, sizeof(new_dport), 0);
 
-	if (st) {
-		st->packets += 1;
-		st->bytes += len;
-		st->last_ns = now;
-	}
-	// A destination on this host (loopback, a local namespace): the stack
-	// delivers the rewritten datagram to its socket.
-	if (v->flags & FLAG_LOCAL)
-		return outcome(OUT_FORWARDED, TC_ACT_OK);
-	// Otherwise out of the interface toward it, the kernel's routing and
-	// neighbour tables choosing the next hop and filling in the MACs, as
-	// for the relay's own sends (no IP forwarding involved).
-	__u32 ifindex = v->out_ifindex ? v->out_ifindex : skb->ingress_ifindex;
-	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
-	return outcome(rc == TC_ACT_REDIRECT ? OUT_FORWARDED : OUT_NO_NEXT_HOP, rc);
+	return send_on(skb, st, len, now, v->flags, v->out_ifindex);
 }
 
 // IPv6: the same decisions; no IP header checksum, the UDP checksum
@@ -320,11 +331,8 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 	struct fwd_stats *st = bpf_map_lookup_elem(&stats, &slot);
 	__u64 len = bpf_ntohs(udp->len);
 	len = len > sizeof(struct udphdr) ? len - sizeof(struct udphdr) : 0;
-	if (!take_tokens(v->slot, v->max_pps, v->max_bps, len, now)) {
-		if (st)
-			st->dropped_over_rate += 1;
-		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
-	}
+	if (!take_tokens(v->slot, v->max_pps, v->max_bps, len, now))
+		return drop_over_rate(st);
 
 	__u32 new_saddr[4], new_daddr[4];
 	__builtin_memcpy(new_saddr, v->out_addr, 16);
@@ -345,16 +353,7 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, source), &new_sport, sizeof(new_sport), 0);
 	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, dest), &new_dport, sizeof(new_dport), 0);
 
-	if (st) {
-		st->packets += 1;
-		st->bytes += len;
-		st->last_ns = now;
-	}
-	if (v->flags & FLAG_LOCAL)
-		return outcome(OUT_FORWARDED, TC_ACT_OK);
-	__u32 ifindex = v->out_ifindex ? v->out_ifindex : skb->ingress_ifindex;
-	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
-	return outcome(rc == TC_ACT_REDIRECT ? OUT_FORWARDED : OUT_NO_NEXT_HOP, rc);
+	return send_on(skb, st, len, now, v->flags, v->out_ifindex);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
