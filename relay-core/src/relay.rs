@@ -168,8 +168,9 @@ pub struct DatapathInfo {
     pub running: BackendKind,
     /// Why `auto` did not pick io_uring.
     pub fallback_reason: Option<String>,
-    /// The kernel fast path (`ebpf`): the interfaces it is attached to, or
-    /// why it is not running; `None` when not asked for.
+    /// The kernel fast path (`ebpf`, or `auto` built with the feature): the
+    /// interfaces it is attached to, or why it is not running; `None` when
+    /// not asked for (`uring`, `portable`, `auto` without the feature).
     pub fast_path: Option<Result<Vec<String>, String>>,
 }
 
@@ -524,31 +525,37 @@ type SharedFastPath = Option<Arc<Mutex<io::ebpf::FastPath>>>;
 #[cfg(not(feature = "ebpf"))]
 type SharedFastPath = Option<Arc<std::convert::Infallible>>;
 
-/// Loads the kernel fast path when `config.backend` asks for it: attached
-/// to the interfaces that hold the relay's (specific, IPv4) addresses.
+/// Loads the kernel fast path when `config.backend` asks for it (`ebpf`) or
+/// allows it (`auto`): attached to the interfaces that hold the relay's
+/// specific addresses. `auto` leaves out the loopback interface (the host's
+/// shared device; a lab relay there asks for `ebpf` explicitly) and, built
+/// without the `ebpf` feature, does not try.
 fn start_fast_path(config: &RelayConfig) -> (Option<Result<Vec<String>, String>>, SharedFastPath) {
-    if config.backend != BackendKind::Ebpf {
-        return (None, None);
-    }
+    let explicit = match config.backend {
+        BackendKind::Ebpf => true,
+        BackendKind::Auto if cfg!(feature = "ebpf") => false,
+        _ => return (None, None),
+    };
     #[cfg(feature = "ebpf")]
     {
         let mut names: Vec<String> = Vec::new();
         for itf in config.effective_interfaces() {
             for a in &itf.addresses {
                 if let Ok(Some(name)) = io::sys::interface_of(a.bind) {
-                    if !names.contains(&name) {
+                    let loopback = a.bind.is_loopback() || name == "lo";
+                    if !names.contains(&name) && (explicit || !loopback) {
                         names.push(name);
                     }
                 }
             }
         }
         if names.is_empty() {
-            return (
-                Some(Err(
-                    "no relay address is a specific address of an interface (wildcard binds are not offloaded)".into()
-                )),
-                None,
-            );
+            let reason = if explicit {
+                "no relay address is a specific address of an interface (wildcard binds are not offloaded)"
+            } else {
+                "auto attaches only to non-loopback interfaces that hold a specific relay address"
+            };
+            return (Some(Err(reason.into())), None);
         }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         match io::ebpf::FastPath::load(&refs) {
@@ -578,13 +585,19 @@ impl Relay {
     /// Starts the shard threads. Returns once every shard is running.
     pub fn start(config: RelayConfig) -> Result<Relay, StartError> {
         let workers = config.validate()?;
+        let _ = explicit;
         let (running, fallback_reason) = config.backend.resolve().map_err(StartError::Datapath)?;
         if let Some(reason) = &fallback_reason {
             tracing::warn!(%reason, "io_uring unavailable, using the portable datapath");
         }
         let (fast_path, fast) = start_fast_path(&config);
-        if let Some(Err(reason)) = &fast_path {
-            tracing::warn!(%reason, "kernel fast path unavailable, forwarding in userspace only");
+        match &fast_path {
+            Some(Err(reason)) if config.backend == BackendKind::Ebpf => {
+                tracing::warn!(%reason, "kernel fast path unavailable, forwarding in userspace only")
+            }
+            Some(Err(reason)) => tracing::info!(%reason, "kernel fast path not used, forwarding in userspace only"),
+            Some(Ok(interfaces)) => tracing::info!(?interfaces, "kernel fast path attached"),
+            None => {}
         }
         let datapath = DatapathInfo { configured: config.backend, running, fallback_reason, fast_path };
         let mut slot_base = 0u32;

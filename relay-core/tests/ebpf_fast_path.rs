@@ -460,8 +460,9 @@ fn socket_in(netns: &str, bind: &str) -> UdpSocket {
 
 /// Three namespaces joined by veth links — a phone (10.1.0.2) on the
 /// relay's LAN interface (10.1.0.1), a PBX (10.2.0.2) on its WAN interface
-/// (10.2.0.1): the kernel forwards each leg out of the other interface with
-/// `bpf_redirect_neigh`, MACs from the neighbour table, real SRTP both ways.
+/// (10.2.0.1), the relay on `auto`: the kernel forwards each leg out of the
+/// other interface with `bpf_redirect_neigh`, MACs from the neighbour
+/// table, real SRTP both ways.
 fn veth_in_namespace() {
     sh("mount --make-rprivate / && mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns");
     sh("ip link set lo up && ip netns add phone && ip netns add pbx");
@@ -476,8 +477,10 @@ fn veth_in_namespace() {
         port_min: 20000,
         port_max: 20999,
     };
+    // `auto` (the default) attaches the fast path by itself on interfaces
+    // that are not loopback...
     let relay = Relay::start(RelayConfig {
-        backend: BackendKind::Ebpf,
+        backend: BackendKind::Auto,
         interfaces: vec![itf("lan", [10, 1, 0, 1]), itf("wan", [10, 2, 0, 1])],
         workers: 1,
         peer_policy: relay_core::PeerPolicy { allow_private: true, ..relay_core::PeerPolicy::loopback_lab() },
@@ -485,6 +488,15 @@ fn veth_in_namespace() {
     })
     .expect("relay starts");
     assert_eq!(relay.datapath().fast_path, Some(Ok(vec!["vp-r".to_string(), "vx-r".to_string()])));
+    // ...and leaves the loopback device alone, saying why.
+    let lab = Relay::start(RelayConfig { port_min: 21000, port_max: 21999, workers: 1, ..RelayConfig::default() })
+        .expect("a loopback relay starts");
+    assert!(
+        matches!(&lab.datapath().fast_path, Some(Err(r)) if r.contains("non-loopback")),
+        "{:?}",
+        lab.datapath().fast_path
+    );
+    drop(lab);
     let h = relay.handle();
     let phone = socket_in("phone", "10.1.0.2:0");
     let pbx = socket_in("pbx", "10.2.0.2:0");

@@ -8,6 +8,8 @@
 //! udpbench memory   [--sessions 32000]
 //! udpbench kernel-cost [--targets direct,ebpf] [--sessions 1000] [--secs 3] [--repeat 3]
 //! ```
+//! `--burst N` (any subcommand): N packets in a row to one relay port, then
+//! the next (default 1), for receive batching.
 //! `--pairs` (any subcommand): sessions with RTP/RTCP port pairs instead of
 //! rtcp-mux (rtpengine's shape: four sockets a session). `ebpf` needs root
 //! and a private network namespace (`unshare --net`, `ip link set lo up`):
@@ -74,6 +76,13 @@ fn pin(cpu: usize, pid: i32) {
             eprintln!("warning: could not pin pid {pid} to cpu {cpu}");
         }
     }
+}
+
+/// `--burst N`: N consecutive packets to one relay port before the next
+/// (default 1: strict round-robin). Bursts per socket are what batch
+/// receives (`recvmmsg`) profit from.
+fn burst_len() -> u64 {
+    arg("--burst", 1u64).max(1)
 }
 
 /// `--pairs`: sessions with RTP/RTCP port pairs (rtpengine's shape without
@@ -561,6 +570,7 @@ fn drive(target: &str, sp: &Spawned, a: &UdpSocket, b: &UdpSocket, phases: &[(u6
     let mut phase_start_k = 0u64;
     let mut k = 0u64;
     let me = std::process::id();
+    let burst_len = burst_len();
     stats[0].cpu_start = cpu_ns(pid);
     stats[0].gen_start = cpu_ns(me);
     stats[0].fwd_start = sp.forwarded.load(Ordering::Relaxed);
@@ -588,7 +598,7 @@ fn drive(target: &str, sp: &Spawned, a: &UdpSocket, b: &UdpSocket, phases: &[(u6
             }
             let mut burst = 0;
             while k < due && burst < 256 {
-                let (from_a, to) = dests[(k % dests.len() as u64) as usize];
+                let (from_a, to) = dests[((k / burst_len) % dests.len() as u64) as usize];
                 let t = (Instant::now() - start).as_nanos() as u64;
                 pkt[12..20].copy_from_slice(&t.to_le_bytes());
                 pkt[20..28].copy_from_slice(&k.to_le_bytes());

@@ -15,7 +15,11 @@ use super::{portable, sys, uring};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
     /// io_uring when the probe succeeds, otherwise portable (the reason is
-    /// logged and reported by [`Relay::datapath`](crate::relay::Relay::datapath)).
+    /// logged and reported by [`Relay::datapath`](crate::relay::Relay::datapath));
+    /// built with the `ebpf` feature, plus the kernel fast path on the
+    /// non-loopback interfaces holding the relay's addresses when the kernel
+    /// and privileges allow (otherwise the reason is logged at info level and
+    /// reported in [`DatapathInfo::fast_path`](crate::relay::DatapathInfo::fast_path)).
     #[default]
     Auto,
     /// io_uring: multishot receive into a provided-buffer ring, zero-copy
