@@ -8,9 +8,10 @@
 #   kamailio       relay-bin/tests/kamailio.rs (a real Kamailio with its rtpengine
 #                  module drives the relay's ng protocol)
 #   clang, libbpf-dev  scripts/build-bpf.sh (the kernel fast path's tc program)
-#   iproute2       network namespaces for the fast path's tests
+#   iproute2       network namespaces for the fast path's and HA tests
+#   redis-server   relay-cluster's tests (session replication, leases, takeover)
 set -euo pipefail
-packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2)
+packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2 redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

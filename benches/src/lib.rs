@@ -60,6 +60,7 @@ pub fn established_shard(
             seed: 1,
             bind_quarantine: Duration::from_secs(30),
             offload: false,
+            journal: false,
         },
         t0,
     );

@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
             seed: 1,
             bind_quarantine: Duration::from_secs(30),
             offload: false,
+            journal: false,
         },
         t0,
     );

@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
             seed: 1,
             bind_quarantine: Duration::from_secs(5),
             offload: true,
+            journal: true,
         },
         t0,
     );

@@ -84,7 +84,7 @@ impl From<RelayError> for ApiError {
             RelayError::PortsExhausted | RelayError::Busy | RelayError::Draining | RelayError::Stopped => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            RelayError::QuotaExceeded(_) => StatusCode::CONFLICT,
+            RelayError::QuotaExceeded(_) | RelayError::RestoreConflict(_) => StatusCode::CONFLICT,
             RelayError::UnknownSession(_) => StatusCode::NOT_FOUND,
             RelayError::InvalidSpec(s) => match s.kind {
                 SpecErrorKind::AddressRefused => {

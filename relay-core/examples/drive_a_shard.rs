@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seed: 7,
             bind_quarantine: Duration::from_secs(30),
             offload: false,
+            journal: false,
         },
         t0,
     );

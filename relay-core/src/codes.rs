@@ -75,6 +75,9 @@ error_codes! {
     Draining => "draining", Both;
     /// The relay (or the shard holding the session) has stopped.
     Stopped => "stopped", Both;
+    /// A replicated session cannot resume here (its ports or slot are in
+    /// use, or the layout differs from the relay that exported it).
+    RestoreConflict => "restore_conflict", Admin;
     /// No or wrong bearer token.
     Unauthorized => "unauthorized", Admin;
     /// Tokenless mode and a `Host` that is not localhost.

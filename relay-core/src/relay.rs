@@ -17,9 +17,10 @@ use crate::io::{self, BackendKind, Envelope, Mailbox, MailboxError, ShardRun, So
 use crate::peer::{OwnAddresses, OwnEndpoint, PeerPolicy};
 use crate::quota::{QuotaExceeded, TenantLimit, TenantQuotas, DEFAULT_PORT_SHARE_PERCENT};
 use crate::session::spec::{SessionDefaults, SessionSpec, SessionUpdate};
+use crate::session::state::SessionState;
 use crate::session::stats::ShardCounters;
 use crate::session::{InvalidSpec, LegPorts, SessionId, SessionInfo};
-use crate::shard::{AddressSlice, Command, Response, Shard, ShardConfig, ShardError};
+use crate::shard::{AddressSlice, Changes, Command, Response, Shard, ShardConfig, ShardError};
 
 /// One local address of an interface: where sockets bind and what goes
 /// into SDP (rtpengine's `local!advertised`).
@@ -103,6 +104,10 @@ pub struct RelayConfig {
     /// Shard threads are named `{thread_name}-{index}` (Linux keeps the
     /// first 15 bytes): lets tools tell this relay's threads from others'.
     pub thread_name: String,
+    /// Keep a change journal per shard for replication
+    /// ([`RelayHandle::changes`], [`RelayHandle::export`]); off: nothing is
+    /// recorded.
+    pub journal: bool,
 }
 
 impl Default for RelayConfig {
@@ -123,6 +128,7 @@ impl Default for RelayConfig {
             command_queue: 1024,
             interfaces: Vec::new(),
             thread_name: "ucmrc-shard".into(),
+            journal: false,
         }
     }
 }
@@ -207,6 +213,9 @@ pub enum RelayError {
     /// The relay has stopped.
     #[error("relay stopped")]
     Stopped,
+    /// A session state cannot be restored here; the reason names the clash.
+    #[error("cannot restore session: {0}")]
+    RestoreConflict(&'static str),
 }
 
 impl RelayError {
@@ -225,6 +234,7 @@ impl RelayError {
             RelayError::Busy => ErrorCode::Busy,
             RelayError::Draining => ErrorCode::Draining,
             RelayError::Stopped => ErrorCode::Stopped,
+            RelayError::RestoreConflict(_) => ErrorCode::RestoreConflict,
         }
     }
 }
@@ -235,6 +245,7 @@ impl From<ShardError> for RelayError {
             ShardError::PortsExhausted | ShardError::TableFull => RelayError::PortsExhausted,
             ShardError::UnknownSession(id) => RelayError::UnknownSession(id),
             ShardError::InvalidSpec(s) => RelayError::InvalidSpec(s),
+            ShardError::RestoreConflict(r) => RelayError::RestoreConflict(r),
         }
     }
 }
@@ -255,6 +266,15 @@ pub struct LegAddresses {
     pub rtp: SocketAddr,
     /// RTCP address, without rtcp-mux.
     pub rtcp: Option<SocketAddr>,
+}
+
+/// A page of exported session states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePage {
+    /// States in id order.
+    pub states: Vec<SessionState>,
+    /// Pass as `after` for the next page; `None` at the end.
+    pub next: Option<SessionId>,
 }
 
 /// A newly allocated session.
@@ -565,6 +585,7 @@ fn start_fast_path(config: &RelayConfig) -> (Option<Result<Vec<String>, String>>
     }
     #[cfg(not(feature = "ebpf"))]
     {
+        let _ = explicit;
         (Some(Err("this build has no kernel fast path (relay-core's ebpf feature)".into())), None)
     }
 }
@@ -585,7 +606,6 @@ impl Relay {
     /// Starts the shard threads. Returns once every shard is running.
     pub fn start(config: RelayConfig) -> Result<Relay, StartError> {
         let workers = config.validate()?;
-        let _ = explicit;
         let (running, fallback_reason) = config.backend.resolve().map_err(StartError::Datapath)?;
         if let Some(reason) = &fallback_reason {
             tracing::warn!(%reason, "io_uring unavailable, using the portable datapath");
@@ -619,6 +639,7 @@ impl Relay {
                     seed: fastrand::u64(..),
                     bind_quarantine: Duration::from_secs(30),
                     offload: fast.is_some(),
+                    journal: config.journal,
                 },
                 now,
             );
@@ -920,6 +941,71 @@ impl RelayHandle {
                 all.truncate(limit);
                 let next = if more { all.last().map(|s| s.id) } else { None };
                 SessionPage { sessions: all, next }
+            },
+        )
+    }
+
+    /// Resumes a session from its exported state (another relay's, with
+    /// the same interfaces, port ranges and worker count): the same id,
+    /// relay ports, latched addresses, keys and counters. Counts against
+    /// the tenant's quota like an allocation.
+    pub fn restore(&self, state: SessionState) -> Pending<AllocatedSession> {
+        let ports = state.relay_ports().len();
+        let permit = match self.inner.quotas.acquire(&state.tenant, ports) {
+            Ok(p) => p,
+            Err(e) => return Pending::ready(Err(e.into())),
+        };
+        let (me, id) = (self.clone(), state.id);
+        self.call_session(id, Command::Restore { state: Box::new(state), permit: Some(permit) }, move |r| match r {
+            Response::Restored(Ok(a)) => {
+                Ok(AllocatedSession { id: a.id, pbx: me.addrs(a.pbx), endpoint: me.addrs(a.endpoint) })
+            }
+            Response::Restored(Err(e)) => Err(e.into()),
+            _ => Err(RelayError::Stopped),
+        })
+    }
+
+    /// The resumable states of sessions with ids above `after`, in id
+    /// order, up to `limit` (1 to 10 000) per page; `next` continues.
+    pub fn export(&self, after: Option<SessionId>, limit: usize) -> Pending<StatePage> {
+        let limit = limit.clamp(1, 10_000);
+        self.gather(
+            move || Command::Export { after, limit: limit + 1 },
+            |r| match r {
+                Response::Exported(v) => Some(v),
+                _ => None,
+            },
+            move |parts: Vec<Vec<SessionState>>| {
+                let mut all: Vec<SessionState> = parts.into_iter().flatten().collect();
+                all.sort_by_key(|s| s.id);
+                let more = all.len() > limit;
+                all.truncate(limit);
+                let next = if more { all.last().map(|s| s.id) } else { None };
+                StatePage { states: all, next }
+            },
+        )
+    }
+
+    /// What changed since the last call, from every shard's journal (up to
+    /// `limit` changed sessions per shard; [`RelayConfig::journal`] must be
+    /// on, otherwise nothing is ever reported).
+    pub fn changes(&self, limit: usize) -> Pending<Changes> {
+        let limit = limit.clamp(1, 100_000);
+        self.gather(
+            move || Command::Changes { limit },
+            |r| match r {
+                Response::Changes(c) => Some(c),
+                _ => None,
+            },
+            |parts: Vec<Changes>| {
+                let mut all = Changes::default();
+                for p in parts {
+                    all.changed.extend(p.changed);
+                    all.ended.extend(p.ended);
+                    all.overflowed |= p.overflowed;
+                    all.more |= p.more;
+                }
+                all
             },
         )
     }

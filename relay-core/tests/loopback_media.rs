@@ -562,6 +562,70 @@ fn a_flooded_leg_is_rate_limited_and_other_sessions_are_unaffected(backend: Back
     assert_eq!(b_info.endpoint.stats.drops.total(), 0);
 }
 
+/// A standby's takeover without the cluster layer: a session exported
+/// from a relay that then stops resumes on a new relay (same layout) on the
+/// same relay addresses, with its latches — real SRTP keeps flowing both
+/// ways, every byte checked, no new latch, and a stranger still gets
+/// nothing.
+fn an_exported_session_resumes_on_a_new_relay_with_the_same_addresses(backend: BackendKind) {
+    let base = if backend == BackendKind::Portable { 31000 } else { 31500 };
+    let config = || RelayConfig {
+        backend,
+        port_min: base,
+        port_max: base + 499,
+        workers: 2,
+        journal: true,
+        ..RelayConfig::default()
+    };
+    let (phone, pbx, stranger) = (socket("127.0.0.1"), socket("127.0.0.1"), socket("127.0.0.2"));
+    let (mp, me) = (master(1), master(2));
+    let leg = |s: &UdpSocket, key: &[u8]| LegSpec {
+        rtcp_mux: true,
+        hint: Some(s.local_addr().expect("addr")),
+        srtp_auth: Some(auth_for(key)),
+        ..LegSpec::default()
+    };
+    let spec = SessionSpec {
+        tenant: "ha".into(),
+        pbx: leg(&pbx, &mp),
+        endpoint: leg(&phone, &me),
+        latch: Some(LatchPolicy::Authenticated),
+        ..SessionSpec::default()
+    };
+    let (mut from_phone, mut from_pbx) = (SrtpTx::new(&me, 7, 1), SrtpTx::new(&mp, 8, 1));
+    let relay = Relay::start(config()).expect("relay starts");
+    let a = relay.handle().allocate(spec).wait().expect("allocate");
+    let mut up = Flow { from: &phone, to_relay: a.endpoint.rtp, at: &pbx, rx: SrtpRx::new(&me), sent: 0, lost: 0 };
+    let mut down = Flow { from: &pbx, to_relay: a.pbx.rtp, at: &phone, rx: SrtpRx::new(&mp), sent: 0, lost: 0 };
+    for _ in 0..20 {
+        up.pass(&from_phone.next_rtp());
+        down.pass(&from_pbx.next_rtp());
+    }
+    let changes = relay.handle().changes(100).wait().expect("changes");
+    let state = changes.changed.into_iter().find(|s| s.id == a.id).expect("the latched session is in the journal");
+    assert_eq!(state.endpoint.remote_rtp, Some(phone.local_addr().expect("addr")));
+    let before = relay.handle().session(a.id).wait().expect("query");
+    drop(relay); // the active dies; its ports close
+
+    let standby = Relay::start(config()).expect("standby starts");
+    let r = standby.handle().restore(state).wait().expect("restore");
+    assert_eq!((r.id, r.pbx, r.endpoint), (a.id, a.pbx, a.endpoint), "same id and relay addresses");
+    for _ in 0..20 {
+        up.pass(&from_phone.next_rtp());
+        down.pass(&from_pbx.next_rtp());
+    }
+    up.check("phone → PBX across the switch");
+    down.check("PBX → phone across the switch");
+    assert_eq!((up.lost, down.lost), (0, 0));
+    stranger.send_to(&rtp(1, 1, 1, 40), a.endpoint.rtp).expect("send");
+    wait_received(&standby.handle(), 41);
+    assert_nothing_queued(&pbx, "the PBX");
+    let after = standby.handle().session(a.id).wait().expect("query");
+    assert_eq!(after.endpoint.stats.latches, before.endpoint.stats.latches, "no new latch");
+    assert_eq!(after.endpoint.stats.packets_forwarded, 40);
+    assert_eq!(after.endpoint.stats.drops.get(DropReason::Unauthenticated), 1);
+}
+
 /// Runs every test above on each datapath backend. The io_uring variants
 /// need io_uring (present on the project's machines); where the kernel or a
 /// seccomp profile blocks it they fail with the reason, unless
@@ -592,4 +656,5 @@ on_every_backend!(
     handle_works_from_tokio_and_shutdown_releases_everything,
     ipv6_and_dual_stack_relays_forward_and_latch_canonical_addresses,
     a_flooded_leg_is_rate_limited_and_other_sessions_are_unaffected,
+    an_exported_session_resumes_on_a_new_relay_with_the_same_addresses,
 );

@@ -108,6 +108,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             seed: 7,
             bind_quarantine: Duration::from_secs(5),
             offload: true,
+            journal: true,
         },
         t0,
     );

@@ -43,6 +43,7 @@ impl Lab {
                 seed: 42,
                 bind_quarantine: Duration::from_secs(30),
                 offload,
+                journal: true,
             },
             t0,
         );
@@ -640,6 +641,7 @@ fn legs_get_ports_on_their_interface_and_forward_from_its_address() {
             seed: 7,
             bind_quarantine: Duration::from_secs(30),
             offload: false,
+            journal: true,
         },
         t0,
     );
@@ -885,4 +887,214 @@ fn a_relatch_withdraws_the_kernel_routes_before_anything_else() {
     assert_eq!(lab.send(2, e.port, sa(PHONE), &tx.next_rtp()), fwd(a.pbx.rtp, PBX));
     assert!(matches!(lab.shard.poll_offload(), Some(Offload::Install(r)) if r.from == sa(PHONE)));
     lab.assert_counters_add_up();
+}
+
+impl Lab {
+    fn command(&mut self, ms: u64, cmd: Command) -> Response {
+        let now = self.at(ms);
+        self.shard.handle_command(now, cmd, &mut self.sockets)
+    }
+
+    fn export_all(&mut self, ms: u64) -> Vec<relay_core::session::state::SessionState> {
+        match self.command(ms, Command::Export { after: None, limit: usize::MAX }) {
+            Response::Exported(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn restore(
+        &mut self,
+        ms: u64,
+        state: relay_core::session::state::SessionState,
+    ) -> Result<AllocatedPorts, ShardError> {
+        match self.command(ms, Command::Restore { state: Box::new(state), permit: None }) {
+            Response::Restored(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn changes(&mut self, ms: u64) -> relay_core::shard::Changes {
+        match self.command(ms, Command::Changes { limit: usize::MAX }) {
+            Response::Changes(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn info(&mut self, ms: u64, id: relay_core::SessionId) -> relay_core::SessionInfo {
+        match self.command(ms, Command::Query { id }) {
+            Response::Session(Ok(i)) => i,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A session carried from one shard to a fresh one with the same layout
+/// (a standby taking over) goes on at once: same id and ports, the latched
+/// addresses forward with no new latch, strangers stay out, counters and
+/// the replay memory come along (a packet captured before the switch
+/// cannot move the leg after it), keys keep verifying.
+#[test]
+fn an_exported_session_resumes_on_another_shard_with_its_latches_keys_and_counters() {
+    let mut active = Lab::new();
+    let a = active.allocate(authenticated_spec()).expect("allocate");
+    let (p, e) = (a.pbx.rtp, a.endpoint.rtp);
+    let mut phone = SrtpTx::new(&master(2), 0xabc, 100);
+    let mut pbx = SrtpTx::new(&master(1), 0x123, 500);
+    let mut captured = Vec::new();
+    for i in 0..5 {
+        let pkt = phone.next_rtp();
+        captured.push(pkt.clone());
+        assert_eq!(active.send(10 + i, e, sa(PHONE), &pkt), fwd(p, PBX));
+        assert_eq!(active.send(10 + i, p, sa(PBX), &pbx.next_rtp()), fwd(e, PHONE));
+    }
+    assert_eq!(active.send(20, e, sa(ATTACKER), &rtp(1, 1, 1, 20)), Verdict::Drop(DropReason::Unauthenticated));
+    let before = active.info(30, a.id);
+    let states = active.export_all(1_000);
+    assert_eq!(states.len(), 1);
+    let state = states[0].clone().aged(Duration::from_millis(300));
+    assert_eq!(state.endpoint.remote_rtp, Some(sa(PHONE)));
+    assert!(state.endpoint.srtp_auth.is_some() && state.endpoint.stun_password.is_some());
+    assert!(!format!("{state:?}").contains("pbx-ice-password"), "secrets stay out of Debug");
+
+    let mut standby = Lab::new();
+    let r = standby.restore(0, state).expect("restore");
+    assert_eq!((r.id, r.pbx, r.endpoint), (a.id, a.pbx, a.endpoint));
+    assert_eq!(standby.sockets.open.len(), active.sockets.open.len(), "the same ports are bound");
+    // Media continues both ways with no new latch.
+    assert_eq!(standby.send(10, e, sa(PHONE), &phone.next_rtp()), fwd(p, PBX));
+    assert_eq!(standby.send(10, p, sa(PBX), &pbx.next_rtp()), fwd(e, PHONE));
+    let after = standby.info(20, a.id);
+    assert_eq!(after.endpoint.stats.latches, before.endpoint.stats.latches, "no new latch");
+    assert_eq!(after.endpoint.stats.packets_forwarded, before.endpoint.stats.packets_forwarded + 1);
+    assert_eq!(after.endpoint.stats.drops.get(DropReason::Unauthenticated), 1, "counters came along");
+    // Strangers and captured packets get nothing after the switch either.
+    assert_eq!(standby.send(30, e, sa(ATTACKER), &rtp(1, 1, 1, 20)), Verdict::Drop(DropReason::Unauthenticated));
+    assert_eq!(standby.send(31, e, sa(ATTACKER), &captured[4]), Verdict::Drop(DropReason::Replay));
+    // The keys still prove a genuine roam.
+    assert_eq!(standby.send(40, e, sa("203.0.113.99:40000"), &phone.next_rtp()), fwd(p, PBX));
+    // Timers run from the session's age: the idle timeout (60 s) counts
+    // from the last packet, not from the restore.
+    let restored = standby.export_all(50).remove(0);
+    assert!(restored.age >= Duration::from_millis(1_300), "{:?}", restored.age);
+}
+
+/// A state from a shared store is input like any other: a clash (its slot
+/// or a port in use, another shard's id, ports outside the range, bad
+/// bounds) is refused with the reason and leaves nothing bound.
+#[test]
+fn restore_refuses_clashes_and_bad_states_and_leaks_nothing() {
+    let mut active = Lab::new();
+    let a = active.allocate(authenticated_spec()).expect("allocate");
+    let state = active.export_all(0).remove(0);
+    let mut standby = Lab::new();
+    let taken = standby.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    let bound = standby.sockets.open.len();
+    let conflict = |r: Result<AllocatedPorts, ShardError>| match r {
+        Err(ShardError::RestoreConflict(reason)) => reason,
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    // The standby's own session holds a port the state wants.
+    let in_slot =
+        |id: relay_core::SessionId, slot: u64| relay_core::SessionId((id.0 & !(0xff_ffff << 32)) | (slot << 32));
+    // Slot 0 is the standby's own session's: probe with another slot.
+    let probe = relay_core::session::state::SessionState { id: in_slot(state.id, 5), ..state.clone() };
+    let mut clash = probe.clone();
+    clash.endpoint.ports.rtp = taken.pbx.rtp;
+    assert_eq!(conflict(standby.restore(1, clash)), "a port in use");
+    // Another shard's id; ports outside the range; an unknown address.
+    let mut other = probe.clone();
+    other.id = relay_core::SessionId(other.id.0 ^ (1 << 56));
+    assert_eq!(conflict(standby.restore(1, other)), "the id belongs to another shard");
+    let mut outside = probe.clone();
+    outside.pbx.ports.rtp = 20_000;
+    assert_eq!(conflict(standby.restore(1, outside)), "a port outside this shard's range");
+    let mut nowhere = probe.clone();
+    nowhere.pbx.ports.addr = 7;
+    assert_eq!(conflict(standby.restore(1, nowhere)), "a port on an address this relay does not have");
+    // Bounds are checked like a spec's.
+    let mut long = probe.clone();
+    long.idle_timeout = Duration::from_secs(365 * 24 * 3600);
+    assert!(matches!(standby.restore(1, long), Err(ShardError::InvalidSpec(_))));
+    let mut odd = probe.clone();
+    odd.pbx.ports.rtcp = Some(odd.pbx.ports.rtp + 3);
+    assert!(matches!(standby.restore(1, odd), Err(ShardError::InvalidSpec(_))));
+    let mut keyless = probe.clone();
+    keyless.endpoint.srtp_auth = None;
+    keyless.endpoint.stun_password = None;
+    assert!(matches!(standby.restore(1, keyless), Err(ShardError::InvalidSpec(_))), "authenticated needs keys");
+    assert_eq!(standby.sockets.open.len(), bound, "nothing left bound by refused restores");
+    // A standby serves nothing of its own: the state restores in its slot.
+    assert!(matches!(standby.command(2, Command::Release { id: taken.id }), Response::Released(Ok(_))));
+    standby.restore(2, state.clone()).expect("restore");
+    assert_eq!(conflict(standby.restore(3, state.clone())), "its session slot is in use");
+    // New allocations never collide with a restored id.
+    for _ in 0..50 {
+        let n = standby.allocate(spec(LatchPolicy::Window)).expect("allocate");
+        assert_ne!(n.id, a.id);
+    }
+    assert_eq!(standby.info(4, a.id).pbx.ports, a.pbx);
+}
+
+/// The change journal lists each created, updated, latched or restored
+/// session once until pulled, with its current state, and every ended
+/// one; a pull with nothing new is empty.
+#[test]
+fn the_change_journal_lists_what_changed_and_what_ended_once() {
+    let mut lab = Lab::new();
+    let a = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    let b = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    let c = lab.changes(0);
+    assert_eq!(c.changed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![a.id, b.id]);
+    assert!(c.ended.is_empty() && !c.overflowed && !c.more);
+    assert_eq!(lab.changes(1), relay_core::shard::Changes::default(), "nothing new");
+    // A latch is a change; packets from the latched source are not.
+    let mut phone = SrtpTx::new(&master(2), 1, 1);
+    lab.send(10, a.endpoint.rtp, sa(PHONE), &phone.next_rtp());
+    lab.send(11, a.endpoint.rtp, sa(PHONE), &phone.next_rtp());
+    let c = lab.changes(20);
+    assert_eq!(c.changed.len(), 1);
+    assert_eq!((c.changed[0].id, c.changed[0].endpoint.remote_rtp), (a.id, Some(sa(PHONE))));
+    lab.send(30, a.endpoint.rtp, sa(PHONE), &phone.next_rtp());
+    assert!(lab.changes(31).changed.is_empty(), "forwarding alone is not a change");
+    // Updates are changes; several before a pull are listed once.
+    let upd =
+        || SessionUpdate { pbx: LegUpdate { hint: Some(sa(PBX)), ..LegUpdate::default() }, ..SessionUpdate::default() };
+    for ms in [40, 41, 42] {
+        assert!(matches!(
+            lab.command(ms, Command::Update { id: b.id, update: Box::new(upd()) }),
+            Response::Updated(Ok(()))
+        ));
+    }
+    let c = lab.changes(43);
+    assert_eq!(c.changed.len(), 1);
+    assert_eq!(c.changed[0].pbx.hint, Some(sa(PBX)));
+    // Releases and expiries end sessions.
+    assert!(matches!(lab.command(50, Command::Release { id: a.id }), Response::Released(Ok(_))));
+    lab.shard.handle_timeout(lab.at(3_600_000), &mut lab.sockets);
+    let c = lab.changes(3_600_001);
+    assert!(c.changed.is_empty());
+    assert_eq!(c.ended, vec![a.id, b.id]);
+    // A limit leaves the rest for the next pull.
+    let ids: Vec<_> = (0..5).map(|_| lab.allocate(spec(LatchPolicy::Window)).expect("allocate").id).collect();
+    match lab.command(3_600_002, Command::Changes { limit: 2 }) {
+        Response::Changes(c) => assert_eq!((c.changed.len(), c.more), (2, true)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(lab.changes(3_600_003).changed.iter().map(|s| s.id).collect::<Vec<_>>(), ids[2..].to_vec());
+}
+
+/// Ended ids are bounded: past `MAX_ENDED` between two pulls the journal
+/// forgets them and says so (the puller resynchronizes).
+#[test]
+fn the_change_journal_is_bounded_and_says_when_it_overflowed() {
+    let mut lab = Lab::with(SessionDefaults::default(), 8);
+    for _ in 0..=relay_core::shard::journal::MAX_ENDED {
+        let a = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
+        assert!(matches!(lab.command(0, Command::Release { id: a.id }), Response::Released(Ok(_))));
+        lab.shard.handle_timeout(lab.at(0), &mut lab.sockets);
+    }
+    let c = lab.changes(1);
+    assert!(c.overflowed);
+    assert!(c.ended.len() < 10, "{}", c.ended.len());
+    assert!(!lab.changes(2).overflowed, "said once");
 }

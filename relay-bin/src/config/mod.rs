@@ -287,7 +287,7 @@ impl Config {
             workers: r.workers,
             pin_cpus: r.pin_cpus.clone(),
             backend: r.datapath,
-            sockets: SocketOptions { recv_buffer: r.recv_buffer_bytes, send_buffer: 0 },
+            sockets: SocketOptions { recv_buffer: r.recv_buffer_bytes, ..SocketOptions::default() },
             defaults: SessionDefaults {
                 latch: s.latch,
                 verify: s.verify,
@@ -315,6 +315,7 @@ impl Config {
             tenant_port_share_percent: r.tenant_port_share_percent,
             command_queue: 1024,
             thread_name: "ucmrc-shard".into(),
+            journal: false,
         };
         relay.validate().map_err(|e| {
             let key = match e.field {

@@ -61,11 +61,15 @@ pub struct SocketOptions {
     pub recv_buffer: usize,
     /// Send buffer per socket (0: kernel default).
     pub send_buffer: usize,
+    /// Bind even when the address is not (yet) on this host
+    /// (`IP_FREEBIND`): a standby binds the service address's ports before
+    /// the address moves to it.
+    pub freebind: bool,
 }
 
 impl Default for SocketOptions {
     fn default() -> Self {
-        Self { recv_buffer: 4 << 20, send_buffer: 0 }
+        Self { recv_buffer: 4 << 20, send_buffer: 0, freebind: false }
     }
 }
 
@@ -84,6 +88,13 @@ pub fn bind_udp(ip: IpAddr, port: u16, options: &SocketOptions) -> std::io::Resu
     }
     if options.send_buffer > 0 {
         sock.set_send_buffer_size(options.send_buffer)?;
+    }
+    if options.freebind {
+        if ip.is_ipv6() {
+            sock.set_freebind_v6(true)?;
+        } else {
+            sock.set_freebind_v4(true)?;
+        }
     }
     sock.bind(&std::net::SocketAddr::new(ip, port).into())?;
     Ok(sock)

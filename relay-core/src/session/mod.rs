@@ -10,6 +10,7 @@ pub mod quality;
 #[doc(hidden)] // replay-memory bounds, for the workspace's tests
 pub mod replay;
 pub mod spec;
+pub mod state;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -396,6 +397,8 @@ pub(crate) struct Session {
     pub(crate) offload_refresh: Option<Instant>,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_duration: Duration,
+    /// Listed in the shard's change journal since the last pull.
+    pub(crate) journaled: bool,
     _permit: Option<QuotaPermit>,
 }
 
@@ -474,7 +477,7 @@ pub(crate) fn validate_tenant(tenant: &str) -> Result<(), InvalidSpec> {
 }
 
 /// The leg fields a spec and an update share.
-fn validate_leg_fields(
+pub(crate) fn validate_leg_fields(
     hint: Option<SocketAddr>,
     stun_password: Option<&[u8]>,
     limits: Option<LegLimits>,
@@ -550,7 +553,12 @@ fn check_limits(l: LegLimits, ceilings: &Ceilings) -> Result<(), (&'static str, 
     Ok(())
 }
 
-fn check_credentials(latch: LatchPolicy, verify: Verify, auth: [bool; 2], stun: [bool; 2]) -> Result<(), InvalidSpec> {
+pub(crate) fn check_credentials(
+    latch: LatchPolicy,
+    verify: Verify,
+    auth: [bool; 2],
+    stun: [bool; 2],
+) -> Result<(), InvalidSpec> {
     if latch == LatchPolicy::Authenticated {
         for (i, field) in [(0, "pbx.srtp_auth"), (1, "endpoint.srtp_auth")] {
             if !auth[i] && !stun[i] {
@@ -600,6 +608,7 @@ impl Session {
             offload_refresh: None,
             idle_timeout: spec.idle_timeout.unwrap_or(defaults.idle_timeout),
             max_duration: spec.max_duration.unwrap_or(defaults.max_duration),
+            journaled: false,
             _permit: permit,
         }
     }

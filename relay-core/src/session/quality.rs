@@ -53,6 +53,11 @@ impl QualityTracker {
         Self { clock_rate: clock_rate.max(1), epoch, streams: Vec::new() }
     }
 
+    /// The RTP clock rate used for jitter (Hz).
+    pub fn clock_rate(&self) -> u32 {
+        self.clock_rate
+    }
+
     /// Records one RTP packet's header fields.
     pub fn handle_rtp(&mut self, now: Instant, ssrc: u32, seq: u16, timestamp: u32) {
         let arrival = now.saturating_duration_since(self.epoch).as_secs_f64() * f64::from(self.clock_rate);

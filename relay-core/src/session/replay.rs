@@ -31,6 +31,28 @@ pub struct ReplayGuard {
 }
 
 impl ReplayGuard {
+    /// Every SSRC's highest indexes (for [`super::state`]).
+    pub fn export(&self) -> Vec<super::state::ReplayState> {
+        self.entries
+            .iter()
+            .map(|e| super::state::ReplayState {
+                ssrc: e.ssrc,
+                srtp_highest: e.srtp_highest,
+                srtcp_highest: e.srtcp_highest,
+            })
+            .collect()
+    }
+
+    /// A guard that remembers `states` (at most [`MAX_REPLAY_SSRCS`]).
+    pub fn restore(states: &[super::state::ReplayState]) -> Self {
+        let entries = states
+            .iter()
+            .take(MAX_REPLAY_SSRCS)
+            .map(|r| Entry { ssrc: r.ssrc, srtp_highest: r.srtp_highest, srtcp_highest: r.srtcp_highest })
+            .collect();
+        Self { entries }
+    }
+
     fn find(&self, ssrc: u32) -> Option<&Entry> {
         self.entries.iter().find(|e| e.ssrc == ssrc)
     }

@@ -8,6 +8,7 @@
 //! in. Everything here is therefore testable in virtual time.
 #![forbid(unsafe_code)]
 
+pub mod journal;
 pub mod offload;
 pub(crate) mod ports;
 #[doc(hidden)] // the timer wheel, for the workspace's benches
@@ -20,8 +21,11 @@ use std::time::{Duration, Instant};
 use crate::peer::{self, PeerPolicy};
 use crate::quota::QuotaPermit;
 use crate::session::spec::{SessionDefaults, SessionSpec, SessionUpdate, Side};
+use crate::session::state::SessionState;
 use crate::session::stats::{DropReason, ShardCounters};
 use crate::session::{self as sess, Component, InvalidSpec, LegPorts, Session, SessionId, SessionInfo};
+pub use journal::Changes;
+use journal::Journal;
 use offload::{Offload, OffloadStats, Offloaded};
 use ports::PortPool;
 use timer::{TimerEntry, TimerWheel};
@@ -123,6 +127,8 @@ pub struct ShardConfig {
     /// Offer established leg directions to a kernel fast path
     /// ([`Shard::poll_offload`]); off: everything stays in userspace.
     pub offload: bool,
+    /// Keep a change journal for replication ([`Command::Changes`]).
+    pub journal: bool,
 }
 
 impl ShardConfig {
@@ -210,6 +216,11 @@ pub enum ShardError {
     /// The spec or update is invalid.
     #[error(transparent)]
     InvalidSpec(#[from] InvalidSpec),
+    /// A session cannot be restored here: the reason names what clashes
+    /// (its slot or a port in use, another shard's id, a port outside
+    /// this shard's range or one that does not bind).
+    #[error("cannot restore session: {0}")]
+    RestoreConflict(&'static str),
     /// Too many sessions in one shard (slot space exhausted).
     #[error("session table full")]
     TableFull,
@@ -251,6 +262,28 @@ pub enum Command {
     },
     /// Counters snapshot.
     Snapshot,
+    /// Resume a session from its exported state, on the same relay ports
+    /// and under the same id.
+    Restore {
+        /// The state (see [`crate::session::state`]).
+        state: Box<SessionState>,
+        /// Tenant quota slot, released when the session ends.
+        permit: Option<QuotaPermit>,
+    },
+    /// The states of sessions with ids greater than `after`, up to
+    /// `limit` (a full export, page by page).
+    Export {
+        /// Start after this id.
+        after: Option<SessionId>,
+        /// Maximum entries.
+        limit: usize,
+    },
+    /// What changed since the last pull of the change journal (up to
+    /// `limit` changed sessions; needs [`ShardConfig::journal`]).
+    Changes {
+        /// Maximum changed sessions.
+        limit: usize,
+    },
     /// Replace the defaults for new sessions and the peer policy (reload).
     /// Existing sessions keep what they were allocated with.
     Reconfigure {
@@ -278,6 +311,12 @@ pub enum Response {
     Snapshot(ShardCounters),
     /// Answer to `Reconfigure`.
     Reconfigured,
+    /// Answer to `Restore`.
+    Restored(Result<AllocatedPorts, ShardError>),
+    /// Answer to `Export`.
+    Exported(Vec<SessionState>),
+    /// Answer to `Changes`.
+    Changes(Changes),
 }
 
 /// Which session leg and component a port belongs to.
@@ -311,6 +350,8 @@ pub struct Shard {
     /// Routes withdrawn whose last counters are still to come:
     /// (socket, session, side index, route).
     retiring: Vec<(RelayPort, SessionId, usize, Offloaded)>,
+    /// Changes not yet pulled (with [`ShardConfig::journal`]).
+    journal: Option<Journal>,
 }
 
 /// Most queued kernel fast path actions (and withdrawn routes awaiting
@@ -348,6 +389,7 @@ impl Shard {
             expired: Vec::new(),
             offload_queue: VecDeque::new(),
             retiring: Vec::new(),
+            journal: config.journal.then(Journal::default),
             config,
         }
     }
@@ -441,6 +483,13 @@ impl Shard {
         self.counters.latches += session.legs[leg].stats.latches - before.0;
         let relatched = session.legs[leg].stats.relatches - before.1;
         self.counters.relatches += relatched;
+        if let Some(j) = self.journal.as_mut().filter(|_| session.legs[leg].stats.latches != before.0 || relatched > 0)
+        {
+            if !session.journaled {
+                session.journaled = true;
+                j.changed.push(session.id);
+            }
+        }
         if self.config.offload {
             if relatched > 0 {
                 // A moved leg changes where both directions go: withdraw all.
@@ -565,7 +614,122 @@ impl Shard {
                 self.config.peer_policy = peer_policy;
                 Response::Reconfigured
             }
+            Command::Restore { state, permit } => {
+                let r = self.restore(now, &state, permit, sockets);
+                if r.is_err() {
+                    self.counters.allocations_refused += 1;
+                }
+                Response::Restored(r)
+            }
+            Command::Export { after, limit } => {
+                let mut v: Vec<&Session> =
+                    self.sessions.iter().flatten().map(|b| &**b).filter(|s| after.is_none_or(|a| s.id > a)).collect();
+                v.sort_by_key(|s| s.id);
+                Response::Exported(v.into_iter().take(limit).map(|s| s.export(now)).collect())
+            }
+            Command::Changes { limit } => Response::Changes(self.pull_changes(now, limit)),
         }
+    }
+
+    /// Takes up to `limit` changed sessions' states and every ended id
+    /// from the journal.
+    fn pull_changes(&mut self, now: Instant, limit: usize) -> Changes {
+        let Some(j) = self.journal.as_mut() else { return Changes::default() };
+        let take = j.changed.len().min(limit);
+        let ids: Vec<SessionId> = j.changed.drain(..take).collect();
+        let more = !j.changed.is_empty();
+        let ended = std::mem::take(&mut j.ended);
+        let overflowed = std::mem::take(&mut j.overflowed);
+        let mut changed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(Some(s)) = self.sessions.get_mut(id.slot()) {
+                if s.id == id {
+                    s.journaled = false;
+                    changed.push(s.export(now));
+                }
+            }
+        }
+        Changes { changed, ended, overflowed, more }
+    }
+
+    /// Lists `id` as changed in the journal (once until pulled).
+    fn journal_changed(&mut self, id: SessionId) {
+        let Some(j) = self.journal.as_mut() else { return };
+        if let Some(Some(s)) = self.sessions.get_mut(id.slot()) {
+            if s.id == id && !s.journaled {
+                s.journaled = true;
+                j.changed.push(id);
+            }
+        }
+    }
+
+    /// Resumes a session from `state` on its own ports and id.
+    fn restore(
+        &mut self,
+        now: Instant,
+        state: &SessionState,
+        permit: Option<QuotaPermit>,
+        sockets: &mut impl PortSockets,
+    ) -> Result<AllocatedPorts, ShardError> {
+        let id = state.id;
+        if id.shard() != self.config.index {
+            return Err(ShardError::RestoreConflict("the id belongs to another shard"));
+        }
+        let slot = id.slot();
+        if slot >= MAX_SLOTS {
+            return Err(ShardError::TableFull);
+        }
+        if self.sessions.get(slot).is_some_and(Option::is_some) {
+            return Err(ShardError::RestoreConflict("its session slot is in use"));
+        }
+        sess::state::validate_state(state, &self.config.defaults, &self.config.peer_policy)?;
+        let mut taken: Vec<RelayPort> = Vec::with_capacity(4);
+        for (addr, port) in state.relay_ports() {
+            let a = usize::from(addr);
+            let failure = match self.pools.get_mut(a) {
+                None => Some("a port on an address this relay does not have"),
+                Some(pool) if !pool.contains(port) => Some("a port outside this shard's range"),
+                Some(pool) => (!pool.take_exact(port)).then_some("a port in use"),
+            };
+            let failure = failure.or_else(|| {
+                sockets.open(RelayPort::new(addr, port)).err().map(|_| {
+                    self.pools[a].release(port);
+                    self.counters.port_bind_failures += 1;
+                    "a port that does not bind"
+                })
+            });
+            if let Some(reason) = failure {
+                self.give_back(&taken, sockets);
+                return Err(ShardError::RestoreConflict(reason));
+            }
+            taken.push(RelayPort::new(addr, port));
+        }
+        while self.sessions.len() <= slot {
+            // Slots below a restored one become free (allocation skips
+            // slots that a restore filled since).
+            self.free_slots.push(self.sessions.len() as u32);
+            self.sessions.push(None);
+            self.generations.push(0);
+        }
+        self.generations[slot] = (id.0 & 0xffff_ffff) as u32;
+        let session = Session::restore(state, permit, now);
+        let slot32 = slot as u32;
+        for (side, l) in [(Side::Pbx, &state.pbx), (Side::Endpoint, &state.endpoint)] {
+            let ports = l.ports;
+            self.own(
+                RelayPort::new(ports.addr, ports.rtp),
+                PortOwner { slot: slot32, side, component: Component::Rtp },
+            );
+            if let Some(p) = ports.rtcp {
+                self.own(RelayPort::new(ports.addr, p), PortOwner { slot: slot32, side, component: Component::Rtcp });
+            }
+        }
+        self.wheel.schedule(session.deadline(), id.0);
+        self.sessions[slot] = Some(Box::new(session));
+        self.counters.sessions_active += 1;
+        self.counters.sessions_created += 1;
+        self.journal_changed(id);
+        Ok(AllocatedPorts { id, pbx: state.pbx.ports, endpoint: state.endpoint.ports })
     }
 
     /// Size of the session table (live and reusable slots); it grows only
@@ -606,6 +770,7 @@ impl Shard {
                 // userspace would decide: the kernel stops deciding for it.
                 let routes = s.take_routes();
                 self.withdraw(id, routes);
+                self.journal_changed(id);
                 Ok(())
             }
             _ => Err(ShardError::UnknownSession(id)),
@@ -709,7 +874,13 @@ impl Shard {
                 }
             }
         }
-        let slot = match self.free_slots.pop() {
+        let free = loop {
+            match self.free_slots.pop() {
+                Some(s) if self.sessions[s as usize].is_some() => continue, // restored into since
+                other => break other,
+            }
+        };
+        let slot = match free {
             Some(s) => s,
             None if self.sessions.len() < MAX_SLOTS => {
                 self.sessions.push(None);
@@ -735,6 +906,7 @@ impl Shard {
         self.sessions[slot as usize] = Some(Box::new(session));
         self.counters.sessions_active += 1;
         self.counters.sessions_created += 1;
+        self.journal_changed(id);
         Ok(AllocatedPorts { id, pbx: legs[0], endpoint: legs[1] })
     }
 
@@ -839,6 +1011,9 @@ impl Shard {
         }
         self.free_slots.push(slot as u32);
         self.counters.sessions_active -= 1;
+        if let Some(j) = self.journal.as_mut() {
+            j.handle_ended(id);
+        }
         // Dropping `session` here drops its quota permit.
     }
 }

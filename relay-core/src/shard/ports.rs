@@ -70,6 +70,16 @@ impl PortPool {
         Some(port)
     }
 
+    /// Takes `port` itself, if it is in the pool and free (a session
+    /// restored on the ports it had).
+    pub fn take_exact(&mut self, port: u16) -> bool {
+        if !self.is_free(port) {
+            return false;
+        }
+        self.mark_used(usize::from(port - self.base));
+        true
+    }
+
     /// Returns a port to the pool.
     pub fn release(&mut self, port: u16) {
         if self.contains(port) && !self.is_free(port) {
