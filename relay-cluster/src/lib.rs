@@ -1,0 +1,17 @@
+//! UCMRC redundancy and scale-out on Redis (see `docs/HA.md`).
+//!
+//! - [`seal`]: secrets sealed with the cluster key before they reach Redis.
+//! - [`record`]: the stored form of a session.
+//! - [`store`]: keys, the lease and fenced-write scripts, reads.
+//! - [`lease`]: when a standby may take the lease (sans-IO).
+//! - [`node`]: the node beside a relay: replication, warm copy, takeover.
+#![forbid(unsafe_code)]
+
+pub mod lease;
+pub mod node;
+pub mod record;
+pub mod seal;
+pub mod store;
+
+pub use node::{Cluster, ClusterConfig, ClusterStatus, Role, TakeoverReport};
+pub use seal::{ClusterKey, Sealer};

@@ -1,0 +1,717 @@
+//! A cluster node beside a relay: replicates the relay's sessions to Redis
+//! while it holds the lease (active), keeps a warm copy and watches the
+//! lease while it does not (standby), and takes over — lease, hook, every
+//! session restored on its own ports — when the active stops renewing.
+//!
+//! Nothing here is on the packet path: the relay forwards whatever Redis
+//! does. Changes are pulled from the relay's change journal every
+//! `flush_interval` and written in fenced batches; while Redis is away they
+//! queue (bounded by `max_pending`, past which the next write is a full
+//! resynchronization), and the active keeps serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use relay_core::session::state::SessionState;
+use relay_core::{RelayHandle, SessionId};
+use tokio::sync::watch;
+
+use crate::lease::{LeaseWatch, Observation};
+use crate::record::{self, Version};
+use crate::seal::Sealer;
+use crate::store::{Batch, ChangeNote, Holder, Keys, NodeInfo, Renewal, Store, StoreError, MAX_BATCH};
+
+/// How a node takes part in a cluster group.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port/db`, `rediss://` (TLS) or
+    /// `redis+unix:///path`.
+    pub redis_url: String,
+    /// Prefix of every key (several deployments may share one Redis).
+    pub key_prefix: String,
+    /// The group: the nodes that serve one service address (an active and
+    /// its standbys).
+    pub group: String,
+    /// This node's id (unique in the cluster).
+    pub node_id: String,
+    /// Take a free lease at start without waiting (`role = "active"`);
+    /// a standby waits for the lease to expire.
+    pub eager: bool,
+    /// Seals secrets with the cluster key.
+    pub sealer: Sealer,
+    /// Lease lifetime; the active renews every third of it. The takeover
+    /// gap after a crash is at most about this plus `poll_interval`.
+    pub lease_ttl: Duration,
+    /// How often a standby looks at the lease.
+    pub poll_interval: Duration,
+    /// How often the active pulls the relay's changes and writes them.
+    pub flush_interval: Duration,
+    /// How often the active rewrites every session (their counters).
+    pub counters_interval: Duration,
+    /// Changes queued while Redis is away before the queue is dropped for a
+    /// full resynchronization when Redis returns.
+    pub max_pending: usize,
+    /// Timeout of every Redis command.
+    pub redis_timeout: Duration,
+    /// Run on becoming active (the program and its arguments), e.g. to move
+    /// the service address; environment `UCMRC_CLUSTER_EPOCH`,
+    /// `UCMRC_CLUSTER_NODE`, `UCMRC_CLUSTER_GROUP`.
+    pub takeover_hook: Option<Vec<String>>,
+    /// The address this node is reached at, as registered for scale-out.
+    pub advertise: String,
+}
+
+impl ClusterConfig {
+    /// Defaults for everything but the URL, node id and key.
+    pub fn new(redis_url: &str, node_id: &str, sealer: Sealer) -> Self {
+        Self {
+            redis_url: redis_url.to_string(),
+            key_prefix: "ucmrc".into(),
+            group: "default".into(),
+            node_id: node_id.to_string(),
+            eager: false,
+            sealer,
+            lease_ttl: Duration::from_millis(600),
+            poll_interval: Duration::from_millis(50),
+            flush_interval: Duration::from_millis(20),
+            counters_interval: Duration::from_secs(5),
+            max_pending: 200_000,
+            redis_timeout: Duration::from_millis(300),
+            takeover_hook: None,
+            advertise: String::new(),
+        }
+    }
+}
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Connecting and loading the warm copy.
+    #[default]
+    Starting,
+    /// Watching the lease; serves nothing.
+    Standby,
+    /// Holds the lease and serves.
+    Active,
+    /// Stopped.
+    Stopped,
+}
+
+impl Role {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Standby => "standby",
+            Role::Active => "active",
+            Role::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the last takeover did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakeoverReport {
+    /// The epoch taken.
+    pub epoch: u64,
+    /// Sessions resumed.
+    pub restored: usize,
+    /// Sessions that could not be resumed (their reasons are logged).
+    pub failed: usize,
+    /// From taking the lease to the last session resumed.
+    pub took: Duration,
+}
+
+/// The node's state, for metrics, health and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterStatus {
+    /// This node's role.
+    pub role: Role,
+    /// This node's epoch while active.
+    pub epoch: Option<u64>,
+    /// The lease holder as last seen.
+    pub holder: Option<Holder>,
+    /// Whether the last Redis command succeeded.
+    pub redis_up: bool,
+    /// Redis commands that failed.
+    pub redis_errors: u64,
+    /// Changes waiting to be written.
+    pub queue_depth: usize,
+    /// Age of the oldest change not yet written (active).
+    pub replication_lag: Duration,
+    /// Full resynchronizations written.
+    pub resyncs: u64,
+    /// Sessions in the warm copy (standby).
+    pub warm_sessions: usize,
+    /// Records that could not be read (malformed, wrong key).
+    pub bad_records: u64,
+    /// Times this node took the lease.
+    pub takeovers: u64,
+    /// Times this node lost the lease while active.
+    pub demotions: u64,
+    /// The last takeover.
+    pub last_takeover: Option<TakeoverReport>,
+    /// The newest write this node made (active) or applied (standby).
+    pub last_write: Option<Version>,
+}
+
+/// A running cluster node; dropping it stops the node (without handing the
+/// lease over).
+pub struct Cluster {
+    status: watch::Receiver<ClusterStatus>,
+    stop: watch::Sender<Option<bool>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    store: Store,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("status", &*self.status.borrow()).finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Starts the node beside `relay` (which must run with
+    /// [`RelayConfig::journal`](relay_core::RelayConfig::journal) on) on
+    /// the current tokio runtime.
+    pub async fn start(config: ClusterConfig, relay: RelayHandle) -> Result<Cluster, StoreError> {
+        let keys = Keys::new(&config.key_prefix, &config.group);
+        let store = Store::connect(&config.redis_url, keys, config.redis_timeout).await?;
+        let (status_tx, status) = watch::channel(ClusterStatus::default());
+        let (stop, stop_rx) = watch::channel(None);
+        let node = Node {
+            watch: LeaseWatch::new(config.lease_ttl, config.eager),
+            config: Arc::new(config),
+            relay,
+            store: store.clone(),
+            status: status_tx,
+            stop: stop_rx,
+            seq: 0,
+        };
+        let task = tokio::spawn(node.run());
+        Ok(Cluster { status, stop, task: Some(task), store })
+    }
+
+    /// The node's current status.
+    pub fn status(&self) -> ClusterStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until the status satisfies `f`.
+    pub async fn wait_for(&mut self, f: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
+        let r = self.status.wait_for(|s| f(s)).await.map(|s| s.clone());
+        r.unwrap_or_else(|_| self.status())
+    }
+
+    /// A receiver of status changes.
+    pub fn subscribe(&self) -> watch::Receiver<ClusterStatus> {
+        self.status.clone()
+    }
+
+    /// Every registered node of the cluster (all groups).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.store.clone().nodes().await
+    }
+
+    /// Stops the node. An active node first writes what is queued and,
+    /// with `hand_over`, gives the lease up so a standby takes over at once
+    /// (call before stopping the relay: its sessions ending would otherwise
+    /// be replicated as ended).
+    pub async fn stop(mut self, hand_over: bool) {
+        let _ = self.stop.send(Some(hand_over));
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// How an active phase ended.
+enum ActiveEnd {
+    /// Another node holds the lease now.
+    Lost,
+    /// Asked to stop.
+    Stop,
+}
+
+struct Node {
+    config: Arc<ClusterConfig>,
+    relay: RelayHandle,
+    store: Store,
+    status: watch::Sender<ClusterStatus>,
+    stop: watch::Receiver<Option<bool>>,
+    watch: LeaseWatch,
+    seq: u64,
+}
+
+/// The standby's copy of the group's sessions.
+#[derive(Default)]
+struct WarmCopy {
+    sessions: HashMap<String, (SessionState, Version, Instant)>,
+    last: Option<Version>,
+}
+
+impl Node {
+    fn update(&self, f: impl FnOnce(&mut ClusterStatus)) {
+        self.status.send_modify(f);
+    }
+
+    fn redis_result<T>(&self, r: &Result<T, StoreError>) {
+        let ok = !matches!(r, Err(StoreError::Redis(_)));
+        self.update(|s| {
+            s.redis_up = ok;
+            if !ok {
+                s.redis_errors += 1;
+            }
+        });
+    }
+
+    fn stopping(&self) -> Option<bool> {
+        *self.stop.borrow()
+    }
+
+    async fn run(mut self) {
+        loop {
+            let Some((holder, warm)) = self.standby().await else { break };
+            self.take_over(&holder, warm).await;
+            match self.active(&holder).await {
+                ActiveEnd::Stop => break,
+                ActiveEnd::Lost => {
+                    tracing::warn!(epoch = holder.epoch, "lost the cluster lease: stepping down to standby");
+                    self.step_down().await;
+                }
+            }
+        }
+        self.update(|s| {
+            s.role = Role::Stopped;
+            s.epoch = None;
+        });
+    }
+
+    /// Standby: warm copy from Redis, lease watched; returns once this node
+    /// holds the lease (with the warm copy), or `None` when stopped.
+    async fn standby(&mut self) -> Option<(Holder, WarmCopy)> {
+        let mut warm = WarmCopy::default();
+        let mut sub: Option<redis::aio::PubSubStream> = None;
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut register = tokio::time::interval(Duration::from_secs(1));
+        register.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = self.stop.clone();
+        loop {
+            if self.stopping().is_some() {
+                return None;
+            }
+            if sub.is_none() {
+                match self.store.subscribe().await {
+                    Ok(ps) => {
+                        // Subscribed first, then loaded: nothing written in
+                        // between is missed.
+                        sub = Some(ps.into_on_message());
+                        if self.reload(&mut warm).await.is_err() {
+                            sub = None;
+                        }
+                    }
+                    Err(e) => {
+                        self.redis_result::<()>(&Err(e));
+                    }
+                }
+                self.update(|s| {
+                    if s.role == Role::Starting || s.role == Role::Active {
+                        s.role = Role::Standby;
+                    }
+                    s.warm_sessions = warm.sessions.len();
+                });
+            }
+            tokio::select! {
+                msg = async { match sub.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
+                    match msg {
+                        Some(m) => self.apply_note(&mut warm, m.get_payload_bytes()).await,
+                        None => sub = None,
+                    }
+                }
+                _ = poll.tick() => {
+                    let obs = match self.store.observe().await {
+                        Ok(v) => {
+                            self.update(|s| { s.redis_up = true; s.holder = v.holder.clone(); });
+                            Observation::Seen(v)
+                        }
+                        Err(e) => {
+                            self.redis_result::<()>(&Err(e));
+                            Observation::Unreachable
+                        }
+                    };
+                    if self.watch.handle_observation(Instant::now(), &obs) {
+                        let r = self.store.take_over(&self.config.node_id, self.config.lease_ttl).await;
+                        self.redis_result(&r);
+                        if let Ok(Some(holder)) = r {
+                            return Some((holder, warm));
+                        }
+                    }
+                    if sub.is_none() {
+                        continue;
+                    }
+                }
+                _ = register.tick() => self.register(Role::Standby).await,
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Replaces the warm copy with everything in Redis.
+    async fn reload(&mut self, warm: &mut WarmCopy) -> Result<(), ()> {
+        let r = self.store.load_all().await;
+        self.redis_result(&r);
+        let all = r.map_err(|_| ())?;
+        let now = Instant::now();
+        let now_ms = record::unix_ms_now();
+        warm.sessions.clear();
+        warm.last = None;
+        let mut bad = 0;
+        for (id, bytes) in all {
+            match record::decode(&bytes, &self.config.sealer, &self.config.group, now_ms) {
+                Ok(d) => {
+                    warm.sessions.insert(id, (d.state, d.version, now));
+                }
+                Err(e) => {
+                    bad += 1;
+                    tracing::warn!(error = %e, "unreadable session record in redis");
+                }
+            }
+        }
+        self.update(|s| {
+            s.bad_records += bad;
+            s.warm_sessions = warm.sessions.len();
+        });
+        Ok(())
+    }
+
+    /// Applies one change note: reads the records it names.
+    async fn apply_note(&mut self, warm: &mut WarmCopy, payload: &[u8]) {
+        let Ok(note) = serde_json::from_slice::<ChangeNote>(payload) else { return };
+        let v = Version { epoch: note.epoch, seq: note.seq };
+        let gap = warm.last.is_some_and(|l| l.epoch == v.epoch && v.seq != l.seq + 1);
+        warm.last = Some(v);
+        if gap {
+            let _ = self.reload(warm).await;
+            return;
+        }
+        let r = self.store.get_many(&note.set).await;
+        self.redis_result(&r);
+        let Ok(records) = r else {
+            let _ = self.reload(warm).await;
+            return;
+        };
+        let (now, now_ms) = (Instant::now(), record::unix_ms_now());
+        let mut bad = 0;
+        for (id, rec) in note.set.iter().zip(records) {
+            match rec.map(|b| record::decode(&b, &self.config.sealer, &self.config.group, now_ms)) {
+                Some(Ok(d)) => {
+                    let newer = warm.sessions.get(id).is_none_or(|(_, old, _)| d.version >= *old);
+                    if newer {
+                        warm.sessions.insert(id.clone(), (d.state, d.version, now));
+                    }
+                }
+                Some(Err(e)) => {
+                    bad += 1;
+                    tracing::warn!(error = %e, "unreadable session record in redis");
+                }
+                None => {
+                    warm.sessions.remove(id);
+                }
+            }
+        }
+        for id in &note.del {
+            warm.sessions.remove(id);
+        }
+        self.update(|s| {
+            s.bad_records += bad;
+            s.warm_sessions = warm.sessions.len();
+            s.last_write = Some(v);
+        });
+    }
+
+    /// Becomes active: runs the hook, resumes every warm session.
+    async fn take_over(&mut self, holder: &Holder, warm: WarmCopy) {
+        let started = Instant::now();
+        tracing::warn!(epoch = holder.epoch, sessions = warm.sessions.len(), "took the cluster lease: taking over");
+        if let Some(hook) = self.config.takeover_hook.clone() {
+            self.run_hook(&hook, holder.epoch);
+        }
+        let pending: Vec<_> = warm
+            .sessions
+            .into_values()
+            .map(|(state, _, arrived)| {
+                let id = state.id;
+                (id, self.relay.restore(state.aged(arrived.elapsed())))
+            })
+            .collect();
+        let (mut restored, mut failed) = (0, 0);
+        for (id, p) in pending {
+            match p.await {
+                Ok(_) => restored += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(session = %id, error = %e, "session not resumed");
+                }
+            }
+        }
+        let report = TakeoverReport { epoch: holder.epoch, restored, failed, took: started.elapsed() };
+        tracing::warn!(?report, "takeover done");
+        self.update(|s| {
+            s.role = Role::Active;
+            s.epoch = Some(holder.epoch);
+            s.holder = Some(holder.clone());
+            s.takeovers += 1;
+            s.warm_sessions = 0;
+            s.last_takeover = Some(report);
+        });
+    }
+
+    fn run_hook(&self, hook: &[String], epoch: u64) {
+        let Some((program, args)) = hook.split_first() else { return };
+        let child = std::process::Command::new(program)
+            .args(args)
+            .env("UCMRC_CLUSTER_EPOCH", epoch.to_string())
+            .env("UCMRC_CLUSTER_NODE", &self.config.node_id)
+            .env("UCMRC_CLUSTER_GROUP", &self.config.group)
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(mut c) => {
+                // Reaped off the async runtime; its outcome is logged.
+                std::thread::spawn(move || match c.wait() {
+                    Ok(s) if s.success() => tracing::info!("takeover hook done"),
+                    Ok(s) => tracing::error!(status = %s, "takeover hook failed"),
+                    Err(e) => tracing::error!(error = %e, "takeover hook"),
+                });
+            }
+            Err(e) => tracing::error!(program = %program, error = %e, "takeover hook did not start"),
+        }
+    }
+
+    /// Active: renews the lease and replicates; returns when the lease is
+    /// lost or the node is asked to stop.
+    async fn active(&mut self, holder: &Holder) -> ActiveEnd {
+        let mut pending: BTreeMap<SessionId, (Option<SessionState>, Instant)> = BTreeMap::new();
+        let mut resync = true;
+        let ttl = self.config.lease_ttl;
+        let mut renew = tokio::time::interval(ttl / 3);
+        let mut flush = tokio::time::interval(self.config.flush_interval);
+        let mut counters = tokio::time::interval(self.config.counters_interval);
+        let mut register = tokio::time::interval(Duration::from_secs(1));
+        for t in [&mut renew, &mut flush, &mut counters, &mut register] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    let r = self.store.renew(holder, ttl).await;
+                    self.redis_result(&r);
+                    match r {
+                        Ok(Renewal::Renewed) => {}
+                        Ok(Renewal::Reacquired) => {
+                            tracing::warn!(epoch = holder.epoch, "lease re-acquired after redis lost it: resynchronizing");
+                            resync = true;
+                        }
+                        Ok(Renewal::Lost) => return ActiveEnd::Lost,
+                        Err(_) => {} // keep serving; Redis is away
+                    }
+                }
+                _ = flush.tick() => {
+                    if let Err(StoreError::Fenced) = self.flush(holder, &mut pending, &mut resync).await {
+                        return ActiveEnd::Lost;
+                    }
+                }
+                _ = counters.tick() => {
+                    let now = Instant::now();
+                    let mut after = None;
+                    while let Ok(page) = self.relay.export(after, 10_000).await {
+                        for s in page.states {
+                            pending.insert(s.id, (Some(s), now));
+                        }
+                        match page.next { Some(n) => after = Some(n), None => break }
+                    }
+                }
+                _ = register.tick() => self.register(Role::Active).await,
+                _ = stop.changed() => {
+                    let hand_over = self.stopping().unwrap_or(false);
+                    let _ = self.flush(holder, &mut pending, &mut resync).await;
+                    if hand_over {
+                        let r = self.store.release(holder).await;
+                        self.redis_result(&r);
+                    }
+                    return ActiveEnd::Stop;
+                }
+            }
+        }
+    }
+
+    /// Pulls the relay's changes and writes what is pending.
+    async fn flush(
+        &mut self,
+        holder: &Holder,
+        pending: &mut BTreeMap<SessionId, (Option<SessionState>, Instant)>,
+        resync: &mut bool,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        loop {
+            let Ok(c) = self.relay.changes(10_000).await else { break };
+            for s in c.changed {
+                pending.insert(s.id, (Some(s), now));
+            }
+            for id in c.ended {
+                pending.insert(id, (None, now));
+            }
+            *resync |= c.overflowed;
+            if !c.more {
+                break;
+            }
+        }
+        if pending.len() > self.config.max_pending {
+            tracing::warn!(queued = pending.len(), "replication queue full: a full resynchronization follows");
+            pending.clear();
+            *resync = true;
+        }
+        let r = if *resync { self.resync(holder, pending).await } else { self.write_pending(holder, pending).await };
+        self.redis_result(&r);
+        if r.is_ok() && *resync {
+            *resync = false;
+            self.update(|s| s.resyncs += 1);
+        }
+        let lag = pending.values().map(|(_, t)| t.elapsed()).max().unwrap_or_default();
+        let depth = pending.len();
+        self.update(|s| {
+            s.queue_depth = depth;
+            s.replication_lag = lag;
+        });
+        r
+    }
+
+    /// Writes the pending changes in batches, oldest first.
+    async fn write_pending(
+        &mut self,
+        holder: &Holder,
+        pending: &mut BTreeMap<SessionId, (Option<SessionState>, Instant)>,
+    ) -> Result<(), StoreError> {
+        while !pending.is_empty() {
+            let ids: Vec<SessionId> = pending.keys().take(MAX_BATCH).copied().collect();
+            let mut batch = Batch::default();
+            self.seq += 1;
+            let version = Version { epoch: holder.epoch, seq: self.seq };
+            for id in &ids {
+                match &pending[id].0 {
+                    Some(s) => batch
+                        .set
+                        .push((id.to_string(), record::encode(s, version, &self.config.sealer, &self.config.group))),
+                    None => batch.del.push(id.to_string()),
+                }
+            }
+            if let Err(e) = self.write(holder, &batch, version).await {
+                self.seq -= 1;
+                return Err(e);
+            }
+            for id in ids {
+                pending.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, holder: &Holder, batch: &Batch, v: Version) -> Result<(), StoreError> {
+        let note = ChangeNote {
+            epoch: v.epoch,
+            seq: v.seq,
+            set: batch.set.iter().map(|(id, _)| id.clone()).collect(),
+            del: batch.del.clone(),
+        };
+        self.store.write(holder, batch, &note).await?;
+        self.update(|s| s.last_write = Some(v));
+        Ok(())
+    }
+
+    /// Writes every session the relay has and deletes every other record.
+    async fn resync(
+        &mut self,
+        holder: &Holder,
+        pending: &mut BTreeMap<SessionId, (Option<SessionState>, Instant)>,
+    ) -> Result<(), StoreError> {
+        pending.clear();
+        let now = Instant::now();
+        let mut live = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let Ok(page) = self.relay.export(after, 10_000).await else { break };
+            for s in page.states {
+                live.insert(s.id.to_string());
+                pending.insert(s.id, (Some(s), now));
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        self.write_pending(holder, pending).await?;
+        let stored = self.store.ids().await?;
+        let stale: Vec<String> = stored.into_iter().filter(|id| !live.contains(id)).collect();
+        for chunk in stale.chunks(MAX_BATCH) {
+            self.seq += 1;
+            let v = Version { epoch: holder.epoch, seq: self.seq };
+            let batch = Batch { set: Vec::new(), del: chunk.to_vec() };
+            self.write(holder, &batch, v).await?;
+        }
+        Ok(())
+    }
+
+    /// After losing the lease: stop serving every session (the new active
+    /// serves them now) without replicating their end.
+    async fn step_down(&mut self) {
+        let mut ids = Vec::new();
+        let mut after = None;
+        while let Ok(page) = self.relay.list(after, 10_000).await {
+            ids.extend(page.sessions.iter().map(|s| s.id));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        for id in ids {
+            let _ = self.relay.release(id).await;
+        }
+        // Their ends are not ours to write.
+        let _ = self.relay.changes(usize::MAX).await;
+        self.watch.reset();
+        self.update(|s| {
+            s.role = Role::Standby;
+            s.epoch = None;
+            s.demotions += 1;
+            s.queue_depth = 0;
+        });
+    }
+
+    async fn register(&mut self, role: Role) {
+        let Ok(c) = self.relay.counters().await else { return };
+        let info = NodeInfo {
+            node: self.config.node_id.clone(),
+            group: self.config.group.clone(),
+            role: role.as_str().to_string(),
+            address: self.config.advertise.clone(),
+            sessions: c.total.sessions_active,
+            ports_in_use: c.total.ports_in_use,
+            ports_total: c.total.ports_total,
+            updated_unix_ms: record::unix_ms_now(),
+        };
+        let r = self.store.register(&info, Duration::from_secs(5)).await;
+        self.redis_result(&r);
+    }
+}

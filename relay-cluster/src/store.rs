@@ -1,0 +1,379 @@
+//! Redis as the cluster's shared store: the keys, the Lua scripts that
+//! make the lease and fenced writes atomic, and the reads a standby needs.
+//!
+//! Keys of cluster group `g` under prefix `p` (the `{g}` hash tag keeps a
+//! group's keys in one Redis Cluster slot):
+//! - `p:{g}:lease` — `"<node> <epoch>"`, with a short TTL, renewed by the
+//!   active node;
+//! - `p:{g}:epoch` — the last epoch handed out (only ever incremented);
+//! - `p:{g}:sessions` — hash: session id → record ([`crate::record`]);
+//! - `p:{g}:changes` — pub/sub channel: one [`ChangeNote`] per write;
+//! - `p:nodes:<node>` — each node's registration (load, capacity, role),
+//!   expiring unless refreshed.
+//!
+//! Every write is one script that first checks the lease still names the
+//! writer and its epoch: an old active that lost the lease cannot
+//! overwrite what the new one wrote (fencing in the store itself).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Client, Script};
+use serde::{Deserialize, Serialize};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis could not be reached or answered with an error.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The write was refused: the lease no longer names this writer.
+    #[error("fenced: the lease is held by another node or epoch")]
+    Fenced,
+    /// The configured URL is not a Redis URL.
+    #[error("invalid redis url: {0}")]
+    Url(String),
+}
+
+/// Who holds the lease: a node and the epoch it was granted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Holder {
+    /// The node id.
+    pub node: String,
+    /// The lease epoch.
+    pub epoch: u64,
+}
+
+impl Holder {
+    fn encode(&self) -> String {
+        format!("{} {}", self.node, self.epoch)
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let (node, epoch) = s.rsplit_once(' ')?;
+        Some(Self { node: node.to_string(), epoch: epoch.parse().ok()? })
+    }
+}
+
+/// What a look at the lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The current holder, if the lease is held.
+    pub holder: Option<Holder>,
+    /// The last epoch handed out, if the store remembers one.
+    pub epoch: Option<u64>,
+}
+
+/// What renewing the lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours (its TTL extended).
+    Renewed,
+    /// It had expired or the store lost it, nobody else took it, and it is
+    /// ours again under the same epoch.
+    Reacquired,
+    /// Another node or epoch holds it: stop serving.
+    Lost,
+}
+
+/// The pub/sub note published with every write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeNote {
+    /// The writer's epoch.
+    pub epoch: u64,
+    /// The writer's batch sequence number (consecutive within an epoch).
+    pub seq: u64,
+    /// Session ids written (read them from the hash).
+    pub set: Vec<String>,
+    /// Session ids deleted.
+    pub del: Vec<String>,
+}
+
+/// One fenced write: records to set and ids to delete.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// `(id, record)` pairs.
+    pub set: Vec<(String, String)>,
+    /// Ids to delete.
+    pub del: Vec<String>,
+}
+
+/// A node's registration, for scale-out and `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub node: String,
+    /// Cluster group (the service its sessions belong to).
+    pub group: String,
+    /// `active` or `standby`.
+    pub role: String,
+    /// The address clients reach it at (control channel / ng / media).
+    pub address: String,
+    /// Sessions it serves.
+    pub sessions: u64,
+    /// Relay ports in use and in total.
+    pub ports_in_use: u64,
+    /// Relay ports it has.
+    pub ports_total: u64,
+    /// When it last registered (Unix ms).
+    pub updated_unix_ms: u64,
+}
+
+const WRITE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED lease not held by this writer')
+end
+local n = tonumber(ARGV[4])
+local i = 5
+for _ = 1, n do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[2], ARGV[i])
+  i = i + 1
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return n
+";
+
+const RENEW: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if v then return 0 end
+local e = redis.call('GET', KEYS[2])
+if (not e) or e == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 2
+end
+return 0
+";
+
+const TAKE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local e = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. e, 'PX', ARGV[2])
+return e
+";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Key names of one group.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    /// The lease key.
+    pub lease: String,
+    /// The epoch counter.
+    pub epoch: String,
+    /// The sessions hash.
+    pub sessions: String,
+    /// The change channel.
+    pub changes: String,
+}
+
+impl Keys {
+    /// The keys of group `group` under `prefix`.
+    pub fn new(prefix: &str, group: &str) -> Self {
+        let g = format!("{prefix}:{{{group}}}");
+        Self {
+            prefix: prefix.to_string(),
+            lease: format!("{g}:lease"),
+            epoch: format!("{g}:epoch"),
+            sessions: format!("{g}:sessions"),
+            changes: format!("{g}:changes"),
+        }
+    }
+
+    fn node(&self, node: &str) -> String {
+        format!("{}:nodes:{node}", self.prefix)
+    }
+}
+
+/// A connection to the store (reconnecting by itself) and its scripts.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+/// Largest number of records in one write (one script call).
+pub const MAX_BATCH: usize = 256;
+
+impl Store {
+    /// Connects to `url` (`redis://`, `rediss://` for TLS, `redis+unix://`;
+    /// user and password in the URL for ACLs). Every command times out
+    /// after `timeout`, so a stalled Redis never stalls a caller for long.
+    pub async fn connect(url: &str, keys: Keys, timeout: Duration) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(|e| StoreError::Url(e.to_string()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Self { client, conn, keys })
+    }
+
+    /// The group's keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Reads the lease and the epoch counter.
+    pub async fn observe(&mut self) -> Result<LeaseView, StoreError> {
+        let (lease, epoch): (Option<String>, Option<u64>) =
+            redis::pipe().get(&self.keys.lease).get(&self.keys.epoch).query_async(&mut self.conn).await?;
+        Ok(LeaseView { holder: lease.as_deref().and_then(Holder::decode), epoch })
+    }
+
+    /// Takes the lease if nobody holds it: the next epoch, or `None`.
+    pub async fn take_over(&mut self, node: &str, ttl: Duration) -> Result<Option<Holder>, StoreError> {
+        let epoch: u64 = Script::new(TAKE)
+            .key(&self.keys.lease)
+            .key(&self.keys.epoch)
+            .arg(node)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok((epoch > 0).then(|| Holder { node: node.to_string(), epoch }))
+    }
+
+    /// Renews the lease `holder` holds.
+    pub async fn renew(&mut self, holder: &Holder, ttl: Duration) -> Result<Renewal, StoreError> {
+        let r: u8 = Script::new(RENEW)
+            .key(&self.keys.lease)
+            .key(&self.keys.epoch)
+            .arg(holder.encode())
+            .arg(holder.epoch)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(match r {
+            1 => Renewal::Renewed,
+            2 => Renewal::Reacquired,
+            _ => Renewal::Lost,
+        })
+    }
+
+    /// Gives the lease up (a planned switchover); `false` if not held.
+    pub async fn release(&mut self, holder: &Holder) -> Result<bool, StoreError> {
+        let n: u8 =
+            Script::new(RELEASE).key(&self.keys.lease).arg(holder.encode()).invoke_async(&mut self.conn).await?;
+        Ok(n == 1)
+    }
+
+    /// Writes a batch as `holder`, and publishes `note`, atomically; refused
+    /// with [`StoreError::Fenced`] when the lease is not `holder`'s.
+    pub async fn write(&mut self, holder: &Holder, batch: &Batch, note: &ChangeNote) -> Result<(), StoreError> {
+        let script = Script::new(WRITE);
+        let mut inv = script.prepare_invoke();
+        inv.key(&self.keys.lease).key(&self.keys.sessions);
+        inv.arg(holder.encode()).arg(&self.keys.changes).arg(serde_json::to_string(note).unwrap_or_default());
+        inv.arg(batch.set.len());
+        for (id, record) in &batch.set {
+            inv.arg(id).arg(record);
+        }
+        for id in &batch.del {
+            inv.arg(id);
+        }
+        match inv.invoke_async::<u64>(&mut self.conn).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("FENCED") => Err(StoreError::Fenced),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every stored record (`HSCAN`, page by page).
+    pub async fn load_all(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
+                .arg(&self.keys.sessions)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn)
+                .await?;
+            out.extend(page);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Every stored session id.
+    pub async fn ids(&mut self) -> Result<Vec<String>, StoreError> {
+        Ok(self.conn.hkeys(&self.keys.sessions).await?)
+    }
+
+    /// The records of `ids` (`None` where deleted since).
+    pub async fn get_many(&mut self, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(redis::cmd("HMGET").arg(&self.keys.sessions).arg(ids).query_async(&mut self.conn).await?)
+    }
+
+    /// A dedicated subscription to the group's change channel.
+    pub async fn subscribe(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let mut ps = self.client.get_async_pubsub().await?;
+        ps.subscribe(&self.keys.changes).await?;
+        Ok(ps)
+    }
+
+    /// Registers (or refreshes) a node, expiring after `ttl` unless refreshed.
+    pub async fn register(&mut self, info: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.keys.node(&info.node);
+        let json = serde_json::to_string(info).unwrap_or_default();
+        let () = self.conn.pset_ex(key, json, ttl.as_millis() as u64).await?;
+        Ok(())
+    }
+
+    /// Every registered node (all groups), by node id.
+    pub async fn nodes(&mut self) -> Result<Vec<NodeInfo>, StoreError> {
+        let pattern = format!("{}:nodes:*", self.keys.prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn)
+                .await?;
+            keys.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut self.conn).await?;
+        let mut nodes: Vec<NodeInfo> = values.iter().flatten().filter_map(|v| serde_json::from_str(v).ok()).collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+}

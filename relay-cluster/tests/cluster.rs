@@ -1,0 +1,321 @@
+//! Cluster nodes beside real relays against a real `redis-server`:
+//! replication with sealed secrets, a standby taking over every session on
+//! the same ports with real SRTP flowing, fencing of the old active, and a
+//! Redis outage under load.
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use relay_cluster::record;
+use relay_cluster::store::{Batch, ChangeNote, Holder, Keys, Store, StoreError};
+use relay_cluster::{Cluster, ClusterConfig, ClusterKey, Role, Sealer};
+use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
+use relay_core::{AllocatedSession, Relay, RelayConfig, RelayHandle};
+use support::core::{auth_for, master, SrtpRx, SrtpTx};
+use support::RedisServer;
+
+const KEY: [u8; 32] = [0x5a; 32];
+
+fn sealer() -> Sealer {
+    Sealer::new(ClusterKey::new(&KEY), Vec::new())
+}
+
+fn node_config(redis: &RedisServer, node: &str, eager: bool) -> ClusterConfig {
+    let mut c = ClusterConfig::new(&redis.url(), node, sealer());
+    c.eager = eager;
+    c.group = "svc".into();
+    c
+}
+
+fn relay(base: u16) -> Relay {
+    Relay::start(RelayConfig {
+        port_min: base,
+        port_max: base + 199,
+        workers: 2,
+        journal: true,
+        ..RelayConfig::default()
+    })
+    .expect("relay starts")
+}
+
+fn socket(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind(format!("{ip}:0")).expect("bind");
+    s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    s
+}
+
+/// An authenticated session with SDES keys and a STUN password on both legs.
+async fn srtp_session(h: &RelayHandle, pbx: &UdpSocket, phone: &UdpSocket, n: u8) -> AllocatedSession {
+    let leg = |s: &UdpSocket, key: &[u8]| LegSpec {
+        rtcp_mux: true,
+        hint: Some(s.local_addr().expect("addr")),
+        srtp_auth: Some(auth_for(key)),
+        stun_password: Some(format!("ice-password-{n}-secret").into_bytes()),
+        ..LegSpec::default()
+    };
+    h.allocate(SessionSpec {
+        tenant: "ha".into(),
+        pbx: leg(pbx, &master(2 * n)),
+        endpoint: leg(phone, &master(2 * n + 1)),
+        latch: Some(LatchPolicy::Authenticated),
+        ..SessionSpec::default()
+    })
+    .await
+    .expect("allocate")
+}
+
+fn raw_records(redis: &RedisServer) -> Vec<(String, String)> {
+    let mut c = redis.client();
+    redis::cmd("HGETALL").arg("ucmrc:{svc}:sessions").query(&mut c).expect("hgetall")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_replicates_sessions_with_their_secrets_sealed_and_deletes_ended_ones() {
+    let redis = RedisServer::start("replicate");
+    let relay = relay(33000);
+    let mut node = Cluster::start(node_config(&redis, "a", true), relay.handle()).await.expect("cluster");
+    wait(&mut node, |s| s.role == Role::Active).await;
+    let (pbx, phone) = (socket("127.0.0.1"), socket("127.0.0.1"));
+    let sessions =
+        [srtp_session(&relay.handle(), &pbx, &phone, 1).await, srtp_session(&relay.handle(), &pbx, &phone, 2).await];
+    wait(&mut node, |s| s.last_write.is_some() && s.queue_depth == 0 && s.resyncs >= 1).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while raw_records(&redis).len() < 2 {
+        assert!(Instant::now() < deadline, "records never reached redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let records = raw_records(&redis);
+    for (id, rec) in &records {
+        // No secret in clear: neither the STUN passwords nor any key, in
+        // any encoding the record uses.
+        for n in [1u8, 2] {
+            assert!(!rec.contains(&format!("ice-password-{n}")), "{rec}");
+            let hex_pw = relay_cluster_hex(format!("ice-password-{n}-secret").as_bytes());
+            assert!(!rec.contains(&hex_pw), "{rec}");
+            for m in [2 * n, 2 * n + 1] {
+                let auth = auth_for(&master(m));
+                assert!(!rec.contains(&relay_cluster_hex(&auth.rtp_key)), "{rec}");
+            }
+        }
+        // With the key the record opens to the session's exact state.
+        let d = record::decode(rec.as_bytes(), &sealer(), "svc", record::unix_ms_now()).expect("decodes");
+        assert_eq!(&d.state.id.to_string(), id);
+        let live = relay.handle().export(None, 10).await.expect("export");
+        let mine = live.states.iter().find(|s| s.id == d.state.id).expect("live");
+        assert_eq!(d.state.pbx.srtp_auth, mine.pbx.srtp_auth);
+        assert_eq!(d.state.endpoint.stun_password, mine.endpoint.stun_password);
+        // Without it (or with another group's associated data) it does not.
+        let wrong = Sealer::new(ClusterKey::new(&[1; 32]), Vec::new());
+        assert!(record::decode(rec.as_bytes(), &wrong, "svc", 0).is_err());
+        assert!(record::decode(rec.as_bytes(), &sealer(), "other", 0).is_err());
+    }
+    // A released session's record goes.
+    relay.handle().release(sessions[0].id).await.expect("release");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while raw_records(&redis).len() != 1 {
+        assert!(Instant::now() < deadline, "the ended session's record stayed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(raw_records(&redis)[0].0, sessions[1].id.to_string());
+    node.stop(false).await;
+}
+
+/// Waits (at most 10 s) until `node`'s status satisfies `f`.
+async fn wait(node: &mut Cluster, f: impl Fn(&relay_cluster::ClusterStatus) -> bool) -> relay_cluster::ClusterStatus {
+    match tokio::time::timeout(Duration::from_secs(10), node.wait_for(f)).await {
+        Ok(s) => s,
+        Err(_) => panic!("node status never got there: {:?}", node.status()),
+    }
+}
+
+fn relay_cluster_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Real SRTP both ways, paced at 50 packets/s per direction, received and
+/// verified by libsrtp; records arrival times to measure gaps.
+struct Call {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Flow>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Flow {
+    sent: u64,
+    received: u64,
+    auth_failures: u64,
+    max_gap: Duration,
+    from: Vec<SocketAddr>,
+}
+
+impl Call {
+    fn start(a: &AllocatedSession, pbx: UdpSocket, phone: UdpSocket, n: u8) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (from, to, relay_addr, key, ssrc) in [
+            (
+                phone.try_clone().expect("clone"),
+                pbx.try_clone().expect("clone"),
+                a.endpoint.rtp,
+                master(2 * n + 1),
+                0x100 + u32::from(n),
+            ),
+            (pbx, phone, a.pbx.rtp, master(2 * n), 0x200 + u32::from(n)),
+        ] {
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut tx = SrtpTx::new(&key, ssrc, 1);
+                let mut rx = SrtpRx::new(&key);
+                let received = Arc::new(Mutex::new(Flow::default()));
+                let r2 = received.clone();
+                let stop2 = stop.clone();
+                let sink = std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    let mut last: Option<Instant> = None;
+                    while !stop2.load(Ordering::Relaxed) {
+                        if let Ok((len, src)) = to.recv_from(&mut buf) {
+                            let now = Instant::now();
+                            let mut f = r2.lock().expect("lock");
+                            if let Some(l) = last {
+                                f.max_gap = f.max_gap.max(now - l);
+                            }
+                            last = Some(now);
+                            f.received += 1;
+                            if !f.from.contains(&src) {
+                                f.from.push(src);
+                            }
+                            if rx.accept(&buf[..len]).is_none() {
+                                f.auth_failures += 1;
+                            }
+                        }
+                    }
+                });
+                let mut sent = 0;
+                let start = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = from.send_to(&tx.next_rtp(), relay_addr);
+                    sent += 1;
+                    let next = start + Duration::from_millis(20 * sent);
+                    if let Some(d) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d); // pacing, not synchronisation
+                    }
+                }
+                sink.join().expect("sink");
+                let mut f = received.lock().expect("lock").clone();
+                f.sent = sent;
+                f
+            }));
+        }
+        Self { stop, threads }
+    }
+
+    fn finish(self) -> Vec<Flow> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().expect("flow")).collect()
+    }
+}
+
+/// Waits until `node`'s last applied write is at least `v`.
+async fn caught_up(node: &mut Cluster, v: Option<record::Version>) {
+    wait(node, |s| s.last_write >= v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active_is_fenced() {
+    let redis = RedisServer::start("takeover");
+    let relay_a = relay(33400);
+    let mut a = Cluster::start(node_config(&redis, "a", true), relay_a.handle()).await.expect("cluster a");
+    wait(&mut a, |s| s.role == Role::Active).await;
+    let relay_b = relay(33400); // same layout; binds nothing until it takes over
+    let mut b = Cluster::start(node_config(&redis, "b", false), relay_b.handle()).await.expect("cluster b");
+    wait(&mut b, |s| s.role == Role::Standby).await;
+
+    let mut calls = Vec::new();
+    for n in 1..=3u8 {
+        let (pbx, phone) = (socket("127.0.0.1"), socket("127.0.0.1"));
+        let s = srtp_session(&relay_a.handle(), &pbx, &phone, n).await;
+        calls.push(Call::start(&s, pbx, phone, n));
+    }
+    // Latched and replicated: every leg latched, the standby caught up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = relay_a.handle().list(None, 100).await.expect("list");
+        if page.sessions.iter().all(|s| s.pbx.remote_rtp.is_some() && s.endpoint.remote_rtp.is_some()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions never latched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the latches are in Redis.
+    loop {
+        let latched = raw_records(&redis)
+            .iter()
+            .filter_map(|(_, r)| record::decode(r.as_bytes(), &sealer(), "svc", record::unix_ms_now()).ok())
+            .filter(|d| d.state.pbx.remote_rtp.is_some() && d.state.endpoint.remote_rtp.is_some())
+            .count();
+        if latched == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "latches never replicated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let written = a.status().last_write;
+    caught_up(&mut b, written).await;
+    let before = relay_a.handle().list(None, 100).await.expect("list").sessions;
+
+    // The active dies: no lease hand-over, its sockets close.
+    let killed = Instant::now();
+    drop(a);
+    drop(relay_a);
+    let st = wait(&mut b, |s| s.role == Role::Active).await;
+    let took_over = killed.elapsed();
+    let report = st.last_takeover.clone().expect("report");
+    assert_eq!((report.restored, report.failed), (3, 0), "{report:?}");
+    assert!(took_over < Duration::from_secs(1), "takeover after {took_over:?}");
+    // Media flows through the standby now.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay_b.handle().counters().await.expect("counters").total.packets_forwarded < 120 {
+        assert!(Instant::now() < deadline, "no media through the standby");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let flows: Vec<Flow> = calls.into_iter().flat_map(Call::finish).collect();
+    let gaps: Vec<Duration> = flows.iter().map(|f| f.max_gap).collect();
+    eprintln!("takeover: active killed → standby active in {took_over:?} ({report:?}); media gaps {gaps:?}");
+    for f in &flows {
+        assert_eq!(f.auth_failures, 0, "{f:?}");
+        assert!(f.max_gap < Duration::from_secs(1), "media gap {:?}", f.max_gap);
+        assert_eq!(f.from.len(), 1, "the same relay address before and after: {f:?}");
+        assert!(f.received + 60 >= f.sent, "{f:?}");
+    }
+    // Same latches, same relay ports, counters carried on.
+    let after = relay_b.handle().list(None, 100).await.expect("list").sessions;
+    assert_eq!(after.len(), 3);
+    for (x, y) in before.iter().zip(&after) {
+        assert_eq!((x.id, x.pbx.ports, x.endpoint.ports), (y.id, y.pbx.ports, y.endpoint.ports));
+        assert_eq!((x.pbx.remote_rtp, x.endpoint.remote_rtp), (y.pbx.remote_rtp, y.endpoint.remote_rtp));
+        assert_eq!(x.endpoint.stats.latches, y.endpoint.stats.latches, "no new latch");
+        assert!(y.endpoint.stats.packets_forwarded > x.endpoint.stats.packets_forwarded);
+    }
+
+    // Fencing: a write with the old active's lease is refused by Redis.
+    let mut old = Store::connect(&redis.url(), Keys::new("ucmrc", "svc"), Duration::from_secs(1)).await.expect("store");
+    let stale = Holder { node: "a".into(), epoch: 1 };
+    let batch = Batch { set: Vec::new(), del: vec![after[0].id.to_string()] };
+    assert!(matches!(old.write(&stale, &batch, &ChangeNote::default()).await, Err(StoreError::Fenced)));
+    assert_eq!(raw_records(&redis).len(), 3, "the fenced delete changed nothing");
+    // The old active comes back (eager, as configured): it finds the lease
+    // held and stays standby, binding none of the ports.
+    let relay_a2 = relay(33400);
+    let mut a2 = Cluster::start(node_config(&redis, "a", true), relay_a2.handle()).await.expect("cluster a2");
+    wait(&mut a2, |s| s.role == Role::Standby && s.warm_sessions == 3).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // more than two lease lifetimes
+    assert_eq!(a2.status().role, Role::Standby);
+    assert_eq!(relay_a2.handle().counters().await.expect("counters").total.ports_in_use, 0);
+    assert_eq!(b.status().role, Role::Active);
+    a2.stop(false).await;
+    b.stop(false).await;
+}
