@@ -7,11 +7,13 @@
 //! - [`node`]: the node beside a relay: replication, warm copy, takeover.
 #![forbid(unsafe_code)]
 
+mod calls;
 pub mod lease;
 pub mod node;
 pub mod record;
 pub mod seal;
 pub mod store;
 
+pub use calls::CallEngine;
 pub use node::{Cluster, ClusterConfig, ClusterStatus, Role, TakeoverReport};
 pub use seal::{ClusterKey, Sealer};

@@ -18,6 +18,7 @@ use relay_core::session::state::SessionState;
 use relay_core::{RelayHandle, SessionId};
 use tokio::sync::watch;
 
+use crate::calls::{CallEngine, Calls};
 use crate::lease::{LeaseWatch, Observation};
 use crate::record::{self, Version};
 use crate::seal::Sealer;
@@ -120,6 +121,8 @@ pub struct TakeoverReport {
     pub restored: usize,
     /// Sessions that could not be resumed (their reasons are logged).
     pub failed: usize,
+    /// ng calls taken over.
+    pub calls: usize,
     /// From taking the lease to the last session resumed.
     pub took: Duration,
 }
@@ -177,6 +180,17 @@ impl Cluster {
     /// [`RelayConfig::journal`](relay_core::RelayConfig::journal) on) on
     /// the current tokio runtime.
     pub async fn start(config: ClusterConfig, relay: RelayHandle) -> Result<Cluster, StoreError> {
+        Self::start_with(config, relay, None).await
+    }
+
+    /// Starts the node beside `relay` and the ng engine `ng` (whose
+    /// [`NgConfig::journal`](relay_core::ng::NgConfig) must be on): the
+    /// engine's calls are replicated and taken over with the sessions.
+    pub async fn start_with(
+        config: ClusterConfig,
+        relay: RelayHandle,
+        ng: Option<CallEngine>,
+    ) -> Result<Cluster, StoreError> {
         let keys = Keys::new(&config.key_prefix, &config.group);
         let store = Store::connect(&config.redis_url, keys, config.redis_timeout).await?;
         let (status_tx, status) = watch::channel(ClusterStatus::default());
@@ -185,6 +199,7 @@ impl Cluster {
             watch: LeaseWatch::new(config.lease_ttl, config.eager),
             config: Arc::new(config),
             relay,
+            calls: Calls(ng),
             store: store.clone(),
             status: status_tx,
             stop: stop_rx,
@@ -246,6 +261,7 @@ enum ActiveEnd {
 struct Node {
     config: Arc<ClusterConfig>,
     relay: RelayHandle,
+    calls: Calls,
     store: Store,
     status: watch::Sender<ClusterStatus>,
     stop: watch::Receiver<Option<bool>>,
@@ -257,7 +273,30 @@ struct Node {
 #[derive(Default)]
 struct WarmCopy {
     sessions: HashMap<String, (SessionState, Version, Instant)>,
+    /// ng calls as stored (JSON).
+    calls: HashMap<String, Vec<u8>>,
     last: Option<Version>,
+}
+
+/// What the active has yet to write: sessions (`None`: ended) and calls.
+#[derive(Default)]
+struct Pending {
+    sessions: BTreeMap<SessionId, (Option<SessionState>, Instant)>,
+    calls: BTreeMap<String, (Option<String>, Instant)>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.sessions.len() + self.calls.len()
+    }
+    fn clear(&mut self) {
+        self.sessions.clear();
+        self.calls.clear();
+    }
+    fn oldest(&self) -> Duration {
+        let s = self.sessions.values().map(|(_, t)| t.elapsed());
+        s.chain(self.calls.values().map(|(_, t)| t.elapsed())).max().unwrap_or_default()
+    }
 }
 
 impl Node {
@@ -372,6 +411,9 @@ impl Node {
         let r = self.store.load_all().await;
         self.redis_result(&r);
         let all = r.map_err(|_| ())?;
+        let r = self.store.load_calls().await;
+        self.redis_result(&r);
+        warm.calls = r.map_err(|_| ())?.into_iter().collect();
         let now = Instant::now();
         let now_ms = record::unix_ms_now();
         warm.sessions.clear();
@@ -433,6 +475,23 @@ impl Node {
         for id in &note.del {
             warm.sessions.remove(id);
         }
+        if !note.calls_set.is_empty() {
+            let r = self.store.get_calls(&note.calls_set).await;
+            self.redis_result(&r);
+            let Ok(calls) = r else {
+                let _ = self.reload(warm).await;
+                return;
+            };
+            for (id, c) in note.calls_set.iter().zip(calls) {
+                match c {
+                    Some(c) => warm.calls.insert(id.clone(), c),
+                    None => warm.calls.remove(id),
+                };
+            }
+        }
+        for id in &note.calls_del {
+            warm.calls.remove(id);
+        }
         self.update(|s| {
             s.bad_records += bad;
             s.warm_sessions = warm.sessions.len();
@@ -465,7 +524,14 @@ impl Node {
                 }
             }
         }
-        let report = TakeoverReport { epoch: holder.epoch, restored, failed, took: started.elapsed() };
+        let stored_calls: Vec<Vec<u8>> = warm.calls.into_values().collect();
+        let calls = stored_calls.len();
+        let calls_restored = self.calls.restore(stored_calls).await;
+        if calls_restored < calls {
+            tracing::warn!(calls, calls_restored, "some ng calls were not taken over");
+        }
+        let report =
+            TakeoverReport { epoch: holder.epoch, restored, failed, calls: calls_restored, took: started.elapsed() };
         tracing::warn!(?report, "takeover done");
         self.update(|s| {
             s.role = Role::Active;
@@ -502,7 +568,7 @@ impl Node {
     /// Active: renews the lease and replicates; returns when the lease is
     /// lost or the node is asked to stop.
     async fn active(&mut self, holder: &Holder) -> ActiveEnd {
-        let mut pending: BTreeMap<SessionId, (Option<SessionState>, Instant)> = BTreeMap::new();
+        let mut pending = Pending::default();
         let mut resync = true;
         let ttl = self.config.lease_ttl;
         let mut renew = tokio::time::interval(ttl / 3);
@@ -538,9 +604,12 @@ impl Node {
                     let mut after = None;
                     while let Ok(page) = self.relay.export(after, 10_000).await {
                         for s in page.states {
-                            pending.insert(s.id, (Some(s), now));
+                            pending.sessions.insert(s.id, (Some(s), now));
                         }
                         match page.next { Some(n) => after = Some(n), None => break }
+                    }
+                    for (id, c) in self.calls.export().await {
+                        pending.calls.insert(id, (Some(c), now));
                     }
                 }
                 _ = register.tick() => self.register(Role::Active).await,
@@ -557,26 +626,29 @@ impl Node {
         }
     }
 
-    /// Pulls the relay's changes and writes what is pending.
-    async fn flush(
-        &mut self,
-        holder: &Holder,
-        pending: &mut BTreeMap<SessionId, (Option<SessionState>, Instant)>,
-        resync: &mut bool,
-    ) -> Result<(), StoreError> {
+    /// Pulls the relay's (and the ng engine's) changes and writes what is
+    /// pending.
+    async fn flush(&mut self, holder: &Holder, pending: &mut Pending, resync: &mut bool) -> Result<(), StoreError> {
         let now = Instant::now();
         loop {
             let Ok(c) = self.relay.changes(10_000).await else { break };
             for s in c.changed {
-                pending.insert(s.id, (Some(s), now));
+                pending.sessions.insert(s.id, (Some(s), now));
             }
             for id in c.ended {
-                pending.insert(id, (None, now));
+                pending.sessions.insert(id, (None, now));
             }
             *resync |= c.overflowed;
             if !c.more {
                 break;
             }
+        }
+        let (set, ended) = self.calls.pull().await;
+        for (id, c) in set {
+            pending.calls.insert(id, (Some(c), now));
+        }
+        for id in ended {
+            pending.calls.insert(id, (None, now));
         }
         if pending.len() > self.config.max_pending {
             tracing::warn!(queued = pending.len(), "replication queue full: a full resynchronization follows");
@@ -589,8 +661,7 @@ impl Node {
             *resync = false;
             self.update(|s| s.resyncs += 1);
         }
-        let lag = pending.values().map(|(_, t)| t.elapsed()).max().unwrap_or_default();
-        let depth = pending.len();
+        let (lag, depth) = (pending.oldest(), pending.len());
         self.update(|s| {
             s.queue_depth = depth;
             s.replication_lag = lag;
@@ -598,23 +669,27 @@ impl Node {
         r
     }
 
-    /// Writes the pending changes in batches, oldest first.
-    async fn write_pending(
-        &mut self,
-        holder: &Holder,
-        pending: &mut BTreeMap<SessionId, (Option<SessionState>, Instant)>,
-    ) -> Result<(), StoreError> {
-        while !pending.is_empty() {
-            let ids: Vec<SessionId> = pending.keys().take(MAX_BATCH).copied().collect();
+    /// Writes the pending changes in batches, oldest ids first.
+    async fn write_pending(&mut self, holder: &Holder, pending: &mut Pending) -> Result<(), StoreError> {
+        while pending.len() > 0 {
+            let ids: Vec<SessionId> = pending.sessions.keys().take(MAX_BATCH).copied().collect();
+            let call_ids: Vec<String> =
+                pending.calls.keys().take(MAX_BATCH.saturating_sub(ids.len())).cloned().collect();
             let mut batch = Batch::default();
             self.seq += 1;
             let version = Version { epoch: holder.epoch, seq: self.seq };
             for id in &ids {
-                match &pending[id].0 {
+                match &pending.sessions[id].0 {
                     Some(s) => batch
                         .set
                         .push((id.to_string(), record::encode(s, version, &self.config.sealer, &self.config.group))),
                     None => batch.del.push(id.to_string()),
+                }
+            }
+            for id in &call_ids {
+                match &pending.calls[id].0 {
+                    Some(c) => batch.calls_set.push((id.clone(), c.clone())),
+                    None => batch.calls_del.push(id.clone()),
                 }
             }
             if let Err(e) = self.write(holder, &batch, version).await {
@@ -622,30 +697,33 @@ impl Node {
                 return Err(e);
             }
             for id in ids {
-                pending.remove(&id);
+                pending.sessions.remove(&id);
+            }
+            for id in call_ids {
+                pending.calls.remove(&id);
             }
         }
         Ok(())
     }
 
     async fn write(&mut self, holder: &Holder, batch: &Batch, v: Version) -> Result<(), StoreError> {
+        let ids = |pairs: &[(String, String)]| pairs.iter().map(|(id, _)| id.clone()).collect();
         let note = ChangeNote {
             epoch: v.epoch,
             seq: v.seq,
-            set: batch.set.iter().map(|(id, _)| id.clone()).collect(),
+            set: ids(&batch.set),
             del: batch.del.clone(),
+            calls_set: ids(&batch.calls_set),
+            calls_del: batch.calls_del.clone(),
         };
         self.store.write(holder, batch, &note).await?;
         self.update(|s| s.last_write = Some(v));
         Ok(())
     }
 
-    /// Writes every session the relay has and deletes every other record.
-    async fn resync(
-        &mut self,
-        holder: &Holder,
-        pending: &mut BTreeMap<SessionId, (Option<SessionState>, Instant)>,
-    ) -> Result<(), StoreError> {
+    /// Writes every session and call this node has and deletes every
+    /// other record.
+    async fn resync(&mut self, holder: &Holder, pending: &mut Pending) -> Result<(), StoreError> {
         pending.clear();
         let now = Instant::now();
         let mut live = std::collections::HashSet::new();
@@ -654,21 +732,30 @@ impl Node {
             let Ok(page) = self.relay.export(after, 10_000).await else { break };
             for s in page.states {
                 live.insert(s.id.to_string());
-                pending.insert(s.id, (Some(s), now));
+                pending.sessions.insert(s.id, (Some(s), now));
             }
             match page.next {
                 Some(n) => after = Some(n),
                 None => break,
             }
         }
+        for (id, c) in self.calls.export().await {
+            live.insert(id.clone());
+            pending.calls.insert(id, (Some(c), now));
+        }
         self.write_pending(holder, pending).await?;
-        let stored = self.store.ids().await?;
-        let stale: Vec<String> = stored.into_iter().filter(|id| !live.contains(id)).collect();
+        let stale: Vec<String> = self.store.ids().await?.into_iter().filter(|id| !live.contains(id)).collect();
+        let stale_calls: Vec<String> =
+            self.store.call_ids().await?.into_iter().filter(|id| !live.contains(id)).collect();
         for chunk in stale.chunks(MAX_BATCH) {
             self.seq += 1;
             let v = Version { epoch: holder.epoch, seq: self.seq };
-            let batch = Batch { set: Vec::new(), del: chunk.to_vec() };
-            self.write(holder, &batch, v).await?;
+            self.write(holder, &Batch { del: chunk.to_vec(), ..Batch::default() }, v).await?;
+        }
+        for chunk in stale_calls.chunks(MAX_BATCH) {
+            self.seq += 1;
+            let v = Version { epoch: holder.epoch, seq: self.seq };
+            self.write(holder, &Batch { calls_del: chunk.to_vec(), ..Batch::default() }, v).await?;
         }
         Ok(())
     }
@@ -690,6 +777,7 @@ impl Node {
         }
         // Their ends are not ours to write.
         let _ = self.relay.changes(usize::MAX).await;
+        self.calls.forget();
         self.watch.reset();
         self.update(|s| {
             s.role = Role::Standby;

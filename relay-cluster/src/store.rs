@@ -7,6 +7,7 @@
 //!   active node;
 //! - `p:{g}:epoch` — the last epoch handed out (only ever incremented);
 //! - `p:{g}:sessions` — hash: session id → record ([`crate::record`]);
+//! - `p:{g}:calls` — hash: ng call-id (base64) → call state (JSON);
 //! - `p:{g}:changes` — pub/sub channel: one [`ChangeNote`] per write;
 //! - `p:nodes:<node>` — each node's registration (load, capacity, role),
 //!   expiring unless refreshed.
@@ -87,15 +88,37 @@ pub struct ChangeNote {
     pub set: Vec<String>,
     /// Session ids deleted.
     pub del: Vec<String>,
+    /// ng call-ids written.
+    #[serde(default)]
+    pub calls_set: Vec<String>,
+    /// ng call-ids deleted.
+    #[serde(default)]
+    pub calls_del: Vec<String>,
 }
 
 /// One fenced write: records to set and ids to delete.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
-    /// `(id, record)` pairs.
+    /// `(session id, record)` pairs.
     pub set: Vec<(String, String)>,
-    /// Ids to delete.
+    /// Session ids to delete.
     pub del: Vec<String>,
+    /// `(call-id, call state)` pairs.
+    pub calls_set: Vec<(String, String)>,
+    /// Call-ids to delete.
+    pub calls_del: Vec<String>,
+}
+
+impl Batch {
+    /// Whether it writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.del.is_empty() && self.calls_set.is_empty() && self.calls_del.is_empty()
+    }
+
+    /// How many entries it writes.
+    pub fn len(&self) -> usize {
+        self.set.len() + self.del.len() + self.calls_set.len() + self.calls_del.len()
+    }
 }
 
 /// A node's registration, for scale-out and `GET /v1/cluster`.
@@ -123,18 +146,25 @@ const WRITE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED lease not held by this writer')
 end
-local n = tonumber(ARGV[4])
-local i = 5
-for _ = 1, n do
+local i = 7
+for _ = 1, tonumber(ARGV[4]) do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-while i <= #ARGV do
+for _ = 1, tonumber(ARGV[5]) do
   redis.call('HDEL', KEYS[2], ARGV[i])
   i = i + 1
 end
+for _ = 1, tonumber(ARGV[6]) do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[3], ARGV[i])
+  i = i + 1
+end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
-return n
+return 1
 ";
 
 const RENEW: &str = r"
@@ -177,6 +207,8 @@ pub struct Keys {
     pub epoch: String,
     /// The sessions hash.
     pub sessions: String,
+    /// The ng calls hash.
+    pub calls: String,
     /// The change channel.
     pub changes: String,
 }
@@ -190,6 +222,7 @@ impl Keys {
             lease: format!("{g}:lease"),
             epoch: format!("{g}:epoch"),
             sessions: format!("{g}:sessions"),
+            calls: format!("{g}:calls"),
             changes: format!("{g}:changes"),
         }
     }
@@ -284,13 +317,19 @@ impl Store {
     pub async fn write(&mut self, holder: &Holder, batch: &Batch, note: &ChangeNote) -> Result<(), StoreError> {
         let script = Script::new(WRITE);
         let mut inv = script.prepare_invoke();
-        inv.key(&self.keys.lease).key(&self.keys.sessions);
+        inv.key(&self.keys.lease).key(&self.keys.sessions).key(&self.keys.calls);
         inv.arg(holder.encode()).arg(&self.keys.changes).arg(serde_json::to_string(note).unwrap_or_default());
-        inv.arg(batch.set.len());
+        inv.arg(batch.set.len()).arg(batch.del.len()).arg(batch.calls_set.len());
         for (id, record) in &batch.set {
             inv.arg(id).arg(record);
         }
         for id in &batch.del {
+            inv.arg(id);
+        }
+        for (id, call) in &batch.calls_set {
+            inv.arg(id).arg(call);
+        }
+        for id in &batch.calls_del {
             inv.arg(id);
         }
         match inv.invoke_async::<u64>(&mut self.conn).await {
@@ -300,24 +339,43 @@ impl Store {
         }
     }
 
-    /// Every stored record (`HSCAN`, page by page).
+    /// Every stored session record (`HSCAN`, page by page).
     pub async fn load_all(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let key = self.keys.sessions.clone();
+        self.scan_hash(&key).await
+    }
+
+    /// Every stored call (`HSCAN`, page by page).
+    pub async fn load_calls(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let key = self.keys.calls.clone();
+        self.scan_hash(&key).await
+    }
+
+    async fn scan_hash(&mut self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, page): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
-                .arg(&self.keys.sessions)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut self.conn)
-                .await?;
+            let (next, page): (u64, Vec<(String, Vec<u8>)>) =
+                redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(1000).query_async(&mut self.conn).await?;
             out.extend(page);
             if next == 0 {
                 return Ok(out);
             }
             cursor = next;
         }
+    }
+
+    /// Every stored call-id.
+    pub async fn call_ids(&mut self) -> Result<Vec<String>, StoreError> {
+        Ok(self.conn.hkeys(&self.keys.calls).await?)
+    }
+
+    /// The stored calls of `ids` (`None` where deleted since).
+    pub async fn get_calls(&mut self, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(redis::cmd("HMGET").arg(&self.keys.calls).arg(ids).query_async(&mut self.conn).await?)
     }
 
     /// Every stored session id.

@@ -304,7 +304,7 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
     // Fencing: a write with the old active's lease is refused by Redis.
     let mut old = Store::connect(&redis.url(), Keys::new("ucmrc", "svc"), Duration::from_secs(1)).await.expect("store");
     let stale = Holder { node: "a".into(), epoch: 1 };
-    let batch = Batch { set: Vec::new(), del: vec![after[0].id.to_string()] };
+    let batch = Batch { del: vec![after[0].id.to_string()], ..Batch::default() };
     assert!(matches!(old.write(&stale, &batch, &ChangeNote::default()).await, Err(StoreError::Fenced)));
     assert_eq!(raw_records(&redis).len(), 3, "the fenced delete changed nothing");
     // The old active comes back (eager, as configured): it finds the lease
@@ -318,4 +318,229 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
     assert_eq!(b.status().role, Role::Active);
     a2.stop(false).await;
     b.stop(false).await;
+}
+
+/// Redis frozen for 10 s under load: forwarding never notices, changes made
+/// meanwhile queue and reach Redis when it returns; then Redis restarts
+/// with nothing: the active re-takes its lease and writes everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_never_stops_forwarding_and_the_state_resyncs_when_it_returns() {
+    let mut redis = RedisServer::start("outage");
+    let relay = relay(33800);
+    let mut node = Cluster::start(node_config(&redis, "a", true), relay.handle()).await.expect("cluster");
+    wait(&mut node, |s| s.role == Role::Active && s.resyncs >= 1).await;
+    let h = relay.handle();
+    let (pbx, phone) = (socket("127.0.0.1"), socket("127.0.0.1"));
+    let first = srtp_session(&h, &pbx, &phone, 1).await;
+    let call = Call::start(&first, pbx, phone, 1);
+    let ids = |recs: Vec<(String, String)>| {
+        let mut v: Vec<String> = recs.into_iter().map(|(id, _)| id).collect();
+        v.sort();
+        v
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while raw_records(&redis).is_empty() {
+        assert!(Instant::now() < deadline, "never replicated");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    redis.freeze(true);
+    let frozen = Instant::now();
+    // Changes while Redis is away: two sessions come, one of them goes.
+    let (p2, e2) = (socket("127.0.0.1"), socket("127.0.0.1"));
+    let second = srtp_session(&h, &p2, &e2, 2).await;
+    let third = srtp_session(&h, &p2, &e2, 3).await;
+    h.release(second.id).await.expect("release");
+    let st = wait(&mut node, |s| !s.redis_up && s.queue_depth > 0).await;
+    assert_eq!(st.role, Role::Active, "still serving");
+    let remaining = Duration::from_secs(10).saturating_sub(frozen.elapsed());
+    tokio::time::sleep(remaining).await; // the outage itself
+    let during = h.counters().await.expect("counters").total.packets_forwarded;
+    redis.freeze(false);
+    wait(&mut node, |s| s.redis_up && s.queue_depth == 0).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = {
+        let mut v = vec![first.id.to_string(), third.id.to_string()];
+        v.sort();
+        v
+    };
+    while ids(raw_records(&redis)) != want {
+        assert!(Instant::now() < deadline, "redis never caught up: {:?}", ids(raw_records(&redis)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = node.status();
+    assert!(st.redis_errors > 0 && st.role == Role::Active, "{st:?}");
+
+    // Redis loses everything (a restart without persistence).
+    let resyncs = st.resyncs;
+    redis.kill();
+    redis.restart();
+    wait(&mut node, |s| s.redis_up && s.resyncs > resyncs).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ids(raw_records(&redis)) != want {
+        assert!(Instant::now() < deadline, "not rewritten after the restart: {:?}", ids(raw_records(&redis)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = redis.client();
+    let lease: String = redis::cmd("GET").arg("ucmrc:{svc}:lease").query(&mut c).expect("lease");
+    assert!(lease.starts_with("a "), "the active holds its lease again: {lease}");
+
+    let flows = call.finish();
+    for f in &flows {
+        assert_eq!(f.auth_failures, 0, "{f:?}");
+        assert!(f.max_gap < Duration::from_millis(500), "forwarding paused {:?} during the outage", f.max_gap);
+        assert!(f.received + 5 >= f.sent, "{f:?}");
+    }
+    assert!(during > 900, "media forwarded during the outage: {during}");
+    node.stop(false).await;
+}
+
+mod ng_calls {
+    use super::*;
+    use relay_core::ng::bencode::{dict, Value};
+    use relay_core::ng::{NgConfig, NgEngine};
+
+    async fn ng(engine: &NgEngine, pairs: Vec<(&str, Value)>) -> Value {
+        static COOKIE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let cookie = COOKIE.fetch_add(1, Ordering::Relaxed);
+        let msg = [format!("c{cookie} ").into_bytes(), dict(pairs).encode()].concat();
+        let reply = engine.handle_message(&msg).await;
+        let space = reply.iter().position(|b| *b == b' ').expect("cookie");
+        relay_core::ng::bencode::decode(&reply[space + 1..]).expect("bencode reply")
+    }
+
+    fn sdes_sdp(at: SocketAddr, key: &[u8]) -> String {
+        use base64::Engine as _;
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/SAVP 0\r\na=rtcp-mux\r\n\
+             a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64}\r\n",
+            ip = at.ip(),
+            port = at.port(),
+            b64 = base64::engine::general_purpose::STANDARD.encode(key)
+        )
+    }
+
+    /// The relay address an SDP sends media to.
+    fn media_addr(sdp: &str) -> SocketAddr {
+        let ip = sdp.lines().find_map(|l| l.strip_prefix("c=IN IP4 ")).expect("c=").trim();
+        let port = sdp.lines().find_map(|l| l.strip_prefix("m=audio ")).expect("m=").split(' ').next().expect("port");
+        format!("{ip}:{port}").parse().expect("address")
+    }
+
+    fn engine(relay: &Relay) -> Arc<NgEngine> {
+        NgEngine::new(relay.handle(), NgConfig { journal: true, ..NgConfig::default() })
+    }
+
+    fn pass(from: &UdpSocket, to_relay: SocketAddr, at: &UdpSocket, tx: &mut SrtpTx, rx: &mut SrtpRx) {
+        let p = tx.next_rtp();
+        from.send_to(&p, to_relay).expect("send");
+        let mut buf = [0u8; 2048];
+        let (n, _) = at.recv_from(&mut buf).expect("forwarded");
+        assert_eq!(&buf[..n], p.as_slice(), "every byte");
+        assert!(rx.accept(&buf[..n]).is_some(), "authentic");
+    }
+
+    /// Kamailio keeps sending ng to the service address: after a takeover
+    /// the standby knows every call — `query` answers, media flows on the
+    /// same addresses, `delete` ends it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_standby_knows_every_ng_call_after_a_takeover() {
+        let redis = RedisServer::start("ng");
+        let relay_a = relay(34200);
+        let ng_a = engine(&relay_a);
+        let mut a = Cluster::start_with(node_config(&redis, "a", true), relay_a.handle(), Some(ng_a.clone()))
+            .await
+            .expect("cluster a");
+        wait(&mut a, |s| s.role == Role::Active).await;
+        let relay_b = relay(34200);
+        let ng_b = engine(&relay_b);
+        let mut b = Cluster::start_with(node_config(&redis, "b", false), relay_b.handle(), Some(ng_b.clone()))
+            .await
+            .expect("cluster b");
+        wait(&mut b, |s| s.role == Role::Standby).await;
+
+        let (caller, callee) = (socket("127.0.0.1"), socket("127.0.0.1"));
+        let (kc, ke) = (master(11), master(12));
+        let sdp = |v: &Value| v.get("sdp").and_then(Value::as_str).expect("sdp").to_string();
+        let offer = ng(
+            &ng_a,
+            vec![
+                ("command", Value::str("offer")),
+                ("call-id", Value::str("ha-call-1")),
+                ("from-tag", Value::str("caller")),
+                ("sdp", Value::str(&sdes_sdp(caller.local_addr().expect("addr"), &kc))),
+            ],
+        )
+        .await;
+        let to_callee_leg = media_addr(&sdp(&offer));
+        let answer = ng(
+            &ng_a,
+            vec![
+                ("command", Value::str("answer")),
+                ("call-id", Value::str("ha-call-1")),
+                ("from-tag", Value::str("caller")),
+                ("to-tag", Value::str("callee")),
+                ("sdp", Value::str(&sdes_sdp(callee.local_addr().expect("addr"), &ke))),
+            ],
+        )
+        .await;
+        let to_caller_leg = media_addr(&sdp(&answer));
+        let (mut from_caller, mut from_callee) = (SrtpTx::new(&kc, 1, 1), SrtpTx::new(&ke, 2, 1));
+        let (mut at_callee, mut at_caller) = (SrtpRx::new(&kc), SrtpRx::new(&ke));
+        for _ in 0..5 {
+            pass(&caller, to_caller_leg, &callee, &mut from_caller, &mut at_callee);
+            pass(&callee, to_callee_leg, &caller, &mut from_callee, &mut at_caller);
+        }
+        // Replicated, latches included (the journal's next pulls).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let latched = raw_records(&redis)
+                .iter()
+                .filter_map(|(_, r)| record::decode(r.as_bytes(), &sealer(), "svc", record::unix_ms_now()).ok())
+                .any(|d| d.state.pbx.remote_rtp.is_some() && d.state.endpoint.remote_rtp.is_some());
+            if latched {
+                break;
+            }
+            assert!(Instant::now() < deadline, "latches never replicated");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let written = a.status().last_write;
+        caught_up(&mut b, written).await;
+
+        drop(a);
+        drop(ng_a);
+        drop(relay_a);
+        let st = wait(&mut b, |s| s.role == Role::Active).await;
+        let report = st.last_takeover.expect("report");
+        assert_eq!((report.restored, report.failed, report.calls), (1, 0, 1), "{report:?}");
+        let q = ng(&ng_b, vec![("command", Value::str("query")), ("call-id", Value::str("ha-call-1"))]).await;
+        assert_eq!(q.get("result").and_then(Value::as_str), Some("ok"), "{q:?}");
+        for _ in 0..5 {
+            pass(&caller, to_caller_leg, &callee, &mut from_caller, &mut at_callee);
+            pass(&callee, to_callee_leg, &caller, &mut from_callee, &mut at_caller);
+        }
+        let d = ng(
+            &ng_b,
+            vec![
+                ("command", Value::str("delete")),
+                ("call-id", Value::str("ha-call-1")),
+                ("from-tag", Value::str("caller")),
+            ],
+        )
+        .await;
+        assert_eq!(d.get("result").and_then(Value::as_str), Some("ok"), "{d:?}");
+        assert_eq!(relay_b.handle().counters().await.expect("counters").total.sessions_active, 0);
+        // Its end reaches Redis: nothing left to take over.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut c = redis.client();
+            let calls: usize = redis::cmd("HLEN").arg("ucmrc:{svc}:calls").query(&mut c).expect("hlen");
+            if calls == 0 && raw_records(&redis).is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the deleted call stayed in redis");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        b.stop(false).await;
+    }
 }

@@ -141,6 +141,7 @@ pub(super) fn ng_settings(n: &NgSection, redact: bool) -> Result<NgSettings, (&'
             authenticated_latching: n.authenticated_latching,
             delete_delay: Duration::from_secs(n.delete_delay_secs),
             redact_call_ids: redact,
+            journal: false,
         },
     })
 }

@@ -25,6 +25,7 @@ pub mod bencode;
 pub mod options;
 #[doc(hidden)] // SDP rewriting internals, for the fuzz targets
 pub mod sdp;
+pub mod state;
 pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
@@ -104,6 +105,9 @@ pub struct NgConfig {
     pub delete_delay: Duration,
     /// Log call-ids hashed (they often carry a host address).
     pub redact_call_ids: bool,
+    /// Remember which calls commands touched, for replication
+    /// ([`NgEngine::call_changes`]); off: nothing is recorded.
+    pub journal: bool,
 }
 
 /// Longest `delete-delay` honoured.
@@ -117,6 +121,7 @@ impl Default for NgConfig {
             authenticated_latching: true,
             delete_delay: Duration::ZERO,
             redact_call_ids: false,
+            journal: false,
         }
     }
 }
@@ -242,6 +247,10 @@ pub struct NgEngine {
     cache: std::sync::Mutex<ReplyCache>,
     stats: NgStats,
     started: Instant,
+    /// Call-ids touched since the last [`NgEngine::call_changes`] (with
+    /// [`NgConfig::journal`]); bounded by the call table's size plus
+    /// `max_calls` ended ones.
+    journal: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for NgEngine {
@@ -292,6 +301,7 @@ impl NgEngine {
             cache: std::sync::Mutex::new(ReplyCache::default()),
             stats: NgStats::default(),
             started: Instant::now(),
+            journal: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -354,6 +364,7 @@ impl NgEngine {
             } else if now.saturating_duration_since(call.seen_alive) >= ttl {
                 *guard = None;
                 self.lock_table().remove_if(&call_id, &slot);
+                self.touch(&call_id);
             }
         }
     }
@@ -366,6 +377,82 @@ impl NgEngine {
     /// Calls known now.
     pub async fn calls(&self) -> usize {
         self.lock_table().calls.len()
+    }
+
+    /// Records that a command touched `call_id` (with the journal on).
+    fn touch(&self, call_id: &[u8]) {
+        if !self.config.journal {
+            return;
+        }
+        let mut j = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: past twice the call limit the puller gets everything
+        // through its periodic full export anyway; keep the newest.
+        if j.len() < self.config.limits.max_calls.saturating_mul(2) {
+            j.insert(call_id.to_vec());
+        }
+    }
+
+    /// The calls commands touched since the last call, as they are now
+    /// (ended ones by call-id). Needs [`NgConfig::journal`].
+    pub async fn call_changes(&self) -> state::CallChanges {
+        let touched: Vec<Vec<u8>> =
+            std::mem::take(&mut *self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+                .into_iter()
+                .collect();
+        let mut out = state::CallChanges::default();
+        for call_id in touched {
+            let slot = self.lock_table().calls.get(&call_id).cloned();
+            let current = match slot {
+                Some(slot) => slot.lock().await.as_ref().map(|c| c.export(&call_id)),
+                None => None,
+            };
+            match current {
+                Some(c) => out.changed.push(c),
+                None => out.ended.push(state::encode_call_id(&call_id)),
+            }
+        }
+        out
+    }
+
+    /// Every call's state.
+    pub async fn export_calls(&self) -> Vec<state::CallState> {
+        let slots: Vec<(Vec<u8>, CallSlot)> =
+            self.lock_table().calls.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for (call_id, slot) in slots {
+            if let Some(c) = slot.lock().await.as_ref() {
+                out.push(c.export(&call_id));
+            }
+        }
+        out
+    }
+
+    /// Takes calls over from their states (a standby becoming active after
+    /// their sessions were restored). Calls already known are replaced;
+    /// returns how many were taken (a state whose call-id or session ids
+    /// do not parse is skipped; the table's limit holds).
+    pub async fn restore_calls(&self, calls: Vec<state::CallState>) -> usize {
+        let now = Instant::now();
+        let mut n = 0;
+        for s in calls {
+            let (Some(call_id), Some(call)) = (state::decode_call_id(&s.call_id), Call::restore(&s, now)) else {
+                continue;
+            };
+            let mut table = self.lock_table();
+            if !table.calls.contains_key(&call_id) && table.calls.len() >= self.config.limits.max_calls {
+                continue;
+            }
+            table.calls.insert(call_id, Arc::new(Mutex::new(Some(call))));
+            n += 1;
+        }
+        n
+    }
+
+    /// Forgets every call without touching their sessions (a node that lost
+    /// the lease: the new active serves them).
+    pub fn forget_calls(&self) {
+        self.lock_table().calls.clear();
+        self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
     fn lock_table(&self) -> std::sync::MutexGuard<'_, CallTable> {
@@ -405,6 +492,11 @@ impl NgEngine {
             "unblock media" => self.block(msg, false).await,
             other => refused_command(other),
         };
+        if matches!(cmd, "offer" | "answer" | "delete" | "block media" | "unblock media") {
+            if let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) {
+                self.touch(call_id);
+            }
+        }
         let ok = reply.get("result").and_then(Value::as_str) != Some("error");
         let counted = if REFUSED_COMMANDS.contains(&cmd) { "refused" } else { cmd };
         self.stats.record(command_index(counted), ok, started.elapsed());
