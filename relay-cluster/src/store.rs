@@ -28,9 +28,14 @@ pub enum StoreError {
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// The write was refused: the lease no longer names this writer.
+    /// The write was refused: the lease names another node or epoch.
     #[error("fenced: the lease is held by another node or epoch")]
     Fenced,
+    /// The write was refused: nobody holds the lease (it expired while
+    /// Redis was unreachable, or Redis lost it). Not final: renewing may
+    /// re-acquire it.
+    #[error("no lease: it expired or redis lost it")]
+    NoLease,
     /// The configured URL is not a Redis URL.
     #[error("invalid redis url: {0}")]
     Url(String),
@@ -143,8 +148,12 @@ pub struct NodeInfo {
 }
 
 const WRITE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED lease not held by this writer')
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  return redis.error_reply('NOLEASE the lease expired or was lost')
+end
+if holder ~= ARGV[1] then
+  return redis.error_reply('FENCED lease held by another node or epoch')
 end
 local i = 7
 for _ = 1, tonumber(ARGV[4]) do
@@ -313,7 +322,8 @@ impl Store {
     }
 
     /// Writes a batch as `holder`, and publishes `note`, atomically; refused
-    /// with [`StoreError::Fenced`] when the lease is not `holder`'s.
+    /// with [`StoreError::Fenced`] when another holds the lease and
+    /// [`StoreError::NoLease`] when nobody does.
     pub async fn write(&mut self, holder: &Holder, batch: &Batch, note: &ChangeNote) -> Result<(), StoreError> {
         let script = Script::new(WRITE);
         let mut inv = script.prepare_invoke();
@@ -335,6 +345,7 @@ impl Store {
         match inv.invoke_async::<u64>(&mut self.conn).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("FENCED") => Err(StoreError::Fenced),
+            Err(e) if e.code() == Some("NOLEASE") => Err(StoreError::NoLease),
             Err(e) => Err(e.into()),
         }
     }

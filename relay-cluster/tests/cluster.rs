@@ -384,6 +384,8 @@ async fn a_redis_outage_never_stops_forwarding_and_the_state_resyncs_when_it_ret
     let mut c = redis.client();
     let lease: String = redis::cmd("GET").arg("ucmrc:{svc}:lease").query(&mut c).expect("lease");
     assert!(lease.starts_with("a "), "the active holds its lease again: {lease}");
+    assert_eq!(node.status().demotions, 0, "never stepped down");
+    assert_eq!(h.counters().await.expect("counters").total.sessions_active, 2);
 
     let flows = call.finish();
     for f in &flows {
