@@ -232,8 +232,9 @@ pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
                 max_cookie_bytes: 128,
             };
             let stats = Arc::new(ucmrc::ng::NgTransportStats::default());
-            let (ng, _) =
-                runtime.block_on(ucmrc::ng::start(transport, engine, stats)).map_err(|e| format!("ng listen: {e}"))?;
+            let (ng, _) = runtime
+                .block_on(ucmrc::ng::start(transport, engine, stats, std::sync::Arc::new(|| true)))
+                .map_err(|e| format!("ng listen: {e}"))?;
             let results = ng_setup(ng, o, &hint_of)?;
             for (k, t) in results {
                 if let Ok(i) = sampled.binary_search(&k) {

@@ -254,6 +254,8 @@ fn media_through_an_external_relay_driven_by_its_admin_api() {
         tunnels: None,
         ng: None,
         ng_transport: Default::default(),
+        clustered: false,
+        cluster: Default::default(),
     });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let addr = rt.block_on(async {

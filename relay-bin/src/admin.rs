@@ -54,6 +54,21 @@ pub struct AdminState {
     pub ng: Option<Arc<relay_core::ng::NgEngine>>,
     /// The ng transports' counters.
     pub ng_transport: Arc<crate::ng::NgTransportStats>,
+    /// Whether `[cluster]` is configured.
+    pub clustered: bool,
+    /// The cluster node, once started.
+    pub cluster: std::sync::OnceLock<relay_cluster::ClusterView>,
+}
+
+impl AdminState {
+    /// Whether this relay serves requests: always without a cluster; with
+    /// one, only while it holds the lease (a standby serves nothing).
+    pub fn serving(&self) -> bool {
+        match self.cluster.get() {
+            Some(c) => c.is_active(),
+            None => !self.clustered,
+        }
+    }
 }
 
 /// A JSON error response.
@@ -130,6 +145,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/sessions", get(list_sessions).post(create_session))
         .route("/v1/sessions/{id}", get(get_session).patch(update_session).delete(delete_session))
         .route("/v1/connectors", get(list_connectors))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -238,6 +254,9 @@ async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
             "a shard thread failed; sessions were lost",
         )
         .into_response()
+    } else if st.ready.load(Ordering::SeqCst) && !st.handle.is_draining() && !st.serving() {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, "cluster standby: another node serves")
+            .into_response()
     } else if st.ready.load(Ordering::SeqCst) && !st.handle.is_draining() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -261,8 +280,54 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
         draining: st.handle.is_draining(),
         uptime: st.started.elapsed(),
         shard_failures: st.handle.shard_failures().len(),
+        cluster: st.cluster.get().map(relay_cluster::ClusterView::status).as_ref(),
     });
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
+}
+
+/// `GET /v1/cluster`: this node's role, lease and replication figures, and
+/// every node registered in the cluster with its load.
+async fn cluster(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    let Some(view) = st.cluster.get() else {
+        return Ok(Json(json!({ "enabled": false })).into_response());
+    };
+    let s = view.status();
+    let nodes = match view.nodes().await {
+        Ok(n) => n
+            .iter()
+            .map(|n| {
+                json!({
+                    "node": n.node, "group": n.group, "role": n.role, "address": n.address,
+                    "sessions": n.sessions, "ports_in_use": n.ports_in_use, "ports_total": n.ports_total,
+                    "updated_unix_ms": n.updated_unix_ms,
+                })
+            })
+            .collect::<Vec<_>>(),
+        Err(_) => Vec::new(),
+    };
+    Ok(Json(json!({
+        "enabled": true,
+        "node": view.node_id(),
+        "group": view.group(),
+        "role": s.role.as_str(),
+        "epoch": s.epoch,
+        "holder": s.holder.as_ref().map(|h| json!({ "node": h.node, "epoch": h.epoch })),
+        "redis_up": s.redis_up,
+        "redis_errors": s.redis_errors,
+        "queue_depth": s.queue_depth,
+        "replication_lag_ms": s.replication_lag.as_millis() as u64,
+        "warm_sessions": s.warm_sessions,
+        "takeovers": s.takeovers,
+        "demotions": s.demotions,
+        "resyncs": s.resyncs,
+        "last_write": s.last_write.map(|v| json!({ "epoch": v.epoch, "seq": v.seq })),
+        "last_takeover": s.last_takeover.as_ref().map(|t| json!({
+            "epoch": t.epoch, "restored": t.restored, "failed": t.failed, "calls": t.calls,
+            "took_ms": t.took.as_secs_f64() * 1000.0,
+        })),
+        "nodes": nodes,
+    }))
+    .into_response())
 }
 
 async fn openapi(State(st): State<Arc<AdminState>>) -> Response {
@@ -344,6 +409,13 @@ async fn create_session(
     let Json(body) = body.map_err(body_error)?;
     let tenant = body.tenant.clone().ok_or_else(|| ApiError::bad(ErrorCode::InvalidField, "tenant: required"))?;
     let spec = body.to_spec(&tenant)?;
+    if !st.serving() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotReady,
+            "cluster standby: another node serves",
+        ));
+    }
     let a = st.handle.allocate(spec).await?;
     let body = serde_json::to_value(AllocationReply::of(&a)).unwrap_or_default();
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/sessions/{}", a.id))], Json(body)).into_response())

@@ -76,6 +76,8 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let state = Arc::new(AdminState {
         ng,
         ng_transport: Arc::new(crate::ng::NgTransportStats::default()),
+        clustered: cfg.cluster.is_some(),
+        cluster: std::sync::OnceLock::new(),
         tunnels,
         control: control_listener,
         handle: handle.clone(),
@@ -107,9 +109,12 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     let ng_line = match (&cfg.ng, &state.ng) {
         (Some(ng), Some(engine)) => {
             let listen = ng.transport.listen;
-            let (udp, tcp) = crate::ng::start(ng.transport.clone(), engine.clone(), state.ng_transport.clone())
-                .await
-                .map_err(|e| format!("cannot listen on ng.listen {listen}: {e}"))?;
+            let gate = state.clone();
+            let serving: crate::ng::Serving = Arc::new(move || gate.serving());
+            let (udp, tcp) =
+                crate::ng::start(ng.transport.clone(), engine.clone(), state.ng_transport.clone(), serving)
+                    .await
+                    .map_err(|e| format!("cannot listen on ng.listen {listen}: {e}"))?;
             bound.extend([udp, tcp]);
             format!("ng protocol on udp:{udp} tcp:{tcp}")
         }
@@ -166,6 +171,26 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         .reconfigure(cfg.relay.defaults.clone(), peer_policy(&cfg, &listeners))
         .await
         .map_err(|e| e.to_string())?;
+    let mut cluster = match &cfg.cluster {
+        None => None,
+        Some(c) => {
+            let node = relay_cluster::Cluster::start_with(c.config.clone(), state.handle.clone(), state.ng.clone())
+                .await
+                .map_err(|e| format!("cluster: {e}"))?;
+            let _ = state.cluster.set(node.view());
+            Some(node)
+        }
+    };
+    let cluster_line = match &cfg.cluster {
+        Some(c) => format!(
+            "cluster: node {} of group {} ({}), redis {}",
+            c.config.node_id,
+            c.config.group,
+            if c.config.eager { "takes a free lease at start" } else { "standby until the lease expires" },
+            redact_url(&c.config.redis_url)
+        ),
+        None => "cluster disabled (no [cluster] section)".to_string(),
+    };
     state.ready.store(true, Ordering::SeqCst);
     let r = &cfg.relay;
     println!(
@@ -183,6 +208,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     println!("{ng_line}");
     println!("{control_line}");
     println!("{tunnels_line}");
+    println!("{cluster_line}");
     tracing::info!(%admin_addr, datapath = %state.backend, "relay running");
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -203,7 +229,16 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
                 },
             },
             _ = term.recv() => {
-                drain(&cfg, &state, &mut term, &mut int).await;
+                if state.cluster.get().is_some_and(relay_cluster::ClusterView::is_active) {
+                    // A standby takes every session over at once: no drain.
+                    tracing::info!("SIGTERM: handing the cluster lease over to a standby");
+                    state.ready.store(false, Ordering::SeqCst);
+                    if let Some(node) = cluster.take() {
+                        node.stop(true).await;
+                    }
+                } else {
+                    drain(&cfg, &state, &mut term, &mut int).await;
+                }
                 break;
             }
             _ = int.recv() => {
@@ -227,6 +262,10 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         }
     }
     state.ready.store(false, Ordering::SeqCst);
+    // Before the relay stops: its sessions ending is not news for Redis.
+    if let Some(node) = cluster.take() {
+        node.stop(false).await;
+    }
     if let Some(c) = &state.control {
         c.shutdown();
     }
@@ -236,6 +275,14 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     outcome
+}
+
+/// A Redis URL without its password.
+fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+        _ => url.to_string(),
+    }
 }
 
 /// The configured peer policy with every bound listener among the relay's

@@ -81,11 +81,25 @@ pub struct Figures<'a> {
     pub ng: Option<(&'a NgStatsSnapshot, &'a crate::ng::NgTransportStats)>,
     /// The kernel fast path's outcomes, when it runs (`datapath = "ebpf"`).
     pub fast_path: Option<relay_core::io::ebpf::Outcomes>,
+    /// The cluster node, when `[cluster]` is configured.
+    pub cluster: Option<&'a relay_cluster::ClusterStatus>,
 }
 
 /// Renders every metric in the Prometheus text format (version 0.0.4).
 pub fn render(f: &Figures<'_>) -> String {
-    let Figures { counters, admin, connectors, tunnels, backend, draining, uptime, shard_failures, ng, fast_path } = *f;
+    let Figures {
+        counters,
+        admin,
+        connectors,
+        tunnels,
+        backend,
+        draining,
+        uptime,
+        shard_failures,
+        ng,
+        fast_path,
+        cluster,
+    } = *f;
     let mut o = String::with_capacity(16 * 1024);
     let t = &counters.total;
     let simple: [(&str, &str, &str, Field); 16] = [
@@ -217,6 +231,9 @@ pub fn render(f: &Figures<'_>) -> String {
             let _ = writeln!(o, "ucmrc_fast_path_packets_total{{outcome=\"{outcome}\"}} {n}");
         }
     }
+    if let Some(c) = cluster {
+        cluster_metrics(&mut o, c);
+    }
     family(&mut o, "ucmrc_shard_failures_total", "counter", "Shard threads that failed (their sessions are lost).");
     let _ = writeln!(o, "ucmrc_shard_failures_total {shard_failures}");
     family(&mut o, "ucmrc_draining", "gauge", "1 while the relay drains (SIGTERM).");
@@ -227,6 +244,45 @@ pub fn render(f: &Figures<'_>) -> String {
     family(&mut o, "ucmrc_build_info", "gauge", "Build information.");
     let _ = writeln!(o, "ucmrc_build_info{{version=\"{}\",datapath=\"{backend}\"}} 1", env!("CARGO_PKG_VERSION"));
     o
+}
+
+/// `ucmrc_cluster_*`: role, lease, replication and Redis health.
+fn cluster_metrics(o: &mut String, c: &relay_cluster::ClusterStatus) {
+    family(o, "ucmrc_cluster_role", "gauge", "1 for this node's role (active serves; standby keeps a warm copy).");
+    for role in ["starting", "standby", "active", "stopped"] {
+        let _ = writeln!(o, "ucmrc_cluster_role{{role=\"{role}\"}} {}", u8::from(c.role.as_str() == role));
+    }
+    let gauges: [(&str, &str, f64); 6] = [
+        ("ucmrc_cluster_epoch", "The lease epoch this node holds (0 when not active).", c.epoch.unwrap_or(0) as f64),
+        ("ucmrc_cluster_redis_up", "1 when the last Redis command succeeded.", f64::from(u8::from(c.redis_up))),
+        ("ucmrc_cluster_queue_depth", "Changes waiting to be written to Redis.", c.queue_depth as f64),
+        (
+            "ucmrc_cluster_replication_lag_seconds",
+            "Age of the oldest change not yet in Redis.",
+            c.replication_lag.as_secs_f64(),
+        ),
+        ("ucmrc_cluster_warm_sessions", "Sessions in the standby's warm copy.", c.warm_sessions as f64),
+        (
+            "ucmrc_cluster_lease_holder_epoch",
+            "The epoch of the lease holder as last seen (0: none).",
+            c.holder.as_ref().map_or(0.0, |h| h.epoch as f64),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        family(o, name, "gauge", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    let counters: [(&str, &str, u64); 5] = [
+        ("ucmrc_cluster_takeovers_total", "Times this node took the lease.", c.takeovers),
+        ("ucmrc_cluster_demotions_total", "Times this node lost the lease while active.", c.demotions),
+        ("ucmrc_cluster_redis_errors_total", "Redis commands that failed.", c.redis_errors),
+        ("ucmrc_cluster_resyncs_total", "Full resynchronizations written to Redis.", c.resyncs),
+        ("ucmrc_cluster_bad_records_total", "Records in Redis that could not be read.", c.bad_records),
+    ];
+    for (name, help, v) in counters {
+        family(o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
 }
 
 /// `ucmrc_ng_*`: commands by type and result, their latency, and what the

@@ -66,12 +66,44 @@ impl NgTransport {
     }
 }
 
+/// Whether this relay serves ng commands now (a cluster standby does not).
+pub type Serving = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The reply to a command a standby does not serve: rtpengine's error
+/// shape, with the request's cookie.
+fn standby_reply(msg: &[u8]) -> Vec<u8> {
+    const REASON: &str = "cluster standby: another relay serves this address";
+    let split = msg.iter().position(|b| *b == b' ');
+    let cookie = split.map_or(&msg[..0], |i| &msg[..i]);
+    let json = split.is_some_and(|i| msg[i + 1..].first() == Some(&b'{'));
+    let body = if json {
+        serde_json::json!({ "result": "error", "error-reason": REASON }).to_string().into_bytes()
+    } else {
+        relay_core::ng::bencode::dict([
+            ("result", relay_core::ng::bencode::Value::str("error")),
+            ("error-reason", relay_core::ng::bencode::Value::str(REASON)),
+        ])
+        .encode()
+    };
+    [cookie, b" ", &body].concat()
+}
+
+/// Handles one message, unless this relay is a standby.
+async fn handle(engine: &NgEngine, serving: &Serving, msg: &[u8]) -> Vec<u8> {
+    if serving() {
+        engine.handle_message(msg).await
+    } else {
+        standby_reply(msg)
+    }
+}
+
 /// Binds UDP and TCP on `listen` (same port when the port is fixed) and
 /// serves them; returns the bound addresses.
 pub async fn start(
     t: NgTransport,
     engine: Arc<NgEngine>,
     stats: Arc<NgTransportStats>,
+    serving: Serving,
 ) -> std::io::Result<(SocketAddr, SocketAddr)> {
     let udp = Arc::new(UdpSocket::bind(t.listen).await?);
     let udp_addr = udp.local_addr()?;
@@ -88,8 +120,8 @@ pub async fn start(
             sweeper.sweep().await;
         }
     });
-    let (e, tt, st) = (engine.clone(), t.clone(), stats.clone());
-    tokio::spawn(async move { serve_udp(udp, e, tt, st).await });
+    let (e, tt, st, sv) = (engine.clone(), t.clone(), stats.clone(), serving.clone());
+    tokio::spawn(async move { serve_udp(udp, e, tt, st, sv).await });
     tokio::spawn(async move {
         let connections = Arc::new(Semaphore::new(t.tcp_max_connections));
         loop {
@@ -105,9 +137,9 @@ pub async fn start(
                 stats.refused_connections.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let (engine, t, stats) = (engine.clone(), t.clone(), stats.clone());
+            let (engine, t, stats, serving) = (engine.clone(), t.clone(), stats.clone(), serving.clone());
             tokio::spawn(async move {
-                serve_tcp(stream, engine, &t, &stats).await;
+                serve_tcp(stream, engine, &t, &stats, &serving).await;
                 drop(permit);
             });
         }
@@ -115,7 +147,13 @@ pub async fn start(
     Ok((udp_addr, tcp_addr))
 }
 
-async fn serve_udp(udp: Arc<UdpSocket>, engine: Arc<NgEngine>, t: Arc<NgTransport>, stats: Arc<NgTransportStats>) {
+async fn serve_udp(
+    udp: Arc<UdpSocket>,
+    engine: Arc<NgEngine>,
+    t: Arc<NgTransport>,
+    stats: Arc<NgTransportStats>,
+    serving: Serving,
+) {
     let in_flight = Arc::new(Semaphore::new(t.udp_max_in_flight));
     let mut buf = vec![0u8; 65536];
     loop {
@@ -129,9 +167,9 @@ async fn serve_udp(udp: Arc<UdpSocket>, engine: Arc<NgEngine>, t: Arc<NgTranspor
             continue;
         };
         let msg = buf[..n].to_vec();
-        let (udp, e) = (udp.clone(), engine.clone());
+        let (udp, e, serving) = (udp.clone(), engine.clone(), serving.clone());
         tokio::spawn(async move {
-            let reply = e.handle_message(&msg).await;
+            let reply = handle(&e, &serving, &msg).await;
             let _ = udp.send_to(&reply, from).await;
             drop(permit);
         });
@@ -145,6 +183,7 @@ async fn serve_tcp(
     engine: Arc<NgEngine>,
     t: &NgTransport,
     stats: &NgTransportStats,
+    serving: &Serving,
 ) {
     let mut framer = MessageFramer::new(t.max_cookie_bytes, t.max_message_bytes);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -153,7 +192,7 @@ async fn serve_tcp(
         loop {
             match framer.next_message(&buf) {
                 Ok(Some(range)) => {
-                    let reply = engine.handle_message(&buf[range.clone()]).await;
+                    let reply = handle(&engine, serving, &buf[range.clone()]).await;
                     buf.drain(..range.end);
                     if stream.write_all(&reply).await.is_err() {
                         return;

@@ -15,5 +15,6 @@ pub mod seal;
 pub mod store;
 
 pub use calls::CallEngine;
-pub use node::{Cluster, ClusterConfig, ClusterStatus, Role, TakeoverReport};
+pub use node::{Cluster, ClusterConfig, ClusterStatus, ClusterView, Role, TakeoverReport};
 pub use seal::{ClusterKey, Sealer};
+pub use store::NodeInfo;

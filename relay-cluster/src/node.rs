@@ -160,6 +160,53 @@ pub struct ClusterStatus {
     pub last_write: Option<Version>,
 }
 
+/// A read-only view of a running node, for the admin API and metrics.
+#[derive(Clone)]
+pub struct ClusterView {
+    status: watch::Receiver<ClusterStatus>,
+    store: Store,
+    node_id: String,
+    group: String,
+}
+
+impl std::fmt::Debug for ClusterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterView").field("node_id", &self.node_id).field("group", &self.group).finish()
+    }
+}
+
+impl ClusterView {
+    /// The node's current status.
+    pub fn status(&self) -> ClusterStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Whether this node serves (holds the lease).
+    pub fn is_active(&self) -> bool {
+        self.status.borrow().role == Role::Active
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// This node's group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Every registered node of the cluster (all groups).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.store.clone().nodes().await
+    }
+
+    /// A receiver of status changes.
+    pub fn subscribe(&self) -> watch::Receiver<ClusterStatus> {
+        self.status.clone()
+    }
+}
+
 /// A running cluster node; dropping it stops the node (without handing the
 /// lease over).
 pub struct Cluster {
@@ -167,6 +214,8 @@ pub struct Cluster {
     stop: watch::Sender<Option<bool>>,
     task: Option<tokio::task::JoinHandle<()>>,
     store: Store,
+    node_id: String,
+    group: String,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -195,6 +244,7 @@ impl Cluster {
         let store = Store::connect(&config.redis_url, keys, config.redis_timeout).await?;
         let (status_tx, status) = watch::channel(ClusterStatus::default());
         let (stop, stop_rx) = watch::channel(None);
+        let (node_id, group) = (config.node_id.clone(), config.group.clone());
         let node = Node {
             watch: LeaseWatch::new(config.lease_ttl, config.eager),
             config: Arc::new(config),
@@ -206,7 +256,7 @@ impl Cluster {
             seq: 0,
         };
         let task = tokio::spawn(node.run());
-        Ok(Cluster { status, stop, task: Some(task), store })
+        Ok(Cluster { status, stop, task: Some(task), store, node_id, group })
     }
 
     /// The node's current status.
@@ -220,14 +270,14 @@ impl Cluster {
         r.unwrap_or_else(|_| self.status())
     }
 
-    /// A receiver of status changes.
-    pub fn subscribe(&self) -> watch::Receiver<ClusterStatus> {
-        self.status.clone()
-    }
-
-    /// Every registered node of the cluster (all groups).
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        self.store.clone().nodes().await
+    /// A read-only view for the admin API and metrics.
+    pub fn view(&self) -> ClusterView {
+        ClusterView {
+            status: self.status.clone(),
+            store: self.store.clone(),
+            node_id: self.node_id.clone(),
+            group: self.group.clone(),
+        }
     }
 
     /// Stops the node. An active node first writes what is queued and,

@@ -6,6 +6,7 @@
 //! the core's enums, parsed by the core's one parser.
 
 mod admin;
+mod cluster;
 mod control;
 mod errors;
 mod files;
@@ -29,6 +30,8 @@ use relay_core::{LegLimits, PeerPolicy, RelayConfig, SessionDefaults, SocketOpti
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminSection;
+use cluster::cluster_settings;
+pub use cluster::{ClusterSection, ClusterSettings};
 use control::control_settings;
 pub use control::{ControlSection, ControlSettings};
 pub use errors::ConfigError;
@@ -75,6 +78,9 @@ pub struct FileConfig {
     /// Named interfaces (absent: one, `default`, from `[relay]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceSection>,
+    /// Redundancy through Redis (absent: a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
 }
 
 impl FileConfig {
@@ -118,6 +124,8 @@ pub struct Config {
     pub tunnels: Option<TunnelSettings>,
     /// The ng protocol, when enabled.
     pub ng: Option<NgSettings>,
+    /// Redundancy, when configured.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl std::fmt::Debug for Config {
@@ -132,6 +140,7 @@ impl std::fmt::Debug for Config {
             .field("tenants_with_tokens", &self.tenant_credentials.len())
             .field("tunnels", &self.tunnels)
             .field("ng", &self.ng)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -167,6 +176,14 @@ impl Config {
     /// are resolved against `base_dir`, the configuration file's directory.
     pub fn parse_in(name: &str, text: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
         let mut file: FileConfig = toml::from_str(text).map_err(|e| toml_error(name, text, &e))?;
+        if let (Some(dir), Some(c)) = (base_dir, file.cluster.as_mut()) {
+            let files = std::iter::once(&mut c.key_file).chain(c.previous_key_files.iter_mut());
+            for p in files.chain(c.redis_password_file.as_mut()) {
+                if p.is_relative() && !p.as_os_str().is_empty() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
         if let (Some(dir), Some(c)) = (base_dir, file.control.as_mut()) {
             for p in [&mut c.cert, &mut c.key] {
                 if p.is_relative() && !p.as_os_str().is_empty() {
@@ -246,10 +263,18 @@ impl Config {
                 _ => {}
             }
         }
-        let ng = match file.ng.enabled {
+        let cluster = match &file.cluster {
+            None => None,
+            Some(c) => Some(cluster_settings(c).map_err(|(key, message)| err(key, message))?),
+        };
+        let mut ng = match file.ng.enabled {
             true => Some(ng_settings(&file.ng, file.log.redact_addresses).map_err(|(key, message)| err(key, message))?),
             false => None,
         };
+        if let Some(ng) = ng.as_mut() {
+            // A cluster replicates the ng calls.
+            ng.engine.journal = cluster.is_some();
+        }
         let mut tenant_credentials = Vec::new();
         for (tenant, t) in file.tenants.iter() {
             if tenant.is_empty() || tenant.len() > 128 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
@@ -287,7 +312,13 @@ impl Config {
             workers: r.workers,
             pin_cpus: r.pin_cpus.clone(),
             backend: r.datapath,
-            sockets: SocketOptions { recv_buffer: r.recv_buffer_bytes, ..SocketOptions::default() },
+            // A standby binds the service address's ports before the
+            // address moves to it.
+            sockets: SocketOptions {
+                recv_buffer: r.recv_buffer_bytes,
+                freebind: file.cluster.is_some(),
+                ..SocketOptions::default()
+            },
             defaults: SessionDefaults {
                 latch: s.latch,
                 verify: s.verify,
@@ -315,7 +346,7 @@ impl Config {
             tenant_port_share_percent: r.tenant_port_share_percent,
             command_queue: 1024,
             thread_name: "ucmrc-shard".into(),
-            journal: false,
+            journal: file.cluster.is_some(),
         };
         relay.validate().map_err(|e| {
             let key = match e.field {
@@ -349,6 +380,7 @@ impl Config {
             tenant_credentials,
             tunnels,
             ng,
+            cluster,
         })
     }
 

@@ -232,3 +232,46 @@ fn interfaces_and_ng_delay_are_validated_with_key_and_line() {
     assert_eq!(ok.relay.ports_total(), 20_000, "two addresses of 10 000 ports");
     assert!(!ok.relay.peer_policy.allow_loopback, "a public address: no loopback peers by default");
 }
+
+#[test]
+fn cluster_settings_are_validated_with_key_and_line_and_turn_on_replication() {
+    let dir = std::env::temp_dir().join(format!("ucmrc-cluster-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("cluster.key");
+    std::fs::write(&key, format!("{}\n", "3c".repeat(32))).expect("key");
+    let pw = dir.join("redis.pw");
+    std::fs::write(&pw, "s3cret/pw\n").expect("password");
+    let base = |extra: &str| {
+        format!(
+            "[cluster]\nredis_url = \"redis://ha@10.0.0.5:6379/0\"\nnode_id = \"relay-a\"\nkey_file = \"{}\"\n{extra}",
+            key.display()
+        )
+    };
+    let c = Config::parse("x.toml", &base(&format!("redis_password_file = \"{}\"\nrole = \"active\"\n", pw.display())))
+        .expect("valid");
+    let cl = c.cluster.as_ref().expect("cluster");
+    assert!(cl.config.eager && cl.config.group == "default");
+    assert_eq!(cl.config.redis_url, "redis://ha:s3cret%2Fpw@10.0.0.5:6379/0", "password percent-encoded into the URL");
+    assert!(c.relay.journal && c.relay.sockets.freebind, "replication and IP_FREEBIND follow [cluster]");
+    assert!(c.ng.as_ref().expect("ng").engine.journal, "ng calls are replicated");
+    assert!(!format!("{c:?}").contains("s3cret"), "the password never shows");
+    // Without [cluster]: a single node pays nothing.
+    let single = Config::parse("x.toml", "").expect("valid");
+    assert!(!single.relay.journal && !single.relay.sockets.freebind && single.cluster.is_none());
+    for (text, key_name, line) in [
+        (base("role = \"leader\"\n"), "cluster.role", Some(5)),
+        (base("lease_ttl_ms = 50\n"), "cluster.lease_ttl_ms", Some(5)),
+        (base("node_id = \"\"\n").replace("node_id = \"relay-a\"\n", ""), "cluster.node_id", Some(4)),
+        (base("").replace("redis://ha@", "redis://ha:pw@"), "cluster.redis_url", Some(2)),
+        (base("").replace("redis://", "http://"), "cluster.redis_url", Some(2)),
+        (base("").replace(&key.display().to_string(), "/nonexistent/key"), "cluster.key_file", Some(4)),
+    ] {
+        let e = Config::parse("x.toml", &text).expect_err(key_name);
+        assert_eq!((e.key.as_str(), e.line), (key_name, line), "{e}");
+    }
+    std::fs::write(&key, "not hex").expect("key");
+    let e = Config::parse("x.toml", &base("")).expect_err("bad key");
+    assert_eq!(e.key, "cluster.key_file");
+    assert!(!e.to_string().contains("not hex"), "key material never echoed: {e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

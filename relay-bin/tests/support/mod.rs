@@ -99,7 +99,7 @@ pub fn start(config_text: Option<&str>) -> Relay {
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no admin address in {first:?}"));
     let (mut ng, mut control, mut tunnels) = (None, None, Vec::new());
-    for _ in 0..4 {
+    for _ in 0..5 {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(rest) = line.strip_prefix("ng protocol on udp:") {
             let (udp, tcp) = rest.split_once(" tcp:").expect("udp and tcp");

@@ -1,0 +1,116 @@
+//! Two `ucmrc` processes with `[cluster]` against a real `redis-server`:
+//! the active is killed with SIGKILL, the standby takes every session over
+//! on the same relay addresses with real SRTP flowing, and the old active,
+//! restarted, stays standby and serves nothing.
+
+mod support;
+
+#[path = "../../relay-cluster/tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::time::{Duration, Instant};
+
+use redis_server::RedisServer;
+use support::*;
+
+/// A node's configuration: the relay ports of this test only (a takeover
+/// binds exactly the ports the active had), ng and admin on kernel-chosen
+/// ports.
+fn node(redis: &RedisServer, key: &std::path::Path, node_id: &str, role: &str) -> String {
+    config("").replace("port_min = 20000\nport_max = 29999", "port_min = 36000\nport_max = 36199")
+        + &format!(
+            "[cluster]\nredis_url = \"{}\"\nnode_id = \"{node_id}\"\ngroup = \"bin\"\nrole = \"{role}\"\nkey_file = \"{}\"\nadvertise = \"{node_id}.test\"\n",
+            redis.url(),
+            key.display()
+        )
+}
+
+fn cluster(r: &Relay) -> serde_json::Value {
+    let (status, body) = http(r.admin, "GET", "/v1/cluster", Some(TOKEN), None);
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+}
+
+fn role(r: &Relay) -> String {
+    cluster(r)["role"].as_str().unwrap_or("").to_string()
+}
+
+fn last_write(r: &Relay) -> (u64, u64) {
+    let v = &cluster(r)["last_write"];
+    (v["epoch"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_as_standby() {
+    let redis = RedisServer::start("bin");
+    let dir = temp_dir("cluster");
+    let key = dir.join("cluster.key");
+    std::fs::write(&key, "7e".repeat(32)).expect("key");
+    let a = start(Some(&node(&redis, &key, "node-a", "active")));
+    wait_for("node-a active", || role(&a) == "active");
+    let b = start(Some(&node(&redis, &key, "node-b", "standby")));
+    wait_for("node-b standby", || role(&b) == "standby");
+    // The standby serves nothing: not ready, no sessions, no ng.
+    assert_eq!(http(b.admin, "GET", "/readyz", None, None).0, 503);
+    assert_eq!(Call::allocate(&b, "acme").err().map(|e| e.0), Some(503));
+    let reply = NgJson::new(&b).call(serde_json::json!({ "command": "ping" }));
+    assert!(reply["error-reason"].as_str().unwrap_or("").contains("standby"), "{reply}");
+    assert_eq!(http(a.admin, "GET", "/readyz", None, None).0, 200);
+
+    let mut call = Call::allocate(&a, "acme").expect("allocate on the active");
+    for s in [&call.pbx, &call.phone] {
+        s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    }
+    for _ in 0..10 {
+        assert_eq!(call.exchange(), 2, "SRTP both ways through the active");
+    }
+    // The standby has everything the active wrote (latches included).
+    wait_for("the active's changes written", || cluster(&a)["queue_depth"] == 0);
+    let written = last_write(&a);
+    wait_for("the standby caught up", || last_write(&b) >= written);
+    let nodes = cluster(&a)["nodes"].as_array().cloned().unwrap_or_default();
+    let mut seen: Vec<(String, String)> = nodes
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap_or("").to_string(), n["role"].as_str().unwrap_or("").to_string()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [("node-a".to_string(), "active".to_string()), ("node-b".to_string(), "standby".to_string())]);
+
+    // kill -9 the active; media keeps going to the same addresses.
+    signal(&a, 9);
+    let killed = Instant::now();
+    let mut lost = 0;
+    while call.exchange() < 2 {
+        lost += 1;
+        assert!(killed.elapsed() < Duration::from_secs(5), "media never came back");
+    }
+    let gap = killed.elapsed();
+    eprintln!("media back through the standby {gap:?} after SIGKILL ({lost} exchanges lost)");
+    assert!(gap < Duration::from_secs(1), "media gap {gap:?}");
+    for _ in 0..10 {
+        assert_eq!(call.exchange(), 2, "continuous, authentic SRTP through the standby");
+    }
+    let c = cluster(&b);
+    assert_eq!((c["role"].as_str(), c["takeovers"].as_u64()), (Some("active"), Some(1)), "{c}");
+    assert_eq!(c["last_takeover"]["restored"].as_u64(), Some(1), "{c}");
+    let (status, body) = http(b.admin, "GET", &format!("/v1/sessions/{}", call.id), Some(TOKEN), None);
+    assert_eq!(status, 200, "the standby knows the session: {body}");
+    let s = json(&body);
+    assert_eq!(s["endpoint"]["remote_rtp"].as_str(), Some(call.phone.local_addr().expect("addr").to_string().as_str()));
+    assert_eq!(http(b.admin, "GET", "/readyz", None, None).0, 200);
+    let m = scrape(&b);
+    assert_eq!(m["ucmrc_cluster_takeovers_total"], 1.0);
+    assert_eq!(m["ucmrc_cluster_role{role=\"active\"}"], 1.0);
+
+    // The old active comes back, configured as active as before: the lease
+    // is held, so it stays standby and binds none of the ports.
+    drop(a);
+    let a2 = start(Some(&node(&redis, &key, "node-a", "active")));
+    wait_for("node-a standby", || role(&a2) == "standby" && cluster(&a2)["warm_sessions"] == 1);
+    for _ in 0..10 {
+        assert_eq!(call.exchange(), 2, "the standby keeps serving");
+    }
+    assert_eq!(scrape(&a2)["ucmrc_ports_in_use"], 0.0);
+    assert_eq!(role(&b), "active");
+    let _ = std::fs::remove_dir_all(&dir);
+}
