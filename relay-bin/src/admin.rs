@@ -96,9 +96,11 @@ impl IntoResponse for ApiError {
 impl From<RelayError> for ApiError {
     fn from(e: RelayError) -> Self {
         let status = match &e {
-            RelayError::PortsExhausted | RelayError::Busy | RelayError::Draining | RelayError::Stopped => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            RelayError::PortsExhausted
+            | RelayError::Busy
+            | RelayError::Draining
+            | RelayError::Standby
+            | RelayError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::QuotaExceeded(_) | RelayError::RestoreConflict(_) => StatusCode::CONFLICT,
             RelayError::UnknownSession(_) => StatusCode::NOT_FOUND,
             RelayError::InvalidSpec(s) => match s.kind {
@@ -409,13 +411,6 @@ async fn create_session(
     let Json(body) = body.map_err(body_error)?;
     let tenant = body.tenant.clone().ok_or_else(|| ApiError::bad(ErrorCode::InvalidField, "tenant: required"))?;
     let spec = body.to_spec(&tenant)?;
-    if !st.serving() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::NotReady,
-            "cluster standby: another node serves",
-        ));
-    }
     let a = st.handle.allocate(spec).await?;
     let body = serde_json::to_value(AllocationReply::of(&a)).unwrap_or_default();
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/sessions/{}", a.id))], Json(body)).into_response())

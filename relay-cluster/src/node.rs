@@ -245,6 +245,8 @@ impl Cluster {
         let (status_tx, status) = watch::channel(ClusterStatus::default());
         let (stop, stop_rx) = watch::channel(None);
         let (node_id, group) = (config.node_id.clone(), config.group.clone());
+        // Nothing is allocated here until this node holds the lease.
+        relay.set_standby(true);
         let node = Node {
             watch: LeaseWatch::new(config.lease_ttl, config.eager),
             config: Arc::new(config),
@@ -580,6 +582,7 @@ impl Node {
         if calls_restored < calls {
             tracing::warn!(calls, calls_restored, "some ng calls were not taken over");
         }
+        self.relay.set_standby(false);
         let report =
             TakeoverReport { epoch: holder.epoch, restored, failed, calls: calls_restored, took: started.elapsed() };
         tracing::warn!(?report, "takeover done");
@@ -813,6 +816,7 @@ impl Node {
     /// After losing the lease: stop serving every session (the new active
     /// serves them now) without replicating their end.
     async fn step_down(&mut self) {
+        self.relay.set_standby(true);
         let mut ids = Vec::new();
         let mut after = None;
         while let Ok(page) = self.relay.list(after, 10_000).await {

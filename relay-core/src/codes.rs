@@ -73,6 +73,8 @@ error_codes! {
     Busy => "busy", Both;
     /// The relay drains and takes no new sessions.
     Draining => "draining", Both;
+    /// The relay is a cluster standby; another node serves.
+    Standby => "standby", Both;
     /// The relay (or the shard holding the session) has stopped.
     Stopped => "stopped", Both;
     /// A replicated session cannot resume here (its ports or slot are in

@@ -213,6 +213,9 @@ pub enum RelayError {
     /// The relay has stopped.
     #[error("relay stopped")]
     Stopped,
+    /// The relay is a cluster standby: another node serves.
+    #[error("relay is a cluster standby: another node serves")]
+    Standby,
     /// A session state cannot be restored here; the reason names the clash.
     #[error("cannot restore session: {0}")]
     RestoreConflict(&'static str),
@@ -233,6 +236,7 @@ impl RelayError {
             },
             RelayError::Busy => ErrorCode::Busy,
             RelayError::Draining => ErrorCode::Draining,
+            RelayError::Standby => ErrorCode::Standby,
             RelayError::Stopped => ErrorCode::Stopped,
             RelayError::RestoreConflict(_) => ErrorCode::RestoreConflict,
         }
@@ -358,6 +362,7 @@ struct Inner {
     #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
     fast: SharedFastPath,
     draining: AtomicBool,
+    standby: AtomicBool,
     next_shard: AtomicUsize,
     backend: BackendKind,
     /// The relay's media ranges, added to every peer policy it is given.
@@ -691,6 +696,7 @@ impl Relay {
                 interface_names: interfaces.iter().map(|i| i.name.clone()).collect(),
                 fast: fast.clone(),
                 draining: AtomicBool::new(false),
+                standby: AtomicBool::new(false),
                 next_shard: AtomicUsize::new(0),
                 backend: running,
                 media_own,
@@ -787,6 +793,18 @@ impl RelayHandle {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
+    /// Whether the relay is a cluster standby (see [`set_standby`](Self::set_standby)).
+    pub fn is_standby(&self) -> bool {
+        self.inner.standby.load(Ordering::SeqCst)
+    }
+
+    /// Marks the relay a cluster standby (or active again): while standby,
+    /// `allocate` fails with [`RelayError::Standby`] on every path (admin
+    /// API, control channel, ng); restoring sessions still works.
+    pub fn set_standby(&self, standby: bool) {
+        self.inner.standby.store(standby, Ordering::SeqCst);
+    }
+
     /// Starts (or cancels) draining: while draining, `allocate` fails with
     /// [`RelayError::Draining`]; existing sessions are untouched.
     pub fn set_draining(&self, draining: bool) {
@@ -876,6 +894,9 @@ impl RelayHandle {
     pub fn allocate(&self, spec: SessionSpec) -> Pending<AllocatedSession> {
         if self.is_draining() {
             return Pending::ready(Err(RelayError::Draining));
+        }
+        if self.is_standby() {
+            return Pending::ready(Err(RelayError::Standby));
         }
         let ports = 2 + usize::from(!spec.pbx.rtcp_mux) + usize::from(!spec.endpoint.rtcp_mux);
         let permit = match self.inner.quotas.acquire(&spec.tenant, ports) {
