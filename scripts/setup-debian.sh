@@ -10,8 +10,10 @@
 #   clang, libbpf-dev  scripts/build-bpf.sh (the kernel fast path's tc program)
 #   iproute2       network namespaces for the fast path's and HA tests
 #   redis-server   relay-cluster's tests (session replication, leases, takeover)
+#   iputils-arping the HA test's takeover hook announces the moved service
+#                  address (gratuitous ARP), as keepalived would
 set -euo pipefail
-packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2 redis-server)
+packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2 redis-server iputils-arping)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -67,8 +67,20 @@ pub fn config(extra: &str) -> String {
 }
 
 pub fn start(config_text: Option<&str>) -> Relay {
+    start_with(&[], config_text)
+}
+
+/// [`start`] through a command prefix (e.g. `ip netns exec NAME`).
+pub fn start_with(prefix: &[&str], config_text: Option<&str>) -> Relay {
     let dir = temp_dir("relay");
-    let mut cmd = Command::new(bin());
+    let mut cmd = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
     cmd.arg("relay").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("UCMRC_CONFIG");
     if let Some(text) = config_text {
         let path = dir.join("ucmrc.toml");
@@ -223,6 +235,11 @@ impl Call {
     pub fn allocate(r: &Relay, tenant: &str) -> Result<Call, (u16, String)> {
         let (pbx, phone) =
             (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+        Self::allocate_with(r, tenant, pbx, phone)
+    }
+
+    /// [`allocate`](Self::allocate) for a PBX and a phone socket of the caller's.
+    pub fn allocate_with(r: &Relay, tenant: &str, pbx: UdpSocket, phone: UdpSocket) -> Result<Call, (u16, String)> {
         for s in [&pbx, &phone] {
             s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
         }

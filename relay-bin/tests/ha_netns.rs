@@ -1,0 +1,446 @@
+//! Redundancy across hosts: network namespaces made by the test (as root,
+//! inside a private network namespace of its own: nothing touches the
+//! host's interfaces) stand for an active relay, a standby, a Redis, phones
+//! and a PBX on one bridge. The service address moves by the takeover hook
+//! (`ip addr add` and a gratuitous ARP, as keepalived would do).
+//!
+//! Calls with real SRTP both ways through the service address — made over
+//! the admin API, over ng (Kamailio's protocol) and by a connector over the
+//! control channel — then `kill -9` of the active and its host going down:
+//! the standby takes over, media resumes on the same addresses within a
+//! second, every SRTP packet that arrives authenticates, no call is lost,
+//! ng `query` and the admin API on the standby show every call, the
+//! connector is back and finds its session. Then the old active returns
+//! and stays standby.
+//!
+//! `UCMRC_HA_CYCLES=N` (default 1) repeats the takeover N times, back and
+//! forth, and prints the gaps (docs/HA.md's measurement).
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const CHILD: &str = "UCMRC_HA_NETNS_CHILD";
+const VIP: &str = "10.77.0.100";
+
+#[test]
+fn a_standby_host_takes_over_the_service_address_with_every_call() {
+    if std::env::var_os(CHILD).is_some() {
+        return in_namespace();
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "--"])
+        .arg(exe)
+        .args(["--exact", "a_standby_host_takes_over_the_service_address_with_every_call", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "namespace run failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("HA-NETNS-OK"), "the scenario did not run:\n{stdout}\n{stderr}");
+}
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A UDP socket made inside namespace `netns` (a short-lived thread joins
+/// it; the socket stays there).
+fn socket_in(netns: &str, bind: &str) -> UdpSocket {
+    use std::os::fd::AsRawFd;
+    let (path, bind) = (format!("/run/netns/{netns}"), bind.to_string());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns file");
+        // SAFETY (test harness): setns moves only this short-lived thread
+        // into the namespace, with a valid namespace descriptor.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let s = UdpSocket::bind(bind).expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        s
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Hosts on one bridge: `name` gets 10.77.0.`n`.
+fn topology() {
+    sh("mount --make-rprivate / && mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns");
+    sh("ip link set lo up && ip link add br-ha type bridge && ip addr add 10.77.0.1/24 dev br-ha && ip link set br-ha up");
+    for (name, n) in [("node-a", 11), ("node-b", 12), ("redis", 5), ("phones", 21), ("pbx", 22)] {
+        sh(&format!(
+            "ip netns add {name} && ip link add v-{name} type veth peer name eth0 netns {name} && \
+             ip link set v-{name} master br-ha up && ip -n {name} addr add 10.77.0.{n}/24 dev eth0 && \
+             ip -n {name} link set eth0 up && ip -n {name} link set lo up"
+        ));
+    }
+}
+
+fn redis_server() -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir("ha-redis");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", "redis", "redis-server", "--bind", "10.77.0.5", "--port", "6379", "--save", ""])
+        .args(["--appendonly", "no", "--protected-mode", "no", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.to_ascii_lowercase().contains("ready to accept connections") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("redis-server exited"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+struct Setup {
+    dir: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
+    cluster_key: std::path::PathBuf,
+    tenant_block: String,
+    token: String,
+}
+
+fn setup() -> Setup {
+    let dir = temp_dir("ha");
+    let (ca, cert, key) = write_pki(&dir, "relay");
+    let cluster_key = dir.join("cluster.key");
+    std::fs::write(&cluster_key, "a1".repeat(32)).expect("key");
+    let out = Command::new(bin()).args(["token", "new", "--tenant", "acme"]).output().expect("token new");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let token = text.lines().next().and_then(|l| l.rsplit(' ').next()).expect("token").to_string();
+    let tenant_block = text.split_once("relay config:\n").expect("config block").1.trim().to_string();
+    Setup { dir, cert, key, ca, cluster_key, tenant_block, token }
+}
+
+/// A node's configuration: media on the service address (bound with
+/// IP_FREEBIND before it arrives), listeners on every address, the hook
+/// that moves the service address here.
+fn node_config(s: &Setup, node: &str, role: &str) -> String {
+    format!(
+        "[relay]\nbind_ip = \"{VIP}\"\nport_min = 40000\nport_max = 40199\nworkers = 1\nallow_private_peers = true\n\
+         [ng]\nlisten = \"0.0.0.0:22222\"\nallow_from = [\"10.77.0.0/24\"]\n\
+         [admin]\nlisten = \"0.0.0.0:9180\"\ntoken_sha256 = \"{}\"\n\
+         [control]\nlisten = \"0.0.0.0:7443\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat_secs = 1\n\
+         {}\n\
+         [cluster]\nredis_url = \"redis://10.77.0.5:6379/0\"\nnode_id = \"{node}\"\ngroup = \"svc\"\nrole = \"{role}\"\n\
+         key_file = \"{}\"\nlease_ttl_ms = 600\nadvertise = \"{node}\"\n\
+         takeover_hook = [\"sh\", \"-c\", \"ip addr add {VIP}/24 dev eth0 2>/dev/null; arping -q -U -c 2 -w 1 -I eth0 {VIP} || true\"]\n",
+        token_hash(),
+        s.cert.display(),
+        s.key.display(),
+        s.tenant_block,
+        s.cluster_key.display()
+    )
+}
+
+fn node_ip(node: &str) -> &'static str {
+    if node == "node-a" {
+        "10.77.0.11"
+    } else {
+        "10.77.0.12"
+    }
+}
+
+fn start_node(s: &Setup, node: &str, role: &str) -> Relay {
+    let mut r = start_with(&["ip", "netns", "exec", node], Some(&node_config(s, node, role)));
+    r.admin = format!("{}:9180", node_ip(node)).parse().expect("admin");
+    r
+}
+
+fn cluster(r: &Relay) -> serde_json::Value {
+    let (status, body) = http(r.admin, "GET", "/v1/cluster", Some(TOKEN), None);
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+}
+
+fn role(r: &Relay) -> String {
+    cluster(r)["role"].as_str().unwrap_or("").to_string()
+}
+
+fn last_write(r: &Relay) -> (u64, u64) {
+    let v = &cluster(r)["last_write"];
+    (v["epoch"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(0))
+}
+
+/// One direction of a call: paced SRTP (50 packets/s) to the relay, and a
+/// sink that authenticates every packet and records the longest gap.
+#[derive(Debug, Default, Clone)]
+struct Flow {
+    sent: u64,
+    received: u64,
+    auth_failures: u64,
+    max_gap: Duration,
+    /// Gaps longer than 100 ms, as (when after the flow started, length).
+    long_gaps: Vec<(Duration, Duration)>,
+    sources: Vec<SocketAddr>,
+}
+
+struct Media {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Flow>>,
+}
+
+impl Media {
+    /// Starts both directions of `call`.
+    fn start(call: &Call) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (from_phone, to) in [(true, call.to_endpoint_leg), (false, call.to_pbx_leg)] {
+            let (tx_sock, rx_sock) = if from_phone {
+                (call.phone.try_clone().expect("clone"), call.pbx.try_clone().expect("clone"))
+            } else {
+                (call.pbx.try_clone().expect("clone"), call.phone.try_clone().expect("clone"))
+            };
+            let key = master(if from_phone { 2 } else { 1 });
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || flow(tx_sock, to, rx_sock, &key, from_phone, stop)));
+        }
+        Self { stop, threads }
+    }
+
+    fn finish(self) -> Vec<Flow> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().expect("flow")).collect()
+    }
+}
+
+fn flow(tx: UdpSocket, to: SocketAddr, rx: UdpSocket, key: &[u8], from_phone: bool, stop: Arc<AtomicBool>) -> Flow {
+    let policy = |k| srtp::StreamPolicy {
+        rtp: srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80(),
+        rtcp: srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80(),
+        key: k,
+        ..Default::default()
+    };
+    let mut out = session(policy(key), true);
+    let mut inb = session(policy(key), false);
+    let result = Arc::new(Mutex::new(Flow::default()));
+    let (r2, stop2) = (result.clone(), stop.clone());
+    let started = Instant::now();
+    let sink = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 2048];
+        let mut last: Option<Instant> = None;
+        while !stop2.load(Ordering::Relaxed) {
+            let Ok((n, src)) = rx.recv_from(&mut buf) else { continue };
+            let now = Instant::now();
+            let mut f = r2.lock().expect("lock");
+            if let Some(l) = last {
+                let gap = now - l;
+                f.max_gap = f.max_gap.max(gap);
+                if gap > Duration::from_millis(100) {
+                    f.long_gaps.push((l - started, gap));
+                }
+            }
+            last = Some(now);
+            f.received += 1;
+            if !f.sources.contains(&src) {
+                f.sources.push(src);
+            }
+            let mut pkt = Vec::with_capacity(n + 160);
+            pkt.extend_from_slice(&buf[..n]);
+            if inb.unprotect(&mut pkt).is_err() {
+                f.auth_failures += 1;
+            }
+        }
+    });
+    let ssrc: u32 = if from_phone { 2 } else { 1 };
+    let mut seq: u16 = 1;
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let mut pkt = Vec::with_capacity(400);
+        pkt.extend_from_slice(&[0x80, 0]);
+        pkt.extend_from_slice(&seq.to_be_bytes());
+        pkt.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        pkt.extend_from_slice(&ssrc.to_be_bytes());
+        pkt.resize(172, 0xd5);
+        out.protect(&mut pkt).expect("protect");
+        let _ = tx.send_to(&pkt, to);
+        seq = seq.wrapping_add(1);
+        sent += 1;
+        if let Some(d) = (started + Duration::from_millis(20 * sent)).checked_duration_since(Instant::now()) {
+            std::thread::sleep(d); // pacing, not synchronisation
+        }
+    }
+    sink.join().expect("sink");
+    let mut f = result.lock().expect("lock").clone();
+    f.sent = sent;
+    f
+}
+
+/// An ng request in JSON to the service address.
+struct Ng {
+    sock: UdpSocket,
+    n: u32,
+}
+
+impl Ng {
+    fn call(&mut self, req: serde_json::Value) -> serde_json::Value {
+        self.n += 1;
+        let to: SocketAddr = format!("{VIP}:22222").parse().expect("addr");
+        let reply = ng_udp(&self.sock, to, format!("h{} {req}", self.n).as_bytes());
+        json(String::from_utf8(reply).expect("utf-8").split_once(' ').expect("cookie").1)
+    }
+}
+
+fn in_namespace() {
+    topology();
+    let mut redis = redis_server();
+    let s = setup();
+    let mut active = start_node(&s, "node-a", "active");
+    wait_for("node-a active", || role(&active) == "active");
+    let mut standby = start_node(&s, "node-b", "standby");
+    wait_for("node-b standby", || role(&standby) == "standby");
+    let (mut active_name, mut standby_name) = ("node-a", "node-b");
+
+    // Calls over the admin API, on the service address, from the phones' and PBX's hosts.
+    let mut calls = Vec::new();
+    for i in 0..4u16 {
+        let pbx = socket_in("pbx", &format!("10.77.0.22:{}", 30000 + i));
+        let phone = socket_in("phones", &format!("10.77.0.21:{}", 31000 + i));
+        let c = Call::allocate_with(&active, "acme", pbx, phone).expect("allocate");
+        assert_eq!(c.to_pbx_leg.ip().to_string(), VIP);
+        calls.push(c);
+    }
+    // A call over ng, as Kamailio makes them (to the service address).
+    let mut ng = Ng { sock: socket_in("pbx", "10.77.0.22:0"), n: 0 };
+    ng.sock.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let sdp = |port: u16, ip: &str| {
+        format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n")
+    };
+    let offer = ng.call(serde_json::json!({"command": "offer", "call-id": "ha-ng-1", "from-tag": "a", "sdp": sdp(32000, "10.77.0.21")}));
+    assert_eq!(offer["result"], "ok", "{offer}");
+    let answer = ng.call(serde_json::json!({"command": "answer", "call-id": "ha-ng-1", "from-tag": "a", "to-tag": "b", "sdp": sdp(32002, "10.77.0.22")}));
+    assert_eq!(answer["result"], "ok", "{answer}");
+    // A connector (the PBX's) logs in over the control channel at the
+    // service address and allocates a session of its own.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ca = std::fs::read(&s.ca).expect("ca");
+    let mut cc = relay_core::connector::ConnectorConfig::new(
+        &format!("{VIP}:7443"),
+        "relay.test",
+        relay_core::tls::ClientTrust::CaPem(ca),
+        "acme",
+        &s.token,
+    );
+    cc.connector_id = "pbx-ha".into();
+    cc.heartbeat = Duration::from_millis(500);
+    cc.connect_timeout = Duration::from_secs(2);
+    cc.backoff = relay_core::connector::Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+    let connector = rt.block_on(async { relay_core::connector::Connector::start(cc) }).expect("connector");
+    let ch = connector.handle();
+    rt.block_on(ch.wait_connected(1, Duration::from_secs(10))).expect("connected");
+    let own: relay_core::api::SessionRequest =
+        serde_json::from_value(serde_json::json!({"tenant": "acme"})).expect("request");
+    let owned = rt.block_on(ch.allocate(own)).expect("the connector allocates");
+
+    let mut media: Vec<Media> = calls.iter().map(Media::start).collect();
+    let cycles: usize = std::env::var("UCMRC_HA_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let mut gaps = Vec::new();
+    for cycle in 0..cycles {
+        // Latched, replicated, and the standby caught up.
+        wait_for("media latched", || {
+            let (_, body) = http(active.admin, "GET", "/v1/sessions", Some(TOKEN), None);
+            let v = json(&body);
+            let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
+            sessions.iter().filter(|s| !s["endpoint"]["remote_rtp"].is_null() && !s["pbx"]["remote_rtp"].is_null()).count()
+                >= calls.len()
+        });
+        wait_for("changes written", || cluster(&active)["queue_depth"] == 0);
+        let written = last_write(&active);
+        wait_for("standby caught up", || last_write(&standby) >= written);
+        let before = json(&http(active.admin, "GET", "/v1/sessions", Some(TOKEN), None).1);
+
+        // The active's process is killed and its host goes down.
+        signal(&active, 9);
+        let killed = Instant::now();
+        sh(&format!("ip -n {active_name} link set eth0 down"));
+        wait_for("the standby takes over", || role(&standby) == "active");
+        let took_over = killed.elapsed();
+        // Media resumes through the standby (all calls).
+        let counted = |r: &Relay| scrape(r).get("ucmrc_packets_forwarded_total").copied().unwrap_or(0.0);
+        let base = counted(&standby);
+        wait_for("media through the new active", || counted(&standby) >= base + 8.0 * calls.len() as f64);
+        let flows: Vec<Flow> = std::mem::take(&mut media).into_iter().flat_map(Media::finish).collect();
+        let gap = flows.iter().map(|f| f.max_gap).max().unwrap_or_default();
+        eprintln!("cycle {cycle}: {active_name} killed, {standby_name} active after {took_over:?}; longest media gap {gap:?}");
+        for f in &flows {
+            assert_eq!(f.auth_failures, 0, "every SRTP packet authentic: {f:?}");
+            assert_eq!(f.sources.len(), 1, "the same relay address before and after: {f:?}");
+            assert!(f.max_gap < Duration::from_secs(1), "media gap: {f:?}");
+        }
+        gaps.push(gap);
+        // Every call is on the new active with the same latches.
+        let after = json(&http(standby.admin, "GET", "/v1/sessions", Some(TOKEN), None).1);
+        let key = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v["sessions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|s| format!("{} {} {} {}", s["id"], s["pbx"]["rtp"], s["endpoint"]["remote_rtp"], s["pbx"]["remote_rtp"]))
+                .collect();
+            k.sort();
+            k
+        };
+        assert_eq!(key(&before), key(&after), "0 calls lost, latched addresses unchanged");
+        let q = ng.call(serde_json::json!({"command": "query", "call-id": "ha-ng-1"}));
+        assert_eq!(q["result"], "ok", "the new active knows the ng call: {q}");
+        // The connector is back on the service address and finds its session.
+        rt.block_on(ch.wait_connected(cycle as u64 + 2, Duration::from_secs(10))).expect("connector back");
+        let upd: relay_core::api::UpdateRequest =
+            serde_json::from_value(serde_json::json!({"pbx": {"hint": "10.77.0.22:33000"}})).expect("update");
+        rt.block_on(ch.update(&owned.id, upd)).expect("the connector's session is there");
+        media = calls.iter().map(Media::start).collect();
+
+        // The old host comes back (without the service address, as after a
+        // reboot) and starts its relay configured as before.
+        sh(&format!("ip -n {active_name} addr del {VIP}/24 dev eth0 2>/dev/null; ip -n {active_name} link set eth0 up"));
+        let returning_role = if active_name == "node-a" { "active" } else { "standby" };
+        drop(active);
+        active = start_node(&s, active_name, returning_role);
+        wait_for("the returning node stays standby", || {
+            role(&active) == "standby" && cluster(&active)["warm_sessions"].as_u64() >= Some(calls.len() as u64)
+        });
+        assert_eq!(scrape(&active)["ucmrc_ports_in_use"], 0.0, "it binds none of the service's ports");
+        std::mem::swap(&mut active, &mut standby);
+        std::mem::swap(&mut active_name, &mut standby_name);
+        assert_eq!(role(&active), "active");
+    }
+    let flows: Vec<Flow> = media.into_iter().flat_map(Media::finish).collect();
+    for f in &flows {
+        assert_eq!(f.auth_failures, 0, "{f:?}");
+        assert!(f.received > 0, "media still flows: {f:?}");
+    }
+    gaps.sort();
+    println!(
+        "takeover gaps over {} takeovers: p50 {:?}, max {:?}",
+        gaps.len(),
+        gaps[gaps.len() / 2],
+        gaps[gaps.len() - 1]
+    );
+    rt.block_on(connector.stop());
+    drop(active);
+    drop(standby);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&s.dir);
+    println!("HA-NETNS-OK");
+}
