@@ -38,7 +38,12 @@ fn a_standby_host_takes_over_the_service_address_with_every_call() {
     let out = Command::new("unshare")
         .args(["--net", "--mount", "--"])
         .arg(exe)
-        .args(["--exact", "a_standby_host_takes_over_the_service_address_with_every_call", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "a_standby_host_takes_over_the_service_address_with_every_call",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD, "1")
         .output()
         .expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
@@ -87,7 +92,18 @@ fn topology() {
     }
 }
 
-fn redis_server() -> std::process::Child {
+/// redis-server in its namespace; killed on drop (a failing scenario
+/// must not leave it holding the test's output open).
+struct RedisProcess(std::process::Child);
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server() -> RedisProcess {
     use std::io::{BufRead, BufReader};
     let dir = temp_dir("ha-redis");
     let mut child = Command::new("ip")
@@ -95,6 +111,7 @@ fn redis_server() -> std::process::Child {
         .args(["--appendonly", "no", "--protected-mode", "no", "--dir"])
         .arg(&dir)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("redis-server");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -106,7 +123,7 @@ fn redis_server() -> std::process::Child {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    child
+    RedisProcess(child)
 }
 
 struct Setup {
@@ -302,7 +319,7 @@ impl Ng {
 
 fn in_namespace() {
     topology();
-    let mut redis = redis_server();
+    let redis = redis_server();
     let s = setup();
     let mut active = start_node(&s, "node-a", "active");
     wait_for("node-a active", || role(&active) == "active");
@@ -319,16 +336,12 @@ fn in_namespace() {
         assert_eq!(c.to_pbx_leg.ip().to_string(), VIP);
         calls.push(c);
     }
-    // A call over ng, as Kamailio makes them (to the service address).
+    // ng, as Kamailio sends it (to the service address).
     let mut ng = Ng { sock: socket_in("pbx", "10.77.0.22:0"), n: 0 };
     ng.sock.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
     let sdp = |port: u16, ip: &str| {
         format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n")
     };
-    let offer = ng.call(serde_json::json!({"command": "offer", "call-id": "ha-ng-1", "from-tag": "a", "sdp": sdp(32000, "10.77.0.21")}));
-    assert_eq!(offer["result"], "ok", "{offer}");
-    let answer = ng.call(serde_json::json!({"command": "answer", "call-id": "ha-ng-1", "from-tag": "a", "to-tag": "b", "sdp": sdp(32002, "10.77.0.22")}));
-    assert_eq!(answer["result"], "ok", "{answer}");
     // A connector (the PBX's) logs in over the control channel at the
     // service address and allocates a session of its own.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -347,22 +360,44 @@ fn in_namespace() {
     let connector = rt.block_on(async { relay_core::connector::Connector::start(cc) }).expect("connector");
     let ch = connector.handle();
     rt.block_on(ch.wait_connected(1, Duration::from_secs(10))).expect("connected");
-    let own: relay_core::api::SessionRequest =
-        serde_json::from_value(serde_json::json!({"tenant": "acme"})).expect("request");
-    let owned = rt.block_on(ch.allocate(own)).expect("the connector allocates");
+    let own = || -> relay_core::api::SessionRequest {
+        serde_json::from_value(serde_json::json!({"tenant": "acme"})).expect("request")
+    };
 
     let mut media: Vec<Media> = calls.iter().map(Media::start).collect();
     let cycles: usize = std::env::var("UCMRC_HA_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let mut gaps = Vec::new();
     for cycle in 0..cycles {
+        // The connector's own session (fresh each cycle: an idle session
+        // ends by its idle timeout).
+        let owned = rt.block_on(ch.allocate(own())).expect("the connector allocates");
+        // A call over ng, as Kamailio makes them (to the service address).
+        let call_id = format!("ha-ng-{cycle}");
+        let offer = ng.call(serde_json::json!({
+            "command": "offer", "call-id": call_id, "from-tag": "a", "sdp": sdp(32000, "10.77.0.21")
+        }));
+        assert_eq!(offer["result"], "ok", "{offer}");
+        let answer = ng.call(serde_json::json!({
+            "command": "answer", "call-id": call_id, "from-tag": "a", "to-tag": "b", "sdp": sdp(32002, "10.77.0.22")
+        }));
+        assert_eq!(answer["result"], "ok", "{answer}");
         // Latched, replicated, and the standby caught up.
         wait_for("media latched", || {
             let (_, body) = http(active.admin, "GET", "/v1/sessions", Some(TOKEN), None);
             let v = json(&body);
             let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
-            sessions.iter().filter(|s| !s["endpoint"]["remote_rtp"].is_null() && !s["pbx"]["remote_rtp"].is_null()).count()
+            sessions
+                .iter()
+                .filter(|s| !s["endpoint"]["remote_rtp"].is_null() && !s["pbx"]["remote_rtp"].is_null())
+                .count()
                 >= calls.len()
         });
+        // Every session (and the ng call, written with its session) is in
+        // the standby's copy; then everything the active wrote since.
+        let live = json(&http(active.admin, "GET", "/v1/sessions", Some(TOKEN), None).1)["sessions"]
+            .as_array()
+            .map_or(0, Vec::len) as u64;
+        wait_for("the standby's copy complete", || cluster(&standby)["warm_sessions"].as_u64() == Some(live));
         wait_for("changes written", || cluster(&active)["queue_depth"] == 0);
         let written = last_write(&active);
         wait_for("standby caught up", || last_write(&standby) >= written);
@@ -380,7 +415,9 @@ fn in_namespace() {
         wait_for("media through the new active", || counted(&standby) >= base + 8.0 * calls.len() as f64);
         let flows: Vec<Flow> = std::mem::take(&mut media).into_iter().flat_map(Media::finish).collect();
         let gap = flows.iter().map(|f| f.max_gap).max().unwrap_or_default();
-        eprintln!("cycle {cycle}: {active_name} killed, {standby_name} active after {took_over:?}; longest media gap {gap:?}");
+        eprintln!(
+            "cycle {cycle}: {active_name} killed, {standby_name} active after {took_over:?}; longest media gap {gap:?}"
+        );
         for f in &flows {
             assert_eq!(f.auth_failures, 0, "every SRTP packet authentic: {f:?}");
             assert_eq!(f.sources.len(), 1, "the same relay address before and after: {f:?}");
@@ -395,24 +432,44 @@ fn in_namespace() {
                 .cloned()
                 .unwrap_or_default()
                 .iter()
-                .map(|s| format!("{} {} {} {}", s["id"], s["pbx"]["rtp"], s["endpoint"]["remote_rtp"], s["pbx"]["remote_rtp"]))
+                .map(|s| {
+                    format!(
+                        "{} {} {} {}",
+                        s["id"], s["pbx"]["rtp"], s["endpoint"]["remote_rtp"], s["pbx"]["remote_rtp"]
+                    )
+                })
                 .collect();
             k.sort();
             k
         };
-        assert_eq!(key(&before), key(&after), "0 calls lost, latched addresses unchanged");
-        let q = ng.call(serde_json::json!({"command": "query", "call-id": "ha-ng-1"}));
+        if key(&before) != key(&after) {
+            let log: Vec<String> = standby.stderr.try_iter().collect();
+            panic!(
+                "calls lost or moved: before {:?}\nafter {:?}\ntakeover {}\nthe new active's log:\n{}",
+                key(&before),
+                key(&after),
+                cluster(&standby)["last_takeover"],
+                log.join("\n")
+            );
+        }
+        assert_eq!(cluster(&standby)["last_takeover"]["failed"], 0, "every session resumed");
+        let q = ng.call(serde_json::json!({"command": "query", "call-id": call_id}));
         assert_eq!(q["result"], "ok", "the new active knows the ng call: {q}");
+        let d = ng.call(serde_json::json!({"command": "delete", "call-id": call_id, "from-tag": "a"}));
+        assert_eq!(d["result"], "ok", "and ends it: {d}");
         // The connector is back on the service address and finds its session.
         rt.block_on(ch.wait_connected(cycle as u64 + 2, Duration::from_secs(10))).expect("connector back");
         let upd: relay_core::api::UpdateRequest =
             serde_json::from_value(serde_json::json!({"pbx": {"hint": "10.77.0.22:33000"}})).expect("update");
         rt.block_on(ch.update(&owned.id, upd)).expect("the connector's session is there");
+        rt.block_on(ch.release(&owned.id)).expect("and releases it");
         media = calls.iter().map(Media::start).collect();
 
         // The old host comes back (without the service address, as after a
         // reboot) and starts its relay configured as before.
-        sh(&format!("ip -n {active_name} addr del {VIP}/24 dev eth0 2>/dev/null; ip -n {active_name} link set eth0 up"));
+        sh(&format!(
+            "ip -n {active_name} addr del {VIP}/24 dev eth0 2>/dev/null; ip -n {active_name} link set eth0 up"
+        ));
         let returning_role = if active_name == "node-a" { "active" } else { "standby" };
         drop(active);
         active = start_node(&s, active_name, returning_role);
@@ -439,8 +496,7 @@ fn in_namespace() {
     rt.block_on(connector.stop());
     drop(active);
     drop(standby);
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
     let _ = std::fs::remove_dir_all(&s.dir);
     println!("HA-NETNS-OK");
 }
