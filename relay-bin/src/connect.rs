@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! relay = "relay.example.net:7443"
+//! more_relays = ["relay2.example.net:7443"]   # optional: the least loaded is used, others on failure
 //! server_name = "relay.example.net"      # default: the host part of `relay`
 //! ca_file = "/etc/ssl/certs/ca-certificates.crt"   # or: pinned_sha256 = "ab:cd:..."
 //! tenant = "acme"
@@ -33,6 +34,10 @@ use crate::config::{find_key_line, read_file, read_text, toml_error, ConfigError
 pub struct ConnectFile {
     /// The relay's control listener, `host:port`.
     pub relay: String,
+    /// More relays (same certificate name and trust): at each (re)connect
+    /// the least loaded one that answers is used.
+    #[serde(default)]
+    pub more_relays: Vec<String>,
     /// Name checked against the relay's certificate.
     #[serde(default)]
     pub server_name: Option<String>,
@@ -129,6 +134,15 @@ impl ConnectConfig {
         if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(err("relay", format!("{:?} is not host:port", file.relay)));
         }
+        if file.more_relays.len() > 16 {
+            return Err(err("more_relays", "at most 16".into()));
+        }
+        for r in &file.more_relays {
+            let ok = r.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok {
+                return Err(err("more_relays", format!("{r:?} is not host:port")));
+            }
+        }
         let server_name = file.server_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
         if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
             return Err(err("server_name", format!("{server_name:?} is not a DNS name or IP address")));
@@ -166,6 +180,7 @@ impl ConnectConfig {
             return Err(err("log.level", format!("{:?} is not a valid filter", file.log.level)));
         }
         let mut connector = ConnectorConfig::new(&file.relay, &server_name, trust, &file.tenant, token);
+        connector.more_relays = file.more_relays.clone();
         if let Some(id) = &file.connector_id {
             if id.is_empty() || id.len() > 128 {
                 return Err(err("connector_id", "must be 1 to 128 bytes".into()));
@@ -223,7 +238,8 @@ pub fn run(cfg: ConnectConfig) -> Result<(), String> {
                     if s.connected != was_connected {
                         was_connected = s.connected;
                         if s.connected {
-                            println!("connected to {} (connect #{})", cfg.connector.relay, s.connects);
+                            let relay = s.relay.clone().unwrap_or_else(|| cfg.connector.relay.clone());
+                            println!("connected to {relay} (connect #{})", s.connects);
                         } else {
                             println!("disconnected: {}", s.last_error.unwrap_or_default());
                         }
@@ -261,6 +277,10 @@ mod tests {
         assert_eq!(c.connector.token, "tok-123");
         assert_eq!(c.connector.tunnels["sip-tls"].addr, "127.0.0.1:5061".parse().expect("addr"));
         assert!(c.connector.tunnels["web"].proxy_protocol);
+        assert!(c.connector.more_relays.is_empty());
+        let more = text.replace("tenant =", "more_relays = [\"relay2.example.net:7443\"]\ntenant =");
+        let c2 = ConnectConfig::parse("c.toml", &more, Some(&d)).expect("valid");
+        assert_eq!(c2.connector.more_relays, ["relay2.example.net:7443"]);
         assert!(!format!("{:?}", c.connector).contains("tok-123"));
         let _ = std::fs::remove_dir_all(d);
     }
@@ -272,6 +292,7 @@ mod tests {
         let base = "tenant = \"acme\"\ntoken_file = \"t\"\n";
         let cases = [
             (format!("{base}relay = \"nohost\"\npinned_sha256 = \"00\"\n"), "relay", Some(3)),
+            (format!("{base}relay = \"r:1\"\nmore_relays = [\"r2\"]\n"), "more_relays", Some(4)),
             (format!("{base}relay = \"r:1\"\n"), "ca_file", None),
             (format!("{base}relay = \"r:1\"\npinned_sha256 = \"zz\"\n"), "pinned_sha256", Some(4)),
             (format!("{base}relay = \"r:1\"\nca_file = \"missing.pem\"\n"), "ca_file", Some(4)),

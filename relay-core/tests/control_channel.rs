@@ -90,6 +90,7 @@ impl RawClient {
             token: token.into(),
             connector_id: "raw".into(),
             services: vec![],
+            probe: false,
         }))
         .await;
         self.recv().await.expect("hello_result")
@@ -357,6 +358,7 @@ async fn tls_1_1_and_plaintext_clients_are_refused() {
         token: ACME_TOKEN.into(),
         connector_id: "plain".into(),
         services: vec![],
+        probe: false,
     });
     let answer = raw_exchange(env.addr, &plaintext.encode().encode()).await;
     assert!(answer.is_empty() || answer[0] == 0x15, "never a frame in plaintext: {answer:02x?}");
@@ -589,6 +591,7 @@ async fn a_second_connector_is_rejected_under_the_reject_policy() {
         token: ACME_TOKEN.into(),
         connector_id: "pbx-a".into(),
         services: vec![],
+        probe: false,
     }))
     .await;
     assert_eq!(result_code(&raw.recv().await.expect("result")), (true, None));
@@ -649,6 +652,7 @@ async fn hello_for_a_service_the_tenant_may_not_expose_is_refused() {
         token: GLOBEX_TOKEN.into(),
         connector_id: "g".into(),
         services: vec!["sip-tls".into()],
+        probe: false,
     }))
     .await;
     assert_eq!(result_code(&c.recv().await.expect("result")), (false, Some("unknown_service".into())));
@@ -659,6 +663,7 @@ async fn hello_for_a_service_the_tenant_may_not_expose_is_refused() {
         token: ACME_TOKEN.into(),
         connector_id: "a".into(),
         services: vec![],
+        probe: false,
     }))
     .await;
     assert_eq!(result_code(&c.recv().await.expect("result")), (false, Some("unsupported_version".into())));
@@ -684,5 +689,45 @@ async fn a_reloaded_certificate_is_presented_to_new_connections() {
     let h = c.handle();
     let status = eventually("a connect failure", || h.status(), |s| s.last_error.is_some()).await;
     assert_eq!(status.connects, 0, "old pin refused: {status:?}");
+    c.stop().await;
+}
+
+/// A connector given several relays asks each for its load (a probe that
+/// registers nothing) and uses the least loaded; a standby is never chosen;
+/// when its relay disappears it fails over to the other, and its tenant's
+/// sessions there are still its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_with_several_relays_picks_the_least_loaded_and_fails_over() {
+    let shared = pki();
+    let busy = env_with(quick(), shared.clone(), 28000).await;
+    let idle = env_with(quick(), shared.clone(), 33000).await;
+    let standby = env_with(quick(), shared, 38000).await;
+    standby.relay.handle().set_standby(true);
+    // The busy relay serves other calls already.
+    for _ in 0..20 {
+        busy.relay
+            .handle()
+            .allocate(relay_core::SessionSpec { tenant: "globex".into(), ..Default::default() })
+            .await
+            .expect("allocate");
+    }
+    let mut cfg = busy.connector("acme", ACME_TOKEN, "pbx-multi");
+    cfg.more_relays = vec![standby.addr.to_string(), idle.addr.to_string()];
+    let c = Connector::start(cfg).expect("start");
+    let h = c.handle();
+    h.wait_connected(1, WAIT).await.expect("connected");
+    assert_eq!(h.status().relay, Some(idle.addr.to_string()), "the least loaded relay that serves");
+    let s = h.allocate(SessionRequest::default()).await.expect("allocate");
+    assert_eq!(idle.relay.handle().list(None, 10).await.expect("list").sessions.len(), 1);
+    // Probes are answered without registering: only one connector is listed anywhere.
+    assert_eq!(busy.server.connectors().len() + standby.server.connectors().len(), 0);
+    assert!(busy.server.stats().probes >= 1 && standby.server.stats().probes >= 1);
+    assert_eq!(standby.server.stats().auth_ok, 0, "a standby accepts no connector");
+    // The idle relay's control listener goes away: the connector fails over.
+    idle.server.shutdown();
+    h.wait_connected(2, WAIT).await.expect("failed over");
+    assert_eq!(h.status().relay, Some(busy.addr.to_string()));
+    let t = h.allocate(SessionRequest::default()).await.expect("allocate on the other relay");
+    assert_ne!(s.id, t.id);
     c.stop().await;
 }

@@ -65,6 +65,12 @@ pub use backoff::Backoff;
 pub struct ConnectorConfig {
     /// The relay's control listener, `host:port`.
     pub relay: String,
+    /// More relays (`host:port`, same certificate name and trust) this
+    /// connector may use: at each (re)connect it asks every relay for its
+    /// load (an authenticated probe that registers nothing) and connects to
+    /// the least loaded one that answers; when its relay disappears it fails
+    /// over to the others. Empty: `relay` only.
+    pub more_relays: Vec<String>,
     /// The name the relay's certificate is checked against (and sent as SNI).
     pub server_name: String,
     /// How the relay's certificate is trusted.
@@ -96,6 +102,7 @@ impl std::fmt::Debug for ConnectorConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectorConfig")
             .field("relay", &self.relay)
+            .field("more_relays", &self.more_relays)
             .field("server_name", &self.server_name)
             .field("trust", &self.trust)
             .field("tenant", &self.tenant)
@@ -114,6 +121,7 @@ impl ConnectorConfig {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         Self {
             relay: relay.into(),
+            more_relays: Vec::new(),
             server_name: server_name.into(),
             trust,
             tenant: tenant.into(),
@@ -198,6 +206,8 @@ pub struct ConnectorStatus {
     /// While disconnected: how long the connector waits before its next
     /// attempt (full backoff after a refusal or being replaced).
     pub retry_in: Option<Duration>,
+    /// The relay of the current (or last) channel.
+    pub relay: Option<String>,
 }
 
 struct Request {
@@ -241,7 +251,15 @@ impl Connector {
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             request_timeout: config.request_timeout,
         };
-        let worker = Worker { config, tls, server_name, status: status_tx, stop: stop_rx, open_streams: open_tx };
+        let worker = Worker {
+            current: config.relay.clone(),
+            config,
+            tls,
+            server_name,
+            status: status_tx,
+            stop: stop_rx,
+            open_streams: open_tx,
+        };
         let task = tokio::spawn(worker.run(req_rx));
         Ok(Connector { handle, stop: stop_tx, open_streams: Mutex::new(Some(open_rx)), task })
     }
@@ -347,6 +365,8 @@ impl ConnectorHandle {
 
 struct Worker {
     config: ConnectorConfig,
+    /// The relay of the current (or last) channel.
+    current: String,
     tls: TlsConnector,
     server_name: ServerName<'static>,
     status: watch::Sender<ConnectorStatus>,
@@ -372,19 +392,22 @@ impl Worker {
             }
             let mut stop = self.stop.clone();
             let attempt = tokio::select! {
-                r = tokio::time::timeout(self.config.connect_timeout, self.connect()) => r,
+                // Several relays: a probe round, then the connect itself.
+                r = tokio::time::timeout(self.config.connect_timeout * if self.config.more_relays.is_empty() { 1 } else { 2 }, self.connect()) => r,
                 _ = stopped(&mut stop) => return,
             };
             match attempt {
                 Ok(Ok((channel, decoder, heartbeat))) => {
                     backoff.reset();
+                    let relay = self.current.clone();
                     self.status.send_modify(|s| {
                         s.connected = true;
+                        s.relay = Some(relay);
                         s.connects += 1;
                         s.last_error = None;
                         s.retry_in = None;
                     });
-                    tracing::info!(relay = %self.config.relay, "connector: channel up");
+                    tracing::info!(relay = %self.current, "connector: channel up");
                     let (why, refused) = self.serve(channel, decoder, heartbeat, &mut requests).await;
                     if refused {
                         // Replaced by another connector or removed: coming
@@ -395,7 +418,7 @@ impl Worker {
                         s.connected = false;
                         s.last_error = Some(why.clone());
                     });
-                    tracing::warn!(relay = %self.config.relay, reason = %why, "connector: channel down");
+                    tracing::warn!(relay = %self.current, reason = %why, "connector: channel down");
                     if *self.stop.borrow() {
                         return;
                     }
@@ -404,7 +427,7 @@ impl Worker {
                     if failure.refused {
                         backoff.saturate();
                     }
-                    tracing::warn!(relay = %self.config.relay, reason = %failure.reason, "connector: connect failed");
+                    tracing::warn!(reason = %failure.reason, "connector: connect failed");
                     self.status.send_modify(|s| s.last_error = Some(failure.reason));
                 }
                 Err(_) => {
@@ -420,47 +443,72 @@ impl Worker {
         }
     }
 
-    /// TCP, TLS, hello; returns the authenticated channel.
-    async fn connect(&self) -> Result<(Channel, FrameDecoder, Duration), ConnectFailure> {
-        let io = |e: std::io::Error| ConnectFailure { reason: e.to_string(), refused: false };
-        let tcp = TcpStream::connect(&self.config.relay).await.map_err(io)?;
-        let _ = tcp.set_nodelay(true);
-        let mut tls = self.tls.connect(self.server_name.clone(), tcp).await.map_err(io)?;
-        let hello = Message::Hello(Hello {
+    /// The relays this connector may use: `relay`, then `more_relays`.
+    fn relays(&self) -> Vec<String> {
+        std::iter::once(&self.config.relay).chain(&self.config.more_relays).cloned().collect()
+    }
+
+    /// Connects to a relay and authenticates; with several relays, to the
+    /// least loaded one that answers a probe (then the next, on failure).
+    /// Sets [`Worker::current`] to the relay connected to.
+    async fn connect(&mut self) -> Result<(Channel, FrameDecoder, Duration), ConnectFailure> {
+        let candidates =
+            if self.config.more_relays.is_empty() { vec![self.config.relay.clone()] } else { self.by_load().await };
+        let mut last = ConnectFailure { reason: "no relay answered a load probe".into(), refused: false };
+        for addr in candidates {
+            let hello = self.hello(false);
+            match handshake(self.tls.clone(), self.server_name.clone(), addr.clone(), hello).await {
+                Ok((tls, decoder, result)) => {
+                    let hb = result
+                        .heartbeat_secs
+                        .map_or(self.config.heartbeat, |s| Duration::from_secs(u64::from(s.max(1))));
+                    self.current = addr;
+                    return Ok((tls, decoder, hb));
+                }
+                Err(e) => {
+                    tracing::warn!(relay = %addr, reason = %e.reason, "connector: connect failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Every relay's load, asked at once (an authenticated probe that
+    /// registers nothing): those that answered, least loaded first (ports
+    /// in use per thousand, then configuration order). Standbys and
+    /// relays that do not answer in `connect_timeout` are left out.
+    async fn by_load(&self) -> Vec<String> {
+        let mut probes = tokio::task::JoinSet::new();
+        for (order, addr) in self.relays().into_iter().enumerate() {
+            let (tls, name, hello, limit) =
+                (self.tls.clone(), self.server_name.clone(), self.hello(true), self.config.connect_timeout);
+            probes.spawn(async move {
+                let r = tokio::time::timeout(limit, handshake(tls, name, addr.clone(), hello)).await;
+                (order, addr, r)
+            });
+        }
+        let mut answered = Vec::new();
+        while let Some(Ok((order, addr, r))) = probes.join_next().await {
+            match r {
+                Ok(Ok((_, _, HelloResult { load: Some(load), .. }))) => answered.push((load.permille(), order, addr)),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::info!(relay = %addr, reason = %e.reason, "connector: load probe refused"),
+                Err(_) => tracing::info!(relay = %addr, "connector: load probe timed out"),
+            }
+        }
+        answered.sort();
+        answered.into_iter().map(|(_, _, addr)| addr).collect()
+    }
+
+    fn hello(&self, probe: bool) -> Hello {
+        Hello {
             version: u32::from(VERSION),
             tenant: self.config.tenant.clone(),
             token: self.config.token.clone(),
             connector_id: self.config.connector_id.clone(),
             services: self.announced_services(),
-        });
-        tls.write_all(&hello.encode().encode()).await.map_err(io)?;
-        let mut decoder = FrameDecoder::new();
-        let mut buf = [0u8; 4096];
-        let frame = loop {
-            match decoder.poll_frame() {
-                Ok(Some(f)) => break f,
-                Ok(None) => {}
-                Err(e) => return Err(ConnectFailure { reason: e.to_string(), refused: false }),
-            }
-            let n = tls.read(&mut buf).await.map_err(io)?;
-            if n == 0 {
-                return Err(ConnectFailure { reason: "relay closed the channel".into(), refused: false });
-            }
-            decoder.handle_bytes(&buf[..n]);
-        };
-        match Message::decode(&frame) {
-            Ok(Message::HelloResult(HelloResult { ok: true, heartbeat_secs, .. })) => {
-                let hb = heartbeat_secs.map_or(self.config.heartbeat, |s| Duration::from_secs(u64::from(s.max(1))));
-                Ok((tls, decoder, hb))
-            }
-            Ok(Message::HelloResult(HelloResult { code, .. })) => Err(ConnectFailure {
-                reason: format!("relay refused the connector: {}", code.as_deref().unwrap_or("unknown")),
-                refused: true,
-            }),
-            Ok(Message::Error(ErrorMessage { code, .. })) => {
-                Err(ConnectFailure { reason: format!("relay error: {code}"), refused: false })
-            }
-            _ => Err(ConnectFailure { reason: "unexpected first frame from the relay".into(), refused: false }),
+            probe,
         }
     }
 
@@ -504,7 +552,7 @@ impl Worker {
                         }
                         Message::OpenStream(o) if o.standby => {
                             if !self.config.tunnels.is_empty() {
-                                let relay_host = relay_host(&self.config.relay).to_string();
+                                let relay_host = relay_host(&self.current).to_string();
                                 let (tunnels, status) = (self.config.tunnels.clone(), self.status.clone());
                                 let mut stop = self.stop.clone();
                                 tokio::spawn(async move {
@@ -524,7 +572,7 @@ impl Worker {
                         }
                         Message::OpenStream(o) => match self.config.tunnels.get(&o.service) {
                             Some(target) => {
-                                let relay_host = relay_host(&self.config.relay).to_string();
+                                let relay_host = relay_host(&self.current).to_string();
                                 let (target, status) = (*target, self.status.clone());
                                 tokio::spawn(async move {
                                     let r = join_stream(&relay_host, target, o, &status).await;
@@ -608,6 +656,49 @@ impl Worker {
         v.sort();
         v.dedup();
         v
+    }
+}
+
+/// TCP, TLS and `hello` to `addr`; the relay's `hello_result` when it is ok.
+async fn handshake(
+    tls: TlsConnector,
+    server_name: ServerName<'static>,
+    addr: String,
+    hello: Hello,
+) -> Result<(Channel, FrameDecoder, HelloResult), ConnectFailure> {
+    let io = |e: std::io::Error| ConnectFailure { reason: e.to_string(), refused: false };
+    let tcp = TcpStream::connect(&addr).await.map_err(io)?;
+    let _ = tcp.set_nodelay(true);
+    let mut tls = tls.connect(server_name, tcp).await.map_err(io)?;
+    tls.write_all(&Message::Hello(hello).encode().encode()).await.map_err(io)?;
+    let mut decoder = FrameDecoder::new();
+    let mut buf = [0u8; 4096];
+    let frame = loop {
+        match decoder.poll_frame() {
+            Ok(Some(f)) => break f,
+            Ok(None) => {}
+            Err(e) => return Err(ConnectFailure { reason: e.to_string(), refused: false }),
+        }
+        let n = tls.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            return Err(ConnectFailure { reason: "relay closed the channel".into(), refused: false });
+        }
+        decoder.handle_bytes(&buf[..n]);
+    };
+    match Message::decode(&frame) {
+        Ok(Message::HelloResult(r)) if r.ok => Ok((tls, decoder, r)),
+        Ok(Message::HelloResult(HelloResult { code, .. })) => {
+            // A standby is not a refusal of this connector: try again soon.
+            let standby = code.as_deref() == Some(ErrorCode::Standby.as_str());
+            Err(ConnectFailure {
+                reason: format!("relay refused the connector: {}", code.as_deref().unwrap_or("unknown")),
+                refused: !standby,
+            })
+        }
+        Ok(Message::Error(ErrorMessage { code, .. })) => {
+            Err(ConnectFailure { reason: format!("relay error: {code}"), refused: false })
+        }
+        _ => Err(ConnectFailure { reason: "unexpected first frame from the relay".into(), refused: false }),
     }
 }
 

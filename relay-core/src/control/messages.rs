@@ -20,6 +20,11 @@ pub struct Hello {
     /// Services the connector exposes (names from the relay's tunnel config).
     #[serde(default)]
     pub services: Vec<String>,
+    /// Only ask for the relay's load: after authenticating, the relay
+    /// answers `hello_result` with `load` and closes; nothing is registered
+    /// (a connector given several relays picks the least loaded one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 
 impl std::fmt::Debug for Hello {
@@ -30,6 +35,7 @@ impl std::fmt::Debug for Hello {
             .field("token", &"<masked>")
             .field("connector_id", &self.connector_id)
             .field("services", &self.services)
+            .field("probe", &self.probe)
             .finish()
     }
 }
@@ -48,6 +54,31 @@ pub struct HelloResult {
     /// Heartbeat interval the relay expects, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_secs: Option<u32>,
+    /// The relay's load, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<RelayLoad>,
+}
+
+/// A relay's load as `hello_result` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RelayLoad {
+    /// Sessions it serves.
+    pub sessions: u64,
+    /// Relay ports in use.
+    pub ports_in_use: u64,
+    /// Relay ports it has.
+    pub ports_total: u64,
+}
+
+impl RelayLoad {
+    /// Ports in use per thousand (1000 when it has no ports).
+    pub fn permille(&self) -> u64 {
+        if self.ports_total == 0 {
+            1000
+        } else {
+            self.ports_in_use.saturating_mul(1000) / self.ports_total
+        }
+    }
 }
 
 /// `heartbeat` and `heartbeat_ack`.
@@ -297,8 +328,15 @@ mod tests {
                 token: "s3cret".into(),
                 connector_id: "pbx-1".into(),
                 services: vec!["sip-tls".into()],
+                probe: false,
             }),
-            Message::HelloResult(HelloResult { ok: true, code: None, message: None, heartbeat_secs: Some(10) }),
+            Message::HelloResult(HelloResult {
+                ok: true,
+                code: None,
+                message: None,
+                heartbeat_secs: Some(10),
+                load: Some(RelayLoad { sessions: 2, ports_in_use: 4, ports_total: 100 }),
+            }),
             Message::Heartbeat(Heartbeat { seq: 7 }),
             Message::Release(Release { request_id: 3, id: "0100000000000001".into() }),
             Message::Error(ErrorMessage { code: "bad_message".into(), message: "x".into(), request_id: None }),
@@ -321,7 +359,8 @@ mod tests {
                 tenant: "t".into(),
                 token: "s3cret".into(),
                 connector_id: "c".into(),
-                services: vec![]
+                services: vec![],
+                probe: false,
             }
         )
         .contains("s3cret"));

@@ -26,7 +26,9 @@ use super::auth::{AuthOutcome, AuthPolicy, Authenticator};
 use super::caps::{CapGuard, ConnCaps, KnownSources};
 use super::frame::{Frame, FrameDecoder, FrameError};
 use super::heartbeat::{Heartbeat, HeartbeatAction};
-use super::messages::{ErrorMessage, Heartbeat as HeartbeatMessage, Hello, HelloResult, Message, OpenStream, Reply};
+use super::messages::{
+    ErrorMessage, Heartbeat as HeartbeatMessage, Hello, HelloResult, Message, OpenStream, RelayLoad, Reply,
+};
 use super::registry::Registry;
 use super::stream::{accept_or_back_off, stopped};
 use crate::api::{parse_session_id, AllocationReply, FieldError, SessionRequest, UpdateRequest};
@@ -172,6 +174,10 @@ counters! {
     request_errors,
     /// Sessions released because their tenant's connector stayed away past the grace period.
     grace_released_sessions,
+    /// Load probes answered (a connector choosing among several relays).
+    probes,
+    /// Connectors refused because this relay is a cluster standby.
+    standby_refused,
 }
 
 /// One authenticated connector, as listed by [`ControlServer::connectors`].
@@ -515,6 +521,7 @@ impl Inner {
                 code: Some(code.as_str().into()),
                 message: Some(message.into()),
                 heartbeat_secs: None,
+                load: None,
             })
         };
         if hello.version != u32::from(super::frame::VERSION) {
@@ -547,6 +554,27 @@ impl Inner {
         let Some(tenant) = allowed else {
             return None; // removed by a reload between the two checks
         };
+        if hello.probe {
+            // Authenticated, so the load is not shown to strangers.
+            self.counters.probes.fetch_add(1, Ordering::Relaxed);
+            let load = self.load().await;
+            let (ok, code, message) = match load {
+                Some(_) => (true, None, None),
+                None => {
+                    (false, Some(ErrorCode::Standby.as_str().into()), Some("a cluster standby serves nothing".into()))
+                }
+            };
+            let answer = Message::HelloResult(HelloResult { ok, code, message, heartbeat_secs: None, load });
+            let _ = self.write(writer, &answer).await;
+            return None;
+        }
+        if self.relay.is_standby() {
+            self.counters.standby_refused.fetch_add(1, Ordering::Relaxed);
+            let _ = self
+                .write(writer, &refuse(ErrorCode::Standby, "this relay is a cluster standby: another node serves"))
+                .await;
+            return None;
+        }
         if let Some(bad) = hello.services.iter().find(|s| !tenant.services.contains(s)) {
             self.counters.auth_unknown_service.fetch_add(1, Ordering::Relaxed);
             let _ = self
@@ -570,12 +598,22 @@ impl Inner {
             code: None,
             message: None,
             heartbeat_secs: Some(self.config.heartbeat.as_secs().max(1) as u32),
+            load: self.load().await,
         });
         if self.write(writer, &ok).await.is_err() {
             self.unregister(&hello.tenant, registration.epoch);
             return None;
         }
         Some(registration)
+    }
+
+    /// The relay's load for `hello_result`; `None` on a cluster standby.
+    async fn load(&self) -> Option<RelayLoad> {
+        if self.relay.is_standby() {
+            return None;
+        }
+        let c = self.relay.counters().await.ok()?.total;
+        Some(RelayLoad { sessions: c.sessions_active, ports_in_use: c.ports_in_use, ports_total: c.ports_total })
     }
 
     fn register(&self, hello: &Hello, peer: SocketAddr) -> Result<Registration, ()> {

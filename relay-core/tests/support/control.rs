@@ -51,15 +51,20 @@ pub fn quick() -> ControlConfig {
 }
 
 pub async fn env(config: ControlConfig) -> Env {
+    env_with(config, pki(), 23000).await
+}
+
+/// A relay with its control listener, presenting `pki`'s certificate, with
+/// 5 000 media ports from `port_min`.
+pub async fn env_with(config: ControlConfig, pki: Pki, port_min: u16) -> Env {
     let relay = Relay::start(RelayConfig {
         backend: BackendKind::Portable,
-        port_min: 23000,
-        port_max: 27999,
+        port_min,
+        port_max: port_min + 4999,
         workers: 1,
         ..RelayConfig::default()
     })
     .expect("relay starts");
-    let pki = pki();
     let cert = ReloadableCert::new(load_certified_key(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).expect("key"));
     let server = ControlServer::new(config, cert, tenants(), relay.handle()).expect("server");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
