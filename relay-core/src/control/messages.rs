@@ -73,11 +73,7 @@ pub struct RelayLoad {
 impl RelayLoad {
     /// Ports in use per thousand (1000 when it has no ports).
     pub fn permille(&self) -> u64 {
-        if self.ports_total == 0 {
-            1000
-        } else {
-            self.ports_in_use.saturating_mul(1000) / self.ports_total
-        }
+        self.ports_in_use.saturating_mul(1000).checked_div(self.ports_total).unwrap_or(1000)
     }
 }
 
