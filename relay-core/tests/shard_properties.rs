@@ -1,7 +1,8 @@
 //! Property test: random sequences of commands, datagrams (random bytes and
 //! well-formed SRTP/STUN-looking packets) from random sources, and time
 //! jumps. The shard must never panic, never forward a datagram anywhere but
-//! the peer leg of its own session, and its counters must add up.
+//! the peer leg of its own session, and its counters must add up; whatever
+//! happened, its sessions' exported states resume on a fresh shard exactly.
 
 mod support;
 
@@ -99,19 +100,17 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let t0 = Instant::now();
     let mut now = t0;
     let srcs = sources();
-    let mut shard = Shard::new(
-        ShardConfig {
-            index: 1,
-            addresses: vec![relay_core::shard::AddressSlice::new([127, 0, 0, 1].into(), BASE, PORTS)],
-            defaults: SessionDefaults { idle_timeout: Duration::from_secs(30), ..SessionDefaults::default() },
-            peer_policy: PeerPolicy::default(),
-            seed: 7,
-            bind_quarantine: Duration::from_secs(5),
-            offload: true,
-            journal: true,
-        },
-        t0,
-    );
+    let config = || ShardConfig {
+        index: 1,
+        addresses: vec![relay_core::shard::AddressSlice::new([127, 0, 0, 1].into(), BASE, PORTS)],
+        defaults: SessionDefaults { idle_timeout: Duration::from_secs(30), ..SessionDefaults::default() },
+        peer_policy: PeerPolicy::default(),
+        seed: 7,
+        bind_quarantine: Duration::from_secs(5),
+        offload: true,
+        journal: true,
+    };
+    let mut shard = Shard::new(config(), t0);
     let mut sockets = FakeSockets::default();
     let mut m = Model { owner: HashMap::new(), ports: HashMap::new(), senders: HashMap::new(), live: vec![] };
 
@@ -236,6 +235,28 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(c.packets_received, c.packets_forwarded + c.drops.total());
         prop_assert_eq!(c.sessions_active as usize, m.live.len());
         prop_assert_eq!(sockets.open.len(), m.owner.len());
+    }
+    // Replication: whatever happened, every session's exported state
+    // resumes on a fresh shard of the same layout, and exports the same.
+    let exported = match shard.handle_command(now, Command::Export { after: None, limit: usize::MAX }, &mut sockets) {
+        Response::Exported(v) => v,
+        other => return Err(TestCaseError::fail(format!("{other:?}"))),
+    };
+    prop_assert_eq!(exported.len(), m.live.len());
+    let mut standby = Shard::new(config(), now);
+    let mut standby_sockets = FakeSockets::default();
+    for state in &exported {
+        let r = standby.handle_command(
+            now,
+            Command::Restore { state: Box::new(state.clone()), permit: None },
+            &mut standby_sockets,
+        );
+        prop_assert!(matches!(r, Response::Restored(Ok(_))), "{:?}", r);
+    }
+    prop_assert_eq!(&standby_sockets.open, &sockets.open);
+    match standby.handle_command(now, Command::Export { after: None, limit: usize::MAX }, &mut standby_sockets) {
+        Response::Exported(v) => prop_assert_eq!(v, exported),
+        other => return Err(TestCaseError::fail(format!("{other:?}"))),
     }
     shard.release_all(&mut sockets);
     prop_assert!(sockets.open.is_empty());
