@@ -302,6 +302,12 @@ impl Drop for Cluster {
     }
 }
 
+/// How long a takeover retries sessions whose ports do not bind yet.
+const RESTORE_RETRY: Duration = Duration::from_secs(2);
+/// How often it retries them.
+const RESTORE_RETRY_EVERY: Duration = Duration::from_millis(20);
+use relay_core::shard::RESTORE_BIND_FAILED as BIND_FAILED;
+
 /// How an active phase ended.
 enum ActiveEnd {
     /// Another node holds the lease now.
@@ -357,7 +363,7 @@ impl Node {
     }
 
     fn redis_result<T>(&self, r: &Result<T, StoreError>) {
-        let ok = !matches!(r, Err(StoreError::Redis(_)));
+        let ok = !matches!(r, Err(StoreError::Redis(_) | StoreError::Timeout));
         self.update(|s| {
             s.redis_up = ok;
             if !ok {
@@ -403,7 +409,10 @@ impl Node {
                 return None;
             }
             if sub.is_none() {
-                match self.store.subscribe().await {
+                // Bounded: a Redis that accepts connections but does not
+                // answer must not stop the lease watch.
+                let subscribed = tokio::time::timeout(self.config.redis_timeout * 4, self.store.subscribe()).await;
+                match subscribed.unwrap_or(Err(StoreError::Timeout)) {
                     Ok(ps) => {
                         // Subscribed first, then loaded: nothing written in
                         // between is missed.
@@ -447,9 +456,6 @@ impl Node {
                         if let Ok(Some(holder)) = r {
                             return Some((holder, warm));
                         }
-                    }
-                    if sub.is_none() {
-                        continue;
                     }
                 }
                 _ = register.tick() => self.register(Role::Standby).await,
@@ -554,28 +560,38 @@ impl Node {
     /// Becomes active: runs the hook, resumes every warm session.
     async fn take_over(&mut self, holder: &Holder, warm: WarmCopy) {
         let started = Instant::now();
-        tracing::warn!(epoch = holder.epoch, sessions = warm.sessions.len(), "took the cluster lease: taking over");
+        let total = warm.sessions.len();
+        tracing::warn!(epoch = holder.epoch, sessions = total, "took the cluster lease: taking over");
         if let Some(hook) = self.config.takeover_hook.clone() {
             self.run_hook(&hook, holder.epoch);
         }
-        let pending: Vec<_> = warm
-            .sessions
-            .into_values()
-            .map(|(state, _, arrived)| {
-                let id = state.id;
-                (id, self.relay.restore(state.aged(arrived.elapsed())))
-            })
-            .collect();
-        let (mut restored, mut failed) = (0, 0);
-        for (id, p) in pending {
-            match p.await {
-                Ok(_) => restored += 1,
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(session = %id, error = %e, "session not resumed");
+        let mut todo: Vec<(SessionState, Instant)> = warm.sessions.into_values().map(|(s, _, at)| (s, at)).collect();
+        let mut restored = 0;
+        let retry_until = started + RESTORE_RETRY;
+        loop {
+            let pending: Vec<_> = todo
+                .into_iter()
+                .map(|(state, arrived)| (self.relay.restore(state.clone().aged(arrived.elapsed())), state, arrived))
+                .collect();
+            todo = Vec::new();
+            for (p, state, arrived) in pending {
+                match p.await {
+                    Ok(_) => restored += 1,
+                    // A port still held by a process that just died on this
+                    // host (an io_uring ring is torn down asynchronously):
+                    // try again shortly.
+                    Err(relay_core::RelayError::RestoreConflict(BIND_FAILED)) if Instant::now() < retry_until => {
+                        todo.push((state, arrived));
+                    }
+                    Err(e) => tracing::warn!(session = %state.id, error = %e, "session not resumed"),
                 }
             }
+            if todo.is_empty() {
+                break;
+            }
+            tokio::time::sleep(RESTORE_RETRY_EVERY).await;
         }
+        let failed = total - restored;
         let stored_calls: Vec<Vec<u8>> = warm.calls.into_values().collect();
         let calls = stored_calls.len();
         let calls_restored = self.calls.restore(stored_calls).await;

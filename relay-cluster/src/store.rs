@@ -36,6 +36,9 @@ pub enum StoreError {
     /// re-acquire it.
     #[error("no lease: it expired or redis lost it")]
     NoLease,
+    /// Redis did not answer in time.
+    #[error("redis did not answer in time")]
+    Timeout,
     /// The configured URL is not a Redis URL.
     #[error("invalid redis url: {0}")]
     Url(String),

@@ -546,3 +546,43 @@ mod ng_calls {
         b.stop(false).await;
     }
 }
+
+/// A port still held when the standby takes over (on one host, a killed
+/// process's io_uring ring may release its sockets a little later): the
+/// takeover retries it and the session resumes once the port is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_retries_ports_that_are_still_held_for_a_moment() {
+    let redis = RedisServer::start("held");
+    let relay_a = relay(34600);
+    let mut a = Cluster::start(node_config(&redis, "a", true), relay_a.handle()).await.expect("cluster a");
+    wait(&mut a, |s| s.role == Role::Active).await;
+    let relay_b = relay(34600);
+    let mut b = Cluster::start(node_config(&redis, "b", false), relay_b.handle()).await.expect("cluster b");
+    wait(&mut b, |s| s.role == Role::Standby).await;
+    let (pbx, phone) = (socket("127.0.0.1"), socket("127.0.0.1"));
+    let s = srtp_session(&relay_a.handle(), &pbx, &phone, 1).await;
+    wait(&mut a, |st| st.last_write.is_some() && st.queue_depth == 0).await;
+    wait(&mut b, |st| st.warm_sessions == 1).await;
+    drop(a);
+    drop(relay_a);
+    // Something else holds the session's PBX port when the standby takes over.
+    let blocker = UdpSocket::bind(s.pbx.rtp).expect("hold the port");
+    let mut c = redis.client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lease: Option<String> = redis::cmd("GET").arg("ucmrc:{svc}:lease").query(&mut c).expect("lease");
+        if lease.is_some_and(|l| l.starts_with("b ")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never took the lease");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // held a while into the takeover
+    drop(blocker);
+    let st = wait(&mut b, |st| st.role == Role::Active).await;
+    let report = st.last_takeover.expect("report");
+    assert_eq!((report.restored, report.failed), (1, 0), "{report:?}");
+    assert!(report.took >= Duration::from_millis(80), "it waited for the port: {report:?}");
+    assert_eq!(relay_b.handle().session(s.id).await.expect("resumed").pbx.ports.rtp, s.pbx.rtp.port());
+    b.stop(false).await;
+}

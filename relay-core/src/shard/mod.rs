@@ -354,6 +354,10 @@ pub struct Shard {
     journal: Option<Journal>,
 }
 
+/// The [`ShardError::RestoreConflict`] reason of a port that did not bind
+/// (worth retrying: its previous owner may be closing it).
+pub const RESTORE_BIND_FAILED: &str = "a port that does not bind";
+
 /// Most queued kernel fast path actions (and withdrawn routes awaiting
 /// their last counters).
 const MAX_OFFLOAD_QUEUE: usize = 1 << 20;
@@ -695,7 +699,7 @@ impl Shard {
                 sockets.open(RelayPort::new(addr, port)).err().map(|_| {
                     self.pools[a].release(port);
                     self.counters.port_bind_failures += 1;
-                    "a port that does not bind"
+                    RESTORE_BIND_FAILED
                 })
             });
             if let Some(reason) = failure {
