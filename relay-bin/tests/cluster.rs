@@ -69,9 +69,11 @@ fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_
     for _ in 0..10 {
         assert_eq!(call.exchange(), 2, "SRTP both ways through the active");
     }
-    // The standby has everything the active wrote (latches included).
+    // The standby has the session, and everything the active wrote since.
+    wait_for("the session in the standby's copy", || cluster(&b)["warm_sessions"] == 1);
     wait_for("the active's changes written", || cluster(&a)["queue_depth"] == 0);
     let written = last_write(&a);
+    assert!(written.1 > 0, "the active wrote");
     wait_for("the standby caught up", || last_write(&b) >= written);
     let nodes = cluster(&a)["nodes"].as_array().cloned().unwrap_or_default();
     let mut seen: Vec<(String, String)> = nodes
@@ -87,7 +89,10 @@ fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_
     let mut lost = 0;
     while call.exchange() < 2 {
         lost += 1;
-        assert!(killed.elapsed() < Duration::from_secs(5), "media never came back");
+        if killed.elapsed() > Duration::from_secs(5) {
+            let log: Vec<String> = b.stderr.try_iter().collect();
+            panic!("media never came back; the standby: {}\n{}", cluster(&b), log.join("\n"));
+        }
     }
     let gap = killed.elapsed();
     eprintln!("media back through the standby {gap:?} after SIGKILL ({lost} exchanges lost)");
