@@ -3,7 +3,8 @@
 #  - relay-core builds, lints, tests and documents with each feature alone
 #    and with none (the feature list is read from Cargo.toml, so a new
 #    feature is covered without editing this script);
-#  - the engine and the connector pull in only what they use;
+#  - the engine and the connector pull in only what they use; relay-cluster
+#    builds with and without its ng feature;
 #  - the examples run;
 #  - rustdoc is warning-free; the declared MSRV builds the crates;
 #  - cargo-deny accepts every licence, ban and source (offline checks).
@@ -27,8 +28,13 @@ for f in "" $features; do
   RUSTDOCFLAGS="-D warnings" cargo doc "${args[@]}" --no-deps -q
 done
 
+step "relay-cluster with and without its ng feature"
+cargo clippy -p relay-cluster --no-default-features --locked --lib -- -D warnings
+cargo clippy -p relay-cluster --locked --lib -- -D warnings
+
 step "rustdoc with every feature, and the binary's"
 RUSTDOCFLAGS="-D warnings" cargo doc -p relay-core --all-features --no-deps --locked -q
+RUSTDOCFLAGS="-D warnings" cargo doc -p relay-cluster --no-deps --locked -q
 RUSTDOCFLAGS="-D warnings" cargo doc -p ucmrc --no-deps --locked -q
 
 step "what an embedder pays for"
@@ -49,7 +55,12 @@ refuse "the media engine pulls TLS, certificates or JSON" "$heavy" -p relay-core
 refuse "relay-core without features pulls TLS, certificates or JSON" "$heavy" -p relay-core --no-default-features
 refuse "the connector pulls io_uring or certificate generation" '^(io-uring|rcgen) ' \
   -p relay-core --no-default-features --features connector
-refuse "ucmrc without its demo links the testkit" '^(rcgen|ctr) ' -p ucmrc --no-default-features
+refuse "ucmrc without its demo links certificate generation" '^rcgen ' -p ucmrc --no-default-features
+if cargo tree --locked -p ucmrc --no-default-features -e normal,features --prefix none -i relay-core |
+  grep -q '^relay-core feature "testkit"'; then
+  echo "ucmrc without its demo enables relay-core's testkit" >&2
+  exit 1
+fi
 for build in "" "--no-default-features"; do
   # tokio's runtime (feature "rt") must not be enabled for the engine.
   # shellcheck disable=SC2086
