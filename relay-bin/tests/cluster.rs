@@ -30,21 +30,6 @@ fn node(redis: &RedisServer, key: &std::path::Path, node_id: &str, role: &str) -
         )
 }
 
-fn cluster(r: &Relay) -> serde_json::Value {
-    let (status, body) = http(r.admin, "GET", "/v1/cluster", Some(TOKEN), None);
-    assert_eq!(status, 200, "{body}");
-    json(&body)
-}
-
-fn role(r: &Relay) -> String {
-    cluster(r)["role"].as_str().unwrap_or("").to_string()
-}
-
-fn last_write(r: &Relay) -> (u64, u64) {
-    let v = &cluster(r)["last_write"];
-    (v["epoch"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(0))
-}
-
 #[test]
 fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_as_standby() {
     let redis = RedisServer::start("bin");

@@ -16,6 +16,10 @@
 //! `UCMRC_HA_CYCLES=N` (default 1) repeats the takeover N times, back and
 //! forth, and prints the gaps (docs/HA.md's measurement).
 
+#[path = "../../relay-core/tests/support/netns.rs"]
+mod netns;
+#[path = "../../relay-cluster/tests/support/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -24,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use netns::{sh, socket_in};
 use support::*;
 
 const CHILD: &str = "UCMRC_HA_NETNS_CHILD";
@@ -54,31 +59,6 @@ fn a_standby_host_takes_over_the_service_address_with_every_call() {
     assert!(stdout.contains("HA-NETNS-OK"), "the scenario did not run:\n{stdout}\n{stderr}");
 }
 
-fn sh(cmd: &str) {
-    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A UDP socket made inside namespace `netns` (a short-lived thread joins
-/// it; the socket stays there).
-fn socket_in(netns: &str, bind: &str) -> UdpSocket {
-    use std::os::fd::AsRawFd;
-    let (path, bind) = (format!("/run/netns/{netns}"), bind.to_string());
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("netns file");
-        // SAFETY (test harness): setns moves only this short-lived thread
-        // into the namespace, with a valid namespace descriptor.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let s = UdpSocket::bind(bind).expect("bind");
-        s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-        s
-    })
-    .join()
-    .expect("namespace thread")
-}
-
 /// Hosts on one bridge: `name` gets 10.77.0.`n`.
 fn topology() {
     sh("mount --make-rprivate / && mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns");
@@ -104,7 +84,6 @@ impl Drop for RedisProcess {
 }
 
 fn redis_server() -> RedisProcess {
-    use std::io::{BufRead, BufReader};
     let dir = temp_dir("ha-redis");
     let mut child = Command::new("ip")
         .args(["netns", "exec", "redis", "redis-server", "--bind", "10.77.0.5", "--port", "6379", "--save", ""])
@@ -114,15 +93,7 @@ fn redis_server() -> RedisProcess {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("redis-server");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.to_ascii_lowercase().contains("ready to accept connections") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("redis-server exited"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    redis_server::wait_ready(&mut child);
     RedisProcess(child)
 }
 
@@ -181,21 +152,6 @@ fn start_node(s: &Setup, node: &str, role: &str) -> Relay {
     let mut r = start_with(&["ip", "netns", "exec", node], Some(&node_config(s, node, role)));
     r.admin = format!("{}:9180", node_ip(node)).parse().expect("admin");
     r
-}
-
-fn cluster(r: &Relay) -> serde_json::Value {
-    let (status, body) = http(r.admin, "GET", "/v1/cluster", Some(TOKEN), None);
-    assert_eq!(status, 200, "{body}");
-    json(&body)
-}
-
-fn role(r: &Relay) -> String {
-    cluster(r)["role"].as_str().unwrap_or("").to_string()
-}
-
-fn last_write(r: &Relay) -> (u64, u64) {
-    let v = &cluster(r)["last_write"];
-    (v["epoch"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(0))
 }
 
 /// One direction of a call: paced SRTP (50 packets/s) to the relay, and a
@@ -330,14 +286,14 @@ fn in_namespace() {
     // Calls over the admin API, on the service address, from the phones' and PBX's hosts.
     let mut calls = Vec::new();
     for i in 0..4u16 {
-        let pbx = socket_in("pbx", &format!("10.77.0.22:{}", 30000 + i));
-        let phone = socket_in("phones", &format!("10.77.0.21:{}", 31000 + i));
+        let pbx = socket_in("pbx", &format!("10.77.0.22:{}", 30000 + i), Duration::from_millis(100));
+        let phone = socket_in("phones", &format!("10.77.0.21:{}", 31000 + i), Duration::from_millis(100));
         let c = Call::allocate_with(&active, "acme", pbx, phone).expect("allocate");
         assert_eq!(c.to_pbx_leg.ip().to_string(), VIP);
         calls.push(c);
     }
     // ng, as Kamailio sends it (to the service address).
-    let mut ng = Ng { sock: socket_in("pbx", "10.77.0.22:0"), n: 0 };
+    let mut ng = Ng { sock: socket_in("pbx", "10.77.0.22:0", Duration::from_millis(100)), n: 0 };
     ng.sock.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
     let sdp = |port: u16, ip: &str| {
         format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n")

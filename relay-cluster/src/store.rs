@@ -381,28 +381,37 @@ impl Store {
 
     /// Every stored call-id.
     pub async fn call_ids(&mut self) -> Result<Vec<String>, StoreError> {
-        Ok(self.conn.hkeys(&self.keys.calls).await?)
+        let key = self.keys.calls.clone();
+        self.hash_keys(&key).await
     }
 
     /// The stored calls of `ids` (`None` where deleted since).
     pub async fn get_calls(&mut self, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let key = self.keys.calls.clone();
+        self.hash_get(&key, ids).await
+    }
+
+    async fn hash_keys(&mut self, key: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.conn.hkeys(key).await?)
+    }
+
+    async fn hash_get(&mut self, key: &str, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(redis::cmd("HMGET").arg(&self.keys.calls).arg(ids).query_async(&mut self.conn).await?)
+        Ok(redis::cmd("HMGET").arg(key).arg(ids).query_async(&mut self.conn).await?)
     }
 
     /// Every stored session id.
     pub async fn ids(&mut self) -> Result<Vec<String>, StoreError> {
-        Ok(self.conn.hkeys(&self.keys.sessions).await?)
+        let key = self.keys.sessions.clone();
+        self.hash_keys(&key).await
     }
 
     /// The records of `ids` (`None` where deleted since).
     pub async fn get_many(&mut self, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(redis::cmd("HMGET").arg(&self.keys.sessions).arg(ids).query_async(&mut self.conn).await?)
+        let key = self.keys.sessions.clone();
+        self.hash_get(&key, ids).await
     }
 
     /// A dedicated subscription to the group's change channel.

@@ -272,6 +272,17 @@ pub struct LegAddresses {
     pub rtcp: Option<SocketAddr>,
 }
 
+/// Every shard's part of a page, merged in id order and cut to `limit`;
+/// the id to continue after when more follow.
+fn page<T>(parts: Vec<Vec<T>>, limit: usize, id: impl Fn(&T) -> SessionId) -> (Vec<T>, Option<SessionId>) {
+    let mut all: Vec<T> = parts.into_iter().flatten().collect();
+    all.sort_by_key(&id);
+    let more = all.len() > limit;
+    all.truncate(limit);
+    let next = if more { all.last().map(&id) } else { None };
+    (all, next)
+}
+
 /// A page of exported session states.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatePage {
@@ -950,18 +961,15 @@ impl RelayHandle {
     pub fn list(&self, after: Option<SessionId>, limit: usize) -> Pending<SessionPage> {
         let limit = limit.clamp(1, 10_000);
         self.gather(
-            move || Command::List { after, limit },
+            // One more than asked per shard: a full page says whether more follow.
+            move || Command::List { after, limit: limit + 1 },
             |r| match r {
                 Response::List(v) => Some(v),
                 _ => None,
             },
             move |parts: Vec<Vec<SessionInfo>>| {
-                let mut all: Vec<SessionInfo> = parts.into_iter().flatten().collect();
-                all.sort_by_key(|s| s.id);
-                let more = all.len() > limit;
-                all.truncate(limit);
-                let next = if more { all.last().map(|s| s.id) } else { None };
-                SessionPage { sessions: all, next }
+                let (sessions, next) = page(parts, limit, |s| s.id);
+                SessionPage { sessions, next }
             },
         )
     }
@@ -997,12 +1005,8 @@ impl RelayHandle {
                 _ => None,
             },
             move |parts: Vec<Vec<SessionState>>| {
-                let mut all: Vec<SessionState> = parts.into_iter().flatten().collect();
-                all.sort_by_key(|s| s.id);
-                let more = all.len() > limit;
-                all.truncate(limit);
-                let next = if more { all.last().map(|s| s.id) } else { None };
-                StatePage { states: all, next }
+                let (states, next) = page(parts, limit, |s| s.id);
+                StatePage { states, next }
             },
         )
     }

@@ -14,10 +14,13 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
+#[path = "support/netns.rs"]
+mod netns;
 #[path = "support/seccomp.rs"]
 mod seccomp;
 mod support;
 
+use netns::{sh, socket_in};
 use relay_core::io::ebpf::{FastPath, NextHop, Route};
 use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
 use relay_core::{BackendKind, DropReason, Relay, RelayConfig};
@@ -433,31 +436,6 @@ fn block_bpf_syscall() -> std::io::Result<()> {
     seccomp::deny_with_eperm(&[libc::SYS_bpf as u32])
 }
 
-fn sh(cmd: &str) {
-    let ok = Command::new("sh").args(["-c", cmd]).status().expect("sh").success();
-    assert!(ok, "{cmd}");
-}
-
-/// A UDP socket created inside network namespace `netns` (a thread joins
-/// it, makes the socket, and ends; the socket stays in that namespace).
-fn socket_in(netns: &str, bind: &str) -> UdpSocket {
-    use std::os::fd::AsRawFd;
-    let (path, bind) = (format!("/run/netns/{netns}"), bind.to_string());
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("netns file");
-        // SAFETY (test harness): setns moves only this short-lived thread
-        // into the namespace, with a valid namespace descriptor.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let s = UdpSocket::bind(bind).expect("bind");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        s
-    })
-    .join()
-    .expect("namespace thread")
-}
-
 /// Three namespaces joined by veth links — a phone (10.1.0.2) on the
 /// relay's LAN interface (10.1.0.1), a PBX (10.2.0.2) on its WAN interface
 /// (10.2.0.1), the relay on `auto`: the kernel forwards each leg out of the
@@ -498,8 +476,8 @@ fn veth_in_namespace() {
     );
     drop(lab);
     let h = relay.handle();
-    let phone = socket_in("phone", "10.1.0.2:0");
-    let pbx = socket_in("pbx", "10.2.0.2:0");
+    let phone = socket_in("phone", "10.1.0.2:0", Duration::from_secs(5));
+    let pbx = socket_in("pbx", "10.2.0.2:0", Duration::from_secs(5));
     let (mp, me) = (master(1), master(2));
     let a = srtp_session(&h, (&pbx, 1, &mp), (&phone, 0, &me));
     assert_eq!((a.endpoint.rtp.ip(), a.pbx.rtp.ip()), ([10, 1, 0, 1].into(), [10, 2, 0, 1].into()));

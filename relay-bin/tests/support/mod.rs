@@ -311,6 +311,25 @@ impl Call {
     }
 }
 
+/// `GET /v1/cluster` of a relay.
+pub fn cluster(r: &Relay) -> Value {
+    let (status, body) = http(r.admin, "GET", "/v1/cluster", Some(TOKEN), None);
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+}
+
+/// A relay's cluster role.
+pub fn role(r: &Relay) -> String {
+    cluster(r)["role"].as_str().unwrap_or("").to_string()
+}
+
+/// The newest write a cluster node made (active) or applied (standby), as
+/// (epoch, sequence); (0, 0) for none.
+pub fn last_write(r: &Relay) -> (u64, u64) {
+    let v = &cluster(r)["last_write"];
+    (v["epoch"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(0))
+}
+
 /// Scrapes /metrics and parses the Prometheus text format strictly.
 pub fn scrape(r: &Relay) -> std::collections::HashMap<String, f64> {
     let (status, text) = http(r.admin, "GET", "/metrics", Some(TOKEN), None);

@@ -7,6 +7,21 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+/// Waits until a redis-server started with its stdout piped says it accepts
+/// connections, then keeps draining its log (a full pipe would block it).
+pub fn wait_ready(child: &mut Child) {
+    let out = child.stdout.take().expect("redis-server's stdout piped");
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.to_ascii_lowercase().contains("ready to accept connections") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("redis-server exited before accepting connections"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+}
+
 /// A running redis-server; killed on drop.
 pub struct RedisServer {
     pub dir: PathBuf,
@@ -44,17 +59,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (Debian's redis-server package; scripts/setup-debian.sh installs it)");
-        let out = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(out).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.to_ascii_lowercase().contains("ready to accept connections") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("redis-server exited before accepting connections"),
-            }
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        wait_ready(&mut child);
         self.child = Some(child);
     }
 
