@@ -1018,6 +1018,17 @@ fn restore_refuses_clashes_and_bad_states_and_leaks_nothing() {
     let mut odd = probe.clone();
     odd.pbx.ports.rtcp = Some(odd.pbx.ports.rtp + 3);
     assert!(matches!(standby.restore(1, odd), Err(ShardError::InvalidSpec(_))));
+    // A forged record cannot aim latched media anywhere the peer policy
+    // refuses: a metadata service, the relay itself, a private network.
+    for bad in ["169.254.169.254:80", "127.0.0.1:40002", "10.0.0.1:5004"] {
+        let mut aimed = probe.clone();
+        aimed.endpoint.remote_rtp = Some(sa(bad));
+        let r = standby.restore(1, aimed);
+        assert!(
+            matches!(&r, Err(ShardError::InvalidSpec(e)) if e.kind == relay_core::session::SpecErrorKind::AddressRefused),
+            "{bad}: {r:?}"
+        );
+    }
     let mut keyless = probe.clone();
     keyless.endpoint.srtp_auth = None;
     keyless.endpoint.stun_password = None;

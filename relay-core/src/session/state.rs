@@ -266,6 +266,19 @@ pub(crate) fn validate_state(
     }
     for (l, side) in [(&s.pbx, "pbx"), (&s.endpoint, "endpoint")] {
         super::validate_leg_fields(l.hint, l.stun_password.as_deref(), Some(l.limits), side, defaults, policy)?;
+        // Where media will be sent without a new latch: held to the peer
+        // policy like any source (a forged record must not aim the relay at
+        // metadata services, private networks or the relay itself).
+        for a in [l.remote_rtp, l.remote_rtcp].into_iter().flatten() {
+            if !policy.allows_peer(crate::peer::canonical(a)) {
+                return Err(InvalidSpec::address_refused(side, "latched address refused by the peer policy"));
+            }
+        }
+        if let (Some(port), Some(h)) = (l.rtcp_hint_port.filter(|p| *p != 0), l.hint) {
+            if !policy.allows_peer(crate::peer::canonical(SocketAddr::new(h.ip(), port))) {
+                return Err(InvalidSpec::address_refused(side, "RTCP address refused by the peer policy"));
+            }
+        }
         if l.replay.len() > super::replay::MAX_REPLAY_SSRCS {
             return Err(InvalidSpec::invalid(side, "too many SSRCs in the replay memory"));
         }
