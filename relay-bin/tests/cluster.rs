@@ -22,7 +22,7 @@ use support::*;
 /// asynchronously and may hold the ports a little longer; the takeover
 /// retries those, but this test measures the gap).
 fn node(redis: &RedisServer, key: &std::path::Path, node_id: &str, role: &str) -> String {
-    config("datapath = \"portable\"").replace("port_min = 20000\nport_max = 29999", "port_min = 36000\nport_max = 36199")
+    config("datapath = \"portable\"").replace("port_min = 20000\nport_max = 29999", "port_min = 30000\nport_max = 30199")
         + &format!(
             "[cluster]\nredis_url = \"{}\"\nnode_id = \"{node_id}\"\ngroup = \"bin\"\nrole = \"{role}\"\nkey_file = \"{}\"\nadvertise = \"{node_id}.test\"\n",
             redis.url(),

@@ -31,6 +31,8 @@ fn node_config(redis: &RedisServer, node: &str, eager: bool) -> ClusterConfig {
     c
 }
 
+/// A relay with 200 ports from `base` (below the kernel's ephemeral ports:
+/// a test socket's port + 1 must never be a relay port).
 fn relay(base: u16) -> Relay {
     Relay::start(RelayConfig {
         port_min: base,
@@ -76,7 +78,7 @@ fn raw_records(redis: &RedisServer) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_replicates_sessions_with_their_secrets_sealed_and_deletes_ended_ones() {
     let redis = RedisServer::start("replicate");
-    let relay = relay(33000);
+    let relay = relay(21000);
     let mut node = Cluster::start(node_config(&redis, "a", true), relay.handle()).await.expect("cluster");
     wait(&mut node, |s| s.role == Role::Active).await;
     let (pbx, phone) = (socket("127.0.0.1"), socket("127.0.0.1"));
@@ -227,10 +229,10 @@ async fn caught_up(node: &mut Cluster, v: Option<record::Version>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active_is_fenced() {
     let redis = RedisServer::start("takeover");
-    let relay_a = relay(33400);
+    let relay_a = relay(21400);
     let mut a = Cluster::start(node_config(&redis, "a", true), relay_a.handle()).await.expect("cluster a");
     wait(&mut a, |s| s.role == Role::Active).await;
-    let relay_b = relay(33400); // same layout; binds nothing until it takes over
+    let relay_b = relay(21400); // same layout; binds nothing until it takes over
     let mut b = Cluster::start(node_config(&redis, "b", false), relay_b.handle()).await.expect("cluster b");
     wait(&mut b, |s| s.role == Role::Standby).await;
 
@@ -309,7 +311,7 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
     assert_eq!(raw_records(&redis).len(), 3, "the fenced delete changed nothing");
     // The old active comes back (eager, as configured): it finds the lease
     // held and stays standby, binding none of the ports.
-    let relay_a2 = relay(33400);
+    let relay_a2 = relay(21400);
     let mut a2 = Cluster::start(node_config(&redis, "a", true), relay_a2.handle()).await.expect("cluster a2");
     wait(&mut a2, |s| s.role == Role::Standby && s.warm_sessions == 3).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // more than two lease lifetimes
@@ -326,7 +328,7 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_never_stops_forwarding_and_the_state_resyncs_when_it_returns() {
     let mut redis = RedisServer::start("outage");
-    let relay = relay(33800);
+    let relay = relay(21800);
     let mut node = Cluster::start(node_config(&redis, "a", true), relay.handle()).await.expect("cluster");
     wait(&mut node, |s| s.role == Role::Active && s.resyncs >= 1).await;
     let h = relay.handle();
@@ -448,13 +450,13 @@ mod ng_calls {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_standby_knows_every_ng_call_after_a_takeover() {
         let redis = RedisServer::start("ng");
-        let relay_a = relay(34200);
+        let relay_a = relay(22200);
         let ng_a = engine(&relay_a);
         let mut a = Cluster::start_with(node_config(&redis, "a", true), relay_a.handle(), Some(ng_a.clone()))
             .await
             .expect("cluster a");
         wait(&mut a, |s| s.role == Role::Active).await;
-        let relay_b = relay(34200);
+        let relay_b = relay(22200);
         let ng_b = engine(&relay_b);
         let mut b = Cluster::start_with(node_config(&redis, "b", false), relay_b.handle(), Some(ng_b.clone()))
             .await
@@ -553,10 +555,10 @@ mod ng_calls {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_retries_ports_that_are_still_held_for_a_moment() {
     let redis = RedisServer::start("held");
-    let relay_a = relay(34600);
+    let relay_a = relay(22600);
     let mut a = Cluster::start(node_config(&redis, "a", true), relay_a.handle()).await.expect("cluster a");
     wait(&mut a, |s| s.role == Role::Active).await;
-    let relay_b = relay(34600);
+    let relay_b = relay(22600);
     let mut b = Cluster::start(node_config(&redis, "b", false), relay_b.handle()).await.expect("cluster b");
     wait(&mut b, |s| s.role == Role::Standby).await;
     let (pbx, phone) = (socket("127.0.0.1"), socket("127.0.0.1"));

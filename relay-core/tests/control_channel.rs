@@ -699,9 +699,9 @@ async fn a_reloaded_certificate_is_presented_to_new_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connector_with_several_relays_picks_the_least_loaded_and_fails_over() {
     let shared = pki();
-    let busy = env_with(quick(), shared.clone(), 28000).await;
-    let idle = env_with(quick(), shared.clone(), 33000).await;
-    let standby = env_with(quick(), shared, 38000).await;
+    let busy = env_with(quick(), shared.clone(), 5000).await;
+    let idle = env_with(quick(), shared.clone(), 10000).await;
+    let standby = env_with(quick(), shared, 15000).await;
     standby.relay.handle().set_standby(true);
     // The busy relay serves other calls already.
     for _ in 0..20 {
