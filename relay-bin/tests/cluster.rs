@@ -1,7 +1,8 @@
 //! Two `ucmrc` processes with `[cluster]` against a real `redis-server`:
 //! the active is killed with SIGKILL, the standby takes every session over
 //! on the same relay addresses with real SRTP flowing, and the old active,
-//! restarted, stays standby and serves nothing.
+//! restarted, stays standby and serves nothing; then SIGTERM on the active
+//! hands the lease over to it.
 
 mod support;
 
@@ -107,5 +108,23 @@ fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_
     }
     assert_eq!(scrape(&a2)["ucmrc_ports_in_use"], 0.0);
     assert_eq!(role(&b), "active");
+
+    // A planned switch: SIGTERM on the active hands the lease over (no
+    // drain, no waiting for the lease to expire) and the standby serves.
+    let mut b = b;
+    signal(&b, 15);
+    let stopped = Instant::now();
+    assert!(stderr_contains(&b, "handing the cluster lease over"), "the hand-over path ran");
+    wait_for("node-a active after the hand-over", || role(&a2) == "active");
+    eprintln!("node-a active {:?} after SIGTERM on node-b", stopped.elapsed());
+    let status = b.child.wait().expect("node-b exits");
+    assert!(status.success(), "a clean exit: {status}");
+    assert_eq!(cluster(&a2)["last_takeover"]["restored"].as_u64(), Some(1));
+    while call.exchange() < 2 {
+        assert!(stopped.elapsed() < Duration::from_secs(5), "media never came back after the hand-over");
+    }
+    for _ in 0..10 {
+        assert_eq!(call.exchange(), 2, "SRTP continues through the new active");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
