@@ -75,6 +75,24 @@ fn raw_records(redis: &RedisServer) -> Vec<(String, String)> {
     redis::cmd("HGETALL").arg("ucmrc:{svc}:sessions").query(&mut c).expect("hgetall")
 }
 
+/// Records in Redis whose both legs carry a latched address.
+fn latched_records(redis: &RedisServer) -> usize {
+    raw_records(redis)
+        .iter()
+        .filter_map(|(_, r)| record::decode(r.as_bytes(), &sealer(), "svc", record::unix_ms_now()).ok())
+        .filter(|d| d.state.pbx.remote_rtp.is_some() && d.state.endpoint.remote_rtp.is_some())
+        .count()
+}
+
+/// Polls `done` every 10 ms; fails the test naming `what` after 5 s.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_replicates_sessions_with_their_secrets_sealed_and_deletes_ended_ones() {
     let redis = RedisServer::start("replicate");
@@ -85,11 +103,7 @@ async fn the_active_replicates_sessions_with_their_secrets_sealed_and_deletes_en
     let sessions =
         [srtp_session(&relay.handle(), &pbx, &phone, 1).await, srtp_session(&relay.handle(), &pbx, &phone, 2).await];
     wait(&mut node, |s| s.last_write.is_some() && s.queue_depth == 0 && s.resyncs >= 1).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while raw_records(&redis).len() < 2 {
-        assert!(Instant::now() < deadline, "records never reached redis");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("records in redis", || raw_records(&redis).len() >= 2).await;
     let records = raw_records(&redis);
     for (id, rec) in &records {
         // No secret in clear: neither the STUN passwords nor any key, in
@@ -117,11 +131,7 @@ async fn the_active_replicates_sessions_with_their_secrets_sealed_and_deletes_en
     }
     // A released session's record goes.
     relay.handle().release(sessions[0].id).await.expect("release");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while raw_records(&redis).len() != 1 {
-        assert!(Instant::now() < deadline, "the ended session's record stayed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("the ended session's record gone", || raw_records(&redis).len() == 1).await;
     assert_eq!(raw_records(&redis)[0].0, sessions[1].id.to_string());
     node.stop(false).await;
 }
@@ -253,18 +263,7 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // ...and the latches are in Redis.
-    loop {
-        let latched = raw_records(&redis)
-            .iter()
-            .filter_map(|(_, r)| record::decode(r.as_bytes(), &sealer(), "svc", record::unix_ms_now()).ok())
-            .filter(|d| d.state.pbx.remote_rtp.is_some() && d.state.endpoint.remote_rtp.is_some())
-            .count();
-        if latched == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "latches never replicated");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("latches replicated", || latched_records(&redis) == 3).await;
     let written = a.status().last_write;
     caught_up(&mut b, written).await;
     let before = relay_a.handle().list(None, 100).await.expect("list").sessions;
@@ -340,11 +339,7 @@ async fn a_redis_outage_never_stops_forwarding_and_the_state_resyncs_when_it_ret
         v.sort();
         v
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while raw_records(&redis).is_empty() {
-        assert!(Instant::now() < deadline, "never replicated");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("replicated", || !raw_records(&redis).is_empty()).await;
 
     redis.freeze(true);
     let frozen = Instant::now();
@@ -360,16 +355,12 @@ async fn a_redis_outage_never_stops_forwarding_and_the_state_resyncs_when_it_ret
     let during = h.counters().await.expect("counters").total.packets_forwarded;
     redis.freeze(false);
     wait(&mut node, |s| s.redis_up && s.queue_depth == 0).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
     let want = {
         let mut v = vec![first.id.to_string(), third.id.to_string()];
         v.sort();
         v
     };
-    while ids(raw_records(&redis)) != want {
-        assert!(Instant::now() < deadline, "redis never caught up: {:?}", ids(raw_records(&redis)));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("redis caught up after the outage", || ids(raw_records(&redis)) == want).await;
     let st = node.status();
     assert!(st.redis_errors > 0 && st.role == Role::Active, "{st:?}");
 
@@ -378,11 +369,7 @@ async fn a_redis_outage_never_stops_forwarding_and_the_state_resyncs_when_it_ret
     redis.kill();
     redis.restart();
     wait(&mut node, |s| s.redis_up && s.resyncs > resyncs).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ids(raw_records(&redis)) != want {
-        assert!(Instant::now() < deadline, "not rewritten after the restart: {:?}", ids(raw_records(&redis)));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("rewritten after the restart", || ids(raw_records(&redis)) == want).await;
     let mut c = redis.client();
     let lease: String = redis::cmd("GET").arg("ucmrc:{svc}:lease").query(&mut c).expect("lease");
     assert!(lease.starts_with("a "), "the active holds its lease again: {lease}");
@@ -496,18 +483,7 @@ mod ng_calls {
             pass(&callee, to_callee_leg, &caller, &mut from_callee, &mut at_caller);
         }
         // Replicated, latches included (the journal's next pulls).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let latched = raw_records(&redis)
-                .iter()
-                .filter_map(|(_, r)| record::decode(r.as_bytes(), &sealer(), "svc", record::unix_ms_now()).ok())
-                .any(|d| d.state.pbx.remote_rtp.is_some() && d.state.endpoint.remote_rtp.is_some());
-            if latched {
-                break;
-            }
-            assert!(Instant::now() < deadline, "latches never replicated");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until("latches replicated", || latched_records(&redis) >= 1).await;
         let written = a.status().last_write;
         caught_up(&mut b, written).await;
 
@@ -535,16 +511,12 @@ mod ng_calls {
         assert_eq!(d.get("result").and_then(Value::as_str), Some("ok"), "{d:?}");
         assert_eq!(relay_b.handle().counters().await.expect("counters").total.sessions_active, 0);
         // Its end reaches Redis: nothing left to take over.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        until("the deleted call gone from redis", || {
             let mut c = redis.client();
             let calls: usize = redis::cmd("HLEN").arg("ucmrc:{svc}:calls").query(&mut c).expect("hlen");
-            if calls == 0 && raw_records(&redis).is_empty() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the deleted call stayed in redis");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            calls == 0 && raw_records(&redis).is_empty()
+        })
+        .await;
         b.stop(false).await;
     }
 }
@@ -570,15 +542,11 @@ async fn a_takeover_retries_ports_that_are_still_held_for_a_moment() {
     // Something else holds the session's PBX port when the standby takes over.
     let blocker = UdpSocket::bind(s.pbx.rtp).expect("hold the port");
     let mut c = redis.client();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    until("b holds the lease", || {
         let lease: Option<String> = redis::cmd("GET").arg("ucmrc:{svc}:lease").query(&mut c).expect("lease");
-        if lease.is_some_and(|l| l.starts_with("b ")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "b never took the lease");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        lease.is_some_and(|l| l.starts_with("b "))
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await; // held a while into the takeover
     drop(blocker);
     let st = wait(&mut b, |st| st.role == Role::Active).await;
