@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use relay_core::session::state::SessionState;
-use relay_core::{RelayHandle, SessionId};
+use relay_core::shard::RestoreClash;
+use relay_core::{RelayError, RelayHandle, SessionId};
 use tokio::sync::watch;
 
 use crate::calls::{CallEngine, Calls};
@@ -306,7 +307,6 @@ impl Drop for Cluster {
 const RESTORE_RETRY: Duration = Duration::from_secs(2);
 /// How often it retries them.
 const RESTORE_RETRY_EVERY: Duration = Duration::from_millis(20);
-use relay_core::shard::RESTORE_BIND_FAILED as BIND_FAILED;
 
 /// How an active phase ended.
 enum ActiveEnd {
@@ -580,7 +580,7 @@ impl Node {
                     // A port still held by a process that just died on this
                     // host (an io_uring ring is torn down asynchronously):
                     // try again shortly.
-                    Err(relay_core::RelayError::RestoreConflict(BIND_FAILED)) if Instant::now() < retry_until => {
+                    Err(RelayError::RestoreConflict(RestoreClash::BindFailed)) if Instant::now() < retry_until => {
                         todo.push((state, arrived));
                     }
                     Err(e) => tracing::warn!(session = %state.id, error = %e, "session not resumed"),

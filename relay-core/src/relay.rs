@@ -216,9 +216,9 @@ pub enum RelayError {
     /// The relay is a cluster standby: another node serves.
     #[error("relay is a cluster standby: another node serves")]
     Standby,
-    /// A session state cannot be restored here; the reason names the clash.
+    /// A session state cannot be restored here; the clash names what.
     #[error("cannot restore session: {0}")]
-    RestoreConflict(&'static str),
+    RestoreConflict(crate::shard::RestoreClash),
 }
 
 impl RelayError {

@@ -14,7 +14,7 @@ use relay_core::quota::{TenantLimit, TenantQuotas};
 use relay_core::session::limits::LegLimits;
 use relay_core::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Verify};
 use relay_core::session::stats::DropReason;
-use relay_core::shard::{AllocatedPorts, Command, Response, Shard, ShardConfig, ShardError, Verdict};
+use relay_core::shard::{AllocatedPorts, Command, Response, RestoreClash, Shard, ShardConfig, ShardError, Verdict};
 use support::*;
 
 struct Lab {
@@ -1000,17 +1000,17 @@ fn restore_refuses_clashes_and_bad_states_and_leaks_nothing() {
     let probe = relay_core::session::state::SessionState { id: in_slot(state.id, 5), ..state.clone() };
     let mut clash = probe.clone();
     clash.endpoint.ports.rtp = taken.pbx.rtp;
-    assert_eq!(conflict(standby.restore(1, clash)), "a port in use");
+    assert_eq!(conflict(standby.restore(1, clash)), RestoreClash::PortInUse);
     // Another shard's id; ports outside the range; an unknown address.
     let mut other = probe.clone();
     other.id = relay_core::SessionId(other.id.0 ^ (1 << 56));
-    assert_eq!(conflict(standby.restore(1, other)), "the id belongs to another shard");
+    assert_eq!(conflict(standby.restore(1, other)), RestoreClash::OtherShard);
     let mut outside = probe.clone();
     outside.pbx.ports.rtp = 20_000;
-    assert_eq!(conflict(standby.restore(1, outside)), "a port outside this shard's range");
+    assert_eq!(conflict(standby.restore(1, outside)), RestoreClash::OutOfRange);
     let mut nowhere = probe.clone();
     nowhere.pbx.ports.addr = 7;
-    assert_eq!(conflict(standby.restore(1, nowhere)), "a port on an address this relay does not have");
+    assert_eq!(conflict(standby.restore(1, nowhere)), RestoreClash::UnknownAddress);
     // Bounds are checked like a spec's.
     let mut long = probe.clone();
     long.idle_timeout = Duration::from_secs(365 * 24 * 3600);
@@ -1037,7 +1037,7 @@ fn restore_refuses_clashes_and_bad_states_and_leaks_nothing() {
     // A standby serves nothing of its own: the state restores in its slot.
     assert!(matches!(standby.command(2, Command::Release { id: taken.id }), Response::Released(Ok(_))));
     standby.restore(2, state.clone()).expect("restore");
-    assert_eq!(conflict(standby.restore(3, state.clone())), "its session slot is in use");
+    assert_eq!(conflict(standby.restore(3, state.clone())), RestoreClash::SlotInUse);
     // New allocations never collide with a restored id.
     for _ in 0..50 {
         let n = standby.allocate(spec(LatchPolicy::Window)).expect("allocate");

@@ -216,11 +216,9 @@ pub enum ShardError {
     /// The spec or update is invalid.
     #[error(transparent)]
     InvalidSpec(#[from] InvalidSpec),
-    /// A session cannot be restored here: the reason names what clashes
-    /// (its slot or a port in use, another shard's id, a port outside
-    /// this shard's range or one that does not bind).
+    /// A session cannot be restored here: the clash names what.
     #[error("cannot restore session: {0}")]
-    RestoreConflict(&'static str),
+    RestoreConflict(RestoreClash),
     /// Too many sessions in one shard (slot space exhausted).
     #[error("session table full")]
     TableFull,
@@ -354,9 +352,29 @@ pub struct Shard {
     journal: Option<Journal>,
 }
 
-/// The [`ShardError::RestoreConflict`] reason of a port that did not bind
-/// (worth retrying: its previous owner may be closing it).
-pub const RESTORE_BIND_FAILED: &str = "a port that does not bind";
+/// Why a session state cannot be restored on a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreClash {
+    /// Its id names another shard.
+    #[error("the id belongs to another shard")]
+    OtherShard,
+    /// Its session slot holds another session.
+    #[error("its session slot is in use")]
+    SlotInUse,
+    /// A port on an address this relay does not have.
+    #[error("a port on an address this relay does not have")]
+    UnknownAddress,
+    /// A port outside this shard's range.
+    #[error("a port outside this shard's range")]
+    OutOfRange,
+    /// A port another session holds.
+    #[error("a port in use")]
+    PortInUse,
+    /// A port that does not bind (worth retrying: its previous owner may
+    /// be closing it).
+    #[error("a port that does not bind")]
+    BindFailed,
+}
 
 /// Most queued kernel fast path actions (and withdrawn routes awaiting
 /// their last counters).
@@ -677,29 +695,29 @@ impl Shard {
     ) -> Result<AllocatedPorts, ShardError> {
         let id = state.id;
         if id.shard() != self.config.index {
-            return Err(ShardError::RestoreConflict("the id belongs to another shard"));
+            return Err(ShardError::RestoreConflict(RestoreClash::OtherShard));
         }
         let slot = id.slot();
         if slot >= MAX_SLOTS {
             return Err(ShardError::TableFull);
         }
         if self.sessions.get(slot).is_some_and(Option::is_some) {
-            return Err(ShardError::RestoreConflict("its session slot is in use"));
+            return Err(ShardError::RestoreConflict(RestoreClash::SlotInUse));
         }
         sess::state::validate_state(state, &self.config.defaults, &self.config.peer_policy)?;
         let mut taken: Vec<RelayPort> = Vec::with_capacity(4);
         for (addr, port) in state.relay_ports() {
             let a = usize::from(addr);
             let failure = match self.pools.get_mut(a) {
-                None => Some("a port on an address this relay does not have"),
-                Some(pool) if !pool.contains(port) => Some("a port outside this shard's range"),
-                Some(pool) => (!pool.take_exact(port)).then_some("a port in use"),
+                None => Some(RestoreClash::UnknownAddress),
+                Some(pool) if !pool.contains(port) => Some(RestoreClash::OutOfRange),
+                Some(pool) => (!pool.take_exact(port)).then_some(RestoreClash::PortInUse),
             };
             let failure = failure.or_else(|| {
                 sockets.open(RelayPort::new(addr, port)).err().map(|_| {
                     self.pools[a].release(port);
                     self.counters.port_bind_failures += 1;
-                    RESTORE_BIND_FAILED
+                    RestoreClash::BindFailed
                 })
             });
             if let Some(reason) = failure {
