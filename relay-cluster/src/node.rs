@@ -241,6 +241,17 @@ impl Cluster {
         relay: RelayHandle,
         ng: Option<CallEngine>,
     ) -> Result<Cluster, StoreError> {
+        for (name, d) in [
+            ("lease_ttl", config.lease_ttl),
+            ("poll_interval", config.poll_interval),
+            ("flush_interval", config.flush_interval),
+            ("counters_interval", config.counters_interval),
+            ("redis_timeout", config.redis_timeout),
+        ] {
+            if d < Duration::from_millis(3) {
+                return Err(StoreError::Config(name));
+            }
+        }
         let keys = Keys::new(&config.key_prefix, &config.group);
         let store = Store::connect(&config.redis_url, keys, config.redis_timeout).await?;
         let (status_tx, status) = watch::channel(ClusterStatus::default());
@@ -411,7 +422,8 @@ impl Node {
             if sub.is_none() {
                 // Bounded: a Redis that accepts connections but does not
                 // answer must not stop the lease watch.
-                let subscribed = tokio::time::timeout(self.config.redis_timeout * 4, self.store.subscribe()).await;
+                let subscribed =
+                    tokio::time::timeout(self.config.redis_timeout.saturating_mul(4), self.store.subscribe()).await;
                 match subscribed.unwrap_or(Err(StoreError::Timeout)) {
                     Ok(ps) => {
                         // Subscribed first, then loaded: nothing written in

@@ -39,6 +39,10 @@ pub enum StoreError {
     /// Redis did not answer in time.
     #[error("redis did not answer in time")]
     Timeout,
+    /// A [`ClusterConfig`](crate::ClusterConfig) interval under 3 ms (the
+    /// lease is renewed every third of its lifetime); names the field.
+    #[error("cluster config: {0} must be at least 3 ms")]
+    Config(&'static str),
     /// The configured URL is not a Redis URL.
     #[error("invalid redis url: {0}")]
     Url(String),

@@ -556,3 +556,14 @@ async fn a_takeover_retries_ports_that_are_still_held_for_a_moment() {
     assert_eq!(relay_b.handle().session(s.id).await.expect("resumed").pbx.ports.rtp, s.pbx.rtp.port());
     b.stop(false).await;
 }
+
+/// Intervals a timer cannot run with are refused by name at start, before
+/// anything connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_intervals_are_refused_at_start() {
+    let relay = relay(23000);
+    let mut c = ClusterConfig::new("redis+unix:///nonexistent.sock", "a", sealer());
+    c.lease_ttl = Duration::ZERO;
+    let e = Cluster::start(c, relay.handle()).await.expect_err("refused");
+    assert!(matches!(e, StoreError::Config("lease_ttl")), "{e}");
+}

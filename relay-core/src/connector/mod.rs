@@ -393,7 +393,7 @@ impl Worker {
             let mut stop = self.stop.clone();
             let attempt = tokio::select! {
                 // Several relays: a probe round, then the connect itself.
-                r = tokio::time::timeout(self.config.connect_timeout * if self.config.more_relays.is_empty() { 1 } else { 2 }, self.connect()) => r,
+                r = tokio::time::timeout(self.config.connect_timeout.saturating_mul(if self.config.more_relays.is_empty() { 1 } else { 2 }), self.connect()) => r,
                 _ = stopped(&mut stop) => return,
             };
             match attempt {
