@@ -5,13 +5,23 @@
 # examples, rustdoc, MSRV, cargo-deny), and a short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-debian.sh
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+# On a failure, the last lines of cargo's output again with very long lines
+# (a linker's command line runs to hundreds of kilobytes) cut short, so the
+# reason is not buried, and the disk space left (a full disk fails links).
+failure_summary() {
+  echo "== test command failed; the end of cargo's output (clippy, tests), long lines cut:" >&2
+  tail -n 60 "$log" | cut -c1-300 >&2
+  df -h . >&2
+}
+trap failure_summary ERR
+scripts/setup-debian.sh
+echo "disk space before building: $(df -h --output=avail . | tail -n 1)"
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings 2>&1 | tee -a "$log"
+cargo test --workspace --locked 2>&1 | tee -a "$log"
 # The admin API against its own OpenAPI document (Schemathesis, every check).
 scripts/schemathesis.sh
 # The systemd install steps, followed literally in a private mount namespace.
