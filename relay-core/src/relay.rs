@@ -361,8 +361,32 @@ impl<T> Future for Pending<T> {
 
 impl<T> Unpin for Pending<T> {}
 
+/// Ports counted in a shard's in-flight figure until dropped (when the
+/// shard answers, or when the request is dropped unanswered).
+struct InFlight {
+    counter: Arc<AtomicUsize>,
+    ports: usize,
+}
+
+impl InFlight {
+    fn add(counter: &Arc<AtomicUsize>, ports: usize) -> Self {
+        counter.fetch_add(ports, Ordering::Relaxed);
+        Self { counter: counter.clone(), ports }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.ports, Ordering::Relaxed);
+    }
+}
+
 struct Inner {
     mailboxes: Vec<Mailbox>,
+    /// Ports asked of each shard by allocations it has not answered yet: a
+    /// shard publishes its free ports only after it processed them, so a
+    /// burst of allocations would otherwise all pick the same shard.
+    ports_in_flight: Vec<Arc<AtomicUsize>>,
     quotas: TenantQuotas,
     advertised_ip: IpAddr,
     /// The SDP address of each relay address ([`crate::shard::RelayPort::addr`]).
@@ -700,6 +724,7 @@ impl Relay {
         }
         let handle = RelayHandle {
             inner: Arc::new(Inner {
+                ports_in_flight: mailboxes.iter().map(|_| Arc::default()).collect(),
                 mailboxes,
                 quotas: TenantQuotas::new(config.default_tenant_limit()),
                 advertised_ip: interfaces[0].addresses[0].sdp_ip(),
@@ -918,18 +943,23 @@ impl RelayHandle {
         let start = self.inner.next_shard.fetch_add(1, Ordering::Relaxed);
         // A failed shard's last free-port figure stays frozen: never pick it.
         let failed: Vec<usize> = self.inner.failures.borrow().iter().map(|f| f.shard).collect();
-        let shard = (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|i| !failed.contains(i))
-            .max_by_key(|&i| self.inner.mailboxes[i].free_ports())
-            .unwrap_or(0);
+        let free = |i: usize| {
+            let in_flight = self.inner.ports_in_flight.get(i).map_or(0, |p| p.load(Ordering::Relaxed));
+            self.inner.mailboxes[i].free_ports().saturating_sub(in_flight)
+        };
+        let shard =
+            (0..n).map(|k| (start + k) % n).filter(|i| !failed.contains(i)).max_by_key(|&i| free(i)).unwrap_or(0);
+        let in_flight = self.inner.ports_in_flight.get(shard).map(|p| InFlight::add(p, ports));
         let me = self.clone();
-        self.call(shard, Command::Allocate { spec: Box::new(spec), permit: Some(permit) }, move |r| match r {
-            Response::Allocated(Ok(a)) => {
-                Ok(AllocatedSession { id: a.id, pbx: me.addrs(a.pbx), endpoint: me.addrs(a.endpoint) })
+        self.call(shard, Command::Allocate { spec: Box::new(spec), permit: Some(permit) }, move |r| {
+            drop(in_flight); // answered: the shard's own figure counts it from now on
+            match r {
+                Response::Allocated(Ok(a)) => {
+                    Ok(AllocatedSession { id: a.id, pbx: me.addrs(a.pbx), endpoint: me.addrs(a.endpoint) })
+                }
+                Response::Allocated(Err(e)) => Err(e.into()),
+                _ => Err(RelayError::Stopped),
             }
-            Response::Allocated(Err(e)) => Err(e.into()),
-            _ => Err(RelayError::Stopped),
         })
     }
 

@@ -711,3 +711,36 @@ fn list_and_export_pages_cover_every_session_once() {
     assert_eq!(listed, ids);
     assert_eq!(exported, ids);
 }
+
+/// A burst of allocations sent before any shard has answered fills the
+/// relay to 90 % without a refusal: each pick counts the ports already
+/// asked of a shard, not only what the shard last published (which alone
+/// sends a burst to whichever shard looked emptiest, until it runs out).
+#[test]
+fn a_burst_of_allocations_spreads_over_the_shards() {
+    let relay = Relay::start(RelayConfig {
+        backend: BackendKind::Portable,
+        port_min: 32100,
+        port_max: 32499,
+        workers: 2,
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
+    let h = relay.handle();
+    let mux = LegSpec { rtcp_mux: true, ..LegSpec::default() };
+    // 180 sessions × 2 ports of 400, all in flight at once (a tenant may
+    // hold half the ports: four tenants).
+    let pending: Vec<_> = (0..180)
+        .map(|i| {
+            h.allocate(SessionSpec {
+                tenant: format!("burst-{}", i % 4),
+                pbx: mux.clone(),
+                endpoint: mux.clone(),
+                ..SessionSpec::default()
+            })
+        })
+        .collect();
+    let refused: Vec<_> = pending.into_iter().filter_map(|p| p.wait().err()).collect();
+    assert!(refused.is_empty(), "{} refused, first: {:?}", refused.len(), refused.first());
+    assert_eq!(h.counters().wait().expect("counters").total.ports_in_use, 360);
+}
