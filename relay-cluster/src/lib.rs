@@ -4,10 +4,12 @@
 //! - [`record`]: the stored form of a session.
 //! - [`store`]: keys, the lease and fenced-write scripts, reads.
 //! - [`lease`]: when a standby may take the lease (sans-IO).
+//! - `keeper`: the held lease renewed on its own task and connection.
 //! - [`node`]: the node beside a relay: replication, warm copy, takeover.
 #![forbid(unsafe_code)]
 
 mod calls;
+mod keeper;
 pub mod lease;
 pub mod node;
 pub mod record;

@@ -20,10 +20,11 @@ use relay_core::{RelayError, RelayHandle, SessionId};
 use tokio::sync::watch;
 
 use crate::calls::{CallEngine, Calls};
+use crate::keeper::{KeeperState, LeaseKeeper};
 use crate::lease::{LeaseWatch, Observation};
 use crate::record::{self, Version};
 use crate::seal::Sealer;
-use crate::store::{Batch, ChangeNote, Holder, Keys, NodeInfo, Renewal, Store, StoreError, MAX_BATCH};
+use crate::store::{Batch, ChangeNote, Holder, Keys, NodeInfo, Store, StoreError, MAX_BATCH};
 
 /// How a node takes part in a cluster group.
 #[derive(Debug, Clone)]
@@ -253,7 +254,8 @@ impl Cluster {
             }
         }
         let keys = Keys::new(&config.key_prefix, &config.group);
-        let store = Store::connect(&config.redis_url, keys, config.redis_timeout).await?;
+        let store = Store::connect(&config.redis_url, keys.clone(), config.redis_timeout).await?;
+        let lease_store = Store::connect(&config.redis_url, keys, config.redis_timeout).await?;
         let (status_tx, status) = watch::channel(ClusterStatus::default());
         let (stop, stop_rx) = watch::channel(None);
         let (node_id, group) = (config.node_id.clone(), config.group.clone());
@@ -265,6 +267,7 @@ impl Cluster {
             relay,
             calls: Calls(ng),
             store: store.clone(),
+            lease_store,
             status: status_tx,
             stop: stop_rx,
             seq: 0,
@@ -318,6 +321,9 @@ impl Drop for Cluster {
 const RESTORE_RETRY: Duration = Duration::from_secs(2);
 /// How often it retries them.
 const RESTORE_RETRY_EVERY: Duration = Duration::from_millis(20);
+/// Restores in flight at once (a shard's command queue holds 1 024 by
+/// default).
+const RESTORE_WINDOW: usize = 256;
 
 /// How an active phase ended.
 enum ActiveEnd {
@@ -332,6 +338,8 @@ struct Node {
     relay: RelayHandle,
     calls: Calls,
     store: Store,
+    /// A connection of its own for renewing the lease (see [`LeaseKeeper`]).
+    lease_store: Store,
     status: watch::Sender<ClusterStatus>,
     stop: watch::Receiver<Option<bool>>,
     watch: LeaseWatch,
@@ -390,8 +398,10 @@ impl Node {
     async fn run(mut self) {
         loop {
             let Some((holder, warm)) = self.standby().await else { break };
+            // Renewed from now on, however long the takeover takes.
+            let keeper = LeaseKeeper::start(self.lease_store.clone(), holder.clone(), self.config.lease_ttl);
             self.take_over(&holder, warm).await;
-            match self.active(&holder).await {
+            match self.active(&holder, keeper).await {
                 ActiveEnd::Stop => break,
                 ActiveEnd::Lost => {
                     tracing::warn!(epoch = holder.epoch, "lost the cluster lease: stepping down to standby");
@@ -581,23 +591,31 @@ impl Node {
         let mut restored = 0;
         let retry_until = started + RESTORE_RETRY;
         loop {
-            let pending: Vec<_> = todo
-                .into_iter()
-                .map(|(state, arrived)| (self.relay.restore(state.clone().aged(arrived.elapsed())), state, arrived))
-                .collect();
-            todo = Vec::new();
-            for (p, state, arrived) in pending {
-                match p.await {
-                    Ok(_) => restored += 1,
-                    // A port still held by a process that just died on this
-                    // host (an io_uring ring is torn down asynchronously):
-                    // try again shortly.
-                    Err(RelayError::RestoreConflict(RestoreClash::BindFailed)) if Instant::now() < retry_until => {
-                        todo.push((state, arrived));
+            let mut retry = Vec::new();
+            // A window at a time: the shards' command queues are bounded.
+            while !todo.is_empty() {
+                let window: Vec<_> = todo.drain(..todo.len().min(RESTORE_WINDOW)).collect();
+                let pending: Vec<_> = window
+                    .into_iter()
+                    .map(|(state, arrived)| (self.relay.restore(state.clone().aged(arrived.elapsed())), state, arrived))
+                    .collect();
+                for (p, state, arrived) in pending {
+                    match p.await {
+                        Ok(_) => restored += 1,
+                        // A port still held by a process that just died on
+                        // this host (an io_uring ring is torn down
+                        // asynchronously), or a shard's queue full of other
+                        // work: try again shortly.
+                        Err(RelayError::RestoreConflict(RestoreClash::BindFailed) | RelayError::Busy)
+                            if Instant::now() < retry_until =>
+                        {
+                            retry.push((state, arrived));
+                        }
+                        Err(e) => tracing::warn!(session = %state.id, error = %e, "session not resumed"),
                     }
-                    Err(e) => tracing::warn!(session = %state.id, error = %e, "session not resumed"),
                 }
             }
+            todo = retry;
             if todo.is_empty() {
                 break;
             }
@@ -646,33 +664,34 @@ impl Node {
         }
     }
 
-    /// Active: renews the lease and replicates; returns when the lease is
-    /// lost or the node is asked to stop.
-    async fn active(&mut self, holder: &Holder) -> ActiveEnd {
+    /// Active: replicates while `keeper` renews the lease; returns when the
+    /// lease is lost or the node is asked to stop.
+    async fn active(&mut self, holder: &Holder, mut keeper: LeaseKeeper) -> ActiveEnd {
         let mut pending = Pending::default();
         let mut resync = true;
-        let ttl = self.config.lease_ttl;
-        let mut renew = tokio::time::interval(ttl / 3);
+        let mut seen = KeeperState { redis_up: true, ..KeeperState::default() };
         let mut flush = tokio::time::interval(self.config.flush_interval);
         let mut counters = tokio::time::interval(self.config.counters_interval);
         let mut register = tokio::time::interval(Duration::from_secs(1));
-        for t in [&mut renew, &mut flush, &mut counters, &mut register] {
+        for t in [&mut flush, &mut counters, &mut register] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let mut stop = self.stop.clone();
         loop {
             tokio::select! {
-                _ = renew.tick() => {
-                    let r = self.store.renew(holder, ttl).await;
-                    self.redis_result(&r);
-                    match r {
-                        Ok(Renewal::Renewed) => {}
-                        Ok(Renewal::Reacquired) => {
-                            tracing::warn!(epoch = holder.epoch, "lease re-acquired after redis lost it: resynchronizing");
-                            resync = true;
-                        }
-                        Ok(Renewal::Lost) => return ActiveEnd::Lost,
-                        Err(_) => {} // keep serving; Redis is away
+                st = keeper.changed() => {
+                    let failed = st.failures - seen.failures;
+                    self.update(|s| {
+                        s.redis_up = st.redis_up;
+                        s.redis_errors += failed;
+                    });
+                    if st.reacquired > seen.reacquired {
+                        tracing::warn!(epoch = holder.epoch, "lease re-acquired after redis lost it: resynchronizing");
+                        resync = true;
+                    }
+                    seen = st;
+                    if st.lost {
+                        return ActiveEnd::Lost;
                     }
                 }
                 _ = flush.tick() => {
@@ -694,17 +713,18 @@ impl Node {
                     }
                 }
                 _ = register.tick() => self.register(Role::Active).await,
-                _ = stop.changed() => {
-                    let hand_over = self.stopping().unwrap_or(false);
-                    let _ = self.flush(holder, &mut pending, &mut resync).await;
-                    if hand_over {
-                        let r = self.store.release(holder).await;
-                        self.redis_result(&r);
-                    }
-                    return ActiveEnd::Stop;
-                }
+                _ = stop.changed() => break,
             }
         }
+        let hand_over = self.stopping().unwrap_or(false);
+        let _ = self.flush(holder, &mut pending, &mut resync).await;
+        // No renewal may follow the release (it would take the lease back).
+        keeper.stop().await;
+        if hand_over {
+            let r = self.store.release(holder).await;
+            self.redis_result(&r);
+        }
+        ActiveEnd::Stop
     }
 
     /// Pulls the relay's (and the ng engine's) changes and writes what is
