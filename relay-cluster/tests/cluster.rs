@@ -630,7 +630,6 @@ async fn a_large_table_is_taken_over_whole() {
         }
     };
     // Pipelined a few hundred at a time (a shard's queue is bounded).
-    let allocating = Instant::now();
     for chunk in (0..sessions).collect::<Vec<_>>().chunks(256) {
         let allocations: Vec<_> = chunk.iter().map(|&i| h.allocate(spec(i))).collect();
         for p in allocations {
