@@ -10,8 +10,9 @@
 //! the standby takes over, media resumes on the same addresses within a
 //! second, every SRTP packet that arrives authenticates, no call is lost,
 //! ng `query` and the admin API on the standby show every call, the
-//! connector is back and finds its session. Then the old active returns
-//! and stays standby.
+//! connector is back and finds its session; the kernel fast path (the
+//! default `auto` datapath) follows the address to the new active. Then
+//! the old active returns and stays standby.
 //!
 //! `UCMRC_HA_CYCLES=N` (default 1) repeats the takeover N times, back and
 //! forth, and prints the gaps (docs/HA.md's measurement).
@@ -420,6 +421,11 @@ fn in_namespace() {
         rt.block_on(ch.update(&owned.id, upd)).expect("the connector's session is there");
         rt.block_on(ch.release(&owned.id)).expect("and releases it");
         media = calls.iter().map(Media::start).collect();
+        // The kernel fast path followed the service address to the new
+        // active (loaded at its start, attached once the address arrived).
+        wait_for("kernel forwarding on the new active", || {
+            scrape(&standby).get("ucmrc_packets_forwarded_kernel_total").copied().unwrap_or(0.0) > 0.0
+        });
 
         // The old host comes back (without the service address, as after a
         // reboot) and starts its relay configured as before.

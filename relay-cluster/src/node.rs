@@ -629,6 +629,9 @@ impl Node {
             tracing::warn!(calls, calls_restored, "some ng calls were not taken over");
         }
         self.relay.set_standby(false);
+        // The kernel fast path follows the service address here (the hook
+        // may still be moving it: the active looks again every second).
+        self.relay.attach_fast_path();
         let report =
             TakeoverReport { epoch: holder.epoch, restored, failed, calls: calls_restored, took: started.elapsed() };
         tracing::warn!(?report, "takeover done");
@@ -712,7 +715,10 @@ impl Node {
                         pending.calls.insert(id, (Some(c), now));
                     }
                 }
-                _ = register.tick() => self.register(Role::Active).await,
+                _ = register.tick() => {
+                    self.relay.attach_fast_path();
+                    self.register(Role::Active).await;
+                }
                 _ = stop.changed() => break,
             }
         }

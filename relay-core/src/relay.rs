@@ -396,6 +396,9 @@ struct Inner {
     /// The kernel fast path, when it runs.
     #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
     fast: SharedFastPath,
+    /// Where the fast path may attach later (see [`RelayHandle::attach_fast_path`]).
+    #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
+    fast_targets: Option<FastPathTargets>,
     draining: AtomicBool,
     standby: AtomicBool,
     next_shard: AtomicUsize,
@@ -585,32 +588,64 @@ type SharedFastPath = Option<Arc<Mutex<io::ebpf::FastPath>>>;
 #[cfg(not(feature = "ebpf"))]
 type SharedFastPath = Option<Arc<std::convert::Infallible>>;
 
-/// Loads the kernel fast path when `config.backend` asks for it (`ebpf`) or
-/// allows it (`auto`): attached to the interfaces that hold the relay's
-/// specific addresses. `auto` leaves out the loopback interface (the host's
-/// shared device; a lab relay there asks for `ebpf` explicitly) and, built
-/// without the `ebpf` feature, does not try.
-fn start_fast_path(config: &RelayConfig) -> (Option<Result<Vec<String>, String>>, SharedFastPath) {
-    let explicit = match config.backend {
-        BackendKind::Ebpf => true,
-        BackendKind::Auto if cfg!(feature = "ebpf") => false,
-        _ => return (None, None),
-    };
-    #[cfg(feature = "ebpf")]
-    {
-        let mut names: Vec<String> = Vec::new();
+/// Which relay addresses the kernel fast path may attach for: specific
+/// addresses (a wildcard bind is not offloaded), and for `auto` not the
+/// loopback interface (the host's shared device; a lab relay there asks
+/// for `ebpf` explicitly). `None` when the fast path is not asked for.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
+struct FastPathTargets {
+    addresses: Vec<IpAddr>,
+    explicit: bool,
+}
+
+impl FastPathTargets {
+    fn of(config: &RelayConfig) -> Option<Self> {
+        let explicit = match config.backend {
+            BackendKind::Ebpf => true,
+            BackendKind::Auto if cfg!(feature = "ebpf") => false,
+            _ => return None,
+        };
+        let mut addresses = Vec::new();
         for itf in config.effective_interfaces() {
             for a in &itf.addresses {
-                if let Ok(Some(name)) = io::sys::interface_of(a.bind) {
-                    let loopback = a.bind.is_loopback() || name == "lo";
-                    if !names.contains(&name) && (explicit || !loopback) {
-                        names.push(name);
-                    }
+                if !a.bind.is_unspecified() && (explicit || !a.bind.is_loopback()) && !addresses.contains(&a.bind) {
+                    addresses.push(a.bind);
                 }
             }
         }
-        if names.is_empty() {
-            let reason = if explicit {
+        Some(Self { addresses, explicit })
+    }
+
+    /// The interfaces that hold a target address now.
+    #[cfg_attr(not(feature = "ebpf"), allow(dead_code))]
+    fn interfaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for a in &self.addresses {
+            if let Ok(Some(name)) = io::sys::interface_of(*a) {
+                if !names.contains(&name) && (self.explicit || name != "lo") {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+}
+
+/// Loads the kernel fast path when `config.backend` asks for it (`ebpf`) or
+/// allows it (`auto`, built with the `ebpf` feature): attached to the
+/// interfaces that hold the relay's specific addresses. With
+/// `IP_FREEBIND` (a standby whose service address arrives at takeover) it
+/// loads with no interface yet; [`RelayHandle::attach_fast_path`] attaches
+/// it where the address turns up.
+fn start_fast_path(config: &RelayConfig) -> (Option<Result<Vec<String>, String>>, SharedFastPath) {
+    let Some(targets) = FastPathTargets::of(config) else { return (None, None) };
+    #[cfg(feature = "ebpf")]
+    {
+        let names = targets.interfaces();
+        let later = config.sockets.freebind && !targets.addresses.is_empty();
+        if names.is_empty() && !later {
+            let reason = if targets.explicit {
                 "no relay address is a specific address of an interface (wildcard binds are not offloaded)"
             } else {
                 "auto attaches only to non-loopback interfaces that hold a specific relay address"
@@ -625,7 +660,7 @@ fn start_fast_path(config: &RelayConfig) -> (Option<Result<Vec<String>, String>>
     }
     #[cfg(not(feature = "ebpf"))]
     {
-        let _ = explicit;
+        let _ = targets;
         (Some(Err("this build has no kernel fast path (relay-core's ebpf feature)".into())), None)
     }
 }
@@ -731,6 +766,7 @@ impl Relay {
                 sdp_ips: interfaces.iter().flat_map(|i| i.addresses.iter().map(InterfaceAddress::sdp_ip)).collect(),
                 interface_names: interfaces.iter().map(|i| i.name.clone()).collect(),
                 fast: fast.clone(),
+                fast_targets: FastPathTargets::of(&config),
                 draining: AtomicBool::new(false),
                 standby: AtomicBool::new(false),
                 next_shard: AtomicUsize::new(0),
@@ -812,6 +848,30 @@ impl RelayHandle {
         let fast = self.inner.fast.as_ref()?;
         let guard = fast.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.outcomes().ok()
+    }
+
+    /// Attaches the running kernel fast path to interfaces that have come
+    /// to hold a relay address since the start (a takeover moved the
+    /// service address here) and returns every interface it is attached
+    /// to; empty when the fast path does not run. Cheap when nothing
+    /// changed (a look at the interface table); call it after the address
+    /// may have moved.
+    pub fn attach_fast_path(&self) -> Vec<String> {
+        #[cfg(feature = "ebpf")]
+        if let (Some(fast), Some(targets)) = (&self.inner.fast, &self.inner.fast_targets) {
+            let mut guard = fast.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for name in targets.interfaces() {
+                if guard.interfaces().contains(&name) {
+                    continue;
+                }
+                match guard.attach(&name) {
+                    Ok(()) => tracing::info!(interface = %name, "kernel fast path attached"),
+                    Err(e) => tracing::warn!(interface = %name, error = %e, "kernel fast path not attached"),
+                }
+            }
+            return guard.interfaces().to_vec();
+        }
+        Vec::new()
     }
 
     /// Number of shards.

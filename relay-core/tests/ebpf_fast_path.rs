@@ -481,9 +481,55 @@ fn veth_in_namespace() {
     let (mp, me) = (master(1), master(2));
     let a = srtp_session(&h, (&pbx, 1, &mp), (&phone, 0, &me));
     assert_eq!((a.endpoint.rtp.ip(), a.pbx.rtp.ip()), ([10, 1, 0, 1].into(), [10, 2, 0, 1].into()));
-    let (mut from_phone, mut from_pbx) = (SrtpTx::new(&me, 7, 1), SrtpTx::new(&mp, 8, 1));
+    exchange(&phone, &pbx, &a, &me, &mp, 100);
+    let info = h.session(a.id).wait().expect("query");
+    assert_eq!((info.endpoint.stats.packets_forwarded, info.pbx.stats.packets_forwarded), (100, 100));
+    let c = h.counters().wait().expect("counters").total;
+    assert!(c.packets_forwarded_kernel >= 190, "forwarded across the links in the kernel: {c:?}");
+
+    // A standby's relay: its addresses (bound with IP_FREEBIND) are on no
+    // interface yet. The program loads and waits; once a takeover moved
+    // the addresses here, attaching finds their interfaces and the kernel
+    // forwards from then on. The first relay stays attached to the same
+    // interfaces, ahead in the chain: what is not its own it passes on to
+    // the next program, not straight to the stack.
+    let standby = Relay::start(RelayConfig {
+        backend: BackendKind::Auto,
+        interfaces: vec![itf("lan", [10, 1, 0, 50]), itf("wan", [10, 2, 0, 50])],
+        workers: 1,
+        peer_policy: relay_core::PeerPolicy { allow_private: true, ..relay_core::PeerPolicy::loopback_lab() },
+        sockets: relay_core::SocketOptions { freebind: true, ..relay_core::SocketOptions::default() },
+        ..RelayConfig::default()
+    })
+    .expect("a relay on addresses not here yet starts");
+    assert_eq!(standby.datapath().fast_path, Some(Ok(Vec::new())), "loaded, attached nowhere yet");
+    let h = standby.handle();
+    assert!(h.attach_fast_path().is_empty(), "the addresses are not here yet");
+    sh("ip addr add 10.1.0.50/24 dev vp-r && ip addr add 10.2.0.50/24 dev vx-r");
+    assert_eq!(h.attach_fast_path(), vec!["vp-r".to_string(), "vx-r".to_string()]);
+    assert_eq!(h.attach_fast_path(), vec!["vp-r".to_string(), "vx-r".to_string()], "attached once");
+    let a = srtp_session(&h, (&pbx, 1, &mp), (&phone, 0, &me));
+    exchange(&phone, &pbx, &a, &me, &mp, 100);
+    let info = h.session(a.id).wait().expect("query"); // reads the kernel's counters back
+    assert_eq!((info.endpoint.stats.packets_forwarded, info.pbx.stats.packets_forwarded), (100, 100));
+    let c = h.counters().wait().expect("counters").total;
+    assert!(c.packets_forwarded_kernel >= 190, "after the late attach, forwarded in the kernel: {c:?}");
+    println!("EBPF-NETNS-OK");
+}
+
+/// `n` SRTP packets each way between `phone` and `pbx` across session `a`,
+/// one at a time, each compared byte for byte with its relay source.
+fn exchange(
+    phone: &UdpSocket,
+    pbx: &UdpSocket,
+    a: &relay_core::AllocatedSession,
+    phone_key: &[u8],
+    pbx_key: &[u8],
+    n: usize,
+) {
+    let (mut from_phone, mut from_pbx) = (SrtpTx::new(phone_key, 7, 1), SrtpTx::new(pbx_key, 8, 1));
     let mut buf = [0u8; 2048];
-    for _ in 0..100 {
+    for _ in 0..n {
         let p = from_phone.next_rtp();
         phone.send_to(&p, a.endpoint.rtp).expect("send");
         let (len, from) = pbx.recv_from(&mut buf).expect("phone → PBX across the relay");
@@ -493,9 +539,4 @@ fn veth_in_namespace() {
         let (len, from) = phone.recv_from(&mut buf).expect("PBX → phone across the relay");
         assert_eq!((&buf[..len], from), (q.as_slice(), a.endpoint.rtp));
     }
-    let info = h.session(a.id).wait().expect("query");
-    assert_eq!((info.endpoint.stats.packets_forwarded, info.pbx.stats.packets_forwarded), (100, 100));
-    let c = h.counters().wait().expect("counters").total;
-    assert!(c.packets_forwarded_kernel >= 190, "forwarded across the links in the kernel: {c:?}");
-    println!("EBPF-NETNS-OK");
 }

@@ -9,7 +9,7 @@
 // exactly this latched source goes out from relay address:port to that
 // destination". Everything else — a miss, another source (re-latching, a
 // stranger), a non-RTP/RTCP packet (STUN, DTLS), a fragment, IP options,
-// — is passed up unchanged (TC_ACT_OK) to the relay's socket, and
+// — is passed up unchanged (PASS_UP) to the relay's socket, and
 // userspace decides as it always did. The one packet the program drops is
 // one over its route's rate (the leg's limits), exactly as userspace's
 // token bucket would, counted per route.
@@ -27,6 +27,11 @@
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
+
+// "Not ours": the next program on the interface (another relay's, a CNI's)
+// still sees the packet, then the stack. TC_ACT_UNSPEC is tcx's TCX_NEXT;
+// TC_ACT_OK (TCX_PASS) would end the chain here.
+#define PASS_UP TC_ACT_UNSPEC
 
 // Where a datagram arrived: relay IPv4 address and UDP port (network order).
 struct fwd_key {
@@ -227,33 +232,33 @@ int ucmrc_forward(struct __sk_buff *skb)
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
-		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
 		return forward_v6(skb);
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP)
-		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
 	// IP options and fragments (more fragments, or an offset) go up.
 	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
-		return outcome(OUT_FRAGMENT_OR_OPTIONS, TC_ACT_OK);
+		return outcome(OUT_FRAGMENT_OR_OPTIONS, PASS_UP);
 	struct udphdr *udp = (void *)(ip + 1);
 	if ((void *)(udp + 1) > end)
-		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
 	__u8 *payload = (void *)(udp + 1);
 	if ((void *)(payload + 1) > end)
-		return outcome(OUT_NOT_RTP, TC_ACT_OK);
+		return outcome(OUT_NOT_RTP, PASS_UP);
 	// RFC 7983: 128..191 is RTP/RTCP; STUN, DTLS, ZRTP and TURN go up.
 	if (payload[0] < 128 || payload[0] > 191)
-		return outcome(OUT_NOT_RTP, TC_ACT_OK);
+		return outcome(OUT_NOT_RTP, PASS_UP);
 
 	struct fwd_key key = { .addr = ip->daddr, .port = udp->dest, .pad = 0 };
 	struct fwd_value *v = bpf_map_lookup_elem(&fwd, &key);
 	if (!v)
-		return outcome(OUT_NO_ROUTE, TC_ACT_OK);
+		return outcome(OUT_NO_ROUTE, PASS_UP);
 	if (ip->saddr != v->src_addr || udp->source != v->src_port)
-		return outcome(OUT_OTHER_SOURCE, TC_ACT_OK);
+		return outcome(OUT_OTHER_SOURCE, PASS_UP);
 
 	__u64 now = bpf_ktime_get_ns();
 	__u32 slot = v->slot;
@@ -298,25 +303,25 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	if ((void *)(ip6 + 1) > end)
-		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
 	// Extension headers (fragments included) go up.
 	if (ip6->nexthdr != IPPROTO_UDP)
-		return outcome(ip6->nexthdr == 44 ? OUT_FRAGMENT_OR_OPTIONS : OUT_NOT_IPV4_UDP, TC_ACT_OK);
+		return outcome(ip6->nexthdr == 44 ? OUT_FRAGMENT_OR_OPTIONS : OUT_NOT_IPV4_UDP, PASS_UP);
 	struct udphdr *udp = (void *)(ip6 + 1);
 	if ((void *)(udp + 1) > end)
-		return outcome(OUT_NOT_IPV4_UDP, TC_ACT_OK);
+		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
 	__u8 *payload = (void *)(udp + 1);
 	if ((void *)(payload + 1) > end)
-		return outcome(OUT_NOT_RTP, TC_ACT_OK);
+		return outcome(OUT_NOT_RTP, PASS_UP);
 	if (payload[0] < 128 || payload[0] > 191)
-		return outcome(OUT_NOT_RTP, TC_ACT_OK);
+		return outcome(OUT_NOT_RTP, PASS_UP);
 
 	struct fwd6_key key = {};
 	__builtin_memcpy(key.addr, &ip6->daddr, 16);
 	key.port = udp->dest;
 	struct fwd6_value *v = bpf_map_lookup_elem(&fwd6, &key);
 	if (!v)
-		return outcome(OUT_NO_ROUTE, TC_ACT_OK);
+		return outcome(OUT_NO_ROUTE, PASS_UP);
 	__u32 old_saddr[4], old_daddr[4];
 	__builtin_memcpy(old_saddr, &ip6->saddr, 16);
 	__builtin_memcpy(old_daddr, &ip6->daddr, 16);
@@ -324,7 +329,7 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 	__builtin_memcpy(want, v->src_addr, 16);
 	if ((old_saddr[0] ^ want[0]) | (old_saddr[1] ^ want[1]) | (old_saddr[2] ^ want[2]) | (old_saddr[3] ^ want[3]) ||
 	    udp->source != v->src_port)
-		return outcome(OUT_OTHER_SOURCE, TC_ACT_OK);
+		return outcome(OUT_OTHER_SOURCE, PASS_UP);
 
 	__u64 now = bpf_ktime_get_ns();
 	__u32 slot = v->slot;

@@ -247,22 +247,11 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastPathError {
 
 impl FastPath {
     /// Loads the program and attaches it to tc/tcx ingress of every
-    /// interface in `interfaces` (by name).
+    /// interface in `interfaces` (by name; none is allowed: see
+    /// [`FastPath::attach`]).
     pub fn load(interfaces: &[&str]) -> Result<Self, FastPathError> {
         let mut bpf = Ebpf::load(PROGRAM).map_err(|e| FastPathError::Load(e.to_string()))?;
-        let program: &mut SchedClassifier = bpf
-            .program_mut("ucmrc_forward")
-            .ok_or_else(|| FastPathError::Load("no ucmrc_forward program in the object".into()))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| FastPathError::Load(e.to_string()))?;
-        program.load().map_err(|e| FastPathError::Load(e.to_string()))?;
-        for name in interfaces {
-            // Before 6.6 (no tcx) the clsact qdisc must exist; already there is fine.
-            let _ = tc::qdisc_add_clsact(name);
-            program
-                .attach(name, TcAttachType::Ingress)
-                .map_err(|e| FastPathError::Attach { interface: name.to_string(), reason: e.to_string() })?;
-        }
+        Self::program(&mut bpf)?.load().map_err(|e| FastPathError::Load(e.to_string()))?;
         let take = |bpf: &mut Ebpf, name: &'static str| {
             bpf.take_map(name).ok_or_else(|| FastPathError::Load(format!("no {name} map in the object")))
         };
@@ -271,15 +260,34 @@ impl FastPath {
         let stats = PerCpuArray::try_from(take(&mut bpf, "stats")?).map_err(map_err("stats"))?;
         let buckets = Array::try_from(take(&mut bpf, "buckets")?).map_err(map_err("buckets"))?;
         let outcomes = PerCpuArray::try_from(take(&mut bpf, "outcomes")?).map_err(map_err("outcomes"))?;
-        Ok(Self {
-            bpf,
-            routes,
-            routes6,
-            stats,
-            buckets,
-            outcomes,
-            interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
-        })
+        let mut fast = Self { bpf, routes, routes6, stats, buckets, outcomes, interfaces: Vec::new() };
+        for name in interfaces {
+            fast.attach(name)?;
+        }
+        Ok(fast)
+    }
+
+    /// Attaches the loaded program to tc/tcx ingress of interface `name`
+    /// as well (an address that arrived there after the start: a takeover
+    /// moved the service address to this host). Attached already: nothing.
+    pub fn attach(&mut self, name: &str) -> Result<(), FastPathError> {
+        if self.interfaces.iter().any(|i| i == name) {
+            return Ok(());
+        }
+        // Before 6.6 (no tcx) the clsact qdisc must exist; already there is fine.
+        let _ = tc::qdisc_add_clsact(name);
+        Self::program(&mut self.bpf)?
+            .attach(name, TcAttachType::Ingress)
+            .map_err(|e| FastPathError::Attach { interface: name.to_string(), reason: e.to_string() })?;
+        self.interfaces.push(name.to_string());
+        Ok(())
+    }
+
+    fn program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier, FastPathError> {
+        bpf.program_mut("ucmrc_forward")
+            .ok_or_else(|| FastPathError::Load("no ucmrc_forward program in the object".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| FastPathError::Load(e.to_string()))
     }
 
     /// Installs (or replaces) a route; its counters and bucket restart.
