@@ -175,8 +175,10 @@ pub struct DatapathInfo {
     /// Why `auto` did not pick io_uring.
     pub fallback_reason: Option<String>,
     /// The kernel fast path (`ebpf`, or `auto` built with the feature): the
-    /// interfaces it is attached to, or why it is not running; `None` when
-    /// not asked for (`uring`, `portable`, `auto` without the feature).
+    /// interfaces it was attached to at start (none: loaded, waiting for a
+    /// relay address to arrive, see [`RelayHandle::attach_fast_path`]), or
+    /// why it is not running; `None` when not asked for (`uring`,
+    /// `portable`, `auto` without the feature).
     pub fast_path: Option<Result<Vec<String>, String>>,
 }
 
@@ -691,6 +693,9 @@ impl Relay {
                 tracing::warn!(%reason, "kernel fast path unavailable, forwarding in userspace only")
             }
             Some(Err(reason)) => tracing::info!(%reason, "kernel fast path not used, forwarding in userspace only"),
+            Some(Ok(interfaces)) if interfaces.is_empty() => {
+                tracing::info!("kernel fast path loaded; it attaches when a relay address arrives on an interface")
+            }
             Some(Ok(interfaces)) => tracing::info!(?interfaces, "kernel fast path attached"),
             None => {}
         }
