@@ -319,6 +319,8 @@ async fn cluster(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError
         "queue_depth": s.queue_depth,
         "replication_lag_ms": s.replication_lag.as_millis() as u64,
         "warm_sessions": s.warm_sessions,
+        "warm_calls": s.warm_calls,
+        "replication_rounds": s.replication_rounds,
         "takeovers": s.takeovers,
         "demotions": s.demotions,
         "resyncs": s.resyncs,

@@ -252,7 +252,7 @@ fn cluster_metrics(o: &mut String, c: &relay_cluster::ClusterStatus) {
     for role in ["starting", "standby", "active", "stopped"] {
         let _ = writeln!(o, "ucmrc_cluster_role{{role=\"{role}\"}} {}", u8::from(c.role.as_str() == role));
     }
-    let gauges: [(&str, &str, f64); 6] = [
+    let gauges: [(&str, &str, f64); 7] = [
         ("ucmrc_cluster_epoch", "The lease epoch this node holds (0 when not active).", c.epoch.unwrap_or(0) as f64),
         ("ucmrc_cluster_redis_up", "1 when the last Redis command succeeded.", f64::from(u8::from(c.redis_up))),
         ("ucmrc_cluster_queue_depth", "Changes waiting to be written to Redis.", c.queue_depth as f64),
@@ -262,6 +262,7 @@ fn cluster_metrics(o: &mut String, c: &relay_cluster::ClusterStatus) {
             c.replication_lag.as_secs_f64(),
         ),
         ("ucmrc_cluster_warm_sessions", "Sessions in the standby's warm copy.", c.warm_sessions as f64),
+        ("ucmrc_cluster_warm_calls", "ng calls in the standby's warm copy.", c.warm_calls as f64),
         (
             "ucmrc_cluster_lease_holder_epoch",
             "The epoch of the lease holder as last seen (0: none).",

@@ -349,16 +349,18 @@ fn in_namespace() {
                 .count()
                 >= calls.len()
         });
-        // Every session (and the ng call, written with its session) is in
-        // the standby's copy; then everything the active wrote since.
-        let live = json(&http(active.admin, "GET", "/v1/sessions", Some(TOKEN), None).1)["sessions"]
-            .as_array()
-            .map_or(0, Vec::len) as u64;
-        wait_for("the standby's copy complete", || cluster(&standby)["warm_sessions"].as_u64() == Some(live));
-        wait_for("changes written", || cluster(&active)["queue_depth"] == 0);
+        // Everything up to now is in Redis: two whole replication rounds
+        // after this point (the one under way may have pulled its changes
+        // before it; a queue seen empty may be about to fill). Then the
+        // standby has applied all of it: every session and the ng call.
+        let before = json(&http(active.admin, "GET", "/v1/sessions", Some(TOKEN), None).1);
+        let rounds = replication_rounds(&active);
+        wait_for("two replication rounds", || replication_rounds(&active) >= rounds + 2);
         let written = last_write(&active);
         wait_for("standby caught up", || last_write(&standby) >= written);
-        let before = json(&http(active.admin, "GET", "/v1/sessions", Some(TOKEN), None).1);
+        let live = before["sessions"].as_array().map_or(0, Vec::len) as u64;
+        assert_eq!(cluster(&standby)["warm_sessions"].as_u64(), Some(live), "the standby's copy is complete");
+        assert_eq!(cluster(&standby)["warm_calls"], 1, "the ng call is in the standby's copy");
 
         // The active's process is killed and its host goes down.
         signal(&active, 9);

@@ -150,6 +150,12 @@ pub struct ClusterStatus {
     pub resyncs: u64,
     /// Sessions in the warm copy (standby).
     pub warm_sessions: usize,
+    /// ng calls in the warm copy (standby).
+    pub warm_calls: usize,
+    /// Replication rounds completed while active: each wrote every change
+    /// made before it began (two more than seen earlier: everything up to
+    /// then is in Redis).
+    pub replication_rounds: u64,
     /// Records that could not be read (malformed, wrong key).
     pub bad_records: u64,
     /// Times this node took the lease.
@@ -452,6 +458,7 @@ impl Node {
                         s.role = Role::Standby;
                     }
                     s.warm_sessions = warm.sessions.len();
+                    s.warm_calls = warm.calls.len();
                 });
             }
             tokio::select! {
@@ -513,6 +520,7 @@ impl Node {
         self.update(|s| {
             s.bad_records += bad;
             s.warm_sessions = warm.sessions.len();
+            s.warm_calls = warm.calls.len();
         });
         Ok(())
     }
@@ -575,6 +583,7 @@ impl Node {
         self.update(|s| {
             s.bad_records += bad;
             s.warm_sessions = warm.sessions.len();
+            s.warm_calls = warm.calls.len();
             s.last_write = Some(v);
         });
     }
@@ -641,6 +650,7 @@ impl Node {
             s.holder = Some(holder.clone());
             s.takeovers += 1;
             s.warm_sessions = 0;
+            s.warm_calls = 0;
             s.last_takeover = Some(report);
         });
     }
@@ -768,10 +778,11 @@ impl Node {
             *resync = false;
             self.update(|s| s.resyncs += 1);
         }
-        let (lag, depth) = (pending.oldest(), pending.len());
+        let (lag, depth, done) = (pending.oldest(), pending.len(), r.is_ok());
         self.update(|s| {
             s.queue_depth = depth;
             s.replication_lag = lag;
+            s.replication_rounds += u64::from(done);
         });
         r
     }

@@ -330,6 +330,12 @@ pub fn last_write(r: &Relay) -> (u64, u64) {
     (v["epoch"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(0))
 }
 
+/// Replication rounds an active cluster node completed: once two more than
+/// seen have passed, every change made before is in Redis.
+pub fn replication_rounds(r: &Relay) -> u64 {
+    cluster(r)["replication_rounds"].as_u64().unwrap_or(0)
+}
+
 /// Scrapes /metrics and parses the Prometheus text format strictly.
 pub fn scrape(r: &Relay) -> std::collections::HashMap<String, f64> {
     let (status, text) = http(r.admin, "GET", "/metrics", Some(TOKEN), None);
