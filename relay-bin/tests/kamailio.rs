@@ -12,101 +12,15 @@
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use relay_core::ng::bencode::{self, Value};
+use support::kamailio::Kamailio;
 use support::sip::{SdpView, SipMessage, SipSocket};
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A Kamailio process on a loopback port, logging to a file.
-struct Kamailio {
-    child: Child,
-    sip: SocketAddr,
-    log: PathBuf,
-    dir: PathBuf,
-}
-
-impl Kamailio {
-    fn start(ng: SocketAddr) -> Self {
-        let dir = temp_dir("kamailio");
-        // Kamailio cannot report a kernel-chosen port back: take one from
-        // the kernel and hand it over.
-        let port = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
-        let sip = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = dir.join("kamailio.log");
-        let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kamailio/kamailio.cfg");
-        let bin = ["/usr/sbin/kamailio", "/usr/local/sbin/kamailio"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("kamailio");
-        let child = Command::new(bin)
-            .args(["-DD", "-E", "-f", cfg, "-m", "32", "-M", "8"])
-            .arg("-l")
-            .arg(format!("udp:{sip}"))
-            .arg("-A")
-            .arg(format!("NG_SOCK=\"udp:{ng}\""))
-            .arg("-Y")
-            .arg(&dir)
-            .arg("-w")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("kamailio (scripts/setup-debian.sh installs Debian's kamailio)");
-        let k = Self { child, sip, log, dir };
-        k.wait_ready();
-        k
-    }
-
-    /// Kamailio is ready when it answers OPTIONS.
-    fn wait_ready(&self) {
-        let probe = SipSocket::bind();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut buf = vec![0u8; 4096];
-        for n in 0.. {
-            assert!(Instant::now() < deadline, "Kamailio did not start: {}", self.log_text());
-            let options = SipMessage::request(
-                "OPTIONS",
-                &format!("sip:{}", self.sip),
-                vec![
-                    ("Via".into(), format!("SIP/2.0/UDP {};branch=z9hG4bKprobe{n};rport", probe.addr)),
-                    ("Max-Forwards".into(), "70".into()),
-                    ("From".into(), "<sip:probe@127.0.0.1>;tag=probe".into()),
-                    ("To".into(), format!("<sip:{}>", self.sip)),
-                    ("Call-ID".into(), format!("probe-{n}")),
-                    ("CSeq".into(), format!("{} OPTIONS", n + 1)),
-                ],
-                "",
-            );
-            probe.send(&options, self.sip);
-            probe.sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-            if let Ok(len) = probe.sock.recv(&mut buf) {
-                if SipMessage::parse(&buf[..len]).and_then(|m| m.status()) == Some(200) {
-                    return;
-                }
-            }
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        // SIGTERM: the main process stops its children and exits.
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// An RTP socket on an even port and its RTCP socket on the next one.
 fn media_pair() -> (UdpSocket, UdpSocket) {
@@ -600,7 +514,10 @@ fn ice_checks_through_relay(caller: &Agent, callee: &Agent, caller_view: &SdpVie
 fn kamailio_drives_ucmrc_as_rtpengine() {
     let relay = start(Some(&config("[log]\nlevel = \"info,relay_core::ng=debug\"\n")));
     let (ng_addr, _) = relay.ng.expect("ng enabled");
-    let k = Kamailio::start(ng_addr);
+    // Kamailio cannot report a kernel-chosen port back: take one from the
+    // kernel and hand it over.
+    let port = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
+    let k = Kamailio::start(&[], SocketAddr::from(([127, 0, 0, 1], port)), ng_addr, &SipSocket::bind());
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     let mut ng = Ng { sock, addr: ng_addr, n: 0 };
@@ -688,10 +605,7 @@ fn kamailio_drives_ucmrc_as_rtpengine() {
     assert!(checked > 500, "{checked} packets checked");
 
     // Not one ng failure in Kamailio's log, and the relay logged each command.
-    let log = k.log_text();
-    for bad in ["NG-FAILURE", "ERROR: rtpengine", "proxy replied with error", "timeout waiting reply"] {
-        assert!(!log.contains(bad), "Kamailio logged {bad:?}:\n{log}");
-    }
+    k.assert_no_ng_failure();
     let m = scrape(&relay);
     let offers = m.get("ucmrc_ng_commands_total{command=\"offer\",result=\"ok\"}").copied().unwrap_or(0.0);
     assert!(offers >= scenarios.len() as f64, "offers counted: {offers}");

@@ -3,6 +3,7 @@
 //! build), talk HTTP and ng to it, SRTP calls, Prometheus scrapes.
 #![allow(dead_code)]
 
+pub mod kamailio;
 pub mod sip;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -103,7 +103,7 @@ impl SipMessage {
     }
 }
 
-/// A SIP endpoint on a loopback UDP socket.
+/// A SIP endpoint on a UDP socket.
 pub struct SipSocket {
     /// The socket.
     pub sock: UdpSocket,
@@ -115,6 +115,12 @@ impl SipSocket {
     /// Binds a kernel-chosen loopback port.
     pub fn bind() -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind sip");
+        let addr = sock.local_addr().expect("addr");
+        Self { sock, addr }
+    }
+
+    /// Uses `sock` (bound by the caller: another address, a namespace).
+    pub fn from_socket(sock: UdpSocket) -> Self {
         let addr = sock.local_addr().expect("addr");
         Self { sock, addr }
     }
