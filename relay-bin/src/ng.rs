@@ -7,14 +7,16 @@
 //! at once, however slowly it arrives).
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use relay_core::io::pktinfo;
 use relay_core::ng::bencode::{FrameError, MessageFramer};
 use relay_core::ng::NgEngine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 
@@ -156,8 +158,21 @@ async fn serve_udp(
 ) {
     let in_flight = Arc::new(Semaphore::new(t.udp_max_in_flight));
     let mut buf = vec![0u8; 65536];
+    // Bound to a wildcard address: each reply leaves from the address its
+    // request came to (a host with several, such as a service address
+    // moved here at takeover; Kamailio's socket only takes answers from
+    // the address it asked).
+    let local = udp.local_addr().ok().map(|a| a.ip());
+    let v6 = local.is_some_and(|ip| ip.is_ipv6());
+    let reply_from_request =
+        local.is_some_and(|ip| ip.is_unspecified()) && pktinfo::enable(udp.as_raw_fd(), v6).is_ok();
     loop {
-        let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
+        let received = if reply_from_request {
+            udp.async_io(Interest::READABLE, || pktinfo::recv(udp.as_raw_fd(), &mut buf)).await
+        } else {
+            udp.recv_from(&mut buf).await.map(|(n, from)| (n, from, None))
+        };
+        let Ok((n, from, to)) = received else { continue };
         if !t.allows(from.ip()) {
             stats.refused_source.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -170,7 +185,11 @@ async fn serve_udp(
         let (udp, e, serving) = (udp.clone(), engine.clone(), serving.clone());
         tokio::spawn(async move {
             let reply = handle(&e, &serving, &msg).await;
-            let _ = udp.send_to(&reply, from).await;
+            if reply_from_request {
+                let _ = udp.async_io(Interest::WRITABLE, || pktinfo::send(udp.as_raw_fd(), v6, &reply, from, to)).await;
+            } else {
+                let _ = udp.send_to(&reply, from).await;
+            }
             drop(permit);
         });
     }

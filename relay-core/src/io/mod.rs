@@ -14,6 +14,7 @@ pub mod batch_send;
 pub mod ebpf;
 #[cfg(feature = "engine")]
 mod engine;
+pub mod pktinfo;
 #[cfg(feature = "engine")]
 pub(crate) mod portable;
 #[cfg(feature = "async")]
