@@ -5,11 +5,13 @@
 //! (`ip addr add` and a gratuitous ARP, as keepalived would do).
 //!
 //! Calls with real SRTP both ways through the service address — made over
-//! the admin API, over ng (Kamailio's protocol) and by a connector over the
-//! control channel — then `kill -9` of the active and its host going down:
+//! the admin API, as a SIP call through a real Kamailio (ng to the service
+//! address) and by a connector over the control channel — then `kill -9`
+//! of the active and its host going down:
 //! the standby takes over, media resumes on the same addresses within a
 //! second, every SRTP packet that arrives authenticates, no call is lost,
-//! ng `query` and the admin API on the standby show every call, the
+//! ng `query` and the admin API on the standby show every call, Kamailio's
+//! hold/resume re-INVITEs and BYE are served by the new active, the
 //! connector is back and finds its session; the kernel fast path (the
 //! default `auto` datapath) follows the address to the new active. Then
 //! the old active returns and stays standby.
@@ -30,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netns::{sh, socket_in};
+use support::kamailio::Kamailio;
+use support::sip::{SdpView, SipMessage, SipSocket};
 use support::*;
 
 const CHILD: &str = "UCMRC_HA_NETNS_CHILD";
@@ -259,6 +263,11 @@ fn flow(tx: UdpSocket, to: SocketAddr, rx: UdpSocket, key: &[u8], from_phone: bo
     f
 }
 
+/// The ng address Kamailio and the test send to: the service address.
+fn ng_addr() -> SocketAddr {
+    format!("{VIP}:22222").parse().expect("addr")
+}
+
 /// An ng request in JSON to the service address.
 struct Ng {
     sock: UdpSocket,
@@ -268,9 +277,196 @@ struct Ng {
 impl Ng {
     fn call(&mut self, req: serde_json::Value) -> serde_json::Value {
         self.n += 1;
-        let to: SocketAddr = format!("{VIP}:22222").parse().expect("addr");
-        let reply = ng_udp(&self.sock, to, format!("h{} {req}", self.n).as_bytes());
+        let reply = ng_udp(&self.sock, ng_addr(), format!("h{} {req}", self.n).as_bytes());
         json(String::from_utf8(reply).expect("utf-8").split_once(' ').expect("cookie").1)
+    }
+}
+
+/// A call through Kamailio (in the PBX's namespace, ng to the service
+/// address): alice on the phones' host calls bob on the PBX's host, plain
+/// RTP with rtcp-mux, Kamailio's `rtpengine_manage()` on every SDP and on
+/// the BYE.
+struct SipCall {
+    alice: SipSocket,
+    bob: SipSocket,
+    alice_rtp: UdpSocket,
+    bob_rtp: UdpSocket,
+    call_id: String,
+    alice_tag: String,
+    bob_tag: String,
+    route: Vec<String>,
+    bob_target: String,
+    cseq: u32,
+    /// Where each sends its media (the relay's ports in the SDP it got).
+    alice_sends_to: SocketAddr,
+    bob_sends_to: SocketAddr,
+    seq: u16,
+}
+
+const SIP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl SipCall {
+    fn sdp(ip: &str, port: u16, version: u32, direction: &str) -> String {
+        format!(
+            "v=0\r\no=- 7 {version} IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\na={direction}\r\n"
+        )
+    }
+
+    /// INVITE, 200 and ACK through Kamailio; both sides are sent to the
+    /// service address.
+    fn establish(k: &Kamailio, cycle: usize) -> Self {
+        let alice = SipSocket::from_socket(socket_in("phones", &format!("10.77.0.21:{}", 5070 + cycle), SIP_TIMEOUT));
+        let bob = SipSocket::from_socket(socket_in("pbx", &format!("10.77.0.22:{}", 5170 + cycle), SIP_TIMEOUT));
+        let port = |base: u16| base + 2 * cycle as u16;
+        let alice_rtp = socket_in("phones", &format!("10.77.0.21:{}", port(34000)), SIP_TIMEOUT);
+        let bob_rtp = socket_in("pbx", &format!("10.77.0.22:{}", port(35000)), SIP_TIMEOUT);
+        let call_id = format!("ha-kamailio-{cycle}@10.77.0.21");
+        let alice_tag = format!("alice-{cycle}");
+        let invite = SipMessage::request(
+            "INVITE",
+            &format!("sip:bob@{}", bob.addr),
+            vec![
+                ("Via".into(), format!("SIP/2.0/UDP {};branch=z9hG4bKha{cycle}i;rport", alice.addr)),
+                ("Max-Forwards".into(), "70".into()),
+                ("From".into(), format!("<sip:alice@10.77.0.21>;tag={alice_tag}")),
+                ("To".into(), "<sip:bob@10.77.0.22>".into()),
+                ("Call-ID".into(), call_id.clone()),
+                ("CSeq".into(), "1 INVITE".into()),
+                ("Contact".into(), format!("<sip:alice@{}>", alice.addr)),
+            ],
+            &Self::sdp("10.77.0.21", port(34000), 1, "sendrecv"),
+        );
+        alice.send(&invite, k.sip);
+        let (invite_in, proxy) = bob.expect("INVITE at bob", SIP_TIMEOUT, |m| m.method() == Some("INVITE"));
+        let offer = SdpView::parse(&invite_in.body);
+        assert_eq!(offer.addr.to_string(), VIP, "bob is sent to the service address; Kamailio:\n{}", k.log_text());
+        let bob_tag = format!("bob-{cycle}");
+        let ok = invite_in.response(
+            200,
+            "OK",
+            &bob_tag,
+            &format!("<sip:bob@{}>", bob.addr),
+            Vec::new(),
+            &Self::sdp("10.77.0.22", port(35000), 1, "sendrecv"),
+        );
+        bob.send(&ok, proxy);
+        let (ok_in, _) =
+            alice.expect("200 at alice", SIP_TIMEOUT, |m| m.status() == Some(200) && m.cseq_method() == "INVITE");
+        let answer = SdpView::parse(&ok_in.body);
+        assert_eq!(answer.addr.to_string(), VIP, "alice is sent to the service address");
+        let mut call = Self {
+            alice,
+            bob,
+            alice_rtp,
+            bob_rtp,
+            call_id,
+            alice_tag,
+            bob_tag,
+            route: ok_in.all("Record-Route").into_iter().rev().collect(),
+            bob_target: ok_in.header("Contact").expect("contact").trim_matches(['<', '>']).to_string(),
+            cseq: 1,
+            alice_sends_to: SocketAddr::new(answer.addr, answer.media[0].port),
+            bob_sends_to: SocketAddr::new(offer.addr, offer.media[0].port),
+            seq: 0,
+        };
+        call.ack(k);
+        call
+    }
+
+    /// A request from alice inside the dialog, loose-routed via Kamailio.
+    fn in_dialog(&self, method: &str, body: &str) -> SipMessage {
+        let mut headers = vec![
+            ("Via".into(), format!("SIP/2.0/UDP {};branch=z9hG4bKha{method}{};rport", self.alice.addr, self.cseq)),
+            ("Max-Forwards".into(), "70".into()),
+        ];
+        headers.extend(self.route.iter().map(|r| ("Route".to_string(), r.clone())));
+        headers.extend([
+            ("From".into(), format!("<sip:alice@10.77.0.21>;tag={}", self.alice_tag)),
+            ("To".into(), format!("<sip:bob@10.77.0.22>;tag={}", self.bob_tag)),
+            ("Call-ID".into(), self.call_id.clone()),
+            ("CSeq".into(), format!("{} {method}", self.cseq)),
+            ("Contact".into(), format!("<sip:alice@{}>", self.alice.addr)),
+        ]);
+        SipMessage::request(method, &self.bob_target, headers, body)
+    }
+
+    fn ack(&mut self, k: &Kamailio) {
+        let ack = self.in_dialog("ACK", "");
+        self.alice.send(&ack, k.sip);
+        self.bob.expect("ACK at bob", SIP_TIMEOUT, |m| m.method() == Some("ACK"));
+    }
+
+    /// A re-INVITE (hold, then resume) answered by bob: the relay must
+    /// keep the call's ports — it knows the call, also after a takeover.
+    fn reinvite(&mut self, k: &Kamailio, direction: &str, answer_direction: &str) {
+        self.cseq += 1;
+        let port = self.alice_rtp.local_addr().expect("addr").port();
+        let reinvite = self.in_dialog("INVITE", &Self::sdp("10.77.0.21", port, self.cseq, direction));
+        self.alice.send(&reinvite, k.sip);
+        let cseq = format!("{} INVITE", self.cseq);
+        let (rei, proxy) = self.bob.expect("re-INVITE at bob", SIP_TIMEOUT, |m| m.header("CSeq") == Some(&cseq));
+        let offer = SdpView::parse(&rei.body);
+        assert_eq!(SocketAddr::new(offer.addr, offer.media[0].port), self.bob_sends_to, "the same relay port for bob");
+        assert_eq!(offer.media[0].direction, direction);
+        let port = self.bob_rtp.local_addr().expect("addr").port();
+        let ok = rei.response(
+            200,
+            "OK",
+            &self.bob_tag,
+            &format!("<sip:bob@{}>", self.bob.addr),
+            Vec::new(),
+            &Self::sdp("10.77.0.22", port, self.cseq, answer_direction),
+        );
+        self.bob.send(&ok, proxy);
+        let (ok_in, _) = self.alice.expect("200 to the re-INVITE", SIP_TIMEOUT, |m| {
+            m.status() == Some(200) && m.header("CSeq") == Some(&cseq)
+        });
+        let answer = SdpView::parse(&ok_in.body);
+        assert_eq!(
+            SocketAddr::new(answer.addr, answer.media[0].port),
+            self.alice_sends_to,
+            "the same relay port for alice"
+        );
+        assert_eq!(answer.media[0].direction, answer_direction);
+        self.ack(k);
+    }
+
+    /// BYE through Kamailio (which sends ng `delete`), answered by bob.
+    fn bye(&mut self, k: &Kamailio) {
+        self.cseq += 1;
+        let bye = self.in_dialog("BYE", "");
+        self.alice.send(&bye, k.sip);
+        let (bye_in, proxy) = self.bob.expect("BYE at bob", SIP_TIMEOUT, |m| m.method() == Some("BYE"));
+        self.bob.send(
+            &bye_in.response(200, "OK", &self.bob_tag, &format!("<sip:bob@{}>", self.bob.addr), Vec::new(), ""),
+            proxy,
+        );
+        self.alice.expect("200 to the BYE", SIP_TIMEOUT, |m| m.status() == Some(200) && m.cseq_method() == "BYE");
+    }
+
+    /// `n` RTP packets each way through the relay, each compared byte for
+    /// byte and coming from the relay's port.
+    fn media(&mut self, n: u16) {
+        let mut buf = [0u8; 2048];
+        for _ in 0..n {
+            self.seq += 1;
+            for (from, to, dest, ssrc) in [
+                (&self.alice_rtp, &self.bob_rtp, self.alice_sends_to, 0x0a11_ce00u32),
+                (&self.bob_rtp, &self.alice_rtp, self.bob_sends_to, 0x0b0b_0000),
+            ] {
+                let mut p = vec![0x80, 0];
+                p.extend_from_slice(&self.seq.to_be_bytes());
+                p.extend_from_slice(&(u32::from(self.seq) * 160).to_be_bytes());
+                p.extend_from_slice(&ssrc.to_be_bytes());
+                p.extend((0..160u16).map(|b| (b as u8) ^ (self.seq as u8)));
+                from.send_to(&p, dest).expect("send");
+                let (len, src) = to.recv_from(&mut buf).expect("RTP across the relay");
+                assert_eq!(&buf[..len], p.as_slice(), "RTP unchanged");
+                let relay_side = if dest == self.alice_sends_to { self.bob_sends_to } else { self.alice_sends_to };
+                assert_eq!(src, relay_side, "from the relay's port of the other leg");
+            }
+        }
     }
 }
 
@@ -293,12 +489,13 @@ fn in_namespace() {
         assert_eq!(c.to_pbx_leg.ip().to_string(), VIP);
         calls.push(c);
     }
-    // ng, as Kamailio sends it (to the service address).
+    // Kamailio on the PBX's host, sending ng to the service address; and an
+    // ng client of the test's own there, for queries beside it.
+    let probe = SipSocket::from_socket(socket_in("phones", "10.77.0.21:5060", SIP_TIMEOUT));
+    let kamailio =
+        Kamailio::start(&["ip", "netns", "exec", "pbx"], "10.77.0.22:5060".parse().expect("sip"), ng_addr(), &probe);
     let mut ng = Ng { sock: socket_in("pbx", "10.77.0.22:0", Duration::from_millis(100)), n: 0 };
     ng.sock.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-    let sdp = |port: u16, ip: &str| {
-        format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n")
-    };
     // A connector (the PBX's) logs in over the control channel at the
     // service address and allocates a session of its own.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -328,16 +525,9 @@ fn in_namespace() {
         // The connector's own session (fresh each cycle: an idle session
         // ends by its idle timeout).
         let owned = rt.block_on(ch.allocate(own())).expect("the connector allocates");
-        // A call over ng, as Kamailio makes them (to the service address).
-        let call_id = format!("ha-ng-{cycle}");
-        let offer = ng.call(serde_json::json!({
-            "command": "offer", "call-id": call_id, "from-tag": "a", "sdp": sdp(32000, "10.77.0.21")
-        }));
-        assert_eq!(offer["result"], "ok", "{offer}");
-        let answer = ng.call(serde_json::json!({
-            "command": "answer", "call-id": call_id, "from-tag": "a", "to-tag": "b", "sdp": sdp(32002, "10.77.0.22")
-        }));
-        assert_eq!(answer["result"], "ok", "{answer}");
+        // A SIP call through Kamailio, media both ways through the relay.
+        let mut sip = SipCall::establish(&kamailio, cycle);
+        sip.media(10);
         // Latched, replicated, and the standby caught up.
         wait_for("media latched", || {
             let (_, body) = http(active.admin, "GET", "/v1/sessions", Some(TOKEN), None);
@@ -360,7 +550,7 @@ fn in_namespace() {
         wait_for("standby caught up", || last_write(&standby) >= written);
         let live = before["sessions"].as_array().map_or(0, Vec::len) as u64;
         assert_eq!(cluster(&standby)["warm_sessions"].as_u64(), Some(live), "the standby's copy is complete");
-        assert_eq!(cluster(&standby)["warm_calls"], 1, "the ng call is in the standby's copy");
+        assert_eq!(cluster(&standby)["warm_calls"], 1, "Kamailio's call is in the standby's copy");
 
         // The active's process is killed and its host goes down.
         signal(&active, 9);
@@ -412,10 +602,18 @@ fn in_namespace() {
             );
         }
         assert_eq!(cluster(&standby)["last_takeover"]["failed"], 0, "every session resumed");
-        let q = ng.call(serde_json::json!({"command": "query", "call-id": call_id}));
-        assert_eq!(q["result"], "ok", "the new active knows the ng call: {q}");
-        let d = ng.call(serde_json::json!({"command": "delete", "call-id": call_id, "from-tag": "a"}));
-        assert_eq!(d["result"], "ok", "and ends it: {d}");
+        // The new active knows Kamailio's call: media on the same ports, a
+        // hold and resume answered with the same ports, the BYE's delete.
+        let q = ng.call(serde_json::json!({"command": "query", "call-id": sip.call_id}));
+        assert_eq!(q["result"], "ok", "the new active knows the call: {q}");
+        sip.media(10);
+        sip.reinvite(&kamailio, "sendonly", "recvonly");
+        sip.reinvite(&kamailio, "sendrecv", "sendrecv");
+        sip.media(10);
+        sip.bye(&kamailio);
+        let q = ng.call(serde_json::json!({"command": "query", "call-id": sip.call_id}));
+        assert_eq!(q["result"], "error", "the BYE deleted the call on the new active: {q}");
+        kamailio.assert_no_ng_failure();
         // The connector is back on the service address and finds its session.
         rt.block_on(ch.wait_connected(cycle as u64 + 2, Duration::from_secs(10))).expect("connector back");
         let upd: relay_core::api::UpdateRequest =
@@ -458,6 +656,8 @@ fn in_namespace() {
         gaps[gaps.len() - 1]
     );
     rt.block_on(connector.stop());
+    kamailio.assert_no_ng_failure();
+    drop(kamailio);
     drop(active);
     drop(standby);
     drop(redis);

@@ -12,7 +12,8 @@ use super::sip::{SipMessage, SipSocket};
 use super::temp_dir;
 
 /// What in Kamailio's log means an ng command failed.
-pub const NG_FAILURES: [&str; 4] = ["NG-FAILURE", "ERROR: rtpengine", "proxy replied with error", "timeout waiting reply"];
+pub const NG_FAILURES: [&str; 4] =
+    ["NG-FAILURE", "ERROR: rtpengine", "proxy replied with error", "timeout waiting reply"];
 
 /// A Kamailio process, logging to a file; stopped on drop.
 pub struct Kamailio {
