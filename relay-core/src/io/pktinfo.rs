@@ -46,8 +46,9 @@ pub fn enable(fd: RawFd, v6: bool) -> io::Result<()> {
     }
 }
 
-/// Control buffer room for one `in6_pktinfo` (the larger of the two).
-const CONTROL: usize = 64;
+/// Control buffer room for both kinds of pktinfo at once (a dual-stack
+/// socket may be given both for one datagram).
+const CONTROL: usize = 128;
 
 /// Receives one datagram into `buf`: its length, its source and, when the
 /// kernel reported it, the address it was sent to. Never blocks on a
@@ -126,7 +127,7 @@ pub fn send(fd: RawFd, v6: bool, data: &[u8], to: SocketAddr, from: Option<IpAdd
         msg.msg_control = control.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE only computes a size.
         msg.msg_controllen = unsafe { libc::CMSG_SPACE(len as u32) } as _;
-        // SAFETY: the control buffer (64 bytes, 8-aligned) holds one header
+        // SAFETY: the control buffer (128 bytes, 8-aligned) holds one header
         // and either pktinfo struct; CMSG_FIRSTHDR is non-null because
         // msg_controllen covers a header; we write whole values into it.
         unsafe {
