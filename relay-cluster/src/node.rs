@@ -712,19 +712,7 @@ impl Node {
                         return ActiveEnd::Lost;
                     }
                 }
-                _ = counters.tick() => {
-                    let now = Instant::now();
-                    let mut after = None;
-                    while let Ok(page) = self.relay.export(after, 10_000).await {
-                        for s in page.states {
-                            pending.sessions.insert(s.id, (Some(s), now));
-                        }
-                        match page.next { Some(n) => after = Some(n), None => break }
-                    }
-                    for (id, c) in self.calls.export().await {
-                        pending.calls.insert(id, (Some(c), now));
-                    }
-                }
+                _ = counters.tick() => self.queue_everything(&mut pending).await,
                 _ = register.tick() => {
                     self.relay.attach_fast_path();
                     self.register(Role::Active).await;
@@ -839,17 +827,13 @@ impl Node {
         Ok(())
     }
 
-    /// Writes every session and call this node has and deletes every
-    /// other record.
-    async fn resync(&mut self, holder: &Holder, pending: &mut Pending) -> Result<(), StoreError> {
-        pending.clear();
+    /// Queues every session and call this node has, as they are now, for
+    /// writing (counters refreshed, or a full resynchronization).
+    async fn queue_everything(&self, pending: &mut Pending) {
         let now = Instant::now();
-        let mut live = std::collections::HashSet::new();
         let mut after = None;
-        loop {
-            let Ok(page) = self.relay.export(after, 10_000).await else { break };
+        while let Ok(page) = self.relay.export(after, 10_000).await {
             for s in page.states {
-                live.insert(s.id.to_string());
                 pending.sessions.insert(s.id, (Some(s), now));
             }
             match page.next {
@@ -858,9 +842,17 @@ impl Node {
             }
         }
         for (id, c) in self.calls.export().await {
-            live.insert(id.clone());
             pending.calls.insert(id, (Some(c), now));
         }
+    }
+
+    /// Writes every session and call this node has and deletes every
+    /// other record.
+    async fn resync(&mut self, holder: &Holder, pending: &mut Pending) -> Result<(), StoreError> {
+        pending.clear();
+        self.queue_everything(pending).await;
+        let live: std::collections::HashSet<String> =
+            pending.sessions.keys().map(|id| id.to_string()).chain(pending.calls.keys().cloned()).collect();
         self.write_pending(holder, pending).await?;
         let stale: Vec<String> = self.store.ids().await?.into_iter().filter(|id| !live.contains(id)).collect();
         let stale_calls: Vec<String> =
