@@ -1008,9 +1008,9 @@ impl RelayHandle {
         let start = self.inner.next_shard.fetch_add(1, Ordering::Relaxed);
         // A failed shard's last free-port figure stays frozen: never pick it.
         let failed: Vec<usize> = self.inner.failures.borrow().iter().map(|f| f.shard).collect();
+        // The two vectors are built together, one entry per shard.
         let free = |i: usize| {
-            let in_flight = self.inner.ports_in_flight.get(i).map_or(0, |p| p.load(Ordering::Relaxed));
-            self.inner.mailboxes[i].free_ports().saturating_sub(in_flight)
+            self.inner.mailboxes[i].free_ports().saturating_sub(self.inner.ports_in_flight[i].load(Ordering::Relaxed))
         };
         let shard =
             (0..n).map(|k| (start + k) % n).filter(|i| !failed.contains(i)).max_by_key(|&i| free(i)).unwrap_or(0);
