@@ -61,6 +61,7 @@ pub fn established_shard(
             bind_quarantine: Duration::from_secs(30),
             offload: false,
             journal: false,
+            id_space: 1,
         },
         t0,
     );

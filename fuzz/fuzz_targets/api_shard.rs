@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
             bind_quarantine: Duration::from_secs(30),
             offload: false,
             journal: false,
+            id_space: 1,
         },
         t0,
     );

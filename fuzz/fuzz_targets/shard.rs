@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
             bind_quarantine: Duration::from_secs(5),
             offload: true,
             journal: true,
+            id_space: 1,
         },
         t0,
     );

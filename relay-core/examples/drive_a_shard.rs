@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bind_quarantine: Duration::from_secs(30),
             offload: false,
             journal: false,
+            id_space: 1,
         },
         t0,
     );

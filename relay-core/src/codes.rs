@@ -75,6 +75,9 @@ error_codes! {
     Draining => "draining", Both;
     /// The relay is a cluster standby; another node serves.
     Standby => "standby", Both;
+    /// A cluster node could not store the change in its shared store in
+    /// time; nothing was created. Retry.
+    NotReplicated => "not_replicated", Both;
     /// The relay (or the shard holding the session) has stopped.
     Stopped => "stopped", Both;
     /// A replicated session cannot resume here (its ports or slot are in

@@ -127,8 +127,8 @@ pub use io::{BackendKind, SocketOptions};
 pub use peer::PeerPolicy;
 #[cfg(feature = "engine")]
 pub use relay::{
-    AllocatedSession, InterfaceAddress, InterfaceConfig, LegAddresses, Pending, Relay, RelayConfig, RelayCounters,
-    RelayError, RelayHandle, SessionPage,
+    AllocatedSession, CommitBarrier, CommitFuture, InterfaceAddress, InterfaceConfig, LegAddresses, Pending, Relay,
+    RelayConfig, RelayCounters, RelayError, RelayHandle, SessionPage,
 };
 #[cfg(feature = "engine")]
 pub use session::limits::LegLimits;

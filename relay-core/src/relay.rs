@@ -218,6 +218,10 @@ pub enum RelayError {
     /// The relay is a cluster standby: another node serves.
     #[error("relay is a cluster standby: another node serves")]
     Standby,
+    /// The change could not be made durable in time (a cluster node whose
+    /// store did not take it); an allocation was taken back.
+    #[error("not stored in the cluster's shared store in time; retry")]
+    NotReplicated,
     /// A session state cannot be restored here; the clash names what.
     #[error("cannot restore session: {0}")]
     RestoreConflict(crate::shard::RestoreClash),
@@ -239,6 +243,7 @@ impl RelayError {
             RelayError::Busy => ErrorCode::Busy,
             RelayError::Draining => ErrorCode::Draining,
             RelayError::Standby => ErrorCode::Standby,
+            RelayError::NotReplicated => ErrorCode::NotReplicated,
             RelayError::Stopped => ErrorCode::Stopped,
             RelayError::RestoreConflict(_) => ErrorCode::RestoreConflict,
         }
@@ -403,11 +408,29 @@ struct Inner {
     fast_targets: Option<FastPathTargets>,
     draining: AtomicBool,
     standby: AtomicBool,
+    /// What makes a change durable before it is acknowledged (a cluster
+    /// node), if anything.
+    commit: std::sync::RwLock<Option<Arc<dyn CommitBarrier>>>,
     next_shard: AtomicUsize,
     backend: BackendKind,
     /// The relay's media ranges, added to every peer policy it is given.
     media_own: Vec<OwnEndpoint>,
     failures: Arc<tokio::sync::watch::Sender<Vec<ShardFailure>>>,
+}
+
+/// A future that resolves once a relay's changes are durable.
+pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), RelayError>> + Send>>;
+
+/// Makes a relay's changes durable before they are acknowledged. A cluster
+/// node installs one ([`RelayHandle::set_commit_barrier`]) so that an
+/// allocation the relay answers is already in the shared store: a crash
+/// right after the answer loses nothing the client was told exists.
+pub trait CommitBarrier: Send + Sync + 'static {
+    /// Resolves once every change the relay made before this call is
+    /// durable; [`RelayError::Standby`] when this node no longer serves,
+    /// [`RelayError::NotReplicated`] when the store did not take it in
+    /// time.
+    fn commit(&self) -> CommitFuture;
 }
 
 /// A cloneable, `Send + Sync` handle to a running relay.
@@ -708,6 +731,9 @@ impl Relay {
         let mut mailboxes = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
         let interfaces = config.effective_interfaces();
+        // A random id space per start: ids from before a restart are not
+        // handed out again (a cluster node moves to its epoch's space).
+        let id_space = fastrand::u32(1..=0x00ff_ffff);
         for (index, addresses) in config.slices(workers).into_iter().enumerate() {
             let count = addresses.iter().map(|a| a.port_count).sum();
             let shard = Shard::new(
@@ -720,6 +746,7 @@ impl Relay {
                     bind_quarantine: Duration::from_secs(30),
                     offload: fast.is_some(),
                     journal: config.journal,
+                    id_space,
                 },
                 now,
             );
@@ -774,6 +801,7 @@ impl Relay {
                 fast_targets: FastPathTargets::of(&config),
                 draining: AtomicBool::new(false),
                 standby: AtomicBool::new(false),
+                commit: std::sync::RwLock::new(None),
                 next_shard: AtomicUsize::new(0),
                 backend: running,
                 media_own,
@@ -952,6 +980,21 @@ impl RelayHandle {
         )
     }
 
+    /// Mints new session ids in `space` (its low 24 bits) from now on, on
+    /// every shard. A cluster node calls it with its lease epoch before it
+    /// serves: ids of different epochs never collide, so an id a client
+    /// got from a node that lost its lease never names another session.
+    pub fn set_id_space(&self, space: u32) -> Pending<()> {
+        self.gather(
+            move || Command::SetIdSpace { space },
+            |r| match r {
+                Response::IdSpaceSet => Some(()),
+                _ => None,
+            },
+            |_| (),
+        )
+    }
+
     fn call<T: Send + 'static>(
         &self,
         shard: usize,
@@ -1028,16 +1071,71 @@ impl RelayHandle {
         })
     }
 
+    /// Installs (or with `None` removes) what makes changes durable before
+    /// they are acknowledged; see [`commit`](Self::commit).
+    pub fn set_commit_barrier(&self, barrier: Option<Arc<dyn CommitBarrier>>) {
+        *self.inner.commit.write().unwrap_or_else(std::sync::PoisonError::into_inner) = barrier;
+    }
+
+    /// Resolves once every change made before the call is durable (at once
+    /// without a [`CommitBarrier`]). Services acknowledge a change only
+    /// after it: [`allocate_committed`](Self::allocate_committed) does so
+    /// for an allocation.
+    pub fn commit(&self) -> CommitFuture {
+        let barrier = self.inner.commit.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match barrier {
+            Some(b) => b.commit(),
+            None => Box::pin(std::future::ready(Ok(()))),
+        }
+    }
+
+    /// Allocates a session and waits until it is durable
+    /// ([`commit`](Self::commit)); if it cannot be made durable the session
+    /// is discarded and the commit's error returned. What the admin API,
+    /// the control channel and ng acknowledge.
+    pub async fn allocate_committed(&self, spec: SessionSpec) -> Result<AllocatedSession, RelayError> {
+        let a = self.allocate(spec).await?;
+        if let Err(e) = self.commit().await {
+            let _ = self.discard(a.id).await;
+            return Err(e);
+        }
+        Ok(a)
+    }
+
+    /// Updates a session and waits until the change is durable
+    /// ([`commit`](Self::commit)).
+    pub async fn update_committed(&self, id: SessionId, update: SessionUpdate) -> Result<(), RelayError> {
+        self.update(id, update).await?;
+        self.commit().await
+    }
+
     /// Updates hints, keys, limits or policy; re-opens the learning window.
+    /// Refused with [`RelayError::Standby`] on a cluster standby (a node
+    /// that lost, or cannot renew, its lease changes nothing).
     pub fn update(&self, id: SessionId, update: SessionUpdate) -> Pending<()> {
+        if self.is_standby() {
+            return Pending::ready(Err(RelayError::Standby));
+        }
         self.call_session(id, Command::Update { id, update: Box::new(update) }, |r| match r {
             Response::Updated(r) => r.map_err(Into::into),
             _ => Err(RelayError::Stopped),
         })
     }
 
-    /// Releases a session; returns its final state and counters.
+    /// Releases a session; returns its final state and counters. Refused
+    /// with [`RelayError::Standby`] on a cluster standby (see
+    /// [`discard`](Self::discard)).
     pub fn release(&self, id: SessionId) -> Pending<SessionInfo> {
+        if self.is_standby() {
+            return Pending::ready(Err(RelayError::Standby));
+        }
+        self.discard(id)
+    }
+
+    /// Ends a session whatever the relay's role: a cluster node stepping
+    /// down stops serving what the new active serves now, and a request
+    /// that created a session and then failed takes it back.
+    pub fn discard(&self, id: SessionId) -> Pending<SessionInfo> {
         self.call_session(id, Command::Release { id }, |r| match r {
             Response::Released(r) => r.map_err(Into::into),
             _ => Err(RelayError::Stopped),

@@ -109,6 +109,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         bind_quarantine: Duration::from_secs(5),
         offload: true,
         journal: true,
+        id_space: 1,
     };
     let mut shard = Shard::new(config(), t0);
     let mut sockets = FakeSockets::default();

@@ -44,6 +44,7 @@ impl Lab {
                 bind_quarantine: Duration::from_secs(30),
                 offload,
                 journal: true,
+                id_space: 1,
             },
             t0,
         );
@@ -642,6 +643,7 @@ fn legs_get_ports_on_their_interface_and_forward_from_its_address() {
             bind_quarantine: Duration::from_secs(30),
             offload: false,
             journal: true,
+            id_space: 1,
         },
         t0,
     );
@@ -993,11 +995,12 @@ fn restore_refuses_clashes_and_bad_states_and_leaks_nothing() {
         Err(ShardError::RestoreConflict(reason)) => reason,
         other => panic!("expected a conflict, got {other:?}"),
     };
+    // The standby's own session has the state's id (both minted the first
+    // id of space 1): probe with another id.
+    assert_eq!(taken.id, a.id);
+    let probe = relay_core::session::state::SessionState { id: relay_core::SessionId(state.id.0 + 5), ..state.clone() };
+    assert_eq!(conflict(standby.restore(1, state.clone())), RestoreClash::IdInUse);
     // The standby's own session holds a port the state wants.
-    let in_slot =
-        |id: relay_core::SessionId, slot: u64| relay_core::SessionId((id.0 & !(0xff_ffff << 32)) | (slot << 32));
-    // Slot 0 is the standby's own session's: probe with another slot.
-    let probe = relay_core::session::state::SessionState { id: in_slot(state.id, 5), ..state.clone() };
     let mut clash = probe.clone();
     clash.endpoint.ports.rtp = taken.pbx.rtp;
     assert_eq!(conflict(standby.restore(1, clash)), RestoreClash::PortInUse);
@@ -1034,16 +1037,60 @@ fn restore_refuses_clashes_and_bad_states_and_leaks_nothing() {
     keyless.endpoint.stun_password = None;
     assert!(matches!(standby.restore(1, keyless), Err(ShardError::InvalidSpec(_))), "authenticated needs keys");
     assert_eq!(standby.sockets.open.len(), bound, "nothing left bound by refused restores");
-    // A standby serves nothing of its own: the state restores in its slot.
+    // A standby serves nothing of its own: the state restores.
     assert!(matches!(standby.command(2, Command::Release { id: taken.id }), Response::Released(Ok(_))));
     standby.restore(2, state.clone()).expect("restore");
-    assert_eq!(conflict(standby.restore(3, state.clone())), RestoreClash::SlotInUse);
-    // New allocations never collide with a restored id.
+    assert_eq!(conflict(standby.restore(3, state.clone())), RestoreClash::IdInUse);
+    // New allocations never collide with a restored id, even in the space
+    // it was minted in.
     for _ in 0..50 {
         let n = standby.allocate(spec(LatchPolicy::Window)).expect("allocate");
         assert_ne!(n.id, a.id);
     }
     assert_eq!(standby.info(4, a.id).pbx.ports, a.pbx);
+}
+
+/// Ids are never handed out twice by two shards in different id spaces —
+/// a cut-off active still minting in its epoch's space and the standby that
+/// took its sessions over minting in the next — nor by one shard across
+/// spaces; a restored session keeps its id whatever its space.
+#[test]
+fn ids_of_different_id_spaces_never_collide() {
+    let mut active = Lab::new();
+    let first: Vec<_> = (0..20).map(|_| active.allocate(spec(LatchPolicy::Window)).expect("allocate").id).collect();
+    let states = active.export_all(0);
+    // The standby restores every session, then serves under the next epoch.
+    let mut standby = Lab::new();
+    for s in &states {
+        standby.restore(1, s.clone()).expect("restore");
+    }
+    assert!(matches!(standby.command(1, Command::SetIdSpace { space: 2 }), Response::IdSpaceSet));
+    // Both keep allocating (the partition): sessions come and go on both.
+    let mut seen: std::collections::HashSet<relay_core::SessionId> = first.iter().copied().collect();
+    for round in 0..200 {
+        for lab in [&mut active, &mut standby] {
+            let n = lab.allocate(spec(LatchPolicy::Window)).expect("allocate");
+            assert!(seen.insert(n.id), "id {} handed out twice (round {round})", n.id);
+            assert!(matches!(lab.command(2, Command::Release { id: n.id }), Response::Released(Ok(_))));
+        }
+    }
+    // Restored ids stay what they were; new ones carry the new space.
+    for id in &first {
+        assert_eq!(standby.info(3, *id).id, *id);
+    }
+    let n = standby.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    assert_eq!((n.id.space(), n.id.shard()), (2, 3));
+    // Back in a space already used: ids of live sessions are skipped.
+    assert!(matches!(active.command(4, Command::SetIdSpace { space: 7 }), Response::IdSpaceSet));
+    let x = active.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    let mut probe = active.export_all(5).into_iter().find(|s| s.id == x.id).expect("live");
+    probe.id = relay_core::SessionId(x.id.0 + 1);
+    for p in [&mut probe.pbx.ports, &mut probe.endpoint.ports] {
+        p.rtp += 200;
+    }
+    active.restore(6, probe.clone()).expect("restore the next serial");
+    let y = active.allocate(spec(LatchPolicy::Window)).expect("allocate");
+    assert_eq!(y.id.0, x.id.0 + 2, "the live restored id is skipped");
 }
 
 /// The change journal lists each created, updated, latched or restored

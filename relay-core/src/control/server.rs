@@ -828,7 +828,7 @@ impl Inner {
     async fn allocate(&self, tenant: &str, body: serde_json::Value) -> Result<Reply, FieldError> {
         let req: SessionRequest = serde_json::from_value(body).map_err(body_error)?;
         let spec = req.to_spec_for_channel(tenant)?;
-        let a = self.relay.allocate(spec).await.map_err(relay_error)?;
+        let a = self.relay.allocate_committed(spec).await.map_err(relay_error)?;
         let a = AllocationReply::of(&a);
         Ok(Reply { id: Some(a.id), pbx: Some(a.pbx), endpoint: Some(a.endpoint), ..ok_reply() })
     }
@@ -836,7 +836,7 @@ impl Inner {
     async fn update(&self, tenant: &str, id: &str, body: serde_json::Value) -> Result<Reply, FieldError> {
         let id = self.owned(tenant, id).await?;
         let req: UpdateRequest = serde_json::from_value(body).map_err(body_error)?;
-        self.relay.update(id, req.to_update()?).await.map_err(relay_error)?;
+        self.relay.update_committed(id, req.to_update()?).await.map_err(relay_error)?;
         Ok(ok_reply())
     }
 

@@ -429,15 +429,30 @@ impl NgEngine {
 
     /// Takes calls over from their states (a standby becoming active after
     /// their sessions were restored). Calls already known are replaced;
-    /// returns how many were taken (a state whose call-id or session ids
-    /// do not parse is skipped; the table's limit holds).
+    /// returns how many were taken. A state is input from a shared store:
+    /// one whose call-id or session ids do not parse, or that names a
+    /// session that is not live here with this engine's tenant (a call
+    /// must never reach another tenant's media), is skipped and logged;
+    /// the table's limit holds.
     pub async fn restore_calls(&self, calls: Vec<state::CallState>) -> usize {
         let now = Instant::now();
         let mut n = 0;
         for s in calls {
             let (Some(call_id), Some(call)) = (state::decode_call_id(&s.call_id), Call::restore(&s, now)) else {
+                tracing::warn!("ng call not taken over: its call-id or a session id does not parse");
                 continue;
             };
+            let mut ours = true;
+            for m in &call.media {
+                ours &= self.handle.session(m.id).await.is_ok_and(|info| info.tenant == self.config.tenant);
+            }
+            if !ours {
+                tracing::warn!(
+                    call_id = %self.loggable_call_id(&call_id),
+                    "ng call not taken over: it names a session that is not this engine's"
+                );
+                continue;
+            }
             let mut table = self.lock_table();
             if !table.calls.contains_key(&call_id) && table.calls.len() >= self.config.limits.max_calls {
                 continue;
@@ -482,8 +497,7 @@ impl NgEngine {
         let reply = match cmd {
             "" => error("missing command"),
             "ping" => dict([("result", Value::str("pong"))]),
-            "offer" => self.offer_answer(msg, true).await,
-            "answer" => self.offer_answer(msg, false).await,
+            "offer" | "answer" => self.offer_answer_committed(msg, cmd == "offer").await,
             "delete" => self.delete(msg).await,
             "query" => self.query(msg).await,
             "list" => self.list(msg).await,
@@ -532,7 +546,51 @@ impl NgEngine {
         }
     }
 
-    async fn offer_answer(&self, msg: &Value, offer: bool) -> Value {
+    /// An offer or answer acknowledged only once its sessions and the call
+    /// are durable ([`RelayHandle::commit`]: a cluster node's store has
+    /// them); a call the offer created and that cannot be made durable is
+    /// taken back.
+    async fn offer_answer_committed(&self, msg: &Value, offer: bool) -> Value {
+        let (reply, created) = self.offer_answer(msg, offer).await;
+        if reply.get("result").and_then(Value::as_str) == Some("error") {
+            return reply;
+        }
+        let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else { return reply };
+        // The call's changes are pulled under its lock: commit after it is
+        // released, once the journal names the call.
+        self.touch(call_id);
+        match self.handle.commit().await {
+            Ok(()) => reply,
+            Err(e) => {
+                if created {
+                    self.take_back(call_id).await;
+                }
+                error(e.to_string())
+            }
+        }
+    }
+
+    /// Removes a call this engine created but could not make durable, with
+    /// its sessions.
+    async fn take_back(&self, call_id: &[u8]) {
+        let Some((slot, mut guard)) = self.lock_call(call_id).await else { return };
+        let call = guard.take();
+        self.lock_table().remove_if(call_id, &slot);
+        drop(guard);
+        for m in call.into_iter().flat_map(|c| c.media) {
+            let _ = self.handle.discard(m.id).await;
+        }
+        self.touch(call_id);
+    }
+
+    /// Returns the reply, and whether this command created the call.
+    async fn offer_answer(&self, msg: &Value, offer: bool) -> (Value, bool) {
+        let mut created = false;
+        let reply = self.offer_answer_inner(msg, offer, &mut created).await;
+        (reply, created)
+    }
+
+    async fn offer_answer_inner(&self, msg: &Value, offer: bool, created: &mut bool) -> Value {
         let limits = &self.config.limits;
         let (Some(call_id), Some(sdp_text), Some(from_tag)) = (
             msg.get("call-id").and_then(Value::as_bytes),
@@ -796,7 +854,7 @@ impl NgEngine {
             // A new call that failed half-way keeps nothing.
             if is_new {
                 for old in call.media.drain(..) {
-                    let _ = self.handle.release(old.id).await;
+                    let _ = self.handle.discard(old.id).await;
                 }
                 self.lock_table().remove_if(call_id, &slot);
             }
@@ -810,7 +868,7 @@ impl NgEngine {
             Err(e) => {
                 if is_new {
                     for old in call.media.drain(..) {
-                        let _ = self.handle.release(old.id).await;
+                        let _ = self.handle.discard(old.id).await;
                     }
                     self.lock_table().remove_if(call_id, &slot);
                 }
@@ -819,6 +877,7 @@ impl NgEngine {
         };
         if is_new {
             self.lock_table().total += 1;
+            *created = true;
         }
         *guard = Some(call);
         ok(vec![("sdp", Value::Bytes(out.into_bytes()))])

@@ -11,14 +11,13 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 
 use super::{Call, Media, MuxNegotiation};
 use crate::relay::{AllocatedSession, LegAddresses};
 use crate::session::SessionId;
 
 /// One media section's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaState {
     /// The session carrying it (16 hex digits).
     pub session: String,
@@ -42,7 +41,7 @@ pub struct MediaState {
 }
 
 /// One call's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallState {
     /// The call-id, base64 (call-ids are bytes).
     pub call_id: String,

@@ -34,20 +34,26 @@ use spec::{
 };
 use stats::{DropReason, LegStats};
 
-/// Identifies a session across the whole relay (shard, slot and generation).
+/// Identifies a session across the whole relay: the shard that owns it (8
+/// bits), the id space it was minted in (24 bits) and a serial within the
+/// space (32 bits). A relay starts in a random id space and a cluster node
+/// mints in the space of its lease epoch, so ids of different processes,
+/// nodes and epochs never name the same session (a client holding an id
+/// from before a restart or a takeover cannot reach another call with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 
 impl SessionId {
-    pub(crate) fn new(shard: u8, slot: u32, generation: u32) -> Self {
-        Self((u64::from(shard) << 56) | (u64::from(slot & 0x00ff_ffff) << 32) | u64::from(generation))
+    pub(crate) fn new(shard: u8, space: u32, serial: u32) -> Self {
+        Self((u64::from(shard) << 56) | (u64::from(space & 0x00ff_ffff) << 32) | u64::from(serial))
     }
     /// The shard that owns the session.
     pub fn shard(self) -> u8 {
         (self.0 >> 56) as u8
     }
-    pub(crate) fn slot(self) -> usize {
-        ((self.0 >> 32) & 0x00ff_ffff) as usize
+    /// The id space it was minted in.
+    pub fn space(self) -> u32 {
+        ((self.0 >> 32) & 0x00ff_ffff) as u32
     }
 }
 

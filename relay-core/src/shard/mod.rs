@@ -14,7 +14,7 @@ pub(crate) mod ports;
 #[doc(hidden)] // the timer wheel, for the workspace's benches
 pub mod timer;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,12 @@ pub struct ShardConfig {
     pub offload: bool,
     /// Keep a change journal for replication ([`Command::Changes`]).
     pub journal: bool,
+    /// The id space new session ids are minted in (24 bits; see
+    /// [`SessionId`]): ids of different spaces never collide, so a relay
+    /// that restarts, or a cluster node that takes over under a new lease
+    /// epoch, never hands out an id a client may still hold. Change it with
+    /// [`Command::SetIdSpace`].
+    pub id_space: u32,
 }
 
 impl ShardConfig {
@@ -282,6 +288,13 @@ pub enum Command {
         /// Maximum changed sessions.
         limit: usize,
     },
+    /// Mint new session ids in another id space from now on (a cluster
+    /// node taking over under a new lease epoch). Live sessions keep their
+    /// ids.
+    SetIdSpace {
+        /// The space (its low 24 bits are used).
+        space: u32,
+    },
     /// Replace the defaults for new sessions and the peer policy (reload).
     /// Existing sessions keep what they were allocated with.
     Reconfigure {
@@ -309,6 +322,8 @@ pub enum Response {
     Snapshot(ShardCounters),
     /// Answer to `Reconfigure`.
     Reconfigured,
+    /// Answer to `SetIdSpace`.
+    IdSpaceSet,
     /// Answer to `Restore`.
     Restored(Result<AllocatedPorts, ShardError>),
     /// Answer to `Export`.
@@ -335,8 +350,13 @@ pub struct Shard {
     owners: Vec<Vec<Option<PortOwner>>>,
     /// Boxed sessions: the table's growth slack costs a pointer per slot.
     sessions: Vec<Option<Box<Session>>>,
-    generations: Vec<u32>,
+    /// Where each live session sits in `sessions` (ids carry no slot: a
+    /// restored session takes any free one).
+    slots: HashMap<SessionId, u32>,
     free_slots: Vec<u32>,
+    /// The id space and the last serial minted in it.
+    id_space: u32,
+    serial: u32,
     wheel: TimerWheel,
     quarantine: Vec<(Instant, RelayPort)>,
     closing: usize,
@@ -358,9 +378,9 @@ pub enum RestoreClash {
     /// Its id names another shard.
     #[error("the id belongs to another shard")]
     OtherShard,
-    /// Its session slot holds another session.
-    #[error("its session slot is in use")]
-    SlotInUse,
+    /// A live session here has its id already.
+    #[error("its id names a live session")]
+    IdInUse,
     /// A port on an address this relay does not have.
     #[error("a port on an address this relay does not have")]
     UnknownAddress,
@@ -385,6 +405,9 @@ const OFFLOAD_REFRESH_WAIT: Duration = Duration::from_millis(200);
 
 const MAX_SLOTS: usize = 1 << 24;
 
+/// Id spaces are 24 bits wide (see [`SessionId`]).
+const ID_SPACE_MASK: u32 = 0x00ff_ffff;
+
 /// With the `fault-injection` feature (tests only), allocating a session
 /// for this tenant panics the shard thread, to prove what a shard failure
 /// does to the relay and the process.
@@ -401,8 +424,10 @@ impl Shard {
             owners: config.addresses.iter().map(|a| vec![None; a.port_count]).collect(),
             pools,
             sessions: Vec::new(),
-            generations: Vec::new(),
+            slots: HashMap::new(),
             free_slots: Vec::new(),
+            id_space: config.id_space & ID_SPACE_MASK,
+            serial: 0,
             wheel: TimerWheel::new(now, Duration::from_millis(100), 1024),
             quarantine: Vec::new(),
             closing: 0,
@@ -557,7 +582,7 @@ impl Shard {
             };
             let deadline = session.deadline();
             if deadline > now {
-                if let Some(Some(s)) = self.sessions.get_mut(id.slot()) {
+                if let Some(s) = self.session_mut(id) {
                     s.offload_refresh = None;
                 }
                 self.wheel.schedule(deadline, id.0);
@@ -565,7 +590,7 @@ impl Shard {
             }
             // The kernel may have forwarded for it since the last counters:
             // ask for fresh ones once before ending it.
-            if let Some(Some(s)) = self.sessions.get_mut(id.slot()) {
+            if let Some(s) = self.session_mut(id) {
                 let routes = s.routes();
                 if !routes.is_empty() && s.offload_refresh.is_none() {
                     s.offload_refresh = Some(now);
@@ -631,6 +656,10 @@ impl Shard {
                 Response::List(v.into_iter().take(limit).map(|s| s.info(now)).collect())
             }
             Command::Snapshot => Response::Snapshot(self.counters()),
+            Command::SetIdSpace { space } => {
+                self.set_id_space(space);
+                Response::IdSpaceSet
+            }
             Command::Reconfigure { defaults, peer_policy } => {
                 self.config.defaults = *defaults;
                 self.config.peer_policy = peer_policy;
@@ -664,11 +693,9 @@ impl Shard {
         let overflowed = std::mem::take(&mut j.overflowed);
         let mut changed = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(Some(s)) = self.sessions.get_mut(id.slot()) {
-                if s.id == id {
-                    s.journaled = false;
-                    changed.push(s.export(now));
-                }
+            if let Some(s) = self.session_mut(id) {
+                s.journaled = false;
+                changed.push(s.export(now));
             }
         }
         Changes { changed, ended, overflowed, more }
@@ -676,12 +703,11 @@ impl Shard {
 
     /// Lists `id` as changed in the journal (once until pulled).
     fn journal_changed(&mut self, id: SessionId) {
-        let Some(j) = self.journal.as_mut() else { return };
-        if let Some(Some(s)) = self.sessions.get_mut(id.slot()) {
-            if s.id == id && !s.journaled {
-                s.journaled = true;
-                j.changed.push(id);
-            }
+        let Some(&slot) = self.slots.get(&id) else { return };
+        let (Some(j), Some(Some(s))) = (self.journal.as_mut(), self.sessions.get_mut(slot as usize)) else { return };
+        if !s.journaled {
+            s.journaled = true;
+            j.changed.push(id);
         }
     }
 
@@ -697,12 +723,8 @@ impl Shard {
         if id.shard() != self.config.index {
             return Err(ShardError::RestoreConflict(RestoreClash::OtherShard));
         }
-        let slot = id.slot();
-        if slot >= MAX_SLOTS {
-            return Err(ShardError::TableFull);
-        }
-        if self.sessions.get(slot).is_some_and(Option::is_some) {
-            return Err(ShardError::RestoreConflict(RestoreClash::SlotInUse));
+        if self.slots.contains_key(&id) {
+            return Err(ShardError::RestoreConflict(RestoreClash::IdInUse));
         }
         sess::state::validate_state(state, &self.config.defaults, &self.config.peer_policy)?;
         let mut taken: Vec<RelayPort> = Vec::with_capacity(4);
@@ -726,32 +748,62 @@ impl Shard {
             }
             taken.push(RelayPort::new(addr, port));
         }
-        while self.sessions.len() <= slot {
-            // Slots below a restored one become free (allocation skips
-            // slots that a restore filled since).
-            self.free_slots.push(self.sessions.len() as u32);
-            self.sessions.push(None);
-            self.generations.push(0);
-        }
-        self.generations[slot] = (id.0 & 0xffff_ffff) as u32;
+        let Some(slot) = self.take_slot() else {
+            self.give_back(&taken, sockets);
+            return Err(ShardError::TableFull);
+        };
         let session = Session::restore(state, permit, now);
-        let slot32 = slot as u32;
-        for (side, l) in [(Side::Pbx, &state.pbx), (Side::Endpoint, &state.endpoint)] {
-            let ports = l.ports;
-            self.own(
-                RelayPort::new(ports.addr, ports.rtp),
-                PortOwner { slot: slot32, side, component: Component::Rtp },
-            );
+        self.insert(slot, session, [state.pbx.ports, state.endpoint.ports]);
+        Ok(AllocatedPorts { id, pbx: state.pbx.ports, endpoint: state.endpoint.ports })
+    }
+
+    /// A free slot of the session table (grown when none is).
+    fn take_slot(&mut self) -> Option<u32> {
+        if let Some(s) = self.free_slots.pop() {
+            return Some(s);
+        }
+        if self.sessions.len() >= MAX_SLOTS {
+            return None;
+        }
+        self.sessions.push(None);
+        Some((self.sessions.len() - 1) as u32)
+    }
+
+    /// Puts a new or restored session into `slot`: its ports, its timer,
+    /// its id, the counters and the journal.
+    fn insert(&mut self, slot: u32, session: Session, legs: [LegPorts; 2]) {
+        let id = session.id;
+        for (side, ports) in [(Side::Pbx, legs[0]), (Side::Endpoint, legs[1])] {
+            self.own(RelayPort::new(ports.addr, ports.rtp), PortOwner { slot, side, component: Component::Rtp });
             if let Some(p) = ports.rtcp {
-                self.own(RelayPort::new(ports.addr, p), PortOwner { slot: slot32, side, component: Component::Rtcp });
+                self.own(RelayPort::new(ports.addr, p), PortOwner { slot, side, component: Component::Rtcp });
             }
         }
         self.wheel.schedule(session.deadline(), id.0);
-        self.sessions[slot] = Some(Box::new(session));
+        self.sessions[slot as usize] = Some(Box::new(session));
+        self.slots.insert(id, slot);
         self.counters.sessions_active += 1;
         self.counters.sessions_created += 1;
         self.journal_changed(id);
-        Ok(AllocatedPorts { id, pbx: state.pbx.ports, endpoint: state.endpoint.ports })
+    }
+
+    /// The next id of this shard's id space that names no live session.
+    fn mint_id(&mut self) -> SessionId {
+        loop {
+            self.serial = self.serial.wrapping_add(1);
+            let id = SessionId::new(self.config.index, self.id_space, self.serial);
+            if !self.slots.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn set_id_space(&mut self, space: u32) {
+        let space = space & ID_SPACE_MASK;
+        if space != self.id_space {
+            self.id_space = space;
+            self.serial = 0;
+        }
     }
 
     /// Size of the session table (live and reusable slots); it grows only
@@ -777,15 +829,22 @@ impl Shard {
         if id.shard() != self.config.index {
             return None;
         }
-        self.sessions.get(id.slot())?.as_deref().filter(|s| s.id == id)
+        let slot = *self.slots.get(&id)?;
+        self.sessions.get(slot as usize)?.as_deref()
+    }
+
+    fn session_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        let slot = *self.slots.get(&id)?;
+        self.sessions.get_mut(slot as usize)?.as_deref_mut()
     }
 
     fn update(&mut self, now: Instant, id: SessionId, update: &SessionUpdate) -> Result<(), ShardError> {
         if self.session_ref(id).is_none() {
             return Err(ShardError::UnknownSession(id));
         }
+        let slot = self.slots.get(&id).copied();
         let (defaults, policy) = (&self.config.defaults, &self.config.peer_policy);
-        match self.sessions.get_mut(id.slot()) {
+        match slot.and_then(|slot| self.sessions.get_mut(slot as usize)) {
             Some(Some(s)) => {
                 s.update(now, update, defaults, policy)?;
                 // Keys, hints, limits, policy or a block may change what
@@ -841,7 +900,7 @@ impl Shard {
             let (_, id, side, mut r) = self.retiring.swap_remove(i);
             let d = r.delta(total);
             let side = if side == 0 { Side::Pbx } else { Side::Endpoint };
-            if let Some(Some(s)) = self.sessions.get_mut(id.slot()).filter(|s| s.as_ref().is_some_and(|s| s.id == id)) {
+            if let Some(s) = self.session_mut(id) {
                 s.handle_offloaded(now, side, &d);
             }
             d
@@ -896,39 +955,13 @@ impl Shard {
                 }
             }
         }
-        let free = loop {
-            match self.free_slots.pop() {
-                Some(s) if self.sessions[s as usize].is_some() => continue, // restored into since
-                other => break other,
-            }
+        let Some(slot) = self.take_slot() else {
+            self.give_back(&taken, sockets);
+            return Err(ShardError::TableFull);
         };
-        let slot = match free {
-            Some(s) => s,
-            None if self.sessions.len() < MAX_SLOTS => {
-                self.sessions.push(None);
-                self.generations.push(0);
-                (self.sessions.len() - 1) as u32
-            }
-            None => {
-                self.give_back(&taken, sockets);
-                return Err(ShardError::TableFull);
-            }
-        };
-        let generation = self.generations[slot as usize].wrapping_add(1);
-        self.generations[slot as usize] = generation;
-        let id = SessionId::new(self.config.index, slot, generation);
+        let id = self.mint_id();
         let session = Session::new(id, spec, legs, &self.config.defaults, permit, now);
-        for (side, ports) in [(Side::Pbx, legs[0]), (Side::Endpoint, legs[1])] {
-            self.own(RelayPort::new(ports.addr, ports.rtp), PortOwner { slot, side, component: Component::Rtp });
-            if let Some(p) = ports.rtcp {
-                self.own(RelayPort::new(ports.addr, p), PortOwner { slot, side, component: Component::Rtcp });
-            }
-        }
-        self.wheel.schedule(session.deadline(), id.0);
-        self.sessions[slot as usize] = Some(Box::new(session));
-        self.counters.sessions_active += 1;
-        self.counters.sessions_created += 1;
-        self.journal_changed(id);
+        self.insert(slot, session, legs);
         Ok(AllocatedPorts { id, pbx: legs[0], endpoint: legs[1] })
     }
 
@@ -1013,8 +1046,8 @@ impl Shard {
     }
 
     fn remove(&mut self, id: SessionId, sockets: &mut impl PortSockets) {
-        let slot = id.slot();
-        let Some(mut session) = self.sessions.get_mut(slot).and_then(|s| s.take()) else {
+        let Some(slot) = self.slots.remove(&id) else { return };
+        let Some(mut session) = self.sessions.get_mut(slot as usize).and_then(|s| s.take()) else {
             return;
         };
         let routes = session.take_routes();
@@ -1031,7 +1064,7 @@ impl Shard {
                 self.close_port(port, sockets);
             }
         }
-        self.free_slots.push(slot as u32);
+        self.free_slots.push(slot);
         self.counters.sessions_active -= 1;
         if let Some(j) = self.journal.as_mut() {
             j.handle_ended(id);
