@@ -100,6 +100,7 @@ impl From<RelayError> for ApiError {
             | RelayError::Busy
             | RelayError::Draining
             | RelayError::Standby
+            | RelayError::NotReplicated
             | RelayError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::QuotaExceeded(_) | RelayError::RestoreConflict(_) => StatusCode::CONFLICT,
             RelayError::UnknownSession(_) => StatusCode::NOT_FOUND,
@@ -294,19 +295,18 @@ async fn cluster(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError
         return Ok(Json(json!({ "enabled": false })).into_response());
     };
     let s = view.status();
-    let nodes = match view.nodes().await {
-        Ok(n) => n
-            .iter()
-            .map(|n| {
-                json!({
-                    "node": n.node, "group": n.group, "role": n.role, "address": n.address,
-                    "sessions": n.sessions, "ports_in_use": n.ports_in_use, "ports_total": n.ports_total,
-                    "updated_unix_ms": n.updated_unix_ms,
-                })
+    // The list the node last read (every second): never waits on Redis.
+    let nodes: Vec<_> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.node, "group": n.group, "role": n.role, "address": n.address,
+                "sessions": n.sessions, "ports_in_use": n.ports_in_use, "ports_total": n.ports_total,
+                "updated_unix_ms": n.updated_unix_ms,
             })
-            .collect::<Vec<_>>(),
-        Err(_) => Vec::new(),
-    };
+        })
+        .collect();
     Ok(Json(json!({
         "enabled": true,
         "node": view.node_id(),
@@ -323,11 +323,15 @@ async fn cluster(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError
         "replication_rounds": s.replication_rounds,
         "takeovers": s.takeovers,
         "demotions": s.demotions,
+        "fences": s.fences,
         "resyncs": s.resyncs,
+        "bad_records": s.bad_records,
+        "rollbacks_refused": s.rollbacks_refused,
+        "ignored_names": s.ignored_names,
         "last_write": s.last_write.map(|v| json!({ "epoch": v.epoch, "seq": v.seq })),
         "last_takeover": s.last_takeover.as_ref().map(|t| json!({
             "epoch": t.epoch, "restored": t.restored, "failed": t.failed, "calls": t.calls,
-            "took_ms": t.took.as_secs_f64() * 1000.0,
+            "took_ms": t.took.as_secs_f64() * 1000.0, "reloaded": t.reloaded,
         })),
         "nodes": nodes,
     }))
@@ -413,7 +417,7 @@ async fn create_session(
     let Json(body) = body.map_err(body_error)?;
     let tenant = body.tenant.clone().ok_or_else(|| ApiError::bad(ErrorCode::InvalidField, "tenant: required"))?;
     let spec = body.to_spec(&tenant)?;
-    let a = st.handle.allocate(spec).await?;
+    let a = st.handle.allocate_committed(spec).await?;
     let body = serde_json::to_value(AllocationReply::of(&a)).unwrap_or_default();
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/sessions/{}", a.id))], Json(body)).into_response())
 }
@@ -425,7 +429,7 @@ async fn update_session(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let Json(body) = body.map_err(body_error)?;
-    st.handle.update(id, body.to_update()?).await.map_err(|e| match &e {
+    st.handle.update_committed(id, body.to_update()?).await.map_err(|e| match &e {
         // The rule depends on what the session already holds: a conflict with its state.
         RelayError::InvalidSpec(s) if s.kind == SpecErrorKind::MissingCredentials => {
             ApiError::new(StatusCode::CONFLICT, ErrorCode::MissingCredentials, e.to_string())

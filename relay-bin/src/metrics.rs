@@ -248,9 +248,14 @@ pub fn render(f: &Figures<'_>) -> String {
 
 /// `ucmrc_cluster_*`: role, lease, replication and Redis health.
 fn cluster_metrics(o: &mut String, c: &relay_cluster::ClusterStatus) {
-    family(o, "ucmrc_cluster_role", "gauge", "1 for this node's role (active serves; standby keeps a warm copy).");
-    for role in ["starting", "standby", "active", "stopped"] {
-        let _ = writeln!(o, "ucmrc_cluster_role{{role=\"{role}\"}} {}", u8::from(c.role.as_str() == role));
+    family(
+        o,
+        "ucmrc_cluster_role",
+        "gauge",
+        "1 for this node's role (active serves; standby keeps a warm copy; fenced could not renew its lease in time).",
+    );
+    for role in relay_cluster::Role::ALL {
+        let _ = writeln!(o, "ucmrc_cluster_role{{role=\"{}\"}} {}", role.as_str(), u8::from(c.role == role));
     }
     let gauges: [(&str, &str, f64); 7] = [
         ("ucmrc_cluster_epoch", "The lease epoch this node holds (0 when not active).", c.epoch.unwrap_or(0) as f64),
@@ -273,12 +278,27 @@ fn cluster_metrics(o: &mut String, c: &relay_cluster::ClusterStatus) {
         family(o, name, "gauge", help);
         let _ = writeln!(o, "{name} {v}");
     }
-    let counters: [(&str, &str, u64); 5] = [
+    let counters: [(&str, &str, u64); 8] = [
         ("ucmrc_cluster_takeovers_total", "Times this node took the lease.", c.takeovers),
         ("ucmrc_cluster_demotions_total", "Times this node lost the lease while active.", c.demotions),
+        (
+            "ucmrc_cluster_fences_total",
+            "Times this node stopped answering changes because it could not renew its lease in time.",
+            c.fences,
+        ),
         ("ucmrc_cluster_redis_errors_total", "Redis commands that failed.", c.redis_errors),
         ("ucmrc_cluster_resyncs_total", "Full resynchronizations written to Redis.", c.resyncs),
-        ("ucmrc_cluster_bad_records_total", "Records in Redis that could not be read.", c.bad_records),
+        (
+            "ucmrc_cluster_bad_records_total",
+            "Records in Redis refused: malformed, edited, moved, or sealed under an unknown key.",
+            c.bad_records,
+        ),
+        (
+            "ucmrc_cluster_rollbacks_refused_total",
+            "Records or deletions older than what this node applied, refused.",
+            c.rollbacks_refused,
+        ),
+        ("ucmrc_cluster_ignored_names_total", "Names in records this release does not know, ignored.", c.ignored_names),
     ];
     for (name, help, v) in counters {
         family(o, name, "counter", help);

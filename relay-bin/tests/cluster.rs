@@ -62,13 +62,37 @@ fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_
     let written = last_write(&a);
     assert!(written.1 > 0, "the active wrote");
     wait_for("the standby caught up", || last_write(&b) >= written);
-    let nodes = cluster(&a)["nodes"].as_array().cloned().unwrap_or_default();
-    let mut seen: Vec<(String, String)> = nodes
-        .iter()
-        .map(|n| (n["node"].as_str().unwrap_or("").to_string(), n["role"].as_str().unwrap_or("").to_string()))
-        .collect();
-    seen.sort();
-    assert_eq!(seen, [("node-a".to_string(), "active".to_string()), ("node-b".to_string(), "standby".to_string())]);
+    // Every registered node, as the active last read them (every second).
+    let registered = || {
+        let nodes = cluster(&a)["nodes"].as_array().cloned().unwrap_or_default();
+        let mut seen: Vec<(String, String)> = nodes
+            .iter()
+            .map(|n| (n["node"].as_str().unwrap_or("").to_string(), n["role"].as_str().unwrap_or("").to_string()))
+            .collect();
+        seen.sort();
+        seen
+    };
+    let both = [("node-a".to_string(), "active".to_string()), ("node-b".to_string(), "standby".to_string())];
+    wait_for("both nodes registered", || registered() == both);
+
+    // Redis frozen: status and metrics answer at once all the while (they
+    // never wait on Redis); the active stops acknowledging once its lease
+    // could lapse, and serves again when Redis answers.
+    redis.freeze(true);
+    let frozen = Instant::now();
+    while frozen.elapsed() < Duration::from_millis(1500) {
+        for path in ["/v1/cluster", "/metrics"] {
+            let asked = Instant::now();
+            assert_eq!(http(a.admin, "GET", path, Some(TOKEN), None).0, 200);
+            assert!(asked.elapsed() < Duration::from_millis(300), "{path}: {:?} with Redis frozen", asked.elapsed());
+        }
+    }
+    assert_eq!(role(&a), "fenced");
+    assert_eq!(scrape(&a)["ucmrc_cluster_role{role=\"fenced\"}"], 1.0);
+    assert_eq!(Call::allocate(&a, "acme").err().map(|e| e.0), Some(503), "nothing acknowledged while fenced");
+    redis.freeze(false);
+    wait_for("node-a serves again", || role(&a) == "active");
+    assert!(scrape(&a)["ucmrc_cluster_fences_total"] >= 1.0);
 
     // kill -9 the active; media keeps going to the same addresses.
     signal(&a, 9);

@@ -41,20 +41,29 @@ const VIP: &str = "10.77.0.100";
 
 #[test]
 fn a_standby_host_takes_over_the_service_address_with_every_call() {
-    if std::env::var_os(CHILD).is_some() {
-        return in_namespace();
+    in_private_namespace("a_standby_host_takes_over_the_service_address_with_every_call", in_namespace);
+}
+
+#[test]
+fn a_partitioned_active_stops_acknowledging_and_gives_the_address_up_at_the_heal() {
+    in_private_namespace(
+        "a_partitioned_active_stops_acknowledging_and_gives_the_address_up_at_the_heal",
+        partition_in_namespace,
+    );
+}
+
+/// Runs `scenario` in a new network and mount namespace: this test binary
+/// again, told by `CHILD` which test it is.
+fn in_private_namespace(test: &str, scenario: fn()) {
+    if std::env::var(CHILD).is_ok_and(|t| t == test) {
+        return scenario();
     }
     let exe = std::env::current_exe().expect("test binary");
     let out = Command::new("unshare")
         .args(["--net", "--mount", "--"])
         .arg(exe)
-        .args([
-            "--exact",
-            "a_standby_host_takes_over_the_service_address_with_every_call",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, test)
         .output()
         .expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -136,7 +145,8 @@ fn node_config(s: &Setup, node: &str, role: &str) -> String {
          {}\n\
          [cluster]\nredis_url = \"redis://10.77.0.5:6379/0\"\nnode_id = \"{node}\"\ngroup = \"svc\"\nrole = \"{role}\"\n\
          key_file = \"{}\"\nlease_ttl_ms = 600\nadvertise = \"{node}\"\n\
-         takeover_hook = [\"sh\", \"-c\", \"ip addr add {VIP}/24 dev eth0 2>/dev/null; arping -q -U -c 2 -w 1 -I eth0 {VIP} || true\"]\n",
+         takeover_hook = [\"sh\", \"-c\", \"ip addr add {VIP}/24 dev eth0 2>/dev/null; arping -q -U -c 2 -w 1 -I eth0 {VIP} || true\"]\n\
+         stepdown_hook = [\"sh\", \"-c\", \"ip addr del {VIP}/24 dev eth0\"]\n",
         token_hash(),
         s.cert.display(),
         s.key.display(),
@@ -660,6 +670,86 @@ fn in_namespace() {
     drop(kamailio);
     drop(active);
     drop(standby);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&s.dir);
+    println!("HA-NETNS-OK");
+}
+
+/// The active's host loses its route to Redis while phones and the PBX
+/// still reach it: it stops acknowledging allocations (and `GET
+/// /v1/cluster` keeps answering at once) before the standby takes the
+/// lease; allocations on both sides meanwhile never share an id; at the
+/// heal the old active steps down and its step-down hook gives the service
+/// address up; every allocation the new active acknowledged is there.
+fn partition_in_namespace() {
+    topology();
+    let redis = redis_server();
+    let s = setup();
+    let a = start_node(&s, "node-a", "active");
+    wait_for("node-a active", || role(&a) == "active");
+    let b = start_node(&s, "node-b", "standby");
+    wait_for("node-b standby", || role(&b) == "standby");
+    let allocate = |r: &Relay, i: u16| {
+        let pbx = socket_in("pbx", &format!("10.77.0.22:{}", 30000 + i), Duration::from_millis(100));
+        let phone = socket_in("phones", &format!("10.77.0.21:{}", 31000 + i), Duration::from_millis(100));
+        Call::allocate_with(r, "acme", pbx, phone)
+    };
+    let mut acknowledged: Vec<String> = (0..3).map(|i| allocate(&a, i).expect("allocate").id).collect();
+    let written = last_write(&a);
+    wait_for("standby caught up", || last_write(&b) >= written);
+
+    sh("ip -n node-a route add blackhole 10.77.0.5/32");
+    let cut = Instant::now();
+    // Nothing is acknowledged by the cut-off node from the cut on (the
+    // request waits for Redis, then is refused).
+    let admin_a = a.admin;
+    let during_cut =
+        std::thread::spawn(move || http(admin_a, "POST", "/v1/sessions", Some(TOKEN), Some(r#"{"tenant":"acme"}"#)));
+    wait_for("node-a fenced", || role(&a) == "fenced");
+    let fenced = cut.elapsed();
+    assert_ne!(role(&b), "active", "the standby took over before the cut-off active stopped acknowledging");
+    wait_for("node-b takes over", || role(&b) == "active");
+    let took_over = cut.elapsed();
+    eprintln!("partition: node-a fenced after {fenced:?}, node-b active after {took_over:?}");
+    let (status, body) = during_cut.join().expect("request");
+    assert_eq!(status, 503, "acknowledged during the cut: {body}");
+    assert!(body.contains("not_replicated") || body.contains("standby"), "{body}");
+    // Status and metrics never wait on Redis: they answer at once.
+    for path in ["/v1/cluster", "/metrics"] {
+        let asked = Instant::now();
+        let (status, _) = http(a.admin, "GET", path, Some(TOKEN), None);
+        assert_eq!(status, 200);
+        assert!(asked.elapsed() < Duration::from_millis(300), "{path} took {:?} during the cut", asked.elapsed());
+    }
+    // Allocations on both sides: the new active acknowledges, the old one
+    // refuses; no id twice.
+    for i in 20..30 {
+        acknowledged.push(allocate(&b, i).expect("the new active allocates").id);
+        assert!(matches!(allocate(&a, 40 + i), Err((503, _))), "the cut-off node acknowledged");
+    }
+    let ids: std::collections::HashSet<&String> = acknowledged.iter().collect();
+    assert_eq!(ids.len(), acknowledged.len(), "an id handed out twice: {acknowledged:?}");
+
+    sh("ip -n node-a route del blackhole 10.77.0.5/32");
+    wait_for("node-a steps down", || role(&a) == "standby");
+    wait_for("node-a gave the service address up", || {
+        let out = Command::new("ip").args(["-n", "node-a", "-o", "addr", "show", "dev", "eth0"]).output().expect("ip");
+        !String::from_utf8_lossy(&out.stdout).contains(VIP)
+    });
+    assert_eq!(scrape(&a)["ucmrc_sessions_active"], 0.0, "the old active serves nothing");
+    let live = json(&http(b.admin, "GET", "/v1/sessions", Some(TOKEN), None).1);
+    let mut on_b: Vec<String> = live["sessions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    on_b.sort();
+    acknowledged.sort();
+    assert_eq!(on_b, acknowledged, "every acknowledged session on the new active, nothing else");
+    drop(a);
+    drop(b);
     drop(redis);
     let _ = std::fs::remove_dir_all(&s.dir);
     println!("HA-NETNS-OK");

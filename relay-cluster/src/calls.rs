@@ -1,6 +1,9 @@
 //! The ng engine's calls as the cluster replicates them (with the `ng`
 //! feature; without it a node replicates sessions only).
 
+#[cfg(feature = "ng")]
+use relay_core::ng::state::CallState;
+
 /// The ng engine a node replicates the calls of.
 #[cfg(feature = "ng")]
 pub type CallEngine = std::sync::Arc<relay_core::ng::NgEngine>;
@@ -9,51 +12,58 @@ pub type CallEngine = std::sync::Arc<relay_core::ng::NgEngine>;
 #[cfg(not(feature = "ng"))]
 pub type CallEngine = std::convert::Infallible;
 
+/// A call as the node moves it: its state (with `ng`).
+#[cfg(feature = "ng")]
+pub(crate) type Call = CallState;
+
+/// Without `ng` there are no calls.
+#[cfg(not(feature = "ng"))]
+pub(crate) type Call = std::convert::Infallible;
+
 /// A node's access to the calls, if it has an engine.
 #[derive(Clone, Default)]
 pub(crate) struct Calls(pub(crate) Option<CallEngine>);
 
 impl Calls {
-    /// Calls touched since the last pull: `(call-id, state JSON)` and
-    /// ended call-ids.
-    pub(crate) async fn pull(&self) -> (Vec<(String, String)>, Vec<String>) {
+    /// The tenant the engine's sessions belong to (bound into its call
+    /// records).
+    pub(crate) fn tenant(&self) -> String {
+        #[cfg(feature = "ng")]
+        if let Some(ng) = &self.0 {
+            return ng.config().tenant.clone();
+        }
+        String::new()
+    }
+
+    /// Calls touched since the last pull, as they are now, and ended
+    /// call-ids.
+    pub(crate) async fn pull(&self) -> (Vec<Call>, Vec<String>) {
         #[cfg(feature = "ng")]
         if let Some(ng) = &self.0 {
             let c = ng.call_changes().await;
-            let set =
-                c.changed.iter().map(|s| (s.call_id.clone(), serde_json::to_string(s).unwrap_or_default())).collect();
-            return (set, c.ended);
+            return (c.changed, c.ended);
         }
         (Vec::new(), Vec::new())
     }
 
-    /// Every call: `(call-id, state JSON)`.
-    pub(crate) async fn export(&self) -> Vec<(String, String)> {
+    /// Every call.
+    pub(crate) async fn export(&self) -> Vec<Call> {
         #[cfg(feature = "ng")]
         if let Some(ng) = &self.0 {
-            return ng
-                .export_calls()
-                .await
-                .iter()
-                .map(|s| (s.call_id.clone(), serde_json::to_string(s).unwrap_or_default()))
-                .collect();
+            return ng.export_calls().await;
         }
         Vec::new()
     }
 
-    /// Takes the stored calls over; returns how many (unreadable ones are
-    /// skipped and counted by the caller as the difference).
-    pub(crate) async fn restore(&self, stored: Vec<Vec<u8>>) -> usize {
+    /// Takes calls over (their sessions restored first); returns how many.
+    /// A call whose sessions are not live here with the engine's tenant is
+    /// refused by the engine.
+    pub(crate) async fn restore(&self, calls: Vec<Call>) -> usize {
         #[cfg(feature = "ng")]
         if let Some(ng) = &self.0 {
-            let states: Vec<relay_core::ng::state::CallState> = stored
-                .iter()
-                .filter(|b| b.len() <= crate::record::MAX_RECORD_BYTES)
-                .filter_map(|b| serde_json::from_slice(b).ok())
-                .collect();
-            return ng.restore_calls(states).await;
+            return ng.restore_calls(calls).await;
         }
-        let _ = stored;
+        let _ = calls;
         0
     }
 
@@ -64,4 +74,16 @@ impl Calls {
             ng.forget_calls();
         }
     }
+}
+
+/// The call-id a call is stored under.
+#[cfg(feature = "ng")]
+pub(crate) fn call_id(c: &Call) -> &str {
+    &c.call_id
+}
+
+/// Without `ng` there are no calls.
+#[cfg(not(feature = "ng"))]
+pub(crate) fn call_id(c: &Call) -> &str {
+    match *c {}
 }

@@ -1,20 +1,37 @@
 //! UCMRC redundancy and scale-out on Redis (see `docs/HA.md`).
 //!
-//! - [`seal`]: secrets sealed with the cluster key before they reach Redis.
-//! - [`record`]: the stored form of a session.
+//! Redis is trusted for availability, never for integrity: every record
+//! is sealed with the cluster key and never applied older than what a node
+//! applied; a node that cannot renew its lease stops answering changes
+//! before the lease can expire elsewhere; session ids are minted in the
+//! lease epoch's id space, so no two nodes hand out the same id.
+//!
+//! - [`seal`]: authenticated encryption under the cluster key.
+//! - [`record`]: the sealed records (sessions, calls, change notes), their
+//!   formats and golden samples.
 //! - [`store`]: keys, the lease and fenced-write scripts, reads.
 //! - [`lease`]: when a standby may take the lease (sans-IO).
-//! - `keeper`: the held lease renewed on its own task and connection.
-//! - [`node`]: the node beside a relay: replication, warm copy, takeover.
+//! - `warm`: the standby's copy; versions only move forward (sans-IO).
+//! - `gate`, `keeper`: whether the relay serves; the lease renewed on its
+//!   own task and connection, and the gate closed before it can lapse.
+//! - `commit`: allocations acknowledged once they are in Redis.
+//! - [`node`] with `standby`, `takeover` and `active`: the node beside a
+//!   relay.
 #![forbid(unsafe_code)]
 
+mod active;
 mod calls;
+mod commit;
+mod gate;
 mod keeper;
 pub mod lease;
 pub mod node;
 pub mod record;
 pub mod seal;
+mod standby;
 pub mod store;
+mod takeover;
+mod warm;
 
 pub use calls::CallEngine;
 pub use node::{Cluster, ClusterConfig, ClusterStatus, ClusterView, Role, TakeoverReport};

@@ -1,9 +1,8 @@
-//! Secrets at rest in Redis: SRTP authentication keys and STUN passwords
-//! are sealed with AES-256-GCM under the cluster key before they leave the
-//! process. Each sealed blob is bound to its place (cluster group, session
-//! id, leg) by the associated data, so a blob copied into another session
-//! or leg does not open. Old keys may be kept for reading while a new key
-//! is rolled out.
+//! Authenticated encryption under the cluster key: every record a node
+//! writes to Redis is sealed with AES-256-GCM before it leaves the process
+//! ([`crate::record`]). Each sealed blob is bound to its place by the
+//! associated data, so a blob copied elsewhere does not open. Old keys may
+//! be kept for reading while a new key is rolled out.
 //!
 //! Format: `<key id: 8 hex digits>.<base64(nonce ‖ ciphertext ‖ tag)>`,
 //! the key id being the first four bytes of the key's SHA-256.
@@ -79,6 +78,16 @@ impl Sealer {
     /// A sealer with `current` and keys still accepted for reading.
     pub fn new(current: ClusterKey, previous: Vec<ClusterKey>) -> Self {
         Self { current, previous }
+    }
+
+    /// The id of the key new blobs are sealed under.
+    pub fn current_key_id(&self) -> String {
+        self.current.id()
+    }
+
+    /// The key id a blob names (before opening it), if it has the format.
+    pub fn key_id_of(sealed: &str) -> Option<&str> {
+        sealed.split_once('.').map(|(id, _)| id)
     }
 
     /// Seals `plain` for the place `aad` names.

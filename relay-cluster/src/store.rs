@@ -6,9 +6,12 @@
 //! - `p:{g}:lease` — `"<node> <epoch>"`, with a short TTL, renewed by the
 //!   active node;
 //! - `p:{g}:epoch` — the last epoch handed out (only ever incremented);
-//! - `p:{g}:sessions` — hash: session id → record ([`crate::record`]);
-//! - `p:{g}:calls` — hash: ng call-id (base64) → call state (JSON);
-//! - `p:{g}:changes` — pub/sub channel: one [`ChangeNote`] per write;
+//! - `p:{g}:sessions` — hash: session id → sealed record ([`crate::record`]);
+//! - `p:{g}:calls` — hash: ng call-id (base64) → sealed call record;
+//! - `p:{g}:head` — `"<epoch> <seq>"` of the last write (a new active
+//!   catches up to it before it serves);
+//! - `p:{g}:changes` — pub/sub channel: one sealed change note per write
+//!   ([`crate::record::ChangeNote`]);
 //! - `p:nodes:<node>` — each node's registration (load, capacity, role),
 //!   expiring unless refreshed.
 //!
@@ -19,8 +22,10 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Client, Script};
+use redis::{AsyncCommands, Client, Cmd};
 use serde::{Deserialize, Serialize};
+
+use crate::record::Version;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,25 +94,6 @@ pub enum Renewal {
     Lost,
 }
 
-/// The pub/sub note published with every write.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChangeNote {
-    /// The writer's epoch.
-    pub epoch: u64,
-    /// The writer's batch sequence number (consecutive within an epoch).
-    pub seq: u64,
-    /// Session ids written (read them from the hash).
-    pub set: Vec<String>,
-    /// Session ids deleted.
-    pub del: Vec<String>,
-    /// ng call-ids written.
-    #[serde(default)]
-    pub calls_set: Vec<String>,
-    /// ng call-ids deleted.
-    #[serde(default)]
-    pub calls_del: Vec<String>,
-}
-
 /// One fenced write: records to set and ids to delete.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
@@ -162,16 +148,16 @@ end
 if holder ~= ARGV[1] then
   return redis.error_reply('FENCED lease held by another node or epoch')
 end
-local i = 7
-for _ = 1, tonumber(ARGV[4]) do
+local i = 8
+for _ = 1, tonumber(ARGV[5]) do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-for _ = 1, tonumber(ARGV[5]) do
+for _ = 1, tonumber(ARGV[6]) do
   redis.call('HDEL', KEYS[2], ARGV[i])
   i = i + 1
 end
-for _ = 1, tonumber(ARGV[6]) do
+for _ = 1, tonumber(ARGV[7]) do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
@@ -179,6 +165,7 @@ while i <= #ARGV do
   redis.call('HDEL', KEYS[3], ARGV[i])
   i = i + 1
 end
+redis.call('SET', KEYS[4], ARGV[4])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 ";
@@ -200,10 +187,15 @@ return 0
 ";
 
 const TAKE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, false} end
 local e = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if e <= floor then
+  e = floor + 1
+  redis.call('SET', KEYS[2], e)
+end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. e, 'PX', ARGV[2])
-return e
+return {e, redis.call('GET', KEYS[3])}
 ";
 
 const RELEASE: &str = r"
@@ -212,6 +204,28 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// `EVAL script keys…` (arguments follow). The script travels with every
+/// call: one round trip always (`EVALSHA` costs two more whenever the
+/// server's script cache is empty — after every Redis restart — which a
+/// renewal cannot afford on a slow link).
+fn eval(script: &str, keys: &[&String]) -> Cmd {
+    let mut c = redis::cmd("EVAL");
+    c.arg(script).arg(keys.len());
+    for k in keys {
+        c.arg(k.as_str());
+    }
+    c
+}
+
+fn encode_version(v: Version) -> String {
+    format!("{} {}", v.epoch, v.seq)
+}
+
+fn decode_version(s: &str) -> Option<Version> {
+    let (epoch, seq) = s.split_once(' ')?;
+    Some(Version { epoch: epoch.parse().ok()?, seq: seq.parse().ok()? })
+}
 
 /// Key names of one group.
 #[derive(Debug, Clone)]
@@ -225,6 +239,8 @@ pub struct Keys {
     pub sessions: String,
     /// The ng calls hash.
     pub calls: String,
+    /// The version of the last write.
+    pub head: String,
     /// The change channel.
     pub changes: String,
 }
@@ -239,6 +255,7 @@ impl Keys {
             epoch: format!("{g}:epoch"),
             sessions: format!("{g}:sessions"),
             calls: format!("{g}:calls"),
+            head: format!("{g}:head"),
             changes: format!("{g}:changes"),
         }
     }
@@ -268,11 +285,13 @@ pub const MAX_BATCH: usize = 256;
 impl Store {
     /// Connects to `url` (`redis://`, `rediss://` for TLS, `redis+unix://`;
     /// user and password in the URL for ACLs). Every command times out
-    /// after `timeout`, so a stalled Redis never stalls a caller for long.
+    /// after `timeout`, so a stalled Redis never stalls a caller for long;
+    /// setting up a connection (several round trips: TCP, TLS, AUTH,
+    /// SELECT) may take four times that.
     pub async fn connect(url: &str, keys: Keys, timeout: Duration) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(|e| StoreError::Url(e.to_string()))?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout.saturating_mul(4)))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
@@ -292,27 +311,33 @@ impl Store {
         Ok(LeaseView { holder: lease.as_deref().and_then(Holder::decode), epoch })
     }
 
-    /// Takes the lease if nobody holds it: the next epoch, or `None`.
-    pub async fn take_over(&mut self, node: &str, ttl: Duration) -> Result<Option<Holder>, StoreError> {
-        let epoch: u64 = Script::new(TAKE)
-            .key(&self.keys.lease)
-            .key(&self.keys.epoch)
+    /// Takes the lease if nobody holds it: the next epoch (above `floor`,
+    /// the highest epoch this node has seen: epochs never go back even if
+    /// Redis lost its counter) and the version of the last write, or
+    /// `None`.
+    pub async fn take_over(
+        &mut self,
+        node: &str,
+        ttl: Duration,
+        floor: u64,
+    ) -> Result<Option<(Holder, Option<Version>)>, StoreError> {
+        let (epoch, head): (u64, Option<String>) = eval(TAKE, &[&self.keys.lease, &self.keys.epoch, &self.keys.head])
             .arg(node)
             .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut self.conn)
+            .arg(floor)
+            .query_async(&mut self.conn)
             .await?;
-        Ok((epoch > 0).then(|| Holder { node: node.to_string(), epoch }))
+        let head = head.as_deref().and_then(decode_version);
+        Ok((epoch > 0).then(|| (Holder { node: node.to_string(), epoch }, head)))
     }
 
     /// Renews the lease `holder` holds.
     pub async fn renew(&mut self, holder: &Holder, ttl: Duration) -> Result<Renewal, StoreError> {
-        let r: u8 = Script::new(RENEW)
-            .key(&self.keys.lease)
-            .key(&self.keys.epoch)
+        let r: u8 = eval(RENEW, &[&self.keys.lease, &self.keys.epoch])
             .arg(holder.encode())
             .arg(holder.epoch)
             .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut self.conn)
+            .query_async(&mut self.conn)
             .await?;
         Ok(match r {
             1 => Renewal::Renewed,
@@ -323,19 +348,23 @@ impl Store {
 
     /// Gives the lease up (a planned switchover); `false` if not held.
     pub async fn release(&mut self, holder: &Holder) -> Result<bool, StoreError> {
-        let n: u8 =
-            Script::new(RELEASE).key(&self.keys.lease).arg(holder.encode()).invoke_async(&mut self.conn).await?;
+        let n: u8 = eval(RELEASE, &[&self.keys.lease]).arg(holder.encode()).query_async(&mut self.conn).await?;
         Ok(n == 1)
     }
 
-    /// Writes a batch as `holder`, and publishes `note`, atomically; refused
-    /// with [`StoreError::Fenced`] when another holds the lease and
+    /// Writes a batch as `holder` (the write `version`), sets the head and
+    /// publishes the sealed `note`, atomically; refused with
+    /// [`StoreError::Fenced`] when another holds the lease and
     /// [`StoreError::NoLease`] when nobody does.
-    pub async fn write(&mut self, holder: &Holder, batch: &Batch, note: &ChangeNote) -> Result<(), StoreError> {
-        let script = Script::new(WRITE);
-        let mut inv = script.prepare_invoke();
-        inv.key(&self.keys.lease).key(&self.keys.sessions).key(&self.keys.calls);
-        inv.arg(holder.encode()).arg(&self.keys.changes).arg(serde_json::to_string(note).unwrap_or_default());
+    pub async fn write(
+        &mut self,
+        holder: &Holder,
+        batch: &Batch,
+        note: &str,
+        version: Version,
+    ) -> Result<(), StoreError> {
+        let mut inv = eval(WRITE, &[&self.keys.lease, &self.keys.sessions, &self.keys.calls, &self.keys.head]);
+        inv.arg(holder.encode()).arg(&self.keys.changes).arg(note).arg(encode_version(version));
         inv.arg(batch.set.len()).arg(batch.del.len()).arg(batch.calls_set.len());
         for (id, record) in &batch.set {
             inv.arg(id).arg(record);
@@ -349,12 +378,18 @@ impl Store {
         for id in &batch.calls_del {
             inv.arg(id);
         }
-        match inv.invoke_async::<u64>(&mut self.conn).await {
+        match inv.query_async::<u64>(&mut self.conn).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("FENCED") => Err(StoreError::Fenced),
             Err(e) if e.code() == Some("NOLEASE") => Err(StoreError::NoLease),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The version of the last write, if any.
+    pub async fn head(&mut self) -> Result<Option<Version>, StoreError> {
+        let head: Option<String> = self.conn.get(&self.keys.head).await?;
+        Ok(head.as_deref().and_then(decode_version))
     }
 
     /// Every stored session record (`HSCAN`, page by page).

@@ -6,92 +6,18 @@
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_cluster::record;
-use relay_cluster::store::{Batch, ChangeNote, Holder, Keys, Store, StoreError};
+use relay_cluster::record::{self, ChangeNote, Codec, Version};
+use relay_cluster::store::{Batch, Holder, Keys, Store, StoreError};
 use relay_cluster::{Cluster, ClusterConfig, ClusterKey, Role, Sealer};
 use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
-use relay_core::{AllocatedSession, Relay, RelayConfig, RelayHandle};
+use relay_core::{Relay, RelayConfig};
 use support::core::{auth_for, master, SrtpRx, SrtpTx};
+use support::nodes::*;
 use support::RedisServer;
-
-const KEY: [u8; 32] = [0x5a; 32];
-
-fn sealer() -> Sealer {
-    Sealer::new(ClusterKey::new(&KEY), Vec::new())
-}
-
-fn node_config(redis: &RedisServer, node: &str, eager: bool) -> ClusterConfig {
-    let mut c = ClusterConfig::new(&redis.url(), node, sealer());
-    c.eager = eager;
-    c.group = "svc".into();
-    c
-}
-
-/// A relay with 200 ports from `base` (below the kernel's ephemeral ports:
-/// a test socket's port + 1 must never be a relay port).
-fn relay(base: u16) -> Relay {
-    Relay::start(RelayConfig {
-        port_min: base,
-        port_max: base + 199,
-        workers: 2,
-        journal: true,
-        ..RelayConfig::default()
-    })
-    .expect("relay starts")
-}
-
-fn socket(ip: &str) -> UdpSocket {
-    let s = UdpSocket::bind(format!("{ip}:0")).expect("bind");
-    s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-    s
-}
-
-/// An authenticated session with SDES keys and a STUN password on both legs.
-async fn srtp_session(h: &RelayHandle, pbx: &UdpSocket, phone: &UdpSocket, n: u8) -> AllocatedSession {
-    let leg = |s: &UdpSocket, key: &[u8]| LegSpec {
-        rtcp_mux: true,
-        hint: Some(s.local_addr().expect("addr")),
-        srtp_auth: Some(auth_for(key)),
-        stun_password: Some(format!("ice-password-{n}-secret").into_bytes()),
-        ..LegSpec::default()
-    };
-    h.allocate(SessionSpec {
-        tenant: "ha".into(),
-        pbx: leg(pbx, &master(2 * n)),
-        endpoint: leg(phone, &master(2 * n + 1)),
-        latch: Some(LatchPolicy::Authenticated),
-        ..SessionSpec::default()
-    })
-    .await
-    .expect("allocate")
-}
-
-fn raw_records(redis: &RedisServer) -> Vec<(String, String)> {
-    let mut c = redis.client();
-    redis::cmd("HGETALL").arg("ucmrc:{svc}:sessions").query(&mut c).expect("hgetall")
-}
-
-/// Records in Redis whose both legs carry a latched address.
-fn latched_records(redis: &RedisServer) -> usize {
-    raw_records(redis)
-        .iter()
-        .filter_map(|(_, r)| record::decode(r.as_bytes(), &sealer(), "svc", record::unix_ms_now()).ok())
-        .filter(|d| d.state.pbx.remote_rtp.is_some() && d.state.endpoint.remote_rtp.is_some())
-        .count()
-}
-
-/// Polls `done` every 10 ms; fails the test naming `what` after 5 s.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_replicates_sessions_with_their_secrets_sealed_and_deletes_ended_ones() {
@@ -118,122 +44,22 @@ async fn the_active_replicates_sessions_with_their_secrets_sealed_and_deletes_en
             }
         }
         // With the key the record opens to the session's exact state.
-        let d = record::decode(rec.as_bytes(), &sealer(), "svc", record::unix_ms_now()).expect("decodes");
+        let d = codec().decode_session(rec.as_bytes(), id, record::unix_ms_now()).expect("decodes");
         assert_eq!(&d.state.id.to_string(), id);
         let live = relay.handle().export(None, 10).await.expect("export");
         let mine = live.states.iter().find(|s| s.id == d.state.id).expect("live");
         assert_eq!(d.state.pbx.srtp_auth, mine.pbx.srtp_auth);
         assert_eq!(d.state.endpoint.stun_password, mine.endpoint.stun_password);
         // Without it (or with another group's associated data) it does not.
-        let wrong = Sealer::new(ClusterKey::new(&[1; 32]), Vec::new());
-        assert!(record::decode(rec.as_bytes(), &wrong, "svc", 0).is_err());
-        assert!(record::decode(rec.as_bytes(), &sealer(), "other", 0).is_err());
+        let wrong = Codec::new(Sealer::new(ClusterKey::new(&[1; 32]), Vec::new()), "svc");
+        assert!(wrong.decode_session(rec.as_bytes(), id, 0).is_err());
+        assert!(Codec::new(sealer(), "other").decode_session(rec.as_bytes(), id, 0).is_err());
     }
     // A released session's record goes.
     relay.handle().release(sessions[0].id).await.expect("release");
     until("the ended session's record gone", || raw_records(&redis).len() == 1).await;
     assert_eq!(raw_records(&redis)[0].0, sessions[1].id.to_string());
     node.stop(false).await;
-}
-
-/// Waits (at most 10 s) until `node`'s status satisfies `f`.
-async fn wait(node: &mut Cluster, f: impl Fn(&relay_cluster::ClusterStatus) -> bool) -> relay_cluster::ClusterStatus {
-    match tokio::time::timeout(Duration::from_secs(10), node.wait_for(f)).await {
-        Ok(s) => s,
-        Err(_) => panic!("node status never got there: {:?}", node.status()),
-    }
-}
-
-fn relay_cluster_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Real SRTP both ways, paced at 50 packets/s per direction, received and
-/// verified by libsrtp; records arrival times to measure gaps.
-struct Call {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Flow>>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct Flow {
-    sent: u64,
-    received: u64,
-    auth_failures: u64,
-    max_gap: Duration,
-    from: Vec<SocketAddr>,
-}
-
-impl Call {
-    fn start(a: &AllocatedSession, pbx: UdpSocket, phone: UdpSocket, n: u8) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for (from, to, relay_addr, key, ssrc) in [
-            (
-                phone.try_clone().expect("clone"),
-                pbx.try_clone().expect("clone"),
-                a.endpoint.rtp,
-                master(2 * n + 1),
-                0x100 + u32::from(n),
-            ),
-            (pbx, phone, a.pbx.rtp, master(2 * n), 0x200 + u32::from(n)),
-        ] {
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                let mut tx = SrtpTx::new(&key, ssrc, 1);
-                let mut rx = SrtpRx::new(&key);
-                let received = Arc::new(Mutex::new(Flow::default()));
-                let r2 = received.clone();
-                let stop2 = stop.clone();
-                let sink = std::thread::spawn(move || {
-                    let mut buf = [0u8; 2048];
-                    let mut last: Option<Instant> = None;
-                    while !stop2.load(Ordering::Relaxed) {
-                        if let Ok((len, src)) = to.recv_from(&mut buf) {
-                            let now = Instant::now();
-                            let mut f = r2.lock().expect("lock");
-                            if let Some(l) = last {
-                                f.max_gap = f.max_gap.max(now - l);
-                            }
-                            last = Some(now);
-                            f.received += 1;
-                            if !f.from.contains(&src) {
-                                f.from.push(src);
-                            }
-                            if rx.accept(&buf[..len]).is_none() {
-                                f.auth_failures += 1;
-                            }
-                        }
-                    }
-                });
-                let mut sent = 0;
-                let start = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = from.send_to(&tx.next_rtp(), relay_addr);
-                    sent += 1;
-                    let next = start + Duration::from_millis(20 * sent);
-                    if let Some(d) = next.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(d); // pacing, not synchronisation
-                    }
-                }
-                sink.join().expect("sink");
-                let mut f = received.lock().expect("lock").clone();
-                f.sent = sent;
-                f
-            }));
-        }
-        Self { stop, threads }
-    }
-
-    fn finish(self) -> Vec<Flow> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|t| t.join().expect("flow")).collect()
-    }
-}
-
-/// Waits until `node`'s last applied write is at least `v`.
-async fn caught_up(node: &mut Cluster, v: Option<record::Version>) {
-    wait(node, |s| s.last_write >= v).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +132,9 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
     let mut old = Store::connect(&redis.url(), Keys::new("ucmrc", "svc"), Duration::from_secs(1)).await.expect("store");
     let stale = Holder { node: "a".into(), epoch: 1 };
     let batch = Batch { del: vec![after[0].id.to_string()], ..Batch::default() };
-    assert!(matches!(old.write(&stale, &batch, &ChangeNote::default()).await, Err(StoreError::Fenced)));
+    let note = codec().encode_note(&ChangeNote::default(), Version { epoch: 1, seq: 999 });
+    let fenced = old.write(&stale, &batch, &note, Version { epoch: 1, seq: 999 }).await;
+    assert!(matches!(fenced, Err(StoreError::Fenced)), "{fenced:?}");
     assert_eq!(raw_records(&redis).len(), 3, "the fenced delete changed nothing");
     // The old active comes back (eager, as configured): it finds the lease
     // held and stays standby, binding none of the ports.
@@ -321,9 +149,12 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
     b.stop(false).await;
 }
 
-/// Redis frozen for 10 s under load: forwarding never notices, changes made
-/// meanwhile queue and reach Redis when it returns; then Redis restarts
-/// with nothing: the active re-takes its lease and writes everything again.
+/// Redis frozen for 10 s under load: forwarding never notices; changes made
+/// before the lease could lapse queue and reach Redis when it returns;
+/// after that the node is fenced — it acknowledges nothing a standby
+/// taking over would not know — until a renewal succeeds. Then Redis
+/// restarts with nothing: the active re-takes its lease and writes
+/// everything again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_never_stops_forwarding_and_the_state_resyncs_when_it_returns() {
     let mut redis = RedisServer::start("outage");
@@ -343,18 +174,25 @@ async fn a_redis_outage_never_stops_forwarding_and_the_state_resyncs_when_it_ret
 
     redis.freeze(true);
     let frozen = Instant::now();
-    // Changes while Redis is away: two sessions come, one of them goes.
+    // Changes while Redis is away, before the lease could lapse (not
+    // waiting for Redis: they queue): two sessions come, one of them goes.
     let (p2, e2) = (socket("127.0.0.1"), socket("127.0.0.1"));
-    let second = srtp_session(&h, &p2, &e2, 2).await;
-    let third = srtp_session(&h, &p2, &e2, 3).await;
+    let second = h.allocate(srtp_spec(&p2, &e2, 2)).await.expect("allocate");
+    let third = h.allocate(srtp_spec(&p2, &e2, 3)).await.expect("allocate");
     h.release(second.id).await.expect("release");
-    let st = wait(&mut node, |s| !s.redis_up && s.queue_depth > 0).await;
-    assert_eq!(st.role, Role::Active, "still serving");
+    let st = wait(&mut node, |s| s.role == Role::Fenced && s.queue_depth > 0).await;
+    assert!(st.fences >= 1 && st.demotions == 0, "{st:?}");
+    // Fenced: nothing new is acknowledged, nothing is left behind.
+    let (p4, e4) = (socket("127.0.0.1"), socket("127.0.0.1"));
+    let refused = h.allocate_committed(srtp_spec(&p4, &e4, 4)).await;
+    assert_eq!(refused.err(), Some(relay_core::RelayError::Standby));
+    assert_eq!(h.update(third.id, Default::default()).await, Err(relay_core::RelayError::Standby));
+    assert_eq!(h.counters().await.expect("counters").total.sessions_active, 2);
     let remaining = Duration::from_secs(10).saturating_sub(frozen.elapsed());
     tokio::time::sleep(remaining).await; // the outage itself
     let during = h.counters().await.expect("counters").total.packets_forwarded;
     redis.freeze(false);
-    wait(&mut node, |s| s.redis_up && s.queue_depth == 0).await;
+    wait(&mut node, |s| s.role == Role::Active && s.redis_up && s.queue_depth == 0).await;
     let want = {
         let mut v = vec![first.id.to_string(), third.id.to_string()];
         v.sort();
@@ -663,17 +501,4 @@ async fn a_large_table_is_taken_over_whole() {
     let in_use = relay_b.handle().counters().await.expect("counters").total.ports_in_use;
     assert_eq!(in_use, 2 * u64::from(sessions));
     b.stop(false).await;
-}
-
-/// Every session's resumable state, page by page.
-async fn export_all(h: &RelayHandle) -> Vec<relay_core::session::state::SessionState> {
-    let (mut all, mut after) = (Vec::new(), None);
-    loop {
-        let page = h.export(after, 500).await.expect("export");
-        all.extend(page.states);
-        match page.next {
-            Some(n) => after = Some(n),
-            None => return all,
-        }
-    }
 }

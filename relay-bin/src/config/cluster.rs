@@ -29,15 +29,32 @@ pub struct ClusterSection {
     /// Older keys still accepted for reading while rolling a new one.
     pub previous_key_files: Vec<PathBuf>,
     /// Lease lifetime in milliseconds (the takeover gap after a crash is
-    /// about this plus 50 ms).
+    /// about this plus 50 ms plus two Redis round trips). The active stops
+    /// answering changes a tenth of it before an unrenewed lease could
+    /// expire.
     pub lease_ttl_ms: u64,
+    /// Timeout of each Redis command in milliseconds; unset: the lease
+    /// lifetime. Takeover works while Redis's round trip is under a
+    /// quarter of the lease (docs/HA.md has the measurements).
+    pub redis_timeout_ms: Option<u64>,
+    /// Acknowledge allocations and changes (admin API, control channel, ng
+    /// offer/answer) only once they are in Redis: a crash right after the
+    /// answer loses nothing. Off: answered at once, written within 20 ms.
+    pub wait_for_replication: bool,
+    /// Read records written before records were authenticated (format 1,
+    /// releases before this one): only for the hand-over of a rolling
+    /// upgrade from such a release (docs/HA.md, "Upgrading a pair").
+    pub accept_v1_records: bool,
     /// Rewrite every session's counters this often, seconds.
     pub counters_interval_secs: u64,
     /// Prefix of every Redis key.
     pub key_prefix: String,
     /// Run on becoming active: program and arguments (e.g. to move the
-    /// service address when keepalived does not).
+    /// service address when keepalived does not). Not awaited.
     pub takeover_hook: Vec<String>,
+    /// Run on stepping down after another node took the lease: program and
+    /// arguments (e.g. to remove the service address). Not awaited.
+    pub stepdown_hook: Vec<String>,
     /// The address this node is known by, shown in `GET /v1/cluster`.
     pub advertise: String,
 }
@@ -53,9 +70,13 @@ impl Default for ClusterSection {
             key_file: PathBuf::new(),
             previous_key_files: Vec::new(),
             lease_ttl_ms: 600,
+            redis_timeout_ms: None,
+            wait_for_replication: true,
+            accept_v1_records: false,
             counters_interval_secs: 5,
             key_prefix: "ucmrc".into(),
             takeover_hook: Vec::new(),
+            stepdown_hook: Vec::new(),
             advertise: String::new(),
         }
     }
@@ -146,6 +167,9 @@ pub(super) fn cluster_settings(c: &ClusterSection) -> Result<ClusterSettings, (&
     if !(200..=10_000).contains(&c.lease_ttl_ms) {
         return Err(("cluster.lease_ttl_ms", "must be 200 to 10000".into()));
     }
+    if c.redis_timeout_ms.is_some_and(|t| !(10..=60_000).contains(&t)) {
+        return Err(("cluster.redis_timeout_ms", "must be 10 to 60000".into()));
+    }
     if !(1..=3600).contains(&c.counters_interval_secs) {
         return Err(("cluster.counters_interval_secs", "must be 1 to 3600".into()));
     }
@@ -166,7 +190,11 @@ pub(super) fn cluster_settings(c: &ClusterSection) -> Result<ClusterSettings, (&
     config.eager = eager;
     config.lease_ttl = Duration::from_millis(c.lease_ttl_ms);
     config.counters_interval = Duration::from_secs(c.counters_interval_secs);
+    config.redis_timeout = c.redis_timeout_ms.map(Duration::from_millis);
+    config.wait_for_replication = c.wait_for_replication;
+    config.accept_v1_records = c.accept_v1_records;
     config.takeover_hook = (!c.takeover_hook.is_empty()).then(|| c.takeover_hook.clone());
+    config.stepdown_hook = (!c.stepdown_hook.is_empty()).then(|| c.stepdown_hook.clone());
     config.advertise = c.advertise.clone();
     Ok(ClusterSettings { config })
 }

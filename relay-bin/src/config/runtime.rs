@@ -101,6 +101,14 @@ impl Config {
         if r.defaults.latch == LatchPolicy::Open {
             w.push("sessions.latch = \"open\": any stranger can take over any leg at any time".into());
         }
+        if let Some(c) = &self.cluster {
+            if c.config.accept_v1_records {
+                w.push("cluster.accept_v1_records is on: records of format 1 are not authenticated, anyone who can write to Redis can redirect calls through them; turn it off once the pair runs this release".into());
+            }
+            if !c.config.wait_for_replication {
+                w.push("cluster.wait_for_replication is off: an allocation answered less than a replication round (20 ms) before a crash is lost".into());
+            }
+        }
         if let Some((lo, hi)) = ephemeral_port_range() {
             if r.port_min <= hi && r.port_max >= lo {
                 w.push(format!(

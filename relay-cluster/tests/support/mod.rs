@@ -1,5 +1,7 @@
-//! Test support: a real `redis-server` per test (`redis_server`) and the real
-//! SRTP endpoints of relay-core's test helpers (`core`).
+//! Test support: a real `redis-server` per test (`redis_server`), a proxy
+//! in front of it that delays or cuts (`fault_proxy`), nodes beside relays
+//! (`nodes`) and the real SRTP endpoints of relay-core's test helpers
+//! (`core`).
 #![allow(dead_code)]
 
 // Its `control` helpers are behind relay-core feature names.
@@ -7,6 +9,8 @@
 #[path = "../../../relay-core/tests/support/mod.rs"]
 pub mod core;
 
+pub mod fault_proxy;
+pub mod nodes;
 mod redis_server;
 pub use redis_server::RedisServer;
 
