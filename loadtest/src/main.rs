@@ -66,6 +66,14 @@ struct SessionsArgs {
     /// Shards (0: as many as RLIMIT_NOFILE needs).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Run the relay as the active node of a cluster on this Redis
+    /// (`redis://…`, `redis+unix://…`): every session is replicated, and
+    /// acknowledged once it is in Redis (see --no-wait-for-replication).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// With --cluster: acknowledge at once (replicated within 20 ms).
+    #[arg(long)]
+    no_wait_for_replication: bool,
     /// Write the JSON report to FILE (`-`: stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -86,6 +94,7 @@ fn sessions(a: SessionsArgs) -> Result<(), String> {
         concurrency: a.concurrency,
         sample: a.sample,
         workers: a.workers,
+        cluster: a.cluster.map(|url| (url, !a.no_wait_for_replication)),
     })?;
     println!(
         "{} sessions over {:?} ({} relay sockets on {} addresses, {} shards, {}): {:.0} set up per second ({:.1} s)",
@@ -95,6 +104,19 @@ fn sessions(a: SessionsArgs) -> Result<(), String> {
         "  memory: {:.0} bytes per session in the process (RSS {} → {} → {} KiB), {:.0} bytes per session of kernel slab (sockets)",
         r.user_bytes_per_session, r.rss_kib[0], r.rss_kib[1], r.rss_kib[2], r.kernel_bytes_per_session
     );
+    if let Some(l) = &r.setup_latency_us {
+        println!(
+            "  setup round trip ({}): p50 {} µs, p90 {} µs, p99 {} µs, max {} µs",
+            if api == SetupApi::Ng { "each offer and answer" } else { "each allocation" },
+            l[0],
+            l[1],
+            l[2],
+            l[3]
+        );
+    }
+    if let Some(c) = &r.cluster {
+        println!("  cluster: {c}");
+    }
     println!(
         "  media on {} sampled sessions: {} of {} packets delivered intact",
         r.sample, r.media_received, r.media_sent

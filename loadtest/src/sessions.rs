@@ -50,6 +50,9 @@ pub struct CapacityOptions {
     pub sample: usize,
     /// Shards (0: enough that each holds at most RLIMIT_NOFILE − 2 048 sockets).
     pub workers: usize,
+    /// Run as the active node of a cluster on this Redis URL, acknowledging
+    /// once replicated (`true`) or at once (`false`).
+    pub cluster: Option<(String, bool)>,
 }
 
 /// What a run measured.
@@ -85,6 +88,11 @@ pub struct CapacityReport {
     pub media_received: u64,
     /// Datapath.
     pub datapath: String,
+    /// Round trip of each setup request, µs: p50, p90, p99, max (ng: every
+    /// offer and answer; Rust API with a cluster: every allocation).
+    pub setup_latency_us: Option<[u64; 4]>,
+    /// The cluster mode, when on.
+    pub cluster: Option<String>,
 }
 
 fn rss_kib() -> u64 {
@@ -154,6 +162,7 @@ pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
             ..SessionDefaults::default()
         },
         peer_policy: PeerPolicy::loopback_lab(),
+        journal: o.cluster.is_some(),
         ..RelayConfig::default()
     })
     .map_err(|e| format!("relay: {e}"))?;
@@ -185,11 +194,36 @@ pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
         }
     };
 
-    let started = Instant::now();
     // Where each sampled session's caller and callee send: (to caller's leg, to callee's leg).
     let mut targets: Vec<(SocketAddr, SocketAddr)> =
         vec![(SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::from(([0, 0, 0, 0], 0))); sampled.len()];
+    // The ng engine (and the cluster node beside the relay, which
+    // replicates its calls too).
+    let engine = (o.api == SetupApi::Ng).then(|| {
+        NgEngine::new(
+            h.clone(),
+            NgConfig {
+                limits: NgLimits { max_calls: o.sessions + 16, ..NgLimits::default() },
+                authenticated_latching: false,
+                journal: o.cluster.is_some(),
+                ..NgConfig::default()
+            },
+        )
+    });
+    let node = match &o.cluster {
+        Some((url, wait)) => Some(runtime.block_on(start_cluster(url, *wait, &h, engine.clone()))?),
+        None => None,
+    };
+    let mut latency = hdrhistogram::Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let started = Instant::now();
     match o.api {
+        SetupApi::Rust if node.is_some() => {
+            for (k, a) in runtime.block_on(committed_setup(&h, o, &hint_of, &mut latency))? {
+                if let Ok(i) = sampled.binary_search(&k) {
+                    targets[i] = a;
+                }
+            }
+        }
         SetupApi::Rust => {
             let mut pending = std::collections::VecDeque::with_capacity(o.concurrency);
             let mut k = 0;
@@ -214,14 +248,7 @@ pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
             }
         }
         SetupApi::Ng => {
-            let engine = NgEngine::new(
-                h.clone(),
-                NgConfig {
-                    limits: NgLimits { max_calls: o.sessions + 16, ..NgLimits::default() },
-                    authenticated_latching: false,
-                    ..NgConfig::default()
-                },
-            );
+            let engine = engine.clone().ok_or("no ng engine")?;
             let transport = ucmrc::ng::NgTransport {
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 allow_from: Vec::new(),
@@ -235,7 +262,7 @@ pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
             let (ng, _) = runtime
                 .block_on(ucmrc::ng::start(transport, engine, stats, std::sync::Arc::new(|| true)))
                 .map_err(|e| format!("ng listen: {e}"))?;
-            let results = ng_setup(ng, o, &hint_of)?;
+            let results = ng_setup(ng, o, &hint_of, &mut latency)?;
             for (k, t) in results {
                 if let Ok(i) = sampled.binary_search(&k) {
                     targets[i] = t;
@@ -270,6 +297,15 @@ pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
         }
     }
     let sessions = counters.sessions_active as usize;
+    let cluster = o.cluster.as_ref().map(|(_, wait)| {
+        format!(
+            "active node, acknowledging {}",
+            if *wait { "once replicated to Redis" } else { "at once (replicated within 20 ms)" }
+        )
+    });
+    if let Some(n) = node {
+        runtime.block_on(n.stop(false));
+    }
     drop(relay);
     Ok(CapacityReport {
         api: o.api,
@@ -286,7 +322,74 @@ pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
         media_sent: sent,
         media_received: received,
         datapath: format!("{:?}", h.backend()).to_lowercase(),
+        setup_latency_us: (!latency.is_empty()).then(|| {
+            [
+                latency.value_at_quantile(0.5),
+                latency.value_at_quantile(0.9),
+                latency.value_at_quantile(0.99),
+                latency.max(),
+            ]
+        }),
+        cluster,
     })
+}
+
+/// The relay's cluster node, active (it takes the free lease at once).
+async fn start_cluster(
+    url: &str,
+    wait_for_replication: bool,
+    h: &relay_core::RelayHandle,
+    engine: Option<Arc<NgEngine>>,
+) -> Result<relay_cluster::Cluster, String> {
+    let key = relay_cluster::ClusterKey::new(&[0x11; 32]);
+    let mut config = relay_cluster::ClusterConfig::new(url, "loadtest", relay_cluster::Sealer::new(key, Vec::new()));
+    config.eager = true;
+    config.group = format!("loadtest-{}", std::process::id());
+    config.wait_for_replication = wait_for_replication;
+    let mut node =
+        relay_cluster::Cluster::start_with(config, h.clone(), engine).await.map_err(|e| format!("cluster: {e}"))?;
+    let active =
+        tokio::time::timeout(Duration::from_secs(10), node.wait_for(|s| s.role == relay_cluster::Role::Active)).await;
+    active.map_err(|_| format!("cluster: not active after 10 s: {:?}", node.status()))?;
+    Ok(node)
+}
+
+/// Sets up `o.sessions` sessions with `allocate_committed` (acknowledged
+/// once durable), `o.concurrency` in flight; returns each one's (to
+/// caller's leg, to callee's leg) and records each round trip.
+async fn committed_setup(
+    h: &relay_core::RelayHandle,
+    o: &CapacityOptions,
+    hint_of: &dyn Fn(usize) -> (SocketAddr, SocketAddr),
+    latency: &mut hdrhistogram::Histogram<u64>,
+) -> Result<Vec<(usize, (SocketAddr, SocketAddr))>, String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = Vec::with_capacity(o.sessions);
+    let mut k = 0;
+    while k < o.sessions || !tasks.is_empty() {
+        if k < o.sessions && tasks.len() < o.concurrency.max(1) {
+            let (caller, callee) = hint_of(k);
+            let spec = SessionSpec {
+                tenant: "capacity".into(),
+                pbx: LegSpec { rtcp_mux: true, hint: Some(caller), ..LegSpec::default() },
+                endpoint: LegSpec { rtcp_mux: true, hint: Some(callee), ..LegSpec::default() },
+                ..SessionSpec::default()
+            };
+            let (h, j) = (h.clone(), k);
+            tasks.spawn(async move {
+                let asked = Instant::now();
+                (j, h.allocate_committed(spec).await, asked.elapsed())
+            });
+            k += 1;
+            continue;
+        }
+        let Some(done) = tasks.join_next().await else { break };
+        let (j, r, took) = done.map_err(|e| e.to_string())?;
+        let a = r.map_err(|e| format!("session {j}: {e}"))?;
+        let _ = latency.record(took.as_micros() as u64);
+        out.push((j, (a.pbx.rtp, a.endpoint.rtp)));
+    }
+    Ok(out)
 }
 
 /// Sets up `o.sessions` calls over ng (offer, then answer), `o.concurrency`
@@ -297,6 +400,7 @@ fn ng_setup(
     ng: SocketAddr,
     o: &CapacityOptions,
     hint_of: &dyn Fn(usize) -> (SocketAddr, SocketAddr),
+    latency: &mut hdrhistogram::Histogram<u64>,
 ) -> Result<Vec<(usize, (SocketAddr, SocketAddr))>, String> {
     let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
@@ -376,8 +480,11 @@ fn ng_setup(
         };
         let space = buf[..n].iter().position(|b| *b == b' ').ok_or("reply without cookie")?;
         let cookie = std::str::from_utf8(&buf[..space]).map_err(|e| e.to_string())?.to_string();
-        if outstanding.remove(&cookie).is_none() {
+        let Some((_, sent_at, tries)) = outstanding.remove(&cookie) else {
             continue; // the answer to a retransmission already handled
+        };
+        if tries == 0 {
+            let _ = latency.record(sent_at.elapsed().as_micros() as u64);
         }
         let reply = bencode::decode(&buf[space + 1..n]).map_err(|e| format!("{e:?}"))?;
         let k: usize = cookie[1..].parse().map_err(|_| "bad cookie")?;

@@ -3,7 +3,7 @@
 //! and then (counters), a full resynchronization after Redis lost data or
 //! the queue overflowed; and stepping down when the lease is lost.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use relay_core::session::state::SessionState;
@@ -15,22 +15,55 @@ use crate::node::{ActiveEnd, Node, Role};
 use crate::record::{ChangeNote, Version};
 use crate::store::{Batch, Holder, StoreError, MAX_BATCH};
 
-/// What the active has yet to write: sessions and calls (`None`: ended),
-/// with when each change was seen.
+/// Unchanged records rewritten per round at most (counters, a
+/// resynchronization): rounds stay short, so a request waiting for one is
+/// answered in about a Redis round trip however large the table.
+const REFRESH_PER_ROUND: usize = 4 * MAX_BATCH;
+
+/// Sessions exported at once for the counters pass.
+const COUNTERS_PAGE: usize = 10_000;
+
+/// What the active has yet to write.
 #[derive(Default)]
 struct Pending {
-    sessions: BTreeMap<SessionId, (Option<SessionState>, Instant)>,
+    /// Changes from the journals (`None`: ended), with when each was seen:
+    /// all written in every round, before the round counts as done.
+    sessions: BTreeMap<String, (Option<SessionState>, Instant)>,
     calls: BTreeMap<String, (Option<Call>, Instant)>,
+    /// Records rewritten as they are (counters, a resynchronization): a
+    /// bounded share per round, after the changes.
+    refresh_sessions: BTreeMap<String, SessionState>,
+    refresh_calls: BTreeMap<String, Call>,
+    /// A pass rewriting every session's counters, page by page: where the
+    /// next page starts (`Some(None)`: at the beginning), or no pass.
+    counters_pass: Option<Option<SessionId>>,
 }
 
 impl Pending {
+    fn changed_session(&mut self, id: String, state: Option<SessionState>, now: Instant) {
+        self.refresh_sessions.remove(&id);
+        self.sessions.insert(id, (state, now));
+    }
+
+    fn changed_call(&mut self, id: String, call: Option<Call>, now: Instant) {
+        self.refresh_calls.remove(&id);
+        self.calls.insert(id, (call, now));
+    }
+
+    /// Changes waiting.
     fn len(&self) -> usize {
         self.sessions.len() + self.calls.len()
     }
-    fn clear(&mut self) {
-        self.sessions.clear();
-        self.calls.clear();
+
+    /// Changes and rewrites waiting.
+    fn depth(&self) -> usize {
+        self.len() + self.refresh_sessions.len() + self.refresh_calls.len()
     }
+
+    fn clear(&mut self) {
+        *self = Pending::default();
+    }
+
     fn oldest(&self) -> Duration {
         let s = self.sessions.values().map(|(_, t)| t.elapsed());
         s.chain(self.calls.values().map(|(_, t)| t.elapsed())).max().unwrap_or_default()
@@ -80,7 +113,10 @@ impl Node {
                         return ActiveEnd::Lost;
                     }
                 }
-                _ = counters.tick() => self.queue_everything(&mut pending).await,
+                // Every session's counters, a page per round from now on.
+                _ = counters.tick() => {
+                    pending.counters_pass.get_or_insert(None);
+                }
                 _ = register.tick() => {
                     self.relay.attach_fast_path();
                     self.register(Role::Active).await;
@@ -101,18 +137,18 @@ impl Node {
         ActiveEnd::Stop
     }
 
-    /// Pulls the relay's (and the ng engine's) changes and writes what is
-    /// pending: one replication round.
+    /// Pulls the relay's (and the ng engine's) changes and writes them,
+    /// then a share of the rewrites: one replication round.
     async fn flush(&mut self, holder: &Holder, pending: &mut Pending, resync: &mut bool) -> Result<(), StoreError> {
         let round = self.commits.round_begins();
         let now = Instant::now();
         loop {
             let Ok(c) = self.relay.changes(10_000).await else { break };
             for s in c.changed {
-                pending.sessions.insert(s.id, (Some(s), now));
+                pending.changed_session(s.id.to_string(), Some(s), now);
             }
             for id in c.ended {
-                pending.sessions.insert(id, (None, now));
+                pending.changed_session(id.to_string(), None, now);
             }
             *resync |= c.overflowed;
             if !c.more {
@@ -121,17 +157,23 @@ impl Node {
         }
         let (set, ended) = self.calls.pull().await;
         for c in set {
-            pending.calls.insert(call_id(&c).to_string(), (Some(c), now));
+            pending.changed_call(call_id(&c).to_string(), Some(c), now);
         }
         for id in ended {
-            pending.calls.insert(id, (None, now));
+            pending.changed_call(id, None, now);
         }
         if pending.len() > self.config.max_pending {
             tracing::warn!(queued = pending.len(), "replication queue full: a full resynchronization follows");
             pending.clear();
             *resync = true;
         }
-        let r = if *resync { self.resync(holder, pending).await } else { self.write_pending(holder, pending).await };
+        let mut r = Ok(());
+        if *resync {
+            r = self.resync(pending).await;
+        }
+        if r.is_ok() {
+            r = self.write_changes(holder, pending).await;
+        }
         self.redis_result(&r);
         if r.is_ok() {
             self.commits.round_done(round);
@@ -139,8 +181,14 @@ impl Node {
                 *resync = false;
                 self.update(|s| s.resyncs += 1);
             }
+            if pending.refresh_sessions.len() < REFRESH_PER_ROUND {
+                self.next_counters_page(pending).await;
+            }
+            let rewritten = self.write_refresh(holder, pending).await;
+            self.redis_result(&rewritten);
+            r = rewritten;
         }
-        let (lag, depth, done) = (pending.oldest(), pending.len(), r.is_ok());
+        let (lag, depth, done) = (pending.oldest(), pending.depth(), r.is_ok());
         self.update(|s| {
             s.queue_depth = depth;
             s.replication_lag = lag;
@@ -149,18 +197,18 @@ impl Node {
         r
     }
 
-    /// Writes the pending changes in batches, oldest ids first.
-    async fn write_pending(&mut self, holder: &Holder, pending: &mut Pending) -> Result<(), StoreError> {
+    /// Writes every pending change in batches, oldest ids first.
+    async fn write_changes(&mut self, holder: &Holder, pending: &mut Pending) -> Result<(), StoreError> {
         while pending.len() > 0 {
-            let ids: Vec<SessionId> = pending.sessions.keys().take(MAX_BATCH).copied().collect();
+            let ids: Vec<String> = pending.sessions.keys().take(MAX_BATCH).cloned().collect();
             let call_ids: Vec<String> =
                 pending.calls.keys().take(MAX_BATCH.saturating_sub(ids.len())).cloned().collect();
             let mut batch = Batch::default();
             let version = Version { epoch: holder.epoch, seq: self.seq + 1 };
             for id in &ids {
                 match &pending.sessions[id].0 {
-                    Some(s) => batch.set.push((id.to_string(), self.codec.encode_session(s, version))),
-                    None => batch.del.push(id.to_string()),
+                    Some(s) => batch.set.push((id.clone(), self.codec.encode_session(s, version))),
+                    None => batch.del.push(id.clone()),
                 }
             }
             for id in &call_ids {
@@ -176,6 +224,37 @@ impl Node {
             for id in call_ids {
                 pending.calls.remove(&id);
             }
+        }
+        Ok(())
+    }
+
+    /// Rewrites up to [`REFRESH_PER_ROUND`] unchanged records.
+    async fn write_refresh(&mut self, holder: &Holder, pending: &mut Pending) -> Result<(), StoreError> {
+        let mut left = REFRESH_PER_ROUND;
+        while left > 0 && pending.refresh_sessions.len() + pending.refresh_calls.len() > 0 {
+            let n = left.min(MAX_BATCH);
+            let ids: Vec<String> = pending.refresh_sessions.keys().take(n).cloned().collect();
+            let call_ids: Vec<String> = pending.refresh_calls.keys().take(n - ids.len()).cloned().collect();
+            let version = Version { epoch: holder.epoch, seq: self.seq + 1 };
+            let batch = Batch {
+                set: ids
+                    .iter()
+                    .map(|id| (id.clone(), self.codec.encode_session(&pending.refresh_sessions[id], version)))
+                    .collect(),
+                calls_set: call_ids
+                    .iter()
+                    .map(|id| (id.clone(), self.encode_call(&pending.refresh_calls[id], version)))
+                    .collect(),
+                ..Batch::default()
+            };
+            self.write(holder, &batch, version).await?;
+            for id in &ids {
+                pending.refresh_sessions.remove(id);
+            }
+            for id in &call_ids {
+                pending.refresh_calls.remove(id);
+            }
+            left -= ids.len() + call_ids.len();
         }
         Ok(())
     }
@@ -207,43 +286,58 @@ impl Node {
         Ok(())
     }
 
-    /// Queues every session and call this node has, as they are now, for
-    /// writing (counters refreshed, or a full resynchronization).
-    async fn queue_everything(&self, pending: &mut Pending) {
-        let now = Instant::now();
-        let mut after = None;
-        while let Ok(page) = self.relay.export(after, 10_000).await {
-            for s in page.states {
-                pending.sessions.insert(s.id, (Some(s), now));
-            }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
+    /// Queues the next page of the counters pass to be rewritten (those
+    /// with a change pending are written with it).
+    async fn next_counters_page(&self, pending: &mut Pending) {
+        let Some(after) = pending.counters_pass else { return };
+        let Ok(page) = self.relay.export(after, COUNTERS_PAGE).await else {
+            pending.counters_pass = None; // the relay stopped: nothing to rewrite
+            return;
+        };
+        for s in page.states {
+            let id = s.id.to_string();
+            if !pending.sessions.contains_key(&id) {
+                pending.refresh_sessions.insert(id, s);
             }
         }
+        pending.counters_pass = page.next.map(Some);
+    }
+
+    /// Queues every session and call this node has, as they are now, to be
+    /// rewritten (those with a change pending are written with it).
+    async fn queue_everything(&self, pending: &mut Pending) {
+        pending.counters_pass = Some(None);
+        while pending.counters_pass.is_some() {
+            self.next_counters_page(pending).await;
+        }
         for c in self.calls.export().await {
-            pending.calls.insert(call_id(&c).to_string(), (Some(c), now));
+            let id = call_id(&c).to_string();
+            if !pending.calls.contains_key(&id) {
+                pending.refresh_calls.insert(id, c);
+            }
         }
     }
 
-    /// Writes every session and call this node has and deletes every
-    /// other record.
-    async fn resync(&mut self, holder: &Holder, pending: &mut Pending) -> Result<(), StoreError> {
-        pending.clear();
+    /// A full resynchronization: every session and call this node has is
+    /// queued to be rewritten, and every other record in Redis (ended while
+    /// Redis was away, not resumed in a takeover, or not ours) deleted with
+    /// the changes.
+    async fn resync(&mut self, pending: &mut Pending) -> Result<(), StoreError> {
+        pending.refresh_sessions.clear();
+        pending.refresh_calls.clear();
         self.queue_everything(pending).await;
-        let live: HashSet<String> =
-            pending.sessions.keys().map(|id| id.to_string()).chain(pending.calls.keys().cloned()).collect();
-        self.write_pending(holder, pending).await?;
-        let stale: Vec<String> = self.store.ids().await?.into_iter().filter(|id| !live.contains(id)).collect();
-        let stale_calls: Vec<String> =
-            self.store.call_ids().await?.into_iter().filter(|id| !live.contains(id)).collect();
-        for chunk in stale.chunks(MAX_BATCH) {
-            let v = Version { epoch: holder.epoch, seq: self.seq + 1 };
-            self.write(holder, &Batch { del: chunk.to_vec(), ..Batch::default() }, v).await?;
+        let now = Instant::now();
+        let live = |p: &Pending, id: &String| p.sessions.contains_key(id) || p.refresh_sessions.contains_key(id);
+        for id in self.store.ids().await? {
+            if !live(pending, &id) {
+                pending.changed_session(id, None, now);
+            }
         }
-        for chunk in stale_calls.chunks(MAX_BATCH) {
-            let v = Version { epoch: holder.epoch, seq: self.seq + 1 };
-            self.write(holder, &Batch { calls_del: chunk.to_vec(), ..Batch::default() }, v).await?;
+        let live_call = |p: &Pending, id: &String| p.calls.contains_key(id) || p.refresh_calls.contains_key(id);
+        for id in self.store.call_ids().await? {
+            if !live_call(pending, &id) {
+                pending.changed_call(id, None, now);
+            }
         }
         Ok(())
     }

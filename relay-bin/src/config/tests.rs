@@ -255,12 +255,33 @@ fn cluster_settings_are_validated_with_key_and_line_and_turn_on_replication() {
     assert!(c.relay.journal && c.relay.sockets.freebind, "replication and IP_FREEBIND follow [cluster]");
     assert!(c.ng.as_ref().expect("ng").engine.journal, "ng calls are replicated");
     assert!(!format!("{c:?}").contains("s3cret"), "the password never shows");
+    assert!(cl.config.wait_for_replication && !cl.config.accept_v1_records && cl.config.stepdown_hook.is_none());
+    assert_eq!(cl.config.effective_redis_timeout(), cl.config.lease_ttl, "derived from the lease");
+    assert!(c.warnings().iter().all(|w| !w.contains("cluster.")), "{:?}", c.warnings());
+    let tuned = Config::parse(
+        "x.toml",
+        &base(
+            "redis_timeout_ms = 250
+wait_for_replication = false
+accept_v1_records = true
+stepdown_hook = [\"/bin/true\", \"down\"]\n",
+        ),
+    )
+    .expect("valid");
+    let cl = tuned.cluster.as_ref().expect("cluster");
+    assert_eq!(cl.config.effective_redis_timeout(), std::time::Duration::from_millis(250));
+    assert!(!cl.config.wait_for_replication && cl.config.accept_v1_records);
+    assert_eq!(cl.config.stepdown_hook.as_deref(), Some(&["/bin/true".to_string(), "down".to_string()][..]));
+    let w = tuned.warnings();
+    assert!(w.iter().any(|w| w.contains("cluster.accept_v1_records")), "{w:?}");
+    assert!(w.iter().any(|w| w.contains("cluster.wait_for_replication")), "{w:?}");
     // Without [cluster]: a single node pays nothing.
     let single = Config::parse("x.toml", "").expect("valid");
     assert!(!single.relay.journal && !single.relay.sockets.freebind && single.cluster.is_none());
     for (text, key_name, line) in [
         (base("role = \"leader\"\n"), "cluster.role", Some(5)),
         (base("lease_ttl_ms = 50\n"), "cluster.lease_ttl_ms", Some(5)),
+        (base("redis_timeout_ms = 5\n"), "cluster.redis_timeout_ms", Some(5)),
         (base("node_id = \"\"\n").replace("node_id = \"relay-a\"\n", ""), "cluster.node_id", Some(4)),
         (base("").replace("redis://ha@", "redis://ha:pw@"), "cluster.redis_url", Some(2)),
         (base("").replace("redis://", "http://"), "cluster.redis_url", Some(2)),
