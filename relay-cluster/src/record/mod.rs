@@ -176,6 +176,15 @@ impl Codec {
         &self.group
     }
 
+    /// An envelope of `kind` around an arbitrary `body`, sealed: what a
+    /// writer holding the cluster key could store. For the fuzz target
+    /// and tests that reach the body parsers; nodes use the `encode_*`
+    /// methods.
+    #[doc(hidden)]
+    pub fn seal_body(&self, kind: Kind, id: &str, tenant: &str, version: Version, body: &[u8]) -> String {
+        self.seal(kind, id, tenant, version, body)
+    }
+
     /// An envelope of `kind` around `body`, sealed.
     fn seal(&self, kind: Kind, id: &str, tenant: &str, version: Version, body: &[u8]) -> String {
         let mut env = Envelope {
