@@ -35,7 +35,7 @@ fi
 # The kernel fast path: the committed BPF object is what its source compiles
 # to, and the program forwards in a private network namespace (as root).
 scripts/build-bpf.sh --check
-cargo test -p relay-core --features ebpf,srtp-keys --locked --test ebpf_fast_path 2>&1 | tee -a "$log"
+cargo test -p relay-core --features ebpf,srtp-keys --locked --test ebpf_fast_path --test datapath_differential 2>&1 | tee -a "$log"
 # relay-core's features one by one, the examples, rustdoc, MSRV, cargo-deny.
 scripts/check-crates.sh
 # Every fuzz target for a short, bounded time (fuzz/smoke.sh installs cargo-fuzz).

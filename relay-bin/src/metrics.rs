@@ -226,6 +226,8 @@ pub fn render(f: &Figures<'_>) -> String {
             ("not_rtp", k.not_rtp),
             ("not_ipv4_udp", k.not_ipv4_udp),
             ("fragment_or_options", k.fragment_or_options),
+            ("bad_header", k.bad_header),
+            ("not_owned", k.not_owned),
             ("no_next_hop", k.no_next_hop),
         ] {
             let _ = writeln!(o, "ucmrc_fast_path_packets_total{{outcome=\"{outcome}\"}} {n}");

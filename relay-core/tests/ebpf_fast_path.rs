@@ -21,7 +21,7 @@ mod seccomp;
 mod support;
 
 use netns::{sh, socket_in};
-use relay_core::io::ebpf::{FastPath, NextHop, Route};
+use relay_core::io::ebpf::{AttachMode, Carries, FastPath, NextHop, Route};
 use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
 use relay_core::{BackendKind, DropReason, Relay, RelayConfig};
 use support::{auth_for, master, SrtpTx};
@@ -91,6 +91,127 @@ fn a_relay_with_the_ebpf_datapath_forwards_established_srtp_in_the_kernel() {
     in_new_namespace("a_relay_with_the_ebpf_datapath_forwards_established_srtp_in_the_kernel");
 }
 
+/// Kernels before 6.6 (no tcx) attach a netlink `cls_bpf` filter, which
+/// keeps the program after its relay dies. Forced here: a relay process
+/// with a route PBX → relay port → the old phone is killed with `kill -9`;
+/// a new relay starts on the same ports, and a new call on the same port
+/// from the same PBX address gets its media — the old phone gets none,
+/// and no filter of ours is left on the interface.
+#[test]
+fn a_netlink_filter_left_by_a_killed_relay_forwards_nothing_for_the_next() {
+    if std::env::var_os(STALE_OWNER).is_some() {
+        return stale_owner();
+    }
+    if std::env::var_os(CHILD).is_some() {
+        return stale_filter_in_namespace();
+    }
+    in_new_namespace("a_netlink_filter_left_by_a_killed_relay_forwards_nothing_for_the_next");
+}
+
+/// Set for the process that plays the relay which dies.
+const STALE_OWNER: &str = "UCMRC_EBPF_STALE_OWNER";
+const STALE_RELAY_PORT: u16 = 20_500;
+
+/// The relay that dies: the program attached with a netlink filter, a
+/// route installed from the PBX to the old phone (both given by the
+/// parent), then it waits to be killed.
+fn stale_owner() {
+    let addr = |v: &str| std::env::var(v).expect(v).parse::<SocketAddr>().expect("addr");
+    let (pbx, old_phone) = (addr("UCMRC_STALE_PBX"), addr("UCMRC_STALE_PHONE"));
+    let relay_port = SocketAddr::from(([127, 0, 0, 1], STALE_RELAY_PORT));
+    let mut fast = FastPath::load_with(&["lo"], AttachMode::Netlink).expect("netlink attach");
+    fast.install(&Route {
+        local: relay_port,
+        from: pbx,
+        via: SocketAddr::from(([127, 0, 0, 1], STALE_RELAY_PORT + 2)),
+        to: old_phone,
+        max_pps: 0,
+        max_bytes_per_sec: 0,
+        slot: 1,
+        next_hop: NextHop::Local,
+        carries: Carries { rtp: true, rtcp: true },
+    })
+    .expect("install");
+    println!("STALE-READY");
+    use std::io::Write as _;
+    std::io::stdout().flush().expect("flush");
+    loop {
+        fast.keep_alive().expect("alive"); // alive, as a relay is, until killed
+        std::thread::sleep(Duration::from_millis(200)); // pacing of the renewal, not synchronisation
+    }
+}
+
+fn stale_filter_in_namespace() {
+    use std::io::BufRead as _;
+    assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip").success());
+    let bind = |port: u16| {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        s
+    };
+    let (pbx, old_phone, new_phone) = (bind(0), bind(0), bind(0));
+    let mut owner = Command::new(std::env::current_exe().expect("exe"))
+        .args(["--exact", "a_netlink_filter_left_by_a_killed_relay_forwards_nothing_for_the_next", "--nocapture"])
+        .env(STALE_OWNER, "1")
+        .env("UCMRC_STALE_PBX", v4(&pbx).to_string())
+        .env("UCMRC_STALE_PHONE", v4(&old_phone).to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the relay that dies");
+    let out = owner.stdout.take().expect("stdout");
+    let ready = std::io::BufReader::new(out).lines().map_while(Result::ok).any(|l| l.contains("STALE-READY"));
+    assert!(ready, "the first relay did not start");
+    // Its filter forwards while it lives (the route works)...
+    let relay_port = SocketAddr::from(([127, 0, 0, 1], STALE_RELAY_PORT));
+    pbx.send_to(&rtp(1), relay_port).expect("send");
+    let mut buf = [0u8; 2048];
+    old_phone.recv_from(&mut buf).expect("the live relay's kernel route forwards");
+    // ...then it is killed: the filter stays behind (netlink), holding the
+    // program and its route.
+    owner.kill().expect("kill -9");
+    owner.wait().expect("reaped");
+    let filters = || {
+        let out = Command::new("tc").args(["filter", "show", "dev", "lo", "ingress"]).output().expect("tc");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(filters().contains("ucmrc_forward"), "the dead relay's netlink filter is there: {}", filters());
+
+    // The next relay on the same ports; a new call on the same relay port
+    // (the range has one pair), from the same PBX address, to a new phone.
+    let relay = Relay::start(RelayConfig {
+        backend: BackendKind::Ebpf,
+        port_min: STALE_RELAY_PORT,
+        port_max: STALE_RELAY_PORT + 3,
+        workers: 1,
+        ..RelayConfig::default()
+    })
+    .expect("relay starts");
+    assert!(!filters().contains("ucmrc_forward"), "the dead relay's filter is gone: {}", filters());
+    let s = relay
+        .handle()
+        .allocate(SessionSpec {
+            tenant: "t".into(),
+            pbx: LegSpec { rtcp_mux: true, hint: Some(v4(&pbx)), ..LegSpec::default() },
+            endpoint: LegSpec { rtcp_mux: true, hint: Some(v4(&new_phone)), ..LegSpec::default() },
+            ..SessionSpec::default()
+        })
+        .wait()
+        .expect("allocate");
+    assert_eq!(s.pbx.rtp, relay_port, "the same relay port as the dead relay's route");
+    // The new phone speaks, then the PBX's media flows to it.
+    new_phone.send_to(&rtp(2), s.endpoint.rtp).expect("send");
+    pbx.recv_from(&mut buf).expect("phone → PBX");
+    for seq in 3..40u16 {
+        pbx.send_to(&rtp(seq), relay_port).expect("send");
+        let (n, from) = new_phone.recv_from(&mut buf).expect("PBX → the new phone");
+        assert_eq!((&buf[..n], from), (rtp(seq).as_slice(), s.endpoint.rtp));
+    }
+    assert!(!pending(&old_phone), "the old phone got the new call's media");
+    assert!(!filters().contains("ucmrc_forward"), "nothing of the dead relay's: {}", filters());
+    drop(relay);
+    println!("EBPF-NETNS-OK");
+}
+
 fn v4(s: &UdpSocket) -> SocketAddr {
     s.local_addr().expect("addr")
 }
@@ -135,6 +256,7 @@ fn in_namespace() {
         max_bytes_per_sec: 0,
         slot: 1,
         next_hop: NextHop::Local,
+        carries: Carries { rtp: true, rtcp: true },
     };
     let to_phone = Route {
         local: v4(&relay_b),
@@ -145,6 +267,7 @@ fn in_namespace() {
         max_bytes_per_sec: 0,
         slot: 2,
         next_hop: NextHop::Local,
+        carries: Carries { rtp: true, rtcp: true },
     };
     fast.install(&to_pbx).expect("install");
     fast.install(&to_phone).expect("install");
@@ -217,6 +340,7 @@ fn in_namespace() {
         max_bytes_per_sec: 0,
         slot: 6,
         next_hop: NextHop::Local,
+        carries: Carries { rtp: true, rtcp: true },
     };
     fast.install(&route6).expect("install an IPv6 route");
     for seq in 0..10u16 {
@@ -324,7 +448,8 @@ fn relay_in_namespace() {
     assert!(c.packets_forwarded_kernel >= 90, "established legs forwarded in the kernel: {c:?}");
 
     // A stranger spraying forged SRTP at the phone's leg: up to userspace,
-    // refused there, and nothing reaches the PBX.
+    // refused there (its first packet waits until the kernel's view of
+    // the leg is back: kernel_sync), and nothing reaches the PBX.
     let mut forger = SrtpTx::new(&master(9), 7, 100);
     for _ in 0..5 {
         stranger.send_to(&forger.next_rtp(), a.endpoint.rtp).expect("send");
@@ -332,7 +457,7 @@ fn relay_in_namespace() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let refused = |h: &relay_core::RelayHandle| {
         let d = h.counters().wait().expect("counters").total.drops;
-        d.get(DropReason::Unauthenticated) + d.get(DropReason::ProofBackoff)
+        d.get(DropReason::Unauthenticated) + d.get(DropReason::ProofBackoff) + d.get(DropReason::KernelSync)
     };
     while refused(&h) < 5 {
         assert!(std::time::Instant::now() < deadline, "the forged packets were not all refused");
@@ -340,7 +465,9 @@ fn relay_in_namespace() {
     }
     assert!(!pending(&pbx), "the stranger injected nothing");
     let o = h.fast_path_outcomes().expect("the fast path runs");
-    assert!(o.forwarded >= 90 && o.other_source >= 5, "{o:?}");
+    // All five went up: the first as another source, the rest after the
+    // leg's route was withdrawn for it.
+    assert!(o.forwarded >= 90 && o.other_source >= 1 && o.other_source + o.no_route >= 5, "{o:?}");
 
     // NAT rebinding: the phone speaks from a new port; userspace re-latches
     // (authenticated) and the kernel follows the new address.

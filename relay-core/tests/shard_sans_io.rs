@@ -768,6 +768,9 @@ fn offload_routes_follow_userspace_decisions_and_their_counters_come_back() {
         to: sa(to),
         max_pps: limits.0,
         max_bytes_per_sec: limits.1,
+        // Both legs multiplex RTCP: it goes where the RTP goes.
+        rtp: true,
+        rtcp: true,
     };
 
     // STUN is never offloaded; RTP from the latched phone is, once.
@@ -787,12 +790,12 @@ fn offload_routes_follow_userspace_decisions_and_their_counters_come_back() {
     lab.shard.handle_offload_stats(
         lab.at(4000),
         e,
-        OffloadStats { packets: 100, bytes: 17_200, rate_limited: 3, last_ago: Some(Duration::ZERO) },
+        OffloadStats { packets: 100, bytes: 17_200, rate_limited: 3, last_ago: Some(Duration::ZERO), last_rtp: None },
     );
     lab.shard.handle_offload_stats(
         lab.at(4000),
         e,
-        OffloadStats { packets: 150, bytes: 25_800, rate_limited: 3, last_ago: Some(Duration::ZERO) },
+        OffloadStats { packets: 150, bytes: 25_800, rate_limited: 3, last_ago: Some(Duration::ZERO), last_rtp: None },
     );
     let c = lab.shard.counters();
     assert_eq!(c.drops.get(DropReason::RateLimited), 3);
@@ -818,7 +821,13 @@ fn offload_routes_follow_userspace_decisions_and_their_counters_come_back() {
     lab.shard.handle_offload_stats(
         lab.at(14_510),
         e,
-        OffloadStats { packets: 160, bytes: 27_520, rate_limited: 3, last_ago: Some(Duration::from_millis(10)) },
+        OffloadStats {
+            packets: 160,
+            bytes: 27_520,
+            rate_limited: 3,
+            last_ago: Some(Duration::from_millis(10)),
+            last_rtp: None,
+        },
     );
     lab.shard.handle_timeout(lab.at(14_800), &mut lab.sockets);
     assert_eq!(lab.shard.counters().sessions_active, 1, "the kernel's traffic kept it alive");
@@ -838,7 +847,7 @@ fn offload_routes_follow_userspace_decisions_and_their_counters_come_back() {
     lab.shard.handle_offload_stats(
         lab.at(14_950),
         e,
-        OffloadStats { packets: 161, bytes: 27_692, rate_limited: 3, last_ago: Some(Duration::ZERO) },
+        OffloadStats { packets: 161, bytes: 27_692, rate_limited: 3, last_ago: Some(Duration::ZERO), last_rtp: None },
     );
     assert_eq!(lab.shard.counters().packets_forwarded, 4 + 161);
     lab.assert_counters_add_up();
@@ -888,6 +897,61 @@ fn a_relatch_withdraws_the_kernel_routes_before_anything_else() {
     assert_eq!(lab.shard.poll_offload(), None, "nothing offered in the re-latching packet");
     assert_eq!(lab.send(2, e.port, sa(PHONE), &tx.next_rtp()), fwd(a.pbx.rtp, PBX));
     assert!(matches!(lab.shard.poll_offload(), Some(Offload::Install(r)) if r.from == sa(PHONE)));
+    lab.assert_counters_add_up();
+}
+
+/// What the kernel forwards counts as seen: a copy of a packet the kernel
+/// forwarded, sent from elsewhere to an `authenticated` leg, is a replay,
+/// never a fresh proof that moves the leg (the replay memory used to stop
+/// at the moment the route was installed, so any later packet captured on
+/// the path re-latched the leg to its sender). A genuine roam with a newer
+/// packet still re-latches, once the kernel's view is back in userspace.
+#[test]
+fn a_copy_of_a_packet_the_kernel_forwarded_never_relatches_an_authenticated_leg() {
+    use relay_core::shard::offload::{Offload, OffloadStats};
+    use relay_core::shard::RelayPort;
+    use relay_core::wire::rtp::RtpHeader;
+    let mut lab = Lab::build(SessionDefaults::default(), 1000, true);
+    let mut s = authenticated_spec();
+    s.endpoint.hint = Some(sa(PHONE));
+    let a = lab.allocate(s).expect("allocate");
+    let (e, p) = (RelayPort::from(a.endpoint.rtp), RelayPort::from(a.pbx.rtp));
+    let mut phone = SrtpTx::new(&master(2), 5, 10);
+    let mut pbx = SrtpTx::new(&master(1), 6, 10);
+    assert_eq!(lab.send(0, e.port, sa(PHONE), &phone.next_rtp()), fwd(p.port, PBX));
+    match lab.shard.poll_offload() {
+        Some(Offload::Install(r)) => assert!(r.rtp && !r.rtcp, "a keyed leg offloads RTP only: {r:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(lab.send(1, p.port, sa(PBX), &pbx.next_rtp()), fwd(e.port, PHONE));
+    assert!(matches!(lab.shard.poll_offload(), Some(Offload::Install(_))));
+    // The kernel forwards the phone's next 100 packets; one is captured.
+    let kernel: Vec<Vec<u8>> = (0..100).map(|_| phone.next_rtp()).collect();
+    let captured = kernel[90].clone();
+    let last = RtpHeader::parse(&kernel[99]).expect("rtp");
+    // The copy, from elsewhere, before the driver's next read: the leg's
+    // route is withdrawn first, the packet waits.
+    assert_eq!(lab.send(10, e.port, sa(ATTACKER), &captured), Verdict::Drop(DropReason::KernelSync));
+    assert_eq!(lab.shard.poll_offload(), Some(Offload::Remove(e)));
+    assert_eq!(lab.shard.poll_offload(), None, "the PBX leg's route stays");
+    assert_eq!(lab.send(11, e.port, sa(ATTACKER), &captured), Verdict::Drop(DropReason::KernelSync));
+    // The route's last counters: 100 packets, the last one's index.
+    let bytes = kernel.iter().map(|k| k.len() as u64).sum();
+    let stats = OffloadStats {
+        packets: 100,
+        bytes,
+        rate_limited: 0,
+        last_ago: Some(Duration::ZERO),
+        last_rtp: Some((last.ssrc(), last.sequence())),
+    };
+    lab.shard.handle_offload_stats(lab.at(12), e, stats);
+    assert_eq!(lab.send(13, e.port, sa(ATTACKER), &captured), Verdict::Drop(DropReason::Replay));
+    let info = lab.info(14, a.id);
+    assert_eq!(info.endpoint.remote_rtp, Some(sa(PHONE)), "the leg stays with the phone");
+    assert_eq!(info.endpoint.stats.packets_forwarded, 101);
+    // A genuine roam, newer than anything the kernel forwarded, moves it.
+    assert_eq!(lab.send(15, e.port, sa("203.0.113.99:40000"), &phone.next_rtp()), fwd(p.port, PBX));
+    assert_eq!(lab.info(16, a.id).endpoint.remote_rtp, Some(sa("203.0.113.99:40000")));
     lab.assert_counters_add_up();
 }
 

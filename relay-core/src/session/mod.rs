@@ -734,9 +734,21 @@ impl Session {
         if self.verify == Verify::All || !matches!(bytes.first(), Some(128..=191)) {
             return None;
         }
-        let leg = &mut self.legs[side.index()];
+        let [a, b] = &mut self.legs;
+        let (leg, other) = if side == Side::Pbx { (a, b) } else { (b, a) };
         let slot = leg.slot(component);
         if leg.blocked || leg.remote[slot].map(|r| r.addr) != Some(src) {
+            return None;
+        }
+        // Each class the kernel forwards must go exactly where userspace
+        // sends it: RTP keeps its component, RTCP goes to the other leg's
+        // RTCP destination (elsewhere, when one side multiplexes and the
+        // other does not). A keyed leg's RTCP stays in userspace, whose
+        // replay memory needs every SRTCP index.
+        let goes = |c: Component| Some((other.out_port(c), other.destination(other.out_slot(c))?));
+        let rtp = goes(component) == Some((via, to));
+        let rtcp = leg.auth.is_none() && goes(Component::Rtcp) == Some((via, to));
+        if !rtp && !rtcp {
             return None;
         }
         let route = OffloadRoute {
@@ -746,6 +758,8 @@ impl Session {
             to,
             max_pps: leg.limits.max_pps,
             max_bytes_per_sec: leg.limits.max_bytes_per_sec,
+            rtp,
+            rtcp,
         };
         let routes = leg.offloaded.get_or_insert_with(|| Box::new([None, None]));
         if routes[slot].is_some_and(|o| o.route == route) {
@@ -753,6 +767,27 @@ impl Session {
         }
         routes[slot] = Some(Offloaded::new(route));
         Some(route)
+    }
+
+    /// Whether `src` would be a new source for `side`'s `component` on a
+    /// leg whose latching needs a fresh proof checked against the replay
+    /// memory (`authenticated`, with SRTP keys): that memory must first
+    /// hold what the kernel forwarded meanwhile.
+    /// (A source in proof back-off is refused by userspace anyway: it
+    /// cannot make the kernel's routes churn.)
+    pub(crate) fn needs_kernel_state(&self, now: Instant, side: Side, component: Component, src: SocketAddr) -> bool {
+        let leg = &self.legs[side.index()];
+        self.latch == LatchPolicy::Authenticated
+            && leg.auth.is_some()
+            && leg.remote[leg.slot(component)].map(|r| r.addr) != Some(src)
+            && leg.budget.may_try(now, src.ip())
+    }
+
+    /// Takes the routes of `side`'s leg, with its side and slot.
+    pub(crate) fn take_leg_routes(&mut self, side: Side) -> Vec<(usize, usize, Offloaded)> {
+        let i = side.index();
+        let Some(routes) = self.legs[i].offloaded.take() else { return Vec::new() };
+        routes.iter().enumerate().filter_map(|(slot, r)| r.map(|r| (i, slot, r))).collect()
     }
 
     /// Takes every route of the session (both legs), with its side and slot.
@@ -794,6 +829,14 @@ impl Session {
         leg.stats.bytes_received += d.bytes;
         leg.stats.bytes_forwarded += d.bytes;
         leg.stats.drops.add_n(DropReason::RateLimited, d.rate_limited);
+        // What the kernel forwarded is as seen: a captured copy of it is a
+        // replay, not a fresh proof.
+        if let Some((ssrc, seq)) = d.last_rtp {
+            leg.last_ssrc = Some(ssrc);
+            if leg.auth.is_some() {
+                leg.replay.record_srtp_seq(ssrc, seq);
+            }
+        }
         if let Some(ago) = d.last_ago.filter(|_| d.packets > 0) {
             let at = now.checked_sub(ago).unwrap_or(now);
             if at > self.last_activity {

@@ -69,6 +69,10 @@ drop_reasons! {
     NoDestination => "no_destination",
     /// Media from this leg is blocked by a command (ng `block media`).
     Blocked => "blocked",
+    /// `authenticated` latching on a leg the kernel fast path forwards: a
+    /// new source waits until the kernel's last packet index is back in
+    /// userspace (its routes are withdrawn at once; a fraction of a second).
+    KernelSync => "kernel_sync",
 }
 
 impl DropReason {

@@ -526,6 +526,24 @@ impl Shard {
         let leg = owner.side.index();
         let before = (session.legs[leg].stats.latches, session.legs[leg].stats.relatches);
         let src = peer::canonical(src);
+        // A new source on a keyed leg the kernel forwards for: its proof is
+        // checked against the leg's replay memory, which must first learn
+        // what the kernel forwarded (the leg's routes' last counters), or a
+        // copy of a packet the kernel forwarded would pass as fresh.
+        if self.config.offload && session.needs_kernel_state(now, owner.side, owner.component, src) {
+            let id = session.id;
+            let routes = session.take_leg_routes(owner.side);
+            let retiring = self.retiring.iter().any(|(_, r, side, _)| *r == id && *side == leg);
+            if !routes.is_empty() || retiring {
+                let stats = &mut session.legs[leg].stats;
+                stats.packets_received += 1;
+                stats.bytes_received += bytes.len() as u64;
+                stats.drops.add(DropReason::KernelSync);
+                self.withdraw(id, routes);
+                self.counters.drops.add(DropReason::KernelSync);
+                return Verdict::Drop(DropReason::KernelSync);
+            }
+        }
         let verdict = session.handle_datagram(now, owner.side, owner.component, src, bytes, &self.config.peer_policy);
         self.counters.latches += session.legs[leg].stats.latches - before.0;
         let relatched = session.legs[leg].stats.relatches - before.1;

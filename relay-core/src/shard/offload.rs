@@ -36,6 +36,13 @@ pub struct OffloadRoute {
     pub max_pps: Option<u32>,
     /// The leg's byte-rate limit.
     pub max_bytes_per_sec: Option<u64>,
+    /// RTP on this socket from `from` goes to `to` via `via`.
+    pub rtp: bool,
+    /// RTCP on this socket from `from` goes there too (a muxing remote's
+    /// RTCP may go elsewhere than its RTP: then it stays in userspace). A
+    /// leg with SRTP keys offloads RTP only: its replay memory needs every
+    /// SRTCP index, and the kernel reports the last RTP one.
+    pub rtcp: bool,
 }
 
 /// What the shard asks the kernel fast path to do.
@@ -62,6 +69,9 @@ pub struct OffloadStats {
     pub rate_limited: u64,
     /// How long ago the last one was forwarded.
     pub last_ago: Option<Duration>,
+    /// The SSRC and sequence number of the last RTP packet forwarded (the
+    /// leg's replay memory follows it).
+    pub last_rtp: Option<(u32, u16)>,
 }
 
 /// A route the kernel holds, with the counters already accounted.
@@ -84,6 +94,7 @@ impl Offloaded {
             bytes: now_total.bytes.saturating_sub(self.seen.bytes),
             rate_limited: now_total.rate_limited.saturating_sub(self.seen.rate_limited),
             last_ago: now_total.last_ago,
+            last_rtp: now_total.last_rtp,
         };
         self.seen = now_total;
         d

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{FastPath, NextHop, Route, RouteStats, MAX_ROUTES};
+use super::{Carries, FastPath, NextHop, Route, RouteStats, MAX_ROUTES};
 use crate::shard::offload::{Offload, OffloadStats};
 use crate::shard::{PortIndex, RelayPort, Shard};
 
@@ -53,11 +53,12 @@ fn to_offload(s: RouteStats, now_mono: Option<Duration>) -> OffloadStats {
         bytes: s.bytes,
         rate_limited: s.dropped_over_rate,
         last_ago: s.last.zip(now_mono).map(|(last, now)| now.saturating_sub(last)),
+        last_rtp: s.last_rtp,
     }
 }
 
 /// CLOCK_MONOTONIC now (bpf_ktime_get_ns's clock).
-fn monotonic() -> Option<Duration> {
+pub(super) fn monotonic() -> Option<Duration> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into the struct we pass.
     let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0;
@@ -139,6 +140,7 @@ impl OffloadDriver {
                         max_bytes_per_sec: r.max_bytes_per_sec.unwrap_or(0),
                         slot,
                         next_hop,
+                        carries: Carries { rtp: r.rtp, rtcp: r.rtcp },
                     };
                     let result = self.lock().install(&route);
                     match result {
@@ -171,6 +173,10 @@ impl OffloadDriver {
         }
         if self.next_sync.is_none_or(|t| now >= t) {
             self.next_sync = Some(crate::session::instant_after(now, SYNC_EVERY));
+            // The program forwards only while the relay lives.
+            if self.lock().keep_alive().is_err() {
+                self.errors += 1;
+            }
             if let Ok(a) = crate::io::sys::local_addresses() {
                 self.local_addrs = a;
             }

@@ -7,16 +7,28 @@
 // first packets, policies. Once a leg pair is established it writes one
 // entry per direction into `fwd`: "a datagram to relay address:port from
 // exactly this latched source goes out from relay address:port to that
-// destination". Everything else — a miss, another source (re-latching, a
-// stranger), a non-RTP/RTCP packet (STUN, DTLS), a fragment, IP options,
-// — is passed up unchanged (PASS_UP) to the relay's socket, and
-// userspace decides as it always did. The one packet the program drops is
-// one over its route's rate (the leg's limits), exactly as userspace's
-// token bucket would, counted per route.
+// destination". The program forwards only what userspace would forward
+// the same way, judged exactly as userspace judges it: headers whose
+// lengths agree with each other and with the frame (the stack has not
+// checked them yet at tc ingress), a valid IPv4 header checksum, RTP or
+// RTCP with a plausible header (`classify_media` in relay-core's
+// wire/demux.rs) of a class the route carries, charged its real payload
+// length. Everything else — a miss, another source (re-latching, a
+// stranger), STUN, DTLS, a fragment, IP options, lying lengths — is passed
+// up unchanged (PASS_UP) to the relay's socket, and userspace decides as
+// it always did. The one packet the program drops is one over its route's
+// rate (the leg's limits), exactly as userspace's token bucket would,
+// counted per route.
+//
+// Nothing here outlives the relay: the program forwards only while its
+// owner renews `owner.alive_until_ns` (every half second); a relay that
+// died — even with a netlink filter left holding the program — forwards
+// nothing a moment later, and the next relay to start removes it.
 //
 // Counters per entry are per-CPU (`stats`); userspace sums them. IPv4
 // routes live in `fwd`, IPv6 routes in `fwd6` (IPv6 packets with extension
-// headers go up).
+// headers go up). The map structs are checked against relay-core's Rust
+// mirrors through this object's BTF (io::ebpf's tests).
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -48,7 +60,7 @@ struct fwd_value {
 	__u32 out_addr;   // relay address it leaves from
 	__u32 dst_addr;   // the other side's latched address
 	__u16 dst_port;
-	__u16 flags;      // FLAG_LOCAL: the destination is on this host
+	__u16 flags;      // FLAG_LOCAL: the destination is on this host; FLAG_RTP/FLAG_RTCP: what it carries
 	__u32 slot;       // index into `stats` and `buckets`
 	__u32 max_pps;    // 0: no packet-rate limit
 	__u32 out_ifindex; // interface toward `dst_addr`; 0: the arrival one
@@ -84,7 +96,25 @@ struct fwd_stats {
 	__u64 bytes;
 	__u64 dropped_over_rate;  // over the route's rate: dropped, as userspace would
 	__u64 last_ns;            // bpf_ktime_get_ns() of the last forward
+	__u64 last_rtp_ns;        // ... of the last RTP forward,
+	__u32 last_ssrc;          // its SSRC
+	__u32 last_seq;           // and sequence number (userspace's replay memory follows)
 };
+
+// The relay that owns the program; it forwards only while the relay lives.
+struct owner {
+	__u64 alive_until_ns;     // bpf_ktime_get_ns() clock; renewed by the relay
+	__u64 netns;              // the relay's network namespace (its inode)
+	__u32 pid;                // for diagnostics
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct owner);
+} owner SEC(".maps");
 
 // What happened to each packet the program saw, per CPU: forwarded, or
 // why it went up to userspace (indexes shared with the loader).
@@ -97,7 +127,9 @@ enum outcome {
 	OUT_OTHER_SOURCE = 5,
 	OUT_OVER_RATE = 6,
 	OUT_NO_NEXT_HOP = 7,
-	OUT_COUNT = 8,
+	OUT_BAD_HEADER = 8,   // lengths that disagree, a bad IPv4 header checksum
+	OUT_NOT_OWNED = 9,    // the owning relay stopped renewing: everything goes up
+	OUT_COUNT = 10,
 };
 
 struct {
@@ -126,6 +158,13 @@ struct fwd_bucket {
 
 #define MAX_ENTRIES 1048576
 #define FLAG_LOCAL 1
+#define FLAG_RTP 2
+#define FLAG_RTCP 4
+#define CLASS_OTHER 0
+
+// The TTL (hop limit) and TOS (traffic class) a forwarded datagram leaves
+// with: those of the relay's own sends, not the sender's.
+#define OUT_TTL 64
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -225,6 +264,58 @@ static __always_inline int send_on(struct __sk_buff *skb, struct fwd_stats *st, 
 
 static __always_inline int forward_v6(struct __sk_buff *skb);
 
+// Whether the owning relay still lives.
+static __always_inline int owned(__u64 now)
+{
+	__u32 zero = 0;
+	struct owner *o = bpf_map_lookup_elem(&owner, &zero);
+	return o && now < o->alive_until_ns;
+}
+
+// The class of a UDP payload of `len` bytes starting at `p`, exactly as
+// userspace's classify_media calls it: FLAG_RTP (first byte 128..191, a
+// second byte outside 192..223, the 12-byte header and its CSRCs fit),
+// FLAG_RTCP (packet type 192..223, the first packet's length fits), else
+// CLASS_OTHER (which goes up, where userspace decides).
+static __always_inline int media_class(__u8 *p, void *end, __u32 len)
+{
+	if (len < 2 || (void *)(p + 4) > end)
+		return CLASS_OTHER;
+	__u8 b0 = p[0], b1 = p[1];
+	if (b0 < 128 || b0 > 191)
+		return CLASS_OTHER;
+	if (b1 >= 192 && b1 <= 223) {
+		__u32 words = ((__u32)p[2] << 8) | p[3];
+		return len >= 8 && 4 * (words + 1) <= len ? FLAG_RTCP : CLASS_OTHER;
+	}
+	return len >= 12 + 4 * (__u32)(b0 & 0x0f) ? FLAG_RTP : CLASS_OTHER;
+}
+
+// The SSRC and sequence number of an RTP packet just forwarded.
+static __always_inline void note_rtp(struct fwd_stats *st, __u8 *p, void *end, __u64 now)
+{
+	if (!st || (void *)(p + 12) > end)
+		return;
+	st->last_rtp_ns = now;
+	st->last_seq = ((__u32)p[2] << 8) | p[3];
+	st->last_ssrc = ((__u32)p[8] << 24) | ((__u32)p[9] << 16) | ((__u32)p[10] << 8) | p[11];
+}
+
+// Whether the IPv4 header's checksum verifies (the stack would drop it).
+static __always_inline int ipv4_checksum_ok(struct iphdr *ip, void *end)
+{
+	__u16 *w = (void *)ip;
+	if ((void *)(w + 10) > end)
+		return 0;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum == 0xffff;
+}
+
 SEC("classifier")
 int ucmrc_forward(struct __sk_buff *skb)
 {
@@ -246,11 +337,19 @@ int ucmrc_forward(struct __sk_buff *skb)
 	struct udphdr *udp = (void *)(ip + 1);
 	if ((void *)(udp + 1) > end)
 		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
+	// The stack checks these after tc: the frame, the IP total length and
+	// the UDP length must agree exactly (a sender's lie, Ethernet padding
+	// of a tiny frame, a truncated frame: up), and the header checksum
+	// must verify.
+	__u32 tot_len = bpf_ntohs(ip->tot_len);
+	__u32 ulen = bpf_ntohs(udp->len);
+	if (tot_len != skb->len - sizeof(struct ethhdr) || ulen != tot_len - sizeof(struct iphdr) ||
+	    ulen < sizeof(struct udphdr) || !ipv4_checksum_ok(ip, end))
+		return outcome(OUT_BAD_HEADER, PASS_UP);
 	__u8 *payload = (void *)(udp + 1);
-	if ((void *)(payload + 1) > end)
-		return outcome(OUT_NOT_RTP, PASS_UP);
-	// RFC 7983: 128..191 is RTP/RTCP; STUN, DTLS, ZRTP and TURN go up.
-	if (payload[0] < 128 || payload[0] > 191)
+	__u32 len = ulen - sizeof(struct udphdr);
+	int class = media_class(payload, end, len);
+	if (class == CLASS_OTHER)
 		return outcome(OUT_NOT_RTP, PASS_UP);
 
 	struct fwd_key key = { .addr = ip->daddr, .port = udp->dest, .pad = 0 };
@@ -259,15 +358,21 @@ int ucmrc_forward(struct __sk_buff *skb)
 		return outcome(OUT_NO_ROUTE, PASS_UP);
 	if (ip->saddr != v->src_addr || udp->source != v->src_port)
 		return outcome(OUT_OTHER_SOURCE, PASS_UP);
-
+	// RTCP from a muxing remote may go elsewhere than its RTP: each
+	// route carries only the classes userspace sends where it does.
+	if (!(v->flags & class))
+		return outcome(OUT_NOT_RTP, PASS_UP);
 	__u64 now = bpf_ktime_get_ns();
+	if (!owned(now))
+		return outcome(OUT_NOT_OWNED, PASS_UP);
+
 	__u32 slot = v->slot;
 	struct fwd_stats *st = bpf_map_lookup_elem(&stats, &slot);
 	// Payload bytes, as userspace counts them.
-	__u64 len = bpf_ntohs(udp->len);
-	len = len > sizeof(struct udphdr) ? len - sizeof(struct udphdr) : 0;
 	if (!take_tokens(v->slot, v->max_pps, v->max_bps, len, now))
 		return drop_over_rate(st);
+	if (class == FLAG_RTP)
+		note_rtp(st, payload, end, now);
 
 	// Rewrite addresses and ports, patching the checksums (UDP's covers
 	// the pseudo-header; 0 = none stays 0 thanks to MARK_MANGLED_0).
@@ -280,12 +385,20 @@ int ucmrc_forward(struct __sk_buff *skb)
 	int csum_off = udp_off + offsetof(struct udphdr, check);
 	int flags = BPF_F_MARK_MANGLED_0;
 
+	// The relay's own TTL and TOS, as its sends from userspace would have.
+	__u16 old_ver_tos = *(__u16 *)ip, new_ver_tos = bpf_htons(0x4500);
+	__u16 old_ttl_proto = *((__u16 *)ip + 4), new_ttl_proto = bpf_htons((OUT_TTL << 8) | IPPROTO_UDP);
+	int ip_csum_off = ip_off + offsetof(struct iphdr, check);
+	bpf_l3_csum_replace(skb, ip_csum_off, old_ver_tos, new_ver_tos, sizeof(new_ver_tos));
+	bpf_l3_csum_replace(skb, ip_csum_off, old_ttl_proto, new_ttl_proto, sizeof(new_ttl_proto));
+	bpf_skb_store_bytes(skb, ip_off, &new_ver_tos, sizeof(new_ver_tos), 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, ttl), &new_ttl_proto, sizeof(new_ttl_proto), 0);
 	bpf_l4_csum_replace(skb, csum_off, old_saddr, new_saddr, flags | BPF_F_PSEUDO_HDR | sizeof(new_saddr));
 	bpf_l4_csum_replace(skb, csum_off, old_daddr, new_daddr, flags | BPF_F_PSEUDO_HDR | sizeof(new_daddr));
 	bpf_l4_csum_replace(skb, csum_off, old_sport, new_sport, flags | sizeof(new_sport));
 	bpf_l4_csum_replace(skb, csum_off, old_dport, new_dport, flags | sizeof(new_dport));
-	bpf_l3_csum_replace(skb, ip_off + offsetof(struct iphdr, check), old_saddr, new_saddr, sizeof(new_saddr));
-	bpf_l3_csum_replace(skb, ip_off + offsetof(struct iphdr, check), old_daddr, new_daddr, sizeof(new_daddr));
+	bpf_l3_csum_replace(skb, ip_csum_off, old_saddr, new_saddr, sizeof(new_saddr));
+	bpf_l3_csum_replace(skb, ip_csum_off, old_daddr, new_daddr, sizeof(new_daddr));
 	bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, saddr), &new_saddr, sizeof(new_saddr), 0);
 	bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, daddr), &new_daddr, sizeof(new_daddr), 0);
 	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, source), &new_sport, sizeof(new_sport), 0);
@@ -310,10 +423,16 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 	struct udphdr *udp = (void *)(ip6 + 1);
 	if ((void *)(udp + 1) > end)
 		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
+	// The frame, the payload length and the UDP length agree exactly.
+	__u32 plen = bpf_ntohs(ip6->payload_len);
+	__u32 ulen = bpf_ntohs(udp->len);
+	if (plen != skb->len - sizeof(struct ethhdr) - sizeof(struct ipv6hdr) || ulen != plen ||
+	    ulen < sizeof(struct udphdr))
+		return outcome(OUT_BAD_HEADER, PASS_UP);
 	__u8 *payload = (void *)(udp + 1);
-	if ((void *)(payload + 1) > end)
-		return outcome(OUT_NOT_RTP, PASS_UP);
-	if (payload[0] < 128 || payload[0] > 191)
+	__u32 len = ulen - sizeof(struct udphdr);
+	int class = media_class(payload, end, len);
+	if (class == CLASS_OTHER)
 		return outcome(OUT_NOT_RTP, PASS_UP);
 
 	struct fwd6_key key = {};
@@ -330,14 +449,18 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 	if ((old_saddr[0] ^ want[0]) | (old_saddr[1] ^ want[1]) | (old_saddr[2] ^ want[2]) | (old_saddr[3] ^ want[3]) ||
 	    udp->source != v->src_port)
 		return outcome(OUT_OTHER_SOURCE, PASS_UP);
-
+	if (!(v->flags & class))
+		return outcome(OUT_NOT_RTP, PASS_UP);
 	__u64 now = bpf_ktime_get_ns();
+	if (!owned(now))
+		return outcome(OUT_NOT_OWNED, PASS_UP);
+
 	__u32 slot = v->slot;
 	struct fwd_stats *st = bpf_map_lookup_elem(&stats, &slot);
-	__u64 len = bpf_ntohs(udp->len);
-	len = len > sizeof(struct udphdr) ? len - sizeof(struct udphdr) : 0;
 	if (!take_tokens(v->slot, v->max_pps, v->max_bps, len, now))
 		return drop_over_rate(st);
+	if (class == FLAG_RTP)
+		note_rtp(st, payload, end, now);
 
 	__u32 new_saddr[4], new_daddr[4];
 	__builtin_memcpy(new_saddr, v->out_addr, 16);
@@ -348,6 +471,13 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 	int udp_off = ip_off + sizeof(struct ipv6hdr);
 	int csum_off = udp_off + offsetof(struct udphdr, check);
 
+	// The relay's own traffic class and hop limit (not covered by the UDP
+	// checksum): version 6, class 0, the flow label kept.
+	__u32 old_vtc = *(__u32 *)ip6;
+	__u32 new_vtc = (old_vtc & bpf_htonl(0x000fffff)) | bpf_htonl(0x60000000);
+	__u8 hop = OUT_TTL;
+	bpf_skb_store_bytes(skb, ip_off, &new_vtc, sizeof(new_vtc), 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct ipv6hdr, hop_limit), &hop, sizeof(hop), 0);
 	__s64 diff = bpf_csum_diff(old_saddr, 16, new_saddr, 16, 0);
 	diff = bpf_csum_diff(old_daddr, 16, new_daddr, 16, diff);
 	bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR);

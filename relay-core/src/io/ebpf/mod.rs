@@ -5,11 +5,17 @@
 //! interfaces, and its maps.
 //!
 //! Userspace writes one [`Route`] per direction of an established leg
-//! pair; the program forwards matching RTP/RTCP in the kernel and passes
-//! everything else up (see the C file). The program and its links belong
-//! to this process: nothing is pinned, so when a [`FastPath`] is dropped —
-//! or the process dies — the kernel detaches the program and frees the
-//! maps, and nothing keeps forwarding.
+//! pair; the program forwards matching RTP/RTCP in the kernel — judged
+//! exactly as userspace judges it — and passes everything else up (see the
+//! C file). Nothing is pinned, and nothing the relay installs outlives it:
+//! - the program forwards only while its owner renews it ([`LIVENESS`],
+//!   renewed by every shard's driver), so a relay killed with `kill -9`
+//!   forwards nothing a moment later even where a netlink `cls_bpf` filter
+//!   (kernels before 6.6, no tcx) keeps the program loaded;
+//! - a relay that starts finds such programs of earlier relays, waits until
+//!   each has either been renewed (another live relay: left alone) or
+//!   expired, and removes the expired ones' filters from the interfaces it
+//!   attaches to.
 
 mod driver;
 
@@ -27,6 +33,18 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!("forward.bpf.o");
 
 /// Most routes (the maps' size).
 pub const MAX_ROUTES: u32 = 1 << 20;
+
+/// How long the program keeps forwarding after its owner last renewed it
+/// (the drivers renew it every [`SYNC_EVERY`]).
+pub const LIVENESS: Duration = Duration::from_secs(2);
+
+/// The program's name (its filters and programs are found by it).
+const PROGRAM_NAME: &str = "ucmrc_forward";
+
+/// `FLAG_*` of the C program's route flags.
+const FLAG_LOCAL: u16 = 1;
+const FLAG_RTP: u16 = 2;
+const FLAG_RTCP: u16 = 4;
 
 /// `struct fwd_key` of the C program.
 #[repr(C)]
@@ -90,6 +108,19 @@ struct FwdStats {
     bytes: u64,
     dropped_over_rate: u64,
     last_ns: u64,
+    last_rtp_ns: u64,
+    last_ssrc: u32,
+    last_seq: u32,
+}
+
+/// `struct owner` of the C program.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct Owner {
+    alive_until_ns: u64,
+    netns: u64,
+    pid: u32,
+    pad: u32,
 }
 
 /// `struct fwd_bucket` of the C program (its lock word included).
@@ -117,6 +148,8 @@ unsafe impl aya::Pod for Fwd6Value {}
 unsafe impl aya::Pod for FwdStats {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FwdBucket {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Owner {}
 
 /// One direction of an established leg pair, forwarded in the kernel:
 /// a datagram to `local` from exactly `from` leaves from `via` to `to`.
@@ -141,6 +174,24 @@ pub struct Route {
     pub slot: u32,
     /// How the datagram reaches `to`.
     pub next_hop: NextHop,
+    /// What it carries: RTP, RTCP or both (the rest goes up).
+    pub carries: Carries,
+}
+
+/// The classes a route forwards in the kernel; any other packet on it goes
+/// up to userspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Carries {
+    /// RTP (SRTP).
+    pub rtp: bool,
+    /// RTCP (SRTCP).
+    pub rtcp: bool,
+}
+
+impl Carries {
+    fn flags(self) -> u16 {
+        (if self.rtp { FLAG_RTP } else { 0 }) | (if self.rtcp { FLAG_RTCP } else { 0 })
+    }
 }
 
 /// How a forwarded datagram reaches its destination.
@@ -165,6 +216,9 @@ pub struct RouteStats {
     pub dropped_over_rate: u64,
     /// Time since boot (CLOCK_MONOTONIC) of the last forward, if any.
     pub last: Option<Duration>,
+    /// The SSRC and sequence number of the last RTP packet forwarded (the
+    /// leg's replay memory follows what the kernel forwarded).
+    pub last_rtp: Option<(u32, u16)>,
 }
 
 /// What the program did with the packets it saw, summed over CPUs:
@@ -189,6 +243,50 @@ pub struct Outcomes {
     /// The redirect out of the interface failed (the packet is dropped by
     /// the kernel, as a failed send would be).
     pub no_next_hop: u64,
+    /// Lengths that disagree (frame, IP, UDP) or a bad IPv4 header
+    /// checksum: the stack decides.
+    pub bad_header: u64,
+    /// The owning relay stopped renewing the program: everything goes up.
+    pub not_owned: u64,
+}
+
+/// How the program is attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// tcx links where the kernel has them (6.6 and later), netlink
+    /// `cls_bpf` filters before.
+    #[default]
+    Auto,
+    /// Netlink `cls_bpf` filters always (what kernels before 6.6 get; tests
+    /// reproduce their behaviour with it).
+    Netlink,
+}
+
+/// What running the program once on a frame did ([`FastPath::run_on`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameVerdict {
+    /// The tc action: forwarded (`TC_ACT_OK` to a local destination,
+    /// `TC_ACT_REDIRECT` out of an interface), passed up (`TC_ACT_UNSPEC`)
+    /// or dropped (`TC_ACT_SHOT`).
+    pub action: i32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+}
+
+impl FrameVerdict {
+    /// `TC_ACT_UNSPEC`: passed up (to the next program, then the stack).
+    pub const PASS_UP: i32 = -1;
+    /// `TC_ACT_OK`: delivered by the stack (a local destination).
+    pub const DELIVER: i32 = 0;
+    /// `TC_ACT_SHOT`: dropped (over a route's rate).
+    pub const DROP: i32 = 2;
+    /// `TC_ACT_REDIRECT`: sent out of an interface.
+    pub const REDIRECT: i32 = 7;
+
+    /// Whether the program forwarded the datagram itself.
+    pub fn forwarded(&self) -> bool {
+        self.action == Self::DELIVER || self.action == Self::REDIRECT
+    }
 }
 
 /// Why the fast path cannot run here.
@@ -224,7 +322,11 @@ pub struct FastPath {
     stats: PerCpuArray<MapData, FwdStats>,
     buckets: Array<MapData, FwdBucket>,
     outcomes: PerCpuArray<MapData, u64>,
+    owner: Array<MapData, Owner>,
     interfaces: Vec<String>,
+    mode: AttachMode,
+    /// Filters of earlier relays removed at attach time (for the log).
+    retired: Vec<String>,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -250,6 +352,11 @@ impl FastPath {
     /// interface in `interfaces` (by name; none is allowed: see
     /// [`FastPath::attach`]).
     pub fn load(interfaces: &[&str]) -> Result<Self, FastPathError> {
+        Self::load_with(interfaces, AttachMode::Auto)
+    }
+
+    /// [`load`](Self::load), attaching in `mode`.
+    pub fn load_with(interfaces: &[&str], mode: AttachMode) -> Result<Self, FastPathError> {
         let mut bpf = Ebpf::load(PROGRAM).map_err(|e| FastPathError::Load(e.to_string()))?;
         Self::program(&mut bpf)?.load().map_err(|e| FastPathError::Load(e.to_string()))?;
         let take = |bpf: &mut Ebpf, name: &'static str| {
@@ -260,27 +367,144 @@ impl FastPath {
         let stats = PerCpuArray::try_from(take(&mut bpf, "stats")?).map_err(map_err("stats"))?;
         let buckets = Array::try_from(take(&mut bpf, "buckets")?).map_err(map_err("buckets"))?;
         let outcomes = PerCpuArray::try_from(take(&mut bpf, "outcomes")?).map_err(map_err("outcomes"))?;
-        let mut fast = Self { bpf, routes, routes6, stats, buckets, outcomes, interfaces: Vec::new() };
-        for name in interfaces {
-            fast.attach(name)?;
+        let owner = Array::try_from(take(&mut bpf, "owner")?).map_err(map_err("owner"))?;
+        let mut fast = Self {
+            bpf,
+            routes,
+            routes6,
+            stats,
+            buckets,
+            outcomes,
+            owner,
+            interfaces: Vec::new(),
+            mode,
+            retired: Vec::new(),
+        };
+        fast.keep_alive()?;
+        for (i, name) in interfaces.iter().enumerate() {
+            // Waiting to tell a live relay from a dead one once is enough.
+            fast.attach_after(name, i == 0)?;
         }
+        // Counted from now: telling may have taken a while.
+        fast.keep_alive()?;
         Ok(fast)
+    }
+
+    /// Renews the program's life for [`LIVENESS`] from now (the drivers
+    /// call it every [`SYNC_EVERY`]; a relay that stops calling it — that
+    /// died — forwards nothing once it lapses).
+    pub fn keep_alive(&mut self) -> Result<(), FastPathError> {
+        let now = driver::monotonic().ok_or_else(|| FastPathError::Load("no CLOCK_MONOTONIC".into()))?;
+        let until = u64::try_from((now + LIVENESS).as_nanos()).unwrap_or(u64::MAX);
+        let owner = Owner { alive_until_ns: until, netns: own_netns(), pid: std::process::id(), pad: 0 };
+        self.owner.set(0, owner, 0).map_err(map_err("owner"))
     }
 
     /// Attaches the loaded program to tc/tcx ingress of interface `name`
     /// as well (an address that arrived there after the start: a takeover
     /// moved the service address to this host). Attached already: nothing.
+    /// Filters an earlier relay left there (it died) are removed first.
     pub fn attach(&mut self, name: &str) -> Result<(), FastPathError> {
+        self.attach_after(name, false)
+    }
+
+    /// [`attach`](Self::attach); with `wait`, first waits to tell whether
+    /// other relays' programs are alive (at load: a relay that just died
+    /// may still look alive for up to [`LIVENESS`]).
+    fn attach_after(&mut self, name: &str, wait: bool) -> Result<(), FastPathError> {
         if self.interfaces.iter().any(|i| i == name) {
             return Ok(());
         }
+        self.retire_stale(name, wait)?;
         // Before 6.6 (no tcx) the clsact qdisc must exist; already there is fine.
         let _ = tc::qdisc_add_clsact(name);
-        Self::program(&mut self.bpf)?
-            .attach(name, TcAttachType::Ingress)
-            .map_err(|e| FastPathError::Attach { interface: name.to_string(), reason: e.to_string() })?;
+        let program = Self::program(&mut self.bpf)?;
+        let attached = match self.mode {
+            AttachMode::Auto => program.attach(name, TcAttachType::Ingress),
+            AttachMode::Netlink => program.attach_with_options(
+                name,
+                TcAttachType::Ingress,
+                tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+            ),
+        };
+        attached.map_err(|e| FastPathError::Attach { interface: name.to_string(), reason: e.to_string() })?;
         self.interfaces.push(name.to_string());
         Ok(())
+    }
+
+    /// Before attaching to `interface`: every other loaded program of ours
+    /// is either renewed by a live relay or lapses within [`LIVENESS`];
+    /// with `wait`, waits that long at most to tell. When none is live,
+    /// the filters of ours on `interface` (a netlink filter outlives its
+    /// relay) are removed; a live relay's are left alone (the lapsed ones
+    /// forward nothing anyway).
+    fn retire_stale(&mut self, interface: &str, wait: bool) -> Result<(), FastPathError> {
+        let own = self.program_id()?;
+        let others = other_owners(own);
+        if others.is_empty() {
+            return Ok(());
+        }
+        let Some(now) = driver::monotonic() else { return Ok(()) };
+        if !wait {
+            let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+            if others.iter().any(|o| o.1 > now_ns) {
+                return Ok(());
+            }
+            return self.detach_ours(interface);
+        }
+        // Long enough for a live owner to renew (it does every SYNC_EVERY).
+        let latest = others.iter().map(|o| o.1).max().unwrap_or(0);
+        let wait_until = Duration::from_nanos(latest).min(now + LIVENESS) + SYNC_EVERY;
+        if let Some(wait) = wait_until.checked_sub(now) {
+            std::thread::sleep(wait); // one observation window, at most LIVENESS + SYNC_EVERY, only when another program exists
+        }
+        let Some(now) = driver::monotonic() else { return Ok(()) };
+        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        let live = other_owners(own).iter().any(|o| o.1 > now_ns);
+        if live {
+            return Ok(());
+        }
+        self.detach_ours(interface)
+    }
+
+    /// Removes every filter of ours on `interface` (netlink `cls_bpf`: tcx
+    /// links end with their process).
+    fn detach_ours(&mut self, interface: &str) -> Result<(), FastPathError> {
+        match tc::qdisc_detach_program(interface, TcAttachType::Ingress, PROGRAM_NAME) {
+            Ok(()) => {
+                tracing::warn!(interface, "removed the kernel fast path filters a relay that died left behind");
+                self.retired.push(interface.to_string());
+                Ok(())
+            }
+            Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FastPathError::Attach { interface: interface.to_string(), reason: e.to_string() }),
+        }
+    }
+
+    /// This process's program id.
+    fn program_id(&mut self) -> Result<u32, FastPathError> {
+        let info = Self::program(&mut self.bpf)?.info().map_err(|e| FastPathError::Load(e.to_string()))?;
+        Ok(info.id())
+    }
+
+    /// Interfaces whose left-over filters this relay removed.
+    pub fn retired(&self) -> &[String] {
+        &self.retired
+    }
+
+    /// Runs the program once on `frame` (an Ethernet frame) with
+    /// `BPF_PROG_TEST_RUN`, on no interface: what it would do with that
+    /// packet given the routes installed now (the differential tests hold it
+    /// to userspace's decisions; counters and buckets are updated as for a
+    /// real packet).
+    pub fn run_on(&mut self, frame: &[u8]) -> Result<FrameVerdict, FastPathError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = vec![0u8; frame.len() + 256];
+        let program = Self::program(&mut self.bpf)?;
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::default() };
+        let r = program.test_run(opts).map_err(|e| FastPathError::Load(format!("test run: {e}")))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(FrameVerdict { action: r.return_value as i32, frame: out })
     }
 
     fn program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier, FastPathError> {
@@ -300,7 +524,7 @@ impl FastPath {
         let values = aya::maps::PerCpuValues::try_from(vec![FwdStats::default(); cpus]).map_err(io)?;
         self.stats.set(r.slot, values, 0).map_err(map_err("stats"))?;
         self.buckets.set(r.slot, FwdBucket::default(), 0).map_err(map_err("buckets"))?;
-        let flags = u16::from(r.next_hop == NextHop::Local);
+        let flags = if r.next_hop == NextHop::Local { FLAG_LOCAL } else { 0 } | r.carries.flags();
         let out_ifindex = match r.next_hop {
             NextHop::Local => 0,
             NextHop::Interface(i) => i,
@@ -364,12 +588,16 @@ impl FastPath {
     pub fn stats(&self, slot: u32) -> Result<RouteStats, FastPathError> {
         let per_cpu = self.stats.get(&slot, 0).map_err(map_err("stats"))?;
         let mut out = RouteStats::default();
-        let mut last = 0;
+        let (mut last, mut last_rtp) = (0, 0);
         for s in per_cpu.iter() {
             out.packets += s.packets;
             out.bytes += s.bytes;
             out.dropped_over_rate += s.dropped_over_rate;
             last = last.max(s.last_ns);
+            if s.last_rtp_ns > last_rtp {
+                last_rtp = s.last_rtp_ns;
+                out.last_rtp = Some((s.last_ssrc, s.last_seq as u16));
+            }
         }
         out.last = (last > 0).then(|| Duration::from_nanos(last));
         Ok(out)
@@ -377,7 +605,7 @@ impl FastPath {
 
     /// What the program did with every packet it saw so far.
     pub fn outcomes(&self) -> Result<Outcomes, FastPathError> {
-        let mut n = [0u64; 8];
+        let mut n = [0u64; 10];
         for (i, slot) in n.iter_mut().enumerate() {
             *slot = self.outcomes.get(&(i as u32), 0).map_err(map_err("outcomes"))?.iter().sum();
         }
@@ -390,6 +618,8 @@ impl FastPath {
             other_source: n[5],
             over_rate: n[6],
             no_next_hop: n[7],
+            bad_header: n[8],
+            not_owned: n[9],
         })
     }
 
@@ -403,3 +633,44 @@ impl FastPath {
         &self.bpf
     }
 }
+
+/// This process's network namespace (the inode of `/proc/self/ns/net`; 0
+/// if unreadable).
+fn own_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
+}
+
+/// Every other loaded program of ours whose relay runs in this network
+/// namespace (the only one that can have attached to its interfaces):
+/// (program id, its owner's `alive_until_ns`; 0 when unreadable).
+fn other_owners(own: u32) -> Vec<(u32, u64)> {
+    let netns = own_netns();
+    let mut out = Vec::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        if info.id() == own || info.name_as_str() != Some(PROGRAM_NAME) {
+            continue;
+        }
+        let owner = info
+            .map_ids()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|id| MapData::from_id(id).ok())
+            .find(|m| m.info().ok().and_then(|i| i.name_as_str().map(|n| n == "owner")).unwrap_or(false))
+            .and_then(|m| Array::<MapData, Owner>::try_from(aya::maps::Map::Array(m)).ok())
+            .and_then(|a| a.get(&0, 0).ok());
+        match owner {
+            // Another namespace's relay: none of our interfaces is its.
+            Some(o) if o.netns != netns => {}
+            Some(o) => out.push((info.id(), o.alive_until_ns)),
+            // Unreadable (an older release's program): it renews nothing.
+            None => out.push((info.id(), 0)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod layout_tests;
