@@ -255,6 +255,7 @@ pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
                 udp_max_in_flight: o.concurrency.max(1) * 2,
                 tcp_max_connections: 4,
                 tcp_idle_timeout: Duration::from_secs(60),
+                tcp_write_timeout: Duration::from_secs(10),
                 max_message_bytes: 256 * 1024,
                 max_cookie_bytes: 128,
             };

@@ -280,7 +280,8 @@ pub fn run(opts: &TunnelOptions) -> Result<TunnelReport, String> {
         let control_addr = l.local_addr().map_err(e)?;
         let c = control.clone();
         tokio::spawn(async move { c.serve(l, std::future::pending()).await });
-        let router = SniRouter::new([], &["{tenant}.relay.test".to_string()], None).map_err(|e| e.to_string())?;
+        let router = SniRouter::new([], &["{tenant}.relay.test".to_string()], ["acme".to_string()], None)
+            .map_err(|e| e.to_string())?;
         let t = TunnelServer::new(tunnel_config, router, control);
         let data = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
         let tls_l = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;

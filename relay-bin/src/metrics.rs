@@ -344,6 +344,7 @@ fn ng_metrics(o: &mut String, s: &NgStatsSnapshot, t: &crate::ng::NgTransportSta
         ("tcp_connections", &t.refused_connections),
         ("tcp_idle", &t.idle_closed),
         ("bad_stream", &t.bad_streams),
+        ("tcp_write_timeout", &t.write_timeouts),
     ] {
         let _ = writeln!(o, "ucmrc_ng_transport_refused_total{{reason=\"{reason}\"}} {}", n.load(Ordering::Relaxed));
     }

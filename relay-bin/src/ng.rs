@@ -33,6 +33,10 @@ pub struct NgTransport {
     pub tcp_max_connections: usize,
     /// A TCP connection silent this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// A TCP reply not taken by the client within this long closes the
+    /// connection (a client that sends and never reads must not hold a
+    /// connection slot).
+    pub tcp_write_timeout: Duration,
     /// Largest message, bytes.
     pub max_message_bytes: usize,
     /// Longest cookie, bytes.
@@ -52,6 +56,9 @@ pub struct NgTransportStats {
     pub idle_closed: AtomicU64,
     /// TCP connections closed for a stream that is not ng messages.
     pub bad_streams: AtomicU64,
+    /// TCP connections closed because the client did not read a reply in
+    /// time.
+    pub write_timeouts: AtomicU64,
 }
 
 impl NgTransport {
@@ -213,8 +220,13 @@ async fn serve_tcp(
                 Ok(Some(range)) => {
                     let reply = handle(&engine, serving, &buf[range.clone()]).await;
                     buf.drain(..range.end);
-                    if stream.write_all(&reply).await.is_err() {
-                        return;
+                    match tokio::time::timeout(t.tcp_write_timeout, stream.write_all(&reply)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -229,7 +241,8 @@ async fn serve_tcp(
                         ("result", relay_core::ng::bencode::Value::str("error")),
                         ("error-reason", relay_core::ng::bencode::Value::str(reason)),
                     ]);
-                    let _ = stream.write_all(&[b"? ".as_slice(), &reply.encode()].concat()).await;
+                    let bytes = [b"? ".as_slice(), &reply.encode()].concat();
+                    let _ = tokio::time::timeout(t.tcp_write_timeout, stream.write_all(&bytes)).await;
                     return;
                 }
             }

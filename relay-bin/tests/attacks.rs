@@ -483,6 +483,54 @@ fn ng_requests_cannot_exhaust_ports_memory_or_connections() {
     }
 }
 
+/// Clients in `allow_from` that pipeline requests over TCP and never read
+/// the replies: each write waits at most `tcp_write_timeout_secs`, then the
+/// connection is closed and its slot freed (before, 4 such connections held
+/// all 4 slots until the relay restarted).
+#[test]
+fn ng_tcp_clients_that_never_read_lose_their_connection_not_the_service() {
+    let r = start(Some(&cfg("", "tcp_max_connections = 4\ntcp_write_timeout_secs = 1", "")));
+    let (_, ng_tcp) = r.ng.expect("ng");
+    let cookie = "c".repeat(120);
+    let pings: Vec<u8> = (0..100_000).flat_map(|_| format!("{cookie} d7:command4:pinge").into_bytes()).collect();
+    let stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let s = TcpStream::connect(ng_tcp).expect("connect");
+            // A small receive window: the relay's replies back up at once.
+            let size: libc::c_int = 4096;
+            // SAFETY (test harness): a valid socket and an int option.
+            #[allow(unsafe_code)]
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+            let mut w = s.try_clone().expect("clone");
+            let p = pings.clone();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&p); // until the relay closes it
+            });
+            s
+        })
+        .collect();
+    // The stalled writers are cut off; a well-behaved client gets answers.
+    wait_for("the relay to close the stalled connections", || {
+        scrape(&r)["ucmrc_ng_transport_refused_total{reason=\"tcp_write_timeout\"}"] >= 4.0
+    });
+    let mut fresh = TcpStream::connect(ng_tcp).expect("connect");
+    fresh.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    fresh.write_all(b"p1 d7:command4:pinge").expect("send");
+    let mut buf = [0u8; 128];
+    let n = fresh.read(&mut buf).expect("an answer");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("pong"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    drop(stalled);
+}
+
 #[test]
 fn ng_answers_only_its_allowed_networks_and_a_public_listen_needs_a_list() {
     let r = start(Some(&cfg("", "allow_from = [\"127.0.0.2/32\"]", "")));

@@ -37,6 +37,7 @@ async fn tunnels(config: TunnelConfig) -> Tunnels {
     let router = SniRouter::new(
         [("pbx.globex.example".to_string(), "globex".to_string())],
         &["{tenant}.relay.test".to_string()],
+        ["acme".to_string(), "globex".to_string()],
         None,
     )
     .expect("router");
@@ -485,8 +486,10 @@ async fn strangers_filling_the_hello_caps_cannot_lock_out_an_endpoint_already_se
     let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
     let (pbx_addr, _seen) = pooled_pbx(hello.clone()).await;
     let connector = t.connector(pbx_addr, true).await;
-    // A phone's tunnel is routed once: its address is known from then on.
+    // A phone's tunnel carried its PBX's answer: its address is known from
+    // then on.
     drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
+    t.until("the phone's tunnel ended", |s| s.active == 0 && s.opened == 1).await;
     // A handful of strangers hold every place they may take with silent connections.
     let mut silent = Vec::new();
     for ip in 20..24u8 {
@@ -496,6 +499,53 @@ async fn strangers_filling_the_hello_caps_cannot_lock_out_an_endpoint_already_se
     }
     t.until("strangers stopped at their share", |s| s.rejected(Rejection::TotalCap) == 2).await;
     // The phone comes back (a re-registration): the reserved places are its.
+    drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
+    drop(silent);
+    connector.stop().await;
+}
+
+/// A hello anyone can send earns no place in the share kept for known
+/// endpoints: strangers each send one hello routed by a pattern (to a
+/// tenant without a connector, and to one that does not exist), then fill
+/// every place they may take; the phone whose tunnel carried its PBX's
+/// answer still connects. (Before, one routed hello made a stranger known:
+/// they held all 8 places and the phone was refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_with_one_routed_hello_each_do_not_earn_the_reserve() {
+    let t = tunnels(TunnelConfig {
+        max_pending: 8,
+        max_pending_per_ip: 2,
+        hello_timeout: Duration::from_secs(30),
+        pool_size: 0,
+        ..TunnelConfig::default()
+    })
+    .await;
+    let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
+    let (pbx_addr, _seen) = pooled_pbx(hello.clone()).await;
+    let connector = t.connector(pbx_addr, true).await;
+    drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
+    t.until("the phone's tunnel ended", |s| s.active == 0 && s.opened == 1).await;
+    let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02];
+    for ip in 30..38u8 {
+        for name in ["globex.relay.test", "ghost.relay.test"] {
+            let mut s = connect_from([127, 0, 0, ip], t.sip).await;
+            s.write_all(&build_client_hello(Some(name), 0, 16384)).await.expect("hello");
+            let mut out = Vec::new();
+            tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.expect("closed").ok();
+            assert!(out.starts_with(&alert), "{name} refused with an alert: {out:?}");
+        }
+    }
+    let s = t.tunnels.stats();
+    assert_eq!((s.rejected(Rejection::NoConnector), s.rejected(Rejection::UnknownSni)), (8, 8));
+    // The strangers fill every place open to them: 6 of 8.
+    let mut silent = Vec::new();
+    for ip in 30..38u8 {
+        for _ in 0..2 {
+            silent.push(connect_from([127, 0, 0, ip], t.sip).await);
+        }
+    }
+    t.until("strangers stopped at their share", |s| s.rejected(Rejection::TotalCap) == 10).await;
+    // The phone still gets in, and its PBX answers.
     drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
     drop(silent);
     connector.stop().await;

@@ -35,6 +35,9 @@ pub struct NgSection {
     pub tcp_max_connections: usize,
     /// Close a TCP connection silent this long, seconds.
     pub tcp_idle_timeout_secs: u64,
+    /// Close a TCP connection whose client has not taken a reply within
+    /// this long, seconds.
+    pub tcp_write_timeout_secs: u64,
     /// Forget a call with no live session after this long, seconds.
     pub orphan_call_ttl_secs: u64,
     /// How long a deleted call's media keeps flowing when `delete` gives
@@ -58,6 +61,7 @@ impl Default for NgSection {
             udp_max_in_flight: 256,
             tcp_max_connections: 64,
             tcp_idle_timeout_secs: 300,
+            tcp_write_timeout_secs: 10,
             orphan_call_ttl_secs: l.orphan_call_ttl.as_secs(),
             delete_delay_secs: relay_core::ng::NgConfig::default().delete_delay.as_secs(),
         }
@@ -110,6 +114,9 @@ pub(super) fn ng_settings(n: &NgSection, redact: bool) -> Result<NgSettings, (&'
     if !(1..=86_400).contains(&n.tcp_idle_timeout_secs) {
         return Err(("ng.tcp_idle_timeout_secs", "must be 1 to 86400".into()));
     }
+    if !(1..=3600).contains(&n.tcp_write_timeout_secs) {
+        return Err(("ng.tcp_write_timeout_secs", "must be 1 to 3600".into()));
+    }
     if !(1..=86_400).contains(&n.orphan_call_ttl_secs) {
         return Err(("ng.orphan_call_ttl_secs", "must be 1 to 86400".into()));
     }
@@ -132,6 +139,7 @@ pub(super) fn ng_settings(n: &NgSection, redact: bool) -> Result<NgSettings, (&'
             udp_max_in_flight: n.udp_max_in_flight,
             tcp_max_connections: n.tcp_max_connections,
             tcp_idle_timeout: Duration::from_secs(n.tcp_idle_timeout_secs),
+            tcp_write_timeout: Duration::from_secs(n.tcp_write_timeout_secs),
             max_message_bytes: limits.max_message_bytes,
             max_cookie_bytes: limits.max_cookie_bytes,
         },

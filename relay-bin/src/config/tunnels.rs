@@ -105,6 +105,7 @@ pub(super) fn tunnel_settings(t: &TunnelsSection, file: &FileConfig) -> Result<T
     let router = SniRouter::new(
         t.names.iter().map(|(n, tenant)| (n.clone(), tenant.clone())),
         &t.domain_patterns,
+        file.tenants.keys().cloned(),
         (!t.default_tenant.is_empty()).then(|| t.default_tenant.clone()),
     )
     .map_err(|e| bad("domain_patterns", e.0))?;

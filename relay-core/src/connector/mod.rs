@@ -758,7 +758,7 @@ async fn send_proxy_header(
 async fn pump_joined(pbx: TcpStream, data: TcpStream, status: &watch::Sender<ConnectorStatus>) {
     status.send_modify(|s| s.streams_opened += 1);
     let counters = crate::io::splice::PumpCounters::default();
-    let _ = crate::io::splice::pump(pbx, data, crate::io::splice::PumpMode::Splice, STREAM_IDLE, &counters).await;
+    let _ = crate::io::splice::pump(pbx, data, crate::io::splice::PumpMode::Splice, STREAM_IDLE, &[&counters]).await;
 }
 
 /// A standby stream: attach to the relay now, wait for its `bind`, then

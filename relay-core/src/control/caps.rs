@@ -7,9 +7,12 @@
 //! Sources are counted by [`source_prefix`]: an IPv4 address or an IPv6
 //! /64, so a host with a /64 cannot open 2⁶⁴ × `per_source` connections.
 //! A share of `total` ([`RESERVED_PERCENT`]) is kept for *known* sources —
-//! ones that proved themselves recently (a connector that logged in, an
-//! endpoint whose hello was routed): a handful of strangers filling the
-//! caps cannot lock the relay's real users out.
+//! ones that proved themselves recently by something a stranger cannot
+//! produce cheaply (a connector that logged in, an endpoint whose tunnel
+//! carried its PBX's answer): a handful of strangers filling the caps
+//! cannot lock the relay's real users out. The reserve has a per-source
+//! share of its own ([`RESERVE_SOURCE_SHARE_PERCENT`]), so one known source
+//! cannot take all of it either.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,6 +23,10 @@ use crate::peer::source_prefix;
 
 /// Share of a total cap only known sources may use, percent.
 pub const RESERVED_PERCENT: usize = 25;
+
+/// Share of the reserve one known source may hold, percent (at least one
+/// place).
+pub const RESERVE_SOURCE_SHARE_PERCENT: usize = 25;
 
 /// Why a connection was refused at accept time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +51,8 @@ impl CapRejection {
 struct Counts {
     total: usize,
     per_source: HashMap<IpAddr, usize>,
+    /// Reserved places held, per source.
+    reserved_by_source: HashMap<IpAddr, usize>,
 }
 
 /// Counts pending connections; cheap to clone.
@@ -52,6 +61,7 @@ pub struct ConnCaps {
     per_source: usize,
     total: usize,
     reserved: usize,
+    reserved_per_source: usize,
     counts: Arc<Mutex<Counts>>,
 }
 
@@ -59,6 +69,8 @@ pub struct ConnCaps {
 #[derive(Debug)]
 pub struct CapGuard {
     source: IpAddr,
+    /// It holds a place of the reserve.
+    reserved: bool,
     counts: Arc<Mutex<Counts>>,
 }
 
@@ -66,7 +78,9 @@ impl ConnCaps {
     /// Caps of `per_source` per source and `total` overall, of which
     /// [`RESERVED_PERCENT`] is kept for known sources.
     pub fn new(per_source: usize, total: usize) -> Self {
-        Self { per_source, total, reserved: total * RESERVED_PERCENT / 100, counts: Arc::default() }
+        let reserved = total * RESERVED_PERCENT / 100;
+        let reserved_per_source = (reserved * RESERVE_SOURCE_SHARE_PERCENT / 100).max(1);
+        Self { per_source, total, reserved, reserved_per_source, counts: Arc::default() }
     }
 
     /// Takes a place for a connection from `ip` (`known`: a source that
@@ -75,8 +89,14 @@ impl ConnCaps {
     pub fn try_acquire(&self, ip: IpAddr, known: bool) -> Result<CapGuard, CapRejection> {
         let source = source_prefix(ip);
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let limit = if known { self.total } else { self.total - self.reserved };
-        if c.total >= limit {
+        // Beyond the unreserved part, only known sources, each up to its
+        // share of the reserve.
+        let reserved = c.total >= self.total - self.reserved;
+        if reserved
+            && (!known
+                || c.total >= self.total
+                || c.reserved_by_source.get(&source).is_some_and(|n| *n >= self.reserved_per_source))
+        {
             return Err(CapRejection::Total);
         }
         let n = c.per_source.entry(source).or_default();
@@ -85,7 +105,10 @@ impl ConnCaps {
         }
         *n += 1;
         c.total += 1;
-        Ok(CapGuard { source, counts: self.counts.clone() })
+        if reserved {
+            *c.reserved_by_source.entry(source).or_default() += 1;
+        }
+        Ok(CapGuard { source, reserved, counts: self.counts.clone() })
     }
 
     /// Connections pending now.
@@ -97,12 +120,19 @@ impl ConnCaps {
 impl Drop for CapGuard {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let c = &mut *c;
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_source.remove(&self.source);
+        let release = |counts: &mut HashMap<IpAddr, usize>| {
+            if let Some(n) = counts.get_mut(&self.source) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&self.source);
+                }
             }
+        };
+        release(&mut c.per_source);
+        if self.reserved {
+            release(&mut c.reserved_by_source);
         }
     }
 }
@@ -168,6 +198,24 @@ mod tests {
         assert_eq!(caps.pending(), 3);
         assert_eq!(caps.try_acquire(b, false).expect_err("still at the strangers' share"), CapRejection::Total);
         let _g5 = caps.try_acquire(b, true).expect("freed place");
+    }
+
+    #[test]
+    fn one_known_source_holds_at_most_its_share_of_the_reserve() {
+        let caps = ConnCaps::new(4, 16); // 4 reserved, 1 per known source
+        let mut held: Vec<CapGuard> = (1..=3u8)
+            .flat_map(|n| (0..4).map(move |_| ip(&format!("192.0.2.{n}"))))
+            .map(|a| caps.try_acquire(a, false).expect("unreserved"))
+            .collect();
+        assert_eq!(caps.try_acquire(ip("192.0.2.9"), false).expect_err("strangers"), CapRejection::Total);
+        let (a, b) = (ip("198.51.100.1"), ip("198.51.100.2"));
+        held.push(caps.try_acquire(a, true).expect("a's share of the reserve"));
+        assert_eq!(caps.try_acquire(a, true).expect_err("a's share is one"), CapRejection::Total);
+        held.push(caps.try_acquire(b, true).expect("b's share"));
+        // Freed reserved places are the source's again.
+        held.pop();
+        held.push(caps.try_acquire(b, true).expect("b again"));
+        assert_eq!(caps.pending(), 14);
     }
 
     #[test]

@@ -106,7 +106,7 @@ async fn splice_one_way(
     src: &TcpStream,
     dst: &TcpStream,
     pipe: Pipe,
-    moved: &AtomicU64,
+    moved: &[&AtomicU64],
     epoch: Instant,
     last: &AtomicU64,
 ) -> io::Result<()> {
@@ -126,7 +126,7 @@ async fn splice_one_way(
         // EAGAIN here means the destination's send buffer is full.
         let n = dst.async_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), in_pipe)).await?;
         in_pipe -= n;
-        moved.fetch_add(n as u64, Ordering::Relaxed);
+        add(moved, n);
         stamp(epoch, last);
     }
 }
@@ -134,7 +134,7 @@ async fn splice_one_way(
 async fn copy_one_way(
     src: &TcpStream,
     dst: &TcpStream,
-    moved: &AtomicU64,
+    moved: &[&AtomicU64],
     epoch: Instant,
     last: &AtomicU64,
 ) -> io::Result<()> {
@@ -150,7 +150,14 @@ async fn copy_one_way(
             sent += dst.async_io(Interest::WRITABLE, || dst.try_write(&buf[sent..n])).await?;
             stamp(epoch, last);
         }
-        moved.fetch_add(n as u64, Ordering::Relaxed);
+        add(moved, n);
+    }
+}
+
+/// Counts `n` bytes moved on every counter of one direction.
+fn add(moved: &[&AtomicU64], n: usize) {
+    for m in moved {
+        m.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -167,9 +174,12 @@ fn shutdown_write(s: &TcpStream) -> io::Result<()> {
 }
 
 /// Relays bytes between `a` and `b` until both directions are closed, an
-/// error occurs, or nothing moves for `idle`. Returns how it ended;
-/// `counters` shows the bytes moved so far at any time.
-pub async fn pump(a: TcpStream, b: TcpStream, mode: PumpMode, idle: Duration, counters: &PumpCounters) -> PumpEnd {
+/// error occurs, or nothing moves for `idle`. Returns how it ended; every
+/// one of `counters` (say the listener's totals and this connection's own)
+/// shows the bytes moved so far at any time.
+pub async fn pump(a: TcpStream, b: TcpStream, mode: PumpMode, idle: Duration, counters: &[&PumpCounters]) -> PumpEnd {
+    let a_to_b: Vec<&AtomicU64> = counters.iter().map(|c| &c.a_to_b).collect();
+    let b_to_a: Vec<&AtomicU64> = counters.iter().map(|c| &c.b_to_a).collect();
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let pipes = match mode {
@@ -180,14 +190,13 @@ pub async fn pump(a: TcpStream, b: TcpStream, mode: PumpMode, idle: Duration, co
         let (r1, r2) = match pipes {
             Some((p, q)) => {
                 tokio::join!(
-                    splice_one_way(&a, &b, p, &counters.a_to_b, epoch, &last),
-                    splice_one_way(&b, &a, q, &counters.b_to_a, epoch, &last)
+                    splice_one_way(&a, &b, p, &a_to_b, epoch, &last),
+                    splice_one_way(&b, &a, q, &b_to_a, epoch, &last)
                 )
             }
-            None => tokio::join!(
-                copy_one_way(&a, &b, &counters.a_to_b, epoch, &last),
-                copy_one_way(&b, &a, &counters.b_to_a, epoch, &last)
-            ),
+            None => {
+                tokio::join!(copy_one_way(&a, &b, &a_to_b, epoch, &last), copy_one_way(&b, &a, &b_to_a, epoch, &last))
+            }
         };
         if r1.is_ok() && r2.is_ok() {
             PumpEnd::Closed
@@ -231,7 +240,7 @@ mod tests {
         let (relay_b, mut server) = pair().await;
         let counters = std::sync::Arc::new(PumpCounters::default());
         let c2 = counters.clone();
-        let pump = tokio::spawn(async move { pump(relay_a, relay_b, mode, Duration::from_secs(30), &c2).await });
+        let pump = tokio::spawn(async move { pump(relay_a, relay_b, mode, Duration::from_secs(30), &[&c2]).await });
         let up: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let down: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 + 5) as u8).collect();
         let (up2, down2) = (up.clone(), down.clone());
@@ -279,7 +288,7 @@ mod tests {
         let (_client, relay_a) = pair().await;
         let (relay_b, _server) = pair().await;
         let counters = PumpCounters::default();
-        let end = pump(relay_a, relay_b, PumpMode::Splice, Duration::from_secs(300), &counters).await;
+        let end = pump(relay_a, relay_b, PumpMode::Splice, Duration::from_secs(300), &[&counters]).await;
         assert_eq!(end, PumpEnd::Idle);
     }
 }

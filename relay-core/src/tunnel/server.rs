@@ -261,8 +261,8 @@ struct Inner {
     waiters: Mutex<HashMap<u64, Waiter>>,
     pools: Mutex<HashMap<String, Pool>>,
     tenant_active: Mutex<HashMap<String, TenantTunnels>>,
-    /// Endpoints whose hello was routed recently: they may use the reserved
-    /// share of the hello caps.
+    /// Endpoints whose tunnel carried the PBX's answer recently: they may
+    /// use the reserved share of the hello caps.
     known_endpoints: KnownSources,
     tenant_limits: RwLock<HashMap<String, usize>>,
     counters: Counters,
@@ -579,16 +579,15 @@ impl Inner {
             Ok(t) => t,
             Err(r) => {
                 self.reject(r.into());
-                let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
+                let _ = write_bounded(&mut tcp, &ALERT_UNRECOGNIZED_NAME, self.config.hello_timeout).await;
                 return;
             }
         };
-        self.known_endpoints.remember(Instant::now(), peer.ip());
         let _slot = match self.take_tenant_slot(&tenant, peer.ip()) {
             Ok(slot) => slot,
             Err(reason) => {
                 self.reject(reason);
-                let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+                let _ = write_bounded(&mut tcp, &ALERT_INTERNAL_ERROR, self.config.hello_timeout).await;
                 return;
             }
         };
@@ -598,7 +597,7 @@ impl Inner {
             Ok(epoch) => epoch,
             Err(e) => {
                 self.reject(e.into());
-                let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+                let _ = write_bounded(&mut tcp, &ALERT_INTERNAL_ERROR, self.config.hello_timeout).await;
                 return;
             }
         };
@@ -612,7 +611,7 @@ impl Inner {
         };
         self.refill_standby(&tenant);
         let Some(data) = data else {
-            let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+            let _ = write_bounded(&mut tcp, &ALERT_INTERNAL_ERROR, self.config.hello_timeout).await;
             return;
         };
         self.run_tunnel(tcp, data, &hello, &tenant, peer).await;
@@ -648,7 +647,7 @@ impl Inner {
                 continue;
             }
             // A standby whose connector went away fails here: try the next.
-            if data.write_all(&bind).await.is_ok() {
+            if write_bounded(&mut data, &bind, self.config.hello_timeout).await {
                 return Some(data);
             }
         }
@@ -739,7 +738,7 @@ impl Inner {
 
     async fn run_tunnel(&self, client: TcpStream, mut data: TcpStream, hello: &[u8], tenant: &str, peer: SocketAddr) {
         let _ = data.set_nodelay(true);
-        if data.write_all(hello).await.is_err() {
+        if !write_bounded(&mut data, hello, self.config.hello_timeout).await {
             self.counters.ended[2].fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -747,7 +746,14 @@ impl Inner {
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         self.counters.active.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(tenant, peer = %self.shown(peer), "tunnel: open");
-        let end = pump(client, data, self.config.pump, self.config.idle_timeout, &self.counters.bytes).await;
+        let this = PumpCounters::default();
+        let end = pump(client, data, self.config.pump, self.config.idle_timeout, &[&self.counters.bytes, &this]).await;
+        // The PBX answered through it: the endpoint has earned a place in
+        // the share kept for known sources (a hello alone, which anyone can
+        // send, earns nothing).
+        if this.b_to_a.load(Ordering::Relaxed) > 0 {
+            self.known_endpoints.remember(Instant::now(), peer.ip());
+        }
         self.counters.active.fetch_sub(1, Ordering::Relaxed);
         let i = match end {
             PumpEnd::Closed => 0,
@@ -796,4 +802,10 @@ impl Inner {
 fn closed(s: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
     !matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Writes `bytes` within `timeout`; `false` if it failed or the peer did
+/// not take them in time (a peer that never reads must not hold a task).
+async fn write_bounded(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> bool {
+    matches!(tokio::time::timeout(timeout, stream.write_all(bytes)).await, Ok(Ok(())))
 }
