@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs Schemathesis (from PyPI, in a venv under target/) against live relays
-# built from this tree: once with a bearer token, once tokenless on loopback.
-# Every check is on; the seed and the number of examples are fixed, so a run
-# is reproducible and bounded. Called by scripts/test.sh.
+# built from this tree: with a bearer token under two seeds — a fixed one and
+# one chosen at random for this run (printed: ST_SEED=... replays it) — and
+# tokenless on loopback under another fixed seed. Every check is on; the
+# number of examples is bounded. Called by scripts/test.sh.
 #   ST_EXAMPLES=500 scripts/schemathesis.sh     # a longer run
+#   ST_SEED=123456 scripts/schemathesis.sh      # replay a random seed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version="4.32.5"
@@ -66,14 +68,17 @@ TOML
 relay_config 20000 24999 "token_sha256 = \"$hash\"" >"$work/token.toml"
 relay_config 25000 29999 >"$work/tokenless.toml"
 
+random_seed="${ST_SEED:-$(( (RANDOM << 15) | RANDOM ))}"
 run() {
-  local label="$1" addr="$2"; shift 2
-  echo "schemathesis: $label relay at $addr ($examples examples per operation, every check)"
+  local label="$1" addr="$2" seed="$3"; shift 3
+  echo "schemathesis: $label relay at $addr, seed $seed ($examples examples per operation, every check)"
   (cd "$work" && "$OLDPWD/$venv/bin/st" run "http://$addr/v1/openapi.json" --checks all \
-      --max-examples "$examples" --seed 20261130 --no-color "$@")
+      --max-examples "$examples" --seed "$seed" --no-color "$@") ||
+    { echo "schemathesis: failed with seed $seed (replay: ST_SEED=$seed scripts/schemathesis.sh)" >&2; return 1; }
 }
 start_relay "$work/token.toml"
-run token "$addr" -H "Authorization: Bearer $token"
+run token "$addr" 20261130 -H "Authorization: Bearer $token"
+run token "$addr" "$random_seed" -H "Authorization: Bearer $token"
 start_relay "$work/tokenless.toml"
-run tokenless "$addr"
-echo "schemathesis: both runs passed"
+run tokenless "$addr" 20261206
+echo "schemathesis: every run passed (seeds 20261130, $random_seed, 20261206)"

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use relay_core::api::{AllocationReply, FieldError, SessionRequest, UpdateRequest};
+use relay_core::api::{AllocationReply, FieldError, Object, SessionRequest, UpdateRequest};
 use relay_core::codes::ErrorCode;
 use relay_core::control::server::ControlServer;
 use relay_core::session::SpecErrorKind;
@@ -412,9 +412,9 @@ fn parse_id(id: &str) -> Result<SessionId, ApiError> {
 
 async fn create_session(
     State(st): State<Arc<AdminState>>,
-    body: Result<Json<SessionRequest>, JsonRejection>,
+    body: Result<Json<Object<SessionRequest>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(body_error)?;
+    let Json(Object(body)) = body.map_err(body_error)?;
     let tenant = body.tenant.clone().ok_or_else(|| ApiError::bad(ErrorCode::InvalidField, "tenant: required"))?;
     let spec = body.to_spec(&tenant)?;
     let a = st.handle.allocate_committed(spec).await?;
@@ -425,10 +425,10 @@ async fn create_session(
 async fn update_session(
     State(st): State<Arc<AdminState>>,
     Path(id): Path<String>,
-    body: Result<Json<UpdateRequest>, JsonRejection>,
+    body: Result<Json<Object<UpdateRequest>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let Json(body) = body.map_err(body_error)?;
+    let Json(Object(body)) = body.map_err(body_error)?;
     st.handle.update_committed(id, body.to_update()?).await.map_err(|e| match &e {
         // The rule depends on what the session already holds: a conflict with its state.
         RelayError::InvalidSpec(s) if s.kind == SpecErrorKind::MissingCredentials => {

@@ -38,6 +38,45 @@ impl FieldError {
     }
 }
 
+/// An optional field of a request takes a value or is left out; `null` is
+/// refused like any other wrong type (the OpenAPI document allows no
+/// `null`: what the document refuses, the parser refuses).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Deserializes `T` from a JSON object only: serde's derive also takes an
+/// array of the fields in their order, which the document never allows.
+pub fn object<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    struct OnlyMaps<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OnlyMaps<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(OnlyMaps(std::marker::PhantomData))
+}
+
+/// [`object`] for an optional field ([`present`]: `null` refused).
+fn present_object<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    object(d).map(Some)
+}
+
+/// A request body that must be a JSON object (see [`object`]), for the
+/// top level of the admin API's bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        object(d).map(Object)
+    }
+}
+
 /// SRTP authentication keys of one leg, hex (never the master key).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +86,7 @@ pub struct SrtpAuthKeys {
     /// SRTCP authentication key, 40 hex digits.
     pub rtcp_key: String,
     /// SRTP tag length: 80 (default) or 32.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub tag_bits: Option<u16>,
 }
 
@@ -133,19 +172,19 @@ pub struct LegRequest {
     /// One port for RTP and RTCP (default true).
     pub rtcp_mux: bool,
     /// Where the remote says it is: `IP:port` or `IP`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
     /// SRTP authentication keys of what this leg's remote sends.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present_object", skip_serializing_if = "Option::is_none")]
     pub srtp_auth: Option<SrtpAuthKeys>,
     /// ICE password that verifies STUN from this leg's remote.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub stun_password: Option<String>,
     /// Packet-rate limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub max_pps: Option<u32>,
     /// Byte-rate limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub max_bytes_per_sec: Option<u64>,
     /// Latch nothing until a hint arrives (by an update): the remote's
     /// address is not known from signalling yet.
@@ -216,34 +255,34 @@ impl LegRequest {
 pub struct SessionRequest {
     /// Tenant. Required on the admin API; on a control channel the channel's
     /// tenant is implied and any other value is refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// The PBX leg.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub pbx: LegRequest,
     /// The endpoint leg.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub endpoint: LegRequest,
     /// `window`, `authenticated` or `open`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub latch: Option<String>,
     /// `latch` or `all`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub verify: Option<String>,
     /// Learning window, milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub learning_window_ms: Option<u64>,
     /// Idle timeout, seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
     /// Maximum duration, seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub max_duration_secs: Option<u64>,
     /// Collect RTP quality figures.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub quality: Option<bool>,
     /// RTP clock rate (Hz) for jitter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub clock_rate: Option<u32>,
 }
 
@@ -305,19 +344,19 @@ impl SessionRequest {
 #[serde(deny_unknown_fields, default)]
 pub struct LegUpdateRequest {
     /// New hint.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
     /// New SRTP authentication keys (re-INVITE, DTLS keying).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present_object", skip_serializing_if = "Option::is_none")]
     pub srtp_auth: Option<SrtpAuthKeys>,
     /// New STUN password.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub stun_password: Option<String>,
     /// New packet-rate limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub max_pps: Option<u32>,
     /// New byte-rate limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub max_bytes_per_sec: Option<u64>,
 }
 
@@ -326,14 +365,16 @@ pub struct LegUpdateRequest {
 #[serde(deny_unknown_fields, default)]
 pub struct UpdateRequest {
     /// PBX-leg changes.
+    #[serde(deserialize_with = "object")]
     pub pbx: LegUpdateRequest,
     /// Endpoint-leg changes.
+    #[serde(deserialize_with = "object")]
     pub endpoint: LegUpdateRequest,
     /// New latching policy.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub latch: Option<String>,
     /// New verification option.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub verify: Option<String>,
 }
 
