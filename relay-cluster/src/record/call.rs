@@ -169,16 +169,17 @@ impl Codec {
 
     /// Opens the call record stored under `call_id` (base64).
     pub fn decode_call(&self, record: &[u8], call_id: &str) -> Result<DecodedCall, RecordError> {
-        if Codec::is_v1_call(record) {
-            return self.decode_v1_call(record, call_id);
-        }
-        let (meta, body) = self.open(record, Kind::Call, Some(call_id))?;
+        let (meta, body) = match self.open(record, Kind::Call, Some(call_id)) {
+            Err(RecordError::Malformed(_)) if Codec::is_v1_call(record) => return self.decode_v1_call(record, call_id),
+            opened => opened?,
+        };
         let stored: StoredCall = serde_json::from_slice(&body).map_err(|e| RecordError::Malformed(e.to_string()))?;
         Ok(DecodedCall { state: stored.into_state(meta.id), tenant: meta.tenant, version: meta.version })
     }
 
     /// Whether `record` is a format 1 call (the engine's plain JSON: no
-    /// envelope, a `call_id` field).
+    /// envelope, a `call_id` field). Asked only of a record no envelope
+    /// could be read from.
     fn is_v1_call(record: &[u8]) -> bool {
         #[derive(Deserialize)]
         struct Head {

@@ -233,7 +233,9 @@ impl Codec {
         Ok((meta, body))
     }
 
-    /// Whether `record` is a format 1 record (no `compat`, `v: 1`).
+    /// Whether `record` is a format 1 record (no `compat`, `v: 1`). Asked
+    /// only of a record no envelope could be read from (within the size
+    /// bound): a current record is parsed once.
     fn is_v1(record: &[u8]) -> bool {
         #[derive(Deserialize)]
         struct Head {

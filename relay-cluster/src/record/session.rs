@@ -15,72 +15,78 @@ use serde::{Deserialize, Serialize};
 
 use super::{v1, Codec, Ignored, Kind, Meta, RecordError, Version};
 
+/// A leg's counters as stored.
 #[derive(Serialize, Deserialize)]
-struct Stats {
-    packets_received: u64,
-    bytes_received: u64,
-    rtcp_packets_received: u64,
-    rtcp_bytes_received: u64,
-    packets_forwarded: u64,
-    bytes_forwarded: u64,
-    latches: u64,
-    relatches: u64,
+pub(super) struct Stats {
+    pub(super) packets_received: u64,
+    pub(super) bytes_received: u64,
+    pub(super) rtcp_packets_received: u64,
+    pub(super) rtcp_bytes_received: u64,
+    pub(super) packets_forwarded: u64,
+    pub(super) bytes_forwarded: u64,
+    pub(super) latches: u64,
+    pub(super) relatches: u64,
     /// Drop counts by reason name (only the non-zero ones).
-    drops: BTreeMap<String, u64>,
+    pub(super) drops: BTreeMap<String, u64>,
 }
 
+/// Replay memory of one SSRC as stored.
 #[derive(Serialize, Deserialize)]
-struct Replay {
-    ssrc: u32,
-    srtp_highest: Option<u64>,
-    srtcp_highest: Option<u32>,
+pub(super) struct Replay {
+    pub(super) ssrc: u32,
+    pub(super) srtp_highest: Option<u64>,
+    pub(super) srtcp_highest: Option<u32>,
 }
 
+/// A leg's SRTP authentication keys as stored.
 #[derive(Serialize, Deserialize)]
-struct Srtp {
+pub(super) struct Srtp {
     /// Authentication keys, hex.
-    rtp_key: String,
-    rtcp_key: String,
+    pub(super) rtp_key: String,
+    pub(super) rtcp_key: String,
     /// Tag lengths in bits (80 or 32).
-    rtp_tag_bits: u8,
-    rtcp_tag_bits: u8,
+    pub(super) rtp_tag_bits: u8,
+    pub(super) rtcp_tag_bits: u8,
 }
 
+/// One leg as stored (format 1 legs are translated to it).
 #[derive(Serialize, Deserialize)]
-struct Leg {
-    addr: u16,
-    rtp: u16,
-    rtcp: Option<u16>,
-    hint: Option<SocketAddr>,
-    remote_rtp: Option<SocketAddr>,
-    remote_rtcp: Option<SocketAddr>,
-    max_pps: Option<u32>,
-    max_bytes_per_sec: Option<u64>,
-    await_hint: bool,
-    remote_mux: bool,
-    rtcp_hint_port: Option<u16>,
-    blocked: bool,
-    last_ssrc: Option<u32>,
-    replay: Vec<Replay>,
-    stats: Stats,
-    srtp: Option<Srtp>,
+pub(super) struct Leg {
+    pub(super) addr: u16,
+    pub(super) rtp: u16,
+    pub(super) rtcp: Option<u16>,
+    pub(super) hint: Option<SocketAddr>,
+    pub(super) remote_rtp: Option<SocketAddr>,
+    pub(super) remote_rtcp: Option<SocketAddr>,
+    pub(super) max_pps: Option<u32>,
+    pub(super) max_bytes_per_sec: Option<u64>,
+    pub(super) await_hint: bool,
+    pub(super) remote_mux: bool,
+    pub(super) rtcp_hint_port: Option<u16>,
+    pub(super) blocked: bool,
+    pub(super) last_ssrc: Option<u32>,
+    pub(super) replay: Vec<Replay>,
+    pub(super) stats: Stats,
+    pub(super) srtp: Option<Srtp>,
     /// STUN short-term password, hex.
-    stun_password: Option<String>,
+    pub(super) stun_password: Option<String>,
 }
 
+/// The sealed body of a session record (format 1 records are translated
+/// to it, then decoded the same way).
 #[derive(Serialize, Deserialize)]
-struct Body {
-    latch: String,
-    verify: String,
-    learning_window_ms: u64,
-    learning_left_ms: u64,
-    idle_timeout_ms: u64,
-    max_duration_ms: u64,
-    age_ms: u64,
-    idle_ms: u64,
-    quality_clock_rate: Option<u32>,
-    pbx: Leg,
-    endpoint: Leg,
+pub(super) struct Body {
+    pub(super) latch: String,
+    pub(super) verify: String,
+    pub(super) learning_window_ms: u64,
+    pub(super) learning_left_ms: u64,
+    pub(super) idle_timeout_ms: u64,
+    pub(super) max_duration_ms: u64,
+    pub(super) age_ms: u64,
+    pub(super) idle_ms: u64,
+    pub(super) quality_clock_rate: Option<u32>,
+    pub(super) pbx: Leg,
+    pub(super) endpoint: Leg,
 }
 
 /// A decoded session record.
@@ -98,14 +104,14 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-pub(super) fn tag_bits(t: TagLen) -> u8 {
+fn tag_bits(t: TagLen) -> u8 {
     match t {
         TagLen::Bits80 => 80,
         TagLen::Bits32 => 32,
     }
 }
 
-pub(super) fn tag_len(bits: u8) -> Result<TagLen, RecordError> {
+fn tag_len(bits: u8) -> Result<TagLen, RecordError> {
     match bits {
         80 => Ok(TagLen::Bits80),
         32 => Ok(TagLen::Bits32),
@@ -113,17 +119,14 @@ pub(super) fn tag_len(bits: u8) -> Result<TagLen, RecordError> {
     }
 }
 
-pub(super) fn auth_key(hex_key: &str) -> Result<[u8; AUTH_KEY_LEN], RecordError> {
+fn auth_key(hex_key: &str) -> Result<[u8; AUTH_KEY_LEN], RecordError> {
     let bytes = hex::decode(hex_key).map_err(|_| RecordError::Malformed("srtp key".into()))?;
     bytes.try_into().map_err(|_| RecordError::Malformed("srtp key length".into()))
 }
 
 /// Drop counters from reason names; names this release does not know (a
 /// newer writer's) are ignored and counted in `ignored`.
-pub(super) fn drops_by_name<'a>(
-    named: impl IntoIterator<Item = (&'a String, u64)>,
-    ignored: &mut Ignored,
-) -> DropCounters {
+fn drops_by_name<'a>(named: impl IntoIterator<Item = (&'a String, u64)>, ignored: &mut Ignored) -> DropCounters {
     let mut drops = DropCounters::default();
     for (name, n) in named {
         match DropReason::ALL.iter().copied().find(|r| r.as_str() == name) {
@@ -245,15 +248,19 @@ impl Codec {
 
     /// Opens the session record stored under `id`, read at `now_unix_ms`.
     pub fn decode_session(&self, record: &[u8], id: &str, now_unix_ms: u64) -> Result<DecodedSession, RecordError> {
-        if Codec::is_v1(record) {
-            if !self.accept_v1 {
-                return Err(RecordError::Unauthenticated);
+        let (meta, b) = match self.open(record, Kind::Session, Some(id)) {
+            Ok((meta, body)) => {
+                (meta, serde_json::from_slice::<Body>(&body).map_err(|e| RecordError::Malformed(e.to_string()))?)
             }
-            return v1::decode(record, &self.sealer, &self.group, id, now_unix_ms);
-        }
-        let (meta, body) = self.open(record, Kind::Session, Some(id))?;
+            Err(RecordError::Malformed(_)) if Codec::is_v1(record) => {
+                if !self.accept_v1 {
+                    return Err(RecordError::Unauthenticated);
+                }
+                v1::translate(record, &self.sealer, &self.group, id)?
+            }
+            Err(e) => return Err(e),
+        };
         let Meta { id, tenant, version, written_unix_ms } = meta;
-        let b: Body = serde_json::from_slice(&body).map_err(|e| RecordError::Malformed(e.to_string()))?;
         let mut ignored = Ignored::default();
         let state = SessionState {
             id: id.parse::<SessionId>().map_err(|_| RecordError::Malformed("id".into()))?,

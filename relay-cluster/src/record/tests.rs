@@ -125,6 +125,21 @@ fn format_1_records_are_read_only_when_accepted_for_an_upgrade() {
     assert!(matches!(elsewhere.decode_session(record.as_bytes(), GOLDEN_ID, 0), Err(RecordError::Seal(_))));
 }
 
+/// Format 1 listed drops as pairs: a name listed twice (no release wrote
+/// one, a Redis writer can) adds up, saturating, and never overflows.
+#[test]
+fn a_format_1_drop_listed_twice_adds_up_without_overflow() {
+    let record = golden("session-v1.json").replacen(
+        r#""drops":[["unauthenticated",3],"#,
+        &format!(r#""drops":[["unauthenticated",{}],["unauthenticated",3],"#, u64::MAX),
+        1,
+    );
+    assert!(record.contains(&u64::MAX.to_string()), "the golden record lists its drops as expected");
+    let d = golden_codec().accept_v1(true).decode_session(record.as_bytes(), GOLDEN_ID, 0).expect("decodes");
+    assert_eq!(d.state.pbx.stats.drops.get(DropReason::Unauthenticated), u64::MAX);
+    assert_eq!(d.state.pbx.stats.drops.get(DropReason::Replay), 2);
+}
+
 /// What a Redis writer can change in an envelope — its id, kind, tenant,
 /// version, time, format, key id, or one bit of the sealed body — and
 /// copying it to another id or group: each is refused.

@@ -4,18 +4,14 @@
 //! A node reads them only when `accept_v1` is on, for the one hand-over of
 //! a rolling upgrade from such a release (docs/HA.md, "Upgrading a pair").
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use relay_core::session::limits::LegLimits;
-use relay_core::session::spec::SrtpAuth;
-use relay_core::session::state::{LegState, ReplayState, SessionState};
-use relay_core::session::stats::LegStats;
-use relay_core::{LegPorts, SessionId};
+use relay_core::SessionId;
 use serde::Deserialize;
 
-use super::session::{auth_key, drops_by_name, tag_len};
-use super::{DecodedSession, Ignored, RecordError, Version, MAX_RECORD_BYTES};
+use super::session::{Body, Leg, Replay, Srtp, Stats};
+use super::{Meta, RecordError, Version, MAX_RECORD_BYTES};
 use crate::seal::Sealer;
 
 #[derive(Deserialize)]
@@ -92,49 +88,43 @@ fn secrets_aad(group: &str, id: SessionId, side: &str) -> Vec<u8> {
     format!("ucmrc-session-secrets/v1\0{group}\0{id}\0{side}").into_bytes()
 }
 
-fn srtp_key(hex_key: Option<&String>) -> Result<[u8; 20], RecordError> {
-    auth_key(hex_key.ok_or_else(|| RecordError::Malformed("srtp key".into()))?)
+fn required<T>(field: Option<T>, what: &str) -> Result<T, RecordError> {
+    field.ok_or_else(|| RecordError::Malformed(what.into()))
 }
 
-fn tag(bits: Option<u8>) -> Result<relay_core::wire::srtp_auth::TagLen, RecordError> {
-    tag_len(bits.ok_or_else(|| RecordError::Malformed("srtp tag length".into()))?)
-}
-
-fn decode_leg(
-    l: StoredLeg,
-    sealer: &Sealer,
-    group: &str,
-    id: SessionId,
-    side: &str,
-    ignored: &mut Ignored,
-) -> Result<LegState, RecordError> {
-    let drops = drops_by_name(l.stats.drops.iter().map(|(k, n)| (k, *n)), ignored);
-    let (mut srtp_auth, mut stun_password) = (None, None);
+/// Format 2's leg for a format 1 leg, its secrets opened.
+fn translate_leg(l: StoredLeg, sealer: &Sealer, group: &str, id: SessionId, side: &str) -> Result<Leg, RecordError> {
+    let (mut srtp, mut stun_password) = (None, None);
     if let Some(sealed) = &l.secrets {
         let plain = sealer.open(sealed, &secrets_aad(group, id, side))?;
         let s: StoredSecrets =
             serde_json::from_slice(&plain).map_err(|_| RecordError::Malformed(format!("{side}.secrets")))?;
-        if s.srtp_rtp_key.is_some() {
-            srtp_auth = Some(SrtpAuth {
-                rtp_key: srtp_key(s.srtp_rtp_key.as_ref())?,
-                rtcp_key: srtp_key(s.srtp_rtcp_key.as_ref())?,
-                rtp_tag: tag(s.srtp_rtp_tag)?,
-                rtcp_tag: tag(s.srtp_rtcp_tag)?,
+        if let Some(rtp_key) = s.srtp_rtp_key {
+            srtp = Some(Srtp {
+                rtp_key,
+                rtcp_key: required(s.srtp_rtcp_key, "srtp key")?,
+                rtp_tag_bits: required(s.srtp_rtp_tag, "srtp tag length")?,
+                rtcp_tag_bits: required(s.srtp_rtcp_tag, "srtp tag length")?,
             });
         }
-        if let Some(p) = &s.stun_password {
-            stun_password = Some(hex::decode(p).map_err(|_| RecordError::Malformed(format!("{side}.stun_password")))?);
-        }
+        stun_password = s.stun_password;
     }
-    let st = &l.stats;
-    Ok(LegState {
-        ports: LegPorts { addr: l.addr, rtp: l.rtp, rtcp: l.rtcp },
+    let st = l.stats;
+    // Format 1 kept drops as a list of pairs: a name listed twice adds up.
+    let mut drops = BTreeMap::<String, u64>::new();
+    for (name, n) in st.drops {
+        let total = drops.entry(name).or_default();
+        *total = total.saturating_add(n);
+    }
+    Ok(Leg {
+        addr: l.addr,
+        rtp: l.rtp,
+        rtcp: l.rtcp,
         hint: l.hint,
         remote_rtp: l.remote_rtp,
         remote_rtcp: l.remote_rtcp,
-        srtp_auth,
-        stun_password,
-        limits: LegLimits { max_pps: l.max_pps, max_bytes_per_sec: l.max_bytes_per_sec },
+        max_pps: l.max_pps,
+        max_bytes_per_sec: l.max_bytes_per_sec,
         await_hint: l.await_hint,
         remote_mux: l.remote_mux,
         rtcp_hint_port: l.rtcp_hint_port,
@@ -142,10 +132,10 @@ fn decode_leg(
         last_ssrc: l.last_ssrc,
         replay: l
             .replay
-            .iter()
-            .map(|&(ssrc, srtp_highest, srtcp_highest)| ReplayState { ssrc, srtp_highest, srtcp_highest })
+            .into_iter()
+            .map(|(ssrc, srtp_highest, srtcp_highest)| Replay { ssrc, srtp_highest, srtcp_highest })
             .collect(),
-        stats: LegStats {
+        stats: Stats {
             packets_received: st.packets_received,
             bytes_received: st.bytes_received,
             rtcp_packets_received: st.rtcp_packets_received,
@@ -156,18 +146,20 @@ fn decode_leg(
             relatches: st.relatches,
             drops,
         },
+        srtp,
+        stun_password,
     })
 }
 
-/// Decodes a format 1 record of group `group` stored under `stored_id`,
-/// read at `now_unix_ms`.
-pub(super) fn decode(
+/// Reads a format 1 record of group `group` stored under `stored_id` as
+/// format 2's envelope fields and body (its secrets opened): from there it
+/// is decoded as a format 2 record is.
+pub(super) fn translate(
     record: &[u8],
     sealer: &Sealer,
     group: &str,
     stored_id: &str,
-    now_unix_ms: u64,
-) -> Result<DecodedSession, RecordError> {
+) -> Result<(Meta, Body), RecordError> {
     if record.len() > MAX_RECORD_BYTES {
         return Err(RecordError::TooLarge);
     }
@@ -176,24 +168,19 @@ pub(super) fn decode(
         return Err(RecordError::Misplaced("id"));
     }
     let id: SessionId = s.id.parse().map_err(|_| RecordError::Malformed("id".into()))?;
-    let latch = s.latch.parse().map_err(|_| RecordError::Malformed("latch".into()))?;
-    let verify = s.verify.parse().map_err(|_| RecordError::Malformed("verify".into()))?;
-    let mut ignored = Ignored::default();
-    let state = SessionState {
-        id,
-        tenant: s.tenant,
-        latch,
-        verify,
-        learning_window: Duration::from_millis(s.learning_window_ms),
-        learning_left: Duration::from_millis(s.learning_left_ms),
-        idle_timeout: Duration::from_millis(s.idle_timeout_ms),
-        max_duration: Duration::from_millis(s.max_duration_ms),
-        age: Duration::from_millis(s.age_ms),
-        idle: Duration::from_millis(s.idle_ms),
+    let body = Body {
+        latch: s.latch,
+        verify: s.verify,
+        learning_window_ms: s.learning_window_ms,
+        learning_left_ms: s.learning_left_ms,
+        idle_timeout_ms: s.idle_timeout_ms,
+        max_duration_ms: s.max_duration_ms,
+        age_ms: s.age_ms,
+        idle_ms: s.idle_ms,
         quality_clock_rate: s.quality_clock_rate,
-        pbx: decode_leg(s.pbx, sealer, group, id, "pbx", &mut ignored)?,
-        endpoint: decode_leg(s.endpoint, sealer, group, id, "endpoint", &mut ignored)?,
+        pbx: translate_leg(s.pbx, sealer, group, id, "pbx")?,
+        endpoint: translate_leg(s.endpoint, sealer, group, id, "endpoint")?,
     };
-    let elapsed = Duration::from_millis(now_unix_ms.saturating_sub(s.written_unix_ms));
-    Ok(DecodedSession { state: state.aged(elapsed), version: s.version, ignored })
+    let meta = Meta { id: s.id, tenant: s.tenant, version: s.version, written_unix_ms: s.written_unix_ms };
+    Ok((meta, body))
 }

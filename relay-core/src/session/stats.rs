@@ -98,9 +98,10 @@ impl DropCounters {
     pub fn add(&mut self, reason: DropReason) {
         self.counts[reason.index()] += 1;
     }
-    /// Counts `n` drops.
+    /// Counts `n` drops (saturating: `n` may come from a stored record).
     pub fn add_n(&mut self, reason: DropReason, n: u64) {
-        self.counts[reason.index()] += n;
+        let count = &mut self.counts[reason.index()];
+        *count = count.saturating_add(n);
     }
     /// Drops for one reason.
     pub fn get(&self, reason: DropReason) -> u64 {
