@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_cluster::{Cluster, Role};
-use relay_core::ng::bencode::{dict, Value};
+use relay_core::ng::bencode::Value;
 use relay_core::ng::{NgConfig, NgEngine};
 use relay_core::session::spec::{LegUpdate, SessionUpdate};
 use relay_core::Relay;
 use support::core::{master, SrtpRx, SrtpTx};
+use support::ng::{ng, result};
 use support::nodes::*;
 use support::RedisServer;
 
@@ -194,21 +195,6 @@ async fn an_older_record_written_back_is_not_applied() {
     let mut from_phone = SrtpTx::new(&master(3), 8, 1);
     assert_eq!(deliver(&phone, s.endpoint.rtp, &pbx, &mut from_phone, 5), 0, "blocked media crossed");
     b.node.stop(false).await;
-}
-
-/// One ng command (each with its own cookie: the engine answers a repeated
-/// cookie from its cache).
-async fn ng(engine: &NgEngine, pairs: Vec<(&str, Value)>) -> Value {
-    static COOKIE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let cookie = COOKIE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let msg = [format!("c{cookie} ").into_bytes(), dict(pairs).encode()].concat();
-    let reply = engine.handle_message(&msg).await;
-    let space = reply.iter().position(|b| *b == b' ').expect("cookie");
-    relay_core::ng::bencode::decode(&reply[space + 1..]).expect("bencode")
-}
-
-fn result(v: &Value) -> &str {
-    v.get("result").and_then(Value::as_str).unwrap_or("")
 }
 
 /// A call's record copied under another call-id, and a plain record tying

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_cluster::{Cluster, ClusterConfig, Role};
-use relay_core::ng::bencode::{dict, Value};
+use relay_core::ng::bencode::Value;
 use relay_core::ng::{NgConfig, NgEngine};
 use relay_core::{Relay, RelayError, SessionId};
 use support::fault_proxy::FaultProxy;
+use support::ng::{ng, result};
 use support::nodes::*;
 use support::RedisServer;
 
@@ -46,17 +47,6 @@ impl Host {
     }
 }
 
-/// One ng command (each with its own cookie: the engine answers a repeated
-/// cookie from its cache).
-async fn ng(engine: &NgEngine, pairs: Vec<(&str, Value)>) -> Value {
-    static COOKIE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let cookie = COOKIE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let msg = [format!("c{cookie} ").into_bytes(), dict(pairs).encode()].concat();
-    let reply = engine.handle_message(&msg).await;
-    let space = reply.iter().position(|b| *b == b' ').expect("cookie");
-    relay_core::ng::bencode::decode(&reply[space + 1..]).expect("bencode")
-}
-
 async fn offer(engine: &NgEngine, call_id: &str, at: &UdpSocket) -> Value {
     let sdp = format!(
         "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
@@ -75,7 +65,7 @@ async fn offer(engine: &NgEngine, call_id: &str, at: &UdpSocket) -> Value {
 }
 
 fn ok(v: &Value) -> bool {
-    v.get("result").and_then(Value::as_str) == Some("ok")
+    result(v) == "ok"
 }
 
 /// The active is killed the moment it answered an allocation (and, the

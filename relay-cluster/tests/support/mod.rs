@@ -1,7 +1,7 @@
 //! Test support: a real `redis-server` per test (`redis_server`), a proxy
 //! in front of it that delays or cuts (`fault_proxy`), nodes beside relays
-//! (`nodes`) and the real SRTP endpoints of relay-core's test helpers
-//! (`core`).
+//! (`nodes`), ng commands to an engine (`ng`) and the real SRTP endpoints
+//! of relay-core's test helpers (`core`).
 #![allow(dead_code)]
 
 // Its `control` helpers are behind relay-core feature names.
@@ -10,6 +10,7 @@
 pub mod core;
 
 pub mod fault_proxy;
+pub mod ng;
 pub mod nodes;
 mod redis_server;
 pub use redis_server::RedisServer;
