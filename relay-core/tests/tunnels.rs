@@ -473,8 +473,19 @@ async fn one_source_cannot_hold_a_tenants_whole_tunnel_quota() {
     connector.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strangers_filling_the_hello_caps_cannot_lock_out_an_endpoint_already_seen() {
+/// A tunnel listener with small hello caps (8 in all, 2 per source), its
+/// PBX behind a connector, and a phone (127.0.0.9) whose tunnel carried the
+/// PBX's answer: an endpoint the listener knows.
+struct KnownPhone {
+    t: Tunnels,
+    /// The phone's ClientHello.
+    hello: Vec<u8>,
+    connector: Connector,
+    /// The PBX's accepted sources (kept so the PBX keeps answering).
+    _seen: tokio::sync::mpsc::Receiver<SocketAddr>,
+}
+
+async fn small_caps_and_a_known_phone() -> KnownPhone {
     let t = tunnels(TunnelConfig {
         max_pending: 8,
         max_pending_per_ip: 2,
@@ -486,17 +497,29 @@ async fn strangers_filling_the_hello_caps_cannot_lock_out_an_endpoint_already_se
     let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
     let (pbx_addr, _seen) = pooled_pbx(hello.clone()).await;
     let connector = t.connector(pbx_addr, true).await;
-    // A phone's tunnel carried its PBX's answer: its address is known from
-    // then on.
+    // The phone's tunnel carried its PBX's answer: its address is known
+    // from then on.
     drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
     t.until("the phone's tunnel ended", |s| s.active == 0 && s.opened == 1).await;
-    // A handful of strangers hold every place they may take with silent connections.
+    KnownPhone { t, hello, connector, _seen }
+}
+
+/// Two silent connections from each of 127.0.0.`ips`, each holding a place.
+async fn silent_connections(t: &Tunnels, ips: std::ops::Range<u8>) -> Vec<TcpStream> {
     let mut silent = Vec::new();
-    for ip in 20..24u8 {
+    for ip in ips {
         for _ in 0..2 {
             silent.push(connect_from([127, 0, 0, ip], t.sip).await);
         }
     }
+    silent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_filling_the_hello_caps_cannot_lock_out_an_endpoint_already_seen() {
+    let KnownPhone { t, hello, connector, _seen } = small_caps_and_a_known_phone().await;
+    // A handful of strangers hold every place they may take with silent connections.
+    let silent = silent_connections(&t, 20..24).await;
     t.until("strangers stopped at their share", |s| s.rejected(Rejection::TotalCap) == 2).await;
     // The phone comes back (a re-registration): the reserved places are its.
     drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
@@ -512,19 +535,7 @@ async fn strangers_filling_the_hello_caps_cannot_lock_out_an_endpoint_already_se
 /// they held all 8 places and the phone was refused.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_with_one_routed_hello_each_do_not_earn_the_reserve() {
-    let t = tunnels(TunnelConfig {
-        max_pending: 8,
-        max_pending_per_ip: 2,
-        hello_timeout: Duration::from_secs(30),
-        pool_size: 0,
-        ..TunnelConfig::default()
-    })
-    .await;
-    let hello = build_client_hello(Some("acme.relay.test"), 0, 16384);
-    let (pbx_addr, _seen) = pooled_pbx(hello.clone()).await;
-    let connector = t.connector(pbx_addr, true).await;
-    drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
-    t.until("the phone's tunnel ended", |s| s.active == 0 && s.opened == 1).await;
+    let KnownPhone { t, hello, connector, _seen } = small_caps_and_a_known_phone().await;
     let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02];
     for ip in 30..38u8 {
         for name in ["globex.relay.test", "ghost.relay.test"] {
@@ -538,12 +549,7 @@ async fn strangers_with_one_routed_hello_each_do_not_earn_the_reserve() {
     let s = t.tunnels.stats();
     assert_eq!((s.rejected(Rejection::NoConnector), s.rejected(Rejection::UnknownSni)), (8, 8));
     // The strangers fill every place open to them: 6 of 8.
-    let mut silent = Vec::new();
-    for ip in 30..38u8 {
-        for _ in 0..2 {
-            silent.push(connect_from([127, 0, 0, ip], t.sip).await);
-        }
-    }
+    let silent = silent_connections(&t, 30..38).await;
     t.until("strangers stopped at their share", |s| s.rejected(Rejection::TotalCap) == 10).await;
     // The phone still gets in, and its PBX answers.
     drop(open_tunnel(&t, [127, 0, 0, 9], &hello).await);
