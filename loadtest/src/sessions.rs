@@ -229,14 +229,7 @@ pub fn run(o: &CapacityOptions) -> Result<CapacityReport, String> {
             let mut k = 0;
             while k < o.sessions || !pending.is_empty() {
                 if k < o.sessions && pending.len() < o.concurrency.max(1) {
-                    let (caller, callee) = hint_of(k);
-                    let spec = SessionSpec {
-                        tenant: "capacity".into(),
-                        pbx: LegSpec { rtcp_mux: true, hint: Some(caller), ..LegSpec::default() },
-                        endpoint: LegSpec { rtcp_mux: true, hint: Some(callee), ..LegSpec::default() },
-                        ..SessionSpec::default()
-                    };
-                    pending.push_back((k, h.allocate(spec)));
+                    pending.push_back((k, h.allocate(capacity_spec(hint_of(k)))));
                     k += 1;
                     continue;
                 }
@@ -355,6 +348,17 @@ async fn start_cluster(
     Ok(node)
 }
 
+/// The spec of one capacity session: tenant `capacity`, rtcp-mux legs
+/// hinted at (caller, callee).
+fn capacity_spec((caller, callee): (SocketAddr, SocketAddr)) -> SessionSpec {
+    SessionSpec {
+        tenant: "capacity".into(),
+        pbx: LegSpec { rtcp_mux: true, hint: Some(caller), ..LegSpec::default() },
+        endpoint: LegSpec { rtcp_mux: true, hint: Some(callee), ..LegSpec::default() },
+        ..SessionSpec::default()
+    }
+}
+
 /// Sets up `o.sessions` sessions with `allocate_committed` (acknowledged
 /// once durable), `o.concurrency` in flight; returns each one's (to
 /// caller's leg, to callee's leg) and records each round trip.
@@ -369,13 +373,7 @@ async fn committed_setup(
     let mut k = 0;
     while k < o.sessions || !tasks.is_empty() {
         if k < o.sessions && tasks.len() < o.concurrency.max(1) {
-            let (caller, callee) = hint_of(k);
-            let spec = SessionSpec {
-                tenant: "capacity".into(),
-                pbx: LegSpec { rtcp_mux: true, hint: Some(caller), ..LegSpec::default() },
-                endpoint: LegSpec { rtcp_mux: true, hint: Some(callee), ..LegSpec::default() },
-                ..SessionSpec::default()
-            };
+            let spec = capacity_spec(hint_of(k));
             let (h, j) = (h.clone(), k);
             tasks.spawn(async move {
                 let asked = Instant::now();
