@@ -792,16 +792,8 @@ impl Session {
 
     /// Takes every route of the session (both legs), with its side and slot.
     pub(crate) fn take_routes(&mut self) -> Vec<(usize, usize, Offloaded)> {
-        let mut out = Vec::new();
-        for (i, leg) in self.legs.iter_mut().enumerate() {
-            if let Some(routes) = leg.offloaded.take() {
-                for (slot, r) in routes.iter().enumerate() {
-                    if let Some(r) = r {
-                        out.push((i, slot, *r));
-                    }
-                }
-            }
-        }
+        let mut out = self.take_leg_routes(Side::Pbx);
+        out.extend(self.take_leg_routes(Side::Endpoint));
         out
     }
 

@@ -857,23 +857,17 @@ impl Shard {
     }
 
     fn update(&mut self, now: Instant, id: SessionId, update: &SessionUpdate) -> Result<(), ShardError> {
-        if self.session_ref(id).is_none() {
+        let slot = self.slots.get(&id).copied().ok_or(ShardError::UnknownSession(id))?;
+        let Some(Some(s)) = self.sessions.get_mut(slot as usize) else {
             return Err(ShardError::UnknownSession(id));
-        }
-        let slot = self.slots.get(&id).copied();
-        let (defaults, policy) = (&self.config.defaults, &self.config.peer_policy);
-        match slot.and_then(|slot| self.sessions.get_mut(slot as usize)) {
-            Some(Some(s)) => {
-                s.update(now, update, defaults, policy)?;
-                // Keys, hints, limits, policy or a block may change what
-                // userspace would decide: the kernel stops deciding for it.
-                let routes = s.take_routes();
-                self.withdraw(id, routes);
-                self.journal_changed(id);
-                Ok(())
-            }
-            _ => Err(ShardError::UnknownSession(id)),
-        }
+        };
+        s.update(now, update, &self.config.defaults, &self.config.peer_policy)?;
+        // Keys, hints, limits, policy or a block may change what userspace
+        // would decide: the kernel stops deciding for it.
+        let routes = s.take_routes();
+        self.withdraw(id, routes);
+        self.journal_changed(id);
+        Ok(())
     }
 
     /// Queues removals of `id`'s withdrawn routes, keeping what their

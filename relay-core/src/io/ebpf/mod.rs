@@ -445,23 +445,18 @@ impl FastPath {
             return Ok(());
         }
         let Some(now) = driver::monotonic() else { return Ok(()) };
-        if !wait {
-            let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-            if others.iter().any(|o| o.1 > now_ns) {
-                return Ok(());
+        let others = if wait {
+            // Long enough for a live owner to renew (it does every SYNC_EVERY).
+            let latest = others.iter().map(|o| o.1).max().unwrap_or(0);
+            let wait_until = Duration::from_nanos(latest).min(now + LIVENESS) + SYNC_EVERY;
+            if let Some(wait) = wait_until.checked_sub(now) {
+                std::thread::sleep(wait); // one observation window, at most LIVENESS + SYNC_EVERY, only when another program exists
             }
-            return self.detach_ours(interface);
-        }
-        // Long enough for a live owner to renew (it does every SYNC_EVERY).
-        let latest = others.iter().map(|o| o.1).max().unwrap_or(0);
-        let wait_until = Duration::from_nanos(latest).min(now + LIVENESS) + SYNC_EVERY;
-        if let Some(wait) = wait_until.checked_sub(now) {
-            std::thread::sleep(wait); // one observation window, at most LIVENESS + SYNC_EVERY, only when another program exists
-        }
-        let Some(now) = driver::monotonic() else { return Ok(()) };
-        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let live = other_owners(own).iter().any(|o| o.1 > now_ns);
-        if live {
+            other_owners(own)
+        } else {
+            others
+        };
+        if any_alive(&others) {
             return Ok(());
         }
         self.detach_ours(interface)
@@ -639,6 +634,14 @@ impl FastPath {
 fn own_netns() -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
+}
+
+/// Whether any of `owners` (from [`other_owners`]) is renewed past now
+/// (an unreadable clock counts as alive: nothing is removed on a guess).
+fn any_alive(owners: &[(u32, u64)]) -> bool {
+    let Some(now) = driver::monotonic() else { return true };
+    let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+    owners.iter().any(|o| o.1 > now_ns)
 }
 
 /// Every other loaded program of ours whose relay runs in this network
