@@ -551,7 +551,8 @@ impl NgEngine {
     /// them); a call the offer created and that cannot be made durable is
     /// taken back.
     async fn offer_answer_committed(&self, msg: &Value, offer: bool) -> Value {
-        let (reply, created) = self.offer_answer(msg, offer).await;
+        let mut created = false;
+        let reply = self.offer_answer(msg, offer, &mut created).await;
         if reply.get("result").and_then(Value::as_str) == Some("error") {
             return reply;
         }
@@ -583,14 +584,8 @@ impl NgEngine {
         self.touch(call_id);
     }
 
-    /// Returns the reply, and whether this command created the call.
-    async fn offer_answer(&self, msg: &Value, offer: bool) -> (Value, bool) {
-        let mut created = false;
-        let reply = self.offer_answer_inner(msg, offer, &mut created).await;
-        (reply, created)
-    }
-
-    async fn offer_answer_inner(&self, msg: &Value, offer: bool, created: &mut bool) -> Value {
+    /// An offer or answer; sets `created` when it created the call.
+    async fn offer_answer(&self, msg: &Value, offer: bool, created: &mut bool) -> Value {
         let limits = &self.config.limits;
         let (Some(call_id), Some(sdp_text), Some(from_tag)) = (
             msg.get("call-id").and_then(Value::as_bytes),
