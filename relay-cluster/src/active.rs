@@ -79,8 +79,8 @@ impl Node {
         let mut seen = KeeperState { redis_up: true, ..KeeperState::default() };
         let mut flush = tokio::time::interval(self.config.flush_interval);
         let mut counters = tokio::time::interval(self.config.counters_interval);
-        let mut register = tokio::time::interval(Duration::from_secs(1));
-        for t in [&mut flush, &mut counters, &mut register] {
+        let mut attach = tokio::time::interval(Duration::from_secs(1));
+        for t in [&mut flush, &mut counters, &mut attach] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let mut stop = self.stop.clone();
@@ -117,9 +117,10 @@ impl Node {
                 _ = counters.tick() => {
                     pending.counters_pass.get_or_insert(None);
                 }
-                _ = register.tick() => {
+                // The kernel fast path follows the service address here
+                // (a hook may move it after the takeover).
+                _ = attach.tick() => {
                     self.relay.attach_fast_path();
-                    self.register(Role::Active).await;
                 }
                 _ = stop.changed() => break,
             }

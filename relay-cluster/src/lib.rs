@@ -15,6 +15,7 @@
 //! - `gate`, `keeper`: whether the relay serves; the lease renewed on its
 //!   own task and connection, and the gate closed before it can lapse.
 //! - `commit`: allocations acknowledged once they are in Redis.
+//! - `registrar`: the node's entry for scale-out, on a task of its own.
 //! - [`node`] with `standby`, `takeover` and `active`: the node beside a
 //!   relay.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ mod keeper;
 pub mod lease;
 pub mod node;
 pub mod record;
+mod registrar;
 pub mod seal;
 mod standby;
 pub mod store;

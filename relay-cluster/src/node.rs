@@ -22,6 +22,7 @@ use crate::commit::{Barrier, Commits};
 use crate::gate::ServeGate;
 use crate::lease::LeaseWatch;
 use crate::record::{Codec, Version};
+use crate::registrar::Registrar;
 use crate::seal::Sealer;
 use crate::store::{Holder, Keys, NodeInfo, Store, StoreError};
 use crate::warm::{Applied, BadRecords};
@@ -327,16 +328,20 @@ impl Cluster {
                 .then(|| Arc::new(Barrier(commits.clone())) as Arc<dyn relay_core::CommitBarrier>),
         );
         let calls = Calls(ng);
+        let (config, status_tx) = (Arc::new(config), Arc::new(status_tx));
+        let registrar =
+            Registrar { store: store.clone(), relay: relay.clone(), config: config.clone(), status: status_tx.clone() };
+        tokio::spawn(registrar.run(stop_rx.clone()));
         let node = Node {
             watch: LeaseWatch::new(config.lease_ttl, config.eager),
             codec: Codec::new(config.sealer.clone(), &config.group).accept_v1(config.accept_v1_records),
             call_tenant: calls.tenant(),
-            config: Arc::new(config),
+            config,
             relay,
             calls,
             store,
             lease_store,
-            status: Arc::new(status_tx),
+            status: status_tx,
             stop: stop_rx,
             gate: gate.clone(),
             commits,
@@ -405,6 +410,17 @@ pub(crate) fn publish_serving(status: &watch::Sender<ClusterStatus>, gate: &Serv
     });
 }
 
+/// Records in `status` whether Redis answered (`r` is a command's result).
+pub(crate) fn note_redis<T>(status: &watch::Sender<ClusterStatus>, r: &Result<T, StoreError>) {
+    let ok = !matches!(r, Err(StoreError::Redis(_) | StoreError::Timeout));
+    status.send_modify(|s| {
+        s.redis_up = ok;
+        if !ok {
+            s.redis_errors += 1;
+        }
+    });
+}
+
 /// How an active phase ended.
 pub(crate) enum ActiveEnd {
     /// Another node holds the lease now.
@@ -448,13 +464,7 @@ impl Node {
     }
 
     pub(crate) fn redis_result<T>(&self, r: &Result<T, StoreError>) {
-        let ok = !matches!(r, Err(StoreError::Redis(_) | StoreError::Timeout));
-        self.update(|s| {
-            s.redis_up = ok;
-            if !ok {
-                s.redis_errors += 1;
-            }
-        });
+        note_redis(&self.status, r);
     }
 
     pub(crate) fn stopping(&self) -> Option<bool> {
@@ -464,9 +474,8 @@ impl Node {
     async fn run(mut self) {
         loop {
             let Some(taken) = self.standby().await else { break };
-            let keeper = self.take_over(taken).await;
-            let holder = keeper.0.clone();
-            match self.active(&holder, keeper.1).await {
+            let (holder, keeper) = self.take_over(taken).await;
+            match self.active(&holder, keeper).await {
                 ActiveEnd::Stop => break,
                 ActiveEnd::Lost => {
                     tracing::warn!(epoch = holder.epoch, "lost the cluster lease: stepping down to standby");
@@ -480,27 +489,6 @@ impl Node {
             s.role = Role::Stopped;
             s.epoch = None;
         });
-    }
-
-    /// Registers this node (load, capacity, role) and refreshes the cached
-    /// list of every registered node.
-    pub(crate) async fn register(&mut self, role: Role) {
-        let Ok(c) = self.relay.counters().await else { return };
-        let info = NodeInfo {
-            node: self.config.node_id.clone(),
-            group: self.config.group.clone(),
-            role: role.as_str().to_string(),
-            address: self.config.advertise.clone(),
-            sessions: c.total.sessions_active,
-            ports_in_use: c.total.ports_in_use,
-            ports_total: c.total.ports_total,
-            updated_unix_ms: crate::record::unix_ms_now(),
-        };
-        let r = self.store.register(&info, Duration::from_secs(5)).await;
-        self.redis_result(&r);
-        if let Ok(nodes) = self.store.nodes().await {
-            self.update(|s| s.nodes = nodes);
-        }
     }
 
     /// Runs `hook` (not awaited; reaped off the runtime, its outcome

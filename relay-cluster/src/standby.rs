@@ -5,7 +5,7 @@
 //! older than what was applied ([`crate::warm`]).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt as _;
 
@@ -37,8 +37,6 @@ impl Node {
         let mut sub: Option<redis::aio::PubSubStream> = None;
         let mut poll = tokio::time::interval(self.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut register = tokio::time::interval(Duration::from_secs(1));
-        register.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = self.stop.clone();
         loop {
             if self.stopping().is_some() {
@@ -67,7 +65,6 @@ impl Node {
                         return Some(Taken { holder, taken_at, warm, reloaded });
                     }
                 }
-                _ = register.tick() => self.register(Role::Standby).await,
                 _ = stop.changed() => {}
             }
         }
