@@ -1,32 +1,13 @@
 //! Shared helpers for the UCMRC benches and the `udpbench` loopback
 //! forwarding benchmark: packet builders and sans-IO fixtures.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use relay_core::shard::{
-    AddressSlice, AllocatedPorts, Command, PortClose, PortSockets, RelayPort, Response, Shard, ShardConfig,
-};
+use relay_core::shard::{AddressSlice, AllocatedPorts, Command, Response, Shard, ShardConfig};
+use test_support::sockets::FakeSockets;
+
 use relay_core::{LatchPolicy, LegSpec, PeerPolicy, SessionDefaults, SessionSpec, SrtpAuth, Verify};
-
-/// A socket table that only records ports (for sans-IO benches).
-#[derive(Debug, Default)]
-pub struct NoSockets {
-    /// Open ports.
-    pub open: BTreeSet<u16>,
-}
-
-impl PortSockets for NoSockets {
-    fn open(&mut self, port: RelayPort) -> std::io::Result<()> {
-        self.open.insert(port.port);
-        Ok(())
-    }
-    fn close(&mut self, port: RelayPort) -> PortClose {
-        self.open.remove(&port.port);
-        PortClose::Closed
-    }
-}
 
 /// A plain 200-byte RTP packet (12-byte header, 188-byte payload).
 pub fn rtp_packet(ssrc: u32, seq: u16) -> Vec<u8> {
@@ -49,7 +30,7 @@ pub fn established_shard(
     latch: LatchPolicy,
     verify: Verify,
     auth: Option<SrtpAuth>,
-) -> (Shard, NoSockets, SessionLegs, Instant) {
+) -> (Shard, FakeSockets, SessionLegs, Instant) {
     let t0 = Instant::now();
     let mut shard = Shard::new(
         ShardConfig {
@@ -65,7 +46,7 @@ pub fn established_shard(
         },
         t0,
     );
-    let mut sockets = NoSockets::default();
+    let mut sockets = FakeSockets::default();
     let mut legs = Vec::with_capacity(sessions);
     for i in 0..sessions {
         let phone = SocketAddr::from(([203, 0, 113, (i % 250) as u8 + 1], 10000 + (i / 250) as u16));

@@ -8,21 +8,12 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use relay_core::api::{SessionRequest, UpdateRequest};
-use relay_core::shard::{Command, PortClose, PortSockets, Response, Shard, ShardConfig};
+use relay_core::shard::{Command, Response, Shard, ShardConfig};
 use relay_core::{PeerPolicy, SessionDefaults};
-
-struct Sockets;
-
-impl PortSockets for Sockets {
-    fn open(&mut self, _port: relay_core::shard::RelayPort) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn close(&mut self, _port: relay_core::shard::RelayPort) -> PortClose {
-        PortClose::Closed
-    }
-}
+use test_support::sockets::FakeSockets;
 
 fuzz_target!(|data: &[u8]| {
+    let mut sockets = FakeSockets::default();
     let t0 = Instant::now();
     let mut shard = Shard::new(
         ShardConfig {
@@ -40,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     );
     let Ok(req) = serde_json::from_slice::<SessionRequest>(data) else { return };
     let Ok(spec) = req.to_spec("acme") else { return };
-    let id = match shard.handle_command(t0, Command::Allocate { spec: Box::new(spec), permit: None }, &mut Sockets) {
+    let id = match shard.handle_command(t0, Command::Allocate { spec: Box::new(spec), permit: None }, &mut sockets) {
         Response::Allocated(Ok(a)) => {
             for port in [a.pbx.rtp, a.endpoint.rtp] {
                 let src = "203.0.113.9:4000".parse().expect("addr");
@@ -52,13 +43,13 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(upd) = serde_json::from_slice::<UpdateRequest>(data).map(|u| u.to_update()) {
         if let Ok(update) = upd {
-            let _ = shard.handle_command(t0, Command::Update { id, update: Box::new(update) }, &mut Sockets);
+            let _ = shard.handle_command(t0, Command::Update { id, update: Box::new(update) }, &mut sockets);
         }
     }
     for later in [Duration::from_secs(1), Duration::from_secs(86_400), Duration::from_secs(400 * 86_400)] {
         let now = t0 + later;
         if shard.poll_timeout().is_some_and(|t| t <= now) {
-            shard.handle_timeout(now, &mut Sockets);
+            shard.handle_timeout(now, &mut sockets);
         }
     }
 });

@@ -9,25 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use relay_core::shard::{Command, PortClose, PortSockets, Response, Shard, ShardConfig, Verdict};
+use relay_core::shard::{Command, Response, Shard, ShardConfig, Verdict};
 use relay_core::{
     DropReason, LatchPolicy, LegSpec, PeerPolicy, SessionDefaults, SessionId, SessionSpec, Side, SrtpAuth,
 };
-
-#[derive(Default)]
-struct Fake(BTreeSet<u16>);
-impl PortSockets for Fake {
-    fn open(&mut self, port: relay_core::shard::RelayPort) -> std::io::Result<()> {
-        let port = port.port;
-        assert!(self.0.insert(port));
-        Ok(())
-    }
-    fn close(&mut self, port: relay_core::shard::RelayPort) -> PortClose {
-        let port = port.port;
-        assert!(self.0.remove(&port));
-        PortClose::Closed
-    }
-}
+use test_support::sockets::FakeSockets;
 
 const BASE: u16 = 50000;
 const PORTS: usize = 16;
@@ -60,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         },
         t0,
     );
-    let mut sockets = Fake::default();
+    let mut sockets = FakeSockets::default();
     let mut owner: HashMap<u16, (SessionId, Side)> = HashMap::new();
     let mut ports: HashMap<(SessionId, Side), Vec<u16>> = HashMap::new();
     let mut live: Vec<SessionId> = Vec::new();
@@ -157,10 +143,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let c = shard.counters();
         assert_eq!(c.packets_received, c.packets_forwarded + c.drops.total());
-        assert_eq!(sockets.0.len(), owner.len());
+        assert_eq!(sockets.open.len(), owner.len());
     }
     shard.release_all(&mut sockets);
-    assert!(sockets.0.is_empty());
+    assert!(sockets.open.is_empty());
 });
 
 fn forget(

@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-mod support;
-
-use support::*;
+use test_support::packets::master;
+use test_support::poll::wait_for;
+use test_support::ucmrc::*;
 
 #[test]
 fn runs_with_no_config_on_loopback() {

@@ -4,15 +4,11 @@
 //! restarted, stays standby and serves nothing; then SIGTERM on the active
 //! hands the lease over to it.
 
-mod support;
-
-#[path = "../../relay-cluster/tests/support/redis_server.rs"]
-mod redis_server;
-
 use std::time::{Duration, Instant};
 
-use redis_server::RedisServer;
-use support::*;
+use test_support::poll::wait_for;
+use test_support::redis_server::RedisServer;
+use test_support::ucmrc::*;
 
 /// A node's configuration: the relay ports of this test only (a takeover
 /// binds exactly the ports the active had), ng and admin on kernel-chosen

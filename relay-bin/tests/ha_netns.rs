@@ -19,22 +19,17 @@
 //! `UCMRC_HA_CYCLES=N` (default 1) repeats the takeover N times, back and
 //! forth, and prints the gaps (docs/HA.md's measurement).
 
-#[path = "../../relay-core/tests/support/netns.rs"]
-mod netns;
-#[path = "../../relay-cluster/tests/support/redis_server.rs"]
-mod redis_server;
-mod support;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netns::{sh, socket_in};
-use support::kamailio::Kamailio;
-use support::sip::{SdpView, SipMessage, SipSocket};
-use support::*;
+use test_support::netns::{sh, socket_in};
+use test_support::packets::master;
+use test_support::poll::wait_for;
+use test_support::srtp::{Direction, Flow, PacedCall};
+use test_support::ucmrc::kamailio::Kamailio;
+use test_support::ucmrc::sip::{SdpView, SipMessage, SipSocket};
+use test_support::ucmrc::*;
 
 const CHILD: &str = "UCMRC_HA_NETNS_CHILD";
 const VIP: &str = "10.77.0.100";
@@ -107,7 +102,7 @@ fn redis_server() -> RedisProcess {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("redis-server");
-    redis_server::wait_ready(&mut child);
+    test_support::redis_server::wait_ready(&mut child);
     RedisProcess(child)
 }
 
@@ -169,108 +164,19 @@ fn start_node(s: &Setup, node: &str, role: &str) -> Relay {
     r
 }
 
-/// One direction of a call: paced SRTP (50 packets/s) to the relay, and a
-/// sink that authenticates every packet and records the longest gap.
-#[derive(Debug, Default, Clone)]
-struct Flow {
-    sent: u64,
-    received: u64,
-    auth_failures: u64,
-    max_gap: Duration,
-    /// Gaps longer than 100 ms, as (when after the flow started, length).
-    long_gaps: Vec<(Duration, Duration)>,
-    sources: Vec<SocketAddr>,
-}
-
-struct Media {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Flow>>,
-}
-
-impl Media {
-    /// Starts both directions of `call`.
-    fn start(call: &Call) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for (from_phone, to) in [(true, call.to_endpoint_leg), (false, call.to_pbx_leg)] {
-            let (tx_sock, rx_sock) = if from_phone {
-                (call.phone.try_clone().expect("clone"), call.pbx.try_clone().expect("clone"))
-            } else {
-                (call.pbx.try_clone().expect("clone"), call.phone.try_clone().expect("clone"))
-            };
-            let key = master(if from_phone { 2 } else { 1 });
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || flow(tx_sock, to, rx_sock, &key, from_phone, stop)));
-        }
-        Self { stop, threads }
-    }
-
-    fn finish(self) -> Vec<Flow> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|t| t.join().expect("flow")).collect()
-    }
-}
-
-fn flow(tx: UdpSocket, to: SocketAddr, rx: UdpSocket, key: &[u8], from_phone: bool, stop: Arc<AtomicBool>) -> Flow {
-    let policy = |k| srtp::StreamPolicy {
-        rtp: srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80(),
-        rtcp: srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80(),
-        key: k,
-        ..Default::default()
+/// Both directions of `call`, paced and measured (the keys [`Call`] set).
+fn media(call: &Call) -> PacedCall {
+    let direction = |from: &UdpSocket, relay, sink: &UdpSocket, seed: u8, ssrc| Direction {
+        from: from.try_clone().expect("clone"),
+        relay,
+        sink: sink.try_clone().expect("clone"),
+        master: master(seed),
+        ssrc,
     };
-    let mut out = session(policy(key), true);
-    let mut inb = session(policy(key), false);
-    let result = Arc::new(Mutex::new(Flow::default()));
-    let (r2, stop2) = (result.clone(), stop.clone());
-    let started = Instant::now();
-    let sink = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 2048];
-        let mut last: Option<Instant> = None;
-        while !stop2.load(Ordering::Relaxed) {
-            let Ok((n, src)) = rx.recv_from(&mut buf) else { continue };
-            let now = Instant::now();
-            let mut f = r2.lock().expect("lock");
-            if let Some(l) = last {
-                let gap = now - l;
-                f.max_gap = f.max_gap.max(gap);
-                if gap > Duration::from_millis(100) {
-                    f.long_gaps.push((l - started, gap));
-                }
-            }
-            last = Some(now);
-            f.received += 1;
-            if !f.sources.contains(&src) {
-                f.sources.push(src);
-            }
-            let mut pkt = Vec::with_capacity(n + 160);
-            pkt.extend_from_slice(&buf[..n]);
-            if inb.unprotect(&mut pkt).is_err() {
-                f.auth_failures += 1;
-            }
-        }
-    });
-    let ssrc: u32 = if from_phone { 2 } else { 1 };
-    let mut seq: u16 = 1;
-    let mut sent = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let mut pkt = Vec::with_capacity(400);
-        pkt.extend_from_slice(&[0x80, 0]);
-        pkt.extend_from_slice(&seq.to_be_bytes());
-        pkt.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        pkt.extend_from_slice(&ssrc.to_be_bytes());
-        pkt.resize(172, 0xd5);
-        out.protect(&mut pkt).expect("protect");
-        let _ = tx.send_to(&pkt, to);
-        seq = seq.wrapping_add(1);
-        sent += 1;
-        if let Some(d) = (started + Duration::from_millis(20 * sent)).checked_duration_since(Instant::now()) {
-            std::thread::sleep(d); // pacing, not synchronisation
-        }
-    }
-    sink.join().expect("sink");
-    let mut f = result.lock().expect("lock").clone();
-    f.sent = sent;
-    f
+    PacedCall::start(vec![
+        direction(&call.phone, call.to_endpoint_leg, &call.pbx, 2, 2),
+        direction(&call.pbx, call.to_pbx_leg, &call.phone, 1, 1),
+    ])
 }
 
 /// The ng address Kamailio and the test send to: the service address.
@@ -528,7 +434,7 @@ fn in_namespace() {
         serde_json::from_value(serde_json::json!({"tenant": "acme"})).expect("request")
     };
 
-    let mut media: Vec<Media> = calls.iter().map(Media::start).collect();
+    let mut calls_media: Vec<PacedCall> = calls.iter().map(media).collect();
     let cycles: usize = std::env::var("UCMRC_HA_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let mut gaps = Vec::new();
     for cycle in 0..cycles {
@@ -572,7 +478,7 @@ fn in_namespace() {
         let counted = |r: &Relay| scrape(r).get("ucmrc_packets_forwarded_total").copied().unwrap_or(0.0);
         let base = counted(&standby);
         wait_for("media through the new active", || counted(&standby) >= base + 8.0 * calls.len() as f64);
-        let flows: Vec<Flow> = std::mem::take(&mut media).into_iter().flat_map(Media::finish).collect();
+        let flows: Vec<Flow> = std::mem::take(&mut calls_media).into_iter().flat_map(PacedCall::finish).collect();
         let gap = flows.iter().map(|f| f.max_gap).max().unwrap_or_default();
         eprintln!(
             "cycle {cycle}: {active_name} killed, {standby_name} active after {took_over:?}; longest media gap {gap:?}"
@@ -630,7 +536,7 @@ fn in_namespace() {
             serde_json::from_value(serde_json::json!({"pbx": {"hint": "10.77.0.22:33000"}})).expect("update");
         rt.block_on(ch.update(&owned.id, upd)).expect("the connector's session is there");
         rt.block_on(ch.release(&owned.id)).expect("and releases it");
-        media = calls.iter().map(Media::start).collect();
+        calls_media = calls.iter().map(media).collect();
         // The kernel fast path followed the service address to the new
         // active (loaded at its start, attached once the address arrived).
         wait_for("kernel forwarding on the new active", || {
@@ -653,7 +559,7 @@ fn in_namespace() {
         std::mem::swap(&mut active_name, &mut standby_name);
         assert_eq!(role(&active), "active");
     }
-    let flows: Vec<Flow> = media.into_iter().flat_map(Media::finish).collect();
+    let flows: Vec<Flow> = calls_media.into_iter().flat_map(PacedCall::finish).collect();
     for f in &flows {
         assert_eq!(f.auth_failures, 0, "{f:?}");
         assert!(f.received > 0, "media still flows: {f:?}");

@@ -9,16 +9,16 @@
 //! the fixture is torn down when it ends, even on failure). At the end
 //! Kamailio's log must hold no ng failure at all.
 
-mod support;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use base64::Engine as _;
 use relay_core::ng::bencode::{self, Value};
-use support::kamailio::Kamailio;
-use support::sip::{SdpView, SipMessage, SipSocket};
-use support::*;
+use test_support::packets::master;
+use test_support::poll::wait_for;
+use test_support::ucmrc::kamailio::Kamailio;
+use test_support::ucmrc::sip::{SdpView, SipMessage, SipSocket};
+use test_support::ucmrc::*;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -10,10 +10,8 @@
 //! rules that depend on a session's state are the server's to judge and
 //! are left out.
 
-mod support;
-
 use serde_json::{json, Value};
-use support::*;
+use test_support::ucmrc::*;
 
 /// A validator for the request schema `name` of the served document.
 fn validator(doc: &Value, name: &str) -> jsonschema::Validator {

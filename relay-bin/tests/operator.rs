@@ -1,16 +1,15 @@
-//! What a new operator tripped over (issue 18), each as a test against the
+//! What a new operator tripped over, each as a test against the
 //! real binary: ids of shards that do not exist, signals during a drain,
 //! `check-config` (into a closed pipe, its TOML output, the failures that
 //! would only show at run time), log filters, and HTTP edge cases.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::*;
+use test_support::poll::{exit_status, wait_for};
+use test_support::ucmrc::*;
 
 fn write_config(tag: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = temp_dir(tag);
@@ -55,17 +54,6 @@ fn ids_of_shards_that_do_not_exist_are_unknown_sessions_not_a_stopped_relay() {
     assert_eq!(server_errors, 0.0, "no false alert");
 }
 
-fn wait_exit(r: &mut Relay, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = r.child.try_wait().expect("wait") {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the relay did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn sigint_or_a_second_sigterm_during_a_drain_exits_at_once_and_says_so() {
     for (second, said) in [(2, "SIGINT during the drain"), (15, "second SIGTERM during the drain")] {
@@ -74,7 +62,7 @@ fn sigint_or_a_second_sigterm_during_a_drain_exits_at_once_and_says_so() {
         signal(&r, 15);
         wait_for("draining", || http(r.admin, "GET", "/readyz", None, None).0 == 503);
         signal(&r, second);
-        let status = wait_exit(&mut r, Duration::from_secs(10));
+        let status = exit_status(&mut r.child, "the relay's exit");
         assert!(status.success(), "{status}");
         assert!(stderr_contains(&r, said), "the log says why it stopped draining");
     }
@@ -181,17 +169,7 @@ fn a_log_level_that_would_silence_the_relay_is_refused_at_start() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the relay started with a log level that silences it");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_status(&mut child, "the relay's refusal of a log level that would silence it");
     let mut err = String::new();
     child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
     assert_eq!(status.code(), Some(2), "{err}");

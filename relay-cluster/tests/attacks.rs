@@ -12,8 +12,6 @@
 //!   tying a call-id to a session: refused; neither call exists after a
 //!   takeover.
 
-mod support;
-
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +21,12 @@ use relay_core::ng::bencode::Value;
 use relay_core::ng::{NgConfig, NgEngine};
 use relay_core::session::spec::{LegUpdate, SessionUpdate};
 use relay_core::Relay;
-use support::core::{master, SrtpRx, SrtpTx};
-use support::ng::{ng, result};
-use support::nodes::*;
-use support::RedisServer;
+use test_support::cluster::ng::{ng, result};
+use test_support::cluster::*;
+use test_support::packets::master;
+use test_support::poll::until;
+use test_support::redis_server::RedisServer;
+use test_support::srtp::{SrtpRx, SrtpTx};
 
 const SESSIONS: &str = "ucmrc:{svc}:sessions";
 const CALLS: &str = "ucmrc:{svc}:calls";

@@ -3,8 +3,6 @@
 //! the same ports with real SRTP flowing, fencing of the old active, and a
 //! Redis outage under load.
 
-mod support;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,9 +13,13 @@ use relay_cluster::store::{Batch, Holder, Keys, Store, StoreError};
 use relay_cluster::{Cluster, ClusterConfig, ClusterKey, Role, Sealer};
 use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
 use relay_core::{Relay, RelayConfig};
-use support::core::{auth_for, master, SrtpRx, SrtpTx};
-use support::nodes::*;
-use support::RedisServer;
+use test_support::cluster::*;
+use test_support::keys::auth_for;
+use test_support::packets::master;
+use test_support::poll::{until, until_async};
+use test_support::redis_server::RedisServer;
+use test_support::srtp::{Flow, PacedCall};
+use test_support::srtp::{SrtpRx, SrtpTx};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_replicates_sessions_with_their_secrets_sealed_and_deletes_ended_ones() {
@@ -76,18 +78,14 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
     for n in 1..=3u8 {
         let (pbx, phone) = (socket("127.0.0.1"), socket("127.0.0.1"));
         let s = srtp_session(&relay_a.handle(), &pbx, &phone, n).await;
-        calls.push(Call::start(&s, pbx, phone, n));
+        calls.push(paced_call(&s, pbx, phone, n));
     }
     // Latched and replicated: every leg latched, the standby caught up.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    until_async("every leg latched", async || {
         let page = relay_a.handle().list(None, 100).await.expect("list");
-        if page.sessions.iter().all(|s| s.pbx.remote_rtp.is_some() && s.endpoint.remote_rtp.is_some()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sessions never latched");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        page.sessions.iter().all(|s| s.pbx.remote_rtp.is_some() && s.endpoint.remote_rtp.is_some())
+    })
+    .await;
     // ...and the latches are in Redis.
     until("latches replicated", || latched_records(&redis) == 3).await;
     let written = a.status().last_write;
@@ -104,18 +102,17 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
     assert_eq!((report.restored, report.failed), (3, 0), "{report:?}");
     assert!(took_over < Duration::from_secs(1), "takeover after {took_over:?}");
     // Media flows through the standby now.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while relay_b.handle().counters().await.expect("counters").total.packets_forwarded < 120 {
-        assert!(Instant::now() < deadline, "no media through the standby");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let flows: Vec<Flow> = calls.into_iter().flat_map(Call::finish).collect();
+    until_async("media through the standby", async || {
+        relay_b.handle().counters().await.expect("counters").total.packets_forwarded >= 120
+    })
+    .await;
+    let flows: Vec<Flow> = calls.into_iter().flat_map(PacedCall::finish).collect();
     let gaps: Vec<Duration> = flows.iter().map(|f| f.max_gap).collect();
     eprintln!("takeover: active killed → standby active in {took_over:?} ({report:?}); media gaps {gaps:?}");
     for f in &flows {
         assert_eq!(f.auth_failures, 0, "{f:?}");
         assert!(f.max_gap < Duration::from_secs(1), "media gap {:?}", f.max_gap);
-        assert_eq!(f.from.len(), 1, "the same relay address before and after: {f:?}");
+        assert_eq!(f.sources.len(), 1, "the same relay address before and after: {f:?}");
         assert!(f.received + 60 >= f.sent, "{f:?}");
     }
     // Same latches, same relay ports, counters carried on.
@@ -141,7 +138,7 @@ async fn a_standby_takes_over_every_session_on_the_same_ports_and_the_old_active
     let relay_a2 = relay(21400);
     let mut a2 = Cluster::start(node_config(&redis, "a", true), relay_a2.handle()).await.expect("cluster a2");
     wait(&mut a2, |s| s.role == Role::Standby && s.warm_sessions == 3).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // more than two lease lifetimes
+    tokio::time::sleep(Duration::from_millis(1500)).await; // an observation window (two lease lifetimes), not synchronisation
     assert_eq!(a2.status().role, Role::Standby);
     assert_eq!(relay_a2.handle().counters().await.expect("counters").total.ports_in_use, 0);
     assert_eq!(b.status().role, Role::Active);
@@ -164,7 +161,7 @@ async fn a_redis_outage_never_stops_forwarding_and_the_state_resyncs_when_it_ret
     let h = relay.handle();
     let (pbx, phone) = (socket("127.0.0.1"), socket("127.0.0.1"));
     let first = srtp_session(&h, &pbx, &phone, 1).await;
-    let call = Call::start(&first, pbx, phone, 1);
+    let call = paced_call(&first, pbx, phone, 1);
     let ids = |recs: Vec<(String, String)>| {
         let mut v: Vec<String> = recs.into_iter().map(|(id, _)| id).collect();
         v.sort();
@@ -390,12 +387,13 @@ async fn a_takeover_retries_ports_that_are_still_held_for_a_moment() {
     // renewed while the takeover waits (it must never lapse and come back).
     let mut lease_seen = Vec::new();
     let held = Instant::now();
+    let mut sample = tokio::time::interval(Duration::from_millis(10)); // sampling, not synchronisation
     while held.elapsed() < Duration::from_millis(1500) {
+        sample.tick().await;
         let lease: Option<String> = redis::cmd("GET").arg("ucmrc:{svc}:lease").query(&mut c).expect("lease");
         if lease_seen.last() != Some(&lease) {
             lease_seen.push(lease);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(blocker);
     assert_eq!(lease_seen.len(), 1, "the lease changed during the takeover: {lease_seen:?}");

@@ -9,8 +9,6 @@
 //!   new one;
 //! - a slow Redis is slow, not dead: takeover at several round trips.
 
-mod support;
-
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,10 +17,11 @@ use relay_cluster::{Cluster, ClusterConfig, Role};
 use relay_core::ng::bencode::Value;
 use relay_core::ng::{NgConfig, NgEngine};
 use relay_core::{Relay, RelayError, SessionId};
-use support::fault_proxy::FaultProxy;
-use support::ng::{ng, result};
-use support::nodes::*;
-use support::RedisServer;
+use test_support::cluster::ng::{ng, result};
+use test_support::cluster::*;
+use test_support::fault_proxy::FaultProxy;
+use test_support::poll::until;
+use test_support::redis_server::RedisServer;
 
 /// A node with its relay (and ng engine), killed by dropping it.
 struct Host {
@@ -210,7 +209,7 @@ async fn takeover_through(delay: Duration, lease: Duration, base: u16) -> (Durat
     wait(&mut b.node, |s| s.role == Role::Standby).await;
     let (pbx, phone) = (socket("127.0.0.1"), socket("127.0.0.1"));
     let session = srtp_session(&a.relay.handle(), &pbx, &phone, 1).await;
-    let call = Call::start(&session, pbx, phone, 1);
+    let call = paced_call(&session, pbx, phone, 1);
     until("latched and replicated", || latched_records(&redis) == 1).await;
     let written = a.node.status().last_write;
     caught_up(&mut b.node, written).await;

@@ -1,11 +1,9 @@
-//! Attacks on authenticated latching (issue 13, §2), performed against a
+//! Attacks on authenticated latching (the first external review), performed against a
 //! real relay on loopback with real SRTP (libsrtp) and STUN: replayed
 //! consent checks after the replay memory was "flushed", brute force of
 //! 32-bit SRTP tags, WebRTC bundles of many SSRCs, and key updates. The
 //! attacker is a stranger on 127.0.0.2; every test fails on the relay
 //! before the fix (see SECURITY.md).
-
-mod support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -14,7 +12,10 @@ use relay_core::ng::bencode::{dict, Value};
 use relay_core::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionSpec, SessionUpdate};
 use relay_core::session::stats::DropReason;
 use relay_core::{AllocatedSession, BackendKind, Relay, RelayConfig, RelayHandle};
-use support::*;
+use test_support::keys::*;
+use test_support::packets::*;
+use test_support::srtp::*;
+use test_support::stun::*;
 
 const PBX_ICE_PWD: &[u8] = b"pbx-side-ice-password-0123";
 

@@ -4,8 +4,6 @@
 //! wrong tokens, locked-out sources, old TLS, plaintext, stalled clients and
 //! second connectors per policy.
 
-mod support;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +17,10 @@ use relay_core::control::messages::{Hello, Message};
 use relay_core::control::server::{ControlConfig, SecondConnector};
 use relay_core::tls::{client_config, load_certified_key, pem_fingerprint, ClientTrust};
 use relay_core::RelayError;
-use support::control::*;
-use support::*;
+use test_support::control::*;
+use test_support::packets::*;
+use test_support::poll::eventually;
+use test_support::srtp::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
@@ -530,7 +530,7 @@ async fn killing_the_channel_mid_call_keeps_media_flowing_and_the_connector_re_r
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 // 250 rounds/s: a real call's pace is 50, the relay's default limit 1 000 pps.
-                std::thread::sleep(Duration::from_millis(4));
+                std::thread::sleep(Duration::from_millis(4)); // pacing, not synchronisation
                 if call.round() {
                     rounds.fetch_add(1, Ordering::SeqCst);
                 } else {

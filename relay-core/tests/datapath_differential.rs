@@ -18,8 +18,6 @@
 //! New cases found by either path go into `tests/datapath_corpus/` (UDP
 //! payloads, sent from the latched source) or into `frame_cases` below.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -28,7 +26,10 @@ use relay_core::peer::PeerPolicy;
 use relay_core::session::spec::{LatchPolicy, LegSpec, SessionDefaults, SessionSpec};
 use relay_core::shard::offload::Offload;
 use relay_core::shard::{AddressSlice, Command, RelayPort, Response, Shard, ShardConfig, Verdict};
-use support::{auth_for, master, FakeSockets, SrtpTx};
+use test_support::keys::auth_for;
+use test_support::packets::master;
+use test_support::sockets::FakeSockets;
+use test_support::srtp::SrtpTx;
 
 /// One family's addresses: the relay's, the PBX's, the phone's, a stranger's.
 #[derive(Clone, Copy)]

@@ -12,9 +12,6 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-#[path = "support/seccomp.rs"]
-mod seccomp;
-
 use relay_core::relay::StartError;
 use relay_core::{BackendKind, LegSpec, Relay, RelayConfig, SessionSpec};
 
@@ -77,7 +74,7 @@ fn under_seccomp() {
 
 /// EPERM for the three io_uring calls (425/426/427 on every architecture).
 fn block_io_uring() -> std::io::Result<()> {
-    seccomp::deny_with_eperm(&[425, 426, 427])
+    test_support::seccomp::deny_with_eperm(&[425, 426, 427])
 }
 
 /// With io_uring, relay ports cost no file descriptors: 3 000 sockets

@@ -14,17 +14,14 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/seccomp.rs"]
-mod seccomp;
-mod support;
-
-use netns::{sh, socket_in};
 use relay_core::io::ebpf::{AttachMode, Carries, FastPath, NextHop, Route};
 use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
 use relay_core::{BackendKind, DropReason, Relay, RelayConfig};
-use support::{auth_for, master, SrtpTx};
+use test_support::keys::auth_for;
+use test_support::netns::{sh, socket_in};
+use test_support::packets::master;
+use test_support::poll::wait_for;
+use test_support::srtp::SrtpTx;
 
 const CHILD: &str = "UCMRC_EBPF_NETNS_CHILD";
 
@@ -504,18 +501,14 @@ fn relay_in_namespace() {
         seq = seq.wrapping_add(1);
         phone.send_to(&rtp(seq), b.endpoint.rtp).expect("send");
         pbx.recv_from(&mut buf).expect("forwarded");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // pacing (50 pps), not synchronisation
     }
     let alive = h.session(b.id).wait().expect("alive after 2.5 s of kernel-only media");
     assert!(alive.endpoint.stats.packets_forwarded > 100);
     let kernel = h.counters().wait().expect("counters").total.packets_forwarded_kernel - kernel_before;
     assert!(kernel > 100, "the media ran in the kernel: {kernel}");
     // Media stops: the session ends by its idle timeout, and its route with it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while h.session(b.id).wait().is_ok() {
-        assert!(std::time::Instant::now() < deadline, "the idle session did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("the idle session's end", || h.session(b.id).wait().is_err());
     phone.send_to(&rtp(9999), b.endpoint.rtp).expect("send");
     assert!(!pending(&pbx), "nothing forwarded after the idle end");
 
@@ -560,7 +553,7 @@ fn fallback_in_namespace() {
 
 /// EPERM for `bpf(2)`.
 fn block_bpf_syscall() -> std::io::Result<()> {
-    seccomp::deny_with_eperm(&[libc::SYS_bpf as u32])
+    test_support::seccomp::deny_with_eperm(&[libc::SYS_bpf as u32])
 }
 
 /// Three namespaces joined by veth links — a phone (10.1.0.2) on the

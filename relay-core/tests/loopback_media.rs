@@ -10,8 +10,6 @@
 //! The relay allocates from its configured range and skips ports it cannot
 //! bind, so parallel tests and other programs can share the range.
 
-mod support;
-
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -21,7 +19,9 @@ use relay_core::session::limits::LegLimits;
 use relay_core::session::spec::{LatchPolicy, LegSpec, SessionDefaults, SessionSpec};
 use relay_core::session::stats::DropReason;
 use relay_core::BackendKind;
-use support::*;
+use test_support::keys::*;
+use test_support::packets::*;
+use test_support::srtp::*;
 
 const WAIT: Duration = Duration::from_secs(3);
 

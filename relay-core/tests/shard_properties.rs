@@ -4,8 +4,6 @@
 //! the peer leg of its own session, and its counters must add up; whatever
 //! happened, its sessions' exported states resume on a fresh shard exactly.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,7 +16,12 @@ use relay_core::session::spec::{
 use relay_core::session::stats::DropReason;
 use relay_core::session::SessionId;
 use relay_core::shard::{Command, Response, Shard, ShardConfig, Verdict};
-use support::*;
+use test_support::keys::*;
+use test_support::packets::*;
+use test_support::sa;
+use test_support::sockets::*;
+use test_support::srtp::*;
+use test_support::stun::*;
 
 const BASE: u16 = 50000;
 const PORTS: usize = 24;

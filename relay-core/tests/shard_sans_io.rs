@@ -4,8 +4,6 @@
 //! Packets are real SRTP from libsrtp; the relay verifies them with auth keys
 //! derived by `relay_core::srtp_keys`.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,7 +13,12 @@ use relay_core::session::limits::LegLimits;
 use relay_core::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Verify};
 use relay_core::session::stats::DropReason;
 use relay_core::shard::{AllocatedPorts, Command, Response, RestoreClash, Shard, ShardConfig, ShardError, Verdict};
-use support::*;
+use test_support::keys::*;
+use test_support::packets::*;
+use test_support::sa;
+use test_support::sockets::*;
+use test_support::srtp::*;
+use test_support::stun::*;
 
 struct Lab {
     shard: Shard,

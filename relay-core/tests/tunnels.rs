@@ -2,8 +2,6 @@
 //! relay's tunnel listener ⇄ a connector ⇄ a rustls server playing the
 //! PBX. The relay is never given the PBX's key; it routes by SNI and splices.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +19,8 @@ use relay_core::tunnel::server::{Rejection, TunnelConfig, TunnelServer, TunnelSt
 use relay_core::wire::client_hello::build_client_hello;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::control::*;
+use test_support::control::*;
+use test_support::poll::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -10,10 +10,14 @@ use relay_core::control::auth::{token_hash, AuthPolicy};
 use relay_core::control::server::{ControlConfig, ControlServer, ControlStats, TenantCredentials};
 use relay_core::tls::{load_certified_key, pem_fingerprint, ClientTrust, ReloadableCert};
 use relay_core::{BackendKind, Relay, RelayConfig};
+
+use crate::poll::eventually;
 use tokio::net::TcpListener;
 
-pub const WAIT: Duration = Duration::from_secs(10);
+pub use crate::poll::WAIT;
+/// acme's connector token.
 pub const ACME_TOKEN: &str = "acme-token-0123456789";
+/// globex's connector token.
 pub const GLOBEX_TOKEN: &str = "globex-token-9876543210";
 
 pub use relay_core::testkit::pki::TestPki as Pki;
@@ -28,13 +32,19 @@ pub fn pki_for(name: &str) -> Pki {
     relay_core::testkit::pki::issue(name).expect("test certificates")
 }
 
+/// A relay, its control server on loopback, and the certificates it uses.
 pub struct Env {
+    /// The relay engine.
     pub relay: Relay,
+    /// The control server.
     pub server: ControlServer,
+    /// Where the control listener listens.
     pub addr: SocketAddr,
+    /// The CA and the relay's certificate.
     pub pki: Pki,
 }
 
+/// Tenants acme and globex, each with its token and the `sip-tls` service.
 pub fn tenants() -> Vec<TenantCredentials> {
     vec![
         TenantCredentials { id: "acme".into(), token_sha256: token_hash(ACME_TOKEN), services: vec!["sip-tls".into()] },
@@ -42,6 +52,7 @@ pub fn tenants() -> Vec<TenantCredentials> {
     ]
 }
 
+/// Control settings with short heartbeats and authentication delays.
 pub fn quick() -> ControlConfig {
     ControlConfig {
         heartbeat: Duration::from_secs(1),
@@ -50,6 +61,7 @@ pub fn quick() -> ControlConfig {
     }
 }
 
+/// Starts a relay and its control server with `config` on loopback.
 pub async fn env(config: ControlConfig) -> Env {
     env_with(config, pki(), 23000).await
 }
@@ -75,10 +87,12 @@ pub async fn env_with(config: ControlConfig, pki: Pki, port_min: u16) -> Env {
 }
 
 impl Env {
+    /// Connector settings for `tenant` to this relay, trusting its CA.
     pub fn connector(&self, tenant: &str, token: &str, id: &str) -> ConnectorConfig {
         self.connector_to(self.addr, tenant, token, id)
     }
 
+    /// [`connector`](Self::connector) to another address.
     pub fn connector_to(&self, addr: SocketAddr, tenant: &str, token: &str, id: &str) -> ConnectorConfig {
         let mut c = ConnectorConfig::new(
             &addr.to_string(),
@@ -94,6 +108,7 @@ impl Env {
         c
     }
 
+    /// Trust pinned to the relay certificate's fingerprint.
     pub fn pinned(&self) -> ClientTrust {
         ClientTrust::pinned_hex(&pem_fingerprint(self.pki.cert_pem.as_bytes()).expect("fp")).expect("pin")
     }
@@ -101,19 +116,5 @@ impl Env {
     /// Waits until the server's counters satisfy `f`.
     pub async fn stats_until(&self, what: &str, f: impl Fn(&ControlStats) -> bool) -> ControlStats {
         eventually(what, || self.server.stats(), f).await
-    }
-}
-
-/// Polls `get` until `done` holds and returns that value; fails the test
-/// (showing the last value) if it does not within [`WAIT`].
-pub async fn eventually<T: std::fmt::Debug>(what: &str, mut get: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = get();
-        if done(&v) {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {v:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -1,5 +1,5 @@
 //! A real Kamailio (Debian's, with its `rtpengine` module) running the test
-//! configuration `tests/kamailio/kamailio.cfg`: SIP on a given address, ng
+//! configuration `test-support/kamailio/kamailio.cfg`: SIP on a given address, ng
 //! commands to a given relay address. Shared by the Kamailio test and the
 //! redundancy test (there inside a network namespace).
 
@@ -31,7 +31,7 @@ impl Kamailio {
     pub fn start(prefix: &[&str], sip: SocketAddr, ng: SocketAddr, probe: &SipSocket) -> Self {
         let dir = temp_dir("kamailio");
         let log = dir.join("kamailio.log");
-        let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kamailio/kamailio.cfg");
+        let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/kamailio/kamailio.cfg");
         let bin = ["/usr/sbin/kamailio", "/usr/local/sbin/kamailio"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())

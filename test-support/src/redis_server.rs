@@ -1,7 +1,5 @@
 //! A real `redis-server` for tests, on a Unix socket in a temporary
-//! directory (no TCP port to collide with). Shared by relay-cluster's and
-//! ucmrc's tests.
-#![allow(dead_code)]
+//! directory (no TCP port to collide with).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -24,6 +22,7 @@ pub fn wait_ready(child: &mut Child) {
 
 /// A running redis-server; killed on drop.
 pub struct RedisServer {
+    /// Its directory (socket, logs).
     pub dir: PathBuf,
     child: Option<Child>,
 }
@@ -86,5 +85,12 @@ impl Drop for RedisServer {
         }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisServer {
+    /// A plain client connection for checks.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url()).expect("url").get_connection().expect("connect")
     }
 }

@@ -1,23 +1,28 @@
-//! Nodes beside relays for the cluster tests: configurations, relays on
+//! Nodes beside relays for the cluster tests (relay-cluster's and
+//! ucmrc's): configurations, relays on
 //! ranges below the kernel's ephemeral ports, authenticated SRTP sessions,
 //! paced real SRTP calls that measure their gaps, and waits on a node's
 //! status.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::UdpSocket;
+use std::time::Duration;
 
 use relay_cluster::record::{self, Codec};
 use relay_cluster::{Cluster, ClusterConfig, ClusterKey, Sealer};
 use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
 use relay_core::{AllocatedSession, Relay, RelayConfig, RelayHandle};
 
-use super::core::{auth_for, master, SrtpRx, SrtpTx};
-use super::RedisServer;
+use crate::keys::auth_for;
+use crate::packets::master;
+use crate::redis_server::RedisServer;
+use crate::srtp::{Direction, PacedCall};
 
+pub mod ng;
+
+/// The cluster key every test node shares.
 pub const KEY: [u8; 32] = [0x5a; 32];
 
+/// What the test nodes seal records with.
 pub fn sealer() -> Sealer {
     Sealer::new(ClusterKey::new(&KEY), Vec::new())
 }
@@ -92,6 +97,7 @@ pub async fn srtp_session(h: &RelayHandle, pbx: &UdpSocket, phone: &UdpSocket, n
     h.allocate_committed(srtp_spec(pbx, phone, n)).await.expect("allocate")
 }
 
+/// Every session record in group `svc`, as stored (id, sealed record).
 pub fn raw_records(redis: &RedisServer) -> Vec<(String, String)> {
     let mut c = redis.client();
     redis::cmd("HGETALL").arg("ucmrc:{svc}:sessions").query(&mut c).expect("hgetall")
@@ -106,15 +112,6 @@ pub fn latched_records(redis: &RedisServer) -> usize {
         .count()
 }
 
-/// Polls `done` every 10 ms; fails the test naming `what` after 5 s.
-pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Waits (at most 10 s) until `node`'s status satisfies `f`.
 pub async fn wait(
     node: &mut Cluster,
@@ -126,91 +123,24 @@ pub async fn wait(
     }
 }
 
+/// Lower-case hex of `b`.
 pub fn relay_cluster_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Real SRTP both ways, paced at 50 packets/s per direction, received and
-/// verified by libsrtp; records arrival times to measure gaps.
-pub struct Call {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Flow>>,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct Flow {
-    pub sent: u64,
-    pub received: u64,
-    pub auth_failures: u64,
-    pub max_gap: Duration,
-    pub from: Vec<SocketAddr>,
-}
-
-impl Call {
-    pub fn start(a: &AllocatedSession, pbx: UdpSocket, phone: UdpSocket, n: u8) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for (from, to, relay_addr, key, ssrc) in [
-            (
-                phone.try_clone().expect("clone"),
-                pbx.try_clone().expect("clone"),
-                a.endpoint.rtp,
-                master(2 * n + 1),
-                0x100 + u32::from(n),
-            ),
-            (pbx, phone, a.pbx.rtp, master(2 * n), 0x200 + u32::from(n)),
-        ] {
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                let mut tx = SrtpTx::new(&key, ssrc, 1);
-                let mut rx = SrtpRx::new(&key);
-                let received = Arc::new(Mutex::new(Flow::default()));
-                let r2 = received.clone();
-                let stop2 = stop.clone();
-                let sink = std::thread::spawn(move || {
-                    let mut buf = [0u8; 2048];
-                    let mut last: Option<Instant> = None;
-                    while !stop2.load(Ordering::Relaxed) {
-                        if let Ok((len, src)) = to.recv_from(&mut buf) {
-                            let now = Instant::now();
-                            let mut f = r2.lock().expect("lock");
-                            if let Some(l) = last {
-                                f.max_gap = f.max_gap.max(now - l);
-                            }
-                            last = Some(now);
-                            f.received += 1;
-                            if !f.from.contains(&src) {
-                                f.from.push(src);
-                            }
-                            if rx.accept(&buf[..len]).is_none() {
-                                f.auth_failures += 1;
-                            }
-                        }
-                    }
-                });
-                let mut sent = 0;
-                let start = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = from.send_to(&tx.next_rtp(), relay_addr);
-                    sent += 1;
-                    let next = start + Duration::from_millis(20 * sent);
-                    if let Some(d) = next.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(d); // pacing, not synchronisation
-                    }
-                }
-                sink.join().expect("sink");
-                let mut f = received.lock().expect("lock").clone();
-                f.sent = sent;
-                f
-            }));
-        }
-        Self { stop, threads }
-    }
-
-    pub fn finish(self) -> Vec<Flow> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|t| t.join().expect("flow")).collect()
-    }
+/// Real SRTP both ways through session `a` (see [`srtp_spec`] for the
+/// keys of call `n`), paced and measured.
+pub fn paced_call(a: &AllocatedSession, pbx: UdpSocket, phone: UdpSocket, n: u8) -> PacedCall {
+    PacedCall::start(vec![
+        Direction {
+            from: phone.try_clone().expect("clone"),
+            relay: a.endpoint.rtp,
+            sink: pbx.try_clone().expect("clone"),
+            master: master(2 * n + 1),
+            ssrc: 0x100 + u32::from(n),
+        },
+        Direction { from: pbx, relay: a.pbx.rtp, sink: phone, master: master(2 * n), ssrc: 0x200 + u32::from(n) },
+    ])
 }
 
 /// Waits until `node`'s last applied write is at least `v`.

@@ -1,7 +1,6 @@
 //! The harness shared by the binary's integration tests: start the real
 //! `ucmrc` (or the one `UCMRC_BIN` names, to replay a test against another
 //! build), talk HTTP and ng to it, SRTP calls, Prometheus scrapes.
-#![allow(dead_code)]
 
 pub mod kamailio;
 pub mod sip;
@@ -16,20 +15,33 @@ use std::time::{Duration, Instant};
 use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
 use serde_json::Value;
 
+use crate::packets::master;
+
 /// The binary under test: this build's, unless `UCMRC_BIN` names another.
+/// Cargo builds a package's binaries before its integration tests, beside
+/// the test executables' `deps/` directory.
 pub fn bin() -> String {
-    std::env::var("UCMRC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ucmrc").to_string())
+    std::env::var("UCMRC_BIN").unwrap_or_else(|_| {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+        dir.join("ucmrc").to_str().expect("utf-8 path").to_string()
+    })
 }
 
+/// The admin token of [`config`].
 pub const TOKEN: &str = "test-token-0123456789";
 
+/// [`TOKEN`]'s SHA-256 in hex, as the config stores it.
 pub fn token_hash() -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(TOKEN.as_bytes()))
 }
 
+/// A running `ucmrc relay`; killed on drop.
 pub struct Relay {
+    /// The process.
     pub child: Child,
+    /// Its admin API.
     pub admin: SocketAddr,
     /// ng protocol (UDP, TCP) when enabled.
     pub ng: Option<(SocketAddr, SocketAddr)>,
@@ -37,7 +49,9 @@ pub struct Relay {
     pub control: Option<SocketAddr>,
     /// Tunnel listeners by service, when configured.
     pub tunnels: Vec<(String, SocketAddr)>,
+    /// Its stderr, line by line.
     pub stderr: mpsc::Receiver<String>,
+    /// Its directory (config, state).
     pub dir: PathBuf,
 }
 
@@ -49,12 +63,14 @@ impl Drop for Relay {
     }
 }
 
+/// A fresh temporary directory named after `tag`.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ucmrc-test-{tag}-{}-{}", std::process::id(), fastrand_u64()));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
 
+/// A number that differs between calls (nanoseconds since the epoch).
 pub fn fastrand_u64() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -67,6 +83,7 @@ pub fn config(extra: &str) -> String {
     )
 }
 
+/// Starts the binary with `config_text` (or none) and reads its banner.
 pub fn start(config_text: Option<&str>) -> Relay {
     start_with(&[], config_text)
 }
@@ -132,6 +149,7 @@ pub fn start_with(prefix: &[&str], config_text: Option<&str>) -> Relay {
     Relay { child, admin, ng, control, tunnels, stderr: rx, dir }
 }
 
+/// Where [`start`] wrote the relay's config.
 pub fn config_path(r: &Relay) -> PathBuf {
     r.dir.join("ucmrc.toml")
 }
@@ -160,6 +178,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, bod
     (status, body)
 }
 
+/// The body of a chunked HTTP response.
 pub fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
@@ -173,6 +192,7 @@ pub fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// Parses `body` as JSON; fails the test showing it if it is not.
 pub fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -183,14 +203,7 @@ pub fn signal(r: &Relay, sig: i32) {
     assert!(status.success(), "kill -{sig}");
 }
 
-pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
+/// Whether the relay writes a stderr line containing `needle` within 10 s.
 pub fn stderr_contains(r: &Relay, needle: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Ok(line) = r.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -203,27 +216,35 @@ pub fn stderr_contains(r: &Relay, needle: &str) -> bool {
 
 /// SRTP endpoints for one call, with the relay-side auth keys.
 pub struct Call {
+    /// The PBX's socket.
     pub pbx: UdpSocket,
+    /// The phone's socket.
     pub phone: UdpSocket,
+    /// The PBX's sender.
     pub pbx_tx: srtp::Session,
+    /// The phone's sender.
     pub phone_tx: srtp::Session,
+    /// The PBX's receiver.
     pub pbx_rx: srtp::Session,
+    /// The phone's receiver.
     pub phone_rx: srtp::Session,
+    /// The relay address the PBX sends to.
     pub to_pbx_leg: SocketAddr,
+    /// The relay address the phone sends to.
     pub to_endpoint_leg: SocketAddr,
+    /// The next sequence number.
     pub seq: u16,
+    /// The session's id.
     pub id: String,
 }
 
-pub fn master(seed: u8) -> Vec<u8> {
-    (0..30u8).map(|i| i.wrapping_mul(13).wrapping_add(seed)).collect()
-}
-
+/// The admin API's `srtp_auth` object for master key `m`.
 pub fn auth_json(m: &[u8]) -> String {
     let k = derive_auth_keys(&SrtpMasterKey::from_concatenated(m).expect("master"));
     format!(r#"{{"rtp_key":"{}","rtcp_key":"{}"}}"#, hex::encode(k.srtp), hex::encode(k.srtcp))
 }
 
+/// A libsrtp session with `policy`, protecting (`outbound`) or unprotecting.
 pub fn session(policy: srtp::StreamPolicy<'_>, outbound: bool) -> srtp::Session {
     if outbound {
         srtp::Session::with_outbound_template(policy).expect("srtp")
@@ -233,6 +254,7 @@ pub fn session(policy: srtp::StreamPolicy<'_>, outbound: bool) -> srtp::Session 
 }
 
 impl Call {
+    /// A session of `tenant` between fresh loopback sockets.
     pub fn allocate(r: &Relay, tenant: &str) -> Result<Call, (u16, String)> {
         let (pbx, phone) =
             (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
@@ -413,10 +435,12 @@ impl NgJson {
     }
 }
 
+/// `s` as a bencoded string.
 pub fn bstr(s: &str) -> String {
     format!("{}:{s}", s.len())
 }
 
+/// The `sdp` value of a bencoded ng reply.
 pub fn sdp_of(reply: &[u8]) -> String {
     let text = String::from_utf8_lossy(reply).to_string();
     let at = text.find("3:sdp").expect("sdp in reply") + 5;
@@ -424,6 +448,7 @@ pub fn sdp_of(reply: &[u8]) -> String {
     rest[..len.parse::<usize>().expect("len")].to_string()
 }
 
+/// The port of the first `m=audio` line.
 pub fn sdp_port(sdp: &str) -> u16 {
     sdp.lines()
         .find_map(|l| l.strip_prefix("m=audio "))
