@@ -1,11 +1,10 @@
-//! Settings that take one of a few names (`latch = "window"`,
-//! `datapath = "uring"`): one parser for the library, the admin API, the
-//! control channel and the `ucmrc` configuration file.
+//! Enums whose values have stable names: settings (`latch = "window"`,
+//! `datapath = "uring"`) with one parser for the library, the admin API, the
+//! control channel and the `ucmrc` configuration file, and code lists.
 //!
-//! `named!` gives a core enum `as_str`, `NAMES`, `Display`,
-//! `FromStr` (with [`UnknownName`]) and, with the `serde` feature,
-//! `Serialize`/`Deserialize` as its name — from one list, matched
-//! exhaustively, so a new variant without a name does not compile.
+//! `named!` declares such an enum from one list of variants and names: the
+//! settings here, and the code lists (error codes, drop reasons, tunnel
+//! rejections) whose names are stable on the wire and in metrics.
 #![forbid(unsafe_code)]
 
 /// A name that is not one of a setting's choices.
@@ -18,16 +17,45 @@ pub struct UnknownName {
     pub expected: &'static [&'static str],
 }
 
-/// Implements names for an existing enum whose variants carry no data:
-/// `named!(Verify { Latch => "latch", All => "all" });`
-#[allow(unused_macros)] // without `engine` or `control`, no enum uses it
+/// Declares an enum whose variants carry no data, each with its stable
+/// name, from one list: the enum, `ALL` (every variant in declaration order:
+/// it sizes counter arrays), `NAMES`, `as_str`, `Display`, `FromStr` (with
+/// [`UnknownName`]) and, with the `serde` feature, `Serialize`/`Deserialize`
+/// as the name. A variant without a name does not compile.
+///
+/// ```ignore
+/// named! {
+///     /// Which packets must carry a valid tag.
+///     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///     pub enum Verify {
+///         /// Only packets that try to latch.
+///         Latch => "latch",
+///         /// Every packet.
+///         All => "all",
+///     }
+/// }
+/// ```
+#[allow(unused_macros)] // a build with no features declares none
 macro_rules! named {
-    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $ty:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $name:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $ty {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
         impl $ty {
+            /// Every variant, in declaration order.
+            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
+
             /// Every name, in declaration order.
             pub const NAMES: &'static [&'static str] = &[$($name),+];
 
-            /// Its name in configuration and on the wire.
+            /// Its stable name (configuration, wire, metrics labels).
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($ty::$variant => $name,)+
@@ -89,18 +117,20 @@ pub(crate) use named_serde;
 
 #[cfg(test)]
 mod tests {
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Colour {
-        Red,
-        Green,
+    crate::names::named! {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Colour {
+            Red => "red",
+            Green => "green",
+        }
     }
-    crate::names::named!(Colour { Red => "red", Green => "green" });
 
     #[test]
     fn names_parse_print_and_refuse_what_is_not_one_of_them() {
         assert_eq!("green".parse::<Colour>(), Ok(Colour::Green));
         assert_eq!(Colour::Red.to_string(), "red");
         assert_eq!(Colour::NAMES, ["red", "green"]);
+        assert_eq!(Colour::ALL, [Colour::Red, Colour::Green]);
         let e = "Green".parse::<Colour>().expect_err("names are case-sensitive");
         assert_eq!(e.to_string(), "\"Green\" is not one of red, green");
     }

@@ -129,7 +129,7 @@ fn auth_key(hex_key: &str) -> Result<[u8; AUTH_KEY_LEN], RecordError> {
 fn drops_by_name<'a>(named: impl IntoIterator<Item = (&'a String, u64)>, ignored: &mut Ignored) -> DropCounters {
     let mut drops = DropCounters::default();
     for (name, n) in named {
-        match DropReason::ALL.iter().copied().find(|r| r.as_str() == name) {
+        match name.parse::<DropReason>().ok() {
             Some(reason) => drops.add_n(reason, n),
             None => ignored.0 += 1,
         }

@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 /// Longest grace period honoured (a year); longer settings are clamped.
 pub const MAX_GRACE: Duration = Duration::from_secs(365 * 86_400);
 
-/// What to do with a second connector of a tenant that already has one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecondConnector {
-    /// The newcomer replaces the connector in place (which gets `replaced`).
-    Replace,
-    /// The newcomer is refused (`duplicate`).
-    Reject,
+crate::names::named! {
+    /// What to do with a second connector of a tenant that already has one.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SecondConnector {
+        /// The newcomer replaces the connector in place (which gets `replaced`).
+        Replace => "replace",
+        /// The newcomer is refused (`duplicate`).
+        Reject => "reject",
+    }
 }
-
-crate::names::named!(SecondConnector { Replace => "replace", Reject => "reject" });
 
 /// One tenant's current connector.
 #[derive(Debug)]

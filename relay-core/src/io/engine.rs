@@ -11,30 +11,32 @@ use crate::shard::{Command, Response, Shard};
 
 use super::{portable, sys, uring};
 
-/// Which datapath implementation runs the shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackendKind {
-    /// io_uring when the probe succeeds, otherwise portable (the reason is
-    /// logged and reported by [`Relay::datapath`](crate::relay::Relay::datapath));
-    /// built with the `ebpf` feature, plus the kernel fast path on the
-    /// non-loopback interfaces holding the relay's addresses when the kernel
-    /// and privileges allow (otherwise the reason is logged at info level and
-    /// reported in [`DatapathInfo::fast_path`](crate::relay::DatapathInfo::fast_path)).
-    #[default]
-    Auto,
-    /// io_uring: multishot receive into a provided-buffer ring, zero-copy
-    /// forwarding from the receive buffer. Fails to start when unavailable.
-    Uring,
-    /// epoll + `recvmmsg`/`sendmmsg`; works everywhere Linux runs,
-    /// including containers whose seccomp profile blocks io_uring.
-    Portable,
-    /// `Auto`'s userspace datapath plus the kernel fast path (the `ebpf`
-    /// feature): established legs are forwarded by a tc program. When it
-    /// cannot load (no BPF privileges, an old kernel, only wildcard relay
-    /// addresses, built without the feature) the relay says why in
-    /// [`DatapathInfo::fast_path`](crate::relay::DatapathInfo::fast_path)
-    /// and runs userspace only.
-    Ebpf,
+crate::names::named! {
+    /// Which datapath implementation runs the shards.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum BackendKind {
+        /// io_uring when the probe succeeds, otherwise portable (the reason is
+        /// logged and reported by [`Relay::datapath`](crate::relay::Relay::datapath));
+        /// built with the `ebpf` feature, plus the kernel fast path on the
+        /// non-loopback interfaces holding the relay's addresses when the kernel
+        /// and privileges allow (otherwise the reason is logged at info level and
+        /// reported in [`DatapathInfo::fast_path`](crate::relay::DatapathInfo::fast_path)).
+        #[default]
+        Auto => "auto",
+        /// io_uring: multishot receive into a provided-buffer ring, zero-copy
+        /// forwarding from the receive buffer. Fails to start when unavailable.
+        Uring => "uring",
+        /// epoll + `recvmmsg`/`sendmmsg`; works everywhere Linux runs,
+        /// including containers whose seccomp profile blocks io_uring.
+        Portable => "portable",
+        /// `Auto`'s userspace datapath plus the kernel fast path (the `ebpf`
+        /// feature): established legs are forwarded by a tc program. When it
+        /// cannot load (no BPF privileges, an old kernel, only wildcard relay
+        /// addresses, built without the feature) the relay says why in
+        /// [`DatapathInfo::fast_path`](crate::relay::DatapathInfo::fast_path)
+        /// and runs userspace only.
+        Ebpf => "ebpf",
+    }
 }
 
 impl BackendKind {
@@ -51,8 +53,6 @@ impl BackendKind {
         }
     }
 }
-
-crate::names::named!(BackendKind { Auto => "auto", Uring => "uring", Portable => "portable", Ebpf => "ebpf" });
 
 /// Socket settings for relay ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,38 +38,38 @@ impl Side {
     }
 }
 
-/// How a leg learns (latches) its remote address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum LatchPolicy {
-    /// During a learning window after allocation or update, packets may
-    /// (re)latch, ranked by the hint (exact address > same IP > other). After
-    /// the window the source is strict. The first latch may happen at any time.
-    #[default]
-    Window,
-    /// A new source latches only with proof: an SRTP/SRTCP tag that verifies
-    /// with the leg's authentication key and a packet index newer than any
-    /// seen, or a STUN request whose MESSAGE-INTEGRITY verifies with the leg's
-    /// password (and whose transaction id is new). Survives NAT rebinding and
-    /// roaming securely at any time. Needs credentials on every leg.
-    Authenticated,
-    /// Every packet may re-latch (legacy, insecure; explicit opt-in only).
-    Open,
+crate::names::named! {
+    /// How a leg learns (latches) its remote address.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub enum LatchPolicy {
+        /// During a learning window after allocation or update, packets may
+        /// (re)latch, ranked by the hint (exact address > same IP > other). After
+        /// the window the source is strict. The first latch may happen at any time.
+        #[default]
+        Window => "window",
+        /// A new source latches only with proof: an SRTP/SRTCP tag that verifies
+        /// with the leg's authentication key and a packet index newer than any
+        /// seen, or a STUN request whose MESSAGE-INTEGRITY verifies with the leg's
+        /// password (and whose transaction id is new). Survives NAT rebinding and
+        /// roaming securely at any time. Needs credentials on every leg.
+        Authenticated => "authenticated",
+        /// Every packet may re-latch (legacy, insecure; explicit opt-in only).
+        Open => "open",
+    }
 }
 
-crate::names::named!(LatchPolicy { Window => "window", Authenticated => "authenticated", Open => "open" });
-
-/// Which packets must carry a valid SRTP/SRTCP tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Verify {
-    /// Only packets that try to latch (per the policy).
-    #[default]
-    Latch,
-    /// Every SRTP/SRTCP packet of a leg with an authentication key (one HMAC
-    /// per packet; anti-injection).
-    All,
+crate::names::named! {
+    /// Which packets must carry a valid SRTP/SRTCP tag.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub enum Verify {
+        /// Only packets that try to latch (per the policy).
+        #[default]
+        Latch => "latch",
+        /// Every SRTP/SRTCP packet of a leg with an authentication key (one HMAC
+        /// per packet; anti-injection).
+        All => "all",
+    }
 }
-
-crate::names::named!(Verify { Latch => "latch", All => "all" });
 
 /// SRTP authentication keys for the packets a leg's remote *sends*.
 ///

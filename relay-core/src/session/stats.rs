@@ -3,87 +3,61 @@
 //! Counters are owned by one shard thread and read through snapshots, so the
 //! hot path never touches an atomic or a lock.
 
-/// Declares [`DropReason`] from one list, so the enum, [`DropReason::ALL`]
-/// (which sizes the counter array) and the stable names can never disagree:
-/// a variant added here is counted, named and exported with no other edit.
-macro_rules! drop_reasons {
-    ($( $(#[$doc:meta])* $variant:ident => $name:literal, )+) => {
-        /// Why a datagram was not forwarded. Every drop is counted with one of these.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum DropReason {
-            $( $(#[$doc])* $variant, )+
-        }
-
-        impl DropReason {
-            /// Every reason, in declaration order (the index of the counters).
-            pub const ALL: [DropReason; [$($name),+].len()] = [$(DropReason::$variant),+];
-
-            /// Stable snake_case name (for metrics labels and JSON).
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(DropReason::$variant => $name,)+
-                }
-            }
-        }
-    };
-}
-
-drop_reasons! {
-    /// It arrived on a port that no session owns (stale or stray traffic).
-    NoSession => "no_session",
-    /// Empty datagram.
-    Empty => "empty",
-    /// Larger than the receive buffer; cut by the kernel.
-    Truncated => "truncated",
-    /// The source address is refused by the peer policy (e.g. multicast,
-    /// link-local, metadata, loopback when not allowed).
-    SourcePolicy => "source_policy",
-    /// The source is one of the relay's own addresses (a media port or a
-    /// listener): never latched, never a destination.
-    RelayAddress => "relay_address",
-    /// Not media: only the RFC 7983 classes (STUN, ZRTP, DTLS, TURN channel,
-    /// RTP/RTCP) with a plausible header cross the relay.
-    NotMedia => "not_media",
-    /// The leg waits for its address from signalling (e.g. the answerer
-    /// before the SDP answer) and latches nothing until then.
-    NoHint => "no_hint",
-    /// Strict source: the leg is latched to another address and this source
-    /// may not re-latch now.
-    SourceMismatch => "source_mismatch",
-    /// `authenticated` latching: a new source without a valid SRTP/SRTCP tag
-    /// or STUN MESSAGE-INTEGRITY.
-    Unauthenticated => "unauthenticated",
-    /// `authenticated` latching: the leg's budget of failed proofs is spent;
-    /// new sources are refused without checking until the back-off ends.
-    ProofBackoff => "proof_backoff",
-    /// A valid proof with a packet index not newer than one already seen
-    /// (or a STUN transaction already used).
-    Replay => "replay",
-    /// `verify = all`: the SRTP/SRTCP tag did not verify.
-    AuthFailed => "auth_failed",
-    /// The leg's packet-rate bucket is empty.
-    RateLimited => "rate_limited",
-    /// The leg's byte-rate bucket is empty.
-    ByteRateLimited => "byte_rate_limited",
-    /// The other leg has neither a latched address nor an exact hint yet.
-    NoDestination => "no_destination",
-    /// Media from this leg is blocked by a command (ng `block media`).
-    Blocked => "blocked",
-    /// `authenticated` latching on a leg the kernel fast path forwards: a
-    /// new source waits until the kernel's last packet index is back in
-    /// userspace (its routes are withdrawn at once; a fraction of a second).
-    KernelSync => "kernel_sync",
+crate::names::named! {
+    /// Why a datagram was not forwarded. Every drop is counted with one of
+    /// these; `ALL` is the index of the counters.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum DropReason {
+        /// It arrived on a port that no session owns (stale or stray traffic).
+        NoSession => "no_session",
+        /// Empty datagram.
+        Empty => "empty",
+        /// Larger than the receive buffer; cut by the kernel.
+        Truncated => "truncated",
+        /// The source address is refused by the peer policy (e.g. multicast,
+        /// link-local, metadata, loopback when not allowed).
+        SourcePolicy => "source_policy",
+        /// The source is one of the relay's own addresses (a media port or a
+        /// listener): never latched, never a destination.
+        RelayAddress => "relay_address",
+        /// Not media: only the RFC 7983 classes (STUN, ZRTP, DTLS, TURN channel,
+        /// RTP/RTCP) with a plausible header cross the relay.
+        NotMedia => "not_media",
+        /// The leg waits for its address from signalling (e.g. the answerer
+        /// before the SDP answer) and latches nothing until then.
+        NoHint => "no_hint",
+        /// Strict source: the leg is latched to another address and this source
+        /// may not re-latch now.
+        SourceMismatch => "source_mismatch",
+        /// `authenticated` latching: a new source without a valid SRTP/SRTCP tag
+        /// or STUN MESSAGE-INTEGRITY.
+        Unauthenticated => "unauthenticated",
+        /// `authenticated` latching: the leg's budget of failed proofs is spent;
+        /// new sources are refused without checking until the back-off ends.
+        ProofBackoff => "proof_backoff",
+        /// A valid proof with a packet index not newer than one already seen
+        /// (or a STUN transaction already used).
+        Replay => "replay",
+        /// `verify = all`: the SRTP/SRTCP tag did not verify.
+        AuthFailed => "auth_failed",
+        /// The leg's packet-rate bucket is empty.
+        RateLimited => "rate_limited",
+        /// The leg's byte-rate bucket is empty.
+        ByteRateLimited => "byte_rate_limited",
+        /// The other leg has neither a latched address nor an exact hint yet.
+        NoDestination => "no_destination",
+        /// Media from this leg is blocked by a command (ng `block media`).
+        Blocked => "blocked",
+        /// `authenticated` latching on a leg the kernel fast path forwards: a
+        /// new source waits until the kernel's last packet index is back in
+        /// userspace (its routes are withdrawn at once; a fraction of a second).
+        KernelSync => "kernel_sync",
+    }
 }
 
 impl DropReason {
     fn index(self) -> usize {
         self as usize
-    }
-}
-
-impl std::fmt::Display for DropReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -91,76 +91,56 @@ impl Default for TunnelConfig {
     }
 }
 
-/// Declares [`Rejection`] from one list: the enum, every variant in order
-/// (which sizes the counter array) and the stable names can never disagree.
-macro_rules! rejections {
-    ($( $(#[$doc:meta])* $variant:ident => $name:literal, )+) => {
-        /// Why a tunnel or data connection is refused or ends early. Every
-        /// refusal is counted with one of these.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum Rejection {
-            $( $(#[$doc])* $variant, )+
-        }
-
-        impl Rejection {
-            /// Every reason, in declaration order.
-            pub const ALL: [Rejection; [$($name),+].len()] = [$(Rejection::$variant),+];
-
-            /// Stable snake_case name (metrics label).
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Rejection::$variant => $name,)+
-                }
-            }
-        }
-    };
-}
-
-rejections! {
-    /// The source (IPv4 address or IPv6 /64) has `max_pending_per_ip` hellos pending.
-    PerSourceCap => "per_ip_cap",
-    /// `max_pending` hellos are pending (for strangers: the unreserved part).
-    TotalCap => "total_cap",
-    /// The ClientHello did not arrive within `hello_timeout`.
-    HelloTimeout => "hello_timeout",
-    /// The client closed before its hello was complete.
-    ClientClosed => "client_closed",
-    /// Not TLS.
-    NotTls => "not_tls",
-    /// A malformed record or ClientHello.
-    MalformedHello => "malformed_hello",
-    /// A ClientHello larger than `max_hello_bytes`.
-    OversizeHello => "oversize_hello",
-    /// An invalid server name.
-    BadSni => "bad_sni",
-    /// No SNI and no default tenant.
-    NoSni => "no_sni",
-    /// No tenant for this SNI.
-    UnknownSni => "unknown_sni",
-    /// The tenant has no connector.
-    NoConnector => "no_connector",
-    /// The tenant's connector does not expose this service.
-    ServiceNotExposed => "service_not_exposed",
-    /// The connector's queue is full, or no ticket could be issued.
-    ConnectorBusy => "connector_busy",
-    /// The tenant has its maximum of tunnels.
-    TenantLimit => "tenant_limit",
-    /// This source holds its maximum of the tenant's tunnels.
-    SourceLimit => "source_limit",
-    /// The connector did not attach a data connection within the ticket TTL.
-    ConnectorTimeout => "connector_timeout",
-    /// Data connections without a ticket are capped (per source and in total).
-    DataCap => "data_cap",
-    /// A data connection sent no `attach` in time.
-    DataTimeout => "data_timeout",
-    /// A data connection sent something else than an `attach` frame.
-    DataBadFrame => "data_bad_frame",
-    /// An unknown ticket.
-    TicketUnknown => "ticket_unknown",
-    /// An expired (or cancelled) ticket.
-    TicketExpired => "ticket_expired",
-    /// A ticket presented twice.
-    TicketReused => "ticket_reused",
+crate::names::named! {
+    /// Why a tunnel or data connection is refused or ends early. Every
+    /// refusal is counted with one of these.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Rejection {
+        /// The source (IPv4 address or IPv6 /64) has `max_pending_per_ip` hellos pending.
+        PerSourceCap => "per_ip_cap",
+        /// `max_pending` hellos are pending (for strangers: the unreserved part).
+        TotalCap => "total_cap",
+        /// The ClientHello did not arrive within `hello_timeout`.
+        HelloTimeout => "hello_timeout",
+        /// The client closed before its hello was complete.
+        ClientClosed => "client_closed",
+        /// Not TLS.
+        NotTls => "not_tls",
+        /// A malformed record or ClientHello.
+        MalformedHello => "malformed_hello",
+        /// A ClientHello larger than `max_hello_bytes`.
+        OversizeHello => "oversize_hello",
+        /// An invalid server name.
+        BadSni => "bad_sni",
+        /// No SNI and no default tenant.
+        NoSni => "no_sni",
+        /// No tenant for this SNI.
+        UnknownSni => "unknown_sni",
+        /// The tenant has no connector.
+        NoConnector => "no_connector",
+        /// The tenant's connector does not expose this service.
+        ServiceNotExposed => "service_not_exposed",
+        /// The connector's queue is full, or no ticket could be issued.
+        ConnectorBusy => "connector_busy",
+        /// The tenant has its maximum of tunnels.
+        TenantLimit => "tenant_limit",
+        /// This source holds its maximum of the tenant's tunnels.
+        SourceLimit => "source_limit",
+        /// The connector did not attach a data connection within the ticket TTL.
+        ConnectorTimeout => "connector_timeout",
+        /// Data connections without a ticket are capped (per source and in total).
+        DataCap => "data_cap",
+        /// A data connection sent no `attach` in time.
+        DataTimeout => "data_timeout",
+        /// A data connection sent something else than an `attach` frame.
+        DataBadFrame => "data_bad_frame",
+        /// An unknown ticket.
+        TicketUnknown => "ticket_unknown",
+        /// An expired (or cancelled) ticket.
+        TicketExpired => "ticket_expired",
+        /// A ticket presented twice.
+        TicketReused => "ticket_reused",
+    }
 }
 
 impl From<HelloError> for Rejection {
