@@ -9,7 +9,8 @@
 //!
 //! A plain dependency is the media engine (`default = ["engine"]`): no TLS,
 //! no JSON, no tokio runtime. The rest is opt-in, so an embedder pays only
-//! for what it uses:
+//! for what it uses (a test holds this table, and `docs/relay-core.md`'s,
+//! to `Cargo.toml`):
 //!
 //! | feature | adds |
 //! |---|---|
@@ -24,6 +25,9 @@
 //! | `ng` | `ng`: rtpengine's ng protocol for Kamailio/OpenSIPS |
 //! | `testkit` | throwaway certificates and an SRTP sender (demos, tests) |
 //! | `batch-send` | io_uring `SENDMSG` batches (the load generator) |
+//! | `async` | tokio's runtime parts the network services use |
+//! | `ebpf` | `io::ebpf`: the kernel fast path (a tc program and its loader) behind `BackendKind::Ebpf` |
+//! | `__fault-injection` | tests only: lets a test make a shard thread panic |
 //!
 //! Examples (`relay-core/examples/`): `embed_in_tokio` (allocate, forward,
 //! read counters, drain), `drive_a_shard` (the sans-IO shard on your own
@@ -140,3 +144,41 @@ pub use session::spec::{
 pub use session::stats::{DropReason, LegStats, ShardCounters};
 #[cfg(feature = "engine")]
 pub use session::{LegInfo, LegPorts, SessionId, SessionInfo};
+
+#[cfg(test)]
+mod feature_table_tests {
+    use std::collections::BTreeSet;
+
+    /// The features `Cargo.toml` declares (but `default`).
+    fn declared() -> BTreeSet<&'static str> {
+        let manifest = include_str!("../Cargo.toml");
+        let section = manifest.split("\n[features]\n").nth(1).expect("a [features] section");
+        let section = section.split("\n[").next().expect("its lines");
+        section
+            .lines()
+            .filter_map(|l| l.split_once(" = [").map(|(name, _)| name))
+            .filter(|name| !name.starts_with('#') && *name != "default")
+            .collect()
+    }
+
+    /// The first column of every row of the table whose header is `header`.
+    fn rows<'a>(text: &'a str, prefix: &str, header: &str) -> BTreeSet<&'a str> {
+        let lines: Vec<&str> = text.lines().map(|l| l.strip_prefix(prefix).unwrap_or(l)).collect();
+        let start = lines.iter().position(|l| l.starts_with(header)).expect("the feature table");
+        lines[start + 2..]
+            .iter()
+            .take_while(|l| l.starts_with("| `"))
+            .map(|l| l[3..].split('`').next().expect("a feature name"))
+            .collect()
+    }
+
+    #[test]
+    fn the_feature_tables_list_every_feature_and_no_other() {
+        let features = declared();
+        assert!(features.contains("engine") && features.contains("ebpf"), "{features:?}");
+        let crate_docs = rows(include_str!("lib.rs"), "//! ", "| feature | adds |");
+        assert_eq!(crate_docs, features, "relay-core/src/lib.rs's feature table");
+        let guide = rows(include_str!("../../docs/relay-core.md"), "", "| feature | what it adds | pulls in |");
+        assert_eq!(guide, features, "docs/relay-core.md's feature table");
+    }
+}

@@ -1,4 +1,4 @@
-//! The relay ⇄ connector control protocol (issue #5): framing and message
+//! The relay ⇄ connector control protocol: framing and message
 //! types specified byte by byte in `docs/connector-protocol.md`, the
 //! authenticator and the relay-side listener (`server`, the `control`
 //! feature). The connector side is the `connector` module (its feature).

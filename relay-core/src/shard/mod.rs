@@ -408,10 +408,10 @@ const MAX_SLOTS: usize = 1 << 24;
 /// Id spaces are 24 bits wide (see [`SessionId`]).
 const ID_SPACE_MASK: u32 = 0x00ff_ffff;
 
-/// With the `fault-injection` feature (tests only), allocating a session
+/// With the `__fault-injection` feature (tests only), allocating a session
 /// for this tenant panics the shard thread, to prove what a shard failure
 /// does to the relay and the process.
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "__fault-injection")]
 #[doc(hidden)]
 pub const FAULT_PANIC_TENANT: &str = "fault-injection-shard-panic";
 
@@ -644,7 +644,7 @@ impl Shard {
     pub fn handle_command(&mut self, now: Instant, cmd: Command, sockets: &mut impl PortSockets) -> Response {
         match cmd {
             Command::Allocate { spec, permit } => {
-                #[cfg(feature = "fault-injection")]
+                #[cfg(feature = "__fault-injection")]
                 if spec.tenant == FAULT_PANIC_TENANT {
                     panic!("fault injection: shard {} told to panic", self.config.index);
                 }

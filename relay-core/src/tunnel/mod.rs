@@ -1,4 +1,4 @@
-//! TLS pass-through tunnels routed by SNI (issue #6): endpoints reach the
+//! TLS pass-through tunnels routed by SNI: endpoints reach the
 //! PBX's SIP-over-TLS and HTTPS services through the relay, which reads only
 //! the ClientHello's server name and never holds a key.
 //!
