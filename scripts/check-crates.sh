@@ -6,7 +6,8 @@
 #  - the engine and the connector pull in only what they use; relay-cluster
 #    builds with and without its ng feature;
 #  - the examples run;
-#  - rustdoc is warning-free; the declared MSRV builds the crates;
+#  - rustdoc is warning-free; the public API is the committed list;
+#    the declared MSRV builds the crates;
 #  - cargo-deny accepts every licence, ban and source (offline checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,9 @@ step "rustdoc with every feature, and the binary's"
 RUSTDOCFLAGS="-D warnings" cargo doc -p relay-core --all-features --no-deps --locked -q
 RUSTDOCFLAGS="-D warnings" cargo doc -p relay-cluster --no-deps --locked -q
 RUSTDOCFLAGS="-D warnings" cargo doc -p ucmrc --no-deps --locked -q
+
+step "public API (relay-core/public-api.txt)"
+scripts/check-public-api.sh
 
 step "what an embedder pays for"
 # crates that must not appear: name, and the builds that must not have it.

@@ -66,7 +66,7 @@ impl InProcess {
             tenant_port_share_percent: 100,
             defaults: SessionDefaults {
                 limits: relay_core::LegLimits { max_pps: Some(100_000), max_bytes_per_sec: None },
-                ceilings: relay_core::session::spec::Ceilings {
+                ceilings: relay_core::session::Ceilings {
                     max_pps: None,
                     max_bytes_per_sec: None,
                     ..Default::default()

@@ -80,7 +80,7 @@ pub struct Figures<'a> {
     /// The ng protocol (commands, transports), when enabled.
     pub ng: Option<(&'a NgStatsSnapshot, &'a crate::ng::NgTransportStats)>,
     /// The kernel fast path's outcomes, when it runs (`datapath = "ebpf"`).
-    pub fast_path: Option<relay_core::io::ebpf::Outcomes>,
+    pub fast_path: Option<relay_core::io::FastPathOutcomes>,
     /// The cluster node, when `[cluster]` is configured.
     pub cluster: Option<&'a relay_cluster::ClusterStatus>,
 }

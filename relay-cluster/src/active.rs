@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use relay_core::session::state::SessionState;
+use relay_core::session::SessionState;
 use relay_core::SessionId;
 
 use crate::calls::{call_id, Call};

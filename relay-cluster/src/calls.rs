@@ -2,7 +2,7 @@
 //! feature; without it a node replicates sessions only).
 
 #[cfg(feature = "ng")]
-use relay_core::ng::state::CallState;
+use relay_core::ng::CallState;
 
 /// The ng engine a node replicates the calls of.
 #[cfg(feature = "ng")]

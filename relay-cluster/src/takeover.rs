@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use relay_core::session::state::SessionState;
+use relay_core::session::SessionState;
 use relay_core::shard::RestoreClash;
 use relay_core::RelayError;
 

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-use relay_core::session::state::SessionState;
+use relay_core::session::SessionState;
 
 use crate::calls::Call;
 use crate::record::{RecordError, Version};

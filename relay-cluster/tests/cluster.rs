@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use relay_cluster::record::{self, ChangeNote, Codec, Version};
 use relay_cluster::store::{Batch, Holder, Keys, Store, StoreError};
 use relay_cluster::{Cluster, ClusterConfig, ClusterKey, Role, Sealer};
-use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
+use relay_core::{LatchPolicy, LegSpec, SessionSpec};
 use relay_core::{Relay, RelayConfig};
 use test_support::cluster::*;
 use test_support::keys::auth_for;

@@ -135,13 +135,13 @@ pub use relay::{
     RelayConfig, RelayCounters, RelayError, RelayHandle, SessionPage,
 };
 #[cfg(feature = "engine")]
-pub use session::limits::LegLimits;
-#[cfg(feature = "engine")]
 pub use session::spec::{
     LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify,
 };
 #[cfg(feature = "engine")]
 pub use session::stats::{DropReason, LegStats, ShardCounters};
+#[cfg(feature = "engine")]
+pub use session::LegLimits;
 #[cfg(feature = "engine")]
 pub use session::{LegInfo, LegPorts, SessionId, SessionInfo};
 

@@ -877,7 +877,7 @@ impl RelayHandle {
     /// What the kernel fast path did with the packets it saw (forwarded,
     /// or why each went up), when it runs.
     #[cfg(feature = "ebpf")]
-    pub fn fast_path_outcomes(&self) -> Option<io::ebpf::Outcomes> {
+    pub fn fast_path_outcomes(&self) -> Option<io::FastPathOutcomes> {
         let fast = self.inner.fast.as_ref()?;
         let guard = fast.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.outcomes().ok()

@@ -9,9 +9,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use relay_core::ng::bencode::{dict, Value};
-use relay_core::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionSpec, SessionUpdate};
-use relay_core::session::stats::DropReason;
+use relay_core::DropReason;
 use relay_core::{AllocatedSession, BackendKind, Relay, RelayConfig, RelayHandle};
+use relay_core::{LatchPolicy, LegSpec, LegUpdate, SessionSpec, SessionUpdate};
 use test_support::keys::*;
 use test_support::packets::*;
 use test_support::srtp::*;

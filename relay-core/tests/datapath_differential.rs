@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use relay_core::io::ebpf::{Carries, FastPath, FrameVerdict, NextHop, Route};
 use relay_core::peer::PeerPolicy;
-use relay_core::session::spec::{LatchPolicy, LegSpec, SessionDefaults, SessionSpec};
 use relay_core::shard::offload::Offload;
 use relay_core::shard::{AddressSlice, Command, RelayPort, Response, Shard, ShardConfig, Verdict};
+use relay_core::{LatchPolicy, LegSpec, SessionDefaults, SessionSpec};
 use test_support::keys::auth_for;
 use test_support::packets::master;
 use test_support::sockets::FakeSockets;

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use relay_core::io::ebpf::{AttachMode, Carries, FastPath, NextHop, Route};
-use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
 use relay_core::{BackendKind, DropReason, Relay, RelayConfig};
+use relay_core::{LatchPolicy, LegSpec, SessionSpec};
 use test_support::keys::auth_for;
 use test_support::netns::{sh, socket_in};
 use test_support::packets::master;

@@ -15,10 +15,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use relay_core::relay::{Relay, RelayConfig, RelayHandle};
-use relay_core::session::limits::LegLimits;
-use relay_core::session::spec::{LatchPolicy, LegSpec, SessionDefaults, SessionSpec};
-use relay_core::session::stats::DropReason;
 use relay_core::BackendKind;
+use relay_core::DropReason;
+use relay_core::LegLimits;
+use relay_core::{LatchPolicy, LegSpec, SessionDefaults, SessionSpec};
 use test_support::keys::*;
 use test_support::packets::*;
 use test_support::srtp::*;

@@ -10,12 +10,10 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use relay_core::peer::PeerPolicy;
-use relay_core::session::spec::{
-    LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, Verify,
-};
-use relay_core::session::stats::DropReason;
 use relay_core::session::SessionId;
 use relay_core::shard::{Command, Response, Shard, ShardConfig, Verdict};
+use relay_core::DropReason;
+use relay_core::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, Verify};
 use test_support::keys::*;
 use test_support::packets::*;
 use test_support::sa;

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use relay_core::peer::PeerPolicy;
 use relay_core::quota::{TenantLimit, TenantQuotas};
-use relay_core::session::limits::LegLimits;
-use relay_core::session::spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Verify};
-use relay_core::session::stats::DropReason;
 use relay_core::shard::{AllocatedPorts, Command, Response, RestoreClash, Shard, ShardConfig, ShardError, Verdict};
+use relay_core::DropReason;
+use relay_core::LegLimits;
+use relay_core::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Verify};
 use test_support::keys::*;
 use test_support::packets::*;
 use test_support::sa;
@@ -964,18 +964,14 @@ impl Lab {
         self.shard.handle_command(now, cmd, &mut self.sockets)
     }
 
-    fn export_all(&mut self, ms: u64) -> Vec<relay_core::session::state::SessionState> {
+    fn export_all(&mut self, ms: u64) -> Vec<relay_core::session::SessionState> {
         match self.command(ms, Command::Export { after: None, limit: usize::MAX }) {
             Response::Exported(v) => v,
             other => panic!("{other:?}"),
         }
     }
 
-    fn restore(
-        &mut self,
-        ms: u64,
-        state: relay_core::session::state::SessionState,
-    ) -> Result<AllocatedPorts, ShardError> {
+    fn restore(&mut self, ms: u64, state: relay_core::session::SessionState) -> Result<AllocatedPorts, ShardError> {
         match self.command(ms, Command::Restore { state: Box::new(state), permit: None }) {
             Response::Restored(r) => r,
             other => panic!("{other:?}"),
@@ -1065,7 +1061,7 @@ fn restore_refuses_clashes_and_bad_states_and_leaks_nothing() {
     // The standby's own session has the state's id (both minted the first
     // id of space 1): probe with another id.
     assert_eq!(taken.id, a.id);
-    let probe = relay_core::session::state::SessionState { id: relay_core::SessionId(state.id.0 + 5), ..state.clone() };
+    let probe = relay_core::session::SessionState { id: relay_core::SessionId(state.id.0 + 5), ..state.clone() };
     assert_eq!(conflict(standby.restore(1, state.clone())), RestoreClash::IdInUse);
     // The standby's own session holds a port the state wants.
     let mut clash = probe.clone();

@@ -1,7 +1,7 @@
 //! The relay-side SRTP authentication keys for an endpoint's master key.
 
-use relay_core::session::spec::SrtpAuth;
 use relay_core::srtp_keys::{derive_auth_keys, SrtpMasterKey};
+use relay_core::SrtpAuth;
 
 /// The relay-side authentication keys for packets protected with `master`.
 pub fn auth_for(master: &[u8]) -> SrtpAuth {

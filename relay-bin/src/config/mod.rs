@@ -25,7 +25,7 @@ use std::time::Duration;
 use relay_core::control::server::TenantCredentials;
 use relay_core::peer::{OwnAddresses, OwnEndpoint};
 use relay_core::quota::TenantLimit;
-use relay_core::session::spec::Ceilings;
+use relay_core::session::Ceilings;
 use relay_core::{LegLimits, PeerPolicy, RelayConfig, SessionDefaults, SocketOptions};
 use serde::{Deserialize, Serialize};
 

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use relay_core::ng::state::{CallState, MediaState};
+use relay_core::ng::{CallState, MediaState};
 use serde::{Deserialize, Serialize};
 
 use super::{Codec, Kind, RecordError, Version, MAX_RECORD_BYTES};

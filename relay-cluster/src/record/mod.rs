@@ -82,7 +82,7 @@ pub struct Version {
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
-    /// A session ([`relay_core::session::state::SessionState`]).
+    /// A session ([`relay_core::session::SessionState`]).
     Session,
     /// An ng call.
     Call,

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use relay_core::session::limits::LegLimits;
-use relay_core::session::spec::SrtpAuth;
-use relay_core::session::state::{LegState, ReplayState, SessionState};
-use relay_core::session::stats::{DropCounters, DropReason, LegStats};
+use relay_core::session::DropCounters;
+use relay_core::session::{LegState, ReplayState, SessionState};
 use relay_core::wire::srtp_auth::{TagLen, AUTH_KEY_LEN};
+use relay_core::LegLimits;
+use relay_core::SrtpAuth;
+use relay_core::{DropReason, LegStats};
 use relay_core::{LegPorts, SessionId};
 use serde::{Deserialize, Serialize};
 

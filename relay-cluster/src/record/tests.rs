@@ -9,11 +9,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use relay_core::session::limits::LegLimits;
-use relay_core::session::spec::{LatchPolicy, SrtpAuth, Verify};
-use relay_core::session::state::{LegState, ReplayState, SessionState};
-use relay_core::session::stats::{DropCounters, DropReason, LegStats};
+use relay_core::session::DropCounters;
+use relay_core::session::{LegState, ReplayState, SessionState};
 use relay_core::wire::srtp_auth::TagLen;
+use relay_core::LegLimits;
+use relay_core::{DropReason, LegStats};
+use relay_core::{LatchPolicy, SrtpAuth, Verify};
 use relay_core::{LegPorts, SessionId};
 
 use super::*;
@@ -255,8 +256,8 @@ fn change_notes_are_sealed_and_carry_their_version() {
 }
 
 #[cfg(feature = "ng")]
-fn golden_call() -> relay_core::ng::state::CallState {
-    use relay_core::ng::state::{CallState, MediaState};
+fn golden_call() -> relay_core::ng::CallState {
+    use relay_core::ng::{CallState, MediaState};
     let a = |p: u16| SocketAddr::from(([192, 0, 2, 10], p));
     CallState {
         call_id: "Z29sZGVuLWNhbGw=".into(),

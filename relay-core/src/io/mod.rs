@@ -10,7 +10,10 @@
 #[cfg(feature = "batch-send")]
 #[doc(hidden)] // the load generator's sender
 pub mod batch_send;
+// The fast path's loader and maps: selected with `BackendKind::Ebpf`,
+// driven directly only by the workspace's tests.
 #[cfg(feature = "ebpf")]
+#[doc(hidden)]
 pub mod ebpf;
 #[cfg(feature = "engine")]
 mod engine;
@@ -25,5 +28,7 @@ pub mod sys;
 #[doc(hidden)] // the io_uring backend (probe and internals), for the workspace's benches and tests
 pub mod uring;
 
+#[cfg(feature = "ebpf")]
+pub use ebpf::Outcomes as FastPathOutcomes;
 #[cfg(feature = "engine")]
 pub use engine::*;

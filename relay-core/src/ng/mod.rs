@@ -22,11 +22,14 @@
 
 #[doc(hidden)] // the wire format, for ucmrc's ng transport and the fuzz targets
 pub mod bencode;
-pub mod options;
+pub(crate) mod options;
 #[doc(hidden)] // SDP rewriting internals, for the fuzz targets
 pub mod sdp;
-pub mod state;
+pub(crate) mod state;
 pub mod stats;
+
+// A call's resumable state, for redundancy (relay-cluster replicates it).
+pub use state::{decode_call_id, encode_call_id, CallChanges, CallState, MediaState};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};

@@ -5,13 +5,22 @@
 //! send it or why to drop it.
 #![forbid(unsafe_code)]
 
-pub mod limits;
-pub mod quality;
+pub(crate) mod limits;
+pub(crate) mod quality;
 #[doc(hidden)] // replay-memory bounds, for the workspace's tests
 pub mod replay;
-pub mod spec;
-pub mod state;
-pub mod stats;
+pub(crate) mod spec;
+pub(crate) mod state;
+pub(crate) mod stats;
+
+// What an embedder names is at the crate root (`relay_core::LegSpec`); what
+// a sibling crate needs beyond that (resumable state for redundancy, the
+// ceilings its configuration checks) is here, without the module layout.
+pub use limits::LegLimits;
+pub use quality::{StreamQuality, MAX_TRACKED_SSRCS};
+pub use spec::{Ceilings, MAX_CLOCK_RATE, MAX_IDLE_TIMEOUT, MAX_LEARNING_WINDOW, MAX_MAX_DURATION};
+pub use state::{LegState, ReplayState, SessionState};
+pub use stats::DropCounters;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -25,13 +34,10 @@ use crate::wire::rtp::RtpHeader;
 use crate::wire::srtp_auth::AuthVerifier;
 use crate::wire::stun::{StunClass, StunMessage};
 use crate::wire::{classify_media, PacketClass};
-use limits::{LegLimits, TokenBucket};
-use quality::{QualityTracker, StreamQuality};
+use limits::TokenBucket;
+use quality::QualityTracker;
 use replay::{ProofBudget, ReplayGuard, StunReplay};
-use spec::{
-    Ceilings, LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify,
-    MAX_CLOCK_RATE, MAX_LEARNING_WINDOW,
-};
+use spec::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, SrtpAuth, Verify};
 use stats::{DropReason, LegStats};
 
 /// Identifies a session across the whole relay: the shard that owns it (8

@@ -8,7 +8,9 @@
 //! in. Everything here is therefore testable in virtual time.
 #![forbid(unsafe_code)]
 
+#[doc(hidden)] // the change journal's bounds, for the workspace's tests
 pub mod journal;
+#[doc(hidden)] // kernel-route bookkeeping, for the datapaths and their tests
 pub mod offload;
 pub(crate) mod ports;
 #[doc(hidden)] // the timer wheel, for the workspace's benches
@@ -269,7 +271,7 @@ pub enum Command {
     /// Resume a session from its exported state, on the same relay ports
     /// and under the same id.
     Restore {
-        /// The state (see [`crate::session::state`]).
+        /// The state (see [`SessionState`]).
         state: Box<SessionState>,
         /// Tenant quota slot, released when the session ends.
         permit: Option<QuotaPermit>,

@@ -11,6 +11,7 @@
 //!   `io::splice` (`route` and `server` need the `tunnels` feature).
 #![forbid(unsafe_code)]
 
+#[doc(hidden)] // the PROXY v2 header, for the workspace's tests
 pub mod proxy;
 #[cfg(feature = "tunnels")]
 pub mod route;

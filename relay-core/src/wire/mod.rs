@@ -12,7 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client_hello;
-pub mod demux;
+mod demux;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp_auth;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use relay_cluster::record::{self, Codec};
 use relay_cluster::{Cluster, ClusterConfig, ClusterKey, Sealer};
-use relay_core::session::spec::{LatchPolicy, LegSpec, SessionSpec};
 use relay_core::{AllocatedSession, Relay, RelayConfig, RelayHandle};
+use relay_core::{LatchPolicy, LegSpec, SessionSpec};
 
 use crate::keys::auth_for;
 use crate::packets::master;
@@ -149,7 +149,7 @@ pub async fn caught_up(node: &mut Cluster, v: Option<record::Version>) {
 }
 
 /// Every session's resumable state, page by page.
-pub async fn export_all(h: &RelayHandle) -> Vec<relay_core::session::state::SessionState> {
+pub async fn export_all(h: &RelayHandle) -> Vec<relay_core::session::SessionState> {
     let (mut all, mut after) = (Vec::new(), None);
     loop {
         let page = h.export(after, 500).await.expect("export");
