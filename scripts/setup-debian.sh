@@ -12,8 +12,9 @@
 #   redis-server   relay-cluster's tests (session replication, leases, takeover)
 #   iputils-arping the HA test's takeover hook announces the moved service
 #                  address (gratuitous ARP), as keepalived would
+#   prometheus     promtool lints the /metrics exposition (relay-bin's tests)
 set -euo pipefail
-packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2 redis-server iputils-arping)
+packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2 redis-server iputils-arping prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -285,7 +285,7 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
         shard_failures: st.handle.shard_failures().len(),
         cluster: st.cluster.get().map(relay_cluster::ClusterView::status).as_ref(),
     });
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 
 /// `GET /v1/cluster`: this node's role, lease and replication figures, and

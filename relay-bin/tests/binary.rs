@@ -455,6 +455,8 @@ fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
         queried += 1;
     }
     assert!(queried >= 20, "dashboard queries found: {queried}");
+    // Prometheus' own linter accepts the exposition (every family this relay has).
+    promtool_check(&metrics_text(&r));
     // Every panel query is scoped by the job and instance selectors: a fleet is never summed blindly.
     let board = json(&dashboard);
     let panels = board["panels"].as_array().expect("panels");

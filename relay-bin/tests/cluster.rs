@@ -118,6 +118,7 @@ fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_
     let m = scrape(&b);
     assert_eq!(m["ucmrc_cluster_takeovers_total"], 1.0);
     assert_eq!(m["ucmrc_cluster_role{role=\"active\"}"], 1.0);
+    promtool_check(&metrics_text(&b)); // the cluster families too
 
     // The old active comes back, configured as active as before: the lease
     // is held, so it stays standby and binds none of the ports.

@@ -359,10 +359,12 @@ pub fn replication_rounds(r: &Relay) -> u64 {
     cluster(r)["replication_rounds"].as_u64().unwrap_or(0)
 }
 
-/// Scrapes /metrics and parses the Prometheus text format strictly.
+/// Scrapes /metrics and parses its OpenMetrics text strictly: every sample
+/// after its family's TYPE, names of the relay's, `# EOF` last.
 pub fn scrape(r: &Relay) -> std::collections::HashMap<String, f64> {
     let (status, text) = http(r.admin, "GET", "/metrics", Some(TOKEN), None);
     assert_eq!(status, 200);
+    assert_eq!(text.lines().last(), Some("# EOF"), "OpenMetrics ends with # EOF");
     let mut out = std::collections::HashMap::new();
     let mut typed = std::collections::HashSet::new();
     for line in text.lines() {
@@ -373,7 +375,7 @@ pub fn scrape(r: &Relay) -> std::collections::HashMap<String, f64> {
             typed.insert(name.to_string());
             continue;
         }
-        if line.starts_with("# HELP ") || line.is_empty() {
+        if line.starts_with("# ") || line.is_empty() {
             continue;
         }
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
@@ -384,7 +386,7 @@ pub fn scrape(r: &Relay) -> std::collections::HashMap<String, f64> {
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "{line}"
         );
-        let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        let family = ["_total", "_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
         assert!(typed.contains(name) || typed.contains(family), "sample before its TYPE: {line}");
         if let Some(labels) = series.strip_prefix(name) {
             if !labels.is_empty() {
@@ -464,4 +466,48 @@ pub fn write_pki(dir: &std::path::Path, tag: &str) -> (PathBuf, PathBuf, PathBuf
     std::fs::write(&paths.1, pki.cert_pem).expect("cert");
     std::fs::write(&paths.2, pki.key_pem).expect("key");
     (paths.0, paths.1, paths.2)
+}
+
+/// The /metrics text as served.
+pub fn metrics_text(r: &Relay) -> String {
+    let (status, text) = http(r.admin, "GET", "/metrics", Some(TOKEN), None);
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// Runs Prometheus' own linter (`promtool check metrics`, Debian's
+/// `prometheus` package) over `text` and fails the test on any problem it
+/// reports. promtool 2.42 reads the classic text format, where a counter's
+/// family is named with its `_total`; OpenMetrics names the family without
+/// it, so promtool reports each counter's `_total` series as having no help.
+/// Exactly that report is accepted, and only for a family the text declares
+/// as a counter with a help text.
+pub fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/setup-debian.sh installs it)");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => {
+            for problem in report.lines().filter(|l| !l.trim().is_empty()) {
+                let family = problem
+                    .strip_suffix(" no help text")
+                    .and_then(|series| series.strip_suffix("_total"))
+                    .unwrap_or_else(|| panic!("promtool: {problem}"));
+                assert!(
+                    text.contains(&format!("# TYPE {family} counter\n")) && text.contains(&format!("# HELP {family} ")),
+                    "promtool: {problem} (and {family} is no counter with help)"
+                );
+            }
+        }
+        _ => panic!("promtool could not read the metrics: {report}"),
+    }
 }

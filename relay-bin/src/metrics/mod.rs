@@ -1,0 +1,338 @@
+//! The relay's metrics, encoded by the Prometheus project's own client
+//! (`prometheus-client`, OpenMetrics text).
+//!
+//! Data-plane figures come from a snapshot of every shard's plain counters
+//! (one command round trip per scrape; the packet path never touches an
+//! atomic or a lock): each scrape builds a registry of typed families from
+//! the snapshots and encodes it. Admin API figures (`ucmrc_admin_*`:
+//! requests by result and their latency) are the client's own counters and
+//! histograms, updated per request; `ucmrc_connector_*` are the connectors'
+//! control channel.
+
+mod families;
+mod process;
+
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use relay_core::ng::stats::{NgStatsSnapshot, BUCKETS as NG_BUCKETS, COMMANDS as NG_COMMANDS, RESULTS as NG_RESULTS};
+use relay_core::RelayCounters;
+
+use families::{Scrape, SnapshotHistogram};
+
+/// The media type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latency buckets for admin API requests, seconds.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// Admin API operations counted separately.
+pub const OPERATIONS: [&str; 6] = ["allocate", "query", "list", "release", "other", "update"];
+/// Results of an admin API operation.
+pub const RESULTS: [&str; 3] = ["ok", "client_error", "server_error"];
+
+/// Labels of one admin API series.
+type AdminLabels = Vec<(&'static str, &'static str)>;
+
+/// Admin API request counters and latency histograms.
+#[derive(Debug, Clone)]
+pub struct AdminStats {
+    requests: Family<AdminLabels, Counter>,
+    durations: Family<AdminLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for AdminStats {
+    /// Every operation and result present from the start (at zero).
+    fn default() -> Self {
+        let stats =
+            Self { requests: Family::default(), durations: Family::new_with_constructor(|| Histogram::new(BUCKETS)) };
+        for op in OPERATIONS {
+            for result in RESULTS {
+                drop(stats.requests.get_or_create(&vec![("operation", op), ("result", result)]));
+            }
+            drop(stats.durations.get_or_create(&vec![("operation", op)]));
+        }
+        stats
+    }
+}
+
+impl AdminStats {
+    /// Records one request of operation `op` (an index into [`OPERATIONS`]).
+    pub fn record(&self, op: usize, status: u16, elapsed: Duration) {
+        let op = OPERATIONS[op.min(OPERATIONS.len() - 1)];
+        let result = match status {
+            0..=399 => RESULTS[0],
+            400..=499 => RESULTS[1],
+            _ => RESULTS[2],
+        };
+        self.requests.get_or_create(&vec![("operation", op), ("result", result)]).inc();
+        self.durations.get_or_create(&vec![("operation", op)]).observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Everything one scrape renders.
+pub struct Figures<'a> {
+    /// Every shard's counters.
+    pub counters: &'a RelayCounters,
+    /// Admin API requests.
+    pub admin: &'a AdminStats,
+    /// The connectors' control listener, when configured.
+    pub connectors: Option<&'a relay_core::control::server::ControlStats>,
+    /// The tunnel listeners, when configured.
+    pub tunnels: Option<&'a relay_core::tunnel::server::TunnelStats>,
+    /// The running datapath.
+    pub backend: &'a str,
+    /// Whether the relay drains.
+    pub draining: bool,
+    /// Time since start.
+    pub uptime: Duration,
+    /// Shard threads that failed.
+    pub shard_failures: usize,
+    /// The ng protocol (commands, transports), when enabled.
+    pub ng: Option<(&'a NgStatsSnapshot, &'a crate::ng::NgTransportStats)>,
+    /// The kernel fast path's outcomes, when it runs (`datapath = "ebpf"`).
+    pub fast_path: Option<relay_core::io::FastPathOutcomes>,
+    /// The cluster node, when `[cluster]` is configured.
+    pub cluster: Option<&'a relay_cluster::ClusterStatus>,
+}
+
+/// Encodes every metric (OpenMetrics text, [`CONTENT_TYPE`]).
+pub fn render(f: &Figures<'_>) -> String {
+    let mut s = Scrape::default();
+    data_plane(&mut s, f.counters);
+    s.registry.register(
+        "ucmrc_admin_requests",
+        "Admin API requests, by operation and result",
+        f.admin.requests.clone(),
+    );
+    s.registry.register(
+        "ucmrc_admin_request_duration_seconds",
+        "Admin API request latency, by operation",
+        f.admin.durations.clone(),
+    );
+    if let Some(c) = f.connectors {
+        connectors(&mut s, c);
+    }
+    if let Some(t) = f.tunnels {
+        tunnels(&mut s, t);
+    }
+    if let Some((stats, transport)) = f.ng {
+        ng(&mut s, stats, transport);
+    }
+    if let Some(k) = f.fast_path {
+        fast_path(&mut s, k);
+    }
+    if let Some(c) = f.cluster {
+        cluster(&mut s, c);
+    }
+    s.counter("ucmrc_shard_failures", "Shard threads that failed (their sessions are lost)", f.shard_failures as u64);
+    s.gauge("ucmrc_draining", "1 while the relay drains (SIGTERM)", i64::from(f.draining));
+    s.gauge_f64("ucmrc_uptime_seconds", "Seconds since the relay started", f.uptime.as_secs_f64());
+    process::register(&mut s);
+    s.gauges(
+        "ucmrc_build_info",
+        "Build information",
+        [(vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("datapath", f.backend.to_string())], 1)],
+    );
+    s.encode()
+}
+
+/// The shards' counters: packets, bytes, sessions, ports, drops.
+fn data_plane(s: &mut Scrape, counters: &RelayCounters) {
+    let t = &counters.total;
+    s.counter("ucmrc_packets_received", "Datagrams received on relay ports", t.packets_received);
+    s.counter("ucmrc_bytes_received", "Bytes received on relay ports", t.bytes_received);
+    s.counter("ucmrc_packets_forwarded", "Datagrams forwarded to the other leg", t.packets_forwarded);
+    s.counter("ucmrc_bytes_forwarded", "Bytes forwarded to the other leg", t.bytes_forwarded);
+    s.counter(
+        "ucmrc_packets_forwarded_kernel",
+        "Of the datagrams forwarded, those the kernel fast path (datapath ebpf) forwarded",
+        t.packets_forwarded_kernel,
+    );
+    s.gauge("ucmrc_sessions_active", "Sessions allocated now", t.sessions_active as i64);
+    s.counter("ucmrc_sessions_created", "Sessions allocated", t.sessions_created);
+    s.counter("ucmrc_sessions_released", "Sessions released by a request", t.sessions_released);
+    s.counter("ucmrc_latches", "Legs that latched to a first address", t.latches);
+    s.counter("ucmrc_relatches", "Legs that moved to a new address", t.relatches);
+    s.gauge("ucmrc_ports", "Relay ports owned by the shards", t.ports_total as i64);
+    s.gauge("ucmrc_ports_in_use", "Relay ports in use (including closing and quarantined)", t.ports_in_use as i64);
+    s.counter("ucmrc_port_bind_failures", "Ports skipped because another program holds them", t.port_bind_failures);
+    s.counter("ucmrc_allocations_refused", "Allocations refused by a shard", t.allocations_refused);
+    s.counter("ucmrc_send_errors", "Sends the datapath could not perform", t.send_errors);
+    s.counter("ucmrc_recv_errors", "Receive errors other than would-block", t.recv_errors);
+    s.gauge(
+        "ucmrc_ports_free",
+        "Relay ports free for new sessions",
+        t.ports_total.saturating_sub(t.ports_in_use) as i64,
+    );
+    s.counters(
+        "ucmrc_sessions_expired",
+        "Sessions ended by a timer, by reason",
+        "reason",
+        [("idle", t.sessions_expired_idle), ("max_duration", t.sessions_expired_max_duration)],
+    );
+    s.counters(
+        "ucmrc_packets_dropped",
+        "Datagrams dropped, by reason",
+        "reason",
+        t.drops.iter().map(|(reason, n)| (reason.as_str(), n)),
+    );
+    let shards = |get: fn(&relay_core::ShardCounters) -> u64| {
+        counters.shards.iter().enumerate().map(move |(i, c)| (i.to_string(), get(c))).collect::<Vec<_>>()
+    };
+    s.counters(
+        "ucmrc_shard_packets_forwarded",
+        "Datagrams forwarded, per shard",
+        "shard",
+        shards(|c| c.packets_forwarded),
+    );
+    s.gauges_by(
+        "ucmrc_shard_sessions_active",
+        "Sessions allocated now, per shard",
+        "shard",
+        shards(|c| c.sessions_active),
+    );
+    s.counters(
+        "ucmrc_shard_uring_enobufs",
+        "io_uring multishot receives ended for lack of buffers, per shard",
+        "shard",
+        shards(|c| c.backend_enobufs),
+    );
+    s.counters(
+        "ucmrc_shard_uring_rearms",
+        "io_uring multishot receives re-armed, per shard",
+        "shard",
+        shards(|c| c.backend_rearms),
+    );
+}
+
+/// `ucmrc_connector_*`: the control channel.
+fn connectors(s: &mut Scrape, c: &relay_core::control::server::ControlStats) {
+    s.counters("ucmrc_connector_events", "Control-channel (connector) events, by kind", "event", c.counters());
+    s.gauge("ucmrc_connectors_active", "Connectors authenticated now", c.connectors_active as i64);
+    s.gauge("ucmrc_connector_unauthenticated", "Control connections not yet authenticated", c.unauthenticated as i64);
+}
+
+/// `ucmrc_tunnel*`: the SNI tunnels.
+fn tunnels(s: &mut Scrape, t: &relay_core::tunnel::server::TunnelStats) {
+    s.counter("ucmrc_tunnel_connections", "Endpoint connections accepted on tunnel listeners", t.accepted);
+    s.counter("ucmrc_tunnels_opened", "Tunnels joined to a connector's data connection", t.opened);
+    s.gauge("ucmrc_tunnels_active", "Tunnels open now", t.active as i64);
+    s.counters(
+        "ucmrc_tunnel_bytes",
+        "Bytes moved through tunnels, by direction",
+        "direction",
+        [("to_pbx", t.bytes_to_pbx), ("to_endpoint", t.bytes_to_endpoint)],
+    );
+    s.counters(
+        "ucmrc_tunnels_ended",
+        "Tunnels ended, by how",
+        "how",
+        [("closed", t.ended_closed), ("idle", t.ended_idle), ("error", t.ended_error)],
+    );
+    s.counters(
+        "ucmrc_tunnel_rejections",
+        "Tunnel and data connections refused, by reason",
+        "reason",
+        t.rejected.iter().map(|(reason, n)| (reason.as_str(), *n)),
+    );
+}
+
+/// `ucmrc_ng_*`: commands by type and result, their latency, and what the
+/// transports refused.
+fn ng(s: &mut Scrape, stats: &NgStatsSnapshot, t: &crate::ng::NgTransportStats) {
+    let commands = NG_COMMANDS.iter().enumerate().flat_map(|(i, cmd)| {
+        NG_RESULTS.iter().enumerate().map(move |(j, res)| {
+            (vec![("command", cmd.replace(' ', "_")), ("result", res.to_string())], stats.counts[i][j])
+        })
+    });
+    s.counters_labelled("ucmrc_ng_commands", "ng commands handled, by command and result", commands);
+    s.registry.register(
+        "ucmrc_ng_command_duration_seconds",
+        "ng command latency (request parsed to reply encoded)",
+        SnapshotHistogram::from_cumulative(&NG_BUCKETS, &stats.buckets, stats.total, stats.sum_seconds),
+    );
+    s.counter("ucmrc_ng_rejected_offers", "ng offers answered with an error (no call set up)", stats.rejected_offers);
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    s.counters(
+        "ucmrc_ng_transport_refused",
+        "ng requests and connections refused by the transports, by reason",
+        "reason",
+        [
+            ("source", load(&t.refused_source)),
+            ("udp_overload", load(&t.dropped_overload)),
+            ("tcp_connections", load(&t.refused_connections)),
+            ("tcp_idle", load(&t.idle_closed)),
+            ("bad_stream", load(&t.bad_streams)),
+            ("tcp_write_timeout", load(&t.write_timeouts)),
+        ],
+    );
+}
+
+/// `ucmrc_fast_path_packets_total`: what the kernel fast path saw.
+fn fast_path(s: &mut Scrape, k: relay_core::io::FastPathOutcomes) {
+    s.counters(
+        "ucmrc_fast_path_packets",
+        "Packets the kernel fast path saw: forwarded, dropped over a route's rate, or why each went up to userspace",
+        "outcome",
+        [
+            ("forwarded", k.forwarded),
+            ("over_rate", k.over_rate),
+            ("no_route", k.no_route),
+            ("other_source", k.other_source),
+            ("not_rtp", k.not_rtp),
+            ("not_ipv4_udp", k.not_ipv4_udp),
+            ("fragment_or_options", k.fragment_or_options),
+            ("bad_header", k.bad_header),
+            ("not_owned", k.not_owned),
+            ("no_next_hop", k.no_next_hop),
+        ],
+    );
+}
+
+/// `ucmrc_cluster_*`: role, lease, replication and Redis health.
+fn cluster(s: &mut Scrape, c: &relay_cluster::ClusterStatus) {
+    s.gauges_by(
+        "ucmrc_cluster_role",
+        "1 for this node's role (active serves; standby keeps a warm copy; fenced could not renew its lease in time)",
+        "role",
+        relay_cluster::Role::ALL.map(|role| (role.as_str(), u64::from(c.role == role))),
+    );
+    s.gauge("ucmrc_cluster_epoch", "The lease epoch this node holds (0 when not active)", c.epoch.unwrap_or(0) as i64);
+    s.gauge("ucmrc_cluster_redis_up", "1 when the last Redis command succeeded", i64::from(c.redis_up));
+    s.gauge("ucmrc_cluster_queue_depth", "Changes waiting to be written to Redis", c.queue_depth as i64);
+    s.gauge_f64(
+        "ucmrc_cluster_replication_lag_seconds",
+        "Age of the oldest change not yet in Redis",
+        c.replication_lag.as_secs_f64(),
+    );
+    s.gauge("ucmrc_cluster_warm_sessions", "Sessions in the standby's warm copy", c.warm_sessions as i64);
+    s.gauge("ucmrc_cluster_warm_calls", "ng calls in the standby's warm copy", c.warm_calls as i64);
+    s.gauge(
+        "ucmrc_cluster_lease_holder_epoch",
+        "The epoch of the lease holder as last seen (0: none)",
+        c.holder.as_ref().map_or(0, |h| h.epoch as i64),
+    );
+    s.counter("ucmrc_cluster_takeovers", "Times this node took the lease", c.takeovers);
+    s.counter("ucmrc_cluster_demotions", "Times this node lost the lease while active", c.demotions);
+    s.counter(
+        "ucmrc_cluster_fences",
+        "Times this node stopped answering changes because it could not renew its lease in time",
+        c.fences,
+    );
+    s.counter("ucmrc_cluster_redis_errors", "Redis commands that failed", c.redis_errors);
+    s.counter("ucmrc_cluster_resyncs", "Full resynchronizations written to Redis", c.resyncs);
+    s.counter(
+        "ucmrc_cluster_bad_records",
+        "Records in Redis refused: malformed, edited, moved, or sealed under an unknown key",
+        c.bad_records,
+    );
+    s.counter(
+        "ucmrc_cluster_rollbacks_refused",
+        "Records or deletions older than what this node applied, refused",
+        c.rollbacks_refused,
+    );
+    s.counter("ucmrc_cluster_ignored_names", "Names in records this release does not know, ignored", c.ignored_names);
+}
