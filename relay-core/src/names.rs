@@ -23,7 +23,7 @@ pub struct UnknownName {
 /// [`UnknownName`]) and, with the `serde` feature, `Serialize`/`Deserialize`
 /// as the name. A variant without a name does not compile.
 ///
-/// ```ignore
+/// ```text
 /// named! {
 ///     /// Which packets must carry a valid tag.
 ///     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

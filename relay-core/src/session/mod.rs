@@ -5,6 +5,7 @@
 //! send it or why to drop it.
 #![forbid(unsafe_code)]
 
+mod decide;
 pub(crate) mod limits;
 pub(crate) mod quality;
 #[doc(hidden)] // replay-memory bounds, for the workspace's tests
@@ -29,11 +30,7 @@ use crate::peer::{self, PeerPolicy};
 use crate::quota::QuotaPermit;
 use crate::shard::offload::{OffloadRoute, Offloaded};
 use crate::shard::RelayPort;
-use crate::wire::rtcp::RtcpHeader;
-use crate::wire::rtp::RtpHeader;
 use crate::wire::srtp_auth::AuthVerifier;
-use crate::wire::stun::{StunClass, StunMessage};
-use crate::wire::{classify_media, PacketClass};
 use limits::TokenBucket;
 use quality::QualityTracker;
 use replay::{ProofBudget, ReplayGuard, StunReplay};
@@ -382,17 +379,6 @@ fn leg_auth(a: &SrtpAuth) -> Box<LegAuth> {
     })
 }
 
-/// Outcome of checking a packet's proof of origin.
-enum Proof {
-    Valid,
-    Stale,
-    /// No valid proof; `checked` when an HMAC was computed (a guess that
-    /// costs the leg's budget).
-    Invalid {
-        checked: bool,
-    },
-}
-
 /// A two-leg media session.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -711,7 +697,8 @@ impl Session {
         let (leg, other) = if side == Side::Pbx { (a, b) } else { (b, a) };
         leg.stats.packets_received += 1;
         leg.stats.bytes_received += bytes.len() as u64;
-        let verdict = Self::decide(leg, other, now, latch, verify, in_window, component, src, bytes, policy);
+        let rules = decide::Rules { latch, verify, in_window, policy };
+        let verdict = decide::decide(leg, other, &rules, decide::Arrival { now, component, src, bytes });
         match verdict {
             Ok(_) => {
                 leg.stats.packets_forwarded += 1;
@@ -846,181 +833,6 @@ impl Session {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn decide(
-        leg: &mut Leg,
-        other: &Leg,
-        now: Instant,
-        latch: LatchPolicy,
-        verify: Verify,
-        in_window: bool,
-        component: Component,
-        src: SocketAddr,
-        bytes: &[u8],
-        policy: &PeerPolicy,
-    ) -> Result<(RelayPort, SocketAddr), DropReason> {
-        if bytes.is_empty() {
-            return Err(DropReason::Empty);
-        }
-        if !policy.allows(src) {
-            return Err(DropReason::SourcePolicy);
-        }
-        // Only media crosses the relay (RFC 7983 classes with a plausible header).
-        let class = classify_media(bytes);
-        if class == PacketClass::Other {
-            return Err(DropReason::NotMedia);
-        }
-        if class == PacketClass::Rtcp {
-            leg.stats.rtcp_packets_received += 1;
-            leg.stats.rtcp_bytes_received += bytes.len() as u64;
-        }
-        let slot = leg.slot(component);
-        let mut verified = false;
-
-        // 1. May this source send on this leg (and latch)?
-        let current = leg.remote[slot];
-        let new_source = current.map(|c| c.addr) != Some(src);
-        let rank = if new_source { leg.rank(slot, src) } else { 0 };
-        if new_source {
-            if leg.await_hint && leg.hint.is_none() {
-                return Err(DropReason::NoHint);
-            }
-            // Never the relay itself — nor its RTCP neighbour, where the
-            // other leg's RTCP would go (RTP port + 1).
-            let rtcp_neighbour = (slot == 0 && leg.rtcp_port.is_some())
-                .then(|| src.port().checked_add(1).map(|p| SocketAddr::new(src.ip(), p)))
-                .flatten();
-            if policy.is_own(src) || rtcp_neighbour.is_some_and(|a| policy.is_own(a)) {
-                return Err(DropReason::RelayAddress);
-            }
-            match latch {
-                LatchPolicy::Open => {}
-                LatchPolicy::Window => match current {
-                    None => {}
-                    // A source ranked above the holder (the hinted phone after a
-                    // stranger) takes the leg back at any time...
-                    Some(c) if rank > c.rank => {}
-                    // ...equal ranks may move only while the window is open.
-                    Some(c) if in_window && rank == c.rank => {}
-                    Some(_) => return Err(DropReason::SourceMismatch),
-                },
-                LatchPolicy::Authenticated => {
-                    if leg.is_proven(now, src) {
-                        // Proved itself with STUN moments ago (ICE): no HMAC needed.
-                    } else if !leg.budget.may_try(now, src.ip()) {
-                        return Err(DropReason::ProofBackoff);
-                    } else {
-                        match prove(leg, class, bytes) {
-                            Proof::Valid => {
-                                leg.budget.handle_success(src.ip());
-                                if class == PacketClass::Stun {
-                                    leg.handle_stun_proof(now, src);
-                                }
-                                verified = true;
-                            }
-                            Proof::Stale => return Err(DropReason::Replay),
-                            Proof::Invalid { checked } => {
-                                if checked {
-                                    leg.budget.handle_failure(now, src.ip());
-                                }
-                                return Err(DropReason::Unauthenticated);
-                            }
-                        }
-                    }
-                }
-            }
-            // Latching happens once every source check has passed (step 3).
-        }
-
-        // 2. verify = all: every SRTP/SRTCP packet must carry a valid tag.
-        if verify == Verify::All
-            && !verified
-            && leg.auth.is_some()
-            && matches!(class, PacketClass::Rtp | PacketClass::Rtcp)
-            && !verify_tag(leg, class, bytes)
-        {
-            return Err(DropReason::AuthFailed);
-        }
-
-        // 3. The source is accepted: latch, and track indexes and quality
-        //    (even if the packet cannot be delivered yet).
-        if new_source {
-            if current.is_some() {
-                leg.stats.relatches += 1;
-            } else {
-                leg.stats.latches += 1;
-            }
-            leg.remote[slot] = Some(Latched { addr: src, rank });
-        }
-        if class == PacketClass::Rtcp {
-            leg.last_rtcp = Some(now);
-        } else {
-            leg.last_rtp = Some(now);
-        }
-        match class {
-            PacketClass::Rtp => {
-                if let Ok(h) = RtpHeader::parse(bytes) {
-                    leg.last_ssrc = Some(h.ssrc());
-                    if leg.auth.is_some() {
-                        leg.replay.record_srtp_seq(h.ssrc(), h.sequence());
-                    }
-                    if let Some(q) = leg.quality.as_mut() {
-                        q.handle_rtp(now, h.ssrc(), h.sequence(), h.timestamp());
-                    }
-                }
-            }
-            PacketClass::Rtcp => {
-                if let Some(auth) = &leg.auth {
-                    if let Ok(h) = RtcpHeader::parse(bytes) {
-                        if let Ok((_, index)) = h.srtcp_index(auth.rtcp.tag_len().bytes()) {
-                            leg.replay.record_srtcp(h.ssrc(), index);
-                        }
-                    }
-                }
-            }
-            PacketClass::Stun if !verified => {
-                // Remember the ids of *verified* requests from the latched
-                // address, so one captured there can never re-latch elsewhere;
-                // unverified requests are never stored (they could flush nothing).
-                if let (Some(key), Ok(m)) = (&leg.stun_key, StunMessage::parse(bytes)) {
-                    // A fresh consent check renews the source's proof.
-                    if m.class() == StunClass::Request
-                        && m.verify_integrity(key)
-                        && leg.stun_replay.check_and_insert(m.transaction_id())
-                    {
-                        leg.handle_stun_proof(now, src);
-                    }
-                }
-            }
-            _ => {}
-        }
-        // 4. Where does it go? RTCP is RTCP whichever port it came in on (a
-        //    multiplexing remote sends it on the RTP port); everything else
-        //    keeps its component (STUN for ICE component 2, say).
-        if leg.blocked {
-            return Err(DropReason::Blocked);
-        }
-        let out_component = if class == PacketClass::Rtcp { Component::Rtcp } else { component };
-        let out_slot = other.out_slot(out_component);
-        let to = other.destination(out_slot).ok_or(DropReason::NoDestination)?;
-        let via = other.out_port(out_component);
-
-        // 5. Rate limits (only for packets that passed the source checks, so
-        //    spoofed floods cannot starve the genuine stream).
-        if let Some(b) = leg.pps.as_mut() {
-            if !b.try_take(now, 1) {
-                return Err(DropReason::RateLimited);
-            }
-        }
-        if let Some(b) = leg.bps.as_mut() {
-            if !b.try_take(now, bytes.len() as u64) {
-                return Err(DropReason::ByteRateLimited);
-            }
-        }
-
-        Ok((via, to))
-    }
-
     /// Read-only view for queries.
     pub(crate) fn info(&self, now: Instant) -> SessionInfo {
         let leg_info = |side: Side| {
@@ -1053,77 +865,6 @@ impl Session {
             pbx: leg_info(Side::Pbx),
             endpoint: leg_info(Side::Endpoint),
         }
-    }
-}
-
-/// Checks whether a packet from a new source proves it belongs to the leg.
-fn prove(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> Proof {
-    const UNCHECKED: Proof = Proof::Invalid { checked: false };
-    const CHECKED: Proof = Proof::Invalid { checked: true };
-    match class {
-        PacketClass::Rtp => {
-            let (Some(auth), Ok(h)) = (&leg.auth, RtpHeader::parse(bytes)) else {
-                return UNCHECKED;
-            };
-            for index in leg.replay.srtp_candidates(h.ssrc(), h.sequence()).into_iter().flatten() {
-                if auth.rtp.verify_srtp(bytes, (index >> 16) as u32) {
-                    if !leg.replay.srtp_is_fresh(h.ssrc(), index) {
-                        return Proof::Stale;
-                    }
-                    leg.replay.record_srtp_index(h.ssrc(), index);
-                    return Proof::Valid;
-                }
-            }
-            CHECKED
-        }
-        PacketClass::Rtcp => {
-            let Some(auth) = &leg.auth else {
-                return UNCHECKED;
-            };
-            let Some(index) = auth.rtcp.verify_srtcp(bytes) else {
-                return CHECKED;
-            };
-            let ssrc = RtcpHeader::parse(bytes).map(|h| h.ssrc()).unwrap_or_default();
-            if !leg.replay.srtcp_is_fresh(ssrc, index) {
-                return Proof::Stale;
-            }
-            leg.replay.record_srtcp(ssrc, index);
-            Proof::Valid
-        }
-        PacketClass::Stun => {
-            let (Some(key), Ok(m)) = (&leg.stun_key, StunMessage::parse(bytes)) else {
-                return UNCHECKED;
-            };
-            if m.class() != StunClass::Request {
-                return UNCHECKED;
-            }
-            if !m.verify_integrity(key) {
-                return CHECKED;
-            }
-            if !leg.stun_replay.check_and_insert(m.transaction_id()) {
-                return Proof::Stale;
-            }
-            Proof::Valid
-        }
-        _ => UNCHECKED,
-    }
-}
-
-/// `verify = all` check of a packet from the latched source.
-fn verify_tag(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> bool {
-    let Some(auth) = &leg.auth else {
-        return true;
-    };
-    match class {
-        PacketClass::Rtp => {
-            let Ok(h) = RtpHeader::parse(bytes) else {
-                return false;
-            };
-            let candidates = leg.replay.srtp_candidates(h.ssrc(), h.sequence());
-            candidates.into_iter().flatten().any(|i| auth.rtp.verify_srtp(bytes, (i >> 16) as u32))
-        }
-        PacketClass::Rtcp => auth.rtcp.verify_srtcp(bytes).is_some(),
-        _ => true,
     }
 }
 
