@@ -1,7 +1,8 @@
 //! Running the relay as a daemon: start, admin API, signals, drain.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -17,7 +18,6 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ControlSettings, TunnelSettings};
 use crate::metrics::AdminStats;
 use relay_core::peer::OwnEndpoint;
-use std::net::SocketAddr;
 
 /// A fresh 256-bit token (hex) and its SHA-256 (hex).
 pub fn new_token() -> std::io::Result<(String, String)> {
@@ -95,76 +95,17 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     result
 }
 
+/// Serves everything the configuration names, prints the banner, then
+/// answers signals and shard failures until the relay stops.
 async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>) -> Result<(), String> {
-    let listen = cfg.file.admin.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on admin.listen {listen}: {e}"))?;
-    let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(admin::serve(listener, state.clone(), async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let admin = Admin::serve(&cfg, &state).await?;
     let mut bound: Vec<SocketAddr> = Vec::new();
-    let ng_line = match (&cfg.ng, &state.ng) {
-        (Some(ng), Some(engine)) => {
-            let listen = ng.transport.listen;
-            let gate = state.clone();
-            let serving: crate::ng::Serving = Arc::new(move || gate.serving());
-            let (udp, tcp) =
-                crate::ng::start(ng.transport.clone(), engine.clone(), state.ng_transport.clone(), serving)
-                    .await
-                    .map_err(|e| format!("cannot listen on ng.listen {listen}: {e}"))?;
-            bound.extend([udp, tcp]);
-            format!("ng protocol on udp:{udp} tcp:{tcp}")
-        }
-        _ => "ng protocol disabled".to_string(),
-    };
-    let control_line = match (&state.control, &cfg.control) {
-        (Some(server), Some(c)) => {
-            let listener = tokio::net::TcpListener::bind(c.listen)
-                .await
-                .map_err(|e| format!("cannot listen on control.listen {}: {e}", c.listen))?;
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            bound.push(addr);
-            let server = server.clone();
-            tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
-            let n = cfg.tenant_credentials.len();
-            format!(
-                "control channel on tls://{addr} ({n} {} with a token, certificate sha256 {})",
-                if n == 1 { "tenant" } else { "tenants" },
-                state.control.as_ref().map(|s| s.certificate().fingerprint()).unwrap_or_default()
-            )
-        }
-        _ => "control channel disabled (no [control] section)".to_string(),
-    };
-    let tunnels_line = match (&state.tunnels, &cfg.tunnels) {
-        (Some(server), Some(t)) => {
-            let data = tokio::net::TcpListener::bind(t.data_listen)
-                .await
-                .map_err(|e| format!("cannot listen on tunnels.data_listen {}: {e}", t.data_listen))?;
-            let data_addr = data.local_addr().map_err(|e| e.to_string())?;
-            bound.push(data_addr);
-            let mut shown = Vec::new();
-            for (addr, service) in &t.listeners {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("cannot listen on tunnels.listeners {addr} ({service}): {e}"))?;
-                let local = l.local_addr().map_err(|e| e.to_string())?;
-                bound.push(local);
-                shown.push(format!("{service}=tcp://{local}"));
-                let (server, service) = (server.clone(), service.clone());
-                tokio::spawn(async move { server.serve_tunnel(l, service, std::future::pending()).await });
-            }
-            let server = server.clone();
-            tokio::spawn(async move { server.serve_data(data, std::future::pending()).await });
-            format!("tunnels: {} data=tcp://{data_addr}", shown.join(" "))
-        }
-        _ => "tunnels disabled (no [tunnels] section)".to_string(),
-    };
+    let ng_line = start_ng(&cfg, &state, &mut bound).await?;
+    let control_line = start_control(&cfg, &state, &mut bound).await?;
+    let tunnels_line = start_tunnels(&cfg, &state, &mut bound).await?;
     // Every bound listener (kernel-chosen ports included) is one of the
     // relay's own addresses: never a hint, latched source or destination.
-    let mut listeners = vec![admin_addr];
+    let mut listeners = vec![admin.addr];
     listeners.extend(bound.iter().copied());
     state
         .handle
@@ -181,7 +122,119 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
             Some(node)
         }
     };
-    let cluster_line = match &cfg.cluster {
+    state.ready.store(true, Ordering::SeqCst);
+    print_banner(&cfg, &state, admin.addr, [ng_line, control_line, tunnels_line, cluster_line(&cfg)]);
+    tracing::info!(admin_addr = %admin.addr, datapath = %state.backend, "relay running");
+    let outcome = run_until_stopped(&mut cfg, path.as_deref(), &state, &listeners, &mut cluster).await;
+    state.ready.store(false, Ordering::SeqCst);
+    // Before the relay stops: its sessions ending is not news for Redis.
+    if let Some(node) = cluster.take() {
+        node.stop(false).await;
+    }
+    if let Some(c) = &state.control {
+        c.shutdown();
+    }
+    if let Some(t) = &state.tunnels {
+        t.shutdown();
+    }
+    admin.stop().await;
+    outcome
+}
+
+/// The admin API's server and how to stop it.
+struct Admin {
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Admin {
+    /// Binds `admin.listen` and serves the admin API on it.
+    async fn serve(cfg: &Config, state: &Arc<AdminState>) -> Result<Admin, String> {
+        let listen = cfg.file.admin.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on admin.listen {listen}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(admin::serve(listener, state.clone(), async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+        Ok(Admin { addr, stop, server })
+    }
+
+    /// Stops it, waiting at most 2 s for requests in flight.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
+    }
+}
+
+/// Starts the ng listeners when enabled; the banner line.
+async fn start_ng(cfg: &Config, state: &Arc<AdminState>, bound: &mut Vec<SocketAddr>) -> Result<String, String> {
+    let (Some(ng), Some(engine)) = (&cfg.ng, &state.ng) else {
+        return Ok("ng protocol disabled".to_string());
+    };
+    let listen = ng.transport.listen;
+    let gate = state.clone();
+    let serving: crate::ng::Serving = Arc::new(move || gate.serving());
+    let (udp, tcp) = crate::ng::start(ng.transport.clone(), engine.clone(), state.ng_transport.clone(), serving)
+        .await
+        .map_err(|e| format!("cannot listen on ng.listen {listen}: {e}"))?;
+    bound.extend([udp, tcp]);
+    Ok(format!("ng protocol on udp:{udp} tcp:{tcp}"))
+}
+
+/// Starts the connectors' control listener when configured; the banner line.
+async fn start_control(cfg: &Config, state: &AdminState, bound: &mut Vec<SocketAddr>) -> Result<String, String> {
+    let (Some(server), Some(c)) = (&state.control, &cfg.control) else {
+        return Ok("control channel disabled (no [control] section)".to_string());
+    };
+    let listener = tokio::net::TcpListener::bind(c.listen)
+        .await
+        .map_err(|e| format!("cannot listen on control.listen {}: {e}", c.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    bound.push(addr);
+    let serving = server.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+    let n = cfg.tenant_credentials.len();
+    Ok(format!(
+        "control channel on tls://{addr} ({n} {} with a token, certificate sha256 {})",
+        if n == 1 { "tenant" } else { "tenants" },
+        server.certificate().fingerprint()
+    ))
+}
+
+/// Starts the tunnel listeners and the connectors' data listener when
+/// configured; the banner line.
+async fn start_tunnels(cfg: &Config, state: &AdminState, bound: &mut Vec<SocketAddr>) -> Result<String, String> {
+    let (Some(server), Some(t)) = (&state.tunnels, &cfg.tunnels) else {
+        return Ok("tunnels disabled (no [tunnels] section)".to_string());
+    };
+    let data = tokio::net::TcpListener::bind(t.data_listen)
+        .await
+        .map_err(|e| format!("cannot listen on tunnels.data_listen {}: {e}", t.data_listen))?;
+    let data_addr = data.local_addr().map_err(|e| e.to_string())?;
+    bound.push(data_addr);
+    let mut shown = Vec::new();
+    for (addr, service) in &t.listeners {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on tunnels.listeners {addr} ({service}): {e}"))?;
+        let local = l.local_addr().map_err(|e| e.to_string())?;
+        bound.push(local);
+        shown.push(format!("{service}=tcp://{local}"));
+        let (server, service) = (server.clone(), service.clone());
+        tokio::spawn(async move { server.serve_tunnel(l, service, std::future::pending()).await });
+    }
+    let server = server.clone();
+    tokio::spawn(async move { server.serve_data(data, std::future::pending()).await });
+    Ok(format!("tunnels: {} data=tcp://{data_addr}", shown.join(" ")))
+}
+
+/// The banner's cluster line.
+fn cluster_line(cfg: &Config) -> String {
+    match &cfg.cluster {
         Some(c) => format!(
             "cluster: node {} of group {} ({}), redis {}",
             c.config.node_id,
@@ -190,8 +243,12 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
             redact_url(&c.config.redis_url)
         ),
         None => "cluster disabled (no [cluster] section)".to_string(),
-    };
-    state.ready.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What the relay prints on stdout once it serves (tests and scripts read
+/// the addresses from it).
+fn print_banner(cfg: &Config, state: &AdminState, admin_addr: SocketAddr, services: [String; 4]) {
     let r = &cfg.relay;
     println!(
         "ucmrc relay {}: media on {} ports {}-{} (datapath {}), admin API on http://{admin_addr}",
@@ -205,26 +262,33 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     println!(
         "allocate a session: curl -s{auth} -X POST http://{admin_addr}/v1/sessions -d '{{\"tenant\":\"demo\"}}' -H 'content-type: application/json'"
     );
-    println!("{ng_line}");
-    println!("{control_line}");
-    println!("{tunnels_line}");
-    println!("{cluster_line}");
-    tracing::info!(%admin_addr, datapath = %state.backend, "relay running");
+    for line in services {
+        println!("{line}");
+    }
+}
 
+/// Answers SIGHUP (reload), SIGTERM (drain or hand the lease over), SIGINT
+/// (exit now) and shard failures until one of them stops the relay.
+async fn run_until_stopped(
+    cfg: &mut Config,
+    path: Option<&Path>,
+    state: &Arc<AdminState>,
+    listeners: &[SocketAddr],
+    cluster: &mut Option<relay_cluster::Cluster>,
+) -> Result<(), String> {
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut failures = state.handle.watch_shard_failures();
-    let mut outcome = Ok(());
     loop {
         tokio::select! {
-            _ = hup.recv() => match &path {
+            _ = hup.recv() => match path {
                 None => tracing::warn!("SIGHUP: no configuration file to reload (embedded defaults)"),
                 Some(p) => match Config::load(p) {
                     Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration rejected, keeping the running one"),
                     Ok(new) => {
-                        reload(&cfg, &new, &state, &listeners).await;
-                        cfg = new;
+                        reload(cfg, &new, state, listeners).await;
+                        *cfg = new;
                     }
                 },
             },
@@ -237,44 +301,40 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
                         node.stop(true).await;
                     }
                 } else {
-                    drain(&cfg, &state, &mut term, &mut int).await;
+                    drain(cfg, state, &mut term, &mut int).await;
                 }
-                break;
+                return Ok(());
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: exiting now");
-                break;
+                return Ok(());
             }
             changed = failures.changed() => {
                 if changed.is_err() {
                     continue;
                 }
                 let failed = failures.borrow_and_update().clone();
-                state.ready.store(false, Ordering::SeqCst);
-                let shards: Vec<String> = failed.iter().map(|f| format!("shard {}: {}", f.shard, f.reason)).collect();
-                if cfg.file.relay.exit_on_shard_failure {
-                    tracing::error!(failed = ?shards, "a shard failed: exiting so the supervisor restarts the relay (relay.exit_on_shard_failure)");
-                    outcome = Err(format!("shard failure: {}", shards.join("; ")));
-                    break;
-                }
-                tracing::error!(failed = ?shards, "a shard failed: /readyz fails; the other shards keep serving (relay.exit_on_shard_failure = false)");
+                handle_shard_failures(cfg, state, &failed)?;
             }
         }
     }
+}
+
+/// A shard failed: /readyz fails; the relay exits (for its supervisor to
+/// restart it) unless `relay.exit_on_shard_failure` is off.
+fn handle_shard_failures(
+    cfg: &Config,
+    state: &AdminState,
+    failed: &[relay_core::relay::ShardFailure],
+) -> Result<(), String> {
     state.ready.store(false, Ordering::SeqCst);
-    // Before the relay stops: its sessions ending is not news for Redis.
-    if let Some(node) = cluster.take() {
-        node.stop(false).await;
+    let shards: Vec<String> = failed.iter().map(|f| format!("shard {}: {}", f.shard, f.reason)).collect();
+    if cfg.file.relay.exit_on_shard_failure {
+        tracing::error!(failed = ?shards, "a shard failed: exiting so the supervisor restarts the relay (relay.exit_on_shard_failure)");
+        return Err(format!("shard failure: {}", shards.join("; ")));
     }
-    if let Some(c) = &state.control {
-        c.shutdown();
-    }
-    if let Some(t) = &state.tunnels {
-        t.shutdown();
-    }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    outcome
+    tracing::error!(failed = ?shards, "a shard failed: /readyz fails; the other shards keep serving (relay.exit_on_shard_failure = false)");
+    Ok(())
 }
 
 /// A Redis URL without its password.

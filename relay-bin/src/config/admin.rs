@@ -33,3 +33,35 @@ impl std::fmt::Debug for AdminSection {
             .finish()
     }
 }
+
+/// A `token_sha256` value as the 32 bytes it names (the value is never
+/// repeated in the error).
+pub(super) fn sha256_hex(key: &str, value: &Option<String>) -> Result<Option<[u8; 32]>, (String, String)> {
+    let Some(h) = value else { return Ok(None) };
+    let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+    bytes.map(Some).ok_or_else(|| (key.into(), "must be 64 hex digits (SHA-256); value masked".into()))
+}
+
+/// The admin token's hash; without one, serving unauthenticated is allowed
+/// only on a loopback listener.
+pub(super) fn token_hash(a: &AdminSection) -> Result<Option<[u8; 32]>, (String, String)> {
+    let hash = sha256_hex("admin.token_sha256", &a.token_sha256)?;
+    if hash.is_some() {
+        return Ok(hash);
+    }
+    let loopback = a.listen.ip().is_loopback();
+    match a.allow_unauthenticated {
+        Some(true) if !loopback => {
+            Err(("admin.allow_unauthenticated".into(), "only allowed when admin.listen is a loopback address".into()))
+        }
+        None if !loopback => Err((
+            "admin.token_sha256".into(),
+            format!("required: admin.listen ({}) is not loopback (ucmrc token new prints one)", a.listen),
+        )),
+        Some(false) => Err((
+            "admin.token_sha256".into(),
+            "required: allow_unauthenticated is false (ucmrc token new prints one)".into(),
+        )),
+        _ => Ok(None),
+    }
+}

@@ -36,3 +36,21 @@ pub fn valid_log_filter(level: &str) -> bool {
     });
     level.is_ascii() && directives_ok && tracing_subscriber::EnvFilter::try_new(level).is_ok()
 }
+
+/// The format is one of ours and the level a usable filter.
+pub(super) fn check(l: &LogSection) -> Result<(), (String, String)> {
+    match l.format.as_str() {
+        "human" | "json" => {}
+        other => return Err(("log.format".into(), format!("{other:?} is not one of human, json"))),
+    }
+    if !valid_log_filter(&l.level) {
+        return Err((
+            "log.level".into(),
+            format!(
+                "{:?} is not a level (error, warn, info, debug, trace, off) or a list of target=level directives",
+                l.level
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -20,13 +20,11 @@ mod tunnels;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use relay_core::control::server::TenantCredentials;
-use relay_core::peer::{OwnAddresses, OwnEndpoint};
+use relay_core::peer::OwnEndpoint;
 use relay_core::quota::TenantLimit;
-use relay_core::session::Ceilings;
-use relay_core::{LegLimits, PeerPolicy, RelayConfig, SessionDefaults, SocketOptions};
+use relay_core::RelayConfig;
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminSection;
@@ -195,180 +193,39 @@ impl Config {
     }
 
     fn validate(name: &str, text: &str, file: FileConfig) -> Result<Config, ConfigError> {
-        let err = |key: &str, message: String| {
-            let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
-            ConfigError { file: name.into(), line: find_key_line(text, section, leaf), key: key.into(), message }
+        // Each section's checks return the dotted key at fault and why;
+        // the error names the key's line in the text.
+        let err = |(key, message): (String, String)| {
+            let (section, leaf) = key.rsplit_once('.').unwrap_or(("", &key));
+            let line = find_key_line(text, section, leaf);
+            ConfigError { file: name.into(), line, key, message }
         };
-        let r = &file.relay;
-        if r.drain_timeout_secs > 300 {
-            return Err(err(
-                "relay.drain_timeout_secs",
-                "must be at most 300 (the systemd unit's TimeoutStopSec is 330)".into(),
-            ));
-        }
-        let s = &file.sessions;
-        if s.idle_timeout_secs == 0 {
-            return Err(err("sessions.idle_timeout_secs", "must be at least 1".into()));
-        }
-        if s.max_duration_secs == 0 {
-            return Err(err("sessions.max_duration_secs", "must be at least 1".into()));
-        }
-        match file.log.format.as_str() {
-            "human" | "json" => {}
-            other => return Err(err("log.format", format!("{other:?} is not one of human, json"))),
-        }
-        if !valid_log_filter(&file.log.level) {
-            return Err(err(
-                "log.level",
-                format!(
-                    "{:?} is not a level (error, warn, info, debug, trace, off) or a list of target=level directives",
-                    file.log.level
-                ),
-            ));
-        }
-        let sha256 = |key: &str, h: &Option<String>| -> Result<Option<[u8; 32]>, ConfigError> {
-            match h {
-                None => Ok(None),
-                Some(h) => {
-                    let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
-                    bytes.map(Some).ok_or_else(|| err(key, "must be 64 hex digits (SHA-256); value masked".into()))
-                }
-            }
-        };
-        let admin_token_sha256 = sha256("admin.token_sha256", &file.admin.token_sha256)?;
-        let loopback_admin = file.admin.listen.ip().is_loopback();
-        if admin_token_sha256.is_none() {
-            match file.admin.allow_unauthenticated {
-                Some(true) if !loopback_admin => {
-                    return Err(err(
-                        "admin.allow_unauthenticated",
-                        "only allowed when admin.listen is a loopback address".into(),
-                    ))
-                }
-                None if !loopback_admin => {
-                    return Err(err(
-                        "admin.token_sha256",
-                        format!(
-                            "required: admin.listen ({}) is not loopback (ucmrc token new prints one)",
-                            file.admin.listen
-                        ),
-                    ))
-                }
-                Some(false) => {
-                    return Err(err(
-                        "admin.token_sha256",
-                        "required: allow_unauthenticated is false (ucmrc token new prints one)".into(),
-                    ))
-                }
-                _ => {}
-            }
-        }
-        let cluster = match &file.cluster {
-            None => None,
-            Some(c) => Some(cluster_settings(c).map_err(|(key, message)| err(key, message))?),
-        };
+        let owned = |(key, message): (&str, String)| (key.to_string(), message);
+        relay::check_limits(&file.relay, &file.sessions).map_err(err)?;
+        log::check(&file.log).map_err(err)?;
+        let admin_token_sha256 = admin::token_hash(&file.admin).map_err(err)?;
+        let cluster = file.cluster.as_ref().map(cluster_settings).transpose().map_err(|e| err(owned(e)))?;
         let mut ng = match file.ng.enabled {
-            true => Some(ng_settings(&file.ng, file.log.redact_addresses).map_err(|(key, message)| err(key, message))?),
+            true => Some(ng_settings(&file.ng, file.log.redact_addresses).map_err(|e| err(owned(e)))?),
             false => None,
         };
         if let Some(ng) = ng.as_mut() {
             // A cluster replicates the ng calls.
             ng.engine.journal = cluster.is_some();
         }
-        let mut tenant_credentials = Vec::new();
-        for (tenant, t) in file.tenants.iter() {
-            if tenant.is_empty() || tenant.len() > 128 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(err("tenants", format!("tenant id {tenant:?} must be 1 to 128 visible ASCII characters")));
-            }
-            if t.port_share_percent > 100 {
-                return Err(err(&format!("tenants.{tenant}.port_share_percent"), "must be 0 to 100".into()));
-            }
-            if let Some(hash) = sha256(&format!("tenants.{tenant}.token_sha256"), &t.token_sha256)? {
-                tenant_credentials.push(TenantCredentials {
-                    id: tenant.clone(),
-                    token_sha256: hash,
-                    services: t.services.clone(),
-                });
-            }
-        }
-        let control = match &file.control {
-            None => None,
-            Some(c) => Some(control_settings(c, &file.log).map_err(|(key, message)| err(key, message))?),
-        };
-        let interfaces =
-            interfaces::interfaces(&file.interfaces).map_err(|(key, message): (String, String)| err(&key, message))?;
-        // Loopback peers by default only when every relay address is loopback.
-        let all_loopback = if interfaces.is_empty() {
-            r.bind_ip.is_loopback()
-        } else {
-            interfaces.iter().flat_map(|i| &i.addresses).all(|a| a.bind.is_loopback())
-        };
-        let relay = RelayConfig {
-            interfaces,
-            bind_ip: r.bind_ip,
-            advertised_ip: r.advertised_ip,
-            port_min: r.port_min,
-            port_max: r.port_max,
-            workers: r.workers,
-            pin_cpus: r.pin_cpus.clone(),
-            backend: r.datapath,
-            // A standby binds the service address's ports before the
-            // address moves to it.
-            sockets: SocketOptions {
-                recv_buffer: r.recv_buffer_bytes,
-                freebind: file.cluster.is_some(),
-                ..SocketOptions::default()
-            },
-            defaults: SessionDefaults {
-                latch: s.latch,
-                verify: s.verify,
-                learning_window: Duration::from_millis(s.learning_window_ms),
-                idle_timeout: Duration::from_secs(s.idle_timeout_secs),
-                max_duration: Duration::from_secs(s.max_duration_secs),
-                limits: LegLimits {
-                    max_pps: (s.max_pps > 0).then_some(s.max_pps),
-                    max_bytes_per_sec: (s.max_bytes_per_sec > 0).then_some(s.max_bytes_per_sec),
-                },
-                quality: s.quality,
-                ceilings: Ceilings {
-                    max_pps: (s.max_pps_ceiling > 0).then_some(s.max_pps_ceiling),
-                    max_bytes_per_sec: (s.max_bytes_per_sec_ceiling > 0).then_some(s.max_bytes_per_sec_ceiling),
-                    idle_timeout: Duration::from_secs(s.idle_timeout_ceiling_secs),
-                    max_duration: Duration::from_secs(s.max_duration_ceiling_secs),
-                },
-            },
-            peer_policy: PeerPolicy {
-                allow_loopback: r.allow_loopback_peers.unwrap_or(all_loopback),
-                allow_private: r.allow_private_peers,
-                own: OwnAddresses::new(file.listener_endpoints(), Vec::new()),
-            },
-            tenant_max_sessions: (r.tenant_max_sessions > 0).then_some(r.tenant_max_sessions),
-            tenant_port_share_percent: r.tenant_port_share_percent,
-            command_queue: 1024,
-            thread_name: "ucmrc-shard".into(),
-            journal: file.cluster.is_some(),
-        };
-        relay.validate().map_err(|e| {
-            let key = match e.field {
-                "defaults.idle_timeout" => "sessions.idle_timeout_secs",
-                "defaults.max_duration" => "sessions.max_duration_secs",
-                "defaults.learning_window" => "sessions.learning_window_ms",
-                "defaults.limits.max_pps" => "sessions.max_pps",
-                "defaults.limits.max_bytes_per_sec" => "sessions.max_bytes_per_sec",
-                "ceilings.idle_timeout" => "sessions.idle_timeout_ceiling_secs",
-                "ceilings.max_duration" => "sessions.max_duration_ceiling_secs",
-                "ceilings.max_pps" => "sessions.max_pps_ceiling",
-                "interfaces" => "interfaces.name",
-                f => return err(&format!("relay.{f}"), e.reason.clone()),
-            };
-            err(key, e.reason)
-        })?;
+        let tenant_credentials = tenants::credentials(&file.tenants).map_err(err)?;
+        let control =
+            file.control.as_ref().map(|c| control_settings(c, &file.log)).transpose().map_err(|e| err(owned(e)))?;
+        let relay = relay::relay_config(&file).map_err(err)?;
         let tunnels = match &file.tunnels {
             None => None,
             Some(_) if control.is_none() => {
-                return Err(err("tunnels", "tunnels need a [control] section (connectors open the streams)".into()))
+                return Err(err((
+                    "tunnels".into(),
+                    "tunnels need a [control] section (connectors open the streams)".into(),
+                )))
             }
-            Some(t) => Some(tunnel_settings(t, &file).map_err(|(key, message)| err(&key, message))?),
+            Some(t) => Some(tunnel_settings(t, &file).map_err(err)?),
         };
         Ok(Config {
             source: name.into(),

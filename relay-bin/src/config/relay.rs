@@ -3,8 +3,15 @@
 //! [`SessionDefaults::default`]).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
-use relay_core::{BackendKind, LatchPolicy, RelayConfig, SessionDefaults, Verify};
+use relay_core::peer::OwnAddresses;
+use relay_core::session::Ceilings;
+use relay_core::{
+    BackendKind, LatchPolicy, LegLimits, PeerPolicy, RelayConfig, SessionDefaults, SocketOptions, Verify,
+};
+
+use super::FileConfig;
 use serde::{Deserialize, Serialize};
 
 /// `[relay]`
@@ -114,5 +121,102 @@ impl Default for SessionsSection {
             idle_timeout_ceiling_secs: c.idle_timeout.as_secs(),
             max_duration_ceiling_secs: c.max_duration.as_secs(),
         }
+    }
+}
+
+/// The bounds a file could break before anything is built.
+pub(super) fn check_limits(r: &RelaySection, s: &SessionsSection) -> Result<(), (String, String)> {
+    if r.drain_timeout_secs > 300 {
+        return Err((
+            "relay.drain_timeout_secs".into(),
+            "must be at most 300 (the systemd unit's TimeoutStopSec is 330)".into(),
+        ));
+    }
+    if s.idle_timeout_secs == 0 {
+        return Err(("sessions.idle_timeout_secs".into(), "must be at least 1".into()));
+    }
+    if s.max_duration_secs == 0 {
+        return Err(("sessions.max_duration_secs".into(), "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// The engine's configuration from `[relay]`, `[sessions]` and
+/// `[[interfaces]]`, checked by relay-core (its field names mapped back to
+/// the file's keys).
+pub(super) fn relay_config(file: &FileConfig) -> Result<RelayConfig, (String, String)> {
+    let (r, s) = (&file.relay, &file.sessions);
+    let interfaces = super::interfaces::interfaces(&file.interfaces)?;
+    // Loopback peers by default only when every relay address is loopback.
+    let all_loopback = if interfaces.is_empty() {
+        r.bind_ip.is_loopback()
+    } else {
+        interfaces.iter().flat_map(|i| &i.addresses).all(|a| a.bind.is_loopback())
+    };
+    let relay = RelayConfig {
+        interfaces,
+        bind_ip: r.bind_ip,
+        advertised_ip: r.advertised_ip,
+        port_min: r.port_min,
+        port_max: r.port_max,
+        workers: r.workers,
+        pin_cpus: r.pin_cpus.clone(),
+        backend: r.datapath,
+        // A standby binds the service address's ports before the address
+        // moves to it.
+        sockets: SocketOptions {
+            recv_buffer: r.recv_buffer_bytes,
+            freebind: file.cluster.is_some(),
+            ..SocketOptions::default()
+        },
+        defaults: session_defaults(s),
+        peer_policy: PeerPolicy {
+            allow_loopback: r.allow_loopback_peers.unwrap_or(all_loopback),
+            allow_private: r.allow_private_peers,
+            own: OwnAddresses::new(file.listener_endpoints(), Vec::new()),
+        },
+        tenant_max_sessions: (r.tenant_max_sessions > 0).then_some(r.tenant_max_sessions),
+        tenant_port_share_percent: r.tenant_port_share_percent,
+        command_queue: 1024,
+        thread_name: "ucmrc-shard".into(),
+        journal: file.cluster.is_some(),
+    };
+    relay.validate().map_err(|e| {
+        let key = match e.field {
+            "defaults.idle_timeout" => "sessions.idle_timeout_secs",
+            "defaults.max_duration" => "sessions.max_duration_secs",
+            "defaults.learning_window" => "sessions.learning_window_ms",
+            "defaults.limits.max_pps" => "sessions.max_pps",
+            "defaults.limits.max_bytes_per_sec" => "sessions.max_bytes_per_sec",
+            "ceilings.idle_timeout" => "sessions.idle_timeout_ceiling_secs",
+            "ceilings.max_duration" => "sessions.max_duration_ceiling_secs",
+            "ceilings.max_pps" => "sessions.max_pps_ceiling",
+            "interfaces" => "interfaces.name",
+            f => return (format!("relay.{f}"), e.reason.clone()),
+        };
+        (key.to_string(), e.reason)
+    })?;
+    Ok(relay)
+}
+
+/// `[sessions]` as the engine's defaults and ceilings (0 means none).
+fn session_defaults(s: &SessionsSection) -> SessionDefaults {
+    SessionDefaults {
+        latch: s.latch,
+        verify: s.verify,
+        learning_window: Duration::from_millis(s.learning_window_ms),
+        idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+        max_duration: Duration::from_secs(s.max_duration_secs),
+        limits: LegLimits {
+            max_pps: (s.max_pps > 0).then_some(s.max_pps),
+            max_bytes_per_sec: (s.max_bytes_per_sec > 0).then_some(s.max_bytes_per_sec),
+        },
+        quality: s.quality,
+        ceilings: Ceilings {
+            max_pps: (s.max_pps_ceiling > 0).then_some(s.max_pps_ceiling),
+            max_bytes_per_sec: (s.max_bytes_per_sec_ceiling > 0).then_some(s.max_bytes_per_sec_ceiling),
+            idle_timeout: Duration::from_secs(s.idle_timeout_ceiling_secs),
+            max_duration: Duration::from_secs(s.max_duration_ceiling_secs),
+        },
     }
 }

@@ -1,6 +1,11 @@
 //! `[tenants.NAME]`: per-tenant limits and connector credentials.
 
+use std::collections::BTreeMap;
+
+use relay_core::control::server::TenantCredentials;
 use serde::{Deserialize, Serialize};
+
+use super::admin::sha256_hex;
 
 /// `[tenants.NAME]`
 #[derive(Clone, Default, Deserialize, Serialize)]
@@ -28,4 +33,24 @@ impl std::fmt::Debug for TenantSection {
             .field("port_share_percent", &self.port_share_percent)
             .finish()
     }
+}
+
+/// Checks every tenant's id and share; the connector credentials of those
+/// with a token.
+pub(super) fn credentials(
+    tenants: &BTreeMap<String, TenantSection>,
+) -> Result<Vec<TenantCredentials>, (String, String)> {
+    let mut out = Vec::new();
+    for (tenant, t) in tenants {
+        if tenant.is_empty() || tenant.len() > 128 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(("tenants".into(), format!("tenant id {tenant:?} must be 1 to 128 visible ASCII characters")));
+        }
+        if t.port_share_percent > 100 {
+            return Err((format!("tenants.{tenant}.port_share_percent"), "must be 0 to 100".into()));
+        }
+        if let Some(hash) = sha256_hex(&format!("tenants.{tenant}.token_sha256"), &t.token_sha256)? {
+            out.push(TenantCredentials { id: tenant.clone(), token_sha256: hash, services: t.services.clone() });
+        }
+    }
+    Ok(out)
 }
