@@ -208,42 +208,7 @@ pub fn run(opts: &MediaOptions, target: &mut dyn Target) -> Result<MediaReport, 
     if opts.dtls && opts.latch == "authenticated" {
         return Err("authenticated latching needs the SRTP keys at allocation; DTLS keys exist only after the handshake (use window)".into());
     }
-    let streams = opts.calls * 2;
-    let mut masters: Vec<Vec<u8>> = (0..streams).map(|_| master()).collect();
-    let mut sockets = Vec::with_capacity(streams);
-    for _ in 0..streams {
-        sockets.push(Arc::new(bind()?));
-    }
-    let mut legs: Vec<CallLegs> = Vec::with_capacity(opts.calls);
-    for c in 0..opts.calls {
-        let pbx = sockets[2 * c].local_addr().map_err(|e| e.to_string())?;
-        let endpoint = sockets[2 * c + 1].local_addr().map_err(|e| e.to_string())?;
-        let keys = if opts.dtls { None } else { Some((auth_keys(&masters[2 * c + 1])?, auth_keys(&masters[2 * c])?)) };
-        let req = call_request(pbx, endpoint, keys, &opts.latch);
-        match target.allocate(&req) {
-            Ok(l) => legs.push(l),
-            Err(e) => {
-                target.release(&legs);
-                return Err(format!("allocating call {c}: {e}"));
-            }
-        }
-    }
-    let mut dtls_handshakes = 0;
-    if opts.dtls {
-        match dtls_keys(&sockets, &legs) {
-            Ok(keys) => {
-                for (c, (endpoint_sends, pbx_sends)) in keys.into_iter().enumerate() {
-                    masters[2 * c] = endpoint_sends;
-                    masters[2 * c + 1] = pbx_sends;
-                    dtls_handshakes += 1;
-                }
-            }
-            Err(e) => {
-                target.release(&legs);
-                return Err(e);
-            }
-        }
-    }
+    let Calls { sockets, masters, legs, dtls_handshakes } = set_up_calls(opts, target)?;
     let epoll = Epoll::new().map_err(|e| e.to_string())?;
     for (i, s) in sockets.iter().enumerate() {
         epoll.add(s.as_raw_fd(), i as u64).map_err(|e| e.to_string())?;
@@ -280,45 +245,11 @@ pub fn run(opts: &MediaOptions, target: &mut dyn Target) -> Result<MediaReport, 
         let (shared, legs, pps) = (shared.clone(), legs.clone(), opts.junk_pps);
         std::thread::spawn(move || spray(&shared, &legs, pps))
     });
-
-    // Progress: one line per second, and the per-second series.
-    let mut per_second = Vec::new();
-    let (mut last_sent, mut last_delivered, mut last_auth) = (0, 0, 0);
-    let mut next = start + Duration::from_secs(1);
-    while shared.sending.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(Duration::from_millis(50)));
-            continue;
-        }
-        next += Duration::from_secs(1);
-        let (s, d, a) = (
-            shared.sent.load(Ordering::Relaxed),
-            shared.delivered.load(Ordering::Relaxed),
-            shared.auth_failures.load(Ordering::Relaxed),
-        );
-        let h = std::mem::replace(&mut *shared.second.lock().unwrap_or_else(|p| p.into_inner()), histogram());
-        let sec = SecondReport {
-            t: per_second.len() as u64 + 1,
-            offered: s - last_sent,
-            delivered: d - last_delivered,
-            auth_failures: a - last_auth,
-            p50_us: h.value_at_quantile(0.5),
-            p99_us: h.value_at_quantile(0.99),
-        };
-        if opts.progress {
-            eprintln!(
-                "t={:>3}s offered {:>8} pps  delivered {:>8} pps  auth failures {}  p50 {} µs  p99 {} µs",
-                sec.t, sec.offered, sec.delivered, sec.auth_failures, sec.p50_us, sec.p99_us
-            );
-        }
-        (last_sent, last_delivered, last_auth) = (s, d, a);
-        per_second.push(sec);
-    }
+    let per_second = progress(&shared, start, opts.progress);
     let (sent_per_stream, lag, send_errors, rebinds, send_batching) =
         sender.join().map_err(|_| "sender thread panicked")?;
     let sending_time = start.elapsed().min(opts.duration + Duration::from_millis(50));
-    std::thread::sleep(opts.drain);
+    std::thread::sleep(opts.drain); // the stragglers' window, not synchronisation
     shared.receiving.store(false, Ordering::Relaxed);
     let rx = receiver.join().map_err(|_| "receiver thread panicked")?;
     let (junk_sent, junk_leaked) = match junk {
@@ -369,6 +300,95 @@ pub fn run(opts: &MediaOptions, target: &mut dyn Target) -> Result<MediaReport, 
         non_media: rx.non_media,
         per_second,
     })
+}
+
+/// The calls of a run, allocated on the target: two sockets and two
+/// master keys per call (PBX, endpoint).
+struct Calls {
+    sockets: Vec<Arc<UdpSocket>>,
+    masters: Vec<Vec<u8>>,
+    legs: Vec<CallLegs>,
+    dtls_handshakes: u64,
+}
+
+/// Allocates every call (with SDES keys, or keys from a DTLS handshake
+/// per call afterwards); on a failure, releases what it allocated.
+fn set_up_calls(opts: &MediaOptions, target: &mut dyn Target) -> Result<Calls, String> {
+    let streams = opts.calls * 2;
+    let mut masters: Vec<Vec<u8>> = (0..streams).map(|_| master()).collect();
+    let mut sockets = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        sockets.push(Arc::new(bind()?));
+    }
+    let mut legs: Vec<CallLegs> = Vec::with_capacity(opts.calls);
+    for c in 0..opts.calls {
+        let pbx = sockets[2 * c].local_addr().map_err(|e| e.to_string())?;
+        let endpoint = sockets[2 * c + 1].local_addr().map_err(|e| e.to_string())?;
+        let keys = if opts.dtls { None } else { Some((auth_keys(&masters[2 * c + 1])?, auth_keys(&masters[2 * c])?)) };
+        match target.allocate(&call_request(pbx, endpoint, keys, &opts.latch)) {
+            Ok(l) => legs.push(l),
+            Err(e) => {
+                target.release(&legs);
+                return Err(format!("allocating call {c}: {e}"));
+            }
+        }
+    }
+    let mut dtls_handshakes = 0;
+    if opts.dtls {
+        match dtls_keys(&sockets, &legs) {
+            Ok(keys) => {
+                for (c, (endpoint_sends, pbx_sends)) in keys.into_iter().enumerate() {
+                    masters[2 * c] = endpoint_sends;
+                    masters[2 * c + 1] = pbx_sends;
+                    dtls_handshakes += 1;
+                }
+            }
+            Err(e) => {
+                target.release(&legs);
+                return Err(e);
+            }
+        }
+    }
+    Ok(Calls { sockets, masters, legs, dtls_handshakes })
+}
+
+/// While the sender sends: one line per second (when `print`), and the
+/// per-second series.
+fn progress(shared: &Shared, start: Instant, print: bool) -> Vec<SecondReport> {
+    let mut per_second = Vec::new();
+    let (mut last_sent, mut last_delivered, mut last_auth) = (0, 0, 0);
+    let mut next = start + Duration::from_secs(1);
+    while shared.sending.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(Duration::from_millis(50))); // the report's pace
+            continue;
+        }
+        next += Duration::from_secs(1);
+        let (s, d, a) = (
+            shared.sent.load(Ordering::Relaxed),
+            shared.delivered.load(Ordering::Relaxed),
+            shared.auth_failures.load(Ordering::Relaxed),
+        );
+        let h = std::mem::replace(&mut *shared.second.lock().unwrap_or_else(|p| p.into_inner()), histogram());
+        let sec = SecondReport {
+            t: per_second.len() as u64 + 1,
+            offered: s - last_sent,
+            delivered: d - last_delivered,
+            auth_failures: a - last_auth,
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+        };
+        if print {
+            eprintln!(
+                "t={:>3}s offered {:>8} pps  delivered {:>8} pps  auth failures {}  p50 {} µs  p99 {} µs",
+                sec.t, sec.offered, sec.delivered, sec.auth_failures, sec.p50_us, sec.p99_us
+            );
+        }
+        (last_sent, last_delivered, last_auth) = (s, d, a);
+        per_second.push(sec);
+    }
+    per_second
 }
 
 /// SRTP master keys of one call: (what the endpoint sends with, what the PBX sends with).

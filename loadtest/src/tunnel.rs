@@ -232,29 +232,8 @@ pub fn run(opts: &TunnelOptions) -> Result<TunnelReport, String> {
     let server_rt = runtime("lt-server")?;
     let client_rt = runtime("lt-client")?;
     let ctl = issue("relay.test")?;
-    let (ctl_cert, ctl_key) = (ctl.cert_pem, ctl.key_pem);
     let srv = issue(SNI)?;
-    let (srv_ca, srv_cert, srv_key) = (srv.ca_pem, srv.cert_pem, srv.key_pem);
-
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(srv_cert.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_slice(srv_key.as_bytes()).map_err(|e| e.to_string())?;
-    let server_cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| e.to_string())?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
-    let (tls_addr, raw_addr) = server_rt.block_on(async {
-        let t = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-        let r = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-        let addrs = (t.local_addr().map_err(|e| e.to_string())?, r.local_addr().map_err(|e| e.to_string())?);
-        tokio::spawn(tls_server(t, acceptor));
-        tokio::spawn(raw_server(r));
-        Ok::<_, String>(addrs)
-    })?;
-
+    let (tls_addr, raw_addr) = server_rt.block_on(origin_servers(&srv.cert_pem, &srv.key_pem))?;
     let relay = Relay::start(RelayConfig {
         backend: BackendKind::Portable,
         port_min: 24000,
@@ -264,52 +243,103 @@ pub fn run(opts: &TunnelOptions) -> Result<TunnelReport, String> {
     })
     .map_err(|e| e.to_string())?;
     let tunnel_config = TunnelConfig { pump: opts.pump, max_pending_per_ip: 4096, ..TunnelConfig::default() };
-    let (control_addr, relay_tls, relay_raw) = relay_rt.block_on(async {
-        let e = |e: std::io::Error| e.to_string();
-        let cert = ReloadableCert::new(
-            load_certified_key(ctl_cert.as_bytes(), ctl_key.as_bytes()).map_err(|e| e.to_string())?,
-        );
-        let tenants = vec![TenantCredentials {
-            id: "acme".into(),
-            token_sha256: token_hash(TOKEN),
-            services: vec!["tls".into(), "raw".into()],
-        }];
-        let control =
-            ControlServer::new(ControlConfig::default(), cert, tenants, relay.handle()).map_err(|e| e.to_string())?;
-        let l = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
-        let control_addr = l.local_addr().map_err(e)?;
-        let c = control.clone();
-        tokio::spawn(async move { c.serve(l, std::future::pending()).await });
-        let router = SniRouter::new([], &["{tenant}.relay.test".to_string()], ["acme".to_string()], None)
-            .map_err(|e| e.to_string())?;
-        let t = TunnelServer::new(tunnel_config, router, control);
-        let data = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
-        let tls_l = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
-        let raw_l = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
-        let addrs = (control_addr, tls_l.local_addr().map_err(e)?, raw_l.local_addr().map_err(e)?);
-        let (t1, t2, t3) = (t.clone(), t.clone(), t);
-        tokio::spawn(async move { t1.serve_data(data, std::future::pending()).await });
-        tokio::spawn(async move { t2.serve_tunnel(tls_l, "tls".into(), std::future::pending()).await });
-        tokio::spawn(async move { t3.serve_tunnel(raw_l, "raw".into(), std::future::pending()).await });
-        Ok::<_, String>(addrs)
-    })?;
+    let relay_side = relay_rt.block_on(relay_side(&relay, tunnel_config, &ctl.cert_pem, &ctl.key_pem))?;
+    let targets = HashMap::from([
+        ("tls".to_string(), TunnelTarget { addr: tls_addr, proxy_protocol: false }),
+        ("raw".to_string(), TunnelTarget { addr: raw_addr, proxy_protocol: false }),
+    ]);
+    let connector = connector_rt.block_on(connect(relay_side.control, &ctl.cert_pem, targets))?;
+    let tls = client_tls(&srv.ca_pem)?;
+    let direct = Endpoints { tls: tls_addr, raw: raw_addr };
+    let report = client_rt.block_on(measure(opts, &tls, &relay_side.tunnels, &direct));
+    connector_rt.block_on(connector.stop());
+    relay.shutdown(Duration::ZERO);
+    Ok(report)
+}
 
-    let connector = connector_rt.block_on(async {
-        let trust = ClientTrust::pinned_hex(&pem_fingerprint(ctl_cert.as_bytes()).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        let mut cfg = ConnectorConfig::new(&control_addr.to_string(), "relay.test", trust, "acme", TOKEN);
-        cfg.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
-        cfg.tunnels = HashMap::from([
-            ("tls".to_string(), TunnelTarget { addr: tls_addr, proxy_protocol: false }),
-            ("raw".to_string(), TunnelTarget { addr: raw_addr, proxy_protocol: false }),
-        ]);
-        let c = Connector::start(cfg).map_err(|e| e.to_string())?;
-        c.handle().wait_connected(1, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(c)
-    })?;
+/// Where a TLS service and a raw TCP service listen.
+struct Endpoints {
+    tls: SocketAddr,
+    raw: SocketAddr,
+}
 
+/// The relay's side: its control listener and its tunnel listeners.
+struct RelaySide {
+    control: SocketAddr,
+    tunnels: Endpoints,
+}
+
+/// The services behind the PBX: a TLS server (for `SNI`) and a raw TCP sink.
+async fn origin_servers(cert_pem: &str, key_pem: &str) -> Result<(SocketAddr, SocketAddr), String> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let t = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let r = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let addrs = (t.local_addr().map_err(|e| e.to_string())?, r.local_addr().map_err(|e| e.to_string())?);
+    tokio::spawn(tls_server(t, acceptor));
+    tokio::spawn(raw_server(r));
+    Ok(addrs)
+}
+
+/// The relay's control listener (tenant acme) and its tunnel listeners
+/// (`tls` and `raw`) with the connectors' data listener.
+async fn relay_side(relay: &Relay, config: TunnelConfig, cert_pem: &str, key_pem: &str) -> Result<RelaySide, String> {
+    let e = |e: std::io::Error| e.to_string();
+    let cert =
+        ReloadableCert::new(load_certified_key(cert_pem.as_bytes(), key_pem.as_bytes()).map_err(|e| e.to_string())?);
+    let tenants = vec![TenantCredentials {
+        id: "acme".into(),
+        token_sha256: token_hash(TOKEN),
+        services: vec!["tls".into(), "raw".into()],
+    }];
+    let control =
+        ControlServer::new(ControlConfig::default(), cert, tenants, relay.handle()).map_err(|e| e.to_string())?;
+    let l = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
+    let control_addr = l.local_addr().map_err(e)?;
+    let c = control.clone();
+    tokio::spawn(async move { c.serve(l, std::future::pending()).await });
+    let router = SniRouter::new([], &["{tenant}.relay.test".to_string()], ["acme".to_string()], None)
+        .map_err(|e| e.to_string())?;
+    let t = TunnelServer::new(config, router, control);
+    let data = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
+    let tls_l = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
+    let raw_l = TcpListener::bind("127.0.0.1:0").await.map_err(e)?;
+    let tunnels = Endpoints { tls: tls_l.local_addr().map_err(e)?, raw: raw_l.local_addr().map_err(e)? };
+    let (t1, t2, t3) = (t.clone(), t.clone(), t);
+    tokio::spawn(async move { t1.serve_data(data, std::future::pending()).await });
+    tokio::spawn(async move { t2.serve_tunnel(tls_l, "tls".into(), std::future::pending()).await });
+    tokio::spawn(async move { t3.serve_tunnel(raw_l, "raw".into(), std::future::pending()).await });
+    Ok(RelaySide { control: control_addr, tunnels })
+}
+
+/// acme's connector, pinned to the relay's certificate, serving `targets`.
+async fn connect(
+    control: SocketAddr,
+    relay_cert_pem: &str,
+    targets: HashMap<String, TunnelTarget>,
+) -> Result<Connector, String> {
+    let trust = ClientTrust::pinned_hex(&pem_fingerprint(relay_cert_pem.as_bytes()).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let mut cfg = ConnectorConfig::new(&control.to_string(), "relay.test", trust, "acme", TOKEN);
+    cfg.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+    cfg.tunnels = targets;
+    let c = Connector::start(cfg).map_err(|e| e.to_string())?;
+    c.handle().wait_connected(1, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// A TLS 1.3 client trusting `ca_pem`.
+fn client_tls(ca_pem: &str) -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(srv_ca.as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     }
     let client_cfg = rustls::ClientConfig::builder_with_provider(provider())
@@ -317,53 +347,56 @@ pub fn run(opts: &TunnelOptions) -> Result<TunnelReport, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(client_cfg)))
+}
 
-    let report = client_rt.block_on(async {
-        let mut r = TunnelReport { connections: opts.connections, ..TunnelReport::default() };
-        // Interleave relay and direct in halves of the duration each, twice.
-        let quarter = opts.duration / 4;
-        let mut relay_h = histogram();
-        let mut direct_h = histogram();
-        let (mut direct_done, mut direct_time) = (0u64, Duration::ZERO);
-        let mut relay_time = Duration::ZERO;
-        for _ in 0..2 {
-            let t0 = Instant::now();
-            let (d, f, h) = handshake_load(relay_tls, &tls, opts.connections, quarter).await;
-            relay_time += t0.elapsed();
-            r.handshakes += d;
-            r.failures += f;
-            let _ = relay_h.add(h);
-            if opts.compare_direct {
-                let t0 = Instant::now();
-                let (d, _, h) = handshake_load(tls_addr, &tls, opts.connections, quarter).await;
-                direct_time += t0.elapsed();
-                direct_done += d;
-                let _ = direct_h.add(h);
-            }
-        }
-        r.handshake_rate = r.handshakes as f64 / relay_time.as_secs_f64().max(1e-9);
-        r.ttfb_p50_us = relay_h.value_at_quantile(0.5);
-        r.ttfb_p99_us = relay_h.value_at_quantile(0.99);
+/// Handshakes through the relay and (optionally) direct, interleaved in
+/// quarters of the duration; then bulk transfer and the relay's CPU per GiB.
+async fn measure(
+    opts: &TunnelOptions,
+    tls: &tokio_rustls::TlsConnector,
+    relay: &Endpoints,
+    direct: &Endpoints,
+) -> TunnelReport {
+    let mut r = TunnelReport { connections: opts.connections, ..TunnelReport::default() };
+    let quarter = opts.duration / 4;
+    let mut relay_h = histogram();
+    let mut direct_h = histogram();
+    let (mut direct_done, mut direct_time) = (0u64, Duration::ZERO);
+    let mut relay_time = Duration::ZERO;
+    for _ in 0..2 {
+        let t0 = Instant::now();
+        let (d, f, h) = handshake_load(relay.tls, tls, opts.connections, quarter).await;
+        relay_time += t0.elapsed();
+        r.handshakes += d;
+        r.failures += f;
+        let _ = relay_h.add(h);
         if opts.compare_direct {
-            r.direct_handshake_rate = Some(direct_done as f64 / direct_time.as_secs_f64().max(1e-9));
-            r.direct_ttfb_p50_us = Some(direct_h.value_at_quantile(0.5));
-            r.added_ttfb_p50_us = Some(r.ttfb_p50_us as i64 - direct_h.value_at_quantile(0.5) as i64);
+            let t0 = Instant::now();
+            let (d, _, h) = handshake_load(direct.tls, tls, opts.connections, quarter).await;
+            direct_time += t0.elapsed();
+            direct_done += d;
+            let _ = direct_h.add(h);
         }
-        if opts.bulk_mib > 0 {
-            let bytes = opts.bulk_mib << 20;
-            if opts.compare_direct {
-                r.direct_bulk_mib_s = bulk(raw_addr, bytes).await.ok();
-            }
-            let c0 = crate::cpu::threads_cpu_ns(RELAY_THREADS);
-            r.bulk_mib_s = bulk(relay_raw, bytes).await.ok();
-            let c1 = crate::cpu::threads_cpu_ns(RELAY_THREADS);
-            let gib = bytes as f64 / (1u64 << 30) as f64;
-            r.relay_cpu_ms_per_gib = r.bulk_mib_s.map(|_| (c1 - c0) as f64 / 1e6 / gib);
+    }
+    r.handshake_rate = r.handshakes as f64 / relay_time.as_secs_f64().max(1e-9);
+    r.ttfb_p50_us = relay_h.value_at_quantile(0.5);
+    r.ttfb_p99_us = relay_h.value_at_quantile(0.99);
+    if opts.compare_direct {
+        r.direct_handshake_rate = Some(direct_done as f64 / direct_time.as_secs_f64().max(1e-9));
+        r.direct_ttfb_p50_us = Some(direct_h.value_at_quantile(0.5));
+        r.added_ttfb_p50_us = Some(r.ttfb_p50_us as i64 - direct_h.value_at_quantile(0.5) as i64);
+    }
+    if opts.bulk_mib > 0 {
+        let bytes = opts.bulk_mib << 20;
+        if opts.compare_direct {
+            r.direct_bulk_mib_s = bulk(direct.raw, bytes).await.ok();
         }
-        r
-    });
-    connector_rt.block_on(connector.stop());
-    relay.shutdown(Duration::ZERO);
-    Ok(report)
+        let c0 = crate::cpu::threads_cpu_ns(RELAY_THREADS);
+        r.bulk_mib_s = bulk(relay.raw, bytes).await.ok();
+        let c1 = crate::cpu::threads_cpu_ns(RELAY_THREADS);
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        r.relay_cpu_ms_per_gib = r.bulk_mib_s.map(|_| (c1 - c0) as f64 / 1e6 / gib);
+    }
+    r
 }
