@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsConnector;
@@ -523,115 +523,48 @@ impl Worker {
         requests: &mut mpsc::Receiver<Request>,
     ) -> (String, bool) {
         let (mut reader, mut writer) = tokio::io::split(channel);
-        let mut in_flight: HashMap<u64, oneshot::Sender<Result<Reply, ConnectorError>>> = HashMap::new();
+        let mut in_flight: InFlight = HashMap::new();
         let mut heartbeat = HeartbeatTimer::new(tokio::time::Instant::now().into_std(), hb);
         let mut buf = vec![0u8; 16 * 1024];
-        let mut sent_away = false;
-        let why = loop {
+        let ended = loop {
             match decoder.poll_frame() {
                 Ok(Some(frame)) => {
                     heartbeat.handle_received(tokio::time::Instant::now().into_std());
-                    let msg = match Message::decode(&frame) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            let _ = send(&mut writer, &protocol_error(ErrorCode::BadMessage, &e.to_string())).await;
-                            break format!("bad message from relay: {e}");
-                        }
-                    };
-                    match msg {
-                        Message::Heartbeat(h) => {
-                            if send(&mut writer, &Message::HeartbeatAck(h)).await.is_err() {
-                                break "write failed".into();
-                            }
-                        }
-                        Message::HeartbeatAck(_) => {}
-                        Message::Allocated(r) | Message::Updated(r) | Message::Released(r) => {
-                            if let Some(tx) = in_flight.remove(&r.request_id) {
-                                let _ = tx.send(Ok(r));
-                            }
-                        }
-                        Message::OpenStream(o) if o.standby => {
-                            if !self.config.tunnels.is_empty() {
-                                let relay_host = relay_host(&self.current).to_string();
-                                let (tunnels, status) = (self.config.tunnels.clone(), self.status.clone());
-                                let mut stop = self.stop.clone();
-                                tokio::spawn(async move {
-                                    // A stopped connector takes its idle standby streams with it.
-                                    let r = tokio::select! {
-                                        r = standby_stream(&relay_host, &tunnels, o, &status) => r,
-                                        _ = stopped(&mut stop) => Ok(()),
-                                    };
-                                    if r.is_err() {
-                                        status.send_modify(|s| s.streams_failed += 1);
-                                    }
-                                    if let Err(e) = r {
-                                        tracing::debug!(error = %e, "connector: standby stream ended");
-                                    }
-                                });
-                            }
-                        }
-                        Message::OpenStream(o) => match self.config.tunnels.get(&o.service) {
-                            Some(target) => {
-                                let relay_host = relay_host(&self.current).to_string();
-                                let (target, status) = (*target, self.status.clone());
-                                tokio::spawn(async move {
-                                    let r = join_stream(&relay_host, target, o, &status).await;
-                                    if r.is_err() {
-                                        status.send_modify(|s| s.streams_failed += 1);
-                                    }
-                                    if let Err(e) = r {
-                                        tracing::warn!(error = %e, "connector: tunnel stream failed");
-                                    }
-                                });
-                            }
-                            None => {
-                                if self.open_streams.try_send(o).is_err() {
-                                    tracing::warn!("connector: open_stream dropped (no consumer or queue full)");
-                                }
-                            }
-                        },
-                        Message::Error(e) => {
-                            sent_away = matches!(e.code.parse(), Ok(ErrorCode::Replaced | ErrorCode::TenantRemoved));
-                            break format!("relay closed the channel: {}", e.code);
-                        }
-                        other => {
-                            let kind = other.encode().kind.as_str();
-                            let _ = send(&mut writer, &protocol_error(ErrorCode::UnexpectedFrame, kind)).await;
-                            break format!("unexpected {kind} from relay");
-                        }
+                    match self.handle_frame(&frame, &mut writer, &mut in_flight).await {
+                        Ok(()) => continue,
+                        Err(ended) => break ended,
                     }
-                    continue;
                 }
                 Ok(None) => {}
                 Err(e) => {
                     let _ = send(&mut writer, &protocol_error(e.code(), &e.to_string())).await;
-                    break format!("framing error from relay: {e}");
+                    break Ended::because(format!("framing error from relay: {e}"));
                 }
             }
             tokio::select! {
                 n = reader.read(&mut buf) => match n {
-                    Ok(0) => break "relay closed the connection".into(),
+                    Ok(0) => break Ended::because("relay closed the connection"),
                     Ok(n) => decoder.handle_bytes(&buf[..n]),
-                    Err(e) => break e.to_string(),
+                    Err(e) => break Ended::because(e.to_string()),
                 },
                 req = requests.recv() => {
-                    let Some(req) = req else { break "connector stopped".into() };
+                    let Some(req) = req else { break Ended::because("connector stopped") };
                     if req.reply.is_closed() {
                         continue; // the caller gave up while we were disconnected
                     }
                     let id = request_id(&req.msg);
                     if send(&mut writer, &req.msg).await.is_err() {
                         let _ = req.reply.send(Err(ConnectorError::ChannelLost));
-                        break "write failed".into();
+                        break Ended::because("write failed");
                     }
                     in_flight.insert(id, req.reply);
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(heartbeat.poll_timeout())) => {
                     match heartbeat.handle_timeout(tokio::time::Instant::now().into_std()) {
-                        HeartbeatAction::Dead => break "relay silent for three heartbeat intervals".into(),
+                        HeartbeatAction::Dead => break Ended::because("relay silent for three heartbeat intervals"),
                         HeartbeatAction::Send(seq) => {
                             if send(&mut writer, &Message::Heartbeat(Heartbeat { seq })).await.is_err() {
-                                break "write failed".into();
+                                break Ended::because("write failed");
                             }
                         }
                         HeartbeatAction::Wait => {}
@@ -639,14 +572,114 @@ impl Worker {
                 }
                 _ = stopped(&mut self.stop) => {
                     let _ = writer.shutdown().await;
-                    break "connector stopped".into();
+                    break Ended::because("connector stopped");
                 }
             }
         };
         for (_, tx) in in_flight.drain() {
             let _ = tx.send(Err(ConnectorError::ChannelLost));
         }
-        (why, sent_away)
+        (ended.why, ended.sent_away)
+    }
+
+    /// One frame from the relay: heartbeats answered, replies handed to
+    /// their callers, streams opened; the channel ends on an error frame or
+    /// a frame that does not belong here.
+    async fn handle_frame(
+        &mut self,
+        frame: &crate::control::frame::Frame,
+        writer: &mut WriteHalf<Channel>,
+        in_flight: &mut InFlight,
+    ) -> Result<(), Ended> {
+        let msg = match Message::decode(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = send(writer, &protocol_error(ErrorCode::BadMessage, &e.to_string())).await;
+                return Err(Ended::because(format!("bad message from relay: {e}")));
+            }
+        };
+        match msg {
+            Message::Heartbeat(h) => {
+                if send(writer, &Message::HeartbeatAck(h)).await.is_err() {
+                    return Err(Ended::because("write failed"));
+                }
+            }
+            Message::HeartbeatAck(_) => {}
+            Message::Allocated(r) | Message::Updated(r) | Message::Released(r) => {
+                if let Some(tx) = in_flight.remove(&r.request_id) {
+                    let _ = tx.send(Ok(r));
+                }
+            }
+            Message::OpenStream(o) if o.standby => self.open_standby_stream(o),
+            Message::OpenStream(o) => self.open_stream(o),
+            Message::Error(e) => {
+                return Err(Ended {
+                    sent_away: matches!(e.code.parse(), Ok(ErrorCode::Replaced | ErrorCode::TenantRemoved)),
+                    why: format!("relay closed the channel: {}", e.code),
+                });
+            }
+            other => {
+                let kind = other.encode().kind.as_str();
+                let _ = send(writer, &protocol_error(ErrorCode::UnexpectedFrame, kind)).await;
+                return Err(Ended::because(format!("unexpected {kind} from relay")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A standby stream the relay asks for ahead of need (tunnels only); a
+    /// stopped connector takes its idle standby streams with it.
+    fn open_standby_stream(&self, o: OpenStream) {
+        if self.config.tunnels.is_empty() {
+            return;
+        }
+        let relay_host = relay_host(&self.current).to_string();
+        let (tunnels, status) = (self.config.tunnels.clone(), self.status.clone());
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            let r = tokio::select! {
+                r = standby_stream(&relay_host, &tunnels, o, &status) => r,
+                _ = stopped(&mut stop) => Ok(()),
+            };
+            if let Err(e) = r {
+                status.send_modify(|s| s.streams_failed += 1);
+                tracing::debug!(error = %e, "connector: standby stream ended");
+            }
+        });
+    }
+
+    /// A tunnel stream to the service's target, or to the embedder's
+    /// `open_streams` consumer for services it handles itself.
+    fn open_stream(&self, o: OpenStream) {
+        let Some(target) = self.config.tunnels.get(&o.service) else {
+            if self.open_streams.try_send(o).is_err() {
+                tracing::warn!("connector: open_stream dropped (no consumer or queue full)");
+            }
+            return;
+        };
+        let relay_host = relay_host(&self.current).to_string();
+        let (target, status) = (*target, self.status.clone());
+        tokio::spawn(async move {
+            if let Err(e) = join_stream(&relay_host, target, o, &status).await {
+                status.send_modify(|s| s.streams_failed += 1);
+                tracing::warn!(error = %e, "connector: tunnel stream failed");
+            }
+        });
+    }
+}
+
+/// Requests sent on the channel, waiting for their replies.
+type InFlight = HashMap<u64, oneshot::Sender<Result<Reply, ConnectorError>>>;
+
+/// Why a channel ended, and whether the relay sent this connector away.
+struct Ended {
+    why: String,
+    sent_away: bool,
+}
+
+impl Ended {
+    fn because(why: impl Into<String>) -> Ended {
+        Ended { why: why.into(), sent_away: false }
     }
 }
 
