@@ -702,6 +702,105 @@ fn shard_offload(_fast: &SharedFastPath, _shard: &Shard, _slot_base: &mut u32) -
     io::ShardOffload::default()
 }
 
+/// Says what became of the kernel fast path (a warning only when it was
+/// asked for by name).
+fn log_fast_path(configured: BackendKind, fast_path: &Option<Result<Vec<String>, String>>) {
+    match fast_path {
+        Some(Err(reason)) if configured == BackendKind::Ebpf => {
+            tracing::warn!(%reason, "kernel fast path unavailable, forwarding in userspace only")
+        }
+        Some(Err(reason)) => tracing::info!(%reason, "kernel fast path not used, forwarding in userspace only"),
+        Some(Ok(interfaces)) if interfaces.is_empty() => {
+            tracing::info!("kernel fast path loaded; it attaches when a relay address arrives on an interface")
+        }
+        Some(Ok(interfaces)) => tracing::info!(?interfaces, "kernel fast path attached"),
+        None => {}
+    }
+}
+
+/// The shards' threads and their mailboxes, each shard running (its backend
+/// set up) before the next starts; on a failure, the ones started are
+/// stopped again.
+fn start_shards(
+    config: &RelayConfig,
+    workers: usize,
+    fast: &SharedFastPath,
+    media_own: &[OwnEndpoint],
+    failures: &Arc<tokio::sync::watch::Sender<Vec<ShardFailure>>>,
+) -> Result<(Vec<io::Mailbox>, Vec<std::thread::JoinHandle<()>>), StartError> {
+    let mut slot_base = 0u32;
+    let peer_policy = with_own_addresses(&config.peer_policy, media_own);
+    let now = Instant::now();
+    let mut mailboxes = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    // A random id space per start: ids from before a restart are not
+    // handed out again (a cluster node moves to its epoch's space).
+    let id_space = fastrand::u32(1..=0x00ff_ffff);
+    for (index, addresses) in config.slices(workers).into_iter().enumerate() {
+        let count = addresses.iter().map(|a| a.port_count).sum();
+        let shard = Shard::new(
+            ShardConfig {
+                index: index as u8,
+                addresses,
+                defaults: config.defaults.clone(),
+                peer_policy: peer_policy.clone(),
+                seed: fastrand::u64(..),
+                bind_quarantine: Duration::from_secs(30),
+                offload: fast.is_some(),
+                journal: config.journal,
+                id_space,
+            },
+            now,
+        );
+        let (mailbox, inbox) = io::mailbox(config.command_queue, count)?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let offload = shard_offload(fast, &shard, &mut slot_base);
+        let run = ShardRun { shard, inbox, sockets: config.sockets, offload, ready: Some(ready_tx) };
+        let thread = spawn_shard(&config.thread_name, index, config.backend, run, failures.clone())?;
+        mailboxes.push(mailbox);
+        threads.push(thread);
+        // Wait for the shard's backend to be set up: a relay that starts
+        // has every shard running.
+        let setup = ready_rx.recv().unwrap_or_else(|_| Err("shard thread ended during setup".into()));
+        if let Err(reason) = setup {
+            for m in &mailboxes {
+                let _ = m.send(Envelope::Stop);
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(StartError::Shard { index, reason });
+        }
+    }
+    Ok((mailboxes, threads))
+}
+
+/// One shard's thread. A shard that ends for any reason but `Stop` is a
+/// failure: its mailbox closes (requests to it fail with `Stopped`), and
+/// whoever watches `RelayHandle::shard_failures` acts.
+fn spawn_shard(
+    name: &str,
+    index: usize,
+    backend: BackendKind,
+    run: ShardRun,
+    failed: Arc<tokio::sync::watch::Sender<Vec<ShardFailure>>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("{name}-{index}")).spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| io::run_shard(backend, run)));
+        let reason = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("I/O error: {e}"),
+            Err(panic) => match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                (Some(m), _) => format!("panic: {m}"),
+                (_, Some(m)) => format!("panic: {m}"),
+                _ => "panic".to_string(),
+            },
+        };
+        tracing::error!(shard = index, %reason, "shard failed: its sessions are lost");
+        failed.send_modify(|v| v.push(ShardFailure { shard: index, reason }));
+    })
+}
+
 impl Relay {
     /// Starts the shard threads. Returns once every shard is running.
     pub fn start(config: RelayConfig) -> Result<Relay, StartError> {
@@ -711,84 +810,12 @@ impl Relay {
             tracing::warn!(%reason, "io_uring unavailable, using the portable datapath");
         }
         let (fast_path, fast) = start_fast_path(&config);
-        match &fast_path {
-            Some(Err(reason)) if config.backend == BackendKind::Ebpf => {
-                tracing::warn!(%reason, "kernel fast path unavailable, forwarding in userspace only")
-            }
-            Some(Err(reason)) => tracing::info!(%reason, "kernel fast path not used, forwarding in userspace only"),
-            Some(Ok(interfaces)) if interfaces.is_empty() => {
-                tracing::info!("kernel fast path loaded; it attaches when a relay address arrives on an interface")
-            }
-            Some(Ok(interfaces)) => tracing::info!(?interfaces, "kernel fast path attached"),
-            None => {}
-        }
+        log_fast_path(config.backend, &fast_path);
         let datapath = DatapathInfo { configured: config.backend, running, fallback_reason, fast_path };
-        let mut slot_base = 0u32;
         let media_own = config.media_endpoints();
-        let peer_policy = with_own_addresses(&config.peer_policy, &media_own);
         let failures = Arc::new(tokio::sync::watch::channel(Vec::new()).0);
-        let now = Instant::now();
-        let mut mailboxes = Vec::with_capacity(workers);
-        let mut threads = Vec::with_capacity(workers);
+        let (mailboxes, threads) = start_shards(&config, workers, &fast, &media_own, &failures)?;
         let interfaces = config.effective_interfaces();
-        // A random id space per start: ids from before a restart are not
-        // handed out again (a cluster node moves to its epoch's space).
-        let id_space = fastrand::u32(1..=0x00ff_ffff);
-        for (index, addresses) in config.slices(workers).into_iter().enumerate() {
-            let count = addresses.iter().map(|a| a.port_count).sum();
-            let shard = Shard::new(
-                ShardConfig {
-                    index: index as u8,
-                    addresses,
-                    defaults: config.defaults.clone(),
-                    peer_policy: peer_policy.clone(),
-                    seed: fastrand::u64(..),
-                    bind_quarantine: Duration::from_secs(30),
-                    offload: fast.is_some(),
-                    journal: config.journal,
-                    id_space,
-                },
-                now,
-            );
-            let (mailbox, inbox) = io::mailbox(config.command_queue, count)?;
-            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-            let offload = shard_offload(&fast, &shard, &mut slot_base);
-            let run = ShardRun { shard, inbox, sockets: config.sockets, offload, ready: Some(ready_tx) };
-            let backend = config.backend;
-            let failed = failures.clone();
-            let thread =
-                std::thread::Builder::new().name(format!("{}-{index}", config.thread_name)).spawn(move || {
-                    // A shard that ends for any reason but `Stop` is a failure:
-                    // its mailbox closes (requests to it fail with `Stopped`),
-                    // and whoever watches `RelayHandle::shard_failures` acts.
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| io::run_shard(backend, run)));
-                    let reason = match result {
-                        Ok(Ok(())) => return,
-                        Ok(Err(e)) => format!("I/O error: {e}"),
-                        Err(panic) => match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-                            (Some(m), _) => format!("panic: {m}"),
-                            (_, Some(m)) => format!("panic: {m}"),
-                            _ => "panic".to_string(),
-                        },
-                    };
-                    tracing::error!(shard = index, %reason, "shard failed: its sessions are lost");
-                    failed.send_modify(|v| v.push(ShardFailure { shard: index, reason }));
-                })?;
-            mailboxes.push(mailbox);
-            threads.push(thread);
-            // Wait for the shard's backend to be set up: a relay that starts
-            // has every shard running.
-            let setup = ready_rx.recv().unwrap_or_else(|_| Err("shard thread ended during setup".into()));
-            if let Err(reason) = setup {
-                for m in &mailboxes {
-                    let _ = m.send(Envelope::Stop);
-                }
-                for t in threads {
-                    let _ = t.join();
-                }
-                return Err(StartError::Shard { index, reason });
-            }
-        }
         let handle = RelayHandle {
             inner: Arc::new(Inner {
                 ports_in_flight: mailboxes.iter().map(|_| Arc::default()).collect(),

@@ -422,7 +422,6 @@ fn wait_for_events(ring: &IoUring, wait: Duration) -> io::Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn handle_recv(
     u: &mut Ring,
     shard: &mut Shard,
@@ -473,49 +472,66 @@ fn handle_recv(
         return Ok(());
     }
     let Some(bid) = bid else { return Ok(()) };
-    let forward = {
-        let data = &u.bufs.buf(bid)[..(res as usize).min(BUFFER_SIZE)];
-        match types::RecvMsgOut::parse(data, &u.msghdr) {
-            Err(()) => {
-                shard.record_backend_drop(data.len(), DropReason::Truncated);
-                None
-            }
-            Ok(out) if out.is_payload_truncated() => {
-                shard.record_backend_drop(out.payload_data().len(), DropReason::Truncated);
-                None
-            }
-            Ok(out) => {
-                let src = name_to_addr(out.name_data());
-                let payload = out.payload_data();
-                let offset = payload.as_ptr() as usize - data.as_ptr() as usize;
-                match src {
-                    None => {
-                        shard.record_backend_drop(payload.len(), DropReason::SourcePolicy);
-                        None
-                    }
-                    Some(src) => match shard.handle_datagram(now, port, src, payload) {
-                        Verdict::Forward { via, to } => Some((via, to, offset, payload.len())),
-                        Verdict::Drop(_) => None,
-                    },
-                }
-            }
+    match decide(u, shard, now, port, bid, res as usize) {
+        Some(forward) => push_send(u, shard, bid, forward),
+        None => {
+            u.bufs.recycle(bid);
+            Ok(())
         }
+    }
+}
+
+/// A datagram the shard forwards: from which relay port, to where, and
+/// where its payload sits in the receive buffer.
+struct Forward {
+    via: RelayPort,
+    to: SocketAddr,
+    offset: usize,
+    len: usize,
+}
+
+/// Parses the received message in buffer `bid` (`res` bytes) and asks the
+/// shard; None when it is dropped (truncated, no source, the shard's
+/// verdict).
+fn decide(u: &Ring, shard: &mut Shard, now: Instant, port: RelayPort, bid: u16, res: usize) -> Option<Forward> {
+    let data = &u.bufs.buf(bid)[..res.min(BUFFER_SIZE)];
+    let out = match types::RecvMsgOut::parse(data, &u.msghdr) {
+        Err(()) => {
+            shard.record_backend_drop(data.len(), DropReason::Truncated);
+            return None;
+        }
+        Ok(out) if out.is_payload_truncated() => {
+            shard.record_backend_drop(out.payload_data().len(), DropReason::Truncated);
+            return None;
+        }
+        Ok(out) => out,
     };
-    let Some((via_port, to, offset, len)) = forward else {
-        u.bufs.recycle(bid);
-        return Ok(());
+    let payload = out.payload_data();
+    let Some(src) = name_to_addr(out.name_data()) else {
+        shard.record_backend_drop(payload.len(), DropReason::SourcePolicy);
+        return None;
     };
-    let via = u.slot(via_port).filter(|s| u.open[*s as usize]);
-    let v6 = u.index.bind_addr(via_port).is_some_and(|a| a.is_ipv6());
+    let offset = payload.as_ptr() as usize - data.as_ptr() as usize;
+    match shard.handle_datagram(now, port, src, payload) {
+        Verdict::Forward { via, to } => Some(Forward { via, to, offset, len: payload.len() }),
+        Verdict::Drop(_) => None,
+    }
+}
+
+/// Queues the send of buffer `bid`'s payload (the buffer is recycled when
+/// the send completes); a send that cannot be made is counted.
+fn push_send(u: &mut Ring, shard: &mut Shard, bid: u16, f: Forward) -> io::Result<()> {
+    let via = u.slot(f.via).filter(|s| u.open[*s as usize]);
+    let v6 = u.index.bind_addr(f.via).is_some_and(|a| a.is_ipv6());
     let dest = &mut u.dests[usize::from(bid)];
-    let (Some(via), Some(dest_len)) = (via, encode_addr(to, v6, dest)) else {
+    let (Some(via), Some(dest_len)) = (via, encode_addr(f.to, v6, dest)) else {
         shard.record_send_error();
         u.bufs.recycle(bid);
         return Ok(());
     };
-    let ptr = u.bufs.buf(bid)[offset..].as_ptr();
+    let ptr = u.bufs.buf(bid)[f.offset..].as_ptr();
     let dest_ptr = (&u.dests[usize::from(bid)] as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
-    let e = opcode::Send::new(types::Fixed(via), ptr, len as u32)
+    let e = opcode::Send::new(types::Fixed(via), ptr, f.len as u32)
         .dest_addr(dest_ptr)
         .dest_addr_len(dest_len)
         .build()
