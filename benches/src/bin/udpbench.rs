@@ -233,13 +233,69 @@ fn child_direct() {
     }
 }
 
-/// The floor: a minimal io_uring forwarder (same recipe, no relay logic).
-fn child_floor() {
-    use io_uring::{cqueue, opcode, types, IoUring};
-    watch_parent();
-    let n: usize = arg("--sessions", 1000);
-    let a: SocketAddr = arg("--a", "127.0.0.1:1".parse().expect("addr"));
-    let b: SocketAddr = arg("--b", "127.0.0.1:1".parse().expect("addr"));
+/// The floor's provided buffers: `BUFS` buffers of `BSZ` bytes in a
+/// buffer ring registered with the kernel (group 0).
+struct FloorBuffers {
+    ring: *mut io_uring::types::BufRingEntry,
+    bufs: Vec<u8>,
+    tail: u16,
+}
+
+impl FloorBuffers {
+    const BUFS: usize = 4096;
+    const BSZ: usize = 2048;
+
+    /// Every buffer provided, the ring registered with `uring`.
+    fn register(uring: &io_uring::IoUring) -> FloorBuffers {
+        let layout = Layout::from_size_align(Self::BUFS * 16, 4096).expect("layout");
+        #[allow(unsafe_code)]
+        // SAFETY: non-zero layout; memory lives until the process exits.
+        let ring = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<io_uring::types::BufRingEntry>();
+        let mut b = FloorBuffers { ring, bufs: vec![0u8; Self::BUFS * Self::BSZ], tail: 0 };
+        for bid in 0..Self::BUFS as u16 {
+            b.recycle(bid);
+        }
+        b.publish();
+        #[allow(unsafe_code)]
+        // SAFETY: page-aligned ring of BUFS entries that outlives the ring.
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(ring as u64, Self::BUFS as u16, 0, 0).expect("buf ring")
+        };
+        b
+    }
+
+    /// Gives buffer `bid` back (visible to the kernel at the next publish).
+    fn recycle(&mut self, bid: u16) {
+        #[allow(unsafe_code)]
+        // SAFETY: index masked into the ring; entry past the published tail.
+        unsafe {
+            let e = &mut *self.ring.add(usize::from(self.tail) & (Self::BUFS - 1));
+            e.set_addr(self.bufs[usize::from(bid) * Self::BSZ..].as_mut_ptr() as u64);
+            e.set_len(Self::BSZ as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes the recycled buffers to the kernel.
+    fn publish(&self) {
+        #[allow(unsafe_code)]
+        // SAFETY: the tail field lies inside the ring allocation.
+        unsafe {
+            (*io_uring::types::BufRingEntry::tail(self.ring).cast::<std::sync::atomic::AtomicU16>())
+                .store(self.tail, Ordering::Release)
+        };
+    }
+
+    /// The first `len` bytes of buffer `bid`.
+    fn data(&self, bid: u16, len: usize) -> &[u8] {
+        &self.bufs[usize::from(bid) * Self::BSZ..usize::from(bid) * Self::BSZ + len]
+    }
+}
+
+/// `2n` loopback UDP sockets (endpoint sockets even, partners odd), their
+/// ports printed for the parent.
+fn floor_sockets(n: usize) -> Vec<socket2::Socket> {
     let socks: Vec<socket2::Socket> = (0..2 * n)
         .map(|_| {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).expect("socket");
@@ -253,60 +309,38 @@ fn child_floor() {
     println!("PORTS {}", ports.join(" "));
     println!("READY floor");
     let _ = std::io::stdout().flush();
+    socks
+}
 
-    const BUFS: usize = 4096;
-    const BSZ: usize = 2048;
+/// An IPv4 destination as the kernel takes it.
+fn sockaddr_in(to: SocketAddr) -> libc::sockaddr_in {
+    let SocketAddr::V4(v4) = to else { panic!("ipv4 only") };
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+        sin_zero: [0; 8],
+    }
+}
+
+/// The floor: a minimal io_uring forwarder (same recipe, no relay logic).
+fn child_floor() {
+    use io_uring::{cqueue, opcode, types, IoUring};
+    watch_parent();
+    let n: usize = arg("--sessions", 1000);
+    let a: SocketAddr = arg("--a", "127.0.0.1:1".parse().expect("addr"));
+    let b: SocketAddr = arg("--b", "127.0.0.1:1".parse().expect("addr"));
+    let socks = floor_sockets(n);
     let mut ring =
         IoUring::builder().setup_single_issuer().setup_defer_taskrun().setup_cqsize(16384).build(4096).expect("ring");
     let fds: Vec<i32> = socks.iter().map(|s| s.as_raw_fd()).collect();
     ring.submitter().register_files(&fds).expect("files");
-    let layout = Layout::from_size_align(BUFS * 16, 4096).expect("layout");
-    #[allow(unsafe_code)]
-    // SAFETY: non-zero layout; memory lives until the process exits.
-    let br = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
-    let mut bufs = vec![0u8; BUFS * BSZ];
-    let mut tail: u16 = 0;
-    let recycle = |bid: u16, tail: &mut u16, bufs: &mut [u8]| {
-        #[allow(unsafe_code)]
-        // SAFETY: index masked into the ring; entry past the published tail.
-        unsafe {
-            let e = &mut *br.add(usize::from(*tail) & (BUFS - 1));
-            e.set_addr(bufs[usize::from(bid) * BSZ..].as_mut_ptr() as u64);
-            e.set_len(BSZ as u32);
-            e.set_bid(bid);
-        }
-        *tail = tail.wrapping_add(1);
-    };
-    for bid in 0..BUFS as u16 {
-        recycle(bid, &mut tail, &mut bufs);
-    }
-    let publish = |tail: u16| {
-        #[allow(unsafe_code)]
-        // SAFETY: the tail field lies inside the ring allocation.
-        unsafe {
-            (*types::BufRingEntry::tail(br).cast::<std::sync::atomic::AtomicU16>()).store(tail, Ordering::Release)
-        };
-    };
-    publish(tail);
-    #[allow(unsafe_code)]
-    // SAFETY: page-aligned ring of BUFS entries that outlives the ring.
-    unsafe {
-        ring.submitter().register_buf_ring_with_flags(br as u64, BUFS as u16, 0, 0).expect("buf ring")
-    };
+    let mut bufs = FloorBuffers::register(&ring);
     #[allow(unsafe_code)]
     // SAFETY: zeroed msghdr is valid.
     let mut msghdr: libc::msghdr = unsafe { std::mem::zeroed() };
     msghdr.msg_namelen = 16;
-    let dst = |to: SocketAddr| -> libc::sockaddr_in {
-        let SocketAddr::V4(v4) = to else { panic!("ipv4 only") };
-        libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
-            sin_zero: [0; 8],
-        }
-    };
-    let (dst_a, dst_b) = (dst(a), dst(b));
+    let (dst_a, dst_b) = (sockaddr_in(a), sockaddr_in(b));
     let arm = |ring: &mut IoUring, slot: u32| {
         let e = opcode::RecvMsgMulti::new(types::Fixed(slot), &msghdr, 0).build().user_data(1 << 32 | u64::from(slot));
         #[allow(unsafe_code)]
@@ -335,7 +369,7 @@ fn child_floor() {
         for c in &cqes {
             let ud = c.user_data();
             if ud >> 32 == 2 {
-                recycle((ud & 0xffff) as u16, &mut tail, &mut bufs);
+                bufs.recycle((ud & 0xffff) as u16);
                 continue;
             }
             let slot = (ud & 0xffff_ffff) as u32;
@@ -344,12 +378,11 @@ fn child_floor() {
             }
             let Some(bid) = cqueue::buffer_select(c.flags()) else { continue };
             if c.result() <= 0 {
-                recycle(bid, &mut tail, &mut bufs);
+                bufs.recycle(bid);
                 continue;
             }
-            let data = &bufs[usize::from(bid) * BSZ..usize::from(bid) * BSZ + c.result() as usize];
-            let Ok(out) = types::RecvMsgOut::parse(data, &msghdr) else {
-                recycle(bid, &mut tail, &mut bufs);
+            let Ok(out) = types::RecvMsgOut::parse(bufs.data(bid, c.result() as usize), &msghdr) else {
+                bufs.recycle(bid);
                 continue;
             };
             let payload = out.payload_data();
@@ -367,7 +400,7 @@ fn child_floor() {
                 ring.submit().expect("submit");
             }
         }
-        publish(tail);
+        bufs.publish();
         for slot in rearm.drain(..) {
             arm(&mut ring, slot);
         }
@@ -611,29 +644,53 @@ fn drive(target: &str, sp: &Spawned, a: &UdpSocket, b: &UdpSocket, phases: &[(u6
             }
         }
         for s in [a, b] {
-            for _ in 0..64 {
-                match s.recv(&mut buf) {
-                    Ok(len) if len >= 28 => {
-                        let t = u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes"));
-                        let sent_at = start + Duration::from_nanos(t);
-                        if let Some(p) = bounds.iter().position(|(s0, s1)| sent_at >= *s0 && sent_at < *s1) {
-                            stats[p].received += 1;
-                            let lat = Instant::now().saturating_duration_since(sent_at).as_micros() as u64;
-                            let _ = hists[p].record(lat.max(1));
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
+            receive_some(s, &mut buf, start, &bounds, &mut stats, &mut hists);
         }
         if Instant::now() >= stop_all {
             break;
         }
     }
+    results(target, sp, &stats, &hists, phases)
+}
+
+/// Up to 64 datagrams from `s`: each counted, with its latency, in the
+/// phase it was sent in (its send time is in the payload).
+fn receive_some(
+    s: &UdpSocket,
+    buf: &mut [u8],
+    start: Instant,
+    bounds: &[(Instant, Instant)],
+    stats: &mut [PhaseStats],
+    hists: &mut [Histogram<u64>],
+) {
+    for _ in 0..64 {
+        match s.recv(buf) {
+            Ok(len) if len >= 28 => {
+                let t = u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes"));
+                let sent_at = start + Duration::from_nanos(t);
+                if let Some(p) = bounds.iter().position(|(s0, s1)| sent_at >= *s0 && sent_at < *s1) {
+                    stats[p].received += 1;
+                    let lat = Instant::now().saturating_duration_since(sent_at).as_micros() as u64;
+                    let _ = hists[p].record(lat.max(1));
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Each phase's figures.
+fn results(
+    target: &str,
+    sp: &Spawned,
+    stats: &[PhaseStats],
+    hists: &[Histogram<u64>],
+    phases: &[(u64, Duration)],
+) -> Vec<RunResult> {
     stats
         .iter()
-        .zip(&hists)
+        .zip(hists)
         .zip(phases)
         .map(|((st, h), (_, d))| {
             let cpu = st.cpu_end.saturating_sub(st.cpu_start) as f64;
