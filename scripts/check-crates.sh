@@ -12,7 +12,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step says how long the one before it took (the test command's
+# time per stage shows this script's total).
+step_name=""
+step_started=$SECONDS
+step() {
+  [ -n "$step_name" ] && printf '== %s: %ss\n' "$step_name" "$((SECONDS - step_started))"
+  step_name="$*"
+  step_started=$SECONDS
+  printf '\n== %s\n' "$*"
+}
 
 features=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c '
 import json, sys
@@ -101,5 +110,9 @@ else
 fi
 
 step "cargo deny (licences, bans, sources)"
-command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --version 0.20.2
+# A debug build of the tool: its checks take a second either way, and it
+# builds in a fraction of a release build's time.
+command -v cargo-deny >/dev/null ||
+  CARGO_TARGET_DIR=target/tools cargo install cargo-deny --locked --debug --version 0.20.2
 cargo deny --locked --all-features check --hide-inclusion-graph licenses bans sources
+step done
