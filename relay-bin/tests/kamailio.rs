@@ -615,3 +615,68 @@ fn kamailio_drives_ucmrc_as_rtpengine() {
     wait_for("a debug line per ng command", || stderr_contains(&relay, "ng command"));
     assert!(stderr_contains(&relay, "delete"), "the delete was logged");
 }
+
+/// Two relays in one Kamailio set, one of them full: Kamailio moves each
+/// call the full relay refuses (rtpengine's "Parallel session limit
+/// reached") to the other relay of the set, and every call gets media.
+#[test]
+fn a_full_relay_in_a_set_passes_its_calls_to_the_next() {
+    let relay_config = |ports: &str, ng: &str| {
+        config("").replace("port_min = 20000\nport_max = 29999", ports).replace("[ng]\n", &format!("[ng]\n{ng}"))
+    };
+    let full = start(Some(&relay_config("port_min = 20000\nport_max = 20999", "max_calls = 1\n")));
+    let spare = start(Some(&relay_config("port_min = 21000\nport_max = 22999", "")));
+    let ng_of = |r: &Relay| {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        Ng { sock, addr: r.ng.expect("ng enabled").0, n: 0 }
+    };
+    // The full relay holds its one call.
+    let mut full_ng = ng_of(&full);
+    let filler = full_ng.call(vec![
+        ("command", Value::str("offer")),
+        ("call-id", Value::str("filler")),
+        ("from-tag", Value::str("f")),
+        (
+            "sdp",
+            Value::str(
+                "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+            ),
+        ),
+    ]);
+    assert_eq!(filler.get("result").and_then(Value::as_str), Some("ok"), "{filler:?}");
+
+    let port = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
+    let relays = [full.ng.expect("ng").0, spare.ng.expect("ng").0];
+    let k = Kamailio::start_set(&[], SocketAddr::from(([127, 0, 0, 1], port)), &relays, &SipSocket::bind());
+    let mut spare_ng = ng_of(&spare);
+    let plain = Side { srtp: false, mux: false, ice: false };
+    let scenario = Scenario {
+        name: "relay-set",
+        offer_flags: "",
+        caller: plain,
+        callee: plain,
+        video: false,
+        early_media: false,
+        hold_resume: false,
+    };
+    // Kamailio picks a relay per call-id: call until the full relay has
+    // refused three calls (each then taken by the spare), every call with
+    // media both ways.
+    let refused = |m: &std::collections::HashMap<String, f64>| {
+        m.get("ucmrc_ng_commands_total{command=\"offer\",result=\"error\"}").copied().unwrap_or(0.0)
+    };
+    let mut calls = 0;
+    while refused(&scrape(&full)) < 3.0 {
+        assert!(calls < 60, "60 calls and the full relay was asked fewer than three times");
+        assert!(run_call(&k, &mut spare_ng, &scenario, calls as u8) > 0);
+        calls += 1;
+    }
+    let spare_offers = scrape(&spare)["ucmrc_ng_commands_total{command=\"offer\",result=\"ok\"}"];
+    assert!(spare_offers >= calls as f64, "every call was set up on the spare: {spare_offers} of {calls}");
+    assert_eq!(scrape(&full)["ucmrc_sessions_active"], 1.0, "the full relay still holds only its own call");
+    let held = full_ng.call(vec![("command", Value::str("query")), ("call-id", Value::str("filler"))]);
+    assert_eq!(held.get("result").and_then(Value::as_str), Some("ok"), "{held:?}");
+    k.assert_no_ng_failure();
+    assert!(k.log_text().contains(relay_core::ng::SESSION_LIMIT), "Kamailio saw the refusal and moved on");
+}

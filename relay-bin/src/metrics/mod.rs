@@ -255,6 +255,11 @@ fn ng(s: &mut Scrape, stats: &NgStatsSnapshot, t: &crate::ng::NgTransportStats) 
         SnapshotHistogram::from_cumulative(&NG_BUCKETS, &stats.buckets, stats.total, stats.sum_seconds),
     );
     s.counter("ucmrc_ng_rejected_offers", "ng offers answered with an error (no call set up)", stats.rejected_offers);
+    s.counter(
+        "ucmrc_ng_unknown_directions",
+        "ng direction names that matched no interface (the default interface was used)",
+        stats.unknown_directions,
+    );
     let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     s.counters(
         "ucmrc_ng_transport_refused",

@@ -254,6 +254,8 @@ pub struct NgEngine {
     /// [`NgConfig::journal`]); bounded by the call table's size plus
     /// `max_calls` ended ones.
     journal: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Whether an unknown `direction` was warned about already.
+    warned_unknown_direction: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for NgEngine {
@@ -264,6 +266,37 @@ impl std::fmt::Debug for NgEngine {
 
 fn error(reason: impl Into<String>) -> Value {
     dict([("result", Value::str("error")), ("error-reason", Value::Bytes(reason.into().into_bytes()))])
+}
+
+/// rtpengine's answer when it holds its maximum of calls. Kamailio's and
+/// OpenSIPS' rtpengine modules recognise this exact text and try the next
+/// relay of the set.
+pub const SESSION_LIMIT: &str = "Parallel session limit reached";
+
+/// rtpengine's answer when no ports are free (recognised like
+/// [`SESSION_LIMIT`] by the newer modules).
+pub const OUT_OF_PORTS: &str = "Ran out of ports";
+
+/// A capacity refusal: rtpengine's exact text (what a proxy's failover
+/// matches) and UCMRC's typed code beside it (`error-code`).
+fn capacity_error(reason: &'static str, code: crate::codes::ErrorCode) -> Value {
+    dict([
+        ("result", Value::str("error")),
+        ("error-reason", Value::str(reason)),
+        ("error-code", Value::str(code.as_str())),
+    ])
+}
+
+/// An allocation's failure as the ng reply: capacity in rtpengine's words,
+/// anything else with its media section named.
+fn allocation_error(section: usize, e: &crate::relay::RelayError) -> Value {
+    use crate::quota::QuotaKind;
+    use crate::relay::RelayError;
+    match e {
+        RelayError::QuotaExceeded(q) if q.kind == QuotaKind::Sessions => capacity_error(SESSION_LIMIT, e.code()),
+        RelayError::QuotaExceeded(_) | RelayError::PortsExhausted => capacity_error(OUT_OF_PORTS, e.code()),
+        _ => error(format!("media section {section}: allocation failed: {e}")),
+    }
 }
 
 fn ok(mut pairs: Vec<(&str, Value)>) -> Value {
@@ -305,6 +338,7 @@ impl NgEngine {
             stats: NgStats::default(),
             started: Instant::now(),
             journal: std::sync::Mutex::new(std::collections::HashSet::new()),
+            warned_unknown_direction: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -537,6 +571,30 @@ impl NgEngine {
         reply
     }
 
+    /// rtpengine's `direction`: the interfaces of the sender and of the
+    /// recipient. A name this relay has no interface for means its first
+    /// (default) interface, as with rtpengine: warned about once, counted
+    /// each time.
+    fn directions(&self, names: &[String]) -> [u8; 2] {
+        let mut interfaces = [0u8; 2];
+        for (i, name) in names.iter().take(2).enumerate() {
+            match self.handle.interface(name) {
+                Some(n) => interfaces[i] = n,
+                None => {
+                    self.stats.unknown_directions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if !self.warned_unknown_direction.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            direction = %name.chars().take(64).collect::<String>(),
+                            interfaces = %self.handle.interface_names().join(", "),
+                            "ng: direction names no interface of this relay; using the default interface (warned once, counted in ucmrc_ng_unknown_directions_total)"
+                        );
+                    }
+                }
+            }
+        }
+        interfaces
+    }
+
     /// A call-id for logs: as is, or a short hash when redacted.
     fn loggable_call_id(&self, call_id: &[u8]) -> String {
         if self.config.redact_call_ids {
@@ -620,18 +678,7 @@ impl NgEngine {
         }
         // rtpengine's `direction`: the sender's interface, then the
         // recipient's (used when the call's sessions are allocated).
-        let mut interfaces = [0u8; 2];
-        for (i, name) in opts.direction.iter().take(2).enumerate() {
-            match self.handle.interface(name) {
-                Some(n) => interfaces[i] = n,
-                None => {
-                    return error(format!(
-                        "direction: no interface named {name:?} (this relay has: {})",
-                        self.handle.interface_names().join(", ")
-                    ))
-                }
-            }
-        }
+        let interfaces = self.directions(&opts.direction);
         // Everything the SDP asks for is checked before anything is allocated.
         let mut plans = Vec::with_capacity(medias.len());
         for (k, m) in medias.iter().enumerate() {
@@ -655,7 +702,9 @@ impl NgEngine {
                 match table.calls.get(call_id) {
                     Some(s) => s.clone(),
                     None if !offer => return error("unknown call-id"),
-                    None if table.calls.len() >= limits.max_calls => return error("too many calls (max_calls)"),
+                    None if table.calls.len() >= limits.max_calls => {
+                        return capacity_error(SESSION_LIMIT, crate::codes::ErrorCode::QuotaExceeded)
+                    }
                     None => {
                         let s: CallSlot = Arc::new(Mutex::new(None));
                         table.calls.insert(call_id.to_vec(), s.clone());
@@ -699,7 +748,7 @@ impl NgEngine {
         }
         let mut rewrites = Vec::with_capacity(medias.len());
         let mut sdp_addr: Option<IpAddr> = None;
-        let outcome: Result<(), String> = 'media: {
+        let outcome: Result<(), Value> = 'media: {
             for (k, (m, plan)) in medias.iter().zip(&plans).enumerate() {
                 if m.port == 0 {
                     rewrites.push(None);
@@ -766,7 +815,7 @@ impl NgEngine {
                                 });
                                 call.media.last_mut().expect("just pushed")
                             }
-                            Err(e) => break 'media Err(format!("media section {}: allocation failed: {e}", k + 1)),
+                            Err(e) => break 'media Err(allocation_error(k + 1, &e)),
                         }
                     }
                 };
@@ -813,17 +862,17 @@ impl NgEngine {
                 let addr = opts.media_address.unwrap_or(toward.rtp.ip());
                 match (opts.family, addr) {
                     (Some(Family::V6), IpAddr::V4(_)) | (Some(Family::V4), IpAddr::V6(_)) => {
-                        break 'media Err(format!(
+                        break 'media Err(error(format!(
                             "address family {} asked for, but the relay's media address {addr} is not (use an interface of that family: direction)",
                             if opts.family == Some(Family::V6) { "IP6" } else { "IP4" }
-                        ))
+                        )))
                     }
                     _ => {}
                 }
                 if sdp_addr.is_some_and(|a| a != addr) {
-                    break 'media Err(
-                        "the media sections would need different relay addresses (one interface per call side)".into(),
-                    );
+                    break 'media Err(error(
+                        "the media sections would need different relay addresses (one interface per call side)",
+                    ));
                 }
                 sdp_addr = Some(addr);
                 let mut update = leg_updates(sender, sender_update, other_update);
@@ -831,7 +880,7 @@ impl NgEngine {
                     update.latch = Some(LatchPolicy::Authenticated);
                 }
                 if let Err(e) = self.handle.update(media.id, update).await {
-                    break 'media Err(format!("media section {}: {e}", k + 1));
+                    break 'media Err(error(format!("media section {}: {e}", k + 1)));
                 }
                 // The rewritten SDP goes to the *other* party: it must send to the
                 // leg facing the SDP's sender's peer.
@@ -856,7 +905,7 @@ impl NgEngine {
                 }
                 self.lock_table().remove_if(call_id, &slot);
             }
-            return error(e);
+            return e;
         }
 
         let addr = sdp_addr.or(opts.media_address).unwrap_or_else(|| self.handle.advertised_ip());
@@ -1338,6 +1387,57 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offer(engine: &NgEngine, call_id: &str) -> Value {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let msg = dict([
+            ("command", Value::str("offer")),
+            ("call-id", Value::str(call_id)),
+            ("from-tag", Value::str("a")),
+            ("sdp", Value::str(sdp)),
+        ]);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        // A cookie of its own per request: a repeated one is answered from the cache.
+        let reply = rt.block_on(engine.handle_message(&[call_id.as_bytes(), b" ", &msg.encode()].concat()));
+        bencode::decode(&reply[call_id.len() + 1..]).expect("bencode")
+    }
+
+    fn reason_and_code(v: &Value) -> (&str, &str) {
+        let get = |k| v.get(k).and_then(Value::as_str).unwrap_or("");
+        (get("error-reason"), get("error-code"))
+    }
+
+    /// A full relay answers in rtpengine's exact words, which Kamailio and
+    /// OpenSIPS match to try the next relay of a set; UCMRC's code beside.
+    #[test]
+    fn capacity_refusals_use_rtpengines_exact_words() {
+        let relay = crate::Relay::start(crate::RelayConfig {
+            port_min: 23000,
+            port_max: 23007,
+            workers: 1,
+            tenant_port_share_percent: 100,
+            ..crate::RelayConfig::default()
+        })
+        .expect("relay");
+        let calls = |max_calls| {
+            NgEngine::new(
+                relay.handle(),
+                NgConfig { limits: NgLimits { max_calls, ..NgLimits::default() }, ..NgConfig::default() },
+            )
+        };
+        // One call at most: the second is over the engine's limit.
+        let one = calls(1);
+        assert_eq!(offer(&one, "first").get("result").and_then(Value::as_str), Some("ok"));
+        assert_eq!(reason_and_code(&offer(&one, "second")), (SESSION_LIMIT, "quota_exceeded"));
+        // Eight ports, four a call (an even/odd pair per leg): the range
+        // (here the tenant's share of it, all of it) is full after two calls.
+        let many = calls(100);
+        assert_eq!(offer(&many, "third").get("result").and_then(Value::as_str), Some("ok"));
+        assert_eq!(reason_and_code(&offer(&many, "fourth")), (OUT_OF_PORTS, "quota_exceeded"));
+        // The shards' own ports running out reads the same.
+        let exhausted = allocation_error(1, &crate::relay::RelayError::PortsExhausted);
+        assert_eq!(reason_and_code(&exhausted), (OUT_OF_PORTS, "ports_exhausted"));
+    }
 
     /// docs/ng.md lists every command UCMRC refuses, and each gets a reason.
     #[test]

@@ -42,6 +42,8 @@ pub struct NgStats {
     pub rejected_offers: AtomicU64,
     /// Calls deleted by a command.
     pub deleted_calls: AtomicU64,
+    /// `direction` names that matched no interface (the default one was used).
+    pub unknown_directions: AtomicU64,
 }
 
 /// A copy of [`NgStats`] at one moment.
@@ -59,6 +61,8 @@ pub struct NgStatsSnapshot {
     pub rejected_offers: u64,
     /// Calls deleted by a command.
     pub deleted_calls: u64,
+    /// `direction` names that matched no interface.
+    pub unknown_directions: u64,
 }
 
 impl NgStats {
@@ -86,6 +90,7 @@ impl NgStats {
             total: load(&self.total),
             rejected_offers: load(&self.rejected_offers),
             deleted_calls: load(&self.deleted_calls),
+            unknown_directions: load(&self.unknown_directions),
         }
     }
 }

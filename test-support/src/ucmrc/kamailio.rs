@@ -29,6 +29,13 @@ impl Kamailio {
     /// the command run through `prefix` (`ip netns exec NS`, or nothing);
     /// returns once it answers an OPTIONS sent from `probe`.
     pub fn start(prefix: &[&str], sip: SocketAddr, ng: SocketAddr, probe: &SipSocket) -> Self {
+        Self::start_set(prefix, sip, &[ng], probe)
+    }
+
+    /// [`start`](Self::start) with a set of relays (one rtpengine set:
+    /// Kamailio spreads calls over them and moves a call a full relay
+    /// refuses to the next).
+    pub fn start_set(prefix: &[&str], sip: SocketAddr, relays: &[SocketAddr], probe: &SipSocket) -> Self {
         let dir = temp_dir("kamailio");
         let log = dir.join("kamailio.log");
         let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/kamailio/kamailio.cfg");
@@ -49,7 +56,7 @@ impl Kamailio {
             .arg("-l")
             .arg(format!("udp:{sip}"))
             .arg("-A")
-            .arg(format!("NG_SOCK=\"udp:{ng}\""))
+            .arg(format!("NG_SOCK=\"{}\"", relays.iter().map(|r| format!("udp:{r}")).collect::<Vec<_>>().join(" ")))
             .arg("-Y")
             .arg(&dir)
             .arg("-w")
