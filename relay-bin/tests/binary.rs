@@ -755,3 +755,23 @@ fn ng_rtcp_mux_options_label_and_delete_delay() {
     assert_eq!(call(serde_json::json!({"command": "delete", "call-id": "mux-1", "delete-delay": 0}))["result"], "ok");
     assert_eq!(active(&r), 6.0, "delete-delay 0 releases at once");
 }
+
+/// With ng as the relay's only tenant, its calls may use the whole port
+/// range (as with rtpengine); a full range answers rtpengine's "Ran out of
+/// ports", which a proxy's relay set fails over on.
+#[test]
+fn ng_alone_uses_the_whole_port_range() {
+    // 16 ports: four calls of an even/odd pair per leg.
+    let r =
+        start(Some(&config("").replace("port_min = 20000\nport_max = 29999", "port_min = 20000\nport_max = 20015")));
+    let mut ng = NgJson::new(&r);
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    for k in 0..4 {
+        let offer =
+            ng.call(serde_json::json!({"command": "offer", "call-id": format!("c{k}"), "from-tag": "a", "sdp": sdp}));
+        assert_eq!(offer["result"], "ok", "call {k} of 4: {offer}");
+    }
+    let full = ng.call(serde_json::json!({"command": "offer", "call-id": "c4", "from-tag": "a", "sdp": sdp}));
+    assert_eq!(full["error-reason"], "Ran out of ports", "{full}");
+    assert!(matches!(full["error-code"].as_str(), Some("quota_exceeded" | "ports_exhausted")), "{full}");
+}

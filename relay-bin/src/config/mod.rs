@@ -243,10 +243,16 @@ impl Config {
 
     /// Per-tenant limits of the tenants the file names (others get
     /// [`RelayConfig::default_tenant_limit`]).
+    ///
+    /// When ng is the relay's only tenant (no `[tenants]`, no `[control]`
+    /// for connectors), the ng tenant may hold the whole port range, as
+    /// rtpengine does; `[tenants.NG_TENANT] port_share_percent` sets a
+    /// share for mixed use.
     pub fn tenant_limits(&self) -> Vec<(String, TenantLimit)> {
         let default = self.relay.default_tenant_limit();
         let total = self.relay.ports_total();
-        self.file
+        let mut limits: Vec<(String, TenantLimit)> = self
+            .file
             .tenants
             .iter()
             .map(|(k, t)| {
@@ -260,7 +266,11 @@ impl Config {
                 };
                 (k.clone(), limit)
             })
-            .collect()
+            .collect();
+        if let (Some(ng), None, true) = (&self.ng, &self.control, self.file.tenants.is_empty()) {
+            limits.push((ng.engine.tenant.clone(), TenantLimit { sessions: default.sessions, ports: None }));
+        }
+        limits
     }
 
     /// The effective configuration as TOML: every key with the value the

@@ -296,3 +296,21 @@ stepdown_hook = [\"/bin/true\", \"down\"]\n",
     assert!(!e.to_string().contains("not hex"), "key material never echoed: {e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ng_alone_may_hold_the_whole_port_range_and_mixed_use_keeps_shares() {
+    let ports =
+        |c: &Config, tenant: &str| c.tenant_limits().into_iter().find(|(t, _)| t == tenant).map(|(_, l)| l.ports);
+    let alone = Config::parse("x.toml", "[relay]\nport_min = 20000\nport_max = 20099\n").expect("valid");
+    assert_eq!(ports(&alone, "ng"), Some(None), "ng alone: no share limit");
+    let mixed =
+        Config::parse("x.toml", "[relay]\nport_min = 20000\nport_max = 20099\n[tenants.acme]\nmax_sessions = 10\n")
+            .expect("valid");
+    assert_eq!(ports(&mixed, "ng"), None, "with other tenants, ng has the default share");
+    let capped =
+        Config::parse("x.toml", "[relay]\nport_min = 20000\nport_max = 20099\n[tenants.ng]\nport_share_percent = 30\n")
+            .expect("valid");
+    assert_eq!(ports(&capped, "ng"), Some(Some(30)), "an explicit share holds");
+    let off = Config::parse("x.toml", "[ng]\nenabled = false\n").expect("valid");
+    assert_eq!(ports(&off, "ng"), None);
+}
