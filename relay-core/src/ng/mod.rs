@@ -755,96 +755,14 @@ impl NgEngine {
     /// rtpengine-shaped statistics of one call: per tag, per media, one
     /// stream for RTP and one for RTCP.
     async fn call_stats(&self, call: &Call) -> Value {
-        let advertised = self.handle.advertised_ip();
-        let now_unix = unix_now();
-        let (mut rtp_p, mut rtp_b, mut rtcp_p, mut rtcp_b, mut errors) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let view = StatsView { advertised: self.handle.advertised_ip(), now_unix: unix_now() };
+        let mut totals = Totals::default();
         let mut per_tag: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
         for (k, m) in call.media.iter().enumerate() {
             let Ok(info) = self.handle.session(m.id).await else { continue };
             for (i, leg) in [&info.pbx, &info.endpoint].into_iter().enumerate() {
-                let s = &leg.stats;
-                let rtp_packets = s.packets_received - s.rtcp_packets_received;
-                let rtp_bytes = s.bytes_received - s.rtcp_bytes_received;
-                rtp_p += rtp_packets;
-                rtp_b += rtp_bytes;
-                rtcp_p += s.rtcp_packets_received;
-                rtcp_b += s.rtcp_bytes_received;
-                errors += s.drops.total();
-                let last =
-                    |ago: Option<Duration>| Value::Int(ago.map_or(0, |a| now_unix.saturating_sub(a.as_secs())) as i64);
-                let rtcp_remote = if leg.remote_rtcp_mux { leg.remote_rtp } else { leg.remote_rtcp };
-                let stream = |port: u16,
-                              remote: Option<SocketAddr>,
-                              packets: u64,
-                              bytes: u64,
-                              last_packet: Value,
-                              rtcp: bool| {
-                    let mut flags = vec![Value::str(if rtcp { "RTCP" } else { "RTP" })];
-                    if leg.remote_rtcp_mux {
-                        flags.push(Value::str("RTCP-mux"));
-                    }
-                    if leg.blocked {
-                        flags.push(Value::str("blocked"));
-                    }
-                    let mut pairs = vec![
-                        ("local port", Value::Int(i64::from(port))),
-                        ("local address", Value::Bytes(advertised.to_string().into_bytes())),
-                        ("endpoint", endpoint_value(remote)),
-                        (
-                            "advertised endpoint",
-                            endpoint_value(leg.hint.map(|h| {
-                                if rtcp && !leg.remote_rtcp_mux {
-                                    SocketAddr::new(h.ip(), h.port().saturating_add(1))
-                                } else {
-                                    h
-                                }
-                            })),
-                        ),
-                        ("last packet", last_packet),
-                        ("flags", Value::List(flags)),
-                        (
-                            "stats",
-                            dict([
-                                ("packets", Value::Int(packets as i64)),
-                                ("bytes", Value::Int(bytes as i64)),
-                                ("errors", Value::Int(if rtcp { 0 } else { s.drops.total() as i64 })),
-                            ]),
-                        ),
-                    ];
-                    if let (false, Some(ssrc)) = (rtcp, leg.last_ssrc) {
-                        pairs.push(("SSRC", Value::Int(i64::from(ssrc))));
-                    }
-                    dict(pairs)
-                };
-                let rtcp_port =
-                    if leg.remote_rtcp_mux { leg.ports.rtp } else { leg.ports.rtcp.unwrap_or(leg.ports.rtp) };
-                per_tag[i].push(dict([
-                    ("index", Value::Int(k as i64 + 1)),
-                    ("type", Value::Bytes(m.kind.clone().into_bytes())),
-                    ("protocol", Value::Bytes(m.proto.clone().into_bytes())),
-                    ("rtcp-mux", Value::str(if leg.remote_rtcp_mux { "yes" } else { "no" })),
-                    (
-                        "streams",
-                        Value::List(vec![
-                            stream(
-                                leg.ports.rtp,
-                                leg.remote_rtp,
-                                rtp_packets,
-                                rtp_bytes,
-                                last(leg.last_rtp_ago),
-                                false,
-                            ),
-                            stream(
-                                rtcp_port,
-                                rtcp_remote,
-                                s.rtcp_packets_received,
-                                s.rtcp_bytes_received,
-                                last(leg.last_rtcp_ago),
-                                true,
-                            ),
-                        ]),
-                    ),
-                ]));
+                totals.add(&leg.stats);
+                per_tag[i].push(view.media_entry(k, m, leg));
             }
         }
         let [offerer, answerer] = per_tag;
@@ -859,13 +777,10 @@ impl NgEngine {
         if let Some(t) = &call.to_tag {
             tags.push(tag_entry(t, answerer));
         }
-        let totals = |p: u64, b: u64, e: u64| {
-            dict([("packets", Value::Int(p as i64)), ("bytes", Value::Int(b as i64)), ("errors", Value::Int(e as i64))])
-        };
         ok(vec![
             ("created", Value::Int(call.created as i64)),
             ("last signal", Value::Int(call.created as i64)),
-            ("totals", dict([("RTP", totals(rtp_p, rtp_b, errors)), ("RTCP", totals(rtcp_p, rtcp_b, 0))])),
+            ("totals", totals.value()),
             ("tags", Value::Dict(tags.into_iter().collect())),
         ])
     }
@@ -995,6 +910,124 @@ fn endpoint_value(addr: Option<SocketAddr>) -> Value {
         ]),
         None => dict([]),
     }
+}
+
+/// A call's packets, bytes and errors over every leg (rtpengine's `totals`).
+#[derive(Default)]
+struct Totals {
+    rtp_packets: u64,
+    rtp_bytes: u64,
+    rtcp_packets: u64,
+    rtcp_bytes: u64,
+    errors: u64,
+}
+
+impl Totals {
+    fn add(&mut self, s: &crate::session::stats::LegStats) {
+        self.rtp_packets += s.packets_received - s.rtcp_packets_received;
+        self.rtp_bytes += s.bytes_received - s.rtcp_bytes_received;
+        self.rtcp_packets += s.rtcp_packets_received;
+        self.rtcp_bytes += s.rtcp_bytes_received;
+        self.errors += s.drops.total();
+    }
+
+    fn value(&self) -> Value {
+        let totals = |p: u64, b: u64, e: u64| {
+            dict([("packets", Value::Int(p as i64)), ("bytes", Value::Int(b as i64)), ("errors", Value::Int(e as i64))])
+        };
+        dict([
+            ("RTP", totals(self.rtp_packets, self.rtp_bytes, self.errors)),
+            ("RTCP", totals(self.rtcp_packets, self.rtcp_bytes, 0)),
+        ])
+    }
+}
+
+/// What `query` and `delete` report of one leg: its media entry with an
+/// RTP and an RTCP stream, as rtpengine shapes them.
+struct StatsView {
+    advertised: IpAddr,
+    now_unix: u64,
+}
+
+impl StatsView {
+    /// Media section `k` as leg `leg` sees it.
+    fn media_entry(&self, k: usize, m: &Media, leg: &crate::session::LegInfo) -> Value {
+        let s = &leg.stats;
+        let rtcp_remote = if leg.remote_rtcp_mux { leg.remote_rtp } else { leg.remote_rtcp };
+        let rtcp_port = if leg.remote_rtcp_mux { leg.ports.rtp } else { leg.ports.rtcp.unwrap_or(leg.ports.rtp) };
+        let rtp = Stream {
+            port: leg.ports.rtp,
+            remote: leg.remote_rtp,
+            packets: s.packets_received - s.rtcp_packets_received,
+            bytes: s.bytes_received - s.rtcp_bytes_received,
+            last_ago: leg.last_rtp_ago,
+            rtcp: false,
+        };
+        let rtcp = Stream {
+            port: rtcp_port,
+            remote: rtcp_remote,
+            packets: s.rtcp_packets_received,
+            bytes: s.rtcp_bytes_received,
+            last_ago: leg.last_rtcp_ago,
+            rtcp: true,
+        };
+        dict([
+            ("index", Value::Int(k as i64 + 1)),
+            ("type", Value::Bytes(m.kind.clone().into_bytes())),
+            ("protocol", Value::Bytes(m.proto.clone().into_bytes())),
+            ("rtcp-mux", Value::str(if leg.remote_rtcp_mux { "yes" } else { "no" })),
+            ("streams", Value::List(vec![self.stream_entry(leg, &rtp), self.stream_entry(leg, &rtcp)])),
+        ])
+    }
+
+    fn stream_entry(&self, leg: &crate::session::LegInfo, st: &Stream) -> Value {
+        let mut flags = vec![Value::str(if st.rtcp { "RTCP" } else { "RTP" })];
+        if leg.remote_rtcp_mux {
+            flags.push(Value::str("RTCP-mux"));
+        }
+        if leg.blocked {
+            flags.push(Value::str("blocked"));
+        }
+        let advertised_endpoint = leg.hint.map(|h| {
+            if st.rtcp && !leg.remote_rtcp_mux {
+                SocketAddr::new(h.ip(), h.port().saturating_add(1))
+            } else {
+                h
+            }
+        });
+        let last_packet = st.last_ago.map_or(0, |a| self.now_unix.saturating_sub(a.as_secs())) as i64;
+        let errors = if st.rtcp { 0 } else { leg.stats.drops.total() as i64 };
+        let mut pairs = vec![
+            ("local port", Value::Int(i64::from(st.port))),
+            ("local address", Value::Bytes(self.advertised.to_string().into_bytes())),
+            ("endpoint", endpoint_value(st.remote)),
+            ("advertised endpoint", endpoint_value(advertised_endpoint)),
+            ("last packet", Value::Int(last_packet)),
+            ("flags", Value::List(flags)),
+            (
+                "stats",
+                dict([
+                    ("packets", Value::Int(st.packets as i64)),
+                    ("bytes", Value::Int(st.bytes as i64)),
+                    ("errors", Value::Int(errors)),
+                ]),
+            ),
+        ];
+        if let (false, Some(ssrc)) = (st.rtcp, leg.last_ssrc) {
+            pairs.push(("SSRC", Value::Int(i64::from(ssrc))));
+        }
+        dict(pairs)
+    }
+}
+
+/// One stream (RTP or RTCP) of a leg.
+struct Stream {
+    port: u16,
+    remote: Option<SocketAddr>,
+    packets: u64,
+    bytes: u64,
+    last_ago: Option<Duration>,
+    rtcp: bool,
 }
 
 /// What an offer or answer does to one media section, checked before

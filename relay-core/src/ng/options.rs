@@ -143,127 +143,70 @@ pub fn security(proto: &str) -> Security {
 
 const NO_DECRYPT: &str = "UCMRC relays media without decrypting it";
 
-impl Options {
-    /// Reads the options of `msg`, refusing what UCMRC cannot honour.
-    pub fn parse(msg: &Value) -> Result<Self, Refusal> {
+/// The request's `flags` list, bounded.
+struct Flags(Vec<String>);
+
+impl Flags {
+    fn of(msg: &Value) -> Result<Flags, Refusal> {
         let flags = list(msg, "flags");
-        let refuse = |what: &str, why: &str| Err(Refusal(format!("{what} is not supported: {why}")));
-        for f in &flags {
-            if f.len() > MAX_NAME * 2 {
-                return Err(Refusal("a flag is longer than 128 bytes".into()));
-            }
+        if flags.iter().any(|f| f.len() > MAX_NAME * 2) {
+            return Err(Refusal("a flag is longer than 128 bytes".into()));
         }
         if flags.len() > MAX_LIST * 4 {
             return Err(Refusal("more than 128 flags".into()));
         }
-        // Prefixed flags: `rtcp-mux-demux`, `replace-origin`, `SDES-off`,
-        // `codec-strip-PCMA`, `direction=...` arrive in the flags list too.
-        let prefixed = |prefix: &str| -> Vec<String> {
-            flags
-                .iter()
-                // `get`: a flag is network input, its bytes need not fall on
-                // a character boundary at the prefix's length.
-                .filter_map(|f| match (f.get(..prefix.len()), f.get(prefix.len()..)) {
-                    (Some(head), Some(rest)) if !rest.is_empty() && head.eq_ignore_ascii_case(prefix) => {
-                        Some(rest.to_string())
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
+        Ok(Flags(flags))
+    }
 
-        let mut mux_items = list(msg, "rtcp-mux");
-        mux_items.extend(prefixed("rtcp-mux-"));
-        let rtcp_mux = MuxOptions {
-            offer: has(&mux_items, "offer"),
-            require: has(&mux_items, "require"),
-            demux: has(&mux_items, "demux"),
-            accept: has(&mux_items, "accept"),
-            reject: has(&mux_items, "reject"),
-        };
-        if let Some(other) = mux_items
+    /// Prefixed flags: `rtcp-mux-demux`, `replace-origin`, `SDES-off`,
+    /// `codec-strip-PCMA`, `direction=...` arrive in the flags list too;
+    /// what follows `prefix` (case-insensitive) in each.
+    fn prefixed(&self, prefix: &str) -> Vec<String> {
+        self.0
             .iter()
-            .find(|i| !["offer", "require", "demux", "accept", "reject"].iter().any(|k| i.eq_ignore_ascii_case(k)))
-        {
-            return Err(Refusal(format!("unknown rtcp-mux option {other:?}")));
-        }
+            // `get`: a flag is network input, its bytes need not fall on a
+            // character boundary at the prefix's length.
+            .filter_map(|f| match (f.get(..prefix.len()), f.get(prefix.len()..)) {
+                (Some(head), Some(rest)) if !rest.is_empty() && head.eq_ignore_ascii_case(prefix) => {
+                    Some(rest.to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
 
-        let mut ice_items = list(msg, "ICE");
-        ice_items.extend(prefixed("ICE="));
-        let ice = match ice_items.last().map(|s| s.to_ascii_lowercase()) {
-            None => IceMode::Default,
-            Some(s) if s == "remove" => IceMode::Remove,
-            Some(s) if s == "default" || s == "optional" || s.is_empty() => IceMode::Default,
-            Some(s) if s == "force" || s == "force-relay" => IceMode::Force,
-            Some(s) => return Err(Refusal(format!("unknown ICE option {s:?}"))),
-        };
-
+impl Options {
+    /// Reads the options of `msg`, refusing what UCMRC cannot honour.
+    pub fn parse(msg: &Value) -> Result<Self, Refusal> {
+        let flags = Flags::of(msg)?;
+        let prefixed = |prefix: &str| flags.prefixed(prefix);
+        let rtcp_mux = Self::mux_options(msg, &flags)?;
+        let ice = Self::ice_mode(msg, &flags)?;
         let mut sdes = list(msg, "SDES");
         sdes.extend(prefixed("SDES-"));
         let sdes_off = has(&sdes, "off") || has(&sdes, "no");
         let dtls = msg.get("DTLS").and_then(Value::as_str).map(str::to_ascii_lowercase);
         let dtls_off = matches!(dtls.as_deref(), Some("off" | "no" | "disable")) || has(&prefixed("DTLS="), "off");
-
         let mut replace = list(msg, "replace");
         replace.extend(prefixed("replace-"));
         // `c=` (session and media level) is always rewritten.
         let replace_origin = has(&replace, "origin");
-
-        let media_address = match msg.get("media-address").or_else(|| msg.get("media address")) {
-            Some(v) => Some(
-                v.as_str()
-                    .and_then(|a| a.parse::<IpAddr>().ok())
-                    .ok_or_else(|| Refusal("media-address must be an IP address".into()))?,
-            ),
-            None => None,
-        };
-        let family = match msg.get("address family").or_else(|| msg.get("address-family")).and_then(Value::as_str) {
-            None => None,
-            Some(f) if f.eq_ignore_ascii_case("IP4") => Some(Family::V4),
-            Some(f) if f.eq_ignore_ascii_case("IP6") => Some(Family::V6),
-            Some(f) => return Err(Refusal(format!("address family must be IP4 or IP6, not {f:?}"))),
-        };
-
+        let (media_address, family) = Self::addressing(msg)?;
         let transport = msg.get("transport-protocol").and_then(Value::as_str).map(str::to_string);
         if let Some(t) = &transport {
             if security(t) == Security::Other {
                 return Err(Refusal(format!("unknown transport-protocol {t:?}")));
             }
         }
-
         let codec = Self::codec_options(msg, &prefixed)?;
-
-        // Media manipulation that would need decryption, transcoding or storage.
-        if msg.get("ptime").is_some() || msg.get("ptime-reverse").is_some() || msg.get("repacketize").is_some() {
-            return refuse("ptime (repacketization)", NO_DECRYPT);
-        }
-        let record = msg.get("record call").or_else(|| msg.get("record-call")).and_then(Value::as_str);
-        if record.is_some_and(|r| matches!(r.to_ascii_lowercase().as_str(), "yes" | "on" | "true"))
-            || has(&flags, "record-call")
-        {
-            return refuse("record-call", "UCMRC never records or stores media");
-        }
-        if msg.get("T.38").is_some() || msg.get("T38").is_some() || !prefixed("T.38").is_empty() {
-            return refuse("T.38 gateway", NO_DECRYPT);
-        }
-        if msg.get("media echo").is_some() || msg.get("media-echo").is_some() {
-            return refuse("media echo", "UCMRC forwards each side's media to the other side only");
-        }
-        if msg.get("DTMF-security").is_some() {
-            return refuse("DTMF-security", "UCMRC does not inspect payloads (block media works)");
-        }
-        for f in ["transcode", "always-transcode", "inject-DTMF", "generate-mid", "generate-RTCP"] {
-            if has(&flags, f) {
-                return refuse(f, NO_DECRYPT);
-            }
-        }
-
+        Self::refuse_media_changes(msg, &flags)?;
         let received_from = msg
             .get("received-from")
             .map(|r| r.items())
             .and_then(|items| items.get(1).and_then(|v| v.as_str()).and_then(|a| a.parse::<IpAddr>().ok()));
         let mut direction = list(msg, "direction");
-        direction.extend(flags.iter().filter(|f| *f == "internal" || *f == "external").cloned());
+        direction.extend(flags.0.iter().filter(|f| *f == "internal" || *f == "external").cloned());
         let label = msg.get("label").and_then(Value::as_str).map(str::to_string);
         if label.as_ref().is_some_and(|l| l.len() > MAX_NAME) || direction.iter().any(|d| d.len() > MAX_NAME) {
             return Err(Refusal("label and direction names must be at most 64 bytes".into()));
@@ -281,8 +224,87 @@ impl Options {
             received_from,
             direction,
             label,
-            no_authenticated_latching: has(&flags, "no-authenticated-latching"),
+            no_authenticated_latching: has(&flags.0, "no-authenticated-latching"),
         })
+    }
+
+    /// `rtcp-mux` (a list, or `rtcp-mux-…` flags).
+    fn mux_options(msg: &Value, flags: &Flags) -> Result<MuxOptions, Refusal> {
+        let mut items = list(msg, "rtcp-mux");
+        items.extend(flags.prefixed("rtcp-mux-"));
+        const KNOWN: [&str; 5] = ["offer", "require", "demux", "accept", "reject"];
+        if let Some(other) = items.iter().find(|i| !KNOWN.iter().any(|k| i.eq_ignore_ascii_case(k))) {
+            return Err(Refusal(format!("unknown rtcp-mux option {other:?}")));
+        }
+        Ok(MuxOptions {
+            offer: has(&items, "offer"),
+            require: has(&items, "require"),
+            demux: has(&items, "demux"),
+            accept: has(&items, "accept"),
+            reject: has(&items, "reject"),
+        })
+    }
+
+    /// `ICE` (or `ICE=…` flags); the last one given counts.
+    fn ice_mode(msg: &Value, flags: &Flags) -> Result<IceMode, Refusal> {
+        let mut items = list(msg, "ICE");
+        items.extend(flags.prefixed("ICE="));
+        match items.last().map(|s| s.to_ascii_lowercase()) {
+            None => Ok(IceMode::Default),
+            Some(s) if s == "remove" => Ok(IceMode::Remove),
+            Some(s) if s == "default" || s == "optional" || s.is_empty() => Ok(IceMode::Default),
+            Some(s) if s == "force" || s == "force-relay" => Ok(IceMode::Force),
+            Some(s) => Err(Refusal(format!("unknown ICE option {s:?}"))),
+        }
+    }
+
+    /// `media-address` and `address family`.
+    fn addressing(msg: &Value) -> Result<(Option<IpAddr>, Option<Family>), Refusal> {
+        let media_address = match msg.get("media-address").or_else(|| msg.get("media address")) {
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(|a| a.parse::<IpAddr>().ok())
+                    .ok_or_else(|| Refusal("media-address must be an IP address".into()))?,
+            ),
+            None => None,
+        };
+        let family = match msg.get("address family").or_else(|| msg.get("address-family")).and_then(Value::as_str) {
+            None => None,
+            Some(f) if f.eq_ignore_ascii_case("IP4") => Some(Family::V4),
+            Some(f) if f.eq_ignore_ascii_case("IP6") => Some(Family::V6),
+            Some(f) => return Err(Refusal(format!("address family must be IP4 or IP6, not {f:?}"))),
+        };
+        Ok((media_address, family))
+    }
+
+    /// Media manipulation that would need decryption, transcoding or
+    /// storage is refused, saying why.
+    fn refuse_media_changes(msg: &Value, flags: &Flags) -> Result<(), Refusal> {
+        let refuse = |what: &str, why: &str| Err(Refusal(format!("{what} is not supported: {why}")));
+        if msg.get("ptime").is_some() || msg.get("ptime-reverse").is_some() || msg.get("repacketize").is_some() {
+            return refuse("ptime (repacketization)", NO_DECRYPT);
+        }
+        let record = msg.get("record call").or_else(|| msg.get("record-call")).and_then(Value::as_str);
+        if record.is_some_and(|r| matches!(r.to_ascii_lowercase().as_str(), "yes" | "on" | "true"))
+            || has(&flags.0, "record-call")
+        {
+            return refuse("record-call", "UCMRC never records or stores media");
+        }
+        if msg.get("T.38").is_some() || msg.get("T38").is_some() || !flags.prefixed("T.38").is_empty() {
+            return refuse("T.38 gateway", NO_DECRYPT);
+        }
+        if msg.get("media echo").is_some() || msg.get("media-echo").is_some() {
+            return refuse("media echo", "UCMRC forwards each side's media to the other side only");
+        }
+        if msg.get("DTMF-security").is_some() {
+            return refuse("DTMF-security", "UCMRC does not inspect payloads (block media works)");
+        }
+        for f in ["transcode", "always-transcode", "inject-DTMF", "generate-mid", "generate-RTCP"] {
+            if has(&flags.0, f) {
+                return refuse(f, NO_DECRYPT);
+            }
+        }
+        Ok(())
     }
 
     fn codec_options(msg: &Value, prefixed: &dyn Fn(&str) -> Vec<String>) -> Result<CodecOptions, Refusal> {

@@ -280,6 +280,71 @@ pub fn matching_formats(m: &MediaInfo, names: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Writes media section `m`'s rewritten `m=` line (relay port, protocol,
+/// formats kept) and its `a=rtcp:`/`a=rtcp-mux`; the relay's candidates to
+/// write at the end of the section, when it keeps ICE.
+fn rewrite_media_line(
+    out: &mut String,
+    value: &str,
+    m: &MediaRewrite,
+    info: Option<&MediaInfo>,
+    addr: IpAddr,
+    eol: &str,
+) -> Option<String> {
+    let mut parts: Vec<&str> = value.split(' ').collect();
+    let port_text = m.rtp.to_string();
+    if parts.len() > 1 {
+        parts[1] = &port_text;
+    }
+    if let (Some(proto), true) = (&m.proto, parts.len() > 2) {
+        parts[2] = proto;
+    }
+    let mut kept: Vec<&str> = parts.iter().take(3).copied().collect();
+    kept.extend(parts.iter().skip(3).filter(|f| !m.strip_formats.iter().any(|s| s == *f)));
+    out.push_str("m=");
+    out.push_str(&kept.join(" "));
+    out.push_str(eol);
+    if let Some(r) = m.rtcp {
+        out.push_str(&format!("a=rtcp:{r}{eol}"));
+    }
+    if m.mux {
+        out.push_str(&format!("a=rtcp-mux{eol}"));
+    }
+    let has_ice = info.is_some_and(|i| i.ice_ufrag.is_some() && i.ice_pwd.is_some());
+    (m.ice == IceRewrite::RelayCandidates && has_ice).then(|| relay_candidates(addr, m, eol))
+}
+
+/// Whether an `a=` line (its `value` after `a=`) passes: an endpoint's own
+/// candidates never do; ICE and DTLS attributes not where they are
+/// removed (a session-level one when any section removes them); in a
+/// rewritten section, not `rtcp`/`rtcp-mux` (written after `m=`), not a
+/// stripped `crypto`, not a stripped format's attributes.
+fn keeps_attribute(value: &str, in_media: bool, current: Option<&MediaRewrite>, rw: &Rewrite) -> bool {
+    let (name, rest) = value.split_once(':').unwrap_or((value, ""));
+    if CANDIDATE_ATTRS.contains(&name) {
+        return false;
+    }
+    let applies = |f: fn(&MediaRewrite) -> bool| match in_media {
+        true => current.is_some_and(f),
+        false => rw.media.iter().flatten().any(f),
+    };
+    if ICE_ATTRS.contains(&name) && applies(|m| m.ice == IceRewrite::Remove) {
+        return false;
+    }
+    if DTLS_ATTRS.contains(&name) && applies(|m| m.strip_dtls) {
+        return false;
+    }
+    let Some(m) = current else { return true };
+    if name == "rtcp" || name == "rtcp-mux" || (name == "crypto" && m.strip_crypto) {
+        return false;
+    }
+    if FORMAT_ATTRS.contains(&name) {
+        let pt = rest.split([' ', '/']).next().unwrap_or("");
+        return !m.strip_formats.iter().any(|s| s == pt);
+    }
+    true
+}
+
 /// Rewrites `c=`, `m=` (port, protocol, formats), `a=rtcp:` and
 /// `a=rtcp-mux` (written right after `m=`), optionally `o=`, ICE, SDES and
 /// DTLS attributes and the attributes of stripped formats; every other line
@@ -302,34 +367,13 @@ pub fn rewrite(sdp: &str, rw: &Rewrite) -> Result<String, SdpError> {
                     index = Some(index.map_or(0, |i| i + 1));
                     let info = index.and_then(|i| infos.get(i));
                     let media = index.and_then(|i| rw.media.get(i).and_then(Option::as_ref));
-                    let mut parts: Vec<&str> = value.split(' ').collect();
-                    let disabled = parts.get(1).is_some_and(|p| *p == "0");
-                    let (Some(m), false) = (media, disabled) else {
-                        out.push_str(line);
-                        out.push_str(eol);
-                        continue;
-                    };
-                    let port_text = m.rtp.to_string();
-                    if parts.len() > 1 {
-                        parts[1] = &port_text;
-                    }
-                    if let (Some(proto), true) = (&m.proto, parts.len() > 2) {
-                        parts[2] = proto;
-                    }
-                    let mut kept: Vec<&str> = parts.iter().take(3).copied().collect();
-                    kept.extend(parts.iter().skip(3).filter(|f| !m.strip_formats.iter().any(|s| s == *f)));
-                    out.push_str("m=");
-                    out.push_str(&kept.join(" "));
-                    out.push_str(eol);
-                    if let Some(r) = m.rtcp {
-                        out.push_str(&format!("a=rtcp:{r}{eol}"));
-                    }
-                    if m.mux {
-                        out.push_str(&format!("a=rtcp-mux{eol}"));
-                    }
-                    let has_ice = info.is_some_and(|i| i.ice_ufrag.is_some() && i.ice_pwd.is_some());
-                    if m.ice == IceRewrite::RelayCandidates && has_ice {
-                        pending = Some(relay_candidates(rw.addr, m, eol));
+                    let disabled = value.split(' ').nth(1).is_some_and(|p| p == "0");
+                    match (media, disabled) {
+                        (Some(m), false) => pending = rewrite_media_line(&mut out, value, m, info, rw.addr, eol),
+                        _ => {
+                            out.push_str(line);
+                            out.push_str(eol);
+                        }
                     }
                     continue;
                 }
@@ -346,40 +390,7 @@ pub fn rewrite(sdp: &str, rw: &Rewrite) -> Result<String, SdpError> {
                     out.push_str(&format!("o={}{eol}", parts.join(" ")));
                     continue;
                 }
-                "a" => {
-                    let (name, rest) = value.split_once(':').unwrap_or((value, ""));
-                    // An endpoint's own candidates never pass, whatever the mode.
-                    if CANDIDATE_ATTRS.contains(&name) {
-                        continue;
-                    }
-                    // Session-level attributes apply to every section: drop
-                    // them when any section drops them.
-                    let applies = |f: fn(&MediaRewrite) -> bool| match index {
-                        Some(_) => current.is_some_and(f),
-                        None => rw.media.iter().flatten().any(f),
-                    };
-                    if ICE_ATTRS.contains(&name) && applies(|m| m.ice == IceRewrite::Remove) {
-                        continue;
-                    }
-                    if DTLS_ATTRS.contains(&name) && applies(|m| m.strip_dtls) {
-                        continue;
-                    }
-                    if let Some(m) = current {
-                        // Written right after m= (or dropped).
-                        if name == "rtcp" || name == "rtcp-mux" {
-                            continue;
-                        }
-                        if name == "crypto" && m.strip_crypto {
-                            continue;
-                        }
-                        if FORMAT_ATTRS.contains(&name) {
-                            let pt = rest.split([' ', '/']).next().unwrap_or("");
-                            if m.strip_formats.iter().any(|s| s == pt) {
-                                continue;
-                            }
-                        }
-                    }
-                }
+                "a" if !keeps_attribute(value, index.is_some(), current, rw) => continue,
                 _ => {}
             }
         }
