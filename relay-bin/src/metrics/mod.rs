@@ -17,7 +17,8 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use relay_core::ng::stats::{NgStatsSnapshot, BUCKETS as NG_BUCKETS, COMMANDS as NG_COMMANDS, RESULTS as NG_RESULTS};
+use relay_core::ng::commands::{kind_label, KINDS as NG_KINDS};
+use relay_core::ng::stats::{NgStatsSnapshot, BUCKETS as NG_BUCKETS, RESULTS as NG_RESULTS};
 use relay_core::RelayCounters;
 
 use families::{Scrape, SnapshotHistogram};
@@ -243,9 +244,9 @@ fn tunnels(s: &mut Scrape, t: &relay_core::tunnel::server::TunnelStats) {
 /// `ucmrc_ng_*`: commands by type and result, their latency, and what the
 /// transports refused.
 fn ng(s: &mut Scrape, stats: &NgStatsSnapshot, t: &crate::ng::NgTransportStats) {
-    let commands = NG_COMMANDS.iter().enumerate().flat_map(|(i, cmd)| {
+    let commands = (0..NG_KINDS).flat_map(|i| {
         NG_RESULTS.iter().enumerate().map(move |(j, res)| {
-            (vec![("command", cmd.replace(' ', "_")), ("result", res.to_string())], stats.counts[i][j])
+            (vec![("command", kind_label(i).replace(' ', "_")), ("result", res.to_string())], stats.counts[i][j])
         })
     });
     s.counters_labelled("ucmrc_ng_commands", "ng commands handled, by command and result", commands);

@@ -22,6 +22,7 @@
 
 #[doc(hidden)] // the wire format, for ucmrc's ng transport and the fuzz targets
 pub mod bencode;
+pub mod commands;
 mod offer_answer;
 pub(crate) mod options;
 #[doc(hidden)] // SDP rewriting internals, for the fuzz targets
@@ -45,9 +46,10 @@ use crate::relay::{AllocatedSession, RelayHandle};
 use crate::session::spec::{LegUpdate, SessionUpdate, SrtpAuth};
 use crate::session::SessionId;
 use crate::srtp_keys::{derive_auth_keys, SrtpMasterKey};
+use commands::Handler;
 use options::{security, IceMode, Options, Security};
 use sdp::IceRewrite;
-use stats::{command_index, NgStats};
+use stats::NgStats;
 
 /// How long a reply stays cached for retransmissions.
 pub const REPLY_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -532,26 +534,28 @@ impl NgEngine {
     async fn command(&self, msg: &Value) -> Value {
         let started = Instant::now();
         let cmd = msg.get("command").and_then(Value::as_str).unwrap_or("");
-        let reply = match cmd {
-            "" => error("missing command"),
-            "ping" => dict([("result", Value::str("pong"))]),
-            "offer" | "answer" => self.offer_answer_committed(msg, cmd == "offer").await,
-            "delete" => self.delete(msg).await,
-            "query" => self.query(msg).await,
-            "list" => self.list(msg).await,
-            "statistics" => self.statistics().await,
-            "block media" => self.block(msg, true).await,
-            "unblock media" => self.block(msg, false).await,
-            other => refused_command(other),
+        let command = commands::lookup(cmd);
+        let reply = match command.map(|c| c.handler) {
+            _ if cmd.is_empty() => error("missing command"),
+            Some(Handler::Ping) => dict([("result", Value::str("pong"))]),
+            Some(Handler::Offer) => self.offer_answer_committed(msg, true).await,
+            Some(Handler::Answer) => self.offer_answer_committed(msg, false).await,
+            Some(Handler::Delete) => self.delete(msg).await,
+            Some(Handler::Query) => self.query(msg).await,
+            Some(Handler::List) => self.list(msg).await,
+            Some(Handler::Statistics) => self.statistics().await,
+            Some(Handler::BlockMedia) => self.block(msg, true).await,
+            Some(Handler::UnblockMedia) => self.block(msg, false).await,
+            Some(Handler::Refused(why)) => error(format!("{cmd} is not supported: {why}")),
+            None => error(format!("unknown command {cmd:?}")),
         };
-        if matches!(cmd, "offer" | "answer" | "delete" | "block media" | "unblock media") {
+        if command.is_some_and(|c| c.mutating) {
             if let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) {
                 self.touch(call_id);
             }
         }
         let ok = reply.get("result").and_then(Value::as_str) != Some("error");
-        let counted = if REFUSED_COMMANDS.contains(&cmd) { "refused" } else { cmd };
-        self.stats.record(command_index(counted), ok, started.elapsed());
+        self.stats.record(commands::kind(cmd), ok, started.elapsed());
         if cmd == "offer" && !ok {
             self.stats.rejected_offers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -802,9 +806,8 @@ impl NgEngine {
         let s = self.stats.snapshot();
         let int = |n: u64| Value::Int(n.min(i64::MAX as u64) as i64);
         let drops: Vec<(&str, Value)> = c.drops.iter().map(|(r, n)| (r.as_str(), int(n))).collect();
-        let mut control: Vec<(String, Value)> = stats::COMMANDS
-            .iter()
-            .map(|cmd| (format!("total{}count", cmd.replace(' ', "")), int(s.count(cmd))))
+        let mut control: Vec<(String, Value)> = (0..commands::KINDS)
+            .map(|k| (format!("total{}count", commands::kind_label(k).replace(' ', "")), int(s.count(k))))
             .collect();
         control.push(("errorcount".into(), int(s.errors())));
         let control = Value::Dict(control.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect());
@@ -862,43 +865,6 @@ impl NgEngine {
             ]),
         )])
     }
-}
-
-/// rtpengine commands UCMRC refuses, with why.
-const REFUSED_COMMANDS: [&str; 16] = [
-    "start recording",
-    "stop recording",
-    "pause recording",
-    "start forwarding",
-    "stop forwarding",
-    "silence media",
-    "unsilence media",
-    "play media",
-    "stop media",
-    "play DTMF",
-    "block DTMF",
-    "unblock DTMF",
-    "subscribe request",
-    "subscribe answer",
-    "unsubscribe",
-    "publish",
-];
-
-fn refused_command(cmd: &str) -> Value {
-    let why = match cmd {
-        "start recording" | "stop recording" | "pause recording" | "start forwarding" | "stop forwarding" => {
-            "UCMRC never records, stores or copies media"
-        }
-        "silence media" | "unsilence media" | "play media" | "stop media" | "play DTMF" => {
-            "UCMRC relays media without decrypting or generating it"
-        }
-        "block DTMF" | "unblock DTMF" => "UCMRC does not inspect media payloads (block media works)",
-        "subscribe request" | "subscribe answer" | "unsubscribe" | "publish" => {
-            "UCMRC relays each call between its two parties only (no media subscriptions)"
-        }
-        _ => return error(format!("unknown command {cmd:?}")),
-    };
-    error(format!("{cmd} is not supported: {why}"))
 }
 
 fn endpoint_value(addr: Option<SocketAddr>) -> Value {
@@ -1186,21 +1152,5 @@ mod tests {
         // The shards' own ports running out reads the same.
         let exhausted = allocation_error(1, &crate::relay::RelayError::PortsExhausted);
         assert_eq!(reason_and_code(&exhausted), (OUT_OF_PORTS, "ports_exhausted"));
-    }
-
-    /// docs/ng.md lists every command UCMRC refuses, and each gets a reason.
-    #[test]
-    fn every_refused_command_is_documented_and_answered_with_a_reason() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ng.md")).expect("docs/ng.md");
-        for cmd in REFUSED_COMMANDS {
-            assert!(doc.contains(&format!("`{cmd}`")), "docs/ng.md does not list {cmd:?}");
-            let reply = refused_command(cmd);
-            let reason = reply.get("error-reason").and_then(Value::as_str).unwrap_or("");
-            assert!(reason.contains("not supported: "), "{cmd}: {reason}");
-        }
-        for cmd in ["ping", "offer", "answer", "delete", "query", "list", "statistics", "block media", "unblock media"]
-        {
-            assert!(doc.contains(&format!("`{cmd}`")), "docs/ng.md does not list {cmd:?}");
-        }
     }
 }

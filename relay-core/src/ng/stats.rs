@@ -5,20 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Commands counted apart (anything else is `other`).
-pub const COMMANDS: [&str; 11] = [
-    "ping",
-    "offer",
-    "answer",
-    "delete",
-    "query",
-    "list",
-    "statistics",
-    "block media",
-    "unblock media",
-    "refused",
-    "other",
-];
+use super::commands::KINDS;
 
 /// Results of a command.
 pub const RESULTS: [&str; 2] = ["ok", "error"];
@@ -26,15 +13,10 @@ pub const RESULTS: [&str; 2] = ["ok", "error"];
 /// Upper bounds of the latency buckets, seconds.
 pub const BUCKETS: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0];
 
-/// Index of a command in [`COMMANDS`].
-pub fn command_index(name: &str) -> usize {
-    COMMANDS.iter().position(|c| *c == name).unwrap_or(COMMANDS.len() - 1)
-}
-
 /// Counters of handled commands.
 #[derive(Debug, Default)]
 pub struct NgStats {
-    counts: [[AtomicU64; RESULTS.len()]; COMMANDS.len()],
+    counts: [[AtomicU64; RESULTS.len()]; KINDS],
     buckets: [AtomicU64; BUCKETS.len()],
     sum_micros: AtomicU64,
     total: AtomicU64,
@@ -49,8 +31,9 @@ pub struct NgStats {
 /// A copy of [`NgStats`] at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NgStatsSnapshot {
-    /// `counts[command][result]`, indexed like [`COMMANDS`] and [`RESULTS`].
-    pub counts: [[u64; RESULTS.len()]; COMMANDS.len()],
+    /// `counts[kind][result]`: kinds as [`super::commands::kind`] counts
+    /// them, results like [`RESULTS`].
+    pub counts: [[u64; RESULTS.len()]; KINDS],
     /// Cumulative bucket counts, like [`BUCKETS`].
     pub buckets: [u64; BUCKETS.len()],
     /// Sum of latencies, seconds.
@@ -68,7 +51,7 @@ pub struct NgStatsSnapshot {
 impl NgStats {
     /// Records one handled command.
     pub fn record(&self, command: usize, ok: bool, elapsed: Duration) {
-        let command = command.min(COMMANDS.len() - 1);
+        let command = command.min(KINDS - 1);
         self.counts[command][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
         let secs = elapsed.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -96,9 +79,9 @@ impl NgStats {
 }
 
 impl NgStatsSnapshot {
-    /// Commands of one kind, any result.
-    pub fn count(&self, command: &str) -> u64 {
-        self.counts[command_index(command)].iter().sum()
+    /// Commands of counted kind `kind`, any result.
+    pub fn count(&self, kind: usize) -> u64 {
+        self.counts.get(kind).map_or(0, |r| r.iter().sum())
     }
 
     /// Commands that ended in an error.
@@ -109,17 +92,18 @@ impl NgStatsSnapshot {
 
 #[cfg(test)]
 mod tests {
+    use super::super::commands::kind;
     use super::*;
 
     #[test]
     fn records_by_command_result_and_latency() {
         let s = NgStats::default();
-        s.record(command_index("offer"), true, Duration::from_micros(200));
-        s.record(command_index("offer"), false, Duration::from_millis(3));
-        s.record(command_index("no such command"), true, Duration::from_secs(5));
+        s.record(kind("offer"), true, Duration::from_micros(200));
+        s.record(kind("offer"), false, Duration::from_millis(3));
+        s.record(kind("no such command"), true, Duration::from_secs(5));
         let snap = s.snapshot();
         assert_eq!(snap.counts[1], [1, 1]);
-        assert_eq!(snap.count("other"), 1);
+        assert_eq!(snap.count(kind("no such command")), 1);
         assert_eq!((snap.total, snap.errors()), (3, 1));
         assert_eq!(snap.buckets[1], 1, "200 µs is within 250 µs");
         assert_eq!(snap.buckets[5], 2, "3 ms is within 5 ms");
