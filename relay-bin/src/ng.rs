@@ -119,16 +119,7 @@ pub async fn start(
     let tcp = TcpListener::bind(if t.listen.port() == 0 { t.listen } else { udp_addr }).await?;
     let tcp_addr = tcp.local_addr()?;
     let t = Arc::new(t);
-    // Calls whose sessions all ended are forgotten.
-    let sweeper = engine.clone();
-    let every = (engine.config().limits.orphan_call_ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            sweeper.sweep().await;
-        }
-    });
+    tokio::spawn(drive_timers(engine.clone()));
     let (e, tt, st, sv) = (engine.clone(), t.clone(), stats.clone(), serving.clone());
     tokio::spawn(async move { serve_udp(udp, e, tt, st, sv).await });
     tokio::spawn(async move {
@@ -254,6 +245,27 @@ async fn serve_tcp(
             }
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The engine's timers: calls whose sessions all ended are forgotten
+/// (`sweep`, every half `orphan_call_ttl`, at most 5 s), and deleted calls'
+/// sessions are released when their `delete-delay` is over.
+async fn drive_timers(engine: Arc<NgEngine>) {
+    let every = (engine.config().limits.orphan_call_ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut next_sweep = tokio::time::Instant::now() + every;
+    loop {
+        let deadline = engine.poll_timeout().map_or(next_sweep, |t| next_sweep.min(t.into()));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = engine.timers_changed() => continue,
+        }
+        let now = tokio::time::Instant::now();
+        engine.handle_timeout(now.into_std()).await;
+        if now >= next_sweep {
+            engine.sweep().await;
+            next_sweep = now + every;
         }
     }
 }

@@ -23,6 +23,7 @@
 #[doc(hidden)] // the wire format, for ucmrc's ng transport and the fuzz targets
 pub mod bencode;
 pub mod commands;
+mod delayed;
 mod offer_answer;
 pub(crate) mod options;
 #[doc(hidden)] // SDP rewriting internals, for the fuzz targets
@@ -259,6 +260,10 @@ pub struct NgEngine {
     journal: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
     /// Whether an unknown `direction` was warned about already.
     warned_unknown_direction: std::sync::atomic::AtomicBool,
+    /// Sessions of deleted calls waiting for their `delete-delay`.
+    delayed: std::sync::Mutex<delayed::DelayedReleases>,
+    /// Woken when a delayed release is added.
+    timers_changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for NgEngine {
@@ -342,6 +347,8 @@ impl NgEngine {
             started: Instant::now(),
             journal: std::sync::Mutex::new(std::collections::HashSet::new()),
             warned_unknown_direction: std::sync::atomic::AtomicBool::new(false),
+            delayed: std::sync::Mutex::new(delayed::DelayedReleases::default()),
+            timers_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -691,20 +698,46 @@ impl NgEngine {
         self.stats.deleted_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stats = self.call_stats(&call).await;
         let ids: Vec<SessionId> = call.media.iter().map(|m| m.id).collect();
-        let handle = self.handle.clone();
-        if delay.is_zero() {
-            for id in ids {
-                let _ = handle.release(id).await;
-            }
+        let now_ids = if delay.is_zero() {
+            ids
         } else {
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                for id in ids {
-                    let _ = handle.release(id).await;
-                }
-            });
+            // Bounded like the call table: beyond it, released at once.
+            let cap = self.config.limits.max_calls.saturating_mul(self.config.limits.max_media_per_call);
+            let at = Instant::now() + delay;
+            let now_ids = self.lock_delayed().handle_delete(at, ids, cap);
+            self.timers_changed.notify_one();
+            now_ids
+        };
+        for id in now_ids {
+            let _ = self.handle.release(id).await;
         }
         stats
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) has work next: the
+    /// first delayed release (`delete-delay`). The driver sleeps until then
+    /// or until [`timers_changed`](Self::timers_changed).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.lock_delayed().poll_timeout()
+    }
+
+    /// Releases the sessions of deleted calls whose `delete-delay` is over
+    /// at `now`.
+    pub async fn handle_timeout(&self, now: Instant) {
+        let due = self.lock_delayed().take_due(now);
+        for id in due {
+            let _ = self.handle.release(id).await;
+        }
+    }
+
+    /// Resolves when a delete added a delayed release (the driver's sleep
+    /// may need to end sooner).
+    pub async fn timers_changed(&self) {
+        self.timers_changed.notified().await;
+    }
+
+    fn lock_delayed(&self) -> std::sync::MutexGuard<'_, delayed::DelayedReleases> {
+        self.delayed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `block media` / `unblock media`: drop (or forward again) what one
