@@ -767,10 +767,12 @@ fn ng_alone_uses_the_whole_port_range() {
     let mut ng = NgJson::new(&r);
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
     for k in 0..4 {
-        let offer =
-            ng.call(serde_json::json!({"command": "offer", "call-id": format!("c{k}"), "from-tag": "a", "sdp": sdp}));
+        // Options no table row knows have no effect and are counted.
+        let offer = ng.call(serde_json::json!({"command": "offer", "call-id": format!("c{k}"), "from-tag": "a",
+            "sdp": sdp, "frobnicate": "yes", "flags": ["trust-address", "wobble"]}));
         assert_eq!(offer["result"], "ok", "call {k} of 4: {offer}");
     }
+    assert_eq!(scrape(&r)["ucmrc_ng_unknown_options_total"], 8.0, "two unknown names in each of four offers");
     let full = ng.call(serde_json::json!({"command": "offer", "call-id": "c4", "from-tag": "a", "sdp": sdp}));
     assert_eq!(full["error-reason"], "Ran out of ports", "{full}");
     assert!(matches!(full["error-code"].as_str(), Some("quota_exceeded" | "ports_exhausted")), "{full}");

@@ -612,6 +612,8 @@ fn kamailio_drives_ucmrc_as_rtpengine() {
     assert_eq!(m.get("ucmrc_ng_commands_total{command=\"offer\",result=\"error\"}"), Some(&0.0));
     assert!(m["ucmrc_ng_command_duration_seconds_count"] > offers);
     assert_eq!(m["ucmrc_sessions_active"], 0.0, "every BYE released its sessions");
+    // Every key and flag Kamailio sent is a row of the option table.
+    assert_eq!(m["ucmrc_ng_unknown_options_total"], 0.0, "options the table does not know");
     wait_for("a debug line per ng command", || stderr_contains(&relay, "ng command"));
     assert!(stderr_contains(&relay, "delete"), "the delete was logged");
 }

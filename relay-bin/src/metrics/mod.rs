@@ -257,6 +257,11 @@ fn ng(s: &mut Scrape, stats: &NgStatsSnapshot, t: &crate::ng::NgTransportStats) 
     );
     s.counter("ucmrc_ng_rejected_offers", "ng offers answered with an error (no call set up)", stats.rejected_offers);
     s.counter(
+        "ucmrc_ng_unknown_options",
+        "Keys and flags of ng requests that no option UCMRC knows uses (without effect)",
+        stats.unknown_options,
+    );
+    s.counter(
         "ucmrc_ng_unknown_directions",
         "ng direction names that matched no interface (the default interface was used)",
         stats.unknown_directions,

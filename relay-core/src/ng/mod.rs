@@ -25,6 +25,7 @@ pub mod bencode;
 pub mod commands;
 mod delayed;
 mod offer_answer;
+pub mod option_table;
 pub(crate) mod options;
 #[doc(hidden)] // SDP rewriting internals, for the fuzz targets
 pub mod sdp;
@@ -561,6 +562,9 @@ impl NgEngine {
                 self.touch(call_id);
             }
         }
+        if command.is_some_and(|c| c.mutating) {
+            self.note_unknown_options(cmd, msg);
+        }
         let ok = reply.get("result").and_then(Value::as_str) != Some("error");
         self.stats.record(commands::kind(cmd), ok, started.elapsed());
         if cmd == "offer" && !ok {
@@ -605,6 +609,21 @@ impl NgEngine {
             }
         }
         interfaces
+    }
+
+    /// Counts the keys and flags of `msg` that no option of the table uses
+    /// (they have no effect) and names them at debug level (names only,
+    /// never values).
+    fn note_unknown_options(&self, cmd: &str, msg: &Value) {
+        let unknown = option_table::unknown_options(msg);
+        if unknown.is_empty() {
+            return;
+        }
+        self.stats.unknown_options.fetch_add(unknown.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let names: Vec<String> = unknown.iter().take(16).map(|n| n.chars().take(64).collect()).collect();
+            tracing::debug!(command = cmd, unknown = ?names, "ng: options no table row knows, without effect");
+        }
     }
 
     /// A call-id for logs: as is, or a short hash when redacted.

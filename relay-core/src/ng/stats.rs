@@ -26,6 +26,8 @@ pub struct NgStats {
     pub deleted_calls: AtomicU64,
     /// `direction` names that matched no interface (the default one was used).
     pub unknown_directions: AtomicU64,
+    /// Keys and flags no option of the table knows (without effect).
+    pub unknown_options: AtomicU64,
 }
 
 /// A copy of [`NgStats`] at one moment.
@@ -46,6 +48,8 @@ pub struct NgStatsSnapshot {
     pub deleted_calls: u64,
     /// `direction` names that matched no interface.
     pub unknown_directions: u64,
+    /// Keys and flags no option knows.
+    pub unknown_options: u64,
 }
 
 impl NgStats {
@@ -74,6 +78,7 @@ impl NgStats {
             rejected_offers: load(&self.rejected_offers),
             deleted_calls: load(&self.deleted_calls),
             unknown_directions: load(&self.unknown_directions),
+            unknown_options: load(&self.unknown_options),
         }
     }
 }
