@@ -1,0 +1,177 @@
+//! The ng engine's behaviour as a table of cases, the way rtpengine's own
+//! tests are written: request options, the SDP in, and the SDP out (the
+//! relay's ports as `PORT`) or the refusal. Every row of the option table
+//! (`ng::option_table::OPTIONS`) has at least one case here, honoured,
+//! ignored or refused; the Kamailio test drives the same engine through a
+//! real proxy.
+
+use relay_core::ng::bencode::{self, Value};
+use relay_core::ng::{NgConfig, NgEngine};
+use relay_core::{Relay, RelayConfig};
+
+/// What the sender offers: plain audio, PCMU and PCMA, RTCP on the next port.
+const PLAIN: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
+
+/// The same offered with rtcp-mux and ICE.
+const MUX_ICE: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\na=rtcp-mux\r\na=ice-ufrag:uf\r\na=ice-pwd:pppppppppppppppppppppp\r\n\
+a=candidate:1 1 udp 2130706431 127.0.0.2 4000 typ host\r\n";
+
+/// SDES-keyed SRTP.
+const SDES: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+m=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+
+/// DTLS-SRTP with SDES keys too.
+const DTLS_SDES: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+m=audio 4000 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:sha-256 AB:CD\r\na=setup:actpass\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+
+/// What a case expects.
+enum Expect {
+    /// This SDP (relay ports as `PORT`).
+    Sdp(&'static str),
+    /// An error whose reason contains this.
+    Refused(&'static str),
+}
+
+struct Case {
+    name: &'static str,
+    /// Extra keys of the offer (JSON-like pairs, flags as a list).
+    options: Vec<(&'static str, Value)>,
+    sdp: &'static str,
+    expect: Expect,
+}
+
+fn flags(f: &[&str]) -> Value {
+    Value::List(f.iter().map(|s| Value::str(s)).collect())
+}
+
+fn s(v: &str) -> Value {
+    Value::str(v)
+}
+
+/// The relay's ports in a rewritten SDP, as `PORT`.
+fn normalise(sdp: &str) -> String {
+    let mut out = String::new();
+    for line in sdp.split_inclusive("\r\n") {
+        let body = line.trim_end_matches("\r\n");
+        let fixed = if let Some(rest) = body.strip_prefix("m=") {
+            let mut parts: Vec<&str> = rest.split(' ').collect();
+            if parts.len() > 1 && parts[1] != "0" {
+                parts[1] = "PORT";
+            }
+            format!("m={}", parts.join(" "))
+        } else if body.starts_with("a=rtcp:") {
+            "a=rtcp:PORT".to_string()
+        } else if body.starts_with("a=candidate:ucmrc") {
+            let mut parts: Vec<&str> = body.split(' ').collect();
+            parts[5] = "PORT";
+            parts.join(" ")
+        } else {
+            body.to_string()
+        };
+        out.push_str(&fixed);
+        out.push_str("\r\n");
+    }
+    out
+}
+
+fn cases() -> Vec<Case> {
+    use Expect::{Refused, Sdp};
+    let case = |name, options: Vec<(&'static str, Value)>, sdp, expect| Case { name, options, sdp, expect };
+    vec![
+        case("call-id, from-tag, sdp: the basic offer", vec![], PLAIN, Sdp(BASIC)),
+        case("rtcp-mux offered by the sender", vec![], MUX_ICE, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0\r\na=rtcp:PORT\r\na=rtcp-mux\r\na=ice-ufrag:uf\r\na=ice-pwd:pppppppppppppppppppppp\r\na=candidate:ucmrc1 1 udp 2130706431 127.0.0.1 PORT typ host\r\na=end-of-candidates\r\n")),
+        case("rtcp-mux-demux", vec![("flags", flags(&["rtcp-mux-demux"]))], MUX_ICE, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0\r\na=rtcp:PORT\r\na=ice-ufrag:uf\r\na=ice-pwd:pppppppppppppppppppppp\r\na=candidate:ucmrc1 1 udp 2130706431 127.0.0.1 PORT typ host\r\na=candidate:ucmrc1 2 udp 2130706430 127.0.0.1 PORT typ host\r\na=end-of-candidates\r\n")),
+        case("rtcp-mux require", vec![("rtcp-mux", flags(&["require"]))], PLAIN, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0 8\r\na=rtcp-mux\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n")),
+        case("rtcp-mux offer", vec![("rtcp-mux", flags(&["offer"]))], PLAIN, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0 8\r\na=rtcp:PORT\r\na=rtcp-mux\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n")),
+        case("rtcp-mux-reject", vec![("flags", flags(&["rtcp-mux-reject"]))], MUX_ICE, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0\r\na=rtcp:PORT\r\na=rtcp-mux\r\na=ice-ufrag:uf\r\na=ice-pwd:pppppppppppppppppppppp\r\na=candidate:ucmrc1 1 udp 2130706431 127.0.0.1 PORT typ host\r\na=end-of-candidates\r\n")),
+        case("rtcp-mux nonsense", vec![("rtcp-mux", flags(&["sideways"]))], PLAIN, Refused("unknown rtcp-mux option")),
+        case("ICE=remove", vec![("flags", flags(&["ICE=remove"]))], MUX_ICE, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0\r\na=rtcp:PORT\r\na=rtcp-mux\r\n")),
+        case("ICE force on an ICE offer", vec![("ICE", s("force"))], MUX_ICE, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0\r\na=rtcp:PORT\r\na=rtcp-mux\r\na=ice-ufrag:uf\r\na=ice-pwd:pppppppppppppppppppppp\r\na=candidate:ucmrc1 1 udp 2130706431 127.0.0.1 PORT typ host\r\na=end-of-candidates\r\n")),
+        case("ICE force without ICE", vec![("ICE", s("force"))], PLAIN, Refused("ICE: force")),
+        case("direction naming no interface", vec![("direction", flags(&["lan", "wan"]))], PLAIN, Sdp(BASIC)),
+        case("media-address", vec![("media-address", s("203.0.113.9"))], PLAIN, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 203.0.113.9\r\nt=0 0\r\nm=audio PORT RTP/AVP 0 8\r\na=rtcp:PORT\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n")),
+        case("address family IP6 on an IPv4 relay", vec![("address family", s("IP6"))], PLAIN, Refused("address family IP6")),
+        case("address family IP4", vec![("address family", s("IP4"))], PLAIN, Sdp(BASIC)),
+        case("replace-origin", vec![("flags", flags(&["replace-origin"]))], PLAIN, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0 8\r\na=rtcp:PORT\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n")),
+        case("replace session-connection", vec![("replace", flags(&["session-connection"]))], PLAIN, Sdp(BASIC)),
+        case("replace sdp-version (ignored)", vec![("replace", flags(&["sdp-version", "username"]))], PLAIN, Sdp(BASIC)),
+        case("SDES-off with DTLS keys", vec![("flags", flags(&["SDES-off"]))], DTLS_SDES, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT UDP/TLS/RTP/SAVP 0\r\na=rtcp:PORT\r\na=fingerprint:sha-256 AB:CD\r\na=setup:actpass\r\n")),
+        case("SDES-off leaving no keys", vec![("SDES", flags(&["off"]))], SDES, Refused("SDES: off")),
+        case("other SDES parameters (ignored)", vec![("flags", flags(&["SDES-no-AES_CM_128_HMAC_SHA1_32"]))], SDES, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/SAVP 0\r\na=rtcp:PORT\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n")),
+        case("DTLS=off with SDES keys", vec![("DTLS", s("off"))], DTLS_SDES, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/SAVP 0\r\na=rtcp:PORT\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n")),
+        case("DTLS passive (ignored)", vec![("DTLS", s("passive"))], DTLS_SDES, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT UDP/TLS/RTP/SAVP 0\r\na=rtcp:PORT\r\na=fingerprint:sha-256 AB:CD\r\na=setup:actpass\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n")),
+        case("transport-protocol within a family", vec![("transport-protocol", s("RTP/AVPF"))], PLAIN, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVPF 0 8\r\na=rtcp:PORT\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n")),
+        case("transport-protocol across families", vec![("transport-protocol", s("RTP/SAVP"))], PLAIN, Refused("needs SRTP encryption or decryption")),
+        case("codec-strip-PCMA", vec![("flags", flags(&["codec-strip-PCMA"]))], PLAIN, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0\r\na=rtcp:PORT\r\na=rtpmap:0 PCMU/8000\r\n")),
+        case("codec mask", vec![("codec", Value::Dict([(b"mask".to_vec(), flags(&["PCMU"]))].into_iter().collect()))], PLAIN, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 8\r\na=rtcp:PORT\r\na=rtpmap:8 PCMA/8000\r\n")),
+        case("codec strip all except PCMU", vec![("flags", flags(&["codec-strip-all", "codec-except-PCMU"]))], PLAIN, Sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio PORT RTP/AVP 0\r\na=rtcp:PORT\r\na=rtpmap:0 PCMU/8000\r\n")),
+        case("codec strip of every codec", vec![("flags", flags(&["codec-strip-all"]))], PLAIN, Refused("no codec")),
+        case("codec transcode", vec![("codec", Value::Dict([(b"transcode".to_vec(), flags(&["G722"]))].into_iter().collect()))], PLAIN, Refused("transcod")),
+        case("ptime", vec![("ptime", Value::Int(30))], PLAIN, Refused("ptime")),
+        case("record call", vec![("record call", s("yes"))], PLAIN, Refused("never records")),
+        case("record call no", vec![("record call", s("no"))], PLAIN, Sdp(BASIC)),
+        case("T.38", vec![("T.38", flags(&["decode"]))], PLAIN, Refused("T.38")),
+        case("transcode flag", vec![("flags", flags(&["always-transcode"]))], PLAIN, Refused("always-transcode")),
+        case("media echo", vec![("media echo", s("forward"))], PLAIN, Refused("media echo")),
+        case("received-from", vec![("received-from", flags(&["IP4", "127.0.0.3"]))], PLAIN, Sdp(BASIC)),
+        case("label", vec![("label", s("caller"))], PLAIN, Sdp(BASIC)),
+        case("no-authenticated-latching", vec![("flags", flags(&["no-authenticated-latching"]))], PLAIN, Sdp(BASIC)),
+        case("trust-address, symmetric (ignored)", vec![("flags", flags(&["trust-address", "symmetric", "port-latching"]))], PLAIN, Sdp(BASIC)),
+        case("asymmetric, media-handover (ignored)", vec![("flags", flags(&["asymmetric", "media-handover"]))], PLAIN, Sdp(BASIC)),
+        case("no-redis-update (ignored)", vec![("flags", flags(&["no-redis-update"]))], PLAIN, Sdp(BASIC)),
+        case("unidirectional, loop-protect, TOS (ignored)", vec![("flags", flags(&["unidirectional", "loop-protect"])), ("TOS", Value::Int(184))], PLAIN, Sdp(BASIC)),
+        case("xmlrpc-callback, supports, OSRTP (ignored)", vec![("xmlrpc-callback", s("127.0.0.1")), ("flags", flags(&["OSRTP"]))], PLAIN, Sdp(BASIC)),
+    ]
+}
+
+/// The basic offer rewritten: `c=` and `m=` name the relay, RTCP its port.
+const BASIC: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio PORT RTP/AVP 0 8\r\na=rtcp:PORT\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
+
+/// Runs one offer through `engine`: the rewritten SDP, or the refusal.
+fn offer(engine: &NgEngine, rt: &tokio::runtime::Runtime, n: usize, c: &Case) -> Result<String, String> {
+    let mut pairs = vec![
+        ("command", s("offer")),
+        ("call-id", Value::Bytes(format!("case-{n}").into_bytes())),
+        ("from-tag", s("caller")),
+        ("sdp", s(c.sdp)),
+    ];
+    pairs.extend(c.options.iter().cloned());
+    let msg = [format!("k{n} ").into_bytes(), bencode::dict(pairs).encode()].concat();
+    let reply = rt.block_on(engine.handle_message(&msg));
+    let at = reply.iter().position(|b| *b == b' ').expect("cookie");
+    let v = bencode::decode(&reply[at + 1..]).expect("bencode reply");
+    match v.get("sdp").and_then(Value::as_str) {
+        Some(sdp) => Ok(normalise(sdp)),
+        None => Err(v.get("error-reason").and_then(Value::as_str).unwrap_or("").to_string()),
+    }
+}
+
+#[test]
+fn every_option_behaves_as_its_case_says() {
+    let relay = Relay::start(RelayConfig { port_min: 26000, port_max: 26999, workers: 1, ..RelayConfig::default() })
+        .expect("relay");
+    let engine = NgEngine::new(relay.handle(), NgConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let cases = cases();
+    assert!(
+        cases.len() >= relay_core::ng::option_table::OPTIONS.len(),
+        "at least one case per row of the option table"
+    );
+    let mut failures = Vec::new();
+    for (n, c) in cases.iter().enumerate() {
+        let got = offer(&engine, &rt, n, c);
+        let ok = match (&c.expect, &got) {
+            (Expect::Sdp(want), Ok(sdp)) => sdp == want,
+            (Expect::Refused(why), Err(reason)) => reason.contains(why),
+            _ => false,
+        };
+        if !ok {
+            failures.push(format!("{}:\n  got {got:?}", c.name));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
