@@ -244,7 +244,7 @@ impl LegRequest {
             stun_password: f.stun_password,
             limits: f.limits,
             await_hint: self.await_hint,
-            interface: 0,
+            ..LegSpec::default()
         })
     }
 }

@@ -58,10 +58,11 @@ struct LegInputs {
 }
 
 /// rtcp-mux for one media section: what the rewritten SDP offers or
-/// answers, and what each leg's remote does (`None`: unchanged).
+/// answers (with an RTCP fallback port or not), and what each leg's
+/// remote does (`None`: unchanged).
 struct MuxOutcome {
     sdp_mux: bool,
-    sdp_rtcp_port: Option<u16>,
+    rtcp_fallback: bool,
     sender_mux: Option<bool>,
     other_mux: Option<bool>,
 }
@@ -196,42 +197,42 @@ impl NgEngine {
                 continue;
             }
             let inputs = LegInputs::of(m, plan, &req.opts);
-            let existing = k < call.media.len();
-            if !existing {
-                let media = self.allocate_media(m, &inputs, sides, req.interfaces, k).await?;
+            let existing = call.media.get(k).map(|media| (media.mux, media.remote_mux, media.keyed));
+            let (mut negotiation, mut remote_mux, mut keyed) = existing.unwrap_or_default();
+            keyed[sides.sender] |= inputs.keys.is_some();
+            keyed[sides.other] |= inputs.ice_pwd.is_some();
+            let mux = negotiate_mux(req.offer, m.rtcp_mux, req.opts.rtcp_mux, sides, &mut negotiation, &mut remote_mux);
+            let latch = (use_keys && keyed == [true, true]).then_some(LatchPolicy::Authenticated);
+            // One round trip per section: a new one is allocated with
+            // everything it needs; an existing one is updated (once the SDP's
+            // address is known to be right).
+            let toward_of =
+                |media: &Media| if sides.sender_is_offerer { media.alloc.endpoint } else { media.alloc.pbx };
+            let toward = if existing.is_some() {
+                let media = &mut call.media[k];
+                (media.mux, media.remote_mux, media.keyed) = (negotiation, remote_mux, keyed);
+                let toward = toward_of(media);
+                sdp_addr = Some(sdp_address(&req.opts, toward, sdp_addr)?);
+                let mut update = leg_updates(sides.sender, inputs.sender_update(&mux), inputs.other_update(&mux));
+                update.latch = latch;
+                if let Err(e) = self.handle.update(media.id, update).await {
+                    return Err(error(format!("media section {}: {e}", k + 1)));
+                }
+                toward
+            } else {
+                let fresh = NewMedia { inputs: &inputs, mux: &mux, latch, sides, interfaces: req.interfaces };
+                let mut media = self.allocate_media(m, fresh, k).await?;
+                (media.mux, media.remote_mux, media.keyed) = (negotiation, remote_mux, keyed);
+                let toward = toward_of(&media);
                 call.media.push(media);
-            }
-            let media = if existing { &mut call.media[k] } else { call.media.last_mut().expect("just pushed") };
-            media.keyed[sides.sender] |= inputs.keys.is_some();
-            media.keyed[sides.other] |= inputs.ice_pwd.is_some();
-            let toward = if sides.sender_is_offerer { media.alloc.endpoint } else { media.alloc.pbx };
-            let mux = media.negotiate_mux(req.offer, m.rtcp_mux, req.opts.rtcp_mux, sides, toward);
-            let addr = sdp_address(&req.opts, toward, sdp_addr)?;
-            sdp_addr = Some(addr);
-            let sender_update = LegUpdate {
-                hint: inputs.hint,
-                srtp_auth: inputs.keys,
-                rtcp_port: inputs.rtcp_port,
-                rtcp_mux: mux.sender_mux,
-                ..LegUpdate::default()
+                sdp_addr = Some(sdp_address(&req.opts, toward, sdp_addr)?);
+                toward
             };
-            let other_update = LegUpdate {
-                stun_password: inputs.ice_pwd.map(String::into_bytes),
-                rtcp_mux: mux.other_mux,
-                ..LegUpdate::default()
-            };
-            let mut update = leg_updates(sides.sender, sender_update, other_update);
-            if use_keys && media.keyed == [true, true] {
-                update.latch = Some(LatchPolicy::Authenticated);
-            }
-            if let Err(e) = self.handle.update(media.id, update).await {
-                return Err(error(format!("media section {}: {e}", k + 1)));
-            }
             // The rewritten SDP goes to the *other* party: it must send to
             // the leg facing the SDP's sender's peer.
             rewrites.push(Some(MediaRewrite {
                 rtp: toward.rtp.port(),
-                rtcp: mux.sdp_rtcp_port,
+                rtcp: if mux.rtcp_fallback { toward.rtcp.map(|a| a.port()) } else { None },
                 mux: mux.sdp_mux,
                 ice: plan.ice,
                 proto: plan.proto.clone(),
@@ -243,34 +244,34 @@ impl NgEngine {
         Ok((rewrites, sdp_addr))
     }
 
-    /// A new media section's session. Every leg gets an even/odd pair, as
-    /// with rtpengine: a mux offer carries an RTCP fallback port that is
-    /// really reserved, so an answerer without rtcp-mux still works.
-    async fn allocate_media(
-        &self,
-        m: &sdp::MediaInfo,
-        inputs: &LegInputs,
-        sides: Sides,
-        interfaces: [u8; 2],
-        k: usize,
-    ) -> Result<Media, Value> {
+    /// A new media section's session, with everything the update of an
+    /// existing one would set. Every leg gets an even/odd pair, as with
+    /// rtpengine: a mux offer carries an RTCP fallback port that is really
+    /// reserved, so an answerer without rtcp-mux still works.
+    async fn allocate_media(&self, m: &sdp::MediaInfo, new: NewMedia<'_>, k: usize) -> Result<Media, Value> {
+        let NewMedia { inputs, mux, latch, sides, interfaces } = new;
         let mut legs = [
             LegSpec::default(),
             // The answerer's address is unknown until its SDP: its leg
             // latches nothing before that.
             LegSpec { await_hint: true, ..LegSpec::default() },
         ];
-        legs[sides.sender].hint = inputs.hint;
-        legs[sides.sender].interface = interfaces[0];
-        legs[sides.other].interface = interfaces[1];
-        legs[sides.sender].srtp_auth = inputs.keys.clone();
-        legs[sides.other].stun_password = inputs.ice_pwd.clone().map(String::into_bytes);
+        let sender = &mut legs[sides.sender];
+        sender.hint = inputs.hint;
+        sender.interface = interfaces[0];
+        sender.srtp_auth = inputs.keys.clone();
+        sender.remote_rtcp_port = inputs.rtcp_port;
+        sender.remote_rtcp_mux = mux.sender_mux.unwrap_or(false);
+        let other = &mut legs[sides.other];
+        other.interface = interfaces[1];
+        other.stun_password = inputs.ice_pwd.clone().map(String::into_bytes);
+        other.remote_rtcp_mux = mux.other_mux.unwrap_or(false);
         let [pbx, endpoint] = legs;
         let spec = SessionSpec {
             tenant: self.config.tenant.clone(),
             pbx,
             endpoint,
-            latch: Some(LatchPolicy::Window),
+            latch: Some(latch.unwrap_or(LatchPolicy::Window)),
             ..SessionSpec::default()
         };
         let alloc = self.handle.allocate(spec).await.map_err(|e| super::allocation_error(k + 1, &e))?;
@@ -285,6 +286,15 @@ impl NgEngine {
             blocked: [false; 2],
         })
     }
+}
+
+/// What a new media section's allocation carries.
+struct NewMedia<'a> {
+    inputs: &'a LegInputs,
+    mux: &'a MuxOutcome,
+    latch: Option<LatchPolicy>,
+    sides: Sides,
+    interfaces: [u8; 2],
 }
 
 impl Call {
@@ -321,62 +331,78 @@ impl Call {
     }
 }
 
-impl Media {
-    /// rtcp-mux (RFC 5761), rtpengine's way. An offer records what was
-    /// offered on (`require`: the recipient multiplexes from the start); an
-    /// answer settles what each remote does. `toward` is the leg the
-    /// rewritten SDP's recipient sends to.
-    fn negotiate_mux(
-        &mut self,
-        offer: bool,
-        sdp_mux: bool,
-        opts: MuxOptions,
-        sides: Sides,
-        toward: LegAddresses,
-    ) -> MuxOutcome {
-        let rtcp_port = toward.rtcp.map(|a| a.port());
-        if offer {
-            let n = MuxNegotiation {
-                offered_by_sender: sdp_mux,
-                offered_on: (sdp_mux && !opts.demux) || opts.offer || opts.require,
-                require: opts.require,
-                forced: if !sdp_mux {
-                    None
-                } else if opts.reject {
-                    Some(false)
-                } else if opts.demux || opts.accept {
-                    Some(true)
-                } else {
-                    None
-                },
-            };
-            self.mux = n;
-            if n.require {
-                self.remote_mux[sides.other] = true;
-            }
-            MuxOutcome {
-                sdp_mux: n.offered_on,
-                sdp_rtcp_port: if n.require { None } else { rtcp_port },
-                sender_mux: None,
-                other_mux: n.require.then_some(true),
-            }
-        } else {
-            let n = self.mux;
-            let answerer_mux = (sdp_mux && n.offered_on) || n.require;
-            let to_offerer = n.offered_by_sender && n.forced.unwrap_or(answerer_mux);
-            self.remote_mux[sides.sender] = answerer_mux;
-            self.remote_mux[sides.other] = to_offerer;
-            MuxOutcome {
-                sdp_mux: to_offerer,
-                sdp_rtcp_port: if to_offerer { None } else { rtcp_port },
-                sender_mux: Some(answerer_mux),
-                other_mux: Some(to_offerer),
-            }
+/// rtcp-mux (RFC 5761), rtpengine's way, for one media section whose
+/// negotiation so far is `n` and whose remotes' multiplexing is
+/// `remote_mux` (pbx, endpoint). An offer records what was offered on
+/// (`require`: the recipient multiplexes from the start); an answer settles
+/// what each remote does.
+fn negotiate_mux(
+    offer: bool,
+    sdp_mux: bool,
+    opts: MuxOptions,
+    sides: Sides,
+    n: &mut MuxNegotiation,
+    remote_mux: &mut [bool; 2],
+) -> MuxOutcome {
+    if offer {
+        *n = MuxNegotiation {
+            offered_by_sender: sdp_mux,
+            offered_on: (sdp_mux && !opts.demux) || opts.offer || opts.require,
+            require: opts.require,
+            forced: if !sdp_mux {
+                None
+            } else if opts.reject {
+                Some(false)
+            } else if opts.demux || opts.accept {
+                Some(true)
+            } else {
+                None
+            },
+        };
+        if n.require {
+            remote_mux[sides.other] = true;
+        }
+        MuxOutcome {
+            sdp_mux: n.offered_on,
+            rtcp_fallback: !n.require,
+            sender_mux: None,
+            other_mux: n.require.then_some(true),
+        }
+    } else {
+        let answerer_mux = (sdp_mux && n.offered_on) || n.require;
+        let to_offerer = n.offered_by_sender && n.forced.unwrap_or(answerer_mux);
+        remote_mux[sides.sender] = answerer_mux;
+        remote_mux[sides.other] = to_offerer;
+        MuxOutcome {
+            sdp_mux: to_offerer,
+            rtcp_fallback: !to_offerer,
+            sender_mux: Some(answerer_mux),
+            other_mux: Some(to_offerer),
         }
     }
 }
 
 impl LegInputs {
+    /// The update of the leg facing the sender (an existing section).
+    fn sender_update(&self, mux: &MuxOutcome) -> LegUpdate {
+        LegUpdate {
+            hint: self.hint,
+            srtp_auth: self.keys.clone(),
+            rtcp_port: self.rtcp_port,
+            rtcp_mux: mux.sender_mux,
+            ..LegUpdate::default()
+        }
+    }
+
+    /// The update of the other leg (an existing section).
+    fn other_update(&self, mux: &MuxOutcome) -> LegUpdate {
+        LegUpdate {
+            stun_password: self.ice_pwd.clone().map(String::into_bytes),
+            rtcp_mux: mux.other_mux,
+            ..LegUpdate::default()
+        }
+    }
+
     fn of(m: &sdp::MediaInfo, plan: &MediaPlan, opts: &Options) -> LegInputs {
         // A private SDP address behind a public SIP source: the source's IP.
         let ip = m.addr.map(|ip| match (opts.received_from, ip) {

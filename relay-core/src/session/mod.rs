@@ -223,8 +223,8 @@ impl Leg {
             budget: ProofBudget::new(now),
             proven: Vec::new(),
             await_hint: spec.await_hint,
-            remote_mux: false,
-            rtcp_hint_port: None,
+            remote_mux: spec.remote_rtcp_mux,
+            rtcp_hint_port: spec.remote_rtcp_port.filter(|p| *p != 0),
             blocked: false,
             last_rtp: None,
             last_rtcp: None,
@@ -428,6 +428,13 @@ pub(crate) fn validate_spec(
         defaults,
         policy,
     )?;
+    // An RTCP port is checked with the address it will go to.
+    for (leg, side) in [(&spec.pbx, "pbx.remote_rtcp_port"), (&spec.endpoint, "endpoint.remote_rtcp_port")] {
+        if let (Some(port), Some(hint)) = (leg.remote_rtcp_port.filter(|p| *p != 0), leg.hint) {
+            validate_hint(SocketAddr::new(hint.ip(), port), policy)
+                .map_err(|reason| InvalidSpec::address_refused(side, reason))?;
+        }
+    }
     let latch = spec.latch.unwrap_or(defaults.latch);
     let verify = spec.verify.unwrap_or(defaults.verify);
     check_credentials(

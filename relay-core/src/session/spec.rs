@@ -140,6 +140,14 @@ pub struct LegSpec {
     /// two legs of a session may sit on different interfaces (LAN ⇄
     /// internet). [`crate::RelayHandle::interface`] finds one by name.
     pub interface: u8,
+    /// The remote multiplexes RTCP on its RTP port (rtcp-mux negotiated
+    /// in signalling) though the leg has an RTCP port of its own: RTCP to
+    /// it leaves from the RTP port. What [`LegUpdate::rtcp_mux`] sets later.
+    pub remote_rtcp_mux: bool,
+    /// The remote's RTCP port (RFC 3605 `a=rtcp:`), when it is not the RTP
+    /// port + 1 (`None` or 0: RTP port + 1). What [`LegUpdate::rtcp_port`]
+    /// sets later.
+    pub remote_rtcp_port: Option<u16>,
 }
 
 impl std::fmt::Debug for LegSpec {
@@ -152,6 +160,8 @@ impl std::fmt::Debug for LegSpec {
             .field("limits", &self.limits)
             .field("await_hint", &self.await_hint)
             .field("interface", &self.interface)
+            .field("remote_rtcp_mux", &self.remote_rtcp_mux)
+            .field("remote_rtcp_port", &self.remote_rtcp_port)
             .finish()
     }
 }
