@@ -27,6 +27,10 @@ const DTLS_SDES: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.
 m=audio 4000 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:sha-256 AB:CD\r\na=setup:actpass\r\n\
 a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
 
+/// An offer whose RTCP port (RFC 3605) is one of the relay's own.
+const RTCP_AT_RELAY: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\na=rtcp:26001\r\n";
+
 /// What a case expects.
 enum Expect {
     /// This SDP (relay ports as `PORT`).
@@ -116,6 +120,9 @@ fn cases() -> Vec<Case> {
         case("T.38", vec![("T.38", flags(&["decode"]))], PLAIN, Refused("T.38")),
         case("transcode flag", vec![("flags", flags(&["always-transcode"]))], PLAIN, Refused("always-transcode")),
         case("media echo", vec![("media echo", s("forward"))], PLAIN, Refused("media echo")),
+        // An RFC 3605 RTCP port naming one of the relay's own ports (its
+        // range is 26000-26999 here) is refused like any own-address hint.
+        case("a=rtcp naming a relay port", vec![], RTCP_AT_RELAY, Refused("relay's own")),
         case("received-from", vec![("received-from", flags(&["IP4", "127.0.0.3"]))], PLAIN, Sdp(BASIC)),
         case("label", vec![("label", s("caller"))], PLAIN, Sdp(BASIC)),
         case("no-authenticated-latching", vec![("flags", flags(&["no-authenticated-latching"]))], PLAIN, Sdp(BASIC)),
