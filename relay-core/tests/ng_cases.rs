@@ -147,7 +147,9 @@ fn offer(engine: &NgEngine, rt: &tokio::runtime::Runtime, n: usize, c: &Case) ->
         ("sdp", s(c.sdp)),
     ];
     pairs.extend(c.options.iter().cloned());
-    let msg = [format!("k{n} ").into_bytes(), bencode::dict(pairs).encode()].concat();
+    // The cookie names the case too: the engine answers a repeated cookie from its cache.
+    let cookie: String = format!("k{n}-{}", c.name).chars().filter(|ch| !ch.is_whitespace()).take(100).collect();
+    let msg = [cookie.as_bytes(), b" ", &bencode::dict(pairs).encode()].concat();
     let reply = rt.block_on(engine.handle_message(&msg));
     let at = reply.iter().position(|b| *b == b' ').expect("cookie");
     let v = bencode::decode(&reply[at + 1..]).expect("bencode reply");
@@ -181,4 +183,33 @@ fn every_option_behaves_as_its_case_says() {
         }
     }
     assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// A re-offer that adds sections and then fails (here: the relay runs out
+/// of ports on the second new one) takes back what it allocated; the call
+/// stays as it was.
+#[test]
+fn a_failed_reoffer_keeps_no_new_session() {
+    // Eight ports: the first offer's section and one more (four a section).
+    let relay = Relay::start(RelayConfig {
+        port_min: 27000,
+        port_max: 27007,
+        workers: 1,
+        tenant_port_share_percent: 100,
+        ..RelayConfig::default()
+    })
+    .expect("relay");
+    let h = relay.handle();
+    let engine = NgEngine::new(h.clone(), NgConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let first = Case { name: "offer", options: vec![], sdp: PLAIN, expect: Expect::Sdp(BASIC) };
+    assert!(offer(&engine, &rt, 0, &first).is_ok());
+    let three: &'static str = "v=0\r\no=- 1 2 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\nm=video 4004 RTP/AVP 96\r\n";
+    // The same call (`offer` names calls by their number), a new cookie.
+    let again = Case { name: "re-offer", options: vec![], sdp: three, expect: Expect::Refused("Ran out of ports") };
+    let refused = offer(&engine, &rt, 0, &again);
+    assert!(refused.as_ref().is_err_and(|r| r.contains("Ran out of ports")), "{refused:?}");
+    let active = h.counters().wait().expect("counters").total.sessions_active;
+    assert_eq!(active, 1, "the call keeps its one session; the re-offer's new one is gone");
 }

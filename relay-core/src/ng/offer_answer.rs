@@ -84,6 +84,7 @@ impl NgEngine {
             return error("unknown call-id");
         }
         let mut call = existing.unwrap_or_else(|| Call::new(req.from_tag));
+        let known_sections = call.media.len();
         let sides = call.begin(&req);
         let rewritten = match self.apply_media(&mut call, &req, sides).await {
             Ok((rewrites, sdp_addr)) => {
@@ -96,11 +97,12 @@ impl NgEngine {
         let out = match rewritten {
             Ok(out) => out,
             Err(e) => {
+                // What this request allocated goes: all of a new call, the
+                // new sections of an existing one (which stays as it was).
+                for media in call.media.drain(known_sections..) {
+                    let _ = self.handle.discard(media.id).await;
+                }
                 if is_new {
-                    // A new call that failed half-way keeps nothing.
-                    for media in call.media.drain(..) {
-                        let _ = self.handle.discard(media.id).await;
-                    }
                     self.lock_table().remove_if(req.call_id, &slot);
                 }
                 return e;
