@@ -722,7 +722,7 @@ impl NgEngine {
         } else {
             // Bounded like the call table: beyond it, released at once.
             let cap = self.config.limits.max_calls.saturating_mul(self.config.limits.max_media_per_call);
-            let at = Instant::now() + delay;
+            let at = crate::session::instant_after(Instant::now(), delay);
             let now_ids = self.lock_delayed().handle_delete(at, ids, cap);
             self.timers_changed.notify_one();
             now_ids
