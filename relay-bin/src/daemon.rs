@@ -151,11 +151,8 @@ struct Admin {
 impl Admin {
     /// Binds `admin.listen` and serves the admin API on it.
     async fn serve(cfg: &Config, state: &Arc<AdminState>) -> Result<Admin, String> {
-        let listen = cfg.file.admin.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on admin.listen {listen}: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let at = cfg.file.admin.listen;
+        let (listener, addr) = listen(at, format!("admin.listen {at}")).await?;
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(admin::serve(listener, state.clone(), async move {
             let _ = stop_rx.wait_for(|s| *s).await;
@@ -168,6 +165,14 @@ impl Admin {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
     }
+}
+
+/// A TCP listener on `addr` and the address it got (a kernel-chosen port
+/// resolved); the error names `what` (the key and its value).
+async fn listen(addr: SocketAddr, what: String) -> Result<(tokio::net::TcpListener, SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {what}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener, local))
 }
 
 /// Starts the ng listeners when enabled; the banner line.
@@ -190,10 +195,7 @@ async fn start_control(cfg: &Config, state: &AdminState, bound: &mut Vec<SocketA
     let (Some(server), Some(c)) = (&state.control, &cfg.control) else {
         return Ok("control channel disabled (no [control] section)".to_string());
     };
-    let listener = tokio::net::TcpListener::bind(c.listen)
-        .await
-        .map_err(|e| format!("cannot listen on control.listen {}: {e}", c.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (listener, addr) = listen(c.listen, format!("control.listen {}", c.listen)).await?;
     bound.push(addr);
     let serving = server.clone();
     tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
@@ -211,17 +213,11 @@ async fn start_tunnels(cfg: &Config, state: &AdminState, bound: &mut Vec<SocketA
     let (Some(server), Some(t)) = (&state.tunnels, &cfg.tunnels) else {
         return Ok("tunnels disabled (no [tunnels] section)".to_string());
     };
-    let data = tokio::net::TcpListener::bind(t.data_listen)
-        .await
-        .map_err(|e| format!("cannot listen on tunnels.data_listen {}: {e}", t.data_listen))?;
-    let data_addr = data.local_addr().map_err(|e| e.to_string())?;
+    let (data, data_addr) = listen(t.data_listen, format!("tunnels.data_listen {}", t.data_listen)).await?;
     bound.push(data_addr);
     let mut shown = Vec::new();
     for (addr, service) in &t.listeners {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on tunnels.listeners {addr} ({service}): {e}"))?;
-        let local = l.local_addr().map_err(|e| e.to_string())?;
+        let (l, local) = listen(*addr, format!("tunnels.listeners {addr} ({service})")).await?;
         bound.push(local);
         shown.push(format!("{service}=tcp://{local}"));
         let (server, service) = (server.clone(), service.clone());
