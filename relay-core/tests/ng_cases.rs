@@ -213,3 +213,74 @@ m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\nm=video 4004 RTP/AVP 96\r\n
     let active = h.counters().wait().expect("counters").total.sessions_active;
     assert_eq!(active, 1, "the call keeps its one session; the re-offer's new one is gone");
 }
+
+/// Sends one ng command (`pairs`) and returns the reply.
+fn command(engine: &NgEngine, rt: &tokio::runtime::Runtime, cookie: &str, pairs: Vec<(&str, Value)>) -> Value {
+    let msg = [cookie.as_bytes(), b" ", &bencode::dict(pairs).encode()].concat();
+    let reply = rt.block_on(engine.handle_message(&msg));
+    let at = reply.iter().position(|b| *b == b' ').expect("cookie");
+    bencode::decode(&reply[at + 1..]).expect("bencode reply")
+}
+
+/// The `m=` ports of an SDP, in order.
+fn media_ports(sdp: &str) -> Vec<u16> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("m="))
+        .map(|m| m.split(' ').nth(1).and_then(|p| p.parse().ok()).expect("m= port"))
+        .collect()
+}
+
+/// A disabled section (port 0) before an enabled one: the answer finds the
+/// offer's session by its SDP section, not by its place among the call's
+/// sessions, and updates it rather than allocating another.
+#[test]
+fn an_answer_after_a_disabled_section_updates_the_offers_session() {
+    let relay = Relay::start(RelayConfig {
+        port_min: 27100,
+        port_max: 27199,
+        workers: 1,
+        tenant_port_share_percent: 100,
+        ..RelayConfig::default()
+    })
+    .expect("relay");
+    let h = relay.handle();
+    let engine = NgEngine::new(h.clone(), NgConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let sdp = |ip: &str, port: u16| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 0 RTP/AVP 0\r\nm=video {port} RTP/AVP 96\r\n"
+        )
+    };
+    let offered = command(
+        &engine,
+        &rt,
+        "o1",
+        vec![("command", s("offer")), ("call-id", s("c1")), ("from-tag", s("a")), ("sdp", s(&sdp("127.0.0.2", 4002)))],
+    );
+    let offer_sdp = offered.get("sdp").and_then(Value::as_str).expect("offer answered").to_string();
+    let answered = command(
+        &engine,
+        &rt,
+        "a1",
+        vec![
+            ("command", s("answer")),
+            ("call-id", s("c1")),
+            ("from-tag", s("a")),
+            ("to-tag", s("b")),
+            ("sdp", s(&sdp("127.0.0.3", 5002))),
+        ],
+    );
+    let answer_sdp = answered.get("sdp").and_then(Value::as_str).expect("answer answered").to_string();
+    let active = h.counters().wait().expect("counters").total.sessions_active;
+    assert_eq!(active, 1, "one enabled section, one session");
+    let (offer_ports, answer_ports) = (media_ports(&offer_sdp), media_ports(&answer_sdp));
+    assert_eq!((offer_ports[0], answer_ports[0]), (0, 0), "the disabled section stays disabled");
+    // The answer reached the offer's session: both of its legs know their
+    // remotes, and the two SDPs name its two legs.
+    let page = h.list(None, 10).wait().expect("list");
+    let session = &page.sessions[0];
+    assert_eq!(session.pbx.hint, Some("127.0.0.2:4002".parse().expect("addr")));
+    assert_eq!(session.endpoint.hint, Some("127.0.0.3:5002".parse().expect("addr")));
+    assert_eq!(offer_ports[1], session.endpoint.ports.rtp, "the answerer sends to the endpoint leg");
+    assert_eq!(answer_ports[1], session.pbx.ports.rtp, "the offerer sends to the pbx leg");
+}

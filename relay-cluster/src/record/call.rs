@@ -46,6 +46,10 @@ struct Mux {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Media {
     session: String,
+    /// The SDP media section; absent in records written before it was
+    /// kept, whose sections are their positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    section: Option<usize>,
     pbx: Addrs,
     endpoint: Addrs,
     kind: String,
@@ -83,6 +87,7 @@ impl StoredCall {
                 .iter()
                 .map(|m| Media {
                     session: m.session.clone(),
+                    section: Some(m.section),
                     pbx: Addrs { rtp: m.pbx.0, rtcp: m.pbx.1 },
                     endpoint: Addrs { rtp: m.endpoint.0, rtcp: m.endpoint.1 },
                     kind: m.kind.clone(),
@@ -106,8 +111,10 @@ impl StoredCall {
             media: self
                 .media
                 .into_iter()
-                .map(|m| MediaState {
+                .enumerate()
+                .map(|(k, m)| MediaState {
                     session: m.session,
+                    section: m.section.unwrap_or(k),
                     pbx: (m.pbx.rtp, m.pbx.rtcp),
                     endpoint: (m.endpoint.rtp, m.endpoint.rtcp),
                     kind: m.kind,
@@ -208,8 +215,10 @@ impl Codec {
             media: c
                 .media
                 .into_iter()
-                .map(|m| MediaState {
+                .enumerate()
+                .map(|(k, m)| MediaState {
                     session: m.session,
+                    section: k,
                     pbx: m.pbx,
                     endpoint: m.endpoint,
                     kind: m.kind,

@@ -266,6 +266,7 @@ fn golden_call() -> relay_core::ng::CallState {
         created: 1_796_563_592,
         media: vec![MediaState {
             session: GOLDEN_ID.into(),
+            section: 0,
             pbx: (a(30_000), Some(a(30_001))),
             endpoint: (a(30_002), None),
             kind: "audio".into(),

@@ -27,6 +27,7 @@ mod delayed;
 mod offer_answer;
 pub mod option_table;
 pub(crate) mod options;
+mod plan;
 #[doc(hidden)] // SDP rewriting internals, for the fuzz targets
 pub mod sdp;
 pub(crate) mod state;
@@ -40,17 +41,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine as _;
 use bencode::{dict, Value};
 use tokio::sync::Mutex;
 
 use crate::relay::{AllocatedSession, RelayHandle};
-use crate::session::spec::{LegUpdate, SessionUpdate, SrtpAuth};
+use crate::session::spec::SessionUpdate;
 use crate::session::SessionId;
-use crate::srtp_keys::{derive_auth_keys, SrtpMasterKey};
 use commands::Handler;
-use options::{security, IceMode, Options, Security};
-use sdp::IceRewrite;
 use stats::NgStats;
 
 /// How long a reply stays cached for retransmissions.
@@ -152,6 +149,8 @@ struct MuxNegotiation {
 struct Media {
     id: SessionId,
     alloc: AllocatedSession,
+    /// Its SDP media section (0-based; disabled sections have no entry).
+    section: usize,
     kind: String,
     proto: String,
     /// Whether each leg's remote (pbx, endpoint) multiplexes RTCP.
@@ -317,23 +316,6 @@ fn list_contains(msg: &Value, key: &str, name: &str) -> bool {
     msg.get(key)
         .map(|f| f.items().iter().any(|v| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(name))))
         .unwrap_or(false)
-}
-
-/// SRTP auth keys from the first usable `a=crypto` line (SDES, RFC 4568).
-fn sdes_auth(crypto: &[String]) -> Option<SrtpAuth> {
-    for line in crypto {
-        let mut it = line.split_whitespace();
-        let (_tag, suite, params) = (it.next()?, it.next()?, it.next()?);
-        let b64 = params.strip_prefix("inline:")?.split('|').next()?;
-        let material = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-        let keys = derive_auth_keys(&SrtpMasterKey::from_concatenated(&material).ok()?);
-        match suite {
-            "AES_CM_128_HMAC_SHA1_80" | "AES_256_CM_HMAC_SHA1_80" => return Some(SrtpAuth::sha1_80(&keys)),
-            "AES_CM_128_HMAC_SHA1_32" | "AES_256_CM_HMAC_SHA1_32" => return Some(SrtpAuth::sha1_32(&keys)),
-            _ => continue,
-        }
-    }
-    None
 }
 
 impl NgEngine {
@@ -1048,64 +1030,6 @@ struct Stream {
     rtcp: bool,
 }
 
-/// What an offer or answer does to one media section, checked before
-/// anything is allocated.
-#[derive(Debug, Clone)]
-struct MediaPlan {
-    ice: IceRewrite,
-    proto: Option<String>,
-    strip_formats: Vec<String>,
-    strip_crypto: bool,
-    strip_dtls: bool,
-}
-
-/// Plans one media section, refusing what would break the call: a change
-/// between plain RTP, SDES-SRTP and DTLS-SRTP needs the relay to decrypt.
-fn plan_media(opts: &Options, m: &sdp::MediaInfo) -> Result<MediaPlan, String> {
-    let mut proto = opts.transport.clone();
-    let current = security(&m.proto);
-    let mut effective = current;
-    let strip_dtls = opts.dtls_off && (m.fingerprint || current == Security::Dtls);
-    if opts.dtls_off && current == Security::Dtls {
-        if m.crypto.is_empty() {
-            return Err(format!("DTLS: off would leave this {} section without keys", m.proto));
-        }
-        // SDES remains: the same SRTP, keyed in the SDP.
-        effective = Security::Srtp;
-        if proto.is_none() {
-            proto = Some(m.proto.trim_start_matches("UDP/TLS/").to_string());
-        }
-    }
-    let strip_crypto = opts.sdes_off && !m.crypto.is_empty();
-    if strip_crypto && effective == Security::Srtp && !m.fingerprint {
-        return Err(format!("SDES: off would leave this {} section without keys", m.proto));
-    }
-    if let Some(t) = &proto {
-        let target = security(t);
-        if current != Security::Other && target != effective {
-            return Err(format!(
-                "transport-protocol {t} on a {} section needs SRTP encryption or decryption: UCMRC relays media without decrypting it",
-                m.proto
-            ));
-        }
-    }
-    let mut strip_formats = sdp::matching_formats(m, &opts.codec.strip);
-    let keep = sdp::matching_formats(m, &opts.codec.except);
-    strip_formats.retain(|f| !keep.contains(f));
-    if !m.formats.is_empty() && m.port != 0 && strip_formats.len() == m.formats.len() {
-        return Err("the codec options leave no codec (UCMRC does not transcode)".into());
-    }
-    let ice = match opts.ice {
-        IceMode::Remove => IceRewrite::Remove,
-        IceMode::Default => IceRewrite::RelayCandidates,
-        IceMode::Force if m.ice_ufrag.is_some() && m.ice_pwd.is_some() => IceRewrite::RelayCandidates,
-        IceMode::Force => {
-            return Err("ICE: force on a section without ICE would need the relay to terminate ICE, which UCMRC does not (the relay is already the only candidate wherever the endpoints use ICE)".into())
-        }
-    };
-    Ok(MediaPlan { ice, proto, strip_formats, strip_crypto, strip_dtls })
-}
-
 /// A JSON request as the equivalent bencode value (numbers become integers,
 /// booleans `yes`/`no`, null an empty string).
 pub(crate) fn from_json(j: &serde_json::Value) -> Value {
@@ -1131,20 +1055,6 @@ fn to_json(v: &Value) -> serde_json::Value {
             J::Object(d.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), to_json(v))).collect())
         }
     }
-}
-
-/// An update of the leg facing the SDP's sender (index `sender`: 0 the pbx
-/// leg, the original caller's; 1 the endpoint leg) and of the other leg.
-fn leg_updates(sender: usize, sender_leg: LegUpdate, other_leg: LegUpdate) -> SessionUpdate {
-    if sender == 0 {
-        SessionUpdate { pbx: sender_leg, endpoint: other_leg, ..SessionUpdate::default() }
-    } else {
-        SessionUpdate { pbx: other_leg, endpoint: sender_leg, ..SessionUpdate::default() }
-    }
-}
-
-fn is_private(ip: IpAddr) -> bool {
-    matches!(crate::peer::classify(ip), crate::peer::AddressClass::Private)
 }
 
 fn unix_now() -> u64 {

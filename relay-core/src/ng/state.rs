@@ -21,6 +21,8 @@ use crate::session::SessionId;
 pub struct MediaState {
     /// The session carrying it (16 hex digits).
     pub session: String,
+    /// Its SDP media section (0-based; a disabled section has no entry).
+    pub section: usize,
     /// The PBX leg's relay RTP and RTCP addresses.
     pub pbx: (SocketAddr, Option<SocketAddr>),
     /// The endpoint leg's relay RTP and RTCP addresses.
@@ -88,6 +90,7 @@ impl Call {
                 .iter()
                 .map(|m| MediaState {
                     session: m.id.to_string(),
+                    section: m.section,
                     pbx: (m.alloc.pbx.rtp, m.alloc.pbx.rtcp),
                     endpoint: (m.alloc.endpoint.rtp, m.alloc.endpoint.rtcp),
                     kind: m.kind.clone(),
@@ -109,6 +112,7 @@ impl Call {
             let id: SessionId = m.session.parse().ok()?;
             media.push(Media {
                 id,
+                section: m.section,
                 alloc: AllocatedSession {
                     id,
                     pbx: LegAddresses { rtp: m.pbx.0, rtcp: m.pbx.1 },
