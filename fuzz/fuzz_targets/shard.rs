@@ -77,6 +77,8 @@ fuzz_target!(|data: &[u8]| {
                         ..LegSpec::default()
                     },
                     latch: Some(latch),
+                    // Quality figures (and plain RTCP report blocks) on some.
+                    quality: Some(flags & 0x10 != 0),
                     ..SessionSpec::default()
                 };
                 if let Response::Allocated(Ok(a)) =

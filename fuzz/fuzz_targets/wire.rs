@@ -1,7 +1,8 @@
-//! RFC 7983 demux and RTP/RTCP/SRTCP header views on arbitrary bytes.
+//! RFC 7983 demux, RTP/RTCP/SRTCP header views and plain RTCP report
+//! blocks on arbitrary bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use relay_core::wire::rtcp::RtcpHeader;
+use relay_core::wire::rtcp::{PlainReports, RtcpHeader, MAX_REPORT_BLOCKS};
 use relay_core::wire::rtp::RtpHeader;
 use relay_core::wire::{classify, PacketClass};
 
@@ -22,5 +23,12 @@ fuzz_target!(|data: &[u8]| {
                 assert!(index < 1 << 31);
             }
         }
+    }
+    if let Ok(r) = PlainReports::parse(data) {
+        // Only whole plain compound RTCP, beginning with an SR or RR.
+        assert_eq!(class, PacketClass::Rtcp);
+        assert!(matches!(data[1], 200 | 201));
+        assert!(r.blocks().len() <= MAX_REPORT_BLOCKS);
+        assert_eq!(r.sender_report_ntp.is_some(), data[1] == 200);
     }
 });

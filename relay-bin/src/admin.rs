@@ -389,6 +389,19 @@ fn leg_json(l: &LegInfo) -> Value {
             "ssrc": q.ssrc, "packets": q.packets, "lost": q.lost, "duplicates": q.duplicates,
             "reordered": q.reordered, "jitter": q.jitter, "jitter_ms": q.jitter_ms,
         })).collect::<Vec<_>>(),
+        "reports": l.reports.iter().map(|r| json!({
+            "ssrc": r.ssrc, "samples": r.samples, "mos_samples": r.mos_samples,
+            "cumulative_lost": r.cumulative_lost, "average": r.average.map(mos_json),
+            "lowest": r.lowest.map(mos_json), "highest": r.highest.map(mos_json),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn mos_json(s: relay_core::session::MosSample) -> Value {
+    let micros = |d: Option<std::time::Duration>| d.map(|d| d.as_micros() as u64);
+    json!({
+        "mos": s.mos, "round_trip_us": micros(s.round_trip), "round_trip_leg_us": micros(s.round_trip_leg),
+        "jitter_ms": s.jitter_ms, "loss_percent": s.loss_percent, "age_ms": s.age.as_millis() as u64,
     })
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use relay_core::ng::bencode::{self, Value};
-use test_support::packets::master;
+use test_support::packets::{master, rtcp_rr_with, rtcp_sr, Report};
 use test_support::poll::wait_for;
 use test_support::ucmrc::kamailio::Kamailio;
 use test_support::ucmrc::sip::{SdpView, SipMessage, SipSocket};
@@ -364,6 +364,10 @@ fn run_call(k: &Kamailio, ng: &mut Ng, s: &Scenario, seed: u8) -> u64 {
         "the relay knows whether the caller multiplexes"
     );
 
+    if !s.caller.srtp && !caller_mux && !callee_mux {
+        receiver_reports(&caller, &callee, &view, &callee_view);
+    }
+
     if s.hold_resume {
         // Hold: re-INVITE with sendonly; the same relay ports come back.
         for (version, dir, answer_dir, both_ways) in
@@ -414,7 +418,72 @@ fn run_call(k: &Kamailio, ng: &mut Ng, s: &Scenario, seed: u8) -> u64 {
     caller.sip.expect("200 to the BYE", TIMEOUT, |m| m.status() == Some(200) && m.cseq_method() == "BYE");
     let gone = ng.call(vec![("command", Value::str("query")), ("call-id", Value::str(&call_id))]);
     assert_eq!(gone.get("result").and_then(Value::as_str), Some("error"), "the BYE deleted the call: {gone:?}");
+    if !s.caller.srtp && !caller_mux && !callee_mux {
+        // Kamailio's MOS variables, filled from the delete's reply: the
+        // caller's report (10 % loss, 5 ms jitter, a loopback round trip)
+        // is rtpengine's MOS 3.4 (3.3 to 3.5 as the round trip varies).
+        let line = k.log_text().lines().find(|l| l.contains(&format!("MOS {call_id} "))).map(str::to_string);
+        let line = line.expect("Kamailio logged the call's MOS");
+        assert!(
+            ["3.3", "3.4", "3.5"]
+                .iter()
+                .any(|m| line.contains(&format!("average={m} min={m} max={m} loss=10 jitter=5 "))),
+            "{line}"
+        );
+    }
     checked
+}
+
+/// Plain RTCP with report blocks, the way endpoints send it: the caller's
+/// SR, the callee's RR naming it, the callee's SR, the caller's RR naming
+/// that (10 % lost, jitter 40 units = 5 ms at 8 kHz). Each is received
+/// before the next is sent.
+fn receiver_reports(caller: &Agent, callee: &Agent, caller_view: &SdpView, callee_view: &SdpView) {
+    let ssrc = |a: &Agent| 0x1000_0000 + u32::from(a.name.as_bytes()[1]) * 16;
+    let (ntp_caller, ntp_callee) = (0x1234_0000, 0x5678_0000);
+    let steps = [
+        (caller, callee, caller_view, rtcp_sr(ssrc(caller), ntp_caller)),
+        (
+            callee,
+            caller,
+            callee_view,
+            rtcp_rr_with(
+                ssrc(callee),
+                Report {
+                    about: ssrc(caller),
+                    fraction_lost: 0,
+                    cumulative_lost: 0,
+                    jitter: 0,
+                    lsr: ntp_caller,
+                    dlsr: 0,
+                },
+            ),
+        ),
+        (callee, caller, callee_view, rtcp_sr(ssrc(callee), ntp_callee)),
+        (
+            caller,
+            callee,
+            caller_view,
+            rtcp_rr_with(
+                ssrc(caller),
+                Report {
+                    about: ssrc(callee),
+                    fraction_lost: 26,
+                    cumulative_lost: 3,
+                    jitter: 40,
+                    lsr: ntp_callee,
+                    dlsr: 0,
+                },
+            ),
+        ),
+    ];
+    let mut buf = [0u8; 2048];
+    for (from, to, view, packet) in steps {
+        let m = &view.media[0];
+        from.media[0].1.send_to(&packet, SocketAddr::new(view.addr, m.rtcp.unwrap_or(m.port + 1))).expect("send");
+        let n = to.media[0].1.recv(&mut buf).expect("the report through the relay");
+        assert_eq!(&buf[..n], packet.as_slice(), "the relay must not alter a byte");
+    }
 }
 
 fn check_offer_seen_by_callee(s: &Scenario, caller: &Agent, v: &SdpView) {
@@ -512,7 +581,7 @@ fn ice_checks_through_relay(caller: &Agent, callee: &Agent, caller_view: &SdpVie
 
 #[test]
 fn kamailio_drives_ucmrc_as_rtpengine() {
-    let relay = start(Some(&config("[log]\nlevel = \"info,relay_core::ng=debug\"\n")));
+    let relay = start(Some(&config("[log]\nlevel = \"info,relay_core::ng=debug\"\n[sessions]\nquality = true\n")));
     let (ng_addr, _) = relay.ng.expect("ng enabled");
     // Kamailio cannot report a kernel-chosen port back: take one from the
     // kernel and hand it over.

@@ -284,3 +284,111 @@ fn an_answer_after_a_disabled_section_updates_the_offers_session() {
     assert_eq!(offer_ports[1], session.endpoint.ports.rtp, "the answerer sends to the endpoint leg");
     assert_eq!(answer_ports[1], session.pbx.ports.rtp, "the offerer sends to the pbx leg");
 }
+
+/// One datagram on `s` (the test's synchronisation: what the relay
+/// forwarded has been decided on).
+fn receive(s: &std::net::UdpSocket) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    let (n, _) = s.recv_from(&mut buf).expect("a datagram through the relay");
+    buf[..n].to_vec()
+}
+
+/// With quality collection on, `query` reports per SSRC what rtpengine
+/// does — MOS, round trips, jitter and loss from plain RTCP report blocks,
+/// attributed to the reporting party — so a proxy's MOS variables work.
+/// A and B exchange RTP, then SRs and RRs, through a real relay.
+#[test]
+fn query_reports_each_partys_mos_from_plain_rtcp_report_blocks() {
+    use relay_core::SessionDefaults;
+    use test_support::packets::{rtcp_rr_with, rtcp_sr, rtp, Report};
+    let relay = Relay::start(RelayConfig {
+        port_min: 27200,
+        port_max: 27299,
+        workers: 1,
+        tenant_port_share_percent: 100,
+        defaults: SessionDefaults { quality: true, ..SessionDefaults::default() },
+        ..RelayConfig::default()
+    })
+    .expect("relay");
+    let engine = NgEngine::new(relay.handle(), NgConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let bind = || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+        s
+    };
+    let (a, b) = (bind(), bind());
+    let sdp = |port: u16| {
+        format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtcp-mux\r\n")
+    };
+    let port = |s: &std::net::UdpSocket| s.local_addr().expect("addr").port();
+    let offer = command(
+        &engine,
+        &rt,
+        "q1",
+        vec![("command", s("offer")), ("call-id", s("mos")), ("from-tag", s("a")), ("sdp", s(&sdp(port(&a))))],
+    );
+    let answer = command(
+        &engine,
+        &rt,
+        "q2",
+        vec![
+            ("command", s("answer")),
+            ("call-id", s("mos")),
+            ("from-tag", s("a")),
+            ("to-tag", s("b")),
+            ("sdp", s(&sdp(port(&b)))),
+        ],
+    );
+    // A sends where the answer says, B where the offer says.
+    let relay_port = |v: &Value| media_ports(v.get("sdp").and_then(Value::as_str).expect("sdp"))[0];
+    let (to_b, to_a) = (("127.0.0.1", relay_port(&answer)), ("127.0.0.1", relay_port(&offer)));
+    let (ssrc_a, ssrc_b) = (0xa, 0xb);
+    for seq in 0..3u16 {
+        a.send_to(&rtp(ssrc_a, seq, u32::from(seq) * 160, 160), to_b).expect("send");
+        assert_eq!(receive(&b).len(), 172);
+        b.send_to(&rtp(ssrc_b, seq, u32::from(seq) * 160, 160), to_a).expect("send");
+        assert_eq!(receive(&a).len(), 172);
+    }
+    // A's SR reaches B, whose RR about it comes back at once (DLSR 0): the
+    // relay times its leg to B. Then B's SR and A's RR: the leg to A, so
+    // A's report has an end-to-end round trip and a MOS.
+    a.send_to(&rtcp_sr(ssrc_a, 0x1111_0000), to_b).expect("send");
+    receive(&b);
+    let about_a = Report { about: ssrc_a, fraction_lost: 0, cumulative_lost: 0, jitter: 0, lsr: 0x1111_0000, dlsr: 0 };
+    b.send_to(&rtcp_rr_with(ssrc_b, about_a), to_a).expect("send");
+    receive(&a);
+    b.send_to(&rtcp_sr(ssrc_b, 0x2222_0000), to_a).expect("send");
+    receive(&a);
+    let about_b =
+        Report { about: ssrc_b, fraction_lost: 26, cumulative_lost: 7, jitter: 40, lsr: 0x2222_0000, dlsr: 0 };
+    a.send_to(&rtcp_rr_with(ssrc_a, about_b), to_b).expect("send");
+    receive(&b);
+
+    let query = command(&engine, &rt, "q3", vec![("command", s("query")), ("call-id", s("mos"))]);
+    let ssrcs = query.get("SSRC").expect("an SSRC dictionary");
+    let of_a = ssrcs.get(&ssrc_a.to_string()).expect("A's entry");
+    let int = |v: &Value, k: &str| v.get(k).and_then(Value::as_int).unwrap_or_else(|| panic!("{k} in {v:?}"));
+    assert_eq!((int(of_a, "packets"), int(of_a, "upstream loss"), int(of_a, "cumulative loss")), (3, 0, 7));
+    for key in ["average MOS", "lowest MOS", "highest MOS"] {
+        let m = of_a.get(key).unwrap_or_else(|| panic!("{key}"));
+        // 10 % loss, 5 ms jitter, a loopback round trip: rtpengine's 3.4.
+        assert!((33..=35).contains(&int(m, "MOS")), "{key}: {m:?}");
+        assert_eq!((int(m, "jitter"), int(m, "packet loss")), (5, 10), "{key}");
+        assert!(int(m, "round-trip time") >= int(m, "round-trip time leg") && int(m, "round-trip time leg") > 0);
+    }
+    assert_eq!(int(of_a.get("average MOS").expect("average"), "samples"), 1);
+    // B reported before the relay knew A's round trip: a sample, no MOS.
+    let of_b = ssrcs.get(&ssrc_b.to_string()).expect("B's entry");
+    assert_eq!(int(of_b, "cumulative loss"), 0);
+    assert!(of_b.get("average MOS").is_none(), "{of_b:?}");
+    // Each party's stream names its SSRC, which keys the dictionary.
+    let tags = query.get("tags").expect("tags");
+    let stream = |tag: &str| {
+        let medias = tags.get(tag).and_then(|t| t.get("medias")).expect("medias");
+        let Value::List(medias) = medias else { panic!("a list") };
+        let Some(Value::List(streams)) = medias[0].get("streams").cloned() else { panic!("streams") };
+        int(&streams[0], "SSRC")
+    };
+    assert_eq!((stream("a"), stream("b")), (i64::from(ssrc_a), i64::from(ssrc_b)));
+}

@@ -28,6 +28,7 @@ mod offer_answer;
 pub mod option_table;
 pub(crate) mod options;
 mod plan;
+mod quality;
 #[doc(hidden)] // SDP rewriting internals, for the fuzz targets
 pub mod sdp;
 pub(crate) mod state;
@@ -796,11 +797,13 @@ impl NgEngine {
         let view = StatsView { advertised: self.handle.advertised_ip(), now_unix: unix_now() };
         let mut totals = Totals::default();
         let mut per_tag: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
-        for (k, m) in call.media.iter().enumerate() {
+        let mut ssrcs = quality::SsrcTable::default();
+        for m in &call.media {
             let Ok(info) = self.handle.session(m.id).await else { continue };
             for (i, leg) in [&info.pbx, &info.endpoint].into_iter().enumerate() {
                 totals.add(&leg.stats);
-                per_tag[i].push(view.media_entry(k, m, leg));
+                ssrcs.add(leg);
+                per_tag[i].push(view.media_entry(m.section, m, leg));
             }
         }
         let [offerer, answerer] = per_tag;
@@ -818,6 +821,7 @@ impl NgEngine {
         ok(vec![
             ("created", Value::Int(call.created as i64)),
             ("last signal", Value::Int(call.created as i64)),
+            ("SSRC", ssrcs.value(view.now_unix)),
             ("totals", totals.value()),
             ("tags", Value::Dict(tags.into_iter().collect())),
         ])

@@ -195,7 +195,10 @@ fn plan_section(call: &mut Call, req: &Request<'_>, settings: &Settings<'_>, sid
             Step::Update { entry, update: Box::new(update) }
         }
         None => Step::Allocate {
-            spec: Box::new(new_session(&inputs, &mux, latch, sides, req.interfaces, settings.tenant)),
+            spec: Box::new(SessionSpec {
+                clock_rate: clock_rate(m),
+                ..new_session(&inputs, &mux, latch, sides, req.interfaces, settings.tenant)
+            }),
             media: NewMedia {
                 section: k,
                 kind: m.kind.clone(),
@@ -515,6 +518,15 @@ pub(super) fn check_section(opts: &Options, m: &sdp::MediaInfo) -> Result<Sectio
     Ok(SectionChecks { ice, proto, strip_formats, strip_crypto, strip_dtls })
 }
 
+/// The RTP clock rate of a section's first format (for jitter in
+/// milliseconds): its `a=rtpmap` rate, or 8 kHz (every static audio
+/// payload type but a few rarely used; the session's default).
+fn clock_rate(m: &sdp::MediaInfo) -> Option<u32> {
+    let first = m.formats.first()?;
+    let (_, encoding) = m.rtpmap.iter().find(|(pt, _)| pt == first)?;
+    encoding.split('/').nth(1)?.parse().ok().filter(|r| (1..=crate::session::spec::MAX_CLOCK_RATE).contains(r))
+}
+
 /// SRTP auth keys from the first usable `a=crypto` line (SDES, RFC 4568).
 fn sdes_auth(crypto: &[String]) -> Option<SrtpAuth> {
     for line in crypto {
@@ -605,9 +617,19 @@ mod tests {
         assert!(spec.endpoint.await_hint && spec.endpoint.hint.is_none());
         assert_eq!(spec.latch, Some(LatchPolicy::Window), "one side keyed is not enough to latch on proof");
         assert_eq!((spec.tenant.as_str(), media.section), ("ng", 1));
+        assert_eq!(spec.clock_rate, None, "PCMU without a=rtpmap: the 8 kHz default");
         // The call is new, of this time, with the new section still to add.
         let call = plan.into_call(vec![None, Some(session(7, 20_000, [198, 51, 100, 10]))]);
         assert_eq!((call.created, call.media.len(), call.media[0].section), (1_800_000_000, 1, 1));
+    }
+
+    #[test]
+    fn a_sections_clock_rate_is_its_first_formats() {
+        let sdp = format!("{AT}m=video 4002 RTP/AVP 96 97\r\na=rtpmap:97 H264/90000\r\na=rtpmap:96 VP8/90000\r\n");
+        let req = request(true, "a", None, &sdp, vec![]);
+        let plan = plan(None, &req, &SETTINGS, now()).expect("plan");
+        let Some(Section { step: Step::Allocate { spec, .. }, .. }) = &plan.sections[0] else { panic!("allocation") };
+        assert_eq!(spec.clock_rate, Some(90_000));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::stats::DropReason;
 use super::{Component, Latched, Leg};
 use crate::peer::PeerPolicy;
 use crate::shard::RelayPort;
-use crate::wire::rtcp::RtcpHeader;
+use crate::wire::rtcp::{PlainReports, RtcpHeader};
 use crate::wire::rtp::RtpHeader;
 use crate::wire::stun::{StunClass, StunMessage};
 use crate::wire::{classify_media, PacketClass};
@@ -68,7 +68,7 @@ pub(super) fn decide(
     {
         return Err(DropReason::AuthFailed);
     }
-    accept(leg, &a, class, slot, &admitted);
+    accept(leg, other, &a, class, slot, &admitted);
     route(leg, other, &a, class)
 }
 
@@ -163,7 +163,7 @@ fn authenticate(leg: &mut Leg, a: &Arrival<'_>, class: PacketClass) -> Result<bo
 
 /// The source is accepted: latch it, and track indexes and quality (even
 /// if the packet cannot be delivered yet).
-fn accept(leg: &mut Leg, a: &Arrival<'_>, class: PacketClass, slot: usize, admitted: &Admitted) {
+fn accept(leg: &mut Leg, other: &Leg, a: &Arrival<'_>, class: PacketClass, slot: usize, admitted: &Admitted) {
     if admitted.new_source {
         if leg.remote[slot].is_some() {
             leg.stats.relatches += 1;
@@ -193,6 +193,12 @@ fn accept(leg: &mut Leg, a: &Arrival<'_>, class: PacketClass, slot: usize, admit
             if let (Some(auth), Ok(h)) = (&leg.auth, RtcpHeader::parse(a.bytes)) {
                 if let Ok((_, index)) = h.srtcp_index(auth.rtcp.tag_len().bytes()) {
                     leg.replay.record_srtcp(h.ssrc(), index);
+                }
+            }
+            // Report blocks of plain RTCP only (SRTCP's are encrypted).
+            if let (Some(q), None) = (leg.quality.as_mut(), &leg.auth) {
+                if let Ok(reports) = PlainReports::parse(a.bytes) {
+                    q.handle_rtcp(a.now, &reports, other.quality.as_deref());
                 }
             }
         }

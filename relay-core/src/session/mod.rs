@@ -18,7 +18,7 @@ pub(crate) mod stats;
 // a sibling crate needs beyond that (resumable state for redundancy, the
 // ceilings its configuration checks) is here, without the module layout.
 pub use limits::LegLimits;
-pub use quality::{StreamQuality, MAX_TRACKED_SSRCS};
+pub use quality::{MosSample, ReceptionQuality, StreamQuality, MAX_TRACKED_SSRCS};
 pub use spec::{Ceilings, MAX_CLOCK_RATE, MAX_IDLE_TIMEOUT, MAX_LEARNING_WINDOW, MAX_MAX_DURATION};
 pub use state::{LegState, ReplayState, SessionState};
 pub use stats::DropCounters;
@@ -199,7 +199,8 @@ pub(crate) struct Leg {
     pps: Option<TokenBucket>,
     bps: Option<TokenBucket>,
     pub(crate) stats: LegStats,
-    quality: Option<QualityTracker>,
+    /// Boxed: most sessions collect no quality figures.
+    quality: Option<Box<QualityTracker>>,
 }
 
 impl Leg {
@@ -207,7 +208,7 @@ impl Leg {
         spec: &LegSpec,
         ports: LegPorts,
         defaults: &SessionDefaults,
-        quality: Option<QualityTracker>,
+        quality: Option<Box<QualityTracker>>,
         now: Instant,
     ) -> Self {
         let mut leg = Self {
@@ -595,7 +596,7 @@ impl Session {
     ) -> Self {
         let quality = spec.quality.unwrap_or(defaults.quality);
         let clock = spec.clock_rate.unwrap_or(8000);
-        let q = || quality.then(|| QualityTracker::new(clock, now));
+        let q = || quality.then(|| Box::new(QualityTracker::new(clock, now)));
         let window = spec.learning_window.unwrap_or(defaults.learning_window);
         Self {
             id,
@@ -852,6 +853,7 @@ impl Session {
                 remote_rtcp: if l.rtcp_port.is_some() { l.remote[1].map(|r| r.addr) } else { None },
                 stats: l.stats,
                 quality: l.quality.as_ref().map(|q| q.snapshot()).unwrap_or_default(),
+                reports: l.quality.as_ref().map(|q| q.reports(now)).unwrap_or_default(),
                 has_srtp_auth: l.auth.is_some(),
                 has_stun_password: l.stun_key.is_some(),
                 remote_rtcp_mux: l.rtcp_port.is_none() || l.remote_mux,
@@ -892,6 +894,8 @@ pub struct LegInfo {
     pub stats: LegStats,
     /// Per-SSRC quality, when enabled.
     pub quality: Vec<StreamQuality>,
+    /// What the remote's receivers reported (plain RTCP), when enabled.
+    pub reports: Vec<ReceptionQuality>,
     /// Whether SRTP authentication keys are set.
     pub has_srtp_auth: bool,
     /// Whether a STUN password is set.

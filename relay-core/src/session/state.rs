@@ -159,7 +159,7 @@ impl Leg {
         }
     }
 
-    fn restore(s: &LegState, quality: Option<QualityTracker>, now: Instant) -> Self {
+    fn restore(s: &LegState, quality: Option<Box<QualityTracker>>, now: Instant) -> Self {
         let mut leg = Self {
             addr: s.ports.addr,
             rtp_port: s.ports.rtp,
@@ -211,7 +211,7 @@ impl Session {
             max_duration: self.max_duration,
             age: now.saturating_duration_since(self.created),
             idle: now.saturating_duration_since(self.last_activity),
-            quality_clock_rate: self.legs[0].quality.as_ref().map(QualityTracker::clock_rate),
+            quality_clock_rate: self.legs[0].quality.as_ref().map(|q| q.clock_rate()),
             pbx: self.legs[0].export(),
             endpoint: self.legs[1].export(),
         }
@@ -222,7 +222,7 @@ impl Session {
     /// are clamped to it.
     pub(crate) fn restore(state: &SessionState, permit: Option<QuotaPermit>, now: Instant) -> Self {
         let back = |d: Duration| now.checked_sub(d).unwrap_or(now);
-        let q = || state.quality_clock_rate.map(|c| QualityTracker::new(c, now));
+        let q = || state.quality_clock_rate.map(|c| Box::new(QualityTracker::new(c, now)));
         Self {
             id: state.id,
             tenant: state.tenant.clone(),
