@@ -392,3 +392,56 @@ fn query_reports_each_partys_mos_from_plain_rtcp_report_blocks() {
     };
     assert_eq!((stream("a"), stream("b")), (i64::from(ssrc_a), i64::from(ssrc_b)));
 }
+
+/// Every refusal both relays make reads in rtpengine's words (UCMRC's
+/// detail, where it has one, after `": "`), checked against the engine.
+#[test]
+fn refusals_read_as_rtpengines() {
+    use relay_core::ng::words;
+    let relay = Relay::start(RelayConfig { port_min: 27300, port_max: 27399, workers: 1, ..RelayConfig::default() })
+        .expect("relay");
+    let engine = NgEngine::new(relay.handle(), NgConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let offer = |extra: Vec<(&'static str, Value)>| {
+        let mut pairs = vec![("command", s("offer")), ("call-id", s("w1")), ("from-tag", s("a")), ("sdp", s(PLAIN))];
+        for (k, v) in extra {
+            pairs.retain(|(key, _)| *key != k);
+            if v != Value::str("-") {
+                pairs.push((k, v));
+            }
+        }
+        pairs
+    };
+    let cases: Vec<(Vec<(&str, Value)>, &str)> = vec![
+        (offer(vec![("sdp", s("-"))]), words::NO_SDP_BODY),
+        (offer(vec![("call-id", s("-"))]), words::NO_CALL_ID),
+        (offer(vec![("from-tag", s("-"))]), words::NO_FROM_TAG),
+        (offer(vec![("command", s("answer"))]), words::NO_TO_TAG),
+        (offer(vec![("command", s("answer")), ("to-tag", s("b")), ("call-id", s("nobody"))]), words::UNKNOWN_CALL_ID),
+        (offer(vec![("sdp", s("v=0\r\nm=audio x RTP/AVP 0\r\n"))]), "Failed to parse SDP: "),
+        (vec![("command", s("query")), ("call-id", s("nobody"))], words::UNKNOWN_CALL_ID),
+        (vec![("command", s("query"))], words::NO_CALL_ID),
+        (vec![("command", s("delete"))], words::NO_CALL_ID),
+        (vec![("command", s("delete")), ("call-id", s("nobody")), ("flags", flags(&["fatal"]))], words::NOT_FOUND),
+        (vec![("command", s("block media")), ("call-id", s("nobody"))], words::UNKNOWN_CALL_ID_BLOCK),
+        (vec![("command", s("block media"))], words::NO_CALL_ID),
+        (vec![("command", s("make coffee"))], "Unrecognized command: "),
+    ];
+    for (n, (pairs, want)) in cases.into_iter().enumerate() {
+        let reply = command(&engine, &rt, &format!("w{n}"), pairs);
+        let reason = reply.get("error-reason").and_then(Value::as_str).unwrap_or("");
+        assert!(
+            reason == want || (want.ends_with(": ") && reason.starts_with(want)),
+            "case {n}: {reason:?}, not {want:?}"
+        );
+    }
+    // A tag the call does not have, on a call that exists.
+    command(&engine, &rt, "made", offer(vec![]));
+    let reply = command(
+        &engine,
+        &rt,
+        "tagless",
+        vec![("command", s("block media")), ("call-id", s("w1")), ("from-tag", s("stranger"))],
+    );
+    assert_eq!(reply.get("error-reason").and_then(Value::as_str), Some(words::UNKNOWN_FROM_TAG));
+}

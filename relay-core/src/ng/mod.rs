@@ -286,6 +286,33 @@ pub const SESSION_LIMIT: &str = "Parallel session limit reached";
 /// [`SESSION_LIMIT`] by the newer modules).
 pub const OUT_OF_PORTS: &str = "Ran out of ports";
 
+/// rtpengine's words for the refusals both relays make, so proxies' logs
+/// and operators' alerts read the same. Where UCMRC knows more, its detail
+/// follows the words after `": "`.
+pub mod words {
+    /// An offer or answer without `sdp`.
+    pub const NO_SDP_BODY: &str = "No SDP body in message";
+    /// A command about a call without `call-id`.
+    pub const NO_CALL_ID: &str = "No call-id in message";
+    /// An offer or answer without `from-tag`.
+    pub const NO_FROM_TAG: &str = "No from-tag in message";
+    /// An answer without `to-tag`.
+    pub const NO_TO_TAG: &str = "No to-tag in message";
+    /// `answer` or `query` for a call the relay does not have.
+    pub const UNKNOWN_CALL_ID: &str = "Unknown call-id";
+    /// `block media` / `unblock media` for a call the relay does not have
+    /// (rtpengine spells it so there).
+    pub const UNKNOWN_CALL_ID_BLOCK: &str = "Unknown call-ID";
+    /// `block media` naming a tag the call does not have.
+    pub const UNKNOWN_FROM_TAG: &str = "From-tag given, but no such tag exists";
+    /// An SDP the relay cannot read (UCMRC adds the line and reason).
+    pub const SDP_UNPARSABLE: &str = "Failed to parse SDP";
+    /// A command neither relay knows.
+    pub const UNRECOGNIZED_COMMAND: &str = "Unrecognized command";
+    /// A `delete` (with `fatal`) for a call or tags the relay does not have.
+    pub const NOT_FOUND: &str = "Call-ID not found or tags didn't match";
+}
+
 /// A capacity refusal: rtpengine's exact text (what a proxy's failover
 /// matches) and UCMRC's typed code beside it (`error-code`).
 fn capacity_error(reason: &'static str, code: crate::codes::ErrorCode) -> Value {
@@ -538,7 +565,7 @@ impl NgEngine {
             Some(Handler::BlockMedia) => self.block(msg, true).await,
             Some(Handler::UnblockMedia) => self.block(msg, false).await,
             Some(Handler::Refused(why)) => error(format!("{cmd} is not supported: {why}")),
-            None => error(format!("unknown command {cmd:?}")),
+            None => error(format!("{}: {cmd:?}", words::UNRECOGNIZED_COMMAND)),
         };
         if command.is_some_and(|c| c.mutating) {
             if let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) {
@@ -663,9 +690,9 @@ impl NgEngine {
     /// does not match this call's dialog — nothing, like rtpengine (a
     /// delete for another branch must not end this one).
     async fn delete(&self, msg: &Value) -> Value {
-        const NOT_FOUND: &str = "Call-ID not found or tags didn't match";
+        use words::NOT_FOUND;
         let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else {
-            return error("delete needs call-id");
+            return error(words::NO_CALL_ID);
         };
         let delay = match msg.get("delete-delay").or_else(|| msg.get("delete delay")).and_then(Value::as_int) {
             Some(secs) => Duration::from_secs(secs.max(0).unsigned_abs()),
@@ -747,19 +774,19 @@ impl NgEngine {
     /// Nothing is decrypted: blocked packets are dropped and counted.
     async fn block(&self, msg: &Value, blocked: bool) -> Value {
         let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else {
-            return error("block media needs call-id");
+            return error(words::NO_CALL_ID);
         };
         let Some((_slot, mut guard)) = self.lock_call(call_id).await else {
-            return error("Unknown call-id");
+            return error(words::UNKNOWN_CALL_ID_BLOCK);
         };
         let Some(call) = guard.as_mut() else {
-            return error("Unknown call-id");
+            return error(words::UNKNOWN_CALL_ID_BLOCK);
         };
         let legs: Vec<usize> = match msg.get("from-tag").and_then(Value::as_str) {
             Some(_) if list_contains(msg, "flags", "all") => vec![0, 1],
             Some(tag) => match call.leg_of(tag) {
                 Some(l) => vec![l],
-                None => return error("Unknown from-tag"),
+                None => return error(words::UNKNOWN_FROM_TAG),
             },
             None => vec![0, 1],
         };
@@ -779,7 +806,7 @@ impl NgEngine {
 
     async fn query(&self, msg: &Value) -> Value {
         let Some(call_id) = msg.get("call-id").and_then(Value::as_bytes) else {
-            return error("query needs call-id");
+            return error(words::NO_CALL_ID);
         };
         let call = match self.lock_call(call_id).await {
             Some((_, guard)) => guard.clone(),
@@ -787,7 +814,7 @@ impl NgEngine {
         };
         match call {
             Some(c) => self.call_stats(&c).await,
-            None => error("Unknown call-id"),
+            None => error(words::UNKNOWN_CALL_ID),
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use super::bencode::Value;
 use super::options::Options;
 use super::plan::{self, check_section, Now, Plan, Request, Settings, Step};
-use super::{error, ok, sdp, unix_now, Call, CallSlot, NgEngine, SESSION_LIMIT};
+use super::{error, ok, sdp, unix_now, words, Call, CallSlot, NgEngine, SESSION_LIMIT};
 use crate::relay::AllocatedSession;
 
 impl NgEngine {
@@ -102,16 +102,16 @@ impl NgEngine {
     /// media section's plan.
     fn read_request<'a>(&self, msg: &'a Value, offer: bool) -> Result<Request<'a>, Value> {
         let limits = &self.config.limits;
-        let (Some(call_id), Some(sdp_text), Some(from_tag)) = (
-            msg.get("call-id").and_then(Value::as_bytes),
-            msg.get("sdp").and_then(Value::as_str),
-            msg.get("from-tag").and_then(Value::as_str),
-        ) else {
-            return Err(error("offer and answer need sdp, call-id and from-tag"));
+        // rtpengine's checks, in its order and words.
+        let sdp_text = match msg.get("sdp") {
+            None => return Err(error(words::NO_SDP_BODY)),
+            Some(v) => v.as_str().ok_or_else(|| error(format!("{}: not UTF-8", words::SDP_UNPARSABLE)))?,
         };
+        let call_id = msg.get("call-id").and_then(Value::as_bytes).ok_or_else(|| error(words::NO_CALL_ID))?;
+        let from_tag = msg.get("from-tag").and_then(Value::as_str).ok_or_else(|| error(words::NO_FROM_TAG))?;
         let to_tag = msg.get("to-tag").and_then(Value::as_str);
         if !offer && to_tag.is_none() {
-            return Err(error("answer needs to-tag"));
+            return Err(error(words::NO_TO_TAG));
         }
         if [call_id.len(), from_tag.len(), to_tag.map_or(0, str::len)].iter().any(|n| *n > limits.max_id_bytes) {
             return Err(error("call-id, from-tag and to-tag must be at most max_id_bytes"));
@@ -120,7 +120,7 @@ impl NgEngine {
             return Err(error("SDP larger than max_sdp_bytes"));
         }
         let opts = Options::parse(msg).map_err(|e| error(e.0))?;
-        let medias = sdp::parse(sdp_text).map_err(|e| error(e.to_string()))?;
+        let medias = sdp::parse(sdp_text).map_err(|e| error(format!("{}: {e}", words::SDP_UNPARSABLE)))?;
         if medias.len() > limits.max_media_per_call {
             return Err(error(format!("more than {} media sections (max_media_per_call)", limits.max_media_per_call)));
         }
@@ -145,7 +145,7 @@ impl NgEngine {
                 let mut table = self.lock_table();
                 match table.calls.get(call_id) {
                     Some(s) => s.clone(),
-                    None if !offer => return Err(error("unknown call-id")),
+                    None if !offer => return Err(error(words::UNKNOWN_CALL_ID)),
                     None if table.calls.len() >= self.config.limits.max_calls => {
                         return Err(super::capacity_error(SESSION_LIMIT, crate::codes::ErrorCode::QuotaExceeded))
                     }

@@ -156,7 +156,7 @@ struct MuxOutcome {
 /// The plan of `req` on `call` (`None`: the call is new), at `now`.
 pub(super) fn plan(call: Option<&Call>, req: &Request<'_>, settings: &Settings<'_>, now: Now) -> Result<Plan, Value> {
     if !req.offer && call.is_none() {
-        return Err(error("unknown call-id"));
+        return Err(error(super::words::UNKNOWN_CALL_ID));
     }
     let mut next = call.cloned().unwrap_or_else(|| Call::new(req.from_tag, now));
     let sides = next.begin(req, now.instant);
