@@ -295,92 +295,119 @@ impl MessageFramer {
             if self.state != FrameState::Start && self.pos - self.start > self.max_message {
                 return Err(FrameError::TooLarge);
             }
-            match self.state {
-                FrameState::Start => {
-                    if !b.is_ascii_whitespace() {
-                        self.start = self.pos - 1;
-                        self.count = 1;
-                        self.state = FrameState::Cookie;
-                    }
-                }
-                FrameState::Cookie => {
-                    if b == b' ' {
-                        self.state = FrameState::Value;
-                    } else {
-                        self.count += 1;
-                        if self.count > self.max_cookie as u64 {
-                            return Err(FrameError::CookieTooLong);
-                        }
-                    }
-                }
-                FrameState::Value => match b {
-                    b'd' | b'l' => {
-                        self.depth += 1;
-                        if self.depth > MAX_DEPTH {
-                            return Err(FrameError::TooLarge);
-                        }
-                    }
-                    b'e' if self.depth > 0 => {
-                        self.depth -= 1;
-                        if self.depth == 0 {
-                            return Ok(Some(self.finish()));
-                        }
-                    }
-                    b'i' => {
-                        self.count = 0;
-                        self.state = FrameState::Int;
-                    }
-                    b'0'..=b'9' => {
-                        self.count = u64::from(b - b'0');
-                        self.state = FrameState::StrLen;
-                    }
-                    _ => return Err(FrameError::Invalid),
-                },
-                FrameState::Int => match b {
-                    b'-' | b'0'..=b'9' if self.count < 20 => self.count += 1,
-                    b'e' if self.count > 0 => {
-                        self.state = FrameState::Value;
-                        if self.depth == 0 {
-                            return Ok(Some(self.finish()));
-                        }
-                    }
-                    _ => return Err(FrameError::Invalid),
-                },
-                FrameState::StrLen => match b {
-                    b'0'..=b'9' => {
-                        self.count = self.count * 10 + u64::from(b - b'0');
-                        if self.count > self.max_message as u64 {
-                            return Err(FrameError::TooLarge);
-                        }
-                    }
-                    b':' if self.count == 0 => {
-                        self.state = FrameState::Value;
-                        if self.depth == 0 {
-                            return Ok(Some(self.finish()));
-                        }
-                    }
-                    b':' => self.state = FrameState::StrBody,
-                    _ => return Err(FrameError::Invalid),
-                },
-                FrameState::StrBody => {
-                    // Skip the rest of the string at once.
-                    let take = (self.count - 1).min((buf.len() - self.pos) as u64) as usize;
-                    self.pos += take;
-                    self.examined += take as u64;
-                    self.count -= 1 + take as u64;
-                    if self.count == 0 {
-                        self.state = FrameState::Value;
-                        if self.depth == 0 {
-                            return Ok(Some(self.finish()));
-                        }
-                    }
-                    if self.pos - self.start > self.max_message {
-                        return Err(FrameError::TooLarge);
-                    }
-                }
+            let complete = match self.state {
+                FrameState::Start => self.handle_start(b),
+                FrameState::Cookie => self.handle_cookie(b)?,
+                FrameState::Value => self.handle_value(b)?,
+                FrameState::Int => self.handle_int(b)?,
+                FrameState::StrLen => self.handle_str_len(b)?,
+                FrameState::StrBody => self.skip_str_body(buf)?,
+            };
+            if complete {
+                return Ok(Some(self.finish()));
             }
         }
         Ok(None)
+    }
+
+    /// Leading whitespace, then the cookie's first byte. Never completes.
+    fn handle_start(&mut self, b: u8) -> bool {
+        if !b.is_ascii_whitespace() {
+            self.start = self.pos - 1;
+            self.count = 1;
+            self.state = FrameState::Cookie;
+        }
+        false
+    }
+
+    /// The cookie, up to its space.
+    fn handle_cookie(&mut self, b: u8) -> Result<bool, FrameError> {
+        if b == b' ' {
+            self.state = FrameState::Value;
+        } else {
+            self.count += 1;
+            if self.count > self.max_cookie as u64 {
+                return Err(FrameError::CookieTooLong);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The first byte of a value, or the end of a dictionary or list.
+    fn handle_value(&mut self, b: u8) -> Result<bool, FrameError> {
+        match b {
+            b'd' | b'l' => {
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return Err(FrameError::TooLarge);
+                }
+                Ok(false)
+            }
+            b'e' if self.depth > 0 => {
+                self.depth -= 1;
+                Ok(self.depth == 0)
+            }
+            b'i' => {
+                self.count = 0;
+                self.state = FrameState::Int;
+                Ok(false)
+            }
+            b'0'..=b'9' => {
+                self.count = u64::from(b - b'0');
+                self.state = FrameState::StrLen;
+                Ok(false)
+            }
+            _ => Err(FrameError::Invalid),
+        }
+    }
+
+    /// An integer's digits (at most 20) up to its `e`.
+    fn handle_int(&mut self, b: u8) -> Result<bool, FrameError> {
+        match b {
+            b'-' | b'0'..=b'9' if self.count < 20 => {
+                self.count += 1;
+                Ok(false)
+            }
+            b'e' if self.count > 0 => Ok(self.value_ended()),
+            _ => Err(FrameError::Invalid),
+        }
+    }
+
+    /// A string's length up to its `:`.
+    fn handle_str_len(&mut self, b: u8) -> Result<bool, FrameError> {
+        match b {
+            b'0'..=b'9' => {
+                self.count = self.count * 10 + u64::from(b - b'0');
+                if self.count > self.max_message as u64 {
+                    return Err(FrameError::TooLarge);
+                }
+                Ok(false)
+            }
+            b':' if self.count == 0 => Ok(self.value_ended()),
+            b':' => {
+                self.state = FrameState::StrBody;
+                Ok(false)
+            }
+            _ => Err(FrameError::Invalid),
+        }
+    }
+
+    /// The rest of a string's bytes, skipped at once (one was taken).
+    fn skip_str_body(&mut self, buf: &[u8]) -> Result<bool, FrameError> {
+        let take = (self.count - 1).min((buf.len() - self.pos) as u64) as usize;
+        self.pos += take;
+        self.examined += take as u64;
+        self.count -= 1 + take as u64;
+        if self.pos - self.start > self.max_message {
+            return Err(FrameError::TooLarge);
+        }
+        Ok(self.count == 0 && self.value_ended())
+    }
+
+    /// A value ended: the message is complete if it was the top level.
+    fn value_ended(&mut self) -> bool {
+        self.state = FrameState::Value;
+        self.depth == 0
     }
 
     /// Ends the current message: returns its range and starts over.

@@ -62,11 +62,18 @@ fn parse_c(value: &str) -> Option<IpAddr> {
     addr.split('/').next()?.parse().ok()
 }
 
+/// Session-level attributes that media sections inherit.
+#[derive(Default)]
+struct SessionLevel {
+    addr: Option<IpAddr>,
+    ufrag: Option<String>,
+    pwd: Option<String>,
+    fingerprint: bool,
+}
+
 /// Reads every media section.
 pub fn parse(sdp: &str) -> Result<Vec<MediaInfo>, SdpError> {
-    let mut session_addr = None;
-    let (mut session_ufrag, mut session_pwd) = (None, None);
-    let mut session_fingerprint = false;
+    let mut session = SessionLevel::default();
     let mut media: Vec<MediaInfo> = Vec::new();
     let mut saw_v = false;
     for (n, line, _) in lines(sdp) {
@@ -82,69 +89,11 @@ pub fn parse(sdp: &str) -> Result<Vec<MediaInfo>, SdpError> {
                 let addr = parse_c(value).ok_or(SdpError { line: n, reason: "bad c= line" })?;
                 match media.last_mut() {
                     Some(m) => m.addr = Some(addr),
-                    None => session_addr = Some(addr),
+                    None => session.addr = Some(addr),
                 }
             }
-            "m" => {
-                // Single spaces, as RFC 4566 says, and as `rewrite` splits.
-                let mut it = value.split(' ');
-                let kind = it.next().ok_or(SdpError { line: n, reason: "bad m= line" })?;
-                let port = it
-                    .next()
-                    .and_then(|p| p.split('/').next()?.parse().ok())
-                    .ok_or(SdpError { line: n, reason: "bad m= port" })?;
-                let proto = it.next().ok_or(SdpError { line: n, reason: "bad m= proto" })?;
-                let formats: Vec<String> = it.filter(|f| !f.is_empty()).map(str::to_string).collect();
-                if formats.len() > MAX_FORMATS {
-                    return Err(SdpError { line: n, reason: "more than 64 formats" });
-                }
-                media.push(MediaInfo {
-                    kind: kind.into(),
-                    port,
-                    proto: proto.into(),
-                    addr: session_addr,
-                    rtcp_port: None,
-                    rtcp_mux: false,
-                    crypto: Vec::new(),
-                    ice_ufrag: session_ufrag.clone(),
-                    ice_pwd: session_pwd.clone(),
-                    formats,
-                    rtpmap: Vec::new(),
-                    fingerprint: session_fingerprint,
-                });
-            }
-            "a" => {
-                let ufrag = value.strip_prefix("ice-ufrag:").map(|v| v.trim().to_string());
-                let pwd = value.strip_prefix("ice-pwd:").map(|v| v.trim().to_string());
-                let fingerprint = value.starts_with("fingerprint:");
-                match media.last_mut() {
-                    None => {
-                        session_ufrag = ufrag.or(session_ufrag);
-                        session_pwd = pwd.or(session_pwd);
-                        session_fingerprint |= fingerprint;
-                    }
-                    Some(m) => {
-                        m.ice_ufrag = ufrag.or(m.ice_ufrag.take());
-                        m.ice_pwd = pwd.or(m.ice_pwd.take());
-                        m.fingerprint |= fingerprint;
-                    }
-                }
-                if let Some(m) = media.last_mut() {
-                    if value == "rtcp-mux" {
-                        m.rtcp_mux = true;
-                    } else if let Some(r) = value.strip_prefix("rtcp:") {
-                        m.rtcp_port = r.split_whitespace().next().and_then(|p| p.parse().ok());
-                    } else if let Some(c) = value.strip_prefix("crypto:") {
-                        m.crypto.push(c.to_string());
-                    } else if let Some(r) = value.strip_prefix("rtpmap:") {
-                        if let Some((pt, encoding)) = r.split_once(' ') {
-                            if m.rtpmap.len() < MAX_FORMATS {
-                                m.rtpmap.push((pt.to_string(), encoding.trim().to_string()));
-                            }
-                        }
-                    }
-                }
-            }
+            "m" => media.push(media_line(value, &session).map_err(|reason| SdpError { line: n, reason })?),
+            "a" => attribute(value, &mut session, media.last_mut()),
             _ => {}
         }
     }
@@ -152,6 +101,61 @@ pub fn parse(sdp: &str) -> Result<Vec<MediaInfo>, SdpError> {
         return Err(SdpError { line: 1, reason: "no v= line" });
     }
     Ok(media)
+}
+
+/// An `m=` line's section, inheriting the session's attributes so far.
+fn media_line(value: &str, session: &SessionLevel) -> Result<MediaInfo, &'static str> {
+    // Single spaces, as RFC 4566 says, and as `rewrite` splits.
+    let mut it = value.split(' ');
+    let kind = it.next().ok_or("bad m= line")?;
+    let port = it.next().and_then(|p| p.split('/').next()?.parse().ok()).ok_or("bad m= port")?;
+    let proto = it.next().ok_or("bad m= proto")?;
+    let formats: Vec<String> = it.filter(|f| !f.is_empty()).map(str::to_string).collect();
+    if formats.len() > MAX_FORMATS {
+        return Err("more than 64 formats");
+    }
+    Ok(MediaInfo {
+        kind: kind.into(),
+        port,
+        proto: proto.into(),
+        addr: session.addr,
+        rtcp_port: None,
+        rtcp_mux: false,
+        crypto: Vec::new(),
+        ice_ufrag: session.ufrag.clone(),
+        ice_pwd: session.pwd.clone(),
+        formats,
+        rtpmap: Vec::new(),
+        fingerprint: session.fingerprint,
+    })
+}
+
+/// An `a=` line: ICE credentials and DTLS fingerprints at either level,
+/// rtcp-mux, `a=rtcp`, SDES keys and rtpmaps in a media section.
+fn attribute(value: &str, session: &mut SessionLevel, section: Option<&mut MediaInfo>) {
+    let ufrag = value.strip_prefix("ice-ufrag:").map(|v| v.trim().to_string());
+    let pwd = value.strip_prefix("ice-pwd:").map(|v| v.trim().to_string());
+    let fingerprint = value.starts_with("fingerprint:");
+    let Some(m) = section else {
+        session.ufrag = ufrag.or(session.ufrag.take());
+        session.pwd = pwd.or(session.pwd.take());
+        session.fingerprint |= fingerprint;
+        return;
+    };
+    m.ice_ufrag = ufrag.or(m.ice_ufrag.take());
+    m.ice_pwd = pwd.or(m.ice_pwd.take());
+    m.fingerprint |= fingerprint;
+    if value == "rtcp-mux" {
+        m.rtcp_mux = true;
+    } else if let Some(r) = value.strip_prefix("rtcp:") {
+        m.rtcp_port = r.split_whitespace().next().and_then(|p| p.parse().ok());
+    } else if let Some(c) = value.strip_prefix("crypto:") {
+        m.crypto.push(c.to_string());
+    } else if let Some((pt, encoding)) = value.strip_prefix("rtpmap:").and_then(|r| r.split_once(' ')) {
+        if m.rtpmap.len() < MAX_FORMATS {
+            m.rtpmap.push((pt.to_string(), encoding.trim().to_string()));
+        }
+    }
 }
 
 /// What happens to ICE attributes of one media section. An endpoint's own
