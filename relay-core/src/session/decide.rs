@@ -1,7 +1,9 @@
-//! What a leg does with one datagram, step by step: screen it, admit its
-//! source (latching policy, proofs), check its tag (`verify = all`), accept
-//! it (latch, replay memory, quality), then route it (blocking, destination,
-//! rate limits). Each step may drop it with its reason.
+//! What a leg does with one datagram, step by step: screen it (classified
+//! once into a [`MediaDatagram`], the typed view every later step reads),
+//! admit its source (latching policy, proofs), check its tag (`verify =
+//! all`), accept it (latch, replay memory, quality), then route it
+//! (blocking, destination, rate limits). Each step may drop it with its
+//! reason.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -11,10 +13,9 @@ use super::stats::DropReason;
 use super::{Component, Latched, Leg};
 use crate::peer::PeerPolicy;
 use crate::shard::RelayPort;
-use crate::wire::rtcp::{PlainReports, RtcpHeader};
-use crate::wire::rtp::RtpHeader;
+use crate::wire::rtcp::PlainReports;
 use crate::wire::stun::{StunClass, StunMessage};
-use crate::wire::{classify_media, PacketClass};
+use crate::wire::{MediaDatagram, PacketClass};
 
 /// The session's rules for its datagrams.
 pub(super) struct Rules<'a> {
@@ -56,40 +57,32 @@ pub(super) fn decide(
     rules: &Rules<'_>,
     a: Arrival<'_>,
 ) -> Result<(RelayPort, SocketAddr), DropReason> {
-    let class = screen(leg, rules, &a)?;
+    let datagram = screen(leg, rules, &a)?;
     let slot = leg.slot(a.component);
-    let admitted = admit_source(leg, rules, &a, class, slot)?;
+    let admitted = admit_source(leg, rules, &a, &datagram, slot)?;
     // verify = all: every SRTP/SRTCP packet must carry a valid tag.
-    if rules.verify == Verify::All
-        && !admitted.verified
-        && leg.auth.is_some()
-        && matches!(class, PacketClass::Rtp | PacketClass::Rtcp)
-        && !verify_tag(leg, class, a.bytes)
-    {
+    if rules.verify == Verify::All && !admitted.verified && !verify_tag(leg, &datagram) {
         return Err(DropReason::AuthFailed);
     }
-    accept(leg, other, &a, class, slot, &admitted);
-    route(leg, other, &a, class)
+    accept(leg, other, &a, &datagram, slot, &admitted);
+    route(leg, other, &a, datagram.class())
 }
 
 /// Empty datagrams, refused sources and anything but media (the RFC 7983
 /// classes with a plausible header) go no further.
-fn screen(leg: &mut Leg, rules: &Rules<'_>, a: &Arrival<'_>) -> Result<PacketClass, DropReason> {
+fn screen<'a>(leg: &mut Leg, rules: &Rules<'_>, a: &Arrival<'a>) -> Result<MediaDatagram<'a>, DropReason> {
     if a.bytes.is_empty() {
         return Err(DropReason::Empty);
     }
     if !rules.policy.allows(a.src) {
         return Err(DropReason::SourcePolicy);
     }
-    let class = classify_media(a.bytes);
-    if class == PacketClass::Other {
-        return Err(DropReason::NotMedia);
-    }
-    if class == PacketClass::Rtcp {
+    let datagram = MediaDatagram::parse(a.bytes).ok_or(DropReason::NotMedia)?;
+    if datagram.class() == PacketClass::Rtcp {
         leg.stats.rtcp_packets_received += 1;
         leg.stats.rtcp_bytes_received += a.bytes.len() as u64;
     }
-    Ok(class)
+    Ok(datagram)
 }
 
 /// May this source send on this slot of the leg (and latch)?
@@ -97,7 +90,7 @@ fn admit_source(
     leg: &mut Leg,
     rules: &Rules<'_>,
     a: &Arrival<'_>,
-    class: PacketClass,
+    datagram: &MediaDatagram<'_>,
     slot: usize,
 ) -> Result<Admitted, DropReason> {
     let current = leg.remote[slot];
@@ -127,7 +120,7 @@ fn admit_source(
             Some(c) if rules.in_window && rank == c.rank => false,
             Some(_) => return Err(DropReason::SourceMismatch),
         },
-        LatchPolicy::Authenticated => authenticate(leg, a, class)?,
+        LatchPolicy::Authenticated => authenticate(leg, a, datagram)?,
     };
     // Latching happens once every check has passed (`accept`).
     Ok(Admitted { new_source: true, rank, verified })
@@ -136,17 +129,17 @@ fn admit_source(
 /// `authenticated` latching: a new source proves itself (SRTP/SRTCP tag or
 /// STUN integrity, fresh) within the leg's budget of failed proofs, or did
 /// so with STUN moments ago (ICE). Returns whether this packet was verified.
-fn authenticate(leg: &mut Leg, a: &Arrival<'_>, class: PacketClass) -> Result<bool, DropReason> {
+fn authenticate(leg: &mut Leg, a: &Arrival<'_>, datagram: &MediaDatagram<'_>) -> Result<bool, DropReason> {
     if leg.is_proven(a.now, a.src) {
         return Ok(false);
     }
     if !leg.budget.may_try(a.now, a.src.ip()) {
         return Err(DropReason::ProofBackoff);
     }
-    match prove(leg, class, a.bytes) {
+    match prove(leg, datagram) {
         Proof::Valid => {
             leg.budget.handle_success(a.src.ip());
-            if class == PacketClass::Stun {
+            if datagram.class() == PacketClass::Stun {
                 leg.handle_stun_proof(a.now, a.src);
             }
             Ok(true)
@@ -163,7 +156,7 @@ fn authenticate(leg: &mut Leg, a: &Arrival<'_>, class: PacketClass) -> Result<bo
 
 /// The source is accepted: latch it, and track indexes and quality (even
 /// if the packet cannot be delivered yet).
-fn accept(leg: &mut Leg, other: &Leg, a: &Arrival<'_>, class: PacketClass, slot: usize, admitted: &Admitted) {
+fn accept(leg: &mut Leg, other: &Leg, a: &Arrival<'_>, datagram: &MediaDatagram<'_>, slot: usize, admitted: &Admitted) {
     if admitted.new_source {
         if leg.remote[slot].is_some() {
             leg.stats.relatches += 1;
@@ -172,37 +165,41 @@ fn accept(leg: &mut Leg, other: &Leg, a: &Arrival<'_>, class: PacketClass, slot:
         }
         leg.remote[slot] = Some(Latched { addr: a.src, rank: admitted.rank });
     }
-    if class == PacketClass::Rtcp {
+    if datagram.class() == PacketClass::Rtcp {
         leg.last_rtcp = Some(a.now);
     } else {
         leg.last_rtp = Some(a.now);
     }
-    match class {
+    match datagram.class() {
         PacketClass::Rtp => {
-            if let Ok(h) = RtpHeader::parse(a.bytes) {
-                leg.last_ssrc = Some(h.ssrc());
-                if leg.auth.is_some() {
-                    leg.replay.record_srtp_seq(h.ssrc(), h.sequence());
-                }
-                if let Some(q) = leg.quality.as_mut() {
-                    q.handle_rtp(a.now, h.ssrc(), h.sequence(), h.timestamp());
-                }
+            let Some(h) = datagram.rtp() else { return };
+            leg.last_ssrc = Some(h.ssrc());
+            if leg.auth.is_some() {
+                leg.replay.record_srtp_seq(h.ssrc(), h.sequence());
+            }
+            if let Some(q) = leg.quality.as_mut() {
+                q.handle_rtp(a.now, h.ssrc(), h.sequence(), h.timestamp());
             }
         }
         PacketClass::Rtcp => {
-            if let (Some(auth), Ok(h)) = (&leg.auth, RtcpHeader::parse(a.bytes)) {
+            let Some(h) = datagram.rtcp() else { return };
+            if let Some(auth) = &leg.auth {
                 if let Ok((_, index)) = h.srtcp_index(auth.rtcp.tag_len().bytes()) {
                     leg.replay.record_srtcp(h.ssrc(), index);
                 }
             }
             // Report blocks of plain RTCP only (SRTCP's are encrypted).
             if let (Some(q), None) = (leg.quality.as_mut(), &leg.auth) {
-                if let Ok(reports) = PlainReports::parse(a.bytes) {
+                if let Ok(reports) = PlainReports::parse(h.bytes()) {
                     q.handle_rtcp(a.now, &reports, other.quality.as_deref());
                 }
             }
         }
-        PacketClass::Stun if !admitted.verified => remember_consent(leg, a),
+        PacketClass::Stun if !admitted.verified => {
+            if let Some(m) = datagram.stun() {
+                remember_consent(leg, a, &m);
+            }
+        }
         _ => {}
     }
 }
@@ -211,8 +208,8 @@ fn accept(leg: &mut Leg, other: &Leg, a: &Arrival<'_>, class: PacketClass, slot:
 /// so one captured there can never re-latch elsewhere (unverified requests
 /// are never stored: they could flush nothing); a fresh consent check
 /// renews the source's proof.
-fn remember_consent(leg: &mut Leg, a: &Arrival<'_>) {
-    if let (Some(key), Ok(m)) = (&leg.stun_key, StunMessage::parse(a.bytes)) {
+fn remember_consent(leg: &mut Leg, a: &Arrival<'_>, m: &StunMessage<'_>) {
+    if let Some(key) = &leg.stun_key {
         if m.class() == StunClass::Request
             && m.verify_integrity(key)
             && leg.stun_replay.check_and_insert(m.transaction_id())
@@ -264,16 +261,16 @@ enum Proof {
 }
 
 /// Checks whether a packet from a new source proves it belongs to the leg.
-fn prove(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> Proof {
+fn prove(leg: &mut Leg, datagram: &MediaDatagram<'_>) -> Proof {
     const UNCHECKED: Proof = Proof::Invalid { checked: false };
     const CHECKED: Proof = Proof::Invalid { checked: true };
-    match class {
+    match datagram.class() {
         PacketClass::Rtp => {
-            let (Some(auth), Ok(h)) = (&leg.auth, RtpHeader::parse(bytes)) else {
+            let (Some(auth), Some(h)) = (&leg.auth, datagram.rtp()) else {
                 return UNCHECKED;
             };
             for index in leg.replay.srtp_candidates(h.ssrc(), h.sequence()).into_iter().flatten() {
-                if auth.rtp.verify_srtp(bytes, (index >> 16) as u32) {
+                if auth.rtp.verify_srtp_header(&h, (index >> 16) as u32) {
                     if !leg.replay.srtp_is_fresh(h.ssrc(), index) {
                         return Proof::Stale;
                     }
@@ -284,21 +281,20 @@ fn prove(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> Proof {
             CHECKED
         }
         PacketClass::Rtcp => {
-            let Some(auth) = &leg.auth else {
+            let (Some(auth), Some(h)) = (&leg.auth, datagram.rtcp()) else {
                 return UNCHECKED;
             };
-            let Some(index) = auth.rtcp.verify_srtcp(bytes) else {
+            let Some(index) = auth.rtcp.verify_srtcp_header(&h) else {
                 return CHECKED;
             };
-            let ssrc = RtcpHeader::parse(bytes).map(|h| h.ssrc()).unwrap_or_default();
-            if !leg.replay.srtcp_is_fresh(ssrc, index) {
+            if !leg.replay.srtcp_is_fresh(h.ssrc(), index) {
                 return Proof::Stale;
             }
-            leg.replay.record_srtcp(ssrc, index);
+            leg.replay.record_srtcp(h.ssrc(), index);
             Proof::Valid
         }
         PacketClass::Stun => {
-            let (Some(key), Ok(m)) = (&leg.stun_key, StunMessage::parse(bytes)) else {
+            let (Some(key), Some(m)) = (&leg.stun_key, datagram.stun()) else {
                 return UNCHECKED;
             };
             if m.class() != StunClass::Request {
@@ -316,20 +312,19 @@ fn prove(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> Proof {
     }
 }
 
-/// `verify = all` check of a packet from the latched source.
-fn verify_tag(leg: &mut Leg, class: PacketClass, bytes: &[u8]) -> bool {
+/// `verify = all` check of a packet from the latched source: SRTP and
+/// SRTCP must carry a valid tag (anything else, or a leg without keys,
+/// passes).
+fn verify_tag(leg: &mut Leg, datagram: &MediaDatagram<'_>) -> bool {
     let Some(auth) = &leg.auth else {
         return true;
     };
-    match class {
-        PacketClass::Rtp => {
-            let Ok(h) = RtpHeader::parse(bytes) else {
-                return false;
-            };
+    match datagram.class() {
+        PacketClass::Rtp => datagram.rtp().is_some_and(|h| {
             let candidates = leg.replay.srtp_candidates(h.ssrc(), h.sequence());
-            candidates.into_iter().flatten().any(|i| auth.rtp.verify_srtp(bytes, (i >> 16) as u32))
-        }
-        PacketClass::Rtcp => auth.rtcp.verify_srtcp(bytes).is_some(),
+            candidates.into_iter().flatten().any(|i| auth.rtp.verify_srtp_header(&h, (i >> 16) as u32))
+        }),
+        PacketClass::Rtcp => datagram.rtcp().is_some_and(|h| auth.rtcp.verify_srtcp_header(&h).is_some()),
         _ => true,
     }
 }

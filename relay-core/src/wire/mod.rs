@@ -13,12 +13,14 @@
 
 pub mod client_hello;
 mod demux;
+pub mod media;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp_auth;
 pub mod stun;
 
 pub use demux::{classify, classify_media, PacketClass};
+pub use media::MediaDatagram;
 
 /// Why a wire view refused a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

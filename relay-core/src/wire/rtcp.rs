@@ -26,6 +26,13 @@ impl<'a> RtcpHeader<'a> {
         Ok(Self { buf })
     }
 
+    /// A view of a datagram [`parse`](Self::parse) accepted before (no
+    /// check repeated).
+    pub(crate) fn from_checked(buf: &'a [u8]) -> Self {
+        debug_assert!(Self::parse(buf).is_ok());
+        Self { buf }
+    }
+
     /// Reception-report count / subtype field.
     pub fn count(&self) -> u8 {
         self.buf[0] & 0x1f

@@ -32,6 +32,13 @@ impl<'a> RtpHeader<'a> {
         Ok(Self { buf, header_len })
     }
 
+    /// A view of a header [`parse`](Self::parse) accepted before, with the
+    /// header length it found (no check repeated).
+    pub(crate) fn from_checked(buf: &'a [u8], header_len: usize) -> Self {
+        debug_assert!(Self::parse(buf).is_ok_and(|h| h.header_len == header_len));
+        Self { buf, header_len }
+    }
+
     /// RTP version (always 2 for a parsed header).
     pub fn version(&self) -> u8 {
         self.buf[0] >> 6
@@ -84,6 +91,10 @@ impl<'a> RtpHeader<'a> {
     /// Everything after the header (for SRTP: ciphertext, then the tag).
     pub fn payload(&self) -> &'a [u8] {
         &self.buf[self.header_len..]
+    }
+    /// The whole packet.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.buf
     }
 }
 

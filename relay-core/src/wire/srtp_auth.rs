@@ -66,10 +66,13 @@ impl AuthVerifier {
     /// Verifies an SRTP packet's tag for a given rollover counter.
     /// Returns `false` for anything that is not a well-formed SRTP packet.
     pub fn verify_srtp(&self, packet: &[u8], roc: u32) -> bool {
+        RtpHeader::parse(packet).is_ok_and(|header| self.verify_srtp_header(&header, roc))
+    }
+
+    /// [`verify_srtp`](Self::verify_srtp) of a packet whose header is read.
+    pub fn verify_srtp_header(&self, header: &RtpHeader<'_>, roc: u32) -> bool {
         let tag_len = self.tag_len.bytes();
-        let Ok(header) = RtpHeader::parse(packet) else {
-            return false;
-        };
+        let packet = header.bytes();
         if packet.len() < header.header_len() + tag_len {
             return false;
         }
@@ -84,8 +87,13 @@ impl AuthVerifier {
     /// Verifies an SRTCP packet's tag (which covers the E flag and index).
     /// Returns the 31-bit SRTCP index when the tag verifies.
     pub fn verify_srtcp(&self, packet: &[u8]) -> Option<u32> {
+        self.verify_srtcp_header(&RtcpHeader::parse(packet).ok()?)
+    }
+
+    /// [`verify_srtcp`](Self::verify_srtcp) of a packet whose header is read.
+    pub fn verify_srtcp_header(&self, header: &RtcpHeader<'_>) -> Option<u32> {
         let tag_len = self.tag_len.bytes();
-        let header = RtcpHeader::parse(packet).ok()?;
+        let packet = header.bytes();
         let (_, index) = header.srtcp_index(tag_len).ok()?;
         let (authenticated, tag) = packet.split_at(packet.len() - tag_len);
         debug_assert!(authenticated.len() >= 8 + SRTCP_INDEX_LEN);
