@@ -107,11 +107,16 @@ pub mod io;
 pub mod names;
 #[cfg(feature = "ng")]
 pub mod ng;
+#[cfg(feature = "engine")]
+#[doc(hidden)] // kernel-route decisions, for the datapaths and their tests
+pub mod offload;
 pub mod peer;
 #[cfg(feature = "engine")]
 pub mod quota;
 #[cfg(feature = "engine")]
 pub mod relay;
+#[cfg(feature = "engine")]
+pub mod relay_port;
 #[cfg(feature = "engine")]
 pub mod session;
 #[cfg(feature = "engine")]

@@ -133,15 +133,7 @@ impl Default for RelayConfig {
     }
 }
 
-/// A configuration value the relay cannot start with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid relay config: {field}: {reason}")]
-pub struct InvalidConfig {
-    /// Offending field.
-    pub field: &'static str,
-    /// What is wrong.
-    pub reason: String,
-}
+pub use crate::session::spec::InvalidConfig;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use super::spec::{LatchPolicy, Verify};
 use super::stats::DropReason;
 use super::{Component, Latched, Leg};
 use crate::peer::PeerPolicy;
-use crate::shard::RelayPort;
+use crate::relay_port::RelayPort;
 use crate::wire::rtcp::PlainReports;
 use crate::wire::stun::{StunClass, StunMessage};
 use crate::wire::{MediaDatagram, PacketClass};

@@ -26,10 +26,10 @@ pub use stats::DropCounters;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::offload::{OffloadRoute, OffloadStats};
 use crate::peer::{self, PeerPolicy};
 use crate::quota::QuotaPermit;
-use crate::shard::offload::{OffloadRoute, Offloaded};
-use crate::shard::RelayPort;
+use crate::relay_port::RelayPort;
 use crate::wire::srtp_auth::AuthVerifier;
 use limits::TokenBucket;
 use quality::QualityTracker;
@@ -192,9 +192,6 @@ pub(crate) struct Leg {
     last_rtcp: Option<Instant>,
     /// SSRC of the last accepted RTP packet.
     last_ssrc: Option<u32>,
-    /// Routes the kernel fast path holds for this leg, per slot (boxed:
-    /// most legs have none).
-    pub(crate) offloaded: Option<Box<[Option<Offloaded>; 2]>>,
     limits: LegLimits,
     pps: Option<TokenBucket>,
     bps: Option<TokenBucket>,
@@ -230,7 +227,6 @@ impl Leg {
             last_rtp: None,
             last_rtcp: None,
             last_ssrc: None,
-            offloaded: None,
             limits: LegLimits::default(),
             pps: None,
             bps: None,
@@ -392,8 +388,6 @@ pub(crate) struct Session {
     window_end: Instant,
     pub(crate) created: Instant,
     pub(crate) last_activity: Instant,
-    /// When fresh kernel counters were last asked for before expiry.
-    pub(crate) offload_refresh: Option<Instant>,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_duration: Duration,
     /// Listed in the shard's change journal since the last pull.
@@ -404,7 +398,7 @@ pub(crate) struct Session {
 /// Relay ports given to one leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegPorts {
-    /// The relay address the ports are on ([`crate::shard::RelayPort::addr`]).
+    /// The relay address the ports are on ([`RelayPort::addr`](crate::relay_port::RelayPort::addr)).
     pub addr: u16,
     /// RTP port (or the only port with rtcp-mux).
     pub rtp: u16,
@@ -611,7 +605,6 @@ impl Session {
             window_end: instant_after(now, window),
             created: now,
             last_activity: now,
-            offload_refresh: None,
             idle_timeout: spec.idle_timeout.unwrap_or(defaults.idle_timeout),
             max_duration: spec.max_duration.unwrap_or(defaults.max_duration),
             journaled: false,
@@ -718,9 +711,10 @@ impl Session {
         verdict
     }
 
-    /// The kernel route a forwarded datagram establishes, if it may be
-    /// offloaded and is not installed already: RTP/RTCP from the leg's
+    /// The kernel route a forwarded datagram establishes (with the leg's
+    /// slot it belongs to), if it may be offloaded: RTP/RTCP from the leg's
     /// latched source, on a leg that is not blocked and not `verify = all`.
+    /// Whether it is installed already is the shard's to know.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn offload_route(
         &mut self,
@@ -731,7 +725,7 @@ impl Session {
         bytes: &[u8],
         via: RelayPort,
         to: SocketAddr,
-    ) -> Option<OffloadRoute> {
+    ) -> Option<(usize, OffloadRoute)> {
         if self.verify == Verify::All || !matches!(bytes.first(), Some(128..=191)) {
             return None;
         }
@@ -762,12 +756,7 @@ impl Session {
             rtp,
             rtcp,
         };
-        let routes = leg.offloaded.get_or_insert_with(|| Box::new([None, None]));
-        if routes[slot].is_some_and(|o| o.route == route) {
-            return None;
-        }
-        routes[slot] = Some(Offloaded::new(route));
-        Some(route)
+        Some((slot, route))
     }
 
     /// Whether `src` would be a new source for `side`'s `component` on a
@@ -784,38 +773,13 @@ impl Session {
             && leg.budget.may_try(now, src.ip())
     }
 
-    /// Takes the routes of `side`'s leg, with its side and slot.
-    pub(crate) fn take_leg_routes(&mut self, side: Side) -> Vec<(usize, usize, Offloaded)> {
-        let i = side.index();
-        let Some(routes) = self.legs[i].offloaded.take() else { return Vec::new() };
-        routes.iter().enumerate().filter_map(|(slot, r)| r.map(|r| (i, slot, r))).collect()
-    }
-
-    /// Takes every route of the session (both legs), with its side and slot.
-    pub(crate) fn take_routes(&mut self) -> Vec<(usize, usize, Offloaded)> {
-        let mut out = self.take_leg_routes(Side::Pbx);
-        out.extend(self.take_leg_routes(Side::Endpoint));
-        out
-    }
-
-    /// The relay sockets of the session's routes.
-    pub(crate) fn routes(&self) -> Vec<RelayPort> {
-        self.legs
-            .iter()
-            .filter_map(|l| l.offloaded.as_deref())
-            .flat_map(|r| r.iter().flatten().map(|o| o.route.local))
-            .collect()
-    }
-
-    /// The route of `side`'s `component`, if installed.
-    pub(crate) fn route_mut(&mut self, side: Side, component: Component) -> Option<&mut Offloaded> {
-        let leg = &mut self.legs[side.index()];
-        let slot = leg.slot(component);
-        leg.offloaded.as_deref_mut()?[slot].as_mut()
+    /// The slot (0: RTP or muxed, 1: RTCP) `component` uses on `side`'s leg.
+    pub(crate) fn slot_of(&self, side: Side, component: Component) -> usize {
+        self.legs[side.index()].slot(component)
     }
 
     /// Accounts what the kernel forwarded for `side` (already a delta).
-    pub(crate) fn handle_offloaded(&mut self, now: Instant, side: Side, d: &crate::shard::offload::OffloadStats) {
+    pub(crate) fn handle_offloaded(&mut self, now: Instant, side: Side, d: &OffloadStats) {
         let leg = &mut self.legs[side.index()];
         leg.stats.packets_received += d.packets + d.rate_limited;
         leg.stats.packets_forwarded += d.packets;

@@ -285,8 +285,8 @@ pub struct SessionDefaults {
 
 impl SessionDefaults {
     /// Checks every default and ceiling against the hard bounds.
-    pub fn validate(&self) -> Result<(), crate::relay::InvalidConfig> {
-        let bad = |field: &'static str, reason: &str| Err(crate::relay::InvalidConfig { field, reason: reason.into() });
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let bad = |field: &'static str, reason: &str| Err(InvalidConfig { field, reason: reason.into() });
         let c = &self.ceilings;
         if self.learning_window > MAX_LEARNING_WINDOW {
             return bad("defaults.learning_window", "must be at most 60 s");
@@ -333,4 +333,14 @@ impl Default for SessionDefaults {
             ceilings: Ceilings::default(),
         }
     }
+}
+
+/// A configuration value the relay cannot start with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid relay config: {field}: {reason}")]
+pub struct InvalidConfig {
+    /// Offending field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
 }

@@ -10,8 +10,9 @@
 
 #[doc(hidden)] // the change journal's bounds, for the workspace's tests
 pub mod journal;
-#[doc(hidden)] // kernel-route bookkeeping, for the datapaths and their tests
-pub mod offload;
+#[doc(hidden)] // kernel-route decisions, for the datapaths and their tests
+pub use crate::offload;
+mod offload_table;
 pub(crate) mod ports;
 #[doc(hidden)] // the timer wheel, for the workspace's benches
 pub mod timer;
@@ -20,41 +21,19 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::offload::{Offload, OffloadStats, Offloaded};
 use crate::peer::{self, PeerPolicy};
 use crate::quota::QuotaPermit;
+pub use crate::relay_port::RelayPort;
 use crate::session::spec::{SessionDefaults, SessionSpec, SessionUpdate, Side};
 use crate::session::state::SessionState;
 use crate::session::stats::{DropReason, ShardCounters};
 use crate::session::{self as sess, Component, InvalidSpec, LegPorts, Session, SessionId, SessionInfo};
 pub use journal::Changes;
 use journal::Journal;
-use offload::{Offload, OffloadStats, Offloaded};
+use offload_table::OffloadTable;
 use ports::PortPool;
 use timer::{TimerEntry, TimerWheel};
-
-/// One relay socket: a port on one of the relay's addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RelayPort {
-    /// The address: an index into [`ShardConfig::addresses`] (the same
-    /// order in every shard).
-    pub addr: u16,
-    /// The port.
-    pub port: u16,
-}
-
-impl RelayPort {
-    /// `port` on address `addr`.
-    pub const fn new(addr: u16, port: u16) -> Self {
-        Self { addr, port }
-    }
-}
-
-/// A port on the first address (the common one-address relay).
-impl From<u16> for RelayPort {
-    fn from(port: u16) -> Self {
-        Self { addr: 0, port }
-    }
-}
 
 /// What to do with one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,6 +346,8 @@ pub struct Shard {
     expired: Vec<TimerEntry>,
     /// Kernel fast path actions not yet taken by the driver.
     offload_queue: VecDeque<Offload>,
+    /// The routes the kernel holds (empty unless the relay offloads).
+    offloads: OffloadTable,
     /// Routes withdrawn whose last counters are still to come:
     /// (socket, session, side index, route).
     retiring: Vec<(RelayPort, SessionId, usize, Offloaded)>,
@@ -437,6 +418,7 @@ impl Shard {
             counters,
             expired: Vec::new(),
             offload_queue: VecDeque::new(),
+            offloads: OffloadTable::default(),
             retiring: Vec::new(),
             journal: config.journal.then(Journal::default),
             config,
@@ -534,7 +516,7 @@ impl Shard {
         // copy of a packet the kernel forwarded would pass as fresh.
         if self.config.offload && session.needs_kernel_state(now, owner.side, owner.component, src) {
             let id = session.id;
-            let routes = session.take_leg_routes(owner.side);
+            let routes = self.offloads.take_leg(id, leg);
             let retiring = self.retiring.iter().any(|(_, r, side, _)| *r == id && *side == leg);
             if !routes.is_empty() || retiring {
                 let stats = &mut session.legs[leg].stats;
@@ -560,11 +542,17 @@ impl Shard {
         if self.config.offload {
             if relatched > 0 {
                 // A moved leg changes where both directions go: withdraw all.
-                let (id, routes) = (session.id, session.take_routes());
+                let id = session.id;
+                let routes = self.offloads.take(id);
                 self.withdraw(id, routes);
             } else if let Ok((via, to)) = verdict {
-                if let Some(route) = session.offload_route(owner.side, owner.component, local, src, bytes, via, to) {
-                    self.queue_offload(Offload::Install(route));
+                let id = session.id;
+                if let Some((slot, route)) =
+                    session.offload_route(owner.side, owner.component, local, src, bytes, via, to)
+                {
+                    if self.offloads.install(id, leg, slot, route) {
+                        self.queue_offload(Offload::Install(route));
+                    }
                 }
             }
         }
@@ -602,24 +590,18 @@ impl Shard {
             };
             let deadline = session.deadline();
             if deadline > now {
-                if let Some(s) = self.session_mut(id) {
-                    s.offload_refresh = None;
-                }
+                self.offloads.refreshed(id);
                 self.wheel.schedule(deadline, id.0);
                 continue;
             }
             // The kernel may have forwarded for it since the last counters:
             // ask for fresh ones once before ending it.
-            if let Some(s) = self.session_mut(id) {
-                let routes = s.routes();
-                if !routes.is_empty() && s.offload_refresh.is_none() {
-                    s.offload_refresh = Some(now);
-                    for r in routes {
-                        self.queue_offload(Offload::Refresh(r));
-                    }
-                    self.wheel.schedule(sess::instant_after(now, OFFLOAD_REFRESH_WAIT), id.0);
-                    continue;
+            if let Some(routes) = self.offloads.ask_refresh(id, now) {
+                for r in routes {
+                    self.queue_offload(Offload::Refresh(r));
                 }
+                self.wheel.schedule(sess::instant_after(now, OFFLOAD_REFRESH_WAIT), id.0);
+                continue;
             }
             let Some(session) = self.session_ref(id) else { continue };
             let idle = session.last_activity + session.idle_timeout <= now;
@@ -866,7 +848,7 @@ impl Shard {
         s.update(now, update, &self.config.defaults, &self.config.peer_policy)?;
         // Keys, hints, limits, policy or a block may change what userspace
         // would decide: the kernel stops deciding for it.
-        let routes = s.take_routes();
+        let routes = self.offloads.take(id);
         self.withdraw(id, routes);
         self.journal_changed(id);
         Ok(())
@@ -901,7 +883,7 @@ impl Shard {
     /// The relay sockets of `id`'s kernel routes (a driver refreshes their
     /// counters before a command about the session, e.g. a release).
     pub fn routes_of(&self, id: SessionId) -> Vec<RelayPort> {
-        self.session_ref(id).map(Session::routes).unwrap_or_default()
+        self.offloads.locals(id)
     }
 
     /// The kernel's counters of the route on `local` since it was
@@ -921,7 +903,8 @@ impl Shard {
         } else {
             let Some(owner) = self.owner(local) else { return };
             let Some(Some(s)) = self.sessions.get_mut(owner.slot as usize) else { return };
-            let Some(r) = s.route_mut(owner.side, owner.component) else { return };
+            let slot = s.slot_of(owner.side, owner.component);
+            let Some(r) = self.offloads.get_mut(s.id, owner.side.index(), slot) else { return };
             if r.route.local != local {
                 return;
             }
@@ -1061,10 +1044,10 @@ impl Shard {
 
     fn remove(&mut self, id: SessionId, sockets: &mut impl PortSockets) {
         let Some(slot) = self.slots.remove(&id) else { return };
-        let Some(mut session) = self.sessions.get_mut(slot as usize).and_then(|s| s.take()) else {
+        let Some(session) = self.sessions.get_mut(slot as usize).and_then(|s| s.take()) else {
             return;
         };
-        let routes = session.take_routes();
+        let routes = self.offloads.take(id);
         self.withdraw(id, routes);
         for side in [Side::Pbx, Side::Endpoint] {
             let ports = session.ports(side);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Carries, FastPath, NextHop, Route, RouteStats, MAX_ROUTES};
-use crate::shard::offload::{Offload, OffloadStats};
+use crate::offload::{Offload, OffloadStats};
 use crate::shard::{PortIndex, RelayPort, Shard};
 
 /// How often every installed route's counters are read back.

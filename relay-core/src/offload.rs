@@ -2,7 +2,9 @@
 //! fast path (the `ebpf` feature's tc program) may forward on its own, and
 //! how its counters come back.
 //!
-//! The shard decides; a driver beside the backend applies the decisions to
+//! The shard decides (a session says which route a forwarded datagram
+//! establishes; the shard keeps which routes are installed, in its
+//! `OffloadTable`); a driver beside the backend applies the decisions to
 //! the kernel's maps and reports the kernel's counters. A route is offered
 //! ([`Offload::Install`]) after userspace itself forwarded an RTP/RTCP
 //! packet from a leg's latched source, so the kernel only ever continues a
@@ -17,7 +19,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::RelayPort;
+use crate::relay_port::RelayPort;
 
 /// One direction of a leg, forwarded in the kernel: a datagram to `local`
 /// from exactly `from` leaves from `via` to `to`.
@@ -51,7 +53,7 @@ pub enum Offload {
     /// Install (or replace) a route.
     Install(OffloadRoute),
     /// Read the route's counters one last time (answer with
-    /// [`Shard::handle_offload_stats`](super::Shard::handle_offload_stats)),
+    /// [`Shard::handle_offload_stats`](crate::shard::Shard::handle_offload_stats)),
     /// then remove it.
     Remove(RelayPort),
     /// Read the route's counters now (the session may be idle).
