@@ -693,7 +693,10 @@ fn kamailio_drives_ucmrc_as_rtpengine() {
 #[test]
 fn a_full_relay_in_a_set_passes_its_calls_to_the_next() {
     let relay_config = |ports: &str, ng: &str| {
-        config("").replace("port_min = 20000\nport_max = 29999", ports).replace("[ng]\n", &format!("[ng]\n{ng}"))
+        // Quality on: each call's MOS reaches Kamailio from whichever relay took it.
+        config("[sessions]\nquality = true\n")
+            .replace("port_min = 20000\nport_max = 29999", ports)
+            .replace("[ng]\n", &format!("[ng]\n{ng}"))
     };
     let full = start(Some(&relay_config("port_min = 20000\nport_max = 20999", "max_calls = 1\n")));
     let spare = start(Some(&relay_config("port_min = 21000\nport_max = 22999", "")));
