@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
+use relay_core::framing::HEADROOM;
 use relay_core::shard::{
     AddressSlice, Command, PortClose, PortSockets, RelayPort, Response, Shard, ShardConfig, Verdict,
 };
@@ -68,24 +69,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("phone → 127.0.0.1:{}, PBX ← from 127.0.0.1:{}", alloc.endpoint.rtp, alloc.pbx.rtp);
 
-    // The phone sends; our loop reads the relay port, asks the shard, and
-    // sends where the verdict says — from the port it names.
+    // The phone sends; our loop reads the relay port (behind HEADROOM free
+    // bytes, where a verdict's framing may put a header), asks the shard,
+    // and sends where the verdict says — from the port it names, framed as
+    // it says (media: unchanged).
     let mut delivered = 0;
     for seq in 0u16..5 {
         let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
         packet[2..4].copy_from_slice(&seq.to_be_bytes());
         phone.send_to(&packet, ("127.0.0.1", alloc.endpoint.rtp))?;
-        let mut buf = [0u8; 1500];
+        let mut buf = [0u8; HEADROOM + 1500];
         let (n, src) = loop {
-            match sockets.open[&alloc.endpoint.rtp].recv_from(&mut buf) {
+            match sockets.open[&alloc.endpoint.rtp].recv_from(&mut buf[HEADROOM..]) {
                 Ok(r) => break r,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
                 Err(e) => return Err(e.into()),
             }
         };
-        match shard.handle_datagram(Instant::now(), alloc.endpoint.rtp, src, &buf[..n]) {
-            Verdict::Forward { via, to } => {
-                sockets.open[&via.port].send_to(&buf[..n], to)?;
+        match shard.handle_datagram(Instant::now(), alloc.endpoint.rtp, src, &buf[HEADROOM..HEADROOM + n]) {
+            Verdict::Forward { via, to, framing } => {
+                let bytes = framing.apply(&mut buf, HEADROOM, n).ok_or("a framing this buffer cannot hold")?;
+                sockets.open[&via.port].send_to(&buf[bytes], to)?;
             }
             Verdict::Drop(reason) => println!("dropped: {reason}"),
         }

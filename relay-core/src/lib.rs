@@ -103,6 +103,7 @@ pub mod codes;
 pub mod connector;
 #[cfg(any(feature = "control", feature = "connector"))]
 pub mod control;
+pub mod framing;
 pub mod io;
 pub mod names;
 #[cfg(feature = "ng")]

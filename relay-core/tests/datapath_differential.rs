@@ -348,7 +348,7 @@ fn compare(fast: &mut FastPath, hosts: Hosts, keys: bool, case: &str, f: &[u8]) 
         let (from, to, ttl, tos, payload) = parse_out(&kernel.frame);
         assert_eq!((ttl, tos), (64, 0), "{case}: the relay's own TTL and TOS");
         match (&delivered, &user) {
-            (Some((_, _, sent)), Some(Verdict::Forward { via, to: user_to })) => {
+            (Some((_, _, sent)), Some(Verdict::Forward { via, to: user_to, .. })) => {
                 let via = SocketAddr::new(hosts.relay, via.port);
                 assert_eq!((from, to), (via, *user_to), "{case}: where userspace sends it");
                 assert_eq!(&payload, sent, "{case}: the payload userspace would send");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use relay_core::peer::PeerPolicy;
 use relay_core::session::SessionId;
-use relay_core::shard::{Command, Response, Shard, ShardConfig, Verdict};
+use relay_core::shard::{Command, Framing, Response, Shard, ShardConfig, Verdict};
 use relay_core::DropReason;
 use relay_core::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Side, Verify};
 use test_support::keys::*;
@@ -203,7 +203,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     set.insert(c1);
                 }
                 match shard.handle_datagram(now, port, src, &bytes) {
-                    Verdict::Forward { via, to } => {
+                    Verdict::Forward { via, to, framing } => {
+                        prop_assert_eq!(framing, Framing::Unchanged, "media leaves as it came");
                         let via_port = via.port;
                         let (id, side) = *m
                             .owner

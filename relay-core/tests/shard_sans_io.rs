@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use relay_core::peer::PeerPolicy;
 use relay_core::quota::{TenantLimit, TenantQuotas};
-use relay_core::shard::{AllocatedPorts, Command, Response, RestoreClash, Shard, ShardConfig, ShardError, Verdict};
+use relay_core::shard::{
+    AllocatedPorts, Command, Framing, Response, RestoreClash, Shard, ShardConfig, ShardError, Verdict,
+};
 use relay_core::DropReason;
 use relay_core::LegLimits;
 use relay_core::{LatchPolicy, LegSpec, LegUpdate, SessionDefaults, SessionSpec, SessionUpdate, Verify};
@@ -102,7 +104,7 @@ const ATTACKER: &str = "192.0.2.66:6666";
 const DTLS_RECORD: [u8; 14] = [22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1];
 
 fn fwd(via_port: u16, to: &str) -> Verdict {
-    Verdict::Forward { via: via_port.into(), to: sa(to) }
+    Verdict::Forward { via: via_port.into(), to: sa(to), framing: Framing::Unchanged }
 }
 
 #[test]
@@ -687,10 +689,20 @@ fn legs_get_ports_on_their_interface_and_forward_from_its_address() {
         sa(PHONE),
         &SrtpTx::new(&master(1), 1, 1).next_rtp(),
     );
-    assert_eq!(from_phone, Verdict::Forward { via: RelayPort::new(0, a.pbx.rtp), to: sa(PBX) });
+    assert_eq!(
+        from_phone,
+        Verdict::Forward { via: RelayPort::new(0, a.pbx.rtp), to: sa(PBX), framing: Framing::Unchanged }
+    );
     let from_pbx =
         shard.handle_datagram(t0, RelayPort::new(0, a.pbx.rtp), sa(PBX), &SrtpTx::new(&master(2), 2, 1).next_rtp());
-    assert_eq!(from_pbx, Verdict::Forward { via: RelayPort::new(a.endpoint.addr, a.endpoint.rtp), to: sa(PHONE) });
+    assert_eq!(
+        from_pbx,
+        Verdict::Forward {
+            via: RelayPort::new(a.endpoint.addr, a.endpoint.rtp),
+            to: sa(PHONE),
+            framing: Framing::Unchanged
+        }
+    );
     // Two calls with the same endpoint port number on the two WAN addresses
     // (8 calls over 2 × 8 ports, seeded: deterministic) are told apart.
     let (x, y) = calls
@@ -705,7 +717,11 @@ fn legs_get_ports_on_their_interface_and_forward_from_its_address() {
             sa(PHONE),
             &SrtpTx::new(&master(3), 3, 1).next_rtp(),
         );
-        assert_eq!(v, Verdict::Forward { via: RelayPort::new(0, c.pbx.rtp), to: sa(PBX) }, "each reaches its own call");
+        assert_eq!(
+            v,
+            Verdict::Forward { via: RelayPort::new(0, c.pbx.rtp), to: sa(PBX), framing: Framing::Unchanged },
+            "each reaches its own call"
+        );
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use socket2::Socket;
 
 use super::sys::{Epoll, MsgBatch, Received};
 use super::{ShardRun, SocketOptions};
+use crate::framing::HEADROOM;
 use crate::session::stats::DropReason;
 use crate::shard::{PortClose, PortIndex, PortSockets, RelayPort, Shard, Verdict};
 
@@ -92,8 +94,8 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
     let mut batch = MsgBatch::new(BATCH_SLOTS);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     let mut received: Vec<Received> = Vec::with_capacity(RECV_BATCH);
-    let mut sends: Vec<(RelayPort, usize, usize, SocketAddr)> = Vec::with_capacity(BATCH_SLOTS);
-    let mut group: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(BATCH_SLOTS);
+    let mut sends: Vec<(RelayPort, usize, Range<usize>, SocketAddr)> = Vec::with_capacity(BATCH_SLOTS);
+    let mut group: Vec<(usize, Range<usize>, SocketAddr)> = Vec::with_capacity(BATCH_SLOTS);
 
     loop {
         let timeout = sleep_ms(shard.poll_timeout(), Instant::now());
@@ -130,8 +132,12 @@ fn run_loop(mut run: ShardRun) -> io::Result<()> {
                     shard.record_backend_drop(r.len, DropReason::SourcePolicy);
                     continue;
                 };
-                if let Verdict::Forward { via, to } = shard.handle_datagram(now, port, src, batch.slot(r.slot, r.len)) {
-                    sends.push((via, r.slot, r.len, to));
+                let verdict = shard.handle_datagram(now, port, src, batch.slot(r.slot, r.len));
+                if let Verdict::Forward { via, to, framing } = verdict {
+                    match framing.apply(batch.region_mut(r.slot), HEADROOM, r.len) {
+                        Some(bytes) => sends.push((via, r.slot, bytes, to)),
+                        None => shard.record_send_error(),
+                    }
                 }
             }
             used += received.len();
@@ -154,8 +160,8 @@ fn flush(
     shard: &mut Shard,
     sockets: &Sockets,
     batch: &mut MsgBatch,
-    sends: &mut Vec<(RelayPort, usize, usize, SocketAddr)>,
-    group: &mut Vec<(usize, usize, SocketAddr)>,
+    sends: &mut Vec<(RelayPort, usize, Range<usize>, SocketAddr)>,
+    group: &mut Vec<(usize, Range<usize>, SocketAddr)>,
 ) {
     if sends.is_empty() {
         return;
@@ -167,7 +173,7 @@ fn flush(
         let port = sends[i].0;
         group.clear();
         while i < sends.len() && sends[i].0 == port {
-            group.push((sends[i].1, sends[i].2, sends[i].3));
+            group.push((sends[i].1, sends[i].2.clone(), sends[i].3));
             i += 1;
         }
         let v6 = sockets.index.bind_addr(port).is_some_and(|a| a.is_ipv6());

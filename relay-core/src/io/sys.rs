@@ -8,7 +8,10 @@
 use std::io;
 use std::mem::{size_of, zeroed, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::framing::HEADROOM;
 
 /// Converts a libc return value into an `io::Result`.
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -186,6 +189,9 @@ pub fn decode_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Op
 /// with a counted reason.
 pub const DATAGRAM_BUFFER: usize = 2048;
 
+/// One batch slot: headroom, then the receive buffer.
+const SLOT: usize = HEADROOM + DATAGRAM_BUFFER;
+
 /// One received or to-be-sent datagram in a [`MsgBatch`].
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
@@ -199,8 +205,9 @@ pub struct Received {
     pub truncated: bool,
 }
 
-/// Fixed arrays for `recvmmsg`/`sendmmsg`: `capacity` buffers of
-/// [`DATAGRAM_BUFFER`] bytes with their iovecs, headers and addresses.
+/// Fixed arrays for `recvmmsg`/`sendmmsg`: `capacity` slots, each
+/// [`HEADROOM`] free bytes then a [`DATAGRAM_BUFFER`]-byte receive buffer,
+/// with their iovecs, headers and addresses.
 pub struct MsgBatch {
     bufs: Box<[u8]>,
     iovecs: Box<[libc::iovec]>,
@@ -229,7 +236,7 @@ impl MsgBatch {
         // SAFETY: as above.
         let zero_hdr: libc::mmsghdr = unsafe { zeroed() };
         Self {
-            bufs: vec![0u8; capacity * DATAGRAM_BUFFER].into_boxed_slice(),
+            bufs: vec![0u8; capacity * SLOT].into_boxed_slice(),
             iovecs: vec![iov; capacity].into_boxed_slice(),
             names: vec![zero_name; capacity].into_boxed_slice(),
             hdrs: vec![zero_hdr; capacity].into_boxed_slice(),
@@ -244,8 +251,14 @@ impl MsgBatch {
 
     /// The bytes of a slot.
     pub fn slot(&self, slot: usize, len: usize) -> &[u8] {
-        let start = slot * DATAGRAM_BUFFER;
+        let start = slot * SLOT + HEADROOM;
         &self.bufs[start..start + len.min(DATAGRAM_BUFFER)]
+    }
+
+    /// A slot's whole region: [`HEADROOM`] bytes, then its datagram (for
+    /// [`Framing::apply`](crate::framing::Framing::apply) in place).
+    pub fn region_mut(&mut self, slot: usize) -> &mut [u8] {
+        &mut self.bufs[slot * SLOT..(slot + 1) * SLOT]
     }
 
     /// Receives up to `count` datagrams from `fd` into slots `first..`, without blocking.
@@ -256,7 +269,7 @@ impl MsgBatch {
         }
         for i in first..first + count {
             self.iovecs[i] = libc::iovec {
-                iov_base: self.bufs[i * DATAGRAM_BUFFER..].as_mut_ptr().cast(),
+                iov_base: self.bufs[i * SLOT + HEADROOM..].as_mut_ptr().cast(),
                 iov_len: DATAGRAM_BUFFER,
             };
             let hdr = &mut self.hdrs[i];
@@ -292,17 +305,23 @@ impl MsgBatch {
         Ok(n)
     }
 
-    /// Sends datagrams `(slot, len, destination)` out of `fd` with as few
-    /// `sendmmsg` calls as the kernel allows. Returns how many were sent and
-    /// how many failed (counted, never retried forever).
-    pub fn send(&mut self, fd: RawFd, v6: bool, items: &[(usize, usize, SocketAddr)]) -> (usize, usize) {
+    /// Sends datagrams `(slot, bytes of its region, destination)` out of
+    /// `fd` with as few `sendmmsg` calls as the kernel allows (a datagram as
+    /// received is `HEADROOM..HEADROOM + len`). Returns how many were sent
+    /// and how many failed (counted, never retried forever).
+    pub fn send(&mut self, fd: RawFd, v6: bool, items: &[(usize, Range<usize>, SocketAddr)]) -> (usize, usize) {
         let mut sent = 0;
         let mut failed = 0;
         let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(items.len());
         let mut iovs: Vec<libc::iovec> = Vec::with_capacity(items.len());
         let mut names: Vec<MaybeUninit<libc::sockaddr_storage>> = Vec::with_capacity(items.len());
         let mut lens = Vec::with_capacity(items.len());
-        for &(slot, len, to) in items {
+        for (slot, bytes, to) in items {
+            let (slot, to) = (*slot, *to);
+            if slot >= self.capacity || bytes.start > bytes.end || bytes.end > SLOT {
+                failed += 1;
+                continue;
+            }
             let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
             // SAFETY: zeroed sockaddr_storage is a valid value.
             let name_len = encode_addr(to, v6, unsafe { storage.assume_init_mut() });
@@ -313,8 +332,8 @@ impl MsgBatch {
             names.push(storage);
             lens.push(name_len);
             iovs.push(libc::iovec {
-                iov_base: self.bufs[slot * DATAGRAM_BUFFER..].as_mut_ptr().cast(),
-                iov_len: len.min(DATAGRAM_BUFFER),
+                iov_base: self.bufs[slot * SLOT + bytes.start..].as_mut_ptr().cast(),
+                iov_len: bytes.len(),
             });
         }
         for i in 0..iovs.len() {
@@ -444,4 +463,45 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     cvt(unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) })?;
     // SAFETY: CPU_ISSET reads inside `set` for indexes below CPU_SETSIZE.
     Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::Framing;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    /// A datagram received into a batch leaves framed in place: a header
+    /// written into the slot's headroom, or one taken off — real sockets.
+    #[test]
+    fn a_batch_sends_framed_datagrams_from_its_receive_buffers() {
+        let (peer, relay) =
+            (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
+        peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let to = peer.local_addr().expect("addr");
+        let mut batch = MsgBatch::new(4);
+        for payload in [b"\x40\x01\x00\x04data".as_slice(), b"media"] {
+            peer.send_to(payload, relay.local_addr().expect("addr")).expect("send");
+        }
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            relay.set_nonblocking(false).expect("blocking");
+            let mut one = [0u8; 1];
+            relay.peek_from(&mut one).expect("a datagram waits");
+            batch.recv(relay.as_raw_fd(), got.len(), 2 - got.len(), &mut got).expect("recv");
+        }
+        assert_eq!(batch.slot(got[0].slot, got[0].len), b"\x40\x01\x00\x04data");
+        let strip = Framing::Strip(4).apply(batch.region_mut(got[0].slot), HEADROOM, got[0].len).expect("strip");
+        let prepend = Framing::Prepend(*b"\x40\x01\x00\x05").apply(batch.region_mut(got[1].slot), HEADROOM, got[1].len);
+        let items = [(got[0].slot, strip, to), (got[1].slot, prepend.expect("headroom"), to)];
+        assert_eq!(batch.send(relay.as_raw_fd(), false, &items), (2, 0));
+        let mut buf = [0u8; 64];
+        let (n, _) = peer.recv_from(&mut buf).expect("stripped");
+        assert_eq!(&buf[..n], b"data");
+        let (n, _) = peer.recv_from(&mut buf).expect("prepended");
+        assert_eq!(&buf[..n], b"\x40\x01\x00\x05media");
+        // A range outside the slot is refused, not sent.
+        assert_eq!(batch.send(relay.as_raw_fd(), false, &[(0, 0..SLOT + 1, to)]), (0, 1));
+    }
 }

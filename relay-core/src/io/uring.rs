@@ -33,6 +33,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::sys::{decode_addr, encode_addr};
 use super::{ShardRun, SocketOptions};
+use crate::framing::Framing;
 use crate::session::stats::DropReason;
 use crate::shard::{PortClose, PortIndex, PortSockets, RelayPort, Shard, Verdict};
 
@@ -133,6 +134,13 @@ impl BufRing {
     fn buf(&self, bid: u16) -> &[u8] {
         let start = usize::from(bid) * BUFFER_SIZE;
         &self.bufs[start..start + BUFFER_SIZE]
+    }
+
+    /// Buffer `bid`, to frame a received datagram in place (it is ours
+    /// between its completion and its recycling).
+    fn buf_mut(&mut self, bid: u16) -> &mut [u8] {
+        let start = usize::from(bid) * BUFFER_SIZE;
+        &mut self.bufs[start..start + BUFFER_SIZE]
     }
 }
 
@@ -481,13 +489,16 @@ fn handle_recv(
     }
 }
 
-/// A datagram the shard forwards: from which relay port, to where, and
-/// where its payload sits in the receive buffer.
+/// A datagram the shard forwards: from which relay port, to where, where
+/// its payload sits in the receive buffer, and how it is framed. The bytes
+/// in front of the payload (the `recvmsg` header and the source address,
+/// read already) are its headroom.
 struct Forward {
     via: RelayPort,
     to: SocketAddr,
     offset: usize,
     len: usize,
+    framing: Framing,
 }
 
 /// Parses the received message in buffer `bid` (`res` bytes) and asks the
@@ -513,7 +524,7 @@ fn decide(u: &Ring, shard: &mut Shard, now: Instant, port: RelayPort, bid: u16, 
     };
     let offset = payload.as_ptr() as usize - data.as_ptr() as usize;
     match shard.handle_datagram(now, port, src, payload) {
-        Verdict::Forward { via, to } => Some(Forward { via, to, offset, len: payload.len() }),
+        Verdict::Forward { via, to, framing } => Some(Forward { via, to, offset, len: payload.len(), framing }),
         Verdict::Drop(_) => None,
     }
 }
@@ -529,9 +540,14 @@ fn push_send(u: &mut Ring, shard: &mut Shard, bid: u16, f: Forward) -> io::Resul
         u.bufs.recycle(bid);
         return Ok(());
     };
-    let ptr = u.bufs.buf(bid)[f.offset..].as_ptr();
+    let Some(bytes) = f.framing.apply(u.bufs.buf_mut(bid), f.offset, f.len) else {
+        shard.record_send_error();
+        u.bufs.recycle(bid);
+        return Ok(());
+    };
+    let ptr = u.bufs.buf(bid)[bytes.start..].as_ptr();
     let dest_ptr = (&u.dests[usize::from(bid)] as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
-    let e = opcode::Send::new(types::Fixed(via), ptr, f.len as u32)
+    let e = opcode::Send::new(types::Fixed(via), ptr, bytes.len() as u32)
         .dest_addr(dest_ptr)
         .dest_addr_len(dest_len)
         .build()

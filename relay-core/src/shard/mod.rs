@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+pub use crate::framing::Framing;
 use crate::offload::{Offload, OffloadStats, Offloaded};
 use crate::peer::{self, PeerPolicy};
 use crate::quota::QuotaPermit;
@@ -38,12 +39,15 @@ use timer::{TimerEntry, TimerWheel};
 /// What to do with one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send the datagram, unchanged, out of relay socket `via` to `to`.
+    /// Send the datagram out of relay socket `via` to `to`, framed as
+    /// `framing` says (media: unchanged).
     Forward {
         /// The relay socket to send from.
         via: RelayPort,
         /// The destination.
         to: SocketAddr,
+        /// What happens to its bytes ([`Framing::apply`], by the datapath).
+        framing: Framing,
     },
     /// Drop it (already counted).
     Drop(DropReason),
@@ -560,7 +564,7 @@ impl Shard {
             Ok((via, to)) => {
                 self.counters.packets_forwarded += 1;
                 self.counters.bytes_forwarded += bytes.len() as u64;
-                Verdict::Forward { via, to }
+                Verdict::Forward { via, to, framing: Framing::Unchanged }
             }
             Err(reason) => {
                 self.counters.drops.add(reason);
