@@ -13,8 +13,9 @@
 #   iputils-arping the HA test's takeover hook announces the moved service
 #                  address (gratuitous ARP), as keepalived would
 #   prometheus     promtool lints the /metrics exposition (relay-bin's tests)
+#   openssl        the oracle for TURN's credentials (HMAC-SHA1, MD5, SHA-256)
 set -euo pipefail
-packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2 redis-server iputils-arping prometheus)
+packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2 redis-server iputils-arping prometheus openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

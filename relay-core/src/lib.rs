@@ -27,6 +27,7 @@
 //! | `batch-send` | io_uring `SENDMSG` batches (the load generator) |
 //! | `async` | tokio's runtime parts the network services use |
 //! | `ebpf` | `io::ebpf`: the kernel fast path (a tc program and its loader) behind `BackendKind::Ebpf` |
+//! | `turn` | `turn`: TURN, built in steps — so far its long-term credentials (REST secrets, keys, nonces) |
 //! | `__fault-injection` | tests only: lets a test make a shard thread panic |
 //!
 //! Examples (`relay-core/examples/`): `embed_in_tokio` (allocate, forward,
@@ -130,6 +131,8 @@ pub mod testkit;
 pub mod tls;
 #[cfg(any(feature = "tunnels", feature = "connector"))]
 pub mod tunnel;
+#[cfg(feature = "turn")]
+pub mod turn;
 pub mod wire;
 
 #[cfg(feature = "engine")]
