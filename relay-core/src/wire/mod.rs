@@ -18,6 +18,7 @@ pub mod rtcp;
 pub mod rtp;
 pub mod srtp_auth;
 pub mod stun;
+pub mod stun_writer;
 
 pub use demux::{classify, classify_media, PacketClass};
 pub use media::MediaDatagram;

@@ -151,31 +151,9 @@ impl<'a> StunMessage<'a> {
 /// FINGERPRINT. For endpoints simulated in tests and tools; the relay
 /// itself only verifies checks.
 pub fn binding_request(username: &[u8], password: &[u8], txid: [u8; 12]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(HEADER_LEN + 8 + username.len() + 24 + 8);
-    m.extend_from_slice(&[0x00, 0x01, 0, 0]);
-    m.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    m.extend_from_slice(&txid);
-    m.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
-    m.extend_from_slice(&(username.len() as u16).to_be_bytes());
-    m.extend_from_slice(username);
-    m.resize(m.len() + (4 - username.len() % 4) % 4, 0);
-    // The length field covers the message up to the end of MI when the
-    // MAC is computed, then up to the end of FINGERPRINT.
-    let with_mi = (m.len() - HEADER_LEN + 24) as u16;
-    m[2..4].copy_from_slice(&with_mi.to_be_bytes());
-    let mut mac = super::srtp_auth::keyed_hmac(password);
-    mac.update(&m);
-    let tag = mac.finalize().into_bytes();
-    m.extend_from_slice(&ATTR_MESSAGE_INTEGRITY.to_be_bytes());
-    m.extend_from_slice(&20u16.to_be_bytes());
-    m.extend_from_slice(&tag);
-    let with_fp = (m.len() - HEADER_LEN + 8) as u16;
-    m[2..4].copy_from_slice(&with_fp.to_be_bytes());
-    let crc = crc32fast::hash(&m) ^ FINGERPRINT_XOR;
-    m.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
-    m.extend_from_slice(&4u16.to_be_bytes());
-    m.extend_from_slice(&crc.to_be_bytes());
-    m
+    let mut w = super::stun_writer::StunWriter::new(0x0001, txid);
+    w.attribute(ATTR_USERNAME, username).message_integrity(password).fingerprint();
+    w.finish()
 }
 
 /// Iterator over a parsed message's attributes.
