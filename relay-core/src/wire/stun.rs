@@ -1,6 +1,8 @@
 //! STUN message view (RFC 8489): header, attributes, MESSAGE-INTEGRITY
 //! (HMAC-SHA1, short-term credentials) and FINGERPRINT (CRC-32).
 
+use std::net::SocketAddr;
+
 use hmac::Mac;
 
 use super::{be16, be32, need, WireError};
@@ -15,6 +17,8 @@ pub const ATTR_USERNAME: u16 = 0x0006;
 pub const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
 /// FINGERPRINT attribute type.
 pub const ATTR_FINGERPRINT: u16 = 0x8028;
+/// MESSAGE-INTEGRITY-SHA256 attribute type (RFC 8489 §14.6).
+pub const ATTR_MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
 /// The value XORed into the FINGERPRINT CRC.
 pub const FINGERPRINT_XOR: u32 = 0x5354_554e;
 
@@ -112,6 +116,28 @@ impl<'a> StunMessage<'a> {
         self.attributes().find(|a| a.kind == kind)
     }
 
+    /// The address of an XOR-…-ADDRESS attribute of type `kind` (RFC 8489
+    /// §14.2; XOR-MAPPED-, XOR-PEER-, XOR-RELAYED-ADDRESS), if present and
+    /// well formed.
+    pub fn xor_address(&self, kind: u16) -> Option<SocketAddr> {
+        let v = self.attribute(kind)?.value;
+        let mut key = [0u8; 16];
+        key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        key[4..].copy_from_slice(self.transaction_id());
+        let port = be16(v, 2) ^ (MAGIC_COOKIE >> 16) as u16;
+        match (v.first(), v.get(1), v.len()) {
+            (Some(0), Some(0x01), 8) => {
+                let ip: [u8; 4] = std::array::from_fn(|i| v[4 + i] ^ key[i]);
+                Some(SocketAddr::from((ip, port)))
+            }
+            (Some(0), Some(0x02), 20) => {
+                let ip: [u8; 16] = std::array::from_fn(|i| v[4 + i] ^ key[i]);
+                Some(SocketAddr::from((ip, port)))
+            }
+            _ => None,
+        }
+    }
+
     /// Verifies MESSAGE-INTEGRITY with a short-term credential `key` (the
     /// ICE password). Returns `false` when the attribute is missing, the
     /// wrong size, or does not verify.
@@ -132,6 +158,27 @@ impl<'a> StunMessage<'a> {
         super::ct_eq(&digest, mi.value)
     }
 
+    /// Verifies MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256, RFC 8489 §14.6)
+    /// with `key`: a tag of 16 to 32 bytes, a multiple of 4 (a truncated
+    /// one compares its prefix).
+    #[cfg(feature = "turn")]
+    pub fn verify_integrity_sha256(&self, key: &[u8]) -> bool {
+        let Some(mi) = self.attribute(ATTR_MESSAGE_INTEGRITY_SHA256) else {
+            return false;
+        };
+        let n = mi.value.len();
+        if !(16..=32).contains(&n) || n % 4 != 0 {
+            return false;
+        }
+        let adjusted = (mi.offset + 4 + n - HEADER_LEN) as u16;
+        let mut mac = hmac_sha256(key);
+        mac.update(&self.buf[0..2]);
+        mac.update(&adjusted.to_be_bytes());
+        mac.update(&self.buf[4..mi.offset]);
+        let digest = mac.finalize().into_bytes();
+        super::ct_eq(&digest[..n], mi.value)
+    }
+
     /// Verifies the FINGERPRINT attribute, which must be the last one.
     pub fn verify_fingerprint(&self) -> bool {
         let Some(fp) = self.attribute(ATTR_FINGERPRINT) else {
@@ -144,6 +191,13 @@ impl<'a> StunMessage<'a> {
         crc.update(&self.buf[..fp.offset]);
         crc.finalize() ^ FINGERPRINT_XOR == be32(fp.value, 0)
     }
+}
+
+/// HMAC-SHA256 keyed with `key` (any length is a valid HMAC key).
+#[cfg(feature = "turn")]
+pub(crate) fn hmac_sha256(key: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    #[allow(clippy::expect_used)]
+    <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
 /// A STUN Binding request as an ICE agent's connectivity check: USERNAME,

@@ -91,6 +91,18 @@ impl StunWriter {
         self.attribute(ATTR_MESSAGE_INTEGRITY, &tag)
     }
 
+    /// Appends MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.6): the full 32-byte
+    /// HMAC-SHA256 keyed with `key` over the message so far, its length
+    /// field counting the attribute itself.
+    #[cfg(feature = "turn")]
+    pub fn message_integrity_sha256(&mut self, key: &[u8]) -> &mut Self {
+        self.set_length(36);
+        let mut mac = super::stun::hmac_sha256(key);
+        mac.update(&self.buf);
+        let tag = mac.finalize().into_bytes();
+        self.attribute(super::stun::ATTR_MESSAGE_INTEGRITY_SHA256, &tag)
+    }
+
     /// Appends FINGERPRINT: CRC-32 of the message so far XOR 0x5354554e,
     /// its length field counting the attribute itself.
     pub fn fingerprint(&mut self) -> &mut Self {
@@ -170,5 +182,51 @@ mod tests {
         let m = StunMessage::parse(&bytes).expect("parses");
         let reason = &m.attribute(ATTR_ERROR_CODE).expect("error code").value[4..];
         assert_eq!(std::str::from_utf8(reason).expect("utf-8").chars().count(), 127);
+    }
+
+    #[test]
+    fn xor_addresses_read_back() {
+        let mut w = StunWriter::new(0x0101, TXID);
+        let (v4, v6): (SocketAddr, SocketAddr) =
+            ("192.0.2.1:32853".parse().expect("v4"), "[2001:db8::1]:3478".parse().expect("v6"));
+        w.xor_address(ATTR_XOR_MAPPED_ADDRESS, v4).xor_address(0x0012, v6).attribute(0x0016, &[0, 3, 0]);
+        let bytes = w.finish();
+        let m = StunMessage::parse(&bytes).expect("parses");
+        assert_eq!(m.xor_address(ATTR_XOR_MAPPED_ADDRESS), Some(v4));
+        assert_eq!(m.xor_address(0x0012), Some(v6));
+        assert_eq!(m.xor_address(0x0016), None, "a malformed value reads as nothing");
+        assert_eq!(m.xor_address(0x0099), None);
+    }
+
+    #[cfg(feature = "turn")]
+    #[test]
+    fn message_integrity_sha256_verifies_full_and_truncated_and_fails_on_change() {
+        let mut w = StunWriter::new(0x0003, [5; 12]);
+        w.attribute(ATTR_USERNAME, b"1800000000:alice").message_integrity_sha256(b"long-term-key").fingerprint();
+        let mut bytes = w.finish();
+        let m = StunMessage::parse(&bytes).expect("parses");
+        assert!(m.verify_integrity_sha256(b"long-term-key") && m.verify_fingerprint());
+        assert!(!m.verify_integrity_sha256(b"another-key"));
+        assert!(!m.verify_integrity(b"long-term-key"), "no SHA-1 integrity was written");
+        // The same request with its tag truncated to 16 bytes (RFC 8489
+        // allows it) still verifies: HMAC over the same prefix, fewer bytes.
+        let mut short = StunWriter::new(0x0003, [5; 12]);
+        short.attribute(ATTR_USERNAME, b"1800000000:alice");
+        let mut truncated = short.finish();
+        let full = StunMessage::parse(&bytes).expect("parses");
+        let tag = full.attribute(super::super::stun::ATTR_MESSAGE_INTEGRITY_SHA256).expect("tag").value;
+        // With a 16-byte tag the length field differs, so compute it anew.
+        let len = (truncated.len() - HEADER_LEN + 20) as u16;
+        truncated[2..4].copy_from_slice(&len.to_be_bytes());
+        let mut mac = super::super::stun::hmac_sha256(b"long-term-key");
+        mac.update(&truncated);
+        let tag16 = mac.finalize().into_bytes();
+        assert_ne!(&tag16[..16], &tag[..16], "the length field is part of what is signed");
+        truncated.extend_from_slice(&[0x00, 0x1c, 0x00, 0x10]);
+        truncated.extend_from_slice(&tag16[..16]);
+        assert!(StunMessage::parse(&truncated).expect("parses").verify_integrity_sha256(b"long-term-key"));
+        // One flipped byte of the signed part breaks it.
+        bytes[25] ^= 1;
+        assert!(!StunMessage::parse(&bytes).expect("parses").verify_integrity_sha256(b"long-term-key"));
     }
 }
