@@ -138,33 +138,52 @@ fn cases() -> Vec<Case> {
 const BASIC: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
 m=audio PORT RTP/AVP 0 8\r\na=rtcp:PORT\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
 
-/// Runs one offer through `engine`: the rewritten SDP, or the refusal.
-fn offer(engine: &NgEngine, rt: &tokio::runtime::Runtime, n: usize, c: &Case) -> Result<String, String> {
-    let mut pairs = vec![
-        ("command", s("offer")),
-        ("call-id", Value::Bytes(format!("case-{n}").into_bytes())),
-        ("from-tag", s("caller")),
-        ("sdp", s(c.sdp)),
-    ];
-    pairs.extend(c.options.iter().cloned());
-    // The cookie names the case too: the engine answers a repeated cookie from its cache.
-    let cookie: String = format!("k{n}-{}", c.name).chars().filter(|ch| !ch.is_whitespace()).take(100).collect();
-    let msg = [cookie.as_bytes(), b" ", &bencode::dict(pairs).encode()].concat();
-    let reply = rt.block_on(engine.handle_message(&msg));
-    let at = reply.iter().position(|b| *b == b' ').expect("cookie");
-    let v = bencode::decode(&reply[at + 1..]).expect("bencode reply");
-    match v.get("sdp").and_then(Value::as_str) {
-        Some(sdp) => Ok(normalise(sdp)),
-        None => Err(v.get("error-reason").and_then(Value::as_str).unwrap_or("").to_string()),
+/// A relay (`config`, one worker) with an ng engine on it, and a runtime
+/// to drive the engine from a test.
+struct Lab {
+    relay: Relay,
+    engine: std::sync::Arc<NgEngine>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Lab {
+    fn start(config: RelayConfig) -> Self {
+        let relay = Relay::start(RelayConfig { workers: 1, ..config }).expect("relay");
+        let engine = NgEngine::new(relay.handle(), NgConfig::default());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        Self { relay, engine, rt }
+    }
+
+    /// Sends one ng command (`pairs`) and returns the reply.
+    fn command(&self, cookie: &str, pairs: Vec<(&str, Value)>) -> Value {
+        let msg = [cookie.as_bytes(), b" ", &bencode::dict(pairs).encode()].concat();
+        let reply = self.rt.block_on(self.engine.handle_message(&msg));
+        let at = reply.iter().position(|b| *b == b' ').expect("cookie");
+        bencode::decode(&reply[at + 1..]).expect("bencode reply")
+    }
+
+    /// Runs case `c` as an offer of call `n`: the rewritten SDP, or the refusal.
+    fn offer(&self, n: usize, c: &Case) -> Result<String, String> {
+        let mut pairs = vec![
+            ("command", s("offer")),
+            ("call-id", Value::Bytes(format!("case-{n}").into_bytes())),
+            ("from-tag", s("caller")),
+            ("sdp", s(c.sdp)),
+        ];
+        pairs.extend(c.options.iter().cloned());
+        // The cookie names the case too: the engine answers a repeated cookie from its cache.
+        let cookie: String = format!("k{n}-{}", c.name).chars().filter(|ch| !ch.is_whitespace()).take(100).collect();
+        let v = self.command(&cookie, pairs);
+        match v.get("sdp").and_then(Value::as_str) {
+            Some(sdp) => Ok(normalise(sdp)),
+            None => Err(v.get("error-reason").and_then(Value::as_str).unwrap_or("").to_string()),
+        }
     }
 }
 
 #[test]
 fn every_option_behaves_as_its_case_says() {
-    let relay = Relay::start(RelayConfig { port_min: 26000, port_max: 26999, workers: 1, ..RelayConfig::default() })
-        .expect("relay");
-    let engine = NgEngine::new(relay.handle(), NgConfig::default());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let lab = Lab::start(RelayConfig { port_min: 26000, port_max: 26999, ..RelayConfig::default() });
     let cases = cases();
     assert!(
         cases.len() >= relay_core::ng::option_table::OPTIONS.len(),
@@ -172,7 +191,7 @@ fn every_option_behaves_as_its_case_says() {
     );
     let mut failures = Vec::new();
     for (n, c) in cases.iter().enumerate() {
-        let got = offer(&engine, &rt, n, c);
+        let got = lab.offer(n, c);
         let ok = match (&c.expect, &got) {
             (Expect::Sdp(want), Ok(sdp)) => sdp == want,
             (Expect::Refused(why), Err(reason)) => reason.contains(why),
@@ -191,35 +210,23 @@ fn every_option_behaves_as_its_case_says() {
 #[test]
 fn a_failed_reoffer_keeps_no_new_session() {
     // Eight ports: the first offer's section and one more (four a section).
-    let relay = Relay::start(RelayConfig {
+    let lab = Lab::start(RelayConfig {
         port_min: 27000,
         port_max: 27007,
-        workers: 1,
         tenant_port_share_percent: 100,
         ..RelayConfig::default()
-    })
-    .expect("relay");
-    let h = relay.handle();
-    let engine = NgEngine::new(h.clone(), NgConfig::default());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    });
+    let h = lab.relay.handle();
     let first = Case { name: "offer", options: vec![], sdp: PLAIN, expect: Expect::Sdp(BASIC) };
-    assert!(offer(&engine, &rt, 0, &first).is_ok());
+    assert!(lab.offer(0, &first).is_ok());
     let three: &'static str = "v=0\r\no=- 1 2 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
 m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\nm=video 4004 RTP/AVP 96\r\n";
     // The same call (`offer` names calls by their number), a new cookie.
     let again = Case { name: "re-offer", options: vec![], sdp: three, expect: Expect::Refused("Ran out of ports") };
-    let refused = offer(&engine, &rt, 0, &again);
+    let refused = lab.offer(0, &again);
     assert!(refused.as_ref().is_err_and(|r| r.contains("Ran out of ports")), "{refused:?}");
     let active = h.counters().wait().expect("counters").total.sessions_active;
     assert_eq!(active, 1, "the call keeps its one session; the re-offer's new one is gone");
-}
-
-/// Sends one ng command (`pairs`) and returns the reply.
-fn command(engine: &NgEngine, rt: &tokio::runtime::Runtime, cookie: &str, pairs: Vec<(&str, Value)>) -> Value {
-    let msg = [cookie.as_bytes(), b" ", &bencode::dict(pairs).encode()].concat();
-    let reply = rt.block_on(engine.handle_message(&msg));
-    let at = reply.iter().position(|b| *b == b' ').expect("cookie");
-    bencode::decode(&reply[at + 1..]).expect("bencode reply")
 }
 
 /// The `m=` ports of an SDP, in order.
@@ -235,32 +242,24 @@ fn media_ports(sdp: &str) -> Vec<u16> {
 /// sessions, and updates it rather than allocating another.
 #[test]
 fn an_answer_after_a_disabled_section_updates_the_offers_session() {
-    let relay = Relay::start(RelayConfig {
+    let lab = Lab::start(RelayConfig {
         port_min: 27100,
         port_max: 27199,
-        workers: 1,
         tenant_port_share_percent: 100,
         ..RelayConfig::default()
-    })
-    .expect("relay");
-    let h = relay.handle();
-    let engine = NgEngine::new(h.clone(), NgConfig::default());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    });
+    let h = lab.relay.handle();
     let sdp = |ip: &str, port: u16| {
         format!(
             "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 0 RTP/AVP 0\r\nm=video {port} RTP/AVP 96\r\n"
         )
     };
-    let offered = command(
-        &engine,
-        &rt,
+    let offered = lab.command(
         "o1",
         vec![("command", s("offer")), ("call-id", s("c1")), ("from-tag", s("a")), ("sdp", s(&sdp("127.0.0.2", 4002)))],
     );
     let offer_sdp = offered.get("sdp").and_then(Value::as_str).expect("offer answered").to_string();
-    let answered = command(
-        &engine,
-        &rt,
+    let answered = lab.command(
         "a1",
         vec![
             ("command", s("answer")),
@@ -301,17 +300,13 @@ fn receive(s: &std::net::UdpSocket) -> Vec<u8> {
 fn query_reports_each_partys_mos_from_plain_rtcp_report_blocks() {
     use relay_core::SessionDefaults;
     use test_support::packets::{rtcp_rr_with, rtcp_sr, rtp, Report};
-    let relay = Relay::start(RelayConfig {
+    let lab = Lab::start(RelayConfig {
         port_min: 27200,
         port_max: 27299,
-        workers: 1,
         tenant_port_share_percent: 100,
         defaults: SessionDefaults { quality: true, ..SessionDefaults::default() },
         ..RelayConfig::default()
-    })
-    .expect("relay");
-    let engine = NgEngine::new(relay.handle(), NgConfig::default());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    });
     let bind = || {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
@@ -322,15 +317,11 @@ fn query_reports_each_partys_mos_from_plain_rtcp_report_blocks() {
         format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtcp-mux\r\n")
     };
     let port = |s: &std::net::UdpSocket| s.local_addr().expect("addr").port();
-    let offer = command(
-        &engine,
-        &rt,
+    let offer = lab.command(
         "q1",
         vec![("command", s("offer")), ("call-id", s("mos")), ("from-tag", s("a")), ("sdp", s(&sdp(port(&a))))],
     );
-    let answer = command(
-        &engine,
-        &rt,
+    let answer = lab.command(
         "q2",
         vec![
             ("command", s("answer")),
@@ -365,7 +356,7 @@ fn query_reports_each_partys_mos_from_plain_rtcp_report_blocks() {
     a.send_to(&rtcp_rr_with(ssrc_a, about_b), to_b).expect("send");
     receive(&b);
 
-    let query = command(&engine, &rt, "q3", vec![("command", s("query")), ("call-id", s("mos"))]);
+    let query = lab.command("q3", vec![("command", s("query")), ("call-id", s("mos"))]);
     let ssrcs = query.get("SSRC").expect("an SSRC dictionary");
     let of_a = ssrcs.get(&ssrc_a.to_string()).expect("A's entry");
     let int = |v: &Value, k: &str| v.get(k).and_then(Value::as_int).unwrap_or_else(|| panic!("{k} in {v:?}"));
@@ -398,10 +389,7 @@ fn query_reports_each_partys_mos_from_plain_rtcp_report_blocks() {
 #[test]
 fn refusals_read_as_rtpengines() {
     use relay_core::ng::words;
-    let relay = Relay::start(RelayConfig { port_min: 27300, port_max: 27399, workers: 1, ..RelayConfig::default() })
-        .expect("relay");
-    let engine = NgEngine::new(relay.handle(), NgConfig::default());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let lab = Lab::start(RelayConfig { port_min: 27300, port_max: 27399, ..RelayConfig::default() });
     let offer = |extra: Vec<(&'static str, Value)>| {
         let mut pairs = vec![("command", s("offer")), ("call-id", s("w1")), ("from-tag", s("a")), ("sdp", s(PLAIN))];
         for (k, v) in extra {
@@ -428,7 +416,7 @@ fn refusals_read_as_rtpengines() {
         (vec![("command", s("make coffee"))], "Unrecognized command: "),
     ];
     for (n, (pairs, want)) in cases.into_iter().enumerate() {
-        let reply = command(&engine, &rt, &format!("w{n}"), pairs);
+        let reply = lab.command(&format!("w{n}"), pairs);
         let reason = reply.get("error-reason").and_then(Value::as_str).unwrap_or("");
         assert!(
             reason == want || (want.ends_with(": ") && reason.starts_with(want)),
@@ -436,12 +424,8 @@ fn refusals_read_as_rtpengines() {
         );
     }
     // A tag the call does not have, on a call that exists.
-    command(&engine, &rt, "made", offer(vec![]));
-    let reply = command(
-        &engine,
-        &rt,
-        "tagless",
-        vec![("command", s("block media")), ("call-id", s("w1")), ("from-tag", s("stranger"))],
-    );
+    lab.command("made", offer(vec![]));
+    let reply =
+        lab.command("tagless", vec![("command", s("block media")), ("call-id", s("w1")), ("from-tag", s("stranger"))]);
     assert_eq!(reply.get("error-reason").and_then(Value::as_str), Some(words::UNKNOWN_FROM_TAG));
 }
