@@ -107,7 +107,11 @@ impl SrtpAuthKeys {
             return Err(FieldError::invalid(format!("tag_bits: {tag_bits} is not 80 or 32")));
         }
         let keys = derive_auth_keys(&master);
-        Ok(Self { rtp_key: to_hex(&keys.srtp), rtcp_key: to_hex(&keys.srtcp), tag_bits: Some(tag_bits) })
+        Ok(Self {
+            rtp_key: crate::wire::hex_lower(&keys.srtp),
+            rtcp_key: crate::wire::hex_lower(&keys.srtcp),
+            tag_bits: Some(tag_bits),
+        })
     }
 
     #[cfg(feature = "engine")]
@@ -124,10 +128,6 @@ impl SrtpAuthKeys {
             rtcp_tag: TagLen::Bits80,
         })
     }
-}
-
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(feature = "engine")]

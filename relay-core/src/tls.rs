@@ -56,7 +56,7 @@ pub fn load_certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<Certifi
 /// The SHA-256 fingerprint of a DER certificate, lowercase hex — what a
 /// connector pins.
 pub fn certificate_fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    crate::wire::hex_lower(&Sha256::digest(der))
 }
 
 /// The fingerprint of the first certificate in a PEM file.
@@ -123,13 +123,9 @@ impl std::fmt::Debug for ClientTrust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientTrust::CaPem(p) => write!(f, "CaPem({} bytes)", p.len()),
-            ClientTrust::Pinned(fp) => write!(f, "Pinned({})", certificate_fingerprint_hex(fp)),
+            ClientTrust::Pinned(fp) => write!(f, "Pinned({})", crate::wire::hex_lower(fp)),
         }
     }
-}
-
-fn certificate_fingerprint_hex(fp: &[u8; 32]) -> String {
-    fp.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl ClientTrust {

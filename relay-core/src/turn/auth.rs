@@ -165,7 +165,7 @@ impl NonceKey {
     /// and a 128-bit tag over the expiry and the address, in hex.
     pub fn issue(&self, client: IpAddr, now_unix: u64, lifetime: Duration) -> String {
         let expiry = now_unix.saturating_add(lifetime.as_secs());
-        format!("{expiry:016x}{}", hex(&self.tag(expiry, client)))
+        format!("{expiry:016x}{}", crate::wire::hex_lower(&self.tag(expiry, client)))
     }
 
     /// Whether `nonce` is ours, for `client`, and still fresh at `now_unix`.
@@ -175,7 +175,7 @@ impl NonceKey {
         }
         let (expiry, tag) = nonce.split_at(EXPIRY_HEX);
         let Ok(expiry) = u64::from_str_radix(expiry, 16) else { return NonceCheck::Invalid };
-        if !crate::wire::ct_eq(hex(&self.tag(expiry, client)).as_bytes(), tag.as_bytes()) {
+        if !crate::wire::ct_eq(crate::wire::hex_lower(&self.tag(expiry, client)).as_bytes(), tag.as_bytes()) {
             return NonceCheck::Invalid;
         }
         if expiry <= now_unix {
@@ -199,10 +199,6 @@ impl NonceKey {
         tag.copy_from_slice(&full[..16]);
         tag
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

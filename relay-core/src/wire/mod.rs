@@ -67,6 +67,16 @@ pub(crate) fn be32(buf: &[u8], at: usize) -> u32 {
     }
 }
 
+/// Lowercase hex of `bytes` (fingerprints, keys in JSON, nonces).
+#[cfg(any(feature = "api", feature = "tls", feature = "turn"))]
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 /// Constant-time equality of two byte slices (lengths are public).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
