@@ -232,7 +232,7 @@ impl<'a> Iterator for StunAttributes<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #[test]
     fn built_checks_parse_and_verify_with_their_password_only() {
         let m = binding_request(b"remote:local", b"the-ice-password", [3; 12]);
@@ -249,13 +249,14 @@ mod tests {
 
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
+    /// Bytes from spaced hex (the RFCs' samples).
+    pub(in crate::wire) fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
     }
 
     /// RFC 5769 §2.1 sample request (short-term credentials).
-    fn rfc5769_request() -> Vec<u8> {
+    pub(in crate::wire) fn rfc5769_request() -> Vec<u8> {
         hex("00 01 00 58 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
              80 22 00 10 53 54 55 4e 20 74 65 73 74 20 63 6c 69 65 6e 74
              00 24 00 04 6e 00 01 ff 80 29 00 08 93 2f f9 b1 51 26 3b 36

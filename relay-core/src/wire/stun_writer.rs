@@ -125,13 +125,9 @@ impl StunWriter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::stun::tests::{hex, rfc5769_request};
     use super::super::stun::{StunClass, StunMessage, ATTR_USERNAME};
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
-    }
 
     const TXID: [u8; 12] = [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae];
 
@@ -145,13 +141,7 @@ mod tests {
             .attribute(ATTR_USERNAME, b"evtj:h6vY")
             .message_integrity(b"VOkJxbRl1RmTxUk/WvJxBt")
             .fingerprint();
-        let want = hex("00 01 00 58 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
-             80 22 00 10 53 54 55 4e 20 74 65 73 74 20 63 6c 69 65 6e 74
-             00 24 00 04 6e 00 01 ff 80 29 00 08 93 2f f9 b1 51 26 3b 36
-             00 06 00 09 65 76 74 6a 3a 68 36 76 59 20 20 20 00 08 00 14
-             9a ea a7 0c bf d8 cb 56 78 1e f2 b5 b2 d3 f2 49 c1 b5 71 a2
-             80 28 00 04 e5 7a 3b cf");
-        assert_eq!(w.finish(), want);
+        assert_eq!(w.finish(), rfc5769_request());
     }
 
     /// RFC 5769 §2.2 and §2.3's XOR-MAPPED-ADDRESS values.
