@@ -19,6 +19,13 @@ struct SessionRoutes {
     refresh_asked: Option<Instant>,
 }
 
+impl SessionRoutes {
+    /// The relay sockets of its routes.
+    fn locals(&self) -> Vec<RelayPort> {
+        self.routes.iter().flatten().flatten().map(|o| o.route.local).collect()
+    }
+}
+
 /// The routes the kernel holds.
 #[derive(Debug, Default)]
 pub(super) struct OffloadTable {
@@ -60,9 +67,7 @@ impl OffloadTable {
 
     /// The relay sockets of `id`'s routes.
     pub(super) fn locals(&self, id: SessionId) -> Vec<RelayPort> {
-        self.sessions
-            .get(&id)
-            .map_or_else(Vec::new, |s| s.routes.iter().flatten().flatten().map(|o| o.route.local).collect())
+        self.sessions.get(&id).map_or_else(Vec::new, SessionRoutes::locals)
     }
 
     /// The route of `id`'s leg `side`, slot `slot`, if installed.
@@ -73,9 +78,12 @@ impl OffloadTable {
     /// Before `id` may expire: the relay sockets whose counters to ask for,
     /// once (`None`: it has no routes, or they were asked for already).
     pub(super) fn ask_refresh(&mut self, id: SessionId, now: Instant) -> Option<Vec<RelayPort>> {
-        let locals = self.locals(id);
         let s = self.sessions.get_mut(&id)?;
-        if locals.is_empty() || s.refresh_asked.is_some() {
+        if s.refresh_asked.is_some() {
+            return None;
+        }
+        let locals = s.locals();
+        if locals.is_empty() {
             return None;
         }
         s.refresh_asked = Some(now);
