@@ -1,8 +1,26 @@
-//! TURN (RFC 8656) for browsers and Wave clients, built in steps on the
-//! relay's engine. So far: its long-term credentials ([`auth`]) — the TURN
-//! REST scheme's shared secrets, the long-term keys MESSAGE-INTEGRITY and
-//! MESSAGE-INTEGRITY-SHA256 are keyed with, and nonces that expire and cost
-//! no memory per stranger. No listener answers TURN yet.
+//! TURN (RFC 8656) for browsers and Wave clients, on the relay's engine.
+//!
+//! - [`auth`]: long-term credentials — the TURN REST scheme's shared
+//!   secrets, the long-term keys MESSAGE-INTEGRITY and
+//!   MESSAGE-INTEGRITY-SHA256 are keyed with, nonces that expire and cost no
+//!   memory per stranger;
+//! - [`server`]: the server itself, sans-IO (requests, allocations,
+//!   permissions, channels, relaying decisions, lifetimes), with
+//!   [`settings`], per-allocation state in [`allocation`], byte budgets in
+//!   [`limits`], counters in [`stats`] and the wire vocabulary in [`proto`].
 #![forbid(unsafe_code)]
 
+pub mod allocation;
+mod answer;
 pub mod auth;
+pub mod limits;
+pub mod proto;
+mod requests;
+pub mod server;
+pub mod settings;
+pub mod stats;
+
+pub use allocation::{ClientKey, RelayId, Transport};
+pub use server::{ClientOutput, Command, PeerOutput, TurnNow, TurnServer, TurnSettingsError};
+pub use settings::{PeerNet, Realm, RelayAddress, StaticUser, TurnLimits, TurnSettings};
+pub use stats::{TurnDrop, TurnStats};

@@ -120,7 +120,13 @@ impl<'a> StunMessage<'a> {
     /// §14.2; XOR-MAPPED-, XOR-PEER-, XOR-RELAYED-ADDRESS), if present and
     /// well formed.
     pub fn xor_address(&self, kind: u16) -> Option<SocketAddr> {
-        let v = self.attribute(kind)?.value;
+        self.xor_address_value(self.attribute(kind)?.value)
+    }
+
+    /// The address an XOR-…-ADDRESS attribute's `value` holds, read with
+    /// this message's transaction id (for attributes that may repeat, as
+    /// XOR-PEER-ADDRESS in a CreatePermission).
+    pub fn xor_address_value(&self, v: &[u8]) -> Option<SocketAddr> {
         let mut key = [0u8; 16];
         key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
         key[4..].copy_from_slice(self.transaction_id());

@@ -1,0 +1,317 @@
+//! One allocation's state (RFC 8656 §3): its client, relayed address,
+//! credentials, lifetime, permissions and channels, each with its expiry
+//! and cap. Expired entries are treated as absent and reused in place, so
+//! nothing here needs a timer of its own.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use super::limits::RateBucket;
+use crate::quota::QuotaPermit;
+
+/// How a client reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl Transport {
+    /// Its name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// A client's 5-tuple as the server sees it: the listener it came in on
+/// (the driver's index), its transport and its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey {
+    /// Transport.
+    pub transport: Transport,
+    /// The driver's listener index.
+    pub listener: u16,
+    /// The client's address (canonical).
+    pub source: SocketAddr,
+}
+
+/// An allocation's relayed address by the socket that serves it: the
+/// relayed port on the family's relay IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId {
+    /// Family.
+    pub family: super::proto::Family,
+    /// Port.
+    pub port: u16,
+}
+
+/// The key requests on an allocation are checked with (`Debug` hides it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum IntegrityKey {
+    /// MESSAGE-INTEGRITY with the MD5 long-term key.
+    Sha1([u8; 16]),
+    /// MESSAGE-INTEGRITY-SHA256 with the SHA-256 long-term key.
+    Sha256([u8; 32]),
+}
+
+impl std::fmt::Debug for IntegrityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IntegrityKey::Sha1(_) => "Sha1(..)",
+            IntegrityKey::Sha256(_) => "Sha256(..)",
+        })
+    }
+}
+
+/// One permission: a peer IP and until when it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Permission {
+    ip: IpAddr,
+    expires: Instant,
+}
+
+/// One channel binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channel {
+    /// Channel number.
+    pub number: u16,
+    /// Peer (canonical).
+    pub peer: SocketAddr,
+    /// Until when it holds.
+    pub expires: Instant,
+}
+
+/// Why a channel cannot be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindRefusal {
+    /// The number is bound to another peer, or the peer to another number.
+    Conflict,
+    /// The allocation holds as many channels as it may.
+    Full,
+}
+
+/// One allocation.
+#[derive(Debug)]
+pub struct Allocation {
+    /// Its client.
+    pub client: ClientKey,
+    /// Its relayed socket.
+    pub relay: RelayId,
+    /// The relayed address clients are told.
+    pub relayed: SocketAddr,
+    /// Realm index in the settings.
+    pub realm: usize,
+    /// Username of its credentials.
+    pub username: String,
+    /// The key its requests are checked with.
+    pub key: IntegrityKey,
+    /// When it expires unless refreshed.
+    pub expires: Instant,
+    /// The Allocate transaction it answers (a retransmission gets the same
+    /// answer).
+    pub allocate_txid: [u8; 12],
+    /// Whether its relayed socket is open (until then it is answered
+    /// nothing and relays nothing).
+    pub opened: bool,
+    /// RESERVATION-TOKEN its Allocate answer carries (EVEN-PORT with R).
+    pub reservation_token: Option<u64>,
+    /// Whether its Allocate asked for a second family (answered with
+    /// ADDRESS-ERROR-CODE 440: one family per allocation).
+    pub second_family_refused: bool,
+    /// Bytes it may relay.
+    pub rate: RateBucket,
+    /// Datagrams and bytes relayed client → peer.
+    pub to_peer: (u64, u64),
+    /// Datagrams and bytes relayed peer → client.
+    pub to_client: (u64, u64),
+    permissions: Vec<Permission>,
+    channels: Vec<Channel>,
+    /// Its share of the tenant's port quota (released when dropped).
+    _quota: Option<QuotaPermit>,
+}
+
+impl Allocation {
+    /// A new allocation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: ClientKey,
+        relay: RelayId,
+        relayed: SocketAddr,
+        realm: usize,
+        username: String,
+        key: IntegrityKey,
+        expires: Instant,
+        allocate_txid: [u8; 12],
+        rate: RateBucket,
+        quota: Option<QuotaPermit>,
+    ) -> Self {
+        Self {
+            client,
+            relay,
+            relayed,
+            realm,
+            username,
+            key,
+            expires,
+            allocate_txid,
+            opened: false,
+            reservation_token: None,
+            second_family_refused: false,
+            rate,
+            to_peer: (0, 0),
+            to_client: (0, 0),
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            _quota: quota,
+        }
+    }
+
+    /// Whether a permission for `ip` holds at `now`.
+    pub fn permits(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.iter().any(|p| p.ip == ip && p.expires > now)
+    }
+
+    /// Installs or refreshes permissions for `ips` until `expires`: all or
+    /// none (`false` when they would exceed `cap` live permissions).
+    pub fn permit(&mut self, ips: &[IpAddr], now: Instant, expires: Instant, cap: usize) -> bool {
+        self.permissions.retain(|p| p.expires > now);
+        let new = ips
+            .iter()
+            .enumerate()
+            .filter(|(i, ip)| !ips[..*i].contains(ip) && !self.permissions.iter().any(|p| p.ip == **ip))
+            .count();
+        if self.permissions.len() + new > cap {
+            return false;
+        }
+        for ip in ips {
+            match self.permissions.iter_mut().find(|p| p.ip == *ip) {
+                Some(p) => p.expires = expires,
+                None => self.permissions.push(Permission { ip: *ip, expires }),
+            }
+        }
+        true
+    }
+
+    /// Number of live permissions at `now`.
+    pub fn permission_count(&self, now: Instant) -> usize {
+        self.permissions.iter().filter(|p| p.expires > now).count()
+    }
+
+    /// Binds `number` to `peer` until `expires`, or refreshes the binding.
+    pub fn bind_channel(
+        &mut self,
+        number: u16,
+        peer: SocketAddr,
+        now: Instant,
+        expires: Instant,
+        cap: usize,
+    ) -> Result<(), BindRefusal> {
+        // RFC 8656 §12: a number or peer stays reserved for 5 minutes after
+        // its binding expires; keeping expired entries until their slot is
+        // needed, and refusing conflicts with them, honours that.
+        let quarantine = std::time::Duration::from_secs(300);
+        let live_or_quarantined = |c: &Channel| c.expires.checked_add(quarantine).is_none_or(|end| end > now);
+        if let Some(c) = self.channels.iter_mut().find(|c| c.number == number || c.peer == peer) {
+            if (c.number != number || c.peer != peer) && live_or_quarantined(c) {
+                return Err(BindRefusal::Conflict);
+            }
+            *c = Channel { number, peer, expires };
+            return Ok(());
+        }
+        self.channels.retain(live_or_quarantined);
+        if self.channels.len() >= cap {
+            return Err(BindRefusal::Full);
+        }
+        self.channels.push(Channel { number, peer, expires });
+        Ok(())
+    }
+
+    /// The peer a live channel `number` is bound to.
+    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.channels.iter().find(|c| c.number == number && c.expires > now).map(|c| c.peer)
+    }
+
+    /// The live channel bound to `peer`.
+    pub fn channel_of(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        self.channels.iter().find(|c| c.peer == peer && c.expires > now).map(|c| c.number)
+    }
+
+    /// The live channels at `now`.
+    pub fn channels(&self, now: Instant) -> impl Iterator<Item = &Channel> {
+        self.channels.iter().filter(move |c| c.expires > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::turn::proto::Family;
+
+    fn allocation(now: Instant) -> Allocation {
+        let source: SocketAddr = "198.51.100.1:5000".parse().expect("addr");
+        Allocation::new(
+            ClientKey { transport: Transport::Udp, listener: 0, source },
+            RelayId { family: Family::V4, port: 20000 },
+            "203.0.113.1:20000".parse().expect("addr"),
+            0,
+            "user".into(),
+            IntegrityKey::Sha1([0; 16]),
+            now + Duration::from_secs(600),
+            [0; 12],
+            RateBucket::full(1000),
+            None,
+        )
+    }
+
+    #[test]
+    fn permissions_expire_refresh_and_are_capped_all_or_none() {
+        let t0 = Instant::now();
+        let mut a = allocation(t0);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let t5 = t0 + Duration::from_secs(300);
+        assert!(a.permit(&[ip("192.0.2.1"), ip("192.0.2.2")], t0, t5, 3));
+        assert!(a.permits(ip("192.0.2.1"), t0) && !a.permits(ip("192.0.2.3"), t0));
+        assert!(!a.permit(&[ip("192.0.2.3"), ip("192.0.2.4")], t0, t5, 3), "would exceed the cap");
+        assert!(!a.permits(ip("192.0.2.3"), t0), "all or none");
+        assert!(a.permit(&[ip("192.0.2.3"), ip("192.0.2.3"), ip("192.0.2.1")], t0, t5, 3), "repeats count once");
+        assert!(!a.permits(ip("192.0.2.1"), t5), "expired");
+        assert!(a.permit(&[ip("192.0.2.9")], t5, t5 + Duration::from_secs(300), 3), "expired ones free their place");
+        assert_eq!(a.permission_count(t5), 1);
+    }
+
+    #[test]
+    fn channels_conflict_refresh_quarantine_and_cap() {
+        let t0 = Instant::now();
+        let mut a = allocation(t0);
+        let p1: SocketAddr = "192.0.2.1:1000".parse().expect("addr");
+        let p2: SocketAddr = "192.0.2.2:1000".parse().expect("addr");
+        let t10 = t0 + Duration::from_secs(600);
+        assert_eq!(a.bind_channel(0x4000, p1, t0, t10, 2), Ok(()));
+        assert_eq!(a.bind_channel(0x4000, p2, t0, t10, 2), Err(BindRefusal::Conflict));
+        assert_eq!(a.bind_channel(0x4001, p1, t0, t10, 2), Err(BindRefusal::Conflict));
+        assert_eq!(a.bind_channel(0x4000, p1, t0, t10 + Duration::from_secs(1), 2), Ok(()), "refresh");
+        assert_eq!(a.channel_peer(0x4000, t0), Some(p1));
+        assert_eq!(a.channel_of(p1, t0), Some(0x4000));
+        assert_eq!(a.bind_channel(0x4001, p2, t0, t10, 2), Ok(()));
+        let p3: SocketAddr = "192.0.2.3:1000".parse().expect("addr");
+        assert_eq!(a.bind_channel(0x4002, p3, t0, t10, 2), Err(BindRefusal::Full));
+        // Expired but quarantined: the number still cannot move to p3.
+        let later = t10 + Duration::from_secs(2);
+        assert_eq!(a.channel_peer(0x4000, later), None);
+        assert_eq!(a.bind_channel(0x4000, p3, later, later + Duration::from_secs(600), 3), Err(BindRefusal::Conflict));
+        // After the quarantine it can.
+        let after = t10 + Duration::from_secs(302);
+        assert_eq!(a.bind_channel(0x4000, p3, after, after + Duration::from_secs(600), 3), Ok(()));
+        assert_eq!(a.channels(after).count(), 1);
+    }
+}

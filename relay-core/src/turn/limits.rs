@@ -1,0 +1,140 @@
+//! Byte budgets, in virtual time (`now` passed in):
+//!
+//! - [`SourceBudget`]: what the server may answer strangers (sources with
+//!   no allocation and no valid credentials yet) per source prefix. Every
+//!   byte received from a prefix is credited to it, and a slow refill plus
+//!   a small burst come on top, so a spoofed source gets at most as many
+//!   bytes back as it sent, plus the burst — **no amplification**. The
+//!   prefixes share a fixed table of buckets (hashed with a per-process key
+//!   an attacker cannot aim at), so strangers cost no memory each.
+//! - [`RateBucket`]: the bytes per second one allocation may relay.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// A token bucket of bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct RateBucket {
+    tokens: u64,
+    at: Option<Instant>,
+}
+
+impl RateBucket {
+    /// A full bucket (the first `burst` bytes pass at once).
+    pub fn full(burst: u64) -> Self {
+        Self { tokens: burst, at: None }
+    }
+
+    /// Refills at `per_second` up to `burst` since the last call.
+    fn refill(&mut self, now: Instant, per_second: u64, burst: u64) {
+        let elapsed = match self.at {
+            Some(at) => now.saturating_duration_since(at),
+            None => Duration::ZERO,
+        };
+        self.at = Some(now);
+        let gained = (elapsed.as_micros().min(u128::from(u32::MAX)) as u64).saturating_mul(per_second) / 1_000_000;
+        self.tokens = self.tokens.saturating_add(gained).min(burst);
+    }
+
+    /// Takes `bytes` when the bucket holds them.
+    pub fn take(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) -> bool {
+        self.refill(now, per_second, burst);
+        if self.tokens >= bytes {
+            self.tokens -= bytes;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Adds `bytes` (at most up to `burst`).
+    pub fn credit(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) {
+        self.refill(now, per_second, burst);
+        self.tokens = self.tokens.saturating_add(bytes).min(burst);
+    }
+}
+
+/// Number of buckets strangers share.
+const SOURCE_BUCKETS: usize = 4096;
+
+/// Answer budgets for strangers, per source prefix (see the module docs).
+#[derive(Debug)]
+pub struct SourceBudget {
+    buckets: Box<[RateBucket]>,
+    hasher: RandomState,
+    burst: u64,
+    per_second: u64,
+}
+
+impl SourceBudget {
+    /// Budgets of `burst` bytes refilled at `per_second`, on top of what
+    /// each prefix sends.
+    pub fn new(burst: u64, per_second: u64) -> Self {
+        Self {
+            buckets: vec![RateBucket::full(burst); SOURCE_BUCKETS].into_boxed_slice(),
+            hasher: RandomState::new(),
+            burst,
+            per_second,
+        }
+    }
+
+    /// Credits `received` bytes from `source` and says whether an answer of
+    /// `answer` bytes may go back to it (taking them when so).
+    pub fn admit(&mut self, source: IpAddr, received: usize, answer: usize, now: Instant) -> bool {
+        let prefix = crate::peer::source_prefix(source);
+        let i = (self.hasher.hash_one(prefix) % SOURCE_BUCKETS as u64) as usize;
+        let (burst, per_second) = (self.burst, self.per_second);
+        let bucket = &mut self.buckets[i];
+        // Credit up to the burst plus this answer, so an answer as large
+        // as the request it answers always fits in a bucket.
+        let cap = burst.saturating_add(answer as u64);
+        bucket.credit(now, received as u64, per_second, cap);
+        bucket.take(now, answer as u64, per_second, cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_refills_at_its_rate_up_to_its_burst() {
+        let t0 = Instant::now();
+        let mut b = RateBucket::full(1000);
+        assert!(b.take(t0, 1000, 100, 1000));
+        assert!(!b.take(t0, 1, 100, 1000));
+        assert!(b.take(t0 + Duration::from_secs(1), 100, 100, 1000));
+        assert!(!b.take(t0 + Duration::from_secs(1), 1, 100, 1000));
+        // A long pause refills to the burst, not beyond.
+        assert!(!b.take(t0 + Duration::from_secs(100), 1001, 100, 1000));
+        assert!(b.take(t0 + Duration::from_secs(100), 1000, 100, 1000));
+    }
+
+    #[test]
+    fn a_flood_gets_back_at_most_what_it_sent_plus_the_burst() {
+        let t0 = Instant::now();
+        let mut budget = SourceBudget::new(2000, 1000);
+        let victim: IpAddr = "198.51.100.7".parse().expect("ip");
+        let (mut sent, mut answered) = (0u64, 0u64);
+        // 100 000 requests of 28 bytes in 10 virtual seconds, each asking
+        // for a 116-byte answer.
+        for i in 0..100_000u64 {
+            let now = t0 + Duration::from_micros(i * 100);
+            sent += 28;
+            if budget.admit(victim, 28, 116, now) {
+                answered += 116;
+            }
+        }
+        assert!(answered <= sent + 2000 + 10 * 1000, "{answered} out for {sent} in");
+        assert!(answered * 10 >= sent * 9, "legitimate repeats are still answered: {answered} for {sent}");
+        // Another /64 of the same IPv6 subscriber shares the budget; the
+        // next /64 has its own.
+        let mut budget = SourceBudget::new(200, 0);
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2::2".parse().expect("ip");
+        assert!(budget.admit(a, 0, 200, t0));
+        assert!(!budget.admit(b, 0, 200, t0));
+    }
+}

@@ -1,0 +1,454 @@
+//! The TURN server, sans-IO: bytes and `now` in, decisions and commands
+//! out. Like firezone's relay it has separate entry points for what clients
+//! send ([`TurnServer::handle_client`]) and what peers send to relayed
+//! addresses ([`TurnServer::handle_peer`]); the driver owns the sockets,
+//! opens and closes relayed ports when told ([`Command`]), and sends.
+//!
+//! Relayed data is never copied here: a client's ChannelData or Send
+//! indication comes back as the byte range to send from the relayed
+//! socket, and a peer's datagram on a bound channel as the 4-byte header
+//! to put in front of it ([`crate::framing::Framing::Prepend`]).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::allocation::{Allocation, ClientKey, RelayId};
+use super::answer::{data_indication, Answer};
+use super::auth::NonceKey;
+use super::limits::SourceBudget;
+use super::proto::{ChannelData, ErrorCode, Family, Method, ATTR_DATA, ATTR_XOR_PEER_ADDRESS, CHANNEL_HEADER_LEN};
+use super::settings::TurnSettings;
+use super::stats::{TurnDrop, TurnStats};
+use crate::quota::TenantQuotas;
+use crate::shard::ports::PortPool;
+use crate::wire::stun::{StunClass, StunMessage};
+
+/// The time a call happens at: the monotonic clock for lifetimes, Unix
+/// seconds for what credentials and nonces name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnNow {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Seconds since the Unix epoch.
+    pub unix_secs: u64,
+}
+
+/// What to do with a client's datagram or message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOutput {
+    /// Send `payload` (a range of the input) from `relay` to `peer`.
+    Relay {
+        /// The relayed socket.
+        relay: RelayId,
+        /// The peer.
+        peer: SocketAddr,
+        /// The application data within the input.
+        payload: Range<usize>,
+    },
+    /// Answer the client with this message.
+    Reply(Vec<u8>),
+    /// Nothing now (an Allocate's answer follows its port being opened).
+    Pending,
+    /// Dropped, and counted with this reason.
+    Drop(TurnDrop),
+}
+
+/// What to do with a peer's datagram to a relayed address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerOutput {
+    /// Send it to `client` behind this ChannelData header.
+    Channel {
+        /// The allocation's client.
+        client: ClientKey,
+        /// The header to prepend.
+        header: [u8; 4],
+    },
+    /// Send this Data indication (the datagram wrapped) to `client`.
+    Indication {
+        /// The allocation's client.
+        client: ClientKey,
+        /// The message.
+        message: Vec<u8>,
+    },
+    /// Dropped, and counted with this reason.
+    Drop(TurnDrop),
+}
+
+/// What the driver must do besides answering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Bind a UDP socket on `bind` for `relay`, then call
+    /// [`TurnServer::handle_relay_opened`].
+    OpenRelay {
+        /// The relayed socket's id.
+        relay: RelayId,
+        /// Where to bind it.
+        bind: SocketAddr,
+    },
+    /// Close `relay`'s socket.
+    CloseRelay {
+        /// The relayed socket's id.
+        relay: RelayId,
+    },
+    /// Send `message` to `client` (a deferred answer).
+    Send {
+        /// The client.
+        client: ClientKey,
+        /// The message.
+        message: Vec<u8>,
+    },
+}
+
+/// Why a server cannot be built from settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TurnSettingsError {
+    /// No realm.
+    #[error("TURN needs at least one realm")]
+    NoRealm,
+    /// No relay address of either family.
+    #[error("TURN needs an IPv4 or IPv6 relay address")]
+    NoRelayAddress,
+    /// The port range is empty or reversed.
+    #[error("the TURN port range {0}-{1} is empty")]
+    EmptyPortRange(u16, u16),
+}
+
+/// An EVEN-PORT reservation: the odd port kept for a later Allocate.
+#[derive(Debug)]
+pub(super) struct Reservation {
+    pub(super) relay: RelayId,
+    pub(super) expires: Instant,
+    /// The port's share of the tenant's quota, held until dropped.
+    pub(super) _quota: Option<crate::quota::QuotaPermit>,
+}
+
+/// The TURN server (see the module docs).
+#[derive(Debug)]
+pub struct TurnServer {
+    pub(super) settings: TurnSettings,
+    pub(super) nonces: NonceKey,
+    pub(super) quotas: Option<Arc<TenantQuotas>>,
+    pub(super) allocations: HashMap<RelayId, Allocation>,
+    pub(super) by_client: HashMap<ClientKey, RelayId>,
+    /// Allocations per (realm, username).
+    pub(super) per_user: HashMap<(usize, String), usize>,
+    pub(super) ports_v4: PortPool,
+    pub(super) ports_v6: PortPool,
+    pub(super) reservations: HashMap<u64, Reservation>,
+    pub(super) expiries: BinaryHeap<Reverse<(Instant, RelayId)>>,
+    pub(super) strangers: SourceBudget,
+    pub(super) commands: VecDeque<Command>,
+    pub(super) rng: fastrand::Rng,
+    pub(super) stats: TurnStats,
+}
+
+impl TurnServer {
+    /// A server with these settings, nonces signed with `nonces`, and
+    /// allocations counted against `quotas` (one port each) when given.
+    pub fn new(
+        settings: TurnSettings,
+        nonces: NonceKey,
+        quotas: Option<Arc<TenantQuotas>>,
+        seed: u64,
+    ) -> Result<Self, TurnSettingsError> {
+        if settings.realms.is_empty() {
+            return Err(TurnSettingsError::NoRealm);
+        }
+        if settings.relay_v4.is_none() && settings.relay_v6.is_none() {
+            return Err(TurnSettingsError::NoRelayAddress);
+        }
+        if settings.first_port > settings.last_port || settings.first_port == 0 {
+            return Err(TurnSettingsError::EmptyPortRange(settings.first_port, settings.last_port));
+        }
+        let count = usize::from(settings.last_port - settings.first_port) + 1;
+        let pool = |on: bool| PortPool::new(settings.first_port, if on { count } else { 0 });
+        Ok(Self {
+            ports_v4: pool(settings.relay_v4.is_some()),
+            ports_v6: pool(settings.relay_v6.is_some()),
+            strangers: SourceBudget::new(settings.limits.stranger_burst_bytes, settings.limits.stranger_bytes_per_second),
+            settings,
+            nonces,
+            quotas,
+            allocations: HashMap::new(),
+            by_client: HashMap::new(),
+            per_user: HashMap::new(),
+            reservations: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            commands: VecDeque::new(),
+            rng: fastrand::Rng::with_seed(seed),
+            stats: TurnStats::default(),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &TurnSettings {
+        &self.settings
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &TurnStats {
+        &self.stats
+    }
+
+    /// The allocations (opened or being opened).
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
+    /// Allocations per tenant now.
+    pub fn allocations_by_tenant(&self) -> HashMap<&str, usize> {
+        let mut by = HashMap::new();
+        for a in self.allocations.values() {
+            *by.entry(self.settings.realms[a.realm].tenant.as_str()).or_default() += 1;
+        }
+        by
+    }
+
+    /// A datagram (UDP) or message (TCP/TLS, one framed message) from
+    /// `client`.
+    pub fn handle_client(&mut self, now: TurnNow, client: ClientKey, buf: &[u8]) -> ClientOutput {
+        let client = ClientKey { source: crate::peer::canonical(client.source), ..client };
+        let out = match buf.first() {
+            Some(b) if b & 0xc0 == 0x40 => self.handle_channel_data(now.instant, client, buf),
+            _ => match StunMessage::parse(buf) {
+                Ok(msg) => self.handle_stun(now, client, msg),
+                Err(_) => ClientOutput::Drop(TurnDrop::Malformed),
+            },
+        };
+        if let ClientOutput::Drop(reason) = &out {
+            self.stats.dropped(*reason);
+        }
+        out
+    }
+
+    fn handle_channel_data(&mut self, now: Instant, client: ClientKey, buf: &[u8]) -> ClientOutput {
+        let Some(cd) = ChannelData::parse(buf) else { return ClientOutput::Drop(TurnDrop::Malformed) };
+        let Some(alloc) = self.allocation_of(client) else { return ClientOutput::Drop(TurnDrop::NoAllocation) };
+        let Some(peer) = alloc.channel_peer(cd.channel, now) else { return ClientOutput::Drop(TurnDrop::NoChannel) };
+        self.relay_to_peer(now, client, peer, CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + cd.len)
+    }
+
+    /// The opened allocation of `client`.
+    fn allocation_of(&self, client: ClientKey) -> Option<&Allocation> {
+        self.by_client.get(&client).and_then(|r| self.allocations.get(r)).filter(|a| a.opened)
+    }
+
+    /// Checks permission and rate, counts, and says what to send.
+    fn relay_to_peer(&mut self, now: Instant, client: ClientKey, peer: SocketAddr, payload: Range<usize>) -> ClientOutput {
+        let limits = self.settings.limits;
+        let Some(alloc) = self.by_client.get(&client).and_then(|r| self.allocations.get_mut(r)) else {
+            return ClientOutput::Drop(TurnDrop::NoAllocation);
+        };
+        if !alloc.permits(peer.ip(), now) {
+            return ClientOutput::Drop(TurnDrop::NoPermission);
+        }
+        let len = payload.len() as u64;
+        if !alloc.rate.take(now, len, limits.bytes_per_second, limits.burst_bytes) {
+            return ClientOutput::Drop(TurnDrop::RateLimited);
+        }
+        alloc.to_peer.0 += 1;
+        alloc.to_peer.1 += len;
+        self.stats.relayed_to_peer(len);
+        ClientOutput::Relay { relay: alloc.relay, peer, payload }
+    }
+
+    fn handle_stun(&mut self, now: TurnNow, client: ClientKey, msg: StunMessage<'_>) -> ClientOutput {
+        if msg.attribute(crate::wire::stun::ATTR_FINGERPRINT).is_some() && !msg.verify_fingerprint() {
+            return ClientOutput::Drop(TurnDrop::Malformed);
+        }
+        match (msg.class(), Method::from_number(msg.method())) {
+            (StunClass::Indication, Some(Method::Send)) => self.handle_send(now.instant, client, msg),
+            (StunClass::Request, Some(method)) => self.handle_request(now, client, method, msg),
+            (StunClass::Request, None) => ClientOutput::Drop(TurnDrop::UnknownMethod),
+            _ => ClientOutput::Drop(TurnDrop::UnexpectedMessage),
+        }
+    }
+
+    /// A Send indication: XOR-PEER-ADDRESS and DATA, to a permitted peer.
+    fn handle_send(&mut self, now: Instant, client: ClientKey, msg: StunMessage<'_>) -> ClientOutput {
+        if self.allocation_of(client).is_none() {
+            return ClientOutput::Drop(TurnDrop::NoAllocation);
+        }
+        let (Some(peer), Some(data)) = (msg.xor_address(ATTR_XOR_PEER_ADDRESS), msg.attribute(ATTR_DATA)) else {
+            return ClientOutput::Drop(TurnDrop::Malformed);
+        };
+        let peer = crate::peer::canonical(peer);
+        let realm = self.allocation_of(client).map_or(0, |a| a.realm);
+        if !self.peer_allowed(realm, peer) {
+            return ClientOutput::Drop(TurnDrop::Forbidden);
+        }
+        let start = data.offset + 4;
+        self.relay_to_peer(now, client, peer, start..start + data.value.len())
+    }
+
+    /// A datagram from `peer` to `relay`'s socket.
+    pub fn handle_peer(&mut self, now: TurnNow, relay: RelayId, peer: SocketAddr, buf: &[u8]) -> PeerOutput {
+        let out = self.peer_output(now.instant, relay, crate::peer::canonical(peer), buf);
+        if let PeerOutput::Drop(reason) = &out {
+            self.stats.dropped(*reason);
+        }
+        out
+    }
+
+    fn peer_output(&mut self, now: Instant, relay: RelayId, peer: SocketAddr, buf: &[u8]) -> PeerOutput {
+        let limits = self.settings.limits;
+        let Some(alloc) = self.allocations.get_mut(&relay).filter(|a| a.opened) else {
+            return PeerOutput::Drop(TurnDrop::NoAllocation);
+        };
+        if !alloc.permits(peer.ip(), now) {
+            return PeerOutput::Drop(TurnDrop::NoPermission);
+        }
+        if buf.len() > usize::from(u16::MAX) - 64 {
+            return PeerOutput::Drop(TurnDrop::Malformed);
+        }
+        let len = buf.len() as u64;
+        if !alloc.rate.take(now, len, limits.bytes_per_second, limits.burst_bytes) {
+            return PeerOutput::Drop(TurnDrop::RateLimited);
+        }
+        alloc.to_client.0 += 1;
+        alloc.to_client.1 += len;
+        let client = alloc.client;
+        let out = match alloc.channel_of(peer, now) {
+            Some(channel) => PeerOutput::Channel { client, header: ChannelData::header(channel, buf.len()) },
+            None => {
+                let txid: [u8; 12] = std::array::from_fn(|_| self.rng.u8(..));
+                PeerOutput::Indication { client, message: data_indication(peer, buf, txid) }
+            }
+        };
+        self.stats.relayed_to_client(len);
+        out
+    }
+
+    /// Whether a client of `realm` may reach `peer`: another allocation's
+    /// relayed address on this server, or an address the peer policy
+    /// allows that is not one of the relay's own listeners or media
+    /// ranges, or one the realm allow-lists.
+    pub fn peer_allowed(&self, realm: usize, peer: SocketAddr) -> bool {
+        let peer = crate::peer::canonical(peer);
+        if self.is_relayed_address(peer) {
+            return true;
+        }
+        if peer.port() == 0 || self.settings.policy.is_own(peer) {
+            return false;
+        }
+        self.ip_allowed(realm, peer.ip())
+    }
+
+    /// Whether a permission for `ip` may be installed (ports are checked
+    /// when data is sent): allowed by the policy's address classes, one of
+    /// the relay addresses, or allow-listed by the realm.
+    pub fn ip_allowed(&self, realm: usize, ip: IpAddr) -> bool {
+        let ip = crate::peer::canonical(SocketAddr::new(ip, 0)).ip();
+        self.is_relay_ip(ip)
+            || self.settings.policy.allows(SocketAddr::new(ip, 1))
+            || self.settings.realms.get(realm).is_some_and(|r| r.allow_peers.iter().any(|n| n.contains(ip)))
+    }
+
+    fn is_relay_ip(&self, ip: IpAddr) -> bool {
+        [self.settings.relay_v4, self.settings.relay_v6].into_iter().flatten().any(|r| r.advertised == ip || r.bind == ip)
+    }
+
+    fn is_relayed_address(&self, addr: SocketAddr) -> bool {
+        self.is_relay_ip(addr.ip()) && (self.settings.first_port..=self.settings.last_port).contains(&addr.port())
+    }
+
+    /// The driver opened (`true`) or could not open `relay`'s socket: the
+    /// allocation waiting for it is answered.
+    pub fn handle_relay_opened(&mut self, now: TurnNow, relay: RelayId, opened: bool) {
+        let Some(alloc) = self.allocations.get_mut(&relay).filter(|a| !a.opened) else { return };
+        if opened {
+            alloc.opened = true;
+            let message = self.allocate_success(now.instant, relay);
+            let client = self.allocations[&relay].client;
+            self.stats.answered(Method::Allocate, None);
+            self.commands.push_back(Command::Send { client, message });
+        } else {
+            // Someone else holds that port: it stays out of the pool.
+            self.stats.ports_unavailable += 1;
+            let (client, txid, key) = (alloc.client, alloc.allocate_txid, alloc.key);
+            self.forget(relay, false);
+            let message = Answer::error(Method::Allocate, txid, ErrorCode::InsufficientCapacity, Some(key)).finish();
+            self.stats.answered(Method::Allocate, Some(ErrorCode::InsufficientCapacity));
+            self.commands.push_back(Command::Send { client, message });
+        }
+    }
+
+    /// The next command for the driver.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let allocation = self.expiries.peek().map(|Reverse((t, _))| *t);
+        let reservation = self.reservations.values().map(|r| r.expires).min();
+        allocation.into_iter().chain(reservation).min()
+    }
+
+    /// Expires allocations and reservations due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((due, relay))) = self.expiries.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.expiries.pop();
+            match self.allocations.get(&relay).map(|a| a.expires) {
+                Some(expires) if expires <= now => {
+                    self.stats.expired += 1;
+                    self.forget(relay, true);
+                }
+                // Refreshed since: look again when it is due.
+                Some(expires) => self.expiries.push(Reverse((expires, relay))),
+                None => {}
+            }
+        }
+        let expired: Vec<u64> = self.reservations.iter().filter(|(_, r)| r.expires <= now).map(|(t, _)| *t).collect();
+        for token in expired {
+            if let Some(r) = self.reservations.remove(&token) {
+                self.pool(r.relay.family).release(r.relay.port);
+            }
+        }
+    }
+
+    /// Removes an allocation: its port back to the pool (when `release`),
+    /// the driver told to close its socket (when it was opened).
+    pub(super) fn forget(&mut self, relay: RelayId, release: bool) {
+        let Some(alloc) = self.allocations.remove(&relay) else { return };
+        self.by_client.remove(&alloc.client);
+        let user = (alloc.realm, alloc.username.clone());
+        if let Some(n) = self.per_user.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&user);
+            }
+        }
+        if release {
+            self.pool(relay.family).release(relay.port);
+        }
+        if alloc.opened {
+            self.commands.push_back(Command::CloseRelay { relay });
+        }
+    }
+
+    pub(super) fn pool(&mut self, family: Family) -> &mut PortPool {
+        match family {
+            Family::V4 => &mut self.ports_v4,
+            Family::V6 => &mut self.ports_v6,
+        }
+    }
+
+    /// Answers a stranger when its prefix's budget allows (UDP only: a TCP
+    /// or TLS source has proved its address).
+    pub(super) fn answer_stranger(&mut self, now: Instant, client: ClientKey, received: usize, message: Vec<u8>) -> ClientOutput {
+        if client.transport == super::allocation::Transport::Udp
+            && !self.strangers.admit(client.source.ip(), received, message.len(), now)
+        {
+            return ClientOutput::Drop(TurnDrop::StrangerBudget);
+        }
+        ClientOutput::Reply(message)
+    }
+}

@@ -1,0 +1,624 @@
+//! The TURN server driven without sockets, in virtual time: every request
+//! of RFC 8656 as a client writes it, the answers checked as a client
+//! reads them (integrity with the client's own key), the relaying decisions
+//! checked byte for byte, and the refusals performed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay_core::peer::{OwnAddresses, OwnEndpoint, PeerPolicy};
+use relay_core::quota::{TenantLimit, TenantQuotas};
+use relay_core::turn::auth::{long_term_key_md5, long_term_key_sha256, NonceKey, RestSecrets};
+use relay_core::turn::proto::*;
+use relay_core::turn::*;
+use relay_core::wire::stun::{StunClass, StunMessage, ATTR_USERNAME};
+use relay_core::wire::stun_writer::{StunWriter, ATTR_ERROR_CODE, ATTR_XOR_MAPPED_ADDRESS};
+
+const REALM: &str = "turn.example.net";
+const SECRET: &[u8] = b"rest-secret";
+const T0_UNIX: u64 = 1_800_000_000;
+const RELAY_IP: &str = "203.0.113.10";
+const ADMIN: &str = "203.0.113.10:8080";
+
+/// A server, its clock, and the driver's side of it.
+struct Lab {
+    server: TurnServer,
+    t0: Instant,
+    elapsed: Duration,
+}
+
+impl Lab {
+    fn new() -> Self {
+        Self::with(TurnLimits::default(), None)
+    }
+
+    fn with(limits: TurnLimits, quotas: Option<Arc<TenantQuotas>>) -> Self {
+        let relay_ip: IpAddr = RELAY_IP.parse().expect("ip");
+        let own = OwnAddresses::new([OwnEndpoint::socket(ADMIN.parse().expect("addr"))], vec![relay_ip]);
+        let settings = TurnSettings {
+            realms: vec![Realm {
+                name: REALM.into(),
+                tenant: "acme".into(),
+                rest: RestSecrets::new(vec![SECRET.to_vec()]),
+                users: vec![StaticUser::from_password("alice", REALM, "wonderland")],
+                allow_peers: vec![PeerNet::parse("10.20.0.0/16").expect("net")],
+            }],
+            relay_v4: Some(RelayAddress { bind: relay_ip, advertised: relay_ip }),
+            relay_v6: None,
+            first_port: 20000,
+            last_port: 20009,
+            policy: PeerPolicy::default().with_own(own),
+            limits,
+        };
+        let server = TurnServer::new(settings, NonceKey::new([7; 32]), quotas, 1).expect("valid settings");
+        Self { server, t0: Instant::now(), elapsed: Duration::ZERO }
+    }
+
+    fn now(&self) -> TurnNow {
+        TurnNow { instant: self.t0 + self.elapsed, unix_secs: T0_UNIX + self.elapsed.as_secs() }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.elapsed += d;
+        self.server.handle_timeout(self.now().instant);
+    }
+
+    fn send(&mut self, client: ClientKey, bytes: &[u8]) -> ClientOutput {
+        self.server.handle_client(self.now(), client, bytes)
+    }
+
+    /// Opens every port the server asks for; returns the deferred answers.
+    fn open_relays(&mut self) -> Vec<(ClientKey, Vec<u8>)> {
+        let mut answers = Vec::new();
+        while let Some(c) = self.server.poll_command() {
+            match c {
+                Command::OpenRelay { relay, .. } => self.server.handle_relay_opened(self.now(), relay, true),
+                Command::Send { client, message } => answers.push((client, message)),
+                Command::CloseRelay { .. } => {}
+            }
+        }
+        answers
+    }
+
+    fn commands(&mut self) -> Vec<Command> {
+        std::iter::from_fn(|| self.server.poll_command()).collect()
+    }
+}
+
+fn udp(source: &str) -> ClientKey {
+    ClientKey { transport: Transport::Udp, listener: 0, source: source.parse().expect("addr") }
+}
+
+/// A TURN client's view: credentials, the nonce it was given, its key.
+struct Client {
+    key: ClientKey,
+    username: String,
+    md5: [u8; 16],
+    nonce: String,
+    txid: u8,
+}
+
+impl Client {
+    /// A REST client for `user`, valid for an hour from T0.
+    fn rest(source: &str, user: &str) -> Self {
+        let (username, password) =
+            RestSecrets::new(vec![SECRET.to_vec()]).issue(user, T0_UNIX, Duration::from_secs(3600)).expect("issued");
+        Self::with_password(source, &username, &password)
+    }
+
+    fn with_password(source: &str, username: &str, password: &str) -> Self {
+        Self {
+            key: udp(source),
+            username: username.into(),
+            md5: long_term_key_md5(username, REALM, password),
+            nonce: String::new(),
+            txid: 0,
+        }
+    }
+
+    fn next_txid(&mut self) -> [u8; 12] {
+        self.txid += 1;
+        [self.txid; 12]
+    }
+
+    /// A request of `method` with `attrs`, signed unless `nonce` is empty.
+    fn request(&mut self, method: Method, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let txid = self.next_txid();
+        self.request_with(method, txid, attrs)
+    }
+
+    fn request_with(&self, method: Method, txid: [u8; 12], attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut w = StunWriter::new(message_type(method, StunClass::Request), txid);
+        for (kind, value) in attrs {
+            w.attribute(*kind, value);
+        }
+        if !self.nonce.is_empty() {
+            w.attribute(ATTR_USERNAME, self.username.as_bytes())
+                .attribute(ATTR_REALM, REALM.as_bytes())
+                .attribute(ATTR_NONCE, self.nonce.as_bytes())
+                .message_integrity(&self.md5);
+        }
+        w.fingerprint();
+        w.finish()
+    }
+
+    /// Allocates (401 first, then signed), answering the port opening.
+    fn allocate(&mut self, lab: &mut Lab, extra: &[(u16, Vec<u8>)]) -> Result<Vec<u8>, u16> {
+        if self.nonce.is_empty() {
+            let first = self.request(Method::Allocate, &[udp_transport()]);
+            let challenge = reply(lab.send(self.key, &first));
+            assert_eq!(error_code(&challenge), Some(401));
+            self.nonce = text(&challenge, ATTR_NONCE);
+            assert_eq!(text(&challenge, ATTR_REALM), REALM);
+        }
+        let mut attrs = vec![udp_transport()];
+        attrs.extend_from_slice(extra);
+        let req = self.request(Method::Allocate, &attrs);
+        match lab.send(self.key, &req) {
+            ClientOutput::Pending => {
+                let answers = lab.open_relays();
+                assert_eq!(answers.len(), 1);
+                assert_eq!(answers[0].0, self.key);
+                let answer = answers[0].1.clone();
+                assert!(StunMessage::parse(&answer).expect("stun").verify_integrity(&self.md5), "signed with our key");
+                Ok(answer)
+            }
+            ClientOutput::Reply(r) => Err(error_code(&r).expect("an error")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn relayed(&mut self, lab: &mut Lab) -> SocketAddr {
+        let answer = self.allocate(lab, &[]).expect("allocated");
+        StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed")
+    }
+
+    /// A signed request's answer: its error code, or `None` on success.
+    fn ask(&mut self, lab: &mut Lab, method: Method, attrs: &[(u16, Vec<u8>)]) -> Option<u16> {
+        let req = self.request(method, attrs);
+        let answer = reply(lab.send(self.key, &req));
+        let msg = StunMessage::parse(&answer).expect("stun");
+        assert!(msg.verify_integrity(&self.md5), "{method:?}: answers to signed requests are signed");
+        error_code(&answer)
+    }
+
+    fn permit(&mut self, lab: &mut Lab, peer: SocketAddr) -> Option<u16> {
+        let txid = self.next_txid();
+        let mut w = StunWriter::new(message_type(Method::CreatePermission, StunClass::Request), txid);
+        w.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+        let value = peer_attr_value(&mut w);
+        let req = self.request_with(Method::CreatePermission, txid, &[(ATTR_XOR_PEER_ADDRESS, value)]);
+        let answer = reply(lab.send(self.key, &req));
+        error_code(&answer)
+    }
+
+    fn bind(&mut self, lab: &mut Lab, channel: u16, peer: SocketAddr) -> Option<u16> {
+        let txid = self.next_txid();
+        let mut w = StunWriter::new(0, txid);
+        w.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+        let value = peer_attr_value(&mut w);
+        let mut number = channel.to_be_bytes().to_vec();
+        number.extend_from_slice(&[0, 0]);
+        let req =
+            self.request_with(Method::ChannelBind, txid, &[(ATTR_CHANNEL_NUMBER, number), (ATTR_XOR_PEER_ADDRESS, value)]);
+        error_code(&reply(lab.send(self.key, &req)))
+    }
+}
+
+/// The value of the one XOR-PEER-ADDRESS a writer holds.
+fn peer_attr_value(w: &mut StunWriter) -> Vec<u8> {
+    let bytes = w.clone().finish();
+    StunMessage::parse(&bytes).expect("stun").attribute(ATTR_XOR_PEER_ADDRESS).expect("attr").value.to_vec()
+}
+
+fn udp_transport() -> (u16, Vec<u8>) {
+    (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0])
+}
+
+fn reply(out: ClientOutput) -> Vec<u8> {
+    match out {
+        ClientOutput::Reply(r) => r,
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+fn error_code(answer: &[u8]) -> Option<u16> {
+    let msg = StunMessage::parse(answer).expect("stun");
+    assert!(msg.verify_fingerprint(), "answers carry FINGERPRINT");
+    let v = msg.attribute(ATTR_ERROR_CODE)?.value;
+    Some(u16::from(v[2]) * 100 + u16::from(v[3]))
+}
+
+fn text(answer: &[u8], kind: u16) -> String {
+    let msg = StunMessage::parse(answer).expect("stun");
+    String::from_utf8(msg.attribute(kind).expect("attribute").value.to_vec()).expect("utf-8")
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("addr")
+}
+
+#[test]
+fn allocate_is_challenged_then_answered_signed_once_its_port_is_open() {
+    let mut lab = Lab::new();
+    let mut c = Client::rest("198.51.100.1:5000", "wave-42");
+    let first = c.request(Method::Allocate, &[udp_transport()]);
+    let challenge = reply(lab.send(c.key, &first));
+    assert_eq!(error_code(&challenge), Some(401));
+    c.nonce = text(&challenge, ATTR_NONCE);
+    let req = c.request(Method::Allocate, &[udp_transport()]);
+    assert_eq!(lab.send(c.key, &req), ClientOutput::Pending, "answered once the port is open");
+    let commands = lab.commands();
+    let [Command::OpenRelay { relay, bind }] = commands.as_slice() else { panic!("{commands:?}") };
+    assert_eq!(bind.ip(), RELAY_IP.parse::<IpAddr>().expect("ip"));
+    assert!((20000..=20009).contains(&bind.port()) && bind.port() == relay.port);
+    lab.server.handle_relay_opened(lab.now(), *relay, true);
+    let commands = lab.commands();
+    let [Command::Send { client, message }] = commands.as_slice() else { panic!("{commands:?}") };
+    assert_eq!(*client, c.key);
+    let msg = StunMessage::parse(message).expect("stun");
+    assert!(msg.verify_integrity(&c.md5) && msg.verify_fingerprint());
+    assert_eq!(msg.message_type(), 0x0103);
+    assert_eq!(msg.xor_address(ATTR_XOR_RELAYED_ADDRESS), Some(*bind));
+    assert_eq!(msg.xor_address(ATTR_XOR_MAPPED_ADDRESS), Some(c.key.source));
+    assert_eq!(msg.attribute(ATTR_LIFETIME).expect("lifetime").value, 600u32.to_be_bytes());
+    // A retransmission gets the same answer; another Allocate is 437.
+    assert_eq!(reply(lab.send(c.key, &req)), *message);
+    assert_eq!(c.ask(&mut lab, Method::Allocate, &[udp_transport()]), Some(437));
+    assert_eq!(lab.server.allocations_by_tenant().get("acme"), Some(&1));
+    assert_eq!(lab.server.stats().requests(Method::Allocate, None), 2);
+    assert_eq!(lab.server.stats().requests(Method::Allocate, Some(ErrorCode::Unauthorized)), 1);
+}
+
+#[test]
+fn wrong_expired_stale_and_foreign_credentials_are_refused() {
+    let mut lab = Lab::new();
+    // A wrong password.
+    let mut wrong = Client::with_password("198.51.100.2:5000", "alice", "looking-glass");
+    assert_eq!(wrong.allocate(&mut lab, &[]), Err(401));
+    // The static user with the right one, and with SHA-256 integrity.
+    let mut alice = Client::with_password("198.51.100.2:5001", "alice", "wonderland");
+    assert!(alice.allocate(&mut lab, &[]).is_ok());
+    // Requests on an allocation must use the credentials that made it.
+    let mut other = Client::with_password("198.51.100.2:5001", "bob", "builder");
+    other.nonce = alice.nonce.clone();
+    let req = other.request(Method::Refresh, &[]);
+    assert_eq!(error_code(&reply(lab.send(other.key, &req))), Some(441));
+    // REST credentials that expired.
+    let (username, password) =
+        RestSecrets::new(vec![SECRET.to_vec()]).issue("late", T0_UNIX - 7200, Duration::from_secs(3600)).expect("issued");
+    let mut late = Client::with_password("198.51.100.3:5000", &username, &password);
+    assert_eq!(late.allocate(&mut lab, &[]), Err(401));
+    // REST credentials signed by another secret.
+    let (username, password) =
+        RestSecrets::new(vec![b"other".to_vec()]).issue("mallory", T0_UNIX, Duration::from_secs(3600)).expect("issued");
+    let mut forged = Client::with_password("198.51.100.4:5000", &username, &password);
+    assert_eq!(forged.allocate(&mut lab, &[]), Err(401));
+    // A nonce issued to another address.
+    let mut thief = Client::rest("198.51.100.5:5000", "thief");
+    thief.nonce = alice.nonce.clone();
+    assert_eq!(thief.allocate(&mut lab, &[]), Err(401));
+    // A stale nonce: 438 with a fresh one, which works.
+    let mut slow = Client::rest("198.51.100.6:5000", "slow");
+    let first = slow.request(Method::Allocate, &[udp_transport()]);
+    slow.nonce = text(&reply(lab.send(slow.key, &first)), ATTR_NONCE);
+    lab.advance(Duration::from_secs(3601));
+    let req = slow.request(Method::Allocate, &[udp_transport()]);
+    let stale = reply(lab.send(slow.key, &req));
+    assert_eq!(error_code(&stale), Some(438));
+    assert_ne!(text(&stale, ATTR_NONCE), slow.nonce);
+    // (The REST credentials themselves expired meanwhile: fresh ones.)
+    let mut fresh = Client::rest("198.51.100.6:5000", "slow");
+    fresh.nonce = text(&stale, ATTR_NONCE);
+    // Issued at T0 for an hour: still expired at T0 + 3601; issue anew.
+    let (username, password) = RestSecrets::new(vec![SECRET.to_vec()])
+        .issue("slow", T0_UNIX + 3601, Duration::from_secs(3600))
+        .expect("issued");
+    fresh.username = username.clone();
+    fresh.md5 = long_term_key_md5(&username, REALM, &password);
+    assert!(fresh.allocate(&mut lab, &[]).is_ok());
+}
+
+#[test]
+fn sha256_integrity_is_verified_and_answered_in_kind() {
+    let mut lab = Lab::new();
+    let key = udp("198.51.100.7:5000");
+    let first = StunWriter::new(0x0003, [1; 12]);
+    let mut first = first;
+    first.attribute(ATTR_REQUESTED_TRANSPORT, &[TRANSPORT_UDP, 0, 0, 0]);
+    let nonce = text(&reply(lab.send(key, &first.finish())), ATTR_NONCE);
+    let sha = long_term_key_sha256("alice", REALM, "wonderland");
+    let mut w = StunWriter::new(0x0003, [2; 12]);
+    w.attribute(ATTR_REQUESTED_TRANSPORT, &[TRANSPORT_UDP, 0, 0, 0])
+        .attribute(ATTR_USERNAME, b"alice")
+        .attribute(ATTR_REALM, REALM.as_bytes())
+        .attribute(ATTR_NONCE, nonce.as_bytes())
+        .message_integrity_sha256(&sha);
+    assert_eq!(lab.send(key, &w.finish()), ClientOutput::Pending);
+    let answers = lab.open_relays();
+    let msg = StunMessage::parse(&answers[0].1).expect("stun");
+    assert!(msg.verify_integrity_sha256(&sha));
+    // A wrong SHA-256 key is refused.
+    let mut w = StunWriter::new(0x0003, [3; 12]);
+    w.attribute(ATTR_REQUESTED_TRANSPORT, &[TRANSPORT_UDP, 0, 0, 0])
+        .attribute(ATTR_USERNAME, b"alice")
+        .attribute(ATTR_REALM, REALM.as_bytes())
+        .attribute(ATTR_NONCE, nonce.as_bytes())
+        .message_integrity_sha256(&[0; 32]);
+    let key2 = udp("198.51.100.7:5001");
+    let nonce2 = {
+        let mut f = StunWriter::new(0x0003, [4; 12]);
+        f.attribute(ATTR_REQUESTED_TRANSPORT, &[TRANSPORT_UDP, 0, 0, 0]);
+        text(&reply(lab.send(key2, &f.finish())), ATTR_NONCE)
+    };
+    assert_eq!(nonce2.len(), nonce.len());
+    assert_eq!(error_code(&reply(lab.send(key, &w.finish()))), Some(401), "wrong key on the same 5-tuple");
+}
+
+#[test]
+fn send_indications_and_channel_data_are_relayed_both_ways_byte_exact() {
+    let mut lab = Lab::new();
+    let mut c = Client::rest("198.51.100.8:5000", "browser");
+    let relayed = c.relayed(&mut lab);
+    let relay = RelayId { family: Family::V4, port: relayed.port() };
+    let peer = addr("192.0.2.50:7000");
+
+    // Without a permission, nothing passes either way.
+    let send = |c: &mut Client, data: &[u8]| {
+        let txid = c.next_txid();
+        let mut w = StunWriter::new(message_type(Method::Send, StunClass::Indication), txid);
+        w.xor_address(ATTR_XOR_PEER_ADDRESS, peer).attribute(ATTR_DATA, data);
+        w.finish()
+    };
+    let ind = send(&mut c, b"hello peer");
+    assert_eq!(lab.send(c.key, &ind), ClientOutput::Drop(TurnDrop::NoPermission));
+    assert_eq!(lab.server.handle_peer(lab.now(), relay, peer, b"x"), PeerOutput::Drop(TurnDrop::NoPermission));
+
+    assert_eq!(c.permit(&mut lab, peer), None);
+    let ind = send(&mut c, b"hello peer");
+    let ClientOutput::Relay { relay: r, peer: p, payload } = lab.send(c.key, &ind) else { panic!("relayed") };
+    assert_eq!((r, p, &ind[payload]), (relay, peer, &b"hello peer"[..]));
+    // The peer answers: a Data indication with its bytes and address.
+    let PeerOutput::Indication { client, message } = lab.server.handle_peer(lab.now(), relay, peer, b"hi client")
+    else {
+        panic!("indication")
+    };
+    assert_eq!(client, c.key);
+    let msg = StunMessage::parse(&message).expect("stun");
+    assert_eq!(msg.message_type(), 0x0017);
+    assert_eq!(msg.xor_address(ATTR_XOR_PEER_ADDRESS), Some(peer));
+    assert_eq!(msg.attribute(ATTR_DATA).expect("data").value, b"hi client");
+
+    // A channel: ChannelData both ways, the header taken off and put on.
+    assert_eq!(c.bind(&mut lab, 0x4001, peer), None);
+    let mut cd = ChannelData::header(0x4001, 5).to_vec();
+    cd.extend_from_slice(b"media\0\0\0");
+    let ClientOutput::Relay { payload, .. } = lab.send(c.key, &cd) else { panic!("relayed") };
+    assert_eq!(&cd[payload], b"media", "the padding is not data");
+    let PeerOutput::Channel { client, header } = lab.server.handle_peer(lab.now(), relay, peer, b"back!!")
+    else {
+        panic!("channel")
+    };
+    assert_eq!((client, header), (c.key, ChannelData::header(0x4001, 6)));
+    // An unbound channel and another allocation's client are dropped.
+    let mut stray = ChannelData::header(0x4002, 1).to_vec();
+    stray.push(0);
+    assert_eq!(lab.send(c.key, &stray), ClientOutput::Drop(TurnDrop::NoChannel));
+    assert_eq!(lab.send(udp("198.51.100.9:1"), &cd), ClientOutput::Drop(TurnDrop::NoAllocation));
+    // Conflicting bindings are 400.
+    assert_eq!(c.bind(&mut lab, 0x4001, addr("192.0.2.51:7000")), Some(400));
+    assert_eq!(c.bind(&mut lab, 0x3fff, addr("192.0.2.51:7000")), Some(400));
+    let stats = lab.server.stats();
+    assert_eq!((stats.to_peer_packets, stats.to_peer_bytes), (2, 15));
+    assert_eq!((stats.to_client_packets, stats.to_client_bytes), (2, 15));
+    assert_eq!(stats.drops(TurnDrop::NoPermission), 2);
+
+    // Permissions expire after 5 minutes unless refreshed; the channel
+    // (10 minutes) does not keep the permission alive by itself.
+    lab.advance(Duration::from_secs(301));
+    let ClientOutput::Drop(TurnDrop::NoPermission) = lab.send(c.key, &cd) else { panic!("permission expired") };
+}
+
+#[test]
+fn internal_and_own_peers_are_forbidden_in_every_encoding_unless_allow_listed() {
+    let mut lab = Lab::new();
+    let mut c = Client::rest("198.51.100.10:5000", "probe");
+    c.relayed(&mut lab);
+    for peer in [
+        "127.0.0.1:22",
+        "[::1]:22",
+        "[::ffff:127.0.0.1]:22",
+        "10.0.0.1:5060",
+        "192.168.1.1:80",
+        "172.16.0.1:80",
+        "100.64.0.1:80",
+        "169.254.169.254:80",
+        "[fe80::1]:80",
+        "168.63.129.16:80",
+        "224.0.0.1:5000",
+        "255.255.255.255:5000",
+        "0.0.0.0:5000",
+        "[64:ff9b::7f00:1]:22",
+        "[2002:7f00:1::1]:22",
+        "[::ffff:169.254.169.254]:80",
+    ] {
+        let peer = addr(peer);
+        let family_ok = Family::of(relay_core::peer::canonical(peer)) == Family::V4;
+        let expected = if family_ok { 403 } else { 443 };
+        assert_eq!(c.permit(&mut lab, peer), Some(expected), "CreatePermission for {peer}");
+        assert_eq!(c.bind(&mut lab, 0x4000, peer), Some(expected), "ChannelBind to {peer}");
+    }
+    // The relay's own listener on its public address: the IP may be
+    // permitted (another client's relayed address lives there), a channel
+    // to the listener's port may not, nor may a Send indication reach it.
+    let admin = addr(ADMIN);
+    assert_eq!(c.permit(&mut lab, admin), None);
+    assert_eq!(c.bind(&mut lab, 0x4000, admin), Some(403));
+    let mut w = StunWriter::new(0x0016, [9; 12]);
+    w.xor_address(ATTR_XOR_PEER_ADDRESS, admin).attribute(ATTR_DATA, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(lab.send(c.key, &w.finish()), ClientOutput::Drop(TurnDrop::Forbidden));
+    // Another client's relayed address on this server is a fine peer.
+    let mut d = Client::rest("198.51.100.11:5000", "callee");
+    let other = d.relayed(&mut lab);
+    assert_eq!(c.bind(&mut lab, 0x4000, other), None);
+    // The realm's allow-listed PBX network is reachable.
+    assert_eq!(c.bind(&mut lab, 0x4001, addr("10.20.3.4:5060")), None);
+    assert_eq!(c.permit(&mut lab, addr("10.21.0.1:5060")), Some(403));
+}
+
+#[test]
+fn quotas_per_user_and_tenant_and_ports_are_enforced() {
+    let limits = TurnLimits { allocations_per_user: 2, ..TurnLimits::default() };
+    let quotas = Arc::new(TenantQuotas::new(TenantLimit { sessions: None, ports: Some(5) }));
+    let mut lab = Lab::with(limits, Some(quotas.clone()));
+    let mut held = Vec::new();
+    for port in 0..2 {
+        let mut c = Client::rest(&format!("198.51.100.20:{}", 6000 + port), "greedy");
+        c.relayed(&mut lab);
+        held.push(c);
+    }
+    let mut third = Client::rest("198.51.100.20:6002", "greedy");
+    assert_eq!(third.allocate(&mut lab, &[]), Err(486), "per user");
+    for i in 0..3 {
+        let mut c = Client::rest(&format!("198.51.100.21:{}", 6000 + i), &format!("user{i}"));
+        c.relayed(&mut lab);
+        held.push(c);
+    }
+    assert_eq!(quotas.ports_in_use("acme"), 5);
+    let mut over = Client::rest("198.51.100.22:6000", "another");
+    assert_eq!(over.allocate(&mut lab, &[]), Err(486), "tenant's ports");
+    // Deleting one (Refresh with lifetime 0) frees its quota and port.
+    assert_eq!(held[0].ask(&mut lab, Method::Refresh, &[(ATTR_LIFETIME, vec![0; 4])]), None);
+    assert!(matches!(lab.commands().as_slice(), [Command::CloseRelay { .. }]));
+    assert_eq!(quotas.ports_in_use("acme"), 4);
+    assert!(over.allocate(&mut lab, &[]).is_ok());
+
+    // Without tenant quotas, the port range (10 ports) is the limit: 508.
+    let mut lab = Lab::new();
+    for i in 0..10 {
+        Client::rest(&format!("198.51.100.30:{}", 6000 + i), &format!("u{i}")).relayed(&mut lab);
+    }
+    assert_eq!(Client::rest("198.51.100.31:6000", "late").allocate(&mut lab, &[]), Err(508));
+}
+
+#[test]
+fn lifetimes_expire_refresh_and_free_the_port() {
+    let mut lab = Lab::new();
+    let mut c = Client::rest("198.51.100.40:5000", "short");
+    let relayed = c.relayed(&mut lab);
+    assert!(lab.server.poll_timeout().is_some());
+    // Refresh asks for 30 s: the default (600 s) is the least granted.
+    let req = c.request(Method::Refresh, &[(ATTR_LIFETIME, 30u32.to_be_bytes().to_vec())]);
+    let answer = reply(lab.send(c.key, &req));
+    assert_eq!(StunMessage::parse(&answer).expect("stun").attribute(ATTR_LIFETIME).expect("lifetime").value, 600u32.to_be_bytes());
+    // Past the first lifetime but refreshed: still there.
+    lab.advance(Duration::from_secs(599));
+    assert_eq!(c.ask(&mut lab, Method::Refresh, &[(ATTR_LIFETIME, 99_999u32.to_be_bytes().to_vec())]), None);
+    lab.advance(Duration::from_secs(601));
+    assert_eq!(lab.server.allocations().count(), 1, "refreshed to the maximum (3600 s)");
+    lab.advance(Duration::from_secs(3000));
+    assert_eq!(lab.server.allocations().count(), 0);
+    assert_eq!(lab.commands(), vec![Command::CloseRelay { relay: RelayId { family: Family::V4, port: relayed.port() } }]);
+    assert_eq!(lab.server.stats().expired, 1);
+    let mut cd = ChannelData::header(0x4000, 1).to_vec();
+    cd.push(0);
+    assert_eq!(lab.send(c.key, &cd), ClientOutput::Drop(TurnDrop::NoAllocation), "gone");
+}
+
+#[test]
+fn even_port_reservations_pair_rtp_and_rtcp() {
+    let mut lab = Lab::new();
+    let mut rtp = Client::rest("198.51.100.50:5000", "phone");
+    let answer = rtp.allocate(&mut lab, &[(ATTR_EVEN_PORT, vec![0x80])]).expect("allocated");
+    let msg = StunMessage::parse(&answer).expect("stun");
+    let relayed = msg.xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
+    assert_eq!(relayed.port() % 2, 0);
+    let token = msg.attribute(ATTR_RESERVATION_TOKEN).expect("token").value.to_vec();
+    let mut rtcp = Client::rest("198.51.100.50:5001", "phone");
+    let answer = rtcp.allocate(&mut lab, &[(ATTR_RESERVATION_TOKEN, token.clone())]).expect("allocated");
+    let odd = StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
+    assert_eq!(odd.port(), relayed.port() + 1);
+    // A token is good once; and it is not to be combined with EVEN-PORT.
+    let mut again = Client::rest("198.51.100.50:5002", "phone2");
+    assert_eq!(again.allocate(&mut lab, &[(ATTR_RESERVATION_TOKEN, token.clone())]), Err(508));
+    let mut both = Client::rest("198.51.100.50:5003", "phone3");
+    assert_eq!(both.allocate(&mut lab, &[(ATTR_RESERVATION_TOKEN, token), (ATTR_EVEN_PORT, vec![0])]), Err(400));
+    // An unclaimed reservation expires and its port returns.
+    let mut lone = Client::rest("198.51.100.51:5000", "lone");
+    lone.allocate(&mut lab, &[(ATTR_EVEN_PORT, vec![0x80])]).expect("allocated");
+    assert_eq!(lab.server.allocations().count(), 2 + 1);
+    let before = lab.server.poll_timeout().expect("reservation timer");
+    assert!(before <= lab.now().instant + Duration::from_secs(30));
+    lab.advance(Duration::from_secs(31));
+    // Ten ports: 3 allocations held, so 7 more fit again.
+    for i in 0..7 {
+        Client::rest(&format!("198.51.100.52:{}", 6000 + i), &format!("f{i}")).relayed(&mut lab);
+    }
+}
+
+#[test]
+fn families_unknown_attributes_and_bad_requests_get_their_codes() {
+    let mut lab = Lab::new();
+    let mut c = Client::rest("198.51.100.60:5000", "v6");
+    assert_eq!(c.allocate(&mut lab, &[(ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])]), Err(440));
+    assert_eq!(c.allocate(&mut lab, &[(ATTR_REQUESTED_ADDRESS_FAMILY, vec![9, 0, 0, 0])]), Err(440));
+    // Asking for both families: IPv4 granted, IPv6 refused in the answer.
+    let answer = c.allocate(&mut lab, &[(ATTR_ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0])]).expect("allocated");
+    let msg = StunMessage::parse(&answer).expect("stun");
+    assert_eq!(msg.attribute(ATTR_ADDRESS_ERROR_CODE).expect("address error").value[..4], [2, 0, 4, 40]);
+    // A comprehension-required attribute the server does not know: 420.
+    let mut d = Client::rest("198.51.100.61:5000", "odd");
+    let req = d.request(Method::Allocate, &[udp_transport(), (0x0042, vec![1, 2, 3, 4])]);
+    let answer = reply(lab.send(d.key, &req));
+    assert_eq!(error_code(&answer), Some(420));
+    assert_eq!(StunMessage::parse(&answer).expect("stun").attribute(ATTR_UNKNOWN_ATTRIBUTES).expect("list").value, [0, 0x42]);
+    // TCP allocations (RFC 6062) are not made: 442; no transport: 400.
+    assert_eq!(d.allocate(&mut lab, &[]).map(|_| ()), Ok(()));
+    let mut e = Client::rest("198.51.100.62:5000", "tcp");
+    e.nonce = d.nonce.clone();
+    let fresh = Client::rest("198.51.100.62:5000", "tcp");
+    e.nonce = {
+        let mut f = fresh;
+        let first = f.request(Method::Allocate, &[udp_transport()]);
+        text(&reply(lab.send(f.key, &first)), ATTR_NONCE)
+    };
+    let req = e.request(Method::Allocate, &[(ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_TCP, 0, 0, 0])]);
+    assert_eq!(error_code(&reply(lab.send(e.key, &req))), Some(442));
+    let req = e.request(Method::Allocate, &[]);
+    assert_eq!(error_code(&reply(lab.send(e.key, &req))), Some(400));
+    // Binding answers the reflexive address.
+    let b = StunWriter::new(0x0001, [5; 12]).finish();
+    let answer = reply(lab.send(e.key, &b));
+    assert_eq!(StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_MAPPED_ADDRESS), Some(e.key.source));
+    // Garbage is dropped and counted.
+    assert_eq!(lab.send(e.key, b"\x17\x03\x03garbage"), ClientOutput::Drop(TurnDrop::Malformed));
+}
+
+/// RFC 8656 §21's concern, measured: strangers spoofing a victim's address
+/// get at most what they sent, plus a small burst, sent back to it.
+#[test]
+fn spoofed_floods_get_no_amplification() {
+    let mut lab = Lab::new();
+    let victim = udp("198.51.100.99:3478");
+    let (mut bytes_in, mut bytes_out) = (0usize, 0usize);
+    // 20 000 unauthenticated Allocates and Bindings, 2 000 per second.
+    for i in 0..20_000u32 {
+        lab.elapsed = Duration::from_micros(u64::from(i) * 500);
+        let mut w = StunWriter::new(if i % 2 == 0 { 0x0003 } else { 0x0001 }, [i as u8; 12]);
+        if i % 2 == 0 {
+            w.attribute(ATTR_REQUESTED_TRANSPORT, &[TRANSPORT_UDP, 0, 0, 0]);
+        }
+        let req = w.finish();
+        bytes_in += req.len();
+        if let ClientOutput::Reply(r) = lab.send(victim, &req) {
+            bytes_out += r.len();
+        }
+    }
+    let limits = TurnLimits::default();
+    let allowance = limits.stranger_burst_bytes as usize + 10 * limits.stranger_bytes_per_second as usize;
+    assert!(bytes_out <= bytes_in + allowance, "{bytes_out} bytes out for {bytes_in} in");
+    assert!(bytes_out > bytes_in / 2, "legitimate retries are still answered ({bytes_out} of {bytes_in})");
+    assert!(lab.server.stats().drops(TurnDrop::StrangerBudget) > 0);
+    println!("amplification: {bytes_out} bytes out for {bytes_in} in ({:.2}×)", bytes_out as f64 / bytes_in as f64);
+}
