@@ -14,8 +14,10 @@
 #                  address (gratuitous ARP), as keepalived would
 #   prometheus     promtool lints the /metrics exposition (relay-bin's tests)
 #   openssl        the oracle for TURN's credentials (HMAC-SHA1, MD5, SHA-256)
+#   coturn         its turnutils_uclient/turnutils_peer drive ucmrc's TURN server
+#                  (relay-bin/tests/turn_clients.rs); its own server stays off
 set -euo pipefail
-packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2 redis-server iputils-arping prometheus openssl)
+packages=(libclang1-14 libssl-dev pkg-config make gcc g++ systemd curl python3-venv kamailio clang libbpf-dev iproute2 redis-server iputils-arping prometheus openssl coturn)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -256,6 +256,7 @@ fn media_through_an_external_relay_driven_by_its_admin_api() {
         ng_transport: Default::default(),
         clustered: false,
         cluster: Default::default(),
+        turn: Default::default(),
     });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let addr = rt.block_on(async {

@@ -58,6 +58,8 @@ pub struct AdminState {
     pub clustered: bool,
     /// The cluster node, once started.
     pub cluster: std::sync::OnceLock<relay_cluster::ClusterView>,
+    /// The TURN server, once started.
+    pub turn: std::sync::OnceLock<relay_core::turn::udp_service::TurnUdpService>,
 }
 
 impl AdminState {
@@ -272,6 +274,7 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
     let connectors = st.control.as_ref().map(ControlServer::stats);
     let tunnels = st.tunnels.as_ref().map(TunnelServer::stats);
     let ng = st.ng.as_ref().map(|e| e.stats().snapshot());
+    let turn = st.turn.get().map(turn_figures);
     let body = metrics::render(&metrics::Figures {
         ng: ng.as_ref().map(|s| (s, st.ng_transport.as_ref())),
         fast_path: st.handle.fast_path_outcomes(),
@@ -284,8 +287,27 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
         uptime: st.started.elapsed(),
         shard_failures: st.handle.shard_failures().len(),
         cluster: st.cluster.get().map(relay_cluster::ClusterView::status).as_ref(),
+        turn: turn.as_ref(),
     });
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
+}
+
+/// The TURN server's figures: counters, and allocations by tenant (every
+/// configured tenant, zero included).
+fn turn_figures(service: &relay_core::turn::udp_service::TurnUdpService) -> metrics::TurnFigures {
+    let (stats, allocations) = service.with_server(|server| {
+        let by = server.allocations_by_tenant();
+        let mut tenants: Vec<(String, u64)> = server
+            .settings()
+            .realms
+            .iter()
+            .map(|r| (r.tenant.clone(), by.get(r.tenant.as_str()).copied().unwrap_or(0) as u64))
+            .collect();
+        tenants.sort();
+        tenants.dedup();
+        (server.stats().clone(), tenants)
+    });
+    metrics::TurnFigures { stats, allocations, send_failures: service.send_failures() }
 }
 
 /// `GET /v1/cluster`: this node's role, lease and replication figures, and

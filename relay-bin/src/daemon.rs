@@ -78,6 +78,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         ng_transport: Arc::new(crate::ng::NgTransportStats::default()),
         clustered: cfg.cluster.is_some(),
         cluster: std::sync::OnceLock::new(),
+        turn: std::sync::OnceLock::new(),
         tunnels,
         control: control_listener,
         handle: handle.clone(),
@@ -103,6 +104,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     let ng_line = start_ng(&cfg, &state, &mut bound).await?;
     let control_line = start_control(&cfg, &state, &mut bound).await?;
     let tunnels_line = start_tunnels(&cfg, &state, &mut bound).await?;
+    let turn_sockets = bind_turn(&cfg, &mut bound)?;
     // Every bound listener (kernel-chosen ports included) is one of the
     // relay's own addresses: never a hint, latched source or destination.
     let mut listeners = vec![admin.addr];
@@ -112,6 +114,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         .reconfigure(cfg.relay.defaults.clone(), peer_policy(&cfg, &listeners))
         .await
         .map_err(|e| e.to_string())?;
+    let turn_line = start_turn(&cfg, &state, turn_sockets, &listeners)?;
     let mut cluster = match &cfg.cluster {
         None => None,
         Some(c) => {
@@ -123,7 +126,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         }
     };
     state.ready.store(true, Ordering::SeqCst);
-    print_banner(&cfg, &state, admin.addr, [ng_line, control_line, tunnels_line, cluster_line(&cfg)]);
+    print_banner(&cfg, &state, admin.addr, [ng_line, control_line, tunnels_line, turn_line, cluster_line(&cfg)]);
     tracing::info!(admin_addr = %admin.addr, datapath = %state.backend, "relay running");
     let outcome = run_until_stopped(&mut cfg, path.as_deref(), &state, &listeners, &mut cluster).await;
     state.ready.store(false, Ordering::SeqCst);
@@ -228,6 +231,62 @@ async fn start_tunnels(cfg: &Config, state: &AdminState, bound: &mut Vec<SocketA
     Ok(format!("tunnels: {} data=tcp://{data_addr}", shown.join(" ")))
 }
 
+/// Binds the TURN listeners (UDP) when configured.
+fn bind_turn(cfg: &Config, bound: &mut Vec<SocketAddr>) -> Result<Vec<std::net::UdpSocket>, String> {
+    let Some(t) = &cfg.turn else { return Ok(Vec::new()) };
+    let mut sockets = Vec::new();
+    for addr in &t.listen {
+        let socket = std::net::UdpSocket::bind(addr).map_err(|e| format!("turn.listen {addr}: {e}"))?;
+        bound.push(socket.local_addr().map_err(|e| format!("turn.listen {addr}: {e}"))?);
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Starts the TURN server on its bound listeners, its peers held to the
+/// relay's policy (every listener of the process among its own
+/// addresses); the banner line.
+fn start_turn(
+    cfg: &Config,
+    state: &AdminState,
+    sockets: Vec<std::net::UdpSocket>,
+    listeners: &[SocketAddr],
+) -> Result<String, String> {
+    let Some(t) = &cfg.turn else { return Ok("turn disabled (no [turn] section)".to_string()) };
+    let shown: Vec<String> = sockets.iter().filter_map(|s| s.local_addr().ok()).map(|a| format!("udp://{a}")).collect();
+    let settings = relay_core::turn::TurnSettings {
+        realms: t.realms.clone(),
+        relay_v4: t.relay_v4,
+        relay_v6: t.relay_v6,
+        first_port: t.ports.0,
+        last_port: t.ports.1,
+        policy: peer_policy(cfg, listeners),
+        limits: t.limits,
+    };
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| format!("turn: cannot read /dev/urandom for the nonce key: {e}"))?;
+    let seed = u64::from_le_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]]);
+    let server = relay_core::turn::TurnServer::new(
+        settings,
+        relay_core::turn::auth::NonceKey::new(key),
+        Some(state.handle.shared_quotas()),
+        seed,
+    )
+    .map_err(|e| format!("turn: {e}"))?;
+    let service =
+        relay_core::turn::udp_service::TurnUdpService::start(server, sockets).map_err(|e| format!("turn: {e}"))?;
+    let _ = state.turn.set(service);
+    Ok(format!(
+        "turn: {} relayed ports {}-{} realms {}",
+        shown.join(" "),
+        t.ports.0,
+        t.ports.1,
+        t.realms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(",")
+    ))
+}
+
 /// The banner's cluster line.
 fn cluster_line(cfg: &Config) -> String {
     match &cfg.cluster {
@@ -244,7 +303,7 @@ fn cluster_line(cfg: &Config) -> String {
 
 /// What the relay prints on stdout once it serves (tests and scripts read
 /// the addresses from it).
-fn print_banner(cfg: &Config, state: &AdminState, admin_addr: SocketAddr, services: [String; 4]) {
+fn print_banner(cfg: &Config, state: &AdminState, admin_addr: SocketAddr, services: [String; 5]) {
     let r = &cfg.relay;
     println!(
         "ucmrc relay {}: media on {} ports {}-{} (datapath {}), admin API on http://{admin_addr}",

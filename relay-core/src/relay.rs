@@ -386,7 +386,7 @@ struct Inner {
     /// shard publishes its free ports only after it processed them, so a
     /// burst of allocations would otherwise all pick the same shard.
     ports_in_flight: Vec<Arc<AtomicUsize>>,
-    quotas: TenantQuotas,
+    quotas: Arc<TenantQuotas>,
     advertised_ip: IpAddr,
     /// The SDP address of each relay address ([`crate::shard::RelayPort::addr`]).
     sdp_ips: Vec<IpAddr>,
@@ -812,7 +812,7 @@ impl Relay {
             inner: Arc::new(Inner {
                 ports_in_flight: mailboxes.iter().map(|_| Arc::default()).collect(),
                 mailboxes,
-                quotas: TenantQuotas::new(config.default_tenant_limit()),
+                quotas: Arc::new(TenantQuotas::new(config.default_tenant_limit())),
                 advertised_ip: interfaces[0].addresses[0].sdp_ip(),
                 sdp_ips: interfaces.iter().flat_map(|i| i.addresses.iter().map(InterfaceAddress::sdp_ip)).collect(),
                 interface_names: interfaces.iter().map(|i| i.name.clone()).collect(),
@@ -934,6 +934,12 @@ impl RelayHandle {
     /// Tenant quota table (to set per-tenant limits).
     pub fn quotas(&self) -> &TenantQuotas {
         &self.inner.quotas
+    }
+
+    /// The same quota table, shared (for services beside the media engine
+    /// whose allocations count against the tenants' ports, as TURN's).
+    pub fn shared_quotas(&self) -> Arc<TenantQuotas> {
+        self.inner.quotas.clone()
     }
 
     /// Whether the relay is draining.

@@ -200,8 +200,11 @@ impl Client {
         let value = peer_attr_value(&mut w);
         let mut number = channel.to_be_bytes().to_vec();
         number.extend_from_slice(&[0, 0]);
-        let req =
-            self.request_with(Method::ChannelBind, txid, &[(ATTR_CHANNEL_NUMBER, number), (ATTR_XOR_PEER_ADDRESS, value)]);
+        let req = self.request_with(
+            Method::ChannelBind,
+            txid,
+            &[(ATTR_CHANNEL_NUMBER, number), (ATTR_XOR_PEER_ADDRESS, value)],
+        );
         error_code(&reply(lab.send(self.key, &req)))
     }
 }
@@ -286,8 +289,9 @@ fn wrong_expired_stale_and_foreign_credentials_are_refused() {
     let req = other.request(Method::Refresh, &[]);
     assert_eq!(error_code(&reply(lab.send(other.key, &req))), Some(441));
     // REST credentials that expired.
-    let (username, password) =
-        RestSecrets::new(vec![SECRET.to_vec()]).issue("late", T0_UNIX - 7200, Duration::from_secs(3600)).expect("issued");
+    let (username, password) = RestSecrets::new(vec![SECRET.to_vec()])
+        .issue("late", T0_UNIX - 7200, Duration::from_secs(3600))
+        .expect("issued");
     let mut late = Client::with_password("198.51.100.3:5000", &username, &password);
     assert_eq!(late.allocate(&mut lab, &[]), Err(401));
     // REST credentials signed by another secret.
@@ -396,8 +400,7 @@ fn send_indications_and_channel_data_are_relayed_both_ways_byte_exact() {
     cd.extend_from_slice(b"media\0\0\0");
     let ClientOutput::Relay { payload, .. } = lab.send(c.key, &cd) else { panic!("relayed") };
     assert_eq!(&cd[payload], b"media", "the padding is not data");
-    let PeerOutput::Channel { client, header } = lab.server.handle_peer(lab.now(), relay, peer, b"back!!")
-    else {
+    let PeerOutput::Channel { client, header } = lab.server.handle_peer(lab.now(), relay, peer, b"back!!") else {
         panic!("channel")
     };
     assert_eq!((client, header), (c.key, ChannelData::header(0x4001, 6)));
@@ -511,7 +514,10 @@ fn lifetimes_expire_refresh_and_free_the_port() {
     // Refresh asks for 30 s: the default (600 s) is the least granted.
     let req = c.request(Method::Refresh, &[(ATTR_LIFETIME, 30u32.to_be_bytes().to_vec())]);
     let answer = reply(lab.send(c.key, &req));
-    assert_eq!(StunMessage::parse(&answer).expect("stun").attribute(ATTR_LIFETIME).expect("lifetime").value, 600u32.to_be_bytes());
+    assert_eq!(
+        StunMessage::parse(&answer).expect("stun").attribute(ATTR_LIFETIME).expect("lifetime").value,
+        600u32.to_be_bytes()
+    );
     // Past the first lifetime but refreshed: still there.
     lab.advance(Duration::from_secs(599));
     assert_eq!(c.ask(&mut lab, Method::Refresh, &[(ATTR_LIFETIME, 99_999u32.to_be_bytes().to_vec())]), None);
@@ -519,7 +525,10 @@ fn lifetimes_expire_refresh_and_free_the_port() {
     assert_eq!(lab.server.allocations().count(), 1, "refreshed to the maximum (3600 s)");
     lab.advance(Duration::from_secs(3000));
     assert_eq!(lab.server.allocations().count(), 0);
-    assert_eq!(lab.commands(), vec![Command::CloseRelay { relay: RelayId { family: Family::V4, port: relayed.port() } }]);
+    assert_eq!(
+        lab.commands(),
+        vec![Command::CloseRelay { relay: RelayId { family: Family::V4, port: relayed.port() } }]
+    );
     assert_eq!(lab.server.stats().expired, 1);
     let mut cd = ChannelData::header(0x4000, 1).to_vec();
     cd.push(0);
@@ -572,7 +581,10 @@ fn families_unknown_attributes_and_bad_requests_get_their_codes() {
     let req = d.request(Method::Allocate, &[udp_transport(), (0x0042, vec![1, 2, 3, 4])]);
     let answer = reply(lab.send(d.key, &req));
     assert_eq!(error_code(&answer), Some(420));
-    assert_eq!(StunMessage::parse(&answer).expect("stun").attribute(ATTR_UNKNOWN_ATTRIBUTES).expect("list").value, [0, 0x42]);
+    assert_eq!(
+        StunMessage::parse(&answer).expect("stun").attribute(ATTR_UNKNOWN_ATTRIBUTES).expect("list").value,
+        [0, 0x42]
+    );
     // TCP allocations (RFC 6062) are not made: 442; no transport: 400.
     assert_eq!(d.allocate(&mut lab, &[]).map(|_| ()), Ok(()));
     let mut e = Client::rest("198.51.100.62:5000", "tcp");

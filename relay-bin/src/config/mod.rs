@@ -17,6 +17,7 @@ mod relay;
 mod runtime;
 mod tenants;
 mod tunnels;
+mod turn;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,6 +44,7 @@ pub use relay::{RelaySection, SessionsSection};
 pub use tenants::TenantSection;
 use tunnels::tunnel_settings;
 pub use tunnels::{TunnelListenerSection, TunnelSettings, TunnelsSection};
+pub use turn::{TurnConfig, TurnRealmSection, TurnSection, TurnUserSection};
 
 /// The whole file. Every section is optional; missing values take the
 /// embedded defaults (a loopback-only relay).
@@ -79,6 +81,9 @@ pub struct FileConfig {
     /// Redundancy through Redis (absent: a single node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSection>,
+    /// TURN for browsers and Wave clients (absent: disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<TurnSection>,
 }
 
 impl FileConfig {
@@ -96,6 +101,9 @@ impl FileConfig {
         if let Some(t) = &self.tunnels {
             v.push(t.data_listen);
             v.extend(t.listeners.iter().map(|l| l.listen));
+        }
+        if let Some(t) = &self.turn {
+            v.extend(t.listen.iter().copied());
         }
         v.into_iter().filter(|a| a.port() != 0).map(OwnEndpoint::socket).collect()
     }
@@ -124,6 +132,8 @@ pub struct Config {
     pub ng: Option<NgSettings>,
     /// Redundancy, when configured.
     pub cluster: Option<ClusterSettings>,
+    /// TURN, when configured.
+    pub turn: Option<TurnConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -139,6 +149,7 @@ impl std::fmt::Debug for Config {
             .field("tunnels", &self.tunnels)
             .field("ng", &self.ng)
             .field("cluster", &self.cluster)
+            .field("turn", &self.turn)
             .finish()
     }
 }
@@ -177,6 +188,13 @@ impl Config {
         if let (Some(dir), Some(c)) = (base_dir, file.cluster.as_mut()) {
             let files = std::iter::once(&mut c.key_file).chain(c.previous_key_files.iter_mut());
             for p in files.chain(c.redis_password_file.as_mut()) {
+                if p.is_relative() && !p.as_os_str().is_empty() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        if let (Some(dir), Some(t)) = (base_dir, file.turn.as_mut()) {
+            for p in t.realms.iter_mut().flat_map(|r| r.secret_files.iter_mut()) {
                 if p.is_relative() && !p.as_os_str().is_empty() {
                     *p = dir.join(&*p);
                 }
@@ -227,6 +245,7 @@ impl Config {
             }
             Some(t) => Some(tunnel_settings(t, &file).map_err(err)?),
         };
+        let turn = file.turn.as_ref().map(|t| turn::turn_config(t, &file)).transpose().map_err(err)?;
         Ok(Config {
             source: name.into(),
             text: text.into(),
@@ -238,6 +257,7 @@ impl Config {
             tunnels,
             ng,
             cluster,
+            turn,
         })
     }
 

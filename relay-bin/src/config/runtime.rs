@@ -109,7 +109,16 @@ impl Config {
                 w.push("cluster.wait_for_replication is off: an allocation answered less than a replication round (20 ms) before a crash is lost".into());
             }
         }
+        if let Some(t) = &self.turn {
+            w.extend(super::turn::warnings(t));
+        }
         if let Some((lo, hi)) = ephemeral_port_range() {
+            if let Some(t) = self.turn.as_ref().filter(|t| t.ports.0 <= hi && t.ports.1 >= lo) {
+                w.push(format!(
+                    "the TURN range {}-{} overlaps the kernel's ephemeral ports {lo}-{hi}: outgoing connections can take relayed ports",
+                    t.ports.0, t.ports.1
+                ));
+            }
             if r.port_min <= hi && r.port_max >= lo {
                 w.push(format!(
                     "the media range {}-{} overlaps the kernel's ephemeral ports {lo}-{hi}: outgoing connections can take relay ports (reserve them with net.ipv4.ip_local_reserved_ports, or move the range)",

@@ -314,3 +314,48 @@ fn ng_alone_may_hold_the_whole_port_range_and_mixed_use_keeps_shares() {
     let off = Config::parse("x.toml", "[ng]\nenabled = false\n").expect("valid");
     assert_eq!(ports(&off, "ng"), None);
 }
+
+#[test]
+fn turn_sections_are_checked_key_by_key_and_risky_ones_warn() {
+    let dir = std::env::temp_dir().join(format!("ucmrc-turn-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "a-secret-long-enough-0001\n").expect("write");
+    let short = dir.join("short");
+    std::fs::write(&short, "short\n").expect("write");
+    let realm = |secret: &std::path::Path, extra: &str| {
+        format!("[[turn.realms]]\nname = \"turn.example\"\ntenant = \"acme\"\nsecret_files = [{secret:?}]\n{extra}")
+    };
+    let good = format!("[turn]\nport_min = 30000\nport_max = 30099\n{}", realm(&secret, ""));
+    let c = Config::parse("x.toml", &good).expect("valid");
+    let t = c.turn.as_ref().expect("turn");
+    assert_eq!(t.ports, (30000, 30099));
+    assert_eq!(t.relay_v4.map(|r| r.bind), Some(c.relay.bind_ip), "relayed on the media address by default");
+    assert!(c.warnings().iter().all(|w| !w.contains("turn")), "{:?}", c.warnings());
+    for (text, key, line) in [
+        (good.replace("port_min = 30000", "port_min = 15000"), "turn.port_min", Some(2)),
+        (
+            format!("[turn]\nport_min = 30000\nport_max = 30099\n{}", realm(&short, "")),
+            "turn.realms.secret_files",
+            Some(7),
+        ),
+        (
+            format!(
+                "[turn]\nport_min = 30000\nport_max = 30099\n{}",
+                realm(&secret, "allow_peers = [\"10.0.0.0/40\"]\n")
+            ),
+            "turn.realms.allow_peers",
+            Some(8),
+        ),
+        ("[turn]\nport_min = 30000\nport_max = 30099\n".to_string(), "turn.realms", None),
+        (good.replace("[turn]\n", "[turn]\nlisten = []\n"), "turn.listen", Some(2)),
+    ] {
+        let e = Config::parse("x.toml", &text).expect_err(&text);
+        assert_eq!((e.key.as_str(), e.line), (key, line), "{text}: {e}");
+    }
+    let wide =
+        format!("[turn]\nport_min = 30000\nport_max = 30099\n{}", realm(&secret, "allow_peers = [\"10.0.0.0/8\"]\n"));
+    let w = Config::parse("x.toml", &wide).expect("valid").warnings();
+    assert!(w.iter().any(|w| w.contains("10.0.0.0/8")), "{w:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

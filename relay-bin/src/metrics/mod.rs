@@ -97,6 +97,19 @@ pub struct Figures<'a> {
     pub fast_path: Option<relay_core::io::FastPathOutcomes>,
     /// The cluster node, when `[cluster]` is configured.
     pub cluster: Option<&'a relay_cluster::ClusterStatus>,
+    /// The TURN server, when `[turn]` is configured.
+    pub turn: Option<&'a TurnFigures>,
+}
+
+/// The TURN server's figures at one scrape.
+#[derive(Debug, Clone, Default)]
+pub struct TurnFigures {
+    /// Its counters.
+    pub stats: relay_core::turn::TurnStats,
+    /// Allocations now, by tenant (every configured tenant listed).
+    pub allocations: Vec<(String, u64)>,
+    /// Sends the kernel refused.
+    pub send_failures: u64,
 }
 
 /// Encodes every metric (OpenMetrics text, [`CONTENT_TYPE`]).
@@ -127,6 +140,9 @@ pub fn render(f: &Figures<'_>) -> String {
     }
     if let Some(c) = f.cluster {
         cluster(&mut s, c);
+    }
+    if let Some(t) = f.turn {
+        turn(&mut s, t);
     }
     s.counter("ucmrc_shard_failures", "Shard threads that failed (their sessions are lost)", f.shard_failures as u64);
     s.gauge("ucmrc_draining", "1 while the relay drains (SIGTERM)", i64::from(f.draining));
@@ -238,6 +254,48 @@ fn tunnels(s: &mut Scrape, t: &relay_core::tunnel::server::TunnelStats) {
         "Tunnel and data connections refused, by reason",
         "reason",
         t.rejected.iter().map(|(reason, n)| (reason.as_str(), *n)),
+    );
+}
+
+/// `ucmrc_turn_*`: allocations by tenant, requests by method and result,
+/// relayed datagrams and bytes, drops by reason.
+fn turn(s: &mut Scrape, t: &TurnFigures) {
+    use relay_core::turn::proto::{ErrorCode, Method};
+    use relay_core::turn::TurnDrop;
+    s.gauges_by("ucmrc_turn_allocations", "TURN allocations now, by tenant", "tenant", t.allocations.clone());
+    let requests = Method::ALL.into_iter().flat_map(|m| {
+        std::iter::once(None).chain(ErrorCode::ALL.into_iter().map(Some)).filter_map(move |e| {
+            let n = t.stats.requests(m, e);
+            let result = e.map_or_else(|| "success".to_string(), |e| e.number().to_string());
+            (n > 0 || e.is_none() && m != Method::Send && m != Method::Data && m != Method::ConnectionAttempt)
+                .then(|| (vec![("method", m.label().to_string()), ("result", result)], n))
+        })
+    });
+    s.counters_labelled(
+        "ucmrc_turn_requests",
+        "TURN requests answered, by method and result (success or the error code)",
+        requests,
+    );
+    s.counters(
+        "ucmrc_turn_relayed_packets",
+        "Datagrams relayed by TURN, by direction",
+        "direction",
+        [("to_peer", t.stats.to_peer_packets), ("to_client", t.stats.to_client_packets)],
+    );
+    s.counters(
+        "ucmrc_turn_relayed_bytes",
+        "Application bytes relayed by TURN, by direction",
+        "direction",
+        [("to_peer", t.stats.to_peer_bytes), ("to_client", t.stats.to_client_bytes)],
+    );
+    let mut drops: Vec<(&str, u64)> = TurnDrop::ALL.iter().map(|d| (d.label(), t.stats.drops(*d))).collect();
+    drops.push(("send_failed", t.send_failures));
+    s.counters("ucmrc_turn_drops", "TURN input dropped (and sends the kernel refused), by reason", "reason", drops);
+    s.counter("ucmrc_turn_allocations_expired", "TURN allocations that expired unrefreshed", t.stats.expired);
+    s.counter(
+        "ucmrc_turn_ports_unavailable",
+        "Relayed ports TURN could not open (held by another process)",
+        t.stats.ports_unavailable,
     );
 }
 

@@ -76,6 +76,11 @@ impl RestSecrets {
         Self { secrets }
     }
 
+    /// Whether there is no secret (the realm has static users only).
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
     /// The password each secret gives `username` (newest first), when the
     /// username is well formed and not expired at `now_unix`. The caller
     /// derives the long-term key from each and checks the request's

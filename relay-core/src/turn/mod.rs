@@ -7,7 +7,8 @@
 //! - [`server`]: the server itself, sans-IO (requests, allocations,
 //!   permissions, channels, relaying decisions, lifetimes), with
 //!   [`settings`], per-allocation state in [`allocation`], byte budgets in
-//!   [`limits`], counters in [`stats`] and the wire vocabulary in [`proto`].
+//!   [`limits`], counters in [`stats`] and the wire vocabulary in [`proto`];
+//! - [`udp_service`]: the server on UDP sockets (tokio).
 #![forbid(unsafe_code)]
 
 pub mod allocation;
@@ -19,6 +20,7 @@ mod requests;
 pub mod server;
 pub mod settings;
 pub mod stats;
+pub mod udp_service;
 
 pub use allocation::{ClientKey, RelayId, Transport};
 pub use server::{ClientOutput, Command, PeerOutput, TurnNow, TurnServer, TurnSettingsError};

@@ -232,8 +232,12 @@ impl ErrorCode {
     }
 }
 
-/// First and last channel numbers a client may bind (RFC 8656 §12).
-pub const CHANNEL_NUMBERS: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// First and last channel numbers a client may bind: RFC 5766's range.
+/// RFC 8656 §12 narrowed it to 0x4000–0x4FFF, but clients of the older RFC
+/// (coturn's own among them) still pick numbers up to 0x7FFF, and on a TURN
+/// listener nothing else starts with the bits `01`, so accepting them costs
+/// nothing.
+pub const CHANNEL_NUMBERS: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
 
 /// Length of a ChannelData header.
 pub const CHANNEL_HEADER_LEN: usize = 4;
@@ -243,7 +247,7 @@ pub const CHANNEL_HEADER_LEN: usize = 4;
 /// the length is not data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelData {
-    /// Channel number (0x4000–0x4FFF).
+    /// Channel number (0x4000–0x7FFF).
     pub channel: u16,
     /// Application data length.
     pub len: usize,
@@ -331,8 +335,8 @@ mod tests {
         assert_eq!(ChannelData::parse(&buf), Some(ChannelData { channel: 0x4001, len: 5 }));
         assert_eq!(ChannelData::parse(&buf[..8]), None, "shorter than its length");
         let mut reserved = buf.clone();
-        reserved[0] = 0x50;
-        assert_eq!(ChannelData::parse(&reserved), None, "0x5000 is not a channel");
+        reserved[0] = 0x80;
+        assert_eq!(ChannelData::parse(&reserved), None, "0x8000 is not a channel");
         assert_eq!(ChannelData::parse(&[0x40, 0]), None);
     }
 }

@@ -58,7 +58,14 @@ impl TurnServer {
             let mut a = Answer::error(method, txid, ErrorCode::UnknownAttribute, None);
             let list: Vec<u8> = unknown.iter().flat_map(|k| k.to_be_bytes()).collect();
             a.writer().attribute(ATTR_UNKNOWN_ATTRIBUTES, &list);
-            return self.unauthenticated(now.instant, client, &msg, method, Some(ErrorCode::UnknownAttribute), a.finish());
+            return self.unauthenticated(
+                now.instant,
+                client,
+                &msg,
+                method,
+                Some(ErrorCode::UnknownAttribute),
+                a.finish(),
+            );
         }
         if method == Method::Binding {
             let mut a = Answer::success(Method::Binding, txid, None);
@@ -149,13 +156,22 @@ impl TurnServer {
         match self.nonces.check(nonce, client.source.ip(), now.unix_secs) {
             NonceCheck::Valid => {}
             NonceCheck::Stale => return Err(self.challenge(now, client, msg, method, ErrorCode::StaleNonce, realm)),
-            NonceCheck::Invalid => return Err(self.challenge(now, client, msg, method, ErrorCode::Unauthorized, realm)),
+            NonceCheck::Invalid => {
+                return Err(self.challenge(now, client, msg, method, ErrorCode::Unauthorized, realm))
+            }
         }
         if let Some(alloc) = self.by_client.get(&client).and_then(|r| self.allocations.get(r)) {
             // Requests on an allocation use the credentials that made it.
             if alloc.realm != realm || alloc.username != username {
                 let message = Answer::error(method, txid_of(msg), ErrorCode::WrongCredentials, None).finish();
-                return Err(self.unauthenticated(now.instant, client, msg, method, Some(ErrorCode::WrongCredentials), message));
+                return Err(self.unauthenticated(
+                    now.instant,
+                    client,
+                    msg,
+                    method,
+                    Some(ErrorCode::WrongCredentials),
+                    message,
+                ));
             }
             let key = alloc.key;
             return match verifies(msg, &key) {
@@ -261,7 +277,8 @@ impl TurnServer {
         let (relay, reservation_token) = match token {
             Some(t) => {
                 let t = <[u8; 8]>::try_from(t.value).map_err(|_| ErrorCode::BadRequest)?;
-                let reserved = self.reservations.remove(&u64::from_be_bytes(t)).ok_or(ErrorCode::InsufficientCapacity)?;
+                let reserved =
+                    self.reservations.remove(&u64::from_be_bytes(t)).ok_or(ErrorCode::InsufficientCapacity)?;
                 (reserved.relay, None)
             }
             None => {
@@ -374,7 +391,13 @@ impl TurnServer {
             .ok_or(ErrorCode::AllocationMismatch)
     }
 
-    fn refresh(&mut self, now: Instant, client: ClientKey, msg: &StunMessage<'_>, key: IntegrityKey) -> Result<Handled, ErrorCode> {
+    fn refresh(
+        &mut self,
+        now: Instant,
+        client: ClientKey,
+        msg: &StunMessage<'_>,
+        key: IntegrityKey,
+    ) -> Result<Handled, ErrorCode> {
         let relay = self.opened(client)?;
         if let Some(a) = msg.attribute(ATTR_REQUESTED_ADDRESS_FAMILY) {
             if Family::from_attribute(a.value) != Some(relay.family) {

@@ -169,7 +169,10 @@ impl TurnServer {
         Ok(Self {
             ports_v4: pool(settings.relay_v4.is_some()),
             ports_v6: pool(settings.relay_v6.is_some()),
-            strangers: SourceBudget::new(settings.limits.stranger_burst_bytes, settings.limits.stranger_bytes_per_second),
+            strangers: SourceBudget::new(
+                settings.limits.stranger_burst_bytes,
+                settings.limits.stranger_bytes_per_second,
+            ),
             settings,
             nonces,
             quotas,
@@ -238,7 +241,13 @@ impl TurnServer {
     }
 
     /// Checks permission and rate, counts, and says what to send.
-    fn relay_to_peer(&mut self, now: Instant, client: ClientKey, peer: SocketAddr, payload: Range<usize>) -> ClientOutput {
+    fn relay_to_peer(
+        &mut self,
+        now: Instant,
+        client: ClientKey,
+        peer: SocketAddr,
+        payload: Range<usize>,
+    ) -> ClientOutput {
         let limits = self.settings.limits;
         let Some(alloc) = self.by_client.get(&client).and_then(|r| self.allocations.get_mut(r)) else {
             return ClientOutput::Drop(TurnDrop::NoAllocation);
@@ -349,7 +358,10 @@ impl TurnServer {
     }
 
     fn is_relay_ip(&self, ip: IpAddr) -> bool {
-        [self.settings.relay_v4, self.settings.relay_v6].into_iter().flatten().any(|r| r.advertised == ip || r.bind == ip)
+        [self.settings.relay_v4, self.settings.relay_v6]
+            .into_iter()
+            .flatten()
+            .any(|r| r.advertised == ip || r.bind == ip)
     }
 
     fn is_relayed_address(&self, addr: SocketAddr) -> bool {
@@ -443,7 +455,13 @@ impl TurnServer {
 
     /// Answers a stranger when its prefix's budget allows (UDP only: a TCP
     /// or TLS source has proved its address).
-    pub(super) fn answer_stranger(&mut self, now: Instant, client: ClientKey, received: usize, message: Vec<u8>) -> ClientOutput {
+    pub(super) fn answer_stranger(
+        &mut self,
+        now: Instant,
+        client: ClientKey,
+        received: usize,
+        message: Vec<u8>,
+    ) -> ClientOutput {
         if client.transport == super::allocation::Transport::Udp
             && !self.strangers.admit(client.source.ip(), received, message.len(), now)
         {

@@ -49,6 +49,8 @@ pub struct Relay {
     pub control: Option<SocketAddr>,
     /// Tunnel listeners by service, when configured.
     pub tunnels: Vec<(String, SocketAddr)>,
+    /// TURN's UDP listeners, when configured.
+    pub turn: Vec<SocketAddr>,
     /// Its stderr, line by line.
     pub stderr: mpsc::Receiver<String>,
     /// Its directory (config, state).
@@ -128,8 +130,8 @@ pub fn start_with(prefix: &[&str], config_text: Option<&str>) -> Relay {
         .nth(1)
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no admin address in {first:?}"));
-    let (mut ng, mut control, mut tunnels) = (None, None, Vec::new());
-    for _ in 0..5 {
+    let (mut ng, mut control, mut tunnels, mut turn) = (None, None, Vec::new(), Vec::new());
+    for _ in 0..6 {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(rest) = line.strip_prefix("ng protocol on udp:") {
             let (udp, tcp) = rest.split_once(" tcp:").expect("udp and tcp");
@@ -144,9 +146,16 @@ pub fn start_with(prefix: &[&str], config_text: Option<&str>) -> Relay {
                 tunnels.push((service.to_string(), addr.parse().expect("tunnel address")));
             }
         }
+        if let Some(rest) = line.strip_prefix("turn: ") {
+            turn.extend(
+                rest.split(' ')
+                    .filter_map(|w| w.strip_prefix("udp://"))
+                    .map(|a| a.parse::<SocketAddr>().expect("turn address")),
+            );
+        }
     }
     std::thread::spawn(move || for _ in lines.by_ref() {});
-    Relay { child, admin, ng, control, tunnels, stderr: rx, dir }
+    Relay { child, admin, ng, control, tunnels, turn, stderr: rx, dir }
 }
 
 /// Where [`start`] wrote the relay's config.
