@@ -634,3 +634,24 @@ fn spoofed_floods_get_no_amplification() {
     assert!(lab.server.stats().drops(TurnDrop::StrangerBudget) > 0);
     println!("amplification: {bytes_out} bytes out for {bytes_in} in ({:.2}×)", bytes_out as f64 / bytes_in as f64);
 }
+
+#[test]
+fn an_allocation_ending_while_its_port_opens_gets_the_socket_closed_and_the_port_back() {
+    let limits = TurnLimits { max_lifetime: Duration::from_secs(600), ..TurnLimits::default() };
+    let mut lab = Lab::with(limits, None);
+    let mut c = Client::rest("198.51.100.70:5000", "slow-driver");
+    let first = c.request(Method::Allocate, &[udp_transport()]);
+    c.nonce = text(&reply(lab.send(c.key, &first)), ATTR_NONCE);
+    let req = c.request(Method::Allocate, &[udp_transport()]);
+    assert_eq!(lab.send(c.key, &req), ClientOutput::Pending);
+    let [Command::OpenRelay { relay, .. }] = lab.commands()[..] else { panic!("one port to open") };
+    // The driver is slow: the allocation's lifetime passes first.
+    lab.advance(Duration::from_secs(601));
+    assert_eq!(lab.server.allocations().count(), 0);
+    lab.server.handle_relay_opened(lab.now(), relay, true);
+    assert_eq!(lab.commands(), vec![Command::CloseRelay { relay }], "the late socket is closed, nothing answered");
+    // Its port is free again: ten clients fill the ten ports.
+    for i in 0..10 {
+        Client::rest(&format!("198.51.100.71:{}", 6000 + i), &format!("n{i}")).relayed(&mut lab);
+    }
+}

@@ -139,6 +139,9 @@ pub struct TurnServer {
     pub(super) ports_v4: PortPool,
     pub(super) ports_v6: PortPool,
     pub(super) reservations: HashMap<u64, Reservation>,
+    /// Ports of allocations that ended while their socket was being opened:
+    /// out of the pool until the driver reports the opening.
+    pub(super) abandoned: std::collections::HashSet<RelayId>,
     pub(super) expiries: BinaryHeap<Reverse<(Instant, RelayId)>>,
     pub(super) strangers: SourceBudget,
     pub(super) commands: VecDeque<Command>,
@@ -180,6 +183,7 @@ impl TurnServer {
             by_client: HashMap::new(),
             per_user: HashMap::new(),
             reservations: HashMap::new(),
+            abandoned: Default::default(),
             expiries: BinaryHeap::new(),
             commands: VecDeque::new(),
             rng: fastrand::Rng::with_seed(seed),
@@ -371,6 +375,15 @@ impl TurnServer {
     /// The driver opened (`true`) or could not open `relay`'s socket: the
     /// allocation waiting for it is answered.
     pub fn handle_relay_opened(&mut self, now: TurnNow, relay: RelayId, opened: bool) {
+        if self.abandoned.remove(&relay) {
+            // Its allocation ended meanwhile: the socket goes, the port
+            // returns (unless another process holds it).
+            if opened {
+                self.commands.push_back(Command::CloseRelay { relay });
+                self.pool(relay.family).release(relay.port);
+            }
+            return;
+        }
         let Some(alloc) = self.allocations.get_mut(&relay).filter(|a| !a.opened) else { return };
         if opened {
             alloc.opened = true;
@@ -426,7 +439,8 @@ impl TurnServer {
         }
     }
 
-    /// Removes an allocation: its port back to the pool (when `release`),
+    /// Removes an allocation: its port back to the pool (when `release`;
+    /// once the driver reports the opening, when it is still opening it),
     /// the driver told to close its socket (when it was opened).
     pub(super) fn forget(&mut self, relay: RelayId, release: bool) {
         let Some(alloc) = self.allocations.remove(&relay) else { return };
@@ -437,6 +451,11 @@ impl TurnServer {
             if *n == 0 {
                 self.per_user.remove(&user);
             }
+        }
+        if !alloc.opened && release {
+            // The driver is opening its socket: the port waits for that.
+            self.abandoned.insert(relay);
+            return;
         }
         if release {
             self.pool(relay.family).release(relay.port);
