@@ -1,0 +1,186 @@
+//! Stateful target: the TURN server's allocation state machine driven by
+//! arbitrary sequences of signed requests (built from the input, so the
+//! fuzzer gets past authentication), raw client bytes, peer datagrams,
+//! relayed ports opening or failing, and time jumps. Invariants: no panic;
+//! data is relayed only from an opened allocation of the sending client,
+//! to a peer the policy allows, as a range inside the input; peer data only
+//! reaches the allocation's own client; allocations never outnumber the
+//! ports; a relayed port is closed only once, after it was opened.
+#![no_main]
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use relay_core::peer::{OwnAddresses, OwnEndpoint, PeerPolicy};
+use relay_core::turn::auth::{long_term_key_md5, NonceKey, RestSecrets};
+use relay_core::turn::proto::*;
+use relay_core::turn::*;
+use relay_core::wire::stun::{StunClass, ATTR_USERNAME};
+use relay_core::wire::stun_writer::StunWriter;
+
+const UNIX: u64 = 1_800_000_000;
+const CLIENTS: [&str; 4] = ["198.51.100.1:5000", "198.51.100.1:5001", "[2001:db8::1]:5000", "203.0.113.7:9"];
+const PEERS: [&str; 8] = [
+    "192.0.2.10:7000",
+    "192.0.2.10:7001",
+    "203.0.113.10:30001",
+    "203.0.113.10:8080",
+    "127.0.0.1:22",
+    "10.20.0.5:5060",
+    "[::ffff:169.254.169.254]:80",
+    "[2001:db8::99]:7000",
+];
+
+fn server() -> TurnServer {
+    let relay_ip: IpAddr = "203.0.113.10".parse().unwrap();
+    let own = OwnAddresses::new([OwnEndpoint::socket("203.0.113.10:8080".parse().unwrap())], vec![relay_ip]);
+    let settings = TurnSettings {
+        realms: vec![Realm {
+            name: "r".into(),
+            tenant: "t".into(),
+            rest: RestSecrets::new(vec![b"secret".to_vec()]),
+            users: vec![StaticUser::from_password("alice", "r", "pw")],
+            allow_peers: vec![PeerNet::parse("10.20.0.0/16").unwrap()],
+        }],
+        relay_v4: Some(RelayAddress { bind: relay_ip, advertised: relay_ip }),
+        relay_v6: None,
+        first_port: 30000,
+        last_port: 30007,
+        policy: PeerPolicy::default().with_own(own),
+        limits: TurnLimits { allocations_per_user: 6, permissions_per_allocation: 4, channels_per_allocation: 3, ..TurnLimits::default() },
+    };
+    TurnServer::new(settings, NonceKey::new([7; 32]), None, 1).unwrap()
+}
+
+struct Input<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.data.get(self.at)?;
+        self.at += 1;
+        Some(b)
+    }
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let end = (self.at + n).min(self.data.len());
+        let s = &self.data[self.at..end];
+        self.at = end;
+        s
+    }
+}
+
+fn signed(input: &mut Input<'_>, client: ClientKey, now_unix: u64, nonces: &NonceKey) -> Option<Vec<u8>> {
+    let method = [Method::Allocate, Method::Refresh, Method::CreatePermission, Method::ChannelBind, Method::Binding]
+        [usize::from(input.byte()? % 5)];
+    let mut w = StunWriter::new(message_type(method, StunClass::Request), [input.byte()?; 12]);
+    let flags = input.byte()?;
+    if flags & 1 != 0 {
+        w.attribute(ATTR_REQUESTED_TRANSPORT, &[if flags & 2 != 0 { TRANSPORT_UDP } else { TRANSPORT_TCP }, 0, 0, 0]);
+    }
+    if flags & 4 != 0 {
+        w.attribute(ATTR_LIFETIME, &u32::from(input.byte()?).saturating_mul(30).to_be_bytes());
+    }
+    if flags & 8 != 0 {
+        let peer: SocketAddr = PEERS[usize::from(input.byte()? % 8)].parse().unwrap();
+        w.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+    }
+    if flags & 16 != 0 {
+        let n = 0x3ff0u16.wrapping_add(u16::from(input.byte()?));
+        w.attribute(ATTR_CHANNEL_NUMBER, &[(n >> 8) as u8, n as u8, 0, 0]);
+    }
+    if flags & 32 != 0 {
+        w.attribute(ATTR_EVEN_PORT, &[input.byte()? & 0x80]);
+    }
+    if flags & 64 != 0 {
+        let family = input.byte()? % 3;
+        w.attribute(ATTR_REQUESTED_ADDRESS_FAMILY, &[family, 0, 0, 0]);
+    }
+    if flags & 128 != 0 {
+        let token = input.bytes(8).to_vec();
+        w.attribute(ATTR_RESERVATION_TOKEN, &token);
+    }
+    let nonce = nonces.issue(client.source.ip(), now_unix, Duration::from_secs(3600));
+    w.attribute(ATTR_USERNAME, b"alice").attribute(ATTR_REALM, b"r").attribute(ATTR_NONCE, nonce.as_bytes());
+    w.message_integrity(&long_term_key_md5("alice", "r", "pw"));
+    w.fingerprint();
+    Some(w.finish())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut server = server();
+    let nonces = NonceKey::new([7; 32]);
+    let t0 = Instant::now();
+    let mut elapsed = Duration::ZERO;
+    let clients: Vec<ClientKey> = CLIENTS
+        .iter()
+        .map(|s| ClientKey { transport: Transport::Udp, listener: 0, source: s.parse().unwrap() })
+        .collect();
+    let peers: Vec<SocketAddr> = PEERS.iter().map(|s| s.parse().unwrap()).collect();
+    let mut opened: HashSet<RelayId> = HashSet::new();
+    let mut input = Input { data, at: 0 };
+    while let Some(op) = input.byte() {
+        let now = TurnNow { instant: t0 + elapsed, unix_secs: UNIX + elapsed.as_secs() };
+        let client = clients[usize::from(op >> 4) % clients.len()];
+        match op % 6 {
+            0 | 1 => {
+                let message = if op % 6 == 0 {
+                    let Some(m) = signed(&mut input, client, now.unix_secs, &nonces) else { break };
+                    m
+                } else {
+                    let n = usize::from(input.byte().unwrap_or(0));
+                    input.bytes(n).to_vec()
+                };
+                if let ClientOutput::Relay { relay, peer, payload } = server.handle_client(now, client, &message) {
+                    assert!(payload.end <= message.len() && payload.start <= payload.end);
+                    assert!(opened.contains(&relay), "relayed from a port never opened");
+                    let alloc = server.allocations().find(|a| a.relay == relay).expect("allocation");
+                    assert_eq!(alloc.client, client, "relayed for another client's allocation");
+                    assert!(server.peer_allowed(alloc.realm, peer), "relayed to a refused peer {peer}");
+                }
+            }
+            2 => {
+                let port = 30000 + u16::from(input.byte().unwrap_or(0) % 9);
+                let peer = peers[usize::from(op >> 4) % peers.len()];
+                let relay = RelayId { family: Family::V4, port };
+                let n = usize::from(input.byte().unwrap_or(0));
+                let payload = input.bytes(n).to_vec();
+                let to = match server.handle_peer(now, relay, peer, &payload) {
+                    PeerOutput::Channel { client, .. } | PeerOutput::Indication { client, .. } => Some(client),
+                    PeerOutput::Drop(_) => None,
+                };
+                if let Some(to) = to {
+                    let alloc = server.allocations().find(|a| a.relay == relay).expect("allocation");
+                    assert_eq!(alloc.client, to, "peer data sent to another client");
+                    assert!(alloc.permits(relay_core::peer::canonical(peer).ip(), now.instant));
+                }
+            }
+            3 => {
+                elapsed += Duration::from_secs(u64::from(input.byte().unwrap_or(0)) * 7);
+                server.handle_timeout(t0 + elapsed);
+            }
+            _ => {
+                let ok = op & 0x10 == 0;
+                while let Some(c) = server.poll_command() {
+                    match c {
+                        Command::OpenRelay { relay, bind } => {
+                            assert!((30000..=30007).contains(&bind.port()) && bind.port() == relay.port);
+                            assert!(!opened.contains(&relay), "a port opened twice");
+                            if ok {
+                                opened.insert(relay);
+                            }
+                            server.handle_relay_opened(now, relay, ok);
+                        }
+                        Command::CloseRelay { relay } => {
+                            assert!(opened.remove(&relay), "closed a port not open");
+                        }
+                        Command::Send { .. } => {}
+                    }
+                }
+            }
+        }
+        assert!(server.allocations().count() <= 8, "more allocations than ports");
+    }
+});
