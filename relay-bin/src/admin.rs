@@ -59,7 +59,7 @@ pub struct AdminState {
     /// The cluster node, once started.
     pub cluster: std::sync::OnceLock<relay_cluster::ClusterView>,
     /// The TURN server, once started.
-    pub turn: std::sync::OnceLock<relay_core::turn::udp_service::TurnUdpService>,
+    pub turn: std::sync::OnceLock<relay_core::turn::service::TurnService>,
 }
 
 impl AdminState {
@@ -294,7 +294,7 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
 
 /// The TURN server's figures: counters, and allocations by tenant (every
 /// configured tenant, zero included).
-fn turn_figures(service: &relay_core::turn::udp_service::TurnUdpService) -> metrics::TurnFigures {
+fn turn_figures(service: &relay_core::turn::service::TurnService) -> metrics::TurnFigures {
     let (stats, allocations) = service.with_server(|server| {
         let by = server.allocations_by_tenant();
         let mut tenants: Vec<(String, u64)> = server

@@ -104,7 +104,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     let ng_line = start_ng(&cfg, &state, &mut bound).await?;
     let control_line = start_control(&cfg, &state, &mut bound).await?;
     let tunnels_line = start_tunnels(&cfg, &state, &mut bound).await?;
-    let turn_sockets = bind_turn(&cfg, &mut bound)?;
+    let turn_sockets = bind_turn(&cfg, &mut bound).await?;
     // Every bound listener (kernel-chosen ports included) is one of the
     // relay's own addresses: never a hint, latched source or destination.
     let mut listeners = vec![admin.addr];
@@ -231,14 +231,31 @@ async fn start_tunnels(cfg: &Config, state: &AdminState, bound: &mut Vec<SocketA
     Ok(format!("tunnels: {} data=tcp://{data_addr}", shown.join(" ")))
 }
 
-/// Binds the TURN listeners (UDP) when configured.
-fn bind_turn(cfg: &Config, bound: &mut Vec<SocketAddr>) -> Result<Vec<std::net::UdpSocket>, String> {
-    let Some(t) = &cfg.turn else { return Ok(Vec::new()) };
-    let mut sockets = Vec::new();
+/// TURN's bound listeners.
+#[derive(Default)]
+struct TurnSockets {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<tokio::net::TcpListener>,
+    tls: Vec<tokio::net::TcpListener>,
+}
+
+/// Binds the TURN listeners when configured.
+async fn bind_turn(cfg: &Config, bound: &mut Vec<SocketAddr>) -> Result<TurnSockets, String> {
+    let mut sockets = TurnSockets::default();
+    let Some(t) = &cfg.turn else { return Ok(sockets) };
     for addr in &t.listen {
         let socket = std::net::UdpSocket::bind(addr).map_err(|e| format!("turn.listen {addr}: {e}"))?;
         bound.push(socket.local_addr().map_err(|e| format!("turn.listen {addr}: {e}"))?);
-        sockets.push(socket);
+        sockets.udp.push(socket);
+    }
+    for (addrs, list, key) in
+        [(&t.tcp_listen, &mut sockets.tcp, "tcp_listen"), (&t.tls_listen, &mut sockets.tls, "tls_listen")]
+    {
+        for addr in addrs {
+            let (l, local) = listen(*addr, format!("turn.{key} {addr}")).await?;
+            bound.push(local);
+            list.push(l);
+        }
     }
     Ok(sockets)
 }
@@ -249,11 +266,12 @@ fn bind_turn(cfg: &Config, bound: &mut Vec<SocketAddr>) -> Result<Vec<std::net::
 fn start_turn(
     cfg: &Config,
     state: &AdminState,
-    sockets: Vec<std::net::UdpSocket>,
+    sockets: TurnSockets,
     listeners: &[SocketAddr],
 ) -> Result<String, String> {
     let Some(t) = &cfg.turn else { return Ok("turn disabled (no [turn] section)".to_string()) };
-    let shown: Vec<String> = sockets.iter().filter_map(|s| s.local_addr().ok()).map(|a| format!("udp://{a}")).collect();
+    let mut shown: Vec<String> =
+        sockets.udp.iter().filter_map(|s| s.local_addr().ok()).map(|a| format!("udp://{a}")).collect();
     let settings = relay_core::turn::TurnSettings {
         realms: t.realms.clone(),
         relay_v4: t.relay_v4,
@@ -275,16 +293,55 @@ fn start_turn(
         seed,
     )
     .map_err(|e| format!("turn: {e}"))?;
-    let service =
-        relay_core::turn::udp_service::TurnUdpService::start(server, sockets).map_err(|e| format!("turn: {e}"))?;
+    let udp_count = sockets.udp.len();
+    let service = relay_core::turn::service::TurnService::start(server, sockets.udp, Default::default())
+        .map_err(|e| format!("turn: {e}"))?;
+    let mut index = udp_count;
+    for l in sockets.tcp {
+        shown.extend(l.local_addr().ok().map(|a| format!("tcp://{a}")));
+        service.serve_tcp(l, turn_listener_index(&mut index)?);
+    }
+    let tls = match &t.tls_key {
+        Some(key) => Some(
+            relay_core::tls::server_config(relay_core::tls::ReloadableCert::new(key.clone()))
+                .map_err(|e| format!("turn: {e}"))?,
+        ),
+        None => None,
+    };
+    if let Some(config) = &tls {
+        for l in sockets.tls {
+            shown.extend(l.local_addr().ok().map(|a| format!("tls://{a}")));
+            service.serve_tls(l, config.clone(), turn_listener_index(&mut index)?);
+        }
+    }
+    let mut shared = String::new();
+    if let Some(tunnels) = &state.tunnels {
+        // Port 443 shared: TURN over TCP by its STUN header; over TLS by a
+        // server name or ALPN stun.turn when TURN has a certificate.
+        let names = t.server_names.clone();
+        shared = match &tls {
+            Some(_) => format!("; on the tunnel listeners: TCP, and TLS for ALPN stun.turn or {names:?}"),
+            None => "; on the tunnel listeners: TCP (no tls_cert for TLS)".to_string(),
+        };
+        let handoff =
+            relay_core::turn::handoff::TurnHandoff::new(service.clone(), tls, names, turn_listener_index(&mut index)?);
+        tunnels.set_handoff(Arc::new(handoff));
+    }
     let _ = state.turn.set(service);
     Ok(format!(
-        "turn: {} relayed ports {}-{} realms {}",
+        "turn: {} relayed ports {}-{} realms {}{shared}",
         shown.join(" "),
         t.ports.0,
         t.ports.1,
         t.realms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(",")
     ))
+}
+
+/// The next listener index (the server tells clients apart by it).
+fn turn_listener_index(next: &mut usize) -> Result<u16, String> {
+    let index = u16::try_from(*next).map_err(|_| "turn: too many listeners".to_string())?;
+    *next += 1;
+    Ok(index)
 }
 
 /// The banner's cluster line.

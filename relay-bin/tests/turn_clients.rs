@@ -4,7 +4,8 @@
 //! data echoed by coturn's `turnutils_peer`, over channels, Send
 //! indications and client to client; and the refusals performed with the
 //! same client (a wrong secret, the relay's own port, an internal address
-//! not allow-listed, a user over its quota).
+//! not allow-listed, a user over its quota). Over UDP, TCP and TLS, and
+//! on a tunnel listener shared with SNI pass-through (port 443's case).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -18,15 +19,20 @@ const SECRET: &str = "a-shared-secret-of-the-pbx-0001";
 /// A relay whose `[turn]` section allow-lists only the echo peer's address
 /// (loopback peers are otherwise refused), with REST credentials.
 fn relay_with_turn(extra_turn: &str) -> Relay {
+    relay_with(extra_turn, "")
+}
+
+/// [`relay_with_turn`] with more sections (`[control]`, `[tunnels]`).
+fn relay_with(extra_turn: &str, sections: &str) -> Relay {
     let dir = temp_dir("turn-secret");
     let secret = dir.join("secret");
     std::fs::write(&secret, format!("{SECRET}\n")).expect("write secret");
     let text = config(&format!(
         "allow_loopback_peers = false\n[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = 30000\nport_max = 30999\n{extra_turn}\n\
-         [[turn.realms]]\nname = \"turn.test\"\ntenant = \"acme\"\nsecret_files = [{secret:?}]\nallow_peers = [\"127.0.0.1/32\"]\n"
+         [[turn.realms]]\nname = \"turn.test\"\ntenant = \"acme\"\nsecret_files = [{secret:?}]\nallow_peers = [\"127.0.0.1/32\"]\n{sections}"
     ));
     let r = start(Some(&text));
-    assert_eq!(r.turn.len(), 1, "the banner names the TURN listener");
+    assert!(!r.turn.is_empty(), "the banner names the TURN listeners");
     r
 }
 
@@ -89,10 +95,21 @@ impl Run {
     }
 }
 
-/// Runs `turnutils_uclient` against the relay's TURN listener (bounded:
-/// it sends `messages` per client and stops; a timeout kills it).
+/// Runs `turnutils_uclient` against the relay's UDP TURN listener
+/// (bounded: it sends `messages` per client and stops; a timeout kills it).
 fn uclient(r: &Relay, flags: &[&str], secret: &str, user: &str, peer: Option<SocketAddr>, messages: u32) -> Run {
-    let turn = r.turn[0];
+    uclient_at(r.turn_addr("udp"), flags, secret, user, peer, messages)
+}
+
+/// [`uclient`] against `turn` (a TCP, TLS or shared listener with `-t`).
+fn uclient_at(
+    turn: SocketAddr,
+    flags: &[&str],
+    secret: &str,
+    user: &str,
+    peer: Option<SocketAddr>,
+    messages: u32,
+) -> Run {
     let mut cmd = Command::new("timeout");
     cmd.args(["60", "turnutils_uclient"]).args(flags).args(["-W", secret, "-u", user]);
     if let Some(peer) = peer {
@@ -163,4 +180,62 @@ fn coturn_clients_are_refused_wrong_secrets_own_and_internal_peers_and_excess() 
     assert!(m["ucmrc_turn_requests_total{method=\"channel_bind\",result=\"403\"}"] >= 2.0, "{m:?}");
     assert!(m["ucmrc_turn_requests_total{method=\"allocate\",result=\"486\"}"] >= 1.0);
     assert_eq!(m["ucmrc_turn_relayed_packets_total{direction=\"to_peer\"}"], 0.0, "nothing relayed to refused peers");
+}
+
+#[test]
+fn coturn_clients_over_tcp_and_tls_and_on_the_port_shared_with_sni_pass_through() {
+    let dir = temp_dir("turn-tls");
+    let (_, ccert, ckey) = write_pki(&dir, "control");
+    let (_, tcert, tkey) = write_pki(&dir, "turn");
+    let r = relay_with(
+        &format!(
+            "tcp_listen = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = {tcert:?}\ntls_key = {tkey:?}\n\
+             server_names = [\"turn.relay.test\"]"
+        ),
+        &format!(
+            "[control]\nlisten = \"127.0.0.1:0\"\ncert = {ccert:?}\nkey = {ckey:?}\n[tunnels]\ndata_listen = \"127.0.0.1:0\"\n\
+             domain_patterns = [\"{{tenant}}.relay.test\"]\n[[tunnels.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"sip-tls\"\n"
+        ),
+    );
+    let peer = EchoPeer::start("127.0.0.1");
+    // TURN's own TCP and TLS listeners.
+    uclient_at(r.turn_addr("tcp"), &["-t", "-m", "2"], SECRET, "tcp-1", Some(peer.addr), 30).assert_all_echoed(2, 30);
+    uclient_at(r.turn_addr("tls"), &["-t", "-S", "-m", "2"], SECRET, "tls-1", Some(peer.addr), 30)
+        .assert_all_echoed(2, 30);
+    // The tunnel listener (the PBXs' port 443): TURN over TCP by its STUN
+    // header, TURN over TLS by ALPN stun.turn (coturn's client offers it).
+    let shared = r.tunnels[0].1;
+    uclient_at(shared, &["-t", "-m", "1"], SECRET, "tcp-443", Some(peer.addr), 30).assert_all_echoed(1, 30);
+    uclient_at(shared, &["-t", "-S", "-m", "1"], SECRET, "tls-443", Some(peer.addr), 30).assert_all_echoed(1, 30);
+    // By server name (TLS without ALPN): a TURN request answered (401).
+    let pem = std::fs::read(&tcert).expect("cert");
+    let trust = relay_core::tls::ClientTrust::pinned_hex(&relay_core::tls::pem_fingerprint(&pem).expect("fingerprint"))
+        .expect("pin");
+    let config = relay_core::tls::client_config(&trust).expect("client config");
+    let name = rustls::pki_types::ServerName::try_from("turn.relay.test").expect("name");
+    let conn = rustls::ClientConnection::new(config, name).expect("client");
+    let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(shared).expect("connect"));
+    let mut allocate = relay_core::wire::stun_writer::StunWriter::new(0x0003, [9; 12]);
+    allocate.attribute(0x0019, &[17, 0, 0, 0]);
+    std::io::Write::write_all(&mut tls, &allocate.finish()).expect("allocate over TLS");
+    let mut answer = [0u8; 20];
+    std::io::Read::read_exact(&mut tls, &mut answer).expect("an answer");
+    assert_eq!(answer[..2], [0x01, 0x13], "an Allocate error response (401 challenge)");
+    let before = scrape(&r);
+    let handed = before["ucmrc_tunnel_handoffs_total"];
+    assert!(handed >= 2.0, "{before:?}");
+    // A hello for a PBX's name is still routed as a tunnel (here refused:
+    // no such tenant), not handed to TURN.
+    let mut tls = std::net::TcpStream::connect(shared).expect("connect");
+    let hello = relay_core::wire::client_hello::build_client_hello(Some("acme.relay.test"), 0, 512);
+    std::io::Write::write_all(&mut tls, &hello).expect("hello");
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tls, &mut rest);
+    let after = scrape(&r);
+    assert_eq!(after["ucmrc_tunnel_handoffs_total"], handed, "a PBX's hello is not TURN's");
+    let refused = |m: &std::collections::HashMap<String, f64>| -> f64 {
+        m.iter().filter(|(k, _)| k.starts_with("ucmrc_tunnel_rejections_total")).map(|(_, v)| v).sum()
+    };
+    assert_eq!(refused(&after), refused(&before) + 1.0, "routed as a tunnel (and refused: no such PBX)");
+    let _ = std::fs::remove_dir_all(dir);
 }

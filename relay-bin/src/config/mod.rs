@@ -103,7 +103,7 @@ impl FileConfig {
             v.extend(t.listeners.iter().map(|l| l.listen));
         }
         if let Some(t) = &self.turn {
-            v.extend(t.listen.iter().copied());
+            v.extend(t.listen.iter().chain(&t.tcp_listen).chain(&t.tls_listen).copied());
         }
         v.into_iter().filter(|a| a.port() != 0).map(OwnEndpoint::socket).collect()
     }
@@ -194,7 +194,8 @@ impl Config {
             }
         }
         if let (Some(dir), Some(t)) = (base_dir, file.turn.as_mut()) {
-            for p in t.realms.iter_mut().flat_map(|r| r.secret_files.iter_mut()) {
+            let certs = [&mut t.tls_cert, &mut t.tls_key];
+            for p in t.realms.iter_mut().flat_map(|r| r.secret_files.iter_mut()).chain(certs) {
                 if p.is_relative() && !p.as_os_str().is_empty() {
                     *p = dir.join(&*p);
                 }

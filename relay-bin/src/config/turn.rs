@@ -3,7 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
 
 use relay_core::turn::auth::RestSecrets;
 use relay_core::turn::{PeerNet, Realm, RelayAddress, StaticUser, TurnLimits};
@@ -17,6 +20,18 @@ use super::FileConfig;
 pub struct TurnSection {
     /// UDP listeners (e.g. `0.0.0.0:3478`).
     pub listen: Vec<SocketAddr>,
+    /// TCP listeners (e.g. `0.0.0.0:3478`).
+    pub tcp_listen: Vec<SocketAddr>,
+    /// TLS listeners (e.g. `0.0.0.0:5349`); need `tls_cert` and `tls_key`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TURN over TLS.
+    pub tls_cert: PathBuf,
+    /// PEM private key for TURN over TLS.
+    pub tls_key: PathBuf,
+    /// Names a TLS ClientHello on a tunnel listener (port 443) may carry to
+    /// be answered by TURN instead of passed through to a PBX (ALPN
+    /// `stun.turn`, RFC 7443, always is). Needs `tls_cert` and `tls_key`.
+    pub server_names: Vec<String>,
     /// IPv4 address relayed sockets bind to (default: `[relay] bind_ip`
     /// when it is IPv4).
     pub relay_ip: Option<IpAddr>,
@@ -54,6 +69,11 @@ impl Default for TurnSection {
         let d = TurnLimits::default();
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3478))],
+            tcp_listen: Vec::new(),
+            tls_listen: Vec::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            server_names: Vec::new(),
             relay_ip: None,
             advertised_ip: None,
             relay_ipv6: None,
@@ -112,6 +132,14 @@ pub struct TurnUserSection {
 pub struct TurnConfig {
     /// UDP listeners.
     pub listen: Vec<SocketAddr>,
+    /// TCP listeners.
+    pub tcp_listen: Vec<SocketAddr>,
+    /// TLS listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The certificate for TLS (when TLS is served), read and checked.
+    pub tls_key: Option<Arc<CertifiedKey>>,
+    /// Names a tunnel listener hands to TURN (lowercase).
+    pub server_names: Vec<String>,
     /// Realms with their secrets read.
     pub realms: Vec<Realm>,
     /// IPv4 relayed addresses.
@@ -127,9 +155,10 @@ pub struct TurnConfig {
 /// Validates `[turn]`; errors are (key, reason).
 pub(super) fn turn_config(t: &TurnSection, file: &FileConfig) -> Result<TurnConfig, (String, String)> {
     let bad = |key: &str, m: String| (format!("turn.{key}"), m);
-    if t.listen.is_empty() {
-        return Err(bad("listen", "add at least one UDP listener (e.g. \"0.0.0.0:3478\")".into()));
+    if t.listen.is_empty() && t.tcp_listen.is_empty() && t.tls_listen.is_empty() && t.server_names.is_empty() {
+        return Err(bad("listen", "add a listener (e.g. listen = [\"0.0.0.0:3478\"])".into()));
     }
+    let tls_key = tls_key(t)?;
     if t.port_min == 0 || t.port_min > t.port_max {
         return Err(bad("port_min", format!("the range {}-{} is empty", t.port_min, t.port_max)));
     }
@@ -170,7 +199,33 @@ pub(super) fn turn_config(t: &TurnSection, file: &FileConfig) -> Result<TurnConf
         stranger_burst_bytes: t.stranger_burst_bytes,
         ..TurnLimits::default()
     };
-    Ok(TurnConfig { listen: t.listen.clone(), realms, relay_v4, relay_v6, ports: (t.port_min, t.port_max), limits })
+    Ok(TurnConfig {
+        listen: t.listen.clone(),
+        tcp_listen: t.tcp_listen.clone(),
+        tls_listen: t.tls_listen.clone(),
+        tls_key,
+        server_names: t.server_names.iter().map(|n| n.trim_end_matches('.').to_ascii_lowercase()).collect(),
+        realms,
+        relay_v4,
+        relay_v6,
+        ports: (t.port_min, t.port_max),
+        limits,
+    })
+}
+
+/// The TLS certificate, when TLS listeners or server names need one.
+fn tls_key(t: &TurnSection) -> Result<Option<Arc<CertifiedKey>>, (String, String)> {
+    if t.tls_listen.is_empty() && t.server_names.is_empty() {
+        return Ok(None);
+    }
+    if t.tls_cert.as_os_str().is_empty() || t.tls_key.as_os_str().is_empty() {
+        return Err(("turn.tls_cert".into(), "TURN over TLS needs tls_cert and tls_key (PEM)".into()));
+    }
+    let read = |key: &str, p: &PathBuf| {
+        super::read_file(p).map_err(|e| (format!("turn.{key}"), format!("cannot read {}: {e}", p.display())))
+    };
+    let (cert, key) = (read("tls_cert", &t.tls_cert)?, read("tls_key", &t.tls_key)?);
+    relay_core::tls::load_certified_key(&cert, &key).map(Some).map_err(|e| ("turn.tls_cert".into(), e.to_string()))
 }
 
 fn relay_address(

@@ -237,6 +237,11 @@ fn tunnels(s: &mut Scrape, t: &relay_core::tunnel::server::TunnelStats) {
     s.counter("ucmrc_tunnel_connections", "Endpoint connections accepted on tunnel listeners", t.accepted);
     s.counter("ucmrc_tunnels_opened", "Tunnels joined to a connector's data connection", t.opened);
     s.gauge("ucmrc_tunnels_active", "Tunnels open now", t.active as i64);
+    s.counter(
+        "ucmrc_tunnel_handoffs",
+        "Tunnel-listener connections handed to the relay's own TURN server (TCP, or TLS by name or ALPN stun.turn)",
+        t.handed_off,
+    );
     s.counters(
         "ucmrc_tunnel_bytes",
         "Bytes moved through tunnels, by direction",

@@ -34,7 +34,7 @@ use crate::control::server::{ControlServer, ReachError};
 use crate::control::stream::{accept_or_back_off, read_single_frame, stopped};
 use crate::io::splice::{pump, PumpCounters, PumpEnd, PumpMode};
 use crate::peer::source_prefix;
-use crate::wire::client_hello::{HelloError, HelloReader, DEFAULT_MAX_HELLO};
+use crate::wire::client_hello::{ClientHelloInfo, HelloError, HelloReader, DEFAULT_MAX_HELLO};
 
 /// Tunnel settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +194,9 @@ pub struct TunnelStats {
     pub active: u64,
     /// Tunnels served over a standby data connection (no dial at open time).
     pub pooled: u64,
+    /// Connections handed to the relay's own service sharing the listeners
+    /// (TURN over TLS or TCP on port 443).
+    pub handed_off: u64,
     /// Standby data connections waiting now.
     pub standby: u64,
     /// Tickets whose data connection is awaited now (endpoints and standby
@@ -226,6 +229,7 @@ struct Counters {
     opened: AtomicU64,
     active: AtomicU64,
     pooled: AtomicU64,
+    handed_off: AtomicU64,
     ended: [AtomicU64; 3],
     rejected: [AtomicU64; Rejection::ALL.len()],
     bytes: PumpCounters,
@@ -248,6 +252,21 @@ struct Inner {
     counters: Counters,
     data_port: AtomicU16,
     shutdown: watch::Sender<bool>,
+    /// The relay's own service sharing the tunnel listeners (TURN).
+    handoff: RwLock<Option<Arc<dyn Handoff>>>,
+}
+
+/// A service of the relay itself that shares the tunnel listeners (port
+/// 443): TURN over TLS, told apart by its ClientHello (server name or ALPN
+/// `stun.turn`), and TURN over TCP, told apart from TLS by a STUN header.
+/// Every other connection passes through to its PBX as before.
+pub trait Handoff: Send + Sync {
+    /// Whether a TLS connection with this ClientHello is for the service.
+    fn claims_tls(&self, hello: &ClientHelloInfo) -> bool;
+    /// Takes a TLS connection; `read` is what was read of it (the hello).
+    fn take_tls(&self, tcp: TcpStream, peer: SocketAddr, read: Vec<u8>);
+    /// Takes a plain connection that starts with a STUN header (`read`).
+    fn take_stun(&self, tcp: TcpStream, peer: SocketAddr, read: Vec<u8>);
 }
 
 /// Who waits for a ticket's data connection.
@@ -340,8 +359,15 @@ impl TunnelServer {
                 tenant_limits: RwLock::default(),
                 counters: Counters::default(),
                 shutdown: watch::channel(false).0,
+                handoff: RwLock::new(None),
             }),
         }
+    }
+
+    /// Lets `handoff` take the tunnel listeners' connections that are for
+    /// it (see [`Handoff`]).
+    pub fn set_handoff(&self, handoff: Arc<dyn Handoff>) {
+        *self.inner.handoff.write().unwrap_or_else(|p| p.into_inner()) = Some(handoff);
     }
 
     /// Replaces the routing table (configuration reload).
@@ -362,6 +388,7 @@ impl TunnelServer {
             opened: c.opened.load(Ordering::Relaxed),
             active: c.active.load(Ordering::Relaxed),
             pooled: c.pooled.load(Ordering::Relaxed),
+            handed_off: c.handed_off.load(Ordering::Relaxed),
             standby: self
                 .inner
                 .pools
@@ -482,7 +509,23 @@ impl Inner {
 
     /// Reads until the ClientHello is complete, refused, or times out.
     /// Each read is parsed from where the last one stopped.
-    async fn read_hello(&self, tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<String>, Rejection> {
+    /// Whether a connection that is not TLS starts with a STUN header (the
+    /// magic cookie at bytes 4–7), read within the hello timeout.
+    async fn starts_stun(&self, tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+        let read = async {
+            let mut chunk = [0u8; 64];
+            while buf.len() < 8 {
+                match tcp.read(&mut chunk).await {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return false,
+                }
+            }
+            buf[0] & 0xc0 == 0 && buf[4..8] == crate::wire::stun::MAGIC_COOKIE.to_be_bytes()
+        };
+        tokio::time::timeout(self.config.hello_timeout, read).await.unwrap_or(false)
+    }
+
+    async fn read_hello(&self, tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<ClientHelloInfo, Rejection> {
         // A hello cut into 1-byte records costs 6 bytes per byte.
         let limit = 6 * self.config.max_hello + 5;
         let read = async {
@@ -495,7 +538,7 @@ impl Inner {
                 }
                 buf.extend_from_slice(&chunk[..n]);
                 match reader.feed(buf) {
-                    Ok(Some(info)) => return Ok(info.server_name),
+                    Ok(Some(info)) => return Ok(info),
                     Ok(None) if buf.len() > limit => return Err(Rejection::OversizeHello),
                     Ok(None) => {}
                     Err(e) => return Err(e.into()),
@@ -545,8 +588,22 @@ impl Inner {
     ) {
         let _ = tcp.set_nodelay(true);
         let mut hello = Vec::with_capacity(2048);
+        let handoff = self.handoff.read().unwrap_or_else(|p| p.into_inner()).clone();
         let sni = match self.read_hello(&mut tcp, &mut hello).await {
-            Ok(sni) => sni,
+            Ok(info) => match handoff {
+                Some(h) if h.claims_tls(&info) => {
+                    self.counters.handed_off.fetch_add(1, Ordering::Relaxed);
+                    return h.take_tls(tcp, peer, hello);
+                }
+                _ => info.server_name,
+            },
+            Err(Rejection::NotTls) if handoff.is_some() && self.starts_stun(&mut tcp, &mut hello).await => {
+                self.counters.handed_off.fetch_add(1, Ordering::Relaxed);
+                if let Some(h) = handoff {
+                    h.take_stun(tcp, peer, hello);
+                }
+                return;
+            }
             Err(reason) => {
                 self.reject(reason);
                 tracing::debug!(peer = %self.shown(peer), reason = reason.as_str(), "tunnel: hello refused");

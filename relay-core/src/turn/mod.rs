@@ -8,19 +8,23 @@
 //!   permissions, channels, relaying decisions, lifetimes), with
 //!   [`settings`], per-allocation state in [`allocation`], byte budgets in
 //!   [`limits`], counters in [`stats`] and the wire vocabulary in [`proto`];
-//! - [`udp_service`]: the server on UDP sockets (tokio).
+//! - [`service`]: the server on UDP, TCP and TLS sockets (tokio), and
+//!   (feature `tunnels`) `handoff`: TURN on the tunnel listeners' port 443.
 #![forbid(unsafe_code)]
 
 pub mod allocation;
 mod answer;
 pub mod auth;
+#[cfg(feature = "tunnels")]
+pub mod handoff;
 pub mod limits;
+mod prefixed;
 pub mod proto;
 mod requests;
 pub mod server;
+pub mod service;
 pub mod settings;
 pub mod stats;
-pub mod udp_service;
 
 pub use allocation::{ClientKey, RelayId, Transport};
 pub use server::{ClientOutput, Command, PeerOutput, TurnNow, TurnServer, TurnSettingsError};

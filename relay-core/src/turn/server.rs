@@ -215,6 +215,20 @@ impl TurnServer {
         by
     }
 
+    /// Whether `client` holds an allocation (opened or being opened).
+    pub fn has_allocation(&self, client: ClientKey) -> bool {
+        self.by_client.contains_key(&ClientKey { source: crate::peer::canonical(client.source), ..client })
+    }
+
+    /// `client`'s connection (TCP or TLS) closed: its allocation is
+    /// deleted (RFC 8656 §3.1).
+    pub fn handle_client_closed(&mut self, client: ClientKey) {
+        let client = ClientKey { source: crate::peer::canonical(client.source), ..client };
+        if let Some(relay) = self.by_client.get(&client).copied() {
+            self.forget(relay, true);
+        }
+    }
+
     /// A datagram (UDP) or message (TCP/TLS, one framed message) from
     /// `client`.
     pub fn handle_client(&mut self, now: TurnNow, client: ClientKey, buf: &[u8]) -> ClientOutput {

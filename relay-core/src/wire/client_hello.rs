@@ -25,6 +25,10 @@ const MAX_RECORD: usize = 1 << 14;
 const EXT_SERVER_NAME: u16 = 0;
 /// Extension `supported_versions` (RFC 8446).
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
+/// application_layer_protocol_negotiation (RFC 7301).
+const EXT_ALPN: u16 = 16;
+/// The ALPN name of TURN (and STUN) over TLS (RFC 7443).
+pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
 /// Largest DNS name.
 const MAX_NAME: usize = 253;
 
@@ -77,6 +81,9 @@ pub struct ClientHelloInfo {
     pub server_name: Option<String>,
     /// Whether the client offers TLS 1.3 (`supported_versions`).
     pub offers_tls13: bool,
+    /// Whether the client offers the ALPN protocol `stun.turn` (RFC 7443:
+    /// TURN over TLS).
+    pub offers_stun_turn: bool,
     /// Length of the ClientHello handshake message.
     pub hello_len: usize,
     /// TLS records the hello spanned.
@@ -221,7 +228,8 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, HelloError> {
     if r.vec8("compression_methods")?.is_empty() {
         return Err(HelloError::Malformed("compression_methods"));
     }
-    let mut info = ClientHelloInfo { server_name: None, offers_tls13: false, hello_len: 0, records: 0 };
+    let mut info =
+        ClientHelloInfo { server_name: None, offers_tls13: false, offers_stun_turn: false, hello_len: 0, records: 0 };
     if r.b.is_empty() {
         return Ok(info); // no extensions (old clients)
     }
@@ -247,10 +255,29 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, HelloError> {
                 }
                 info.offers_tls13 = list.chunks(2).any(|p| p == [3, 4]);
             }
+            EXT_ALPN => info.offers_stun_turn = offers_protocol(data, ALPN_STUN_TURN)?,
             _ => {}
         }
     }
     Ok(info)
+}
+
+/// Whether an ALPN extension's protocol list names `protocol`.
+fn offers_protocol(data: &[u8], protocol: &[u8]) -> Result<bool, HelloError> {
+    let mut r = Reader { b: data };
+    let mut list = Reader { b: r.vec16("protocol_name_list")? };
+    if !r.b.is_empty() || list.b.is_empty() {
+        return Err(HelloError::Malformed("alpn"));
+    }
+    let mut found = false;
+    while !list.b.is_empty() {
+        let name = list.vec8("protocol_name")?;
+        if name.is_empty() {
+            return Err(HelloError::Malformed("alpn"));
+        }
+        found |= name == protocol;
+    }
+    Ok(found)
 }
 
 fn parse_server_name(data: &[u8]) -> Result<Option<String>, HelloError> {
@@ -329,6 +356,28 @@ pub fn build_client_hello(sni: Option<&str>, padding: usize, record_size: usize)
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn alpn_lists_are_read_strictly_for_stun_turn() {
+        let list = |names: &[&[u8]]| {
+            let mut inner = Vec::new();
+            for n in names {
+                inner.push(n.len() as u8);
+                inner.extend_from_slice(n);
+            }
+            let mut v = (inner.len() as u16).to_be_bytes().to_vec();
+            v.extend(inner);
+            v
+        };
+        assert_eq!(super::offers_protocol(&list(&[b"h2", b"stun.turn"]), ALPN_STUN_TURN), Ok(true));
+        assert_eq!(super::offers_protocol(&list(&[b"h2", b"http/1.1"]), ALPN_STUN_TURN), Ok(false));
+        assert_eq!(super::offers_protocol(&list(&[b"stun.turnx"]), ALPN_STUN_TURN), Ok(false));
+        assert!(super::offers_protocol(&list(&[]), ALPN_STUN_TURN).is_err(), "an empty list");
+        assert!(super::offers_protocol(&list(&[b""]), ALPN_STUN_TURN).is_err(), "an empty name");
+        let mut cut = list(&[b"stun.turn"]);
+        cut.pop();
+        assert!(super::offers_protocol(&cut, ALPN_STUN_TURN).is_err(), "a name past the end");
+    }
+
     #[test]
     fn a_reader_fed_byte_by_byte_sees_what_a_whole_buffer_shows() {
         for record in [1usize, 5, 300, 16384] {

@@ -49,8 +49,9 @@ pub struct Relay {
     pub control: Option<SocketAddr>,
     /// Tunnel listeners by service, when configured.
     pub tunnels: Vec<(String, SocketAddr)>,
-    /// TURN's UDP listeners, when configured.
-    pub turn: Vec<SocketAddr>,
+    /// TURN's listeners, when configured: scheme (`udp`, `tcp`, `tls`) and
+    /// address.
+    pub turn: Vec<(String, SocketAddr)>,
     /// Its stderr, line by line.
     pub stderr: mpsc::Receiver<String>,
     /// Its directory (config, state).
@@ -130,7 +131,8 @@ pub fn start_with(prefix: &[&str], config_text: Option<&str>) -> Relay {
         .nth(1)
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no admin address in {first:?}"));
-    let (mut ng, mut control, mut tunnels, mut turn) = (None, None, Vec::new(), Vec::new());
+    let (mut ng, mut control, mut tunnels) = (None, None, Vec::new());
+    let mut turn: Vec<(String, SocketAddr)> = Vec::new();
     for _ in 0..6 {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(rest) = line.strip_prefix("ng protocol on udp:") {
@@ -147,15 +149,25 @@ pub fn start_with(prefix: &[&str], config_text: Option<&str>) -> Relay {
             }
         }
         if let Some(rest) = line.strip_prefix("turn: ") {
-            turn.extend(
-                rest.split(' ')
-                    .filter_map(|w| w.strip_prefix("udp://"))
-                    .map(|a| a.parse::<SocketAddr>().expect("turn address")),
-            );
+            for word in rest.split(' ').take_while(|w| w.contains("://")) {
+                let (scheme, addr) = word.split_once("://").expect("scheme://addr");
+                turn.push((scheme.to_string(), addr.parse::<SocketAddr>().expect("turn address")));
+            }
         }
     }
     std::thread::spawn(move || for _ in lines.by_ref() {});
     Relay { child, admin, ng, control, tunnels, turn, stderr: rx, dir }
+}
+
+impl Relay {
+    /// The relay's first TURN listener of `scheme` (`udp`, `tcp`, `tls`).
+    pub fn turn_addr(&self, scheme: &str) -> SocketAddr {
+        self.turn
+            .iter()
+            .find(|(s, _)| s == scheme)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no TURN {scheme} listener"))
+    }
 }
 
 /// Where [`start`] wrote the relay's config.

@@ -1,0 +1,506 @@
+//! TURN on tokio sockets: the driver of a [`TurnServer`] over UDP, TCP and
+//! TLS (RFC 8656 §3.1). One task per UDP listener, per relayed socket and
+//! per stream connection, one for timers; the server is shared behind a
+//! mutex held only for a decision, never across a send.
+//!
+//! It binds relayed sockets when the server asks ([`Command::OpenRelay`]),
+//! closes them when told, and applies the framing decisions: a peer's
+//! datagram is received four bytes into its buffer so a ChannelData header
+//! goes in front of it without a copy. Over TCP and TLS, messages are
+//! framed by their own length fields and ChannelData is padded to four
+//! bytes; a connection's end deletes its allocation, and a connection that
+//! holds no allocation is closed after [`STREAM_IDLE`].
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::allocation::{ClientKey, RelayId, Transport};
+use super::proto::CHANNEL_HEADER_LEN;
+use super::server::{ClientOutput, Command, PeerOutput, TurnNow, TurnServer};
+use super::stats::TurnStats;
+use crate::framing::Framing;
+use crate::wire::stun::HEADER_LEN;
+
+/// Largest datagram received.
+const MAX_DATAGRAM: usize = 65_535;
+/// A stream connection holding no allocation is closed after this long.
+pub const STREAM_IDLE: Duration = Duration::from_secs(30);
+/// Messages queued for one stream client before more are dropped.
+const STREAM_QUEUE: usize = 256;
+
+/// Bounds on stream connections (TCP and TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Connections open at once.
+    pub total: usize,
+    /// Connections one source (IPv4 address or IPv6 /64) may hold.
+    pub per_source: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self { total: 8192, per_source: 64 }
+    }
+}
+
+/// The clock now.
+pub fn turn_now() -> TurnNow {
+    let unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    TurnNow { instant: Instant::now(), unix_secs }
+}
+
+/// What the server and its sockets share.
+struct Shared {
+    server: TurnServer,
+    relays: HashMap<RelayId, Relay>,
+    /// Stream clients' outgoing queues.
+    streams: HashMap<ClientKey, mpsc::Sender<Vec<u8>>>,
+    /// Stream connections per source prefix, and in all.
+    stream_sources: HashMap<IpAddr, usize>,
+    stream_count: usize,
+    stream_limits: StreamLimits,
+    /// Sends the kernel refused, or a stream client's full queue.
+    send_failures: u64,
+    /// Stream connections refused at a limit.
+    streams_refused: u64,
+}
+
+struct Relay {
+    socket: Arc<UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+/// The sockets a service sends from: its UDP listeners.
+type Listeners = Arc<Vec<Arc<UdpSocket>>>;
+
+/// A running TURN server (see the module docs). Cheap to clone; the last
+/// clone dropped stops every task and closes every socket.
+#[derive(Clone)]
+pub struct TurnService {
+    shared: Arc<Mutex<Shared>>,
+    udp: Listeners,
+    tasks: Arc<Tasks>,
+}
+
+/// Tasks stopped when the service goes.
+struct Tasks(Mutex<Vec<JoinHandle<()>>>, Arc<Mutex<Shared>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            t.abort();
+        }
+        for (_, relay) in lock(&self.1).relays.drain() {
+            relay.task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for TurnService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnService").field("udp", &self.udp_addrs()).finish_non_exhaustive()
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // Every critical section leaves the maps consistent, so a panic in one
+    // (none is expected) does not make the state unusable.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TurnService {
+    /// Serves `server` on bound UDP `listeners` (UDP listener `i` is
+    /// [`ClientKey::listener`] `i`). Call within a tokio runtime.
+    pub fn start(server: TurnServer, listeners: Vec<StdUdpSocket>, limits: StreamLimits) -> io::Result<Self> {
+        let udp: Vec<Arc<UdpSocket>> = listeners
+            .into_iter()
+            .map(|s| {
+                s.set_nonblocking(true)?;
+                UdpSocket::from_std(s).map(Arc::new)
+            })
+            .collect::<io::Result<_>>()?;
+        let udp = Arc::new(udp);
+        let shared = Arc::new(Mutex::new(Shared {
+            server,
+            relays: HashMap::new(),
+            streams: HashMap::new(),
+            stream_sources: HashMap::new(),
+            stream_count: 0,
+            stream_limits: limits,
+            send_failures: 0,
+            streams_refused: 0,
+        }));
+        let mut tasks = Vec::new();
+        for (i, socket) in udp.iter().enumerate() {
+            let (shared, udp, socket) = (shared.clone(), udp.clone(), socket.clone());
+            let index = u16::try_from(i).map_err(|_| io::Error::other("too many TURN listeners"))?;
+            tasks.push(tokio::spawn(serve_udp(shared, udp, socket, index)));
+        }
+        tasks.push(tokio::spawn(run_timers(shared.clone(), udp.clone())));
+        let tasks = Arc::new(Tasks(Mutex::new(tasks), shared.clone()));
+        Ok(Self { shared, udp, tasks })
+    }
+
+    /// The UDP listeners' addresses.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+    }
+
+    /// Serves TURN over TCP on `listener` (its connections are
+    /// [`ClientKey::listener`] `index`).
+    pub fn serve_tcp(&self, listener: TcpListener, index: u16) {
+        let service = self.clone();
+        self.spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                service.serve_stream(tcp, Transport::Tcp, index, peer, Vec::new());
+            }
+        });
+    }
+
+    /// Serves TURN over TLS on `listener` with `config`.
+    pub fn serve_tls(&self, listener: TcpListener, config: Arc<rustls::ServerConfig>, index: u16) {
+        let service = self.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        self.spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                service.accept_tls(acceptor.clone(), tcp, peer, Vec::new(), index);
+            }
+        });
+    }
+
+    /// Completes a TLS handshake on `tcp` (whose first bytes, `read`, were
+    /// already taken from it: the ClientHello a shared listener looked at)
+    /// and serves TURN on it.
+    pub fn accept_tls(
+        &self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        read: Vec<u8>,
+        index: u16,
+    ) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let stream = super::prefixed::Prefixed::new(read, tcp);
+            match tokio::time::timeout(STREAM_IDLE, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => service.serve_stream(tls, Transport::Tls, index, peer, Vec::new()),
+                _ => tracing::debug!("TURN over TLS: handshake failed"),
+            }
+        });
+    }
+
+    /// Serves TURN on a connected stream from `peer`; `read` holds bytes
+    /// already read from it (a shared listener's look at the first ones).
+    /// Refused (closed) at the connection limits.
+    pub fn serve_stream<S>(&self, stream: S, transport: Transport, index: u16, peer: SocketAddr, read: Vec<u8>)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let key = ClientKey { transport, listener: index, source: crate::peer::canonical(peer) };
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        {
+            let mut s = lock(&self.shared);
+            let source = crate::peer::source_prefix(peer.ip());
+            let from_source = s.stream_sources.get(&source).copied().unwrap_or(0);
+            if s.stream_count >= s.stream_limits.total || from_source >= s.stream_limits.per_source {
+                s.streams_refused += 1;
+                return;
+            }
+            s.stream_count += 1;
+            *s.stream_sources.entry(source).or_default() += 1;
+            s.streams.insert(key, tx);
+        }
+        let (shared, udp) = (self.shared.clone(), self.udp.clone());
+        tokio::spawn(async move {
+            let (reader, writer) = tokio::io::split(stream);
+            let writing = tokio::spawn(write_stream(writer, rx));
+            read_stream(&shared, &udp, reader, key, read).await;
+            writing.abort();
+            let commands = {
+                let mut s = lock(&shared);
+                s.streams.remove(&key);
+                s.stream_count -= 1;
+                let source = crate::peer::source_prefix(key.source.ip());
+                if let Some(n) = s.stream_sources.get_mut(&source) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.stream_sources.remove(&source);
+                    }
+                }
+                s.server.handle_client_closed(key);
+                drain(&mut s.server)
+            };
+            apply(&shared, &udp, commands);
+        });
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task);
+        self.tasks.0.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> TurnStats {
+        lock(&self.shared).server.stats().clone()
+    }
+
+    /// Sends the kernel refused (or a stream client's full queue) so far.
+    pub fn send_failures(&self) -> u64 {
+        lock(&self.shared).send_failures
+    }
+
+    /// Stream connections refused at a limit so far.
+    pub fn streams_refused(&self) -> u64 {
+        lock(&self.shared).streams_refused
+    }
+
+    /// Reads the server (allocations, settings) under its lock.
+    pub fn with_server<R>(&self, f: impl FnOnce(&TurnServer) -> R) -> R {
+        f(&lock(&self.shared).server)
+    }
+}
+
+/// `addr` as `socket` can send to it (IPv4 as mapped IPv6 on an IPv6 socket).
+fn for_socket(socket: &UdpSocket, addr: SocketAddr) -> SocketAddr {
+    match (socket.local_addr(), addr) {
+        (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        _ => addr,
+    }
+}
+
+/// Sends without waiting: a full buffer drops the datagram, counted.
+fn send_udp(shared: &Mutex<Shared>, socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    if socket.try_send_to(bytes, for_socket(socket, to)).is_err() {
+        lock(shared).send_failures += 1;
+    }
+}
+
+/// Sends `bytes` (a STUN message, or a ChannelData message when `channel`)
+/// to `client` over its transport: ChannelData is padded to four bytes on
+/// streams.
+fn deliver(shared: &Mutex<Shared>, udp: &Listeners, client: ClientKey, bytes: &[u8], channel: bool) {
+    if client.transport == Transport::Udp {
+        if let Some(socket) = udp.get(usize::from(client.listener)) {
+            send_udp(shared, socket, bytes, client.source);
+        }
+        return;
+    }
+    let mut message = bytes.to_vec();
+    if channel {
+        message.resize(bytes.len().div_ceil(4) * 4, 0);
+    }
+    let mut s = lock(shared);
+    let queued = s.streams.get(&client).is_some_and(|tx| tx.try_send(message).is_ok());
+    if !queued {
+        s.send_failures += 1;
+    }
+}
+
+/// Decides on one message from `client` and carries the decision out.
+fn handle_client_message(shared: &Arc<Mutex<Shared>>, udp: &Listeners, client: ClientKey, message: &[u8]) {
+    let (out, relay_socket, commands) = {
+        let mut s = lock(shared);
+        let out = s.server.handle_client(turn_now(), client, message);
+        let relay_socket = match &out {
+            ClientOutput::Relay { relay, .. } => s.relays.get(relay).map(|r| r.socket.clone()),
+            _ => None,
+        };
+        (out, relay_socket, drain(&mut s.server))
+    };
+    match out {
+        ClientOutput::Relay { peer, payload, .. } => {
+            if let Some(relay) = relay_socket {
+                send_udp(shared, &relay, &message[payload], peer);
+            }
+        }
+        ClientOutput::Reply(answer) => deliver(shared, udp, client, &answer, false),
+        ClientOutput::Pending | ClientOutput::Drop(_) => {}
+    }
+    apply(shared, udp, commands);
+}
+
+async fn serve_udp(shared: Arc<Mutex<Shared>>, udp: Listeners, socket: Arc<UdpSocket>, index: u16) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            // An ICMP error reported on the socket: nothing to read.
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let client = ClientKey { transport: Transport::Udp, listener: index, source: from };
+        handle_client_message(&shared, &udp, client, &buf[..n]);
+    }
+}
+
+/// The length of the message at the start of `buf` on a stream: a STUN
+/// message by its header, ChannelData by its header padded to four bytes
+/// (RFC 8656 §12.5). `Ok(None)`: more bytes needed; `Err`: neither.
+fn stream_frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+    let Some(header) = buf.get(..CHANNEL_HEADER_LEN) else { return Ok(None) };
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    match header[0] & 0xc0 {
+        0x00 => Ok(Some(HEADER_LEN + len)),
+        0x40 => Ok(Some((CHANNEL_HEADER_LEN + len).div_ceil(4) * 4)),
+        _ => Err(()),
+    }
+}
+
+/// Reads framed messages from a stream client until it closes, breaks the
+/// framing, or holds no allocation for [`STREAM_IDLE`].
+async fn read_stream<R: AsyncRead + Unpin>(
+    shared: &Arc<Mutex<Shared>>,
+    udp: &Listeners,
+    mut reader: R,
+    key: ClientKey,
+    mut buf: Vec<u8>,
+) {
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut idle_since = Instant::now();
+    loop {
+        while let Ok(Some(len)) = stream_frame_len(&buf) {
+            if buf.len() < len {
+                break;
+            }
+            handle_client_message(shared, udp, key, &buf[..len]);
+            buf.drain(..len);
+        }
+        if stream_frame_len(&buf).is_err() {
+            return;
+        }
+        let deadline = idle_since + STREAM_IDLE;
+        match tokio::time::timeout_at(deadline.into(), reader.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            // Quiet for a while: fine while it holds an allocation.
+            Err(_) if lock(shared).server.has_allocation(key) => idle_since = Instant::now(),
+            Err(_) => return,
+        }
+    }
+}
+
+async fn write_stream<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(message) = rx.recv().await {
+        if writer.write_all(&message).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn drain(server: &mut TurnServer) -> Vec<Command> {
+    std::iter::from_fn(|| server.poll_command()).collect()
+}
+
+/// Carries out the server's commands (and those they lead to).
+fn apply(shared: &Arc<Mutex<Shared>>, udp: &Listeners, mut commands: Vec<Command>) {
+    while !commands.is_empty() {
+        for command in std::mem::take(&mut commands) {
+            match command {
+                Command::OpenRelay { relay, bind } => {
+                    let opened = open_relay(bind);
+                    let mut s = lock(shared);
+                    let ok = match opened {
+                        Ok(socket) => {
+                            let task = tokio::spawn(serve_relay(shared.clone(), udp.clone(), socket.clone(), relay));
+                            s.relays.insert(relay, Relay { socket, task });
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(%bind, error = %e, "cannot open a TURN relayed port");
+                            false
+                        }
+                    };
+                    s.server.handle_relay_opened(turn_now(), relay, ok);
+                    commands.extend(drain(&mut s.server));
+                }
+                Command::CloseRelay { relay } => {
+                    if let Some(r) = lock(shared).relays.remove(&relay) {
+                        r.task.abort();
+                    }
+                }
+                Command::Send { client, message } => deliver(shared, udp, client, &message, false),
+            }
+        }
+    }
+}
+
+fn open_relay(bind: SocketAddr) -> io::Result<Arc<UdpSocket>> {
+    let socket = StdUdpSocket::bind(bind)?;
+    socket.set_nonblocking(true)?;
+    Ok(Arc::new(UdpSocket::from_std(socket)?))
+}
+
+async fn serve_relay(shared: Arc<Mutex<Shared>>, udp: Listeners, socket: Arc<UdpSocket>, relay: RelayId) {
+    // Received behind room for a ChannelData header.
+    let mut buf = vec![0u8; CHANNEL_HEADER_LEN + MAX_DATAGRAM];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf[CHANNEL_HEADER_LEN..]).await else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let out =
+            lock(&shared).server.handle_peer(turn_now(), relay, from, &buf[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + n]);
+        match out {
+            PeerOutput::Channel { client, header } => {
+                if let Some(range) = Framing::Prepend(header).apply(&mut buf, CHANNEL_HEADER_LEN, n) {
+                    deliver(&shared, &udp, client, &buf[range], true);
+                }
+            }
+            PeerOutput::Indication { client, message } => deliver(&shared, &udp, client, &message, false),
+            PeerOutput::Drop(_) => {}
+        }
+    }
+}
+
+async fn run_timers(shared: Arc<Mutex<Shared>>, udp: Listeners) {
+    loop {
+        let due = lock(&shared).server.poll_timeout();
+        // Woken at least once a second: deadlines move with every request.
+        let next = Instant::now() + Duration::from_secs(1);
+        let at = due.map_or(next, |d| d.min(next));
+        tokio::time::sleep_until(at.into()).await;
+        let commands = {
+            let mut s = lock(&shared);
+            s.server.handle_timeout(Instant::now());
+            drain(&mut s.server)
+        };
+        apply(&shared, &udp, commands);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_frames_are_cut_by_their_length_fields() {
+        // A STUN header announcing 8 bytes of attributes: 28 in all.
+        let mut stun = vec![0x00, 0x03, 0x00, 0x08];
+        stun.extend_from_slice(&[0; 16]);
+        assert_eq!(stream_frame_len(&stun), Ok(Some(28)));
+        // ChannelData of 5 bytes: 9, padded to 12 on a stream.
+        assert_eq!(stream_frame_len(&[0x40, 0x01, 0x00, 0x05]), Ok(Some(12)));
+        assert_eq!(stream_frame_len(&[0x40, 0x01, 0x00, 0x04]), Ok(Some(8)));
+        assert_eq!(stream_frame_len(&[0x40, 0x01]), Ok(None));
+        // Bytes starting with the bits 10 or 11 (RTP, say) break the framing.
+        assert_eq!(stream_frame_len(&[0x80, 0x00, 0x00, 0x01]), Err(()));
+        assert_eq!(stream_frame_len(&[0xc0, 0x00, 0x00, 0x01]), Err(()));
+    }
+}
