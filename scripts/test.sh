@@ -37,6 +37,8 @@ echo "disk space before building: $(df -h --output=avail . | tail -n 1)"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 stage "rustfmt" cargo fmt --all -- --check
 stage "clippy (workspace)" cargo_logged clippy --workspace --all-targets --locked -- -D warnings
+# aiortc (PyPI) in a venv: the WebRTC peers of relay-bin/tests/turn_webrtc.rs.
+stage "WebRTC venv" scripts/setup-webrtc.sh
 stage "tests (workspace)" cargo_logged test --workspace --locked
 # The admin API against its own OpenAPI document (Schemathesis, every check).
 stage "schemathesis" scripts/schemathesis.sh

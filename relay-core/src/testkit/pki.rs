@@ -26,12 +26,14 @@ pub fn issue(name: &str) -> Result<TestPki, String> {
     let ca_key = KeyPair::generate().map_err(e)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: with rcgen's one default name for both, OpenSSL
+    // takes the leaf for a self-signed certificate and refuses it.
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "UCMRC test CA");
     let ca = ca_params.self_signed(&ca_key).map_err(e)?;
     let key = KeyPair::generate().map_err(e)?;
-    let cert = CertificateParams::new(vec![name.to_string()])
-        .map_err(e)?
-        .signed_by(&key, &Issuer::new(ca_params, ca_key))
-        .map_err(e)?;
+    let mut leaf = CertificateParams::new(vec![name.to_string()]).map_err(e)?;
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let cert = leaf.signed_by(&key, &Issuer::new(ca_params, ca_key)).map_err(e)?;
     Ok(TestPki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 

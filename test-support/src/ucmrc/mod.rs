@@ -481,7 +481,13 @@ pub fn sdp_port(sdp: &str) -> u16 {
 
 /// A CA, and a certificate for `relay.test` it signed, written to `dir`.
 pub fn write_pki(dir: &std::path::Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let pki = relay_core::testkit::pki::issue("relay.test").expect("test certificates");
+    write_pki_for(dir, tag, "relay.test")
+}
+
+/// A CA, and a certificate for `name` it signed, written to `dir`:
+/// (CA, certificate, key).
+pub fn write_pki_for(dir: &std::path::Path, tag: &str, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let pki = relay_core::testkit::pki::issue(name).expect("test certificates");
     let paths = (dir.join(format!("{tag}-ca.pem")), dir.join(format!("{tag}.crt")), dir.join(format!("{tag}.key")));
     std::fs::write(&paths.0, pki.ca_pem).expect("ca");
     std::fs::write(&paths.1, pki.cert_pem).expect("cert");
