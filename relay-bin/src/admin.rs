@@ -150,6 +150,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/sessions", get(list_sessions).post(create_session))
         .route("/v1/sessions/{id}", get(get_session).patch(update_session).delete(delete_session))
         .route("/v1/connectors", get(list_connectors))
+        .route("/v1/turn/allocations", get(list_turn_allocations))
         .route("/v1/cluster", get(cluster))
         .route("/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -508,6 +509,43 @@ async fn list_sessions(
         "sessions": page.sessions.iter().map(session_json).collect::<Vec<_>>(),
         "next": page.next.map(|n| n.to_string()),
     })))
+}
+
+/// Most allocations one `GET /v1/turn/allocations` lists.
+const MAX_LISTED_ALLOCATIONS: usize = 1000;
+
+/// `GET /v1/turn/allocations`: the TURN server's allocations (no secret:
+/// usernames, addresses, lifetimes, counts), at most
+/// [`MAX_LISTED_ALLOCATIONS`] of them, with the total.
+async fn list_turn_allocations(State(st): State<Arc<AdminState>>) -> Json<Value> {
+    let Some(service) = st.turn.get() else {
+        return Json(json!({ "enabled": false, "total": 0, "allocations": [] }));
+    };
+    let now = std::time::Instant::now();
+    service.with_server(|server| {
+        let realms = &server.settings().realms;
+        let listed: Vec<Value> = server
+            .allocations()
+            .filter(|a| a.opened)
+            .take(MAX_LISTED_ALLOCATIONS)
+            .map(|a| {
+                json!({
+                    "tenant": realms[a.realm].tenant,
+                    "realm": realms[a.realm].name,
+                    "username": a.username,
+                    "transport": a.client.transport.label(),
+                    "client": a.client.source.to_string(),
+                    "relayed": a.relayed.to_string(),
+                    "expires_in_secs": a.expires.saturating_duration_since(now).as_secs(),
+                    "permissions": a.permission_count(now),
+                    "channels": a.channels(now).count(),
+                    "to_peer": { "packets": a.to_peer.0, "bytes": a.to_peer.1 },
+                    "to_client": { "packets": a.to_client.0, "bytes": a.to_client.1 },
+                })
+            })
+            .collect();
+        Json(json!({ "enabled": true, "total": server.allocations().filter(|a| a.opened).count(), "allocations": listed }))
+    })
 }
 
 async fn list_connectors(State(st): State<Arc<AdminState>>) -> Json<Value> {

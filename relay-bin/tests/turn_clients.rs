@@ -131,13 +131,41 @@ fn uclient_at(
     Run { output }
 }
 
+/// `GET /v1/turn/allocations`, checked against the schema the relay's own
+/// OpenAPI document gives it.
+fn allocations(r: &Relay) -> serde_json::Value {
+    let (status, text) = http(r.admin, "GET", "/v1/turn/allocations", Some(TOKEN), None);
+    assert_eq!(status, 200, "{text}");
+    let listing = json(&text);
+    let doc = json(&http(r.admin, "GET", "/v1/openapi.json", Some(TOKEN), None).1);
+    let mut schema = doc["paths"]["/v1/turn/allocations"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"]
+        .clone();
+    schema["components"] = doc["components"].clone();
+    let validator = jsonschema::draft7::new(&schema).expect("the schema compiles");
+    assert!(validator.is_valid(&listing), "{listing} does not match its schema");
+    listing
+}
+
 #[test]
 fn coturn_clients_relay_through_ucmrc_over_channels_indications_and_client_to_client() {
     let r = relay_with_turn("");
     let peer = EchoPeer::start("127.0.0.1");
     // Channels (coturn's default), two clients each with an RTP and an
     // RTCP allocation (EVEN-PORT with a reservation, then the token).
+    assert_eq!(allocations(&r)["total"], 0);
     uclient(&r, &["-m", "2"], SECRET, "wave-1", Some(peer.addr), 40).assert_all_echoed(2, 40);
+    // What the client left (it deletes some allocations, not all) is
+    // listed, without a credential.
+    let listing = allocations(&r);
+    assert_eq!(listing["enabled"], true);
+    for a in listing["allocations"].as_array().expect("list") {
+        assert_eq!((a["tenant"].as_str(), a["transport"].as_str()), (Some("acme"), Some("udp")), "{a}");
+        assert!(a["username"].as_str().is_some_and(|u| u.ends_with(":wave-1")), "{a}");
+        let port: u16 = a["relayed"].as_str().and_then(|s| s.parse::<SocketAddr>().ok()).expect("relayed").port();
+        assert!((30000..=30999).contains(&port), "{a}");
+    }
+    assert!(!listing.to_string().contains(SECRET));
     // Send and Data indications instead of channels.
     uclient(&r, &["-s", "-m", "1"], SECRET, "wave-2", Some(peer.addr), 40).assert_all_echoed(1, 40);
     // Client to client: each client's peer is another's relayed address on
