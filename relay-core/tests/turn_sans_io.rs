@@ -650,8 +650,73 @@ fn an_allocation_ending_while_its_port_opens_gets_the_socket_closed_and_the_port
     assert_eq!(lab.server.allocations().count(), 0);
     lab.server.handle_relay_opened(lab.now(), relay, true);
     assert_eq!(lab.commands(), vec![Command::CloseRelay { relay }], "the late socket is closed, nothing answered");
-    // Its port is free again: ten clients fill the ten ports.
+    // Its port is free again once the socket had time to close: ten
+    // clients fill the ten ports.
+    lab.advance(relay_core::turn::server::PORT_REUSE_DELAY);
     for i in 0..10 {
         Client::rest(&format!("198.51.100.71:{}", 6000 + i), &format!("n{i}")).relayed(&mut lab);
     }
+}
+
+/// Found by `ucmrc-loadtest turn` running twice: a port released at the
+/// end of one run was handed out again before the driver had closed its
+/// socket, the bind failed, the client got 508 and the port never came
+/// back. Released ports now wait, and a port that cannot be opened is
+/// exchanged for another.
+#[test]
+fn released_ports_wait_before_reuse_and_a_port_that_cannot_be_opened_is_exchanged() {
+    let mut lab = Lab::new();
+    // Fill all ten ports, release them all.
+    let mut clients: Vec<Client> =
+        (0..10).map(|i| Client::rest(&format!("198.51.100.80:{}", 6000 + i), &format!("c{i}"))).collect();
+    for c in &mut clients {
+        c.relayed(&mut lab);
+    }
+    for c in &mut clients {
+        assert_eq!(c.ask(&mut lab, Method::Refresh, &[(ATTR_LIFETIME, vec![0; 4])]), None);
+    }
+    assert_eq!(lab.commands().len(), 10, "ten sockets to close");
+    // Not handed out while the sockets may still be closing...
+    let mut early = Client::rest("198.51.100.81:6000", "early");
+    assert_eq!(early.allocate(&mut lab, &[]), Err(508));
+    // ...and all of them again after the delay.
+    lab.advance(relay_core::turn::server::PORT_REUSE_DELAY);
+    for i in 0..10 {
+        Client::rest(&format!("198.51.100.82:{}", 6000 + i), &format!("d{i}")).relayed(&mut lab);
+    }
+
+    // A port another process holds: the allocation moves to another one
+    // and is answered once that opens.
+    let mut lab = Lab::new();
+    let mut c = Client::rest("198.51.100.83:6000", "moved");
+    let first = c.request(Method::Allocate, &[udp_transport()]);
+    c.nonce = text(&reply(lab.send(c.key, &first)), ATTR_NONCE);
+    let req = c.request(Method::Allocate, &[udp_transport()]);
+    assert_eq!(lab.send(c.key, &req), ClientOutput::Pending);
+    let [Command::OpenRelay { relay: taken, .. }] = lab.commands()[..] else { panic!("a port to open") };
+    lab.server.handle_relay_opened(lab.now(), taken, false);
+    let [Command::OpenRelay { relay: other, bind }] = lab.commands()[..] else { panic!("another port to open") };
+    assert_ne!(other, taken);
+    lab.server.handle_relay_opened(lab.now(), other, true);
+    let answers = lab.commands();
+    let [Command::Send { message, .. }] = answers.as_slice() else { panic!("{answers:?}") };
+    let msg = StunMessage::parse(message).expect("stun");
+    assert_eq!(msg.xor_address(ATTR_XOR_RELAYED_ADDRESS), Some(bind), "the port that opened");
+    assert_eq!(lab.server.stats().ports_unavailable, 1);
+    // After three ports that cannot be opened: 508.
+    let mut d = Client::rest("198.51.100.84:6000", "unlucky");
+    let first = d.request(Method::Allocate, &[udp_transport()]);
+    d.nonce = text(&reply(lab.send(d.key, &first)), ATTR_NONCE);
+    let req = d.request(Method::Allocate, &[udp_transport()]);
+    assert_eq!(lab.send(d.key, &req), ClientOutput::Pending);
+    for attempt in 0..3 {
+        let [Command::OpenRelay { relay, .. }] = lab.commands()[..] else {
+            panic!("attempt {attempt}: a port to open")
+        };
+        lab.server.handle_relay_opened(lab.now(), relay, false);
+    }
+    let answers = lab.commands();
+    let [Command::Send { message, .. }] = answers.as_slice() else { panic!("{answers:?}") };
+    assert_eq!(error_code(message), Some(508));
+    assert_eq!(lab.server.allocations().count(), 1, "only the moved one");
 }

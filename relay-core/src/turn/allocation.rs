@@ -126,6 +126,11 @@ pub struct Allocation {
     /// Whether its Allocate asked for a second family (answered with
     /// ADDRESS-ERROR-CODE 440: one family per allocation).
     pub second_family_refused: bool,
+    /// Whether any free port will do (not an EVEN-PORT or reserved one):
+    /// then a port that cannot be opened is exchanged for another.
+    pub any_port: bool,
+    /// Ports tried for it so far that could not be opened.
+    pub open_attempts: u8,
     /// Bytes it may relay.
     pub rate: RateBucket,
     /// Datagrams and bytes relayed client → peer.
@@ -165,6 +170,8 @@ impl Allocation {
             opened: false,
             reservation_token: None,
             second_family_refused: false,
+            any_port: false,
+            open_attempts: 0,
             rate,
             to_peer: (0, 0),
             to_client: (0, 0),

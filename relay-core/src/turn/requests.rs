@@ -307,6 +307,9 @@ impl TurnServer {
         );
         alloc.reservation_token = reservation_token;
         alloc.second_family_refused = second_family_refused;
+        // A port picked at random may be retried elsewhere if it cannot be
+        // opened; an even one or a reserved one may not.
+        alloc.any_port = token.is_none() && even.is_none();
         self.allocations.insert(relay, alloc);
         self.by_client.insert(client, relay);
         *self.per_user.entry(user).or_default() += 1;
@@ -406,7 +409,7 @@ impl TurnServer {
         }
         let lifetime = self.desired_lifetime(msg);
         if lifetime.is_zero() {
-            self.forget(relay, true);
+            self.forget(now, relay);
         } else if let Some(alloc) = self.allocations.get_mut(&relay) {
             alloc.expires = now.checked_add(lifetime).ok_or(ErrorCode::BadRequest)?;
         }

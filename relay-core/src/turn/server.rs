@@ -14,7 +14,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::allocation::{Allocation, ClientKey, RelayId};
 use super::answer::{data_indication, Answer};
@@ -26,6 +26,14 @@ use super::stats::{TurnDrop, TurnStats};
 use crate::quota::TenantQuotas;
 use crate::shard::ports::PortPool;
 use crate::wire::stun::{StunClass, StunMessage};
+
+/// How long a released port waits before it is handed out again (the
+/// driver closes sockets asynchronously).
+pub const PORT_REUSE_DELAY: Duration = Duration::from_secs(2);
+/// How long a port that could not be opened stays out of the pool.
+pub const PORT_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// Ports an Allocate tries before it is answered 508.
+const OPEN_ATTEMPTS: u8 = 3;
 
 /// The time a call happens at: the monotonic clock for lifetimes, Unix
 /// seconds for what credentials and nonces name.
@@ -142,6 +150,9 @@ pub struct TurnServer {
     /// Ports of allocations that ended while their socket was being opened:
     /// out of the pool until the driver reports the opening.
     pub(super) abandoned: std::collections::HashSet<RelayId>,
+    /// Ports waiting to return to the pool: a closed socket may linger a
+    /// moment in the driver, a port another process held is tried later.
+    pub(super) cooling: BinaryHeap<Reverse<(Instant, RelayId)>>,
     pub(super) expiries: BinaryHeap<Reverse<(Instant, RelayId)>>,
     pub(super) strangers: SourceBudget,
     pub(super) commands: VecDeque<Command>,
@@ -184,6 +195,7 @@ impl TurnServer {
             per_user: HashMap::new(),
             reservations: HashMap::new(),
             abandoned: Default::default(),
+            cooling: BinaryHeap::new(),
             expiries: BinaryHeap::new(),
             commands: VecDeque::new(),
             rng: fastrand::Rng::with_seed(seed),
@@ -222,10 +234,10 @@ impl TurnServer {
 
     /// `client`'s connection (TCP or TLS) closed: its allocation is
     /// deleted (RFC 8656 §3.1).
-    pub fn handle_client_closed(&mut self, client: ClientKey) {
+    pub fn handle_client_closed(&mut self, now: Instant, client: ClientKey) {
         let client = ClientKey { source: crate::peer::canonical(client.source), ..client };
         if let Some(relay) = self.by_client.get(&client).copied() {
-            self.forget(relay, true);
+            self.forget(now, relay);
         }
     }
 
@@ -391,11 +403,11 @@ impl TurnServer {
     pub fn handle_relay_opened(&mut self, now: TurnNow, relay: RelayId, opened: bool) {
         if self.abandoned.remove(&relay) {
             // Its allocation ended meanwhile: the socket goes, the port
-            // returns (unless another process holds it).
+            // returns later.
             if opened {
                 self.commands.push_back(Command::CloseRelay { relay });
-                self.pool(relay.family).release(relay.port);
             }
+            self.cool(relay, now.instant, if opened { PORT_REUSE_DELAY } else { PORT_RETRY_DELAY });
             return;
         }
         let Some(alloc) = self.allocations.get_mut(&relay).filter(|a| !a.opened) else { return };
@@ -405,15 +417,53 @@ impl TurnServer {
             let client = self.allocations[&relay].client;
             self.stats.answered(Method::Allocate, None);
             self.commands.push_back(Command::Send { client, message });
-        } else {
-            // Someone else holds that port: it stays out of the pool.
-            self.stats.ports_unavailable += 1;
-            let (client, txid, key) = (alloc.client, alloc.allocate_txid, alloc.key);
-            self.forget(relay, false);
-            let message = Answer::error(Method::Allocate, txid, ErrorCode::InsufficientCapacity, Some(key)).finish();
-            self.stats.answered(Method::Allocate, Some(ErrorCode::InsufficientCapacity));
-            self.commands.push_back(Command::Send { client, message });
+            return;
         }
+        // Another socket holds that port: it is tried again later, and the
+        // allocation another port (unless it was asked for a given one).
+        self.stats.ports_unavailable += 1;
+        alloc.open_attempts += 1;
+        let retry = alloc.any_port && alloc.open_attempts < OPEN_ATTEMPTS;
+        let (client, txid, key) = (alloc.client, alloc.allocate_txid, alloc.key);
+        self.cool(relay, now.instant, PORT_RETRY_DELAY);
+        if retry {
+            if let Some(moved) = self.move_to_free_port(relay) {
+                self.commands.push_back(Command::OpenRelay { relay: moved.0, bind: moved.1 });
+                return;
+            }
+        }
+        self.remove(relay);
+        let message = Answer::error(Method::Allocate, txid, ErrorCode::InsufficientCapacity, Some(key)).finish();
+        self.stats.answered(Method::Allocate, Some(ErrorCode::InsufficientCapacity));
+        self.commands.push_back(Command::Send { client, message });
+    }
+
+    /// Moves an unopened allocation from `relay` to a free port of the
+    /// same family: its new id and where to bind it.
+    fn move_to_free_port(&mut self, relay: RelayId) -> Option<(RelayId, SocketAddr)> {
+        let address = match relay.family {
+            Family::V4 => self.settings.relay_v4,
+            Family::V6 => self.settings.relay_v6,
+        }?;
+        let pool = match relay.family {
+            Family::V4 => &mut self.ports_v4,
+            Family::V6 => &mut self.ports_v6,
+        };
+        let port = pool.take_single(&mut self.rng)?;
+        let moved = RelayId { family: relay.family, port };
+        let mut alloc = self.allocations.remove(&relay)?;
+        alloc.relay = moved;
+        alloc.relayed = SocketAddr::new(address.advertised, port);
+        self.by_client.insert(alloc.client, moved);
+        self.expiries.push(Reverse((alloc.expires, moved)));
+        self.allocations.insert(moved, alloc);
+        Some((moved, SocketAddr::new(address.bind, port)))
+    }
+
+    /// Puts `relay`'s port back in the pool after `delay`.
+    pub(super) fn cool(&mut self, relay: RelayId, now: Instant, delay: Duration) {
+        let at = now.checked_add(delay).unwrap_or(now);
+        self.cooling.push(Reverse((at, relay)));
     }
 
     /// The next command for the driver.
@@ -425,7 +475,8 @@ impl TurnServer {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let allocation = self.expiries.peek().map(|Reverse((t, _))| *t);
         let reservation = self.reservations.values().map(|r| r.expires).min();
-        allocation.into_iter().chain(reservation).min()
+        let cooling = self.cooling.peek().map(|Reverse((t, _))| *t);
+        allocation.into_iter().chain(reservation).chain(cooling).min()
     }
 
     /// Expires allocations and reservations due at `now`.
@@ -438,7 +489,7 @@ impl TurnServer {
             match self.allocations.get(&relay).map(|a| a.expires) {
                 Some(expires) if expires <= now => {
                     self.stats.expired += 1;
-                    self.forget(relay, true);
+                    self.forget(now, relay);
                 }
                 // Refreshed since: look again when it is due.
                 Some(expires) => self.expiries.push(Reverse((expires, relay))),
@@ -451,31 +502,41 @@ impl TurnServer {
                 self.pool(r.relay.family).release(r.relay.port);
             }
         }
+        while let Some(Reverse((at, relay))) = self.cooling.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.cooling.pop();
+            self.pool(relay.family).release(relay.port);
+        }
     }
 
-    /// Removes an allocation: its port back to the pool (when `release`;
-    /// once the driver reports the opening, when it is still opening it),
-    /// the driver told to close its socket (when it was opened).
-    pub(super) fn forget(&mut self, relay: RelayId, release: bool) {
+    /// Removes an allocation: the driver told to close its socket, its
+    /// port back to the pool after [`PORT_REUSE_DELAY`] (when its socket is
+    /// still being opened, once the driver reports that).
+    pub(super) fn forget(&mut self, now: Instant, relay: RelayId) {
+        let Some(alloc) = self.allocations.get(&relay) else { return };
+        if !alloc.opened {
+            self.remove(relay);
+            self.abandoned.insert(relay);
+            return;
+        }
+        self.remove(relay);
+        self.commands.push_back(Command::CloseRelay { relay });
+        self.cool(relay, now, PORT_REUSE_DELAY);
+    }
+
+    /// Takes an allocation out of the tables (its port is the caller's to
+    /// return).
+    fn remove(&mut self, relay: RelayId) {
         let Some(alloc) = self.allocations.remove(&relay) else { return };
         self.by_client.remove(&alloc.client);
-        let user = (alloc.realm, alloc.username.clone());
+        let user = (alloc.realm, alloc.username);
         if let Some(n) = self.per_user.get_mut(&user) {
             *n -= 1;
             if *n == 0 {
                 self.per_user.remove(&user);
             }
-        }
-        if !alloc.opened && release {
-            // The driver is opening its socket: the port waits for that.
-            self.abandoned.insert(relay);
-            return;
-        }
-        if release {
-            self.pool(relay.family).release(relay.port);
-        }
-        if alloc.opened {
-            self.commands.push_back(Command::CloseRelay { relay });
         }
     }
 

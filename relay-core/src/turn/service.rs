@@ -29,8 +29,14 @@ use super::stats::TurnStats;
 use crate::framing::Framing;
 use crate::wire::stun::HEADER_LEN;
 
-/// Largest datagram received.
+/// Largest datagram received from a client.
 const MAX_DATAGRAM: usize = 65_535;
+/// Largest datagram a relayed socket takes from a peer (media is far
+/// smaller; a datagram that fills the buffer may have been cut, and is
+/// dropped, counted). Every allocation holds one such buffer.
+const MAX_PEER_DATAGRAM: usize = 4096;
+/// Receive buffer of each UDP listener, bytes.
+const LISTENER_RECV_BUFFER: usize = 8 << 20;
 /// A stream connection holding no allocation is closed after this long.
 pub const STREAM_IDLE: Duration = Duration::from_secs(30);
 /// Messages queued for one stream client before more are dropped.
@@ -71,6 +77,8 @@ struct Shared {
     send_failures: u64,
     /// Stream connections refused at a limit.
     streams_refused: u64,
+    /// Peer datagrams too large for a relayed socket's buffer.
+    oversize_drops: u64,
 }
 
 struct Relay {
@@ -124,6 +132,8 @@ impl TurnService {
             .into_iter()
             .map(|s| {
                 s.set_nonblocking(true)?;
+                // Every client's datagrams arrive on these few sockets.
+                let _ = crate::io::sys::set_large_recv_buffer(&socket2::SockRef::from(&s), LISTENER_RECV_BUFFER);
                 UdpSocket::from_std(s).map(Arc::new)
             })
             .collect::<io::Result<_>>()?;
@@ -137,6 +147,7 @@ impl TurnService {
             stream_limits: limits,
             send_failures: 0,
             streams_refused: 0,
+            oversize_drops: 0,
         }));
         let mut tasks = Vec::new();
         for (i, socket) in udp.iter().enumerate() {
@@ -245,7 +256,7 @@ impl TurnService {
                         s.stream_sources.remove(&source);
                     }
                 }
-                s.server.handle_client_closed(key);
+                s.server.handle_client_closed(Instant::now(), key);
                 drain(&mut s.server)
             };
             apply(&shared, &udp, commands);
@@ -270,6 +281,11 @@ impl TurnService {
     /// Stream connections refused at a limit so far.
     pub fn streams_refused(&self) -> u64 {
         lock(&self.shared).streams_refused
+    }
+
+    /// Peer datagrams dropped as too large for a relayed socket's buffer.
+    pub fn oversize_drops(&self) -> u64 {
+        lock(&self.shared).oversize_drops
     }
 
     /// Reads the server (allocations, settings) under its lock.
@@ -340,13 +356,22 @@ fn handle_client_message(shared: &Arc<Mutex<Shared>>, udp: &Listeners, client: C
 async fn serve_udp(shared: Arc<Mutex<Shared>>, udp: Listeners, socket: Arc<UdpSocket>, index: u16) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-            // An ICMP error reported on the socket: nothing to read.
+        if socket.readable().await.is_err() {
             tokio::task::yield_now().await;
             continue;
-        };
-        let client = ClientKey { transport: Transport::Udp, listener: index, source: from };
-        handle_client_message(&shared, &udp, client, &buf[..n]);
+        }
+        // Everything queued, then wait again (one wake-up for a burst).
+        loop {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let client = ClientKey { transport: Transport::Udp, listener: index, source: from };
+                    handle_client_message(&shared, &udp, client, &buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // An ICMP error reported on the socket: nothing to read.
+                Err(_) => {}
+            }
+        }
     }
 }
 
@@ -449,23 +474,47 @@ fn open_relay(bind: SocketAddr) -> io::Result<Arc<UdpSocket>> {
 
 async fn serve_relay(shared: Arc<Mutex<Shared>>, udp: Listeners, socket: Arc<UdpSocket>, relay: RelayId) {
     // Received behind room for a ChannelData header.
-    let mut buf = vec![0u8; CHANNEL_HEADER_LEN + MAX_DATAGRAM];
+    let mut buf = vec![0u8; CHANNEL_HEADER_LEN + MAX_PEER_DATAGRAM];
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf[CHANNEL_HEADER_LEN..]).await else {
+        if socket.readable().await.is_err() {
             tokio::task::yield_now().await;
             continue;
-        };
-        let out =
-            lock(&shared).server.handle_peer(turn_now(), relay, from, &buf[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + n]);
-        match out {
-            PeerOutput::Channel { client, header } => {
-                if let Some(range) = Framing::Prepend(header).apply(&mut buf, CHANNEL_HEADER_LEN, n) {
-                    deliver(&shared, &udp, client, &buf[range], true);
-                }
-            }
-            PeerOutput::Indication { client, message } => deliver(&shared, &udp, client, &message, false),
-            PeerOutput::Drop(_) => {}
         }
+        loop {
+            let (n, from) = match socket.try_recv_from(&mut buf[CHANNEL_HEADER_LEN..]) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            if n == MAX_PEER_DATAGRAM {
+                lock(&shared).oversize_drops += 1;
+                continue;
+            }
+            relay_peer_datagram(&shared, &udp, relay, from, &mut buf, n);
+        }
+    }
+}
+
+/// Decides on a peer's datagram (at `buf[CHANNEL_HEADER_LEN..][..n]`) and
+/// sends it on to the client.
+fn relay_peer_datagram(
+    shared: &Mutex<Shared>,
+    udp: &Listeners,
+    relay: RelayId,
+    from: SocketAddr,
+    buf: &mut [u8],
+    n: usize,
+) {
+    let out =
+        lock(shared).server.handle_peer(turn_now(), relay, from, &buf[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + n]);
+    match out {
+        PeerOutput::Channel { client, header } => {
+            if let Some(range) = Framing::Prepend(header).apply(buf, CHANNEL_HEADER_LEN, n) {
+                deliver(shared, udp, client, &buf[range], true);
+            }
+        }
+        PeerOutput::Indication { client, message } => deliver(shared, udp, client, &message, false),
+        PeerOutput::Drop(_) => {}
     }
 }
 
