@@ -13,3 +13,4 @@ pub mod sessions;
 pub mod stats;
 pub mod target;
 pub mod tunnel;
+pub mod turn;

@@ -9,6 +9,7 @@
 //! ucmrc-loadtest sessions [--sessions 100000] [--api rust|ng] [--addresses 20] [--sample 1000] [--json FILE|-]
 //! ```
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,6 +39,70 @@ enum Cmd {
     /// (several loopback addresses), set up over the Rust API or over ng;
     /// memory per session, setup rate, media on a sample.
     Sessions(SessionsArgs),
+    /// TURN load against a TURN server (UCMRC's or another, the same way):
+    /// real allocations with REST credentials, a channel each, ChannelData
+    /// both ways through the relayed addresses; with --server-pid, the
+    /// server's CPU per relayed datagram and memory per allocation.
+    Turn(TurnArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TurnArgs {
+    /// The server's UDP listener.
+    #[arg(long)]
+    server: SocketAddr,
+    /// The REST shared secret (use-auth-secret).
+    #[arg(long)]
+    secret: String,
+    /// Allocations (each with a channel to a peer socket of this process).
+    #[arg(long, default_value_t = 1000)]
+    allocations: usize,
+    /// Datagrams per second each way per allocation.
+    #[arg(long, default_value_t = 50)]
+    pps: u32,
+    /// Seconds of traffic.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Payload bytes per datagram.
+    #[arg(long, default_value_t = 160)]
+    payload: usize,
+    /// Allocations set up at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// The server's pid: its CPU time and memory are read from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the JSON report to FILE (`-`: stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn turn(a: TurnArgs) -> Result<(), String> {
+    let r = loadtest::turn::run(&loadtest::turn::TurnOptions {
+        server: a.server,
+        secret: a.secret,
+        allocations: a.allocations,
+        pps: a.pps,
+        duration: Duration::from_secs(a.duration),
+        payload: a.payload.max(loadtest::packet::MIN_PAYLOAD),
+        concurrency: a.concurrency,
+        server_pid: a.server_pid,
+    })?;
+    println!(
+        "{} allocations (challenge, Allocate, ChannelBind) in {:.2} s: {:.0} per second",
+        r.allocations, r.setup_secs, r.allocations_per_sec
+    );
+    println!(
+        "  client→peer {} of {} ({:.3} % lost), peer→client {} of {} ({:.3} % lost); latency p50 {} µs, p99 {} µs, max {} µs",
+        r.received[0], r.sent[0], r.loss_percent[0], r.received[1], r.sent[1], r.loss_percent[1], r.latency_us[0], r.latency_us[1], r.latency_us[2]
+    );
+    if let (Some(cpu), Some(ns)) = (r.server_cpu_secs, r.server_ns_per_datagram) {
+        println!("  server: {cpu:.2} CPU s for the traffic, {ns:.0} ns per relayed datagram");
+    }
+    if let (Some(cpu), Some(bytes)) = (r.server_setup_cpu_secs, r.server_bytes_per_allocation) {
+        println!("  server: {cpu:.2} CPU s for the allocations, {bytes:.0} bytes of RSS per allocation");
+    }
+    write_json(&a.json, &serde_json::to_value(&r).map_err(|e| e.to_string())?)
 }
 
 #[derive(Debug, clap::Args)]
@@ -333,6 +398,13 @@ fn media(a: MediaArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Media(a) => match media(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ucmrc-loadtest: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Turn(a) => match turn(a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ucmrc-loadtest: {e}");

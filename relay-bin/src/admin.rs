@@ -308,7 +308,13 @@ fn turn_figures(service: &relay_core::turn::service::TurnService) -> metrics::Tu
         tenants.dedup();
         (server.stats().clone(), tenants)
     });
-    metrics::TurnFigures { stats, allocations, send_failures: service.send_failures() }
+    metrics::TurnFigures {
+        stats,
+        allocations,
+        send_failures: service.send_failures(),
+        oversize_drops: service.oversize_drops(),
+        streams_refused: service.streams_refused(),
+    }
 }
 
 /// `GET /v1/cluster`: this node's role, lease and replication figures, and

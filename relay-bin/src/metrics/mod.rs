@@ -108,8 +108,12 @@ pub struct TurnFigures {
     pub stats: relay_core::turn::TurnStats,
     /// Allocations now, by tenant (every configured tenant listed).
     pub allocations: Vec<(String, u64)>,
-    /// Sends the kernel refused.
+    /// Sends the kernel refused (or a stream client's full queue).
     pub send_failures: u64,
+    /// Peer datagrams too large for a relayed socket's buffer.
+    pub oversize_drops: u64,
+    /// TCP/TLS connections refused at the connection limits.
+    pub streams_refused: u64,
 }
 
 /// Encodes every metric (OpenMetrics text, [`CONTENT_TYPE`]).
@@ -295,8 +299,14 @@ fn turn(s: &mut Scrape, t: &TurnFigures) {
     );
     let mut drops: Vec<(&str, u64)> = TurnDrop::ALL.iter().map(|d| (d.label(), t.stats.drops(*d))).collect();
     drops.push(("send_failed", t.send_failures));
+    drops.push(("oversize", t.oversize_drops));
     s.counters("ucmrc_turn_drops", "TURN input dropped (and sends the kernel refused), by reason", "reason", drops);
     s.counter("ucmrc_turn_allocations_expired", "TURN allocations that expired unrefreshed", t.stats.expired);
+    s.counter(
+        "ucmrc_turn_streams_refused",
+        "TURN TCP/TLS connections refused at the connection limits",
+        t.streams_refused,
+    );
     s.counter(
         "ucmrc_turn_ports_unavailable",
         "Relayed ports TURN could not open (held by another process)",

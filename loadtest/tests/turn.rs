@@ -1,0 +1,56 @@
+//! `ucmrc-loadtest turn` against an in-process TURN server: every
+//! allocation made, every datagram back intact both ways, its CPU read
+//! from /proc, and its allocations deleted at the end (a second run on
+//! the same server succeeds).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use loadtest::turn::{run, TurnOptions};
+use relay_core::peer::PeerPolicy;
+use relay_core::turn::auth::{NonceKey, RestSecrets};
+use relay_core::turn::service::TurnService;
+use relay_core::turn::{PeerNet, Realm, RelayAddress, TurnLimits, TurnServer, TurnSettings};
+
+#[test]
+fn the_turn_load_relays_every_datagram_and_leaves_nothing_behind() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+    let settings = TurnSettings {
+        realms: vec![Realm {
+            name: "load.test".into(),
+            tenant: "load".into(),
+            rest: RestSecrets::new(vec![b"load-secret".to_vec()]),
+            users: Vec::new(),
+            allow_peers: vec![PeerNet::parse("127.0.0.1").expect("net")],
+        }],
+        relay_v4: Some(RelayAddress { bind: ip, advertised: ip }),
+        relay_v6: None,
+        first_port: 31000,
+        last_port: 31099,
+        policy: PeerPolicy::default(),
+        limits: TurnLimits { stranger_burst_bytes: 1 << 20, ..TurnLimits::default() },
+    };
+    let server = TurnServer::new(settings, NonceKey::new([3; 32]), None, 7).expect("server");
+    let listener = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let service = rt.block_on(async { TurnService::start(server, vec![listener], Default::default()) }).expect("start");
+    let opts = TurnOptions {
+        server: addr,
+        secret: "load-secret".into(),
+        allocations: 40,
+        pps: 50,
+        duration: Duration::from_secs(1),
+        payload: 160,
+        concurrency: 4,
+        server_pid: Some(std::process::id()),
+    };
+    for round in 0..2 {
+        let r = run(&opts).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(r.allocations, 40);
+        assert_eq!(r.sent, [2000, 2000], "round {round}");
+        assert_eq!(r.received, r.sent, "round {round}: every datagram back intact");
+        assert!(r.server_ns_per_datagram.is_some_and(|ns| ns > 0.0));
+        assert_eq!(service.with_server(|s| s.allocations().count()), 0, "round {round}: all deleted");
+    }
+}
