@@ -103,7 +103,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     let mut bound: Vec<SocketAddr> = Vec::new();
     let ng_line = start_ng(&cfg, &state, &mut bound).await?;
     let control_line = start_control(&cfg, &state, &mut bound).await?;
-    let tunnels_line = start_tunnels(&cfg, &state, &mut bound).await?;
+    let (tunnels_line, tunnel_addrs) = start_tunnels(&cfg, &state, &mut bound).await?;
     let turn_sockets = bind_turn(&cfg, &mut bound).await?;
     // Every bound listener (kernel-chosen ports included) is one of the
     // relay's own addresses: never a hint, latched source or destination.
@@ -114,7 +114,7 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
         .reconfigure(cfg.relay.defaults.clone(), peer_policy(&cfg, &listeners))
         .await
         .map_err(|e| e.to_string())?;
-    let turn_line = start_turn(&cfg, &state, turn_sockets, &listeners)?;
+    let turn_line = start_turn(&cfg, &state, turn_sockets, &listeners, &tunnel_addrs)?;
     let mut cluster = match &cfg.cluster {
         None => None,
         Some(c) => {
@@ -212,23 +212,29 @@ async fn start_control(cfg: &Config, state: &AdminState, bound: &mut Vec<SocketA
 
 /// Starts the tunnel listeners and the connectors' data listener when
 /// configured; the banner line.
-async fn start_tunnels(cfg: &Config, state: &AdminState, bound: &mut Vec<SocketAddr>) -> Result<String, String> {
+async fn start_tunnels(
+    cfg: &Config,
+    state: &AdminState,
+    bound: &mut Vec<SocketAddr>,
+) -> Result<(String, Vec<SocketAddr>), String> {
     let (Some(server), Some(t)) = (&state.tunnels, &cfg.tunnels) else {
-        return Ok("tunnels disabled (no [tunnels] section)".to_string());
+        return Ok(("tunnels disabled (no [tunnels] section)".to_string(), Vec::new()));
     };
+    let mut addrs = Vec::new();
     let (data, data_addr) = listen(t.data_listen, format!("tunnels.data_listen {}", t.data_listen)).await?;
     bound.push(data_addr);
     let mut shown = Vec::new();
     for (addr, service) in &t.listeners {
         let (l, local) = listen(*addr, format!("tunnels.listeners {addr} ({service})")).await?;
         bound.push(local);
+        addrs.push(local);
         shown.push(format!("{service}=tcp://{local}"));
         let (server, service) = (server.clone(), service.clone());
         tokio::spawn(async move { server.serve_tunnel(l, service, std::future::pending()).await });
     }
     let server = server.clone();
     tokio::spawn(async move { server.serve_data(data, std::future::pending()).await });
-    Ok(format!("tunnels: {} data=tcp://{data_addr}", shown.join(" ")))
+    Ok((format!("tunnels: {} data=tcp://{data_addr}", shown.join(" ")), addrs))
 }
 
 /// TURN's bound listeners.
@@ -262,12 +268,13 @@ async fn bind_turn(cfg: &Config, bound: &mut Vec<SocketAddr>) -> Result<TurnSock
 
 /// Starts the TURN server on its bound listeners, its peers held to the
 /// relay's policy (every listener of the process among its own
-/// addresses); the banner line.
+/// addresses), and lets connectors ask for credentials; the banner line.
 fn start_turn(
     cfg: &Config,
     state: &AdminState,
     sockets: TurnSockets,
     listeners: &[SocketAddr],
+    tunnel_addrs: &[SocketAddr],
 ) -> Result<String, String> {
     let Some(t) = &cfg.turn else { return Ok("turn disabled (no [turn] section)".to_string()) };
     let mut shown: Vec<String> =
@@ -281,6 +288,13 @@ fn start_turn(
         policy: peer_policy(cfg, listeners),
         limits: t.limits,
     };
+    if let Some(control) = &state.control {
+        let uris = match t.uris.is_empty() {
+            true => turn_uris(t, &sockets, tunnel_addrs),
+            false => t.uris.clone(),
+        };
+        control.set_turn_issuer(Arc::new(relay_core::turn::credentials::RestIssuer::new(&settings, uris)));
+    }
     let mut key = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut key))
@@ -335,6 +349,46 @@ fn start_turn(
         t.ports.1,
         t.realms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(",")
     ))
+}
+
+/// The TURN URIs (RFC 7065) of the bound listeners, told to connectors
+/// with the credentials they ask for: each listener's address, or the
+/// advertised address when it is the relayed address or unspecified; TLS
+/// by the first server name when there is one. On the tunnel listeners:
+/// `turns:` when TURN has a certificate, else TURN over TCP.
+fn turn_uris(t: &crate::config::TurnConfig, sockets: &TurnSockets, tunnel_addrs: &[SocketAddr]) -> Vec<String> {
+    let host = |a: SocketAddr| -> String {
+        let family = if a.is_ipv4() { t.relay_v4 } else { t.relay_v6 };
+        let ip = match family {
+            Some(r) if a.ip().is_unspecified() || a.ip() == r.bind => r.advertised,
+            _ => a.ip(),
+        };
+        match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        }
+    };
+    let tls_host = |a: SocketAddr| t.server_names.first().cloned().unwrap_or_else(|| host(a));
+    let mut uris = Vec::new();
+    let local = |s: std::io::Result<SocketAddr>| s.ok();
+    for a in sockets.udp.iter().filter_map(|s| local(s.local_addr())) {
+        uris.push(format!("turn:{}:{}?transport=udp", host(a), a.port()));
+    }
+    for a in sockets.tcp.iter().filter_map(|s| local(s.local_addr())) {
+        uris.push(format!("turn:{}:{}?transport=tcp", host(a), a.port()));
+    }
+    if t.tls_key.is_some() {
+        for a in sockets.tls.iter().filter_map(|s| local(s.local_addr())) {
+            uris.push(format!("turns:{}:{}?transport=tcp", tls_host(a), a.port()));
+        }
+    }
+    for &a in tunnel_addrs {
+        match t.tls_key.is_some() {
+            true => uris.push(format!("turns:{}:{}?transport=tcp", tls_host(a), a.port())),
+            false => uris.push(format!("turn:{}:{}?transport=tcp", host(a), a.port())),
+        }
+    }
+    uris
 }
 
 /// The next listener index (the server tells clients apart by it).

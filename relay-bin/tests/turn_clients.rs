@@ -110,8 +110,14 @@ fn uclient_at(
     peer: Option<SocketAddr>,
     messages: u32,
 ) -> Run {
+    uclient_auth(turn, flags, &["-W", secret, "-u", user], peer, messages)
+}
+
+/// `turnutils_uclient` with its credential flags (`-W secret -u user`: it
+/// makes REST credentials itself; `-u username -w password`: given ones).
+fn uclient_auth(turn: SocketAddr, flags: &[&str], auth: &[&str], peer: Option<SocketAddr>, messages: u32) -> Run {
     let mut cmd = Command::new("timeout");
-    cmd.args(["60", "turnutils_uclient"]).args(flags).args(["-W", secret, "-u", user]);
+    cmd.args(["60", "turnutils_uclient"]).args(flags).args(auth);
     if let Some(peer) = peer {
         cmd.args(["-e", &peer.ip().to_string(), "-r", &peer.port().to_string()]);
     }
@@ -265,5 +271,65 @@ fn coturn_clients_over_tcp_and_tls_and_on_the_port_shared_with_sni_pass_through(
         m.iter().filter(|(k, _)| k.starts_with("ucmrc_tunnel_rejections_total")).map(|(_, v)| v).sum()
     };
     assert_eq!(refused(&after), refused(&before) + 1.0, "routed as a tunnel (and refused: no such PBX)");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_pbx_asks_for_turn_credentials_on_its_control_channel_and_coturn_s_client_uses_them() {
+    let dir = temp_dir("turn-grant");
+    let (ca, cert, key) = write_pki(&dir, "control");
+    let (acme_token, globex_token) = ("acme-connector-token-0123456789abcdef", "globex-connector-token-0123456789abcd");
+    let hash = |t: &str| hex::encode(relay_core::control::auth::token_hash(t));
+    let r = relay_with(
+        "",
+        &format!(
+            "[control]\nlisten = \"127.0.0.1:0\"\ncert = {cert:?}\nkey = {key:?}\n\
+             [tenants.acme]\ntoken_sha256 = \"{}\"\n[tenants.globex]\ntoken_sha256 = \"{}\"\n",
+            hash(acme_token),
+            hash(globex_token)
+        ),
+    );
+    let peer = EchoPeer::start("127.0.0.1");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let connect = |tenant: &str, token: &str| {
+        let ca = std::fs::read(&ca).expect("ca");
+        let config = relay_core::connector::ConnectorConfig::new(
+            &r.control.expect("control listener").to_string(),
+            "relay.test",
+            relay_core::tls::ClientTrust::CaPem(ca),
+            tenant,
+            token,
+        );
+        let c = rt.block_on(async { relay_core::connector::Connector::start(config) }).expect("connector");
+        rt.block_on(c.handle().wait_connected(1, Duration::from_secs(10))).expect("connected");
+        c
+    };
+    // acme's PBX asks for a Wave client's credentials: acme's realm, the
+    // UDP listener among the URIs, and coturn's client relays with them.
+    let acme = connect("acme", acme_token);
+    let grant =
+        rt.block_on(acme.handle().turn_credentials("wave-7", Some(Duration::from_secs(600)))).expect("credentials");
+    assert_eq!(grant.realm, "turn.test");
+    assert!(grant.username.ends_with(":wave-7"), "{grant:?}");
+    let udp = r.turn_addr("udp");
+    assert!(grant.uris.contains(&format!("turn:{}:{}?transport=udp", udp.ip(), udp.port())), "{grant:?}");
+    let auth = ["-u", grant.username.as_str(), "-w", grant.password.as_str()];
+    uclient_auth(udp, &["-m", "1"], &auth, Some(peer.addr), 30).assert_all_echoed(1, 30);
+    // A tampered password is refused like any wrong credential.
+    let mut wrong = grant.password.clone();
+    wrong.replace_range(0..1, if wrong.starts_with('A') { "B" } else { "A" });
+    let run = uclient_auth(udp, &["-c"], &["-u", grant.username.as_str(), "-w", &wrong], Some(peer.addr), 5);
+    assert!(run.output.contains("Cannot complete Allocation"), "{}", run.output);
+    // globex has no TURN realm: it gets none, and never acme's.
+    let globex = connect("globex", globex_token);
+    let refused = rt.block_on(globex.handle().turn_credentials("wave-7", None));
+    assert!(
+        matches!(&refused, Err(relay_core::connector::ConnectorError::Refused { code, .. }) if code == "turn_not_configured"),
+        "{refused:?}"
+    );
+    let m = scrape(&r);
+    assert_eq!(m["ucmrc_connector_events_total{event=\"turn_credentials_issued\"}"], 1.0, "{m:?}");
+    rt.block_on(acme.stop());
+    rt.block_on(globex.stop());
     let _ = std::fs::remove_dir_all(dir);
 }

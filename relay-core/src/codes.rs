@@ -106,6 +106,9 @@ crate::names::named! {
         Timeout => "timeout",
         /// The relay is shutting down.
         Shutdown => "shutdown",
+        /// TURN credentials were asked for, but the relay has no TURN realm
+        /// with shared secrets for the channel's tenant.
+        TurnNotConfigured => "turn_not_configured",
     }
 }
 
@@ -143,7 +146,8 @@ impl ErrorCode {
             | ErrorCode::NotAuthenticated
             | ErrorCode::UnexpectedFrame
             | ErrorCode::Timeout
-            | ErrorCode::Shutdown => Surface::Channel,
+            | ErrorCode::Shutdown
+            | ErrorCode::TurnNotConfigured => Surface::Channel,
             ErrorCode::RestoreConflict
             | ErrorCode::Unauthorized
             | ErrorCode::ForbiddenHost

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_core::api::{AllocationReply, LegRequest, SessionRequest, SrtpAuthKeys, UpdateRequest};
-use relay_core::connector::{Backoff, Connector, ConnectorError};
+use relay_core::connector::{Backoff, Connector, ConnectorError, TurnGrant};
 use relay_core::control::auth::AuthPolicy;
 use relay_core::control::frame::{Frame, FrameDecoder, FrameType};
 use relay_core::control::messages::{Hello, Message};
 use relay_core::control::server::{ControlConfig, SecondConnector};
+use relay_core::control::turn_credentials::{IssueError, IssuedCredentials, TurnCredentialIssuer};
 use relay_core::tls::{client_config, load_certified_key, pem_fingerprint, ClientTrust};
 use relay_core::RelayError;
 use test_support::control::*;
@@ -229,6 +230,107 @@ async fn connector_allocates_a_session_that_carries_real_srtp_and_cannot_touch_o
     acme.stop().await;
     globex.stop().await;
     env.stats_until("both connectors gone", |s| s.connectors_active == 0).await;
+}
+
+/// An issuer that records what the control listener asked it for and
+/// signs nothing (the TURN server's own issuer is tested with the server,
+/// and end to end with coturn's client in relay-bin).
+#[derive(Default)]
+struct RecordingIssuer {
+    asked: std::sync::Mutex<Vec<(String, String, Duration)>>,
+}
+
+impl TurnCredentialIssuer for RecordingIssuer {
+    fn issue(
+        &self,
+        tenant: &str,
+        user: &str,
+        lifetime: Duration,
+        now_unix: u64,
+    ) -> Result<IssuedCredentials, IssueError> {
+        self.asked.lock().expect("lock").push((tenant.into(), user.into(), lifetime));
+        if tenant == "globex" {
+            return Err(IssueError::NotConfigured);
+        }
+        Ok(IssuedCredentials {
+            username: format!("{}:{user}", now_unix + lifetime.as_secs()),
+            password: format!("password-of-{tenant}-{user}"),
+            realm: format!("turn.{tenant}.test"),
+            ttl: lifetime,
+            uris: vec!["turns:turn.relay.test:443?transport=tcp".into()],
+        })
+    }
+}
+
+fn refused_with(r: &Result<TurnGrant, ConnectorError>) -> Option<String> {
+    match r {
+        Err(ConnectorError::Refused { code, .. }) => Some(code.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_get_turn_credentials_of_their_own_tenant_within_bounds() {
+    let env = env(quick()).await;
+    let acme = Connector::start(env.connector("acme", ACME_TOKEN, "pbx-1")).expect("start");
+    let h = acme.handle();
+    h.wait_connected(1, WAIT).await.expect("connected");
+    // A relay without TURN says so.
+    let r = h.turn_credentials("ext-201", None).await;
+    assert_eq!(refused_with(&r).as_deref(), Some("turn_not_configured"), "{r:?}");
+
+    let issuer = Arc::new(RecordingIssuer::default());
+    assert!(env.server.set_turn_issuer(issuer.clone()));
+    assert!(!env.server.set_turn_issuer(Arc::new(RecordingIssuer::default())), "set once");
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let grant = h.turn_credentials("ext-201", None).await.expect("issued");
+    let expiry: u64 = grant.username.split(':').next().and_then(|e| e.parse().ok()).expect("expiry:user");
+    assert!(expiry >= before + 86_400 && expiry <= before + 86_400 + 60, "a day by default: {}", grant.username);
+    assert_eq!(grant.username.split_once(':').map(|(_, u)| u), Some("ext-201"));
+    assert_eq!(grant.password, "password-of-acme-ext-201");
+    assert_eq!((grant.realm.as_str(), grant.ttl), ("turn.acme.test", Duration::from_secs(86_400)));
+    assert_eq!(grant.uris, ["turns:turn.relay.test:443?transport=tcp"]);
+    assert!(!format!("{grant:?}").contains("password-of"), "Debug masks the password");
+    let short = h.turn_credentials("ext-202", Some(Duration::from_secs(600))).await.expect("issued");
+    assert_eq!(short.ttl, Duration::from_secs(600));
+
+    // Out of bounds: refused before the issuer is asked.
+    for (user, lifetime) in [
+        ("a:b", None),
+        ("", None),
+        ("ext 1", None),
+        (&*"x".repeat(65), None),
+        ("ext-1", Some(Duration::from_secs(59))),
+        ("ext-1", Some(Duration::from_secs(7 * 86_400 + 1))),
+    ] {
+        let r = h.turn_credentials(user, lifetime).await;
+        assert_eq!(refused_with(&r).as_deref(), Some("invalid_field"), "{user:?} {lifetime:?}: {r:?}");
+    }
+    // The tenant is always the channel's: globex is asked about as globex.
+    let globex = Connector::start(env.connector("globex", GLOBEX_TOKEN, "pbx-g")).expect("start");
+    let g = globex.handle();
+    g.wait_connected(1, WAIT).await.expect("connected");
+    let r = g.turn_credentials("ext-201", None).await;
+    assert_eq!(refused_with(&r).as_deref(), Some("turn_not_configured"), "{r:?}");
+    let asked = issuer.asked.lock().expect("lock").clone();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(
+        asked,
+        [
+            ("acme".to_string(), "ext-201".to_string(), day),
+            ("acme".to_string(), "ext-202".to_string(), Duration::from_secs(600)),
+            ("globex".to_string(), "ext-201".to_string(), day),
+        ]
+    );
+    let s = env.server.stats();
+    assert_eq!(s.turn_credentials_issued, 2, "{s:?}");
+    assert!(s.request_errors >= 8, "{s:?}");
+    // Sessions still work on the same channel (replies are matched by id
+    // and kind).
+    let alloc = h.allocate(SessionRequest::default()).await.expect("allocated");
+    h.release(&alloc.id).await.expect("released");
+    acme.stop().await;
+    globex.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

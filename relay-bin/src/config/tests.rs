@@ -332,6 +332,9 @@ fn turn_sections_are_checked_key_by_key_and_risky_ones_warn() {
     assert_eq!(t.ports, (30000, 30099));
     assert_eq!(t.relay_v4.map(|r| r.bind), Some(c.relay.bind_ip), "relayed on the media address by default");
     assert!(c.warnings().iter().all(|w| !w.contains("turn")), "{:?}", c.warnings());
+    let uris = good.replace("[turn]\n", "[turn]\nuris = [\"turns:turn.example.net:443?transport=tcp\"]\n");
+    let c = Config::parse("x.toml", &uris).expect("valid");
+    assert_eq!(c.turn.expect("turn").uris, ["turns:turn.example.net:443?transport=tcp"]);
     for (text, key, line) in [
         (good.replace("port_min = 30000", "port_min = 15000"), "turn.port_min", Some(2)),
         (
@@ -349,6 +352,8 @@ fn turn_sections_are_checked_key_by_key_and_risky_ones_warn() {
         ),
         ("[turn]\nport_min = 30000\nport_max = 30099\n".to_string(), "turn.realms", None),
         (good.replace("[turn]\n", "[turn]\nlisten = []\n"), "turn.listen", Some(2)),
+        (good.replace("[turn]\n", "[turn]\nuris = [\"http://relay.example\"]\n"), "turn.uris", Some(2)),
+        (good.replace("[turn]\n", "[turn]\nuris = [\"turn:relay example:3478\"]\n"), "turn.uris", Some(2)),
     ] {
         let e = Config::parse("x.toml", &text).expect_err(&text);
         assert_eq!((e.key.as_str(), e.line), (key, line), "{text}: {e}");

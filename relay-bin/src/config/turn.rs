@@ -60,6 +60,10 @@ pub struct TurnSection {
     pub bytes_per_second: u64,
     /// Bytes answered to a stranger's address prefix beyond what it sent.
     pub stranger_burst_bytes: u64,
+    /// The TURN URIs (`turn:`/`turns:`, RFC 7065) given with credentials
+    /// a connector asks for (default: one per listener, from the
+    /// advertised addresses and the first server name).
+    pub uris: Vec<String>,
     /// One realm per tenant; the first is the one strangers are told.
     pub realms: Vec<TurnRealmSection>,
 }
@@ -87,6 +91,7 @@ impl Default for TurnSection {
             channels_per_allocation: d.channels_per_allocation,
             bytes_per_second: d.bytes_per_second,
             stranger_burst_bytes: d.stranger_burst_bytes,
+            uris: Vec::new(),
             realms: Vec::new(),
         }
     }
@@ -150,6 +155,8 @@ pub struct TurnConfig {
     pub ports: (u16, u16),
     /// Limits.
     pub limits: TurnLimits,
+    /// Configured URIs (empty: derived from the listeners).
+    pub uris: Vec<String>,
 }
 
 /// Validates `[turn]`; errors are (key, reason).
@@ -199,7 +206,17 @@ pub(super) fn turn_config(t: &TurnSection, file: &FileConfig) -> Result<TurnConf
         stranger_burst_bytes: t.stranger_burst_bytes,
         ..TurnLimits::default()
     };
+    for uri in &t.uris {
+        let scheme_ok = uri.starts_with("turn:") || uri.starts_with("turns:");
+        if !scheme_ok || uri.len() > 255 || !uri.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad("uris", format!("{uri:?} is not a turn: or turns: URI (RFC 7065)")));
+        }
+    }
+    if t.uris.len() > 16 {
+        return Err(bad("uris", format!("{} URIs; at most 16", t.uris.len())));
+    }
     Ok(TurnConfig {
+        uris: t.uris.clone(),
         listen: t.listen.clone(),
         tcp_listen: t.tcp_listen.clone(),
         tls_listen: t.tls_listen.clone(),

@@ -54,7 +54,8 @@ use crate::codes::ErrorCode;
 use crate::control::frame::{FrameDecoder, FrameType, VERSION};
 use crate::control::heartbeat::{Heartbeat as HeartbeatTimer, HeartbeatAction};
 use crate::control::messages::{
-    Allocate, Attach, ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Release, Reply, Update,
+    Allocate, Attach, ErrorMessage, Heartbeat, Hello, HelloResult, Message, OpenStream, Release, Reply,
+    TurnCredentials, TurnCredentialsIssued, Update,
 };
 use crate::control::stream::{dial, read_single_frame, stopped, SingleFrameError};
 use crate::tls::{client_config, ClientTrust, TlsError};
@@ -212,7 +213,35 @@ pub struct ConnectorStatus {
 
 struct Request {
     msg: Message,
-    reply: oneshot::Sender<Result<Reply, ConnectorError>>,
+    reply: oneshot::Sender<Result<Message, ConnectorError>>,
+}
+
+/// Short-lived TURN credentials for one of the PBX's clients (see
+/// [`ConnectorHandle::turn_credentials`]). `Debug` masks the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TurnGrant {
+    /// TURN username (`expiry:user`).
+    pub username: String,
+    /// TURN password: give it to the client, never log it.
+    pub password: String,
+    /// The realm the relay challenges with.
+    pub realm: String,
+    /// How long they stay valid.
+    pub ttl: Duration,
+    /// The relay's TURN URIs (`turn:`/`turns:`), for a WebRTC `iceServers`.
+    pub uris: Vec<String>,
+}
+
+impl std::fmt::Debug for TurnGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnGrant")
+            .field("username", &self.username)
+            .field("password", &"<masked>")
+            .field("realm", &self.realm)
+            .field("ttl", &self.ttl)
+            .field("uris", &self.uris)
+            .finish()
+    }
 }
 
 /// A cloneable handle to a running connector.
@@ -336,7 +365,42 @@ impl ConnectorHandle {
         self.call(|request_id| Message::Release(Release { request_id, id })).await.map(drop)
     }
 
+    /// Short-lived TURN credentials for `user` (an extension or device id:
+    /// 1–64 of `A–Z a–z 0–9 . _ @ + -`), valid for `lifetime` (the relay's
+    /// default, a day, when `None`; 60 s to 7 days), in this tenant's
+    /// realm. Refused with `turn_not_configured` when the relay has no
+    /// TURN realm with shared secrets for the tenant.
+    pub async fn turn_credentials(&self, user: &str, lifetime: Option<Duration>) -> Result<TurnGrant, ConnectorError> {
+        let (user, lifetime_secs) = (user.to_string(), lifetime.map(|l| l.as_secs()));
+        let reply = self
+            .request(|request_id| Message::TurnCredentials(TurnCredentials { request_id, user, lifetime_secs }))
+            .await?;
+        let Message::TurnCredentialsIssued(r) = reply else { return Err(ConnectorError::BadReply) };
+        let TurnCredentialsIssued { ok, username, password, realm, ttl_secs, uris, code, message, .. } = r;
+        match (ok, username, password, realm, ttl_secs) {
+            (true, Some(username), Some(password), Some(realm), Some(ttl)) => {
+                Ok(TurnGrant { username, password, realm, ttl: Duration::from_secs(ttl), uris })
+            }
+            (true, ..) => Err(ConnectorError::BadReply),
+            (false, ..) => Err(refused(code, message)),
+        }
+    }
+
+    /// A session request: its reply, when it succeeded.
     async fn call(&self, build: impl FnOnce(u64) -> Message) -> Result<Reply, ConnectorError> {
+        let reply = match self.request(build).await? {
+            Message::Allocated(r) | Message::Updated(r) | Message::Released(r) => r,
+            _ => return Err(ConnectorError::BadReply),
+        };
+        if reply.ok {
+            Ok(reply)
+        } else {
+            Err(refused(reply.code, reply.message))
+        }
+    }
+
+    /// Sends a request and waits for the message that answers it.
+    async fn request(&self, build: impl FnOnce(u64) -> Message) -> Result<Message, ConnectorError> {
         let request_id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let deadline = tokio::time::Instant::now() + self.request_timeout;
@@ -347,20 +411,17 @@ impl ConnectorHandle {
             Ok(Err(_)) => return Err(ConnectorError::Stopped),
             Ok(Ok(())) => {}
         }
-        let reply = match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => return Err(ConnectorError::NotConnected),
-            Ok(Err(_)) => return Err(ConnectorError::Stopped),
-            Ok(Ok(r)) => r?,
-        };
-        if reply.ok {
-            Ok(reply)
-        } else {
-            Err(ConnectorError::Refused {
-                code: reply.code.unwrap_or_else(|| "unknown".into()),
-                message: reply.message.unwrap_or_default(),
-            })
+        match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => Err(ConnectorError::NotConnected),
+            Ok(Err(_)) => Err(ConnectorError::Stopped),
+            Ok(Ok(r)) => r,
         }
     }
+}
+
+/// A refusal as the relay worded it.
+fn refused(code: Option<String>, message: Option<String>) -> ConnectorError {
+    ConnectorError::Refused { code: code.unwrap_or_else(|| "unknown".into()), message: message.unwrap_or_default() }
 }
 
 struct Worker {
@@ -605,9 +666,12 @@ impl Worker {
                 }
             }
             Message::HeartbeatAck(_) => {}
-            Message::Allocated(r) | Message::Updated(r) | Message::Released(r) => {
-                if let Some(tx) = in_flight.remove(&r.request_id) {
-                    let _ = tx.send(Ok(r));
+            Message::Allocated(Reply { request_id, .. })
+            | Message::Updated(Reply { request_id, .. })
+            | Message::Released(Reply { request_id, .. })
+            | Message::TurnCredentialsIssued(TurnCredentialsIssued { request_id, .. }) => {
+                if let Some(tx) = in_flight.remove(&request_id) {
+                    let _ = tx.send(Ok(msg));
                 }
             }
             Message::OpenStream(o) if o.standby => self.open_standby_stream(o),
@@ -669,7 +733,7 @@ impl Worker {
 }
 
 /// Requests sent on the channel, waiting for their replies.
-type InFlight = HashMap<u64, oneshot::Sender<Result<Reply, ConnectorError>>>;
+type InFlight = HashMap<u64, oneshot::Sender<Result<Message, ConnectorError>>>;
 
 /// Why a channel ended, and whether the relay sent this connector away.
 struct Ended {
@@ -826,6 +890,7 @@ fn request_id(m: &Message) -> u64 {
         Message::Allocate(a) => a.request_id,
         Message::Update(u) => u.request_id,
         Message::Release(r) => r.request_id,
+        Message::TurnCredentials(t) => t.request_id,
         _ => 0,
     }
 }

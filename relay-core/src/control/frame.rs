@@ -54,11 +54,15 @@ pub enum FrameType {
     /// Relay → connector, on a *standby* data connection: which service
     /// the endpoint wants; the tunnel's bytes follow.
     Bind = 14,
+    /// Connector → relay: short-lived TURN credentials for a client.
+    TurnCredentials = 15,
+    /// Relay → connector: the credentials (or why not).
+    TurnCredentialsIssued = 16,
 }
 
 impl FrameType {
     /// Every type, in code order.
-    pub const ALL: [FrameType; 14] = [
+    pub const ALL: [FrameType; 16] = [
         FrameType::Hello,
         FrameType::HelloResult,
         FrameType::Heartbeat,
@@ -73,6 +77,8 @@ impl FrameType {
         FrameType::Error,
         FrameType::Attach,
         FrameType::Bind,
+        FrameType::TurnCredentials,
+        FrameType::TurnCredentialsIssued,
     ];
 
     /// The type with this code.
@@ -97,6 +103,8 @@ impl FrameType {
             FrameType::Error => "error",
             FrameType::Attach => "attach",
             FrameType::Bind => "bind",
+            FrameType::TurnCredentials => "turn_credentials",
+            FrameType::TurnCredentialsIssued => "turn_credentials_issued",
         }
     }
 }

@@ -215,6 +215,67 @@ pub struct Bind {
     pub relay_addr: Option<String>,
 }
 
+/// `turn_credentials` (connector → relay): short-lived TURN credentials
+/// (the REST scheme's `expiry:user` and its password) for one of the PBX's
+/// clients, in the channel tenant's realm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnCredentials {
+    /// Echoed in the reply.
+    pub request_id: u64,
+    /// Who the credentials are for (an extension, a device id): 1–64 of
+    /// `A–Z a–z 0–9 . _ @ + -`; it shows in the relay's allocation listing.
+    pub user: String,
+    /// How long they stay valid; the relay's default when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_secs: Option<u64>,
+}
+
+/// `turn_credentials_issued` (relay → connector).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnCredentialsIssued {
+    /// The request's id.
+    pub request_id: u64,
+    /// Whether credentials were issued.
+    pub ok: bool,
+    /// TURN username (`expiry:user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password (a secret: hand it to the client only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The realm the relay will challenge with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Seconds until the username expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// The relay's TURN URIs (RFC 7065), ready for a WebRTC `iceServers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uris: Vec<String>,
+    /// Error code when not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Human message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl std::fmt::Debug for TurnCredentialsIssued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnCredentialsIssued")
+            .field("request_id", &self.request_id)
+            .field("ok", &self.ok)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<masked>"))
+            .field("realm", &self.realm)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("uris", &self.uris)
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
 /// A decoded message of any type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -246,6 +307,10 @@ pub enum Message {
     Attach(Attach),
     /// `bind`
     Bind(Bind),
+    /// `turn_credentials`
+    TurnCredentials(TurnCredentials),
+    /// `turn_credentials_issued`
+    TurnCredentialsIssued(TurnCredentialsIssued),
 }
 
 /// A payload that is not the message its frame type announces.
@@ -283,6 +348,8 @@ impl Message {
             FrameType::Error => Message::Error(parse(f)?),
             FrameType::Attach => Message::Attach(parse(f)?),
             FrameType::Bind => Message::Bind(parse(f)?),
+            FrameType::TurnCredentials => Message::TurnCredentials(parse(f)?),
+            FrameType::TurnCredentialsIssued => Message::TurnCredentialsIssued(parse(f)?),
         })
     }
 
@@ -307,6 +374,8 @@ impl Message {
             Message::Error(m) => json(FrameType::Error, m),
             Message::Attach(m) => json(FrameType::Attach, m),
             Message::Bind(m) => json(FrameType::Bind, m),
+            Message::TurnCredentials(m) => json(FrameType::TurnCredentials, m),
+            Message::TurnCredentialsIssued(m) => json(FrameType::TurnCredentialsIssued, m),
         }
     }
 }
@@ -336,6 +405,18 @@ mod tests {
             Message::Heartbeat(Heartbeat { seq: 7 }),
             Message::Release(Release { request_id: 3, id: "0100000000000001".into() }),
             Message::Error(ErrorMessage { code: "bad_message".into(), message: "x".into(), request_id: None }),
+            Message::TurnCredentials(TurnCredentials { request_id: 4, user: "ext-201".into(), lifetime_secs: None }),
+            Message::TurnCredentialsIssued(TurnCredentialsIssued {
+                request_id: 4,
+                ok: true,
+                username: Some("1765000000:ext-201".into()),
+                password: Some("pw-secret".into()),
+                realm: Some("turn.acme".into()),
+                ttl_secs: Some(3600),
+                uris: vec!["turn:198.51.100.7:3478?transport=udp".into()],
+                code: None,
+                message: None,
+            }),
         ];
         for m in msgs {
             assert_eq!(Message::decode(&m.encode()), Ok(m.clone()));
@@ -360,5 +441,17 @@ mod tests {
             }
         )
         .contains("s3cret"));
+        let issued = TurnCredentialsIssued {
+            request_id: 1,
+            ok: true,
+            username: None,
+            password: Some("pw-secret".into()),
+            realm: None,
+            ttl_secs: None,
+            uris: vec![],
+            code: None,
+            message: None,
+        };
+        assert!(!format!("{issued:?}").contains("pw-secret"));
     }
 }

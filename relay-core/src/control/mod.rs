@@ -1,7 +1,7 @@
 //! The relay ⇄ connector control protocol: framing and message
 //! types specified byte by byte in `docs/connector-protocol.md`, the
 //! authenticator and the relay-side listener (`server`, the `control`
-//! feature). The connector side is the `connector` module (its feature).
+//! feature) with the TURN credentials it hands out (`turn_credentials`). The connector side is the `connector` module (its feature).
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "control")]
@@ -16,3 +16,5 @@ pub(crate) mod registry;
 #[cfg(feature = "control")]
 pub mod server;
 pub(crate) mod stream;
+#[cfg(feature = "control")]
+pub mod turn_credentials;

@@ -28,9 +28,11 @@ use super::frame::{Frame, FrameDecoder, FrameError};
 use super::heartbeat::{Heartbeat, HeartbeatAction};
 use super::messages::{
     ErrorMessage, Heartbeat as HeartbeatMessage, Hello, HelloResult, Message, OpenStream, RelayLoad, Reply,
+    TurnCredentials, TurnCredentialsIssued,
 };
 use super::registry::Registry;
 use super::stream::{accept_or_back_off, stopped};
+use super::turn_credentials::{check_lifetime, check_user, IssueError, TurnCredentialIssuer};
 use crate::api::{parse_session_id, AllocationReply, FieldError, SessionRequest, UpdateRequest};
 use crate::codes::ErrorCode;
 use crate::tls::{server_config, ReloadableCert, TlsError};
@@ -168,7 +170,7 @@ counters! {
     protocol_errors,
     /// Channels closed after three silent heartbeat intervals.
     heartbeat_timeouts,
-    /// Requests served (allocate, update, release).
+    /// Requests served (allocate, update, release, turn_credentials).
     requests,
     /// Requests that failed (bad body, foreign session, relay error).
     request_errors,
@@ -178,6 +180,8 @@ counters! {
     probes,
     /// Connectors refused because this relay is a cluster standby.
     standby_refused,
+    /// TURN credentials issued to connectors.
+    turn_credentials_issued,
 }
 
 /// One authenticated connector, as listed by [`ControlServer::connectors`].
@@ -229,6 +233,8 @@ struct Inner {
     grace_running: std::sync::atomic::AtomicBool,
     counters: Counters,
     shutdown: watch::Sender<bool>,
+    /// Issues TURN credentials (set when the relay serves TURN).
+    turn_issuer: std::sync::OnceLock<Arc<dyn TurnCredentialIssuer>>,
 }
 
 /// The control listener. Cheap to clone; every clone is the same server.
@@ -283,9 +289,18 @@ impl ControlServer {
                 grace_running: std::sync::atomic::AtomicBool::new(false),
                 counters: Counters::default(),
                 shutdown: watch::channel(false).0,
+                turn_issuer: std::sync::OnceLock::new(),
             }),
         };
         Ok(server)
+    }
+
+    /// Lets connectors ask for TURN credentials for their clients
+    /// (`turn_credentials`); without an issuer they are refused with
+    /// `turn_not_configured`. Set once: later calls return `false` and
+    /// change nothing.
+    pub fn set_turn_issuer(&self, issuer: Arc<dyn TurnCredentialIssuer>) -> bool {
+        self.inner.turn_issuer.set(issuer).is_ok()
     }
 
     /// Replaces the tenant list (configuration reload). Connectors of
@@ -794,6 +809,7 @@ impl Inner {
                 let reply = self.release(tenant, &r.id).await;
                 Some(Message::Released(self.finish(r.request_id, reply)))
             }
+            Message::TurnCredentials(t) => Some(Message::TurnCredentialsIssued(self.turn_credentials(tenant, &t))),
             other => {
                 return Err((
                     ErrorCode::UnexpectedFrame,
@@ -844,6 +860,48 @@ impl Inner {
         let id = self.owned(tenant, id).await?;
         self.relay.release(id).await.map_err(relay_error)?;
         Ok(ok_reply())
+    }
+
+    /// TURN credentials for one of `tenant`'s clients. Never logs the
+    /// password; counted as a request (and an error when refused).
+    fn turn_credentials(&self, tenant: &str, request: &TurnCredentials) -> TurnCredentialsIssued {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let issued = check_user(&request.user).and_then(|()| {
+            let lifetime = check_lifetime(request.lifetime_secs)?;
+            let issuer = self.turn_issuer.get().ok_or(IssueError::NotConfigured)?;
+            let now_unix =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            issuer.issue(tenant, &request.user, lifetime, now_unix)
+        });
+        let mut reply = TurnCredentialsIssued {
+            request_id: request.request_id,
+            ok: false,
+            username: None,
+            password: None,
+            realm: None,
+            ttl_secs: None,
+            uris: Vec::new(),
+            code: None,
+            message: None,
+        };
+        match issued {
+            Ok(c) => {
+                self.counters.turn_credentials_issued.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(tenant, username = %c.username, "control: TURN credentials issued");
+                reply.ok = true;
+                reply.username = Some(c.username);
+                reply.password = Some(c.password);
+                reply.realm = Some(c.realm);
+                reply.ttl_secs = Some(c.ttl.as_secs());
+                reply.uris = c.uris;
+            }
+            Err(e) => {
+                self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
+                reply.code = Some(e.code().as_str().into());
+                reply.message = Some(e.to_string());
+            }
+        }
+        reply
     }
 
     /// The session id, if the session exists and belongs to `tenant`. A

@@ -9,12 +9,16 @@
 //!   [`settings`], per-allocation state in [`allocation`], byte budgets in
 //!   [`limits`], counters in [`stats`] and the wire vocabulary in [`proto`];
 //! - [`service`]: the server on UDP, TCP and TLS sockets (tokio), and
-//!   (feature `tunnels`) `handoff`: TURN on the tunnel listeners' port 443.
+//!   (feature `tunnels`) `handoff`: TURN on the tunnel listeners' port 443;
+//! - (feature `control`) `credentials`: short-lived credentials a PBX's
+//!   connector asks for on its control channel.
 #![forbid(unsafe_code)]
 
 pub mod allocation;
 mod answer;
 pub mod auth;
+#[cfg(feature = "control")]
+pub mod credentials;
 #[cfg(feature = "tunnels")]
 pub mod handoff;
 pub mod limits;
