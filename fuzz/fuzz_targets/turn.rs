@@ -1,11 +1,16 @@
 //! Stateful target: the TURN server's allocation state machine driven by
 //! arbitrary sequences of signed requests (built from the input, so the
 //! fuzzer gets past authentication), raw client bytes, peer datagrams,
-//! relayed ports opening or failing, and time jumps. Invariants: no panic;
+//! relayed ports opening or failing, and time jumps; and TCP allocations
+//! (RFC 6062): Connect and ConnectionBind, peers dialling in, dials
+//! succeeding or failing, connections closing. Invariants: no panic;
 //! data is relayed only from an opened allocation of the sending client,
 //! to a peer the policy allows, as a range inside the input; peer data only
 //! reaches the allocation's own client; allocations never outnumber the
-//! ports; a relayed port is closed only once, after it was opened.
+//! ports; a relayed port is closed only once, after it was opened; a dial
+//! goes from an opened TCP allocation's relayed address to a peer the
+//! policy allows; a data connection joins only a connection that exists;
+//! every connection belongs to an allocation, within its cap.
 #![no_main]
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -21,6 +26,8 @@ use relay_core::wire::stun_writer::StunWriter;
 
 const UNIX: u64 = 1_800_000_000;
 const CLIENTS: [&str; 4] = ["198.51.100.1:5000", "198.51.100.1:5001", "[2001:db8::1]:5000", "203.0.113.7:9"];
+/// Stream clients (control and data connections of TCP allocations).
+const STREAM_CLIENTS: [&str; 3] = ["198.51.100.1:6000", "198.51.100.1:6001", "198.51.100.1:6002"];
 const PEERS: [&str; 8] = [
     "192.0.2.10:7000",
     "192.0.2.10:7001",
@@ -48,7 +55,13 @@ fn server() -> TurnServer {
         first_port: 30000,
         last_port: 30007,
         policy: PeerPolicy::default().with_own(own),
-        limits: TurnLimits { allocations_per_user: 6, permissions_per_allocation: 4, channels_per_allocation: 3, ..TurnLimits::default() },
+        limits: TurnLimits {
+            allocations_per_user: 6,
+            permissions_per_allocation: 4,
+            channels_per_allocation: 3,
+            connections_per_allocation: 3,
+            ..TurnLimits::default()
+        },
     };
     TurnServer::new(settings, NonceKey::new([7; 32]), None, 1).unwrap()
 }
@@ -72,10 +85,28 @@ impl Input<'_> {
     }
 }
 
-fn signed(input: &mut Input<'_>, client: ClientKey, now_unix: u64, nonces: &NonceKey) -> Option<Vec<u8>> {
-    let method = [Method::Allocate, Method::Refresh, Method::CreatePermission, Method::ChannelBind, Method::Binding]
-        [usize::from(input.byte()? % 5)];
+fn signed(
+    input: &mut Input<'_>,
+    client: ClientKey,
+    now_unix: u64,
+    nonces: &NonceKey,
+    connections: &[u32],
+) -> Option<Vec<u8>> {
+    let method = [
+        Method::Allocate,
+        Method::Refresh,
+        Method::CreatePermission,
+        Method::ChannelBind,
+        Method::Binding,
+        Method::Connect,
+        Method::ConnectionBind,
+    ][usize::from(input.byte()? % 7)];
     let mut w = StunWriter::new(message_type(method, StunClass::Request), [input.byte()?; 12]);
+    if method == Method::ConnectionBind {
+        let pick = usize::from(input.byte()?);
+        let id = connections.get(pick % connections.len().max(1)).copied().unwrap_or(pick as u32);
+        w.attribute(ATTR_CONNECTION_ID, &id.to_be_bytes());
+    }
     let flags = input.byte()?;
     if flags & 1 != 0 {
         w.attribute(ATTR_REQUESTED_TRANSPORT, &[if flags & 2 != 0 { TRANSPORT_UDP } else { TRANSPORT_TCP }, 0, 0, 0]);
@@ -117,28 +148,45 @@ fuzz_target!(|data: &[u8]| {
     let clients: Vec<ClientKey> = CLIENTS
         .iter()
         .map(|s| ClientKey { transport: Transport::Udp, listener: 0, source: s.parse().unwrap() })
+        .chain(STREAM_CLIENTS.iter().map(|s| ClientKey {
+            transport: Transport::Tcp,
+            listener: 1,
+            source: s.parse().unwrap(),
+        }))
         .collect();
+    let mut bound: HashSet<u32> = HashSet::new();
     let peers: Vec<SocketAddr> = PEERS.iter().map(|s| s.parse().unwrap()).collect();
     let mut opened: HashSet<RelayId> = HashSet::new();
     let mut input = Input { data, at: 0 };
     while let Some(op) = input.byte() {
         let now = TurnNow { instant: t0 + elapsed, unix_secs: UNIX + elapsed.as_secs() };
         let client = clients[usize::from(op >> 4) % clients.len()];
-        match op % 6 {
+        let connections: Vec<u32> = server.connections().map(|(id, _)| *id).collect();
+        match op % 8 {
             0 | 1 => {
-                let message = if op % 6 == 0 {
-                    let Some(m) = signed(&mut input, client, now.unix_secs, &nonces) else { break };
+                let message = if op % 8 == 0 {
+                    let Some(m) = signed(&mut input, client, now.unix_secs, &nonces, &connections) else { break };
                     m
                 } else {
                     let n = usize::from(input.byte().unwrap_or(0));
                     input.bytes(n).to_vec()
                 };
-                if let ClientOutput::Relay { relay, peer, payload } = server.handle_client(now, client, &message) {
-                    assert!(payload.end <= message.len() && payload.start <= payload.end);
-                    assert!(opened.contains(&relay), "relayed from a port never opened");
-                    let alloc = server.allocations().find(|a| a.relay == relay).expect("allocation");
-                    assert_eq!(alloc.client, client, "relayed for another client's allocation");
-                    assert!(server.peer_allowed(alloc.realm, peer), "relayed to a refused peer {peer}");
+                match server.handle_client(now, client, &message) {
+                    ClientOutput::Relay { relay, peer, payload } => {
+                        assert!(payload.end <= message.len() && payload.start <= payload.end);
+                        assert!(opened.contains(&relay), "relayed from a port never opened");
+                        let alloc = server.allocations().find(|a| a.relay == relay).expect("allocation");
+                        assert_eq!(alloc.client, client, "relayed for another client's allocation");
+                        assert!(!alloc.tcp, "datagrams relayed for a TCP allocation");
+                        assert!(server.peer_allowed(alloc.realm, peer), "relayed to a refused peer {peer}");
+                    }
+                    ClientOutput::Bind { connection, .. } => {
+                        assert_ne!(client.transport, Transport::Udp, "a UDP client bound");
+                        assert!(connections.contains(&connection), "bound to a connection that does not exist");
+                        assert!(!server.has_allocation(client), "a control connection bound as data");
+                        assert!(bound.insert(connection), "a connection bound twice");
+                    }
+                    _ => {}
                 }
             }
             2 => {
@@ -161,6 +209,25 @@ fuzz_target!(|data: &[u8]| {
                 elapsed += Duration::from_secs(u64::from(input.byte().unwrap_or(0)) * 7);
                 server.handle_timeout(t0 + elapsed);
             }
+            6 => {
+                // A peer dials a relayed TCP address.
+                let port = 30000 + u16::from(input.byte().unwrap_or(0) % 9);
+                let peer = peers[usize::from(op >> 4) % peers.len()];
+                let relay = RelayId { family: Family::V4, port };
+                if let Some(id) = server.handle_peer_connection(now, relay, peer) {
+                    let alloc = server.allocations().find(|a| a.relay == relay).expect("allocation");
+                    assert!(alloc.tcp && alloc.opened, "a peer connection kept for a port that does not listen");
+                    assert!(alloc.permits(relay_core::peer::canonical(peer).ip(), now.instant));
+                    assert!(!connections.contains(&id), "a connection id reused");
+                }
+            }
+            7 => {
+                // A connection closes (either side), or a data connection.
+                if let Some(id) = connections.get(usize::from(input.byte().unwrap_or(0)) % connections.len().max(1)) {
+                    server.handle_connection_closed(*id);
+                }
+                server.handle_client_closed(now.instant, client);
+            }
             _ => {
                 let ok = op & 0x10 == 0;
                 while let Some(c) = server.poll_command() {
@@ -173,6 +240,29 @@ fuzz_target!(|data: &[u8]| {
                             }
                             server.handle_relay_opened(now, relay, ok);
                         }
+                        Command::ListenRelay { relay, bind } => {
+                            assert!((30000..=30007).contains(&bind.port()) && bind.port() == relay.port);
+                            assert!(!opened.contains(&relay), "a port opened twice");
+                            if ok {
+                                opened.insert(relay);
+                            }
+                            server.handle_relay_opened(now, relay, ok);
+                        }
+                        Command::Dial { connection, bind, peer } => {
+                            // (A connection whose allocation went meanwhile is
+                            // gone: its dial's outcome is then closed.)
+                            if let Some((_, c)) = server.connections().find(|(id, _)| **id == connection) {
+                                let alloc = server.allocations().find(|a| a.relay == c.relay).expect("allocation");
+                                assert!(
+                                    alloc.tcp && opened.contains(&alloc.relay),
+                                    "dialled from a port not listening"
+                                );
+                                assert_eq!(bind.port(), alloc.relay.port, "dialled from another address");
+                                assert!(server.peer_allowed(alloc.realm, peer), "dialled a refused peer {peer}");
+                            }
+                            server.handle_dialed(now, connection, ok);
+                        }
+                        Command::CloseConnection { .. } => {}
                         Command::CloseRelay { relay } => {
                             assert!(opened.remove(&relay), "closed a port not open");
                         }
@@ -182,5 +272,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert!(server.allocations().count() <= 8, "more allocations than ports");
+        for (_, c) in server.connections() {
+            let alloc = server.allocations().find(|a| a.relay == c.relay).expect("a connection without allocation");
+            assert!(alloc.tcp && alloc.connections <= 3, "over the cap or on a UDP allocation");
+        }
+        let live: HashSet<u32> = server.connections().map(|(id, _)| *id).collect();
+        bound.retain(|id| live.contains(id));
     }
 });

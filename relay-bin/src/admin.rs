@@ -542,9 +542,11 @@ async fn list_turn_allocations(State(st): State<Arc<AdminState>>) -> Json<Value>
                     "transport": a.client.transport.label(),
                     "client": a.client.source.to_string(),
                     "relayed": a.relayed.to_string(),
+                    "relayed_transport": if a.tcp { "tcp" } else { "udp" },
                     "expires_in_secs": a.expires.saturating_duration_since(now).as_secs(),
                     "permissions": a.permission_count(now),
                     "channels": a.channels(now).count(),
+                    "connections": a.connections,
                     "to_peer": { "packets": a.to_peer.0, "bytes": a.to_peer.1 },
                     "to_client": { "packets": a.to_client.0, "bytes": a.to_client.1 },
                 })

@@ -333,3 +333,51 @@ fn a_pbx_asks_for_turn_credentials_on_its_control_channel_and_coturn_s_client_us
     rt.block_on(globex.stop());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn coturn_clients_make_tcp_allocations_rfc_6062_over_tcp_and_tls() {
+    let dir = temp_dir("turn-6062");
+    let (_, tcert, tkey) = write_pki(&dir, "turn");
+    let r = relay_with(
+        &format!(
+            "tcp_listen = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = {tcert:?}\ntls_key = {tkey:?}"
+        ),
+        "",
+    );
+    let bytes = |m: &std::collections::HashMap<String, f64>, direction: &str| {
+        m[&format!("ucmrc_turn_relayed_bytes_total{{direction=\"{direction}\"}}")]
+    };
+    // Client to client over TCP relays (-T): each client allocates a TCP
+    // relayed address and permits the other's; one Connects (the server
+    // dials from its relayed address), the other is told of the incoming
+    // connection; both bind data connections and echo through them. Each
+    // message crosses one allocation towards its peer and the other
+    // towards its client.
+    for (turn, flags, user) in
+        [(r.turn_addr("tcp"), &["-T"][..], "tcp-relay"), (r.turn_addr("tls"), &["-T", "-S"], "tls-relay")]
+    {
+        let before = scrape(&r);
+        let run = uclient_at(turn, flags, SECRET, user, None, 30);
+        run.assert_all_echoed(2, 30);
+        let after = scrape(&r);
+        let delta = |key: &str| after[key] - before[key];
+        assert_eq!(delta("ucmrc_turn_requests_total{method=\"connect\",result=\"success\"}"), 1.0, "{}", run.output);
+        assert_eq!(delta("ucmrc_turn_requests_total{method=\"connection_bind\",result=\"success\"}"), 2.0);
+        let sent = run.sent_and_received().expect("totals").0 as f64;
+        for direction in ["to_peer", "to_client"] {
+            assert_eq!(bytes(&after, direction) - bytes(&before, direction), sent * 180.0, "{direction}");
+        }
+    }
+    // A peer that dials the relayed address itself (-P): the allocation's
+    // client is told, binds, and the bytes cross both ways. (coturn's
+    // client counts only one side's echoes in this mode, against coturn
+    // too: the relay's counters are the measure.)
+    let before = scrape(&r);
+    let run = uclient_at(r.turn_addr("tcp"), &["-P", "-m", "1"], SECRET, "passive", None, 20);
+    assert!(run.output.contains("tot_send_msgs=40"), "{}", run.output);
+    let after = scrape(&r);
+    for direction in ["to_peer", "to_client"] {
+        assert_eq!(bytes(&after, direction) - bytes(&before, direction), 20.0 * 180.0, "{direction}: {}", run.output);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

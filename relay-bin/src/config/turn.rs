@@ -56,6 +56,8 @@ pub struct TurnSection {
     pub permissions_per_allocation: usize,
     /// Channels per allocation.
     pub channels_per_allocation: usize,
+    /// Peer connections per TCP allocation (RFC 6062).
+    pub connections_per_allocation: usize,
     /// Bytes per second one allocation may relay (both ways together).
     pub bytes_per_second: u64,
     /// Bytes answered to a stranger's address prefix beyond what it sent.
@@ -89,6 +91,7 @@ impl Default for TurnSection {
             allocations_per_user: d.allocations_per_user,
             permissions_per_allocation: d.permissions_per_allocation,
             channels_per_allocation: d.channels_per_allocation,
+            connections_per_allocation: d.connections_per_allocation,
             bytes_per_second: d.bytes_per_second,
             stranger_burst_bytes: d.stranger_burst_bytes,
             uris: Vec::new(),
@@ -202,6 +205,7 @@ pub(super) fn turn_config(t: &TurnSection, file: &FileConfig) -> Result<TurnConf
         allocations_per_user: t.allocations_per_user,
         permissions_per_allocation: t.permissions_per_allocation,
         channels_per_allocation: t.channels_per_allocation.min(4096),
+        connections_per_allocation: t.connections_per_allocation.min(1024),
         bytes_per_second: t.bytes_per_second,
         stranger_burst_bytes: t.stranger_burst_bytes,
         ..TurnLimits::default()

@@ -312,6 +312,11 @@ fn turn(s: &mut Scrape, t: &TurnFigures) {
         "Relayed ports TURN could not open (held by another process)",
         t.stats.ports_unavailable,
     );
+    s.counter(
+        "ucmrc_turn_connections_unbound",
+        "Peer connections of TCP allocations (RFC 6062) closed because no ConnectionBind came in time",
+        t.stats.connections_unbound,
+    );
 }
 
 /// `ucmrc_ng_*`: commands by type and result, their latency, and what the

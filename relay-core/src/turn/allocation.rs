@@ -131,6 +131,11 @@ pub struct Allocation {
     pub any_port: bool,
     /// Ports tried for it so far that could not be opened.
     pub open_attempts: u8,
+    /// A TCP allocation (RFC 6062): a listening socket on the relayed
+    /// address, peer connections instead of datagrams.
+    pub tcp: bool,
+    /// Its peer connections (TCP allocations), dialing, waiting or bound.
+    pub connections: usize,
     /// Bytes it may relay.
     pub rate: RateBucket,
     /// Datagrams and bytes relayed client → peer.
@@ -172,6 +177,8 @@ impl Allocation {
             second_family_refused: false,
             any_port: false,
             open_attempts: 0,
+            tcp: false,
+            connections: 0,
             rate,
             to_peer: (0, 0),
             to_client: (0, 0),

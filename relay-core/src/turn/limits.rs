@@ -49,6 +49,26 @@ impl RateBucket {
         }
     }
 
+    /// Takes `bytes` on a stream that cannot drop them: at once when the
+    /// bucket holds them, else all it holds and the time to wait before
+    /// the rest is paid for (nothing refills until then). A zero rate
+    /// waits a second at a time.
+    pub fn pace(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) -> Duration {
+        self.refill(now, per_second, burst);
+        if self.tokens >= bytes {
+            self.tokens -= bytes;
+            return Duration::ZERO;
+        }
+        let owed = bytes - self.tokens;
+        self.tokens = 0;
+        let wait = match per_second {
+            0 => Duration::from_secs(1),
+            rate => Duration::from_micros(owed.saturating_mul(1_000_000) / rate),
+        };
+        self.at = Some(now + wait);
+        wait
+    }
+
     /// Adds `bytes` (at most up to `burst`).
     pub fn credit(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) {
         self.refill(now, per_second, burst);
@@ -98,6 +118,28 @@ impl SourceBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paced_stream_waits_exactly_for_what_it_owes() {
+        let t0 = Instant::now();
+        let mut b = RateBucket::full(1000);
+        assert_eq!(b.pace(t0, 600, 1000, 1000), Duration::ZERO, "within the burst");
+        // 400 left: 1 000 bytes owe 600, paid at 1 000/s.
+        assert_eq!(b.pace(t0, 1000, 1000, 1000), Duration::from_millis(600));
+        // Nothing refills during the wait: right after it, the next 500
+        // bytes owe all of themselves.
+        let t1 = t0 + Duration::from_millis(600);
+        assert_eq!(b.pace(t1, 500, 1000, 1000), Duration::from_millis(500));
+        // Over a long run the rate holds: 10 000 bytes in 100-byte
+        // writes take 10 s less the burst's second.
+        let mut b = RateBucket::full(1000);
+        let mut now = t0;
+        for _ in 0..100 {
+            now += b.pace(now, 100, 1000, 1000);
+        }
+        assert_eq!(now - t0, Duration::from_secs(9));
+        assert_eq!(RateBucket::full(0).pace(t0, 1, 0, 0), Duration::from_secs(1), "no rate: wait and try again");
+    }
 
     #[test]
     fn a_bucket_refills_at_its_rate_up_to_its_burst() {

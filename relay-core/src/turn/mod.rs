@@ -5,7 +5,8 @@
 //!   MESSAGE-INTEGRITY-SHA256 are keyed with, nonces that expire and cost no
 //!   memory per stranger;
 //! - [`server`]: the server itself, sans-IO (requests, allocations,
-//!   permissions, channels, relaying decisions, lifetimes), with
+//!   permissions, channels, relaying decisions, lifetimes; TCP allocations
+//!   and their peer connections in [`connections`]), with
 //!   [`settings`], per-allocation state in [`allocation`], byte budgets in
 //!   [`limits`], counters in [`stats`] and the wire vocabulary in [`proto`];
 //! - [`service`]: the server on UDP, TCP and TLS sockets (tokio), and
@@ -17,6 +18,7 @@
 pub mod allocation;
 mod answer;
 pub mod auth;
+pub mod connections;
 #[cfg(feature = "control")]
 pub mod credentials;
 #[cfg(feature = "tunnels")]

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, BindRefusal, ClientKey, IntegrityKey, RelayId};
+use super::allocation::{Allocation, BindRefusal, ClientKey, IntegrityKey, RelayId, Transport};
 use super::answer::{challenge, Answer};
 use super::auth::{long_term_key_md5, long_term_key_sha256, NonceCheck, MAX_USERNAME};
 use super::limits::RateBucket;
@@ -22,10 +22,12 @@ pub(super) struct Authenticated {
     key: IntegrityKey,
 }
 
-/// A handled request: its answer now, or when its relayed port is open.
+/// A handled request: its answer now, or when its relayed port is open,
+/// or what the driver is to do (a ConnectionBind's stream joined).
 enum Handled {
     Reply(Vec<u8>),
     Pending,
+    Output(ClientOutput),
 }
 
 /// Most attribute types listed in one UNKNOWN-ATTRIBUTES.
@@ -82,8 +84,10 @@ impl TurnServer {
             Method::Refresh => self.refresh(now.instant, client, &msg, key),
             Method::CreatePermission => self.create_permission(now.instant, client, &msg, key),
             Method::ChannelBind => self.channel_bind(now.instant, client, &msg, key),
-            // RFC 6062's methods need a TCP allocation, which the server
-            // does not make (yet): its Allocate is answered 442.
+            Method::Connect => self.connect(now.instant, client, &msg, txid).map(Handled::Output),
+            Method::ConnectionBind => {
+                self.connection_bind(client, &msg, txid, auth.realm, &auth.username, key).map(Handled::Output)
+            }
             _ => Err(ErrorCode::BadRequest),
         };
         match handled {
@@ -92,6 +96,7 @@ impl TurnServer {
                 ClientOutput::Reply(message)
             }
             Ok(Handled::Pending) => ClientOutput::Pending,
+            Ok(Handled::Output(out)) => out,
             Err(code) => {
                 self.stats.answered(method, Some(code));
                 ClientOutput::Reply(Answer::error(method, txid, code, Some(key)).finish())
@@ -247,11 +252,19 @@ impl TurnServer {
         if transport.value.len() != 4 {
             return Err(ErrorCode::BadRequest);
         }
-        if transport.value[0] != TRANSPORT_UDP {
-            return Err(ErrorCode::UnsupportedTransport);
-        }
+        // TCP allocations (RFC 6062 §5.1) are made over TCP or TLS only,
+        // without EVEN-PORT, RESERVATION-TOKEN or DONT-FRAGMENT.
+        let tcp = match transport.value[0] {
+            TRANSPORT_UDP => false,
+            TRANSPORT_TCP if client.transport != Transport::Udp => true,
+            TRANSPORT_TCP => return Err(ErrorCode::BadRequest),
+            _ => return Err(ErrorCode::UnsupportedTransport),
+        };
         let even = msg.attribute(ATTR_EVEN_PORT);
         let token = msg.attribute(ATTR_RESERVATION_TOKEN);
+        if tcp && (even.is_some() || token.is_some() || msg.attribute(ATTR_DONT_FRAGMENT).is_some()) {
+            return Err(ErrorCode::BadRequest);
+        }
         let requested = msg.attribute(ATTR_REQUESTED_ADDRESS_FAMILY);
         let additional = msg.attribute(ATTR_ADDITIONAL_ADDRESS_FAMILY);
         if token.is_some() && (even.is_some() || requested.is_some() || additional.is_some())
@@ -310,11 +323,16 @@ impl TurnServer {
         // A port picked at random may be retried elsewhere if it cannot be
         // opened; an even one or a reserved one may not.
         alloc.any_port = token.is_none() && even.is_none();
+        alloc.tcp = tcp;
         self.allocations.insert(relay, alloc);
         self.by_client.insert(client, relay);
         *self.per_user.entry(user).or_default() += 1;
         self.expiries.push(std::cmp::Reverse((expires, relay)));
-        self.commands.push_back(Command::OpenRelay { relay, bind: SocketAddr::new(address.bind, relay.port) });
+        let bind = SocketAddr::new(address.bind, relay.port);
+        self.commands.push_back(match tcp {
+            true => Command::ListenRelay { relay, bind },
+            false => Command::OpenRelay { relay, bind },
+        });
         Ok(Handled::Pending)
     }
 
@@ -458,6 +476,10 @@ impl TurnServer {
         key: IntegrityKey,
     ) -> Result<Handled, ErrorCode> {
         let relay = self.opened(client)?;
+        if self.allocations[&relay].tcp {
+            // A TCP allocation has no channels (RFC 6062 §4).
+            return Err(ErrorCode::BadRequest);
+        }
         let realm = self.allocations[&relay].realm;
         let number = msg
             .attribute(ATTR_CHANNEL_NUMBER)

@@ -61,6 +61,14 @@ pub enum ClientOutput {
     Reply(Vec<u8>),
     /// Nothing now (an Allocate's answer follows its port being opened).
     Pending,
+    /// Send `reply` (a ConnectionBind's success) on this stream, then
+    /// carry `connection`'s bytes on it both ways, unframed (RFC 6062).
+    Bind {
+        /// The peer connection it joins.
+        connection: super::connections::ConnectionId,
+        /// The answer to send first.
+        reply: Vec<u8>,
+    },
     /// Dropped, and counted with this reason.
     Drop(TurnDrop),
 }
@@ -96,6 +104,32 @@ pub enum Command {
         relay: RelayId,
         /// Where to bind it.
         bind: SocketAddr,
+    },
+    /// Listen on TCP at `bind` for `relay` (a TCP allocation, RFC 6062:
+    /// `SO_REUSEADDR` and `SO_REUSEPORT`, as its peer connections are
+    /// dialled from the same address), then call
+    /// [`TurnServer::handle_relay_opened`]; connections from peers go to
+    /// [`TurnServer::handle_peer_connection`].
+    ListenRelay {
+        /// The relayed socket's id.
+        relay: RelayId,
+        /// Where to listen.
+        bind: SocketAddr,
+    },
+    /// Connect from `bind` (a TCP allocation's relayed address) to `peer`,
+    /// then call [`TurnServer::handle_dialed`].
+    Dial {
+        /// The connection's id.
+        connection: super::connections::ConnectionId,
+        /// The relayed address to connect from.
+        bind: SocketAddr,
+        /// The peer.
+        peer: SocketAddr,
+    },
+    /// Close a peer connection and the data connection bound to it.
+    CloseConnection {
+        /// The connection's id.
+        connection: super::connections::ConnectionId,
     },
     /// Close `relay`'s socket.
     CloseRelay {
@@ -155,6 +189,12 @@ pub struct TurnServer {
     pub(super) cooling: BinaryHeap<Reverse<(Instant, RelayId)>>,
     pub(super) expiries: BinaryHeap<Reverse<(Instant, RelayId)>>,
     pub(super) strangers: SourceBudget,
+    /// Peer connections of TCP allocations (RFC 6062).
+    pub(super) connections: HashMap<super::connections::ConnectionId, super::connections::PeerConnection>,
+    /// Data connections bound to them.
+    pub(super) data_connections: HashMap<ClientKey, super::connections::ConnectionId>,
+    /// When waiting peer connections are closed unless bound.
+    pub(super) bind_deadlines: BinaryHeap<Reverse<(Instant, super::connections::ConnectionId)>>,
     pub(super) commands: VecDeque<Command>,
     pub(super) rng: fastrand::Rng,
     pub(super) stats: TurnStats,
@@ -197,6 +237,9 @@ impl TurnServer {
             abandoned: Default::default(),
             cooling: BinaryHeap::new(),
             expiries: BinaryHeap::new(),
+            connections: HashMap::new(),
+            data_connections: HashMap::new(),
+            bind_deadlines: BinaryHeap::new(),
             commands: VecDeque::new(),
             rng: fastrand::Rng::with_seed(seed),
             stats: TurnStats::default(),
@@ -238,6 +281,9 @@ impl TurnServer {
         let client = ClientKey { source: crate::peer::canonical(client.source), ..client };
         if let Some(relay) = self.by_client.get(&client).copied() {
             self.forget(now, relay);
+        }
+        if let Some(connection) = self.data_connections.get(&client).copied() {
+            self.handle_connection_closed(connection);
         }
     }
 
@@ -309,8 +355,11 @@ impl TurnServer {
 
     /// A Send indication: XOR-PEER-ADDRESS and DATA, to a permitted peer.
     fn handle_send(&mut self, now: Instant, client: ClientKey, msg: StunMessage<'_>) -> ClientOutput {
-        if self.allocation_of(client).is_none() {
-            return ClientOutput::Drop(TurnDrop::NoAllocation);
+        match self.allocation_of(client) {
+            None => return ClientOutput::Drop(TurnDrop::NoAllocation),
+            // A TCP allocation relays over its peer connections only.
+            Some(a) if a.tcp => return ClientOutput::Drop(TurnDrop::UnexpectedMessage),
+            Some(_) => {}
         }
         let (Some(peer), Some(data)) = (msg.xor_address(ATTR_XOR_PEER_ADDRESS), msg.attribute(ATTR_DATA)) else {
             return ClientOutput::Drop(TurnDrop::Malformed);
@@ -424,11 +473,14 @@ impl TurnServer {
         self.stats.ports_unavailable += 1;
         alloc.open_attempts += 1;
         let retry = alloc.any_port && alloc.open_attempts < OPEN_ATTEMPTS;
-        let (client, txid, key) = (alloc.client, alloc.allocate_txid, alloc.key);
+        let (client, txid, key, tcp) = (alloc.client, alloc.allocate_txid, alloc.key, alloc.tcp);
         self.cool(relay, now.instant, PORT_RETRY_DELAY);
         if retry {
-            if let Some(moved) = self.move_to_free_port(relay) {
-                self.commands.push_back(Command::OpenRelay { relay: moved.0, bind: moved.1 });
+            if let Some((relay, bind)) = self.move_to_free_port(relay) {
+                self.commands.push_back(match tcp {
+                    true => Command::ListenRelay { relay, bind },
+                    false => Command::OpenRelay { relay, bind },
+                });
                 return;
             }
         }
@@ -476,11 +528,13 @@ impl TurnServer {
         let allocation = self.expiries.peek().map(|Reverse((t, _))| *t);
         let reservation = self.reservations.values().map(|r| r.expires).min();
         let cooling = self.cooling.peek().map(|Reverse((t, _))| *t);
-        allocation.into_iter().chain(reservation).chain(cooling).min()
+        allocation.into_iter().chain(reservation).chain(cooling).chain(self.next_bind_deadline()).min()
     }
 
-    /// Expires allocations and reservations due at `now`.
+    /// Expires allocations, reservations and unbound peer connections due
+    /// at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_waiting(now);
         while let Some(Reverse((due, relay))) = self.expiries.peek().copied() {
             if due > now {
                 break;
@@ -515,6 +569,7 @@ impl TurnServer {
     /// port back to the pool after [`PORT_REUSE_DELAY`] (when its socket is
     /// still being opened, once the driver reports that).
     pub(super) fn forget(&mut self, now: Instant, relay: RelayId) {
+        self.close_connections_of(relay);
         let Some(alloc) = self.allocations.get(&relay) else { return };
         if !alloc.opened {
             self.remove(relay);

@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::allocation::{ClientKey, RelayId, Transport};
+use super::connections::ConnectionId;
 use super::proto::CHANNEL_HEADER_LEN;
 use super::server::{ClientOutput, Command, PeerOutput, TurnNow, TurnServer};
 use super::stats::TurnStats;
@@ -41,6 +42,14 @@ const LISTENER_RECV_BUFFER: usize = 8 << 20;
 pub const STREAM_IDLE: Duration = Duration::from_secs(30);
 /// Messages queued for one stream client before more are dropped.
 const STREAM_QUEUE: usize = 256;
+/// How long a closing stream may take to write what is queued for it.
+const STREAM_FLUSH: Duration = Duration::from_secs(2);
+/// How long dialing a peer for a Connect may take (RFC 6062 §5.2: then
+/// 447).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read size of a bound peer connection (each read is one chunk queued to
+/// the client's data connection).
+const TCP_CHUNK: usize = 16 * 1024;
 
 /// Bounds on stream connections (TCP and TLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +88,33 @@ struct Shared {
     streams_refused: u64,
     /// Peer datagrams too large for a relayed socket's buffer.
     oversize_drops: u64,
+    /// Peer connections of TCP allocations (RFC 6062).
+    peer_connections: HashMap<ConnectionId, PeerStream>,
 }
 
+/// A relayed port: a UDP socket and its receive task, or (a TCP
+/// allocation) the task that accepts peers on its listening socket.
 struct Relay {
-    socket: Arc<UdpSocket>,
+    socket: Option<Arc<UdpSocket>>,
     task: JoinHandle<()>,
+}
+
+/// A peer connection the driver holds: the stream until it is joined to
+/// the client's data connection, then the stop signal of the two pumps.
+struct PeerStream {
+    stream: Option<TcpStream>,
+    stop: watch::Sender<bool>,
+}
+
+impl PeerStream {
+    fn new(stream: TcpStream) -> Self {
+        Self { stream: Some(stream), stop: watch::channel(false).0 }
+    }
+
+    /// Closes it: a held stream is dropped, pumps stop.
+    fn close(self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 /// The sockets a service sends from: its UDP listeners.
@@ -106,8 +137,12 @@ impl Drop for Tasks {
         for t in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             t.abort();
         }
-        for (_, relay) in lock(&self.1).relays.drain() {
+        let mut s = lock(&self.1);
+        for (_, relay) in s.relays.drain() {
             relay.task.abort();
+        }
+        for (_, peer) in s.peer_connections.drain() {
+            peer.close();
         }
     }
 }
@@ -148,6 +183,7 @@ impl TurnService {
             send_failures: 0,
             streams_refused: 0,
             oversize_drops: 0,
+            peer_connections: HashMap::new(),
         }));
         let mut tasks = Vec::new();
         for (i, socket) in udp.iter().enumerate() {
@@ -242,12 +278,16 @@ impl TurnService {
         let (shared, udp) = (self.shared.clone(), self.udp.clone());
         tokio::spawn(async move {
             let (reader, writer) = tokio::io::split(stream);
-            let writing = tokio::spawn(write_stream(writer, rx));
+            let mut writing = tokio::spawn(write_stream(writer, rx));
             read_stream(&shared, &udp, reader, key, read).await;
-            writing.abort();
+            // What is queued for the client (a peer's last bytes) is
+            // written before the connection closes, briefly.
+            lock(&shared).streams.remove(&key);
+            if tokio::time::timeout(STREAM_FLUSH, &mut writing).await.is_err() {
+                writing.abort();
+            }
             let commands = {
                 let mut s = lock(&shared);
-                s.streams.remove(&key);
                 s.stream_count -= 1;
                 let source = crate::peer::source_prefix(key.source.ip());
                 if let Some(n) = s.stream_sources.get_mut(&source) {
@@ -330,17 +370,25 @@ fn deliver(shared: &Mutex<Shared>, udp: &Listeners, client: ClientKey, bytes: &[
     }
 }
 
-/// Decides on one message from `client` and carries the decision out.
-fn handle_client_message(shared: &Arc<Mutex<Shared>>, udp: &Listeners, client: ClientKey, message: &[u8]) {
+/// Decides on one message from `client` and carries the decision out;
+/// `Some` when a ConnectionBind joined this stream to a peer connection
+/// (its answer queued): the stream carries that connection's bytes now.
+fn handle_client_message(
+    shared: &Arc<Mutex<Shared>>,
+    udp: &Listeners,
+    client: ClientKey,
+    message: &[u8],
+) -> Option<ConnectionId> {
     let (out, relay_socket, commands) = {
         let mut s = lock(shared);
         let out = s.server.handle_client(turn_now(), client, message);
         let relay_socket = match &out {
-            ClientOutput::Relay { relay, .. } => s.relays.get(relay).map(|r| r.socket.clone()),
+            ClientOutput::Relay { relay, .. } => s.relays.get(relay).and_then(|r| r.socket.clone()),
             _ => None,
         };
         (out, relay_socket, drain(&mut s.server))
     };
+    let mut bound = None;
     match out {
         ClientOutput::Relay { peer, payload, .. } => {
             if let Some(relay) = relay_socket {
@@ -348,9 +396,14 @@ fn handle_client_message(shared: &Arc<Mutex<Shared>>, udp: &Listeners, client: C
             }
         }
         ClientOutput::Reply(answer) => deliver(shared, udp, client, &answer, false),
+        ClientOutput::Bind { connection, reply } => {
+            deliver(shared, udp, client, &reply, false);
+            bound = Some(connection);
+        }
         ClientOutput::Pending | ClientOutput::Drop(_) => {}
     }
     apply(shared, udp, commands);
+    bound
 }
 
 async fn serve_udp(shared: Arc<Mutex<Shared>>, udp: Listeners, socket: Arc<UdpSocket>, index: u16) {
@@ -404,8 +457,13 @@ async fn read_stream<R: AsyncRead + Unpin>(
             if buf.len() < len {
                 break;
             }
-            handle_client_message(shared, udp, key, &buf[..len]);
+            let bound = handle_client_message(shared, udp, key, &buf[..len]);
             buf.drain(..len);
+            if let Some(connection) = bound {
+                // What follows the ConnectionBind is the peer's already.
+                splice(shared, reader, key, connection, buf).await;
+                return;
+            }
         }
         if stream_frame_len(&buf).is_err() {
             return;
@@ -444,7 +502,7 @@ fn apply(shared: &Arc<Mutex<Shared>>, udp: &Listeners, mut commands: Vec<Command
                     let ok = match opened {
                         Ok(socket) => {
                             let task = tokio::spawn(serve_relay(shared.clone(), udp.clone(), socket.clone(), relay));
-                            s.relays.insert(relay, Relay { socket, task });
+                            s.relays.insert(relay, Relay { socket: Some(socket), task });
                             true
                         }
                         Err(e) => {
@@ -454,6 +512,31 @@ fn apply(shared: &Arc<Mutex<Shared>>, udp: &Listeners, mut commands: Vec<Command
                     };
                     s.server.handle_relay_opened(turn_now(), relay, ok);
                     commands.extend(drain(&mut s.server));
+                }
+                Command::ListenRelay { relay, bind } => {
+                    let opened = listen_relay(bind);
+                    let mut s = lock(shared);
+                    let ok = match opened {
+                        Ok(listener) => {
+                            let task = tokio::spawn(accept_peers(shared.clone(), udp.clone(), listener, relay));
+                            s.relays.insert(relay, Relay { socket: None, task });
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(%bind, error = %e, "cannot listen on a TURN relayed TCP port");
+                            false
+                        }
+                    };
+                    s.server.handle_relay_opened(turn_now(), relay, ok);
+                    commands.extend(drain(&mut s.server));
+                }
+                Command::Dial { connection, bind, peer } => {
+                    tokio::spawn(dial_peer(shared.clone(), udp.clone(), connection, bind, peer));
+                }
+                Command::CloseConnection { connection } => {
+                    if let Some(peer) = lock(shared).peer_connections.remove(&connection) {
+                        peer.close();
+                    }
                 }
                 Command::CloseRelay { relay } => {
                     if let Some(r) = lock(shared).relays.remove(&relay) {
@@ -470,6 +553,138 @@ fn open_relay(bind: SocketAddr) -> io::Result<Arc<UdpSocket>> {
     let socket = StdUdpSocket::bind(bind)?;
     socket.set_nonblocking(true)?;
     Ok(Arc::new(UdpSocket::from_std(socket)?))
+}
+
+/// A TCP socket on `bind` that may share its address with the others of
+/// its allocation (the listener and the connections dialled from it).
+fn relay_tcp_socket(bind: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = if bind.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(bind)?;
+    Ok(socket)
+}
+
+fn listen_relay(bind: SocketAddr) -> io::Result<TcpListener> {
+    relay_tcp_socket(bind)?.listen(64)
+}
+
+/// Accepts peers on a TCP allocation's relayed address; the server keeps
+/// those it permits (telling the client), the others are closed at once.
+async fn accept_peers(shared: Arc<Mutex<Shared>>, udp: Listeners, listener: TcpListener, relay: RelayId) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let commands = {
+            let mut s = lock(&shared);
+            if let Some(id) = s.server.handle_peer_connection(turn_now(), relay, peer) {
+                s.peer_connections.insert(id, PeerStream::new(stream));
+            }
+            drain(&mut s.server)
+        };
+        apply(&shared, &udp, commands);
+    }
+}
+
+/// Dials `peer` from `bind` for a Connect and reports the outcome.
+async fn dial_peer(shared: Arc<Mutex<Shared>>, udp: Listeners, id: ConnectionId, bind: SocketAddr, peer: SocketAddr) {
+    let dialled = match relay_tcp_socket(bind) {
+        Ok(socket) => tokio::time::timeout(DIAL_TIMEOUT, socket.connect(peer)).await.ok().and_then(Result::ok),
+        Err(_) => None,
+    };
+    let commands = {
+        let mut s = lock(&shared);
+        let connected = dialled.is_some();
+        if let Some(stream) = dialled {
+            let _ = stream.set_nodelay(true);
+            s.peer_connections.insert(id, PeerStream::new(stream));
+        }
+        s.server.handle_dialed(turn_now(), id, connected);
+        drain(&mut s.server)
+    };
+    apply(&shared, &udp, commands);
+}
+
+/// Joins a client's data connection (`reader`, and its queue for writing)
+/// to peer connection `id`: bytes both ways, unchanged, paced at the
+/// allocation's rate, until either side closes or the server closes the
+/// connection; `pending` is what the client sent after its ConnectionBind.
+async fn splice<R: AsyncRead + Unpin>(
+    shared: &Arc<Mutex<Shared>>,
+    mut reader: R,
+    key: ClientKey,
+    id: ConnectionId,
+    pending: Vec<u8>,
+) {
+    let taken = {
+        let mut s = lock(shared);
+        let to_client = s.streams.get(&key).cloned();
+        let peer = s.peer_connections.get_mut(&id).and_then(|p| Some((p.stream.take()?, p.stop.subscribe())));
+        to_client.zip(peer)
+    };
+    let Some((to_client, (peer, mut stop))) = taken else {
+        end_connection(shared, id);
+        return;
+    };
+    let (mut peer_reader, mut peer_writer) = peer.into_split();
+    let pump = {
+        let (shared, mut stop) = (shared.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; TCP_CHUNK];
+            loop {
+                let n = tokio::select! {
+                    r = peer_reader.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    },
+                    _ = stop.changed() => break,
+                };
+                let wait = lock(&shared).server.handle_tcp_relayed(Instant::now(), id, false, n as u64);
+                if to_client.send(buf[..n].to_vec()).await.is_err() {
+                    break;
+                }
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            end_connection(&shared, id);
+        })
+    };
+    let mut buf = pending;
+    let mut n = buf.len();
+    buf.resize(n.max(TCP_CHUNK), 0);
+    loop {
+        if n > 0 {
+            let wait = lock(shared).server.handle_tcp_relayed(Instant::now(), id, true, n as u64);
+            if peer_writer.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        n = tokio::select! {
+            r = reader.read(&mut buf[..TCP_CHUNK]) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = stop.changed() => break,
+        };
+    }
+    end_connection(shared, id);
+    pump.abort();
+}
+
+/// A peer connection is over: both pumps stop, the server forgets it.
+fn end_connection(shared: &Mutex<Shared>, id: ConnectionId) {
+    let mut s = lock(shared);
+    if let Some(peer) = s.peer_connections.remove(&id) {
+        peer.close();
+    }
+    s.server.handle_connection_closed(id);
 }
 
 async fn serve_relay(shared: Arc<Mutex<Shared>>, udp: Listeners, socket: Arc<UdpSocket>, relay: RelayId) {

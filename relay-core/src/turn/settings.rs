@@ -133,6 +133,11 @@ pub struct TurnLimits {
     pub permissions_per_allocation: usize,
     /// Channels per allocation.
     pub channels_per_allocation: usize,
+    /// Peer connections per TCP allocation (RFC 6062).
+    pub connections_per_allocation: usize,
+    /// How long a peer connection waits for the client's ConnectionBind
+    /// (RFC 6062: 30 seconds).
+    pub connection_bind_timeout: Duration,
     /// Bytes per second one allocation may relay (both ways together).
     pub bytes_per_second: u64,
     /// Burst above that rate.
@@ -155,6 +160,8 @@ impl Default for TurnLimits {
             allocations_per_user: 16,
             permissions_per_allocation: 64,
             channels_per_allocation: 64,
+            connections_per_allocation: 16,
+            connection_bind_timeout: Duration::from_secs(30),
             // 16 Mbit/s: a browser's HD video call with headroom.
             bytes_per_second: 2_000_000,
             burst_bytes: 256 * 1024,

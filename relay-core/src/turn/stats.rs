@@ -24,11 +24,13 @@ pub enum TurnDrop {
     RateLimited,
     /// An answer to a stranger over its prefix's budget.
     StrangerBudget,
+    /// A peer's connection to a TCP allocation holding as many as it may.
+    ConnectionLimit,
 }
 
 impl TurnDrop {
     /// Every reason, in metric-label order.
-    pub const ALL: [TurnDrop; 9] = [
+    pub const ALL: [TurnDrop; 10] = [
         TurnDrop::Malformed,
         TurnDrop::UnknownMethod,
         TurnDrop::UnexpectedMessage,
@@ -38,6 +40,7 @@ impl TurnDrop {
         TurnDrop::Forbidden,
         TurnDrop::RateLimited,
         TurnDrop::StrangerBudget,
+        TurnDrop::ConnectionLimit,
     ];
 
     /// Its metric label.
@@ -52,6 +55,7 @@ impl TurnDrop {
             TurnDrop::Forbidden => "forbidden_peer",
             TurnDrop::RateLimited => "rate_limited",
             TurnDrop::StrangerBudget => "stranger_budget",
+            TurnDrop::ConnectionLimit => "connection_limit",
         }
     }
 
@@ -80,6 +84,8 @@ pub struct TurnStats {
     pub expired: u64,
     /// Relayed ports the driver could not open (taken by another process).
     pub ports_unavailable: u64,
+    /// Peer connections (RFC 6062) closed because no ConnectionBind came.
+    pub connections_unbound: u64,
 }
 
 impl TurnStats {
