@@ -38,8 +38,9 @@ for f in "" $features; do
   RUSTDOCFLAGS="-D warnings" cargo doc "${args[@]}" --no-deps -q
 done
 
-step "relay-cluster with and without its ng feature"
+step "relay-cluster with and without its ng and turn features"
 cargo clippy -p relay-cluster --no-default-features --locked --lib -- -D warnings
+cargo clippy -p relay-cluster --no-default-features --features turn --locked --lib -- -D warnings
 cargo clippy -p relay-cluster --locked --lib -- -D warnings
 
 step "rustdoc with every feature, and the binary's"

@@ -349,6 +349,7 @@ async fn cluster(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError
         "replication_lag_ms": s.replication_lag.as_millis() as u64,
         "warm_sessions": s.warm_sessions,
         "warm_calls": s.warm_calls,
+        "warm_turn": s.warm_turn,
         "replication_rounds": s.replication_rounds,
         "takeovers": s.takeovers,
         "demotions": s.demotions,
@@ -360,6 +361,7 @@ async fn cluster(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError
         "last_write": s.last_write.map(|v| json!({ "epoch": v.epoch, "seq": v.seq })),
         "last_takeover": s.last_takeover.as_ref().map(|t| json!({
             "epoch": t.epoch, "restored": t.restored, "failed": t.failed, "calls": t.calls,
+            "turn_allocations": t.turn_allocations,
             "took_ms": t.took.as_secs_f64() * 1000.0, "reloaded": t.reloaded,
         })),
         "nodes": nodes,

@@ -118,9 +118,11 @@ async fn control(mut cfg: Config, path: Option<PathBuf>, state: Arc<AdminState>)
     let mut cluster = match &cfg.cluster {
         None => None,
         Some(c) => {
-            let node = relay_cluster::Cluster::start_with(c.config.clone(), state.handle.clone(), state.ng.clone())
-                .await
-                .map_err(|e| format!("cluster: {e}"))?;
+            let turn = state.turn.get().cloned();
+            let node =
+                relay_cluster::Cluster::start_with_turn(c.config.clone(), state.handle.clone(), state.ng.clone(), turn)
+                    .await
+                    .map_err(|e| format!("cluster: {e}"))?;
             let _ = state.cluster.set(node.view());
             Some(node)
         }
@@ -295,11 +297,18 @@ fn start_turn(
         };
         control.set_turn_issuer(Arc::new(relay_core::turn::credentials::RestIssuer::new(&settings, uris)));
     }
-    let mut key = [0u8; 32];
+    let mut random = [0u8; 32];
     std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut key))
+        .and_then(|mut f| f.read_exact(&mut random))
         .map_err(|e| format!("turn: cannot read /dev/urandom for the nonce key: {e}"))?;
-    let seed = u64::from_le_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]]);
+    let seed =
+        u64::from_le_bytes([random[0], random[1], random[2], random[3], random[4], random[5], random[6], random[7]]);
+    // A cluster's nodes share the nonce key (derived from the cluster
+    // key): a client's nonce stays good across a takeover.
+    let key = match &cfg.cluster {
+        Some(c) => c.config.sealer.derive("ucmrc turn nonce key"),
+        None => random,
+    };
     let server = relay_core::turn::TurnServer::new(
         settings,
         relay_core::turn::auth::NonceKey::new(key),

@@ -6,8 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
 use test_support::poll::wait_for;
+
+use relay_core::turn::proto::*;
+use relay_core::wire::stun::StunMessage;
 use test_support::redis_server::RedisServer;
+use test_support::turn_client::Client as TurnClient;
 use test_support::ucmrc::*;
 
 /// A node's configuration: the relay ports of this test only (a takeover
@@ -19,12 +24,33 @@ use test_support::ucmrc::*;
 /// asynchronously and may hold the ports a little longer; the takeover
 /// retries those, but this test measures the gap).
 fn node(redis: &RedisServer, key: &std::path::Path, node_id: &str, role: &str) -> String {
+    // TURN beside the media: the same realm and secret on both nodes.
+    let secret = key.with_file_name("turn.secret");
+    std::fs::write(&secret, TURN_SECRET).expect("secret");
+    let turn = format!(
+        "[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = 30300\nport_max = 30399\n\
+         [[turn.realms]]\nname = \"turn.test\"\ntenant = \"acme\"\nsecret_files = [{secret:?}]\nallow_peers = [\"127.0.0.1/32\"]\n"
+    );
     config("datapath = \"portable\"").replace("port_min = 20000\nport_max = 29999", "port_min = 30000\nport_max = 30199")
+        + &turn
         + &format!(
             "[cluster]\nredis_url = \"{}\"\nnode_id = \"{node_id}\"\ngroup = \"bin\"\nrole = \"{role}\"\nkey_file = \"{}\"\nadvertise = \"{node_id}.test\"\n",
             redis.url(),
             key.display()
         )
+}
+
+const TURN_SECRET: &str = "a-turn-secret-of-the-cluster-01";
+
+/// ChannelData from `c` through `server` to `peer` (which sees it come
+/// from `relayed`) and back, every byte checked.
+fn turn_round_trip(c: &TurnClient, peer: &std::net::UdpSocket, relayed: SocketAddr, server: SocketAddr, n: u8) {
+    c.channel_data(server, 0x4009, &[n; 60]);
+    let mut buf = [0u8; 128];
+    let (len, from) = peer.recv_from(&mut buf).expect("to the peer");
+    assert_eq!((&buf[..len], from), (&[n; 60][..], relayed), "from the relayed address");
+    peer.send_to(&[!n; 30], relayed).expect("back");
+    assert_eq!(c.recv_channel(), vec![!n; 30]);
 }
 
 #[test]
@@ -45,6 +71,25 @@ fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_
     assert_eq!(http(a.admin, "GET", "/readyz", None, None).0, 200);
 
     let mut call = Call::allocate(&a, "acme").expect("allocate on the active");
+    // A Wave client's TURN allocation on the active, with a channel to a
+    // peer (the standby answers no TURN).
+    let (turn_a, turn_b) = (a.turn_addr("udp"), b.turn_addr("udp"));
+    let mut wave = TurnClient::new(TURN_SECRET.as_bytes(), "turn.test", "wave-1");
+    let transport = (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]);
+    assert_eq!(wave.ask(turn_a, Method::Allocate, std::slice::from_ref(&transport), None).0, Some(401));
+    let (code, answer) = wave.ask(turn_a, Method::Allocate, &[transport], None);
+    assert_eq!(code, None);
+    let relayed = StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+    peer.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let peer_addr = peer.local_addr().expect("addr");
+    let channel = [(ATTR_CHANNEL_NUMBER, vec![0x40, 0x09, 0, 0])];
+    assert_eq!(wave.ask(turn_a, Method::ChannelBind, &channel, Some(peer_addr)).0, None);
+    turn_round_trip(&wave, &peer, relayed, turn_a, 1);
+    let refresh = wave.request(Method::Refresh, &[], None);
+    wave.socket.send_to(&refresh, turn_b).expect("send");
+    wait_for("the standby drops TURN", || scrape(&b)["ucmrc_turn_drops_total{reason=\"standby\"}"] >= 1.0);
+    wait_for("the allocation in the standby's copy", || cluster(&b)["warm_turn"] == 1);
     for s in [&call.pbx, &call.phone] {
         s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
     }
@@ -110,6 +155,17 @@ fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_
     let c = cluster(&b);
     assert_eq!((c["role"].as_str(), c["takeovers"].as_u64()), (Some("active"), Some(1)), "{c}");
     assert_eq!(c["last_takeover"]["restored"].as_u64(), Some(1), "{c}");
+    // The TURN allocation too, on the same relayed address: the service
+    // address moved (here the client turns to the standby's listener), the
+    // channel, nonce and key hold (the nodes share the nonce key).
+    assert_eq!(c["last_takeover"]["turn_allocations"].as_u64(), Some(1), "{c}");
+    wait_for("the relayed port open again", || {
+        let listing = json(&http(b.admin, "GET", "/v1/turn/allocations", Some(TOKEN), None).1);
+        listing["allocations"].as_array().is_some_and(|l| l.iter().any(|a| a["relayed"] == relayed.to_string()))
+    });
+    turn_round_trip(&wave, &peer, relayed, turn_b, 2);
+    let lifetime = [(ATTR_LIFETIME, 600u32.to_be_bytes().to_vec())];
+    assert_eq!(wave.ask(turn_b, Method::Refresh, &lifetime, None).0, None, "the nonce from before the takeover");
     let (status, body) = http(b.admin, "GET", &format!("/v1/sessions/{}", call.id), Some(TOKEN), None);
     assert_eq!(status, 200, "the standby knows the session: {body}");
     let s = json(&body);

@@ -14,6 +14,7 @@ use crate::keeper::{KeeperState, LeaseKeeper};
 use crate::node::{ActiveEnd, Node, Role};
 use crate::record::{ChangeNote, Version};
 use crate::store::{Batch, Holder, StoreError, MAX_BATCH};
+use crate::turn::{turn_id, Allocation};
 
 /// Unchanged records rewritten per round at most (counters, a
 /// resynchronization): rounds stay short, so a request waiting for one is
@@ -30,6 +31,9 @@ struct Pending {
     /// all written in every round, before the round counts as done.
     sessions: BTreeMap<String, (Option<SessionState>, Instant)>,
     calls: BTreeMap<String, (Option<Call>, Instant)>,
+    /// TURN allocations (each change carries the whole allocation: they
+    /// are few and small, so they need no separate rewrites).
+    turn: BTreeMap<String, (Option<Allocation>, Instant)>,
     /// Records rewritten as they are (counters, a resynchronization): a
     /// bounded share per round, after the changes.
     refresh_sessions: BTreeMap<String, SessionState>,
@@ -50,9 +54,13 @@ impl Pending {
         self.calls.insert(id, (call, now));
     }
 
+    fn changed_turn(&mut self, id: String, allocation: Option<Allocation>, now: Instant) {
+        self.turn.insert(id, (allocation, now));
+    }
+
     /// Changes waiting.
     fn len(&self) -> usize {
-        self.sessions.len() + self.calls.len()
+        self.sessions.len() + self.calls.len() + self.turn.len()
     }
 
     /// Changes and rewrites waiting.
@@ -66,7 +74,8 @@ impl Pending {
 
     fn oldest(&self) -> Duration {
         let s = self.sessions.values().map(|(_, t)| t.elapsed());
-        s.chain(self.calls.values().map(|(_, t)| t.elapsed())).max().unwrap_or_default()
+        let turn = self.turn.values().map(|(_, t)| t.elapsed());
+        s.chain(self.calls.values().map(|(_, t)| t.elapsed())).chain(turn).max().unwrap_or_default()
     }
 }
 
@@ -163,6 +172,13 @@ impl Node {
         for id in ended {
             pending.changed_call(id, None, now);
         }
+        let (set, ended) = self.turn.pull();
+        for a in set {
+            pending.changed_turn(turn_id(&a), Some(a), now);
+        }
+        for id in ended {
+            pending.changed_turn(id, None, now);
+        }
         if pending.len() > self.config.max_pending {
             tracing::warn!(queued = pending.len(), "replication queue full: a full resynchronization follows");
             pending.clear();
@@ -204,6 +220,8 @@ impl Node {
             let ids: Vec<String> = pending.sessions.keys().take(MAX_BATCH).cloned().collect();
             let call_ids: Vec<String> =
                 pending.calls.keys().take(MAX_BATCH.saturating_sub(ids.len())).cloned().collect();
+            let turn_ids: Vec<String> =
+                pending.turn.keys().take(MAX_BATCH.saturating_sub(ids.len() + call_ids.len())).cloned().collect();
             let mut batch = Batch::default();
             let version = Version { epoch: holder.epoch, seq: self.seq + 1 };
             for id in &ids {
@@ -218,12 +236,21 @@ impl Node {
                     None => batch.calls_del.push(id.clone()),
                 }
             }
+            for id in &turn_ids {
+                match &pending.turn[id].0 {
+                    Some(a) => batch.turn_set.push((id.clone(), self.encode_turn(a, version))),
+                    None => batch.turn_del.push(id.clone()),
+                }
+            }
             self.write(holder, &batch, version).await?;
             for id in ids {
                 pending.sessions.remove(&id);
             }
             for id in call_ids {
                 pending.calls.remove(&id);
+            }
+            for id in turn_ids {
+                pending.turn.remove(&id);
             }
         }
         Ok(())
@@ -270,6 +297,16 @@ impl Node {
         match *c {}
     }
 
+    #[cfg(feature = "turn")]
+    fn encode_turn(&self, a: &Allocation, version: Version) -> String {
+        self.codec.encode_turn(a, version)
+    }
+
+    #[cfg(not(feature = "turn"))]
+    fn encode_turn(&self, a: &Allocation, _version: Version) -> String {
+        match *a {}
+    }
+
     /// One fenced write with its sealed change note, as `version` (the
     /// next sequence number).
     async fn write(&mut self, holder: &Holder, batch: &Batch, version: Version) -> Result<(), StoreError> {
@@ -279,6 +316,8 @@ impl Node {
             del: batch.del.clone(),
             calls_set: ids(&batch.calls_set),
             calls_del: batch.calls_del.clone(),
+            turn_set: ids(&batch.turn_set),
+            turn_del: batch.turn_del.clone(),
         };
         let sealed = self.codec.encode_note(&note, version);
         self.store.write(holder, batch, &sealed, version).await?;
@@ -340,6 +379,16 @@ impl Node {
                 pending.changed_call(id, None, now);
             }
         }
+        // TURN allocations: every one rewritten, every other deleted.
+        for a in self.turn.export() {
+            let id = turn_id(&a);
+            pending.turn.entry(id).or_insert((Some(a), now));
+        }
+        for id in self.store.turn_ids().await? {
+            if !pending.turn.contains_key(&id) {
+                pending.changed_turn(id, None, now);
+            }
+        }
         Ok(())
     }
 
@@ -364,6 +413,7 @@ impl Node {
         // Their ends are not ours to write.
         while self.relay.changes(usize::MAX).await.is_ok_and(|c| c.more) {}
         self.calls.forget();
+        self.turn.forget();
         self.watch.reset();
         let epoch = self.status.borrow().epoch.unwrap_or(0);
         if let Some(hook) = self.config.stepdown_hook.clone() {

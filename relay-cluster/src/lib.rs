@@ -33,9 +33,11 @@ pub mod seal;
 mod standby;
 pub mod store;
 mod takeover;
+mod turn;
 mod warm;
 
 pub use calls::CallEngine;
 pub use node::{Cluster, ClusterConfig, ClusterStatus, ClusterView, Role, TakeoverReport};
 pub use seal::{ClusterKey, Sealer};
 pub use store::NodeInfo;
+pub use turn::TurnEngine;

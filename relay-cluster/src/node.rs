@@ -25,6 +25,7 @@ use crate::record::{Codec, Version};
 use crate::registrar::Registrar;
 use crate::seal::Sealer;
 use crate::store::{Holder, Keys, NodeInfo, Store, StoreError};
+use crate::turn::{Turn, TurnEngine};
 use crate::warm::{Applied, BadRecords};
 
 /// How a node takes part in a cluster group.
@@ -163,6 +164,8 @@ pub struct TakeoverReport {
     pub failed: usize,
     /// ng calls taken over.
     pub calls: usize,
+    /// TURN allocations taken over (on their relayed ports).
+    pub turn_allocations: usize,
     /// From taking the lease to the last session resumed.
     pub took: Duration,
     /// Whether the warm copy was behind the last write and was read again
@@ -194,6 +197,8 @@ pub struct ClusterStatus {
     pub warm_sessions: usize,
     /// ng calls in the warm copy (standby).
     pub warm_calls: usize,
+    /// TURN allocations in the warm copy (standby).
+    pub warm_turn: usize,
     /// Replication rounds completed while active: each wrote every change
     /// made before it began (two more than seen earlier: everything up to
     /// then is in Redis).
@@ -301,6 +306,18 @@ impl Cluster {
         relay: RelayHandle,
         ng: Option<CallEngine>,
     ) -> Result<Cluster, StoreError> {
+        Self::start_with_turn(config, relay, ng, None).await
+    }
+
+    /// [`start_with`](Self::start_with) and the TURN service `turn` (feature
+    /// `turn`): its UDP allocations are replicated and taken over on their
+    /// relayed ports, and it serves nothing while this node is a standby.
+    pub async fn start_with_turn(
+        config: ClusterConfig,
+        relay: RelayHandle,
+        ng: Option<CallEngine>,
+        turn: Option<TurnEngine>,
+    ) -> Result<Cluster, StoreError> {
         for (name, d) in [
             ("lease_ttl", config.lease_ttl),
             ("poll_interval", config.poll_interval),
@@ -328,6 +345,11 @@ impl Cluster {
                 .then(|| Arc::new(Barrier(commits.clone())) as Arc<dyn relay_core::CommitBarrier>),
         );
         let calls = Calls(ng);
+        #[cfg(feature = "turn")]
+        if let Some(t) = &turn {
+            t.follow_standby(relay.clone());
+        }
+        let turn = Turn(turn);
         let (config, status_tx) = (Arc::new(config), Arc::new(status_tx));
         let registrar =
             Registrar { store: store.clone(), relay: relay.clone(), config: config.clone(), status: status_tx.clone() };
@@ -339,6 +361,7 @@ impl Cluster {
             config,
             relay,
             calls,
+            turn,
             store,
             lease_store,
             status: status_tx,
@@ -349,6 +372,7 @@ impl Cluster {
             highest_epoch: 0,
             sessions_applied: Applied::default(),
             calls_applied: Applied::default(),
+            turn_applied: Applied::default(),
             bad: BadRecords::default(),
         };
         let task = tokio::spawn(node.run());
@@ -434,6 +458,7 @@ pub(crate) struct Node {
     pub(crate) codec: Codec,
     pub(crate) relay: RelayHandle,
     pub(crate) calls: Calls,
+    pub(crate) turn: Turn,
     /// The tenant the ng engine's call records are bound to.
     #[cfg_attr(not(feature = "ng"), allow(dead_code))]
     pub(crate) call_tenant: String,
@@ -455,6 +480,7 @@ pub(crate) struct Node {
     pub(crate) highest_epoch: u64,
     pub(crate) sessions_applied: Applied,
     pub(crate) calls_applied: Applied,
+    pub(crate) turn_applied: Applied,
     pub(crate) bad: BadRecords,
 }
 

@@ -17,6 +17,8 @@ use sha2::Digest as _;
 pub struct ClusterKey {
     id: [u8; 4],
     cipher: Aes256Gcm,
+    /// The seed of keys derived for other uses (never the key itself).
+    derive_seed: [u8; 32],
 }
 
 impl std::fmt::Debug for ClusterKey {
@@ -50,7 +52,10 @@ impl ClusterKey {
         let digest = sha2::Sha256::digest(bytes);
         let mut id = [0u8; 4];
         id.copy_from_slice(&digest[..4]);
-        Self { id, cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)) }
+        let mut seed = sha2::Sha256::new();
+        seed.update(b"ucmrc cluster key derivation\0");
+        seed.update(bytes);
+        Self { id, cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)), derive_seed: seed.finalize().into() }
     }
 
     /// A key from 64 hex digits (surrounding whitespace ignored).
@@ -88,6 +93,16 @@ impl Sealer {
     /// The key id a blob names (before opening it), if it has the format.
     pub fn key_id_of(sealed: &str) -> Option<&str> {
         sealed.split_once('.').map(|(id, _)| id)
+    }
+
+    /// A 256-bit key for `purpose`, the same on every node with the same
+    /// current key (e.g. TURN's nonce key, so that nonces survive a
+    /// takeover); it reveals nothing of the cluster key.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.current.derive_seed);
+        h.update(purpose.as_bytes());
+        h.finalize().into()
     }
 
     /// Seals `plain` for the place `aad` names.

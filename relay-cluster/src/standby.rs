@@ -163,6 +163,9 @@ impl Node {
         let r = self.store.load_calls().await;
         self.redis_result(&r);
         let calls = r.map_err(|_| ())?;
+        let r = self.store.load_turn().await;
+        self.redis_result(&r);
+        let turn = r.map_err(|_| ())?;
         let mut next = WarmCopy { last: head, ..WarmCopy::default() };
         let (now, now_ms) = (Instant::now(), unix_ms_now());
         let mut tally = Tally::default();
@@ -171,6 +174,9 @@ impl Node {
         }
         for (id, bytes) in calls {
             self.apply_call(&mut next, &mut tally, &id, &bytes);
+        }
+        for (id, bytes) in turn {
+            self.apply_turn(&mut next, &mut tally, &id, &bytes, now, now_ms);
         }
         // Kept from before: what Redis now holds an older version of.
         for (id, kept) in warm.sessions.drain() {
@@ -181,6 +187,11 @@ impl Node {
         for (id, kept) in warm.calls.drain() {
             if tally.kept_calls.contains(&id) {
                 next.calls.insert(id, kept);
+            }
+        }
+        for (id, kept) in warm.turn.drain() {
+            if tally.kept_turn.contains(&id) {
+                next.turn.insert(id, kept);
             }
         }
         *warm = next;
@@ -214,7 +225,9 @@ impl Node {
         self.redis_result(&sessions);
         let calls = self.store.get_calls(&note.calls_set).await;
         self.redis_result(&calls);
-        let (Ok(sessions), Ok(calls)) = (sessions, calls) else {
+        let turn = self.store.get_turn(&note.turn_set).await;
+        self.redis_result(&turn);
+        let (Ok(sessions), Ok(calls), Ok(turn)) = (sessions, calls, turn) else {
             let _ = self.reload(warm).await;
             return;
         };
@@ -231,6 +244,11 @@ impl Node {
                 self.apply_call(warm, &mut tally, id, &bytes);
             }
         }
+        for (id, rec) in note.turn_set.iter().zip(turn) {
+            if let Some(bytes) = rec {
+                self.apply_turn(warm, &mut tally, id, &bytes, now, now_ms);
+            }
+        }
         for id in &note.del {
             if self.sessions_applied.delete(id, v) {
                 warm.sessions.remove(id);
@@ -241,6 +259,13 @@ impl Node {
         for id in &note.calls_del {
             if self.calls_applied.delete(id, v) {
                 warm.calls.remove(id);
+            } else {
+                tally.rollbacks += 1;
+            }
+        }
+        for id in &note.turn_del {
+            if self.turn_applied.delete(id, v) {
+                warm.turn.remove(id);
             } else {
                 tally.rollbacks += 1;
             }
@@ -306,6 +331,41 @@ impl Node {
     #[cfg(not(feature = "ng"))]
     fn apply_call(&mut self, _warm: &mut WarmCopy, _tally: &mut Tally, _id: &str, _bytes: &[u8]) {}
 
+    /// Opens one TURN allocation record into `warm` if it may be applied
+    /// (aged by the time since it was written).
+    #[cfg(feature = "turn")]
+    fn apply_turn(
+        &mut self,
+        warm: &mut WarmCopy,
+        tally: &mut Tally,
+        id: &str,
+        bytes: &[u8],
+        now: Instant,
+        now_ms: u64,
+    ) {
+        match self.codec.decode_turn(bytes, id) {
+            Ok(d) => {
+                self.saw_epoch(d.version.epoch);
+                if self.turn_applied.admit(id, d.version) {
+                    let since = std::time::Duration::from_millis(now_ms.saturating_sub(d.written_unix_ms));
+                    warm.turn.insert(id.to_string(), (d.state.aged(since), now));
+                } else {
+                    tally.rollbacks += 1;
+                    tally.kept_turn.insert(id.to_string());
+                }
+            }
+            Err(e) => {
+                tally.bad += 1;
+                self.bad.report("turn", id, &e);
+            }
+        }
+    }
+
+    /// Without `turn` there are no allocations to read: every TURN record
+    /// is ignored.
+    #[cfg(not(feature = "turn"))]
+    fn apply_turn(&mut self, _: &mut WarmCopy, _: &mut Tally, _: &str, _: &[u8], _: Instant, _: u64) {}
+
     fn finish(&self, warm: &WarmCopy, tally: Tally, applied: Option<Version>) {
         self.update(|s| {
             s.bad_records += tally.bad;
@@ -313,6 +373,7 @@ impl Node {
             s.ignored_names += tally.ignored;
             s.warm_sessions = warm.sessions.len();
             s.warm_calls = warm.calls.len();
+            s.warm_turn = warm.turn.len();
             if applied.is_some() {
                 s.last_write = applied;
             }
@@ -329,4 +390,5 @@ struct Tally {
     /// Ids whose older record in Redis was refused: the copy keeps its own.
     kept_sessions: HashSet<String>,
     kept_calls: HashSet<String>,
+    kept_turn: HashSet<String>,
 }

@@ -8,6 +8,7 @@
 //! - `p:{g}:epoch` — the last epoch handed out (only ever incremented);
 //! - `p:{g}:sessions` — hash: session id → sealed record ([`crate::record`]);
 //! - `p:{g}:calls` — hash: ng call-id (base64) → sealed call record;
+//! - `p:{g}:turn` — hash: TURN allocation id (`v4-<port>`) → sealed record;
 //! - `p:{g}:head` — `"<epoch> <seq>"` of the last write (a new active
 //!   catches up to it before it serves);
 //! - `p:{g}:changes` — pub/sub channel: one sealed change note per write
@@ -105,17 +106,26 @@ pub struct Batch {
     pub calls_set: Vec<(String, String)>,
     /// Call-ids to delete.
     pub calls_del: Vec<String>,
+    /// `(TURN allocation id, record)` pairs.
+    pub turn_set: Vec<(String, String)>,
+    /// TURN allocation ids to delete.
+    pub turn_del: Vec<String>,
 }
 
 impl Batch {
     /// Whether it writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.del.is_empty() && self.calls_set.is_empty() && self.calls_del.is_empty()
+        self.len() == 0
     }
 
     /// How many entries it writes.
     pub fn len(&self) -> usize {
-        self.set.len() + self.del.len() + self.calls_set.len() + self.calls_del.len()
+        self.set.len()
+            + self.del.len()
+            + self.calls_set.len()
+            + self.calls_del.len()
+            + self.turn_set.len()
+            + self.turn_del.len()
     }
 }
 
@@ -148,7 +158,7 @@ end
 if holder ~= ARGV[1] then
   return redis.error_reply('FENCED lease held by another node or epoch')
 end
-local i = 8
+local i = 10
 for _ = 1, tonumber(ARGV[5]) do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -161,8 +171,16 @@ for _ = 1, tonumber(ARGV[7]) do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-while i <= #ARGV do
+for _ = 1, tonumber(ARGV[8]) do
   redis.call('HDEL', KEYS[3], ARGV[i])
+  i = i + 1
+end
+for _ = 1, tonumber(ARGV[9]) do
+  redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[5], ARGV[i])
   i = i + 1
 end
 redis.call('SET', KEYS[4], ARGV[4])
@@ -239,6 +257,8 @@ pub struct Keys {
     pub sessions: String,
     /// The ng calls hash.
     pub calls: String,
+    /// The TURN allocations hash.
+    pub turn: String,
     /// The version of the last write.
     pub head: String,
     /// The change channel.
@@ -255,6 +275,7 @@ impl Keys {
             epoch: format!("{g}:epoch"),
             sessions: format!("{g}:sessions"),
             calls: format!("{g}:calls"),
+            turn: format!("{g}:turn"),
             head: format!("{g}:head"),
             changes: format!("{g}:changes"),
         }
@@ -363,9 +384,11 @@ impl Store {
         note: &str,
         version: Version,
     ) -> Result<(), StoreError> {
-        let mut inv = eval(WRITE, &[&self.keys.lease, &self.keys.sessions, &self.keys.calls, &self.keys.head]);
+        let keys = [&self.keys.lease, &self.keys.sessions, &self.keys.calls, &self.keys.head, &self.keys.turn];
+        let mut inv = eval(WRITE, &keys);
         inv.arg(holder.encode()).arg(&self.keys.changes).arg(note).arg(encode_version(version));
         inv.arg(batch.set.len()).arg(batch.del.len()).arg(batch.calls_set.len());
+        inv.arg(batch.calls_del.len()).arg(batch.turn_set.len());
         for (id, record) in &batch.set {
             inv.arg(id).arg(record);
         }
@@ -376,6 +399,12 @@ impl Store {
             inv.arg(id).arg(call);
         }
         for id in &batch.calls_del {
+            inv.arg(id);
+        }
+        for (id, record) in &batch.turn_set {
+            inv.arg(id).arg(record);
+        }
+        for id in &batch.turn_del {
             inv.arg(id);
         }
         match inv.query_async::<u64>(&mut self.conn).await {
@@ -416,6 +445,24 @@ impl Store {
             }
             cursor = next;
         }
+    }
+
+    /// Every stored TURN allocation.
+    pub async fn load_turn(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let key = self.keys.turn.clone();
+        self.scan_hash(&key).await
+    }
+
+    /// Every stored TURN allocation id.
+    pub async fn turn_ids(&mut self) -> Result<Vec<String>, StoreError> {
+        let key = self.keys.turn.clone();
+        self.hash_keys(&key).await
+    }
+
+    /// The stored TURN allocations of `ids` (`None` where deleted since).
+    pub async fn get_turn(&mut self, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let key = self.keys.turn.clone();
+        self.hash_get(&key, ids).await
     }
 
     /// Every stored call-id.

@@ -27,6 +27,18 @@ fn id_space(epoch: u64) -> u32 {
     (epoch & 0x00ff_ffff) as u32
 }
 
+/// A TURN allocation `elapsed` older.
+#[cfg(feature = "turn")]
+fn aged(a: crate::turn::Allocation, elapsed: Duration) -> crate::turn::Allocation {
+    a.aged(elapsed)
+}
+
+/// Without `turn` there are none.
+#[cfg(not(feature = "turn"))]
+fn aged(a: crate::turn::Allocation, _elapsed: Duration) -> crate::turn::Allocation {
+    a
+}
+
 impl Node {
     /// Becomes active: the lease is renewed from now on, the hook runs,
     /// every warm session and call resumes; returns the lease and its
@@ -55,6 +67,13 @@ impl Node {
         if calls_restored < calls_total {
             tracing::warn!(calls_total, calls_restored, "some ng calls were not taken over");
         }
+        // TURN allocations on their relayed ports, aged by their time here.
+        let turn: Vec<_> = warm.turn.into_values().map(|(a, arrived)| aged(a, arrived.elapsed())).collect();
+        let turn_total = turn.len();
+        let turn_restored = self.turn.restore(turn);
+        if turn_restored < turn_total {
+            tracing::warn!(turn_total, turn_restored, "some TURN allocations were not taken over");
+        }
         // New ids in this epoch's space: none can be one a node of an
         // earlier epoch handed out (it may still be serving, cut off).
         if let Err(e) = self.relay.set_id_space(id_space(holder.epoch)).await {
@@ -70,6 +89,7 @@ impl Node {
             restored,
             failed: total - restored,
             calls: calls_restored,
+            turn_allocations: turn_restored,
             took: started.elapsed(),
             reloaded,
         };
@@ -82,6 +102,7 @@ impl Node {
             s.takeovers += 1;
             s.warm_sessions = 0;
             s.warm_calls = 0;
+            s.warm_turn = 0;
             s.last_takeover = Some(report);
         });
         (holder, keeper)

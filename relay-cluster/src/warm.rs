@@ -1,4 +1,5 @@
-//! A standby's copy of its group's sessions and calls, and what keeps it
+//! A standby's copy of its group's sessions, calls and TURN allocations,
+//! and what keeps it
 //! honest (sans-IO: the node feeds it what Redis returned).
 //!
 //! - Versions only move forward: a node never applies a version of a
@@ -16,6 +17,7 @@ use relay_core::session::SessionState;
 
 use crate::calls::Call;
 use crate::record::{RecordError, Version};
+use crate::turn::Allocation;
 
 /// Deletions remembered per kind (ids are never reused, so an old record
 /// coming back after this many newer deletions is all that can slip by).
@@ -91,6 +93,9 @@ pub(crate) struct WarmCopy {
     pub sessions: HashMap<String, (SessionState, Instant)>,
     /// ng calls by call-id.
     pub calls: HashMap<String, Call>,
+    /// TURN allocations by id, with when they arrived (aged again when
+    /// restored).
+    pub turn: HashMap<String, (Allocation, Instant)>,
     /// The newest write applied (from its change note or a full read).
     pub last: Option<Version>,
 }

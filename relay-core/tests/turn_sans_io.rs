@@ -900,3 +900,91 @@ fn tcp_allocations_connect_bind_and_relay_held_to_the_policy() {
         assert_eq!(error_code(&reply(lab.send(d.key, &req))), Some(400), "{extra:?}");
     }
 }
+
+#[test]
+fn udp_allocations_are_journaled_exported_and_taken_over_on_the_same_port() {
+    let mut a = Lab::new();
+    let mut c = Client::rest("198.51.100.80:5000", "wave-ha");
+    let relayed = c.relayed(&mut a);
+    let relay = RelayId { family: Family::V4, port: relayed.port() };
+    let peer = addr("192.0.2.60:7000");
+    assert_eq!(c.bind(&mut a, 0x4002, peer), None);
+    assert_eq!(c.permit(&mut a, addr("192.0.2.61:7000")), None);
+    // A TCP client's allocation is not replicated (its connection ends
+    // with the node).
+    let mut t = Client::rest("198.51.100.81:5000", "tcp-client");
+    t.key = tcp("198.51.100.81:5000");
+    t.relayed(&mut a);
+    let changes = a.server.take_changes(a.now().instant);
+    assert_eq!(changes.ended, Vec::<String>::new());
+    let [state] = &changes.changed[..] else { panic!("one replicated allocation: {changes:?}") };
+    assert_eq!((state.id(), state.client, state.relayed), (format!("v4-{}", relayed.port()), c.key, relayed));
+    assert_eq!((state.realm.as_str(), state.tenant.as_str()), (REALM, "acme"));
+    assert_eq!(state.channels, vec![(0x4002, peer, Duration::from_secs(600))]);
+    assert_eq!(state.permissions.len(), 2);
+    assert!(a.server.take_changes(a.now().instant).changed.is_empty(), "pulled once");
+    assert!(!format!("{state:?}").contains("Sha1"), "Debug shows no key");
+
+    // Another node (sharing the nonce key, as a cluster's nodes do) takes
+    // it over 100 s later: the same port, the permission with 200 s left.
+    a.advance(Duration::from_secs(100));
+    let exported = a.server.export(a.now().instant);
+    assert_eq!(exported.len(), 1);
+    let mut b = Lab::new();
+    b.server.set_standby(true);
+    assert_eq!(b.send(c.key, &c.request(Method::Refresh, &[])), ClientOutput::Drop(TurnDrop::Standby));
+    assert_eq!(b.server.stats().drops(TurnDrop::Standby), 1);
+    b.server.set_standby(false);
+    let state = exported[0].clone().aged(Duration::from_secs(5));
+    b.server.restore(b.now().instant, state.clone()).expect("restored");
+    assert_eq!(b.server.restore(b.now().instant, state.clone()), Err(replica::RestoreRefusal::ClientTaken));
+    assert_eq!(b.commands(), vec![Command::OpenRelay { relay, bind: SocketAddr::new(relayed.ip(), relayed.port()) }]);
+    let mut cd = ChannelData::header(0x4002, 4).to_vec();
+    cd.extend_from_slice(b"rtp!");
+    assert_eq!(b.send(c.key, &cd), ClientOutput::Drop(TurnDrop::NoAllocation), "not before its port is open");
+    // The old node still holds the port a moment: tried again shortly.
+    b.server.handle_relay_opened(b.now(), relay, false);
+    assert!(b.commands().is_empty());
+    b.advance(Duration::from_millis(100));
+    assert_eq!(b.commands(), vec![Command::OpenRelay { relay, bind: SocketAddr::new(relayed.ip(), relayed.port()) }]);
+    b.server.handle_relay_opened(b.now(), relay, true);
+    assert!(b.commands().is_empty(), "nobody waits for an answer");
+    let ClientOutput::Relay { relay: r, peer: p, payload } = b.send(c.key, &cd) else { panic!("relayed") };
+    assert_eq!((r, p, &cd[payload]), (relay, peer, &b"rtp!"[..]));
+    let PeerOutput::Channel { client, header } = b.server.handle_peer(b.now(), relay, peer, b"back") else {
+        panic!("the channel holds")
+    };
+    assert_eq!((client, header), (c.key, ChannelData::header(0x4002, 4)));
+    // The client's nonce and key still serve (a Refresh answered, signed).
+    assert_eq!(c.ask(&mut b, Method::Refresh, &[]), None);
+    // What is left of the permission: 300 - 105 s.
+    b.advance(Duration::from_secs(196));
+    assert_eq!(b.send(c.key, &cd), ClientOutput::Drop(TurnDrop::NoPermission), "expired on time");
+    // Its end is journaled; restoring elsewhere needs the realm and a
+    // free port.
+    assert_eq!(c.ask(&mut b, Method::Refresh, &[(ATTR_LIFETIME, vec![0; 4])]), None);
+    let ended = b.server.take_changes(b.now().instant).ended;
+    assert_eq!(ended, vec![format!("v4-{}", relayed.port())]);
+    let mut foreign = state.clone();
+    foreign.realm = "other.realm".into();
+    assert_eq!(b.server.restore(b.now().instant, foreign), Err(replica::RestoreRefusal::UnknownRealm));
+    let mut wrong_tenant = state.clone();
+    wrong_tenant.tenant = "globex".into();
+    assert_eq!(b.server.restore(b.now().instant, wrong_tenant), Err(replica::RestoreRefusal::UnknownRealm));
+    let mut outside = state.clone();
+    outside.relay.port = 40000;
+    outside.client.source = addr("198.51.100.82:1");
+    assert_eq!(b.server.restore(b.now().instant, outside), Err(replica::RestoreRefusal::PortUnavailable));
+    assert_eq!(
+        b.server.restore(b.now().instant, state.aged(Duration::from_secs(3600))),
+        Err(replica::RestoreRefusal::NotReplicable)
+    );
+    // A node stepping down forgets everything and journals nothing.
+    let mut d = Client::rest("198.51.100.83:5000", "wave-2");
+    d.relayed(&mut b);
+    b.server.take_changes(b.now().instant);
+    b.server.forget_all(b.now().instant);
+    assert_eq!(b.server.allocations().count(), 0);
+    assert!(matches!(b.commands()[..], [Command::CloseRelay { .. }]));
+    assert_eq!(b.server.take_changes(b.now().instant), replica::AllocationChanges::default());
+}

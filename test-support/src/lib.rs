@@ -14,6 +14,7 @@
 //! - `redis_server`, `fault_proxy`: a real redis-server and a proxy that
 //!   delays or cuts the path to it (`redis`);
 //! - `cluster`: cluster nodes beside relays (`cluster`);
+//! - `turn_client`: a TURN client over UDP (`turn`);
 //! - `ucmrc`: the `ucmrc` binary under test, and Kamailio (`ucmrc`);
 //! - [`netns`], [`seccomp`]: network namespaces and syscall filters.
 
@@ -37,6 +38,8 @@ pub mod redis_server;
 pub mod sockets;
 #[cfg(feature = "media")]
 pub mod srtp;
+#[cfg(feature = "turn")]
+pub mod turn_client;
 #[cfg(feature = "ucmrc")]
 pub mod ucmrc;
 

@@ -399,6 +399,7 @@ fn cluster(s: &mut Scrape, c: &relay_cluster::ClusterStatus) {
     );
     s.gauge("ucmrc_cluster_warm_sessions", "Sessions in the standby's warm copy", c.warm_sessions as i64);
     s.gauge("ucmrc_cluster_warm_calls", "ng calls in the standby's warm copy", c.warm_calls as i64);
+    s.gauge("ucmrc_cluster_warm_turn", "TURN allocations in the standby's warm copy", c.warm_turn as i64);
     s.gauge(
         "ucmrc_cluster_lease_holder_epoch",
         "The epoch of the lease holder as last seen (0: none)",

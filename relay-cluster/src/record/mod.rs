@@ -23,6 +23,8 @@
 #[cfg(feature = "ng")]
 mod call;
 mod session;
+#[cfg(feature = "turn")]
+mod turn;
 mod v1;
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,8 @@ use crate::seal::{SealError, Sealer};
 #[cfg(feature = "ng")]
 pub use call::{DecodedCall, StoredCall};
 pub use session::DecodedSession;
+#[cfg(feature = "turn")]
+pub use turn::{DecodedTurnAllocation, StoredTurnAllocation};
 
 /// The record format this code writes.
 pub const FORMAT: u32 = 2;
@@ -88,6 +92,8 @@ pub enum Kind {
     Call,
     /// A change note (pub/sub): which records a write set and deleted.
     Note,
+    /// A TURN allocation (UDP).
+    Turn,
 }
 
 impl Kind {
@@ -97,6 +103,7 @@ impl Kind {
             Kind::Session => "session",
             Kind::Call => "call",
             Kind::Note => "note",
+            Kind::Turn => "turn",
         }
     }
 }
@@ -261,6 +268,12 @@ pub struct ChangeNote {
     /// ng call-ids deleted.
     #[serde(default)]
     pub calls_del: Vec<String>,
+    /// TURN allocation ids written (older readers ignore them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turn_set: Vec<String>,
+    /// TURN allocation ids deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turn_del: Vec<String>,
 }
 
 impl Codec {

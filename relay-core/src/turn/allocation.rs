@@ -136,6 +136,9 @@ pub struct Allocation {
     pub tcp: bool,
     /// Its peer connections (TCP allocations), dialing, waiting or bound.
     pub connections: usize,
+    /// Taken over from another node (its port reopened; no client waits
+    /// for an answer).
+    pub restored: bool,
     /// Bytes it may relay.
     pub rate: RateBucket,
     /// Datagrams and bytes relayed client → peer.
@@ -179,6 +182,7 @@ impl Allocation {
             open_attempts: 0,
             tcp: false,
             connections: 0,
+            restored: false,
             rate,
             to_peer: (0, 0),
             to_client: (0, 0),
@@ -212,6 +216,11 @@ impl Allocation {
             }
         }
         true
+    }
+
+    /// The live permissions at `now`: each peer IP and until when.
+    pub fn permissions(&self, now: Instant) -> impl Iterator<Item = (IpAddr, Instant)> + '_ {
+        self.permissions.iter().filter(move |p| p.expires > now).map(|p| (p.ip, p.expires))
     }
 
     /// Number of live permissions at `now`.

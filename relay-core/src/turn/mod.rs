@@ -9,6 +9,8 @@
 //!   and their peer connections in [`connections`]), with
 //!   [`settings`], per-allocation state in [`allocation`], byte budgets in
 //!   [`limits`], counters in [`stats`] and the wire vocabulary in [`proto`];
+//! - [`replica`]: allocations as a cluster replicates them (export, a
+//!   journal of changes, the takeover's restore);
 //! - [`service`]: the server on UDP, TCP and TLS sockets (tokio), and
 //!   (feature `tunnels`) `handoff`: TURN on the tunnel listeners' port 443;
 //! - (feature `control`) `credentials`: short-lived credentials a PBX's
@@ -26,6 +28,7 @@ pub mod handoff;
 pub mod limits;
 mod prefixed;
 pub mod proto;
+pub mod replica;
 mod requests;
 pub mod server;
 pub mod service;

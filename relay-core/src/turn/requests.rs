@@ -93,6 +93,10 @@ impl TurnServer {
         match handled {
             Ok(Handled::Reply(message)) => {
                 self.stats.answered(method, None);
+                // Lifetimes, permissions and channels are replicated.
+                if let Some(relay) = self.by_client.get(&client).copied() {
+                    self.journal_changed(relay);
+                }
                 ClientOutput::Reply(message)
             }
             Ok(Handled::Pending) => ClientOutput::Pending,

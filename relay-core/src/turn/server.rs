@@ -34,6 +34,11 @@ pub const PORT_REUSE_DELAY: Duration = Duration::from_secs(2);
 pub const PORT_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// Ports an Allocate tries before it is answered 508.
 const OPEN_ATTEMPTS: u8 = 3;
+/// How often a taken-over allocation's port is tried again while the node
+/// that held it lets go of it.
+pub const REOPEN_EVERY: Duration = Duration::from_millis(100);
+/// How many times (two seconds in all) before it is given up.
+const REOPEN_ATTEMPTS: u8 = 20;
 
 /// The time a call happens at: the monotonic clock for lifetimes, Unix
 /// seconds for what credentials and nonces name.
@@ -188,6 +193,8 @@ pub struct TurnServer {
     /// moment in the driver, a port another process held is tried later.
     pub(super) cooling: BinaryHeap<Reverse<(Instant, RelayId)>>,
     pub(super) expiries: BinaryHeap<Reverse<(Instant, RelayId)>>,
+    /// Taken-over allocations whose port is tried again then.
+    pub(super) reopen: BinaryHeap<Reverse<(Instant, RelayId)>>,
     pub(super) strangers: SourceBudget,
     /// Peer connections of TCP allocations (RFC 6062).
     pub(super) connections: HashMap<super::connections::ConnectionId, super::connections::PeerConnection>,
@@ -196,6 +203,10 @@ pub struct TurnServer {
     /// When waiting peer connections are closed unless bound.
     pub(super) bind_deadlines: BinaryHeap<Reverse<(Instant, super::connections::ConnectionId)>>,
     pub(super) commands: VecDeque<Command>,
+    /// A cluster standby serves nothing.
+    pub(super) standby: bool,
+    /// Replicated allocations changed or ended since the last pull.
+    pub(super) journal: super::replica::Journal,
     pub(super) rng: fastrand::Rng,
     pub(super) stats: TurnStats,
 }
@@ -237,10 +248,13 @@ impl TurnServer {
             abandoned: Default::default(),
             cooling: BinaryHeap::new(),
             expiries: BinaryHeap::new(),
+            reopen: BinaryHeap::new(),
             connections: HashMap::new(),
             data_connections: HashMap::new(),
             bind_deadlines: BinaryHeap::new(),
             commands: VecDeque::new(),
+            standby: false,
+            journal: Default::default(),
             rng: fastrand::Rng::with_seed(seed),
             stats: TurnStats::default(),
         })
@@ -291,6 +305,10 @@ impl TurnServer {
     /// `client`.
     pub fn handle_client(&mut self, now: TurnNow, client: ClientKey, buf: &[u8]) -> ClientOutput {
         let client = ClientKey { source: crate::peer::canonical(client.source), ..client };
+        if self.standby {
+            self.stats.dropped(TurnDrop::Standby);
+            return ClientOutput::Drop(TurnDrop::Standby);
+        }
         let out = match buf.first() {
             Some(b) if b & 0xc0 == 0x40 => self.handle_channel_data(now.instant, client, buf),
             _ => match StunMessage::parse(buf) {
@@ -460,12 +478,32 @@ impl TurnServer {
             return;
         }
         let Some(alloc) = self.allocations.get_mut(&relay).filter(|a| !a.opened) else { return };
+        if alloc.restored {
+            // Taken over: it serves once its port is open again. The node
+            // that held the port may take a moment to let go of it: tried
+            // again for a while, then given up (nobody waits for an
+            // answer).
+            if opened {
+                alloc.opened = true;
+                self.journal_changed(relay);
+            } else if alloc.open_attempts < REOPEN_ATTEMPTS {
+                alloc.open_attempts += 1;
+                self.reopen.push(Reverse((now.instant + REOPEN_EVERY, relay)));
+            } else {
+                tracing::warn!(port = relay.port, "TURN: a taken-over allocation's port could not be opened");
+                self.stats.ports_unavailable += 1;
+                self.remove(relay);
+                self.cool(relay, now.instant, PORT_RETRY_DELAY);
+            }
+            return;
+        }
         if opened {
             alloc.opened = true;
             let message = self.allocate_success(now.instant, relay);
             let client = self.allocations[&relay].client;
             self.stats.answered(Method::Allocate, None);
             self.commands.push_back(Command::Send { client, message });
+            self.journal_changed(relay);
             return;
         }
         // Another socket holds that port: it is tried again later, and the
@@ -528,13 +566,24 @@ impl TurnServer {
         let allocation = self.expiries.peek().map(|Reverse((t, _))| *t);
         let reservation = self.reservations.values().map(|r| r.expires).min();
         let cooling = self.cooling.peek().map(|Reverse((t, _))| *t);
-        allocation.into_iter().chain(reservation).chain(cooling).chain(self.next_bind_deadline()).min()
+        let reopen = self.reopen.peek().map(|Reverse((t, _))| *t);
+        allocation.into_iter().chain(reservation).chain(cooling).chain(reopen).chain(self.next_bind_deadline()).min()
     }
 
     /// Expires allocations, reservations and unbound peer connections due
     /// at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire_waiting(now);
+        while let Some(Reverse((at, relay))) = self.reopen.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.reopen.pop();
+            let waiting = self.allocations.get(&relay).is_some_and(|a| a.restored && !a.opened);
+            if let (true, Some(bind)) = (waiting, self.relay_bind_address(relay)) {
+                self.commands.push_back(Command::OpenRelay { relay, bind });
+            }
+        }
         while let Some(Reverse((due, relay))) = self.expiries.peek().copied() {
             if due > now {
                 break;
@@ -585,6 +634,9 @@ impl TurnServer {
     /// return).
     fn remove(&mut self, relay: RelayId) {
         let Some(alloc) = self.allocations.remove(&relay) else { return };
+        if alloc.opened {
+            self.journal_ended(&alloc);
+        }
         self.by_client.remove(&alloc.client);
         let user = (alloc.realm, alloc.username);
         if let Some(n) = self.per_user.get_mut(&user) {

@@ -90,6 +90,8 @@ struct Shared {
     oversize_drops: u64,
     /// Peer connections of TCP allocations (RFC 6062).
     peer_connections: HashMap<ConnectionId, PeerStream>,
+    /// The relay whose standby flag the server follows (a cluster node).
+    follows: Option<crate::RelayHandle>,
 }
 
 /// A relayed port: a UDP socket and its receive task, or (a TCP
@@ -184,6 +186,7 @@ impl TurnService {
             streams_refused: 0,
             oversize_drops: 0,
             peer_connections: HashMap::new(),
+            follows: None,
         }));
         let mut tasks = Vec::new();
         for (i, socket) in udp.iter().enumerate() {
@@ -328,6 +331,54 @@ impl TurnService {
         lock(&self.shared).oversize_drops
     }
 
+    /// Serves nothing while `relay` is a cluster standby (its flag is
+    /// looked at with every client input).
+    pub fn follow_standby(&self, relay: crate::RelayHandle) {
+        let mut s = lock(&self.shared);
+        let standby = relay.is_standby();
+        s.server.set_standby(standby);
+        s.follows = Some(relay);
+    }
+
+    /// Replicated allocations changed and ended since the last call.
+    pub fn take_changes(&self) -> super::replica::AllocationChanges {
+        lock(&self.shared).server.take_changes(Instant::now())
+    }
+
+    /// Every replicated allocation as it is now.
+    pub fn export(&self) -> Vec<super::replica::AllocationState> {
+        lock(&self.shared).server.export(Instant::now())
+    }
+
+    /// Takes allocations over (a takeover): their ports are opened again;
+    /// returns how many were taken (those refused are logged).
+    pub fn restore(&self, states: Vec<super::replica::AllocationState>) -> usize {
+        let (taken, commands) = {
+            let mut s = lock(&self.shared);
+            let mut taken = 0;
+            for state in states {
+                let id = state.id();
+                match s.server.restore(Instant::now(), state) {
+                    Ok(()) => taken += 1,
+                    Err(e) => tracing::warn!(allocation = %id, error = %e, "TURN allocation not taken over"),
+                }
+            }
+            (taken, drain(&mut s.server))
+        };
+        apply(&self.shared, &self.udp, commands);
+        taken
+    }
+
+    /// Forgets every allocation (a node stepping down).
+    pub fn forget_all(&self) {
+        let commands = {
+            let mut s = lock(&self.shared);
+            s.server.forget_all(Instant::now());
+            drain(&mut s.server)
+        };
+        apply(&self.shared, &self.udp, commands);
+    }
+
     /// Reads the server (allocations, settings) under its lock.
     pub fn with_server<R>(&self, f: impl FnOnce(&TurnServer) -> R) -> R {
         f(&lock(&self.shared).server)
@@ -381,6 +432,9 @@ fn handle_client_message(
 ) -> Option<ConnectionId> {
     let (out, relay_socket, commands) = {
         let mut s = lock(shared);
+        if let Some(standby) = s.follows.as_ref().map(crate::RelayHandle::is_standby) {
+            s.server.set_standby(standby);
+        }
         let out = s.server.handle_client(turn_now(), client, message);
         let relay_socket = match &out {
             ClientOutput::Relay { relay, .. } => s.relays.get(relay).and_then(|r| r.socket.clone()),

@@ -26,11 +26,13 @@ pub enum TurnDrop {
     StrangerBudget,
     /// A peer's connection to a TCP allocation holding as many as it may.
     ConnectionLimit,
+    /// Input to a cluster standby (it serves nothing).
+    Standby,
 }
 
 impl TurnDrop {
     /// Every reason, in metric-label order.
-    pub const ALL: [TurnDrop; 10] = [
+    pub const ALL: [TurnDrop; 11] = [
         TurnDrop::Malformed,
         TurnDrop::UnknownMethod,
         TurnDrop::UnexpectedMessage,
@@ -41,6 +43,7 @@ impl TurnDrop {
         TurnDrop::RateLimited,
         TurnDrop::StrangerBudget,
         TurnDrop::ConnectionLimit,
+        TurnDrop::Standby,
     ];
 
     /// Its metric label.
@@ -56,6 +59,7 @@ impl TurnDrop {
             TurnDrop::RateLimited => "rate_limited",
             TurnDrop::StrangerBudget => "stranger_budget",
             TurnDrop::ConnectionLimit => "connection_limit",
+            TurnDrop::Standby => "standby",
         }
     }
 

@@ -1,0 +1,266 @@
+//! Allocations as a cluster replicates them: a plain copy of what a UDP
+//! allocation is (its client, relayed address, credentials' key, what is
+//! left of its lifetime, permissions and channels), a journal of which
+//! changed or ended since the last pull, and the restore a standby does
+//! when it takes over — the same relayed port, so peers and the client
+//! keep their addresses.
+//!
+//! Only allocations of UDP clients are replicated: a TCP or TLS client's
+//! connection ends with the node that held it (and its allocation with
+//! it, RFC 8656 §3.1), and so do TCP allocations (RFC 6062).
+//!
+//! A standby serves no TURN at all ([`TurnServer::set_standby`]): what
+//! it would allocate could not be replicated.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::allocation::{Allocation, ClientKey, IntegrityKey, RelayId, Transport};
+use super::limits::RateBucket;
+use super::proto::Family;
+use super::server::{Command, TurnServer};
+
+/// One allocation as replicated (lifetimes as what is left of them when
+/// it was copied).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AllocationState {
+    /// Its client (UDP).
+    pub client: ClientKey,
+    /// Its relayed socket.
+    pub relay: RelayId,
+    /// The relayed address clients are told.
+    pub relayed: SocketAddr,
+    /// Its realm's name.
+    pub realm: String,
+    /// The tenant it counts against (its realm's).
+    pub tenant: String,
+    /// Username of its credentials.
+    pub username: String,
+    /// The key its requests are checked with (a secret: the cluster seals
+    /// it; `Debug` hides it).
+    pub key: IntegrityKey,
+    /// The Allocate transaction it answered.
+    pub allocate_txid: [u8; 12],
+    /// What is left of its lifetime.
+    pub lifetime: Duration,
+    /// Permissions: peer IP and what is left of each.
+    pub permissions: Vec<(IpAddr, Duration)>,
+    /// Channels: number, peer and what is left of each.
+    pub channels: Vec<(u16, SocketAddr, Duration)>,
+}
+
+impl std::fmt::Debug for AllocationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllocationState")
+            .field("client", &self.client)
+            .field("relay", &self.relay)
+            .field("relayed", &self.relayed)
+            .field("realm", &self.realm)
+            .field("tenant", &self.tenant)
+            .field("username", &self.username)
+            .field("lifetime", &self.lifetime)
+            .field("permissions", &self.permissions.len())
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AllocationState {
+    /// Its record id: the relayed port and family (`v4-20001`), unique
+    /// among a server's live allocations.
+    pub fn id(&self) -> String {
+        relay_record_id(self.relay)
+    }
+
+    /// The same allocation `elapsed` later (lifetimes shortened; what has
+    /// run out is gone).
+    pub fn aged(mut self, elapsed: Duration) -> Self {
+        self.lifetime = self.lifetime.saturating_sub(elapsed);
+        self.permissions.retain_mut(|(_, left)| {
+            *left = left.saturating_sub(elapsed);
+            !left.is_zero()
+        });
+        self.channels.retain_mut(|(_, _, left)| {
+            *left = left.saturating_sub(elapsed);
+            !left.is_zero()
+        });
+        self
+    }
+}
+
+/// The record id of `relay` (see [`AllocationState::id`]).
+pub fn relay_record_id(relay: RelayId) -> String {
+    let family = match relay.family {
+        Family::V4 => "v4",
+        Family::V6 => "v6",
+    };
+    format!("{family}-{}", relay.port)
+}
+
+/// Allocations changed and ended since the last pull.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AllocationChanges {
+    /// Changed or new, as they are now.
+    pub changed: Vec<AllocationState>,
+    /// Record ids of those that ended.
+    pub ended: Vec<String>,
+}
+
+/// Why an allocation was not restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreRefusal {
+    /// Not a UDP client's, or its lifetime has run out.
+    #[error("not a live UDP allocation")]
+    NotReplicable,
+    /// No realm of that name (and tenant) here.
+    #[error("unknown realm")]
+    UnknownRealm,
+    /// Its relayed port is outside this server's range or taken.
+    #[error("relayed port unavailable")]
+    PortUnavailable,
+    /// Its client already holds an allocation here.
+    #[error("client already has an allocation")]
+    ClientTaken,
+    /// Its tenant's quota is full.
+    #[error("tenant quota full")]
+    Quota,
+}
+
+/// The journal: relayed sockets whose allocation changed or ended.
+#[derive(Debug, Default)]
+pub(super) struct Journal {
+    changed: HashSet<RelayId>,
+    ended: HashSet<RelayId>,
+}
+
+impl TurnServer {
+    /// Serves nothing while `true` (a cluster standby): every client
+    /// datagram and message is dropped, counted as `standby`.
+    pub fn set_standby(&mut self, standby: bool) {
+        self.standby = standby;
+    }
+
+    /// Whether it serves nothing now.
+    pub fn is_standby(&self) -> bool {
+        self.standby
+    }
+
+    /// Notes that `relay`'s allocation changed (replicated ones only).
+    pub(super) fn journal_changed(&mut self, relay: RelayId) {
+        if self.allocations.get(&relay).is_some_and(replicable) {
+            self.journal.ended.remove(&relay);
+            self.journal.changed.insert(relay);
+        }
+    }
+
+    /// Notes that `alloc` ended.
+    pub(super) fn journal_ended(&mut self, alloc: &Allocation) {
+        if replicable(alloc) {
+            self.journal.changed.remove(&alloc.relay);
+            self.journal.ended.insert(alloc.relay);
+        }
+    }
+
+    /// What changed and ended since the last call, at `now`.
+    pub fn take_changes(&mut self, now: Instant) -> AllocationChanges {
+        let changed = std::mem::take(&mut self.journal.changed);
+        let ended = std::mem::take(&mut self.journal.ended);
+        AllocationChanges {
+            changed: changed.into_iter().filter_map(|r| self.export_one(r, now)).collect(),
+            ended: ended.into_iter().map(relay_record_id).collect(),
+        }
+    }
+
+    /// Every replicated allocation as it is at `now`.
+    pub fn export(&self, now: Instant) -> Vec<AllocationState> {
+        self.allocations.keys().filter_map(|r| self.export_one(*r, now)).collect()
+    }
+
+    fn export_one(&self, relay: RelayId, now: Instant) -> Option<AllocationState> {
+        let a = self.allocations.get(&relay).filter(|a| replicable(a))?;
+        let left = |t: Instant| t.saturating_duration_since(now);
+        Some(AllocationState {
+            client: a.client,
+            relay: a.relay,
+            relayed: a.relayed,
+            realm: self.settings.realms.get(a.realm)?.name.clone(),
+            tenant: self.settings.realms.get(a.realm)?.tenant.clone(),
+            username: a.username.clone(),
+            key: a.key,
+            allocate_txid: a.allocate_txid,
+            lifetime: left(a.expires),
+            permissions: a.permissions(now).map(|(ip, t)| (ip, left(t))).collect(),
+            channels: a.channels(now).map(|c| (c.number, c.peer, left(c.expires))).collect(),
+        })
+    }
+
+    /// Takes `state` over at `now` (a standby's takeover): the same port
+    /// is opened again ([`Command::OpenRelay`]), and the allocation serves
+    /// once it is; nothing is sent to its client.
+    pub fn restore(&mut self, now: Instant, state: AllocationState) -> Result<(), RestoreRefusal> {
+        let client = ClientKey { source: crate::peer::canonical(state.client.source), ..state.client };
+        if client.transport != Transport::Udp || state.lifetime.is_zero() {
+            return Err(RestoreRefusal::NotReplicable);
+        }
+        let realm = self
+            .settings
+            .realms
+            .iter()
+            .position(|r| r.name == state.realm && r.tenant == state.tenant)
+            .ok_or(RestoreRefusal::UnknownRealm)?;
+        if self.by_client.contains_key(&client) {
+            return Err(RestoreRefusal::ClientTaken);
+        }
+        let bind = self.relay_bind_address(state.relay).ok_or(RestoreRefusal::PortUnavailable)?;
+        let quota = match &self.quotas {
+            Some(q) => Some(q.acquire(&self.settings.realms[realm].tenant, 1).map_err(|_| RestoreRefusal::Quota)?),
+            None => None,
+        };
+        if !self.pool(state.relay.family).take_exact(state.relay.port) {
+            return Err(RestoreRefusal::PortUnavailable);
+        }
+        let limits = self.settings.limits;
+        let expires = now + state.lifetime;
+        let mut alloc = Allocation::new(
+            client,
+            state.relay,
+            state.relayed,
+            realm,
+            state.username,
+            state.key,
+            expires,
+            state.allocate_txid,
+            RateBucket::full(limits.burst_bytes),
+            quota,
+        );
+        alloc.restored = true;
+        for (ip, left) in state.permissions {
+            alloc.permit(&[ip], now, now + left, limits.permissions_per_allocation);
+        }
+        for (number, peer, left) in state.channels {
+            let _ = alloc.bind_channel(number, peer, now, now + left, limits.channels_per_allocation);
+        }
+        *self.per_user.entry((realm, alloc.username.clone())).or_default() += 1;
+        self.by_client.insert(client, state.relay);
+        self.allocations.insert(state.relay, alloc);
+        self.expiries.push(std::cmp::Reverse((expires, state.relay)));
+        self.commands.push_back(Command::OpenRelay { relay: state.relay, bind });
+        Ok(())
+    }
+
+    /// Forgets every allocation at `now` (a node stepping down): their
+    /// sockets are closed, nothing is journaled.
+    pub fn forget_all(&mut self, now: Instant) {
+        let relays: Vec<RelayId> = self.allocations.keys().copied().collect();
+        for relay in relays {
+            self.forget(now, relay);
+        }
+        self.journal = Journal::default();
+    }
+}
+
+/// Whether an allocation is replicated: a UDP client's UDP allocation.
+fn replicable(a: &Allocation) -> bool {
+    a.client.transport == Transport::Udp && !a.tcp
+}

@@ -1,0 +1,100 @@
+//! A TURN client over UDP (RFC 8656) with REST credentials, written from
+//! the RFC for the HA tests: Allocate after its 401, signed requests,
+//! ChannelData both ways.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use relay_core::turn::auth::{long_term_key_md5, RestSecrets};
+use relay_core::turn::proto::*;
+use relay_core::wire::stun::{StunClass, StunMessage, ATTR_USERNAME};
+use relay_core::wire::stun_writer::{StunWriter, ATTR_ERROR_CODE};
+
+/// A TURN client over UDP with REST credentials.
+pub struct Client {
+    /// Its socket.
+    pub socket: UdpSocket,
+    username: String,
+    realm: String,
+    key: [u8; 16],
+    nonce: String,
+    txid: u8,
+}
+
+impl Client {
+    /// A client of `realm` with REST credentials for `user` under `secret`.
+    pub fn new(secret: &[u8], realm: &str, user: &str) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let (username, password) = RestSecrets::new(vec![secret.to_vec()])
+            .issue(
+                user,
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs(),
+                Duration::from_secs(3600),
+            )
+            .expect("credentials");
+        let key = long_term_key_md5(&username, realm, &password);
+        Self { socket, username, realm: realm.to_string(), key, nonce: String::new(), txid: 0 }
+    }
+
+    /// A request of `method` (to `peer`), signed once a nonce is known.
+    pub fn request(&mut self, method: Method, attrs: &[(u16, Vec<u8>)], peer: Option<SocketAddr>) -> Vec<u8> {
+        self.txid += 1;
+        let mut w = StunWriter::new(message_type(method, StunClass::Request), [self.txid; 12]);
+        if let Some(p) = peer {
+            w.xor_address(ATTR_XOR_PEER_ADDRESS, p);
+        }
+        for (kind, value) in attrs {
+            w.attribute(*kind, value);
+        }
+        if !self.nonce.is_empty() {
+            w.attribute(ATTR_USERNAME, self.username.as_bytes())
+                .attribute(ATTR_REALM, self.realm.as_bytes())
+                .attribute(ATTR_NONCE, self.nonce.as_bytes())
+                .message_integrity(&self.key);
+        }
+        w.fingerprint();
+        w.finish()
+    }
+
+    /// Sends a request to `server` and returns the answer's error code
+    /// (`None`: success) and the answer.
+    pub fn ask(
+        &mut self,
+        server: SocketAddr,
+        method: Method,
+        attrs: &[(u16, Vec<u8>)],
+        peer: Option<SocketAddr>,
+    ) -> (Option<u16>, Vec<u8>) {
+        let req = self.request(method, attrs, peer);
+        self.socket.send_to(&req, server).expect("send");
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, _) = self.socket.recv_from(&mut buf).expect("an answer");
+            let msg = StunMessage::parse(&buf[..n]).expect("stun");
+            if msg.transaction_id() != [self.txid; 12] {
+                continue; // data, or a late answer
+            }
+            let code = msg.attribute(ATTR_ERROR_CODE).map(|a| u16::from(a.value[2]) * 100 + u16::from(a.value[3]));
+            if let Some(nonce) = msg.attribute(ATTR_NONCE) {
+                self.nonce = String::from_utf8(nonce.value.to_vec()).expect("nonce");
+            }
+            return (code, buf[..n].to_vec());
+        }
+    }
+
+    /// ChannelData to `server` on `channel`.
+    pub fn channel_data(&self, server: SocketAddr, channel: u16, data: &[u8]) {
+        let mut cd = ChannelData::header(channel, data.len()).to_vec();
+        cd.extend_from_slice(data);
+        self.socket.send_to(&cd, server).expect("send");
+    }
+
+    /// The next ChannelData's payload.
+    pub fn recv_channel(&self) -> Vec<u8> {
+        let mut buf = [0u8; 2048];
+        let (n, _) = self.socket.recv_from(&mut buf).expect("channel data");
+        let cd = ChannelData::parse(&buf[..n]).expect("channel data");
+        buf[4..4 + cd.len].to_vec()
+    }
+}
