@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let stranger = ClientKey { transport: Transport::Udp, listener: 0, source: "198.51.100.9:4000".parse().unwrap() };
     match server.handle_client(now, stranger, data) {
         ClientOutput::Relay { .. } => panic!("relayed for a stranger"),
+        ClientOutput::Bind { .. } => panic!("a stranger's datagram joined to a peer connection"),
         ClientOutput::Reply(r) => {
             assert!(r.len() <= data.len() + TurnLimits::default().stranger_burst_bytes as usize)
         }

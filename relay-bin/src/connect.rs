@@ -11,10 +11,19 @@
 //! token_file = "/etc/ucmrc/acme.token"
 //! connector_id = "pbx-01"                # default: the host name
 //!
+//! local_api = "127.0.0.1:7080"          # optional, loopback only: TURN credentials for the PBX
+//!
 //! [services]
 //! sip-tls = "127.0.0.1:5061"
 //! web = { address = "127.0.0.1:443", proxy_protocol = true }   # PROXY v2 header first
 //! ```
+//!
+//! With `local_api`, the PBX on this host gets short-lived TURN credentials
+//! for its Wave and browser clients from the relay through the connector's
+//! channel: `POST /v1/turn/credentials` with `{"user": "ext-201",
+//! "lifetime_secs": 3600}` answers the credentials and a WebRTC
+//! `iceServers` entry (docs/turn.md). It takes no token, so it listens on a
+//! loopback address only.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,6 +36,8 @@ use serde::Deserialize;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{find_key_line, read_file, read_text, toml_error, ConfigError, LogSection};
+
+mod local_api;
 
 /// The connector's configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +68,9 @@ pub struct ConnectFile {
     /// Services to expose: name → local address of the PBX service.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceEntry>,
+    /// Loopback address of the local API (TURN credentials for the PBX).
+    #[serde(default)]
+    pub local_api: Option<SocketAddr>,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -188,6 +202,14 @@ impl ConnectConfig {
             connector.connector_id = id.clone();
         }
         connector.tunnels = file.services.iter().map(|(name, e)| (name.clone(), e.target())).collect();
+        if let Some(addr) = file.local_api {
+            if !addr.ip().is_loopback() {
+                return Err(err(
+                    "local_api",
+                    format!("{addr} is not a loopback address: the local API takes no token (use 127.0.0.1:PORT)"),
+                ));
+            }
+        }
         Ok(ConnectConfig { file, connector })
     }
 }
@@ -213,6 +235,10 @@ pub fn run(cfg: ConnectConfig) -> Result<(), String> {
     runtime.block_on(async move {
         let connector = Connector::start(cfg.connector.clone()).map_err(|e| e.to_string())?;
         let handle = connector.handle();
+        let local_api = match cfg.file.local_api {
+            Some(addr) => Some(local_api::serve(addr, handle.clone()).await?),
+            None => None,
+        };
         println!(
             "ucmrc connect {}: tenant {} to {} (server name {}), services: {}",
             env!("CARGO_PKG_VERSION"),
@@ -225,6 +251,9 @@ pub fn run(cfg: ConnectConfig) -> Result<(), String> {
                 cfg.file.services.keys().cloned().collect::<Vec<_>>().join(", ")
             }
         );
+        if let Some(addr) = local_api {
+            println!("local API on http://{addr} (POST /v1/turn/credentials)");
+        }
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         let mut status = tokio::time::interval(Duration::from_millis(200));
@@ -304,6 +333,14 @@ mod tests {
                 ),
                 "services.web",
                 Some(6),
+            ),
+            (
+                format!(
+                    "{base}relay = \"r:1\"\npinned_sha256 = \"{}\"\nlocal_api = \"0.0.0.0:7080\"\n",
+                    "00".repeat(32)
+                ),
+                "local_api",
+                Some(5),
             ),
         ];
         let missing = ConnectConfig::parse("c.toml", "tenant = \"acme\"\n", Some(&d)).expect_err("missing");

@@ -331,6 +331,59 @@ fn a_pbx_asks_for_turn_credentials_on_its_control_channel_and_coturn_s_client_us
     assert_eq!(m["ucmrc_connector_events_total{event=\"turn_credentials_issued\"}"], 1.0, "{m:?}");
     rt.block_on(acme.stop());
     rt.block_on(globex.stop());
+
+    // A PBX that is not a Rust program asks `ucmrc connect`'s local API.
+    let token_file = dir.join("acme.token");
+    std::fs::write(&token_file, format!("{acme_token}\n")).expect("token file");
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let connect_toml = dir.join("connect.toml");
+    std::fs::write(
+        &connect_toml,
+        format!(
+            "relay = \"{}\"\nserver_name = \"relay.test\"\nca_file = {ca:?}\ntenant = \"acme\"\ntoken_file = {token_file:?}\n\
+             local_api = \"127.0.0.1:0\"\n",
+            r.control.expect("control listener")
+        ),
+    )
+    .expect("connect config");
+    let mut connector = Command::new(bin())
+        .args(["connect", "--config"])
+        .arg(&connect_toml)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn connect");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(connector.stdout.take().expect("stdout")));
+    let mut api = None;
+    for line in lines.map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("local API on http://") {
+            api = rest.split(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
+        }
+        if line.starts_with("connected to") {
+            break;
+        }
+    }
+    let api = api.expect("the banner names the local API");
+    let (status, body) =
+        http(api, "POST", "/v1/turn/credentials", None, Some(r#"{"user":"wave-9","lifetime_secs":600}"#));
+    assert_eq!(status, 200, "{body}");
+    let grant = json(&body);
+    let (username, password) =
+        (grant["username"].as_str().expect("username"), grant["password"].as_str().expect("password"));
+    assert!(username.ends_with(":wave-9") && grant["realm"] == "turn.test" && grant["ttl_secs"] == 600, "{grant}");
+    assert_eq!(grant["ice_servers"][0]["urls"], grant["uris"]);
+    assert_eq!(
+        (grant["ice_servers"][0]["username"].as_str(), grant["ice_servers"][0]["credential"].as_str()),
+        (Some(username), Some(password))
+    );
+    uclient_auth(udp, &["-m", "1"], &["-u", username, "-w", password], Some(peer.addr), 20).assert_all_echoed(1, 20);
+    let (status, body) = http(api, "POST", "/v1/turn/credentials", None, Some(r#"{"user":"no:colons"}"#));
+    assert_eq!((status, json(&body)["code"].as_str()), (400, Some("invalid_field")), "{body}");
+    let (status, _) = http(api, "POST", "/v1/turn/credentials", None, Some("not json"));
+    assert_eq!(status, 400);
+    assert_eq!(http(api, "GET", "/v1/sessions", None, None).0, 404, "nothing else");
+    let _ = connector.kill();
+    let _ = connector.wait();
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -48,8 +48,9 @@ const STREAM_FLUSH: Duration = Duration::from_secs(2);
 /// 447).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read size of a bound peer connection (each read is one chunk queued to
-/// the client's data connection).
-const TCP_CHUNK: usize = 16 * 1024;
+/// the client's data connection: with the queue's bound, at most 1 MiB
+/// waits for a slow client).
+const TCP_CHUNK: usize = 4096;
 
 /// Bounds on stream connections (TCP and TLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
