@@ -955,6 +955,11 @@ fn udp_allocations_are_journaled_exported_and_taken_over_on_the_same_port() {
         panic!("the channel holds")
     };
     assert_eq!((client, header), (c.key, ChannelData::header(0x4002, 4)));
+    // Fenced (or standby again), it changes nothing, but relays on.
+    b.server.set_standby(true);
+    assert_eq!(b.send(c.key, &c.request(Method::Refresh, &[])), ClientOutput::Drop(TurnDrop::Standby));
+    assert!(matches!(b.send(c.key, &cd), ClientOutput::Relay { .. }), "forwarding is not gated");
+    b.server.set_standby(false);
     // The client's nonce and key still serve (a Refresh answered, signed).
     assert_eq!(c.ask(&mut b, Method::Refresh, &[]), None);
     // What is left of the permission: 300 - 105 s.

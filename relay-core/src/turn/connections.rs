@@ -75,9 +75,9 @@ impl TurnServer {
         }
     }
 
-    /// A Connect on `relay` (authenticated with `key`): the peer dialled
-    /// from the relayed address when the policy, a permission and the cap
-    /// allow; answered when the driver reports
+    /// A Connect from `client` (authenticated): the peer dialled from the
+    /// relayed address when the policy, a permission and the cap allow;
+    /// answered when the driver reports
     /// ([`handle_dialed`](Self::handle_dialed)).
     pub(super) fn connect(
         &mut self,
@@ -105,12 +105,12 @@ impl TurnServer {
         if connections >= self.settings.limits.connections_per_allocation {
             return Err(ErrorCode::InsufficientCapacity);
         }
+        let bind = self.relay_bind_address(relay).ok_or(ErrorCode::AddressFamilyNotSupported)?;
         let id = self.new_connection_id();
         self.connections.insert(id, PeerConnection { relay, peer, state: ConnectionState::Dialing { txid } });
         if let Some(a) = self.allocations.get_mut(&relay) {
             a.connections += 1;
         }
-        let bind = self.relay_bind_address(relay).ok_or(ErrorCode::AddressFamilyNotSupported)?;
         self.commands.push_back(Command::Dial { connection: id, bind, peer });
         Ok(ClientOutput::Pending)
     }
@@ -163,11 +163,12 @@ impl TurnServer {
         }
         let client = alloc.client;
         let id = self.new_connection_id();
-        self.connections.insert(id, PeerConnection { relay, peer, state: ConnectionState::Dialing { txid: [0; 12] } });
+        let deadline = now.instant + limits.connection_bind_timeout;
+        self.connections.insert(id, PeerConnection { relay, peer, state: ConnectionState::Waiting { deadline } });
+        self.bind_deadlines.push(Reverse((deadline, id)));
         if let Some(a) = self.allocations.get_mut(&relay) {
             a.connections += 1;
         }
-        self.wait_for_bind(now.instant, id);
         let txid: [u8; 12] = std::array::from_fn(|_| self.rng.u8(..));
         let mut w = StunWriter::new(message_type(Method::ConnectionAttempt, StunClass::Indication), txid);
         w.attribute(ATTR_CONNECTION_ID, &id.to_be_bytes()).xor_address(ATTR_XOR_PEER_ADDRESS, peer);

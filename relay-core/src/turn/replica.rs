@@ -9,8 +9,9 @@
 //! connection ends with the node that held it (and its allocation with
 //! it, RFC 8656 §3.1), and so do TCP allocations (RFC 6062).
 //!
-//! A standby serves no TURN at all ([`TurnServer::set_standby`]): what
-//! it would allocate could not be replicated.
+//! A standby (or an active fenced from Redis) answers no request
+//! ([`TurnServer::set_standby`]): what it would allocate or change could
+//! not be replicated. What existing allocations relay is not gated.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -135,8 +136,10 @@ pub(super) struct Journal {
 }
 
 impl TurnServer {
-    /// Serves nothing while `true` (a cluster standby): every client
-    /// datagram and message is dropped, counted as `standby`.
+    /// Answers no request while `true` (a cluster standby, or an active
+    /// fenced from Redis): requests are dropped, counted as `standby`;
+    /// ChannelData and Send indications of existing allocations still
+    /// relay.
     pub fn set_standby(&mut self, standby: bool) {
         self.standby = standby;
     }

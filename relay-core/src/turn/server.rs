@@ -305,10 +305,6 @@ impl TurnServer {
     /// `client`.
     pub fn handle_client(&mut self, now: TurnNow, client: ClientKey, buf: &[u8]) -> ClientOutput {
         let client = ClientKey { source: crate::peer::canonical(client.source), ..client };
-        if self.standby {
-            self.stats.dropped(TurnDrop::Standby);
-            return ClientOutput::Drop(TurnDrop::Standby);
-        }
         let out = match buf.first() {
             Some(b) if b & 0xc0 == 0x40 => self.handle_channel_data(now.instant, client, buf),
             _ => match StunMessage::parse(buf) {
@@ -364,6 +360,9 @@ impl TurnServer {
             return ClientOutput::Drop(TurnDrop::Malformed);
         }
         match (msg.class(), Method::from_number(msg.method())) {
+            // A standby (or a fenced active) changes nothing; what its
+            // allocations relay goes on, like media.
+            (StunClass::Request, _) if self.standby => ClientOutput::Drop(TurnDrop::Standby),
             (StunClass::Indication, Some(Method::Send)) => self.handle_send(now.instant, client, msg),
             (StunClass::Request, Some(method)) => self.handle_request(now, client, method, msg),
             (StunClass::Request, None) => ClientOutput::Drop(TurnDrop::UnknownMethod),

@@ -395,8 +395,14 @@ fn for_socket(socket: &UdpSocket, addr: SocketAddr) -> SocketAddr {
 }
 
 /// Sends without waiting: a full buffer drops the datagram, counted.
+///
+/// The datagram goes straight to the kernel (a non-blocking `sendto`):
+/// tokio's own `try_send_to` refuses until its reactor has seen the socket
+/// writable, which a socket just opened for an allocation has not — its
+/// first datagram was lost that way.
 fn send_udp(shared: &Mutex<Shared>, socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    if socket.try_send_to(bytes, for_socket(socket, to)).is_err() {
+    let to = socket2::SockAddr::from(for_socket(socket, to));
+    if socket2::SockRef::from(socket).send_to(bytes, &to).is_err() {
         lock(shared).send_failures += 1;
     }
 }
@@ -698,11 +704,14 @@ async fn splice<R: AsyncRead + Unpin>(
                     _ = stop.changed() => break,
                 };
                 let wait = lock(&shared).server.handle_tcp_relayed(Instant::now(), id, false, n as u64);
-                if to_client.send(buf[..n].to_vec()).await.is_err() {
+                // Waiting on a slow client or the rate ends when the
+                // connection is closed.
+                let sent = tokio::select! {
+                    r = to_client.send(buf[..n].to_vec()) => r.is_ok(),
+                    _ = stop.changed() => false,
+                };
+                if !sent || !paced(wait, &mut stop).await {
                     break;
-                }
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
                 }
             }
             end_connection(&shared, id);
@@ -714,11 +723,14 @@ async fn splice<R: AsyncRead + Unpin>(
     loop {
         if n > 0 {
             let wait = lock(shared).server.handle_tcp_relayed(Instant::now(), id, true, n as u64);
-            if peer_writer.write_all(&buf[..n]).await.is_err() {
+            // A peer that does not read, or the rate, holds this up only
+            // until the connection is closed.
+            let written = tokio::select! {
+                r = peer_writer.write_all(&buf[..n]) => r.is_ok(),
+                _ = stop.changed() => false,
+            };
+            if !written || !paced(wait, &mut stop).await {
                 break;
-            }
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
             }
         }
         n = tokio::select! {
@@ -731,6 +743,18 @@ async fn splice<R: AsyncRead + Unpin>(
     }
     end_connection(shared, id);
     pump.abort();
+}
+
+/// Waits `wait` (the allocation's rate); `false` when the connection was
+/// closed meanwhile.
+async fn paced(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if wait.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = stop.changed() => false,
+    }
 }
 
 /// A peer connection is over: both pumps stop, the server forgets it.

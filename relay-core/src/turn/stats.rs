@@ -26,7 +26,8 @@ pub enum TurnDrop {
     StrangerBudget,
     /// A peer's connection to a TCP allocation holding as many as it may.
     ConnectionLimit,
-    /// Input to a cluster standby (it serves nothing).
+    /// A request to a cluster standby or fenced active (it changes
+    /// nothing).
     Standby,
 }
 
