@@ -257,6 +257,7 @@ fn media_through_an_external_relay_driven_by_its_admin_api() {
         clustered: false,
         cluster: Default::default(),
         turn: Default::default(),
+        turn_uris: Default::default(),
     });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let addr = rt.block_on(async {

@@ -60,6 +60,9 @@ pub struct AdminState {
     pub cluster: std::sync::OnceLock<relay_cluster::ClusterView>,
     /// The TURN server, once started.
     pub turn: std::sync::OnceLock<relay_core::turn::service::TurnService>,
+    /// The TURN URIs derived from its bound listeners (told with
+    /// credentials when `[turn] uris` is not set).
+    pub turn_uris: std::sync::OnceLock<Vec<String>>,
 }
 
 impl AdminState {

@@ -79,6 +79,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         clustered: cfg.cluster.is_some(),
         cluster: std::sync::OnceLock::new(),
         turn: std::sync::OnceLock::new(),
+        turn_uris: std::sync::OnceLock::new(),
         tunnels,
         control: control_listener,
         handle: handle.clone(),
@@ -290,13 +291,8 @@ fn start_turn(
         policy: peer_policy(cfg, listeners),
         limits: t.limits,
     };
-    if let Some(control) = &state.control {
-        let uris = match t.uris.is_empty() {
-            true => turn_uris(t, &sockets, tunnel_addrs),
-            false => t.uris.clone(),
-        };
-        control.set_turn_issuer(Arc::new(relay_core::turn::credentials::RestIssuer::new(&settings, uris)));
-    }
+    let _ = state.turn_uris.set(turn_uris(t, &sockets, tunnel_addrs));
+    set_turn_issuer(state, t, &settings);
     let mut random = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut random))
@@ -360,42 +356,93 @@ fn start_turn(
     ))
 }
 
+/// Lets connectors ask for TURN credentials from `settings`' realms (or
+/// replaces the issuer after a reload), telling them `[turn] uris` or the
+/// listeners' own.
+fn set_turn_issuer(state: &AdminState, t: &crate::config::TurnConfig, settings: &relay_core::turn::TurnSettings) {
+    let Some(control) = &state.control else { return };
+    let uris = match t.uris.is_empty() {
+        true => state.turn_uris.get().cloned().unwrap_or_default(),
+        false => t.uris.clone(),
+    };
+    control.set_turn_issuer(Arc::new(relay_core::turn::credentials::RestIssuer::new(settings, uris)));
+}
+
+/// SIGHUP for TURN: realms (secrets, users, allow-lists), limits and the
+/// peer policy apply at once, allocations going on; listeners, relayed
+/// addresses and ports need a restart (added to `restart`).
+fn reload_turn(old: &Config, new: &Config, state: &AdminState, listeners: &[SocketAddr], restart: &mut Vec<&str>) {
+    let fixed = |t: &crate::config::TurnConfig| {
+        (
+            t.listen.clone(),
+            t.tcp_listen.clone(),
+            t.tls_listen.clone(),
+            t.server_names.clone(),
+            t.relay_v4,
+            t.relay_v6,
+            t.ports,
+        )
+    };
+    let (service, t) = match (state.turn.get(), &new.turn, &old.turn) {
+        (Some(service), Some(t), Some(o)) => {
+            if fixed(o) != fixed(t) {
+                restart.push("turn (listeners, server_names, relayed addresses and ports)");
+            }
+            (service, t)
+        }
+        (None, None, _) => return,
+        _ => {
+            restart.push("turn (added or removed)");
+            return;
+        }
+    };
+    let policy = peer_policy(new, listeners);
+    match service.reconfigure(t.realms.clone(), t.limits, policy.clone()) {
+        Ok(()) => {
+            let settings = service.with_server(|s| s.settings().clone());
+            set_turn_issuer(state, t, &settings);
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: TURN settings rejected, keeping the running ones"),
+    }
+}
+
 /// The TURN URIs (RFC 7065) of the bound listeners, told to connectors
 /// with the credentials they ask for: each listener's address, or the
-/// advertised address when it is the relayed address or unspecified; TLS
+/// advertised address when it is the relayed address or unspecified (a
+/// wildcard listener of a family with no relay address is left out); TLS
 /// by the first server name when there is one. On the tunnel listeners:
 /// `turns:` when TURN has a certificate, else TURN over TCP.
 fn turn_uris(t: &crate::config::TurnConfig, sockets: &TurnSockets, tunnel_addrs: &[SocketAddr]) -> Vec<String> {
-    let host = |a: SocketAddr| -> String {
+    let host = |a: SocketAddr| -> Option<String> {
         let family = if a.is_ipv4() { t.relay_v4 } else { t.relay_v6 };
         let ip = match family {
             Some(r) if a.ip().is_unspecified() || a.ip() == r.bind => r.advertised,
             _ => a.ip(),
         };
         match ip {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            ip if ip.is_unspecified() => None,
+            std::net::IpAddr::V4(v4) => Some(v4.to_string()),
+            std::net::IpAddr::V6(v6) => Some(format!("[{v6}]")),
         }
     };
-    let tls_host = |a: SocketAddr| t.server_names.first().cloned().unwrap_or_else(|| host(a));
+    let tls_host = |a: SocketAddr| t.server_names.first().cloned().or_else(|| host(a));
+    let tls = t.tls_key.is_some();
+    let listeners = |l: &[tokio::net::TcpListener]| l.iter().filter_map(|s| s.local_addr().ok()).collect::<Vec<_>>();
     let mut uris = Vec::new();
-    let local = |s: std::io::Result<SocketAddr>| s.ok();
-    for a in sockets.udp.iter().filter_map(|s| local(s.local_addr())) {
-        uris.push(format!("turn:{}:{}?transport=udp", host(a), a.port()));
+    for a in sockets.udp.iter().filter_map(|s| s.local_addr().ok()) {
+        uris.extend(host(a).map(|h| format!("turn:{h}:{}?transport=udp", a.port())));
     }
-    for a in sockets.tcp.iter().filter_map(|s| local(s.local_addr())) {
-        uris.push(format!("turn:{}:{}?transport=tcp", host(a), a.port()));
+    for a in listeners(&sockets.tcp) {
+        uris.extend(host(a).map(|h| format!("turn:{h}:{}?transport=tcp", a.port())));
     }
-    if t.tls_key.is_some() {
-        for a in sockets.tls.iter().filter_map(|s| local(s.local_addr())) {
-            uris.push(format!("turns:{}:{}?transport=tcp", tls_host(a), a.port()));
-        }
+    for a in listeners(&sockets.tls).into_iter().filter(|_| tls) {
+        uris.extend(tls_host(a).map(|h| format!("turns:{h}:{}?transport=tcp", a.port())));
     }
     for &a in tunnel_addrs {
-        match t.tls_key.is_some() {
-            true => uris.push(format!("turns:{}:{}?transport=tcp", tls_host(a), a.port())),
-            false => uris.push(format!("turn:{}:{}?transport=tcp", host(a), a.port())),
-        }
+        uris.extend(match tls {
+            true => tls_host(a).map(|h| format!("turns:{h}:{}?transport=tcp", a.port())),
+            false => host(a).map(|h| format!("turn:{h}:{}?transport=tcp", a.port())),
+        });
     }
     uris
 }
@@ -603,10 +650,14 @@ async fn reload(old: &Config, new: &Config, state: &AdminState, listeners: &[Soc
             Err(e) => tracing::error!(error = %e, "SIGHUP: control certificate rejected, keeping the running one"),
         }
     }
+    reload_turn(old, new, state, listeners, &mut restart);
     if !restart.is_empty() {
         tracing::warn!(keys = ?restart, "SIGHUP: these settings changed but need a restart; keeping the running values");
     }
-    tracing::info!(file = %new.source, "SIGHUP: configuration reloaded (limits, policies, tenants, tokens, certificate)");
+    tracing::info!(
+        file = %new.source,
+        "SIGHUP: configuration reloaded (limits, policies, tenants, tokens, certificate, TURN realms)"
+    );
 }
 
 /// SIGTERM: refuse new sessions, fail /readyz, wait for sessions to end or

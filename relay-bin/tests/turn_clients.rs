@@ -434,3 +434,67 @@ fn coturn_clients_make_tcp_allocations_rfc_6062_over_tcp_and_tls() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn sighup_rotates_turn_secrets_while_allocations_go_on() {
+    const NEW_SECRET: &str = "the-next-shared-secret-of-the-pbx";
+    let dir = temp_dir("turn-rotate");
+    let (old, new) = (dir.join("old.secret"), dir.join("new.secret"));
+    std::fs::write(&old, SECRET).expect("old secret");
+    std::fs::write(&new, NEW_SECRET).expect("new secret");
+    let text = |files: &[&std::path::Path]| {
+        config(&format!(
+            "allow_loopback_peers = false\n[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = 30000\nport_max = 30999\n\
+             [[turn.realms]]\nname = \"turn.test\"\ntenant = \"acme\"\nsecret_files = {files:?}\nallow_peers = [\"127.0.0.1/32\"]\n"
+        ))
+    };
+    let r = start(Some(&text(&[&old])));
+    let peer = EchoPeer::start("127.0.0.1");
+    uclient(&r, &["-c"], SECRET, "before", Some(peer.addr), 10).assert_all_echoed(1, 10);
+    let refused = uclient(&r, &["-c"], NEW_SECRET, "early", Some(peer.addr), 5);
+    assert!(refused.output.contains("Cannot complete Allocation"), "{}", refused.output);
+    // A Wave client holds an allocation with a channel across the reloads.
+    let turn = r.turn_addr("udp");
+    let mut wave = test_support::turn_client::Client::new(SECRET.as_bytes(), "turn.test", "wave-held");
+    let transport = (relay_core::turn::proto::ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+    use relay_core::turn::proto::Method;
+    assert_eq!(wave.ask(turn, Method::Allocate, std::slice::from_ref(&transport), None).0, Some(401));
+    let (code, answer) = wave.ask(turn, Method::Allocate, &[transport], None);
+    assert_eq!(code, None);
+    let relayed = relay_core::wire::stun::StunMessage::parse(&answer)
+        .expect("stun")
+        .xor_address(relay_core::turn::proto::ATTR_XOR_RELAYED_ADDRESS)
+        .expect("relayed");
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("peer");
+    sink.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let channel = [(relay_core::turn::proto::ATTR_CHANNEL_NUMBER, vec![0x40, 0x05, 0, 0])];
+    assert_eq!(wave.ask(turn, Method::ChannelBind, &channel, Some(sink.local_addr().expect("addr"))).0, None);
+    let round_trip = |n: u8| {
+        wave.channel_data(turn, 0x4005, &[n; 32]);
+        let mut buf = [0u8; 64];
+        let (len, from) = sink.recv_from(&mut buf).expect("to the peer");
+        assert_eq!((&buf[..len], from), (&[n; 32][..], relayed));
+        sink.send_to(&[!n; 16], relayed).expect("back");
+        assert_eq!(wave.recv_channel(), vec![!n; 16]);
+    };
+    round_trip(1);
+    // Rotation: the new secret first (new credentials), the old one still
+    // accepted; SIGHUP, no restart.
+    std::fs::write(config_path(&r), text(&[&new, &old])).expect("config");
+    signal(&r, libc::SIGHUP);
+    assert!(stderr_contains(&r, "configuration reloaded"), "reloaded");
+    uclient(&r, &["-c"], NEW_SECRET, "rotated", Some(peer.addr), 10).assert_all_echoed(1, 10);
+    uclient(&r, &["-c"], SECRET, "still-old", Some(peer.addr), 10).assert_all_echoed(1, 10);
+    // The old secret retired: refused for new allocations; the held one
+    // goes on (its key is the one it was made with).
+    std::fs::write(config_path(&r), text(&[&new])).expect("config");
+    signal(&r, libc::SIGHUP);
+    assert!(stderr_contains(&r, "configuration reloaded"), "reloaded");
+    let retired = uclient(&r, &["-c"], SECRET, "retired", Some(peer.addr), 5);
+    assert!(retired.output.contains("Cannot complete Allocation"), "{}", retired.output);
+    uclient(&r, &["-c"], NEW_SECRET, "after", Some(peer.addr), 10).assert_all_echoed(1, 10);
+    round_trip(2);
+    let lifetime = [(relay_core::turn::proto::ATTR_LIFETIME, 600u32.to_be_bytes().to_vec())];
+    assert_eq!(wave.ask(turn, Method::Refresh, &lifetime, None).0, None, "refreshed after the rotation");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -280,8 +280,7 @@ async fn connectors_get_turn_credentials_of_their_own_tenant_within_bounds() {
     assert_eq!(refused_with(&r).as_deref(), Some("turn_not_configured"), "{r:?}");
 
     let issuer = Arc::new(RecordingIssuer::default());
-    assert!(env.server.set_turn_issuer(issuer.clone()));
-    assert!(!env.server.set_turn_issuer(Arc::new(RecordingIssuer::default())), "set once");
+    env.server.set_turn_issuer(issuer.clone());
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let grant = h.turn_credentials("ext-201", None).await.expect("issued");
     let expiry: u64 = grant.username.split(':').next().and_then(|e| e.parse().ok()).expect("expiry:user");
@@ -324,6 +323,12 @@ async fn connectors_get_turn_credentials_of_their_own_tenant_within_bounds() {
     );
     let s = env.server.stats();
     assert_eq!(s.turn_credentials_issued, 2, "{s:?}");
+    // A reload replaces the issuer: the next request goes to the new one.
+    let reloaded = Arc::new(RecordingIssuer::default());
+    env.server.set_turn_issuer(reloaded.clone());
+    h.turn_credentials("ext-203", None).await.expect("issued by the new issuer");
+    assert_eq!(reloaded.asked.lock().expect("lock").len(), 1);
+    assert_eq!(issuer.asked.lock().expect("lock").len(), 3, "the old one is asked no more");
     assert!(s.request_errors >= 8, "{s:?}");
     // Sessions still work on the same channel (replies are matched by id
     // and kind).

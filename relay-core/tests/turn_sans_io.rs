@@ -993,3 +993,48 @@ fn udp_allocations_are_journaled_exported_and_taken_over_on_the_same_port() {
     assert!(matches!(b.commands()[..], [Command::CloseRelay { .. }]));
     assert_eq!(b.server.take_changes(b.now().instant), replica::AllocationChanges::default());
 }
+
+#[test]
+fn a_reload_keeps_allocations_of_realms_that_stay_and_ends_the_others() {
+    let mut lab = Lab::new();
+    let mut c = Client::rest("198.51.100.90:5000", "wave-r");
+    let relayed = c.relayed(&mut lab);
+    let relay = RelayId { family: Family::V4, port: relayed.port() };
+    let settings = lab.server.settings().clone();
+    let realm = |name: &str, secret: &[u8]| Realm {
+        name: name.into(),
+        tenant: "acme".into(),
+        rest: RestSecrets::new(vec![secret.to_vec()]),
+        users: vec![],
+        allow_peers: vec![],
+    };
+    // Another realm first, ours second with a rotated secret: the
+    // allocation goes on (its key is its own), its user count follows it.
+    let rotated = vec![realm("other.example", b"x"), realm(REALM, b"rotated-secret")];
+    let limits = TurnLimits { allocations_per_user: 1, ..TurnLimits::default() };
+    lab.server.handle_reconfigure(lab.now().instant, rotated, limits, settings.policy.clone()).expect("reloaded");
+    assert!(lab.commands().is_empty(), "nothing closed");
+    assert_eq!(c.ask(&mut lab, Method::Refresh, &[]), None, "refreshed with the key it was made with");
+    assert_eq!(lab.server.allocations().next().map(|a| a.realm), Some(1));
+    // The new limit counts it: a second allocation of the same user is 486.
+    let mut again = Client::rest("198.51.100.90:5001", "wave-r");
+    let (username, password) = RestSecrets::new(vec![b"rotated-secret".to_vec()])
+        .issue("wave-r", T0_UNIX, Duration::from_secs(3600))
+        .expect("issued");
+    again = Client { md5: long_term_key_md5(&username, REALM, &password), username, nonce: c.nonce.clone(), ..again };
+    assert_eq!(again.allocate(&mut lab, &[]), Err(486));
+    // Old-secret credentials are refused now.
+    let mut stale = Client::rest("198.51.100.90:5002", "someone");
+    stale.nonce = c.nonce.clone();
+    assert_eq!(stale.allocate(&mut lab, &[]), Err(401));
+    // Its realm gone: the allocation ends, its port closed.
+    lab.server
+        .handle_reconfigure(lab.now().instant, vec![realm("other.example", b"x")], limits, settings.policy.clone())
+        .expect("reloaded");
+    assert_eq!(lab.commands(), vec![Command::CloseRelay { relay }]);
+    assert_eq!(lab.server.allocations().count(), 0);
+    assert_eq!(
+        lab.server.handle_reconfigure(lab.now().instant, vec![], limits, settings.policy),
+        Err(TurnSettingsError::NoRealm)
+    );
+}

@@ -234,7 +234,7 @@ struct Inner {
     counters: Counters,
     shutdown: watch::Sender<bool>,
     /// Issues TURN credentials (set when the relay serves TURN).
-    turn_issuer: std::sync::OnceLock<Arc<dyn TurnCredentialIssuer>>,
+    turn_issuer: RwLock<Option<Arc<dyn TurnCredentialIssuer>>>,
 }
 
 /// The control listener. Cheap to clone; every clone is the same server.
@@ -289,18 +289,18 @@ impl ControlServer {
                 grace_running: std::sync::atomic::AtomicBool::new(false),
                 counters: Counters::default(),
                 shutdown: watch::channel(false).0,
-                turn_issuer: std::sync::OnceLock::new(),
+                turn_issuer: RwLock::new(None),
             }),
         };
         Ok(server)
     }
 
     /// Lets connectors ask for TURN credentials for their clients
-    /// (`turn_credentials`); without an issuer they are refused with
-    /// `turn_not_configured`. Set once: later calls return `false` and
-    /// change nothing.
-    pub fn set_turn_issuer(&self, issuer: Arc<dyn TurnCredentialIssuer>) -> bool {
-        self.inner.turn_issuer.set(issuer).is_ok()
+    /// (`turn_credentials`), or replaces the issuer (a configuration
+    /// reload: new realms or secrets); without an issuer they are refused
+    /// with `turn_not_configured`.
+    pub fn set_turn_issuer(&self, issuer: Arc<dyn TurnCredentialIssuer>) {
+        *self.inner.turn_issuer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(issuer);
     }
 
     /// Replaces the tenant list (configuration reload). Connectors of
@@ -868,7 +868,12 @@ impl Inner {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let issued = check_user(&request.user).and_then(|()| {
             let lifetime = check_lifetime(request.lifetime_secs)?;
-            let issuer = self.turn_issuer.get().ok_or(IssueError::NotConfigured)?;
+            let issuer = self
+                .turn_issuer
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+                .ok_or(IssueError::NotConfigured)?;
             let now_unix =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             issuer.issue(tenant, &request.user, lifetime, now_unix)

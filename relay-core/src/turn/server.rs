@@ -265,6 +265,55 @@ impl TurnServer {
         &self.settings
     }
 
+    /// A configuration reload at `now`: new realms (secrets, users,
+    /// allow-lists), limits and peer policy. Allocations go on under their
+    /// realm's new settings, matched by name (their key stays the one they
+    /// were made with); those whose realm is gone end. The relay addresses
+    /// and the port range stay: they need a restart.
+    pub fn handle_reconfigure(
+        &mut self,
+        now: Instant,
+        realms: Vec<super::settings::Realm>,
+        limits: super::settings::TurnLimits,
+        policy: crate::peer::PeerPolicy,
+    ) -> Result<(), TurnSettingsError> {
+        if realms.is_empty() {
+            return Err(TurnSettingsError::NoRealm);
+        }
+        let moved: Vec<(RelayId, Option<usize>)> = self
+            .allocations
+            .iter()
+            .map(|(relay, a)| {
+                let name = self.settings.realms.get(a.realm).map(|r| r.name.as_str());
+                (*relay, realms.iter().position(|r| Some(r.name.as_str()) == name))
+            })
+            .collect();
+        let old = self.settings.limits;
+        if (old.stranger_burst_bytes, old.stranger_bytes_per_second)
+            != (limits.stranger_burst_bytes, limits.stranger_bytes_per_second)
+        {
+            self.strangers = SourceBudget::new(limits.stranger_burst_bytes, limits.stranger_bytes_per_second);
+        }
+        self.settings.realms = realms;
+        self.settings.limits = limits;
+        self.settings.policy = policy;
+        for (relay, index) in moved {
+            match index {
+                Some(i) => {
+                    if let Some(a) = self.allocations.get_mut(&relay) {
+                        a.realm = i;
+                    }
+                }
+                None => self.forget(now, relay),
+            }
+        }
+        self.per_user.clear();
+        for a in self.allocations.values() {
+            *self.per_user.entry((a.realm, a.username.clone())).or_default() += 1;
+        }
+        Ok(())
+    }
+
     /// Counters.
     pub fn stats(&self) -> &TurnStats {
         &self.stats

@@ -341,6 +341,23 @@ impl TurnService {
         s.follows = Some(relay);
     }
 
+    /// A configuration reload: new realms, limits and peer policy (see
+    /// [`TurnServer::handle_reconfigure`]).
+    pub fn reconfigure(
+        &self,
+        realms: Vec<super::settings::Realm>,
+        limits: super::settings::TurnLimits,
+        policy: crate::peer::PeerPolicy,
+    ) -> Result<(), super::server::TurnSettingsError> {
+        let commands = {
+            let mut s = lock(&self.shared);
+            s.server.handle_reconfigure(Instant::now(), realms, limits, policy)?;
+            drain(&mut s.server)
+        };
+        apply(&self.shared, &self.udp, commands);
+        Ok(())
+    }
+
     /// Replicated allocations changed and ended since the last call.
     pub fn take_changes(&self) -> super::replica::AllocationChanges {
         lock(&self.shared).server.take_changes(Instant::now())
