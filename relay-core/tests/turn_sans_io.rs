@@ -981,7 +981,7 @@ fn udp_allocations_are_journaled_exported_and_taken_over_on_the_same_port() {
     outside.client.source = addr("198.51.100.82:1");
     assert_eq!(b.server.restore(b.now().instant, outside), Err(replica::RestoreRefusal::PortUnavailable));
     assert_eq!(
-        b.server.restore(b.now().instant, state.aged(Duration::from_secs(3600))),
+        b.server.restore(b.now().instant, state.clone().aged(Duration::from_secs(3600))),
         Err(replica::RestoreRefusal::NotReplicable)
     );
     // A node stepping down forgets everything and journals nothing.
@@ -992,6 +992,19 @@ fn udp_allocations_are_journaled_exported_and_taken_over_on_the_same_port() {
     assert_eq!(b.server.allocations().count(), 0);
     assert!(matches!(b.commands()[..], [Command::CloseRelay { .. }]));
     assert_eq!(b.server.take_changes(b.now().instant), replica::AllocationChanges::default());
+    // A record cannot outlive what this server grants (nor overflow its
+    // clock): lifetimes are held to the limits (once the port is back).
+    b.advance(Duration::from_secs(3));
+    let mut forever = state.clone();
+    forever.lifetime = Duration::MAX;
+    forever.permissions = vec![(peer.ip(), Duration::MAX)];
+    forever.channels = vec![(0x4002, peer, Duration::MAX)];
+    b.server.restore(b.now().instant, forever).expect("restored");
+    b.server.handle_relay_opened(b.now(), relay, true);
+    b.advance(Duration::from_secs(301));
+    assert_eq!(b.send(c.key, &cd), ClientOutput::Drop(TurnDrop::NoPermission), "the permission's 300 s");
+    b.advance(Duration::from_secs(3300));
+    assert_eq!(b.server.allocations().count(), 0, "the allocation's 3 600 s");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::allocation::{ClientKey, IntegrityKey, RelayId};
 use super::answer::Answer;
+use super::limits::later;
 use super::proto::{message_type, ErrorCode, Family, Method, ATTR_CONNECTION_ID, ATTR_XOR_PEER_ADDRESS};
 use super::server::{ClientOutput, Command, TurnNow, TurnServer};
 use crate::wire::stun::{StunClass, StunMessage};
@@ -86,7 +87,7 @@ impl TurnServer {
         msg: &StunMessage<'_>,
         txid: [u8; 12],
     ) -> Result<ClientOutput, ErrorCode> {
-        let relay = self.opened_relay(client)?;
+        let relay = self.opened(client)?;
         let alloc = &self.allocations[&relay];
         if !alloc.tcp {
             return Err(ErrorCode::BadRequest);
@@ -163,7 +164,7 @@ impl TurnServer {
         }
         let client = alloc.client;
         let id = self.new_connection_id();
-        let deadline = now.instant + limits.connection_bind_timeout;
+        let deadline = later(now.instant, limits.connection_bind_timeout);
         self.connections.insert(id, PeerConnection { relay, peer, state: ConnectionState::Waiting { deadline } });
         self.bind_deadlines.push(Reverse((deadline, id)));
         if let Some(a) = self.allocations.get_mut(&relay) {
@@ -249,7 +250,7 @@ impl TurnServer {
     }
 
     fn wait_for_bind(&mut self, now: Instant, connection: ConnectionId) {
-        let deadline = now + self.settings.limits.connection_bind_timeout;
+        let deadline = later(now, self.settings.limits.connection_bind_timeout);
         if let Some(c) = self.connections.get_mut(&connection) {
             c.state = ConnectionState::Waiting { deadline };
             self.bind_deadlines.push(Reverse((deadline, connection)));
@@ -312,14 +313,5 @@ impl TurnServer {
             Family::V6 => self.settings.relay_v6,
         }?;
         Some(SocketAddr::new(address.bind, relay.port))
-    }
-
-    /// The opened allocation of `client`, or 437.
-    fn opened_relay(&self, client: ClientKey) -> Result<RelayId, ErrorCode> {
-        self.by_client
-            .get(&client)
-            .copied()
-            .filter(|r| self.allocations.get(r).is_some_and(|a| a.opened))
-            .ok_or(ErrorCode::AllocationMismatch)
     }
 }

@@ -14,6 +14,14 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+/// `now + d`, for durations a configuration or a replicated record
+/// carries: one too far to represent is held ten years off (never
+/// reached), so no value can overflow the clock and panic a thread.
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    now.checked_add(d).or_else(|| now.checked_add(FAR)).unwrap_or(now)
+}
+
 /// A token bucket of bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct RateBucket {
@@ -65,7 +73,7 @@ impl RateBucket {
             0 => Duration::from_secs(1),
             rate => Duration::from_micros(owed.saturating_mul(1_000_000) / rate),
         };
-        self.at = Some(now + wait);
+        self.at = Some(later(now, wait));
         wait
     }
 

@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::allocation::{Allocation, ClientKey, IntegrityKey, RelayId, Transport};
-use super::limits::RateBucket;
+use super::limits::{later, RateBucket};
 use super::proto::Family;
 use super::server::{Command, TurnServer};
 
@@ -224,7 +224,9 @@ impl TurnServer {
             return Err(RestoreRefusal::PortUnavailable);
         }
         let limits = self.settings.limits;
-        let expires = now + state.lifetime;
+        // Bounded as if the client had asked: a record cannot make an
+        // allocation, permission or channel outlive what this server grants.
+        let expires = later(now, state.lifetime.min(limits.max_lifetime));
         let mut alloc = Allocation::new(
             client,
             state.relay,
@@ -239,10 +241,12 @@ impl TurnServer {
         );
         alloc.restored = true;
         for (ip, left) in state.permissions {
-            alloc.permit(&[ip], now, now + left, limits.permissions_per_allocation);
+            let until = later(now, left.min(limits.permission_lifetime));
+            alloc.permit(&[ip], now, until, limits.permissions_per_allocation);
         }
         for (number, peer, left) in state.channels {
-            let _ = alloc.bind_channel(number, peer, now, now + left, limits.channels_per_allocation);
+            let until = later(now, left.min(limits.channel_lifetime));
+            let _ = alloc.bind_channel(number, peer, now, until, limits.channels_per_allocation);
         }
         *self.per_user.entry((realm, alloc.username.clone())).or_default() += 1;
         self.by_client.insert(client, state.relay);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::allocation::{Allocation, BindRefusal, ClientKey, IntegrityKey, RelayId, Transport};
 use super::answer::{challenge, Answer};
 use super::auth::{long_term_key_md5, long_term_key_sha256, NonceCheck, MAX_USERNAME};
-use super::limits::RateBucket;
+use super::limits::{later, RateBucket};
 use super::proto::*;
 use super::server::{ClientOutput, Command, Reservation, TurnNow, TurnServer};
 use crate::wire::stun::{StunMessage, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256, ATTR_USERNAME};
@@ -381,7 +381,7 @@ impl TurnServer {
             return Ok((RelayId { family, port }, None));
         };
         let token = self.rng.u64(..);
-        let expires = now + self.settings.limits.reservation_lifetime;
+        let expires = later(now, self.settings.limits.reservation_lifetime);
         self.reservations.insert(token, Reservation { relay: odd, expires, _quota: quota });
         Ok((RelayId { family, port }, Some(token)))
     }
@@ -408,7 +408,7 @@ impl TurnServer {
     }
 
     /// The opened allocation of `client`, or 437.
-    fn opened(&self, client: ClientKey) -> Result<RelayId, ErrorCode> {
+    pub(super) fn opened(&self, client: ClientKey) -> Result<RelayId, ErrorCode> {
         self.by_client
             .get(&client)
             .copied()
@@ -464,7 +464,7 @@ impl TurnServer {
             return Err(ErrorCode::BadRequest);
         }
         let limits = self.settings.limits;
-        let expires = now + limits.permission_lifetime;
+        let expires = later(now, limits.permission_lifetime);
         let alloc = self.allocations.get_mut(&relay).ok_or(ErrorCode::AllocationMismatch)?;
         if !alloc.permit(&ips, now, expires, limits.permissions_per_allocation) {
             return Err(ErrorCode::InsufficientCapacity);
@@ -504,13 +504,13 @@ impl TurnServer {
         if !alloc.permits(peer.ip(), now) && alloc.permission_count(now) >= limits.permissions_per_allocation {
             return Err(ErrorCode::InsufficientCapacity);
         }
-        alloc.bind_channel(number, peer, now, now + limits.channel_lifetime, limits.channels_per_allocation).map_err(
-            |refusal| match refusal {
+        alloc
+            .bind_channel(number, peer, now, later(now, limits.channel_lifetime), limits.channels_per_allocation)
+            .map_err(|refusal| match refusal {
                 BindRefusal::Conflict => ErrorCode::BadRequest,
                 BindRefusal::Full => ErrorCode::InsufficientCapacity,
-            },
-        )?;
-        alloc.permit(&[peer.ip()], now, now + limits.permission_lifetime, limits.permissions_per_allocation);
+            })?;
+        alloc.permit(&[peer.ip()], now, later(now, limits.permission_lifetime), limits.permissions_per_allocation);
         Ok(Handled::Reply(Answer::success(Method::ChannelBind, txid_of(msg), Some(key)).finish()))
     }
 }
