@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_core::api::{AllocationReply, LegRequest, SessionRequest, SrtpAuthKeys, UpdateRequest};
-use relay_core::connector::{Backoff, Connector, ConnectorError, TurnGrant};
+use relay_core::connector::{Backoff, Connector, ConnectorError};
 use relay_core::control::auth::AuthPolicy;
 use relay_core::control::frame::{Frame, FrameDecoder, FrameType};
 use relay_core::control::messages::{Hello, Message};
@@ -262,7 +262,7 @@ impl TurnCredentialIssuer for RecordingIssuer {
     }
 }
 
-fn refused_with(r: &Result<TurnGrant, ConnectorError>) -> Option<String> {
+fn refused_with(r: &Result<IssuedCredentials, ConnectorError>) -> Option<String> {
     match r {
         Err(ConnectorError::Refused { code, .. }) => Some(code.clone()),
         _ => None,

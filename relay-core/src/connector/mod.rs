@@ -58,6 +58,7 @@ use crate::control::messages::{
     TurnCredentials, TurnCredentialsIssued, Update,
 };
 use crate::control::stream::{dial, read_single_frame, stopped, SingleFrameError};
+use crate::control::turn_credentials::IssuedCredentials;
 use crate::tls::{client_config, ClientTrust, TlsError};
 pub use backoff::Backoff;
 
@@ -216,34 +217,6 @@ struct Request {
     reply: oneshot::Sender<Result<Message, ConnectorError>>,
 }
 
-/// Short-lived TURN credentials for one of the PBX's clients (see
-/// [`ConnectorHandle::turn_credentials`]). `Debug` masks the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TurnGrant {
-    /// TURN username (`expiry:user`).
-    pub username: String,
-    /// TURN password: give it to the client, never log it.
-    pub password: String,
-    /// The realm the relay challenges with.
-    pub realm: String,
-    /// How long they stay valid.
-    pub ttl: Duration,
-    /// The relay's TURN URIs (`turn:`/`turns:`), for a WebRTC `iceServers`.
-    pub uris: Vec<String>,
-}
-
-impl std::fmt::Debug for TurnGrant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TurnGrant")
-            .field("username", &self.username)
-            .field("password", &"<masked>")
-            .field("realm", &self.realm)
-            .field("ttl", &self.ttl)
-            .field("uris", &self.uris)
-            .finish()
-    }
-}
-
 /// A cloneable handle to a running connector.
 #[derive(Clone)]
 pub struct ConnectorHandle {
@@ -370,7 +343,11 @@ impl ConnectorHandle {
     /// default, a day, when `None`; 60 s to 7 days), in this tenant's
     /// realm. Refused with `turn_not_configured` when the relay has no
     /// TURN realm with shared secrets for the tenant.
-    pub async fn turn_credentials(&self, user: &str, lifetime: Option<Duration>) -> Result<TurnGrant, ConnectorError> {
+    pub async fn turn_credentials(
+        &self,
+        user: &str,
+        lifetime: Option<Duration>,
+    ) -> Result<IssuedCredentials, ConnectorError> {
         let (user, lifetime_secs) = (user.to_string(), lifetime.map(|l| l.as_secs()));
         let reply = self
             .request(|request_id| Message::TurnCredentials(TurnCredentials { request_id, user, lifetime_secs }))
@@ -379,7 +356,7 @@ impl ConnectorHandle {
         let TurnCredentialsIssued { ok, username, password, realm, ttl_secs, uris, code, message, .. } = r;
         match (ok, username, password, realm, ttl_secs) {
             (true, Some(username), Some(password), Some(realm), Some(ttl)) => {
-                Ok(TurnGrant { username, password, realm, ttl: Duration::from_secs(ttl), uris })
+                Ok(IssuedCredentials { username, password, realm, ttl: Duration::from_secs(ttl), uris })
             }
             (true, ..) => Err(ConnectorError::BadReply),
             (false, ..) => Err(refused(code, message)),

@@ -16,5 +16,4 @@ pub(crate) mod registry;
 #[cfg(feature = "control")]
 pub mod server;
 pub(crate) mod stream;
-#[cfg(feature = "control")]
 pub mod turn_credentials;
