@@ -5,6 +5,7 @@
 //! written by the release that introduced their format and never again:
 //! `UCMRC_WRITE_GOLDEN=1 cargo test -p relay-cluster golden` writes those
 //! of the current format (then commit them only when a new format starts).
+//! The TURN record's golden file is `turn.rs`'s (feature `turn`).
 
 use std::net::SocketAddr;
 use std::time::Duration;

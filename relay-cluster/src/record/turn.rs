@@ -175,6 +175,23 @@ mod tests {
         }
     }
 
+    /// The golden TURN record (format 2, where TURN records began), sealed
+    /// like the others under the golden key: what a later reader must still
+    /// restore. `UCMRC_WRITE_GOLDEN=1` writes it (only when its format
+    /// starts).
+    #[test]
+    fn the_golden_turn_record_decodes_to_its_allocation() {
+        let codec = Codec::new(Sealer::new(ClusterKey::new(&[0x42; 32]), vec![]), "golden");
+        let path = format!("{}/src/record/golden/turn-v2.json", env!("CARGO_MANIFEST_DIR"));
+        let v = Version { epoch: 7, seq: 42 };
+        if std::env::var_os("UCMRC_WRITE_GOLDEN").is_some() {
+            std::fs::write(&path, format!("{}\n", codec.encode_turn(&state(), v))).expect("write");
+        }
+        let record = std::fs::read_to_string(&path).expect("golden record");
+        let d = codec.decode_turn(record.trim().as_bytes(), "v4-30001").expect("decodes");
+        assert_eq!((d.state, d.version), (state(), v));
+    }
+
     #[test]
     fn turn_records_round_trip_sealed_and_refuse_being_moved() {
         let codec = Codec::new(Sealer::new(ClusterKey::new(&[3; 32]), vec![]), "g");
