@@ -16,6 +16,17 @@ use test_support::ucmrc::*;
 
 const SECRET: &str = "a-shared-secret-of-the-pbx-0001";
 
+/// A relayed port range of its own for each relay (the tests run in
+/// parallel; ranges shared among relays made their ports collide: an
+/// EVEN-PORT Allocate whose port another relay held was answered 508).
+/// All within 30000–30999, below the kernel's ephemeral ports.
+fn turn_ports() -> (u16, u16) {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(30000);
+    let base = NEXT.fetch_add(120, std::sync::atomic::Ordering::Relaxed);
+    assert!(base + 119 <= 30999, "more relays than port ranges");
+    (base, base + 119)
+}
+
 /// A relay whose `[turn]` section allow-lists only the echo peer's address
 /// (loopback peers are otherwise refused), with REST credentials.
 fn relay_with_turn(extra_turn: &str) -> Relay {
@@ -27,8 +38,9 @@ fn relay_with(extra_turn: &str, sections: &str) -> Relay {
     let dir = temp_dir("turn-secret");
     let secret = dir.join("secret");
     std::fs::write(&secret, format!("{SECRET}\n")).expect("write secret");
+    let (port_min, port_max) = turn_ports();
     let text = config(&format!(
-        "allow_loopback_peers = false\n[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = 30000\nport_max = 30999\n{extra_turn}\n\
+        "allow_loopback_peers = false\n[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = {port_min}\nport_max = {port_max}\n{extra_turn}\n\
          [[turn.realms]]\nname = \"turn.test\"\ntenant = \"acme\"\nsecret_files = [{secret:?}]\nallow_peers = [\"127.0.0.1/32\"]\n{sections}"
     ));
     let r = start(Some(&text));
@@ -442,9 +454,10 @@ fn sighup_rotates_turn_secrets_while_allocations_go_on() {
     let (old, new) = (dir.join("old.secret"), dir.join("new.secret"));
     std::fs::write(&old, SECRET).expect("old secret");
     std::fs::write(&new, NEW_SECRET).expect("new secret");
+    let (port_min, port_max) = turn_ports();
     let text = |files: &[&std::path::Path]| {
         config(&format!(
-            "allow_loopback_peers = false\n[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = 30000\nport_max = 30999\n\
+            "allow_loopback_peers = false\n[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = {port_min}\nport_max = {port_max}\n\
              [[turn.realms]]\nname = \"turn.test\"\ntenant = \"acme\"\nsecret_files = {files:?}\nallow_peers = [\"127.0.0.1/32\"]\n"
         ))
     };
