@@ -18,6 +18,7 @@
 //! - `ucmrc`: the `ucmrc` binary under test, and Kamailio (`ucmrc`);
 //! - [`netns`], [`seccomp`]: network namespaces and syscall filters.
 
+pub mod frames;
 pub mod netns;
 pub mod packets;
 pub mod poll;

@@ -145,6 +145,8 @@ pub struct Allocation {
     pub to_peer: (u64, u64),
     /// Datagrams and bytes relayed peer → client.
     pub to_client: (u64, u64),
+    /// Whether its channels went to the kernel (its byte budget with them).
+    pub offloaded: bool,
     permissions: Vec<Permission>,
     channels: Vec<Channel>,
     /// Its share of the tenant's port quota (released when dropped).
@@ -186,6 +188,7 @@ impl Allocation {
             rate,
             to_peer: (0, 0),
             to_client: (0, 0),
+            offloaded: false,
             permissions: Vec::new(),
             channels: Vec::new(),
             _quota: quota,

@@ -307,7 +307,7 @@ impl TurnServer {
     }
 
     /// Where `relay`'s sockets bind.
-    pub(super) fn relay_bind_address(&self, relay: RelayId) -> Option<SocketAddr> {
+    pub fn relay_bind_address(&self, relay: RelayId) -> Option<SocketAddr> {
         let address = match relay.family {
             Family::V4 => self.settings.relay_v4,
             Family::V6 => self.settings.relay_v6,

@@ -77,6 +77,13 @@ impl RateBucket {
         wait
     }
 
+    /// Hands everything the bucket holds now to another holder (the
+    /// kernel), leaving it empty: the budget moves, it is not doubled.
+    pub fn hand_over(&mut self, now: Instant, per_second: u64, burst: u64) -> u64 {
+        self.refill(now, per_second, burst);
+        std::mem::take(&mut self.tokens)
+    }
+
     /// Adds `bytes` (at most up to `burst`).
     pub fn credit(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) {
         self.refill(now, per_second, burst);

@@ -26,6 +26,7 @@ pub mod credentials;
 #[cfg(feature = "tunnels")]
 pub mod handoff;
 pub mod limits;
+pub mod offload;
 mod prefixed;
 pub mod proto;
 pub mod replica;

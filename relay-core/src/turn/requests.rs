@@ -96,6 +96,8 @@ impl TurnServer {
                 // Lifetimes, permissions and channels are replicated.
                 if let Some(relay) = self.by_client.get(&client).copied() {
                     self.journal_changed(relay);
+                    // And the kernel's routes follow their deadlines.
+                    self.offload_channels(now.instant, relay);
                 }
                 ClientOutput::Reply(message)
             }

@@ -148,6 +148,16 @@ pub enum Command {
         /// The message.
         message: Vec<u8>,
     },
+    /// Let the kernel relay this channel until its deadline (install or
+    /// replace its routes; see [`super::offload`]). Only with
+    /// [`TurnServer::enable_offload`].
+    OffloadChannel(super::offload::ChannelOffload),
+    /// `relay`'s allocation ended: remove its kernel routes, report what
+    /// they relayed ([`TurnServer::handle_offload_counts`]).
+    EndOffload {
+        /// The allocation's relayed socket.
+        relay: RelayId,
+    },
 }
 
 /// Why a server cannot be built from settings.
@@ -209,6 +219,8 @@ pub struct TurnServer {
     pub(super) journal: super::replica::Journal,
     pub(super) rng: fastrand::Rng,
     pub(super) stats: TurnStats,
+    /// Whether channels are announced to a kernel fast path.
+    pub(super) offload: bool,
 }
 
 impl TurnServer {
@@ -257,6 +269,7 @@ impl TurnServer {
             journal: Default::default(),
             rng: fastrand::Rng::with_seed(seed),
             stats: TurnStats::default(),
+            offload: false,
         })
     }
 
@@ -310,6 +323,13 @@ impl TurnServer {
         self.per_user.clear();
         for a in self.allocations.values() {
             *self.per_user.entry((a.realm, a.username.clone())).or_default() += 1;
+        }
+        // The kernel's routes carry the allocations' rates.
+        if old.bytes_per_second != limits.bytes_per_second || old.burst_bytes != limits.burst_bytes {
+            let relays: Vec<RelayId> = self.allocations.keys().copied().collect();
+            for relay in relays {
+                self.offload_channels(now, relay);
+            }
         }
         Ok(())
     }
@@ -534,6 +554,7 @@ impl TurnServer {
             if opened {
                 alloc.opened = true;
                 self.journal_changed(relay);
+                self.offload_channels(now.instant, relay);
             } else if alloc.open_attempts < REOPEN_ATTEMPTS {
                 alloc.open_attempts += 1;
                 self.reopen.push(Reverse((now.instant + REOPEN_EVERY, relay)));
@@ -684,6 +705,9 @@ impl TurnServer {
         let Some(alloc) = self.allocations.remove(&relay) else { return };
         if alloc.opened {
             self.journal_ended(&alloc);
+        }
+        if alloc.offloaded {
+            self.commands.push_back(Command::EndOffload { relay });
         }
         self.by_client.remove(&alloc.client);
         let user = (alloc.realm, alloc.username);

@@ -93,6 +93,9 @@ struct Shared {
     peer_connections: HashMap<ConnectionId, PeerStream>,
     /// The relay whose standby flag the server follows (a cluster node).
     follows: Option<crate::RelayHandle>,
+    /// The kernel fast path's driver, when channels are relayed there.
+    #[cfg(feature = "ebpf")]
+    kernel: Option<crate::io::ebpf::TurnOffloadDriver>,
 }
 
 /// A relayed port: a UDP socket and its receive task, or (a TCP
@@ -188,6 +191,8 @@ impl TurnService {
             oversize_drops: 0,
             peer_connections: HashMap::new(),
             follows: None,
+            #[cfg(feature = "ebpf")]
+            kernel: None,
         }));
         let mut tasks = Vec::new();
         for (i, socket) in udp.iter().enumerate() {
@@ -397,6 +402,49 @@ impl TurnService {
         apply(&self.shared, &self.udp, commands);
     }
 
+    /// Relays live channels of UDP allocations in the kernel from now on
+    /// (`fast`: the relay's fast path, attached here to the interfaces of
+    /// TURN's listeners and relay addresses as well): the server announces
+    /// them, this service writes the routes, and what the kernel relayed
+    /// is counted as if relayed here (see [`super::offload`]). Channels the
+    /// kernel cannot take (IPv6, wildcard addresses) stay in userspace.
+    #[cfg(feature = "ebpf")]
+    pub fn use_fast_path(&self, fast: Arc<Mutex<crate::io::ebpf::FastPath>>) {
+        let listeners = self.udp_addrs();
+        let commands = {
+            let mut s = lock(&self.shared);
+            let settings = s.server.settings();
+            let relay_ips: Vec<IpAddr> =
+                [settings.relay_v4, settings.relay_v6].into_iter().flatten().map(|r| r.bind).collect();
+            s.kernel = Some(crate::io::ebpf::TurnOffloadDriver::new(fast, listeners, &relay_ips));
+            s.server.enable_offload(Instant::now());
+            drain(&mut s.server)
+        };
+        apply(&self.shared, &self.udp, commands);
+        let shared = self.shared.clone();
+        self.spawn(async move {
+            let mut every = tokio::time::interval(crate::io::ebpf::SYNC_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                sync_kernel(&mut lock(&shared));
+            }
+        });
+    }
+
+    /// Allocations whose channels the kernel relays now.
+    #[cfg(feature = "ebpf")]
+    pub fn offloaded_allocations(&self) -> usize {
+        lock(&self.shared).kernel.as_ref().map_or(0, |k| k.allocations())
+    }
+
+    /// Brings what the kernel relayed into the server's counters now (the
+    /// service does it every [`crate::io::ebpf::SYNC_EVERY`]).
+    #[cfg(feature = "ebpf")]
+    pub fn sync_kernel_counters(&self) {
+        sync_kernel(&mut lock(&self.shared));
+    }
+
     /// Reads the server (allocations, settings) under its lock.
     pub fn with_server<R>(&self, f: impl FnOnce(&TurnServer) -> R) -> R {
         f(&lock(&self.shared).server)
@@ -466,6 +514,9 @@ fn handle_client_message(
         };
         (out, relay_socket, drain(&mut s.server))
     };
+    // Commands first: a channel's kernel route is in place before the
+    // client learns it is bound.
+    apply(shared, udp, commands);
     let mut bound = None;
     match out {
         ClientOutput::Relay { peer, payload, .. } => {
@@ -480,7 +531,6 @@ fn handle_client_message(
         }
         ClientOutput::Pending | ClientOutput::Drop(_) => {}
     }
-    apply(shared, udp, commands);
     bound
 }
 
@@ -565,6 +615,35 @@ async fn write_stream<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiv
     }
 }
 
+/// Counts what the kernel relayed since the last sync.
+#[cfg(feature = "ebpf")]
+fn sync_kernel(s: &mut Shared) {
+    let Some(kernel) = s.kernel.as_mut() else { return };
+    for (relay, counts) in kernel.poll_counts() {
+        s.server.handle_offload_counts(relay, counts);
+    }
+}
+
+/// Gives a channel to the kernel, or its budget back to the server.
+fn offload_channel(s: &mut Shared, o: super::offload::ChannelOffload) {
+    #[cfg(feature = "ebpf")]
+    if let (Some(kernel), Some(relayed)) = (s.kernel.as_mut(), s.server.relay_bind_address(o.relay)) {
+        if let Some(budget) = kernel.handle_offload(&o, relayed, Instant::now()) {
+            s.server.handle_offload_refused(Instant::now(), o.relay, Some(budget));
+        }
+        return;
+    }
+    s.server.handle_offload_refused(Instant::now(), o.relay, o.budget);
+}
+
+/// An allocation ended: its kernel routes go, what they relayed is counted.
+fn end_offload(_s: &mut Shared, _relay: RelayId) {
+    #[cfg(feature = "ebpf")]
+    if let Some(counts) = _s.kernel.as_mut().and_then(|k| k.handle_end(_relay)) {
+        _s.server.handle_offload_counts(_relay, counts);
+    }
+}
+
 fn drain(server: &mut TurnServer) -> Vec<Command> {
     std::iter::from_fn(|| server.poll_command()).collect()
 }
@@ -622,6 +701,12 @@ fn apply(shared: &Arc<Mutex<Shared>>, udp: &Listeners, mut commands: Vec<Command
                     }
                 }
                 Command::Send { client, message } => deliver(shared, udp, client, &message, false),
+                Command::OffloadChannel(o) => {
+                    let mut s = lock(shared);
+                    offload_channel(&mut s, o);
+                    commands.extend(drain(&mut s.server));
+                }
+                Command::EndOffload { relay } => end_offload(&mut lock(shared), relay),
             }
         }
     }

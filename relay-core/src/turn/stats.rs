@@ -104,6 +104,10 @@ impl TurnStats {
         self.drops[reason.index()] += 1;
     }
 
+    pub(super) fn dropped_many(&mut self, reason: TurnDrop, n: u64) {
+        self.drops[reason.index()] += n;
+    }
+
     pub(super) fn relayed_to_peer(&mut self, bytes: u64) {
         self.to_peer_packets += 1;
         self.to_peer_bytes += bytes;

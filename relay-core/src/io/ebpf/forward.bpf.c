@@ -129,7 +129,11 @@ enum outcome {
 	OUT_NO_NEXT_HOP = 7,
 	OUT_BAD_HEADER = 8,   // lengths that disagree, a bad IPv4 header checksum
 	OUT_NOT_OWNED = 9,    // the owning relay stopped renewing: everything goes up
-	OUT_COUNT = 10,
+	OUT_TURN_TO_PEER = 10,    // ChannelData from a TURN client, relayed to its peer
+	OUT_TURN_TO_CLIENT = 11,  // a peer's datagram, relayed to the client as ChannelData
+	OUT_TURN_EXPIRED = 12,    // a TURN route past its channel, permission or allocation: up
+	OUT_TURN_UNUSUAL = 13,    // ChannelData userspace must judge (padding, lengths, size): up
+	OUT_COUNT = 14,
 };
 
 struct {
@@ -263,6 +267,7 @@ static __always_inline int send_on(struct __sk_buff *skb, struct fwd_stats *st, 
 }
 
 static __always_inline int forward_v6(struct __sk_buff *skb);
+static __always_inline int turn_v4(struct __sk_buff *skb, __u32 miss);
 
 // Whether the owning relay still lives.
 static __always_inline int owned(__u64 now)
@@ -350,12 +355,12 @@ int ucmrc_forward(struct __sk_buff *skb)
 	__u32 len = ulen - sizeof(struct udphdr);
 	int class = media_class(payload, end, len);
 	if (class == CLASS_OTHER)
-		return outcome(OUT_NOT_RTP, PASS_UP);
+		return turn_v4(skb, OUT_NOT_RTP);
 
 	struct fwd_key key = { .addr = ip->daddr, .port = udp->dest, .pad = 0 };
 	struct fwd_value *v = bpf_map_lookup_elem(&fwd, &key);
 	if (!v)
-		return outcome(OUT_NO_ROUTE, PASS_UP);
+		return turn_v4(skb, OUT_NO_ROUTE);
 	if (ip->saddr != v->src_addr || udp->source != v->src_port)
 		return outcome(OUT_OTHER_SOURCE, PASS_UP);
 	// RTCP from a muxing remote may go elsewhere than its RTP: each
@@ -489,6 +494,388 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, dest), &new_dport, sizeof(new_dport), 0);
 
 	return send_on(skb, st, len, now, v->flags, v->out_ifindex);
+}
+
+// ---------------------------------------------------------------------------
+// TURN (RFC 8656) channels over UDP, IPv4.
+//
+// Userspace (relay-core's turn::server) keeps every decision: requests,
+// credentials, allocations, permissions, Send/Data indications, first
+// packets. For each live channel of a UDP allocation it writes two routes:
+// `turn_in` — ChannelData from exactly this client 5-tuple on this channel
+// goes to the peer from the relayed address, its 4-byte header (and zero
+// padding) removed; `turn_out` — a datagram from exactly this peer to the
+// relayed address goes to the client from the listener it uses, behind a
+// ChannelData header. Each route carries `until_ns`, the earliest of the
+// channel's, the permission's and the allocation's expiry: past it the
+// packet goes up and userspace decides (a Data indication, a drop). The
+// allocation's byte rate is one token bucket shared by both directions and
+// every channel (`turn_buckets`), handed over from userspace's bucket;
+// counters per allocation are per-CPU (`turn_stats`).
+//
+// The headers stay where they are (so a checksum the stack or a NIC still
+// has to complete keeps pointing at them): the payload moves by four bytes
+// and the tail shrinks or grows; the checksums are patched for every
+// changed field, the ChannelData header's words and the lengths.
+
+struct turn_in_key {
+	__u32 client_addr;
+	__u32 listener_addr;
+	__u16 client_port;
+	__u16 listener_port;
+	__u16 channel;        // network order
+	__u16 pad;
+};
+
+struct turn_in_value {
+	__u32 relay_addr;     // the relayed address it leaves from
+	__u32 peer_addr;
+	__u16 relay_port;
+	__u16 peer_port;
+	__u32 slot;           // the allocation's `turn_stats` and `turn_buckets`
+	__u32 out_ifindex;    // interface toward the peer; 0: the arrival one
+	__u16 flags;          // FLAG_LOCAL: the peer is on this host
+	__u16 pad;
+	__u64 until_ns;       // forwarded before this bpf_ktime_get_ns() only
+};
+
+struct turn_out_key {
+	__u32 peer_addr;
+	__u32 relay_addr;
+	__u16 peer_port;
+	__u16 relay_port;
+};
+
+struct turn_out_value {
+	__u32 listener_addr;  // it leaves from the listener the client uses
+	__u32 client_addr;
+	__u16 listener_port;
+	__u16 client_port;
+	__u16 channel;        // network order
+	__u16 flags;          // FLAG_LOCAL: the client is on this host
+	__u32 slot;
+	__u32 out_ifindex;
+	__u64 until_ns;
+};
+
+// Per-CPU counters of one allocation.
+struct turn_stats {
+	__u64 to_peer_packets;
+	__u64 to_peer_bytes;      // application data, as userspace counts it
+	__u64 to_client_packets;
+	__u64 to_client_bytes;
+	__u64 over_rate;          // dropped over the allocation's rate
+};
+
+// One allocation's byte budget (userspace's RateBucket, in the kernel).
+struct turn_bucket {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	__u64 tokens;             // bytes
+	__u64 last_ns;
+	__u64 bytes_per_sec;
+	__u64 burst;
+};
+
+#define MAX_TURN_ROUTES 262144
+#define MAX_TURN_SLOTS 65536
+// Largest payload moved in the kernel; larger goes up.
+#define TURN_SCRATCH 2048
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TURN_ROUTES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct turn_in_key);
+	__type(value, struct turn_in_value);
+} turn_in SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TURN_ROUTES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct turn_out_key);
+	__type(value, struct turn_out_value);
+} turn_out SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_TURN_SLOTS);
+	__type(key, __u32);
+	__type(value, struct turn_stats);
+} turn_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_TURN_SLOTS);
+	__type(key, __u32);
+	__type(value, struct turn_bucket);
+} turn_buckets SEC(".maps");
+
+struct turn_scratch {
+	__u8 bytes[TURN_SCRATCH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct turn_scratch);
+} turn_scratch SEC(".maps");
+
+// Takes `len` bytes from the allocation's bucket, refilled as userspace's
+// RateBucket refills (whole microseconds since the last call).
+static __always_inline int turn_take(__u32 slot, __u64 len, __u64 now)
+{
+	struct turn_bucket *b = bpf_map_lookup_elem(&turn_buckets, &slot);
+	if (!b)
+		return 0;
+	int ok = 0;
+	bpf_spin_lock(&b->lock);
+	__u64 elapsed_us = now > b->last_ns ? (now - b->last_ns) / 1000 : 0;
+	if (elapsed_us > 0xffffffffULL)
+		elapsed_us = 0xffffffffULL;
+	b->last_ns = now;
+	__u64 rate = b->bytes_per_sec;
+	__u64 gained;
+	// Both under 2^32, the product fits; a rate beyond is no limit.
+	if (rate >> 32)
+		gained = elapsed_us ? 0xffffffffffffffffULL : 0;
+	else
+		gained = elapsed_us * rate / 1000000;
+	__u64 t = b->tokens + gained;
+	if (t < b->tokens || t > b->burst)
+		t = b->burst;
+	if (t >= len) {
+		t -= len;
+		ok = 1;
+	}
+	b->tokens = t;
+	bpf_spin_unlock(&b->lock);
+	return ok;
+}
+
+// Moves `n` payload bytes from `from` to `to` (offsets in the frame).
+static __always_inline int move_payload(struct __sk_buff *skb, __u32 from, __u32 to, __u32 n)
+{
+	if (n == 0)
+		return 0;
+	__u32 zero = 0;
+	struct turn_scratch *s = bpf_map_lookup_elem(&turn_scratch, &zero);
+	if (!s || n > TURN_SCRATCH)
+		return -1;
+	// The same value, in a form whose bounds the verifier keeps (1..2048).
+	__u32 size = ((n - 1) & (TURN_SCRATCH - 1)) + 1;
+	if (bpf_skb_load_bytes(skb, from, s->bytes, size) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, to, s->bytes, size, 0) < 0 ? -1 : 0;
+}
+
+// Delivers or redirects a rewritten TURN datagram (as send_on).
+static __always_inline int turn_send(struct __sk_buff *skb, __u16 flags, __u32 out_ifindex, __u32 forwarded)
+{
+	if (flags & FLAG_LOCAL)
+		return outcome(forwarded, TC_ACT_OK);
+	__u32 ifindex = out_ifindex ? out_ifindex : skb->ingress_ifindex;
+	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
+	return outcome(rc == TC_ACT_REDIRECT ? forwarded : OUT_NO_NEXT_HOP, rc);
+}
+
+// Rewrites the IPv4 and UDP headers of a datagram whose UDP length goes
+// from `old_ulen` to `new_ulen` (the payload already in place): addresses,
+// ports, lengths, the relay's TOS and TTL, both checksums patched.
+// `cd_old`/`cd_new`: the ChannelData header words leaving or entering the
+// UDP checksum's sum (0 where none).
+static __always_inline void rewrite_v4(struct __sk_buff *skb, __u32 old_saddr, __u32 old_daddr, __u16 old_sport,
+				      __u16 old_dport, __u32 new_saddr, __u32 new_daddr, __u16 new_sport,
+				      __u16 new_dport, __u16 old_ulen, __u16 new_ulen, __u32 cd_old, __u32 cd_new,
+				      __u16 old_ver_tos, __u16 old_ttl_proto)
+{
+	int ip_off = sizeof(struct ethhdr);
+	int udp_off = ip_off + sizeof(struct iphdr);
+	int csum_off = udp_off + offsetof(struct udphdr, check);
+	int ip_csum_off = ip_off + offsetof(struct iphdr, check);
+	int flags = BPF_F_MARK_MANGLED_0;
+	__u16 old_tot = bpf_htons(old_ulen + sizeof(struct iphdr)), new_tot = bpf_htons(new_ulen + sizeof(struct iphdr));
+	__u16 old_ul = bpf_htons(old_ulen), new_ul = bpf_htons(new_ulen);
+	__u16 new_ver_tos = bpf_htons(0x4500);
+	__u16 new_ttl_proto = bpf_htons((OUT_TTL << 8) | IPPROTO_UDP);
+
+	bpf_l3_csum_replace(skb, ip_csum_off, old_ver_tos, new_ver_tos, 2);
+	bpf_l3_csum_replace(skb, ip_csum_off, old_ttl_proto, new_ttl_proto, 2);
+	bpf_l3_csum_replace(skb, ip_csum_off, old_tot, new_tot, 2);
+	bpf_l3_csum_replace(skb, ip_csum_off, old_saddr, new_saddr, 4);
+	bpf_l3_csum_replace(skb, ip_csum_off, old_daddr, new_daddr, 4);
+	bpf_skb_store_bytes(skb, ip_off, &new_ver_tos, 2, 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, tot_len), &new_tot, 2, 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, ttl), &new_ttl_proto, 2, 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, saddr), &new_saddr, 4, 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, daddr), &new_daddr, 4, 0);
+
+	// The pseudo-header (addresses, length), then the header's fields and
+	// the ChannelData words.
+	bpf_l4_csum_replace(skb, csum_off, old_saddr, new_saddr, flags | BPF_F_PSEUDO_HDR | 4);
+	bpf_l4_csum_replace(skb, csum_off, old_daddr, new_daddr, flags | BPF_F_PSEUDO_HDR | 4);
+	bpf_l4_csum_replace(skb, csum_off, old_ul, new_ul, flags | BPF_F_PSEUDO_HDR | 2);
+	bpf_l4_csum_replace(skb, csum_off, old_ul, new_ul, flags | 2);
+	bpf_l4_csum_replace(skb, csum_off, old_sport, new_sport, flags | 2);
+	bpf_l4_csum_replace(skb, csum_off, old_dport, new_dport, flags | 2);
+	bpf_l4_csum_replace(skb, csum_off, cd_old, cd_new, flags | 4);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, source), &new_sport, 2, 0);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, dest), &new_dport, 2, 0);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, len), &new_ul, 2, 0);
+}
+
+// ChannelData from a client: the data, unwrapped, to the channel's peer.
+static __always_inline int turn_to_peer(struct __sk_buff *skb, struct turn_in_value *v, __u32 len, __u32 cd)
+{
+	// The header's words as they lie in memory (network order).
+	__u16 dlen = bpf_ntohs((__u16)(cd >> 16));
+	// What userspace would not relay, or relays only after judging it
+	// (padding beyond the 4-byte boundary, padding that is not zeros, a
+	// length past the datagram): up, where it decides.
+	if (4 + (__u32)dlen > len || len - 4 - dlen > 3 || dlen > TURN_SCRATCH)
+		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
+	int ip_off = sizeof(struct ethhdr);
+	int udp_off = ip_off + sizeof(struct iphdr);
+	int pay_off = udp_off + sizeof(struct udphdr);
+	__u32 pad = len - 4 - dlen;
+	if (pad) {
+		__u8 tail[3] = {};
+		if (bpf_skb_load_bytes(skb, pay_off + 4 + dlen, tail, pad & 3) < 0 || tail[0] | tail[1] | tail[2])
+			return outcome(OUT_TURN_UNUSUAL, PASS_UP);
+	}
+	__u64 now = bpf_ktime_get_ns();
+	if (now >= v->until_ns)
+		return outcome(OUT_TURN_EXPIRED, PASS_UP);
+	if (!owned(now))
+		return outcome(OUT_NOT_OWNED, PASS_UP);
+	if (skb->gso_segs > 1)
+		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
+	__u32 slot = v->slot;
+	struct turn_stats *st = bpf_map_lookup_elem(&turn_stats, &slot);
+	if (!turn_take(slot, dlen, now)) {
+		if (st)
+			st->over_rate += 1;
+		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
+	}
+	// Read everything the rewrite needs before the frame changes.
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ip_off;
+	struct udphdr *udp = data + udp_off;
+	if ((void *)(udp + 1) > end)
+		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
+	__u32 saddr = ip->saddr, daddr = ip->daddr;
+	__u16 sport = udp->source, dport = udp->dest;
+	__u16 ver_tos = *(__u16 *)ip, ttl_proto = *((__u16 *)ip + 4);
+	__u32 relay_addr = v->relay_addr, peer_addr = v->peer_addr;
+	__u16 relay_port = v->relay_port, peer_port = v->peer_port, flags = v->flags;
+	__u32 out_ifindex = v->out_ifindex;
+
+	if (move_payload(skb, pay_off + 4, pay_off, dlen) < 0 ||
+	    bpf_skb_change_tail(skb, skb->len - 4 - pad, 0) < 0)
+		return outcome(OUT_TURN_UNUSUAL, TC_ACT_SHOT);
+	rewrite_v4(skb, saddr, daddr, sport, dport, relay_addr, peer_addr, relay_port, peer_port,
+		   (__u16)(len + sizeof(struct udphdr)), (__u16)(dlen + sizeof(struct udphdr)), cd, 0, ver_tos,
+		   ttl_proto);
+	if (st) {
+		st->to_peer_packets += 1;
+		st->to_peer_bytes += dlen;
+	}
+	return turn_send(skb, flags, out_ifindex, OUT_TURN_TO_PEER);
+}
+
+// A peer's datagram to a relayed address: to the client, behind the
+// channel's header.
+static __always_inline int turn_to_client(struct __sk_buff *skb, struct turn_out_value *v, __u32 len)
+{
+	if (len > TURN_SCRATCH)
+		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
+	__u64 now = bpf_ktime_get_ns();
+	if (now >= v->until_ns)
+		return outcome(OUT_TURN_EXPIRED, PASS_UP);
+	if (!owned(now))
+		return outcome(OUT_NOT_OWNED, PASS_UP);
+	if (skb->gso_segs > 1)
+		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
+	int ip_off = sizeof(struct ethhdr);
+	int udp_off = ip_off + sizeof(struct iphdr);
+	int pay_off = udp_off + sizeof(struct udphdr);
+	__u32 slot = v->slot;
+	struct turn_stats *st = bpf_map_lookup_elem(&turn_stats, &slot);
+	if (!turn_take(slot, len, now)) {
+		if (st)
+			st->over_rate += 1;
+		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
+	}
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ip_off;
+	struct udphdr *udp = data + udp_off;
+	if ((void *)(udp + 1) > end)
+		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
+	__u32 saddr = ip->saddr, daddr = ip->daddr;
+	__u16 sport = udp->source, dport = udp->dest;
+	__u16 ver_tos = *(__u16 *)ip, ttl_proto = *((__u16 *)ip + 4);
+	__u32 listener_addr = v->listener_addr, client_addr = v->client_addr;
+	__u16 listener_port = v->listener_port, client_port = v->client_port, flags = v->flags;
+	__u32 out_ifindex = v->out_ifindex;
+	__u16 header[2] = { v->channel, bpf_htons((__u16)len) };
+	__u32 cd;
+	__builtin_memcpy(&cd, header, 4);
+
+	// Too large for the interface once grown: up (userspace sends it).
+	if (bpf_skb_change_tail(skb, skb->len + 4, 0) < 0)
+		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
+	if (move_payload(skb, pay_off, pay_off + 4, len) < 0 ||
+	    bpf_skb_store_bytes(skb, pay_off, header, 4, 0) < 0)
+		return outcome(OUT_TURN_UNUSUAL, TC_ACT_SHOT);
+	rewrite_v4(skb, saddr, daddr, sport, dport, listener_addr, client_addr, listener_port, client_port,
+		   (__u16)(len + sizeof(struct udphdr)), (__u16)(len + 4 + sizeof(struct udphdr)), 0, cd, ver_tos,
+		   ttl_proto);
+	if (st) {
+		st->to_client_packets += 1;
+		st->to_client_bytes += len;
+	}
+	return turn_send(skb, flags, out_ifindex, OUT_TURN_TO_CLIENT);
+}
+
+// A UDP datagram over IPv4 that is not established media (its headers
+// already checked by ucmrc_forward): a TURN channel's, or up with `miss`.
+static __always_inline int turn_v4(struct __sk_buff *skb, __u32 miss)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct udphdr *udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > end)
+		return outcome(miss, PASS_UP);
+	__u32 len = bpf_ntohs(udp->len) - sizeof(struct udphdr);
+	__u8 *payload = (void *)(udp + 1);
+	if (len >= 4 && (void *)(payload + 4) <= end && (payload[0] & 0xc0) == 0x40) {
+		struct turn_in_key k = {
+			.client_addr = ip->saddr,
+			.listener_addr = ip->daddr,
+			.client_port = udp->source,
+			.listener_port = udp->dest,
+			.channel = *(__u16 *)payload,
+			.pad = 0,
+		};
+		struct turn_in_value *v = bpf_map_lookup_elem(&turn_in, &k);
+		if (v)
+			return turn_to_peer(skb, v, len, *(__u32 *)payload);
+	}
+	struct turn_out_key k = {
+		.peer_addr = ip->saddr,
+		.relay_addr = ip->daddr,
+		.peer_port = udp->source,
+		.relay_port = udp->dest,
+	};
+	struct turn_out_value *v = bpf_map_lookup_elem(&turn_out, &k);
+	if (v)
+		return turn_to_client(skb, v, len);
+	return outcome(miss, PASS_UP);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -4,6 +4,7 @@
 
 use std::mem::{offset_of, size_of};
 
+use super::turn::{TurnBucketC, TurnInKey, TurnInValue, TurnOutKey, TurnOutValue, TurnStatsC};
 use super::{Fwd6Key, Fwd6Value, FwdBucket, FwdKey, FwdStats, FwdValue, Owner, PROGRAM};
 
 /// The bytes of the ELF section `name` (ELF64, little-endian).
@@ -91,6 +92,21 @@ fn the_rust_mirrors_have_the_c_layout_of_every_map_struct() {
         ("fwd_stats", layout!(FwdStats; packets, bytes, dropped_over_rate, last_ns, last_rtp_ns, last_ssrc, last_seq)),
         ("fwd_bucket", layout!(FwdBucket; lock, pad, pkt_tokens, byte_tokens, last_ns)),
         ("owner", layout!(Owner; alive_until_ns, netns, pid, pad)),
+        ("turn_in_key", layout!(TurnInKey; client_addr, listener_addr, client_port, listener_port, channel, pad)),
+        (
+            "turn_in_value",
+            layout!(TurnInValue; relay_addr, peer_addr, relay_port, peer_port, slot, out_ifindex, flags, pad, until_ns),
+        ),
+        ("turn_out_key", layout!(TurnOutKey; peer_addr, relay_addr, peer_port, relay_port)),
+        (
+            "turn_out_value",
+            layout!(TurnOutValue; listener_addr, client_addr, listener_port, client_port, channel, flags, slot, out_ifindex, until_ns),
+        ),
+        (
+            "turn_stats",
+            layout!(TurnStatsC; to_peer_packets, to_peer_bytes, to_client_packets, to_client_bytes, over_rate),
+        ),
+        ("turn_bucket", layout!(TurnBucketC; lock, pad, tokens, last_ns, bytes_per_sec, burst)),
     ];
     for (name, rust) in want {
         let c = structs.get(name).unwrap_or_else(|| panic!("struct {name} not in the object's BTF"));

@@ -18,15 +18,27 @@
 //!   attaches to.
 
 mod driver;
+mod turn;
+#[cfg(feature = "turn")]
+mod turn_driver;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use driver::{OffloadDriver, SYNC_EVERY};
+pub use turn::{ChannelRoute, TurnBucket, TurnCounters, MAX_TURN_SLOTS};
+#[cfg(feature = "turn")]
+pub use turn_driver::TurnOffloadDriver;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::tc::{self, SchedClassifier, TcAttachType};
 use aya::Ebpf;
+
+/// CLOCK_MONOTONIC now: the clock of a [`ChannelRoute`]'s deadline (and
+/// of `std::time::Instant` on Linux).
+pub fn monotonic_now() -> Option<Duration> {
+    driver::monotonic()
+}
 
 /// The compiled program.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!("forward.bpf.o");
@@ -248,6 +260,16 @@ pub struct Outcomes {
     pub bad_header: u64,
     /// The owning relay stopped renewing the program: everything goes up.
     pub not_owned: u64,
+    /// ChannelData from TURN clients relayed to their peers in the kernel.
+    pub turn_to_peer: u64,
+    /// Peers' datagrams relayed to TURN clients as ChannelData in the
+    /// kernel.
+    pub turn_to_client: u64,
+    /// TURN routes past their channel's, permission's or allocation's
+    /// expiry: up, where userspace decides.
+    pub turn_expired: u64,
+    /// ChannelData userspace must judge (padding, lengths, size): up.
+    pub turn_unusual: u64,
 }
 
 /// How the program is attached to an interface.
@@ -323,6 +345,7 @@ pub struct FastPath {
     buckets: Array<MapData, FwdBucket>,
     outcomes: PerCpuArray<MapData, u64>,
     owner: Array<MapData, Owner>,
+    turn: turn::TurnMaps,
     interfaces: Vec<String>,
     mode: AttachMode,
     /// Filters of earlier relays removed at attach time (for the log).
@@ -368,6 +391,7 @@ impl FastPath {
         let buckets = Array::try_from(take(&mut bpf, "buckets")?).map_err(map_err("buckets"))?;
         let outcomes = PerCpuArray::try_from(take(&mut bpf, "outcomes")?).map_err(map_err("outcomes"))?;
         let owner = Array::try_from(take(&mut bpf, "owner")?).map_err(map_err("owner"))?;
+        let turn = turn::TurnMaps::take(&mut bpf)?;
         let mut fast = Self {
             bpf,
             routes,
@@ -376,6 +400,7 @@ impl FastPath {
             buckets,
             outcomes,
             owner,
+            turn,
             interfaces: Vec::new(),
             mode,
             retired: Vec::new(),
@@ -600,7 +625,7 @@ impl FastPath {
 
     /// What the program did with every packet it saw so far.
     pub fn outcomes(&self) -> Result<Outcomes, FastPathError> {
-        let mut n = [0u64; 10];
+        let mut n = [0u64; 14];
         for (i, slot) in n.iter_mut().enumerate() {
             *slot = self.outcomes.get(&(i as u32), 0).map_err(map_err("outcomes"))?.iter().sum();
         }
@@ -615,6 +640,10 @@ impl FastPath {
             no_next_hop: n[7],
             bad_header: n[8],
             not_owned: n[9],
+            turn_to_peer: n[10],
+            turn_to_client: n[11],
+            turn_expired: n[12],
+            turn_unusual: n[13],
         })
     }
 

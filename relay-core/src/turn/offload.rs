@@ -1,0 +1,137 @@
+//! Channels the kernel may relay (the driver's fast path, when it has one):
+//! the server says which, the driver writes the routes (like firezone's
+//! relay, whose event loop — not its state machine — writes the eBPF maps).
+//!
+//! With offloading on ([`TurnServer::enable_offload`]), every live channel
+//! of an opened UDP allocation is announced with [`Command::OffloadChannel`]
+//! after anything that moves its deadline — the earliest of the channel's,
+//! its peer permission's and the allocation's expiry — or the allocation's
+//! rate; [`Command::EndOffload`] follows the allocation's end. The kernel
+//! relays until that deadline and passes everything else up, so every
+//! decision stays this server's. What the kernel relayed comes back with
+//! [`TurnServer::handle_offload_counts`] and is counted as if relayed here.
+//!
+//! The allocation's byte budget moves with its first channel: the kernel's
+//! bucket starts with what this server's held, and this server's starts
+//! empty (it still refills at the allocation's rate for what stays in
+//! userspace — Send indications, expired routes — so a client splitting
+//! its traffic between both gets at most twice its rate).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::allocation::{ClientKey, RelayId, Transport};
+use super::server::{Command, TurnServer};
+
+/// One live channel of a UDP allocation, both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelOffload {
+    /// The allocation's relayed socket.
+    pub relay: RelayId,
+    /// Its client (UDP).
+    pub client: ClientKey,
+    /// The channel number.
+    pub channel: u16,
+    /// The channel's peer.
+    pub peer: SocketAddr,
+    /// Until when the kernel may relay on it.
+    pub until: Instant,
+    /// The allocation's rate, bytes per second.
+    pub bytes_per_second: u64,
+    /// Its burst, bytes.
+    pub burst_bytes: u64,
+    /// The allocation's budget, handed over with its first channel.
+    pub budget: Option<u64>,
+}
+
+/// What the kernel relayed for one allocation since the last report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffloadCounts {
+    /// Datagrams client → peer.
+    pub to_peer_packets: u64,
+    /// Their application bytes.
+    pub to_peer_bytes: u64,
+    /// Datagrams peer → client.
+    pub to_client_packets: u64,
+    /// Their application bytes.
+    pub to_client_bytes: u64,
+    /// Datagrams dropped over the allocation's rate.
+    pub rate_limited: u64,
+}
+
+impl TurnServer {
+    /// Announces channels to the driver from now on (it has a kernel fast
+    /// path); the allocations already open are announced at once.
+    pub fn enable_offload(&mut self, now: Instant) {
+        self.offload = true;
+        let relays: Vec<RelayId> = self.allocations.keys().copied().collect();
+        for relay in relays {
+            self.offload_channels(now, relay);
+        }
+    }
+
+    /// Announces every live channel of `relay`'s allocation with its
+    /// current deadline (nothing unless offloading is on and it is an
+    /// opened UDP allocation).
+    pub(super) fn offload_channels(&mut self, now: Instant, relay: RelayId) {
+        if !self.offload {
+            return;
+        }
+        let limits = self.settings.limits;
+        let Some(alloc) = self.allocations.get_mut(&relay) else { return };
+        if !alloc.opened || alloc.tcp || alloc.client.transport != Transport::Udp {
+            return;
+        }
+        let permissions: Vec<_> = alloc.permissions(now).collect();
+        let routes: Vec<(u16, SocketAddr, Instant)> = alloc
+            .channels(now)
+            .filter_map(|c| {
+                let permission = permissions.iter().find(|(ip, _)| *ip == c.peer.ip())?.1;
+                Some((c.number, c.peer, c.expires.min(permission).min(alloc.expires)))
+            })
+            .collect();
+        for (channel, peer, until) in routes {
+            let budget = (!alloc.offloaded).then(|| {
+                alloc.offloaded = true;
+                alloc.rate.hand_over(now, limits.bytes_per_second, limits.burst_bytes)
+            });
+            self.commands.push_back(Command::OffloadChannel(ChannelOffload {
+                relay,
+                client: alloc.client,
+                channel,
+                peer,
+                until,
+                bytes_per_second: limits.bytes_per_second,
+                burst_bytes: limits.burst_bytes,
+                budget,
+            }));
+        }
+    }
+
+    /// The driver could not give `relay`'s channel to the kernel: the
+    /// budget handed over with it comes back, and the next announcement
+    /// hands it over again.
+    pub fn handle_offload_refused(&mut self, now: Instant, relay: RelayId, budget: Option<u64>) {
+        let limits = self.settings.limits;
+        if let (Some(alloc), Some(budget)) = (self.allocations.get_mut(&relay), budget) {
+            alloc.offloaded = false;
+            alloc.rate.credit(now, budget, limits.bytes_per_second, limits.burst_bytes);
+        }
+    }
+
+    /// What the kernel relayed for `relay`'s allocation (it may have ended
+    /// since: then only the totals count it).
+    pub fn handle_offload_counts(&mut self, relay: RelayId, counts: OffloadCounts) {
+        if let Some(alloc) = self.allocations.get_mut(&relay) {
+            alloc.to_peer.0 += counts.to_peer_packets;
+            alloc.to_peer.1 += counts.to_peer_bytes;
+            alloc.to_client.0 += counts.to_client_packets;
+            alloc.to_client.1 += counts.to_client_bytes;
+        }
+        self.stats.to_peer_packets += counts.to_peer_packets;
+        self.stats.to_peer_bytes += counts.to_peer_bytes;
+        self.stats.to_client_packets += counts.to_client_packets;
+        self.stats.to_client_bytes += counts.to_client_bytes;
+        self.stats.dropped_many(super::stats::TurnDrop::RateLimited, counts.rate_limited);
+    }
+}
