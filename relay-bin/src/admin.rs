@@ -299,6 +299,8 @@ async fn metrics_text(State(st): State<Arc<AdminState>>) -> Result<Response, Api
 /// The TURN server's figures: counters, and allocations by tenant (every
 /// configured tenant, zero included).
 fn turn_figures(service: &relay_core::turn::service::TurnService) -> metrics::TurnFigures {
+    // What the kernel relayed since its last sync counts in this scrape.
+    service.sync_kernel_counters();
     let (stats, allocations) = service.with_server(|server| {
         let by = server.allocations_by_tenant();
         let mut tenants: Vec<(String, u64)> = server
@@ -317,6 +319,7 @@ fn turn_figures(service: &relay_core::turn::service::TurnService) -> metrics::Tu
         send_failures: service.send_failures(),
         oversize_drops: service.oversize_drops(),
         streams_refused: service.streams_refused(),
+        in_kernel: service.offloaded_allocations() as u64,
     }
 }
 

@@ -315,6 +315,12 @@ fn start_turn(
     let udp_count = sockets.udp.len();
     let service = relay_core::turn::service::TurnService::start(server, sockets.udp, Default::default())
         .map_err(|e| format!("turn: {e}"))?;
+    // Channels of UDP allocations are relayed in the kernel where the
+    // relay's fast path runs (the `datapath` setting decides).
+    if let Some(fast) = state.handle.fast_path() {
+        service.use_fast_path(fast);
+        tracing::info!("TURN: channels of UDP allocations are relayed in the kernel fast path");
+    }
     let mut index = udp_count;
     for l in sockets.tcp {
         shown.extend(l.local_addr().ok().map(|a| format!("tcp://{a}")));

@@ -35,12 +35,17 @@ fn relay_with_turn(extra_turn: &str) -> Relay {
 
 /// [`relay_with_turn`] with more sections (`[control]`, `[tunnels]`).
 fn relay_with(extra_turn: &str, sections: &str) -> Relay {
+    relay_with_keys("", extra_turn, sections)
+}
+
+/// [`relay_with`] with more `[relay]` keys.
+fn relay_with_keys(relay_keys: &str, extra_turn: &str, sections: &str) -> Relay {
     let dir = temp_dir("turn-secret");
     let secret = dir.join("secret");
     std::fs::write(&secret, format!("{SECRET}\n")).expect("write secret");
     let (port_min, port_max) = turn_ports();
     let text = config(&format!(
-        "allow_loopback_peers = false\n[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = {port_min}\nport_max = {port_max}\n{extra_turn}\n\
+        "{relay_keys}allow_loopback_peers = false\n[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = {port_min}\nport_max = {port_max}\n{extra_turn}\n\
          [[turn.realms]]\nname = \"turn.test\"\ntenant = \"acme\"\nsecret_files = [{secret:?}]\nallow_peers = [\"127.0.0.1/32\"]\n{sections}"
     ));
     let r = start(Some(&text));
@@ -163,6 +168,45 @@ fn allocations(r: &Relay) -> serde_json::Value {
     let validator = jsonschema::draft7::new(&schema).expect("the schema compiles");
     assert!(validator.is_valid(&listing), "{listing} does not match its schema");
     listing
+}
+
+/// Marks the run of a test inside its own network namespace.
+const NETNS_CHILD: &str = "UCMRC_TURN_KERNEL_CHILD";
+
+#[test]
+fn coturn_s_client_relays_over_channels_the_kernel_fast_path_carries() {
+    if std::env::var_os(NETNS_CHILD).is_none() {
+        // Again in a private network namespace (as root; the tc program
+        // attaches to that namespace's loopback, never the host's).
+        let exe = std::env::current_exe().expect("test binary");
+        let test = "coturn_s_client_relays_over_channels_the_kernel_fast_path_carries";
+        let out = Command::new("unshare")
+            .args(["--net", "--"])
+            .arg(exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(NETNS_CHILD, "1")
+            .output()
+            .expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "namespace run failed:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("TURN-KERNEL-NETNS-OK"), "the scenario did not run:\n{stdout}\n{stderr}");
+        return;
+    }
+    test_support::netns::sh("ip link set lo up");
+    let r = relay_with_keys("datapath = \"ebpf\"\n", "", "");
+    let peer = EchoPeer::start("127.0.0.1");
+    // coturn's client over channels (its default), two clients with an
+    // RTP and an RTCP allocation each: every message echoed.
+    uclient(&r, &["-m", "2"], SECRET, "wave-kernel", Some(peer.addr), 40).assert_all_echoed(2, 40);
+    let m = scrape(&r);
+    let kernel = |outcome: &str| m[&format!("ucmrc_fast_path_packets_total{{outcome=\"{outcome}\"}}")];
+    // The kernel relayed the channels' data both ways (the first
+    // datagrams of a channel may come before its binding, in userspace).
+    assert!(kernel("turn_to_peer") >= 80.0 && kernel("turn_to_client") >= 80.0, "{m:?}");
+    // ... and the server counts it with what it relayed itself.
+    assert!(m["ucmrc_turn_relayed_packets_total{direction=\"to_peer\"}"] >= kernel("turn_to_peer"));
+    assert!(m["ucmrc_turn_relayed_packets_total{direction=\"to_client\"}"] >= kernel("turn_to_client"));
+    println!("TURN-KERNEL-NETNS-OK");
 }
 
 #[test]

@@ -902,6 +902,14 @@ impl RelayHandle {
         guard.outcomes().ok()
     }
 
+    /// The running kernel fast path, for a service beside the media engine
+    /// that relays through it as well (TURN's channels): `None` when it
+    /// does not run.
+    #[cfg(feature = "ebpf")]
+    pub fn fast_path(&self) -> Option<Arc<Mutex<io::ebpf::FastPath>>> {
+        self.inner.fast.clone()
+    }
+
     /// Attaches the running kernel fast path to interfaces that have come
     /// to hold a relay address since the start (a takeover moved the
     /// service address here) and returns every interface it is attached

@@ -114,6 +114,8 @@ pub struct TurnFigures {
     pub oversize_drops: u64,
     /// TCP/TLS connections refused at the connection limits.
     pub streams_refused: u64,
+    /// Allocations whose channels the kernel fast path relays now.
+    pub in_kernel: u64,
 }
 
 /// Encodes every metric (OpenMetrics text, [`CONTENT_TYPE`]).
@@ -302,6 +304,11 @@ fn turn(s: &mut Scrape, t: &TurnFigures) {
     drops.push(("oversize", t.oversize_drops));
     s.counters("ucmrc_turn_drops", "TURN input dropped (and sends the kernel refused), by reason", "reason", drops);
     s.counter("ucmrc_turn_allocations_expired", "TURN allocations that expired unrefreshed", t.stats.expired);
+    s.gauge(
+        "ucmrc_turn_kernel_allocations",
+        "TURN allocations whose channels the kernel fast path relays now (their packets are counted with the rest)",
+        t.in_kernel as i64,
+    );
     s.counter(
         "ucmrc_turn_streams_refused",
         "TURN TCP/TLS connections refused at the connection limits",
@@ -376,6 +383,10 @@ fn fast_path(s: &mut Scrape, k: relay_core::io::FastPathOutcomes) {
             ("fragment_or_options", k.fragment_or_options),
             ("bad_header", k.bad_header),
             ("not_owned", k.not_owned),
+            ("turn_to_peer", k.turn_to_peer),
+            ("turn_to_client", k.turn_to_client),
+            ("turn_expired", k.turn_expired),
+            ("turn_unusual", k.turn_unusual),
             ("no_next_hop", k.no_next_hop),
         ],
     );
