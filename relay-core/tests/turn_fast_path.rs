@@ -14,7 +14,8 @@
 //!   a channel over real sockets, every byte both ways arrives, the kernel
 //!   relayed it (its outcome counters) and the allocation's counters say
 //!   so; a rate lowered by a reload holds in the kernel (exact drops,
-//!   counted); the allocation's end removes its routes.
+//!   counted) and a refreshed permission refills nothing; the
+//!   allocation's end removes its routes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
@@ -275,11 +276,17 @@ async fn service_in_namespace() {
             let (len, _) = peer.recv_from(&mut buf).expect("within the burst");
             assert_eq!(&buf[..len], &[9; 200][..]);
         }
+        // Refreshing the permission (the channel is announced again)
+        // refills nothing: these are dropped too.
+        assert_eq!(c.ask(at, Method::CreatePermission, &[], Some(peer_at)).0, None);
+        for _ in 0..5 {
+            c.channel_data(at, 0x4007, &[9; 200]);
+        }
         // The allocation's end brings the kernel's last counters: the
-        // other 15 were dropped over the rate.
+        // other 20 were dropped over the rate.
         let ended = c.ask(at, Method::Refresh, &[(ATTR_LIFETIME, 0u32.to_be_bytes().to_vec())], None).0;
         assert_eq!(ended, None, "deleted");
-        assert_eq!(svc.stats().drops(TurnDrop::RateLimited), 15, "the kernel's drops are counted as the server's");
+        assert_eq!(svc.stats().drops(TurnDrop::RateLimited), 20, "the kernel's drops are counted as the server's");
         assert_eq!(svc.offloaded_allocations(), 0, "its routes went with it");
         // Gone from the kernel: the client's ChannelData goes up, where the
         // server drops it (no allocation).
