@@ -81,8 +81,19 @@ fn the_program_unwraps_and_wraps_channel_data_and_passes_the_rest_up() {
 
 fn program_in_namespace() {
     let mut fast = lo_up_and_load();
-    let (client, listener) = (addr("198.51.100.20:50000"), addr("192.0.2.1:3478"));
-    let (relayed, peer) = (addr("192.0.2.1:40000"), addr("203.0.113.7:6000"));
+    // IPv4, then IPv6 (each family has its own maps, one program).
+    program_cases(&mut fast, ["198.51.100.20:50000", "192.0.2.1:3478", "192.0.2.1:40000", "203.0.113.7:6000"], 3);
+    program_cases(
+        &mut fast,
+        ["[2001:db8:20::20]:50000", "[2001:db8:1::1]:3478", "[2001:db8:1::1]:40000", "[2001:db8:7::7]:6000"],
+        4,
+    );
+}
+
+/// Every case of the program's test on one family's addresses: the
+/// client, the listener, the relayed address and the peer.
+fn program_cases(fast: &mut FastPath, hosts: [&str; 4], slot: u32) {
+    let [client, listener, relayed, peer] = hosts.map(addr);
     let route = ChannelRoute {
         client,
         listener,
@@ -90,11 +101,12 @@ fn program_in_namespace() {
         relayed,
         peer,
         until: monotonic_now() + Duration::from_secs(600),
-        slot: 3,
+        slot,
         to_peer: NextHop::Local,
         to_client: NextHop::Local,
     };
-    fast.start_turn_slot(3, TurnBucket { tokens: 1 << 30, bytes_per_second: 1 << 20, burst: 1 << 30 }).expect("slot");
+    fast.start_turn_slot(slot, TurnBucket { tokens: 1 << 30, bytes_per_second: 1 << 20, burst: 1 << 30 })
+        .expect("slot");
     fast.install_channel(&route).expect("install");
     let plain = Tweak::default();
     let channel_data = |channel: u16, data: &[u8], pad: &[u8]| {
@@ -127,17 +139,21 @@ fn program_in_namespace() {
         assert_eq!(payload, channel_data(0x4001, &data, &[]), "{len}: wrapped in the channel's header");
     }
     // No UDP checksum (IPv4 allows it) stays none.
-    let mut f = frame(client, listener, &channel_data(0x4001, b"abc", &[0]), &plain);
-    f[40..42].copy_from_slice(&[0, 0]); // Ethernet 14 + IPv4 20 + UDP's checksum at 6
-    let v = fast.run_on(&f).expect("run");
-    assert_eq!(v.action, FrameVerdict::DELIVER);
-    assert_eq!(stack_delivers(&v.frame).map(|d| d.2), Some(b"abc".to_vec()));
-    let c = fast.turn_counters(3).expect("counters");
-    assert_eq!((c.to_peer_packets, c.to_peer_bytes), (8, relayed_bytes + 3), "counted as userspace counts");
+    if client.is_ipv4() {
+        let mut f = frame(client, listener, &channel_data(0x4001, b"abc", &[0]), &plain);
+        f[40..42].copy_from_slice(&[0, 0]); // Ethernet 14 + IPv4 20 + UDP's checksum at 6
+        let v = fast.run_on(&f).expect("run");
+        assert_eq!(v.action, FrameVerdict::DELIVER);
+        assert_eq!(stack_delivers(&v.frame).map(|d| d.2), Some(b"abc".to_vec()));
+        relayed_bytes += 3;
+    }
+    let c = fast.turn_counters(slot).expect("counters");
+    let datagrams = if client.is_ipv4() { 8 } else { 7 };
+    assert_eq!((c.to_peer_packets, c.to_peer_bytes), (datagrams, relayed_bytes), "counted as userspace counts");
     assert_eq!((c.to_client_packets, c.to_client_bytes), (5, 1364));
 
     // What userspace must judge goes up, unchanged.
-    let other = addr("198.51.100.20:50001");
+    let other = SocketAddr::new(client.ip(), client.port() + 1);
     let up = [
         ("another source port", frame(other, listener, &channel_data(0x4001, b"hi", &[]), &plain)),
         ("another channel", frame(client, listener, &channel_data(0x4002, b"hi", &[]), &plain)),
@@ -145,7 +161,7 @@ fn program_in_namespace() {
         ("padding that is not zeros", frame(client, listener, &channel_data(0x4001, b"hi", &[0, 9]), &plain)),
         ("padding past four bytes", frame(client, listener, &channel_data(0x4001, b"hi", &[0; 6]), &plain)),
         ("STUN to the listener", frame(client, listener, &[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4], &plain)),
-        ("another peer to the relayed address", frame(addr("203.0.113.8:6000"), relayed, b"data", &plain)),
+        ("another peer port to the relayed address", frame(SocketAddr::new(peer.ip(), 6001), relayed, b"data", &plain)),
     ];
     let before = fast.outcomes().expect("outcomes");
     for (case, f) in &up {
@@ -168,11 +184,11 @@ fn program_in_namespace() {
 
     // Over the allocation's rate: dropped, counted, as userspace's bucket.
     fast.install_channel(&route).expect("install");
-    fast.start_turn_slot(3, TurnBucket { tokens: 250, bytes_per_second: 1, burst: 250 }).expect("slot");
+    fast.start_turn_slot(slot, TurnBucket { tokens: 250, bytes_per_second: 1, burst: 250 }).expect("slot");
     let f = frame(client, listener, &channel_data(0x4001, &[5; 100], &[]), &plain);
     let actions: Vec<i32> = (0..4).map(|_| fast.run_on(&f).expect("run").action).collect();
     assert_eq!(actions, [FrameVerdict::DELIVER, FrameVerdict::DELIVER, FrameVerdict::DROP, FrameVerdict::DROP]);
-    assert_eq!(fast.turn_counters(3).expect("counters").over_rate, 2);
+    assert_eq!(fast.turn_counters(slot).expect("counters").over_rate, 2);
 
     // Removed: up again.
     fast.remove_channel(&route).expect("remove");
@@ -295,6 +311,76 @@ async fn service_in_namespace() {
         test_support::poll::wait_for("the server's drop", || svc.stats().drops(TurnDrop::NoAllocation) > before);
         let last = fast2.lock().expect("fast path").outcomes().expect("outcomes");
         assert_eq!(last.turn_to_peer, end.turn_to_peer + 5, "nothing more relayed in the kernel");
+    })
+    .await
+    .expect("client");
+}
+
+#[test]
+fn a_turn_service_relays_ipv6_channels_in_the_kernel() {
+    if in_child() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(ipv6_service_in_namespace());
+        println!("TURN-EBPF-NETNS-OK");
+    } else {
+        in_new_namespace("a_turn_service_relays_ipv6_channels_in_the_kernel");
+    }
+}
+
+async fn ipv6_service_in_namespace() {
+    let fast = Arc::new(Mutex::new(lo_up_and_load()));
+    let ip: IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
+    let settings = TurnSettings {
+        realms: vec![Realm { allow_peers: vec![PeerNet::parse("::1/128").expect("net")], ..realm() }],
+        relay_v4: None,
+        relay_v6: Some(RelayAddress { bind: ip, advertised: ip }),
+        ..settings(TurnLimits::default())
+    };
+    let server = TurnServer::new(settings, NonceKey::new([4; 32]), None, 1).expect("server");
+    let listener = UdpSocket::bind("[::1]:0").expect("bind");
+    let at = listener.local_addr().expect("addr");
+    let service = TurnService::start(server, vec![listener], StreamLimits::default()).expect("service");
+    service.use_fast_path(fast.clone());
+    tokio::task::spawn_blocking(move || {
+        let peer = UdpSocket::bind("[::1]:0").expect("bind");
+        peer.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut c = Client::bound("[::1]:0", SECRET, REALM, "wave-kernel-6");
+        let asks = [
+            (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]),
+            (ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
+        ];
+        assert_eq!(c.ask(at, Method::Allocate, &asks, None).0, Some(401));
+        let (code, answer) = c.ask(at, Method::Allocate, &asks, None);
+        assert_eq!(code, None, "allocated");
+        let relayed =
+            StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
+        assert!(relayed.is_ipv6());
+        let peer_at = peer.local_addr().expect("addr");
+        let bind = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x09, 0, 0]);
+        assert_eq!(c.ask(at, Method::ChannelBind, std::slice::from_ref(&bind), Some(peer_at)).0, None);
+        let start = fast.lock().expect("fast path").outcomes().expect("outcomes");
+        let mut buf = [0u8; 2048];
+        for n in 0..50usize {
+            let data: Vec<u8> = (0..n * 7 + 1).map(|i| (i ^ n) as u8).collect();
+            c.channel_data(at, 0x4009, &data);
+            let (len, from) = peer.recv_from(&mut buf).expect("to the peer");
+            assert_eq!((&buf[..len], from), (&data[..], relayed), "from the relayed address");
+            peer.send_to(&data, relayed).expect("send");
+            assert_eq!(c.recv_channel(), data, "to the client on its channel");
+        }
+        let end = fast.lock().expect("fast path").outcomes().expect("outcomes");
+        assert_eq!(
+            (end.turn_to_peer - start.turn_to_peer, end.turn_to_client - start.turn_to_client),
+            (50, 50),
+            "the kernel relayed every datagram both ways"
+        );
+        service.sync_kernel_counters();
+        let counted = service.with_server(|s| s.allocations().next().map(|a| (a.to_peer.0, a.to_client.0)));
+        assert_eq!(counted, Some((50, 50)));
     })
     .await
     .expect("client");

@@ -24,7 +24,12 @@ pub struct Client {
 impl Client {
     /// A client of `realm` with REST credentials for `user` under `secret`.
     pub fn new(secret: &[u8], realm: &str, user: &str) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        Self::bound("127.0.0.1:0", secret, realm, user)
+    }
+
+    /// [`Client::new`] on a socket bound to `bind` (`[::1]:0` for IPv6).
+    pub fn bound(bind: &str, secret: &[u8], realm: &str, user: &str) -> Self {
+        let socket = UdpSocket::bind(bind).expect("bind");
         socket.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
         let (username, password) = RestSecrets::new(vec![secret.to_vec()])
             .issue(

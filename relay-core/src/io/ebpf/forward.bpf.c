@@ -268,6 +268,7 @@ static __always_inline int send_on(struct __sk_buff *skb, struct fwd_stats *st, 
 
 static __always_inline int forward_v6(struct __sk_buff *skb);
 static __always_inline int turn_v4(struct __sk_buff *skb, __u32 miss);
+static __always_inline int turn_v6(struct __sk_buff *skb, __u32 miss);
 
 // Whether the owning relay still lives.
 static __always_inline int owned(__u64 now)
@@ -438,14 +439,14 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 	__u32 len = ulen - sizeof(struct udphdr);
 	int class = media_class(payload, end, len);
 	if (class == CLASS_OTHER)
-		return outcome(OUT_NOT_RTP, PASS_UP);
+		return turn_v6(skb, OUT_NOT_RTP);
 
 	struct fwd6_key key = {};
 	__builtin_memcpy(key.addr, &ip6->daddr, 16);
 	key.port = udp->dest;
 	struct fwd6_value *v = bpf_map_lookup_elem(&fwd6, &key);
 	if (!v)
-		return outcome(OUT_NO_ROUTE, PASS_UP);
+		return turn_v6(skb, OUT_NO_ROUTE);
 	__u32 old_saddr[4], old_daddr[4];
 	__builtin_memcpy(old_saddr, &ip6->saddr, 16);
 	__builtin_memcpy(old_daddr, &ip6->daddr, 16);
@@ -497,7 +498,7 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 }
 
 // ---------------------------------------------------------------------------
-// TURN (RFC 8656) channels over UDP, IPv4.
+// TURN (RFC 8656) channels over UDP, IPv4 and IPv6.
 //
 // Userspace (relay-core's turn::server) keeps every decision: requests,
 // credentials, allocations, permissions, Send/Data indications, first
@@ -511,7 +512,8 @@ static __always_inline int forward_v6(struct __sk_buff *skb)
 // packet goes up and userspace decides (a Data indication, a drop). The
 // allocation's byte rate is one token bucket shared by both directions and
 // every channel (`turn_buckets`), handed over from userspace's bucket;
-// counters per allocation are per-CPU (`turn_stats`).
+// counters per allocation are per-CPU (`turn_stats`). IPv6 routes live in
+// `turn6_in` and `turn6_out`.
 //
 // The headers stay where they are (so a checksum the stack or a NIC still
 // has to complete keeps pointing at them): the payload moves by four bytes
@@ -598,6 +600,63 @@ struct {
 	__type(value, struct turn_out_value);
 } turn_out SEC(".maps");
 
+// The same over IPv6 (addresses in network order).
+struct turn6_in_key {
+	__u8 client_addr[16];
+	__u8 listener_addr[16];
+	__u16 client_port;
+	__u16 listener_port;
+	__u16 channel;
+	__u16 pad;
+};
+
+struct turn6_in_value {
+	__u8 relay_addr[16];
+	__u8 peer_addr[16];
+	__u16 relay_port;
+	__u16 peer_port;
+	__u32 slot;
+	__u32 out_ifindex;
+	__u16 flags;
+	__u16 pad;
+	__u64 until_ns;
+};
+
+struct turn6_out_key {
+	__u8 peer_addr[16];
+	__u8 relay_addr[16];
+	__u16 peer_port;
+	__u16 relay_port;
+};
+
+struct turn6_out_value {
+	__u8 listener_addr[16];
+	__u8 client_addr[16];
+	__u16 listener_port;
+	__u16 client_port;
+	__u16 channel;
+	__u16 flags;
+	__u32 slot;
+	__u32 out_ifindex;
+	__u64 until_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TURN_ROUTES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct turn6_in_key);
+	__type(value, struct turn6_in_value);
+} turn6_in SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TURN_ROUTES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct turn6_out_key);
+	__type(value, struct turn6_out_value);
+} turn6_out SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_TURN_SLOTS);
@@ -681,6 +740,66 @@ static __always_inline int turn_send(struct __sk_buff *skb, __u16 flags, __u32 o
 	return outcome(rc == TC_ACT_REDIRECT ? forwarded : OUT_NO_NEXT_HOP, rc);
 }
 
+// turn_admit's "relay it" (no tc action has this value).
+#define TURN_GO 0x7fff
+
+// Whether a matched route may relay now: within its deadline, its relay
+// alive, not a GSO aggregate, `charge` bytes within the allocation's
+// budget. Returns TURN_GO, else the verdict (up, or dropped over the rate
+// and counted).
+static __always_inline int turn_admit(struct __sk_buff *skb, __u64 until_ns, __u32 slot, __u64 charge,
+				      struct turn_stats *st)
+{
+	__u64 now = bpf_ktime_get_ns();
+	if (now >= until_ns)
+		return outcome(OUT_TURN_EXPIRED, PASS_UP);
+	if (!owned(now))
+		return outcome(OUT_NOT_OWNED, PASS_UP);
+	if (skb->gso_segs > 1)
+		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
+	if (!turn_take(slot, charge, now)) {
+		if (st)
+			st->over_rate += 1;
+		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
+	}
+	return TURN_GO;
+}
+
+// The data length of ChannelData of `len` bytes whose header words are
+// `cd`, when the kernel may unwrap it: the length within the datagram,
+// at most 3 bytes of padding after it and those zeros, at most
+// TURN_SCRATCH bytes. Else -1 (up: userspace judges it).
+static __always_inline int turn_data_len(struct __sk_buff *skb, __u32 pay_off, __u32 len, __u32 cd)
+{
+	__u16 dlen = bpf_ntohs((__u16)(cd >> 16));
+	if (4 + (__u32)dlen > len || len - 4 - dlen > 3 || dlen > TURN_SCRATCH)
+		return -1;
+	__u32 pad = len - 4 - dlen;
+	if (pad) {
+		__u8 tail[3] = {};
+		if (bpf_skb_load_bytes(skb, pay_off + 4 + dlen, tail, pad & 3) < 0 || tail[0] | tail[1] | tail[2])
+			return -1;
+	}
+	return dlen;
+}
+
+// ChannelData of `len` bytes at `pay_off` becomes its `dlen` data bytes.
+static __always_inline int turn_unwrap(struct __sk_buff *skb, __u32 pay_off, __u32 len, __u32 dlen)
+{
+	if (move_payload(skb, pay_off + 4, pay_off, dlen) < 0)
+		return -1;
+	return bpf_skb_change_tail(skb, skb->len - (len - dlen), 0) < 0 ? -1 : 0;
+}
+
+// `len` data bytes at `pay_off` go behind the channel's header `cd`
+// (grown at the tail first; up when the interface cannot take 4 more).
+static __always_inline int turn_wrap(struct __sk_buff *skb, __u32 pay_off, __u32 len, __u32 cd)
+{
+	if (move_payload(skb, pay_off, pay_off + 4, len) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, pay_off, &cd, 4, 0) < 0 ? -1 : 0;
+}
+
 // Rewrites the IPv4 and UDP headers of a datagram whose UDP length goes
 // from `old_ulen` to `new_ulen` (the payload already in place): addresses,
 // ports, lengths, the relay's TOS and TTL, both checksums patched.
@@ -726,119 +845,129 @@ static __always_inline void rewrite_v4(struct __sk_buff *skb, __u32 old_saddr, _
 	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, len), &new_ul, 2, 0);
 }
 
-// ChannelData from a client: the data, unwrapped, to the channel's peer.
-static __always_inline int turn_to_peer(struct __sk_buff *skb, struct turn_in_value *v, __u32 len, __u32 cd)
+// The IPv6 form: no header checksum; the payload length follows the UDP
+// length, the relay's traffic class and hop limit (the flow label kept),
+// the UDP checksum (mandatory) patched for the addresses, the 32-bit
+// pseudo-header length, the ports, the header's length and the
+// ChannelData words.
+static __always_inline void rewrite_v6(struct __sk_buff *skb, __u32 *old_saddr, __u32 *old_daddr, __u16 old_sport,
+				      __u16 old_dport, __u32 *new_saddr, __u32 *new_daddr, __u16 new_sport,
+				      __u16 new_dport, __u16 old_ulen, __u16 new_ulen, __u32 cd_old, __u32 cd_new,
+				      __u32 old_vtc)
 {
-	// The header's words as they lie in memory (network order).
-	__u16 dlen = bpf_ntohs((__u16)(cd >> 16));
-	// What userspace would not relay, or relays only after judging it
-	// (padding beyond the 4-byte boundary, padding that is not zeros, a
-	// length past the datagram): up, where it decides.
-	if (4 + (__u32)dlen > len || len - 4 - dlen > 3 || dlen > TURN_SCRATCH)
-		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
 	int ip_off = sizeof(struct ethhdr);
-	int udp_off = ip_off + sizeof(struct iphdr);
-	int pay_off = udp_off + sizeof(struct udphdr);
-	__u32 pad = len - 4 - dlen;
-	if (pad) {
-		__u8 tail[3] = {};
-		if (bpf_skb_load_bytes(skb, pay_off + 4 + dlen, tail, pad & 3) < 0 || tail[0] | tail[1] | tail[2])
-			return outcome(OUT_TURN_UNUSUAL, PASS_UP);
-	}
-	__u64 now = bpf_ktime_get_ns();
-	if (now >= v->until_ns)
-		return outcome(OUT_TURN_EXPIRED, PASS_UP);
-	if (!owned(now))
-		return outcome(OUT_NOT_OWNED, PASS_UP);
-	if (skb->gso_segs > 1)
-		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
-	__u32 slot = v->slot;
-	struct turn_stats *st = bpf_map_lookup_elem(&turn_stats, &slot);
-	if (!turn_take(slot, dlen, now)) {
-		if (st)
-			st->over_rate += 1;
-		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
-	}
-	// Read everything the rewrite needs before the frame changes.
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + ip_off;
-	struct udphdr *udp = data + udp_off;
-	if ((void *)(udp + 1) > end)
-		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
-	__u32 saddr = ip->saddr, daddr = ip->daddr;
-	__u16 sport = udp->source, dport = udp->dest;
-	__u16 ver_tos = *(__u16 *)ip, ttl_proto = *((__u16 *)ip + 4);
-	__u32 relay_addr = v->relay_addr, peer_addr = v->peer_addr;
-	__u16 relay_port = v->relay_port, peer_port = v->peer_port, flags = v->flags;
-	__u32 out_ifindex = v->out_ifindex;
-
-	if (move_payload(skb, pay_off + 4, pay_off, dlen) < 0 ||
-	    bpf_skb_change_tail(skb, skb->len - 4 - pad, 0) < 0)
-		return outcome(OUT_TURN_UNUSUAL, TC_ACT_SHOT);
-	rewrite_v4(skb, saddr, daddr, sport, dport, relay_addr, peer_addr, relay_port, peer_port,
-		   (__u16)(len + sizeof(struct udphdr)), (__u16)(dlen + sizeof(struct udphdr)), cd, 0, ver_tos,
-		   ttl_proto);
-	if (st) {
-		st->to_peer_packets += 1;
-		st->to_peer_bytes += dlen;
-	}
-	return turn_send(skb, flags, out_ifindex, OUT_TURN_TO_PEER);
+	int udp_off = ip_off + sizeof(struct ipv6hdr);
+	int csum_off = udp_off + offsetof(struct udphdr, check);
+	__u16 old_ul = bpf_htons(old_ulen), new_ul = bpf_htons(new_ulen);
+	__u32 old_pl = bpf_htonl(old_ulen), new_pl = bpf_htonl(new_ulen);
+	__u32 new_vtc = (old_vtc & bpf_htonl(0x000fffff)) | bpf_htonl(0x60000000);
+	__u8 hop = OUT_TTL;
+	bpf_skb_store_bytes(skb, ip_off, &new_vtc, 4, 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct ipv6hdr, payload_len), &new_ul, 2, 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct ipv6hdr, hop_limit), &hop, 1, 0);
+	__s64 diff = bpf_csum_diff(old_saddr, 16, new_saddr, 16, 0);
+	diff = bpf_csum_diff(old_daddr, 16, new_daddr, 16, diff);
+	bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR);
+	bpf_l4_csum_replace(skb, csum_off, old_pl, new_pl, BPF_F_PSEUDO_HDR | 4);
+	bpf_l4_csum_replace(skb, csum_off, old_ul, new_ul, 2);
+	bpf_l4_csum_replace(skb, csum_off, old_sport, new_sport, 2);
+	bpf_l4_csum_replace(skb, csum_off, old_dport, new_dport, 2);
+	bpf_l4_csum_replace(skb, csum_off, cd_old, cd_new, 4);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct ipv6hdr, saddr), new_saddr, 16, 0);
+	bpf_skb_store_bytes(skb, ip_off + offsetof(struct ipv6hdr, daddr), new_daddr, 16, 0);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, source), &new_sport, 2, 0);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, dest), &new_dport, 2, 0);
+	bpf_skb_store_bytes(skb, udp_off + offsetof(struct udphdr, len), &new_ul, 2, 0);
 }
 
-// A peer's datagram to a relayed address: to the client, behind the
-// channel's header.
-static __always_inline int turn_to_client(struct __sk_buff *skb, struct turn_out_value *v, __u32 len)
+// What a TURN route rewrites a datagram to, of either family (IPv4
+// addresses in the first word).
+struct turn_rewrite {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;
+	__u16 dport;
+	__u16 flags;
+	__u16 pad;
+	__u32 out_ifindex;
+};
+
+// Counts and rewrites one relayed datagram (payload already moved) and
+// sends it on; `to_peer`: ChannelData unwrapped (else wrapped).
+static __always_inline int turn_finish(struct __sk_buff *skb, int v6, struct turn_rewrite *w, __u32 old_ulen,
+				       __u32 new_ulen, __u32 cd, int to_peer, struct turn_stats *st, __u32 data)
+{
+	void *start = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 cd_old = to_peer ? cd : 0, cd_new = to_peer ? 0 : cd;
+	if (v6) {
+		struct ipv6hdr *ip6 = start + sizeof(struct ethhdr);
+		struct udphdr *udp = (void *)(ip6 + 1);
+		if ((void *)(udp + 1) > end)
+			return outcome(OUT_TURN_UNUSUAL, TC_ACT_SHOT);
+		__u32 old_saddr[4], old_daddr[4];
+		__builtin_memcpy(old_saddr, &ip6->saddr, 16);
+		__builtin_memcpy(old_daddr, &ip6->daddr, 16);
+		rewrite_v6(skb, old_saddr, old_daddr, udp->source, udp->dest, w->saddr, w->daddr, w->sport, w->dport,
+			   (__u16)old_ulen, (__u16)new_ulen, cd_old, cd_new, *(__u32 *)ip6);
+	} else {
+		struct iphdr *ip = start + sizeof(struct ethhdr);
+		struct udphdr *udp = (void *)(ip + 1);
+		if ((void *)(udp + 1) > end)
+			return outcome(OUT_TURN_UNUSUAL, TC_ACT_SHOT);
+		rewrite_v4(skb, ip->saddr, ip->daddr, udp->source, udp->dest, w->saddr[0], w->daddr[0], w->sport,
+			   w->dport, (__u16)old_ulen, (__u16)new_ulen, cd_old, cd_new, *(__u16 *)ip,
+			   *((__u16 *)ip + 4));
+	}
+	if (st) {
+		if (to_peer) {
+			st->to_peer_packets += 1;
+			st->to_peer_bytes += data;
+		} else {
+			st->to_client_packets += 1;
+			st->to_client_bytes += data;
+		}
+	}
+	return turn_send(skb, w->flags, w->out_ifindex, to_peer ? OUT_TURN_TO_PEER : OUT_TURN_TO_CLIENT);
+}
+
+// ChannelData from a client (`len` bytes at `pay_off`, header words `cd`):
+// the data, unwrapped, to the channel's peer.
+static __always_inline int turn_to_peer(struct __sk_buff *skb, int v6, __u32 pay_off, __u32 len, __u32 cd,
+					__u64 until_ns, __u32 slot, struct turn_rewrite *w)
+{
+	int dlen = turn_data_len(skb, pay_off, len, cd);
+	if (dlen < 0)
+		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
+	struct turn_stats *st = bpf_map_lookup_elem(&turn_stats, &slot);
+	int verdict = turn_admit(skb, until_ns, slot, dlen, st);
+	if (verdict != TURN_GO)
+		return verdict;
+	if (turn_unwrap(skb, pay_off, len, dlen) < 0)
+		return outcome(OUT_TURN_UNUSUAL, TC_ACT_SHOT);
+	return turn_finish(skb, v6, w, len + sizeof(struct udphdr), dlen + sizeof(struct udphdr), cd, 1, st, dlen);
+}
+
+// A peer's datagram (`len` bytes at `pay_off`) to a relayed address: to
+// the client, behind the channel's header.
+static __always_inline int turn_to_client(struct __sk_buff *skb, int v6, __u32 pay_off, __u32 len, __u16 channel,
+					  __u64 until_ns, __u32 slot, struct turn_rewrite *w)
 {
 	if (len > TURN_SCRATCH)
 		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
-	__u64 now = bpf_ktime_get_ns();
-	if (now >= v->until_ns)
-		return outcome(OUT_TURN_EXPIRED, PASS_UP);
-	if (!owned(now))
-		return outcome(OUT_NOT_OWNED, PASS_UP);
-	if (skb->gso_segs > 1)
-		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
-	int ip_off = sizeof(struct ethhdr);
-	int udp_off = ip_off + sizeof(struct iphdr);
-	int pay_off = udp_off + sizeof(struct udphdr);
-	__u32 slot = v->slot;
 	struct turn_stats *st = bpf_map_lookup_elem(&turn_stats, &slot);
-	if (!turn_take(slot, len, now)) {
-		if (st)
-			st->over_rate += 1;
-		return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
-	}
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + ip_off;
-	struct udphdr *udp = data + udp_off;
-	if ((void *)(udp + 1) > end)
-		return outcome(OUT_NOT_IPV4_UDP, PASS_UP);
-	__u32 saddr = ip->saddr, daddr = ip->daddr;
-	__u16 sport = udp->source, dport = udp->dest;
-	__u16 ver_tos = *(__u16 *)ip, ttl_proto = *((__u16 *)ip + 4);
-	__u32 listener_addr = v->listener_addr, client_addr = v->client_addr;
-	__u16 listener_port = v->listener_port, client_port = v->client_port, flags = v->flags;
-	__u32 out_ifindex = v->out_ifindex;
-	__u16 header[2] = { v->channel, bpf_htons((__u16)len) };
+	int verdict = turn_admit(skb, until_ns, slot, len, st);
+	if (verdict != TURN_GO)
+		return verdict;
+	__u16 header[2] = { channel, bpf_htons((__u16)len) };
 	__u32 cd;
 	__builtin_memcpy(&cd, header, 4);
-
 	// Too large for the interface once grown: up (userspace sends it).
 	if (bpf_skb_change_tail(skb, skb->len + 4, 0) < 0)
 		return outcome(OUT_TURN_UNUSUAL, PASS_UP);
-	if (move_payload(skb, pay_off, pay_off + 4, len) < 0 ||
-	    bpf_skb_store_bytes(skb, pay_off, header, 4, 0) < 0)
+	if (turn_wrap(skb, pay_off, len, cd) < 0)
 		return outcome(OUT_TURN_UNUSUAL, TC_ACT_SHOT);
-	rewrite_v4(skb, saddr, daddr, sport, dport, listener_addr, client_addr, listener_port, client_port,
-		   (__u16)(len + sizeof(struct udphdr)), (__u16)(len + 4 + sizeof(struct udphdr)), 0, cd, ver_tos,
-		   ttl_proto);
-	if (st) {
-		st->to_client_packets += 1;
-		st->to_client_bytes += len;
-	}
-	return turn_send(skb, flags, out_ifindex, OUT_TURN_TO_CLIENT);
+	return turn_finish(skb, v6, w, len + sizeof(struct udphdr), len + 4 + sizeof(struct udphdr), cd, 0, st, len);
 }
 
 // A UDP datagram over IPv4 that is not established media (its headers
@@ -851,8 +980,10 @@ static __always_inline int turn_v4(struct __sk_buff *skb, __u32 miss)
 	struct udphdr *udp = (void *)(ip + 1);
 	if ((void *)(udp + 1) > end)
 		return outcome(miss, PASS_UP);
+	__u32 pay_off = sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr);
 	__u32 len = bpf_ntohs(udp->len) - sizeof(struct udphdr);
 	__u8 *payload = (void *)(udp + 1);
+	struct turn_rewrite w = {};
 	if (len >= 4 && (void *)(payload + 4) <= end && (payload[0] & 0xc0) == 0x40) {
 		struct turn_in_key k = {
 			.client_addr = ip->saddr,
@@ -863,8 +994,15 @@ static __always_inline int turn_v4(struct __sk_buff *skb, __u32 miss)
 			.pad = 0,
 		};
 		struct turn_in_value *v = bpf_map_lookup_elem(&turn_in, &k);
-		if (v)
-			return turn_to_peer(skb, v, len, *(__u32 *)payload);
+		if (v) {
+			w.saddr[0] = v->relay_addr;
+			w.daddr[0] = v->peer_addr;
+			w.sport = v->relay_port;
+			w.dport = v->peer_port;
+			w.flags = v->flags;
+			w.out_ifindex = v->out_ifindex;
+			return turn_to_peer(skb, 0, pay_off, len, *(__u32 *)payload, v->until_ns, v->slot, &w);
+		}
 	}
 	struct turn_out_key k = {
 		.peer_addr = ip->saddr,
@@ -873,9 +1011,63 @@ static __always_inline int turn_v4(struct __sk_buff *skb, __u32 miss)
 		.relay_port = udp->dest,
 	};
 	struct turn_out_value *v = bpf_map_lookup_elem(&turn_out, &k);
-	if (v)
-		return turn_to_client(skb, v, len);
-	return outcome(miss, PASS_UP);
+	if (!v)
+		return outcome(miss, PASS_UP);
+	w.saddr[0] = v->listener_addr;
+	w.daddr[0] = v->client_addr;
+	w.sport = v->listener_port;
+	w.dport = v->client_port;
+	w.flags = v->flags;
+	w.out_ifindex = v->out_ifindex;
+	return turn_to_client(skb, 0, pay_off, len, v->channel, v->until_ns, v->slot, &w);
+}
+
+// The same over IPv6 (headers already checked by forward_v6).
+static __always_inline int turn_v6(struct __sk_buff *skb, __u32 miss)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	struct udphdr *udp = (void *)(ip6 + 1);
+	if ((void *)(udp + 1) > end)
+		return outcome(miss, PASS_UP);
+	__u32 pay_off = sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr);
+	__u32 len = bpf_ntohs(udp->len) - sizeof(struct udphdr);
+	__u8 *payload = (void *)(udp + 1);
+	struct turn_rewrite w = {};
+	if (len >= 4 && (void *)(payload + 4) <= end && (payload[0] & 0xc0) == 0x40) {
+		struct turn6_in_key k = {};
+		__builtin_memcpy(k.client_addr, &ip6->saddr, 16);
+		__builtin_memcpy(k.listener_addr, &ip6->daddr, 16);
+		k.client_port = udp->source;
+		k.listener_port = udp->dest;
+		k.channel = *(__u16 *)payload;
+		struct turn6_in_value *v = bpf_map_lookup_elem(&turn6_in, &k);
+		if (v) {
+			__builtin_memcpy(w.saddr, v->relay_addr, 16);
+			__builtin_memcpy(w.daddr, v->peer_addr, 16);
+			w.sport = v->relay_port;
+			w.dport = v->peer_port;
+			w.flags = v->flags;
+			w.out_ifindex = v->out_ifindex;
+			return turn_to_peer(skb, 1, pay_off, len, *(__u32 *)payload, v->until_ns, v->slot, &w);
+		}
+	}
+	struct turn6_out_key k = {};
+	__builtin_memcpy(k.peer_addr, &ip6->saddr, 16);
+	__builtin_memcpy(k.relay_addr, &ip6->daddr, 16);
+	k.peer_port = udp->source;
+	k.relay_port = udp->dest;
+	struct turn6_out_value *v = bpf_map_lookup_elem(&turn6_out, &k);
+	if (!v)
+		return outcome(miss, PASS_UP);
+	__builtin_memcpy(w.saddr, v->listener_addr, 16);
+	__builtin_memcpy(w.daddr, v->client_addr, 16);
+	w.sport = v->listener_port;
+	w.dport = v->client_port;
+	w.flags = v->flags;
+	w.out_ifindex = v->out_ifindex;
+	return turn_to_client(skb, 1, pay_off, len, v->channel, v->until_ns, v->slot, &w);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -4,7 +4,10 @@
 
 use std::mem::{offset_of, size_of};
 
-use super::turn::{TurnBucketC, TurnInKey, TurnInValue, TurnOutKey, TurnOutValue, TurnStatsC};
+use super::turn::{
+    Turn6InKey, Turn6InValue, Turn6OutKey, Turn6OutValue, TurnBucketC, TurnInKey, TurnInValue, TurnOutKey,
+    TurnOutValue, TurnStatsC,
+};
 use super::{Fwd6Key, Fwd6Value, FwdBucket, FwdKey, FwdStats, FwdValue, Owner, PROGRAM};
 
 /// The bytes of the ELF section `name` (ELF64, little-endian).
@@ -101,6 +104,16 @@ fn the_rust_mirrors_have_the_c_layout_of_every_map_struct() {
         (
             "turn_out_value",
             layout!(TurnOutValue; listener_addr, client_addr, listener_port, client_port, channel, flags, slot, out_ifindex, until_ns),
+        ),
+        ("turn6_in_key", layout!(Turn6InKey; client_addr, listener_addr, client_port, listener_port, channel, pad)),
+        (
+            "turn6_in_value",
+            layout!(Turn6InValue; relay_addr, peer_addr, relay_port, peer_port, slot, out_ifindex, flags, pad, until_ns),
+        ),
+        ("turn6_out_key", layout!(Turn6OutKey; peer_addr, relay_addr, peer_port, relay_port)),
+        (
+            "turn6_out_value",
+            layout!(Turn6OutValue; listener_addr, client_addr, listener_port, client_port, channel, flags, slot, out_ifindex, until_ns),
         ),
         (
             "turn_stats",

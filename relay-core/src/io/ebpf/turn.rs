@@ -7,7 +7,7 @@
 //! and userspace decides. Counters and the byte bucket are per allocation
 //! (a slot), shared by its channels and both directions.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
@@ -70,6 +70,58 @@ pub(super) struct TurnOutValue {
     pub(super) until_ns: u64,
 }
 
+/// `struct turn6_in_key` of the C program.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Turn6InKey {
+    pub(super) client_addr: [u8; 16],
+    pub(super) listener_addr: [u8; 16],
+    pub(super) client_port: u16,
+    pub(super) listener_port: u16,
+    pub(super) channel: u16,
+    pub(super) pad: u16,
+}
+
+/// `struct turn6_in_value` of the C program.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Turn6InValue {
+    pub(super) relay_addr: [u8; 16],
+    pub(super) peer_addr: [u8; 16],
+    pub(super) relay_port: u16,
+    pub(super) peer_port: u16,
+    pub(super) slot: u32,
+    pub(super) out_ifindex: u32,
+    pub(super) flags: u16,
+    pub(super) pad: u16,
+    pub(super) until_ns: u64,
+}
+
+/// `struct turn6_out_key` of the C program.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Turn6OutKey {
+    pub(super) peer_addr: [u8; 16],
+    pub(super) relay_addr: [u8; 16],
+    pub(super) peer_port: u16,
+    pub(super) relay_port: u16,
+}
+
+/// `struct turn6_out_value` of the C program.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Turn6OutValue {
+    pub(super) listener_addr: [u8; 16],
+    pub(super) client_addr: [u8; 16],
+    pub(super) listener_port: u16,
+    pub(super) client_port: u16,
+    pub(super) channel: u16,
+    pub(super) flags: u16,
+    pub(super) slot: u32,
+    pub(super) out_ifindex: u32,
+    pub(super) until_ns: u64,
+}
+
 /// `struct turn_stats` of the C program.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -103,6 +155,14 @@ unsafe impl aya::Pod for TurnOutKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for TurnOutValue {}
 // SAFETY: as above.
+unsafe impl aya::Pod for Turn6InKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Turn6InValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Turn6OutKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Turn6OutValue {}
+// SAFETY: as above.
 unsafe impl aya::Pod for TurnStatsC {}
 // SAFETY: as above.
 unsafe impl aya::Pod for TurnBucketC {}
@@ -111,6 +171,8 @@ unsafe impl aya::Pod for TurnBucketC {}
 pub(super) struct TurnMaps {
     routes_in: HashMap<MapData, TurnInKey, TurnInValue>,
     routes_out: HashMap<MapData, TurnOutKey, TurnOutValue>,
+    routes6_in: HashMap<MapData, Turn6InKey, Turn6InValue>,
+    routes6_out: HashMap<MapData, Turn6OutKey, Turn6OutValue>,
     stats: PerCpuArray<MapData, TurnStatsC>,
     buckets: Array<MapData, TurnBucketC>,
 }
@@ -123,15 +185,17 @@ impl TurnMaps {
         Ok(Self {
             routes_in: HashMap::try_from(take("turn_in")?).map_err(map_err("turn_in"))?,
             routes_out: HashMap::try_from(take("turn_out")?).map_err(map_err("turn_out"))?,
+            routes6_in: HashMap::try_from(take("turn6_in")?).map_err(map_err("turn6_in"))?,
+            routes6_out: HashMap::try_from(take("turn6_out")?).map_err(map_err("turn6_out"))?,
             stats: PerCpuArray::try_from(take("turn_stats")?).map_err(map_err("turn_stats"))?,
             buckets: Array::try_from(take("turn_buckets")?).map_err(map_err("turn_buckets"))?,
         })
     }
 }
 
-/// One live channel of a UDP allocation, both directions, over IPv4 (the
-/// kernel does not relay TURN over IPv6 yet: such channels stay in
-/// userspace).
+/// One live channel of a UDP allocation, both directions; its four
+/// addresses of one family (IPv4 or IPv6: the kernel does not translate
+/// between them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelRoute {
     /// The client's address (its datagrams' source).
@@ -194,15 +258,10 @@ impl TurnCounters {
     }
 }
 
-fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(_) => None,
-    }
-}
-
-fn addr(a: SocketAddrV4) -> u32 {
-    u32::from_ne_bytes(a.ip().octets())
+/// A route's map entries, by family.
+enum Entries {
+    V4(TurnInKey, TurnInValue, TurnOutKey, TurnOutValue),
+    V6(Turn6InKey, Turn6InValue, Turn6OutKey, Turn6OutValue),
 }
 
 fn hop(h: NextHop) -> (u16, u32) {
@@ -212,27 +271,104 @@ fn hop(h: NextHop) -> (u16, u32) {
     }
 }
 
-fn keys(r: &ChannelRoute) -> Option<(TurnInKey, TurnOutKey)> {
-    let (client, listener, relayed, peer) = (v4(r.client)?, v4(r.listener)?, v4(r.relayed)?, v4(r.peer)?);
-    let tin = TurnInKey {
-        client_addr: addr(client),
-        listener_addr: addr(listener),
-        client_port: client.port().to_be(),
-        listener_port: listener.port().to_be(),
-        channel: r.channel.to_be(),
-        pad: 0,
-    };
-    let tout = TurnOutKey {
-        peer_addr: addr(peer),
-        relay_addr: addr(relayed),
-        peer_port: peer.port().to_be(),
-        relay_port: relayed.port().to_be(),
-    };
-    Some((tin, tout))
+fn entries(r: &ChannelRoute) -> Option<Entries> {
+    let until_ns = u64::try_from(r.until.as_nanos()).unwrap_or(u64::MAX);
+    let (to_peer_flags, to_peer_if) = hop(r.to_peer);
+    let (to_client_flags, to_client_if) = hop(r.to_client);
+    let (channel, slot) = (r.channel.to_be(), r.slot);
+    let port = |a: SocketAddr| a.port().to_be();
+    use SocketAddr::{V4, V6};
+    match (r.client, r.listener, r.relayed, r.peer) {
+        (V4(c), V4(l), V4(rl), V4(p)) => {
+            let a = |a: SocketAddrV4| u32::from_ne_bytes(a.ip().octets());
+            let kin = TurnInKey {
+                client_addr: a(c),
+                listener_addr: a(l),
+                client_port: port(r.client),
+                listener_port: port(r.listener),
+                channel,
+                pad: 0,
+            };
+            let vin = TurnInValue {
+                relay_addr: a(rl),
+                peer_addr: a(p),
+                relay_port: port(r.relayed),
+                peer_port: port(r.peer),
+                slot,
+                out_ifindex: to_peer_if,
+                flags: to_peer_flags,
+                pad: 0,
+                until_ns,
+            };
+            let kout =
+                TurnOutKey { peer_addr: a(p), relay_addr: a(rl), peer_port: port(r.peer), relay_port: port(r.relayed) };
+            let vout = TurnOutValue {
+                listener_addr: a(l),
+                client_addr: a(c),
+                listener_port: port(r.listener),
+                client_port: port(r.client),
+                channel,
+                flags: to_client_flags,
+                slot,
+                out_ifindex: to_client_if,
+                until_ns,
+            };
+            Some(Entries::V4(kin, vin, kout, vout))
+        }
+        (V6(c), V6(l), V6(rl), V6(p)) => {
+            let a = |a: SocketAddrV6| a.ip().octets();
+            let kin = Turn6InKey {
+                client_addr: a(c),
+                listener_addr: a(l),
+                client_port: port(r.client),
+                listener_port: port(r.listener),
+                channel,
+                pad: 0,
+            };
+            let vin = Turn6InValue {
+                relay_addr: a(rl),
+                peer_addr: a(p),
+                relay_port: port(r.relayed),
+                peer_port: port(r.peer),
+                slot,
+                out_ifindex: to_peer_if,
+                flags: to_peer_flags,
+                pad: 0,
+                until_ns,
+            };
+            let kout = Turn6OutKey {
+                peer_addr: a(p),
+                relay_addr: a(rl),
+                peer_port: port(r.peer),
+                relay_port: port(r.relayed),
+            };
+            let vout = Turn6OutValue {
+                listener_addr: a(l),
+                client_addr: a(c),
+                listener_port: port(r.listener),
+                client_port: port(r.client),
+                channel,
+                flags: to_client_flags,
+                slot,
+                out_ifindex: to_client_if,
+                until_ns,
+            };
+            Some(Entries::V6(kin, vin, kout, vout))
+        }
+        _ => None,
+    }
 }
 
-fn unsupported() -> FastPathError {
-    FastPathError::Map { map: "turn_in", reason: "TURN routes in the kernel are IPv4 only".into() }
+fn mixed_families() -> FastPathError {
+    FastPathError::Map { map: "turn_in", reason: "a TURN route's addresses must all be IPv4 or all IPv6".into() }
+}
+
+/// A removal of a key that is not there is no error.
+fn removed(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), FastPathError> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err(map)(e)),
+    }
 }
 
 impl FastPath {
@@ -274,49 +410,36 @@ impl FastPath {
         if r.slot >= MAX_TURN_SLOTS {
             return Err(FastPathError::Map { map: "turn_in", reason: format!("slot {} out of range", r.slot) });
         }
-        let (kin, kout) = keys(r).ok_or_else(unsupported)?;
-        let until_ns = u64::try_from(r.until.as_nanos()).unwrap_or(u64::MAX);
-        let (to_peer_flags, to_peer_if) = hop(r.to_peer);
-        let (to_client_flags, to_client_if) = hop(r.to_client);
-        let vin = TurnInValue {
-            relay_addr: kout.relay_addr,
-            peer_addr: kout.peer_addr,
-            relay_port: kout.relay_port,
-            peer_port: kout.peer_port,
-            slot: r.slot,
-            out_ifindex: to_peer_if,
-            flags: to_peer_flags,
-            pad: 0,
-            until_ns,
-        };
-        let vout = TurnOutValue {
-            listener_addr: kin.listener_addr,
-            client_addr: kin.client_addr,
-            listener_port: kin.listener_port,
-            client_port: kin.client_port,
-            channel: kin.channel,
-            flags: to_client_flags,
-            slot: r.slot,
-            out_ifindex: to_client_if,
-            until_ns,
-        };
-        self.turn.routes_in.insert(kin, vin, 0).map_err(map_err("turn_in"))?;
-        if let Err(e) = self.turn.routes_out.insert(kout, vout, 0) {
-            let _ = self.turn.routes_in.remove(&kin);
-            return Err(map_err("turn_out")(e));
+        let m = &mut self.turn;
+        match entries(r).ok_or_else(mixed_families)? {
+            Entries::V4(kin, vin, kout, vout) => {
+                m.routes_in.insert(kin, vin, 0).map_err(map_err("turn_in"))?;
+                m.routes_out.insert(kout, vout, 0).map_err(map_err("turn_out")).inspect_err(|_| {
+                    let _ = m.routes_in.remove(&kin);
+                })
+            }
+            Entries::V6(kin, vin, kout, vout) => {
+                m.routes6_in.insert(kin, vin, 0).map_err(map_err("turn6_in"))?;
+                m.routes6_out.insert(kout, vout, 0).map_err(map_err("turn6_out")).inspect_err(|_| {
+                    let _ = m.routes6_in.remove(&kin);
+                })
+            }
         }
-        Ok(())
     }
 
     /// Removes both directions of a channel (missing ones are no error).
     pub fn remove_channel(&mut self, r: &ChannelRoute) -> Result<(), FastPathError> {
-        let (kin, kout) = keys(r).ok_or_else(unsupported)?;
-        let gone = |r: Result<(), aya::maps::MapError>, map| match r {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(map)(e)),
-        };
-        gone(self.turn.routes_in.remove(&kin), "turn_in")?;
-        gone(self.turn.routes_out.remove(&kout), "turn_out")
+        let m = &mut self.turn;
+        match entries(r).ok_or_else(mixed_families)? {
+            Entries::V4(kin, _, kout, _) => {
+                removed(m.routes_in.remove(&kin), "turn_in")?;
+                removed(m.routes_out.remove(&kout), "turn_out")
+            }
+            Entries::V6(kin, _, kout, _) => {
+                removed(m.routes6_in.remove(&kin), "turn6_in")?;
+                removed(m.routes6_out.remove(&kout), "turn6_out")
+            }
+        }
     }
 
     /// What the kernel relayed for `slot`'s allocation since its start.

@@ -4,9 +4,9 @@
 //! per TURN service; the [`FastPath`] is the relay's, shared with its
 //! shards.
 //!
-//! A channel the kernel cannot take (IPv6, a wildcard listener or relay
-//! address, an unroutable destination, full maps) simply stays in
-//! userspace.
+//! A channel the kernel cannot take (a wildcard listener or relay address,
+//! addresses of two families, an unroutable destination, full maps)
+//! simply stays in userspace.
 //!
 //! [`Command::OffloadChannel`]: crate::turn::Command::OffloadChannel
 //! [`Command::EndOffload`]: crate::turn::Command::EndOffload
@@ -55,11 +55,11 @@ impl std::fmt::Debug for TurnOffloadDriver {
     }
 }
 
-/// A specific IPv4 address (the kernel matches real packet addresses,
-/// never a wildcard bind; its TURN routes are IPv4).
-fn specific_v4(a: SocketAddr) -> Option<SocketAddr> {
+/// A specific address (the kernel matches real packet addresses, never a
+/// wildcard bind), IPv4-mapped IPv6 as IPv4.
+fn specific(a: SocketAddr) -> Option<SocketAddr> {
     let a = crate::peer::canonical(a);
-    (a.is_ipv4() && !a.ip().is_unspecified()).then_some(a)
+    (!a.ip().is_unspecified()).then_some(a)
 }
 
 fn to_counts(c: TurnCounters) -> OffloadCounts {
@@ -131,12 +131,16 @@ impl TurnOffloadDriver {
     /// bucket), else `None`.
     pub fn handle_offload(&mut self, o: &ChannelOffload, relayed: SocketAddr, now: Instant) -> Option<u64> {
         let until = super::driver::monotonic()? + o.until.saturating_duration_since(now);
-        let listener = self.listeners.get(usize::from(o.client.listener)).copied().and_then(specific_v4);
+        let listener = self.listeners.get(usize::from(o.client.listener)).copied().and_then(specific);
         let (Some(listener), Some(relayed), Some(client), Some(peer)) =
-            (listener, specific_v4(relayed), specific_v4(o.client.source), specific_v4(o.peer))
+            (listener, specific(relayed), specific(o.client.source), specific(o.peer))
         else {
             return o.budget;
         };
+        // The kernel does not translate between families.
+        if [listener, relayed, peer].iter().any(|a| a.is_ipv4() != client.is_ipv4()) {
+            return o.budget;
+        }
         let (Some(to_peer), Some(to_client)) = (self.next_hop(peer), self.next_hop(client)) else { return o.budget };
         let fresh = !self.held.contains_key(&o.relay);
         if fresh {
