@@ -10,7 +10,13 @@
 //! ports; a relayed port is closed only once, after it was opened; a dial
 //! goes from an opened TCP allocation's relayed address to a peer the
 //! policy allows; a data connection joins only a connection that exists;
-//! every connection belongs to an allocation, within its cap.
+//! every connection belongs to an allocation, within its cap. With
+//! offloading on: a channel is announced to the kernel only for an opened
+//! UDP allocation, live and bound to that peer with a live permission, its
+//! deadline never past the channel's, the permission's or the
+//! allocation's; the budget goes with the first announcement only (again
+//! only after the driver refused it); an offloaded allocation's end is
+//! announced once, after it is gone.
 #![no_main]
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -140,6 +146,57 @@ fn signed(
     Some(w.finish())
 }
 
+/// A model of the kernel fast path's driver: which allocations' budgets it
+/// holds, and the invariants of what the server announces to it.
+#[derive(Default)]
+struct Kernel {
+    /// Allocations whose budget went to the kernel.
+    offloaded: HashSet<RelayId>,
+    /// ... and those whose budget the driver gave back (their channels
+    /// announced in the same round come without one).
+    refused: HashSet<RelayId>,
+}
+
+impl Kernel {
+    /// Takes one announcement at `now` (when it was made), accepting or
+    /// (`ok` false) refusing a budget handed over.
+    fn handle(&mut self, server: &mut TurnServer, command: Command, now: Instant, ok: bool) {
+        match command {
+            Command::OffloadChannel(o) => {
+                let alloc = server.allocations().find(|a| a.relay == o.relay).expect("allocation");
+                assert!(alloc.opened && !alloc.tcp && alloc.client.transport == Transport::Udp);
+                assert_eq!(alloc.client, o.client);
+                let ch = alloc.channels(now).find(|c| c.number == o.channel).expect("a live channel");
+                assert_eq!(ch.peer, o.peer, "announced for another peer");
+                let permission = alloc.permissions(now).find(|p| p.0 == o.peer.ip()).expect("permitted");
+                assert!(o.until > now, "announced already expired");
+                assert!(o.until <= ch.expires && o.until <= permission.1 && o.until <= alloc.expires);
+                if o.budget.is_some() {
+                    assert!(!self.offloaded.contains(&o.relay), "the budget moved twice");
+                    self.refused.remove(&o.relay);
+                    if ok {
+                        self.offloaded.insert(o.relay);
+                    } else {
+                        server.handle_offload_refused(now, o.relay, o.budget);
+                        self.refused.insert(o.relay);
+                    }
+                } else {
+                    assert!(
+                        self.offloaded.contains(&o.relay) || self.refused.contains(&o.relay),
+                        "a first announcement without the budget"
+                    );
+                }
+            }
+            Command::EndOffload { relay } => {
+                assert!(self.offloaded.remove(&relay), "the end of an allocation never offloaded");
+                self.refused.remove(&relay);
+                assert!(server.allocations().all(|a| a.relay != relay), "ended while it exists");
+            }
+            other => panic!("not the kernel's: {other:?}"),
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut server = server();
     let nonces = NonceKey::new([7; 32]);
@@ -157,6 +214,9 @@ fuzz_target!(|data: &[u8]| {
     let mut bound: HashSet<u32> = HashSet::new();
     let peers: Vec<SocketAddr> = PEERS.iter().map(|s| s.parse().unwrap()).collect();
     let mut opened: HashSet<RelayId> = HashSet::new();
+    let mut kernel = Kernel::default();
+    let mut pending: std::collections::VecDeque<Command> = Default::default();
+    server.enable_offload(t0);
     let mut input = Input { data, at: 0 };
     while let Some(op) = input.byte() {
         let now = TurnNow { instant: t0 + elapsed, unix_secs: UNIX + elapsed.as_secs() };
@@ -230,7 +290,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 let ok = op & 0x10 == 0;
-                while let Some(c) = server.poll_command() {
+                while let Some(c) = pending.pop_front().or_else(|| server.poll_command()) {
                     match c {
                         Command::OpenRelay { relay, bind } => {
                             assert!((30000..=30007).contains(&bind.port()) && bind.port() == relay.port);
@@ -267,8 +327,21 @@ fuzz_target!(|data: &[u8]| {
                             assert!(opened.remove(&relay), "closed a port not open");
                         }
                         Command::Send { .. } => {}
+                        offload @ (Command::OffloadChannel(_) | Command::EndOffload { .. }) => {
+                            kernel.handle(&mut server, offload, now.instant, ok)
+                        }
                     }
                 }
+            }
+        }
+        // The driver takes the kernel's share at once (the other commands
+        // wait for an op that carries them out: a port opens later).
+        while let Some(c) = server.poll_command() {
+            match c {
+                offload @ (Command::OffloadChannel(_) | Command::EndOffload { .. }) => {
+                    kernel.handle(&mut server, offload, now.instant, op & 0x20 == 0)
+                }
+                other => pending.push_back(other),
             }
         }
         assert!(server.allocations().count() <= 8, "more allocations than ports");

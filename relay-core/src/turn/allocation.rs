@@ -245,14 +245,17 @@ impl Allocation {
         // needed, and refusing conflicts with them, honours that.
         let quarantine = std::time::Duration::from_secs(300);
         let live_or_quarantined = |c: &Channel| c.expires.checked_add(quarantine).is_none_or(|end| end > now);
-        if let Some(c) = self.channels.iter_mut().find(|c| c.number == number || c.peer == peer) {
-            if (c.number != number || c.peer != peer) && live_or_quarantined(c) {
-                return Err(BindRefusal::Conflict);
-            }
-            *c = Channel { number, peer, expires };
+        if let Some(c) = self.channels.iter_mut().find(|c| c.number == number && c.peer == peer) {
+            c.expires = expires;
             return Ok(());
         }
-        self.channels.retain(live_or_quarantined);
+        // Every entry holding the number or the peer counts, not only the
+        // first: one past its quarantine must not hide another that is not
+        // (a peer on two channels, or a number on two peers, would follow).
+        if self.channels.iter().any(|c| (c.number == number || c.peer == peer) && live_or_quarantined(c)) {
+            return Err(BindRefusal::Conflict);
+        }
+        self.channels.retain(|c| c.number != number && c.peer != peer && live_or_quarantined(c));
         if self.channels.len() >= cap {
             return Err(BindRefusal::Full);
         }
@@ -339,5 +342,26 @@ mod tests {
         let after = t10 + Duration::from_secs(302);
         assert_eq!(a.bind_channel(0x4000, p3, after, after + Duration::from_secs(600), 3), Ok(()));
         assert_eq!(a.channels(after).count(), 1);
+    }
+
+    #[test]
+    fn a_binding_past_quarantine_never_hides_one_that_is_not() {
+        let t0 = Instant::now();
+        let mut a = allocation(t0);
+        let (pa, pb) = ("192.0.2.1:1000".parse().expect("addr"), "192.0.2.2:1000".parse().expect("addr"));
+        // 0x4000 → A expires early; 0x4001 → B later.
+        assert_eq!(a.bind_channel(0x4000, pa, t0, t0 + Duration::from_secs(10), 4), Ok(()));
+        assert_eq!(a.bind_channel(0x4001, pb, t0, t0 + Duration::from_secs(600), 4), Ok(()));
+        // A's binding is past its quarantine, B's is live: binding B's peer
+        // to A's old number would put B on two channels.
+        let t = t0 + Duration::from_secs(400);
+        assert_eq!(a.bind_channel(0x4000, pb, t, t + Duration::from_secs(600), 4), Err(BindRefusal::Conflict));
+        // And A's peer on B's live number is refused too.
+        assert_eq!(a.bind_channel(0x4001, pa, t, t + Duration::from_secs(600), 4), Err(BindRefusal::Conflict));
+        // A's old number to a new peer is fine: the old entry goes.
+        let pc: SocketAddr = "192.0.2.3:1000".parse().expect("addr");
+        assert_eq!(a.bind_channel(0x4000, pc, t, t + Duration::from_secs(600), 4), Ok(()));
+        let live: Vec<(u16, SocketAddr)> = a.channels(t).map(|c| (c.number, c.peer)).collect();
+        assert_eq!(live, vec![(0x4001, pb), (0x4000, pc)]);
     }
 }

@@ -89,6 +89,9 @@ impl TurnServer {
                 let permission = permissions.iter().find(|(ip, _)| *ip == c.peer.ip())?.1;
                 Some((c.number, c.peer, c.expires.min(permission).min(alloc.expires)))
             })
+            // An allocation past its expiry whose timer has not run yet
+            // relays nothing in the kernel.
+            .filter(|(_, _, until)| *until > now)
             .collect();
         for (channel, peer, until) in routes {
             let budget = (!alloc.offloaded).then(|| {

@@ -146,7 +146,8 @@ impl TurnOffloadDriver {
         if fresh {
             let Some(slot) = self.take_slot() else { return o.budget };
             let bucket = TurnBucket {
-                tokens: o.budget.unwrap_or(o.burst_bytes),
+                // Only the server's budget: none handed over, none held.
+                tokens: o.budget.unwrap_or(0),
                 bytes_per_second: o.bytes_per_second,
                 burst: o.burst_bytes,
             };
