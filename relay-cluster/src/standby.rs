@@ -11,7 +11,7 @@ use futures_util::StreamExt as _;
 
 use crate::lease::Observation;
 use crate::node::{Node, Role};
-use crate::record::{unix_ms_now, Version};
+use crate::record::{unix_ms_now, Kind, RecordError, Version};
 use crate::store::{Holder, StoreError};
 use crate::warm::WarmCopy;
 
@@ -273,6 +273,39 @@ impl Node {
         self.finish(warm, tally, Some(v));
     }
 
+    /// Whether a decoded record of `kind` may go into the warm copy: a
+    /// version newer than what was applied of `id` is admitted; an older
+    /// one is a rollback (the copy keeps its own); one that did not open
+    /// is counted and logged once per id. One rule for every kind.
+    fn admit<T>(
+        &mut self,
+        kind: Kind,
+        tally: &mut Tally,
+        id: &str,
+        decoded: Result<(Version, T), RecordError>,
+    ) -> Option<T> {
+        let (version, state) = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                tally.bad += 1;
+                self.bad.report(kind.as_str(), id, &e);
+                return None;
+            }
+        };
+        self.saw_epoch(version.epoch);
+        let (applied, kept) = match kind {
+            Kind::Call => (&mut self.calls_applied, &mut tally.kept_calls),
+            Kind::Turn => (&mut self.turn_applied, &mut tally.kept_turn),
+            Kind::Session | Kind::Note => (&mut self.sessions_applied, &mut tally.kept_sessions),
+        };
+        if applied.admit(id, version) {
+            return Some(state);
+        }
+        tally.rollbacks += 1;
+        kept.insert(id.to_string());
+        None
+    }
+
     /// Opens one session record into `warm` if it may be applied.
     fn apply_session(
         &mut self,
@@ -283,46 +316,28 @@ impl Node {
         now: Instant,
         now_ms: u64,
     ) {
-        match self.codec.decode_session(bytes, id, now_ms) {
-            Ok(d) => {
-                self.saw_epoch(d.version.epoch);
-                tally.ignored += d.ignored.0;
-                if self.sessions_applied.admit(id, d.version) {
-                    warm.sessions.insert(id.to_string(), (d.state, now));
-                } else {
-                    tally.rollbacks += 1;
-                    tally.kept_sessions.insert(id.to_string());
-                }
-            }
-            Err(e) => {
-                tally.bad += 1;
-                self.bad.report("session", id, &e);
-            }
+        let decoded = self.codec.decode_session(bytes, id, now_ms).map(|d| {
+            tally.ignored += d.ignored.0;
+            (d.version, d.state)
+        });
+        if let Some(state) = self.admit(Kind::Session, tally, id, decoded) {
+            warm.sessions.insert(id.to_string(), (state, now));
         }
     }
 
-    /// Opens one call record into `warm` if it may be applied.
+    /// Opens one call record into `warm` if it may be applied (a record
+    /// of another tenant than the engine's calls is misplaced).
     #[cfg(feature = "ng")]
     fn apply_call(&mut self, warm: &mut WarmCopy, tally: &mut Tally, id: &str, bytes: &[u8]) {
-        match self.codec.decode_call(bytes, id) {
+        let decoded = self.codec.decode_call(bytes, id).and_then(|d| {
             // Format 1 named no tenant: the engine checks every session's.
-            Ok(d) if d.tenant != self.call_tenant && !d.tenant.is_empty() => {
-                tally.bad += 1;
-                self.bad.report("call", id, &crate::record::RecordError::Misplaced("tenant"));
+            if d.tenant != self.call_tenant && !d.tenant.is_empty() {
+                return Err(RecordError::Misplaced("tenant"));
             }
-            Ok(d) => {
-                self.saw_epoch(d.version.epoch);
-                if self.calls_applied.admit(id, d.version) {
-                    warm.calls.insert(id.to_string(), d.state);
-                } else {
-                    tally.rollbacks += 1;
-                    tally.kept_calls.insert(id.to_string());
-                }
-            }
-            Err(e) => {
-                tally.bad += 1;
-                self.bad.report("call", id, &e);
-            }
+            Ok((d.version, d.state))
+        });
+        if let Some(state) = self.admit(Kind::Call, tally, id, decoded) {
+            warm.calls.insert(id.to_string(), state);
         }
     }
 
@@ -343,21 +358,12 @@ impl Node {
         now: Instant,
         now_ms: u64,
     ) {
-        match self.codec.decode_turn(bytes, id) {
-            Ok(d) => {
-                self.saw_epoch(d.version.epoch);
-                if self.turn_applied.admit(id, d.version) {
-                    let since = std::time::Duration::from_millis(now_ms.saturating_sub(d.written_unix_ms));
-                    warm.turn.insert(id.to_string(), (d.state.aged(since), now));
-                } else {
-                    tally.rollbacks += 1;
-                    tally.kept_turn.insert(id.to_string());
-                }
-            }
-            Err(e) => {
-                tally.bad += 1;
-                self.bad.report("turn", id, &e);
-            }
+        let decoded = self.codec.decode_turn(bytes, id).map(|d| {
+            let since = std::time::Duration::from_millis(now_ms.saturating_sub(d.written_unix_ms));
+            (d.version, d.state.aged(since))
+        });
+        if let Some(state) = self.admit(Kind::Turn, tally, id, decoded) {
+            warm.turn.insert(id.to_string(), (state, now));
         }
     }
 
