@@ -31,10 +31,11 @@ use super::messages::{
     TurnCredentials, TurnCredentialsIssued,
 };
 use super::registry::Registry;
-use super::stream::{accept_or_back_off, stopped};
+use super::stream::stopped;
 use super::turn_credentials::{check_lifetime, check_user, IssueError, TurnCredentialIssuer};
 use crate::api::{parse_session_id, AllocationReply, FieldError, SessionRequest, UpdateRequest};
 use crate::codes::ErrorCode;
+use crate::io::accept::accept_or_back_off;
 use crate::tls::{server_config, ReloadableCert, TlsError};
 use crate::{RelayError, RelayHandle, SessionId};
 

@@ -1,7 +1,8 @@
 //! Small async pieces shared by the control listener, the tunnel listeners
-//! and the connector: waiting for a shutdown flag, accepting with a back-off
-//! on errors, dialling with a timeout, and reading exactly one frame from a
-//! stream whose bytes after that frame belong to someone else (tunnels).
+//! and the connector: waiting for a shutdown flag, dialling with a timeout,
+//! and reading exactly one frame from a stream whose bytes after that frame
+//! belong to someone else (tunnels). Accepting with a back-off is
+//! `io::accept`'s (TURN's listeners use it too).
 
 use tokio::sync::watch;
 
@@ -13,24 +14,6 @@ use super::messages::Message;
 /// Resolves once the shutdown flag is set (or its sender is gone).
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
-}
-
-/// The next connection, or `None` after an accept error (EMFILE and the
-/// like), logged and followed by a short pause so the loop keeps serving
-/// without spinning.
-#[cfg(feature = "control")]
-pub(crate) async fn accept_or_back_off(
-    listener: &tokio::net::TcpListener,
-    what: &str,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    match listener.accept().await {
-        Ok(a) => Some(a),
-        Err(e) => {
-            tracing::warn!(error = %e, listener = what, "accept failed");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            None
-        }
-    }
 }
 
 /// TCP connect within 5 s, with `TCP_NODELAY`.

@@ -7,6 +7,8 @@
 //! This is the only module of the crate allowed to use `unsafe`.
 #![allow(unsafe_code)]
 
+#[cfg(any(feature = "control", feature = "turn"))]
+pub(crate) mod accept;
 #[cfg(feature = "batch-send")]
 #[doc(hidden)] // the load generator's sender
 pub mod batch_send;

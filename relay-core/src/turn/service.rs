@@ -28,6 +28,7 @@ use super::proto::CHANNEL_HEADER_LEN;
 use super::server::{ClientOutput, Command, PeerOutput, TurnNow, TurnServer};
 use super::stats::TurnStats;
 use crate::framing::Framing;
+use crate::io::accept::accept_or_back_off;
 use crate::wire::stun::HEADER_LEN;
 
 /// Largest datagram received from a client.
@@ -216,10 +217,7 @@ impl TurnService {
         let service = self.clone();
         self.spawn(async move {
             loop {
-                let Ok((tcp, peer)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
+                let Some((tcp, peer)) = accept_or_back_off(&listener, "turn tcp").await else { continue };
                 let _ = tcp.set_nodelay(true);
                 service.serve_stream(tcp, Transport::Tcp, index, peer, Vec::new());
             }
@@ -232,10 +230,7 @@ impl TurnService {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         self.spawn(async move {
             loop {
-                let Ok((tcp, peer)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
+                let Some((tcp, peer)) = accept_or_back_off(&listener, "turn tls").await else { continue };
                 let _ = tcp.set_nodelay(true);
                 service.accept_tls(acceptor.clone(), tcp, peer, Vec::new(), index);
             }
@@ -736,10 +731,7 @@ fn listen_relay(bind: SocketAddr) -> io::Result<TcpListener> {
 /// those it permits (telling the client), the others are closed at once.
 async fn accept_peers(shared: Arc<Mutex<Shared>>, udp: Listeners, listener: TcpListener, relay: RelayId) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let Some((stream, peer)) = accept_or_back_off(&listener, "turn relayed tcp").await else { continue };
         let _ = stream.set_nodelay(true);
         let commands = {
             let mut s = lock(&shared);
