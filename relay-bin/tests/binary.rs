@@ -3,10 +3,9 @@
 //! authentication, Prometheus metrics, SIGHUP reload (good and broken) and
 //! SIGTERM drain.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use test_support::packets::master;
@@ -413,22 +412,8 @@ fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     assert!(!String::from_utf8_lossy(&check.stdout).contains(&token), "the token is masked");
 
-    let mut connector = Command::new(bin())
-        .args(["connect", "--config"])
-        .arg(&connect_toml)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn connect");
-    let (tx, rx) = mpsc::channel();
-    let stdout = connector.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let connected = rx.iter().take(5).any(|l| l.starts_with("connected to"));
-    assert!(connected, "the connector reports its channel");
+    // It reports its channel connected.
+    let connector = Connector::start(&connect_toml);
 
     let listed = json(&http(r.admin, "GET", "/v1/connectors", Some(TOKEN), None).1);
     assert_eq!(listed["enabled"], true);
@@ -499,9 +484,7 @@ fn connect_binary_logs_in_over_tls_and_the_relay_lists_counts_and_reloads() {
     assert!(stderr_contains(&r, "control certificate loaded"));
 
     // SIGTERM stops the connector cleanly; the relay sees it leave.
-    let killed = Command::new("kill").arg("-TERM").arg(connector.id().to_string()).status().expect("kill");
-    assert!(killed.success());
-    assert!(connector.wait().expect("connector exits").success());
+    assert!(connector.stop(), "the connector exits cleanly on SIGTERM");
     wait_for("connector gone", || scrape(&r)["ucmrc_connectors_active"] == 0.0);
 
     // A broken [control] section names the key and its line.

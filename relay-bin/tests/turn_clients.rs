@@ -402,24 +402,8 @@ fn a_pbx_asks_for_turn_credentials_on_its_control_channel_and_coturn_s_client_us
         ),
     )
     .expect("connect config");
-    let mut connector = Command::new(bin())
-        .args(["connect", "--config"])
-        .arg(&connect_toml)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn connect");
-    let lines = std::io::BufRead::lines(std::io::BufReader::new(connector.stdout.take().expect("stdout")));
-    let mut api = None;
-    for line in lines.map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("local API on http://") {
-            api = rest.split(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
-        }
-        if line.starts_with("connected to") {
-            break;
-        }
-    }
-    let api = api.expect("the banner names the local API");
+    let connector = Connector::start(&connect_toml);
+    let api = connector.local_api.expect("the banner names the local API");
     let (status, body) =
         http(api, "POST", "/v1/turn/credentials", None, Some(r#"{"user":"wave-9","lifetime_secs":600}"#));
     assert_eq!(status, 200, "{body}");
@@ -438,8 +422,7 @@ fn a_pbx_asks_for_turn_credentials_on_its_control_channel_and_coturn_s_client_us
     let (status, _) = http(api, "POST", "/v1/turn/credentials", None, Some("not json"));
     assert_eq!(status, 400);
     assert_eq!(http(api, "GET", "/v1/sessions", None, None).0, 404, "nothing else");
-    let _ = connector.kill();
-    let _ = connector.wait();
+    drop(connector);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -538,3 +538,60 @@ pub fn promtool_check(text: &str) {
         _ => panic!("promtool could not read the metrics: {report}"),
     }
 }
+
+/// A running `ucmrc connect` (the PBX side), killed on drop unless
+/// stopped first.
+pub struct Connector {
+    /// The process.
+    pub child: Child,
+    /// Its local API (`local_api` in its config), as its banner names it.
+    pub local_api: Option<SocketAddr>,
+}
+
+impl Connector {
+    /// Starts `ucmrc connect --config config` and waits (30 s at most)
+    /// until it reports its control channel connected.
+    pub fn start(config: &std::path::Path) -> Self {
+        let child = Command::new(bin())
+            .args(["connect", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ucmrc connect");
+        // Owned at once: dropped (killed and waited for) on any failure.
+        let mut connector = Self { child, local_api: None };
+        let stdout = connector.child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            let line = rx.recv_timeout(Duration::from_secs(30)).expect("ucmrc connect reports its channel");
+            if let Some(rest) = line.strip_prefix("local API on http://") {
+                connector.local_api = rest.split(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
+            }
+            if line.starts_with("connected to") {
+                return connector;
+            }
+        }
+    }
+
+    /// Stops it with SIGTERM (kill(1)) and returns whether it exited
+    /// cleanly.
+    pub fn stop(mut self) -> bool {
+        let sent = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        sent.is_ok_and(|s| s.success()) && self.child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
