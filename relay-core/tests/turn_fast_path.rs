@@ -15,7 +15,7 @@
 //!   relayed it (its outcome counters) and the allocation's counters say
 //!   so; a rate lowered by a reload holds in the kernel (exact drops,
 //!   counted) and a refreshed permission refills nothing; the
-//!   allocation's end removes its routes.
+//!   allocation's end removes its routes, and so does the service's.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
@@ -381,6 +381,15 @@ async fn ipv6_service_in_namespace() {
         service.sync_kernel_counters();
         let counted = service.with_server(|s| s.allocations().next().map(|a| (a.to_peer.0, a.to_client.0)));
         assert_eq!(counted, Some((50, 50)));
+
+        // The service stops (the relay's fast path goes on): its routes go
+        // with it, nothing relays for it in the kernel any more.
+        let outcomes = || fast.lock().expect("fast path").outcomes().expect("outcomes");
+        let before = outcomes();
+        drop(service);
+        c.channel_data(at, 0x4009, b"after the service");
+        test_support::poll::wait_for("the kernel to pass it up", || outcomes().not_rtp > before.not_rtp);
+        assert_eq!(outcomes().turn_to_peer, before.turn_to_peer, "no route left");
     })
     .await
     .expect("client");

@@ -151,6 +151,12 @@ impl Drop for Tasks {
         for (_, peer) in s.peer_connections.drain() {
             peer.close();
         }
+        // Its channels stop in the kernel too (the relay's fast path may
+        // outlive this service).
+        #[cfg(feature = "ebpf")]
+        if let Some(kernel) = s.kernel.as_mut() {
+            kernel.end_all();
+        }
     }
 }
 

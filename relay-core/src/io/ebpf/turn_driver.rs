@@ -130,7 +130,8 @@ impl TurnOffloadDriver {
     /// kernel could not take the channel (to give back to the server's
     /// bucket), else `None`.
     pub fn handle_offload(&mut self, o: &ChannelOffload, relayed: SocketAddr, now: Instant) -> Option<u64> {
-        let until = super::driver::monotonic()? + o.until.saturating_duration_since(now);
+        let Some(mono) = super::driver::monotonic() else { return o.budget };
+        let until = mono + o.until.saturating_duration_since(now);
         let listener = self.listeners.get(usize::from(o.client.listener)).copied().and_then(specific);
         let (Some(listener), Some(relayed), Some(client), Some(peer)) =
             (listener, specific(relayed), specific(o.client.source), specific(o.peer))
@@ -250,6 +251,15 @@ impl TurnOffloadDriver {
             }
         }
         out
+    }
+
+    /// Removes every route (the service stops: nothing it decided may
+    /// relay without it).
+    pub fn end_all(&mut self) {
+        let relays: Vec<RelayId> = self.held.keys().copied().collect();
+        for relay in relays {
+            let _ = self.handle_end(relay);
+        }
     }
 
     /// Allocations holding kernel routes now.
