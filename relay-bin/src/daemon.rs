@@ -248,12 +248,19 @@ struct TurnSockets {
     tls: Vec<tokio::net::TcpListener>,
 }
 
-/// Binds the TURN listeners when configured.
+/// Binds the TURN listeners when configured. A cluster node binds them
+/// with `IP_FREEBIND`: a standby listens on the service address before it
+/// arrives (a listener on a wildcard address would answer clients from
+/// the host's own address, which they drop).
 async fn bind_turn(cfg: &Config, bound: &mut Vec<SocketAddr>) -> Result<TurnSockets, String> {
     let mut sockets = TurnSockets::default();
     let Some(t) = &cfg.turn else { return Ok(sockets) };
+    let freebind = cfg.cluster.is_some();
     for addr in &t.listen {
-        let socket = std::net::UdpSocket::bind(addr).map_err(|e| format!("turn.listen {addr}: {e}"))?;
+        let options = relay_core::SocketOptions { recv_buffer: 0, send_buffer: 0, freebind };
+        let socket: std::net::UdpSocket = relay_core::io::bind_udp(addr.ip(), addr.port(), &options)
+            .map_err(|e| format!("turn.listen {addr}: {e}"))?
+            .into();
         bound.push(socket.local_addr().map_err(|e| format!("turn.listen {addr}: {e}"))?);
         sockets.udp.push(socket);
     }
@@ -261,12 +268,20 @@ async fn bind_turn(cfg: &Config, bound: &mut Vec<SocketAddr>) -> Result<TurnSock
         [(&t.tcp_listen, &mut sockets.tcp, "tcp_listen"), (&t.tls_listen, &mut sockets.tls, "tls_listen")]
     {
         for addr in addrs {
-            let (l, local) = listen(*addr, format!("turn.{key} {addr}")).await?;
-            bound.push(local);
+            let what = format!("turn.{key} {addr}");
+            let l = listen_freely(*addr, freebind).map_err(|e| format!("cannot listen on {what}: {e}"))?;
+            bound.push(l.local_addr().map_err(|e| e.to_string())?);
             list.push(l);
         }
     }
     Ok(sockets)
+}
+
+/// A TCP listener on `addr`, with `IP_FREEBIND` when asked.
+fn listen_freely(addr: SocketAddr, freebind: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = relay_core::io::bind_tcp(addr, false, freebind)?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 /// Starts the TURN server on its bound listeners, its peers held to the
@@ -315,6 +330,11 @@ fn start_turn(
     let udp_count = sockets.udp.len();
     let service = relay_core::turn::service::TurnService::start(server, sockets.udp, Default::default())
         .map_err(|e| format!("turn: {e}"))?;
+    // A cluster node opens taken-over ports on the service address, which
+    // its takeover hook may move here only after.
+    if cfg.cluster.is_some() {
+        service.bind_freely();
+    }
     // Channels of UDP allocations are relayed in the kernel where the
     // relay's fast path runs (the `datapath` setting decides).
     if let Some(fast) = state.handle.fast_path() {

@@ -27,12 +27,43 @@ use test_support::netns::{sh, socket_in};
 use test_support::packets::master;
 use test_support::poll::wait_for;
 use test_support::srtp::{Direction, Flow, PacedCall};
+use test_support::turn_client::Client;
 use test_support::ucmrc::kamailio::Kamailio;
 use test_support::ucmrc::sip::{SdpView, SipMessage, SipSocket};
 use test_support::ucmrc::*;
 
 const CHILD: &str = "UCMRC_HA_NETNS_CHILD";
 const VIP: &str = "10.77.0.100";
+const TURN_REALM: &str = "turn.ha";
+const TURN_SECRET: &[u8] = b"ha-turn-secret-0001";
+const TURN_CHANNEL: u16 = 0x4010;
+
+/// ChannelData from the Wave client through the service address's TURN
+/// listener to the PBX's host — sent again until it arrives (a takeover
+/// may be moving the address), from `relayed` — and back on the channel.
+fn turn_round_trip(wave: &Client, peer: &UdpSocket, relayed: SocketAddr, n: u8) {
+    let at: SocketAddr = format!("{VIP}:3478").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 2048];
+    'sent: loop {
+        wave.channel_data(at, TURN_CHANNEL, &[n; 100]);
+        // Copies of earlier rounds may still come: only this one counts.
+        while let Ok((len, from)) = peer.recv_from(&mut buf) {
+            if buf[..len] == [n; 100] {
+                assert_eq!(from, relayed, "from the relayed address");
+                break 'sent;
+            }
+        }
+        assert!(Instant::now() < deadline, "ChannelData never reached the PBX's host");
+    }
+    peer.send_to(&[n ^ 0xff; 80], relayed).expect("send");
+    assert_eq!(wave.recv_channel(), vec![n ^ 0xff; 80], "back to the client on its channel");
+}
+
+/// Datagrams of TURN channels the kernel relayed on `r` (to the peer).
+fn kernel_turn(r: &Relay) -> f64 {
+    scrape(r).get("ucmrc_fast_path_packets_total{outcome=\"turn_to_peer\"}").copied().unwrap_or(0.0)
+}
 
 #[test]
 fn a_standby_host_takes_over_the_service_address_with_every_call() {
@@ -114,6 +145,7 @@ struct Setup {
     cluster_key: std::path::PathBuf,
     tenant_block: String,
     token: String,
+    turn_secret: std::path::PathBuf,
 }
 
 fn setup() -> Setup {
@@ -125,7 +157,9 @@ fn setup() -> Setup {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let token = text.lines().next().and_then(|l| l.rsplit(' ').next()).expect("token").to_string();
     let tenant_block = text.split_once("relay config:\n").expect("config block").1.trim().to_string();
-    Setup { dir, cert, key, ca, cluster_key, tenant_block, token }
+    let turn_secret = dir.join("turn.secret");
+    std::fs::write(&turn_secret, format!("{}\n", String::from_utf8_lossy(TURN_SECRET))).expect("secret");
+    Setup { dir, cert, key, ca, cluster_key, tenant_block, token, turn_secret }
 }
 
 /// A node's configuration: media on the service address (bound with
@@ -141,12 +175,15 @@ fn node_config(s: &Setup, node: &str, role: &str) -> String {
          [cluster]\nredis_url = \"redis://10.77.0.5:6379/0\"\nnode_id = \"{node}\"\ngroup = \"svc\"\nrole = \"{role}\"\n\
          key_file = \"{}\"\nlease_ttl_ms = 600\nadvertise = \"{node}\"\n\
          takeover_hook = [\"sh\", \"-c\", \"ip addr add {VIP}/24 dev eth0 2>/dev/null; arping -q -U -c 2 -w 1 -I eth0 {VIP} || true\"]\n\
-         stepdown_hook = [\"sh\", \"-c\", \"ip addr del {VIP}/24 dev eth0\"]\n",
+         stepdown_hook = [\"sh\", \"-c\", \"ip addr del {VIP}/24 dev eth0\"]\n\
+         [turn]\nlisten = [\"{VIP}:3478\"]\nport_min = 41000\nport_max = 41099\n\
+         [[turn.realms]]\nname = \"{TURN_REALM}\"\ntenant = \"acme\"\nsecret_files = [{:?}]\nallow_peers = [\"10.77.0.22/32\"]\n",
         token_hash(),
         s.cert.display(),
         s.key.display(),
         s.tenant_block,
-        s.cluster_key.display()
+        s.cluster_key.display(),
+        s.turn_secret
     )
 }
 
@@ -434,6 +471,37 @@ fn in_namespace() {
         serde_json::from_value(serde_json::json!({"tenant": "acme"})).expect("request")
     };
 
+    // A Wave client on the phones' host with a TURN channel, through the
+    // service address, to a peer on the PBX's host.
+    let turn_peer = socket_in("pbx", "10.77.0.22:29000", Duration::from_millis(100));
+    let mut wave = Client::with_socket(
+        socket_in("phones", "10.77.0.21:29001", Duration::from_secs(2)),
+        TURN_SECRET,
+        TURN_REALM,
+        "wave-ha",
+    );
+    let turn_at: SocketAddr = format!("{VIP}:3478").parse().expect("addr");
+    let udp =
+        (relay_core::turn::proto::ATTR_REQUESTED_TRANSPORT, vec![relay_core::turn::proto::TRANSPORT_UDP, 0, 0, 0]);
+    assert_eq!(
+        wave.ask(turn_at, relay_core::turn::proto::Method::Allocate, std::slice::from_ref(&udp), None).0,
+        Some(401)
+    );
+    let (code, answer) = wave.ask(turn_at, relay_core::turn::proto::Method::Allocate, &[udp], None);
+    assert_eq!(code, None, "allocated");
+    let relayed = relay_core::wire::stun::StunMessage::parse(&answer)
+        .expect("stun")
+        .xor_address(relay_core::turn::proto::ATTR_XOR_RELAYED_ADDRESS)
+        .expect("relayed");
+    assert_eq!(relayed.ip().to_string(), VIP, "relayed on the service address");
+    let bind = (
+        relay_core::turn::proto::ATTR_CHANNEL_NUMBER,
+        TURN_CHANNEL.to_be_bytes().iter().chain(&[0, 0]).copied().collect(),
+    );
+    let peer_at = turn_peer.local_addr().expect("addr");
+    assert_eq!(wave.ask(turn_at, relay_core::turn::proto::Method::ChannelBind, &[bind], Some(peer_at)).0, None);
+    let mut turn_rounds = 0u8;
+
     let mut calls_media: Vec<PacedCall> = calls.iter().map(media).collect();
     let cycles: usize = std::env::var("UCMRC_HA_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let mut gaps = Vec::new();
@@ -466,6 +534,15 @@ fn in_namespace() {
         wait_for("standby caught up", || last_write(&standby) >= written);
         let live = before["sessions"].as_array().map_or(0, Vec::len) as u64;
         assert_eq!(cluster(&standby)["warm_sessions"].as_u64(), Some(live), "the standby's copy is complete");
+        // The Wave client's channel: relayed by the active's kernel fast
+        // path (attached once the service address is there), and in the
+        // standby's copy.
+        wait_for("the active's kernel relays the TURN channel", || {
+            turn_rounds = turn_rounds.wrapping_add(1);
+            turn_round_trip(&wave, &turn_peer, relayed, turn_rounds);
+            kernel_turn(&active) > 0.0
+        });
+        wait_for("the TURN allocation in the standby's copy", || cluster(&standby)["warm_turn"] == 1);
         assert_eq!(cluster(&standby)["warm_calls"], 1, "Kamailio's call is in the standby's copy");
 
         // The active's process is killed and its host goes down.
@@ -518,6 +595,14 @@ fn in_namespace() {
             );
         }
         assert_eq!(cluster(&standby)["last_takeover"]["failed"], 0, "every session resumed");
+        // The Wave client's channel goes on on the same relayed address
+        // (the new active bound the service address's TURN ports before the
+        // address arrived), relayed by its kernel fast path.
+        wait_for("the new active's kernel relays the TURN channel", || {
+            turn_rounds = turn_rounds.wrapping_add(1);
+            turn_round_trip(&wave, &turn_peer, relayed, turn_rounds);
+            kernel_turn(&standby) > 0.0
+        });
         // The new active knows Kamailio's call: media on the same ports, a
         // hold and resume answered with the same ports, the BYE's delete.
         let q = ng.call(serde_json::json!({"command": "query", "call-id": sip.call_id}));

@@ -31,6 +31,12 @@ impl Client {
     pub fn bound(bind: &str, secret: &[u8], realm: &str, user: &str) -> Self {
         let socket = UdpSocket::bind(bind).expect("bind");
         socket.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        Self::with_socket(socket, secret, realm, user)
+    }
+
+    /// [`Client::new`] on `socket` (one made in another network
+    /// namespace, say), its read timeout as set.
+    pub fn with_socket(socket: UdpSocket, secret: &[u8], realm: &str, user: &str) -> Self {
         let (username, password) = RestSecrets::new(vec![secret.to_vec()])
             .issue(
                 user,

@@ -100,6 +100,29 @@ pub fn bind_udp(ip: IpAddr, port: u16, options: &SocketOptions) -> std::io::Resu
     Ok(sock)
 }
 
+/// Creates a non-blocking TCP socket bound to `addr` with `SO_REUSEADDR`,
+/// `SO_REUSEPORT` when `reuse_port` (sockets sharing one address: a TURN
+/// TCP allocation's listener and the connections it dials), and
+/// `IP_FREEBIND` when `freebind`; not yet listening or connected.
+pub fn bind_tcp(addr: std::net::SocketAddr, reuse_port: bool, freebind: bool) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    if freebind {
+        if addr.is_ipv6() {
+            sock.set_freebind_v6(true)?;
+        } else {
+            sock.set_freebind_v4(true)?;
+        }
+    }
+    sock.bind(&addr.into())?;
+    Ok(sock)
+}
+
 /// Pins the calling thread to one CPU.
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {

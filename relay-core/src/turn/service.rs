@@ -94,6 +94,9 @@ struct Shared {
     peer_connections: HashMap<ConnectionId, PeerStream>,
     /// The relay whose standby flag the server follows (a cluster node).
     follows: Option<crate::RelayHandle>,
+    /// Relayed sockets bind with `IP_FREEBIND` (see
+    /// [`TurnService::bind_freely`]).
+    freebind: bool,
     /// The kernel fast path's driver, when channels are relayed there.
     #[cfg(feature = "ebpf")]
     kernel: Option<crate::io::ebpf::TurnOffloadDriver>,
@@ -198,6 +201,7 @@ impl TurnService {
             oversize_drops: 0,
             peer_connections: HashMap::new(),
             follows: None,
+            freebind: false,
             #[cfg(feature = "ebpf")]
             kernel: None,
         }));
@@ -336,6 +340,13 @@ impl TurnService {
     /// Peer datagrams dropped as too large for a relayed socket's buffer.
     pub fn oversize_drops(&self) -> u64 {
         lock(&self.shared).oversize_drops
+    }
+
+    /// Binds relayed sockets with `IP_FREEBIND` from now on: a cluster node
+    /// opens a taken-over allocation's port on the service address, which
+    /// may arrive on this host only after (its takeover hook moves it).
+    pub fn bind_freely(&self) {
+        lock(&self.shared).freebind = true;
     }
 
     /// Serves nothing while `relay` is a cluster standby (its flag is
@@ -655,7 +666,8 @@ fn apply(shared: &Arc<Mutex<Shared>>, udp: &Listeners, mut commands: Vec<Command
         for command in std::mem::take(&mut commands) {
             match command {
                 Command::OpenRelay { relay, bind } => {
-                    let opened = open_relay(bind);
+                    let freebind = lock(shared).freebind;
+                    let opened = open_relay(bind, freebind);
                     let mut s = lock(shared);
                     let ok = match opened {
                         Ok(socket) => {
@@ -672,7 +684,8 @@ fn apply(shared: &Arc<Mutex<Shared>>, udp: &Listeners, mut commands: Vec<Command
                     commands.extend(drain(&mut s.server));
                 }
                 Command::ListenRelay { relay, bind } => {
-                    let opened = listen_relay(bind);
+                    let freebind = lock(shared).freebind;
+                    let opened = listen_relay(bind, freebind);
                     let mut s = lock(shared);
                     let ok = match opened {
                         Ok(listener) => {
@@ -713,24 +726,20 @@ fn apply(shared: &Arc<Mutex<Shared>>, udp: &Listeners, mut commands: Vec<Command
     }
 }
 
-fn open_relay(bind: SocketAddr) -> io::Result<Arc<UdpSocket>> {
-    let socket = StdUdpSocket::bind(bind)?;
-    socket.set_nonblocking(true)?;
+fn open_relay(bind: SocketAddr, freebind: bool) -> io::Result<Arc<UdpSocket>> {
+    let options = crate::io::SocketOptions { recv_buffer: 0, send_buffer: 0, freebind };
+    let socket: StdUdpSocket = crate::io::bind_udp(bind.ip(), bind.port(), &options)?.into();
     Ok(Arc::new(UdpSocket::from_std(socket)?))
 }
 
 /// A TCP socket on `bind` that may share its address with the others of
 /// its allocation (the listener and the connections dialled from it).
-fn relay_tcp_socket(bind: SocketAddr) -> io::Result<TcpSocket> {
-    let socket = if bind.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(bind)?;
-    Ok(socket)
+fn relay_tcp_socket(bind: SocketAddr, freebind: bool) -> io::Result<TcpSocket> {
+    Ok(TcpSocket::from_std_stream(crate::io::bind_tcp(bind, true, freebind)?.into()))
 }
 
-fn listen_relay(bind: SocketAddr) -> io::Result<TcpListener> {
-    relay_tcp_socket(bind)?.listen(64)
+fn listen_relay(bind: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
+    relay_tcp_socket(bind, freebind)?.listen(64)
 }
 
 /// Accepts peers on a TCP allocation's relayed address; the server keeps
@@ -752,7 +761,8 @@ async fn accept_peers(shared: Arc<Mutex<Shared>>, udp: Listeners, listener: TcpL
 
 /// Dials `peer` from `bind` for a Connect and reports the outcome.
 async fn dial_peer(shared: Arc<Mutex<Shared>>, udp: Listeners, id: ConnectionId, bind: SocketAddr, peer: SocketAddr) {
-    let dialled = match relay_tcp_socket(bind) {
+    let freebind = lock(&shared).freebind;
+    let dialled = match relay_tcp_socket(bind, freebind) {
         Ok(socket) => tokio::time::timeout(DIAL_TIMEOUT, socket.connect(peer)).await.ok().and_then(Result::ok),
         Err(_) => None,
     };
