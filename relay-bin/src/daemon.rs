@@ -250,8 +250,7 @@ struct TurnSockets {
 
 /// Binds the TURN listeners when configured. A cluster node binds them
 /// with `IP_FREEBIND`: a standby listens on the service address before it
-/// arrives (a listener on a wildcard address would answer clients from
-/// the host's own address, which they drop).
+/// arrives.
 async fn bind_turn(cfg: &Config, bound: &mut Vec<SocketAddr>) -> Result<TurnSockets, String> {
     let mut sockets = TurnSockets::default();
     let Some(t) = &cfg.turn else { return Ok(sockets) };

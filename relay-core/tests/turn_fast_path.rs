@@ -394,3 +394,72 @@ async fn ipv6_service_in_namespace() {
     .await
     .expect("client");
 }
+
+#[test]
+fn a_wildcard_listener_answers_and_relays_from_the_address_the_client_asked() {
+    if in_child() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(wildcard_in_namespace());
+        println!("TURN-EBPF-NETNS-OK");
+    } else {
+        in_new_namespace("a_wildcard_listener_answers_and_relays_from_the_address_the_client_asked");
+    }
+}
+
+/// The listener on 0.0.0.0, the client asking 127.0.0.2 (the kernel's own
+/// choice of source would be 127.0.0.1): every answer and every datagram
+/// the client gets comes from 127.0.0.2, and its channel is relayed in the
+/// kernel, both ways.
+async fn wildcard_in_namespace() {
+    let fast = Arc::new(Mutex::new(lo_up_and_load()));
+    let server = TurnServer::new(settings(TurnLimits::default()), NonceKey::new([5; 32]), None, 1).expect("server");
+    let listener = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    let at = SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), listener.local_addr().expect("addr").port());
+    let service = TurnService::start(server, vec![listener], StreamLimits::default()).expect("service");
+    service.use_fast_path(fast.clone());
+    tokio::task::spawn_blocking(move || {
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        peer.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut c = Client::new(SECRET, REALM, "wave-wildcard");
+        let transport = (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]);
+        assert_eq!(c.ask(at, Method::Allocate, std::slice::from_ref(&transport), None).0, Some(401));
+        assert_eq!(c.last_source(), Some(at), "the challenge comes from the address asked");
+        let (code, answer) = c.ask(at, Method::Allocate, &[transport], None);
+        assert_eq!((code, c.last_source()), (None, Some(at)), "allocated, answered from the address asked");
+        let relayed =
+            StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
+        let peer_at = peer.local_addr().expect("addr");
+        let bind = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x11, 0, 0]);
+        assert_eq!(c.ask(at, Method::ChannelBind, std::slice::from_ref(&bind), Some(peer_at)).0, None);
+        let start = fast.lock().expect("fast path").outcomes().expect("outcomes");
+        let mut buf = [0u8; 2048];
+        for n in 0..20u8 {
+            c.channel_data(at, 0x4011, &[n; 60]);
+            let (len, from) = peer.recv_from(&mut buf).expect("to the peer");
+            assert_eq!((&buf[..len], from), (&[n; 60][..], relayed));
+            peer.send_to(&[!n; 40], relayed).expect("send");
+            assert_eq!(c.recv_channel(), vec![!n; 40]);
+            assert_eq!(c.last_source(), Some(at), "relayed from the address the client asked");
+        }
+        let end = fast.lock().expect("fast path").outcomes().expect("outcomes");
+        assert_eq!(
+            (end.turn_to_peer - start.turn_to_peer, end.turn_to_client - start.turn_to_client),
+            (20, 20),
+            "a wildcard listener's channel is relayed in the kernel too"
+        );
+        // A Data indication (no channel: another peer port) from userspace
+        // leaves from there too.
+        let other = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        assert_eq!(c.ask(at, Method::CreatePermission, &[], Some(other.local_addr().expect("addr"))).0, None);
+        other.send_to(b"no channel", relayed).expect("send");
+        let (_, from) = c.socket.recv_from(&mut buf).expect("a Data indication");
+        assert_eq!(from, at);
+        drop(service);
+    })
+    .await
+    .expect("client");
+}

@@ -19,6 +19,8 @@ pub struct Client {
     key: [u8; 16],
     nonce: String,
     txid: u8,
+    /// Where the last answer or ChannelData came from.
+    last_source: std::cell::Cell<Option<SocketAddr>>,
 }
 
 impl Client {
@@ -45,7 +47,15 @@ impl Client {
             )
             .expect("credentials");
         let key = long_term_key_md5(&username, realm, &password);
-        Self { socket, username, realm: realm.to_string(), key, nonce: String::new(), txid: 0 }
+        Self {
+            socket,
+            username,
+            realm: realm.to_string(),
+            key,
+            nonce: String::new(),
+            txid: 0,
+            last_source: Default::default(),
+        }
     }
 
     /// A request of `method` (to `peer`), signed once a nonce is known.
@@ -81,11 +91,12 @@ impl Client {
         self.socket.send_to(&req, server).expect("send");
         let mut buf = [0u8; 2048];
         loop {
-            let (n, _) = self.socket.recv_from(&mut buf).expect("an answer");
+            let (n, from) = self.socket.recv_from(&mut buf).expect("an answer");
             let msg = StunMessage::parse(&buf[..n]).expect("stun");
             if msg.transaction_id() != [self.txid; 12] {
                 continue; // data, or a late answer
             }
+            self.last_source.set(Some(from));
             let code = msg.attribute(ATTR_ERROR_CODE).map(|a| u16::from(a.value[2]) * 100 + u16::from(a.value[3]));
             if let Some(nonce) = msg.attribute(ATTR_NONCE) {
                 self.nonce = String::from_utf8(nonce.value.to_vec()).expect("nonce");
@@ -101,10 +112,16 @@ impl Client {
         self.socket.send_to(&cd, server).expect("send");
     }
 
+    /// Where the last answer or ChannelData came from.
+    pub fn last_source(&self) -> Option<SocketAddr> {
+        self.last_source.get()
+    }
+
     /// The next ChannelData's payload.
     pub fn recv_channel(&self) -> Vec<u8> {
         let mut buf = [0u8; 2048];
-        let (n, _) = self.socket.recv_from(&mut buf).expect("channel data");
+        let (n, from) = self.socket.recv_from(&mut buf).expect("channel data");
+        self.last_source.set(Some(from));
         let cd = ChannelData::parse(&buf[..n]).expect("channel data");
         buf[4..4 + cd.len].to_vec()
     }

@@ -97,6 +97,9 @@ struct Shared {
     /// Relayed sockets bind with `IP_FREEBIND` (see
     /// [`TurnService::bind_freely`]).
     freebind: bool,
+    /// The address each client of a wildcard listener sends to (while it
+    /// holds an allocation): what reaches it leaves from there.
+    local_of: HashMap<ClientKey, IpAddr>,
     /// The kernel fast path's driver, when channels are relayed there.
     #[cfg(feature = "ebpf")]
     kernel: Option<crate::io::ebpf::TurnOffloadDriver>,
@@ -127,8 +130,18 @@ impl PeerStream {
     }
 }
 
+/// One UDP listener.
+struct Listener {
+    socket: Arc<UdpSocket>,
+    /// Bound to a wildcard address: each datagram's destination is read
+    /// (`IP_PKTINFO`) and answers leave from it.
+    wildcard: bool,
+    /// An IPv6 socket.
+    v6: bool,
+}
+
 /// The sockets a service sends from: its UDP listeners.
-type Listeners = Arc<Vec<Arc<UdpSocket>>>;
+type Listeners = Arc<Vec<Listener>>;
 
 /// A running TURN server (see the module docs). Cheap to clone; the last
 /// clone dropped stops every task and closes every socket.
@@ -179,13 +192,19 @@ impl TurnService {
     /// Serves `server` on bound UDP `listeners` (UDP listener `i` is
     /// [`ClientKey::listener`] `i`). Call within a tokio runtime.
     pub fn start(server: TurnServer, listeners: Vec<StdUdpSocket>, limits: StreamLimits) -> io::Result<Self> {
-        let udp: Vec<Arc<UdpSocket>> = listeners
+        let udp: Vec<Listener> = listeners
             .into_iter()
             .map(|s| {
                 s.set_nonblocking(true)?;
                 // Every client's datagrams arrive on these few sockets.
                 let _ = crate::io::sys::set_large_recv_buffer(&socket2::SockRef::from(&s), LISTENER_RECV_BUFFER);
-                UdpSocket::from_std(s).map(Arc::new)
+                let local = s.local_addr()?;
+                let (wildcard, v6) = (local.ip().is_unspecified(), local.is_ipv6());
+                if wildcard {
+                    use std::os::fd::AsRawFd as _;
+                    crate::io::pktinfo::enable(s.as_raw_fd(), v6)?;
+                }
+                Ok(Listener { socket: Arc::new(UdpSocket::from_std(s)?), wildcard, v6 })
             })
             .collect::<io::Result<_>>()?;
         let udp = Arc::new(udp);
@@ -202,14 +221,15 @@ impl TurnService {
             peer_connections: HashMap::new(),
             follows: None,
             freebind: false,
+            local_of: HashMap::new(),
             #[cfg(feature = "ebpf")]
             kernel: None,
         }));
         let mut tasks = Vec::new();
-        for (i, socket) in udp.iter().enumerate() {
-            let (shared, udp, socket) = (shared.clone(), udp.clone(), socket.clone());
+        for i in 0..udp.len() {
+            let (shared, udp) = (shared.clone(), udp.clone());
             let index = u16::try_from(i).map_err(|_| io::Error::other("too many TURN listeners"))?;
-            tasks.push(tokio::spawn(serve_udp(shared, udp, socket, index)));
+            tasks.push(tokio::spawn(serve_udp(shared, udp, index)));
         }
         tasks.push(tokio::spawn(run_timers(shared.clone(), udp.clone())));
         let tasks = Arc::new(Tasks(Mutex::new(tasks), shared.clone()));
@@ -218,7 +238,7 @@ impl TurnService {
 
     /// The UDP listeners' addresses.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+        self.udp.iter().filter_map(|l| l.socket.local_addr().ok()).collect()
     }
 
     /// Serves TURN over TCP on `listener` (its connections are
@@ -484,13 +504,35 @@ fn send_udp(shared: &Mutex<Shared>, socket: &UdpSocket, bytes: &[u8], to: Socket
     }
 }
 
+/// Sends from listener `l` to `to`: from `local` (the address the client
+/// sends to) when `l` is bound to a wildcard address.
+fn send_from_listener(shared: &Mutex<Shared>, l: &Listener, bytes: &[u8], to: SocketAddr, local: Option<IpAddr>) {
+    match local.filter(|_| l.wildcard) {
+        Some(from) => {
+            use std::os::fd::AsRawFd as _;
+            if crate::io::pktinfo::send(l.socket.as_raw_fd(), l.v6, bytes, to, Some(from)).is_err() {
+                lock(shared).send_failures += 1;
+            }
+        }
+        None => send_udp(shared, &l.socket, bytes, to),
+    }
+}
+
 /// Sends `bytes` (a STUN message, or a ChannelData message when `channel`)
 /// to `client` over its transport: ChannelData is padded to four bytes on
-/// streams.
-fn deliver(shared: &Mutex<Shared>, udp: &Listeners, client: ClientKey, bytes: &[u8], channel: bool) {
+/// streams; over UDP from `local`, the address the client sends to, when
+/// its listener is bound to a wildcard address.
+fn deliver(
+    shared: &Mutex<Shared>,
+    udp: &Listeners,
+    client: ClientKey,
+    bytes: &[u8],
+    channel: bool,
+    local: Option<IpAddr>,
+) {
     if client.transport == Transport::Udp {
-        if let Some(socket) = udp.get(usize::from(client.listener)) {
-            send_udp(shared, socket, bytes, client.source);
+        if let Some(l) = udp.get(usize::from(client.listener)) {
+            send_from_listener(shared, l, bytes, client.source, local);
         }
         return;
     }
@@ -505,7 +547,8 @@ fn deliver(shared: &Mutex<Shared>, udp: &Listeners, client: ClientKey, bytes: &[
     }
 }
 
-/// Decides on one message from `client` and carries the decision out;
+/// Decides on one message from `client` (sent to `local`, when its
+/// listener is bound to a wildcard address) and carries the decision out;
 /// `Some` when a ConnectionBind joined this stream to a peer connection
 /// (its answer queued): the stream carries that connection's bytes now.
 fn handle_client_message(
@@ -513,6 +556,7 @@ fn handle_client_message(
     udp: &Listeners,
     client: ClientKey,
     message: &[u8],
+    local: Option<IpAddr>,
 ) -> Option<ConnectionId> {
     let (out, relay_socket, commands) = {
         let mut s = lock(shared);
@@ -520,6 +564,13 @@ fn handle_client_message(
             s.server.set_standby(standby);
         }
         let out = s.server.handle_client(turn_now(), client, message);
+        // Where a client with an allocation sends to is where what reaches
+        // it leaves from (strangers are answered at once, never kept).
+        if let Some(ip) = local {
+            if s.local_of.get(&client) != Some(&ip) && s.server.has_allocation(client) {
+                s.local_of.insert(client, ip);
+            }
+        }
         let relay_socket = match &out {
             ClientOutput::Relay { relay, .. } => s.relays.get(relay).and_then(|r| r.socket.clone()),
             _ => None,
@@ -536,9 +587,9 @@ fn handle_client_message(
                 send_udp(shared, &relay, &message[payload], peer);
             }
         }
-        ClientOutput::Reply(answer) => deliver(shared, udp, client, &answer, false),
+        ClientOutput::Reply(answer) => deliver(shared, udp, client, &answer, false, local),
         ClientOutput::Bind { connection, reply } => {
-            deliver(shared, udp, client, &reply, false);
+            deliver(shared, udp, client, &reply, false, local);
             bound = Some(connection);
         }
         ClientOutput::Pending | ClientOutput::Drop(_) => {}
@@ -546,19 +597,32 @@ fn handle_client_message(
     bound
 }
 
-async fn serve_udp(shared: Arc<Mutex<Shared>>, udp: Listeners, socket: Arc<UdpSocket>, index: u16) {
+/// Receives one datagram on `l`: its length, source and (a wildcard
+/// listener) the address it was sent to.
+fn recv_on(l: &Listener, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    if l.wildcard {
+        use std::os::fd::AsRawFd as _;
+        let fd = l.socket.as_raw_fd();
+        l.socket.try_io(tokio::io::Interest::READABLE, || crate::io::pktinfo::recv(fd, buf))
+    } else {
+        l.socket.try_recv_from(buf).map(|(n, from)| (n, from, None))
+    }
+}
+
+async fn serve_udp(shared: Arc<Mutex<Shared>>, udp: Listeners, index: u16) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let Some(l) = udp.get(usize::from(index)) else { return };
     loop {
-        if socket.readable().await.is_err() {
+        if l.socket.readable().await.is_err() {
             tokio::task::yield_now().await;
             continue;
         }
         // Everything queued, then wait again (one wake-up for a burst).
         loop {
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
+            match recv_on(l, &mut buf) {
+                Ok((n, from, local)) => {
                     let client = ClientKey { transport: Transport::Udp, listener: index, source: from };
-                    handle_client_message(&shared, &udp, client, &buf[..n]);
+                    handle_client_message(&shared, &udp, client, &buf[..n], local);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // An ICMP error reported on the socket: nothing to read.
@@ -597,7 +661,7 @@ async fn read_stream<R: AsyncRead + Unpin>(
             if buf.len() < len {
                 break;
             }
-            let bound = handle_client_message(shared, udp, key, &buf[..len]);
+            let bound = handle_client_message(shared, udp, key, &buf[..len], None);
             buf.drain(..len);
             if let Some(connection) = bound {
                 // What follows the ConnectionBind is the peer's already.
@@ -640,7 +704,8 @@ fn sync_kernel(s: &mut Shared) {
 fn offload_channel(s: &mut Shared, o: super::offload::ChannelOffload) {
     #[cfg(feature = "ebpf")]
     if let (Some(kernel), Some(relayed)) = (s.kernel.as_mut(), s.server.relay_bind_address(o.relay)) {
-        if let Some(budget) = kernel.handle_offload(&o, relayed, Instant::now()) {
+        let local = s.local_of.get(&o.client).copied();
+        if let Some(budget) = kernel.handle_offload(&o, relayed, local, Instant::now()) {
             s.server.handle_offload_refused(Instant::now(), o.relay, Some(budget));
         }
         return;
@@ -714,7 +779,10 @@ fn apply(shared: &Arc<Mutex<Shared>>, udp: &Listeners, mut commands: Vec<Command
                         r.task.abort();
                     }
                 }
-                Command::Send { client, message } => deliver(shared, udp, client, &message, false),
+                Command::Send { client, message } => {
+                    let local = lock(shared).local_of.get(&client).copied();
+                    deliver(shared, udp, client, &message, false, local)
+                }
                 Command::OffloadChannel(o) => {
                     let mut s = lock(shared);
                     offload_channel(&mut s, o);
@@ -909,15 +977,24 @@ fn relay_peer_datagram(
     buf: &mut [u8],
     n: usize,
 ) {
-    let out =
-        lock(shared).server.handle_peer(turn_now(), relay, from, &buf[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + n]);
+    let (out, local) = {
+        let mut s = lock(shared);
+        let out = s.server.handle_peer(turn_now(), relay, from, &buf[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + n]);
+        let local = match &out {
+            PeerOutput::Channel { client, .. } | PeerOutput::Indication { client, .. } => {
+                s.local_of.get(client).copied()
+            }
+            PeerOutput::Drop(_) => None,
+        };
+        (out, local)
+    };
     match out {
         PeerOutput::Channel { client, header } => {
             if let Some(range) = Framing::Prepend(header).apply(buf, CHANNEL_HEADER_LEN, n) {
-                deliver(shared, udp, client, &buf[range], true);
+                deliver(shared, udp, client, &buf[range], true, local);
             }
         }
-        PeerOutput::Indication { client, message } => deliver(shared, udp, client, &message, false),
+        PeerOutput::Indication { client, message } => deliver(shared, udp, client, &message, false, local),
         PeerOutput::Drop(_) => {}
     }
 }
@@ -932,6 +1009,9 @@ async fn run_timers(shared: Arc<Mutex<Shared>>, udp: Listeners) {
         let commands = {
             let mut s = lock(&shared);
             s.server.handle_timeout(Instant::now());
+            // Clients' addresses are kept while they hold an allocation.
+            let Shared { local_of, server, .. } = &mut *s;
+            local_of.retain(|client, _| server.has_allocation(*client));
             drain(&mut s.server)
         };
         apply(&shared, &udp, commands);

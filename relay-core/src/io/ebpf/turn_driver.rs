@@ -4,9 +4,10 @@
 //! per TURN service; the [`FastPath`] is the relay's, shared with its
 //! shards.
 //!
-//! A channel the kernel cannot take (a wildcard listener or relay address,
+//! A channel the kernel cannot take (a relay address bound to a wildcard,
 //! addresses of two families, an unroutable destination, full maps)
-//! simply stays in userspace.
+//! simply stays in userspace. A wildcard listener's routes name the address
+//! the client sends to.
 //!
 //! [`Command::OffloadChannel`]: crate::turn::Command::OffloadChannel
 //! [`Command::EndOffload`]: crate::turn::Command::EndOffload
@@ -126,13 +127,27 @@ impl TurnOffloadDriver {
     }
 
     /// Installs or moves a channel's routes (`relayed`: the allocation's
-    /// relayed socket address). Returns the budget handed over when the
-    /// kernel could not take the channel (to give back to the server's
-    /// bucket), else `None`.
-    pub fn handle_offload(&mut self, o: &ChannelOffload, relayed: SocketAddr, now: Instant) -> Option<u64> {
+    /// relayed socket address; `local`: the address the client sends to,
+    /// when its listener is bound to a wildcard address). Returns the budget
+    /// handed over when the kernel could not take the channel (to give back
+    /// to the server's bucket), else `None`.
+    pub fn handle_offload(
+        &mut self,
+        o: &ChannelOffload,
+        relayed: SocketAddr,
+        local: Option<IpAddr>,
+        now: Instant,
+    ) -> Option<u64> {
         let Some(mono) = super::driver::monotonic() else { return o.budget };
         let until = mono + o.until.saturating_duration_since(now);
-        let listener = self.listeners.get(usize::from(o.client.listener)).copied().and_then(specific);
+        let listener = self
+            .listeners
+            .get(usize::from(o.client.listener))
+            .map(|l| match local {
+                Some(ip) if l.ip().is_unspecified() => SocketAddr::new(ip, l.port()),
+                _ => *l,
+            })
+            .and_then(specific);
         let (Some(listener), Some(relayed), Some(client), Some(peer)) =
             (listener, specific(relayed), specific(o.client.source), specific(o.peer))
         else {
