@@ -505,11 +505,10 @@ impl Inner {
                 }
             },
         };
-        let Some(registration) = self.authenticate(&mut writer, peer, &hello).await else {
+        let Some(registration) = self.authenticate(&mut writer, peer, &hello, guard).await else {
             let _ = writer.shutdown().await;
             return;
         };
-        drop(guard);
         let epoch = registration.epoch;
         let ending = self.run_channel(reader, writer, decoder, &hello.tenant, registration).await;
         let why = match ending {
@@ -530,6 +529,7 @@ impl Inner {
         writer: &mut W,
         peer: SocketAddr,
         hello: &Hello,
+        guard: super::caps::CapGuard,
     ) -> Option<Registration> {
         let refuse = |code: ErrorCode, message: &str| {
             Message::HelloResult(HelloResult {
@@ -608,6 +608,9 @@ impl Inner {
             }
         };
         self.counters.auth_ok.fetch_add(1, Ordering::Relaxed);
+        // Its place among the unauthenticated is free before it is told:
+        // a connector that hears "ok" never finds itself still counted.
+        drop(guard);
         tracing::info!(tenant = %hello.tenant, connector = %hello.connector_id, peer = %self.shown(peer), "control: connector authenticated");
         let ok = Message::HelloResult(HelloResult {
             ok: true,
