@@ -108,6 +108,8 @@ fn a_netlink_filter_left_by_a_killed_relay_forwards_nothing_for_the_next() {
 /// Set for the process that plays the relay which dies.
 const STALE_OWNER: &str = "UCMRC_EBPF_STALE_OWNER";
 const STALE_RELAY_PORT: u16 = 20_500;
+/// Ports of the next relay's range (a session takes two).
+const STALE_RELAY_PORTS: u16 = 4;
 
 /// The relay that dies: the program attached with a netlink filter, a
 /// route installed from the PBX to the old phone (both given by the
@@ -115,20 +117,26 @@ const STALE_RELAY_PORT: u16 = 20_500;
 fn stale_owner() {
     let addr = |v: &str| std::env::var(v).expect(v).parse::<SocketAddr>().expect("addr");
     let (pbx, old_phone) = (addr("UCMRC_STALE_PBX"), addr("UCMRC_STALE_PHONE"));
-    let relay_port = SocketAddr::from(([127, 0, 0, 1], STALE_RELAY_PORT));
     let mut fast = FastPath::load_with(&["lo"], AttachMode::Netlink).expect("netlink attach");
-    fast.install(&Route {
-        local: relay_port,
-        from: pbx,
-        via: SocketAddr::from(([127, 0, 0, 1], STALE_RELAY_PORT + 2)),
-        to: old_phone,
-        max_pps: 0,
-        max_bytes_per_sec: 0,
-        slot: 1,
-        next_hop: NextHop::Local,
-        carries: Carries { rtp: true, rtcp: true },
-    })
-    .expect("install");
+    // A route from the PBX to the old phone on every port of the range the
+    // next relay uses (it picks its ports at random among them).
+    for (i, port) in (STALE_RELAY_PORT..STALE_RELAY_PORT + STALE_RELAY_PORTS).enumerate() {
+        fast.install(&Route {
+            local: SocketAddr::from(([127, 0, 0, 1], port)),
+            from: pbx,
+            via: SocketAddr::from((
+                [127, 0, 0, 1],
+                STALE_RELAY_PORT + (port + 2 - STALE_RELAY_PORT) % STALE_RELAY_PORTS,
+            )),
+            to: old_phone,
+            max_pps: 0,
+            max_bytes_per_sec: 0,
+            slot: 1 + i as u32,
+            next_hop: NextHop::Local,
+            carries: Carries { rtp: true, rtcp: true },
+        })
+        .expect("install");
+    }
     println!("STALE-READY");
     use std::io::Write as _;
     std::io::stdout().flush().expect("flush");
@@ -173,12 +181,12 @@ fn stale_filter_in_namespace() {
     };
     assert!(filters().contains("ucmrc_forward"), "the dead relay's netlink filter is there: {}", filters());
 
-    // The next relay on the same ports; a new call on the same relay port
-    // (the range has one pair), from the same PBX address, to a new phone.
+    // The next relay on the same ports; a new call on a relay port where
+    // the dead relay had a route, from the same PBX address, to a new phone.
     let relay = Relay::start(RelayConfig {
         backend: BackendKind::Ebpf,
         port_min: STALE_RELAY_PORT,
-        port_max: STALE_RELAY_PORT + 3,
+        port_max: STALE_RELAY_PORT + STALE_RELAY_PORTS - 1,
         workers: 1,
         ..RelayConfig::default()
     })
@@ -194,12 +202,16 @@ fn stale_filter_in_namespace() {
         })
         .wait()
         .expect("allocate");
-    assert_eq!(s.pbx.rtp, relay_port, "the same relay port as the dead relay's route");
+    assert!(
+        (STALE_RELAY_PORT..STALE_RELAY_PORT + STALE_RELAY_PORTS).contains(&s.pbx.rtp.port()),
+        "a relay port where the dead relay had a route: {:?}",
+        s.pbx
+    );
     // The new phone speaks, then the PBX's media flows to it.
     new_phone.send_to(&rtp(2), s.endpoint.rtp).expect("send");
     pbx.recv_from(&mut buf).expect("phone → PBX");
     for seq in 3..40u16 {
-        pbx.send_to(&rtp(seq), relay_port).expect("send");
+        pbx.send_to(&rtp(seq), s.pbx.rtp).expect("send");
         let (n, from) = new_phone.recv_from(&mut buf).expect("PBX → the new phone");
         assert_eq!((&buf[..n], from), (rtp(seq).as_slice(), s.endpoint.rtp));
     }
