@@ -439,7 +439,8 @@ impl TurnService {
     /// TURN's listeners and relay addresses as well): the server announces
     /// them, this service writes the routes, and what the kernel relayed
     /// is counted as if relayed here (see [`super::offload`]). Channels the
-    /// kernel cannot take (IPv6, wildcard addresses) stay in userspace.
+    /// kernel cannot take (a relay address bound to a wildcard, an
+    /// unroutable destination, full maps) stay in userspace.
     #[cfg(feature = "ebpf")]
     pub fn use_fast_path(&self, fast: Arc<Mutex<crate::io::ebpf::FastPath>>) {
         let listeners = self.udp_addrs();
