@@ -535,6 +535,8 @@ async fn list_turn_allocations(State(st): State<Arc<AdminState>>) -> Json<Value>
     let Some(service) = st.turn.get() else {
         return Json(json!({ "enabled": false, "total": 0, "allocations": [] }));
     };
+    // What the kernel relayed since its last sync counts in the listing.
+    service.sync_kernel_counters();
     let now = std::time::Instant::now();
     service.with_server(|server| {
         let realms = &server.settings().realms;
