@@ -206,6 +206,32 @@ fn coturn_s_client_relays_over_channels_the_kernel_fast_path_carries() {
     // ... and the server counts it with what it relayed itself.
     assert!(m["ucmrc_turn_relayed_packets_total{direction=\"to_peer\"}"] >= kernel("turn_to_peer"));
     assert!(m["ucmrc_turn_relayed_packets_total{direction=\"to_client\"}"] >= kernel("turn_to_client"));
+    // The allocations listing brings the kernel's counters first: a
+    // channel's datagrams count there at once (the periodic sync is every
+    // half second).
+    let turn = r.turn_addr("udp");
+    let mut c = test_support::turn_client::Client::new(SECRET.as_bytes(), "turn.test", "wave-listed");
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sink.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    use relay_core::turn::proto::*;
+    let udp = (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]);
+    assert_eq!(c.ask(turn, Method::Allocate, std::slice::from_ref(&udp), None).0, Some(401));
+    assert_eq!(c.ask(turn, Method::Allocate, &[udp], None).0, None);
+    let bind = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x20, 0, 0]);
+    assert_eq!(c.ask(turn, Method::ChannelBind, &[bind], Some(sink.local_addr().expect("addr"))).0, None);
+    let mut buf = [0u8; 64];
+    for n in 0..5u8 {
+        c.channel_data(turn, 0x4020, &[n; 10]);
+        assert_eq!(sink.recv_from(&mut buf).expect("relayed").0, 10);
+    }
+    let listing = allocations(&r);
+    let mine = listing["allocations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|a| a["username"].as_str().is_some_and(|u| u.ends_with(":wave-listed")))
+        .cloned();
+    assert_eq!(mine.map(|a| a["to_peer"]["packets"].clone()), Some(5.into()), "{listing}");
     println!("TURN-KERNEL-NETNS-OK");
 }
 
