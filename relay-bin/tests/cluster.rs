@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use test_support::poll::wait_for;
 
 use relay_core::turn::proto::*;
-use relay_core::wire::stun::StunMessage;
 use test_support::redis_server::RedisServer;
 use test_support::turn_client::Client as TurnClient;
 use test_support::ucmrc::*;
@@ -75,16 +74,10 @@ fn a_killed_active_is_replaced_by_its_standby_with_every_session_and_comes_back_
     // peer (the standby answers no TURN).
     let (turn_a, turn_b) = (a.turn_addr("udp"), b.turn_addr("udp"));
     let mut wave = TurnClient::new(TURN_SECRET.as_bytes(), "turn.test", "wave-1");
-    let transport = (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]);
-    assert_eq!(wave.ask(turn_a, Method::Allocate, std::slice::from_ref(&transport), None).0, Some(401));
-    let (code, answer) = wave.ask(turn_a, Method::Allocate, &[transport], None);
-    assert_eq!(code, None);
-    let relayed = StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
+    let relayed = wave.allocate(turn_a, &[]);
     let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
     peer.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-    let peer_addr = peer.local_addr().expect("addr");
-    let channel = [(ATTR_CHANNEL_NUMBER, vec![0x40, 0x09, 0, 0])];
-    assert_eq!(wave.ask(turn_a, Method::ChannelBind, &channel, Some(peer_addr)).0, None);
+    wave.bind_channel(turn_a, 0x4009, peer.local_addr().expect("addr"));
     turn_round_trip(&wave, &peer, relayed, turn_a, 1);
     let refresh = wave.request(Method::Refresh, &[], None);
     wave.socket.send_to(&refresh, turn_b).expect("send");

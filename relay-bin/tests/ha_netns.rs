@@ -84,19 +84,7 @@ fn in_private_namespace(test: &str, scenario: fn()) {
     if std::env::var(CHILD).is_ok_and(|t| t == test) {
         return scenario();
     }
-    let exe = std::env::current_exe().expect("test binary");
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--"])
-        .arg(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD, test)
-        .output()
-        .expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(out.status.success(), "namespace run failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("HA-NETNS-OK"), "the scenario did not run:\n{stdout}\n{stderr}");
+    test_support::netns::rerun_in_namespaces(test, &["--net", "--mount"], (CHILD, test), "HA-NETNS-OK");
 }
 
 /// Hosts on one bridge: `name` gets 10.77.0.`n`.
@@ -481,25 +469,9 @@ fn in_namespace() {
         "wave-ha",
     );
     let turn_at: SocketAddr = format!("{VIP}:3478").parse().expect("addr");
-    let udp =
-        (relay_core::turn::proto::ATTR_REQUESTED_TRANSPORT, vec![relay_core::turn::proto::TRANSPORT_UDP, 0, 0, 0]);
-    assert_eq!(
-        wave.ask(turn_at, relay_core::turn::proto::Method::Allocate, std::slice::from_ref(&udp), None).0,
-        Some(401)
-    );
-    let (code, answer) = wave.ask(turn_at, relay_core::turn::proto::Method::Allocate, &[udp], None);
-    assert_eq!(code, None, "allocated");
-    let relayed = relay_core::wire::stun::StunMessage::parse(&answer)
-        .expect("stun")
-        .xor_address(relay_core::turn::proto::ATTR_XOR_RELAYED_ADDRESS)
-        .expect("relayed");
+    let relayed = wave.allocate(turn_at, &[]);
     assert_eq!(relayed.ip().to_string(), VIP, "relayed on the service address");
-    let bind = (
-        relay_core::turn::proto::ATTR_CHANNEL_NUMBER,
-        TURN_CHANNEL.to_be_bytes().iter().chain(&[0, 0]).copied().collect(),
-    );
-    let peer_at = turn_peer.local_addr().expect("addr");
-    assert_eq!(wave.ask(turn_at, relay_core::turn::proto::Method::ChannelBind, &[bind], Some(peer_at)).0, None);
+    wave.bind_channel(turn_at, TURN_CHANNEL, turn_peer.local_addr().expect("addr"));
     let mut turn_rounds = 0u8;
 
     let mut calls_media: Vec<PacedCall> = calls.iter().map(media).collect();

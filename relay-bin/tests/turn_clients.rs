@@ -178,18 +178,8 @@ fn coturn_s_client_relays_over_channels_the_kernel_fast_path_carries() {
     if std::env::var_os(NETNS_CHILD).is_none() {
         // Again in a private network namespace (as root; the tc program
         // attaches to that namespace's loopback, never the host's).
-        let exe = std::env::current_exe().expect("test binary");
         let test = "coturn_s_client_relays_over_channels_the_kernel_fast_path_carries";
-        let out = Command::new("unshare")
-            .args(["--net", "--"])
-            .arg(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(NETNS_CHILD, "1")
-            .output()
-            .expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "namespace run failed:\n{stdout}\n{stderr}");
-        assert!(stdout.contains("TURN-KERNEL-NETNS-OK"), "the scenario did not run:\n{stdout}\n{stderr}");
+        test_support::netns::rerun_in_namespaces(test, &["--net"], (NETNS_CHILD, "1"), "TURN-KERNEL-NETNS-OK");
         return;
     }
     test_support::netns::sh("ip link set lo up");
@@ -213,12 +203,8 @@ fn coturn_s_client_relays_over_channels_the_kernel_fast_path_carries() {
     let mut c = test_support::turn_client::Client::new(SECRET.as_bytes(), "turn.test", "wave-listed");
     let sink = UdpSocket::bind("127.0.0.1:0").expect("bind");
     sink.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-    use relay_core::turn::proto::*;
-    let udp = (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]);
-    assert_eq!(c.ask(turn, Method::Allocate, std::slice::from_ref(&udp), None).0, Some(401));
-    assert_eq!(c.ask(turn, Method::Allocate, &[udp], None).0, None);
-    let bind = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x20, 0, 0]);
-    assert_eq!(c.ask(turn, Method::ChannelBind, &[bind], Some(sink.local_addr().expect("addr"))).0, None);
+    c.allocate(turn, &[]);
+    c.bind_channel(turn, 0x4020, sink.local_addr().expect("addr"));
     let mut buf = [0u8; 64];
     for n in 0..5u8 {
         c.channel_data(turn, 0x4020, &[n; 10]);
@@ -522,19 +508,10 @@ fn sighup_rotates_turn_secrets_while_allocations_go_on() {
     // A Wave client holds an allocation with a channel across the reloads.
     let turn = r.turn_addr("udp");
     let mut wave = test_support::turn_client::Client::new(SECRET.as_bytes(), "turn.test", "wave-held");
-    let transport = (relay_core::turn::proto::ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
-    use relay_core::turn::proto::Method;
-    assert_eq!(wave.ask(turn, Method::Allocate, std::slice::from_ref(&transport), None).0, Some(401));
-    let (code, answer) = wave.ask(turn, Method::Allocate, &[transport], None);
-    assert_eq!(code, None);
-    let relayed = relay_core::wire::stun::StunMessage::parse(&answer)
-        .expect("stun")
-        .xor_address(relay_core::turn::proto::ATTR_XOR_RELAYED_ADDRESS)
-        .expect("relayed");
+    let relayed = wave.allocate(turn, &[]);
     let sink = UdpSocket::bind("127.0.0.1:0").expect("peer");
     sink.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-    let channel = [(relay_core::turn::proto::ATTR_CHANNEL_NUMBER, vec![0x40, 0x05, 0, 0])];
-    assert_eq!(wave.ask(turn, Method::ChannelBind, &channel, Some(sink.local_addr().expect("addr"))).0, None);
+    wave.bind_channel(turn, 0x4005, sink.local_addr().expect("addr"));
     let round_trip = |n: u8| {
         wave.channel_data(turn, 0x4005, &[n; 32]);
         let mut buf = [0u8; 64];
@@ -561,6 +538,10 @@ fn sighup_rotates_turn_secrets_while_allocations_go_on() {
     uclient(&r, &["-c"], NEW_SECRET, "after", Some(peer.addr), 10).assert_all_echoed(1, 10);
     round_trip(2);
     let lifetime = [(relay_core::turn::proto::ATTR_LIFETIME, 600u32.to_be_bytes().to_vec())];
-    assert_eq!(wave.ask(turn, Method::Refresh, &lifetime, None).0, None, "refreshed after the rotation");
+    assert_eq!(
+        wave.ask(turn, relay_core::turn::proto::Method::Refresh, &lifetime, None).0,
+        None,
+        "refreshed after the rotation"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -15,7 +15,6 @@ use relay_core::turn::auth::{NonceKey, RestSecrets};
 use relay_core::turn::proto::*;
 use relay_core::turn::service::{StreamLimits, TurnService};
 use relay_core::turn::*;
-use relay_core::wire::stun::StunMessage;
 use test_support::cluster::*;
 use test_support::poll::until;
 use test_support::redis_server::RedisServer;
@@ -87,16 +86,8 @@ async fn a_udp_allocation_survives_a_takeover_on_the_same_relayed_address() {
     let peer_addr = peer.local_addr().expect("addr");
     let c = tokio::task::spawn_blocking(move || {
         let mut c = Client::new(SECRET, REALM, "wave-ha");
-        let transport = (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]);
-        assert_eq!(c.ask(at_a, Method::Allocate, std::slice::from_ref(&transport), None).0, Some(401));
-        let (code, answer) = c.ask(at_a, Method::Allocate, &[transport], None);
-        assert_eq!(code, None);
-        let relayed =
-            StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
-        assert_eq!(
-            c.ask(at_a, Method::ChannelBind, &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0x07, 0, 0])], Some(peer_addr)).0,
-            None
-        );
+        let relayed = c.allocate(at_a, &[]);
+        c.bind_channel(at_a, 0x4007, peer_addr);
         (c, relayed)
     })
     .await

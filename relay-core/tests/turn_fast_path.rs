@@ -38,18 +38,7 @@ const SECRET: &[u8] = b"kernel-turn-secret-0001";
 
 /// Runs `test` of this binary again in a new network namespace (as root).
 fn in_new_namespace(test: &str) {
-    let exe = std::env::current_exe().expect("test binary");
-    let out = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("unshare (util-linux) runs the test in a new network namespace; CI runs as root");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "namespace run failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("TURN-EBPF-NETNS-OK"), "the scenario did not run:\n{stdout}\n{stderr}");
+    test_support::netns::rerun_in_namespaces(test, &["--net"], (CHILD, "1"), "TURN-EBPF-NETNS-OK");
 }
 
 fn in_child() -> bool {
@@ -247,15 +236,9 @@ async fn service_in_namespace() {
         let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
         peer.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
         let mut c = Client::new(SECRET, REALM, "wave-kernel");
-        let transport = (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]);
-        assert_eq!(c.ask(at, Method::Allocate, std::slice::from_ref(&transport), None).0, Some(401));
-        let (code, answer) = c.ask(at, Method::Allocate, &[transport], None);
-        assert_eq!(code, None, "allocated");
-        let relayed =
-            StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
+        let relayed = c.allocate(at, &[]);
         let peer_at = peer.local_addr().expect("addr");
-        let bind = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x07, 0, 0]);
-        assert_eq!(c.ask(at, Method::ChannelBind, std::slice::from_ref(&bind), Some(peer_at)).0, None);
+        c.bind_channel(at, 0x4007, peer_at);
         assert_eq!(svc.offloaded_allocations(), 1, "its channel went to the kernel");
         let start = fast2.lock().expect("fast path").outcomes().expect("outcomes");
 
@@ -349,19 +332,9 @@ async fn ipv6_service_in_namespace() {
         let peer = UdpSocket::bind("[::1]:0").expect("bind");
         peer.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
         let mut c = Client::bound("[::1]:0", SECRET, REALM, "wave-kernel-6");
-        let asks = [
-            (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]),
-            (ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
-        ];
-        assert_eq!(c.ask(at, Method::Allocate, &asks, None).0, Some(401));
-        let (code, answer) = c.ask(at, Method::Allocate, &asks, None);
-        assert_eq!(code, None, "allocated");
-        let relayed =
-            StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
+        let relayed = c.allocate(at, &[(ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])]);
         assert!(relayed.is_ipv6());
-        let peer_at = peer.local_addr().expect("addr");
-        let bind = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x09, 0, 0]);
-        assert_eq!(c.ask(at, Method::ChannelBind, std::slice::from_ref(&bind), Some(peer_at)).0, None);
+        c.bind_channel(at, 0x4009, peer.local_addr().expect("addr"));
         let start = fast.lock().expect("fast path").outcomes().expect("outcomes");
         let mut buf = [0u8; 2048];
         for n in 0..50usize {
@@ -432,9 +405,7 @@ async fn wildcard_in_namespace() {
         assert_eq!((code, c.last_source()), (None, Some(at)), "allocated, answered from the address asked");
         let relayed =
             StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed");
-        let peer_at = peer.local_addr().expect("addr");
-        let bind = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x11, 0, 0]);
-        assert_eq!(c.ask(at, Method::ChannelBind, std::slice::from_ref(&bind), Some(peer_at)).0, None);
+        c.bind_channel(at, 0x4011, peer.local_addr().expect("addr"));
         let start = fast.lock().expect("fast path").outcomes().expect("outcomes");
         let mut buf = [0u8; 2048];
         for n in 0..20u8 {

@@ -32,3 +32,26 @@ pub fn socket_in(netns: &str, bind: &str, timeout: Duration) -> UdpSocket {
     .join()
     .expect("namespace thread")
 }
+
+/// Runs test `test` of the running test binary again inside new
+/// namespaces (`unshare` with `namespaces`, e.g. `["--net"]`; as root),
+/// with the environment variable `child.0` set to `child.1` so the run
+/// knows it is the inner one, and fails unless it passed and printed
+/// `marker` (a filtered-out scenario must not pass silently). The inner
+/// run's stderr is shown (takeover gaps and the like).
+pub fn rerun_in_namespaces(test: &str, namespaces: &[&str], child: (&str, &str), marker: &str) {
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("unshare")
+        .args(namespaces)
+        .arg("--")
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(child.0, child.1)
+        .output()
+        .expect("unshare (util-linux) runs the test in new namespaces; CI runs as root");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "namespace run failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(marker), "the scenario did not run:\n{stdout}\n{stderr}");
+}

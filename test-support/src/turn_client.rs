@@ -105,6 +105,24 @@ impl Client {
         }
     }
 
+    /// A UDP allocation on `server` (with `extra` attributes, e.g.
+    /// REQUESTED-ADDRESS-FAMILY): the 401 challenge, then the signed
+    /// Allocate, which must succeed; returns the relayed address.
+    pub fn allocate(&mut self, server: SocketAddr, extra: &[(u16, Vec<u8>)]) -> SocketAddr {
+        let mut attrs = vec![(ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0])];
+        attrs.extend_from_slice(extra);
+        assert_eq!(self.ask(server, Method::Allocate, &attrs, None).0, Some(401), "challenged first");
+        let (code, answer) = self.ask(server, Method::Allocate, &attrs, None);
+        assert_eq!(code, None, "allocated");
+        StunMessage::parse(&answer).expect("stun").xor_address(ATTR_XOR_RELAYED_ADDRESS).expect("relayed address")
+    }
+
+    /// Binds `channel` to `peer` on `server`; the ChannelBind must succeed.
+    pub fn bind_channel(&mut self, server: SocketAddr, channel: u16, peer: SocketAddr) {
+        let number = (ATTR_CHANNEL_NUMBER, [channel.to_be_bytes(), [0, 0]].concat());
+        assert_eq!(self.ask(server, Method::ChannelBind, &[number], Some(peer)).0, None, "channel bound");
+    }
+
     /// ChannelData to `server` on `channel`.
     pub fn channel_data(&self, server: SocketAddr, channel: u16, data: &[u8]) {
         let mut cd = ChannelData::header(channel, data.len()).to_vec();
