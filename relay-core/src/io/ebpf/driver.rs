@@ -42,9 +42,21 @@ impl std::fmt::Debug for OffloadDriver {
 
 /// A specific address (the kernel matches real packet addresses, never a
 /// wildcard bind), IPv4-mapped IPv6 as IPv4.
-fn specific(a: SocketAddr) -> Option<SocketAddr> {
+pub(super) fn specific(a: SocketAddr) -> Option<SocketAddr> {
     let a = crate::peer::canonical(a);
     (!a.ip().is_unspecified()).then_some(a)
+}
+
+/// How a datagram the kernel forwards reaches `to`: a destination on this
+/// host (one of `local_addrs`, or loopback) is delivered by the stack; any
+/// other leaves through the interface the routing table picks for it (a
+/// LAN leg and an internet leg may be on different interfaces).
+/// `None`: unroutable (the route stays in userspace).
+pub(super) fn next_hop(to: SocketAddr, local_addrs: &[std::net::IpAddr]) -> Option<NextHop> {
+    if to.ip().is_loopback() || local_addrs.contains(&to.ip()) {
+        return Some(NextHop::Local);
+    }
+    crate::io::sys::egress_ifindex(to).map(NextHop::Interface)
 }
 
 fn to_offload(s: RouteStats, now_mono: Option<Duration>) -> OffloadStats {
@@ -118,19 +130,7 @@ impl OffloadDriver {
                     if [from, via, to].iter().any(|a| a.is_ipv4() != local.is_ipv4()) {
                         continue;
                     }
-                    // A destination on this host is delivered by the stack;
-                    // any other leaves through the interface the routing
-                    // table picks for it (a LAN leg and an internet leg may
-                    // be on different interfaces). Unroutable: userspace.
-                    let local_dst = to.ip().is_loopback() || self.local_addrs.contains(&to.ip());
-                    let next_hop = if local_dst {
-                        NextHop::Local
-                    } else {
-                        match crate::io::sys::egress_ifindex(to) {
-                            Some(i) => NextHop::Interface(i),
-                            None => continue,
-                        }
-                    };
+                    let Some(next_hop) = next_hop(to, &self.local_addrs) else { continue };
                     let route = Route {
                         local,
                         from,

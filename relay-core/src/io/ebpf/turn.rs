@@ -277,21 +277,21 @@ fn entries(r: &ChannelRoute) -> Option<Entries> {
     let (to_client_flags, to_client_if) = hop(r.to_client);
     let (channel, slot) = (r.channel.to_be(), r.slot);
     let port = |a: SocketAddr| a.port().to_be();
-    use SocketAddr::{V4, V6};
-    match (r.client, r.listener, r.relayed, r.peer) {
-        (V4(c), V4(l), V4(rl), V4(p)) => {
-            let a = |a: SocketAddrV4| u32::from_ne_bytes(a.ip().octets());
-            let kin = TurnInKey {
-                client_addr: a(c),
-                listener_addr: a(l),
+    // Both families' structs have the same fields; only the addresses'
+    // type differs (network-order `u32`, or 16 bytes).
+    macro_rules! family {
+        ($variant:ident, $kin:ident, $vin:ident, $kout:ident, $vout:ident, $client:expr, $listener:expr, $relayed:expr, $peer:expr) => {{
+            let kin = $kin {
+                client_addr: $client,
+                listener_addr: $listener,
                 client_port: port(r.client),
                 listener_port: port(r.listener),
                 channel,
                 pad: 0,
             };
-            let vin = TurnInValue {
-                relay_addr: a(rl),
-                peer_addr: a(p),
+            let vin = $vin {
+                relay_addr: $relayed,
+                peer_addr: $peer,
                 relay_port: port(r.relayed),
                 peer_port: port(r.peer),
                 slot,
@@ -301,10 +301,10 @@ fn entries(r: &ChannelRoute) -> Option<Entries> {
                 until_ns,
             };
             let kout =
-                TurnOutKey { peer_addr: a(p), relay_addr: a(rl), peer_port: port(r.peer), relay_port: port(r.relayed) };
-            let vout = TurnOutValue {
-                listener_addr: a(l),
-                client_addr: a(c),
+                $kout { peer_addr: $peer, relay_addr: $relayed, peer_port: port(r.peer), relay_port: port(r.relayed) };
+            let vout = $vout {
+                listener_addr: $listener,
+                client_addr: $client,
                 listener_port: port(r.listener),
                 client_port: port(r.client),
                 channel,
@@ -313,47 +313,18 @@ fn entries(r: &ChannelRoute) -> Option<Entries> {
                 out_ifindex: to_client_if,
                 until_ns,
             };
-            Some(Entries::V4(kin, vin, kout, vout))
+            Some(Entries::$variant(kin, vin, kout, vout))
+        }};
+    }
+    use SocketAddr::{V4, V6};
+    match (r.client, r.listener, r.relayed, r.peer) {
+        (V4(c), V4(l), V4(rl), V4(p)) => {
+            let a = |a: SocketAddrV4| u32::from_ne_bytes(a.ip().octets());
+            family!(V4, TurnInKey, TurnInValue, TurnOutKey, TurnOutValue, a(c), a(l), a(rl), a(p))
         }
         (V6(c), V6(l), V6(rl), V6(p)) => {
             let a = |a: SocketAddrV6| a.ip().octets();
-            let kin = Turn6InKey {
-                client_addr: a(c),
-                listener_addr: a(l),
-                client_port: port(r.client),
-                listener_port: port(r.listener),
-                channel,
-                pad: 0,
-            };
-            let vin = Turn6InValue {
-                relay_addr: a(rl),
-                peer_addr: a(p),
-                relay_port: port(r.relayed),
-                peer_port: port(r.peer),
-                slot,
-                out_ifindex: to_peer_if,
-                flags: to_peer_flags,
-                pad: 0,
-                until_ns,
-            };
-            let kout = Turn6OutKey {
-                peer_addr: a(p),
-                relay_addr: a(rl),
-                peer_port: port(r.peer),
-                relay_port: port(r.relayed),
-            };
-            let vout = Turn6OutValue {
-                listener_addr: a(l),
-                client_addr: a(c),
-                listener_port: port(r.listener),
-                client_port: port(r.client),
-                channel,
-                flags: to_client_flags,
-                slot,
-                out_ifindex: to_client_if,
-                until_ns,
-            };
-            Some(Entries::V6(kin, vin, kout, vout))
+            family!(V6, Turn6InKey, Turn6InValue, Turn6OutKey, Turn6OutValue, a(c), a(l), a(rl), a(p))
         }
         _ => None,
     }

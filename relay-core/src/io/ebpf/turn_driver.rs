@@ -18,7 +18,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{ChannelRoute, FastPath, NextHop, TurnBucket, TurnCounters, MAX_TURN_SLOTS};
+use super::driver::{next_hop, specific};
+use super::{ChannelRoute, FastPath, TurnBucket, TurnCounters, MAX_TURN_SLOTS};
 use crate::turn::offload::{ChannelOffload, OffloadCounts};
 use crate::turn::RelayId;
 
@@ -54,13 +55,6 @@ impl std::fmt::Debug for TurnOffloadDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TurnOffloadDriver").field("allocations", &self.held.len()).finish_non_exhaustive()
     }
-}
-
-/// A specific address (the kernel matches real packet addresses, never a
-/// wildcard bind), IPv4-mapped IPv6 as IPv4.
-fn specific(a: SocketAddr) -> Option<SocketAddr> {
-    let a = crate::peer::canonical(a);
-    (!a.ip().is_unspecified()).then_some(a)
 }
 
 fn to_counts(c: TurnCounters) -> OffloadCounts {
@@ -108,14 +102,6 @@ impl TurnOffloadDriver {
         self.fast.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// How a datagram to `to` leaves; `None`: unroutable (userspace).
-    fn next_hop(&self, to: SocketAddr) -> Option<NextHop> {
-        if to.ip().is_loopback() || self.local_addrs.contains(&to.ip()) {
-            return Some(NextHop::Local);
-        }
-        crate::io::sys::egress_ifindex(to).map(NextHop::Interface)
-    }
-
     fn take_slot(&mut self) -> Option<u32> {
         if let Some(s) = self.free_slots.pop() {
             return Some(s);
@@ -139,7 +125,7 @@ impl TurnOffloadDriver {
         now: Instant,
     ) -> Option<u64> {
         let Some(mono) = super::driver::monotonic() else { return o.budget };
-        let until = mono + o.until.saturating_duration_since(now);
+        let until = mono.saturating_add(o.until.saturating_duration_since(now));
         let listener = self
             .listeners
             .get(usize::from(o.client.listener))
@@ -157,7 +143,10 @@ impl TurnOffloadDriver {
         if [listener, relayed, peer].iter().any(|a| a.is_ipv4() != client.is_ipv4()) {
             return o.budget;
         }
-        let (Some(to_peer), Some(to_client)) = (self.next_hop(peer), self.next_hop(client)) else { return o.budget };
+        let (Some(to_peer), Some(to_client)) = (next_hop(peer, &self.local_addrs), next_hop(client, &self.local_addrs))
+        else {
+            return o.budget;
+        };
         let fresh = !self.held.contains_key(&o.relay);
         if fresh {
             let Some(slot) = self.take_slot() else { return o.budget };
