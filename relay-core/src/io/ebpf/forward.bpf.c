@@ -246,11 +246,22 @@ static __always_inline int drop_over_rate(struct fwd_stats *st)
 	return outcome(OUT_OVER_RATE, TC_ACT_SHOT);
 }
 
-// Counts a rewritten datagram and sends it on. A destination on this host
+// Sends a rewritten datagram on, counted as `forwarded`. A destination on this host
 // (loopback, a local namespace): the stack delivers it to its socket.
 // Otherwise out of the interface toward it, the kernel's routing and
 // neighbour tables choosing the next hop and filling in the MACs, as for
 // the relay's own sends (no IP forwarding involved).
+static __always_inline int deliver_or_redirect(struct __sk_buff *skb, __u16 flags, __u32 out_ifindex,
+					       __u32 forwarded)
+{
+	if (flags & FLAG_LOCAL)
+		return outcome(forwarded, TC_ACT_OK);
+	__u32 ifindex = out_ifindex ? out_ifindex : skb->ingress_ifindex;
+	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
+	return outcome(rc == TC_ACT_REDIRECT ? forwarded : OUT_NO_NEXT_HOP, rc);
+}
+
+// Counts a forwarded media datagram on its route and sends it on.
 static __always_inline int send_on(struct __sk_buff *skb, struct fwd_stats *st, __u64 len, __u64 now,
 				   __u16 flags, __u32 out_ifindex)
 {
@@ -259,11 +270,7 @@ static __always_inline int send_on(struct __sk_buff *skb, struct fwd_stats *st, 
 		st->bytes += len;
 		st->last_ns = now;
 	}
-	if (flags & FLAG_LOCAL)
-		return outcome(OUT_FORWARDED, TC_ACT_OK);
-	__u32 ifindex = out_ifindex ? out_ifindex : skb->ingress_ifindex;
-	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
-	return outcome(rc == TC_ACT_REDIRECT ? OUT_FORWARDED : OUT_NO_NEXT_HOP, rc);
+	return deliver_or_redirect(skb, flags, out_ifindex, OUT_FORWARDED);
 }
 
 static __always_inline int forward_v6(struct __sk_buff *skb);
@@ -730,16 +737,6 @@ static __always_inline int move_payload(struct __sk_buff *skb, __u32 from, __u32
 	return bpf_skb_store_bytes(skb, to, s->bytes, size, 0) < 0 ? -1 : 0;
 }
 
-// Delivers or redirects a rewritten TURN datagram (as send_on).
-static __always_inline int turn_send(struct __sk_buff *skb, __u16 flags, __u32 out_ifindex, __u32 forwarded)
-{
-	if (flags & FLAG_LOCAL)
-		return outcome(forwarded, TC_ACT_OK);
-	__u32 ifindex = out_ifindex ? out_ifindex : skb->ingress_ifindex;
-	long rc = bpf_redirect_neigh(ifindex, 0, 0, 0);
-	return outcome(rc == TC_ACT_REDIRECT ? forwarded : OUT_NO_NEXT_HOP, rc);
-}
-
 // turn_admit's "relay it" (no tc action has this value).
 #define TURN_GO 0x7fff
 
@@ -928,7 +925,7 @@ static __always_inline int turn_finish(struct __sk_buff *skb, int v6, struct tur
 			st->to_client_bytes += data;
 		}
 	}
-	return turn_send(skb, w->flags, w->out_ifindex, to_peer ? OUT_TURN_TO_PEER : OUT_TURN_TO_CLIENT);
+	return deliver_or_redirect(skb, w->flags, w->out_ifindex, to_peer ? OUT_TURN_TO_PEER : OUT_TURN_TO_CLIENT);
 }
 
 // ChannelData from a client (`len` bytes at `pay_off`, header words `cd`):
