@@ -66,8 +66,9 @@ struct TurnArgs {
     /// Payload bytes per datagram.
     #[arg(long, default_value_t = 160)]
     payload: usize,
-    /// Allocations set up at once.
-    #[arg(long, default_value_t = 16)]
+    /// Allocations in flight at once while they are set up (one thread
+    /// drives them all).
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// The server's pid: its CPU time and memory are read from /proc.
     #[arg(long)]

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use relay_core::io::batch_send::{BatchSender, Outgoing};
 use relay_core::io::sys::{Epoll, MsgBatch, Received};
-use relay_core::turn::auth::{long_term_key_md5, RestSecrets};
 use relay_core::turn::proto::*;
 use relay_core::wire::stun::{StunClass, StunMessage, ATTR_USERNAME};
 use relay_core::wire::stun_writer::{StunWriter, ATTR_ERROR_CODE};
@@ -26,6 +25,8 @@ use serde::Serialize;
 
 use crate::packet;
 use crate::stats::SeqTracker;
+
+mod setup;
 
 /// The channel every allocation binds to its peer.
 const CHANNEL: u16 = 0x4000;
@@ -47,7 +48,7 @@ pub struct TurnOptions {
     pub duration: Duration,
     /// Payload bytes.
     pub payload: usize,
-    /// Allocations set up at once (threads).
+    /// Allocations in flight at once while they are set up (one thread).
     pub concurrency: usize,
     /// The server's pid (its CPU time and memory are read).
     pub server_pid: Option<u32>,
@@ -164,55 +165,6 @@ fn signed(method: Method, txid: [u8; 12], attrs: &[(u16, Vec<u8>)], c: &Credenti
     w.finish()
 }
 
-/// One allocation: challenge, Allocate, ChannelBind to `peer`.
-fn allocate(server: SocketAddr, secrets: &RestSecrets, user: &str, txid: &mut u32) -> Result<Allocation, String> {
-    let client = bind()?;
-    let peer = bind()?;
-    let mut next = || {
-        *txid = txid.wrapping_add(1);
-        let mut t = [0u8; 12];
-        t[..4].copy_from_slice(&txid.to_be_bytes());
-        t[4..8].copy_from_slice(&fastrand::u32(..).to_be_bytes());
-        t
-    };
-    let transport = (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]);
-    let mut first = StunWriter::new(message_type(Method::Allocate, StunClass::Request), next());
-    first.attribute(transport.0, &transport.1);
-    let challenge = transact(&client, server, &first.finish())?;
-    let challenge = StunMessage::parse(&challenge).map_err(|e| e.to_string())?;
-    let (Some(realm), Some(nonce)) = (text(&challenge, ATTR_REALM), text(&challenge, ATTR_NONCE)) else {
-        return Err("no challenge".into());
-    };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (username, password) = secrets.issue(user, now, Duration::from_secs(3600)).ok_or("cannot issue")?;
-    let c = Credentials { key: long_term_key_md5(&username, &realm, &password), username, realm, nonce };
-    let answer = transact(&client, server, &signed(Method::Allocate, next(), &[transport], &c))?;
-    let msg = StunMessage::parse(&answer).map_err(|e| e.to_string())?;
-    if let Some(code) = error_code(&msg) {
-        return Err(format!("Allocate: {code}"));
-    }
-    let relayed = msg.xor_address(ATTR_XOR_RELAYED_ADDRESS).ok_or("no relayed address")?;
-    let peer_addr = peer.local_addr().map_err(|e| e.to_string())?;
-    // The attribute's value is XORed with this request's transaction id.
-    let bind_txid = next();
-    let mut req = StunWriter::new(message_type(Method::ChannelBind, StunClass::Request), bind_txid);
-    req.xor_address(ATTR_XOR_PEER_ADDRESS, peer_addr);
-    let written = req.finish();
-    let peer_value = StunMessage::parse(&written)
-        .ok()
-        .and_then(|m| m.attribute(ATTR_XOR_PEER_ADDRESS).map(|a| a.value.to_vec()))
-        .ok_or("peer address")?;
-    let attrs = [(ATTR_CHANNEL_NUMBER, vec![0x40, 0x00, 0, 0]), (ATTR_XOR_PEER_ADDRESS, peer_value)];
-    let answer = transact(&client, server, &signed(Method::ChannelBind, bind_txid, &attrs, &c))?;
-    let msg = StunMessage::parse(&answer).map_err(|e| e.to_string())?;
-    if let Some(code) = error_code(&msg) {
-        return Err(format!("ChannelBind: {code}"));
-    }
-    client.set_nonblocking(true).map_err(|e| e.to_string())?;
-    peer.set_nonblocking(true).map_err(|e| e.to_string())?;
-    Ok(Allocation { client: Arc::new(client), peer: Arc::new(peer), relayed, credentials: c })
-}
-
 /// Deletes an allocation (Refresh with LIFETIME 0), so that a later run
 /// whose sockets reuse these ports finds no allocation on its 5-tuples.
 fn release(server: SocketAddr, a: &Allocation) {
@@ -232,58 +184,12 @@ fn release_all(server: SocketAddr, allocations: &[Allocation], threads: usize) {
     });
 }
 
-/// What one setup thread allocated (with each allocation's index), and
-/// the error that stopped it.
-type ThreadSetup = (Vec<(usize, Allocation)>, Option<String>);
-
-/// Makes `n` allocations on `concurrency` threads.
-fn allocate_all(opts: &TurnOptions) -> Result<Vec<Allocation>, String> {
-    let secrets = RestSecrets::new(vec![opts.secret.as_bytes().to_vec()]);
-    let threads = opts.concurrency.clamp(1, 64);
-    let results: Vec<ThreadSetup> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let secrets = secrets.clone();
-                s.spawn(move || {
-                    let mut mine = Vec::new();
-                    let mut txid = (t as u32) << 24;
-                    for i in (t..opts.allocations).step_by(threads) {
-                        match allocate(opts.server, &secrets, &format!("load{i}"), &mut txid) {
-                            Ok(a) => mine.push((i, a)),
-                            Err(e) => return (mine, Some(e)),
-                        }
-                    }
-                    (mine, None)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| (Vec::new(), Some("a setup thread panicked".into()))))
-            .collect()
-    });
-    let mut all = Vec::with_capacity(opts.allocations);
-    let mut failure = None;
-    for (made, error) in results {
-        all.extend(made);
-        failure = failure.or(error);
-    }
-    all.sort_by_key(|(i, _)| *i);
-    let all: Vec<Allocation> = all.into_iter().map(|(_, a)| a).collect();
-    if let Some(e) = failure {
-        // Leave nothing behind for the next run.
-        release_all(opts.server, &all, threads);
-        return Err(format!("{e} (after {} allocations)", all.len()));
-    }
-    Ok(all)
-}
-
 /// Runs the load (see the module docs).
 pub fn run(opts: &TurnOptions) -> Result<TurnReport, String> {
     let cpu0 = opts.server_pid.and_then(process_cpu_ns);
     let rss0 = opts.server_pid.and_then(process_rss);
     let t0 = Instant::now();
-    let allocations = allocate_all(opts)?;
+    let allocations = setup::allocate_all(opts)?;
     let setup_secs = t0.elapsed().as_secs_f64();
     let cpu1 = opts.server_pid.and_then(process_cpu_ns);
     let rss1 = opts.server_pid.and_then(process_rss);
