@@ -227,7 +227,7 @@ fn warn_if_world_readable(path: &Path) {
 pub fn run(cfg: ConnectConfig) -> Result<(), String> {
     crate::daemon::init_logging(&cfg.file.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(crate::daemon::control_workers())
         .thread_name("ucmrc-connect")
         .enable_all()
         .build()

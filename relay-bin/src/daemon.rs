@@ -41,6 +41,16 @@ pub fn init_logging(log: &crate::config::LogSection) {
     }
 }
 
+/// Threads of the runtime that serves everything but the media shards
+/// (control, tunnels, admin, ng, TURN): two, or one when the process may
+/// run on one CPU only. Two workers pinned to one CPU hand every spawned or
+/// woken task to each other — a context switch each time: TURN's
+/// allocation cost doubled that way (docs/PERFORMANCE.md, "TURN allocation
+/// rate").
+pub(crate) fn control_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(2))
+}
+
 /// Runs until SIGTERM (after draining) or SIGINT.
 pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     init_logging(&cfg.file.log);
@@ -55,7 +65,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let handle = relay.handle();
     apply_quotas(&handle, &cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(control_workers())
         .thread_name("ucmrc-control")
         .enable_all()
         .build()
@@ -707,5 +717,20 @@ async fn drain(
         },
         _ = term.recv() => tracing::warn!("second SIGTERM during the drain: exiting now"),
         _ = int.recv() => tracing::warn!("SIGINT during the drain: exiting now"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::control_workers;
+
+    #[test]
+    fn a_process_on_one_cpu_runs_one_control_worker() {
+        std::thread::spawn(|| {
+            relay_core::io::pin_current_thread(0).expect("pin to CPU 0");
+            assert_eq!(control_workers(), 1);
+        })
+        .join()
+        .expect("the pinned thread");
     }
 }
