@@ -78,11 +78,12 @@ impl Default for SocketOptions {
 pub fn bind_udp(ip: IpAddr, port: u16, options: &SocketOptions) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if ip.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
-    let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    // Non-blocking from the start: no fcntl round trip per socket (TURN
+    // opens one per allocation).
+    let sock = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
     if ip.is_ipv6() && ip.is_unspecified() {
         sock.set_only_v6(false)?;
     }
-    sock.set_nonblocking(true)?;
     if options.recv_buffer > 0 {
         sys::set_large_recv_buffer(&sock, options.recv_buffer)?;
     }

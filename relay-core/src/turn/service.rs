@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::allocation::{ClientKey, RelayId, Transport};
 use super::connections::ConnectionId;
-use super::proto::CHANNEL_HEADER_LEN;
+use super::proto::{Family, CHANNEL_HEADER_LEN};
 use super::server::{ClientOutput, Command, PeerOutput, TurnNow, TurnServer};
 use super::stats::TurnStats;
 use crate::framing::Framing;
@@ -484,10 +484,12 @@ impl TurnService {
     }
 }
 
-/// `addr` as `socket` can send to it (IPv4 as mapped IPv6 on an IPv6 socket).
-fn for_socket(socket: &UdpSocket, addr: SocketAddr) -> SocketAddr {
-    match (socket.local_addr(), addr) {
-        (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+/// `addr` as a socket of the family `v6` can send to it (IPv4 as mapped
+/// IPv6 on an IPv6 socket). The family is the caller's knowledge, not a
+/// `getsockname` per datagram.
+fn for_family(v6: bool, addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if v6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
         _ => addr,
     }
 }
@@ -498,8 +500,8 @@ fn for_socket(socket: &UdpSocket, addr: SocketAddr) -> SocketAddr {
 /// tokio's own `try_send_to` refuses until its reactor has seen the socket
 /// writable, which a socket just opened for an allocation has not — its
 /// first datagram was lost that way.
-fn send_udp(shared: &Mutex<Shared>, socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    let to = socket2::SockAddr::from(for_socket(socket, to));
+fn send_udp(shared: &Mutex<Shared>, socket: &UdpSocket, v6: bool, bytes: &[u8], to: SocketAddr) {
+    let to = socket2::SockAddr::from(for_family(v6, to));
     if socket2::SockRef::from(socket).send_to(bytes, &to).is_err() {
         lock(shared).send_failures += 1;
     }
@@ -515,7 +517,7 @@ fn send_from_listener(shared: &Mutex<Shared>, l: &Listener, bytes: &[u8], to: So
                 lock(shared).send_failures += 1;
             }
         }
-        None => send_udp(shared, &l.socket, bytes, to),
+        None => send_udp(shared, &l.socket, l.v6, bytes, to),
     }
 }
 
@@ -583,9 +585,9 @@ fn handle_client_message(
     apply(shared, udp, commands);
     let mut bound = None;
     match out {
-        ClientOutput::Relay { peer, payload, .. } => {
+        ClientOutput::Relay { relay: id, peer, payload } => {
             if let Some(relay) = relay_socket {
-                send_udp(shared, &relay, &message[payload], peer);
+                send_udp(shared, &relay, id.family == Family::V6, &message[payload], peer);
             }
         }
         ClientOutput::Reply(answer) => deliver(shared, udp, client, &answer, false, local),
@@ -945,15 +947,21 @@ fn end_connection(shared: &Mutex<Shared>, id: ConnectionId) {
     s.server.handle_connection_closed(id);
 }
 
+thread_local! {
+    /// Where relayed ports receive, behind room for a ChannelData header:
+    /// one per runtime thread, not one per allocation (a relayed port's
+    /// task never awaits while it holds it).
+    static PEER_BUFFER: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0u8; CHANNEL_HEADER_LEN + MAX_PEER_DATAGRAM]);
+}
+
 async fn serve_relay(shared: Arc<Mutex<Shared>>, udp: Listeners, socket: Arc<UdpSocket>, relay: RelayId) {
-    // Received behind room for a ChannelData header.
-    let mut buf = vec![0u8; CHANNEL_HEADER_LEN + MAX_PEER_DATAGRAM];
     loop {
         if socket.readable().await.is_err() {
             tokio::task::yield_now().await;
             continue;
         }
-        loop {
+        PEER_BUFFER.with_borrow_mut(|buf| loop {
             let (n, from) = match socket.try_recv_from(&mut buf[CHANNEL_HEADER_LEN..]) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -963,8 +971,8 @@ async fn serve_relay(shared: Arc<Mutex<Shared>>, udp: Listeners, socket: Arc<Udp
                 lock(&shared).oversize_drops += 1;
                 continue;
             }
-            relay_peer_datagram(&shared, &udp, relay, from, &mut buf, n);
-        }
+            relay_peer_datagram(&shared, &udp, relay, from, buf, n);
+        });
     }
 }
 
