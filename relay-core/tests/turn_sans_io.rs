@@ -427,6 +427,77 @@ fn send_indications_and_channel_data_are_relayed_both_ways_byte_exact() {
 }
 
 #[test]
+fn a_client_splitting_its_traffic_between_kernel_channels_and_indications_gets_one_rate() {
+    const RATE: u64 = 10_000;
+    let limits = TurnLimits { bytes_per_second: RATE, burst_bytes: RATE, ..TurnLimits::default() };
+    let mut lab = Lab::with(limits, None);
+    let mut c = Client::rest("198.51.100.8:5000", "browser");
+    let relayed = c.relayed(&mut lab);
+    let relay = RelayId { family: Family::V4, port: relayed.port() };
+    let peer = addr("192.0.2.50:7000");
+    lab.server.enable_offload(lab.now().instant);
+    assert_eq!(c.bind(&mut lab, 0x4001, peer), None);
+    // The kernel takes the channel with the allocation's whole budget.
+    let budgets: Vec<Option<u64>> = lab
+        .commands()
+        .into_iter()
+        .filter_map(|cmd| match cmd {
+            Command::OffloadChannel(o) => Some(o.budget),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(budgets, [Some(RATE)], "one announcement, the budget handed over once");
+
+    let payload = [0x5au8; 1000];
+    let mut indication = |c: &mut Client| {
+        let txid = c.next_txid();
+        let mut w = StunWriter::new(message_type(Method::Send, StunClass::Indication), txid);
+        w.xor_address(ATTR_XOR_PEER_ADDRESS, peer).attribute(ATTR_DATA, &payload);
+        w.finish()
+    };
+    // The attack: channel traffic at the full rate in the kernel (its
+    // burst first), and Send indications offered at twice the rate on top,
+    // for ten seconds. The kernel reports every 500 ms.
+    let (mut kernel_bytes, mut userspace_bytes) = (0u64, 0u64);
+    for step in 0..20 {
+        let reported = if step == 0 { RATE + RATE / 2 } else { RATE / 2 };
+        lab.advance(Duration::from_millis(500));
+        lab.commands();
+        let counts = offload::OffloadCounts { to_peer_bytes: reported, to_peer_packets: 10, ..Default::default() };
+        lab.server.handle_offload_counts(lab.now().instant, relay, counts);
+        kernel_bytes += reported;
+        for _ in 0..10 {
+            let ind = indication(&mut c);
+            match lab.send(c.key, &ind) {
+                ClientOutput::Relay { payload: p, .. } => userspace_bytes += p.len() as u64,
+                ClientOutput::Drop(TurnDrop::RateLimited) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    // One rate for both paths: over 10 s, at most 10 s of rate, the two
+    // bursts and one report's lag — not a second rate for indications.
+    assert!(
+        kernel_bytes + userspace_bytes <= 10 * RATE + 2 * RATE + RATE / 2,
+        "kernel {kernel_bytes} + userspace {userspace_bytes} bytes in 10 s at {RATE} B/s"
+    );
+    assert!(lab.server.stats().drops(TurnDrop::RateLimited) >= 180, "the indications over the rate were dropped");
+    // Everything was counted as relayed, by either path.
+    assert_eq!(lab.server.stats().to_peer_bytes, kernel_bytes + userspace_bytes);
+
+    // The kernel goes quiet: once the debt is repaid, indications pass at
+    // the allocation's rate again.
+    lab.advance(Duration::from_secs(2));
+    let passed = (0..20)
+        .filter(|_| {
+            let ind = indication(&mut c);
+            matches!(lab.send(c.key, &ind), ClientOutput::Relay { .. })
+        })
+        .count();
+    assert!((1..=10).contains(&passed), "{passed} indications of 1 000 bytes after the debt was repaid");
+}
+
+#[test]
 fn internal_and_own_peers_are_forbidden_in_every_encoding_unless_allow_listed() {
     let mut lab = Lab::new();
     let mut c = Client::rest("198.51.100.10:5000", "probe");

@@ -22,17 +22,20 @@ pub(crate) fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d).or_else(|| now.checked_add(FAR)).unwrap_or(now)
 }
 
-/// A token bucket of bytes.
+/// A token bucket of bytes, which may owe bytes relayed elsewhere under
+/// its budget ([`charge`](Self::charge)).
 #[derive(Debug, Clone, Copy)]
 pub struct RateBucket {
     tokens: u64,
+    /// Bytes charged beyond what it held: refills repay them first.
+    owed: u64,
     at: Option<Instant>,
 }
 
 impl RateBucket {
     /// A full bucket (the first `burst` bytes pass at once).
     pub fn full(burst: u64) -> Self {
-        Self { tokens: burst, at: None }
+        Self { tokens: burst, owed: 0, at: None }
     }
 
     /// Refills at `per_second` up to `burst` since the last call.
@@ -43,7 +46,21 @@ impl RateBucket {
         };
         self.at = Some(now);
         let gained = (elapsed.as_micros().min(u128::from(u32::MAX)) as u64).saturating_mul(per_second) / 1_000_000;
-        self.tokens = self.tokens.saturating_add(gained).min(burst);
+        let repaid = gained.min(self.owed);
+        self.owed -= repaid;
+        self.tokens = self.tokens.saturating_add(gained - repaid).min(burst);
+    }
+
+    /// Charges `bytes` that were relayed elsewhere under this budget (the
+    /// kernel's share of one allocation, reported after the fact): taken
+    /// from what the bucket holds, the rest owed — later refills repay it
+    /// before anything passes here. So traffic split between two paths
+    /// gets one rate, not one each.
+    pub fn charge(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) {
+        self.refill(now, per_second, burst);
+        let held = bytes.min(self.tokens);
+        self.tokens -= held;
+        self.owed = self.owed.saturating_add(bytes - held);
     }
 
     /// Takes `bytes` when the bucket holds them.
@@ -84,10 +101,12 @@ impl RateBucket {
         std::mem::take(&mut self.tokens)
     }
 
-    /// Adds `bytes` (at most up to `burst`).
+    /// Adds `bytes` (a debt first, then at most up to `burst`).
     pub fn credit(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) {
         self.refill(now, per_second, burst);
-        self.tokens = self.tokens.saturating_add(bytes).min(burst);
+        let repaid = bytes.min(self.owed);
+        self.owed -= repaid;
+        self.tokens = self.tokens.saturating_add(bytes - repaid).min(burst);
     }
 }
 
@@ -133,6 +152,24 @@ impl SourceBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_charged_from_elsewhere_are_repaid_before_anything_passes() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (rate, burst) = (1_000, 1_000);
+        let mut b = RateBucket::full(burst);
+        // 2 500 bytes relayed elsewhere: the 1 000 held, 1 500 owed.
+        b.charge(at(0), 2_500, rate, burst);
+        assert!(!b.take(at(0), 1, rate, burst));
+        // 1.5 s of refill repays the debt and no more.
+        assert!(!b.take(at(1_499), 1, rate, burst), "still owing");
+        assert!(b.take(at(1_600), 100, rate, burst), "repaid, then 100 bytes of refill");
+        assert!(!b.take(at(1_600), 1, rate, burst));
+        // A debt repaid does not raise the bucket past its burst later.
+        assert!(b.take(at(10_000), 1_000, rate, burst));
+        assert!(!b.take(at(10_000), 1, rate, burst));
+    }
 
     #[test]
     fn a_paced_stream_waits_exactly_for_what_it_owes() {

@@ -13,9 +13,12 @@
 //!
 //! The allocation's byte budget moves with its first channel: the kernel's
 //! bucket starts with what this server's held, and this server's starts
-//! empty (it still refills at the allocation's rate for what stays in
-//! userspace — Send indications, expired routes — so a client splitting
-//! its traffic between both gets at most twice its rate).
+//! empty. This server's bucket still refills at the allocation's rate for
+//! what stays in userspace — Send indications, expired routes — and is
+//! charged what the kernel relayed at every report (every 500 ms), owing
+//! what it cannot pay: a client splitting one allocation's traffic between
+//! channels and indications gets one rate (plus one report's lag and the
+//! two bursts), not one per path.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -122,10 +125,16 @@ impl TurnServer {
         }
     }
 
-    /// What the kernel relayed for `relay`'s allocation (it may have ended
-    /// since: then only the totals count it).
-    pub fn handle_offload_counts(&mut self, relay: RelayId, counts: OffloadCounts) {
+    /// What the kernel relayed for `relay`'s allocation since the last
+    /// report: counted as relayed here, and paid for from the allocation's
+    /// budget (it may have ended since: then only the totals count it).
+    pub fn handle_offload_counts(&mut self, now: Instant, relay: RelayId, counts: OffloadCounts) {
+        let limits = self.settings.limits;
         if let Some(alloc) = self.allocations.get_mut(&relay) {
+            // One budget for both paths: what the kernel relayed is paid
+            // for here too.
+            let relayed = counts.to_peer_bytes.saturating_add(counts.to_client_bytes);
+            alloc.rate.charge(now, relayed, limits.bytes_per_second, limits.burst_bytes);
             alloc.to_peer.0 += counts.to_peer_packets;
             alloc.to_peer.1 += counts.to_peer_bytes;
             alloc.to_client.0 += counts.to_client_packets;

@@ -699,7 +699,7 @@ async fn write_stream<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiv
 fn sync_kernel(s: &mut Shared) {
     let Some(kernel) = s.kernel.as_mut() else { return };
     for (relay, counts) in kernel.poll_counts() {
-        s.server.handle_offload_counts(relay, counts);
+        s.server.handle_offload_counts(Instant::now(), relay, counts);
     }
 }
 
@@ -720,7 +720,7 @@ fn offload_channel(s: &mut Shared, o: super::offload::ChannelOffload) {
 fn end_offload(_s: &mut Shared, _relay: RelayId) {
     #[cfg(feature = "ebpf")]
     if let Some(counts) = _s.kernel.as_mut().and_then(|k| k.handle_end(_relay)) {
-        _s.server.handle_offload_counts(_relay, counts);
+        _s.server.handle_offload_counts(Instant::now(), _relay, counts);
     }
 }
 
