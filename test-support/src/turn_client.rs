@@ -97,12 +97,20 @@ impl Client {
                 continue; // data, or a late answer
             }
             self.last_source.set(Some(from));
-            let code = msg.attribute(ATTR_ERROR_CODE).map(|a| u16::from(a.value[2]) * 100 + u16::from(a.value[3]));
-            if let Some(nonce) = msg.attribute(ATTR_NONCE) {
-                self.nonce = String::from_utf8(nonce.value.to_vec()).expect("nonce");
-            }
-            return (code, buf[..n].to_vec());
+            return (self.handle_answer(&buf[..n]), buf[..n].to_vec());
         }
+    }
+
+    /// Takes the answer to the last request (one that came some other way:
+    /// a sans-IO server's reply): learns its nonce; returns its error code
+    /// (`None`: success).
+    pub fn handle_answer(&mut self, answer: &[u8]) -> Option<u16> {
+        let msg = StunMessage::parse(answer).expect("stun");
+        assert_eq!(msg.transaction_id(), [self.txid; 12], "the answer to the last request");
+        if let Some(nonce) = msg.attribute(ATTR_NONCE) {
+            self.nonce = String::from_utf8(nonce.value.to_vec()).expect("nonce");
+        }
+        msg.attribute(ATTR_ERROR_CODE).map(|a| u16::from(a.value[2]) * 100 + u16::from(a.value[3]))
     }
 
     /// A UDP allocation on `server` (with `extra` attributes, e.g.
