@@ -26,6 +26,7 @@ use libfuzzer_sys::fuzz_target;
 use relay_core::peer::{OwnAddresses, OwnEndpoint, PeerPolicy};
 use relay_core::turn::auth::{long_term_key_md5, NonceKey, RestSecrets};
 use relay_core::turn::proto::*;
+use relay_core::turn::offload::OffloadCounts;
 use relay_core::turn::*;
 use relay_core::wire::stun::{StunClass, ATTR_USERNAME};
 use relay_core::wire::stun_writer::StunWriter;
@@ -268,6 +269,17 @@ fuzz_target!(|data: &[u8]| {
             3 => {
                 elapsed += Duration::from_secs(u64::from(input.byte().unwrap_or(0)) * 7);
                 server.handle_timeout(t0 + elapsed);
+                // The kernel reports what it relayed for what it holds: counted
+                // exactly, and paid from the allocations' budgets.
+                let mut relays: Vec<RelayId> = kernel.offloaded.iter().copied().collect();
+                relays.sort_by_key(|r| r.port);
+                for relay in relays {
+                    let bytes = u64::from(input.byte().unwrap_or(0)).pow(4);
+                    let before = server.stats().to_client_bytes;
+                    let counts = OffloadCounts { to_client_packets: 1, to_client_bytes: bytes, ..Default::default() };
+                    server.handle_offload_counts(t0 + elapsed, relay, counts);
+                    assert_eq!(server.stats().to_client_bytes, before + bytes);
+                }
             }
             6 => {
                 // A peer dials a relayed TCP address.
