@@ -449,7 +449,7 @@ fn a_client_splitting_its_traffic_between_kernel_channels_and_indications_gets_o
     assert_eq!(budgets, [Some(RATE)], "one announcement, the budget handed over once");
 
     let payload = [0x5au8; 1000];
-    let mut indication = |c: &mut Client| {
+    let indication = |c: &mut Client| {
         let txid = c.next_txid();
         let mut w = StunWriter::new(message_type(Method::Send, StunClass::Indication), txid);
         w.xor_address(ATTR_XOR_PEER_ADDRESS, peer).attribute(ATTR_DATA, &payload);
