@@ -91,7 +91,7 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "api", feature = "tls", feature = "turn")))]
 mod tests {
     #[test]
     fn hex_is_two_lowercase_digits_per_byte() {
