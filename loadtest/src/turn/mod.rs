@@ -5,6 +5,9 @@
 //! every peer back through the relayed address, on one global schedule,
 //! every packet checked on arrival (stream, sequence, latency).
 //!
+//! An IPv6 server address makes it all IPv6: clients and peers on ::1,
+//! relayed addresses asked for with REQUESTED-ADDRESS-FAMILY.
+//!
 //! The server's CPU time (all its threads, `/proc/PID/task/*/schedstat`)
 //! and resident memory are read when its pid is given: CPU per relayed
 //! datagram and memory per allocation come from those.
@@ -116,11 +119,17 @@ struct Credentials {
     key: [u8; 16],
 }
 
-/// A blocking loopback socket with a large receive buffer.
-fn bind() -> Result<UdpSocket, String> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).map_err(|e| e.to_string())?;
+/// A blocking loopback socket of `server`'s family (127.0.0.1 or ::1)
+/// with a large receive buffer.
+fn bind(server: SocketAddr) -> Result<UdpSocket, String> {
+    let (domain, local) = if server.is_ipv6() {
+        (socket2::Domain::IPV6, SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)))
+    } else {
+        (socket2::Domain::IPV4, SocketAddr::from(([127, 0, 0, 1], 0)))
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None).map_err(|e| e.to_string())?;
     let _ = relay_core::io::sys::set_large_recv_buffer(&s, 1 << 20);
-    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).map_err(|e| format!("bind: {e}"))?;
+    s.bind(&local.into()).map_err(|e| format!("bind: {e}"))?;
     Ok(s.into())
 }
 

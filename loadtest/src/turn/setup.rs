@@ -65,9 +65,8 @@ impl Pending {
 
     /// Takes the answer to the request in flight; returns whether the
     /// allocation is complete.
-    fn handle_answer(&mut self, answer: &[u8], secrets: &RestSecrets) -> Result<bool, String> {
+    fn handle_answer(&mut self, answer: &[u8], server: SocketAddr, secrets: &RestSecrets) -> Result<bool, String> {
         let msg = StunMessage::parse(answer).map_err(|e| e.to_string())?;
-        let transport = (ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0]);
         match self.stage {
             Stage::Challenge => {
                 let (Some(realm), Some(nonce)) = (text(&msg, ATTR_REALM), text(&msg, ATTR_NONCE)) else {
@@ -78,7 +77,7 @@ impl Pending {
                 let (username, password) =
                     secrets.issue(&user, now, Duration::from_secs(3600)).ok_or("cannot issue")?;
                 let c = Credentials { key: long_term_key_md5(&username, &realm, &password), username, realm, nonce };
-                self.request = signed(Method::Allocate, txid(self.index, 1), &[transport], &c);
+                self.request = signed(Method::Allocate, txid(self.index, 1), &allocate_attributes(server), &c);
                 self.credentials = Some(c);
                 self.stage = Stage::Allocate;
                 Ok(false)
@@ -113,6 +112,16 @@ impl Pending {
     }
 }
 
+/// An Allocate's attributes: UDP, and an IPv6 relayed address when the
+/// server is reached over IPv6 (the default is IPv4).
+fn allocate_attributes(server: SocketAddr) -> Vec<(u16, Vec<u8>)> {
+    let mut attrs = vec![(ATTR_REQUESTED_TRANSPORT, vec![TRANSPORT_UDP, 0, 0, 0])];
+    if server.is_ipv6() {
+        attrs.push((ATTR_REQUESTED_ADDRESS_FAMILY, vec![0x02, 0, 0, 0]));
+    }
+    attrs
+}
+
 /// A transaction id unique in the run: the allocation's index, the step,
 /// and random bytes.
 fn txid(index: usize, step: u8) -> [u8; 12] {
@@ -141,12 +150,14 @@ fn channel_bind(peer: &UdpSocket, c: &Credentials, txid: [u8; 12]) -> Result<Vec
 
 /// Starts allocation `index`: its sockets, the unsigned Allocate.
 fn start(index: usize, server: SocketAddr, now: Instant) -> Result<Pending, String> {
-    let client = bind()?;
-    let peer = bind()?;
+    let client = bind(server)?;
+    let peer = bind(server)?;
     client.set_nonblocking(true).map_err(|e| e.to_string())?;
     peer.set_nonblocking(true).map_err(|e| e.to_string())?;
     let mut first = StunWriter::new(message_type(Method::Allocate, StunClass::Request), txid(index, 0));
-    first.attribute(ATTR_REQUESTED_TRANSPORT, &[TRANSPORT_UDP, 0, 0, 0]);
+    for (kind, value) in allocate_attributes(server) {
+        first.attribute(kind, &value);
+    }
     let mut p = Pending {
         index,
         client,
@@ -216,7 +227,7 @@ fn drive(
                 if from != opts.server || n < 20 || buf[8..20] != p.request[8..20] {
                     continue;
                 }
-                complete = p.handle_answer(&buf[..n], secrets)?;
+                complete = p.handle_answer(&buf[..n], opts.server, secrets)?;
                 if complete {
                     break;
                 }
