@@ -498,6 +498,38 @@ fn a_client_splitting_its_traffic_between_kernel_channels_and_indications_gets_o
 }
 
 #[test]
+fn repeated_requests_cost_no_kernel_map_writes_for_every_channel() {
+    let mut lab = Lab::new();
+    let mut c = Client::rest("198.51.100.8:5000", "browser");
+    c.relayed(&mut lab);
+    lab.server.enable_offload(lab.now().instant);
+    let announced =
+        |lab: &mut Lab| lab.commands().into_iter().filter(|cmd| matches!(cmd, Command::OffloadChannel(_))).count();
+    // 64 channels (the default cap), to peers on one address: each
+    // ChannelBind announces its own channel, not all of them again.
+    let peer = |i: u16| addr(&format!("192.0.2.50:{}", 7000 + i));
+    for i in 0..64 {
+        assert_eq!(c.bind(&mut lab, 0x4000 + i, peer(i)), None);
+    }
+    assert_eq!(announced(&mut lab), 64, "one announcement per channel bound");
+
+    // The attack: CreatePermission for their address, 100 times in 10 s.
+    // Each moves every channel's deadline (the permission's) a little.
+    let mut flood = 0;
+    for _ in 0..100 {
+        lab.advance(Duration::from_millis(100));
+        assert_eq!(c.permit(&mut lab, peer(0)), None);
+        flood += announced(&mut lab);
+    }
+    assert!(flood <= 64, "{flood} announcements (map writes for 64 channels each) for 100 repeated requests");
+
+    // A deadline that moves materially is announced: the kernel follows.
+    lab.advance(Duration::from_secs(60));
+    assert_eq!(c.permit(&mut lab, peer(0)), None);
+    assert_eq!(announced(&mut lab), 64, "every channel's route extended");
+}
+
+#[test]
 fn internal_and_own_peers_are_forbidden_in_every_encoding_unless_allow_listed() {
     let mut lab = Lab::new();
     let mut c = Client::rest("198.51.100.10:5000", "probe");

@@ -147,6 +147,9 @@ pub struct Allocation {
     pub to_client: (u64, u64),
     /// Whether its channels went to the kernel (its byte budget with them).
     pub offloaded: bool,
+    /// The route last announced to the kernel for each channel: (number,
+    /// peer, deadline).
+    pub(crate) announced: Vec<(u16, SocketAddr, Instant)>,
     permissions: Vec<Permission>,
     channels: Vec<Channel>,
     /// Its share of the tenant's port quota (released when dropped).
@@ -189,6 +192,7 @@ impl Allocation {
             to_peer: (0, 0),
             to_client: (0, 0),
             offloaded: false,
+            announced: Vec::new(),
             permissions: Vec::new(),
             channels: Vec::new(),
             _quota: quota,

@@ -8,7 +8,11 @@
 //! its peer permission's and the allocation's expiry — or the allocation's
 //! rate; [`Command::EndOffload`] follows the allocation's end. The kernel
 //! relays until that deadline and passes everything else up, so every
-//! decision stays this server's. What the kernel relayed comes back with
+//! decision stays this server's. A deadline extended by less than
+//! [`ANNOUNCE_GRACE`] is not announced again: a client repeating its
+//! requests would otherwise buy map writes for every channel with each
+//! (the kernel's route then lapses up to that much early, and userspace
+//! relays the rest); a shrunk one always is. What the kernel relayed comes back with
 //! [`TurnServer::handle_offload_counts`] and is counted as if relayed here.
 //!
 //! The allocation's byte budget moves with its first channel: the kernel's
@@ -21,10 +25,15 @@
 //! two bursts), not one per path.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::allocation::{ClientKey, RelayId, Transport};
+use super::limits::later;
 use super::server::{Command, TurnServer};
+
+/// A channel's deadline extended by less than this is not announced again
+/// (requests that move it a little, repeated, cost no map writes).
+pub const ANNOUNCE_GRACE: Duration = Duration::from_secs(10);
 
 /// One live channel of a UDP allocation, both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +82,10 @@ impl TurnServer {
         }
     }
 
-    /// Announces every live channel of `relay`'s allocation with its
-    /// current deadline (nothing unless offloading is on and it is an
-    /// opened UDP allocation).
+    /// Announces the live channels of `relay`'s allocation with their
+    /// current deadlines (nothing unless offloading is on and it is an
+    /// opened UDP allocation): each for the first time, or when its
+    /// deadline shrank or grew by [`ANNOUNCE_GRACE`] or more.
     pub(super) fn offload_channels(&mut self, now: Instant, relay: RelayId) {
         if !self.offload {
             return;
@@ -97,6 +107,18 @@ impl TurnServer {
             .filter(|(_, _, until)| *until > now)
             .collect();
         for (channel, peer, until) in routes {
+            let last = alloc.announced.iter().find(|(n, p, _)| *n == channel && *p == peer).map(|a| a.2);
+            // Map writes only for a deadline that moved materially: a
+            // client repeating requests (each one re-announces every
+            // channel) must not turn each into map writes for all of them.
+            // An extension by less than the grace is skipped (the kernel's
+            // route lapses that much early; userspace relays the rest); a
+            // shrink never is.
+            if alloc.offloaded && last.is_some_and(|last| until >= last && until < later(last, ANNOUNCE_GRACE)) {
+                continue;
+            }
+            alloc.announced.retain(|(n, p, _)| !(*n == channel && *p == peer));
+            alloc.announced.push((channel, peer, until));
             let budget = (!alloc.offloaded).then(|| {
                 alloc.offloaded = true;
                 alloc.rate.hand_over(now, limits.bytes_per_second, limits.burst_bytes)
@@ -121,6 +143,7 @@ impl TurnServer {
         let limits = self.settings.limits;
         if let (Some(alloc), Some(budget)) = (self.allocations.get_mut(&relay), budget) {
             alloc.offloaded = false;
+            alloc.announced.clear();
             alloc.rate.credit(now, budget, limits.bytes_per_second, limits.burst_bytes);
         }
     }

@@ -328,6 +328,10 @@ impl TurnServer {
         if old.bytes_per_second != limits.bytes_per_second || old.burst_bytes != limits.burst_bytes {
             let relays: Vec<RelayId> = self.allocations.keys().copied().collect();
             for relay in relays {
+                // Every channel again, deadline moved or not.
+                if let Some(alloc) = self.allocations.get_mut(&relay) {
+                    alloc.announced.clear();
+                }
                 self.offload_channels(now, relay);
             }
         }
