@@ -12,8 +12,9 @@
 //! [`ANNOUNCE_GRACE`] is not announced again: a client repeating its
 //! requests would otherwise buy map writes for every channel with each
 //! (the kernel's route then lapses up to that much early, and userspace
-//! relays the rest); a shrunk one always is. What the kernel relayed comes back with
-//! [`TurnServer::handle_offload_counts`] and is counted as if relayed here.
+//! relays the rest); a shrunk one always is. What the kernel relayed
+//! comes back with [`TurnServer::handle_offload_counts`] and is counted as
+//! if relayed here.
 //!
 //! The allocation's byte budget moves with its first channel: the kernel's
 //! bucket starts with what this server's held, and this server's starts

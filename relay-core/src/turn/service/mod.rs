@@ -52,7 +52,8 @@ use udp::{deliver, open_relay, serve_relay, serve_udp};
 const MAX_DATAGRAM: usize = 65_535;
 /// Largest datagram a relayed socket takes from a peer (media is far
 /// smaller; a datagram that fills the buffer may have been cut, and is
-/// dropped, counted). Every allocation holds one such buffer.
+/// dropped, counted). Relayed sockets receive into one such buffer per
+/// runtime thread.
 const MAX_PEER_DATAGRAM: usize = 4096;
 /// Receive buffer of each UDP listener, bytes.
 const LISTENER_RECV_BUFFER: usize = 8 << 20;
