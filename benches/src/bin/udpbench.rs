@@ -21,8 +21,8 @@
 //! forwarder that does nothing but forward between the same 2 N sockets).
 //! Each session gets 200-byte packets in both directions (A → endpoint port
 //! → B, and B → PBX port → A); every payload carries its send time, so the
-//! sink measures one-way latency. Relay CPU comes from the child's
-//! /proc/PID/schedstat. Every run is bounded in time; children exit when the
+//! sink measures one-way latency. Relay CPU comes from the child's CPU
+//! clock (every thread, ended ones included). Every run is bounded in time; children exit when the
 //! parent's pipe closes or their own deadline passes.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -489,13 +489,7 @@ fn spawn(target: &str, n: usize, a: SocketAddr, b: SocketAddr) -> Spawned {
 /// On-CPU nanoseconds of every thread of `pid` (includes the softirq work
 /// its own sends trigger on loopback; see docs/PERFORMANCE.md).
 fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    relay_core::io::sys::process_cpu_time(pid).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// One measured run's results.

@@ -8,7 +8,7 @@
 //! An IPv6 server address makes it all IPv6: clients and peers on ::1,
 //! relayed addresses asked for with REQUESTED-ADDRESS-FAMILY.
 //!
-//! The server's CPU time (all its threads, `/proc/PID/task/*/schedstat`)
+//! The server's CPU time (all its threads, ended ones included)
 //! and resident memory are read when its pid is given: CPU per relayed
 //! datagram and memory per allocation come from those.
 
@@ -84,15 +84,9 @@ pub struct TurnReport {
     pub server_bytes_per_allocation: Option<f64>,
 }
 
-/// A server process's CPU time (every thread), ns.
+/// A server process's CPU time (every thread, ended ones included), ns.
 fn process_cpu_ns(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0;
-    for t in tasks.flatten() {
-        let sched = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-        total += sched.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    }
-    Some(total)
+    relay_core::io::sys::process_cpu_time(pid).ok().map(|d| d.as_nanos() as u64)
 }
 
 /// A process's resident memory, bytes.

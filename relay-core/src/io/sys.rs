@@ -410,6 +410,26 @@ fn for_each_interface_address(mut f: impl FnMut(&std::ffi::CStr, std::net::IpAdd
     Ok(())
 }
 
+/// The CPU time process `pid` has used so far: every thread's, those that
+/// have ended included, at nanosecond precision (`clock_getcpuclockid`,
+/// then `clock_gettime` on that clock). Summing `/proc/PID/task/*/schedstat`
+/// instead loses a thread's time when it ends between two readings — a
+/// measurement window could even come out negative.
+pub fn process_cpu_time(pid: u32) -> io::Result<std::time::Duration> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clockid_t into `clock`, a
+    // valid local for the call's duration.
+    let r = unsafe { libc::clock_getcpuclockid(pid, &mut clock) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a valid local.
+    cvt(unsafe { libc::clock_gettime(clock, &mut ts) })?;
+    Ok(std::time::Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0)))
+}
+
 /// Every IP address configured on this host's interfaces right now
 /// (`getifaddrs`), loopback included. The peer policy uses it to recognize
 /// the relay's own addresses when a socket is bound to a wildcard address.
@@ -471,6 +491,25 @@ mod tests {
     use crate::framing::Framing;
     use std::net::UdpSocket;
     use std::time::Duration;
+
+    /// A thread's CPU time still counts once it has ended.
+    #[test]
+    fn a_process_cpu_time_keeps_its_ended_threads_time() {
+        let pid = std::process::id();
+        let before = process_cpu_time(pid).expect("cpu time");
+        let burned = std::thread::spawn(|| {
+            let start = process_cpu_time(std::process::id()).expect("cpu time");
+            let mut x = 1u64;
+            while process_cpu_time(std::process::id()).expect("cpu time") < start + Duration::from_millis(50) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            x
+        });
+        burned.join().expect("the burning thread");
+        let after = process_cpu_time(pid).expect("cpu time");
+        assert!(after >= before + Duration::from_millis(50), "{before:?} -> {after:?}");
+        assert!(process_cpu_time(u32::MAX).is_err(), "no such process");
+    }
 
     /// A datagram received into a batch leaves framed in place: a header
     /// written into the slot's headroom, or one taken off — real sockets.
