@@ -527,6 +527,12 @@ fn repeated_requests_cost_no_kernel_map_writes_for_every_channel() {
     lab.advance(Duration::from_secs(60));
     assert_eq!(c.permit(&mut lab, peer(0)), None);
     assert_eq!(announced(&mut lab), 64, "every channel's route extended");
+    // The permission lapses (its kernel routes with it); renewed, a moment
+    // later, every route is announced again at once.
+    lab.advance(Duration::from_secs(301));
+    lab.commands();
+    assert_eq!(c.permit(&mut lab, peer(0)), None);
+    assert_eq!(announced(&mut lab), 64, "every lapsed route back in the kernel");
 }
 
 #[test]

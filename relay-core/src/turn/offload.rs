@@ -107,15 +107,20 @@ impl TurnServer {
             // relays nothing in the kernel.
             .filter(|(_, _, until)| *until > now)
             .collect();
+        // What the kernel was told about routes no longer live is
+        // forgotten (their kernel routes have lapsed): the list stays as
+        // short as the allocation's live channels, however many come and go.
+        alloc.announced.retain(|(n, p, _)| routes.iter().any(|(c, peer, _)| c == n && peer == p));
         for (channel, peer, until) in routes {
             let last = alloc.announced.iter().find(|(n, p, _)| *n == channel && *p == peer).map(|a| a.2);
             // Map writes only for a deadline that moved materially: a
             // client repeating requests (each one re-announces every
             // channel) must not turn each into map writes for all of them.
-            // An extension by less than the grace is skipped (the kernel's
-            // route lapses that much early; userspace relays the rest); a
-            // shrink never is.
-            if alloc.offloaded && last.is_some_and(|last| until >= last && until < later(last, ANNOUNCE_GRACE)) {
+            // An extension by less than the grace of a route the kernel
+            // still holds is skipped (it lapses that much early; userspace
+            // relays the rest); a shrink never is.
+            let small_extension = |last: Instant| last > now && until >= last && until < later(last, ANNOUNCE_GRACE);
+            if alloc.offloaded && last.is_some_and(small_extension) {
                 continue;
             }
             alloc.announced.retain(|(n, p, _)| !(*n == channel && *p == peer));
