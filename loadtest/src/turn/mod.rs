@@ -189,10 +189,11 @@ fn release_all(server: SocketAddr, allocations: &[Allocation], threads: usize) {
 
 /// Runs the load (see the module docs).
 pub fn run(opts: &TurnOptions) -> Result<TurnReport, String> {
+    let sockets = setup::open_sockets(opts)?;
     let cpu0 = opts.server_pid.and_then(process_cpu_ns);
     let rss0 = opts.server_pid.and_then(process_rss);
     let t0 = Instant::now();
-    let allocations = setup::allocate_all(opts)?;
+    let allocations = setup::allocate_all(opts, sockets)?;
     let setup_secs = t0.elapsed().as_secs_f64();
     let cpu1 = opts.server_pid.and_then(process_cpu_ns);
     let rss1 = opts.server_pid.and_then(process_rss);

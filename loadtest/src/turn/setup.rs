@@ -2,7 +2,8 @@
 //! `concurrency` allocations in flight (each one the challenge, the signed
 //! Allocate, then a ChannelBind to its peer socket), starting the next as
 //! soon as one finishes — so the rate measured is the server's, not a
-//! blocking client's round trips.
+//! blocking client's round trips. The sockets are opened before the
+//! allocations are timed.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -148,12 +149,27 @@ fn channel_bind(peer: &UdpSocket, c: &Credentials, txid: [u8; 12]) -> Result<Vec
     Ok(signed(Method::ChannelBind, txid, &attrs, c))
 }
 
-/// Starts allocation `index`: its sockets, the unsigned Allocate.
-fn start(index: usize, server: SocketAddr, now: Instant) -> Result<Pending, String> {
-    let client = bind(server)?;
-    let peer = bind(server)?;
-    client.set_nonblocking(true).map_err(|e| e.to_string())?;
-    peer.set_nonblocking(true).map_err(|e| e.to_string())?;
+/// The client and peer sockets of every allocation of the run, opened
+/// before the allocations are timed (opening them is the generator's
+/// work, not the server's).
+pub(super) fn open_sockets(opts: &TurnOptions) -> Result<Vec<(UdpSocket, UdpSocket)>, String> {
+    (0..opts.allocations)
+        .map(|_| {
+            let (client, peer) = (bind(opts.server)?, bind(opts.server)?);
+            client.set_nonblocking(true).map_err(|e| e.to_string())?;
+            peer.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Ok((client, peer))
+        })
+        .collect()
+}
+
+/// Starts allocation `index` on its sockets: the unsigned Allocate.
+fn start(
+    index: usize,
+    (client, peer): (UdpSocket, UdpSocket),
+    server: SocketAddr,
+    now: Instant,
+) -> Result<Pending, String> {
     let mut first = StunWriter::new(message_type(Method::Allocate, StunClass::Request), txid(index, 0));
     for (kind, value) in allocate_attributes(server) {
         first.attribute(kind, &value);
@@ -173,13 +189,17 @@ fn start(index: usize, server: SocketAddr, now: Instant) -> Result<Pending, Stri
     Ok(p)
 }
 
-/// Makes `opts.allocations` allocations with up to `opts.concurrency` in
-/// flight; on a failure, deletes those made and says why.
-pub(super) fn allocate_all(opts: &TurnOptions) -> Result<Vec<Allocation>, String> {
+/// Makes an allocation on each pair of `sockets` with up to
+/// `opts.concurrency` in flight; on a failure, deletes those made and says
+/// why.
+pub(super) fn allocate_all(
+    opts: &TurnOptions,
+    sockets: Vec<(UdpSocket, UdpSocket)>,
+) -> Result<Vec<Allocation>, String> {
     let secrets = RestSecrets::new(vec![opts.secret.as_bytes().to_vec()]);
-    let mut made: Vec<Option<Allocation>> = (0..opts.allocations).map(|_| None).collect();
+    let mut made: Vec<Option<Allocation>> = (0..sockets.len()).map(|_| None).collect();
     let mut slots: Vec<Option<Pending>> = (0..opts.concurrency.clamp(1, MAX_IN_FLIGHT)).map(|_| None).collect();
-    let result = drive(opts, &secrets, &mut slots, &mut made);
+    let result = drive(opts, &secrets, sockets, &mut slots, &mut made);
     let mut made: Vec<Allocation> = made.into_iter().flatten().collect();
     match result {
         Ok(()) => Ok(made),
@@ -198,10 +218,12 @@ pub(super) fn allocate_all(opts: &TurnOptions) -> Result<Vec<Allocation>, String
 fn drive(
     opts: &TurnOptions,
     secrets: &RestSecrets,
+    sockets: Vec<(UdpSocket, UdpSocket)>,
     slots: &mut [Option<Pending>],
     made: &mut [Option<Allocation>],
 ) -> Result<(), String> {
     let epoll = Epoll::new().map_err(|e| e.to_string())?;
+    let mut sockets = sockets.into_iter();
     let mut next = 0;
     let mut finished = 0;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; slots.len()];
@@ -211,7 +233,8 @@ fn drive(
         let now = Instant::now();
         for (slot, pending) in slots.iter_mut().enumerate() {
             if pending.is_none() && next < made.len() {
-                let p = start(next, opts.server, now)?;
+                let pair = sockets.next().ok_or("a socket pair per allocation")?;
+                let p = start(next, pair, opts.server, now)?;
                 epoll.add(p.client.as_raw_fd(), slot as u64).map_err(|e| e.to_string())?;
                 *pending = Some(p);
                 next += 1;
