@@ -18,16 +18,21 @@ use relay_core::turn::{PeerNet, Realm, RelayAddress, TurnLimits, TurnServer, Tur
 /// meanwhile would take theirs out of the sum.
 #[test]
 fn the_turn_load_relays_every_datagram_and_leaves_nothing_behind_over_ipv4_and_ipv6() {
-    relays_every_datagram("127.0.0.1", 31000);
-    relays_every_datagram("::1", 31100);
+    relays_every_datagram("127.0.0.1", "127.0.0.1", 31000);
+    relays_every_datagram("::1", "::1", 31100);
+    // IPv4 clients of a dual-stack wildcard listener ([::]): answered and
+    // relayed to from the address they sent to, as IPv4.
+    relays_every_datagram("127.0.0.1", "::", 31200);
 }
 
-/// Two rounds of the load against a server on `ip` whose relayed ports
-/// start at `first_port` (of that family only: over IPv6, a channel to the
-/// generator's ::1 peers binds only if the relayed address is IPv6).
-fn relays_every_datagram(ip: &str, first_port: u16) {
+/// Two rounds of the load against a server reached on `ip`, its listener
+/// bound to `listen`, whose relayed ports start at `first_port` (of `ip`'s
+/// family only: over IPv6, a channel to the generator's ::1 peers binds
+/// only if the relayed address is IPv6).
+fn relays_every_datagram(ip: &str, listen: &str, first_port: u16) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let ip: IpAddr = ip.parse().expect("ip");
+    let listen: IpAddr = listen.parse().expect("ip");
     let relay = Some(RelayAddress { bind: ip, advertised: ip });
     let settings = TurnSettings {
         realms: vec![Realm {
@@ -45,8 +50,10 @@ fn relays_every_datagram(ip: &str, first_port: u16) {
         limits: TurnLimits { stranger_burst_bytes: 1 << 20, ..TurnLimits::default() },
     };
     let server = TurnServer::new(settings, NonceKey::new([3; 32]), None, 7).expect("server");
-    let listener = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    // As the binary binds it (a wildcard IPv6 listener takes IPv4 too).
+    let listener: std::net::UdpSocket =
+        relay_core::io::bind_udp(listen, 0, &relay_core::io::SocketOptions::default()).expect("bind").into();
+    let addr = SocketAddr::new(ip, listener.local_addr().expect("addr").port());
     let service = rt.block_on(async { TurnService::start(server, vec![listener], Default::default()) }).expect("start");
     let opts = TurnOptions {
         server: addr,
