@@ -41,6 +41,21 @@ fn in_new_namespace(test: &str) {
     test_support::netns::rerun_in_namespaces(test, &["--net"], (CHILD, "1"), "TURN-EBPF-NETNS-OK");
 }
 
+/// Test `test`: `scenario` on a tokio runtime, in a new network namespace.
+fn on_a_runtime_in_a_new_namespace<F: std::future::Future<Output = ()>>(test: &str, scenario: impl FnOnce() -> F) {
+    if in_child() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(scenario());
+        println!("TURN-EBPF-NETNS-OK");
+    } else {
+        in_new_namespace(test);
+    }
+}
+
 fn in_child() -> bool {
     std::env::var_os(CHILD).is_some()
 }
@@ -186,17 +201,7 @@ fn program_cases(fast: &mut FastPath, hosts: [&str; 4], slot: u32) {
 
 #[test]
 fn a_turn_service_relays_its_channels_in_the_kernel() {
-    if in_child() {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(service_in_namespace());
-        println!("TURN-EBPF-NETNS-OK");
-    } else {
-        in_new_namespace("a_turn_service_relays_its_channels_in_the_kernel");
-    }
+    on_a_runtime_in_a_new_namespace("a_turn_service_relays_its_channels_in_the_kernel", service_in_namespace);
 }
 
 fn settings(limits: TurnLimits) -> TurnSettings {
@@ -301,17 +306,7 @@ async fn service_in_namespace() {
 
 #[test]
 fn a_turn_service_relays_ipv6_channels_in_the_kernel() {
-    if in_child() {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(ipv6_service_in_namespace());
-        println!("TURN-EBPF-NETNS-OK");
-    } else {
-        in_new_namespace("a_turn_service_relays_ipv6_channels_in_the_kernel");
-    }
+    on_a_runtime_in_a_new_namespace("a_turn_service_relays_ipv6_channels_in_the_kernel", ipv6_service_in_namespace);
 }
 
 async fn ipv6_service_in_namespace() {
@@ -370,17 +365,10 @@ async fn ipv6_service_in_namespace() {
 
 #[test]
 fn a_wildcard_listener_answers_and_relays_from_the_address_the_client_asked() {
-    if in_child() {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(wildcard_in_namespace());
-        println!("TURN-EBPF-NETNS-OK");
-    } else {
-        in_new_namespace("a_wildcard_listener_answers_and_relays_from_the_address_the_client_asked");
-    }
+    on_a_runtime_in_a_new_namespace(
+        "a_wildcard_listener_answers_and_relays_from_the_address_the_client_asked",
+        wildcard_in_namespace,
+    );
 }
 
 /// The listener on 0.0.0.0, the client asking 127.0.0.2 (the kernel's own
