@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod dtls;
 pub mod media;
+pub mod pace;
 pub mod packet;
 pub mod sessions;
 pub mod stats;

@@ -443,18 +443,11 @@ fn send(
     let mut batch = if opts.batch_sends { BatchSender::new(BATCH) } else { BatchSender::plain() };
     let (mut errors, mut rebinds) = (0u64, 0u64);
     let mut next_rebind = opts.rebind_every.map(|d| start + d);
+    let schedule = crate::pace::Schedule::new(start, rate, total);
     let mut n = 0u64;
     while n < total {
-        let now = start.elapsed();
-        let due = ((now.as_secs_f64() * rate) as u64).min(total);
+        let due = schedule.due(n);
         if n >= due {
-            let next_at = Duration::from_secs_f64(n as f64 / rate);
-            let wait = next_at.saturating_sub(now);
-            if wait > Duration::from_micros(200) {
-                std::thread::sleep(wait - Duration::from_micros(100));
-            } else {
-                std::hint::spin_loop();
-            }
             continue;
         }
         let sockets = shared.sockets.read().unwrap_or_else(|p| p.into_inner());
@@ -465,7 +458,7 @@ fn send(
             let mut built = 0;
             for k in 0..count {
                 let stream = ((n + k as u64) % streams as u64) as usize;
-                let scheduled = Duration::from_secs_f64((n + k as u64) as f64 / rate);
+                let scheduled = schedule.at(n + k as u64);
                 let now = start.elapsed();
                 let _ = lag.record(now.saturating_sub(scheduled).as_micros() as u64);
                 let call = stream / 2;

@@ -262,17 +262,11 @@ fn send(opts: &TurnOptions, allocations: &[Allocation], clock: Instant) -> [u64;
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(opts.payload + 64)).collect();
     let mut scratch = Vec::with_capacity(opts.payload + 64);
     let mut batch = BatchSender::new(BATCH);
-    let start = Instant::now();
+    let schedule = crate::pace::Schedule::new(Instant::now(), rate, total);
     let mut n = 0u64;
     while n < total {
-        let now = start.elapsed();
-        let due = ((now.as_secs_f64() * rate) as u64).min(total);
+        let due = schedule.due(n);
         if n >= due {
-            let next_at = Duration::from_secs_f64(n as f64 / rate);
-            let wait = next_at.saturating_sub(now);
-            if wait > Duration::from_micros(200) {
-                std::thread::sleep(wait - Duration::from_micros(100));
-            }
             continue;
         }
         while n < due {
