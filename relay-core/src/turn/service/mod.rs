@@ -506,46 +506,44 @@ fn drain(server: &mut TurnServer) -> Vec<Command> {
     std::iter::from_fn(|| server.poll_command()).collect()
 }
 
+/// A relayed port the server asked for was opened (its task started by
+/// `serve`, under the lock, so it relays nothing before the server knows)
+/// or could not be: the server is told either way; returns what it asks
+/// for next.
+fn relay_opened<T>(
+    shared: &Mutex<Shared>,
+    relay: RelayId,
+    opened: io::Result<T>,
+    serve: impl FnOnce(T) -> Relay,
+) -> Vec<Command> {
+    let mut s = lock(shared);
+    let ok = opened.map(|port| s.relays.insert(relay, serve(port))).is_ok();
+    s.server.handle_relay_opened(turn_now(), relay, ok);
+    drain(&mut s.server)
+}
+
 /// Carries out the server's commands (and those they lead to).
 fn apply(shared: &Arc<Mutex<Shared>>, udp: &Listeners, mut commands: Vec<Command>) {
     while !commands.is_empty() {
         for command in std::mem::take(&mut commands) {
             match command {
                 Command::OpenRelay { relay, bind } => {
-                    let freebind = lock(shared).freebind;
-                    let opened = open_relay(bind, freebind);
-                    let mut s = lock(shared);
-                    let ok = match opened {
-                        Ok(socket) => {
-                            let task = tokio::spawn(serve_relay(shared.clone(), udp.clone(), socket.clone(), relay));
-                            s.relays.insert(relay, Relay { socket: Some(socket), task });
-                            true
-                        }
-                        Err(e) => {
-                            tracing::warn!(%bind, error = %e, "cannot open a TURN relayed port");
-                            false
-                        }
-                    };
-                    s.server.handle_relay_opened(turn_now(), relay, ok);
-                    commands.extend(drain(&mut s.server));
+                    let opened = open_relay(bind, lock(shared).freebind).inspect_err(|e| {
+                        tracing::warn!(%bind, error = %e, "cannot open a TURN relayed port");
+                    });
+                    commands.extend(relay_opened(shared, relay, opened, |socket| Relay {
+                        task: tokio::spawn(serve_relay(shared.clone(), udp.clone(), socket.clone(), relay)),
+                        socket: Some(socket),
+                    }));
                 }
                 Command::ListenRelay { relay, bind } => {
-                    let freebind = lock(shared).freebind;
-                    let opened = listen_relay(bind, freebind);
-                    let mut s = lock(shared);
-                    let ok = match opened {
-                        Ok(listener) => {
-                            let task = tokio::spawn(accept_peers(shared.clone(), udp.clone(), listener, relay));
-                            s.relays.insert(relay, Relay { socket: None, task });
-                            true
-                        }
-                        Err(e) => {
-                            tracing::warn!(%bind, error = %e, "cannot listen on a TURN relayed TCP port");
-                            false
-                        }
-                    };
-                    s.server.handle_relay_opened(turn_now(), relay, ok);
-                    commands.extend(drain(&mut s.server));
+                    let opened = listen_relay(bind, lock(shared).freebind).inspect_err(|e| {
+                        tracing::warn!(%bind, error = %e, "cannot listen on a TURN relayed TCP port");
+                    });
+                    commands.extend(relay_opened(shared, relay, opened, |listener| Relay {
+                        task: tokio::spawn(accept_peers(shared.clone(), udp.clone(), listener, relay)),
+                        socket: None,
+                    }));
                 }
                 Command::Dial { connection, bind, peer } => {
                     tokio::spawn(dial_peer(shared.clone(), udp.clone(), connection, bind, peer));
