@@ -48,7 +48,9 @@ const PEERS: [&str; 8] = [
 
 fn server() -> TurnServer {
     let relay_ip: IpAddr = "203.0.113.10".parse().unwrap();
-    let own = OwnAddresses::new([OwnEndpoint::socket("203.0.113.10:8080".parse().unwrap())], vec![relay_ip]);
+    let relay_ip6: IpAddr = "2001:db8::10".parse().unwrap();
+    let own =
+        OwnAddresses::new([OwnEndpoint::socket("203.0.113.10:8080".parse().unwrap())], vec![relay_ip, relay_ip6]);
     let settings = TurnSettings {
         realms: vec![Realm {
             name: "r".into(),
@@ -58,7 +60,7 @@ fn server() -> TurnServer {
             allow_peers: vec![PeerNet::parse("10.20.0.0/16").unwrap()],
         }],
         relay_v4: Some(RelayAddress { bind: relay_ip, advertised: relay_ip }),
-        relay_v6: None,
+        relay_v6: Some(RelayAddress { bind: relay_ip6, advertised: relay_ip6 }),
         first_port: 30000,
         last_port: 30007,
         policy: PeerPolicy::default().with_own(own),
@@ -133,8 +135,11 @@ fn signed(
         w.attribute(ATTR_EVEN_PORT, &[input.byte()? & 0x80]);
     }
     if flags & 64 != 0 {
-        let family = input.byte()? % 3;
-        w.attribute(ATTR_REQUESTED_ADDRESS_FAMILY, &[family, 0, 0, 0]);
+        // REQUESTED-ADDRESS-FAMILY, or ADDITIONAL-ADDRESS-FAMILY at RFC
+        // 8656's or the draft's code point (dual allocations).
+        let b = input.byte()?;
+        let kind = [ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_ADDITIONAL_ADDRESS_FAMILY, ATTR_ADDITIONAL_ADDRESS_FAMILY_DRAFT];
+        w.attribute(kind[usize::from(b / 3 % 3)], &[b % 3, 0, 0, 0]);
     }
     if flags & 128 != 0 {
         let token = input.bytes(8).to_vec();
@@ -145,6 +150,12 @@ fn signed(
     w.message_integrity(&long_term_key_md5("alice", "r", "pw"));
     w.fingerprint();
     Some(w.finish())
+}
+
+/// The allocation `relay` serves: its first relayed socket, or a dual
+/// allocation's second.
+fn owner(server: &TurnServer, relay: RelayId) -> Option<&relay_core::turn::allocation::Allocation> {
+    server.allocations().find(|a| a.relay == relay || a.second.as_ref().is_some_and(|s| s.relay == relay))
 }
 
 /// A model of the kernel fast path's driver: which allocations' budgets it
@@ -169,6 +180,7 @@ impl Kernel {
                 assert_eq!(alloc.client, o.client);
                 let ch = alloc.channels(now).find(|c| c.number == o.channel).expect("a live channel");
                 assert_eq!(ch.peer, o.peer, "announced for another peer");
+                assert_eq!(alloc.relay_for(Family::of(o.peer)), Some(o.socket), "relayed from the wrong socket");
                 let permission = alloc.permissions(now).find(|p| p.0 == o.peer.ip()).expect("permitted");
                 assert!(o.until > now, "announced already expired");
                 assert!(o.until <= ch.expires && o.until <= permission.1 && o.until <= alloc.expires);
@@ -236,7 +248,8 @@ fuzz_target!(|data: &[u8]| {
                     ClientOutput::Relay { relay, peer, payload } => {
                         assert!(payload.end <= message.len() && payload.start <= payload.end);
                         assert!(opened.contains(&relay), "relayed from a port never opened");
-                        let alloc = server.allocations().find(|a| a.relay == relay).expect("allocation");
+                        let alloc = owner(&server, relay).expect("allocation");
+                        assert_eq!(Family::of(peer), relay.family, "relayed from a socket of another family");
                         assert_eq!(alloc.client, client, "relayed for another client's allocation");
                         assert!(!alloc.tcp, "datagrams relayed for a TCP allocation");
                         assert!(server.peer_allowed(alloc.realm, peer), "relayed to a refused peer {peer}");
@@ -253,7 +266,7 @@ fuzz_target!(|data: &[u8]| {
             2 => {
                 let port = 30000 + u16::from(input.byte().unwrap_or(0) % 9);
                 let peer = peers[usize::from(op >> 4) % peers.len()];
-                let relay = RelayId { family: Family::V4, port };
+                let relay = RelayId { family: Family::of(relay_core::peer::canonical(peer)), port };
                 let n = usize::from(input.byte().unwrap_or(0));
                 let payload = input.bytes(n).to_vec();
                 let to = match server.handle_peer(now, relay, peer, &payload) {
@@ -261,7 +274,8 @@ fuzz_target!(|data: &[u8]| {
                     PeerOutput::Drop(_) => None,
                 };
                 if let Some(to) = to {
-                    let alloc = server.allocations().find(|a| a.relay == relay).expect("allocation");
+                    let alloc = owner(&server, relay).expect("allocation");
+                    assert!(opened.contains(&relay), "relayed from a port never opened");
                     assert_eq!(alloc.client, to, "peer data sent to another client");
                     assert!(alloc.permits(relay_core::peer::canonical(peer).ip(), now.instant));
                 }
@@ -356,7 +370,8 @@ fuzz_target!(|data: &[u8]| {
                 other => pending.push_back(other),
             }
         }
-        assert!(server.allocations().count() <= 8, "more allocations than ports");
+        // Eight ports of each family.
+        assert!(server.allocations().count() <= 16, "more allocations than ports");
         for (_, c) in server.connections() {
             let alloc = server.allocations().find(|a| a.relay == c.relay).expect("a connection without allocation");
             assert!(alloc.tcp && alloc.connections <= 3, "over the cap or on a UDP allocation");

@@ -545,7 +545,7 @@ async fn list_turn_allocations(State(st): State<Arc<AdminState>>) -> Json<Value>
             .filter(|a| a.opened)
             .take(MAX_LISTED_ALLOCATIONS)
             .map(|a| {
-                json!({
+                let mut listed = json!({
                     "tenant": realms[a.realm].tenant,
                     "realm": realms[a.realm].name,
                     "username": a.username,
@@ -559,7 +559,11 @@ async fn list_turn_allocations(State(st): State<Arc<AdminState>>) -> Json<Value>
                     "connections": a.connections,
                     "to_peer": { "packets": a.to_peer.0, "bytes": a.to_peer.1 },
                     "to_client": { "packets": a.to_client.0, "bytes": a.to_client.1 },
-                })
+                });
+                if let Some(second) = a.second.as_ref().filter(|s| s.opened) {
+                    listed["relayed_second"] = json!(second.relayed.to_string());
+                }
+                listed
             })
             .collect();
         Json(json!({ "enabled": true, "total": server.allocations().filter(|a| a.opened).count(), "allocations": listed }))

@@ -40,13 +40,19 @@ fn relay_with(extra_turn: &str, sections: &str) -> Relay {
 
 /// [`relay_with`] with more `[relay]` keys.
 fn relay_with_keys(relay_keys: &str, extra_turn: &str, sections: &str) -> Relay {
+    relay_allowing(relay_keys, extra_turn, sections, r#""127.0.0.1/32""#)
+}
+
+/// [`relay_with_keys`] whose realm allow-lists `allow_peers` (TOML array
+/// items).
+fn relay_allowing(relay_keys: &str, extra_turn: &str, sections: &str, allow_peers: &str) -> Relay {
     let dir = temp_dir("turn-secret");
     let secret = dir.join("secret");
     std::fs::write(&secret, format!("{SECRET}\n")).expect("write secret");
     let (port_min, port_max) = turn_ports();
     let text = config(&format!(
         "{relay_keys}allow_loopback_peers = false\n[turn]\nlisten = [\"127.0.0.1:0\"]\nport_min = {port_min}\nport_max = {port_max}\n{extra_turn}\n\
-         [[turn.realms]]\nname = \"turn.test\"\ntenant = \"acme\"\nsecret_files = [{secret:?}]\nallow_peers = [\"127.0.0.1/32\"]\n{sections}"
+         [[turn.realms]]\nname = \"turn.test\"\ntenant = \"acme\"\nsecret_files = [{secret:?}]\nallow_peers = [{allow_peers}]\n{sections}"
     ));
     let r = start(Some(&text));
     assert!(!r.turn.is_empty(), "the banner names the TURN listeners");
@@ -76,8 +82,8 @@ impl EchoPeer {
             .stderr(Stdio::null())
             .spawn()
             .expect("turnutils_peer (Debian's coturn package) runs");
-        let addr: SocketAddr = format!("{ip}:{port}").parse().expect("addr");
-        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = SocketAddr::new(ip.parse().expect("ip"), port);
+        let probe = UdpSocket::bind((ip, 0)).expect("bind");
         probe.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         wait_for("turnutils_peer to echo", || {
             let _ = probe.send_to(b"ping", addr);
@@ -256,6 +262,38 @@ fn coturn_clients_relay_through_ucmrc_over_channels_indications_and_client_to_cl
         m["ucmrc_turn_requests_total{method=\"allocate\",result=\"401\"}"] >= 9.0,
         "every client was challenged first"
     );
+}
+
+/// Dual allocations (ADDITIONAL-ADDRESS-FAMILY; coturn's `-Z`, at the
+/// draft's code point coturn uses): every client gets an IPv4 and an IPv6
+/// relayed address, refreshes naming either family (the client picks one
+/// at random), and reaches an IPv4 peer from the one and, with `-x`, an
+/// IPv6 peer from the other.
+#[test]
+fn coturn_clients_make_dual_allocations_and_relay_from_either_family() {
+    let r = relay_allowing("", "relay_ipv6 = \"::1\"\n", "", r#""127.0.0.1/32", "::1/128""#);
+    let peer4 = EchoPeer::start("127.0.0.1");
+    let peer6 = EchoPeer::start("::1");
+    uclient(&r, &["-Z", "-m", "3"], SECRET, "dual-4", Some(peer4.addr), 30).assert_all_echoed(3, 30);
+    uclient(&r, &["-Z", "-x", "-m", "3"], SECRET, "dual-6", Some(peer6.addr), 30).assert_all_echoed(3, 30);
+    // What the clients left is listed: the probe allocation each client
+    // makes first (never deleted) with both relayed addresses; the client
+    // deletes its others naming one family at random or none (RFC 8656
+    // §7.1: that family's address alone goes).
+    let listing = allocations(&r);
+    let dual: Vec<_> = listing["allocations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|a| Some((a["relayed"].as_str()?.parse::<SocketAddr>().ok()?, a["relayed_second"].as_str()?)))
+        .collect();
+    assert!(dual.len() >= 6, "{listing}");
+    for (first, second) in dual {
+        assert!(first.is_ipv4() && second.parse::<SocketAddr>().is_ok_and(|s| s.is_ipv6()), "{listing}");
+    }
+    let m = scrape(&r);
+    assert!(m["ucmrc_turn_relayed_packets_total{direction=\"to_peer\"}"] >= 180.0, "{m:?}");
+    assert!(m["ucmrc_turn_relayed_packets_total{direction=\"to_client\"}"] >= 180.0, "{m:?}");
 }
 
 #[test]

@@ -145,7 +145,7 @@ impl Lab {
                     }
                 }
                 for o in offloads {
-                    let relayed = server.relay_bind_address(o.relay).expect("relayed");
+                    let relayed = server.relay_bind_address(o.socket).expect("relayed");
                     assert_eq!(self.driver.handle_offload(&o, relayed, None, self.now.instant), None, "taken");
                 }
                 answer.expect("an answer")

@@ -28,6 +28,30 @@ struct Channel {
     left_ms: u64,
 }
 
+/// A dual allocation's second relayed socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredSecond {
+    family: String,
+    port: u16,
+    relayed: SocketAddr,
+}
+
+fn family_name(family: Family) -> String {
+    match family {
+        Family::V4 => "v4",
+        Family::V6 => "v6",
+    }
+    .into()
+}
+
+fn family_of(name: &str) -> Result<Family, RecordError> {
+    match name {
+        "v4" => Ok(Family::V4),
+        "v6" => Ok(Family::V6),
+        _ => Err(malformed("family")),
+    }
+}
+
 /// The stored form of a UDP allocation (the record body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredTurnAllocation {
@@ -36,6 +60,10 @@ pub struct StoredTurnAllocation {
     family: String,
     port: u16,
     relayed: SocketAddr,
+    /// A dual allocation's second (absent in records written before
+    /// there were any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    second: Option<StoredSecond>,
     realm: String,
     username: String,
     /// `sha1:<hex>` (the MD5 long-term key) or `sha256:<hex>`.
@@ -59,13 +87,14 @@ impl StoredTurnAllocation {
         Self {
             client: a.client.source,
             listener: a.client.listener,
-            family: match a.relay.family {
-                Family::V4 => "v4",
-                Family::V6 => "v6",
-            }
-            .into(),
+            family: family_name(a.relay.family),
             port: a.relay.port,
             relayed: a.relayed,
+            second: a.second.map(|(relay, relayed)| StoredSecond {
+                family: family_name(relay.family),
+                port: relay.port,
+                relayed,
+            }),
             realm: a.realm.clone(),
             username: a.username.clone(),
             key: match a.key {
@@ -84,10 +113,10 @@ impl StoredTurnAllocation {
     }
 
     fn into_state(self, tenant: String) -> Result<AllocationState, RecordError> {
-        let family = match self.family.as_str() {
-            "v4" => Family::V4,
-            "v6" => Family::V6,
-            _ => return Err(malformed("family")),
+        let family = family_of(&self.family)?;
+        let second = match self.second {
+            Some(s) => Some((RelayId { family: family_of(&s.family)?, port: s.port }, s.relayed)),
+            None => None,
         };
         let key = match self.key.split_once(':') {
             Some(("sha1", k)) => IntegrityKey::Sha1(decode_hex(k).ok_or_else(|| malformed("key"))?),
@@ -102,6 +131,7 @@ impl StoredTurnAllocation {
             client: ClientKey { transport: Transport::Udp, listener: self.listener, source: self.client },
             relay: RelayId { family, port: self.port },
             relayed: self.relayed,
+            second,
             realm: self.realm,
             tenant,
             username: self.username,
@@ -164,6 +194,7 @@ mod tests {
             },
             relay: RelayId { family: Family::V4, port: 30001 },
             relayed: "203.0.113.10:30001".parse().expect("address"),
+            second: None,
             realm: "turn.example".into(),
             tenant: "acme".into(),
             username: "1800000000:wave-1".into(),
@@ -204,6 +235,13 @@ mod tests {
         assert_eq!(codec.decode_turn(record.as_bytes(), "v4-30003"), Err(RecordError::Misplaced("id")));
         let other = Codec::new(Sealer::new(ClusterKey::new(&[3; 32]), vec![]), "other-group");
         assert!(other.decode_turn(record.as_bytes(), "v4-30001").is_err(), "bound to its group");
+        // A dual allocation keeps its second relayed socket.
+        let dual = AllocationState {
+            second: Some((RelayId { family: Family::V6, port: 30002 }, "[2001:db8::10]:30002".parse().expect("address"))),
+            ..state()
+        };
+        let d = codec.decode_turn(codec.encode_turn(&dual, v).as_bytes(), "v4-30001").expect("opens");
+        assert_eq!(d.state, dual);
         let as_session = codec.decode_session(record.as_bytes(), "v4-30001", crate::record::unix_ms_now());
         assert_eq!(as_session.map(|_| ()), Err(RecordError::Misplaced("kind")), "not read as another kind");
     }

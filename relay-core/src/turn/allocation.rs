@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::limits::RateBucket;
+use super::proto::{ErrorCode, Family};
 use crate::quota::QuotaPermit;
 
 /// How a client reaches the server.
@@ -98,6 +99,29 @@ pub enum BindRefusal {
     Full,
 }
 
+/// A dual allocation's second relayed address (the other family's).
+#[derive(Debug)]
+pub struct SecondRelay {
+    /// Its relayed socket.
+    pub relay: RelayId,
+    /// The relayed address clients are told.
+    pub relayed: SocketAddr,
+    /// Whether its socket is open.
+    pub opened: bool,
+    /// Ports tried for it so far that could not be opened.
+    pub open_attempts: u8,
+    /// Its share of the tenant's port quota (released when dropped).
+    _quota: Option<QuotaPermit>,
+}
+
+impl SecondRelay {
+    /// A second relayed address on `relay`, told as `relayed`, holding
+    /// `quota`.
+    pub fn new(relay: RelayId, relayed: SocketAddr, quota: Option<QuotaPermit>) -> Self {
+        Self { relay, relayed, opened: false, open_attempts: 0, _quota: quota }
+    }
+}
+
 /// One allocation.
 #[derive(Debug)]
 pub struct Allocation {
@@ -123,9 +147,16 @@ pub struct Allocation {
     pub opened: bool,
     /// RESERVATION-TOKEN its Allocate answer carries (EVEN-PORT with R).
     pub reservation_token: Option<u64>,
-    /// Whether its Allocate asked for a second family (answered with
-    /// ADDRESS-ERROR-CODE 440: one family per allocation).
-    pub second_family_refused: bool,
+    /// Its second relayed address, of the other family (a dual
+    /// allocation: ADDITIONAL-ADDRESS-FAMILY, RFC 8656 §7.2).
+    pub second: Option<SecondRelay>,
+    /// Why the second family its Allocate asked for was not granted
+    /// (answered in ADDRESS-ERROR-CODE).
+    pub second_refused: Option<ErrorCode>,
+    /// Whether its Allocate named the second family at the draft's code
+    /// point (coturn's clients): the answer's ADDRESS-ERROR-CODE uses the
+    /// draft's too.
+    pub draft_code_points: bool,
     /// Whether any free port will do (not an EVEN-PORT or reserved one):
     /// then a port that cannot be opened is exchanged for another.
     pub any_port: bool,
@@ -182,7 +213,9 @@ impl Allocation {
             allocate_txid,
             opened: false,
             reservation_token: None,
-            second_family_refused: false,
+            second: None,
+            second_refused: None,
+            draft_code_points: false,
             any_port: false,
             open_attempts: 0,
             tcp: false,
@@ -197,6 +230,42 @@ impl Allocation {
             channels: Vec::new(),
             _quota: quota,
         }
+    }
+
+    /// The relayed socket that reaches peers of `family`: its first one's,
+    /// or its second one's once open.
+    pub fn relay_for(&self, family: Family) -> Option<RelayId> {
+        if self.relay.family == family {
+            return Some(self.relay);
+        }
+        self.second.as_ref().filter(|s| s.opened && s.relay.family == family).map(|s| s.relay)
+    }
+
+    /// Its relayed addresses: the first, then a dual allocation's second.
+    pub fn relayed_addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.relayed).chain(self.second.as_ref().map(|s| s.relayed))
+    }
+
+    /// One family of a dual allocation was deleted: the permissions and
+    /// channels of its peers go with it (RFC 8656 §7.1: the other
+    /// family's stay), and its routes are forgotten.
+    pub fn forget_family(&mut self, family: Family) {
+        let other = |ip: IpAddr| Family::of(SocketAddr::new(ip, 0)) != family;
+        self.permissions.retain(|p| other(p.ip));
+        self.channels.retain(|c| other(c.peer.ip()));
+        self.announced.retain(|(_, peer, _)| other(peer.ip()));
+    }
+
+    /// Its first relayed address went and `second` is its first now: the
+    /// second's share of the tenant's quota is the one it holds.
+    pub fn take_quota_of(&mut self, second: SecondRelay) {
+        self._quota = second._quota;
+    }
+
+    /// Whether every relayed socket it waits for is open: then its
+    /// Allocate is answered.
+    pub fn ready(&self) -> bool {
+        self.opened && self.second.as_ref().is_none_or(|s| s.opened)
     }
 
     /// Whether a permission for `ip` holds at `now`.

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::allocation::{ClientKey, RelayId, Transport};
 use super::limits::later;
+use super::proto::Family;
 use super::server::{Command, TurnServer};
 
 /// A channel's deadline extended by less than this is not announced again
@@ -39,8 +40,12 @@ pub const ANNOUNCE_GRACE: Duration = Duration::from_secs(10);
 /// One live channel of a UDP allocation, both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelOffload {
-    /// The allocation's relayed socket.
+    /// The allocation (its first relayed socket): one budget, one set of
+    /// counters in the kernel for all its channels.
     pub relay: RelayId,
+    /// The relayed socket this channel's peer is reached from (a dual
+    /// allocation's second one for a peer of its family).
+    pub socket: RelayId,
     /// Its client (UDP).
     pub client: ClientKey,
     /// The channel number.
@@ -97,21 +102,22 @@ impl TurnServer {
             return;
         }
         let permissions: Vec<_> = alloc.permissions(now).collect();
-        let routes: Vec<(u16, SocketAddr, Instant)> = alloc
+        let routes: Vec<(u16, SocketAddr, Instant, RelayId)> = alloc
             .channels(now)
             .filter_map(|c| {
                 let permission = permissions.iter().find(|(ip, _)| *ip == c.peer.ip())?.1;
-                Some((c.number, c.peer, c.expires.min(permission).min(alloc.expires)))
+                let socket = alloc.relay_for(Family::of(c.peer))?;
+                Some((c.number, c.peer, c.expires.min(permission).min(alloc.expires), socket))
             })
             // An allocation past its expiry whose timer has not run yet
             // relays nothing in the kernel.
-            .filter(|(_, _, until)| *until > now)
+            .filter(|(_, _, until, _)| *until > now)
             .collect();
         // What the kernel was told about routes no longer live is
         // forgotten (their kernel routes have lapsed): the list stays as
         // short as the allocation's live channels, however many come and go.
-        alloc.announced.retain(|(n, p, _)| routes.iter().any(|(c, peer, _)| c == n && peer == p));
-        for (channel, peer, until) in routes {
+        alloc.announced.retain(|(n, p, _)| routes.iter().any(|(c, peer, _, _)| c == n && peer == p));
+        for (channel, peer, until, socket) in routes {
             let last = alloc.announced.iter().find(|(n, p, _)| *n == channel && *p == peer).map(|a| a.2);
             // Map writes only for a deadline that moved materially: a
             // client repeating requests (each one re-announces every
@@ -131,6 +137,7 @@ impl TurnServer {
             });
             self.commands.push_back(Command::OffloadChannel(ChannelOffload {
                 relay,
+                socket,
                 client: alloc.client,
                 channel,
                 peer,
@@ -147,7 +154,8 @@ impl TurnServer {
     /// hands it over again.
     pub fn handle_offload_refused(&mut self, now: Instant, relay: RelayId, budget: Option<u64>) {
         let limits = self.settings.limits;
-        if let (Some(alloc), Some(budget)) = (self.allocations.get_mut(&relay), budget) {
+        let key = self.allocation_key(relay);
+        if let (Some(alloc), Some(budget)) = (self.allocations.get_mut(&key), budget) {
             alloc.offloaded = false;
             alloc.announced.clear();
             alloc.rate.credit(now, budget, limits.bytes_per_second, limits.burst_bytes);
@@ -159,7 +167,8 @@ impl TurnServer {
     /// budget (it may have ended since: then only the totals count it).
     pub fn handle_offload_counts(&mut self, now: Instant, relay: RelayId, counts: OffloadCounts) {
         let limits = self.settings.limits;
-        if let Some(alloc) = self.allocations.get_mut(&relay) {
+        let key = self.allocation_key(relay);
+        if let Some(alloc) = self.allocations.get_mut(&key) {
             // One budget for both paths: what the kernel relayed is paid
             // for here too.
             let relayed = counts.to_peer_bytes.saturating_add(counts.to_client_bytes);

@@ -113,6 +113,12 @@ pub const ATTR_CONNECTION_ID: u16 = 0x002A;
 pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
 /// ADDRESS-ERROR-CODE.
 pub const ATTR_ADDRESS_ERROR_CODE: u16 = 0x8001;
+/// ADDITIONAL-ADDRESS-FAMILY at the draft's code point, which coturn and
+/// its clients (`turnutils_uclient -Z`) still use.
+pub const ATTR_ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
+/// ADDRESS-ERROR-CODE at the draft's code point (answered to a request
+/// that used [`ATTR_ADDITIONAL_ADDRESS_FAMILY_DRAFT`]).
+pub const ATTR_ADDRESS_ERROR_CODE_DRAFT: u16 = 0x8033;
 /// SOFTWARE.
 pub const ATTR_SOFTWARE: u16 = 0x8022;
 /// ICMP.

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, ClientKey, IntegrityKey, RelayId, Transport};
+use super::allocation::{Allocation, ClientKey, IntegrityKey, RelayId, SecondRelay, Transport};
 use super::limits::{later, RateBucket};
 use super::proto::Family;
 use super::server::{Command, TurnServer};
@@ -32,6 +32,8 @@ pub struct AllocationState {
     pub relay: RelayId,
     /// The relayed address clients are told.
     pub relayed: SocketAddr,
+    /// A dual allocation's second relayed socket and address.
+    pub second: Option<(RelayId, SocketAddr)>,
     /// Its realm's name.
     pub realm: String,
     /// The tenant it counts against (its realm's).
@@ -57,6 +59,7 @@ impl std::fmt::Debug for AllocationState {
             .field("client", &self.client)
             .field("relay", &self.relay)
             .field("relayed", &self.relayed)
+            .field("second", &self.second)
             .field("realm", &self.realm)
             .field("tenant", &self.tenant)
             .field("username", &self.username)
@@ -187,6 +190,7 @@ impl TurnServer {
             client: a.client,
             relay: a.relay,
             relayed: a.relayed,
+            second: a.second.as_ref().filter(|s| s.opened).map(|s| (s.relay, s.relayed)),
             realm: self.settings.realms.get(a.realm)?.name.clone(),
             tenant: self.settings.realms.get(a.realm)?.tenant.clone(),
             username: a.username.clone(),
@@ -199,8 +203,9 @@ impl TurnServer {
     }
 
     /// Takes `state` over at `now` (a standby's takeover): the same port
-    /// is opened again ([`Command::OpenRelay`]), and the allocation serves
-    /// once it is; nothing is sent to its client.
+    /// (both, for a dual allocation) is opened again
+    /// ([`Command::OpenRelay`]), and the allocation serves once it is;
+    /// nothing is sent to its client.
     pub fn restore(&mut self, now: Instant, state: AllocationState) -> Result<(), RestoreRefusal> {
         let client = ClientKey { source: crate::peer::canonical(state.client.source), ..state.client };
         if client.transport != Transport::Udp || state.lifetime.is_zero() {
@@ -216,13 +221,31 @@ impl TurnServer {
             return Err(RestoreRefusal::ClientTaken);
         }
         let bind = self.relay_bind_address(state.relay).ok_or(RestoreRefusal::PortUnavailable)?;
-        let quota = match &self.quotas {
-            Some(q) => Some(q.acquire(&self.settings.realms[realm].tenant, 1).map_err(|_| RestoreRefusal::Quota)?),
+        let second_bind = match state.second {
+            Some((second, _)) => {
+                let usable = second.family != state.relay.family && second != state.relay;
+                Some(self.relay_bind_address(second).filter(|_| usable).ok_or(RestoreRefusal::PortUnavailable)?)
+            }
             None => None,
         };
+        let ports = if state.second.is_some() { 2 } else { 1 };
+        let mut quotas = Vec::new();
+        if let Some(q) = &self.quotas {
+            for _ in 0..ports {
+                quotas.push(q.acquire(&self.settings.realms[realm].tenant, 1).map_err(|_| RestoreRefusal::Quota)?);
+            }
+        }
+        let mut quotas = quotas.into_iter();
         if !self.pool(state.relay.family).take_exact(state.relay.port) {
             return Err(RestoreRefusal::PortUnavailable);
         }
+        if let Some((second, _)) = state.second {
+            if !self.pool(second.family).take_exact(second.port) {
+                self.pool(state.relay.family).release(state.relay.port);
+                return Err(RestoreRefusal::PortUnavailable);
+            }
+        }
+        let quota = quotas.next();
         let limits = self.settings.limits;
         // Bounded as if the client had asked: a record cannot make an
         // allocation, permission or channel outlive what this server grants.
@@ -240,6 +263,10 @@ impl TurnServer {
             quota,
         );
         alloc.restored = true;
+        if let Some((relay, relayed)) = state.second {
+            alloc.second = Some(SecondRelay::new(relay, relayed, quotas.next()));
+            self.second_relays.insert(relay, state.relay);
+        }
         for (ip, left) in state.permissions {
             let until = later(now, left.min(limits.permission_lifetime));
             alloc.permit(&[ip], now, until, limits.permissions_per_allocation);
@@ -253,6 +280,10 @@ impl TurnServer {
         self.allocations.insert(state.relay, alloc);
         self.expiries.push(std::cmp::Reverse((expires, state.relay)));
         self.commands.push_back(Command::OpenRelay { relay: state.relay, bind });
+        if let (Some((relay, _)), Some(bind)) = (state.second, second_bind) {
+            // A dual allocation's second socket is reopened too.
+            self.commands.push_back(Command::OpenRelay { relay, bind });
+        }
         Ok(())
     }
 

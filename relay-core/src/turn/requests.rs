@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, BindRefusal, ClientKey, IntegrityKey, RelayId, Transport};
+use super::allocation::{Allocation, BindRefusal, ClientKey, IntegrityKey, RelayId, SecondRelay, Transport};
 use super::answer::{challenge, Answer};
 use super::auth::{long_term_key_md5, long_term_key_sha256, NonceCheck, MAX_USERNAME};
 use super::limits::{later, RateBucket};
@@ -247,7 +247,7 @@ impl TurnServer {
         let txid = txid_of(msg);
         if let Some(relay) = self.by_client.get(&client).copied() {
             let alloc = &self.allocations[&relay];
-            return match (alloc.allocate_txid == txid, alloc.opened) {
+            return match (alloc.allocate_txid == txid, alloc.ready()) {
                 // A retransmission: the same answer again.
                 (true, true) => Ok(Handled::Reply(self.allocate_success(now, relay))),
                 (true, false) => Ok(Handled::Pending),
@@ -272,9 +272,17 @@ impl TurnServer {
             return Err(ErrorCode::BadRequest);
         }
         let requested = msg.attribute(ATTR_REQUESTED_ADDRESS_FAMILY);
-        let additional = msg.attribute(ATTR_ADDITIONAL_ADDRESS_FAMILY);
+        // RFC 8656's code point, or the draft's that coturn's clients use.
+        let (additional, draft_code_points) = match msg.attribute(ATTR_ADDITIONAL_ADDRESS_FAMILY) {
+            Some(a) => (Some(a), false),
+            None => (msg.attribute(ATTR_ADDITIONAL_ADDRESS_FAMILY_DRAFT), true),
+        };
         if token.is_some() && (even.is_some() || requested.is_some() || additional.is_some())
             || requested.is_some() && additional.is_some()
+            // A dual allocation's EVEN-PORT is its IPv4 port's; a second
+            // port reserved for a pair of them is not defined (coturn
+            // refuses it the same way).
+            || even.is_some_and(|e| e.value.first().is_some_and(|b| b & 0x80 != 0)) && additional.is_some()
         {
             return Err(ErrorCode::BadRequest);
         }
@@ -282,8 +290,8 @@ impl TurnServer {
             Some(a) => Family::from_attribute(a.value).ok_or(ErrorCode::AddressFamilyNotSupported)?,
             None => Family::V4,
         };
-        // One family per allocation: a second one is refused in the answer.
-        let second_family_refused = match additional {
+        // A dual allocation: IPv4 first, IPv6 second (RFC 8656 §7.2).
+        let wants_second = match additional {
             Some(a) if Family::from_attribute(a.value) == Some(Family::V6) => true,
             Some(_) => return Err(ErrorCode::BadRequest),
             None => false,
@@ -325,7 +333,20 @@ impl TurnServer {
             quota,
         );
         alloc.reservation_token = reservation_token;
-        alloc.second_family_refused = second_family_refused;
+        alloc.draft_code_points = draft_code_points;
+        let mut second_bind = None;
+        if wants_second {
+            // TCP allocations (RFC 6062) keep one family.
+            let second = if tcp { Err(ErrorCode::AddressFamilyNotSupported) } else { self.take_second(now, auth.realm) };
+            match second {
+                Ok((second, bind)) => {
+                    self.second_relays.insert(second.relay, relay);
+                    second_bind = Some((second.relay, bind));
+                    alloc.second = Some(second);
+                }
+                Err(code) => alloc.second_refused = Some(code),
+            }
+        }
         // A port picked at random may be retried elsewhere if it cannot be
         // opened; an even one or a reserved one may not.
         alloc.any_port = token.is_none() && even.is_none();
@@ -339,7 +360,21 @@ impl TurnServer {
             true => Command::ListenRelay { relay, bind },
             false => Command::OpenRelay { relay, bind },
         });
+        if let Some((relay, bind)) = second_bind {
+            self.commands.push_back(Command::OpenRelay { relay, bind });
+        }
         Ok(Handled::Pending)
+    }
+
+    /// A dual allocation's IPv6 relayed address, on a port of its own that
+    /// holds a port of the tenant's quota too; where to bind it. Its error
+    /// is what the answer's ADDRESS-ERROR-CODE says.
+    fn take_second(&mut self, now: Instant, realm: usize) -> Result<(SecondRelay, SocketAddr), ErrorCode> {
+        let address = self.settings.relay_v6.ok_or(ErrorCode::AddressFamilyNotSupported)?;
+        let quota = self.take_quota(realm)?;
+        let (relay, _) = self.take_port(now, Family::V6, false, false, realm)?;
+        let second = SecondRelay::new(relay, SocketAddr::new(address.advertised, relay.port), quota);
+        Ok((second, SocketAddr::new(address.bind, relay.port)))
     }
 
     /// One port of the realm's tenant quota, when quotas are kept.
@@ -400,11 +435,14 @@ impl TurnServer {
         if let Some(token) = a.reservation_token {
             w.attribute(ATTR_RESERVATION_TOKEN, &token.to_be_bytes());
         }
-        if a.second_family_refused {
-            let code = ErrorCode::AddressFamilyNotSupported;
+        if let Some(second) = &a.second {
+            w.xor_address(ATTR_XOR_RELAYED_ADDRESS, second.relayed);
+        }
+        if let Some(code) = a.second_refused {
             let mut value = vec![Family::V6.code(), 0, (code.number() / 100) as u8, (code.number() % 100) as u8];
             value.extend_from_slice(code.reason().as_bytes());
-            w.attribute(ATTR_ADDRESS_ERROR_CODE, &value);
+            let kind = if a.draft_code_points { ATTR_ADDRESS_ERROR_CODE_DRAFT } else { ATTR_ADDRESS_ERROR_CODE };
+            w.attribute(kind, &value);
         }
         answer.finish()
     }
@@ -414,7 +452,7 @@ impl TurnServer {
         self.by_client
             .get(&client)
             .copied()
-            .filter(|r| self.allocations.get(r).is_some_and(|a| a.opened))
+            .filter(|r| self.allocations.get(r).is_some_and(Allocation::ready))
             .ok_or(ErrorCode::AllocationMismatch)
     }
 
@@ -426,16 +464,29 @@ impl TurnServer {
         key: IntegrityKey,
     ) -> Result<Handled, ErrorCode> {
         let relay = self.opened(client)?;
-        if let Some(a) = msg.attribute(ATTR_REQUESTED_ADDRESS_FAMILY) {
-            if Family::from_attribute(a.value) != Some(relay.family) {
-                return Err(ErrorCode::PeerAddressFamilyMismatch);
+        // A family names one relayed address of the allocation: a dual
+        // allocation's is deleted alone by a lifetime of zero (RFC 8656
+        // §7.3), the allocation going on with the other.
+        let family = match msg.attribute(ATTR_REQUESTED_ADDRESS_FAMILY) {
+            Some(a) => {
+                let family = Family::from_attribute(a.value);
+                match family.and_then(|f| self.allocations[&relay].relay_for(f)) {
+                    Some(_) => family,
+                    None => return Err(ErrorCode::PeerAddressFamilyMismatch),
+                }
             }
-        }
+            None => None,
+        };
         let lifetime = self.desired_lifetime(msg);
-        if lifetime.is_zero() {
-            self.forget(now, relay);
-        } else if let Some(alloc) = self.allocations.get_mut(&relay) {
-            alloc.expires = now.checked_add(lifetime).ok_or(ErrorCode::BadRequest)?;
+        let dual = self.allocations[&relay].second.is_some();
+        match family {
+            Some(family) if lifetime.is_zero() && dual => self.drop_family(now, relay, family),
+            _ if lifetime.is_zero() => self.forget(now, relay),
+            _ => {
+                if let Some(alloc) = self.allocations.get_mut(&relay) {
+                    alloc.expires = now.checked_add(lifetime).ok_or(ErrorCode::BadRequest)?;
+                }
+            }
         }
         let mut answer = Answer::success(Method::Refresh, txid_of(msg), Some(key));
         answer.writer().attribute(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
@@ -454,7 +505,7 @@ impl TurnServer {
         let mut ips: Vec<IpAddr> = Vec::new();
         for attr in msg.attributes().filter(|a| a.kind == ATTR_XOR_PEER_ADDRESS) {
             let peer = crate::peer::canonical(msg.xor_address_value(attr.value).ok_or(ErrorCode::BadRequest)?);
-            if Family::of(peer) != relay.family {
+            if self.allocations[&relay].relay_for(Family::of(peer)).is_none() {
                 return Err(ErrorCode::PeerAddressFamilyMismatch);
             }
             if !self.ip_allowed(realm, peer.ip()) {
@@ -494,7 +545,7 @@ impl TurnServer {
             .filter(|n| CHANNEL_NUMBERS.contains(n))
             .ok_or(ErrorCode::BadRequest)?;
         let peer = crate::peer::canonical(msg.xor_address(ATTR_XOR_PEER_ADDRESS).ok_or(ErrorCode::BadRequest)?);
-        if Family::of(peer) != relay.family {
+        if self.allocations[&relay].relay_for(Family::of(peer)).is_none() {
             return Err(ErrorCode::PeerAddressFamilyMismatch);
         }
         if !self.peer_allowed(realm, peer) {

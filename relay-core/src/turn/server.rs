@@ -191,6 +191,9 @@ pub struct TurnServer {
     pub(super) quotas: Option<Arc<TenantQuotas>>,
     pub(super) allocations: HashMap<RelayId, Allocation>,
     pub(super) by_client: HashMap<ClientKey, RelayId>,
+    /// Dual allocations' second relayed sockets, to the first one's (the
+    /// allocation's key in `allocations`).
+    pub(super) second_relays: HashMap<RelayId, RelayId>,
     /// Allocations per (realm, username).
     pub(super) per_user: HashMap<(usize, String), usize>,
     pub(super) ports_v4: PortPool,
@@ -255,6 +258,7 @@ impl TurnServer {
             quotas,
             allocations: HashMap::new(),
             by_client: HashMap::new(),
+            second_relays: HashMap::new(),
             per_user: HashMap::new(),
             reservations: HashMap::new(),
             abandoned: Default::default(),
@@ -422,10 +426,15 @@ impl TurnServer {
         if !alloc.rate.take(now, len, limits.bytes_per_second, limits.burst_bytes) {
             return ClientOutput::Drop(TurnDrop::RateLimited);
         }
+        // The relayed socket of the peer's family (a permission exists
+        // only for a family the allocation has).
+        let Some(relay) = alloc.relay_for(Family::of(peer)) else {
+            return ClientOutput::Drop(TurnDrop::NoPermission);
+        };
         alloc.to_peer.0 += 1;
         alloc.to_peer.1 += len;
         self.stats.relayed_to_peer(len);
-        ClientOutput::Relay { relay: alloc.relay, peer, payload }
+        ClientOutput::Relay { relay, peer, payload }
     }
 
     fn handle_stun(&mut self, now: TurnNow, client: ClientKey, msg: StunMessage<'_>) -> ClientOutput {
@@ -474,7 +483,8 @@ impl TurnServer {
 
     fn peer_output(&mut self, now: Instant, relay: RelayId, peer: SocketAddr, buf: &[u8]) -> PeerOutput {
         let limits = self.settings.limits;
-        let Some(alloc) = self.allocations.get_mut(&relay).filter(|a| a.opened) else {
+        let key = self.allocation_key(relay);
+        let Some(alloc) = self.allocations.get_mut(&key).filter(|a| a.opened && a.relay_for(relay.family) == Some(relay)) else {
             return PeerOutput::Drop(TurnDrop::NoAllocation);
         };
         if !alloc.permits(peer.ip(), now) {
@@ -538,7 +548,8 @@ impl TurnServer {
     }
 
     /// The driver opened (`true`) or could not open `relay`'s socket: the
-    /// allocation waiting for it is answered.
+    /// allocation waiting for it is answered (a dual allocation once both
+    /// of its sockets are).
     pub fn handle_relay_opened(&mut self, now: TurnNow, relay: RelayId, opened: bool) {
         if self.abandoned.remove(&relay) {
             // Its allocation ended meanwhile: the socket goes, the port
@@ -547,6 +558,10 @@ impl TurnServer {
                 self.commands.push_back(Command::CloseRelay { relay });
             }
             self.cool(relay, now.instant, if opened { PORT_REUSE_DELAY } else { PORT_RETRY_DELAY });
+            return;
+        }
+        if let Some(key) = self.second_relays.get(&relay).copied() {
+            self.handle_second_opened(now, key, relay, opened);
             return;
         }
         let Some(alloc) = self.allocations.get_mut(&relay).filter(|a| !a.opened) else { return };
@@ -565,18 +580,14 @@ impl TurnServer {
             } else {
                 tracing::warn!(port = relay.port, "TURN: a taken-over allocation's port could not be opened");
                 self.stats.ports_unavailable += 1;
-                self.remove(relay);
+                self.remove(now.instant, relay);
                 self.cool(relay, now.instant, PORT_RETRY_DELAY);
             }
             return;
         }
         if opened {
             alloc.opened = true;
-            let message = self.allocate_success(now.instant, relay);
-            let client = self.allocations[&relay].client;
-            self.stats.answered(Method::Allocate, None);
-            self.commands.push_back(Command::Send { client, message });
-            self.journal_changed(relay);
+            self.answer_when_ready(now.instant, relay);
             return;
         }
         // Another socket holds that port: it is tried again later, and the
@@ -595,10 +606,72 @@ impl TurnServer {
                 return;
             }
         }
-        self.remove(relay);
+        self.remove(now.instant, relay);
         let message = Answer::error(Method::Allocate, txid, ErrorCode::InsufficientCapacity, Some(key)).finish();
         self.stats.answered(Method::Allocate, Some(ErrorCode::InsufficientCapacity));
         self.commands.push_back(Command::Send { client, message });
+    }
+
+    /// A dual allocation's second socket (`relay`, of allocation `key`)
+    /// opened or not. One that cannot be opened is exchanged for another
+    /// port, then given up: the allocation goes on with its first family,
+    /// its answer saying 508 for the second.
+    fn handle_second_opened(&mut self, now: TurnNow, key: RelayId, relay: RelayId, opened: bool) {
+        let Some(alloc) = self.allocations.get_mut(&key) else { return };
+        let Some(second) = alloc.second.as_mut().filter(|s| s.relay == relay && !s.opened) else { return };
+        if opened {
+            second.opened = true;
+            match alloc.restored {
+                true => {
+                    self.journal_changed(key);
+                    self.offload_channels(now.instant, key);
+                }
+                false => self.answer_when_ready(now.instant, key),
+            }
+            return;
+        }
+        self.stats.ports_unavailable += 1;
+        second.open_attempts += 1;
+        let (attempts, restored) = (second.open_attempts, alloc.restored);
+        if restored && attempts < REOPEN_ATTEMPTS {
+            self.reopen.push(Reverse((now.instant + REOPEN_EVERY, relay)));
+            return;
+        }
+        self.cool(relay, now.instant, PORT_RETRY_DELAY);
+        self.second_relays.remove(&relay);
+        if !restored && attempts < OPEN_ATTEMPTS {
+            let moved = self.settings.relay_v6.and_then(|address| {
+                let port = self.ports_v6.take_single(&mut self.rng)?;
+                Some((RelayId { family: Family::V6, port }, address))
+            });
+            if let Some((moved, address)) = moved {
+                if let Some(second) = self.allocations.get_mut(&key).and_then(|a| a.second.as_mut()) {
+                    second.relay = moved;
+                    second.relayed = SocketAddr::new(address.advertised, moved.port);
+                }
+                self.second_relays.insert(moved, key);
+                let bind = SocketAddr::new(address.bind, moved.port);
+                self.commands.push_back(Command::OpenRelay { relay: moved, bind });
+                return;
+            }
+        }
+        let Some(alloc) = self.allocations.get_mut(&key) else { return };
+        alloc.second = None;
+        alloc.second_refused = Some(ErrorCode::InsufficientCapacity);
+        match restored {
+            true => self.journal_changed(key),
+            false => self.answer_when_ready(now.instant, key),
+        }
+    }
+
+    /// Answers `key`'s Allocate once every socket it waits for is open.
+    fn answer_when_ready(&mut self, now: Instant, key: RelayId) {
+        let Some(alloc) = self.allocations.get(&key).filter(|a| a.ready()) else { return };
+        let client = alloc.client;
+        let message = self.allocate_success(now, key);
+        self.stats.answered(Method::Allocate, None);
+        self.commands.push_back(Command::Send { client, message });
+        self.journal_changed(key);
     }
 
     /// Moves an unopened allocation from `relay` to a free port of the
@@ -617,6 +690,9 @@ impl TurnServer {
         let mut alloc = self.allocations.remove(&relay)?;
         alloc.relay = moved;
         alloc.relayed = SocketAddr::new(address.advertised, port);
+        if let Some(second) = &alloc.second {
+            self.second_relays.insert(second.relay, moved);
+        }
         self.by_client.insert(alloc.client, moved);
         self.expiries.push(Reverse((alloc.expires, moved)));
         self.allocations.insert(moved, alloc);
@@ -652,7 +728,11 @@ impl TurnServer {
                 break;
             }
             self.reopen.pop();
-            let waiting = self.allocations.get(&relay).is_some_and(|a| a.restored && !a.opened);
+            let key = self.allocation_key(relay);
+            let waiting = self.allocations.get(&key).is_some_and(|a| {
+                let second_waiting = a.second.as_ref().is_some_and(|s| s.relay == relay && !s.opened);
+                a.restored && (relay == key && !a.opened || second_waiting)
+            });
             if let (true, Some(bind)) = (waiting, self.relay_bind_address(relay)) {
                 self.commands.push_back(Command::OpenRelay { relay, bind });
             }
@@ -694,24 +774,28 @@ impl TurnServer {
         self.close_connections_of(relay);
         let Some(alloc) = self.allocations.get(&relay) else { return };
         if !alloc.opened {
-            self.remove(relay);
+            self.remove(now, relay);
             self.abandoned.insert(relay);
             return;
         }
-        self.remove(relay);
+        self.remove(now, relay);
         self.commands.push_back(Command::CloseRelay { relay });
         self.cool(relay, now, PORT_REUSE_DELAY);
     }
 
-    /// Takes an allocation out of the tables (its port is the caller's to
-    /// return).
-    fn remove(&mut self, relay: RelayId) {
-        let Some(alloc) = self.allocations.remove(&relay) else { return };
+    /// Takes an allocation out of the tables (its first port is the
+    /// caller's to return; a dual allocation's second socket is closed and
+    /// its port returned here).
+    fn remove(&mut self, now: Instant, relay: RelayId) {
+        let Some(mut alloc) = self.allocations.remove(&relay) else { return };
         if alloc.opened {
             self.journal_ended(&alloc);
         }
         if alloc.offloaded {
             self.commands.push_back(Command::EndOffload { relay });
+        }
+        if let Some(second) = alloc.second.take() {
+            self.release_second(now, second);
         }
         self.by_client.remove(&alloc.client);
         let user = (alloc.realm, alloc.username);
@@ -721,6 +805,63 @@ impl TurnServer {
                 self.per_user.remove(&user);
             }
         }
+    }
+
+    /// Closes a dual allocation's second socket and returns its port (once
+    /// the driver reports it opened, when it is still being opened).
+    fn release_second(&mut self, now: Instant, second: super::allocation::SecondRelay) {
+        self.second_relays.remove(&second.relay);
+        if second.opened {
+            self.commands.push_back(Command::CloseRelay { relay: second.relay });
+            self.cool(second.relay, now, PORT_REUSE_DELAY);
+        } else {
+            self.abandoned.insert(second.relay);
+        }
+    }
+
+    /// A Refresh of lifetime zero for one family of dual allocation `key`:
+    /// that relayed address is deleted with the permissions and channels
+    /// of its family, the allocation goes on with the other (RFC 8656
+    /// §7.1). Deleting its first one makes the second its first, under the
+    /// second's key. The kernel's routes are withdrawn and the remaining
+    /// channels announced again: none may go on relaying from a closed
+    /// address.
+    pub(super) fn drop_family(&mut self, now: Instant, key: RelayId, family: Family) {
+        let Some(mut alloc) = self.allocations.remove(&key) else { return };
+        let Some(second) = alloc.second.take() else {
+            self.allocations.insert(key, alloc);
+            return;
+        };
+        alloc.forget_family(family);
+        if alloc.offloaded {
+            self.commands.push_back(Command::EndOffload { relay: key });
+            alloc.offloaded = false;
+            alloc.announced.clear();
+        }
+        let mut now_key = key;
+        if alloc.relay.family == family {
+            self.journal_ended(&alloc);
+            self.commands.push_back(Command::CloseRelay { relay: key });
+            self.cool(key, now, PORT_REUSE_DELAY);
+            self.second_relays.remove(&second.relay);
+            now_key = second.relay;
+            alloc.relay = second.relay;
+            alloc.relayed = second.relayed;
+            alloc.take_quota_of(second);
+            self.by_client.insert(alloc.client, now_key);
+            self.expiries.push(Reverse((alloc.expires, now_key)));
+        } else {
+            self.release_second(now, second);
+        }
+        self.allocations.insert(now_key, alloc);
+        self.journal_changed(now_key);
+        self.offload_channels(now, now_key);
+    }
+
+    /// The key of the allocation `relay` serves: its own, or the first
+    /// socket's when it is a dual allocation's second.
+    pub(super) fn allocation_key(&self, relay: RelayId) -> RelayId {
+        self.second_relays.get(&relay).copied().unwrap_or(relay)
     }
 
     pub(super) fn pool(&mut self, family: Family) -> &mut PortPool {

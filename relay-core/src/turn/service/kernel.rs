@@ -16,7 +16,7 @@ pub(super) fn sync_kernel(s: &mut Shared) {
 /// Gives a channel to the kernel, or its budget back to the server.
 pub(super) fn offload_channel(s: &mut Shared, o: crate::turn::offload::ChannelOffload) {
     #[cfg(feature = "ebpf")]
-    if let (Some(kernel), Some(relayed)) = (s.kernel.as_mut(), s.server.relay_bind_address(o.relay)) {
+    if let (Some(kernel), Some(relayed)) = (s.kernel.as_mut(), s.server.relay_bind_address(o.socket)) {
         let local = s.local_of.get(&o.client).copied();
         if let Some(budget) = kernel.handle_offload(&o, relayed, local, Instant::now()) {
             s.server.handle_offload_refused(Instant::now(), o.relay, Some(budget));
