@@ -237,7 +237,10 @@ mod tests {
         assert!(other.decode_turn(record.as_bytes(), "v4-30001").is_err(), "bound to its group");
         // A dual allocation keeps its second relayed socket.
         let dual = AllocationState {
-            second: Some((RelayId { family: Family::V6, port: 30002 }, "[2001:db8::10]:30002".parse().expect("address"))),
+            second: Some((
+                RelayId { family: Family::V6, port: 30002 },
+                "[2001:db8::10]:30002".parse().expect("address"),
+            )),
             ..state()
         };
         let d = codec.decode_turn(codec.encode_turn(&dual, v).as_bytes(), "v4-30001").expect("opens");

@@ -337,7 +337,8 @@ impl TurnServer {
         let mut second_bind = None;
         if wants_second {
             // TCP allocations (RFC 6062) keep one family.
-            let second = if tcp { Err(ErrorCode::AddressFamilyNotSupported) } else { self.take_second(now, auth.realm) };
+            let second =
+                if tcp { Err(ErrorCode::AddressFamilyNotSupported) } else { self.take_second(now, auth.realm) };
             match second {
                 Ok((second, bind)) => {
                     self.second_relays.insert(second.relay, relay);
@@ -464,9 +465,9 @@ impl TurnServer {
         key: IntegrityKey,
     ) -> Result<Handled, ErrorCode> {
         let relay = self.opened(client)?;
-        // A family names one relayed address of the allocation: a dual
-        // allocation's is deleted alone by a lifetime of zero (RFC 8656
-        // §7.3), the allocation going on with the other.
+        // A family names one relayed address of the allocation (443 for
+        // one it lacks); a dual allocation's is deleted alone by a
+        // lifetime of zero (RFC 8656 §7.1), the other going on.
         let family = match msg.attribute(ATTR_REQUESTED_ADDRESS_FAMILY) {
             Some(a) => {
                 let family = Family::from_attribute(a.value);

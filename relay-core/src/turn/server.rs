@@ -484,7 +484,9 @@ impl TurnServer {
     fn peer_output(&mut self, now: Instant, relay: RelayId, peer: SocketAddr, buf: &[u8]) -> PeerOutput {
         let limits = self.settings.limits;
         let key = self.allocation_key(relay);
-        let Some(alloc) = self.allocations.get_mut(&key).filter(|a| a.opened && a.relay_for(relay.family) == Some(relay)) else {
+        let Some(alloc) =
+            self.allocations.get_mut(&key).filter(|a| a.opened && a.relay_for(relay.family) == Some(relay))
+        else {
             return PeerOutput::Drop(TurnDrop::NoAllocation);
         };
         if !alloc.permits(peer.ip(), now) {
