@@ -241,11 +241,6 @@ impl Allocation {
         self.second.as_ref().filter(|s| s.opened && s.relay.family == family).map(|s| s.relay)
     }
 
-    /// Its relayed addresses: the first, then a dual allocation's second.
-    pub fn relayed_addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        std::iter::once(self.relayed).chain(self.second.as_ref().map(|s| s.relayed))
-    }
-
     /// One family of a dual allocation was deleted: the permissions and
     /// channels of its peers go with it (RFC 8656 §7.1: the other
     /// family's stay), and its routes are forgotten.
