@@ -183,7 +183,8 @@ impl Kernel {
                 assert_eq!(alloc.relay_for(Family::of(o.peer)), Some(o.socket), "relayed from the wrong socket");
                 let permission = alloc.permissions(now).find(|p| p.0 == o.peer.ip()).expect("permitted");
                 assert!(o.until > now, "announced already expired");
-                assert!(o.until <= ch.expires && o.until <= permission.1 && o.until <= alloc.expires);
+                let expires = alloc.expires_for(Family::of(o.peer));
+                assert!(o.until <= ch.expires && o.until <= permission.1 && o.until <= expires);
                 if o.budget.is_some() {
                     assert!(!self.offloaded.contains(&o.relay), "the budget moved twice");
                     self.refused.remove(&o.relay);

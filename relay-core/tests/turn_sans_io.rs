@@ -659,6 +659,24 @@ fn lifetimes_expire_refresh_and_free_the_port() {
 }
 
 #[test]
+fn a_refresh_that_shortens_the_lifetime_ends_it_on_time_however_often_it_comes() {
+    let mut lab = Lab::new();
+    let mut c = Client::rest("198.51.100.41:5000", "shrinking");
+    let answer = c.allocate(&mut lab, &[(ATTR_LIFETIME, 3600u32.to_be_bytes().to_vec())]).expect("allocated");
+    let relay = RelayId { family: Family::V4, port: relayed_addresses(&answer)[0].port() };
+    // Alternating long and short lifetimes, many times (each would leave a
+    // look behind), ending on the short one: 600 s from the last.
+    for i in 0..200u32 {
+        let lifetime = if i % 2 == 0 { 3600u32 } else { 600 };
+        assert_eq!(c.ask(&mut lab, Method::Refresh, &[(ATTR_LIFETIME, lifetime.to_be_bytes().to_vec())]), None);
+    }
+    lab.advance(Duration::from_secs(599));
+    assert!(lab.commands().is_empty(), "not yet");
+    lab.advance(Duration::from_secs(2));
+    assert_eq!(lab.commands(), vec![Command::CloseRelay { relay }], "600 s after the last Refresh, not 3600");
+}
+
+#[test]
 fn even_port_reservations_pair_rtp_and_rtcp() {
     let mut lab = Lab::new();
     let mut rtp = Client::rest("198.51.100.50:5000", "phone");
@@ -1380,7 +1398,10 @@ fn a_dual_allocation_is_taken_over_on_both_of_its_ports() {
     let peer6 = addr("[2a00:1450::71]:7000");
     assert_eq!(c.bind(&mut a, 0x4007, peer6), None);
     let [state] = &a.server.export(a.now().instant)[..] else { panic!("one allocation") };
-    assert_eq!(state.second, Some((r6, relayed6)));
+    assert_eq!(
+        state.second,
+        Some(replica::SecondState { relay: r6, relayed: relayed6, lifetime: Duration::from_secs(600) })
+    );
 
     let mut b = Lab::dual(None);
     b.server.restore(b.now().instant, state.clone()).expect("restored");
@@ -1400,7 +1421,11 @@ fn a_dual_allocation_is_taken_over_on_both_of_its_ports() {
     assert!(matches!(b.send(c.key, &cd), ClientOutput::Relay { relay, .. } if relay == r6));
     // A record naming the same family twice is refused.
     let mut twice = state.clone();
-    twice.second = Some((RelayId { family: Family::V4, port: r4.port + 1 }, relayed4));
+    twice.second = Some(replica::SecondState {
+        relay: RelayId { family: Family::V4, port: r4.port + 1 },
+        relayed: relayed4,
+        lifetime: Duration::from_secs(600),
+    });
     twice.client = udp("198.51.100.99:5001");
     assert_eq!(Lab::dual(None).server.restore(b.now().instant, twice), Err(replica::RestoreRefusal::PortUnavailable));
 }
@@ -1441,4 +1466,51 @@ fn a_dual_allocation_s_channels_reach_the_kernel_from_their_family_s_socket_and_
     assert_eq!((*ended, *closed), (r4, r6));
     assert_eq!((o.channel, o.relay, o.socket, o.peer), (0x4004, r4, r4, peer4));
     assert!(o.budget.is_some(), "the budget goes to the kernel again");
+}
+
+#[test]
+fn each_family_of_a_dual_allocation_has_its_own_lifetime() {
+    let mut lab = Lab::dual(None);
+    let mut c = Client::rest("198.51.100.101:5000", "lifetimes");
+    let answer = c.allocate(&mut lab, &[dual_attr()]).expect("allocated");
+    let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
+    let r4 = RelayId { family: Family::V4, port: relayed4.port() };
+    let r6 = RelayId { family: Family::V6, port: relayed6.port() };
+    let (peer4, peer6) = (addr("192.0.2.73:7000"), addr("[2a00:1450::73]:7000"));
+    assert_eq!(c.permit(&mut lab, peer4), None);
+    assert_eq!(c.permit(&mut lab, peer6), None);
+    // Only the IPv6 address is refreshed, for an hour.
+    let hour = 3600u32.to_be_bytes().to_vec();
+    let refresh6 = [(ATTR_LIFETIME, hour.clone()), (ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])];
+    assert_eq!(c.ask(&mut lab, Method::Refresh, &refresh6), None);
+    assert!(lab.commands().is_empty());
+    // Ten minutes on the IPv4 address runs out alone.
+    lab.advance(Duration::from_secs(601));
+    assert_eq!(lab.commands(), vec![Command::CloseRelay { relay: r4 }]);
+    assert_eq!(lab.server.handle_peer(lab.now(), r4, peer4, b"x"), PeerOutput::Drop(TurnDrop::NoAllocation));
+    assert_eq!(c.permit(&mut lab, peer6), None, "the IPv6 side serves on");
+    assert!(matches!(lab.server.handle_peer(lab.now(), r6, peer6, b"on"), PeerOutput::Indication { .. }));
+    assert_eq!(c.ask(&mut lab, Method::Refresh, &[(ATTR_REQUESTED_ADDRESS_FAMILY, vec![1, 0, 0, 0])]), Some(443));
+    assert_eq!(lab.server.stats().expired, 0, "the allocation has not ended");
+    // Then the hour runs out on IPv6 too: the allocation ends.
+    lab.advance(Duration::from_secs(3000));
+    assert_eq!(lab.commands(), vec![Command::CloseRelay { relay: r6 }]);
+    assert_eq!((lab.server.allocations().count(), lab.server.stats().expired), (0, 1));
+
+    // A Refresh naming no family refreshes both (a fresh server: the REST
+    // credentials above are past their hour).
+    let mut lab = Lab::dual(None);
+    let mut d = Client::rest("198.51.100.101:5001", "both");
+    let answer = d.allocate(&mut lab, &[dual_attr()]).expect("allocated");
+    assert_eq!(relayed_addresses(&answer).len(), 2);
+    assert_eq!(d.ask(&mut lab, Method::Refresh, &[(ATTR_LIFETIME, hour)]), None);
+    lab.advance(Duration::from_secs(601));
+    assert!(lab.commands().is_empty(), "neither side expired");
+    // A record whose first address ran out while it waited goes on with
+    // its second as its first.
+    let [state] = &lab.server.export(lab.now().instant)[..] else { panic!("one allocation") };
+    let mut short = state.clone();
+    short.lifetime = Duration::from_secs(100);
+    let aged = short.aged(Duration::from_secs(200));
+    assert_eq!((aged.relay.family, aged.second, aged.relayed.is_ipv6()), (Family::V6, None, true));
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use relay_core::turn::allocation::{ClientKey, IntegrityKey, RelayId, Transport};
 use relay_core::turn::proto::Family;
-use relay_core::turn::replica::AllocationState;
+use relay_core::turn::replica::{AllocationState, SecondState};
 use serde::{Deserialize, Serialize};
 
 use super::{Codec, Kind, RecordError, Version};
@@ -34,6 +34,7 @@ struct StoredSecond {
     family: String,
     port: u16,
     relayed: SocketAddr,
+    lifetime_ms: u64,
 }
 
 fn family_name(family: Family) -> String {
@@ -90,10 +91,11 @@ impl StoredTurnAllocation {
             family: family_name(a.relay.family),
             port: a.relay.port,
             relayed: a.relayed,
-            second: a.second.map(|(relay, relayed)| StoredSecond {
-                family: family_name(relay.family),
-                port: relay.port,
-                relayed,
+            second: a.second.map(|s| StoredSecond {
+                family: family_name(s.relay.family),
+                port: s.relay.port,
+                relayed: s.relayed,
+                lifetime_ms: ms(s.lifetime),
             }),
             realm: a.realm.clone(),
             username: a.username.clone(),
@@ -115,7 +117,11 @@ impl StoredTurnAllocation {
     fn into_state(self, tenant: String) -> Result<AllocationState, RecordError> {
         let family = family_of(&self.family)?;
         let second = match self.second {
-            Some(s) => Some((RelayId { family: family_of(&s.family)?, port: s.port }, s.relayed)),
+            Some(s) => Some(SecondState {
+                relay: RelayId { family: family_of(&s.family)?, port: s.port },
+                relayed: s.relayed,
+                lifetime: Duration::from_millis(s.lifetime_ms),
+            }),
             None => None,
         };
         let key = match self.key.split_once(':') {
@@ -237,10 +243,11 @@ mod tests {
         assert!(other.decode_turn(record.as_bytes(), "v4-30001").is_err(), "bound to its group");
         // A dual allocation keeps its second relayed socket.
         let dual = AllocationState {
-            second: Some((
-                RelayId { family: Family::V6, port: 30002 },
-                "[2001:db8::10]:30002".parse().expect("address"),
-            )),
+            second: Some(SecondState {
+                relay: RelayId { family: Family::V6, port: 30002 },
+                relayed: "[2001:db8::10]:30002".parse().expect("address"),
+                lifetime: Duration::from_secs(300),
+            }),
             ..state()
         };
         let d = codec.decode_turn(codec.encode_turn(&dual, v).as_bytes(), "v4-30001").expect("opens");

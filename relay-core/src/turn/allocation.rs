@@ -106,6 +106,9 @@ pub struct SecondRelay {
     pub relay: RelayId,
     /// The relayed address clients are told.
     pub relayed: SocketAddr,
+    /// When it expires unless refreshed (RFC 8656 §7.1: a Refresh naming
+    /// one family refreshes that address alone).
+    pub expires: Instant,
     /// Whether its socket is open.
     pub opened: bool,
     /// Ports tried for it so far that could not be opened.
@@ -115,10 +118,10 @@ pub struct SecondRelay {
 }
 
 impl SecondRelay {
-    /// A second relayed address on `relay`, told as `relayed`, holding
-    /// `quota`.
-    pub fn new(relay: RelayId, relayed: SocketAddr, quota: Option<QuotaPermit>) -> Self {
-        Self { relay, relayed, opened: false, open_attempts: 0, _quota: quota }
+    /// A second relayed address on `relay`, told as `relayed`, expiring at
+    /// `expires`, holding `quota`.
+    pub fn new(relay: RelayId, relayed: SocketAddr, expires: Instant, quota: Option<QuotaPermit>) -> Self {
+        Self { relay, relayed, expires, opened: false, open_attempts: 0, _quota: quota }
     }
 }
 
@@ -137,7 +140,8 @@ pub struct Allocation {
     pub username: String,
     /// The key its requests are checked with.
     pub key: IntegrityKey,
-    /// When it expires unless refreshed.
+    /// When its first relayed address expires unless refreshed (a dual
+    /// allocation's second has its own).
     pub expires: Instant,
     /// The Allocate transaction it answers (a retransmission gets the same
     /// answer).
@@ -239,6 +243,19 @@ impl Allocation {
             return Some(self.relay);
         }
         self.second.as_ref().filter(|s| s.opened && s.relay.family == family).map(|s| s.relay)
+    }
+
+    /// Until when its relayed address of `family` holds.
+    pub fn expires_for(&self, family: Family) -> Instant {
+        match &self.second {
+            Some(second) if second.relay.family == family => second.expires,
+            _ => self.expires,
+        }
+    }
+
+    /// Until when any of its relayed addresses holds.
+    pub fn last_expiry(&self) -> Instant {
+        self.second.as_ref().map_or(self.expires, |s| s.expires.max(self.expires))
     }
 
     /// One family of a dual allocation was deleted: the permissions and

@@ -106,8 +106,9 @@ impl TurnServer {
             .channels(now)
             .filter_map(|c| {
                 let permission = permissions.iter().find(|(ip, _)| *ip == c.peer.ip())?.1;
-                let socket = alloc.relay_for(Family::of(c.peer))?;
-                Some((c.number, c.peer, c.expires.min(permission).min(alloc.expires), socket))
+                let family = Family::of(c.peer);
+                let socket = alloc.relay_for(family)?;
+                Some((c.number, c.peer, c.expires.min(permission).min(alloc.expires_for(family)), socket))
             })
             // An allocation past its expiry whose timer has not run yet
             // relays nothing in the kernel.

@@ -32,8 +32,8 @@ pub struct AllocationState {
     pub relay: RelayId,
     /// The relayed address clients are told.
     pub relayed: SocketAddr,
-    /// A dual allocation's second relayed socket and address.
-    pub second: Option<(RelayId, SocketAddr)>,
+    /// A dual allocation's second relayed address.
+    pub second: Option<SecondState>,
     /// Its realm's name.
     pub realm: String,
     /// The tenant it counts against (its realm's).
@@ -70,6 +70,17 @@ impl std::fmt::Debug for AllocationState {
     }
 }
 
+/// A dual allocation's second relayed address as replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondState {
+    /// Its relayed socket.
+    pub relay: RelayId,
+    /// The relayed address clients are told.
+    pub relayed: SocketAddr,
+    /// What is left of its lifetime.
+    pub lifetime: Duration,
+}
+
 impl AllocationState {
     /// Its record id: the relayed port and family (`v4-20001`), unique
     /// among a server's live allocations.
@@ -81,6 +92,18 @@ impl AllocationState {
     /// run out is gone).
     pub fn aged(mut self, elapsed: Duration) -> Self {
         self.lifetime = self.lifetime.saturating_sub(elapsed);
+        if let Some(second) = self.second.as_mut() {
+            second.lifetime = second.lifetime.saturating_sub(elapsed);
+        }
+        match self.second {
+            Some(second) if second.lifetime.is_zero() => self.forget_family(second.relay.family),
+            Some(second) if self.lifetime.is_zero() => {
+                // Its first address ran out, its second goes on as its first.
+                self.forget_family(self.relay.family);
+                (self.relay, self.relayed, self.lifetime) = (second.relay, second.relayed, second.lifetime);
+            }
+            _ => {}
+        }
         self.permissions.retain_mut(|(_, left)| {
             *left = left.saturating_sub(elapsed);
             !left.is_zero()
@@ -90,6 +113,17 @@ impl AllocationState {
             !left.is_zero()
         });
         self
+    }
+}
+
+impl AllocationState {
+    /// Drops its relayed address of `family` with the permissions and
+    /// channels of that family (the second must be the other one then).
+    fn forget_family(&mut self, family: Family) {
+        self.second = None;
+        let other = |ip: IpAddr| Family::of(SocketAddr::new(ip, 0)) != family;
+        self.permissions.retain(|(ip, _)| other(*ip));
+        self.channels.retain(|(_, peer, _)| other(peer.ip()));
     }
 }
 
@@ -190,7 +224,11 @@ impl TurnServer {
             client: a.client,
             relay: a.relay,
             relayed: a.relayed,
-            second: a.second.as_ref().filter(|s| s.opened).map(|s| (s.relay, s.relayed)),
+            second: a.second.as_ref().filter(|s| s.opened).map(|s| SecondState {
+                relay: s.relay,
+                relayed: s.relayed,
+                lifetime: left(s.expires),
+            }),
             realm: self.settings.realms.get(a.realm)?.name.clone(),
             tenant: self.settings.realms.get(a.realm)?.tenant.clone(),
             username: a.username.clone(),
@@ -222,9 +260,9 @@ impl TurnServer {
         }
         let bind = self.relay_bind_address(state.relay).ok_or(RestoreRefusal::PortUnavailable)?;
         let second_bind = match state.second {
-            Some((second, _)) => {
-                let usable = second.family != state.relay.family && second != state.relay;
-                Some(self.relay_bind_address(second).filter(|_| usable).ok_or(RestoreRefusal::PortUnavailable)?)
+            Some(second) => {
+                let usable = second.relay.family != state.relay.family && !second.lifetime.is_zero();
+                Some(self.relay_bind_address(second.relay).filter(|_| usable).ok_or(RestoreRefusal::PortUnavailable)?)
             }
             None => None,
         };
@@ -239,7 +277,7 @@ impl TurnServer {
         if !self.pool(state.relay.family).take_exact(state.relay.port) {
             return Err(RestoreRefusal::PortUnavailable);
         }
-        if let Some((second, _)) = state.second {
+        if let Some(SecondState { relay: second, .. }) = state.second {
             if !self.pool(second.family).take_exact(second.port) {
                 self.pool(state.relay.family).release(state.relay.port);
                 return Err(RestoreRefusal::PortUnavailable);
@@ -263,9 +301,11 @@ impl TurnServer {
             quota,
         );
         alloc.restored = true;
-        if let Some((relay, relayed)) = state.second {
-            alloc.second = Some(SecondRelay::new(relay, relayed, quotas.next()));
-            self.second_relays.insert(relay, state.relay);
+        if let Some(second) = state.second {
+            let expires = later(now, second.lifetime.min(limits.max_lifetime));
+            alloc.second = Some(SecondRelay::new(second.relay, second.relayed, expires, quotas.next()));
+            self.second_relays.insert(second.relay, state.relay);
+            self.expiries.push(std::cmp::Reverse((expires, second.relay)));
         }
         for (ip, left) in state.permissions {
             let until = later(now, left.min(limits.permission_lifetime));
@@ -280,7 +320,7 @@ impl TurnServer {
         self.allocations.insert(state.relay, alloc);
         self.expiries.push(std::cmp::Reverse((expires, state.relay)));
         self.commands.push_back(Command::OpenRelay { relay: state.relay, bind });
-        if let (Some((relay, _)), Some(bind)) = (state.second, second_bind) {
+        if let (Some(SecondState { relay, .. }), Some(bind)) = (state.second, second_bind) {
             // A dual allocation's second socket is reopened too.
             self.commands.push_back(Command::OpenRelay { relay, bind });
         }

@@ -337,11 +337,15 @@ impl TurnServer {
         let mut second_bind = None;
         if wants_second {
             // TCP allocations (RFC 6062) keep one family.
-            let second =
-                if tcp { Err(ErrorCode::AddressFamilyNotSupported) } else { self.take_second(now, auth.realm) };
+            let second = if tcp {
+                Err(ErrorCode::AddressFamilyNotSupported)
+            } else {
+                self.take_second(now, expires, auth.realm)
+            };
             match second {
                 Ok((second, bind)) => {
                     self.second_relays.insert(second.relay, relay);
+                    self.expiries.push(std::cmp::Reverse((expires, second.relay)));
                     second_bind = Some((second.relay, bind));
                     alloc.second = Some(second);
                 }
@@ -367,14 +371,19 @@ impl TurnServer {
         Ok(Handled::Pending)
     }
 
-    /// A dual allocation's IPv6 relayed address, on a port of its own that
-    /// holds a port of the tenant's quota too; where to bind it. Its error
-    /// is what the answer's ADDRESS-ERROR-CODE says.
-    fn take_second(&mut self, now: Instant, realm: usize) -> Result<(SecondRelay, SocketAddr), ErrorCode> {
+    /// A dual allocation's IPv6 relayed address until `expires`, on a port
+    /// of its own that holds a port of the tenant's quota too; where to
+    /// bind it. Its error is what the answer's ADDRESS-ERROR-CODE says.
+    fn take_second(
+        &mut self,
+        now: Instant,
+        expires: Instant,
+        realm: usize,
+    ) -> Result<(SecondRelay, SocketAddr), ErrorCode> {
         let address = self.settings.relay_v6.ok_or(ErrorCode::AddressFamilyNotSupported)?;
         let quota = self.take_quota(realm)?;
         let (relay, _) = self.take_port(now, Family::V6, false, false, realm)?;
-        let second = SecondRelay::new(relay, SocketAddr::new(address.advertised, relay.port), quota);
+        let second = SecondRelay::new(relay, SocketAddr::new(address.advertised, relay.port), expires, quota);
         Ok((second, SocketAddr::new(address.bind, relay.port)))
     }
 
@@ -466,8 +475,8 @@ impl TurnServer {
     ) -> Result<Handled, ErrorCode> {
         let relay = self.opened(client)?;
         // A family names one relayed address of the allocation (443 for
-        // one it lacks); a dual allocation's is deleted alone by a
-        // lifetime of zero (RFC 8656 §7.1), the other going on.
+        // one it lacks): a dual allocation's is refreshed, or deleted by a
+        // lifetime of zero, alone (RFC 8656 §7.1); without one, both are.
         let family = match msg.attribute(ATTR_REQUESTED_ADDRESS_FAMILY) {
             Some(a) => {
                 let family = Family::from_attribute(a.value);
@@ -484,8 +493,22 @@ impl TurnServer {
             Some(family) if lifetime.is_zero() && dual => self.drop_family(now, relay, family),
             _ if lifetime.is_zero() => self.forget(now, relay),
             _ => {
+                let expires = now.checked_add(lifetime).ok_or(ErrorCode::BadRequest)?;
+                let mut refreshed = Vec::with_capacity(2);
                 if let Some(alloc) = self.allocations.get_mut(&relay) {
-                    alloc.expires = now.checked_add(lifetime).ok_or(ErrorCode::BadRequest)?;
+                    let first = alloc.relay.family;
+                    if family.is_none_or(|f| f == first) {
+                        alloc.expires = expires;
+                        refreshed.push(alloc.relay);
+                    }
+                    if let Some(second) = alloc.second.as_mut().filter(|s| family.is_none_or(|f| f == s.relay.family)) {
+                        second.expires = expires;
+                        refreshed.push(second.relay);
+                    }
+                }
+                // A shorter lifetime than before ends on time.
+                for relay in refreshed {
+                    self.schedule_expiry(expires, relay);
                 }
             }
         }

@@ -650,6 +650,7 @@ impl TurnServer {
                 if let Some(second) = self.allocations.get_mut(&key).and_then(|a| a.second.as_mut()) {
                     second.relay = moved;
                     second.relayed = SocketAddr::new(address.advertised, moved.port);
+                    self.expiries.push(Reverse((second.expires, moved)));
                 }
                 self.second_relays.insert(moved, key);
                 let bind = SocketAddr::new(address.bind, moved.port);
@@ -744,14 +745,24 @@ impl TurnServer {
                 break;
             }
             self.expiries.pop();
-            match self.allocations.get(&relay).map(|a| a.expires) {
-                Some(expires) if expires <= now => {
-                    self.stats.expired += 1;
-                    self.forget(now, relay);
-                }
+            // A relayed address of an allocation: its first one, or a dual
+            // allocation's second (each with its own lifetime).
+            let key = self.allocation_key(relay);
+            let Some(alloc) = self.allocations.get(&key) else { continue };
+            let expires = match &alloc.second {
+                Some(second) if second.relay == relay => second.expires,
+                _ if relay == key => alloc.expires,
+                _ => continue,
+            };
+            if expires > now {
                 // Refreshed since: look again when it is due.
-                Some(expires) => self.expiries.push(Reverse((expires, relay))),
-                None => {}
+                self.expiries.push(Reverse((expires, relay)));
+            } else if alloc.last_expiry() <= now {
+                self.stats.expired += 1;
+                self.forget(now, key);
+            } else {
+                // One family of a dual allocation ran out: it goes alone.
+                self.drop_family(now, key, relay.family);
             }
         }
         let expired: Vec<u64> = self.reservations.iter().filter(|(_, r)| r.expires <= now).map(|(t, _)| *t).collect();
@@ -849,6 +860,7 @@ impl TurnServer {
             now_key = second.relay;
             alloc.relay = second.relay;
             alloc.relayed = second.relayed;
+            alloc.expires = second.expires;
             alloc.take_quota_of(second);
             self.by_client.insert(alloc.client, now_key);
             self.expiries.push(Reverse((alloc.expires, now_key)));
@@ -858,6 +870,27 @@ impl TurnServer {
         self.allocations.insert(now_key, alloc);
         self.journal_changed(now_key);
         self.offload_channels(now, now_key);
+    }
+
+    /// Looks at `relay`'s lifetime at `at`: a Refresh that shortened it
+    /// must not wait for the look its longer one had. Earlier looks stay
+    /// (each is checked against the lifetime when due, and looks again
+    /// later if it moved); when they outnumber the live relayed addresses
+    /// four to one, the heap is rebuilt from those, so no client's
+    /// requests can grow it.
+    pub(super) fn schedule_expiry(&mut self, at: Instant, relay: RelayId) {
+        self.expiries.push(Reverse((at, relay)));
+        if self.expiries.len() > 4 * (self.allocations.len() + self.second_relays.len()) + 64 {
+            self.expiries = self
+                .allocations
+                .values()
+                .flat_map(|a| {
+                    let second = a.second.as_ref().map(|s| (s.expires, s.relay));
+                    std::iter::once((a.expires, a.relay)).chain(second)
+                })
+                .map(Reverse)
+                .collect();
+        }
     }
 
     /// The key of the allocation `relay` serves: its own, or the first
