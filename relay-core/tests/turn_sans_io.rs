@@ -135,6 +135,45 @@ fn sha256_integrity_is_verified_and_answered_in_kind() {
     assert_eq!(error_code(&reply(lab.send(key, &w.finish()))), Some(401), "wrong key on the same 5-tuple");
 }
 
+/// RFC 8489 §9.2.2: a request naming no PASSWORD-ALGORITHM uses the MD5
+/// long-term key, whichever MESSAGE-INTEGRITY it carries.
+#[test]
+fn sha256_integrity_keyed_with_the_md5_key_as_rfc_8489_says_is_verified_too() {
+    let mut lab = Lab::new();
+    let key = udp("198.51.100.7:6000");
+    let mut first = StunWriter::new(0x0003, [1; 12]);
+    first.attribute(ATTR_REQUESTED_TRANSPORT, &[TRANSPORT_UDP, 0, 0, 0]);
+    let nonce = text(&reply(lab.send(key, &first.finish())), ATTR_NONCE);
+    let md5 = long_term_key_md5("alice", REALM, "wonderland");
+    let signed = |txid: u8, method: u16, attrs: &[(u16, &[u8])], sha256: bool| {
+        let mut w = StunWriter::new(method, [txid; 12]);
+        for (kind, value) in attrs {
+            w.attribute(*kind, value);
+        }
+        w.attribute(ATTR_USERNAME, b"alice")
+            .attribute(ATTR_REALM, REALM.as_bytes())
+            .attribute(ATTR_NONCE, nonce.as_bytes());
+        match sha256 {
+            true => w.message_integrity_sha256(&md5),
+            false => w.message_integrity(&md5),
+        };
+        w.finish()
+    };
+    let transport = [TRANSPORT_UDP, 0, 0, 0];
+    let allocate = signed(2, 0x0003, &[(ATTR_REQUESTED_TRANSPORT, &transport)], true);
+    assert_eq!(lab.send(key, &allocate), ClientOutput::Pending);
+    let answers = lab.open_relays();
+    let msg = StunMessage::parse(&answers[0].1).expect("stun");
+    assert!(msg.verify_integrity_sha256(&md5), "answered with MESSAGE-INTEGRITY-SHA256 under the same key");
+    // Requests on it keep that key and algorithm.
+    let refresh = signed(3, 0x0004, &[], true);
+    let answer = reply(lab.send(key, &refresh));
+    assert_eq!(error_code(&answer), None);
+    assert!(StunMessage::parse(&answer).expect("stun").verify_integrity_sha256(&md5));
+    let refresh = signed(4, 0x0004, &[], false);
+    assert_eq!(error_code(&reply(lab.send(key, &refresh))), Some(401), "not another algorithm");
+}
+
 #[test]
 fn send_indications_and_channel_data_are_relayed_both_ways_byte_exact() {
     let mut lab = Lab::new();

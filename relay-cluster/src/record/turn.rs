@@ -67,7 +67,8 @@ pub struct StoredTurnAllocation {
     second: Option<StoredSecond>,
     realm: String,
     username: String,
-    /// `sha1:<hex>` (the MD5 long-term key) or `sha256:<hex>`.
+    /// `sha1:<hex>` (the MD5 long-term key), `sha256:<hex>`, or
+    /// `sha256-md5:<hex>` (MESSAGE-INTEGRITY-SHA256 with the MD5 key).
     key: String,
     allocate_txid: String,
     lifetime_ms: u64,
@@ -102,6 +103,7 @@ impl StoredTurnAllocation {
             key: match a.key {
                 IntegrityKey::Sha1(k) => format!("sha1:{}", hex::encode(k)),
                 IntegrityKey::Sha256(k) => format!("sha256:{}", hex::encode(k)),
+                IntegrityKey::Sha256WithMd5Key(k) => format!("sha256-md5:{}", hex::encode(k)),
             },
             allocate_txid: hex::encode(a.allocate_txid),
             lifetime_ms: ms(a.lifetime),
@@ -127,6 +129,7 @@ impl StoredTurnAllocation {
         let key = match self.key.split_once(':') {
             Some(("sha1", k)) => IntegrityKey::Sha1(decode_hex(k).ok_or_else(|| malformed("key"))?),
             Some(("sha256", k)) => IntegrityKey::Sha256(decode_hex(k).ok_or_else(|| malformed("key"))?),
+            Some(("sha256-md5", k)) => IntegrityKey::Sha256WithMd5Key(decode_hex(k).ok_or_else(|| malformed("key"))?),
             _ => return Err(malformed("key")),
         };
         let allocate_txid = decode_hex(&self.allocate_txid).ok_or_else(|| malformed("allocate_txid"))?;
@@ -241,8 +244,10 @@ mod tests {
         assert_eq!(codec.decode_turn(record.as_bytes(), "v4-30003"), Err(RecordError::Misplaced("id")));
         let other = Codec::new(Sealer::new(ClusterKey::new(&[3; 32]), vec![]), "other-group");
         assert!(other.decode_turn(record.as_bytes(), "v4-30001").is_err(), "bound to its group");
-        // A dual allocation keeps its second relayed socket.
+        // A dual allocation keeps its second relayed socket; a key for
+        // MESSAGE-INTEGRITY-SHA256 under the MD5 long-term key keeps its kind.
         let dual = AllocationState {
+            key: IntegrityKey::Sha256WithMd5Key([0x11; 16]),
             second: Some(SecondState {
                 relay: RelayId { family: Family::V6, port: 30002 },
                 relayed: "[2001:db8::10]:30002".parse().expect("address"),

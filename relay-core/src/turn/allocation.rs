@@ -59,8 +59,12 @@ pub struct RelayId {
 pub enum IntegrityKey {
     /// MESSAGE-INTEGRITY with the MD5 long-term key.
     Sha1([u8; 16]),
-    /// MESSAGE-INTEGRITY-SHA256 with the SHA-256 long-term key.
+    /// MESSAGE-INTEGRITY-SHA256 with the SHA-256 long-term key (coturn's
+    /// pairing of the two).
     Sha256([u8; 32]),
+    /// MESSAGE-INTEGRITY-SHA256 with the MD5 long-term key: RFC 8489's
+    /// key for a request that names no PASSWORD-ALGORITHM (§9.2.2).
+    Sha256WithMd5Key([u8; 16]),
 }
 
 impl std::fmt::Debug for IntegrityKey {
@@ -68,6 +72,7 @@ impl std::fmt::Debug for IntegrityKey {
         f.write_str(match self {
             IntegrityKey::Sha1(_) => "Sha1(..)",
             IntegrityKey::Sha256(_) => "Sha256(..)",
+            IntegrityKey::Sha256WithMd5Key(_) => "Sha256WithMd5Key(..)",
         })
     }
 }

@@ -43,6 +43,9 @@ impl Answer {
             Some(IntegrityKey::Sha256(key)) => {
                 self.writer.message_integrity_sha256(&key);
             }
+            Some(IntegrityKey::Sha256WithMd5Key(key)) => {
+                self.writer.message_integrity_sha256(&key);
+            }
             None => {}
         }
         self.writer.fingerprint();

@@ -200,23 +200,24 @@ impl TurnServer {
     }
 
     /// The keys `username` may hold in `realm` at `unix`: a static user's,
-    /// and one per REST secret while its expiry is ahead.
+    /// and one per REST secret while its expiry is ahead. For
+    /// MESSAGE-INTEGRITY-SHA256 both long-term keys are candidates: the
+    /// MD5 one (RFC 8489 §9.2.2, no PASSWORD-ALGORITHM named) and the
+    /// SHA-256 one (coturn's clients).
     fn keys(&self, realm: usize, username: &str, unix: u64, sha256: bool) -> Vec<IntegrityKey> {
         let r = &self.settings.realms[realm];
-        let mut keys: Vec<IntegrityKey> = r
-            .users
-            .iter()
-            .filter(|u| u.username == username)
-            .filter_map(|u| match sha256 {
-                true => u.key_sha256.map(IntegrityKey::Sha256),
-                false => Some(IntegrityKey::Sha1(u.key_md5)),
-            })
-            .collect();
+        let mut keys = Vec::new();
+        let mut push = |md5: [u8; 16], sha: Option<[u8; 32]>| match sha256 {
+            true => keys.extend(sha.map(IntegrityKey::Sha256).into_iter().chain([IntegrityKey::Sha256WithMd5Key(md5)])),
+            false => keys.push(IntegrityKey::Sha1(md5)),
+        };
+        for u in r.users.iter().filter(|u| u.username == username) {
+            push(u.key_md5, u.key_sha256);
+        }
         if let Ok(passwords) = r.rest.passwords(username, unix) {
-            keys.extend(passwords.iter().map(|pw| match sha256 {
-                true => IntegrityKey::Sha256(long_term_key_sha256(username, &r.name, pw)),
-                false => IntegrityKey::Sha1(long_term_key_md5(username, &r.name, pw)),
-            }));
+            for pw in passwords.iter() {
+                push(long_term_key_md5(username, &r.name, pw), Some(long_term_key_sha256(username, &r.name, pw)));
+            }
         }
         keys
     }
@@ -598,5 +599,6 @@ fn verifies(msg: &StunMessage<'_>, key: &IntegrityKey) -> bool {
     match key {
         IntegrityKey::Sha1(k) => msg.verify_integrity(k),
         IntegrityKey::Sha256(k) => msg.verify_integrity_sha256(k),
+        IntegrityKey::Sha256WithMd5Key(k) => msg.verify_integrity_sha256(k),
     }
 }
