@@ -181,6 +181,7 @@ impl Kernel {
                 let ch = alloc.channels(now).find(|c| c.number == o.channel).expect("a live channel");
                 assert_eq!(ch.peer, o.peer, "announced for another peer");
                 assert_eq!(alloc.relay_for(Family::of(o.peer)), Some(o.socket), "relayed from the wrong socket");
+                assert_eq!(Family::of(o.peer), Family::of(o.client.source), "the kernel does not translate families");
                 let permission = alloc.permissions(now).find(|p| p.0 == o.peer.ip()).expect("permitted");
                 assert!(o.until > now, "announced already expired");
                 let expires = alloc.expires_for(Family::of(o.peer));

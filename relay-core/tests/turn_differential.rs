@@ -20,12 +20,12 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::Command as Process;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use relay_core::io::ebpf::{FastPath, FrameVerdict, TurnOffloadDriver};
 use relay_core::peer::PeerPolicy;
 use relay_core::turn::auth::{NonceKey, RestSecrets};
-use relay_core::turn::offload::OffloadCounts;
+use relay_core::turn::offload::{ChannelOffload, OffloadCounts};
 use relay_core::turn::proto::*;
 use relay_core::turn::*;
 use relay_core::wire::stun::StunMessage;
@@ -116,6 +116,23 @@ impl Lab {
         let req = c.request(Method::ChannelBind, &[number], Some(hosts.peer));
         assert_eq!(c.handle_answer(&lab.ask(&req)), None, "channel bound");
         assert_eq!(lab.driver.allocations(), 1, "the kernel took the channel");
+        // A channel announced without the budget for an allocation the
+        // kernel holds nothing of (its budget went back with a refused
+        // announcement) gets no slot: it would relay at a rate of its own.
+        let stray = ChannelOffload {
+            relay: RelayId { family: lab.relay.family, port: lab.relay.port + 1 },
+            socket: RelayId { family: lab.relay.family, port: lab.relay.port + 1 },
+            client: lab.client(hosts.client),
+            channel: CHANNEL + 1,
+            peer: hosts.peer,
+            until: lab.now.instant + Duration::from_secs(60),
+            bytes_per_second: 1000,
+            burst_bytes: 1000,
+            budget: None,
+        };
+        let relayed = SocketAddr::new(lab.relayed.ip(), lab.relayed.port() + 1);
+        assert_eq!(lab.driver.handle_offload(&stray, relayed, None, lab.now.instant), None);
+        assert_eq!(lab.driver.allocations(), 1, "no slot without the budget");
         lab
     }
 

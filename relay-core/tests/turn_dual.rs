@@ -241,7 +241,9 @@ fn a_dual_allocation_is_taken_over_on_both_of_its_ports() {
 fn a_dual_allocation_s_channels_reach_the_kernel_from_their_family_s_socket_and_leave_with_it() {
     let mut lab = Lab::dual(None);
     lab.server.enable_offload(lab.now().instant);
-    let mut c = Client::rest("198.51.100.100:5000", "dual-kernel");
+    // An IPv6 client: its IPv4 peers are relayed from the first socket, its
+    // IPv6 peers from the second.
+    let mut c = Client::rest("[2001:db8:5::1]:5000", "dual-kernel");
     let answer = c.allocate(&mut lab, &[dual_attr()]).expect("allocated");
     let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
     let r4 = RelayId { family: Family::V4, port: relayed4.port() };
@@ -249,29 +251,40 @@ fn a_dual_allocation_s_channels_reach_the_kernel_from_their_family_s_socket_and_
     let (peer4, peer6) = (addr("192.0.2.72:7000"), addr("[2a00:1450::72]:7000"));
     assert_eq!(c.bind(&mut lab, 0x4004, peer4), None);
     assert_eq!(c.bind(&mut lab, 0x4006, peer6), None);
-    let announced: Vec<_> = lab
-        .commands()
-        .into_iter()
-        .filter_map(|c| match c {
-            Command::OffloadChannel(o) => Some((o.channel, o.relay, o.socket, o.budget.is_some())),
-            _ => None,
-        })
-        .collect();
-    // One allocation in the kernel (one budget, handed over once), each
-    // channel from its family's socket.
-    assert_eq!(announced, vec![(0x4004, r4, r4, true), (0x4006, r4, r6, false)]);
-    // Deleting the IPv6 side withdraws every route at once and announces
-    // the IPv4 channel again: nothing relays from the closed address.
-    let refresh6 = [(ATTR_LIFETIME, vec![0, 0, 0, 0]), (ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])];
-    assert_eq!(c.ask(&mut lab, Method::Refresh, &refresh6), None);
+    let announced = |lab: &mut Lab| -> Vec<_> {
+        lab.commands()
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::OffloadChannel(o) => Some((o.channel, o.relay, o.socket, o.budget.is_some())),
+                _ => None,
+            })
+            .collect()
+    };
+    // The IPv6 channel goes to the kernel from the IPv6 socket, under the
+    // allocation's key (one budget); the IPv4 one stays in userspace (the
+    // kernel does not translate between families), never announced.
+    assert_eq!(announced(&mut lab), vec![(0x4006, r4, r6, true)]);
+    let mut cd = ChannelData::header(0x4004, 4).to_vec();
+    cd.extend_from_slice(b"four");
+    // (The budget went to the kernel; userspace's refills at the rate.)
+    lab.advance(Duration::from_secs(1));
+    assert!(matches!(lab.send(c.key, &cd), ClientOutput::Relay { relay, .. } if relay == r4), "relayed in userspace");
+    // Requests do not announce it again and again.
+    assert_eq!(c.permit(&mut lab, peer4), None);
+    assert_eq!(announced(&mut lab), vec![]);
+    // Deleting the IPv4 side makes the IPv6 socket the allocation's key:
+    // every route withdrawn at once, the IPv6 channel announced again
+    // under its new key with the budget.
+    let refresh4 = [(ATTR_LIFETIME, vec![0, 0, 0, 0]), (ATTR_REQUESTED_ADDRESS_FAMILY, vec![1, 0, 0, 0])];
+    assert_eq!(c.ask(&mut lab, Method::Refresh, &refresh4), None);
     let commands = lab.commands();
     let [Command::EndOffload { relay: ended }, Command::CloseRelay { relay: closed }, Command::OffloadChannel(o)] =
         &commands[..]
     else {
         panic!("{commands:?}")
     };
-    assert_eq!((*ended, *closed), (r4, r6));
-    assert_eq!((o.channel, o.relay, o.socket, o.peer), (0x4004, r4, r4, peer4));
+    assert_eq!((*ended, *closed), (r4, r4));
+    assert_eq!((o.channel, o.relay, o.socket, o.peer), (0x4006, r6, r6, peer6));
     assert!(o.budget.is_some(), "the budget goes to the kernel again");
 }
 

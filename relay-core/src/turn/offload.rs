@@ -107,6 +107,15 @@ impl TurnServer {
             .filter_map(|c| {
                 let permission = permissions.iter().find(|(ip, _)| *ip == c.peer.ip())?.1;
                 let family = Family::of(c.peer);
+                // The kernel does not translate between families: a peer
+                // of the client's other family (a dual allocation's, or
+                // one asked with REQUESTED-ADDRESS-FAMILY) stays in
+                // userspace, never announced (a refused announcement
+                // would take the budget back and every request would
+                // announce again).
+                if family != Family::of(alloc.client.source) {
+                    return None;
+                }
                 let socket = alloc.relay_for(family)?;
                 Some((c.number, c.peer, c.expires.min(permission).min(alloc.expires_for(family)), socket))
             })

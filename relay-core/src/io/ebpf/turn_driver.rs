@@ -112,11 +112,13 @@ impl TurnOffloadDriver {
         })
     }
 
-    /// Installs or moves a channel's routes (`relayed`: the allocation's
-    /// relayed socket address; `local`: the address the client sends to,
-    /// when its listener is bound to a wildcard address). Returns the budget
-    /// handed over when the kernel could not take the channel (to give back
-    /// to the server's bucket), else `None`.
+    /// Installs or moves a channel's routes (`relayed`: the relayed socket
+    /// address the channel's peer is reached from; `local`: the address the
+    /// client sends to, when its listener is bound to a wildcard address).
+    /// Returns the budget handed over when the kernel could not take the
+    /// channel (to give back to the server's bucket), else `None` (also for
+    /// a channel announced without a budget for an allocation the kernel
+    /// holds nothing of: refused, as its budget is the server's).
     pub fn handle_offload(
         &mut self,
         o: &ChannelOffload,
@@ -148,6 +150,13 @@ impl TurnOffloadDriver {
             return o.budget;
         };
         let fresh = !self.held.contains_key(&o.relay);
+        if fresh && o.budget.is_none() {
+            // The allocation's budget went with an announcement this
+            // driver refused (and gave back): no slot is opened without
+            // it, or the kernel would relay at a rate of its own beside
+            // the server's. The server hands it over again next time.
+            return None;
+        }
         if fresh {
             let Some(slot) = self.take_slot() else { return o.budget };
             let bucket = TurnBucket {
