@@ -10,7 +10,10 @@
 //! ports; a relayed port is closed only once, after it was opened; a dial
 //! goes from an opened TCP allocation's relayed address to a peer the
 //! policy allows; a data connection joins only a connection that exists;
-//! every connection belongs to an allocation, within its cap. With
+//! every connection belongs to an allocation, within its cap. The node
+//! steps down (its allocations exported, then forgotten) and takes them
+//! back later, while their ports open or fail; at the end every socket is
+//! closed and every port of both families comes back to the pool. With
 //! offloading on: a channel is announced to the kernel only for an opened
 //! UDP allocation, live and bound to that peer with a live permission, its
 //! deadline never past the channel's, the permission's or the
@@ -24,9 +27,12 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use relay_core::peer::{OwnAddresses, OwnEndpoint, PeerPolicy};
+use relay_core::turn::allocation::IntegrityKey;
 use relay_core::turn::auth::{long_term_key_md5, NonceKey, RestSecrets};
-use relay_core::turn::proto::*;
 use relay_core::turn::offload::OffloadCounts;
+use relay_core::turn::proto::*;
+use relay_core::turn::replica::AllocationState;
+use relay_core::turn::server::{PORT_RETRY_DELAY, PORT_REUSE_DELAY};
 use relay_core::turn::*;
 use relay_core::wire::stun::{StunClass, ATTR_USERNAME};
 use relay_core::wire::stun_writer::StunWriter;
@@ -231,6 +237,8 @@ fuzz_target!(|data: &[u8]| {
     let mut opened: HashSet<RelayId> = HashSet::new();
     let mut kernel = Kernel::default();
     let mut pending: std::collections::VecDeque<Command> = Default::default();
+    // What the node exported when it stepped down, and when.
+    let mut stepped_down: Option<(Vec<AllocationState>, Duration)> = None;
     server.enable_offload(t0);
     let mut input = Input { data, at: 0 };
     while let Some(op) = input.byte() {
@@ -295,6 +303,22 @@ fuzz_target!(|data: &[u8]| {
                     let counts = OffloadCounts { to_client_packets: 1, to_client_bytes: bytes, ..Default::default() };
                     server.handle_offload_counts(t0 + elapsed, relay, counts);
                     assert_eq!(server.stats().to_client_bytes, before + bytes);
+                }
+            }
+            5 => {
+                // The node steps down (a partition), or takes back what it
+                // held (the ports may still be closing: refused, or tried
+                // again until they open).
+                match stepped_down.take() {
+                    None => {
+                        stepped_down = Some((server.export(now.instant), elapsed));
+                        server.forget_all(now.instant);
+                    }
+                    Some((states, at)) => {
+                        for state in states {
+                            let _ = server.restore(now.instant, state.aged(elapsed - at));
+                        }
+                    }
                 }
             }
             6 => {
@@ -381,4 +405,58 @@ fuzz_target!(|data: &[u8]| {
         let live: HashSet<u32> = server.connections().map(|(id, _)| *id).collect();
         bound.retain(|id| live.contains(id));
     }
+    every_port_comes_back(&mut server, t0, elapsed, pending, opened);
 });
+
+/// The node steps down; the driver carries out what it was told (the
+/// openings under way fail: the old node holds the ports); once the
+/// longest wait has passed no socket is left open and every port of both
+/// families can be taken over.
+fn every_port_comes_back(
+    server: &mut TurnServer,
+    t0: Instant,
+    mut elapsed: Duration,
+    mut pending: std::collections::VecDeque<Command>,
+    mut opened: HashSet<RelayId>,
+) {
+    server.forget_all(t0 + elapsed);
+    for _ in 0..4 {
+        let now = TurnNow { instant: t0 + elapsed, unix_secs: UNIX + elapsed.as_secs() };
+        while let Some(c) = pending.pop_front().or_else(|| server.poll_command()) {
+            match c {
+                Command::OpenRelay { relay, .. } | Command::ListenRelay { relay, .. } => {
+                    server.handle_relay_opened(now, relay, false)
+                }
+                Command::CloseRelay { relay } => assert!(opened.remove(&relay), "closed a port not open"),
+                _ => {}
+            }
+        }
+        elapsed += PORT_RETRY_DELAY + PORT_REUSE_DELAY;
+        server.handle_timeout(t0 + elapsed);
+    }
+    assert_eq!(server.allocations().count(), 0);
+    assert!(opened.is_empty(), "sockets left open: {opened:?}");
+    let now = t0 + elapsed;
+    for (i, port) in (30000..=30007u16).enumerate() {
+        for family in [Family::V4, Family::V6] {
+            let relay = RelayId { family, port };
+            let ip: IpAddr = if family == Family::V4 { "203.0.113.10" } else { "2001:db8::10" }.parse().unwrap();
+            let source = SocketAddr::new("192.0.2.200".parse().unwrap(), 1000 + i as u16 * 2 + family.code() as u16);
+            let probe = AllocationState {
+                client: ClientKey { transport: Transport::Udp, listener: 0, source },
+                relay,
+                relayed: SocketAddr::new(ip, port),
+                second: None,
+                realm: "r".into(),
+                tenant: "t".into(),
+                username: "alice".into(),
+                key: IntegrityKey::Sha1([0; 16]),
+                allocate_txid: [0; 12],
+                lifetime: Duration::from_secs(600),
+                permissions: vec![],
+                channels: vec![],
+            };
+            assert_eq!(server.restore(now, probe), Ok(()), "port {relay:?} never came back");
+        }
+    }
+}

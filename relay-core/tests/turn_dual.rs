@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use relay_core::quota::{TenantLimit, TenantQuotas};
 use relay_core::turn::proto::*;
+use relay_core::turn::server::{PORT_RETRY_DELAY, REOPEN_EVERY};
 use relay_core::turn::*;
 use relay_core::wire::stun::{StunClass, StunMessage};
 use relay_core::wire::stun_writer::StunWriter;
@@ -333,4 +334,79 @@ fn each_family_of_a_dual_allocation_has_its_own_lifetime() {
     short.lifetime = Duration::from_secs(100);
     let aged = short.aged(Duration::from_secs(200));
     assert_eq!((aged.relay.family, aged.second, aged.relayed.is_ipv6()), (Family::V6, None, true));
+}
+
+#[test]
+fn a_node_stepping_down_while_taken_over_ports_are_still_held_gives_the_ports_back() {
+    let mut a = Lab::dual(None);
+    let mut c = Client::rest("198.51.100.102:5000", "flapping");
+    let answer = c.allocate(&mut a, &[dual_attr()]).expect("allocated");
+    let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
+    let r4 = RelayId { family: Family::V4, port: relayed4.port() };
+    let r6 = RelayId { family: Family::V6, port: relayed6.port() };
+    let [state] = &a.server.export(a.now().instant)[..] else { panic!("one allocation") };
+    let reopen =
+        vec![Command::OpenRelay { relay: r4, bind: relayed4 }, Command::OpenRelay { relay: r6, bind: relayed6 }];
+
+    // A partition flaps: this node takes over, the old one still holds
+    // both ports, and this one steps down before its next try.
+    let mut b = Lab::dual(None);
+    b.server.restore(b.now().instant, state.clone()).expect("restored");
+    assert_eq!(b.commands(), reopen);
+    b.server.handle_relay_opened(b.now(), r4, false);
+    b.server.handle_relay_opened(b.now(), r6, false);
+    b.server.forget_all(b.now().instant);
+    b.advance(REOPEN_EVERY);
+    assert!(b.commands().is_empty(), "nothing is opened for allocations gone");
+    // Both ports come back to the pool (after the wait of a port that
+    // could not be opened): the next takeover gets them. They were kept
+    // out for ever, and the next takeover of the allocation refused.
+    b.advance(PORT_RETRY_DELAY);
+    b.server.restore(b.now().instant, state.clone().aged(PORT_RETRY_DELAY)).expect("its ports are free again");
+    assert_eq!(b.commands(), reopen);
+}
+
+#[test]
+fn a_taken_over_second_address_still_waiting_for_its_port_is_waited_for_when_it_becomes_the_first() {
+    let mut a = Lab::dual(None);
+    let mut c = Client::rest("198.51.100.103:5000", "promoted");
+    let answer = c.allocate(&mut a, &[dual_attr()]).expect("allocated");
+    let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
+    let r4 = RelayId { family: Family::V4, port: relayed4.port() };
+    let r6 = RelayId { family: Family::V6, port: relayed6.port() };
+    let peer6 = addr("[2a00:1450::74]:7000");
+    assert_eq!(c.permit(&mut a, peer6), None);
+    let [state] = &a.server.export(a.now().instant)[..] else { panic!("one allocation") };
+    // The IPv4 address has a second left, the IPv6 one ten minutes.
+    let mut state = state.clone();
+    state.lifetime = Duration::from_secs(1);
+
+    let mut b = Lab::dual(None);
+    b.server.restore(b.now().instant, state).expect("restored");
+    b.commands();
+    b.server.handle_relay_opened(b.now(), r4, true);
+    // The IPv6 port is still held by the old node while the IPv4 address
+    // runs out: the IPv6 one becomes the allocation's first.
+    b.server.handle_relay_opened(b.now(), r6, false);
+    for _ in 0..10 {
+        b.advance(REOPEN_EVERY);
+        for command in b.commands() {
+            match command {
+                Command::OpenRelay { relay, .. } if relay == r6 => b.server.handle_relay_opened(b.now(), r6, false),
+                Command::CloseRelay { relay } if relay == r4 => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(b.server.handle_peer(b.now(), r4, peer6, b"x"), PeerOutput::Drop(TurnDrop::NoAllocation));
+    // Not relayed from a socket that is not open; tried again, and once
+    // open it serves. (It was taken as open, and never tried again.)
+    assert_eq!(b.server.handle_peer(b.now(), r6, peer6, b"x"), PeerOutput::Drop(TurnDrop::NoAllocation));
+    b.advance(REOPEN_EVERY);
+    assert_eq!(b.commands(), vec![Command::OpenRelay { relay: r6, bind: relayed6 }]);
+    b.server.handle_relay_opened(b.now(), r6, true);
+    let PeerOutput::Indication { client, .. } = b.server.handle_peer(b.now(), r6, peer6, b"on") else {
+        panic!("the IPv6 address serves")
+    };
+    assert_eq!(client, c.key);
 }

@@ -731,6 +731,14 @@ impl TurnServer {
                 break;
             }
             self.reopen.pop();
+            if self.abandoned.remove(&relay) {
+                // Its allocation ended while the port waited to be tried
+                // again: no opening is under way for it (the retry is this
+                // look's to make), so no report will return the port — it
+                // goes back from here.
+                self.cool(relay, now, PORT_RETRY_DELAY);
+                continue;
+            }
             let key = self.allocation_key(relay);
             let waiting = self.allocations.get(&key).is_some_and(|a| {
                 let second_waiting = a.second.as_ref().is_some_and(|s| s.relay == relay && !s.opened);
@@ -785,15 +793,22 @@ impl TurnServer {
     /// still being opened, once the driver reports that).
     pub(super) fn forget(&mut self, now: Instant, relay: RelayId) {
         self.close_connections_of(relay);
-        let Some(alloc) = self.allocations.get(&relay) else { return };
-        if !alloc.opened {
-            self.remove(now, relay);
-            self.abandoned.insert(relay);
-            return;
-        }
+        let Some(opened) = self.allocations.get(&relay).map(|a| a.opened) else { return };
         self.remove(now, relay);
-        self.commands.push_back(Command::CloseRelay { relay });
-        self.cool(relay, now, PORT_REUSE_DELAY);
+        self.let_go(now, relay, opened);
+    }
+
+    /// Lets go of a relayed socket no allocation holds any more: closed
+    /// and its port back to the pool after [`PORT_REUSE_DELAY`]; one not
+    /// `opened` is abandoned — its port returns when the driver reports
+    /// the opening under way, or at the retry a taken-over port waits for.
+    fn let_go(&mut self, now: Instant, relay: RelayId, opened: bool) {
+        if opened {
+            self.commands.push_back(Command::CloseRelay { relay });
+            self.cool(relay, now, PORT_REUSE_DELAY);
+        } else {
+            self.abandoned.insert(relay);
+        }
     }
 
     /// Takes an allocation out of the tables (its first port is the
@@ -824,12 +839,7 @@ impl TurnServer {
     /// the driver reports it opened, when it is still being opened).
     fn release_second(&mut self, now: Instant, second: super::allocation::SecondRelay) {
         self.second_relays.remove(&second.relay);
-        if second.opened {
-            self.commands.push_back(Command::CloseRelay { relay: second.relay });
-            self.cool(second.relay, now, PORT_REUSE_DELAY);
-        } else {
-            self.abandoned.insert(second.relay);
-        }
+        self.let_go(now, second.relay, second.opened);
     }
 
     /// A Refresh of lifetime zero for one family of dual allocation `key`:
@@ -854,13 +864,16 @@ impl TurnServer {
         let mut now_key = key;
         if alloc.relay.family == family {
             self.journal_ended(&alloc);
-            self.commands.push_back(Command::CloseRelay { relay: key });
-            self.cool(key, now, PORT_REUSE_DELAY);
+            self.let_go(now, key, alloc.opened);
             self.second_relays.remove(&second.relay);
             now_key = second.relay;
             alloc.relay = second.relay;
             alloc.relayed = second.relayed;
             alloc.expires = second.expires;
+            // A taken-over second still waiting for its port is waited
+            // for as the first now (tried again, or given up).
+            alloc.opened = second.opened;
+            alloc.open_attempts = second.open_attempts;
             alloc.take_quota_of(second);
             self.by_client.insert(alloc.client, now_key);
             self.expiries.push(Reverse((alloc.expires, now_key)));
