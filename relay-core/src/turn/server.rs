@@ -199,8 +199,9 @@ pub struct TurnServer {
     pub(super) ports_v4: PortPool,
     pub(super) ports_v6: PortPool,
     pub(super) reservations: HashMap<u64, Reservation>,
-    /// Ports of allocations that ended while their socket was being opened:
-    /// out of the pool until the driver reports the opening.
+    /// Ports of allocations that ended while their socket was being opened
+    /// (or, taken over, waited to be tried again): out of the pool until
+    /// the driver reports the opening (or that try comes).
     pub(super) abandoned: std::collections::HashSet<RelayId>,
     /// Ports waiting to return to the pool: a closed socket may linger a
     /// moment in the driver, a port another process held is tried later.
