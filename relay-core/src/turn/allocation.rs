@@ -267,7 +267,7 @@ impl Allocation {
     /// channels of its peers go with it (RFC 8656 §7.1: the other
     /// family's stay), and its routes are forgotten.
     pub fn forget_family(&mut self, family: Family) {
-        let other = |ip: IpAddr| Family::of(SocketAddr::new(ip, 0)) != family;
+        let other = |ip: IpAddr| Family::of_ip(ip) != family;
         self.permissions.retain(|p| other(p.ip));
         self.channels.retain(|c| other(c.peer.ip()));
         self.announced.retain(|(_, peer, _)| other(peer.ip()));

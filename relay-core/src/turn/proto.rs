@@ -1,7 +1,7 @@
 //! TURN's wire vocabulary (RFC 8656, RFC 6062, RFC 8489): methods,
 //! attributes, error codes, message types, and the ChannelData framing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::wire::stun::StunClass;
 
@@ -289,7 +289,12 @@ pub enum Family {
 impl Family {
     /// The family of `addr`.
     pub fn of(addr: SocketAddr) -> Self {
-        if addr.is_ipv4() {
+        Self::of_ip(addr.ip())
+    }
+
+    /// The family of `ip`.
+    pub fn of_ip(ip: IpAddr) -> Self {
+        if ip.is_ipv4() {
             Family::V4
         } else {
             Family::V6

@@ -114,14 +114,12 @@ impl AllocationState {
         });
         self
     }
-}
 
-impl AllocationState {
     /// Drops its relayed address of `family` with the permissions and
     /// channels of that family (the second must be the other one then).
     fn forget_family(&mut self, family: Family) {
         self.second = None;
-        let other = |ip: IpAddr| Family::of(SocketAddr::new(ip, 0)) != family;
+        let other = |ip: IpAddr| Family::of_ip(ip) != family;
         self.permissions.retain(|(ip, _)| other(*ip));
         self.channels.retain(|(_, peer, _)| other(peer.ip()));
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::allocation::{Allocation, ClientKey, RelayId};
 use super::answer::{data_indication, Answer};
 use super::auth::NonceKey;
-use super::limits::SourceBudget;
+use super::limits::{later, SourceBudget};
 use super::proto::{ChannelData, ErrorCode, Family, Method, ATTR_DATA, ATTR_XOR_PEER_ADDRESS, CHANNEL_HEADER_LEN};
 use super::settings::TurnSettings;
 use super::stats::{TurnDrop, TurnStats};
@@ -579,7 +579,7 @@ impl TurnServer {
                 self.offload_channels(now.instant, relay);
             } else if alloc.open_attempts < REOPEN_ATTEMPTS {
                 alloc.open_attempts += 1;
-                self.reopen.push(Reverse((now.instant + REOPEN_EVERY, relay)));
+                self.reopen.push(Reverse((later(now.instant, REOPEN_EVERY), relay)));
             } else {
                 tracing::warn!(port = relay.port, "TURN: a taken-over allocation's port could not be opened");
                 self.stats.ports_unavailable += 1;
@@ -637,7 +637,7 @@ impl TurnServer {
         second.open_attempts += 1;
         let (attempts, restored) = (second.open_attempts, alloc.restored);
         if restored && attempts < REOPEN_ATTEMPTS {
-            self.reopen.push(Reverse((now.instant + REOPEN_EVERY, relay)));
+            self.reopen.push(Reverse((later(now.instant, REOPEN_EVERY), relay)));
             return;
         }
         self.cool(relay, now.instant, PORT_RETRY_DELAY);
