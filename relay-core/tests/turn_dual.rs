@@ -6,7 +6,7 @@
 
 mod turn_lab;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,23 @@ use relay_core::turn::*;
 use relay_core::wire::stun::{StunClass, StunMessage};
 use relay_core::wire::stun_writer::StunWriter;
 use turn_lab::*;
+
+/// A dual allocation's two relayed addresses (IPv4 first) and sockets.
+struct Dual {
+    relayed4: SocketAddr,
+    relayed6: SocketAddr,
+    r4: RelayId,
+    r6: RelayId,
+}
+
+/// Makes `c` a dual allocation.
+fn allocate_dual(c: &mut Client, lab: &mut Lab) -> Dual {
+    let answer = c.allocate(lab, &[dual_attr()]).expect("allocated");
+    let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
+    let r4 = RelayId { family: Family::V4, port: relayed4.port() };
+    let r6 = RelayId { family: Family::V6, port: relayed6.port() };
+    Dual { relayed4, relayed6, r4, r6 }
+}
 
 #[test]
 fn a_dual_allocation_relays_each_family_from_its_own_address() {
@@ -199,10 +216,7 @@ fn dual_requests_are_refused_or_narrowed_with_their_codes() {
 fn a_dual_allocation_is_taken_over_on_both_of_its_ports() {
     let mut a = Lab::dual(None);
     let mut c = Client::rest("198.51.100.99:5000", "dual-ha");
-    let answer = c.allocate(&mut a, &[dual_attr()]).expect("allocated");
-    let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
-    let r4 = RelayId { family: Family::V4, port: relayed4.port() };
-    let r6 = RelayId { family: Family::V6, port: relayed6.port() };
+    let Dual { relayed4, relayed6, r4, r6 } = allocate_dual(&mut c, &mut a);
     let peer6 = addr("[2a00:1450::71]:7000");
     assert_eq!(c.bind(&mut a, 0x4007, peer6), None);
     let [state] = &a.server.export(a.now().instant)[..] else { panic!("one allocation") };
@@ -245,10 +259,7 @@ fn a_dual_allocation_s_channels_reach_the_kernel_from_their_family_s_socket_and_
     // An IPv6 client: its IPv4 peers are relayed from the first socket, its
     // IPv6 peers from the second.
     let mut c = Client::rest("[2001:db8:5::1]:5000", "dual-kernel");
-    let answer = c.allocate(&mut lab, &[dual_attr()]).expect("allocated");
-    let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
-    let r4 = RelayId { family: Family::V4, port: relayed4.port() };
-    let r6 = RelayId { family: Family::V6, port: relayed6.port() };
+    let Dual { r4, r6, .. } = allocate_dual(&mut c, &mut lab);
     let (peer4, peer6) = (addr("192.0.2.72:7000"), addr("[2a00:1450::72]:7000"));
     assert_eq!(c.bind(&mut lab, 0x4004, peer4), None);
     assert_eq!(c.bind(&mut lab, 0x4006, peer6), None);
@@ -293,10 +304,7 @@ fn a_dual_allocation_s_channels_reach_the_kernel_from_their_family_s_socket_and_
 fn each_family_of_a_dual_allocation_has_its_own_lifetime() {
     let mut lab = Lab::dual(None);
     let mut c = Client::rest("198.51.100.101:5000", "lifetimes");
-    let answer = c.allocate(&mut lab, &[dual_attr()]).expect("allocated");
-    let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
-    let r4 = RelayId { family: Family::V4, port: relayed4.port() };
-    let r6 = RelayId { family: Family::V6, port: relayed6.port() };
+    let Dual { r4, r6, .. } = allocate_dual(&mut c, &mut lab);
     let (peer4, peer6) = (addr("192.0.2.73:7000"), addr("[2a00:1450::73]:7000"));
     assert_eq!(c.permit(&mut lab, peer4), None);
     assert_eq!(c.permit(&mut lab, peer6), None);
@@ -340,10 +348,7 @@ fn each_family_of_a_dual_allocation_has_its_own_lifetime() {
 fn a_node_stepping_down_while_taken_over_ports_are_still_held_gives_the_ports_back() {
     let mut a = Lab::dual(None);
     let mut c = Client::rest("198.51.100.102:5000", "flapping");
-    let answer = c.allocate(&mut a, &[dual_attr()]).expect("allocated");
-    let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
-    let r4 = RelayId { family: Family::V4, port: relayed4.port() };
-    let r6 = RelayId { family: Family::V6, port: relayed6.port() };
+    let Dual { relayed4, relayed6, r4, r6 } = allocate_dual(&mut c, &mut a);
     let [state] = &a.server.export(a.now().instant)[..] else { panic!("one allocation") };
     let reopen =
         vec![Command::OpenRelay { relay: r4, bind: relayed4 }, Command::OpenRelay { relay: r6, bind: relayed6 }];
@@ -370,10 +375,7 @@ fn a_node_stepping_down_while_taken_over_ports_are_still_held_gives_the_ports_ba
 fn a_taken_over_second_address_still_waiting_for_its_port_is_waited_for_when_it_becomes_the_first() {
     let mut a = Lab::dual(None);
     let mut c = Client::rest("198.51.100.103:5000", "promoted");
-    let answer = c.allocate(&mut a, &[dual_attr()]).expect("allocated");
-    let [relayed4, relayed6] = relayed_addresses(&answer)[..] else { panic!("two addresses") };
-    let r4 = RelayId { family: Family::V4, port: relayed4.port() };
-    let r6 = RelayId { family: Family::V6, port: relayed6.port() };
+    let Dual { relayed6, r4, r6, .. } = allocate_dual(&mut c, &mut a);
     let peer6 = addr("[2a00:1450::74]:7000");
     assert_eq!(c.permit(&mut a, peer6), None);
     let [state] = &a.server.export(a.now().instant)[..] else { panic!("one allocation") };
