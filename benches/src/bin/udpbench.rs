@@ -22,8 +22,9 @@
 //! Each session gets 200-byte packets in both directions (A → endpoint port
 //! → B, and B → PBX port → A); every payload carries its send time, so the
 //! sink measures one-way latency. Relay CPU comes from the child's CPU
-//! clock (every thread, ended ones included). Every run is bounded in time; children exit when the
-//! parent's pipe closes or their own deadline passes.
+//! clock (every thread, ended ones included). Every run is bounded in
+//! time; children exit when the parent's pipe closes or their own deadline
+//! passes.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
