@@ -309,6 +309,43 @@ fn a_client_splitting_its_traffic_between_kernel_channels_and_indications_gets_o
 }
 
 #[test]
+fn what_the_kernel_relays_from_the_budget_handed_to_it_is_not_paid_for_again() {
+    let limits = TurnLimits::default();
+    let mut lab = Lab::with(limits, None);
+    let mut c = Client::rest("198.51.100.8:5000", "browser");
+    let relayed = c.relayed(&mut lab);
+    let relay = RelayId { family: Family::V4, port: relayed.port() };
+    let peer = addr("192.0.2.50:7000");
+    lab.server.enable_offload(lab.now().instant);
+    assert_eq!(c.bind(&mut lab, 0x4001, peer), None);
+    lab.commands();
+    // 1 ms later the kernel reports 2 000 bytes relayed on the channel (of
+    // the 256 KiB burst handed to it); another port of the peer sends 1 000
+    // bytes, which userspace relays in a Data indication: 1 ms of refill
+    // (2 000 bytes at 2 MB/s) pays for them. Charging the kernel's bytes
+    // here again dropped them.
+    lab.advance(Duration::from_millis(1));
+    let counts = offload::OffloadCounts { to_peer_bytes: 2_000, to_peer_packets: 20, ..Default::default() };
+    lab.server.handle_offload_counts(lab.now().instant, relay, counts);
+    let other = addr("192.0.2.50:7001");
+    let out = lab.server.handle_peer(lab.now(), relay, other, &[7; 1_000]);
+    assert!(matches!(out, PeerOutput::Indication { .. }), "{out:?}");
+    // Beyond the loan the kernel's bytes are paid for here: the loan's
+    // rest and 12 000 bytes more take the 3 000 held and owe 9 000, which
+    // 4.5 ms of refill repay before anything passes.
+    lab.advance(Duration::from_millis(1));
+    let beyond = limits.burst_bytes - 2_000 + 12_000;
+    let counts = offload::OffloadCounts { to_client_bytes: beyond, to_client_packets: 200, ..Default::default() };
+    lab.server.handle_offload_counts(lab.now().instant, relay, counts);
+    assert_eq!(lab.server.handle_peer(lab.now(), relay, other, &[7; 1]), PeerOutput::Drop(TurnDrop::RateLimited));
+    lab.advance(Duration::from_micros(4_400));
+    assert_eq!(lab.server.handle_peer(lab.now(), relay, other, &[7; 1]), PeerOutput::Drop(TurnDrop::RateLimited));
+    lab.advance(Duration::from_micros(200));
+    let out = lab.server.handle_peer(lab.now(), relay, other, &[7; 100]);
+    assert!(matches!(out, PeerOutput::Indication { .. }), "{out:?}");
+}
+
+#[test]
 fn repeated_requests_cost_no_kernel_map_writes_for_every_channel() {
     let mut lab = Lab::new();
     let mut c = Client::rest("198.51.100.8:5000", "browser");

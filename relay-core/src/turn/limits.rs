@@ -22,20 +22,24 @@ pub(crate) fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d).or_else(|| now.checked_add(FAR)).unwrap_or(now)
 }
 
-/// A token bucket of bytes, which may owe bytes relayed elsewhere under
-/// its budget ([`charge`](Self::charge)).
+/// A token bucket of bytes, which may lend what it holds to another path
+/// ([`hand_over`](Self::hand_over)) and owe bytes relayed there beyond the
+/// loan ([`charge`](Self::charge)).
 #[derive(Debug, Clone, Copy)]
 pub struct RateBucket {
     tokens: u64,
     /// Bytes charged beyond what it held: refills repay them first.
     owed: u64,
+    /// Bytes handed to another path that its reports have not spent yet:
+    /// what it relays is paid from them first (they were this bucket's).
+    lent: u64,
     at: Option<Instant>,
 }
 
 impl RateBucket {
     /// A full bucket (the first `burst` bytes pass at once).
     pub fn full(burst: u64) -> Self {
-        Self { tokens: burst, owed: 0, at: None }
+        Self { tokens: burst, owed: 0, lent: 0, at: None }
     }
 
     /// Refills at `per_second` up to `burst` since the last call.
@@ -52,12 +56,16 @@ impl RateBucket {
     }
 
     /// Charges `bytes` that were relayed elsewhere under this budget (the
-    /// kernel's share of one allocation, reported after the fact): taken
-    /// from what the bucket holds, the rest owed — later refills repay it
-    /// before anything passes here. So traffic split between two paths
-    /// gets one rate, not one each.
+    /// kernel's share of one allocation, reported after the fact): paid
+    /// from what was handed over to it first, then taken from what the
+    /// bucket holds, the rest owed — later refills repay it before
+    /// anything passes here. So traffic split between two paths gets one
+    /// rate, not one each, and no byte is paid for twice.
     pub fn charge(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) {
         self.refill(now, per_second, burst);
+        let paid = bytes.min(self.lent);
+        self.lent -= paid;
+        let bytes = bytes - paid;
         let held = bytes.min(self.tokens);
         self.tokens -= held;
         self.owed = self.owed.saturating_add(bytes - held);
@@ -96,9 +104,20 @@ impl RateBucket {
 
     /// Hands everything the bucket holds now to another holder (the
     /// kernel), leaving it empty: the budget moves, it is not doubled.
+    /// It is lent: what that holder reports relaying is paid from it
+    /// first. A new holder replaces the last (which ended: what it left
+    /// unspent went with it).
     pub fn hand_over(&mut self, now: Instant, per_second: u64, burst: u64) -> u64 {
         self.refill(now, per_second, burst);
-        std::mem::take(&mut self.tokens)
+        self.lent = std::mem::take(&mut self.tokens);
+        self.lent
+    }
+
+    /// Takes back `bytes` handed over that the other holder could not
+    /// use (it never took them): no longer lent, held here again.
+    pub fn take_back(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) {
+        self.lent -= bytes.min(self.lent);
+        self.credit(now, bytes, per_second, burst);
     }
 
     /// Adds `bytes` (a debt first, then at most up to `burst`).
@@ -169,6 +188,32 @@ mod tests {
         // A debt repaid does not raise the bucket past its burst later.
         assert!(b.take(at(10_000), 1_000, rate, burst));
         assert!(!b.take(at(10_000), 1, rate, burst));
+    }
+
+    #[test]
+    fn what_a_handed_over_budget_paid_for_is_not_charged_again() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (rate, burst) = (1_000, 1_000);
+        let mut b = RateBucket::full(burst);
+        assert_eq!(b.hand_over(at(0), rate, burst), 1_000, "the whole burst goes");
+        // The other path spends 600 of the 1 000 it was handed: nothing is
+        // owed here, 100 ms of refill passes 100 bytes.
+        b.charge(at(100), 600, rate, burst);
+        assert!(b.take(at(100), 100, rate, burst), "the loan paid for it");
+        assert!(!b.take(at(100), 1, rate, burst));
+        // 700 more: 400 from the loan's rest, 300 owed.
+        b.charge(at(100), 700, rate, burst);
+        assert!(!b.take(at(399), 1, rate, burst), "still owing");
+        assert!(b.take(at(500), 100, rate, burst), "repaid, then 100 bytes of refill");
+        // What the other path could not take comes back and is lent no
+        // more: its later reports are owed in full.
+        let mut b = RateBucket::full(burst);
+        let lent = b.hand_over(at(0), rate, burst);
+        b.take_back(at(0), lent, rate, burst);
+        assert!(b.take(at(0), 1_000, rate, burst), "held here again");
+        b.charge(at(0), 500, rate, burst);
+        assert!(!b.take(at(499), 1, rate, burst), "owed: the loan was returned");
     }
 
     #[test]

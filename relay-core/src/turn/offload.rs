@@ -20,10 +20,11 @@
 //! bucket starts with what this server's held, and this server's starts
 //! empty. This server's bucket still refills at the allocation's rate for
 //! what stays in userspace — Send indications, expired routes — and is
-//! charged what the kernel relayed at every report (every 500 ms), owing
-//! what it cannot pay: a client splitting one allocation's traffic between
-//! channels and indications gets one rate (plus one report's lag and the
-//! two bursts), not one per path.
+//! charged what the kernel relayed at every report (every 500 ms) beyond
+//! what was handed over, owing what it cannot pay: a client splitting one
+//! allocation's traffic between channels and indications gets one rate
+//! (plus one report's lag and the two bursts), not one per path, and no
+//! byte is paid for by both.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -168,7 +169,7 @@ impl TurnServer {
         if let (Some(alloc), Some(budget)) = (self.allocations.get_mut(&key), budget) {
             alloc.offloaded = false;
             alloc.announced.clear();
-            alloc.rate.credit(now, budget, limits.bytes_per_second, limits.burst_bytes);
+            alloc.rate.take_back(now, budget, limits.bytes_per_second, limits.burst_bytes);
         }
     }
 
