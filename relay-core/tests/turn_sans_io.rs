@@ -237,10 +237,11 @@ fn send_indications_and_channel_data_are_relayed_both_ways_byte_exact() {
     let ClientOutput::Drop(TurnDrop::NoPermission) = lab.send(c.key, &cd) else { panic!("permission expired") };
 }
 
-#[test]
-fn a_client_splitting_its_traffic_between_kernel_channels_and_indications_gets_one_rate() {
-    const RATE: u64 = 10_000;
-    let limits = TurnLimits { bytes_per_second: RATE, burst_bytes: RATE, ..TurnLimits::default() };
+/// A server under `limits` with offloading on, and a client whose
+/// allocation (its relayed socket `RelayId`) has channel 0x4001 bound to a
+/// peer (the last address): announced to the kernel, commands not yet
+/// taken.
+fn a_channel_offered_to_the_kernel(limits: TurnLimits) -> (Lab, Client, RelayId, SocketAddr) {
     let mut lab = Lab::with(limits, None);
     let mut c = Client::rest("198.51.100.8:5000", "browser");
     let relayed = c.relayed(&mut lab);
@@ -248,6 +249,14 @@ fn a_client_splitting_its_traffic_between_kernel_channels_and_indications_gets_o
     let peer = addr("192.0.2.50:7000");
     lab.server.enable_offload(lab.now().instant);
     assert_eq!(c.bind(&mut lab, 0x4001, peer), None);
+    (lab, c, relay, peer)
+}
+
+#[test]
+fn a_client_splitting_its_traffic_between_kernel_channels_and_indications_gets_one_rate() {
+    const RATE: u64 = 10_000;
+    let limits = TurnLimits { bytes_per_second: RATE, burst_bytes: RATE, ..TurnLimits::default() };
+    let (mut lab, mut c, relay, peer) = a_channel_offered_to_the_kernel(limits);
     // The kernel takes the channel with the allocation's whole budget.
     let budgets: Vec<Option<u64>> = lab
         .commands()
@@ -311,13 +320,7 @@ fn a_client_splitting_its_traffic_between_kernel_channels_and_indications_gets_o
 #[test]
 fn what_the_kernel_relays_from_the_budget_handed_to_it_is_not_paid_for_again() {
     let limits = TurnLimits::default();
-    let mut lab = Lab::with(limits, None);
-    let mut c = Client::rest("198.51.100.8:5000", "browser");
-    let relayed = c.relayed(&mut lab);
-    let relay = RelayId { family: Family::V4, port: relayed.port() };
-    let peer = addr("192.0.2.50:7000");
-    lab.server.enable_offload(lab.now().instant);
-    assert_eq!(c.bind(&mut lab, 0x4001, peer), None);
+    let (mut lab, _, relay, _) = a_channel_offered_to_the_kernel(limits);
     lab.commands();
     // 1 ms later the kernel reports 2 000 bytes relayed on the channel (of
     // the 256 KiB burst handed to it); another port of the peer sends 1 000
