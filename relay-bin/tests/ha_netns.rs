@@ -60,7 +60,6 @@ fn turn_round_trip(wave: &Client, peer: &UdpSocket, relayed: SocketAddr, n: u8) 
     assert_eq!(wave.recv_channel(), vec![n ^ 0xff; 80], "back to the client on its channel");
 }
 
-/// Datagrams of TURN channels the kernel relayed on `r` (to the peer).
 /// The relay's datapath counters now: forwarded and dropped packets, and
 /// the kernel fast path's outcomes (nonzero ones, by name).
 fn datapath_counters(r: &Relay) -> Vec<(String, f64)> {
@@ -77,6 +76,7 @@ fn datapath_counters(r: &Relay) -> Vec<(String, f64)> {
     counters
 }
 
+/// Datagrams of TURN channels the kernel relayed on `r` (to the peer).
 fn kernel_turn(r: &Relay) -> f64 {
     scrape(r).get("ucmrc_fast_path_packets_total{outcome=\"turn_to_peer\"}").copied().unwrap_or(0.0)
 }

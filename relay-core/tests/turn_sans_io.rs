@@ -237,10 +237,9 @@ fn send_indications_and_channel_data_are_relayed_both_ways_byte_exact() {
     let ClientOutput::Drop(TurnDrop::NoPermission) = lab.send(c.key, &cd) else { panic!("permission expired") };
 }
 
-/// A server under `limits` with offloading on, and a client whose
-/// allocation (its relayed socket `RelayId`) has channel 0x4001 bound to a
-/// peer (the last address): announced to the kernel, commands not yet
-/// taken.
+/// A server under `limits` with offloading on and a client with channel
+/// 0x4001 bound to a peer (announced to the kernel; the commands not yet
+/// taken): the lab, the client, its allocation's relayed socket, the peer.
 fn a_channel_offered_to_the_kernel(limits: TurnLimits) -> (Lab, Client, RelayId, SocketAddr) {
     let mut lab = Lab::with(limits, None);
     let mut c = Client::rest("198.51.100.8:5000", "browser");
