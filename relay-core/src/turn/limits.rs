@@ -116,7 +116,7 @@ impl RateBucket {
     /// Takes back `bytes` handed over that the other holder could not
     /// use (it never took them): no longer lent, held here again.
     pub fn take_back(&mut self, now: Instant, bytes: u64, per_second: u64, burst: u64) {
-        self.lent -= bytes.min(self.lent);
+        self.lent = self.lent.saturating_sub(bytes);
         self.credit(now, bytes, per_second, burst);
     }
 

@@ -150,25 +150,19 @@ impl TurnOffloadDriver {
             return o.budget;
         };
         let fresh = !self.held.contains_key(&o.relay);
-        if fresh && o.budget.is_none() {
+        if fresh {
             // The allocation's budget went with an announcement this
             // driver refused (and gave back): no slot is opened without
             // it, or the kernel would relay at a rate of its own beside
             // the server's. The server hands it over again next time.
-            return None;
-        }
-        if fresh {
-            let Some(slot) = self.take_slot() else { return o.budget };
-            let bucket = TurnBucket {
-                // Only the server's budget: none handed over, none held.
-                tokens: o.budget.unwrap_or(0),
-                bytes_per_second: o.bytes_per_second,
-                burst: o.burst_bytes,
-            };
+            let budget = o.budget?;
+            let Some(slot) = self.take_slot() else { return Some(budget) };
+            // The slot starts with the server's budget, nothing more.
+            let bucket = TurnBucket { tokens: budget, bytes_per_second: o.bytes_per_second, burst: o.burst_bytes };
             if self.lock().start_turn_slot(slot, bucket).is_err() {
                 self.errors += 1;
                 self.free_slots.push(slot);
-                return o.budget;
+                return Some(budget);
             }
             let held = Held {
                 slot,
